@@ -1,0 +1,109 @@
+//! `CasConfig`: where the store lives, how big it may grow, and how it evicts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::CasError;
+use crate::metainfo::PieceLengthTable;
+
+/// Configuration of a local CAS.
+///
+/// The defaults suit an agent with a dedicated cache disk: a 100 GiB quota, blobs idle for
+/// a week expire, and above 90% of the quota idle blobs expire after an hour and LRU
+/// eviction frees space down to 80%.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CasConfig {
+    /// Directory holding `blobs/`, `partial/`, `tmp/` and `meta.redb`.
+    pub root: PathBuf,
+    /// Byte quota for complete and partial blobs together.
+    pub capacity_bytes: u64,
+    /// Remove blobs not read for this long (time to idle). `None` keeps them.
+    #[serde(with = "opt_secs")]
+    pub tti: Option<Duration>,
+    /// Remove blobs this long after they arrived, however often read (time to live).
+    #[serde(with = "opt_secs")]
+    pub ttl: Option<Duration>,
+    /// Fraction of the quota above which eviction turns aggressive.
+    pub high_water: f64,
+    /// Fraction of the quota that aggressive LRU eviction frees space down to.
+    pub low_water: f64,
+    /// The time to idle used while above the high-water mark.
+    #[serde(with = "opt_secs")]
+    pub aggressive_tti: Option<Duration>,
+    /// How piece lengths are chosen for ingested blobs.
+    pub piece_lengths: PieceLengthTable,
+    /// A partial blob fsyncs its file and persists its bitfield after this many pieces
+    /// (and always on completion); pieces after the last flush are re-fetched after a crash.
+    pub flush_every_pieces: u32,
+    /// Recompute the sha256 of a partial blob assembled from verified pieces before
+    /// committing it. The pieces are already BLAKE3-checked against the origin's metainfo;
+    /// this is a second, independent check that costs one read of the blob.
+    pub verify_digest_on_commit: bool,
+}
+
+impl Default for CasConfig {
+    fn default() -> Self {
+        CasConfig {
+            root: PathBuf::from("kraken-cas"),
+            capacity_bytes: 100 << 30,
+            tti: Some(Duration::from_secs(7 * 24 * 3600)),
+            ttl: None,
+            high_water: 0.9,
+            low_water: 0.8,
+            aggressive_tti: Some(Duration::from_secs(3600)),
+            piece_lengths: PieceLengthTable::default(),
+            flush_every_pieces: 16,
+            verify_digest_on_commit: true,
+        }
+    }
+}
+
+impl CasConfig {
+    /// The default configuration rooted at `root`.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        CasConfig {
+            root: root.into(),
+            ..CasConfig::default()
+        }
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), CasError> {
+        let bad = |m: String| Err(CasError::Config(m));
+        if self.capacity_bytes == 0 {
+            return bad("capacity_bytes must be above 0".into());
+        }
+        if !(0.0 < self.low_water && self.low_water <= self.high_water && self.high_water <= 1.0)
+        {
+            return bad(format!(
+                "need 0 < low_water ({}) <= high_water ({}) <= 1",
+                self.low_water, self.high_water
+            ));
+        }
+        if self.flush_every_pieces == 0 {
+            return bad("flush_every_pieces must be at least 1".into());
+        }
+        self.piece_lengths.validate().map_err(|e| CasError::Config(e.to_string()))
+    }
+}
+
+/// `Option<Duration>` as whole seconds in config files.
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
+    }
+}

@@ -1,0 +1,315 @@
+//! Verified ingest of a whole blob from a byte stream.
+//!
+//! One pass over the bytes on two cores: the calling thread reads the source and computes
+//! sha256; a scoped worker thread computes the BLAKE3 piece hashes and writes the temp file.
+//! Chunks travel between them in a small pool of reused buffers, so nothing is copied
+//! twice and memory stays at `BUFFERS × CHUNK` whatever the blob size. The blob becomes
+//! visible only after its digest and length match: fsync, rename into `blobs/`, fsync the
+//! directory, then commit the record.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::thread;
+use std::time::SystemTime;
+
+use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
+use super::{BlobInfo, Cas, CasError, sync_dir};
+use crate::digest::Digest;
+use crate::metainfo::{Metainfo, PieceHasher};
+
+const CHUNK: usize = 1 << 20;
+const BUFFERS: usize = 4;
+
+/// The outcome of [`Cas::ingest`].
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    /// The stored blob.
+    pub info: BlobInfo,
+    /// Its metainfo (piece hashes), computed during ingest.
+    pub metainfo: Metainfo,
+    /// True when the blob was already present; the source was then not read at all.
+    pub already_present: bool,
+}
+
+impl Cas {
+    /// Stores the bytes of `source` as blob `expected`.
+    ///
+    /// With `length` known, space is reserved up front, the piece hashes are computed in
+    /// the same pass, and a stream of any other length is rejected. Without it, pieces are
+    /// hashed in a second pass over the written file. A digest or length mismatch, a failing
+    /// source or a failing disk stores nothing and leaves no temp file.
+    pub fn ingest(
+        &self,
+        expected: &Digest,
+        length: Option<u64>,
+        mut source: impl Read,
+    ) -> Result<Ingested, CasError> {
+        if let Some(existing) = self.existing(expected)? {
+            return Ok(existing);
+        }
+        let inner = self.inner();
+        let reservation = length.map(|n| inner.reserve(n)).transpose()?;
+        let piece_length = length.map(|n| inner.config.piece_lengths.piece_length_for(n));
+        let tmp = TempFile::create(&inner.tmp_dir, expected)?;
+
+        let (actual, total, hasher) =
+            hash_and_write(&mut source, &tmp, *expected, length, piece_length)?;
+        if let Some(expected_len) = length
+            && total != expected_len
+        {
+            return Err(CasError::LengthMismatch {
+                digest: *expected,
+                expected: expected_len,
+                actual: total,
+            });
+        }
+        if actual != *expected {
+            return Err(CasError::DigestMismatch {
+                expected: *expected,
+                actual,
+            });
+        }
+        let metainfo = match hasher {
+            Some(h) => h.finish(*expected)?,
+            None => hash_pieces_from_file(
+                &tmp.file,
+                &tmp.path,
+                *expected,
+                total,
+                inner.config.piece_lengths.piece_length_for(total),
+            )?,
+        };
+        tmp.file
+            .sync_all()
+            .map_err(CasError::io("sync", &tmp.path))?;
+        // Unknown length: claim the space now that we know it.
+        let _reservation = match reservation {
+            Some(r) => r,
+            None => inner.reserve(total)?,
+        };
+        self.commit_ingest(tmp, metainfo)
+    }
+
+    fn existing(&self, digest: &Digest) -> Result<Option<Ingested>, CasError> {
+        let inner = self.inner();
+        let Some(record) = inner.record(digest)? else {
+            return Ok(None);
+        };
+        if record.state != BlobState::Complete {
+            return Ok(None);
+        }
+        let metainfo = inner
+            .metainfo(digest)?
+            .ok_or_else(|| CasError::CorruptRecord(format!("{digest} (no metainfo)")))?;
+        inner.touch(digest);
+        Ok(Some(Ingested {
+            info: record.info(*digest),
+            metainfo,
+            already_present: true,
+        }))
+    }
+
+    fn commit_ingest(&self, mut tmp: TempFile, metainfo: Metainfo) -> Result<Ingested, CasError> {
+        let inner = self.inner();
+        let digest = *metainfo.digest();
+        let mut state = inner.lock();
+        let previous = inner.record(&digest)?;
+        match &previous {
+            Some(r) if r.state == BlobState::Complete => {
+                drop(state);
+                // Another ingest of the same blob won the race; ours is redundant.
+                return self.existing(&digest)?.ok_or(CasError::NotFound(digest));
+            }
+            Some(_) if state.writers.contains(&digest) => return Err(CasError::Busy(digest)),
+            _ => {}
+        }
+
+        let path = inner.blob_path(&digest);
+        let shard = path.parent().unwrap_or(&inner.blobs_dir).to_path_buf();
+        let new_shard = !shard.exists();
+        fs::create_dir_all(&shard).map_err(CasError::io("create directory", &shard))?;
+        fs::rename(&tmp.path, &path).map_err(CasError::io("rename into place", &path))?;
+        tmp.disarm();
+        sync_dir(&shard)?;
+        if new_shard {
+            sync_dir(&inner.blobs_dir)?;
+        }
+
+        let record = BlobRecord::new(BlobState::Complete, metainfo.length(), SystemTime::now());
+        let key = digest.to_string();
+        let txn = inner.db.begin_write()?;
+        {
+            txn.open_table(BLOBS)?
+                .insert(key.as_str(), record.encode().as_slice())?;
+            txn.open_table(METAINFO)?
+                .insert(key.as_str(), metainfo.encode().as_slice())?;
+            txn.open_table(BITFIELDS)?.remove(key.as_str())?;
+        }
+        txn.commit()?;
+
+        // A stale partial download of the same blob is superseded.
+        if let Some(old) = previous {
+            let _ = fs::remove_file(inner.partial_path(&digest));
+            state.used = state.used.saturating_sub(old.size);
+        }
+        state.used += record.size;
+        Ok(Ingested {
+            info: record.info(digest),
+            metainfo,
+            already_present: false,
+        })
+    }
+}
+
+/// Reads `source` to the end: sha256 here, BLAKE3 pieces and the file write on a worker.
+fn hash_and_write(
+    source: &mut impl Read,
+    tmp: &TempFile,
+    expected: Digest,
+    limit: Option<u64>,
+    piece_length: Option<u32>,
+) -> Result<(Digest, u64, Option<PieceHasher>), CasError> {
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        let _ = empty_tx.send(vec![0u8; CHUNK]);
+    }
+    let file = &tmp.file;
+
+    thread::scope(|s| {
+        let worker = s.spawn(move || -> io::Result<Option<PieceHasher>> {
+            let mut hasher = piece_length.map(PieceHasher::new);
+            let mut out = file;
+            for (buf, n) in full_rx {
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&buf[..n]);
+                }
+                out.write_all(&buf[..n])?;
+                // The reader may have finished; a closed pool is fine.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(hasher)
+        });
+
+        let mut sha = expected.hasher();
+        let mut total = 0u64;
+        let read_result = loop {
+            // Fails only when the worker has stopped; its own error is reported below.
+            let Ok(mut buf) = empty_rx.recv() else {
+                break Ok(());
+            };
+            let n = match fill(source, &mut buf, &mut total) {
+                Ok(n) => n,
+                Err(source) => break Err(CasError::Source { read: total, source }),
+            };
+            if n == 0 {
+                break Ok(());
+            }
+            if let Some(limit) = limit
+                && total > limit
+            {
+                break Err(CasError::LengthMismatch {
+                    digest: expected,
+                    expected: limit,
+                    actual: total,
+                });
+            }
+            sha.update(&buf[..n]);
+            if full_tx.send((buf, n)).is_err() {
+                break Ok(());
+            }
+        };
+        drop(full_tx);
+        let written = match worker.join() {
+            Ok(r) => r.map_err(CasError::io("write", &tmp.path)),
+            Err(_) => Err(CasError::io("hash and write", &tmp.path)(io::Error::other(
+                "ingest worker thread panicked",
+            ))),
+        };
+        // A write failure explains a short read loop, so it takes precedence.
+        let hasher = written?;
+        read_result?;
+        Ok((sha.finish(), total, hasher))
+    })
+}
+
+/// Reads until `buf` is full or the source ends; returns the bytes read and adds them to
+/// `total` as they arrive, so an error reports exactly how far the stream got.
+fn fill(source: &mut impl Read, buf: &mut [u8], total: &mut u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                *total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Second pass for ingests whose length was unknown up front.
+fn hash_pieces_from_file(
+    file: &File,
+    path: &Path,
+    digest: Digest,
+    length: u64,
+    piece_length: u32,
+) -> Result<Metainfo, CasError> {
+    let mut hasher = PieceHasher::new(piece_length);
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0;
+    while offset < length {
+        let want = (length - offset).min(CHUNK as u64) as usize;
+        file.read_exact_at(&mut buf[..want], offset)
+            .map_err(CasError::io("read back", path))?;
+        hasher.update(&buf[..want]);
+        offset += want as u64;
+    }
+    Ok(hasher.finish(digest)?)
+}
+
+/// A temp file in `tmp/`, deleted on drop unless it was renamed into place.
+pub(crate) struct TempFile {
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    armed: bool,
+}
+
+impl TempFile {
+    pub(crate) fn create(dir: &Path, digest: &Digest) -> Result<Self, CasError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(CasError::io("create temp file", &path))?;
+        Ok(TempFile {
+            path,
+            file,
+            armed: true,
+        })
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}

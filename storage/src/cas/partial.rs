@@ -1,0 +1,332 @@
+//! Partial blobs: downloads assembled piece by piece, in any order, across restarts.
+//!
+//! A partial blob is a sparse file of the final size under `partial/`, a metainfo and a
+//! bitfield in redb. Each piece is BLAKE3-verified before it touches the file; a bad piece
+//! is never written. The bitfield is persisted every `flush_every_pieces` pieces, after an
+//! fsync of the file, so it never claims bytes that a crash could lose. On completion the
+//! file is (optionally) re-checked against the sha256 digest and renamed into `blobs/`.
+//!
+//! One writer per blob at a time: a second [`Cas::start_partial`] for the same digest gets
+//! `CasError::Busy` until the first [`PartialBlob`] is dropped.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
+use super::{BlobInfo, Cas, CasError, sync_dir};
+use crate::bitfield::{Bitfield, PieceIndex};
+use crate::metainfo::Metainfo;
+
+/// A download in progress. Dropping it keeps the progress (flushed best-effort) for a
+/// later [`Cas::start_partial`] to resume.
+pub struct PartialBlob {
+    cas: Cas,
+    metainfo: Arc<Metainfo>,
+    bitfield: Bitfield,
+    file: File,
+    path: PathBuf,
+    unflushed: u32,
+    finished: bool,
+}
+
+impl Cas {
+    /// Starts, or resumes after a restart, the download of the blob `metainfo` describes.
+    ///
+    /// Resuming keeps the pieces persisted before, if the stored metainfo is identical;
+    /// a different metainfo for the same digest discards the old progress.
+    pub fn start_partial(&self, metainfo: &Metainfo) -> Result<PartialBlob, CasError> {
+        let inner = self.inner();
+        let digest = *metainfo.digest();
+        let key = digest.to_string();
+        let path = inner.partial_path(&digest);
+        let mut state = inner.lock();
+        if state.writers.contains(&digest) {
+            return Err(CasError::Busy(digest));
+        }
+        if let Some(record) = inner.record(&digest)? {
+            if record.state == BlobState::Complete {
+                return Err(CasError::AlreadyExists(digest));
+            }
+            let same = inner
+                .metainfo(&digest)
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.id() == metainfo.id());
+            if same && let Some(bitfield) = self.stored_bitfield(&key, metainfo.piece_count())? {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(CasError::io("open partial", &path))?;
+                state.writers.insert(digest);
+                state.access.insert(digest, super::meta::to_ms(SystemTime::now()));
+                return Ok(PartialBlob {
+                    cas: self.clone(),
+                    metainfo: Arc::new(metainfo.clone()),
+                    bitfield,
+                    file,
+                    path,
+                    unflushed: 0,
+                    finished: false,
+                });
+            }
+            tracing::info!(%digest, "cas: discarding a partial download with different metainfo");
+            inner.remove(&mut state, &[(digest, record)])?;
+        }
+
+        let length = metainfo.length();
+        inner.reserve_locked(&mut state, length)?;
+        let created = (|| {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(CasError::io("create partial", &path))?;
+            // Sparse: no blocks are allocated until pieces arrive.
+            file.set_len(length)
+                .map_err(CasError::io("size partial", &path))?;
+            file.sync_all().map_err(CasError::io("sync", &path))?;
+            sync_dir(&inner.partial_dir)?;
+            let bitfield = Bitfield::new(metainfo.piece_count());
+            let record = BlobRecord::new(BlobState::Partial, length, SystemTime::now());
+            let txn = inner.db.begin_write()?;
+            {
+                txn.open_table(BLOBS)?
+                    .insert(key.as_str(), record.encode().as_slice())?;
+                txn.open_table(METAINFO)?
+                    .insert(key.as_str(), metainfo.encode().as_slice())?;
+                txn.open_table(BITFIELDS)?
+                    .insert(key.as_str(), encode_bitfield(&bitfield).as_slice())?;
+            }
+            txn.commit()?;
+            Ok::<_, CasError>((file, bitfield))
+        })();
+        state.reserved = state.reserved.saturating_sub(length);
+        let (file, bitfield) = match created {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        state.used += length;
+        state.writers.insert(digest);
+        Ok(PartialBlob {
+            cas: self.clone(),
+            metainfo: Arc::new(metainfo.clone()),
+            bitfield,
+            file,
+            path,
+            unflushed: 0,
+            finished: false,
+        })
+    }
+
+    fn stored_bitfield(&self, key: &str, pieces: u32) -> Result<Option<Bitfield>, CasError> {
+        let txn = self.inner().db.begin_read()?;
+        let table = txn.open_table(BITFIELDS)?;
+        let Some(v) = table.get(key)? else {
+            return Ok(None);
+        };
+        Ok(postcard::from_bytes::<Bitfield>(v.value())
+            .ok()
+            .filter(|b| b.len() == pieces))
+    }
+}
+
+impl PartialBlob {
+    /// The blob's metainfo.
+    pub fn metainfo(&self) -> &Arc<Metainfo> {
+        &self.metainfo
+    }
+
+    /// Pieces present (including any not yet flushed).
+    pub fn bitfield(&self) -> &Bitfield {
+        &self.bitfield
+    }
+
+    /// True when every piece is present.
+    pub fn is_complete(&self) -> bool {
+        self.bitfield.is_complete()
+    }
+
+    /// Verifies and stores one piece. Returns false if the piece was already present.
+    /// A piece that fails verification is not written: `CasError::Piece`.
+    pub fn write_piece(&mut self, index: PieceIndex, bytes: &[u8]) -> Result<bool, CasError> {
+        self.metainfo.verify_piece(index, bytes)?;
+        if self.bitfield.get(index) {
+            return Ok(false);
+        }
+        self.write_verified(index, bytes)?;
+        Ok(true)
+    }
+
+    /// Stores a piece whose BLAKE3 hash the caller already checked while receiving it
+    /// (e.g. with [`crate::metainfo::Metainfo::check_piece_hash`] on a streaming hasher).
+    pub fn write_verified(&mut self, index: PieceIndex, bytes: &[u8]) -> Result<(), CasError> {
+        let range = self
+            .metainfo
+            .piece_range(index)
+            .ok_or(crate::metainfo::PieceError::OutOfRange {
+                index,
+                count: self.metainfo.piece_count(),
+            })?;
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(crate::metainfo::PieceError::WrongSize {
+                index,
+                expected: (range.end - range.start) as u32,
+                actual: bytes.len(),
+            }
+            .into());
+        }
+        self.file
+            .write_all_at(bytes, range.start)
+            .map_err(CasError::io("write piece to", &self.path))?;
+        if self.bitfield.set(index) {
+            self.unflushed += 1;
+        }
+        if self.unflushed >= self.cas.config().flush_every_pieces {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Reads a piece this node already has (to serve it to peers while downloading).
+    pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
+        let range = self.metainfo.piece_range(index).filter(|_| self.bitfield.get(index));
+        let Some(range) = range else {
+            return Err(CasError::MissingPiece {
+                digest: *self.metainfo.digest(),
+                index,
+            });
+        };
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        self.file
+            .read_exact_at(&mut buf, range.start)
+            .map_err(CasError::io("read piece from", &self.path))?;
+        Ok(buf)
+    }
+
+    /// Makes the pieces written so far durable: fsync the file, then persist the bitfield.
+    pub fn flush(&mut self) -> Result<(), CasError> {
+        if self.unflushed == 0 {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(CasError::io("sync", &self.path))?;
+        let inner = self.cas.inner();
+        let txn = inner.db.begin_write()?;
+        txn.open_table(BITFIELDS)?.insert(
+            self.metainfo.digest().to_string().as_str(),
+            encode_bitfield(&self.bitfield).as_slice(),
+        )?;
+        txn.commit()?;
+        self.unflushed = 0;
+        inner.touch(self.metainfo.digest());
+        Ok(())
+    }
+
+    /// Turns the finished download into a complete blob.
+    pub fn commit(mut self) -> Result<BlobInfo, CasError> {
+        let digest = *self.metainfo.digest();
+        if !self.is_complete() {
+            return Err(CasError::Incomplete {
+                digest,
+                have: self.bitfield.count_ones(),
+                total: self.bitfield.len(),
+            });
+        }
+        self.flush()?;
+        let inner = self.cas.inner();
+        if self.cas.config().verify_digest_on_commit {
+            let actual = self.rehash()?;
+            if actual != digest {
+                // The pieces matched their BLAKE3 hashes, so the metainfo itself lied.
+                self.finished = true;
+                self.discard()?;
+                return Err(CasError::DigestMismatch {
+                    expected: digest,
+                    actual,
+                });
+            }
+        }
+        let target = inner.blob_path(&digest);
+        let shard = target.parent().unwrap_or(&inner.blobs_dir).to_path_buf();
+        fs::create_dir_all(&shard).map_err(CasError::io("create directory", &shard))?;
+        fs::rename(&self.path, &target).map_err(CasError::io("rename into place", &target))?;
+        sync_dir(&shard)?;
+        sync_dir(&inner.partial_dir)?;
+
+        let key = digest.to_string();
+        let txn = inner.db.begin_write()?;
+        let record = {
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut record = match blobs.get(key.as_str())? {
+                Some(v) => BlobRecord::decode(v.value()).ok_or(CasError::CorruptRecord(key.clone()))?,
+                None => BlobRecord::new(BlobState::Partial, self.metainfo.length(), SystemTime::now()),
+            };
+            record.state = BlobState::Complete;
+            blobs.insert(key.as_str(), record.encode().as_slice())?;
+            txn.open_table(BITFIELDS)?.remove(key.as_str())?;
+            record
+        };
+        txn.commit()?;
+        self.finished = true;
+        Ok(record.info(digest))
+    }
+
+    /// Abandons the download and deletes its progress.
+    pub fn abort(mut self) -> Result<(), CasError> {
+        self.finished = true;
+        self.discard()
+    }
+
+    fn discard(&mut self) -> Result<(), CasError> {
+        let inner = self.cas.inner();
+        let digest = *self.metainfo.digest();
+        let mut state = inner.lock();
+        if let Some(record) = inner.record(&digest)? {
+            inner.remove(&mut state, &[(digest, record)])?;
+        }
+        Ok(())
+    }
+
+    fn rehash(&self) -> Result<crate::digest::Digest, CasError> {
+        let mut hasher = self.metainfo.digest().hasher();
+        let mut buf = vec![0u8; 1 << 20];
+        let len = self.metainfo.length();
+        let mut offset = 0;
+        while offset < len {
+            let n = (len - offset).min(buf.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], offset)
+                .map_err(CasError::io("read back", &self.path))?;
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok(hasher.finish())
+    }
+}
+
+impl Drop for PartialBlob {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Err(e) = self.flush()
+        {
+            tracing::warn!(digest = %self.metainfo.digest(), error = %e, "cas: could not save partial progress");
+        }
+        self.cas.inner().lock().writers.remove(self.metainfo.digest());
+    }
+}
+
+fn encode_bitfield(b: &Bitfield) -> Vec<u8> {
+    postcard::to_allocvec(b).unwrap_or_default()
+}

@@ -1,0 +1,39 @@
+//! Content addressing, the local content-addressed store, and storage backends.
+//!
+//! Modules, bottom up:
+//! - [`digest`]: `Digest`, the registry's name for a blob (`sha256:<hex>`), strictly parsed.
+//! - [`bitfield`]: `PieceIndex` and the `Bitfield` of pieces a node holds.
+//! - [`metainfo`]: `Metainfo` (length, piece length, one BLAKE3 hash per piece), the piece
+//!   length table, piece verification and the compact postcard encoding with its own id.
+//! - `cas` (feature `local`): blobs as files under `<root>/blobs/<2 hex>/<hex>` with metadata
+//!   in redb; verified ingest, resumable partial downloads, ranged and per-piece readers,
+//!   quota eviction and a crash-safe startup sweep.
+//! - `queue` (feature `local`): the durable write-back queue (redb) an origin drains to its
+//!   backend, with exponential backoff and jitter.
+//! - `backend` (feature `backends`): OpenDAL-backed remote storage (fs, memory, s3, gcs,
+//!   webhdfs), namespace routing, the Docker-registry key layout, and the upload path from
+//!   the CAS to a backend.
+//!
+//! Without default features only the first three exist: pure types with no I/O, shared by
+//! the transport, the simulator and every node.
+
+pub mod bitfield;
+pub mod digest;
+pub mod metainfo;
+
+#[cfg(feature = "local")]
+pub mod cas;
+#[cfg(feature = "local")]
+pub mod queue;
+#[cfg(feature = "local")]
+mod time;
+
+#[cfg(feature = "backends")]
+pub mod backend;
+
+pub use bitfield::{Bitfield, BitfieldError, PieceIndex};
+pub use digest::{Digest, DigestAlgorithm, DigestError, DigestHasher};
+pub use metainfo::{
+    Metainfo, MetainfoError, MetainfoId, PieceError, PieceHash, PieceHasher, PieceLengthEntry,
+    PieceLengthTable,
+};

@@ -1,0 +1,12 @@
+//! Wall-clock times as milliseconds since the Unix epoch, the form stored in redb.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub(crate) fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
