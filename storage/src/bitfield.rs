@@ -204,7 +204,10 @@ impl<'de> Deserialize<'de> for ByteBuf {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
                 Ok(ByteBuf(v))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ByteBuf, A::Error> {
                 // Text formats write bytes as a list of numbers; bound the preallocation.
                 let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
                 while let Some(b) = seq.next_element()? {
@@ -231,7 +234,10 @@ mod tests {
         assert!(!b.set(PieceIndex(10)), "out of range is ignored");
         assert_eq!(b.count_ones(), 2);
         assert_eq!(b.as_bytes(), &[0x80, 0x40]);
-        assert_eq!(b.ones().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(9)]);
+        assert_eq!(
+            b.ones().collect::<Vec<_>>(),
+            vec![PieceIndex(0), PieceIndex(9)]
+        );
         assert_eq!(b.missing().count(), 8);
         assert!(b.unset(PieceIndex(9)));
         assert!(!b.is_complete());
@@ -249,7 +255,11 @@ mod tests {
             Bitfield::from_bytes(10, vec![0, 0x20]),
             Err(BitfieldError::TrailingBits)
         );
-        assert!(Bitfield::from_bytes(10, vec![0xff, 0xc0]).unwrap().is_complete());
+        assert!(
+            Bitfield::from_bytes(10, vec![0xff, 0xc0])
+                .unwrap()
+                .is_complete()
+        );
     }
 
     proptest! {

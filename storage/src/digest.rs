@@ -239,11 +239,20 @@ mod tests {
             (format!("sha512:{hex}"), "unsupported digest algorithm"),
             (format!("SHA256:{hex}"), "unsupported digest algorithm"),
             (hex.to_string(), "no ':'"),
-            (format!("sha256:{}", &hex[1..]), "must have 64 hex characters, got 63"),
+            (
+                format!("sha256:{}", &hex[1..]),
+                "must have 64 hex characters, got 63",
+            ),
             (format!("sha256:{hex}0"), "got 65"),
             (format!("sha256:{hex}\n"), "got 65"),
-            (format!("sha256:{}", hex.to_uppercase()), "invalid character 'E'"),
-            (format!("sha256:{}g", &hex[1..]), "invalid character 'g' at position 63"),
+            (
+                format!("sha256:{}", hex.to_uppercase()),
+                "invalid character 'E'",
+            ),
+            (
+                format!("sha256:{}g", &hex[1..]),
+                "invalid character 'g' at position 63",
+            ),
             ("sha256:".to_string(), "got 0"),
         ];
         for (input, want) in cases {

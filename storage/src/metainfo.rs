@@ -90,7 +90,9 @@ pub enum MetainfoError {
     #[error("piece length {0} is outside {MIN_PIECE_LENGTH}..={MAX_PIECE_LENGTH}")]
     BadPieceLength(u32),
     /// The number of piece hashes does not match the length.
-    #[error("a {length}-byte blob with {piece_length}-byte pieces has {expected} pieces, metainfo lists {actual}")]
+    #[error(
+        "a {length}-byte blob with {piece_length}-byte pieces has {expected} pieces, metainfo lists {actual}"
+    )]
     PieceCountMismatch {
         /// Blob length.
         length: u64,
@@ -102,7 +104,9 @@ pub enum MetainfoError {
         actual: usize,
     },
     /// More pieces than [`MAX_PIECES`].
-    #[error("a {length}-byte blob needs {pieces} pieces of {piece_length} bytes, more than the {MAX_PIECES} allowed")]
+    #[error(
+        "a {length}-byte blob needs {pieces} pieces of {piece_length} bytes, more than the {MAX_PIECES} allowed"
+    )]
     TooManyPieces {
         /// Blob length.
         length: u64,
@@ -404,8 +408,8 @@ impl Metainfo {
                 max: MAX_ENCODED_LEN,
             });
         }
-        let (wire, rest): (MetainfoWire, _) =
-            postcard::take_from_bytes(bytes).map_err(|e| MetainfoError::Malformed(e.to_string()))?;
+        let (wire, rest): (MetainfoWire, _) = postcard::take_from_bytes(bytes)
+            .map_err(|e| MetainfoError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(MetainfoError::TrailingBytes(rest.len()));
         }
@@ -477,7 +481,8 @@ impl PieceHasher {
             self.in_piece += take as u32;
             bytes = &bytes[take..];
             if self.in_piece == self.piece_length {
-                self.pieces.push(PieceHash(*self.current.finalize().as_bytes()));
+                self.pieces
+                    .push(PieceHash(*self.current.finalize().as_bytes()));
                 self.current.reset();
                 self.in_piece = 0;
             }
@@ -492,7 +497,8 @@ impl PieceHasher {
     /// Finishes the last (short) piece and builds the metainfo for `digest`.
     pub fn finish(mut self, digest: Digest) -> Result<Metainfo, MetainfoError> {
         if self.in_piece > 0 {
-            self.pieces.push(PieceHash(*self.current.finalize().as_bytes()));
+            self.pieces
+                .push(PieceHash(*self.current.finalize().as_bytes()));
         }
         Metainfo::new(digest, self.length, self.piece_length, self.pieces)
     }
@@ -531,14 +537,17 @@ mod tests {
             (vec![e(0, 1)], "piece_length 1 is outside"),
         ];
         for (entries, want) in cases {
-            let err = PieceLengthTable { entries }.validate().unwrap_err().to_string();
+            let err = PieceLengthTable { entries }
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{err}");
         }
     }
 
     #[test]
     fn pieces_cover_the_blob_and_verify() {
-        let data: Vec<u8> = (0..(600 * 1024u32)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..600 * 1024u32).map(|i| (i % 251) as u8).collect();
         let m = Metainfo::from_bytes(&data, &table()).unwrap();
         assert_eq!(m.piece_count(), 3);
         assert_eq!(m.piece_range(PieceIndex(2)), Some(512 * 1024..600 * 1024));
@@ -551,7 +560,9 @@ mod tests {
         bad[5] ^= 1;
         assert_eq!(
             m.verify_piece(PieceIndex(0), &bad),
-            Err(PieceError::HashMismatch { index: PieceIndex(0) })
+            Err(PieceError::HashMismatch {
+                index: PieceIndex(0)
+            })
         );
         assert!(matches!(
             m.verify_piece(PieceIndex(0), &bad[1..]),
@@ -565,7 +576,7 @@ mod tests {
 
     #[test]
     fn streaming_hasher_matches_in_memory() {
-        let data: Vec<u8> = (0..(1_300_000u32)).map(|i| (i * 7 % 256) as u8).collect();
+        let data: Vec<u8> = (0..1_300_000u32).map(|i| (i * 7 % 256) as u8).collect();
         let want = Metainfo::from_bytes(&data, &table()).unwrap();
         let mut h = PieceHasher::new(want.piece_length());
         for chunk in data.chunks(77_777) {
@@ -586,7 +597,10 @@ mod tests {
         let mut wire = MetainfoWire::from(m.clone());
         wire.version = 9;
         let enc = postcard::to_allocvec(&wire).unwrap();
-        assert_eq!(Metainfo::decode(&enc), Err(MetainfoError::UnsupportedVersion(9)));
+        assert_eq!(
+            Metainfo::decode(&enc),
+            Err(MetainfoError::UnsupportedVersion(9))
+        );
         let mut wire = MetainfoWire::from(m);
         wire.pieces.push(PieceHash([0; 32]));
         let enc = postcard::to_allocvec(&wire).unwrap();

@@ -23,8 +23,8 @@ use rand::{Rng, SeedableRng};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::time::{from_ms, to_ms};
 use crate::digest::Digest;
+use crate::time::{from_ms, to_ms};
 
 const ITEMS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("writeback_items");
 const DUE: TableDefinition<'_, (u64, &str, &str), ()> = TableDefinition::new("writeback_due");
@@ -68,7 +68,10 @@ impl QueueConfig {
             )));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(QueueError::Config(format!("jitter {} is outside 0..=1", self.jitter)));
+            return Err(QueueError::Config(format!(
+                "jitter {} is outside 0..=1",
+                self.jitter
+            )));
         }
         Ok(())
     }
@@ -76,7 +79,10 @@ impl QueueConfig {
     /// The delay before attempt `attempts + 1`, before jitter.
     pub fn backoff(&self, attempts: u32) -> Duration {
         let exp = attempts.saturating_sub(1).min(40);
-        let ms = self.base_backoff_ms.saturating_mul(1u64 << exp).min(self.max_backoff_ms);
+        let ms = self
+            .base_backoff_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_backoff_ms);
         Duration::from_millis(ms)
     }
 }
@@ -186,7 +192,12 @@ impl WriteBackQueue {
 
     /// Queues `digest` for upload; durable when this returns. Returns false if it was
     /// already queued (its schedule is left alone).
-    pub fn enqueue(&self, namespace: &str, digest: &Digest, now: SystemTime) -> Result<bool, QueueError> {
+    pub fn enqueue(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        now: SystemTime,
+    ) -> Result<bool, QueueError> {
         let key = digest.to_string();
         let txn = self.db.begin_write()?;
         let fresh = {
@@ -202,7 +213,8 @@ impl WriteBackQueue {
                     last_error: None,
                 };
                 items.insert((namespace, key.as_str()), encode(&record).as_slice())?;
-                txn.open_table(DUE)?.insert((ms, namespace, key.as_str()), ())?;
+                txn.open_table(DUE)?
+                    .insert((ms, namespace, key.as_str()), ())?;
                 true
             }
         };
@@ -211,7 +223,11 @@ impl WriteBackQueue {
     }
 
     /// Leases up to `limit` items due at `now`, earliest first.
-    pub fn take_due(&self, now: SystemTime, limit: usize) -> Result<Vec<WriteBackItem>, QueueError> {
+    pub fn take_due(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<WriteBackItem>, QueueError> {
         let now_ms = to_ms(now);
         let mut leases = lock(&self.leases);
         leases.retain(|_, expiry| *expiry > now_ms);
@@ -258,7 +274,12 @@ impl WriteBackQueue {
     }
 
     /// Records a failed attempt and reschedules the item; returns when it is due again.
-    pub fn fail(&self, item: &WriteBackItem, now: SystemTime, error: &str) -> Result<SystemTime, QueueError> {
+    pub fn fail(
+        &self,
+        item: &WriteBackItem,
+        now: SystemTime,
+        error: &str,
+    ) -> Result<SystemTime, QueueError> {
         let key = item.digest.to_string();
         let ns = item.namespace.as_str();
         let txn = self.db.begin_write()?;

@@ -50,15 +50,29 @@ fn ingest_then_read_whole_ranges_and_pieces() {
     let blob = data(1_000_000, 1);
     let digest = Digest::sha256_of(&blob);
 
-    let got = cas.ingest(&digest, Some(blob.len() as u64), &blob[..]).unwrap();
+    let got = cas
+        .ingest(&digest, Some(blob.len() as u64), &blob[..])
+        .unwrap();
     assert!(!got.already_present);
     assert_eq!(got.info.state, BlobState::Complete);
-    assert_eq!(got.metainfo, Metainfo::from_bytes(&blob, &small_pieces()).unwrap());
-    assert_eq!(cas.metainfo(&digest).unwrap().unwrap().id(), got.metainfo.id());
+    assert_eq!(
+        got.metainfo,
+        Metainfo::from_bytes(&blob, &small_pieces()).unwrap()
+    );
+    assert_eq!(
+        cas.metainfo(&digest).unwrap().unwrap().id(),
+        got.metainfo.id()
+    );
     assert!(cas.contains(&digest).unwrap());
     assert_eq!(cas.used_bytes(), blob.len() as u64);
     let hex = digest.hex();
-    assert!(dir.path().join("blobs").join(&hex[..2]).join(&hex).is_file());
+    assert!(
+        dir.path()
+            .join("blobs")
+            .join(&hex[..2])
+            .join(&hex)
+            .is_file()
+    );
 
     let r = cas.reader(&digest).unwrap();
     assert_eq!(r.len(), blob.len() as u64);
@@ -93,7 +107,10 @@ fn ingest_without_length_hashes_pieces_afterwards() {
     let blob = data(300_001, 2);
     let digest = Digest::sha256_of(&blob);
     let got = cas.ingest(&digest, None, &blob[..]).unwrap();
-    assert_eq!(got.metainfo, Metainfo::from_bytes(&blob, &small_pieces()).unwrap());
+    assert_eq!(
+        got.metainfo,
+        Metainfo::from_bytes(&blob, &small_pieces()).unwrap()
+    );
     assert_eq!(cas.reader(&digest).unwrap().read_all().unwrap(), blob);
 }
 
@@ -144,7 +161,10 @@ struct FailingReader(usize);
 impl Read for FailingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.0 == 0 {
-            return Err(io::Error::new(io::ErrorKind::ConnectionReset, "peer went away"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "peer went away",
+            ));
         }
         let n = self.0.min(buf.len());
         buf[..n].fill(7);
@@ -162,7 +182,13 @@ fn truncated_upload_is_an_error_and_leaves_no_temp_file() {
         .ingest(&digest, Some(5_000_000), FailingReader(3_000_000))
         .unwrap_err();
     assert!(
-        matches!(err, CasError::Source { read: 3_000_000, .. }),
+        matches!(
+            err,
+            CasError::Source {
+                read: 3_000_000,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("peer went away"));
@@ -198,18 +224,21 @@ fn partial_download_in_any_order_resumes_after_restart() {
         for i in [15, 3, 8, 0, 1] {
             assert!(p.write_piece(PieceIndex(i), piece(i)).unwrap());
         }
-        assert!(!p.write_piece(PieceIndex(3), piece(3)).unwrap(), "duplicate");
+        assert!(
+            !p.write_piece(PieceIndex(3), piece(3)).unwrap(),
+            "duplicate"
+        );
         assert_eq!(p.read_piece(PieceIndex(8)).unwrap(), piece(8));
         assert!(matches!(
             p.read_piece(PieceIndex(9)),
             Err(CasError::MissingPiece { .. })
         ));
         assert!(!cas.contains(&digest).unwrap());
-        assert!(cas.reader(&digest).is_err(), "partial blobs are not readable");
-        assert!(matches!(
-            cas.start_partial(&meta),
-            Err(CasError::Busy(_))
-        ));
+        assert!(
+            cas.reader(&digest).is_err(),
+            "partial blobs are not readable"
+        );
+        assert!(matches!(cas.start_partial(&meta), Err(CasError::Busy(_))));
         let info = cas.info(&digest).unwrap().unwrap();
         assert_eq!(info.state, BlobState::Partial);
         p.flush().unwrap();
@@ -330,7 +359,16 @@ fn quota_evicts_least_recently_used_but_never_pinned_or_open_blobs() {
     let err = cas
         .ingest(&Digest::sha256_of(&blob), Some(300_000), &blob[..])
         .unwrap_err();
-    assert!(matches!(err, CasError::NoSpace { needed: 300_000, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CasError::NoSpace {
+                needed: 300_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(matches!(cas.delete(&a), Err(CasError::Pinned(_))));
     assert!(matches!(cas.delete(&b), Err(CasError::Busy(_))));
 
@@ -392,7 +430,11 @@ fn startup_sweep_removes_temp_orphan_and_dangling_entries() {
     }
     fs::write(dir.path().join("tmp/abc.1.1"), b"half a blob").unwrap();
     fs::create_dir_all(dir.path().join("blobs/ff")).unwrap();
-    fs::write(dir.path().join("blobs/ff/ffff"), b"renamed but not recorded").unwrap();
+    fs::write(
+        dir.path().join("blobs/ff/ffff"),
+        b"renamed but not recorded",
+    )
+    .unwrap();
     fs::write(dir.path().join("partial/eeee"), b"unknown partial").unwrap();
 
     let cas = Cas::open(config(dir.path())).unwrap();
@@ -459,9 +501,27 @@ fn flags_persist_and_bad_config_is_rejected() {
     assert!(info.pinned && info.persisted);
 
     for (bad, want) in [
-        (CasConfig { capacity_bytes: 0, ..config(dir.path()) }, "capacity_bytes"),
-        (CasConfig { low_water: 0.95, ..config(dir.path()) }, "low_water"),
-        (CasConfig { flush_every_pieces: 0, ..config(dir.path()) }, "flush_every_pieces"),
+        (
+            CasConfig {
+                capacity_bytes: 0,
+                ..config(dir.path())
+            },
+            "capacity_bytes",
+        ),
+        (
+            CasConfig {
+                low_water: 0.95,
+                ..config(dir.path())
+            },
+            "low_water",
+        ),
+        (
+            CasConfig {
+                flush_every_pieces: 0,
+                ..config(dir.path())
+            },
+            "flush_every_pieces",
+        ),
     ] {
         let err = Cas::open(bad).err().unwrap().to_string();
         assert!(err.contains(want), "{err}");
@@ -472,7 +532,16 @@ fn flags_persist_and_bad_config_is_rejected() {
 fn root_that_is_a_file_is_a_clear_error() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let err = Cas::open(CasConfig::at(file.path())).err().unwrap();
-    assert!(matches!(err, CasError::Io { op: "create directory", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CasError::Io {
+                op: "create directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -483,7 +552,10 @@ fn concurrent_ingests_of_the_same_blob_store_it_once() {
     let digest = Digest::sha256_of(&blob);
     std::thread::scope(|s| {
         for _ in 0..4 {
-            s.spawn(|| cas.ingest(&digest, Some(blob.len() as u64), &blob[..]).unwrap());
+            s.spawn(|| {
+                cas.ingest(&digest, Some(blob.len() as u64), &blob[..])
+                    .unwrap()
+            });
         }
     });
     assert_eq!(cas.list().unwrap().len(), 1);

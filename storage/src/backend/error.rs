@@ -1,9 +1,9 @@
 //! `BackendError`: everything that can go wrong configuring, routing to or talking to a
 //! remote storage backend.
 //!
-//! OpenDAL's errors are mapped once, in [`BackendError::from_opendal`], so callers branch on
-//! a small set of meanings (missing, retry later, misconfigured, broken) instead of
-//! OpenDAL's error kinds.
+//! OpenDAL's errors are mapped in one place (`BackendError::from_opendal`), so callers
+//! branch on a small set of meanings (missing, retry later, misconfigured, broken) instead
+//! of OpenDAL's error kinds.
 
 use crate::Digest;
 

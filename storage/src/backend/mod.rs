@@ -9,6 +9,8 @@
 //! - [`router`]: [`NamespaceRouter`], the ordered `[[backends]]` list that picks a backend
 //!   for a namespace (`library/ubuntu`, …) by regex, first match wins.
 //! - [`error`]: [`BackendError`], the one error type of all of the above.
+//! - [`writeback`]: the upload path from the local CAS to a backend and one pass of the
+//!   write-back executor over the durable queue.
 //!
 //! This module owns [`Backend`]: one configured OpenDAL operator plus its layout and name,
 //! with blob-level operations (`stat`, ranged `get`, streaming `put_file`/`put_stream`,
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod layout;
 pub mod router;
+pub mod writeback;
 
 use std::fmt;
 use std::ops::Range;
@@ -48,6 +51,7 @@ pub use config::{
 pub use error::BackendError;
 pub use layout::KeyLayout;
 pub use router::{NamespaceRouter, RouteConfig, RouterConfig};
+pub use writeback::{DrainReport, UploadOutcome, WriteBackError, drain_due, upload_blob};
 
 /// Connect timeout of [`default_http_client`].
 pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,6 +169,8 @@ impl Backend {
     /// [`BackendError::RangeNotSatisfiable`] if `range` is inverted or ends past the blob.
     /// The stream itself yields an error if the backend fails mid-way or delivers a
     /// different number of bytes than the range holds.
+    ///
+    /// Costs a `stat` (to learn the length and check the range) plus one streamed read.
     pub async fn get(
         &self,
         digest: &Digest,

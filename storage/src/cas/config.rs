@@ -76,8 +76,7 @@ impl CasConfig {
         if self.capacity_bytes == 0 {
             return bad("capacity_bytes must be above 0".into());
         }
-        if !(0.0 < self.low_water && self.low_water <= self.high_water && self.high_water <= 1.0)
-        {
+        if !(0.0 < self.low_water && self.low_water <= self.high_water && self.high_water <= 1.0) {
             return bad(format!(
                 "need 0 < low_water ({}) <= high_water ({}) <= 1",
                 self.low_water, self.high_water
@@ -86,7 +85,9 @@ impl CasConfig {
         if self.flush_every_pieces == 0 {
             return bad("flush_every_pieces must be at least 1".into());
         }
-        self.piece_lengths.validate().map_err(|e| CasError::Config(e.to_string()))
+        self.piece_lengths
+            .validate()
+            .map_err(|e| CasError::Config(e.to_string()))
     }
 }
 
@@ -103,7 +104,9 @@ mod opt_secs {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
     }
 }

@@ -65,7 +65,9 @@ pub enum CasError {
     #[error("blob {0} is pinned")]
     Pinned(Digest),
     /// The quota leaves no room even after evicting everything evictable.
-    #[error("no space for {needed} bytes: {available} bytes free in a {capacity}-byte store after eviction")]
+    #[error(
+        "no space for {needed} bytes: {available} bytes free in a {capacity}-byte store after eviction"
+    )]
     NoSpace {
         /// Bytes asked for.
         needed: u64,

@@ -5,7 +5,7 @@
 //! 1. Blobs past their time to live, or idle past their time to idle, go.
 //! 2. If the store (plus the space being asked for) is still over quota, least recently used
 //!    blobs go until it fits.
-//! 3. Above the high-water mark the store is in aggressive mode: the shorter
+//! 3. Above the high-water mark (by current use) the store is in aggressive mode: the shorter
 //!    `aggressive_tti` applies and LRU frees space down to the low-water mark, so a busy
 //!    cache does not evict one blob per new arrival.
 //!
@@ -50,9 +50,15 @@ fn expired(age_ms: u64, limit: Option<Duration>) -> bool {
 }
 
 /// Plans evictions so that `used + need` fits the policy at time `now_ms`.
-pub(crate) fn plan(cands: &[Candidate], used: u64, need: u64, policy: &Policy, now_ms: u64) -> Plan {
+pub(crate) fn plan(
+    cands: &[Candidate],
+    used: u64,
+    need: u64,
+    policy: &Policy,
+    now_ms: u64,
+) -> Plan {
     let fraction = |f: f64| (policy.capacity as f64 * f) as u64;
-    let aggressive = used.saturating_add(need) > fraction(policy.high_water);
+    let aggressive = used > fraction(policy.high_water);
     let tti = match (aggressive, policy.aggressive_tti, policy.tti) {
         (true, Some(a), Some(t)) => Some(a.min(t)),
         (true, Some(a), None) => Some(a),
@@ -129,10 +135,10 @@ mod tests {
         let mut p = policy();
         p.ttl = Some(Duration::from_secs(500));
         let c = [
-            cand(1, 10, 0, 0, true),             // idle 200 s > tti
-            cand(2, 10, 0, 150_000, true),       // fresh
-            cand(3, 10, 0, 0, false),            // pinned: stays
-            cand(4, 10, 0, 199_000, true),       // fresh
+            cand(1, 10, 0, 0, true),       // idle 200 s > tti
+            cand(2, 10, 0, 150_000, true), // fresh
+            cand(3, 10, 0, 0, false),      // pinned: stays
+            cand(4, 10, 0, 199_000, true), // fresh
         ];
         assert_eq!(plan(&c, 40, 0, &p, 200_000).evict, vec![0]);
         // 600 s after creation every evictable blob is past its ttl.
@@ -146,8 +152,8 @@ mod tests {
             cand(2, 300, 0, 10_000, true),
             cand(3, 300, 0, 20_000, false),
         ];
-        // 900 used, 50 more wanted: aggressive (950 > 900), so free down to 500 - 50.
-        let p = plan(&c, 900, 50, &policy(), 35_000);
+        // 950 used (above the 900 high-water mark): aggressive, so free down to 500 - 50.
+        let p = plan(&c, 950, 50, &policy(), 35_000);
         assert!(p.aggressive);
         assert_eq!(p.evict, vec![1, 0]);
         // Normal mode frees only what is needed.

@@ -3,7 +3,8 @@
 //! One pass over the bytes on two cores: the calling thread reads the source and computes
 //! sha256; a scoped worker thread computes the BLAKE3 piece hashes and writes the temp file.
 //! Chunks travel between them in a small pool of reused buffers, so nothing is copied
-//! twice and memory stays at `BUFFERS × CHUNK` whatever the blob size. The blob becomes
+//! twice and memory stays at `BUFFERS × CHUNK` whatever the blob size. A third thread
+//! flushes written data to disk every `SYNC_EVERY` bytes, so the final fsync is short. The blob becomes
 //! visible only after its digest and length match: fsync, rename into `blobs/`, fsync the
 //! directory, then commit the record.
 
@@ -23,6 +24,8 @@ use crate::metainfo::{Metainfo, PieceHasher};
 
 const CHUNK: usize = 1 << 20;
 const BUFFERS: usize = 4;
+/// Bytes written between background flushes to disk.
+const SYNC_EVERY: usize = 64 << 20;
 
 /// The outcome of [`Cas::ingest`].
 #[derive(Debug, Clone)]
@@ -181,14 +184,29 @@ fn hash_and_write(
     let file = &tmp.file;
 
     thread::scope(|s| {
+        // Flushing to disk as we go overlaps the disk's work with hashing, so the fsync
+        // before the rename has little left to do. Requests coalesce: at most one pending.
+        let (sync_tx, sync_rx) = sync_channel::<()>(1);
+        s.spawn(move || {
+            for () in sync_rx {
+                // Errors resurface at the final, checked fsync.
+                let _ = file.sync_data();
+            }
+        });
         let worker = s.spawn(move || -> io::Result<Option<PieceHasher>> {
             let mut hasher = piece_length.map(PieceHasher::new);
             let mut out = file;
+            let mut unsynced = 0;
             for (buf, n) in full_rx {
                 if let Some(h) = hasher.as_mut() {
                     h.update(&buf[..n]);
                 }
                 out.write_all(&buf[..n])?;
+                unsynced += n;
+                if unsynced >= SYNC_EVERY {
+                    let _ = sync_tx.try_send(());
+                    unsynced = 0;
+                }
                 // The reader may have finished; a closed pool is fine.
                 let _ = empty_tx.send(buf);
             }
@@ -204,7 +222,12 @@ fn hash_and_write(
             };
             let n = match fill(source, &mut buf, &mut total) {
                 Ok(n) => n,
-                Err(source) => break Err(CasError::Source { read: total, source }),
+                Err(source) => {
+                    break Err(CasError::Source {
+                        read: total,
+                        source,
+                    });
+                }
             };
             if n == 0 {
                 break Ok(());

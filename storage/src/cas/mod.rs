@@ -206,7 +206,8 @@ impl Cas {
 
     /// Records whether the blob is safely in its backend.
     pub fn set_persisted(&self, digest: &Digest, persisted: bool) -> Result<(), CasError> {
-        self.inner.update_record(digest, |r| r.persisted = persisted)
+        self.inner
+            .update_record(digest, |r| r.persisted = persisted)
     }
 
     /// Deletes a blob (complete or partial). Fails if it is pinned or in use.
@@ -289,14 +290,20 @@ impl Inner {
         }
     }
 
-    fn update_record(&self, digest: &Digest, f: impl FnOnce(&mut BlobRecord)) -> Result<(), CasError> {
+    fn update_record(
+        &self,
+        digest: &Digest,
+        f: impl FnOnce(&mut BlobRecord),
+    ) -> Result<(), CasError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(BLOBS)?;
             let key = digest.to_string();
             let mut record = match table.get(key.as_str())? {
                 None => return Err(CasError::NotFound(*digest)),
-                Some(v) => BlobRecord::decode(v.value()).ok_or(CasError::CorruptRecord(key.clone()))?,
+                Some(v) => {
+                    BlobRecord::decode(v.value()).ok_or(CasError::CorruptRecord(key.clone()))?
+                }
             };
             f(&mut record);
             table.insert(key.as_str(), record.encode().as_slice())?;
@@ -313,7 +320,10 @@ impl Inner {
     fn reserve(&self, need: u64) -> Result<Reservation<'_>, CasError> {
         let mut state = self.lock();
         self.reserve_locked(&mut state, need)?;
-        Ok(Reservation { inner: self, bytes: need })
+        Ok(Reservation {
+            inner: self,
+            bytes: need,
+        })
     }
 
     /// Like [`Inner::reserve`] for callers that already hold the lock; the caller must
@@ -336,7 +346,12 @@ impl Inner {
         Ok(())
     }
 
-    fn evict_locked(&self, state: &mut State, need: u64, now_ms: u64) -> Result<EvictionReport, CasError> {
+    fn evict_locked(
+        &self,
+        state: &mut State,
+        need: u64,
+        now_ms: u64,
+    ) -> Result<EvictionReport, CasError> {
         self.flush_access_locked(state)?;
         let mut cands = Vec::new();
         let mut records = Vec::new();
@@ -371,7 +386,12 @@ impl Inner {
         let victims: Vec<_> = plan.evict.iter().map(|&i| records[i].clone()).collect();
         let freed_bytes = self.remove(state, &victims)?;
         if !victims.is_empty() {
-            tracing::info!(count = victims.len(), freed_bytes, aggressive = plan.aggressive, "cas: evicted blobs");
+            tracing::info!(
+                count = victims.len(),
+                freed_bytes,
+                aggressive = plan.aggressive,
+                "cas: evicted blobs"
+            );
         }
         Ok(EvictionReport {
             evicted: victims.into_iter().map(|(d, _)| d).collect(),
@@ -540,8 +560,11 @@ impl Drop for Reservation<'_> {
 }
 
 fn decode_entry(key: &str, value: &[u8]) -> Result<(Digest, BlobRecord), CasError> {
-    let digest = key.parse().map_err(|_| CasError::CorruptRecord(key.to_string()))?;
-    let record = BlobRecord::decode(value).ok_or_else(|| CasError::CorruptRecord(key.to_string()))?;
+    let digest = key
+        .parse()
+        .map_err(|_| CasError::CorruptRecord(key.to_string()))?;
+    let record =
+        BlobRecord::decode(value).ok_or_else(|| CasError::CorruptRecord(key.to_string()))?;
     Ok((digest, record))
 }
 

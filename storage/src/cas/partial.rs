@@ -64,7 +64,9 @@ impl Cas {
                     .open(&path)
                     .map_err(CasError::io("open partial", &path))?;
                 state.writers.insert(digest);
-                state.access.insert(digest, super::meta::to_ms(SystemTime::now()));
+                state
+                    .access
+                    .insert(digest, super::meta::to_ms(SystemTime::now()));
                 return Ok(PartialBlob {
                     cas: self.clone(),
                     metainfo: Arc::new(metainfo.clone()),
@@ -171,13 +173,13 @@ impl PartialBlob {
     /// Stores a piece whose BLAKE3 hash the caller already checked while receiving it
     /// (e.g. with [`crate::metainfo::Metainfo::check_piece_hash`] on a streaming hasher).
     pub fn write_verified(&mut self, index: PieceIndex, bytes: &[u8]) -> Result<(), CasError> {
-        let range = self
-            .metainfo
-            .piece_range(index)
-            .ok_or(crate::metainfo::PieceError::OutOfRange {
-                index,
-                count: self.metainfo.piece_count(),
-            })?;
+        let range =
+            self.metainfo
+                .piece_range(index)
+                .ok_or(crate::metainfo::PieceError::OutOfRange {
+                    index,
+                    count: self.metainfo.piece_count(),
+                })?;
         if bytes.len() as u64 != range.end - range.start {
             return Err(crate::metainfo::PieceError::WrongSize {
                 index,
@@ -200,7 +202,10 @@ impl PartialBlob {
 
     /// Reads a piece this node already has (to serve it to peers while downloading).
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
-        let range = self.metainfo.piece_range(index).filter(|_| self.bitfield.get(index));
+        let range = self
+            .metainfo
+            .piece_range(index)
+            .filter(|_| self.bitfield.get(index));
         let Some(range) = range else {
             return Err(CasError::MissingPiece {
                 digest: *self.metainfo.digest(),
@@ -270,8 +275,14 @@ impl PartialBlob {
         let record = {
             let mut blobs = txn.open_table(BLOBS)?;
             let mut record = match blobs.get(key.as_str())? {
-                Some(v) => BlobRecord::decode(v.value()).ok_or(CasError::CorruptRecord(key.clone()))?,
-                None => BlobRecord::new(BlobState::Partial, self.metainfo.length(), SystemTime::now()),
+                Some(v) => {
+                    BlobRecord::decode(v.value()).ok_or(CasError::CorruptRecord(key.clone()))?
+                }
+                None => BlobRecord::new(
+                    BlobState::Partial,
+                    self.metainfo.length(),
+                    SystemTime::now(),
+                ),
             };
             record.state = BlobState::Complete;
             blobs.insert(key.as_str(), record.encode().as_slice())?;
@@ -323,7 +334,11 @@ impl Drop for PartialBlob {
         {
             tracing::warn!(digest = %self.metainfo.digest(), error = %e, "cas: could not save partial progress");
         }
-        self.cas.inner().lock().writers.remove(self.metainfo.digest());
+        self.cas
+            .inner()
+            .lock()
+            .writers
+            .remove(self.metainfo.digest());
     }
 }
 

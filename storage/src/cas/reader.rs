@@ -104,10 +104,13 @@ impl BlobReader {
 
     /// Reads one piece.
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
-        let range = self.metainfo.piece_range(index).ok_or(PieceError::OutOfRange {
-            index,
-            count: self.metainfo.piece_count(),
-        })?;
+        let range = self
+            .metainfo
+            .piece_range(index)
+            .ok_or(PieceError::OutOfRange {
+                index,
+                count: self.metainfo.piece_count(),
+            })?;
         self.read_range(range)
     }
 
@@ -120,7 +123,8 @@ impl BlobReader {
         file.seek(SeekFrom::Start(range.start))
             .map_err(CasError::io("seek", &self.path))?;
         let want = range.end - range.start;
-        let copied = io::copy(&mut file.take(want), out).map_err(CasError::io("copy", &self.path))?;
+        let copied =
+            io::copy(&mut file.take(want), out).map_err(CasError::io("copy", &self.path))?;
         if copied != want {
             return Err(CasError::io("copy", &self.path)(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
