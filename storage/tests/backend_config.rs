@@ -125,3 +125,14 @@ fn backend_new_validates() {
     let err = Backend::new("m", &config, default_http_client().unwrap()).unwrap_err();
     assert!(matches!(err, BackendError::Config(_)), "{err}");
 }
+
+/// The example in the README must stay valid.
+#[test]
+fn readme_example_parses() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
+    let text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let config = RouterConfig::from_toml_str(text).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.backends[0].backend.service.name(), "s3");
+}
