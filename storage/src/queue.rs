@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rand::rngs::SmallRng;
@@ -66,6 +67,11 @@ impl QueueConfig {
                 "need 0 < base_backoff_ms ({}) <= max_backoff_ms ({})",
                 self.base_backoff_ms, self.max_backoff_ms
             )));
+        }
+        if self.lease_timeout_ms == 0 {
+            return Err(QueueError::Config(
+                "lease_timeout_ms must be above 0".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(QueueError::Config(format!(
@@ -150,6 +156,9 @@ pub struct WriteBackItem {
     pub next_attempt: SystemTime,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// Which lease this copy of the item holds (0: none), so a worker whose lease expired
+    /// cannot release the lease of the worker that took the item after it.
+    lease: u64,
 }
 
 /// Depth and age of the queue.
@@ -166,8 +175,9 @@ pub struct WriteBackQueue {
     db: Database,
     config: QueueConfig,
     rng: Mutex<SmallRng>,
-    /// `(namespace, digest)` → lease expiry (ms).
-    leases: Mutex<HashMap<(String, Digest), u64>>,
+    /// `(namespace, digest)` → (lease expiry in ms, lease token).
+    leases: Mutex<HashMap<(String, Digest), (u64, u64)>>,
+    next_lease: AtomicU64,
 }
 
 impl WriteBackQueue {
@@ -187,6 +197,7 @@ impl WriteBackQueue {
             config,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             leases: Mutex::new(HashMap::new()),
+            next_lease: AtomicU64::new(1),
         })
     }
 
@@ -230,7 +241,7 @@ impl WriteBackQueue {
     ) -> Result<Vec<WriteBackItem>, QueueError> {
         let now_ms = to_ms(now);
         let mut leases = lock(&self.leases);
-        leases.retain(|_, expiry| *expiry > now_ms);
+        leases.retain(|_, (expiry, _)| *expiry > now_ms);
         let txn = self.db.begin_read()?;
         let due = txn.open_table(DUE)?;
         let items = txn.open_table(ITEMS)?;
@@ -241,12 +252,21 @@ impl WriteBackQueue {
             }
             let (k, _) = entry?;
             let (_, namespace, digest) = k.value();
-            let item = load(&items, namespace, digest)?;
+            let mut item = match load(&items, namespace, digest) {
+                Ok(item) => item,
+                // One bad row must not stall every upload behind it.
+                Err(e) => {
+                    tracing::error!(error = %e, "write-back queue: skipping an unreadable item");
+                    continue;
+                }
+            };
             let lease_key = (item.namespace.clone(), item.digest);
             if leases.contains_key(&lease_key) {
                 continue;
             }
-            leases.insert(lease_key, now_ms + self.config.lease_timeout_ms);
+            item.lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
+            let expiry = now_ms.saturating_add(self.config.lease_timeout_ms);
+            leases.insert(lease_key, (expiry, item.lease));
             out.push(item);
         }
         Ok(out)
@@ -292,7 +312,7 @@ impl WriteBackQueue {
             let mut due = txn.open_table(DUE)?;
             due.remove((record.next_attempt_ms, ns, key.as_str()))?;
             record.attempts = record.attempts.saturating_add(1);
-            record.next_attempt_ms = to_ms(now) + self.jittered(record.attempts);
+            record.next_attempt_ms = to_ms(now).saturating_add(self.jittered(record.attempts));
             record.last_error = Some(error.chars().take(500).collect());
             items.insert((ns, key.as_str()), encode(&record).as_slice())?;
             due.insert((record.next_attempt_ms, ns, key.as_str()), ())?;
@@ -303,9 +323,17 @@ impl WriteBackQueue {
         Ok(from_ms(next))
     }
 
-    /// Returns a leased item without counting an attempt (e.g. on shutdown).
+    /// Returns a leased item without counting an attempt (e.g. on shutdown). Does nothing
+    /// if the lease has since expired and passed to another worker.
     pub fn release(&self, item: &WriteBackItem) {
-        lock(&self.leases).remove(&(item.namespace.clone(), item.digest));
+        let mut leases = lock(&self.leases);
+        let key = (item.namespace.clone(), item.digest);
+        if leases
+            .get(&key)
+            .is_some_and(|(_, token)| *token == item.lease)
+        {
+            leases.remove(&key);
+        }
     }
 
     /// Number of queued items.
@@ -374,6 +402,7 @@ fn to_item(ns: &str, digest: &str, r: &ItemRecord) -> Result<WriteBackItem, Queu
         enqueued: from_ms(r.enqueued_ms),
         next_attempt: from_ms(r.next_attempt_ms),
         last_error: r.last_error.clone(),
+        lease: 0,
     })
 }
 

@@ -563,3 +563,61 @@ fn concurrent_ingests_of_the_same_blob_store_it_once() {
     assert_eq!(tmp_files(dir.path()), 0);
     assert_eq!(cas.reader(&digest).unwrap().read_all().unwrap(), blob);
 }
+
+#[test]
+fn absurd_or_unbounded_lengths_are_refused_by_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(CasConfig {
+        capacity_bytes: 1_000_000,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let digest = Digest::sha256_of(b"x");
+    // A hostile Content-Length must not overflow the quota arithmetic.
+    let err = cas
+        .ingest(&digest, Some(u64::MAX - 5), &b"x"[..])
+        .unwrap_err();
+    assert!(matches!(err, CasError::NoSpace { .. }), "{err}");
+    // A stream of unknown length stops as soon as it cannot fit.
+    let err = cas.ingest(&digest, None, io::repeat(1)).unwrap_err();
+    assert!(matches!(err, CasError::NoSpace { .. }), "{err}");
+    assert_eq!(tmp_files(dir.path()), 0);
+    // The store is still usable.
+    ingest(&cas, 90, 500_000);
+    assert_eq!(cas.used_bytes(), 500_000);
+}
+
+#[test]
+fn ingest_pinned_is_pinned_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(CasConfig {
+        capacity_bytes: 1_000_000,
+        high_water: 1.0,
+        low_water: 1.0,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let blob = data(600_000, 91);
+    let d = Digest::sha256_of(&blob);
+    assert!(
+        cas.ingest_pinned(&d, Some(600_000), &blob[..])
+            .unwrap()
+            .info
+            .pinned
+    );
+    let other = data(600_000, 92);
+    let err = cas
+        .ingest(&Digest::sha256_of(&other), Some(600_000), &other[..])
+        .unwrap_err();
+    assert!(matches!(err, CasError::NoSpace { .. }), "{err}");
+    assert!(cas.contains(&d).unwrap());
+    // Pinning an already present blob pins it too.
+    cas.set_pinned(&d, false).unwrap();
+    assert!(
+        cas.ingest_pinned(&d, Some(600_000), &blob[..])
+            .unwrap()
+            .info
+            .pinned
+    );
+    assert!(cas.info(&d).unwrap().unwrap().pinned);
+}

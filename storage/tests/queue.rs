@@ -125,14 +125,21 @@ fn schedule_survives_reopen_and_leases_expire() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(
-        q.take_due(next + Duration::from_secs(31), 1).unwrap().len(),
-        1
-    );
-    // Released items are available again at once.
+    let retaken = q
+        .take_due(next + Duration::from_secs(31), 1)
+        .unwrap()
+        .pop()
+        .unwrap();
     let again = q.take_due(next + Duration::from_secs(40), 1).unwrap();
-    assert!(again.is_empty(), "still leased by the previous take");
+    assert!(again.is_empty(), "still leased by the second take");
+    // A stale lease releases nothing; the current one frees the item at once.
     q.release(&item);
+    assert!(
+        q.take_due(next + Duration::from_secs(40), 1)
+            .unwrap()
+            .is_empty()
+    );
+    q.release(&retaken);
     assert_eq!(
         q.take_due(next + Duration::from_secs(40), 1).unwrap().len(),
         1
@@ -164,10 +171,34 @@ fn bad_config_is_rejected() {
             },
             "jitter",
         ),
+        (
+            QueueConfig {
+                lease_timeout_ms: 0,
+                ..config()
+            },
+            "lease_timeout_ms",
+        ),
     ] {
         let err = WriteBackQueue::open(&dir.path().join("q.redb"), bad)
             .err()
             .unwrap();
         assert!(err.to_string().contains(want), "{err}");
     }
+}
+
+#[test]
+fn an_expired_lease_cannot_release_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = WriteBackQueue::open(&dir.path().join("q.redb"), config()).unwrap();
+    let t0 = SystemTime::now();
+    q.enqueue("ns", &d(1), t0).unwrap();
+    let slow = q.take_due(t0, 1).unwrap().pop().unwrap();
+    // The slow worker's lease runs out; another worker takes the item.
+    let later = t0 + Duration::from_secs(31);
+    let _fast = q.take_due(later, 1).unwrap().pop().unwrap();
+    q.release(&slow);
+    assert!(
+        q.take_due(later, 1).unwrap().is_empty(),
+        "the second lease still holds"
+    );
 }

@@ -49,9 +49,35 @@ impl Cas {
         &self,
         expected: &Digest,
         length: Option<u64>,
-        mut source: impl Read,
+        source: impl Read,
     ) -> Result<Ingested, CasError> {
-        if let Some(existing) = self.existing(expected)? {
+        self.ingest_inner(expected, length, source, false)
+    }
+
+    /// Like [`Cas::ingest`], and the blob is pinned in the same transaction that makes it
+    /// visible, so it can never be evicted before the caller unpins it (an origin pins
+    /// uploads until they are written back). An already present blob is pinned too.
+    pub fn ingest_pinned(
+        &self,
+        expected: &Digest,
+        length: Option<u64>,
+        source: impl Read,
+    ) -> Result<Ingested, CasError> {
+        self.ingest_inner(expected, length, source, true)
+    }
+
+    fn ingest_inner(
+        &self,
+        expected: &Digest,
+        length: Option<u64>,
+        mut source: impl Read,
+        pin: bool,
+    ) -> Result<Ingested, CasError> {
+        if let Some(mut existing) = self.existing(expected)? {
+            if pin && !existing.info.pinned {
+                self.set_pinned(expected, true)?;
+                existing.info.pinned = true;
+            }
             return Ok(existing);
         }
         let inner = self.inner();
@@ -59,8 +85,15 @@ impl Cas {
         let piece_length = length.map(|n| inner.config.piece_lengths.piece_length_for(n));
         let tmp = TempFile::create(&inner.tmp_dir, expected)?;
 
+        let limit = match length {
+            Some(n) => Limit::Exact(n),
+            None => Limit::Quota {
+                max: inner.max_new_blob(),
+                capacity: inner.config.capacity_bytes,
+            },
+        };
         let (actual, total, hasher) =
-            hash_and_write(&mut source, &tmp, *expected, length, piece_length)?;
+            hash_and_write(&mut source, &tmp, *expected, limit, piece_length)?;
         if let Some(expected_len) = length
             && total != expected_len
         {
@@ -94,7 +127,7 @@ impl Cas {
             Some(r) => r,
             None => inner.reserve(total)?,
         };
-        self.commit_ingest(tmp, metainfo)
+        self.commit_ingest(tmp, metainfo, pin)
     }
 
     fn existing(&self, digest: &Digest) -> Result<Option<Ingested>, CasError> {
@@ -116,7 +149,12 @@ impl Cas {
         }))
     }
 
-    fn commit_ingest(&self, mut tmp: TempFile, metainfo: Metainfo) -> Result<Ingested, CasError> {
+    fn commit_ingest(
+        &self,
+        mut tmp: TempFile,
+        metainfo: Metainfo,
+        pin: bool,
+    ) -> Result<Ingested, CasError> {
         let inner = self.inner();
         let digest = *metainfo.digest();
         let mut state = inner.lock();
@@ -137,22 +175,31 @@ impl Cas {
         fs::create_dir_all(&shard).map_err(CasError::io("create directory", &shard))?;
         fs::rename(&tmp.path, &path).map_err(CasError::io("rename into place", &path))?;
         tmp.disarm();
-        sync_dir(&shard)?;
-        if new_shard {
-            sync_dir(&inner.blobs_dir)?;
-        }
 
-        let record = BlobRecord::new(BlobState::Complete, metainfo.length(), SystemTime::now());
+        let mut record = BlobRecord::new(BlobState::Complete, metainfo.length(), SystemTime::now());
+        record.pinned = pin;
         let key = digest.to_string();
-        let txn = inner.db.begin_write()?;
-        {
-            txn.open_table(BLOBS)?
-                .insert(key.as_str(), record.encode().as_slice())?;
-            txn.open_table(METAINFO)?
-                .insert(key.as_str(), metainfo.encode().as_slice())?;
-            txn.open_table(BITFIELDS)?.remove(key.as_str())?;
+        let committed = (|| {
+            sync_dir(&shard)?;
+            if new_shard {
+                sync_dir(&inner.blobs_dir)?;
+            }
+            let txn = inner.db.begin_write()?;
+            {
+                txn.open_table(BLOBS)?
+                    .insert(key.as_str(), record.encode().as_slice())?;
+                txn.open_table(METAINFO)?
+                    .insert(key.as_str(), metainfo.encode().as_slice())?;
+                txn.open_table(BITFIELDS)?.remove(key.as_str())?;
+            }
+            txn.commit()?;
+            Ok::<_, CasError>(())
+        })();
+        if let Err(e) = committed {
+            // No record points at the file: remove it now rather than at the next sweep.
+            let _ = fs::remove_file(&path);
+            return Err(e);
         }
-        txn.commit()?;
 
         // A stale partial download of the same blob is superseded.
         if let Some(old) = previous {
@@ -168,12 +215,21 @@ impl Cas {
     }
 }
 
+/// How long the stream may be.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// The announced length: anything else is a length mismatch.
+    Exact(u64),
+    /// Unknown length: at most what the quota could ever give one blob.
+    Quota { max: u64, capacity: u64 },
+}
+
 /// Reads `source` to the end: sha256 here, BLAKE3 pieces and the file write on a worker.
 fn hash_and_write(
     source: &mut impl Read,
     tmp: &TempFile,
     expected: Digest,
-    limit: Option<u64>,
+    limit: Limit,
     piece_length: Option<u32>,
 ) -> Result<(Digest, u64, Option<PieceHasher>), CasError> {
     let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
@@ -232,14 +288,22 @@ fn hash_and_write(
             if n == 0 {
                 break Ok(());
             }
-            if let Some(limit) = limit
-                && total > limit
-            {
-                break Err(CasError::LengthMismatch {
-                    digest: expected,
-                    expected: limit,
-                    actual: total,
-                });
+            match limit {
+                Limit::Exact(n) if total > n => {
+                    break Err(CasError::LengthMismatch {
+                        digest: expected,
+                        expected: n,
+                        actual: total,
+                    });
+                }
+                Limit::Quota { max, capacity } if total > max => {
+                    break Err(CasError::NoSpace {
+                        needed: total,
+                        available: max,
+                        capacity,
+                    });
+                }
+                _ => {}
             }
             sha.update(&buf[..n]);
             if full_tx.send((buf, n)).is_err() {

@@ -295,6 +295,8 @@ impl Inner {
         digest: &Digest,
         f: impl FnOnce(&mut BlobRecord),
     ) -> Result<(), CasError> {
+        // Under the state lock: an eviction planned from a snapshot must not miss a pin.
+        let _state = self.lock();
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(BLOBS)?;
@@ -330,12 +332,18 @@ impl Inner {
     /// release the bytes (or turn them into `used`) itself.
     fn reserve_locked(&self, state: &mut State, need: u64) -> Result<(), CasError> {
         let capacity = self.config.capacity_bytes;
-        if state.used + state.reserved + need > capacity {
+        // `need` may come from an untrusted Content-Length: no unchecked arithmetic on it.
+        let taken = state.used.saturating_add(state.reserved);
+        if need <= capacity && taken.saturating_add(need) > capacity {
             let in_flight = state.reserved;
-            self.evict_locked(state, need + in_flight, to_ms(SystemTime::now()))?;
+            self.evict_locked(
+                state,
+                need.saturating_add(in_flight),
+                to_ms(SystemTime::now()),
+            )?;
         }
-        let taken = state.used + state.reserved;
-        if taken + need > capacity {
+        let taken = state.used.saturating_add(state.reserved);
+        if taken.saturating_add(need) > capacity {
             return Err(CasError::NoSpace {
                 needed: need,
                 available: capacity.saturating_sub(taken),
@@ -344,6 +352,13 @@ impl Inner {
         }
         state.reserved += need;
         Ok(())
+    }
+
+    /// The most one new blob could get, evicting everything evictable: an upper bound for
+    /// streams of unknown length.
+    fn max_new_blob(&self) -> u64 {
+        let state = self.lock();
+        self.config.capacity_bytes.saturating_sub(state.reserved)
     }
 
     fn evict_locked(

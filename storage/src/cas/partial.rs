@@ -57,12 +57,16 @@ impl Cas {
                 .ok()
                 .flatten()
                 .is_some_and(|m| m.id() == metainfo.id());
-            if same && let Some(bitfield) = self.stored_bitfield(&key, metainfo.piece_count())? {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(CasError::io("open partial", &path))?;
+            let stored = match same {
+                true => self.stored_bitfield(&key, metainfo.piece_count())?,
+                false => None,
+            };
+            // A missing file (lost after the last sweep) means starting over, not failing.
+            let file = match stored {
+                Some(_) => OpenOptions::new().read(true).write(true).open(&path).ok(),
+                None => None,
+            };
+            if let (Some(bitfield), Some(file)) = (stored, file) {
                 state.writers.insert(digest);
                 state
                     .access
@@ -267,29 +271,39 @@ impl PartialBlob {
         let shard = target.parent().unwrap_or(&inner.blobs_dir).to_path_buf();
         fs::create_dir_all(&shard).map_err(CasError::io("create directory", &shard))?;
         fs::rename(&self.path, &target).map_err(CasError::io("rename into place", &target))?;
-        sync_dir(&shard)?;
-        sync_dir(&inner.partial_dir)?;
-
-        let key = digest.to_string();
-        let txn = inner.db.begin_write()?;
-        let record = {
-            let mut blobs = txn.open_table(BLOBS)?;
-            let mut record = match blobs.get(key.as_str())? {
-                Some(v) => {
-                    BlobRecord::decode(v.value()).ok_or(CasError::CorruptRecord(key.clone()))?
-                }
-                None => BlobRecord::new(
-                    BlobState::Partial,
-                    self.metainfo.length(),
-                    SystemTime::now(),
-                ),
+        let committed = (|| {
+            sync_dir(&shard)?;
+            sync_dir(&inner.partial_dir)?;
+            let key = digest.to_string();
+            let txn = inner.db.begin_write()?;
+            let record = {
+                let mut blobs = txn.open_table(BLOBS)?;
+                let mut record = match blobs.get(key.as_str())? {
+                    Some(v) => {
+                        BlobRecord::decode(v.value()).ok_or(CasError::CorruptRecord(key.clone()))?
+                    }
+                    None => BlobRecord::new(
+                        BlobState::Partial,
+                        self.metainfo.length(),
+                        SystemTime::now(),
+                    ),
+                };
+                record.state = BlobState::Complete;
+                blobs.insert(key.as_str(), record.encode().as_slice())?;
+                txn.open_table(BITFIELDS)?.remove(key.as_str())?;
+                record
             };
-            record.state = BlobState::Complete;
-            blobs.insert(key.as_str(), record.encode().as_slice())?;
-            txn.open_table(BITFIELDS)?.remove(key.as_str())?;
-            record
+            txn.commit()?;
+            Ok::<_, CasError>(record)
+        })();
+        let record = match committed {
+            Ok(record) => record,
+            Err(e) => {
+                // Put the file back where the (still partial) record says it is.
+                let _ = fs::rename(&target, &self.path);
+                return Err(e);
+            }
         };
-        txn.commit()?;
         self.finished = true;
         Ok(record.info(digest))
     }
