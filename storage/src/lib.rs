@@ -17,6 +17,23 @@
 //! Without default features only the first three exist: pure types with no I/O, shared by
 //! the transport, the simulator and every node.
 
+/// Implements `From<E>` for `$err` for every redb error type, through `redb::Error`, so
+/// `?` works on any redb call in a function returning `$err`.
+#[cfg(feature = "local")]
+macro_rules! from_redb_errors {
+    ($err:ident :: $variant:ident) => {
+        from_redb_errors!(@each $err $variant redb::DatabaseError, redb::TransactionError,
+            redb::TableError, redb::StorageError, redb::CommitError);
+    };
+    (@each $err:ident $variant:ident $($t:ty),*) => {$(
+        impl From<$t> for $err {
+            fn from(e: $t) -> Self {
+                $err::$variant(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+
 pub mod bitfield;
 pub mod digest;
 pub mod metainfo;

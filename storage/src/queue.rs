@@ -115,23 +115,7 @@ pub enum QueueError {
     Config(String),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for QueueError {
-            fn from(e: $t) -> Self {
-                QueueError::Metadata(redb::Error::from(e))
-            }
-        }
-    )*};
-}
-
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+from_redb_errors!(QueueError::Metadata);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ItemRecord {

@@ -124,20 +124,4 @@ impl CasError {
     }
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for CasError {
-            fn from(e: $t) -> Self {
-                CasError::Metadata(redb::Error::from(e))
-            }
-        }
-    )*};
-}
-
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+from_redb_errors!(CasError::Metadata);

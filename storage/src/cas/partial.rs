@@ -71,15 +71,7 @@ impl Cas {
                 state
                     .access
                     .insert(digest, super::meta::to_ms(SystemTime::now()));
-                return Ok(PartialBlob {
-                    cas: self.clone(),
-                    metainfo: Arc::new(metainfo.clone()),
-                    bitfield,
-                    file,
-                    path,
-                    unflushed: 0,
-                    finished: false,
-                });
+                return Ok(PartialBlob::new(self, metainfo, bitfield, file, path));
             }
             tracing::info!(%digest, "cas: discarding a partial download with different metainfo");
             inner.remove(&mut state, &[(digest, record)])?;
@@ -124,15 +116,7 @@ impl Cas {
         };
         state.used += length;
         state.writers.insert(digest);
-        Ok(PartialBlob {
-            cas: self.clone(),
-            metainfo: Arc::new(metainfo.clone()),
-            bitfield,
-            file,
-            path,
-            unflushed: 0,
-            finished: false,
-        })
+        Ok(PartialBlob::new(self, metainfo, bitfield, file, path))
     }
 
     fn stored_bitfield(&self, key: &str, pieces: u32) -> Result<Option<Bitfield>, CasError> {
@@ -148,6 +132,18 @@ impl Cas {
 }
 
 impl PartialBlob {
+    fn new(cas: &Cas, metainfo: &Metainfo, bitfield: Bitfield, file: File, path: PathBuf) -> Self {
+        PartialBlob {
+            cas: cas.clone(),
+            metainfo: Arc::new(metainfo.clone()),
+            bitfield,
+            file,
+            path,
+            unflushed: 0,
+            finished: false,
+        }
+    }
+
     /// The blob's metainfo.
     pub fn metainfo(&self) -> &Arc<Metainfo> {
         &self.metainfo
