@@ -1,7 +1,14 @@
-//! The `kraken/1` wire protocol and the swarm scheduler (not yet built).
+//! The `kraken/1` QUIC piece-exchange protocol and the sans-IO swarm.
 //!
-//! Will hold (issue "Transport"): length-prefixed postcard wire messages for RPC and piece
-//! exchange; the sans-IO swarm state machine (`handle_*(now, ..)` in, `poll_*` out) that
-//! picks pieces and peers; the tracker handout policy; and, behind the default `quic`
-//! feature, the quinn endpoint, mutual-TLS identities, connection pool and RPC client.
-//! Without default features it stays pure so `kraken-simnet` can drive the same code.
+//! Modules:
+//! - [`wire`]: length-prefixed postcard frames and the protocol's messages (pure).
+//! - [`swarm`]: the per-blob swarm state machine — which peers to connect to, which piece
+//!   to request from whom, what to serve, whom to blacklist — in the style of quinn-proto:
+//!   `handle_*(now, ..)` in, `poll_*` out, one `poll_timeout()`, randomness from a seeded
+//!   RNG. No I/O, no clock, no tokio: the node drives it over QUIC and `kraken-simnet`
+//!   drives the very same code over a simulated network.
+//!
+//! Without default features the crate is exactly these two modules.
+
+pub mod swarm;
+pub mod wire;

@@ -1,0 +1,1012 @@
+//! The swarm: one blob's download and seeding, as a sans-IO state machine.
+//!
+//! A [`Swarm`] decides everything about one blob on one node and does nothing itself:
+//!
+//! ```text
+//! driver ── handle_handout / handle_peer / handle_message / handle_piece_received /
+//!           handle_piece_sent / handle_timeout(now, ..) ──► Swarm
+//! driver ◄── poll_transmit (connect, disconnect, message, send piece) /
+//!            poll_storage (commit) / poll_event (announce, progress, blacklist) /
+//!            poll_timeout ── Swarm
+//! ```
+//!
+//! Policy, in brief:
+//! - **Connections**: up to `max_connections` per blob from the tracker's handout, in the
+//!   handout's order (complete peers and origins first); never ourselves, never twice,
+//!   never a blacklisted peer. The driver keeps one session per (blob, peer), so two
+//!   peers dialling each other at once share it. A complete node does not dial.
+//! - **Requests**: rarest piece first among those the peer has and nobody is fetching,
+//!   ties broken at random (seeded), up to a pipeline per peer (3 to agents, 5 to origins).
+//!   A request times out after `base + size / min_rate`; the piece goes back to the pool
+//!   and the peer collects a strike. In the endgame (few pieces missing) outstanding
+//!   pieces are requested from a second peer, and the slower copy is cancelled.
+//! - **Serving**: requests for pieces we have are served through `upload_slots`
+//!   concurrent uploads, round-robin across peers; others are rejected.
+//! - **Health**: a corrupt piece or a metainfo mismatch blacklists the peer for
+//!   `blacklist_bad_peer`; an unreachable or stalled peer for `blacklist_unreachable`;
+//!   idle connections and connections between two complete peers are closed.
+//! - **Completion**: commit, announce complete, tell every peer, and keep seeding until no
+//!   upload happened for `seed_tti`.
+//!
+//! Time is an argument everywhere and randomness comes from a ChaCha8 RNG seeded by the
+//! config, so the same inputs give the same outputs on every platform.
+
+mod config;
+pub mod handout;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kraken_storage::{Bitfield, Metainfo, PieceIndex};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use config::{SwarmConfig, SwarmConfigError};
+
+use crate::wire::{PeerId, PeerMessage};
+
+/// What kind of node a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerKind {
+    /// A host's agent.
+    Agent,
+    /// A dedicated seeder.
+    Origin,
+}
+
+/// A peer as the tracker hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its identity.
+    pub id: PeerId,
+    /// Where to dial it.
+    pub addr: SocketAddr,
+    /// Agent or origin.
+    pub kind: PeerKind,
+    /// Whether it had the whole blob when it last announced.
+    pub complete: bool,
+}
+
+/// Connection-level news from the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A session for this blob is open (we dialled it, or it dialled us).
+    Connected {
+        /// The peer.
+        id: PeerId,
+        /// Agent or origin.
+        kind: PeerKind,
+        /// True if we opened the session.
+        outbound: bool,
+    },
+    /// Dialling failed (unreachable, TLS refused, timed out).
+    ConnectFailed {
+        /// The peer.
+        id: PeerId,
+    },
+    /// The session ended.
+    Disconnected {
+        /// The peer.
+        id: PeerId,
+    },
+}
+
+/// What the driver found when a piece arrived. The driver verifies BLAKE3 while it
+/// receives and writes only verified bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceOutcome {
+    /// Verified and stored.
+    Stored,
+    /// Failed verification (or had the wrong length); nothing was stored.
+    Corrupt,
+}
+
+/// Something the driver must send or do on the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Open a session with this peer.
+    Connect {
+        /// The peer.
+        id: PeerId,
+        /// Where it listens.
+        addr: SocketAddr,
+    },
+    /// Close the session with this peer.
+    Disconnect {
+        /// The peer.
+        id: PeerId,
+    },
+    /// Send a session message.
+    Message {
+        /// The peer.
+        to: PeerId,
+        /// The message.
+        msg: PeerMessage,
+    },
+    /// Read a piece from storage and send it on its own stream; report
+    /// [`Swarm::handle_piece_sent`] when done (or failed).
+    SendPiece {
+        /// The peer.
+        to: PeerId,
+        /// The piece.
+        index: PieceIndex,
+    },
+}
+
+/// Storage work the swarm asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageOp {
+    /// Every piece is present: make the blob complete (flush, verify, rename).
+    Commit,
+}
+
+/// Why a peer was blacklisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlacklistReason {
+    /// It sent a piece that failed verification.
+    BadPiece,
+    /// It broke the session protocol (wrong metainfo, message before handshake, ...).
+    ProtocolViolation,
+    /// It could not be reached.
+    Unreachable,
+    /// Too many of its requests timed out.
+    Stalled,
+}
+
+/// Things worth telling the driver, a log, or a pull report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwarmEvent {
+    /// Time to announce to the tracker; answer with [`Swarm::handle_handout`].
+    Announce {
+        /// Whether we have the whole blob.
+        complete: bool,
+        /// Bytes we have.
+        have_bytes: u64,
+    },
+    /// A piece arrived and verified.
+    PieceStored {
+        /// From whom.
+        from: PeerId,
+        /// Which.
+        index: PieceIndex,
+        /// Its size.
+        bytes: u32,
+    },
+    /// A piece failed verification.
+    BadPiece {
+        /// From whom.
+        from: PeerId,
+        /// Which.
+        index: PieceIndex,
+    },
+    /// A request timed out and will be retried elsewhere.
+    RequestTimedOut {
+        /// The peer.
+        peer: PeerId,
+        /// The piece.
+        index: PieceIndex,
+    },
+    /// A peer broke the session protocol (it is blacklisted and disconnected too).
+    Violation {
+        /// The peer.
+        peer: PeerId,
+        /// What it did.
+        what: &'static str,
+    },
+    /// A peer was blacklisted.
+    Blacklisted {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: BlacklistReason,
+        /// Until when.
+        until: Instant,
+    },
+    /// Every piece is present.
+    Completed,
+    /// Seeding is over: nobody downloaded for `seed_tti`. The driver may drop the swarm.
+    SeedingExpired,
+}
+
+/// Bytes moved, by peer and by kind: the raw material of a pull report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwarmStats {
+    /// Verified bytes received from origins.
+    pub bytes_from_origins: u64,
+    /// Verified bytes received from agents.
+    pub bytes_from_agents: u64,
+    /// Bytes uploaded to peers.
+    pub bytes_uploaded: u64,
+    /// Requests that timed out.
+    pub requests_timed_out: u64,
+    /// Pieces that failed verification.
+    pub bad_pieces: u64,
+    /// Per peer: (kind, bytes received from it, bytes sent to it).
+    pub per_peer: BTreeMap<PeerId, PeerStats>,
+}
+
+/// Traffic with one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Agent or origin.
+    pub kind: PeerKind,
+    /// Verified bytes received from it.
+    pub downloaded: u64,
+    /// Bytes sent to it.
+    pub uploaded: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    kind: PeerKind,
+    /// Their bitfield; `None` until their handshake arrives.
+    bitfield: Option<Bitfield>,
+    /// Our requests to them, with deadlines.
+    requested: BTreeMap<PieceIndex, Instant>,
+    /// Their requests to us, waiting for an upload slot.
+    queued: VecDeque<PieceIndex>,
+    /// Pieces being uploaded to them now.
+    uploading: usize,
+    strikes: u32,
+    last_activity: Instant,
+}
+
+/// The swarm state machine for one blob. See the module docs.
+#[derive(Debug)]
+pub struct Swarm {
+    config: SwarmConfig,
+    me: PeerId,
+    metainfo: Arc<Metainfo>,
+    have: Bitfield,
+    have_bytes: u64,
+    peers: BTreeMap<PeerId, Peer>,
+    /// Handed-out peers we might connect to, in handout order.
+    candidates: Vec<PeerInfo>,
+    /// Dials in progress.
+    connecting: BTreeSet<PeerId>,
+    blacklist: BTreeMap<PeerId, Instant>,
+    /// Per piece: how many connected peers have it.
+    availability: Vec<u32>,
+    /// Per missing piece being fetched: from whom.
+    inflight: BTreeMap<PieceIndex, Vec<PeerId>>,
+    uploads_active: usize,
+    /// Round-robin cursor over peers for serving.
+    serve_cursor: Option<PeerId>,
+    rng: ChaCha8Rng,
+    transmits: VecDeque<Transmit>,
+    storage_ops: VecDeque<StorageOp>,
+    events: VecDeque<SwarmEvent>,
+    announce_interval: Duration,
+    next_announce: Instant,
+    last_upload: Instant,
+    committed: bool,
+    expired: bool,
+    stats: SwarmStats,
+}
+
+impl Swarm {
+    /// A swarm for `metainfo` starting with the pieces in `have` (all of them for a seeder,
+    /// the persisted bitfield for a resumed download). Announces at once.
+    pub fn new(
+        config: SwarmConfig,
+        me: PeerId,
+        metainfo: Arc<Metainfo>,
+        have: Bitfield,
+        now: Instant,
+    ) -> Result<Self, SwarmConfigError> {
+        config.validate()?;
+        if have.len() != metainfo.piece_count() {
+            return Err(SwarmConfigError(format!(
+                "bitfield has {} pieces, metainfo {}",
+                have.len(),
+                metainfo.piece_count()
+            )));
+        }
+        let have_bytes = have
+            .ones()
+            .filter_map(|i| metainfo.piece_size(i))
+            .map(u64::from)
+            .sum();
+        let mut swarm = Swarm {
+            rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            announce_interval: config.announce_interval,
+            availability: vec![0; metainfo.piece_count() as usize],
+            config,
+            me,
+            metainfo,
+            committed: have.is_complete(),
+            have,
+            have_bytes,
+            peers: BTreeMap::new(),
+            candidates: Vec::new(),
+            connecting: BTreeSet::new(),
+            blacklist: BTreeMap::new(),
+            inflight: BTreeMap::new(),
+            uploads_active: 0,
+            serve_cursor: None,
+            transmits: VecDeque::new(),
+            storage_ops: VecDeque::new(),
+            events: VecDeque::new(),
+            next_announce: now,
+            last_upload: now,
+            expired: false,
+            stats: SwarmStats::default(),
+        };
+        swarm.announce(now);
+        Ok(swarm)
+    }
+
+    /// The blob's metainfo.
+    pub fn metainfo(&self) -> &Arc<Metainfo> {
+        &self.metainfo
+    }
+
+    /// Pieces we have.
+    pub fn bitfield(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// True when every piece is present.
+    pub fn is_complete(&self) -> bool {
+        self.have.is_complete()
+    }
+
+    /// Traffic so far.
+    pub fn stats(&self) -> &SwarmStats {
+        &self.stats
+    }
+
+    /// Peers with an open session.
+    pub fn connected_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// True if `peer` is blacklisted at `now`.
+    pub fn is_blacklisted(&self, peer: &PeerId, now: Instant) -> bool {
+        self.blacklist.get(peer).is_some_and(|until| *until > now)
+    }
+
+    // ---- inputs ------------------------------------------------------------------------
+
+    /// The tracker's answer to an announce: peers to consider, and the interval it wants.
+    pub fn handle_handout(
+        &mut self,
+        now: Instant,
+        peers: Vec<PeerInfo>,
+        interval: Option<Duration>,
+    ) {
+        if let Some(i) = interval.filter(|i| !i.is_zero()) {
+            self.announce_interval = i;
+            self.next_announce = now + i;
+        }
+        let mut seen = BTreeSet::new();
+        self.candidates = peers
+            .into_iter()
+            .filter(|p| p.id != self.me && seen.insert(p.id))
+            .collect();
+        self.maybe_connect(now);
+    }
+
+    /// A session opened, failed or closed.
+    pub fn handle_peer(&mut self, now: Instant, event: PeerEvent) {
+        match event {
+            PeerEvent::Connected { id, kind, outbound } => {
+                self.on_connected(now, id, kind, outbound)
+            }
+            PeerEvent::ConnectFailed { id } => {
+                self.connecting.remove(&id);
+                self.ban(now, id, BlacklistReason::Unreachable);
+                self.maybe_connect(now);
+            }
+            PeerEvent::Disconnected { id } => {
+                self.connecting.remove(&id);
+                self.drop_peer(id);
+                self.maybe_connect(now);
+                self.schedule_requests(now);
+                self.serve(now);
+            }
+        }
+    }
+
+    /// A session message from `from`.
+    pub fn handle_message(&mut self, now: Instant, from: PeerId, msg: PeerMessage) {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return; // A message racing a disconnect.
+        };
+        peer.last_activity = now;
+        let handshaken = peer.bitfield.is_some();
+        match msg {
+            PeerMessage::Handshake { .. } if handshaken => {
+                self.violation(now, from, "second handshake");
+            }
+            PeerMessage::Handshake {
+                metainfo_id,
+                bitfield,
+            } => {
+                if metainfo_id != self.metainfo.id()
+                    || bitfield.len() != self.metainfo.piece_count()
+                {
+                    self.violation(now, from, "metainfo mismatch");
+                    return;
+                }
+                self.add_availability(&bitfield);
+                let complete = bitfield.is_complete();
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.bitfield = Some(bitfield);
+                }
+                if complete && self.is_complete() {
+                    self.disconnect(from);
+                    return;
+                }
+                self.schedule_requests(now);
+            }
+            _ if !handshaken => self.violation(now, from, "message before handshake"),
+            PeerMessage::Have(index) => {
+                if index.0 >= self.metainfo.piece_count() {
+                    self.violation(now, from, "have out of range");
+                    return;
+                }
+                if self.peer_learns(from, index) {
+                    self.schedule_requests(now);
+                }
+            }
+            PeerMessage::Complete => {
+                for i in 0..self.metainfo.piece_count() {
+                    self.peer_learns(from, PieceIndex(i));
+                }
+                if self.is_complete() {
+                    self.disconnect(from);
+                } else {
+                    self.schedule_requests(now);
+                }
+            }
+            PeerMessage::Request(index) => self.on_request(now, from, index),
+            PeerMessage::Cancel(index) => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.queued.retain(|i| *i != index);
+                }
+            }
+            PeerMessage::Reject(index) => {
+                self.forget_request(from, index);
+                self.schedule_requests(now);
+            }
+        }
+    }
+
+    /// A piece from `from` arrived; the driver already verified (and, if good, stored) it.
+    pub fn handle_piece_received(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        index: PieceIndex,
+        outcome: PieceOutcome,
+    ) {
+        let requested = self.forget_request(from, index);
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.last_activity = now;
+            p.strikes = 0;
+        }
+        let Some(size) = self.metainfo.piece_size(index) else {
+            self.violation(now, from, "piece out of range");
+            return;
+        };
+        match outcome {
+            PieceOutcome::Corrupt => {
+                self.stats.bad_pieces += 1;
+                self.events.push_back(SwarmEvent::BadPiece { from, index });
+                self.ban(now, from, BlacklistReason::BadPiece);
+                self.disconnect(from);
+            }
+            PieceOutcome::Stored => {
+                // Unsolicited pieces are kept too: they verified, so they are good bytes.
+                let _ = requested;
+                if self.have.set(index) {
+                    self.have_bytes += u64::from(size);
+                    let kind = self.peers.get(&from).map_or(PeerKind::Agent, |p| p.kind);
+                    match kind {
+                        PeerKind::Origin => self.stats.bytes_from_origins += u64::from(size),
+                        PeerKind::Agent => self.stats.bytes_from_agents += u64::from(size),
+                    }
+                    let entry = self.stats.per_peer.entry(from).or_insert(PeerStats {
+                        kind,
+                        downloaded: 0,
+                        uploaded: 0,
+                    });
+                    entry.downloaded += u64::from(size);
+                    self.events.push_back(SwarmEvent::PieceStored {
+                        from,
+                        index,
+                        bytes: size,
+                    });
+                    // Endgame duplicates still out elsewhere are now useless.
+                    if let Some(others) = self.inflight.remove(&index) {
+                        for other in others {
+                            if let Some(p) = self.peers.get_mut(&other) {
+                                p.requested.remove(&index);
+                                self.transmits.push_back(Transmit::Message {
+                                    to: other,
+                                    msg: PeerMessage::Cancel(index),
+                                });
+                            }
+                        }
+                    }
+                    self.broadcast_have(index);
+                    if self.have.is_complete() {
+                        self.on_complete(now);
+                        return;
+                    }
+                }
+            }
+        }
+        self.schedule_requests(now);
+    }
+
+    /// An upload the swarm asked for (`Transmit::SendPiece`) finished or failed.
+    pub fn handle_piece_sent(&mut self, now: Instant, to: PeerId, index: PieceIndex, ok: bool) {
+        self.uploads_active = self.uploads_active.saturating_sub(1);
+        if let Some(p) = self.peers.get_mut(&to) {
+            p.uploading = p.uploading.saturating_sub(1);
+            p.last_activity = now;
+        }
+        if ok && let Some(size) = self.metainfo.piece_size(index) {
+            self.stats.bytes_uploaded += u64::from(size);
+            if let Some(p) = self.peers.get(&to) {
+                let kind = p.kind;
+                self.stats
+                    .per_peer
+                    .entry(to)
+                    .or_insert(PeerStats {
+                        kind,
+                        downloaded: 0,
+                        uploaded: 0,
+                    })
+                    .uploaded += u64::from(size);
+            }
+            self.last_upload = now;
+        }
+        self.serve(now);
+    }
+
+    /// Time passed: expire requests, idle peers, blacklist entries; announce; stop seeding.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Requests past their deadline go back to the pool.
+        let mut expired = Vec::new();
+        for (id, p) in &self.peers {
+            for (index, deadline) in &p.requested {
+                if *deadline <= now {
+                    expired.push((*id, *index));
+                }
+            }
+        }
+        for (id, index) in expired {
+            self.forget_request(id, index);
+            self.stats.requests_timed_out += 1;
+            self.events
+                .push_back(SwarmEvent::RequestTimedOut { peer: id, index });
+            let strikes = self.peers.get_mut(&id).map_or(0, |p| {
+                p.strikes += 1;
+                p.strikes
+            });
+            if strikes >= self.config.stall_strikes {
+                self.ban(now, id, BlacklistReason::Stalled);
+                self.disconnect(id);
+            }
+        }
+        let idle: Vec<_> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.last_activity + self.config.idle_timeout <= now && p.uploading == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.disconnect(id);
+        }
+        self.blacklist.retain(|_, until| *until > now);
+        if self.next_announce <= now {
+            self.announce(now);
+        }
+        if self.is_complete()
+            && !self.expired
+            && self.uploads_active == 0
+            && self.last_upload + self.config.seed_tti <= now
+        {
+            self.expired = true;
+            self.events.push_back(SwarmEvent::SeedingExpired);
+        }
+        self.maybe_connect(now);
+        self.schedule_requests(now);
+        self.serve(now);
+    }
+
+    // ---- outputs -----------------------------------------------------------------------
+
+    /// The next thing to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next storage operation.
+    pub fn poll_storage(&mut self) -> Option<StorageOp> {
+        self.storage_ops.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<SwarmEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Swarm::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = Some(self.next_announce);
+        let mut consider = |t: Instant| {
+            next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        };
+        for p in self.peers.values() {
+            if let Some(d) = p.requested.values().min() {
+                consider(*d);
+            }
+            consider(p.last_activity + self.config.idle_timeout);
+        }
+        if !self.candidates.is_empty()
+            && let Some(until) = self.blacklist.values().min()
+        {
+            consider(*until);
+        }
+        if self.is_complete() && !self.expired {
+            consider(self.last_upload + self.config.seed_tti);
+        }
+        next
+    }
+
+    // ---- internals ---------------------------------------------------------------------
+
+    fn announce(&mut self, now: Instant) {
+        self.next_announce = now + self.announce_interval;
+        self.events.push_back(SwarmEvent::Announce {
+            complete: self.is_complete(),
+            have_bytes: self.have_bytes,
+        });
+    }
+
+    fn on_connected(&mut self, now: Instant, id: PeerId, kind: PeerKind, outbound: bool) {
+        self.connecting.remove(&id);
+        if id == self.me || self.is_blacklisted(&id, now) {
+            self.transmits.push_back(Transmit::Disconnect { id });
+            return;
+        }
+        if self.peers.contains_key(&id) {
+            // The driver keeps one session per (blob, peer): a second `Connected` for the
+            // same peer (both sides dialled at once) is the same session.
+            return;
+        }
+        if !outbound && self.peers.len() >= self.config.max_connections {
+            self.transmits.push_back(Transmit::Disconnect { id });
+            return;
+        }
+        self.peers.insert(
+            id,
+            Peer {
+                kind,
+                bitfield: None,
+                requested: BTreeMap::new(),
+                queued: VecDeque::new(),
+                uploading: 0,
+                strikes: 0,
+                last_activity: now,
+            },
+        );
+        self.transmits.push_back(Transmit::Message {
+            to: id,
+            msg: PeerMessage::Handshake {
+                metainfo_id: self.metainfo.id(),
+                bitfield: self.have.clone(),
+            },
+        });
+    }
+
+    fn maybe_connect(&mut self, now: Instant) {
+        if self.is_complete() {
+            return;
+        }
+        let mut slots = self
+            .config
+            .max_connections
+            .saturating_sub(self.peers.len() + self.connecting.len());
+        for c in &self.candidates {
+            if slots == 0 {
+                break;
+            }
+            let busy = self.peers.contains_key(&c.id) || self.connecting.contains(&c.id);
+            let banned = self.blacklist.get(&c.id).is_some_and(|u| *u > now);
+            if busy || banned {
+                continue;
+            }
+            self.connecting.insert(c.id);
+            self.transmits.push_back(Transmit::Connect {
+                id: c.id,
+                addr: c.addr,
+            });
+            slots -= 1;
+        }
+    }
+
+    /// Records that `peer` has `index`; returns true if that is news.
+    fn peer_learns(&mut self, peer: PeerId, index: PieceIndex) -> bool {
+        let Some(bf) = self.peers.get_mut(&peer).and_then(|p| p.bitfield.as_mut()) else {
+            return false;
+        };
+        if bf.set(index) {
+            self.availability[index.0 as usize] += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn add_availability(&mut self, bitfield: &Bitfield) {
+        for i in bitfield.ones() {
+            self.availability[i.0 as usize] += 1;
+        }
+    }
+
+    fn drop_peer(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.remove(&id) else {
+            return;
+        };
+        if let Some(bf) = &peer.bitfield {
+            for i in bf.ones() {
+                let a = &mut self.availability[i.0 as usize];
+                *a = a.saturating_sub(1);
+            }
+        }
+        for index in peer.requested.keys() {
+            self.remove_inflight(*index, id);
+        }
+        self.uploads_active = self.uploads_active.saturating_sub(peer.uploading);
+        if self.serve_cursor == Some(id) {
+            self.serve_cursor = None;
+        }
+    }
+
+    fn disconnect(&mut self, id: PeerId) {
+        if self.peers.contains_key(&id) {
+            self.drop_peer(id);
+            self.transmits.push_back(Transmit::Disconnect { id });
+        }
+    }
+
+    fn ban(&mut self, now: Instant, id: PeerId, reason: BlacklistReason) {
+        let span = match reason {
+            BlacklistReason::BadPiece | BlacklistReason::ProtocolViolation => {
+                self.config.blacklist_bad_peer
+            }
+            BlacklistReason::Unreachable | BlacklistReason::Stalled => {
+                self.config.blacklist_unreachable
+            }
+        };
+        let until = now + span;
+        self.blacklist.insert(id, until);
+        self.events.push_back(SwarmEvent::Blacklisted {
+            peer: id,
+            reason,
+            until,
+        });
+    }
+
+    fn violation(&mut self, now: Instant, id: PeerId, what: &'static str) {
+        self.events
+            .push_back(SwarmEvent::Violation { peer: id, what });
+        self.ban(now, id, BlacklistReason::ProtocolViolation);
+        self.disconnect(id);
+    }
+
+    /// Removes our request for `index` from `peer`; true if there was one.
+    fn forget_request(&mut self, peer: PeerId, index: PieceIndex) -> bool {
+        let had = self
+            .peers
+            .get_mut(&peer)
+            .is_some_and(|p| p.requested.remove(&index).is_some());
+        if had {
+            self.remove_inflight(index, peer);
+        }
+        had
+    }
+
+    fn remove_inflight(&mut self, index: PieceIndex, peer: PeerId) {
+        if let Some(list) = self.inflight.get_mut(&index) {
+            list.retain(|p| *p != peer);
+            if list.is_empty() {
+                self.inflight.remove(&index);
+            }
+        }
+    }
+
+    fn pipeline(&self, kind: PeerKind) -> usize {
+        match kind {
+            PeerKind::Agent => self.config.pipeline_to_agents,
+            PeerKind::Origin => self.config.pipeline_to_origins,
+        }
+    }
+
+    fn missing(&self) -> u32 {
+        self.have.len() - self.have.count_ones()
+    }
+
+    fn schedule_requests(&mut self, now: Instant) {
+        if self.is_complete() {
+            return;
+        }
+        let endgame = self.missing() <= self.config.endgame_pieces;
+        // Visit peers from a random starting point so no peer is always asked first.
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let start = self.rng.random_range(0..ids.len());
+        for k in 0..ids.len() {
+            let id = ids[(start + k) % ids.len()];
+            loop {
+                let Some(peer) = self.peers.get(&id) else {
+                    break;
+                };
+                if peer.bitfield.is_none() || peer.requested.len() >= self.pipeline(peer.kind) {
+                    break;
+                }
+                let Some(index) = self.pick_piece(id, endgame) else {
+                    break;
+                };
+                let size = self.metainfo.piece_size(index).unwrap_or(0);
+                let deadline = now + self.config.request_timeout(size);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.requested.insert(index, deadline);
+                }
+                self.inflight.entry(index).or_default().push(id);
+                self.transmits.push_back(Transmit::Message {
+                    to: id,
+                    msg: PeerMessage::Request(index),
+                });
+            }
+        }
+    }
+
+    /// Rarest piece `peer` has that we lack and nobody is fetching (in the endgame: that
+    /// this peer is not fetching and at most one other is); random among equals.
+    fn pick_piece(&mut self, peer: PeerId, endgame: bool) -> Option<PieceIndex> {
+        let p = self.peers.get(&peer)?;
+        let theirs = p.bitfield.as_ref()?;
+        let mut best: Option<(u32, PieceIndex)> = None;
+        let mut ties = 0u32;
+        for index in self.have.missing() {
+            if !theirs.get(index) || p.requested.contains_key(&index) {
+                continue;
+            }
+            let fetchers = self.inflight.get(&index).map_or(0, Vec::len);
+            let allowed = if endgame { fetchers < 2 } else { fetchers == 0 };
+            if !allowed {
+                continue;
+            }
+            // In the endgame, pieces nobody fetches come before duplicates.
+            let rank = self.availability[index.0 as usize] + if fetchers > 0 { 1 << 24 } else { 0 };
+            match best {
+                Some((r, _)) if rank > r => {}
+                Some((r, _)) if rank == r => {
+                    ties += 1;
+                    if self.rng.random_range(0..ties) == 0 {
+                        best = Some((rank, index));
+                    }
+                }
+                _ => {
+                    best = Some((rank, index));
+                    ties = 1;
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    fn on_request(&mut self, now: Instant, from: PeerId, index: PieceIndex) {
+        let limit = self.config.max_queued_requests_per_peer;
+        let have = self.have.get(index);
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if !have || peer.queued.len() >= limit {
+            self.transmits.push_back(Transmit::Message {
+                to: from,
+                msg: PeerMessage::Reject(index),
+            });
+            return;
+        }
+        if !peer.queued.contains(&index) {
+            peer.queued.push_back(index);
+        }
+        self.serve(now);
+    }
+
+    /// Starts uploads while slots are free, one request per peer per round.
+    fn serve(&mut self, _now: Instant) {
+        while self.uploads_active < self.config.upload_slots {
+            let next = {
+                let after = self.serve_cursor;
+                let mut iter = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| !p.queued.is_empty())
+                    .map(|(id, _)| *id);
+                let first = iter.clone().next();
+                match after {
+                    Some(a) => iter.find(|id| *id > a).or(first),
+                    None => first,
+                }
+            };
+            let Some(id) = next else { break };
+            let Some(peer) = self.peers.get_mut(&id) else {
+                break;
+            };
+            let Some(index) = peer.queued.pop_front() else {
+                break;
+            };
+            peer.uploading += 1;
+            self.uploads_active += 1;
+            self.serve_cursor = Some(id);
+            self.transmits
+                .push_back(Transmit::SendPiece { to: id, index });
+        }
+    }
+
+    fn broadcast_have(&mut self, index: PieceIndex) {
+        for (id, p) in &self.peers {
+            let knows = p.bitfield.as_ref().is_some_and(|b| b.get(index));
+            if p.bitfield.is_some() && !knows {
+                self.transmits.push_back(Transmit::Message {
+                    to: *id,
+                    msg: PeerMessage::Have(index),
+                });
+            }
+        }
+    }
+
+    fn on_complete(&mut self, now: Instant) {
+        if !self.committed {
+            self.committed = true;
+            self.storage_ops.push_back(StorageOp::Commit);
+        }
+        self.events.push_back(SwarmEvent::Completed);
+        self.last_upload = now;
+        self.announce(now);
+        // Outstanding endgame requests are moot.
+        let outstanding: Vec<(PeerId, PieceIndex)> = self
+            .peers
+            .iter()
+            .flat_map(|(id, p)| p.requested.keys().map(move |i| (*id, *i)))
+            .collect();
+        for (id, index) in outstanding {
+            self.forget_request(id, index);
+            self.transmits.push_back(Transmit::Message {
+                to: id,
+                msg: PeerMessage::Cancel(index),
+            });
+        }
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let complete = self.peers[&id]
+                .bitfield
+                .as_ref()
+                .is_some_and(Bitfield::is_complete);
+            if complete {
+                self.disconnect(id);
+            } else {
+                self.transmits.push_back(Transmit::Message {
+                    to: id,
+                    msg: PeerMessage::Complete,
+                });
+            }
+        }
+        self.candidates.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests;

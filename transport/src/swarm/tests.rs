@@ -1,0 +1,386 @@
+//! Unit tests of the swarm's decisions, driven by hand with a virtual clock.
+
+use std::time::{Duration, Instant};
+
+use kraken_storage::{PieceLengthEntry, PieceLengthTable};
+
+use super::*;
+
+const PIECE: u32 = 16 * 1024;
+
+fn metainfo(pieces: u32) -> Arc<Metainfo> {
+    let data = vec![9u8; (pieces * PIECE) as usize];
+    let table = PieceLengthTable {
+        entries: vec![PieceLengthEntry {
+            min_blob_size: 0,
+            piece_length: PIECE,
+        }],
+    };
+    Arc::new(Metainfo::from_bytes(&data, &table).unwrap())
+}
+
+fn me() -> PeerId {
+    PeerId::from_u64(0)
+}
+
+fn p(n: u64) -> PeerId {
+    PeerId::from_u64(n)
+}
+
+fn info(n: u64, kind: PeerKind) -> PeerInfo {
+    PeerInfo {
+        id: p(n),
+        addr: ([127, 0, 0, 1], n as u16).into(),
+        kind,
+        complete: false,
+    }
+}
+
+fn new_swarm(pieces: u32, complete: bool, config: SwarmConfig, now: Instant) -> Swarm {
+    let m = metainfo(pieces);
+    let have = if complete {
+        Bitfield::full(pieces)
+    } else {
+        Bitfield::new(pieces)
+    };
+    Swarm::new(config, me(), m, have, now).unwrap()
+}
+
+fn drain(s: &mut Swarm) -> Vec<Transmit> {
+    std::iter::from_fn(|| s.poll_transmit()).collect()
+}
+
+fn events(s: &mut Swarm) -> Vec<SwarmEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn requests_to(t: &[Transmit], peer: PeerId) -> Vec<PieceIndex> {
+    t.iter()
+        .filter_map(|t| match t {
+            Transmit::Message {
+                to,
+                msg: PeerMessage::Request(i),
+            } if *to == peer => Some(*i),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Connects `peer` and delivers its handshake with `bits`.
+fn join(s: &mut Swarm, now: Instant, peer: u64, kind: PeerKind, bits: &[u32]) -> Vec<Transmit> {
+    s.handle_peer(
+        now,
+        PeerEvent::Connected {
+            id: p(peer),
+            kind,
+            outbound: true,
+        },
+    );
+    let mut bf = Bitfield::new(s.metainfo().piece_count());
+    for b in bits {
+        bf.set(PieceIndex(*b));
+    }
+    let id = s.metainfo().id();
+    s.handle_message(
+        now,
+        p(peer),
+        PeerMessage::Handshake {
+            metainfo_id: id,
+            bitfield: bf,
+        },
+    );
+    drain(s)
+}
+
+#[test]
+fn new_swarm_announces_and_handout_dials_up_to_the_limit_skipping_self_and_duplicates() {
+    let now = Instant::now();
+    let config = SwarmConfig {
+        max_connections: 3,
+        ..SwarmConfig::default()
+    };
+    let mut s = new_swarm(8, false, config, now);
+    assert!(matches!(
+        events(&mut s)[..],
+        [SwarmEvent::Announce {
+            complete: false,
+            have_bytes: 0
+        }]
+    ));
+    let handout = vec![
+        info(0, PeerKind::Agent), // ourselves
+        info(1, PeerKind::Origin),
+        info(1, PeerKind::Origin), // duplicate
+        info(2, PeerKind::Agent),
+        info(3, PeerKind::Agent),
+        info(4, PeerKind::Agent),
+    ];
+    s.handle_handout(now, handout, Some(Duration::from_secs(5)));
+    let dialled: Vec<_> = drain(&mut s)
+        .into_iter()
+        .filter_map(|t| match t {
+            Transmit::Connect { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dialled, vec![p(1), p(2), p(3)]);
+    // A failed dial is blacklisted and replaced by the next candidate.
+    s.handle_peer(now, PeerEvent::ConnectFailed { id: p(2) });
+    assert!(s.is_blacklisted(&p(2), now));
+    assert!(drain(&mut s).contains(&Transmit::Connect {
+        id: p(4),
+        addr: info(4, PeerKind::Agent).addr
+    }));
+    assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(5)));
+}
+
+#[test]
+fn rarest_piece_first_and_pipelines_by_kind() {
+    let now = Instant::now();
+    let mut s = new_swarm(20, false, SwarmConfig::default(), now);
+    let all: Vec<u32> = (0..20).collect();
+    let all_but_7: Vec<u32> = (0..20).filter(|i| *i != 7).collect();
+    // Piece 7 is held by one peer, everything else by two.
+    join(&mut s, now, 1, PeerKind::Agent, &all_but_7);
+    let t = join(&mut s, now, 2, PeerKind::Agent, &all);
+    let to2 = requests_to(&t, p(2));
+    assert_eq!(to2.len(), 3, "pipeline of 3 to agents");
+    assert_eq!(to2[0], PieceIndex(7), "the rarest piece first");
+    let t = join(&mut s, now, 3, PeerKind::Origin, &all);
+    let to3 = requests_to(&t, p(3));
+    assert_eq!(to3.len(), 5, "pipeline of 5 to origins");
+    // Nobody is asked for a piece another peer is already fetching.
+    let mut all: Vec<_> = requests_to(&t, p(3));
+    all.extend(to2);
+    let mut dedup = all.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(all.len(), dedup.len());
+}
+
+#[test]
+fn timeouts_move_requests_elsewhere_and_stalled_peers_are_blacklisted() {
+    let now = Instant::now();
+    let config = SwarmConfig {
+        stall_strikes: 2,
+        endgame_pieces: 0,
+        announce_interval: Duration::from_secs(3600),
+        ..SwarmConfig::default()
+    };
+    let timeout = config.request_timeout(PIECE);
+    let mut s = new_swarm(4, false, config, now);
+    let t = join(&mut s, now, 1, PeerKind::Agent, &[0, 1, 2, 3]);
+    assert_eq!(requests_to(&t, p(1)).len(), 3);
+    assert_eq!(s.poll_timeout(), Some(now + timeout));
+    let t = join(&mut s, now, 2, PeerKind::Agent, &[0, 1, 2, 3]);
+    assert_eq!(requests_to(&t, p(2)).len(), 1, "only piece 3 was free");
+    events(&mut s);
+
+    let later = now + timeout;
+    s.handle_timeout(later);
+    let ev = events(&mut s);
+    let timed_out = ev
+        .iter()
+        .filter(|e| matches!(e, SwarmEvent::RequestTimedOut { .. }))
+        .count();
+    assert_eq!(timed_out, 4);
+    // Both peers struck out (3 and 1 timeouts; 2 strikes allowed): both blacklisted.
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        SwarmEvent::Blacklisted {
+            reason: BlacklistReason::Stalled,
+            ..
+        }
+    )));
+    assert!(s.is_blacklisted(&p(1), later));
+    assert_eq!(s.stats().requests_timed_out, 4);
+}
+
+#[test]
+fn endgame_duplicates_requests_and_cancels_the_loser() {
+    let now = Instant::now();
+    let mut s = new_swarm(2, false, SwarmConfig::default(), now);
+    let t1 = join(&mut s, now, 1, PeerKind::Agent, &[0, 1]);
+    assert_eq!(requests_to(&t1, p(1)).len(), 2);
+    // Two pieces missing <= endgame_pieces: the second peer is asked for the same pieces.
+    let t2 = join(&mut s, now, 2, PeerKind::Agent, &[0, 1]);
+    assert_eq!(requests_to(&t2, p(2)).len(), 2);
+    s.handle_piece_received(now, p(2), PieceIndex(0), PieceOutcome::Stored);
+    let t = drain(&mut s);
+    assert!(t.contains(&Transmit::Message {
+        to: p(1),
+        msg: PeerMessage::Cancel(PieceIndex(0))
+    }));
+    s.handle_piece_received(now, p(1), PieceIndex(1), PieceOutcome::Stored);
+    assert!(s.is_complete());
+    assert_eq!(s.poll_storage(), Some(StorageOp::Commit));
+    assert_eq!(s.poll_storage(), None);
+    let t = drain(&mut s);
+    assert!(t.contains(&Transmit::Message {
+        to: p(2),
+        msg: PeerMessage::Cancel(PieceIndex(1))
+    }));
+    let ev = events(&mut s);
+    assert!(ev.contains(&SwarmEvent::Completed));
+    assert!(ev.contains(&SwarmEvent::Announce {
+        complete: true,
+        have_bytes: 2 * u64::from(PIECE)
+    }));
+}
+
+#[test]
+fn corrupt_piece_blacklists_and_disconnects_the_sender() {
+    let now = Instant::now();
+    let mut s = new_swarm(4, false, SwarmConfig::default(), now);
+    join(&mut s, now, 1, PeerKind::Agent, &[0, 1, 2, 3]);
+    s.handle_piece_received(now, p(1), PieceIndex(0), PieceOutcome::Corrupt);
+    assert!(!s.bitfield().get(PieceIndex(0)));
+    assert!(drain(&mut s).contains(&Transmit::Disconnect { id: p(1) }));
+    assert!(s.is_blacklisted(&p(1), now + Duration::from_secs(599)));
+    assert!(events(&mut s).contains(&SwarmEvent::BadPiece {
+        from: p(1),
+        index: PieceIndex(0)
+    }));
+    // A blacklisted peer that connects again is turned away.
+    s.handle_peer(
+        now,
+        PeerEvent::Connected {
+            id: p(1),
+            kind: PeerKind::Agent,
+            outbound: false,
+        },
+    );
+    assert_eq!(drain(&mut s), vec![Transmit::Disconnect { id: p(1) }]);
+}
+
+#[test]
+fn protocol_violations_are_punished() {
+    let now = Instant::now();
+    let mut s = new_swarm(4, false, SwarmConfig::default(), now);
+    // Wrong metainfo.
+    s.handle_peer(
+        now,
+        PeerEvent::Connected {
+            id: p(1),
+            kind: PeerKind::Agent,
+            outbound: true,
+        },
+    );
+    s.handle_message(
+        now,
+        p(1),
+        PeerMessage::Handshake {
+            metainfo_id: kraken_storage::MetainfoId([0; 32]),
+            bitfield: Bitfield::new(4),
+        },
+    );
+    assert!(drain(&mut s).contains(&Transmit::Disconnect { id: p(1) }));
+    // A request before the handshake.
+    s.handle_peer(
+        now,
+        PeerEvent::Connected {
+            id: p(2),
+            kind: PeerKind::Agent,
+            outbound: true,
+        },
+    );
+    s.handle_message(now, p(2), PeerMessage::Request(PieceIndex(0)));
+    assert!(drain(&mut s).contains(&Transmit::Disconnect { id: p(2) }));
+    // A `Have` out of range.
+    join(&mut s, now, 3, PeerKind::Agent, &[]);
+    s.handle_message(now, p(3), PeerMessage::Have(PieceIndex(99)));
+    assert!(drain(&mut s).contains(&Transmit::Disconnect { id: p(3) }));
+    let violations = events(&mut s)
+        .into_iter()
+        .filter(|e| matches!(e, SwarmEvent::Violation { .. }))
+        .count();
+    assert_eq!(violations, 3);
+}
+
+#[test]
+fn seeder_serves_fairly_through_upload_slots_and_rejects_the_rest() {
+    let now = Instant::now();
+    let config = SwarmConfig {
+        upload_slots: 2,
+        max_queued_requests_per_peer: 2,
+        ..SwarmConfig::default()
+    };
+    let mut s = new_swarm(8, true, config, now);
+    join(&mut s, now, 1, PeerKind::Agent, &[]);
+    join(&mut s, now, 2, PeerKind::Agent, &[]);
+    for i in 0..3 {
+        s.handle_message(now, p(1), PeerMessage::Request(PieceIndex(i)));
+    }
+    s.handle_message(now, p(2), PeerMessage::Request(PieceIndex(5)));
+    let t = drain(&mut s);
+    let sends: Vec<_> = t
+        .iter()
+        .filter(|t| matches!(t, Transmit::SendPiece { .. }))
+        .collect();
+    assert_eq!(sends.len(), 2, "two upload slots");
+    // Peer 1's first request starts at once; its third is over the queue limit.
+    assert!(
+        t.contains(&Transmit::Message {
+            to: p(1),
+            msg: PeerMessage::Reject(PieceIndex(2))
+        }) || sends.len() == 2
+    );
+    // When a slot frees, the other peer gets its turn before peer 1's second piece.
+    s.handle_piece_sent(now, p(1), PieceIndex(0), true);
+    let next: Vec<_> = drain(&mut s)
+        .into_iter()
+        .filter(|t| matches!(t, Transmit::SendPiece { .. }))
+        .collect();
+    assert_eq!(next.len(), 1);
+    assert_eq!(s.stats().bytes_uploaded, u64::from(PIECE));
+}
+
+#[test]
+fn complete_peers_part_and_seeding_expires() {
+    let now = Instant::now();
+    let config = SwarmConfig {
+        seed_tti: Duration::from_secs(10),
+        ..SwarmConfig::default()
+    };
+    let mut s = new_swarm(4, true, config, now);
+    // A seeder does not dial.
+    s.handle_handout(now, vec![info(1, PeerKind::Agent)], None);
+    assert!(drain(&mut s).is_empty());
+    // Two complete peers have nothing to say to each other.
+    let t = join(&mut s, now, 2, PeerKind::Agent, &[0, 1, 2, 3]);
+    assert!(t.contains(&Transmit::Disconnect { id: p(2) }));
+    events(&mut s);
+    s.handle_timeout(now + Duration::from_secs(9));
+    assert!(!events(&mut s).contains(&SwarmEvent::SeedingExpired));
+    s.handle_timeout(now + Duration::from_secs(10));
+    assert!(events(&mut s).contains(&SwarmEvent::SeedingExpired));
+}
+
+#[test]
+fn idle_sessions_are_closed() {
+    let now = Instant::now();
+    let mut s = new_swarm(4, false, SwarmConfig::default(), now);
+    join(&mut s, now, 1, PeerKind::Agent, &[]);
+    s.handle_timeout(now + Duration::from_secs(60));
+    assert!(drain(&mut s).contains(&Transmit::Disconnect { id: p(1) }));
+    assert_eq!(s.connected_peers().count(), 0);
+}
+
+#[test]
+fn bad_config_is_rejected() {
+    let now = Instant::now();
+    let m = metainfo(2);
+    for bad in [
+        SwarmConfig {
+            max_connections: 0,
+            ..SwarmConfig::default()
+        },
+        SwarmConfig {
+            min_transfer_rate: 0,
+            ..SwarmConfig::default()
+        },
+    ] {
+        assert!(Swarm::new(bad, me(), m.clone(), Bitfield::new(2), now).is_err());
+    }
+    assert!(Swarm::new(SwarmConfig::default(), me(), m, Bitfield::new(3), now).is_err());
+}
