@@ -621,3 +621,41 @@ fn ingest_pinned_is_pinned_from_the_start() {
     );
     assert!(cas.info(&d).unwrap().unwrap().pinned);
 }
+
+#[test]
+fn piece_writer_streams_into_place_and_only_verified_pieces_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(config(dir.path())).unwrap();
+    let blob = data(200_000, 93);
+    let meta = Metainfo::from_bytes(&blob, &small_pieces()).unwrap();
+    let mut p = cas.start_partial(&meta).unwrap();
+    let piece = |i: u32| {
+        let r = meta.piece_range(PieceIndex(i)).unwrap();
+        &blob[r.start as usize..r.end as usize]
+    };
+
+    // A corrupt copy is written, then rejected at finish: the bit stays clear.
+    let mut w = p.piece_writer(PieceIndex(1)).unwrap();
+    let mut bad = piece(1).to_vec();
+    bad[100] ^= 1;
+    for chunk in bad.chunks(10_000) {
+        w.write(chunk).unwrap();
+    }
+    assert!(matches!(w.finish(), Err(CasError::Piece(_))));
+    assert!(!p.bitfield().get(PieceIndex(1)));
+    // Too many bytes, or too few, are errors too.
+    let mut w = p.piece_writer(PieceIndex(3)).unwrap();
+    assert!(w.write(&vec![0; 70_000]).is_err());
+    let w = p.piece_writer(PieceIndex(3)).unwrap();
+    assert!(w.finish().is_err());
+
+    for i in 0..meta.piece_count() {
+        let mut w = p.piece_writer(PieceIndex(i)).unwrap();
+        for chunk in piece(i).chunks(7_000) {
+            w.write(chunk).unwrap();
+        }
+        assert!(p.mark_stored(w.finish().unwrap()).unwrap());
+    }
+    p.commit().unwrap();
+    assert_eq!(cas.reader(meta.digest()).unwrap().read_all().unwrap(), blob);
+}

@@ -20,7 +20,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
 use super::{BlobInfo, Cas, CasError, sync_dir};
 use crate::bitfield::{Bitfield, PieceIndex};
-use crate::metainfo::Metainfo;
+use crate::metainfo::{Metainfo, PieceError};
 
 /// A download in progress. Dropping it keeps the progress (flushed best-effort) for a
 /// later [`Cas::start_partial`] to resume.
@@ -173,15 +173,15 @@ impl PartialBlob {
     /// Stores a piece whose BLAKE3 hash the caller already checked while receiving it
     /// (e.g. with [`crate::metainfo::Metainfo::check_piece_hash`] on a streaming hasher).
     pub fn write_verified(&mut self, index: PieceIndex, bytes: &[u8]) -> Result<(), CasError> {
-        let range =
-            self.metainfo
-                .piece_range(index)
-                .ok_or(crate::metainfo::PieceError::OutOfRange {
-                    index,
-                    count: self.metainfo.piece_count(),
-                })?;
+        let range = self
+            .metainfo
+            .piece_range(index)
+            .ok_or(PieceError::OutOfRange {
+                index,
+                count: self.metainfo.piece_count(),
+            })?;
         if bytes.len() as u64 != range.end - range.start {
-            return Err(crate::metainfo::PieceError::WrongSize {
+            return Err(PieceError::WrongSize {
                 index,
                 expected: (range.end - range.start) as u32,
                 actual: bytes.len(),
@@ -191,13 +191,54 @@ impl PartialBlob {
         self.file
             .write_all_at(bytes, range.start)
             .map_err(CasError::io("write piece to", &self.path))?;
-        if self.bitfield.set(index) {
+        self.mark(index)?;
+        Ok(())
+    }
+
+    /// A writer that streams piece `index` into place while hashing it, for receivers that
+    /// must not buffer whole pieces. Its bytes count only once [`PieceWriter::finish`] has
+    /// verified them and [`PartialBlob::mark_stored`] took the proof. The caller must let
+    /// at most one writer work on a piece at a time: two writers of the same range could
+    /// interleave a bad copy over a good one.
+    pub fn piece_writer(&self, index: PieceIndex) -> Result<PieceWriter, CasError> {
+        let range = self
+            .metainfo
+            .piece_range(index)
+            .ok_or(PieceError::OutOfRange {
+                index,
+                count: self.metainfo.piece_count(),
+            })?;
+        let file = self
+            .file
+            .try_clone()
+            .map_err(CasError::io("reopen partial", &self.path))?;
+        Ok(PieceWriter {
+            file,
+            path: self.path.clone(),
+            metainfo: self.metainfo.clone(),
+            index,
+            start: range.start,
+            len: range.end - range.start,
+            written: 0,
+            hasher: blake3::Hasher::new(),
+        })
+    }
+
+    /// Records a piece that a [`PieceWriter`] wrote and verified. Returns false if the
+    /// piece was already present.
+    pub fn mark_stored(&mut self, piece: VerifiedPiece) -> Result<bool, CasError> {
+        self.mark(piece.index)
+    }
+
+    fn mark(&mut self, index: PieceIndex) -> Result<bool, CasError> {
+        let fresh = self.bitfield.set(index);
+        if fresh {
             self.unflushed += 1;
         }
         if self.unflushed >= self.cas.config().flush_every_pieces {
             self.flush()?;
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// Reads a piece this node already has (to serve it to peers while downloading).
@@ -349,6 +390,72 @@ impl Drop for PartialBlob {
             .lock()
             .writers
             .remove(self.metainfo.digest());
+    }
+}
+
+/// Streams one piece into a partial blob's file, hashing as it goes.
+pub struct PieceWriter {
+    file: File,
+    path: PathBuf,
+    metainfo: Arc<Metainfo>,
+    index: PieceIndex,
+    start: u64,
+    len: u64,
+    written: u64,
+    hasher: blake3::Hasher,
+}
+
+/// Proof that a piece's bytes are on disk and matched their hash.
+#[derive(Debug)]
+pub struct VerifiedPiece {
+    index: PieceIndex,
+}
+
+impl VerifiedPiece {
+    /// The piece.
+    pub fn index(&self) -> PieceIndex {
+        self.index
+    }
+}
+
+impl PieceWriter {
+    /// The piece being written.
+    pub fn index(&self) -> PieceIndex {
+        self.index
+    }
+
+    /// Appends the next bytes of the piece. More bytes than the piece has is an error.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), CasError> {
+        let end = self.written + bytes.len() as u64;
+        if end > self.len {
+            return Err(PieceError::WrongSize {
+                index: self.index,
+                expected: self.len as u32,
+                actual: usize::try_from(end).unwrap_or(usize::MAX),
+            }
+            .into());
+        }
+        self.hasher.update(bytes);
+        self.file
+            .write_all_at(bytes, self.start + self.written)
+            .map_err(CasError::io("write piece to", &self.path))?;
+        self.written = end;
+        Ok(())
+    }
+
+    /// Checks length and hash; the proof goes to [`PartialBlob::mark_stored`].
+    pub fn finish(self) -> Result<VerifiedPiece, CasError> {
+        if self.written != self.len {
+            return Err(PieceError::WrongSize {
+                index: self.index,
+                expected: self.len as u32,
+                actual: self.written as usize,
+            }
+            .into());
+        }
+        let hash = crate::metainfo::PieceHash(*self.hasher.finalize().as_bytes());
+        self.metainfo.check_piece_hash(self.index, &hash)?;
+        Ok(VerifiedPiece { index: self.index })
     }
 }
 
