@@ -8,7 +8,16 @@
 //!   RNG. No I/O, no clock, no tokio: the node drives it over QUIC and `kraken-simnet`
 //!   drives the very same code over a simulated network.
 //!
-//! Without default features the crate is exactly these two modules.
+//! - `quic` (feature `quic`, default): the network — quinn endpoints with mutual TLS, the
+//!   connection pool, RPC and piece streams.
+//! - `exchange` (feature `quic`): one tokio task per active blob driving its swarm over
+//!   QUIC and the local CAS.
+//!
+//! Without default features the crate is exactly `wire` and `swarm`.
 
+#[cfg(feature = "quic")]
+pub mod exchange;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod swarm;
 pub mod wire;

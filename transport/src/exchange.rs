@@ -1,0 +1,855 @@
+//! The piece exchange: one tokio task per active blob drives its [`Swarm`] over QUIC and
+//! the local CAS (feature `quic`).
+//!
+//! The driver holds no policy. For each blob it owns the swarm, the blob's storage (a
+//! `PartialBlob` while downloading, a `BlobReader` once complete) and one session stream
+//! per peer, and it turns the swarm's outputs into network and disk work:
+//!
+//! - `Connect` dials through the [`ConnectionPool`] and opens a session stream
+//!   (`StreamHeader::Session`); sessions opened by peers arrive through
+//!   [`PieceExchange::accept_session`]. When two peers dial each other at once, both keep
+//!   the session opened by the lower `PeerId`, so each pair has exactly one.
+//! - `Message` goes to the session's writer task; a reader task turns frames into inputs.
+//! - `SendPiece` reads the piece from storage and sends it on its own unidirectional
+//!   stream. `upload_slots` bounds how many are in flight, so memory is bounded too.
+//! - Pieces arrive through [`PieceExchange::accept_piece`]: the bytes are written straight
+//!   to their offset in the partial file while being hashed (`PieceWriter`), so a piece is
+//!   never held in memory whole, and only a verified piece is marked present. One writer
+//!   per piece at a time; a second copy (endgame) is refused at once.
+//! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
+//!
+//! Backpressure: a slow disk slows the blob task, which stops granting uploads and reading
+//! pieces; quinn's flow control then slows the senders. Nothing queues without bound except
+//! small control messages, which the swarm's pipelines limit.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kraken_storage::cas::{BlobReader, Cas, CasError, PartialBlob, VerifiedPiece};
+use kraken_storage::{Bitfield, Digest, Metainfo, PieceIndex};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::quic::{
+    BiStream, ConnectionPool, PeerConnection, StreamOutcome, codes, read_frame, read_message,
+    send_piece, write_frame,
+};
+use crate::swarm::{
+    PeerEvent, PeerInfo, PeerKind, PieceOutcome, StorageOp, Swarm, SwarmConfig, SwarmEvent,
+    SwarmStats, Transmit,
+};
+use crate::wire::{
+    MAX_FRAME_LEN, PROTOCOL_VERSION, PeerId, PeerMessage, PieceHeader, StreamHeader,
+};
+
+/// A tracker's answer to an announce.
+#[derive(Debug, Clone, Default)]
+pub struct Handout {
+    /// Peers to consider, best first.
+    pub peers: Vec<PeerInfo>,
+    /// The announce interval the tracker wants.
+    pub interval: Option<Duration>,
+}
+
+/// Where the exchange announces. The node implements it with an RPC to the digest's
+/// tracker; tests use an in-process `PeerStore`.
+pub trait Tracker: Send + Sync + 'static {
+    /// Announces that `me` holds `have_bytes` of `digest` (all of it if `complete`).
+    fn announce(
+        &self,
+        digest: Digest,
+        me: PeerInfo,
+        have_bytes: u64,
+    ) -> impl Future<Output = Result<Handout, String>> + Send;
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The local store failed.
+    #[error(transparent)]
+    Cas(#[from] CasError),
+    /// The blob's task stopped before the blob was complete.
+    #[error("download of {digest} stopped: {reason}")]
+    Stopped {
+        /// The blob.
+        digest: Digest,
+        /// Why.
+        reason: String,
+    },
+    /// No such blob to seed.
+    #[error("blob {0} is not in the local store")]
+    NotFound(Digest),
+    /// Bad swarm settings.
+    #[error(transparent)]
+    Config(#[from] crate::swarm::SwarmConfigError),
+}
+
+/// What a finished download moved.
+#[derive(Debug, Clone)]
+pub struct DownloadReport {
+    /// Bytes by peer and kind.
+    pub stats: SwarmStats,
+    /// Wall time from start to commit.
+    pub elapsed: Duration,
+    /// True if the blob was already local and nothing was fetched.
+    pub already_present: bool,
+}
+
+/// Settings of a [`PieceExchange`].
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeConfig {
+    /// The scheduler's settings, shared by every blob.
+    pub swarm: SwarmConfig,
+}
+
+/// Drives the swarms of every blob this node downloads or seeds. Cheap to clone.
+pub struct PieceExchange<T: Tracker> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Tracker> Clone for PieceExchange<T> {
+    fn clone(&self) -> Self {
+        PieceExchange {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<T> {
+    pool: ConnectionPool,
+    cas: Cas,
+    tracker: T,
+    me: PeerInfo,
+    config: ExchangeConfig,
+    blobs: Mutex<HashMap<Digest, BlobHandle>>,
+}
+
+#[derive(Clone)]
+struct BlobHandle {
+    tx: mpsc::UnboundedSender<Input>,
+    done: watch::Receiver<Option<Result<SwarmStats, String>>>,
+    metainfo: Arc<Metainfo>,
+}
+
+enum Input {
+    Handout(Result<Handout, String>),
+    Session {
+        peer: PeerId,
+        conn: PeerConnection,
+        stream: BiStream,
+        outbound: bool,
+    },
+    ConnectFailed {
+        peer: PeerId,
+    },
+    Message {
+        peer: PeerId,
+        sid: u64,
+        msg: PeerMessage,
+    },
+    SessionEnded {
+        peer: PeerId,
+        sid: u64,
+    },
+    IncomingPiece {
+        peer: PeerId,
+        header: PieceHeader,
+        recv: RecvStream,
+    },
+    PieceDone {
+        peer: PeerId,
+        index: PieceIndex,
+        result: Result<VerifiedPiece, PieceFault>,
+    },
+    PieceSent {
+        peer: PeerId,
+        index: PieceIndex,
+        ok: bool,
+    },
+}
+
+/// Why a piece stream did not yield a verified piece.
+#[derive(Debug)]
+enum PieceFault {
+    /// The peer sent bad bytes.
+    Peer,
+    /// The stream or the disk failed; not the peer's fault.
+    Other,
+}
+
+impl<T: Tracker> PieceExchange<T> {
+    /// An exchange announcing itself as `me` (its id, the address peers dial, its kind).
+    pub fn new(
+        pool: ConnectionPool,
+        cas: Cas,
+        tracker: T,
+        me: PeerInfo,
+        config: ExchangeConfig,
+    ) -> Result<Self, ExchangeError> {
+        config.swarm.validate()?;
+        Ok(PieceExchange {
+            inner: Arc::new(Inner {
+                pool,
+                cas,
+                tracker,
+                me,
+                config,
+                blobs: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The local store.
+    pub fn cas(&self) -> &Cas {
+        &self.inner.cas
+    }
+
+    /// Downloads the blob `metainfo` describes through the swarm; returns once it is
+    /// complete in the CAS. The blob keeps seeding afterwards until its seeding TTI.
+    pub async fn download(&self, metainfo: Metainfo) -> Result<DownloadReport, ExchangeError> {
+        let started = Instant::now();
+        let digest = *metainfo.digest();
+        if self.inner.cas.contains(&digest)? {
+            return Ok(DownloadReport {
+                stats: SwarmStats::default(),
+                elapsed: started.elapsed(),
+                already_present: true,
+            });
+        }
+        let handle = self.start(Arc::new(metainfo))?;
+        let mut done = handle.done;
+        let result = match done.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or_else(|| Err("no result".into())),
+            Err(_) => Err("the blob task ended".into()),
+        };
+        match result {
+            Ok(stats) => Ok(DownloadReport {
+                stats,
+                elapsed: started.elapsed(),
+                already_present: false,
+            }),
+            Err(reason) => Err(ExchangeError::Stopped { digest, reason }),
+        }
+    }
+
+    /// Starts seeding a complete local blob (an origin after ingest).
+    pub fn seed(&self, digest: &Digest) -> Result<(), ExchangeError> {
+        let metainfo = self
+            .inner
+            .cas
+            .metainfo(digest)?
+            .filter(|_| self.inner.cas.contains(digest).unwrap_or(false))
+            .ok_or(ExchangeError::NotFound(*digest))?;
+        self.start(Arc::new(metainfo))?;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, BlobHandle>> {
+        self.inner
+            .blobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The running task for the blob, started if needed.
+    fn start(&self, metainfo: Arc<Metainfo>) -> Result<BlobHandle, ExchangeError> {
+        let digest = *metainfo.digest();
+        let mut blobs = self.lock();
+        if let Some(h) = blobs.get(&digest)
+            && !h.tx.is_closed()
+        {
+            return Ok(h.clone());
+        }
+        let cas = &self.inner.cas;
+        let (store, have) = if cas.contains(&digest)? {
+            let reader = cas.reader(&digest)?;
+            (
+                Store::Complete(reader),
+                Bitfield::full(metainfo.piece_count()),
+            )
+        } else {
+            let partial = cas.start_partial(&metainfo)?;
+            let have = partial.bitfield().clone();
+            (Store::Partial(partial), have)
+        };
+        let mut config = self.inner.config.swarm.clone();
+        // Each blob's choices differ, yet stay reproducible for a given node and blob.
+        config.rng_seed ^=
+            u64::from_be_bytes(digest.hash_bytes()[..8].try_into().unwrap_or_default());
+        let swarm = Swarm::new(
+            config,
+            self.inner.me.id,
+            metainfo.clone(),
+            have,
+            Instant::now(),
+        )?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done) = watch::channel(None);
+        if store.is_complete() {
+            done_tx.send_replace(Some(Ok(SwarmStats::default())));
+        }
+        let handle = BlobHandle {
+            tx: tx.clone(),
+            done,
+            metainfo: metainfo.clone(),
+        };
+        blobs.insert(digest, handle.clone());
+        drop(blobs);
+        let task = BlobTask {
+            ex: self.clone(),
+            digest,
+            metainfo,
+            swarm,
+            store: Some(store),
+            tx,
+            rx,
+            sessions: HashMap::new(),
+            known: HashMap::new(),
+            receiving: HashSet::new(),
+            next_sid: 0,
+            done: done_tx,
+        };
+        tokio::spawn(task.run());
+        Ok(handle)
+    }
+
+    /// Serves a session stream a peer opened for `digest` (from the node's
+    /// `Service::session`). Seeds complete local blobs on demand.
+    pub async fn accept_session(
+        &self,
+        peer: PeerId,
+        digest: Digest,
+        stream: BiStream,
+    ) -> StreamOutcome {
+        let handle = match self.lock().get(&digest).cloned() {
+            Some(h) if !h.tx.is_closed() => Some(h),
+            _ => None,
+        };
+        let handle = match handle {
+            Some(h) => h,
+            None => match self.seed(&digest) {
+                Ok(()) => match self.lock().get(&digest).cloned() {
+                    Some(h) => h,
+                    None => {
+                        stream.reject(codes::INTERNAL);
+                        return StreamOutcome::Done;
+                    }
+                },
+                Err(_) => {
+                    stream.reject(codes::REFUSED);
+                    return StreamOutcome::Done;
+                }
+            },
+        };
+        let Some(conn) = self.inner.pool.get(&peer) else {
+            stream.reject(codes::INTERNAL);
+            return StreamOutcome::Done;
+        };
+        let input = Input::Session {
+            peer,
+            conn,
+            stream,
+            outbound: false,
+        };
+        if let Err(mpsc::error::SendError(Input::Session { stream, .. })) = handle.tx.send(input) {
+            stream.reject(codes::REFUSED);
+        }
+        StreamOutcome::Done
+    }
+
+    /// Serves a unidirectional stream a peer opened (from the node's `Service::uni_stream`):
+    /// a piece for one of our downloads.
+    pub async fn accept_piece(&self, peer: PeerId, mut recv: RecvStream) -> StreamOutcome {
+        let header: PieceHeader = match read_frame(&mut recv, 1024).await {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(_) => {
+                let _ = recv.stop(codes::MALFORMED);
+                return StreamOutcome::Misbehaved;
+            }
+        };
+        let handle = self.lock().get(&header.digest).cloned();
+        match handle {
+            Some(h) if header.index.0 < h.metainfo.piece_count() => {
+                if let Err(mpsc::error::SendError(Input::IncomingPiece { mut recv, .. })) =
+                    h.tx.send(Input::IncomingPiece { peer, header, recv })
+                {
+                    let _ = recv.stop(codes::REFUSED);
+                }
+                StreamOutcome::Done
+            }
+            Some(_) => {
+                let _ = recv.stop(codes::BAD_PIECE);
+                StreamOutcome::Misbehaved
+            }
+            None => {
+                let _ = recv.stop(codes::REFUSED);
+                StreamOutcome::Done
+            }
+        }
+    }
+}
+
+enum Store {
+    Partial(PartialBlob),
+    Complete(BlobReader),
+}
+
+impl Store {
+    fn is_complete(&self) -> bool {
+        matches!(self, Store::Complete(_))
+    }
+
+    fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
+        match self {
+            Store::Partial(p) => p.read_piece(index),
+            Store::Complete(r) => r.read_piece(index),
+        }
+    }
+}
+
+struct Session {
+    sid: u64,
+    conn: PeerConnection,
+    writer: mpsc::UnboundedSender<PeerMessage>,
+    opened_by_us: bool,
+    reader: tokio::task::AbortHandle,
+}
+
+struct BlobTask<T: Tracker> {
+    ex: PieceExchange<T>,
+    digest: Digest,
+    metainfo: Arc<Metainfo>,
+    swarm: Swarm,
+    /// `None` only while a commit runs on the blocking pool.
+    store: Option<Store>,
+    tx: mpsc::UnboundedSender<Input>,
+    rx: mpsc::UnboundedReceiver<Input>,
+    sessions: HashMap<PeerId, Session>,
+    /// Addresses and kinds of handed-out peers.
+    known: HashMap<PeerId, (SocketAddr, PeerKind)>,
+    /// Pieces being written by a receiver right now.
+    receiving: HashSet<PieceIndex>,
+    next_sid: u64,
+    done: watch::Sender<Option<Result<SwarmStats, String>>>,
+}
+
+impl<T: Tracker> BlobTask<T> {
+    async fn run(mut self) {
+        let outcome = self.event_loop().await;
+        if let Err(reason) = &outcome {
+            tracing::warn!(digest = %self.digest, %reason, "blob task stopped");
+            self.done.send_if_modified(|d| {
+                if d.is_none() {
+                    *d = Some(Err(reason.clone()));
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        for (_, s) in self.sessions.drain() {
+            s.reader.abort();
+        }
+        let mut blobs = self.ex.lock();
+        if blobs
+            .get(&self.digest)
+            .is_some_and(|h| h.tx.same_channel(&self.tx))
+        {
+            blobs.remove(&self.digest);
+        }
+    }
+
+    async fn event_loop(&mut self) -> Result<(), String> {
+        loop {
+            if self.drain_outputs().await? {
+                return Ok(());
+            }
+            let deadline = self.swarm.poll_timeout();
+            let input = match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        input = self.rx.recv() => input,
+                        () = tokio::time::sleep_until(at.into()) => {
+                            self.swarm.handle_timeout(Instant::now());
+                            continue;
+                        }
+                    }
+                }
+                None => self.rx.recv().await,
+            };
+            let Some(input) = input else {
+                return Err("input channel closed".into());
+            };
+            self.handle(input)?;
+        }
+    }
+
+    /// Acts on everything the swarm wants; returns true when the blob is done seeding.
+    async fn drain_outputs(&mut self) -> Result<bool, String> {
+        loop {
+            if let Some(t) = self.swarm.poll_transmit() {
+                self.transmit(t);
+                continue;
+            }
+            if let Some(StorageOp::Commit) = self.swarm.poll_storage() {
+                self.commit().await?;
+                continue;
+            }
+            if let Some(ev) = self.swarm.poll_event() {
+                match ev {
+                    SwarmEvent::Announce {
+                        have_bytes,
+                        complete,
+                    } => {
+                        let ex = self.ex.clone();
+                        let tx = self.tx.clone();
+                        let digest = self.digest;
+                        let mut me = ex.inner.me.clone();
+                        me.complete = complete;
+                        tokio::spawn(async move {
+                            let r = ex.inner.tracker.announce(digest, me, have_bytes).await;
+                            let _ = tx.send(Input::Handout(r));
+                        });
+                    }
+                    SwarmEvent::SeedingExpired => return Ok(true),
+                    SwarmEvent::BadPiece { from, index } => {
+                        tracing::warn!(digest = %self.digest, peer = %from, %index, "bad piece");
+                    }
+                    SwarmEvent::Blacklisted { peer, reason, .. } => {
+                        tracing::info!(digest = %self.digest, %peer, ?reason, "peer blacklisted");
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            return Ok(false);
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), String> {
+        let Some(Store::Partial(partial)) = self.store.take() else {
+            return Ok(());
+        };
+        let cas = self.ex.inner.cas.clone();
+        let digest = self.digest;
+        let committed = tokio::task::spawn_blocking(move || {
+            partial.commit()?;
+            cas.reader(&digest)
+        })
+        .await
+        .map_err(|e| format!("commit task failed: {e}"))?
+        .map_err(|e| format!("commit failed: {e}"))?;
+        self.store = Some(Store::Complete(committed));
+        self.done.send_replace(Some(Ok(self.swarm.stats().clone())));
+        Ok(())
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        match t {
+            Transmit::Connect { id, addr } => {
+                let pool = self.ex.inner.pool.clone();
+                let tx = self.tx.clone();
+                let digest = self.digest;
+                tokio::spawn(async move {
+                    let input = match open_session(&pool, addr, id, digest).await {
+                        Some((conn, stream)) => Input::Session {
+                            peer: id,
+                            conn,
+                            stream,
+                            outbound: true,
+                        },
+                        None => Input::ConnectFailed { peer: id },
+                    };
+                    let _ = tx.send(input);
+                });
+            }
+            Transmit::Disconnect { id } => {
+                if let Some(s) = self.sessions.remove(&id) {
+                    s.reader.abort();
+                    // Dropping the writer's sender finishes the stream.
+                }
+            }
+            Transmit::Message { to, msg } => {
+                if let Some(s) = self.sessions.get(&to) {
+                    let _ = s.writer.send(msg);
+                }
+            }
+            Transmit::SendPiece { to, index } => self.send_piece(to, index),
+        }
+    }
+
+    fn send_piece(&mut self, to: PeerId, index: PieceIndex) {
+        let conn = self.sessions.get(&to).map(|s| s.conn.clone());
+        let bytes = self.store.as_ref().map(|s| s.read_piece(index));
+        let tx = self.tx.clone();
+        let digest = self.digest;
+        let (Some(conn), Some(Ok(bytes))) = (conn, bytes) else {
+            let _ = tx.send(Input::PieceSent {
+                peer: to,
+                index,
+                ok: false,
+            });
+            return;
+        };
+        tokio::spawn(async move {
+            let header = PieceHeader {
+                digest,
+                index,
+                len: bytes.len() as u32,
+            };
+            let ok = send_piece(conn.connection(), header, Bytes::from(bytes))
+                .await
+                .is_ok();
+            let _ = tx.send(Input::PieceSent {
+                peer: to,
+                index,
+                ok,
+            });
+        });
+    }
+
+    fn handle(&mut self, input: Input) -> Result<(), String> {
+        let now = Instant::now();
+        match input {
+            Input::Handout(Ok(h)) => {
+                for p in &h.peers {
+                    self.known.insert(p.id, (p.addr, p.kind));
+                }
+                self.swarm.handle_handout(now, h.peers, h.interval);
+            }
+            Input::Handout(Err(e)) => {
+                tracing::warn!(digest = %self.digest, error = %e, "announce failed; will retry");
+            }
+            Input::Session {
+                peer,
+                conn,
+                stream,
+                outbound,
+            } => self.on_session(now, peer, conn, stream, outbound),
+            Input::ConnectFailed { peer } => {
+                self.swarm
+                    .handle_peer(now, PeerEvent::ConnectFailed { id: peer });
+            }
+            Input::Message { peer, sid, msg } => {
+                if self.sessions.get(&peer).is_some_and(|s| s.sid == sid) {
+                    self.swarm.handle_message(now, peer, msg);
+                }
+            }
+            Input::SessionEnded { peer, sid } => {
+                if self.sessions.get(&peer).is_some_and(|s| s.sid == sid) {
+                    self.sessions.remove(&peer);
+                    self.swarm
+                        .handle_peer(now, PeerEvent::Disconnected { id: peer });
+                }
+            }
+            Input::IncomingPiece { peer, header, recv } => {
+                self.on_incoming_piece(peer, header, recv)
+            }
+            Input::PieceDone {
+                peer,
+                index,
+                result,
+            } => {
+                self.receiving.remove(&index);
+                match result {
+                    Ok(verified) => {
+                        if let Some(Store::Partial(p)) = self.store.as_mut() {
+                            p.mark_stored(verified)
+                                .map_err(|e| format!("recording {index}: {e}"))?;
+                        }
+                        self.swarm
+                            .handle_piece_received(now, peer, index, PieceOutcome::Stored);
+                    }
+                    Err(PieceFault::Peer) => {
+                        self.swarm
+                            .handle_piece_received(now, peer, index, PieceOutcome::Corrupt);
+                    }
+                    Err(PieceFault::Other) => {}
+                }
+            }
+            Input::PieceSent { peer, index, ok } => {
+                self.swarm.handle_piece_sent(now, peer, index, ok);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_session(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        conn: PeerConnection,
+        stream: BiStream,
+        outbound: bool,
+    ) {
+        let me = self.ex.inner.me.id;
+        if let Some(existing) = self.sessions.get(&peer) {
+            // Keep the session opened by the lower id, on both sides.
+            let existing_opener = if existing.opened_by_us { me } else { peer };
+            let new_opener = if outbound { me } else { peer };
+            if existing_opener <= new_opener {
+                stream.reject(codes::REFUSED);
+                return;
+            }
+            if let Some(old) = self.sessions.remove(&peer) {
+                old.reader.abort();
+            }
+            self.swarm
+                .handle_peer(now, PeerEvent::Disconnected { id: peer });
+        }
+        self.next_sid += 1;
+        let sid = self.next_sid;
+        let BiStream { send, recv } = stream;
+        let (writer, writes) = mpsc::unbounded_channel();
+        tokio::spawn(write_session(send, writes));
+        let reader = tokio::spawn(read_session(recv, peer, sid, self.tx.clone())).abort_handle();
+        self.sessions.insert(
+            peer,
+            Session {
+                sid,
+                conn,
+                writer,
+                opened_by_us: outbound,
+                reader,
+            },
+        );
+        let kind = self.known.get(&peer).map_or(PeerKind::Agent, |(_, k)| *k);
+        self.swarm.handle_peer(
+            now,
+            PeerEvent::Connected {
+                id: peer,
+                kind,
+                outbound,
+            },
+        );
+    }
+
+    fn on_incoming_piece(&mut self, peer: PeerId, header: PieceHeader, mut recv: RecvStream) {
+        let index = header.index;
+        let size = self.metainfo.piece_size(index);
+        let wanted = !self.swarm.bitfield().get(index) && !self.receiving.contains(&index);
+        let writer = match self.store.as_ref() {
+            Some(Store::Partial(p)) if wanted && size == Some(header.len) => {
+                p.piece_writer(index).ok()
+            }
+            _ => None,
+        };
+        let Some(mut writer) = writer else {
+            let code = if size == Some(header.len) {
+                codes::REFUSED
+            } else {
+                codes::BAD_PIECE
+            };
+            let _ = recv.stop(code);
+            if code == codes::BAD_PIECE {
+                let _ = self.tx.send(Input::PieceDone {
+                    peer,
+                    index,
+                    result: Err(PieceFault::Peer),
+                });
+            }
+            return;
+        };
+        self.receiving.insert(index);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = receive_into(&mut recv, &mut writer, u64::from(header.len)).await;
+            let result = match result {
+                Ok(()) => writer.finish().map_err(|e| match e {
+                    CasError::Piece(_) => PieceFault::Peer,
+                    _ => PieceFault::Other,
+                }),
+                Err(fault) => Err(fault),
+            };
+            if matches!(result, Err(PieceFault::Peer)) {
+                let _ = recv.stop(codes::BAD_PIECE);
+            }
+            let _ = tx.send(Input::PieceDone {
+                peer,
+                index,
+                result,
+            });
+        });
+    }
+}
+
+/// Copies exactly `len` bytes of a piece stream into `writer`, then expects the end.
+async fn receive_into(
+    recv: &mut RecvStream,
+    writer: &mut kraken_storage::cas::PieceWriter,
+    len: u64,
+) -> Result<(), PieceFault> {
+    let mut got = 0u64;
+    while got < len {
+        let want = usize::try_from(len - got).unwrap_or(usize::MAX);
+        match recv.read_chunk(want, true).await {
+            Ok(Some(chunk)) => {
+                got += chunk.bytes.len() as u64;
+                // A positioned write into the page cache: fast enough for the runtime.
+                writer.write(&chunk.bytes).map_err(|e| match e {
+                    CasError::Piece(_) => PieceFault::Peer,
+                    _ => PieceFault::Other,
+                })?;
+            }
+            Ok(None) => return Err(PieceFault::Peer), // Ended short.
+            Err(_) => return Err(PieceFault::Other),
+        }
+    }
+    // Anything after the piece is a protocol violation.
+    match recv.read_chunk(1, true).await {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(PieceFault::Peer),
+        Err(_) => Err(PieceFault::Other),
+    }
+}
+
+async fn open_session(
+    pool: &ConnectionPool,
+    addr: SocketAddr,
+    id: PeerId,
+    digest: Digest,
+) -> Option<(PeerConnection, BiStream)> {
+    let conn = pool.connect(addr, Some(id)).await.ok()?;
+    let (mut send, recv) = conn.connection().open_bi().await.ok()?;
+    let header = StreamHeader::Session {
+        version: PROTOCOL_VERSION,
+        digest,
+    };
+    write_frame(&mut send, &header).await.ok()?;
+    Some((conn, BiStream { send, recv }))
+}
+
+async fn write_session(mut send: SendStream, mut writes: mpsc::UnboundedReceiver<PeerMessage>) {
+    while let Some(msg) = writes.recv().await {
+        if write_frame(&mut send, &msg).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn read_session(
+    mut recv: RecvStream,
+    peer: PeerId,
+    sid: u64,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    loop {
+        match read_message::<PeerMessage>(&mut recv, MAX_FRAME_LEN).await {
+            Ok(Some(msg)) => {
+                if tx.send(Input::Message { peer, sid, msg }).is_err() {
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => {
+                let _ = tx.send(Input::SessionEnded { peer, sid });
+                return;
+            }
+        }
+    }
+}

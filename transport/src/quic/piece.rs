@@ -1,0 +1,204 @@
+//! Piece streams: one piece per unidirectional stream, so pieces never block each other.
+//!
+//! A piece stream is a [`PieceHeader`] frame followed by exactly `header.len` bytes, then
+//! the end of the stream. [`recv_piece`] checks the header against the blob's metainfo
+//! before it reads a byte of the body (wrong blob, index out of range, wrong length: the
+//! stream is stopped at once), reads the body into one buffer of the checked length while
+//! hashing it with BLAKE3, and returns the bytes only if the hash matches. Unverified bytes
+//! never leave this module.
+
+use bytes::Bytes;
+use kraken_storage::{Digest, Metainfo, PieceError, PieceHash};
+use quinn::{RecvStream, VarInt};
+
+use super::codes;
+use super::stream::{StreamError, read_frame, write_frame};
+use crate::wire::{PieceHeader, WireError};
+
+/// Cap on a piece header frame's payload (a digest, an index and a length).
+pub const MAX_PIECE_HEADER_LEN: usize = 256;
+
+/// Bytes hashed per BLAKE3 update: large enough for its SIMD paths, small enough that the
+/// hashing of a piece overlaps its arrival.
+const HASH_BATCH: usize = 128 * 1024;
+
+/// Why a piece could not be sent or was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum PieceStreamError {
+    /// No stream could be opened (the connection is gone).
+    #[error("cannot open a piece stream: {0}")]
+    Open(#[source] quinn::ConnectionError),
+    /// The header names a length other than the bytes given (a bug of the sender).
+    #[error("piece header says {header} bytes, {actual} given")]
+    LengthMismatch {
+        /// `header.len`.
+        header: u32,
+        /// Bytes given.
+        actual: usize,
+    },
+    /// Reading or writing the stream failed, or the header frame is invalid.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The stream ended before a header.
+    #[error("the stream ended before the piece header")]
+    NoHeader,
+    /// The piece belongs to another blob.
+    #[error("piece of {got} arrived for {expected}")]
+    WrongBlob {
+        /// The blob the metainfo describes.
+        expected: Digest,
+        /// The blob the header names.
+        got: Digest,
+    },
+    /// The header disagrees with the metainfo (index out of range, wrong length), or the
+    /// bytes do not match the piece's hash.
+    #[error(transparent)]
+    BadPiece(#[from] PieceError),
+    /// The stream ended before the whole piece arrived.
+    #[error("the stream ended after {have} of {need} piece bytes")]
+    Truncated {
+        /// Bytes received.
+        have: usize,
+        /// The piece's length.
+        need: usize,
+    },
+    /// Bytes followed the piece.
+    #[error("bytes follow the piece")]
+    TrailingBytes,
+}
+
+impl PieceStreamError {
+    /// Whether the sending peer is at fault (it sent something the metainfo rules out, or
+    /// broke the stream format); the swarm blacklists such peers. Connection and local
+    /// errors are not the peer's fault.
+    pub fn is_peer_fault(&self) -> bool {
+        match self {
+            PieceStreamError::Stream(e) => e.reply_code().is_some(),
+            PieceStreamError::NoHeader
+            | PieceStreamError::WrongBlob { .. }
+            | PieceStreamError::BadPiece(_)
+            | PieceStreamError::Truncated { .. }
+            | PieceStreamError::TrailingBytes => true,
+            PieceStreamError::Open(_) | PieceStreamError::LengthMismatch { .. } => false,
+        }
+    }
+
+    /// The stream code a receiver answers this error with.
+    fn reply_code(&self) -> VarInt {
+        match self {
+            PieceStreamError::Stream(e) => e.reply_code().unwrap_or(codes::INTERNAL),
+            PieceStreamError::NoHeader | PieceStreamError::Truncated { .. } => codes::TRUNCATED,
+            _ => codes::BAD_PIECE,
+        }
+    }
+}
+
+/// Sends one piece on a new unidirectional stream: the header frame, the bytes (without
+/// copying them), and the end of the stream. Returns once the data is queued; delivery is
+/// confirmed by the peer's `Have`, refusal by a stop of the stream.
+pub async fn send_piece(
+    conn: &quinn::Connection,
+    header: PieceHeader,
+    bytes: Bytes,
+) -> Result<(), PieceStreamError> {
+    if bytes.len() != header.len as usize {
+        return Err(PieceStreamError::LengthMismatch {
+            header: header.len,
+            actual: bytes.len(),
+        });
+    }
+    let mut send = conn.open_uni().await.map_err(PieceStreamError::Open)?;
+    write_frame(&mut send, &header).await?;
+    send.write_chunk(bytes).await.map_err(StreamError::from)?;
+    send.finish().map_err(|_| StreamError::ClosedStream)?;
+    Ok(())
+}
+
+/// Receives one piece from a stream the peer opened and verifies it against `expected`.
+///
+/// Returns the header and the piece's bytes only if the header names this blob, an existing
+/// index and that piece's exact length, exactly that many bytes arrive and the stream then
+/// ends, and their BLAKE3 hash matches the metainfo. On any error the stream is stopped
+/// with a code from [`codes`] ([`codes::BAD_PIECE`] for a piece that disagrees with the
+/// metainfo) and nothing of the body is returned.
+pub async fn recv_piece(
+    mut recv: RecvStream,
+    expected: &Metainfo,
+) -> Result<(PieceHeader, Bytes), PieceStreamError> {
+    let result = read_verified(&mut recv, expected).await;
+    if let Err(e) = &result {
+        let _ = recv.stop(e.reply_code());
+    }
+    result
+}
+
+async fn read_verified(
+    recv: &mut RecvStream,
+    metainfo: &Metainfo,
+) -> Result<(PieceHeader, Bytes), PieceStreamError> {
+    let header: PieceHeader = read_frame(recv, MAX_PIECE_HEADER_LEN)
+        .await?
+        .ok_or(PieceStreamError::NoHeader)?;
+    if header.digest != *metainfo.digest() {
+        return Err(PieceStreamError::WrongBlob {
+            expected: *metainfo.digest(),
+            got: header.digest,
+        });
+    }
+    let size = metainfo
+        .piece_size(header.index)
+        .ok_or(PieceError::OutOfRange {
+            index: header.index,
+            count: metainfo.piece_count(),
+        })?;
+    if header.len != size {
+        return Err(PieceError::WrongSize {
+            index: header.index,
+            expected: size,
+            actual: header.len as usize,
+        }
+        .into());
+    }
+
+    // `size` comes from the metainfo (at most MAX_PIECE_LENGTH), not from the peer.
+    let len = size as usize;
+    let mut buf = vec![0u8; len];
+    let mut hasher = blake3::Hasher::new();
+    let (mut filled, mut hashed) = (0, 0);
+    while filled < len {
+        match recv
+            .read(&mut buf[filled..])
+            .await
+            .map_err(StreamError::from)?
+        {
+            Some(n) => filled += n,
+            None => {
+                return Err(PieceStreamError::Truncated {
+                    have: filled,
+                    need: len,
+                });
+            }
+        }
+        if filled - hashed >= HASH_BATCH || filled == len {
+            hasher.update(&buf[hashed..filled]);
+            hashed = filled;
+        }
+    }
+    let mut probe = [0u8; 1];
+    if recv
+        .read(&mut probe)
+        .await
+        .map_err(StreamError::from)?
+        .is_some()
+    {
+        return Err(PieceStreamError::TrailingBytes);
+    }
+    metainfo.check_piece_hash(header.index, &PieceHash(*hasher.finalize().as_bytes()))?;
+    Ok((header, Bytes::from(buf)))
+}
+
+impl From<WireError> for PieceStreamError {
+    fn from(e: WireError) -> Self {
+        PieceStreamError::Stream(e.into())
+    }
+}

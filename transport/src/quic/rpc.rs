@@ -1,0 +1,474 @@
+//! Request/response over bidirectional streams: the client [`call`] and the server
+//! dispatcher [`serve`].
+//!
+//! A call opens a bidirectional stream and sends [`StreamHeader::Rpc`], one request frame
+//! and optionally a raw body, then finishes its side. The server answers with one response
+//! frame and optionally a raw body, then finishes. Request and response types belong to
+//! the caller (the node's protocol enums); their frames say whether and how long a body
+//! follows.
+//!
+//! [`serve`] accepts every stream the peer opens on a connection and routes it:
+//! bidirectional streams by their [`StreamHeader`] — RPCs to [`Service::rpc`], piece
+//! sessions to [`Service::session`] — and unidirectional streams (pieces) to
+//! [`Service::uni_stream`]. A stream whose header or request is malformed, too large,
+//! truncated, of another protocol version or of an unknown kind, or that does not arrive
+//! within [`RpcConfig::header_timeout`], is closed on its own with the matching code from
+//! [`codes`]; after [`RpcConfig::max_bad_streams`] such streams on one connection (handlers
+//! can add to the count by returning [`StreamOutcome::Misbehaved`]) the connection is
+//! closed with [`codes::CONN_ABUSE`].
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kraken_storage::Digest;
+use quinn::{RecvStream, SendStream, VarInt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::codes;
+use super::endpoint::PeerConnection;
+use super::stream::{StreamError, abort, read_frame, read_message, write_frame};
+use crate::wire::{
+    LEN_PREFIX, MAX_FRAME_LEN, PROTOCOL_VERSION, PeerId, StreamHeader, WireError, encode_frame,
+};
+
+/// Server-side limits of the dispatcher.
+///
+/// The defaults suit cluster nodes: frames up to the wire cap of 256 KiB, 10 s for a peer to
+/// send a stream's header and request (a live peer needs one round trip), and 16 bad
+/// streams before a connection is considered hostile — enough to ride out a version skew
+/// during a rolling upgrade being noticed in logs, few enough that garbage costs little.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcConfig {
+    /// Largest header or request frame accepted, in payload bytes.
+    pub max_frame_len: usize,
+    /// Time allowed for the stream header and the request frame to arrive.
+    pub header_timeout: Duration,
+    /// Bad streams tolerated on one connection; reaching it closes the connection.
+    pub max_bad_streams: u32,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            max_frame_len: MAX_FRAME_LEN,
+            header_timeout: Duration::from_secs(10),
+            max_bad_streams: 16,
+        }
+    }
+}
+
+impl RpcConfig {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), RpcError> {
+        let bad = |m: String| Err(RpcError::Config(m));
+        if !(64..=MAX_FRAME_LEN).contains(&self.max_frame_len) {
+            return bad(format!(
+                "max_frame_len must be within 64..={MAX_FRAME_LEN}, not {}",
+                self.max_frame_len
+            ));
+        }
+        if self.header_timeout.is_zero() {
+            return bad("header_timeout must be above 0".into());
+        }
+        if self.max_bad_streams == 0 {
+            return bad("max_bad_streams must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// No stream could be opened (the connection is gone).
+    #[error("cannot open a stream: {0}")]
+    Open(#[source] quinn::ConnectionError),
+    /// Sending the request failed.
+    #[error("sending the request failed: {0}")]
+    Send(#[source] StreamError),
+    /// The caller's request body failed to read; the stream was reset.
+    #[error("reading the request body failed: {0}")]
+    Body(#[source] io::Error),
+    /// The response could not be read. A peer that refused the request shows up here as
+    /// [`StreamError::Reset`] with its code ([`RpcError::rejected_with`]).
+    #[error("reading the response failed: {0}")]
+    Response(#[source] StreamError),
+    /// The peer finished the stream without a response frame.
+    #[error("the peer closed the stream without a response")]
+    NoResponse,
+    /// An [`RpcConfig`] is invalid.
+    #[error("invalid rpc config: {0}")]
+    Config(String),
+}
+
+impl RpcError {
+    /// The stream code the peer refused the request with, if it did.
+    pub fn rejected_with(&self) -> Option<VarInt> {
+        match self {
+            RpcError::Response(StreamError::Reset { code })
+            | RpcError::Send(StreamError::Stopped { code }) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A request's raw body, sent after the request frame.
+pub enum RequestBody<'a> {
+    /// No body.
+    None,
+    /// Bytes in memory (sent without copying).
+    Bytes(Bytes),
+    /// Bytes from a reader, until it ends.
+    Reader(&'a mut (dyn AsyncRead + Unpin + Send)),
+}
+
+impl std::fmt::Debug for RequestBody<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestBody::None => f.write_str("None"),
+            RequestBody::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            RequestBody::Reader(_) => f.write_str("Reader"),
+        }
+    }
+}
+
+/// Sends `request` (and its body) on a new bidirectional stream and reads one response
+/// frame of at most [`MAX_FRAME_LEN`] bytes. Returns the response and the receive stream,
+/// which carries the response body if the response announced one (read it, or drop it).
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    conn: &quinn::Connection,
+    request: &Req,
+    body: RequestBody<'_>,
+) -> Result<(Resp, RecvStream), RpcError> {
+    call_with_limit(conn, request, body, MAX_FRAME_LEN).await
+}
+
+/// [`call`] with a cap on the response frame other than [`MAX_FRAME_LEN`].
+pub async fn call_with_limit<Req: Serialize, Resp: DeserializeOwned>(
+    conn: &quinn::Connection,
+    request: &Req,
+    body: RequestBody<'_>,
+    max_response_len: usize,
+) -> Result<(Resp, RecvStream), RpcError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(RpcError::Open)?;
+    match send_request(&mut send, request, body).await {
+        Ok(()) => {}
+        Err(SendFailure::Body(e)) => {
+            abort(&mut send, &mut recv, codes::INTERNAL);
+            return Err(RpcError::Body(e));
+        }
+        // The peer stopped reading: it may have answered (a refusal, or a response that
+        // did not need the whole body). Its answer says more than the stop.
+        Err(SendFailure::Stream(e @ StreamError::Stopped { .. })) => {
+            return match read_frame::<Resp>(&mut recv, max_response_len).await {
+                Ok(Some(resp)) => Ok((resp, recv)),
+                Ok(None) => Err(RpcError::Send(e)),
+                Err(e) => Err(RpcError::Response(e)),
+            };
+        }
+        Err(SendFailure::Stream(e)) => {
+            abort(&mut send, &mut recv, codes::INTERNAL);
+            return Err(RpcError::Send(e));
+        }
+    }
+    match read_frame::<Resp>(&mut recv, max_response_len).await {
+        Ok(Some(resp)) => Ok((resp, recv)),
+        Ok(None) => Err(RpcError::NoResponse),
+        Err(e) => {
+            if let Some(code) = e.reply_code() {
+                let _ = recv.stop(code);
+            }
+            Err(RpcError::Response(e))
+        }
+    }
+}
+
+enum SendFailure {
+    Stream(StreamError),
+    Body(io::Error),
+}
+
+impl From<StreamError> for SendFailure {
+    fn from(e: StreamError) -> Self {
+        SendFailure::Stream(e)
+    }
+}
+
+impl From<quinn::WriteError> for SendFailure {
+    fn from(e: quinn::WriteError) -> Self {
+        SendFailure::Stream(e.into())
+    }
+}
+
+async fn send_request<Req: Serialize>(
+    send: &mut SendStream,
+    request: &Req,
+    body: RequestBody<'_>,
+) -> Result<(), SendFailure> {
+    // Header and request in one write: one packet for small requests.
+    let mut frames = encode_frame(&StreamHeader::Rpc {
+        version: PROTOCOL_VERSION,
+    })
+    .map_err(StreamError::from)?;
+    frames.extend(encode_frame(request).map_err(StreamError::from)?);
+    send.write_all(&frames).await?;
+    match body {
+        RequestBody::None => {}
+        RequestBody::Bytes(bytes) => send.write_chunk(bytes).await?,
+        RequestBody::Reader(reader) => {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = reader.read(&mut buf).await.map_err(SendFailure::Body)?;
+                if n == 0 {
+                    break;
+                }
+                send.write_all(&buf[..n]).await?;
+            }
+        }
+    }
+    // Already closed means stopped or reset, which the response read will report.
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Both halves of a bidirectional stream the peer opened, after its header (and, for an
+/// RPC, its request frame) were read.
+#[derive(Debug)]
+pub struct BiStream {
+    /// Our sending half: the response frame and body, or session messages.
+    pub send: SendStream,
+    /// The peer's sending half: the rest of the request (its body), or session messages.
+    pub recv: RecvStream,
+}
+
+/// The stream an RPC handler answers on.
+pub type RpcStream = BiStream;
+
+impl BiStream {
+    /// Writes one response (or session) frame.
+    pub async fn respond<T: Serialize>(&mut self, msg: &T) -> Result<(), StreamError> {
+        write_frame(&mut self.send, msg).await
+    }
+
+    /// Finishes our sending half: the peer reads to its end.
+    pub fn finish(&mut self) -> Result<(), StreamError> {
+        self.send.finish().map_err(|_| StreamError::ClosedStream)
+    }
+
+    /// Closes both halves with a stream code (see [`codes`]): a refusal.
+    pub fn reject(mut self, code: VarInt) {
+        abort(&mut self.send, &mut self.recv, code);
+    }
+}
+
+/// What a handler made of a stream; [`StreamOutcome::Misbehaved`] counts toward
+/// [`RpcConfig::max_bad_streams`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// Served, refused or failed for reasons that are not the peer's fault.
+    Done,
+    /// The peer broke the protocol on this stream (e.g. a corrupt piece, a body of the
+    /// wrong length).
+    Misbehaved,
+}
+
+/// The server side of a connection: what to do with each stream the peer opens.
+///
+/// One `Service` serves every connection; each stream runs in its own task.
+pub trait Service: Send + Sync + 'static {
+    /// The request type of RPC streams.
+    type Request: DeserializeOwned + Send + 'static;
+
+    /// Serves one RPC: answer with [`BiStream::respond`] (then any body) and finish, or
+    /// [`BiStream::reject`] it. The request body, if any, is on `stream.recv`.
+    fn rpc(
+        &self,
+        peer: PeerId,
+        request: Self::Request,
+        stream: RpcStream,
+    ) -> impl Future<Output = StreamOutcome> + Send;
+
+    /// Serves a piece-exchange session for `digest`. The default refuses it with
+    /// [`codes::UNSUPPORTED_STREAM`].
+    fn session(
+        &self,
+        peer: PeerId,
+        digest: Digest,
+        stream: BiStream,
+    ) -> impl Future<Output = StreamOutcome> + Send {
+        let _ = (peer, digest);
+        async move {
+            stream.reject(codes::UNSUPPORTED_STREAM);
+            StreamOutcome::Done
+        }
+    }
+
+    /// Serves a unidirectional stream (a piece, see [`recv_piece`](super::recv_piece)).
+    /// The default stops it with [`codes::UNSUPPORTED_STREAM`].
+    fn uni_stream(
+        &self,
+        peer: PeerId,
+        recv: RecvStream,
+    ) -> impl Future<Output = StreamOutcome> + Send {
+        let _ = peer;
+        async move {
+            let mut recv = recv;
+            let _ = recv.stop(codes::UNSUPPORTED_STREAM);
+            StreamOutcome::Done
+        }
+    }
+}
+
+/// Counts a connection's bad streams and closes it at the limit.
+struct Strikes {
+    conn: quinn::Connection,
+    count: AtomicU32,
+    max: u32,
+}
+
+impl Strikes {
+    fn record(&self, peer: PeerId, why: &dyn std::fmt::Display) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        tracing::debug!(%peer, strikes = n, %why, "bad stream");
+        if n >= self.max {
+            tracing::warn!(%peer, strikes = n, "closing connection: too many bad streams");
+            self.conn.close(codes::CONN_ABUSE, b"too many bad streams");
+        }
+    }
+}
+
+/// Serves every stream the peer opens on `conn` until the connection ends, and returns
+/// why it ended. Spawn one per connection (e.g. from the pool's connection callback).
+///
+/// `config` is used as given (call [`RpcConfig::validate`] when loading it); a
+/// `max_bad_streams` of 0 counts as 1.
+pub async fn serve<S: Service>(
+    conn: PeerConnection,
+    service: Arc<S>,
+    config: RpcConfig,
+) -> quinn::ConnectionError {
+    let peer = conn.peer_id();
+    let quinn_conn = conn.connection().clone();
+    let config = Arc::new(config);
+    let strikes = Arc::new(Strikes {
+        conn: quinn_conn.clone(),
+        count: AtomicU32::new(0),
+        max: config.max_bad_streams.max(1),
+    });
+    loop {
+        tokio::select! {
+            bi = quinn_conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let (service, config, strikes) =
+                        (service.clone(), config.clone(), strikes.clone());
+                    tokio::spawn(async move {
+                        serve_bi(&*service, peer, send, recv, &config, &strikes).await;
+                    });
+                }
+                Err(e) => return e,
+            },
+            uni = quinn_conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let (service, strikes) = (service.clone(), strikes.clone());
+                    tokio::spawn(async move {
+                        if service.uni_stream(peer, recv).await == StreamOutcome::Misbehaved {
+                            strikes.record(peer, &"handler reported a bad unidirectional stream");
+                        }
+                    });
+                }
+                Err(e) => return e,
+            },
+        }
+    }
+}
+
+enum Opened<R> {
+    Rpc(R),
+    Session(Digest),
+}
+
+async fn serve_bi<S: Service>(
+    service: &S,
+    peer: PeerId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    config: &RpcConfig,
+    strikes: &Strikes,
+) {
+    let max = config.max_frame_len;
+    let opened = tokio::time::timeout(config.header_timeout, async {
+        let missing = || WireError::Truncated {
+            have: 0,
+            need: LEN_PREFIX,
+        };
+        let header = read_message::<StreamHeader>(&mut recv, max)
+            .await?
+            .ok_or_else(missing)?;
+        header.check_version()?;
+        match header {
+            StreamHeader::Rpc { .. } => {
+                let request = read_frame::<S::Request>(&mut recv, max)
+                    .await?
+                    .ok_or_else(missing)?;
+                Ok::<_, StreamError>(Opened::Rpc(request))
+            }
+            StreamHeader::Session { digest, .. } => Ok(Opened::Session(digest)),
+        }
+    })
+    .await;
+    let outcome = match opened {
+        Err(_) => {
+            abort(&mut send, &mut recv, codes::TIMEOUT);
+            strikes.record(peer, &"no header before the timeout");
+            return;
+        }
+        Ok(Err(e)) => {
+            // Errors the peer's bytes caused get an answer and a strike; a stream the peer
+            // reset itself, or a lost connection, needs neither.
+            if let Some(code) = e.reply_code() {
+                abort(&mut send, &mut recv, code);
+                strikes.record(peer, &e);
+            }
+            return;
+        }
+        Ok(Ok(Opened::Rpc(request))) => service.rpc(peer, request, BiStream { send, recv }).await,
+        Ok(Ok(Opened::Session(digest))) => {
+            service.session(peer, digest, BiStream { send, recv }).await
+        }
+    };
+    if outcome == StreamOutcome::Misbehaved {
+        strikes.record(peer, &"handler reported a bad stream");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation() {
+        RpcConfig::default().validate().unwrap();
+        for c in [
+            RpcConfig {
+                max_frame_len: MAX_FRAME_LEN + 1,
+                ..RpcConfig::default()
+            },
+            RpcConfig {
+                header_timeout: Duration::ZERO,
+                ..RpcConfig::default()
+            },
+            RpcConfig {
+                max_bad_streams: 0,
+                ..RpcConfig::default()
+            },
+        ] {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+}
