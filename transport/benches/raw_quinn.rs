@@ -13,7 +13,18 @@
 //! - `pieces`: this crate's piece protocol: 4 MiB pieces, each on its own stream via
 //!   `send_piece`, 8 in flight, each verified by `recv_piece` (BLAKE3) on arrival.
 //!
-//! Reports MB/s (10^6 bytes per second) from the first byte sent to the last byte received.
+//! - `exchange`: the whole piece exchange between two nodes in this process: the seeder's
+//!   CAS, `PieceExchange` sessions driven by the swarm, pieces streamed into the
+//!   leecher's CAS while hashed, then the leecher's commit (a sha256 re-check of the
+//!   blob). The figure that matters; it also reports the process's peak RSS, an upper
+//!   bound for the leecher (the seeder shares the process).
+//! - `exchange-trusting`: the same with the leecher's `verify_digest_on_commit` off: every
+//!   piece is still BLAKE3-verified on arrival, but the whole blob is not re-hashed with
+//!   sha256 before the commit.
+//!
+//! Reports MB/s (10^6 bytes per second) from the first byte sent to the last byte received,
+//! and each mode's ratio to `raw` when both ran. `KRAKEN_BENCH_DIR` picks where the
+//! `exchange` mode's stores live (default: the system temp dir).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -44,12 +55,19 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--bench" => {}
             "--mib" => mib = args.next().context("--mib needs a value")?.parse()?,
-            "raw" | "endpoint" | "pieces" => modes.push(arg),
-            other => bail!("unknown argument {other:?} (expected --mib N, raw, endpoint, pieces)"),
+            "raw" | "endpoint" | "pieces" | "exchange" | "exchange-trusting" => modes.push(arg),
+            other => bail!(
+                "unknown argument {other:?} (expected --mib N, raw, endpoint, pieces, exchange)"
+            ),
         }
     }
     if modes.is_empty() {
-        modes = vec!["raw".into(), "endpoint".into(), "pieces".into()];
+        modes = vec![
+            "raw".into(),
+            "endpoint".into(),
+            "pieces".into(),
+            "exchange".into(),
+        ];
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -61,16 +79,30 @@ fn main() -> Result<()> {
         let receiver = ca.issue_node_cert("receiver")?;
         let cluster = ca.cluster_ca();
         let bytes = mib * MIB;
+        let mut raw_rate = None;
         for mode in &modes {
             let (secs, moved) = match mode.as_str() {
                 "raw" => raw(&sender, &receiver, &cluster, bytes).await?,
                 "endpoint" => endpoint_stream(&sender, &receiver, &cluster, bytes).await?,
+                "exchange" => {
+                    exchange_bench::run(&sender, &receiver, &cluster, bytes, true).await?
+                }
+                "exchange-trusting" => {
+                    exchange_bench::run(&sender, &receiver, &cluster, bytes, false).await?
+                }
                 _ => pieces(&sender, &receiver, &cluster, bytes).await?,
             };
+            let rate = moved as f64 / secs / 1e6;
+            if mode == "raw" {
+                raw_rate = Some(rate);
+            }
+            let ratio = raw_rate
+                .filter(|_| mode != "raw")
+                .map(|r| format!("  ratio to raw = {:.2}", rate / r))
+                .unwrap_or_default();
             println!(
-                "{mode:>8}: {} MiB in {secs:.2} s = {:.0} MB/s",
+                "{mode:>8}: {} MiB in {secs:.2} s = {rate:.0} MB/s{ratio}",
                 moved / MIB,
-                moved as f64 / secs / 1e6
             );
         }
         Ok(())
@@ -245,4 +277,211 @@ async fn pieces(
     }
     let (total, end) = verifier.await??;
     Ok(((end - start).as_secs_f64(), total))
+}
+
+/// The `exchange` mode: two full nodes (CAS + pool + piece exchange) in this process.
+mod exchange_bench {
+    use std::io::Read;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::{Arc, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use anyhow::Result;
+    use kraken_storage::Digest;
+    use kraken_storage::cas::{Cas, CasConfig};
+    use kraken_transport::exchange::{ExchangeConfig, Handout, PieceExchange, Tracker};
+    use kraken_transport::quic::{
+        BiStream, ClusterCa, ConnectionPool, Endpoint, NodeIdentity, PoolConfig, QuicConfig,
+        RpcConfig, RpcStream, Service, StreamOutcome, codes, serve,
+    };
+    use kraken_transport::swarm::{PeerInfo, PeerKind};
+    use kraken_transport::wire::PeerId;
+
+    /// Hands out the seeder, always.
+    #[derive(Clone)]
+    struct FixedTracker(Arc<OnceLock<PeerInfo>>);
+
+    impl Tracker for FixedTracker {
+        async fn announce(&self, _: Digest, _: PeerInfo, _: u64) -> Result<Handout, String> {
+            Ok(Handout {
+                peers: self.0.get().cloned().into_iter().collect(),
+                interval: Some(Duration::from_secs(5)),
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct NodeService(OnceLock<PieceExchange<FixedTracker>>);
+
+    impl Service for NodeService {
+        type Request = ();
+
+        async fn rpc(&self, _: PeerId, _: (), stream: RpcStream) -> StreamOutcome {
+            stream.reject(codes::UNSUPPORTED_STREAM);
+            StreamOutcome::Done
+        }
+
+        async fn session(&self, peer: PeerId, digest: Digest, stream: BiStream) -> StreamOutcome {
+            match self.0.get() {
+                Some(ex) => ex.accept_session(peer, digest, stream).await,
+                None => StreamOutcome::Done,
+            }
+        }
+
+        async fn uni_stream(&self, peer: PeerId, recv: quinn::RecvStream) -> StreamOutcome {
+            match self.0.get() {
+                Some(ex) => ex.accept_piece(peer, recv).await,
+                None => StreamOutcome::Done,
+            }
+        }
+    }
+
+    fn node(
+        identity: &NodeIdentity,
+        ca: &ClusterCa,
+        kind: PeerKind,
+        tracker: FixedTracker,
+        dir: &std::path::Path,
+        verify: bool,
+    ) -> Result<PieceExchange<FixedTracker>> {
+        let config = QuicConfig::bind_to(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let endpoint = Endpoint::bind(&config, identity, ca)?;
+        let addr = endpoint.local_addr()?;
+        let service = Arc::new(NodeService::default());
+        let serving = service.clone();
+        let pool = ConnectionPool::new(endpoint, PoolConfig::default(), move |conn| {
+            tokio::spawn(serve(conn, serving.clone(), RpcConfig::default()));
+        })?;
+        let me = PeerInfo {
+            id: identity.peer_id,
+            addr,
+            kind,
+            complete: kind == PeerKind::Origin,
+        };
+        let cas = Cas::open(CasConfig {
+            verify_digest_on_commit: verify,
+            ..CasConfig::at(dir)
+        })?;
+        let ex = PieceExchange::new(
+            pool,
+            cas,
+            tracker.clone(),
+            me.clone(),
+            ExchangeConfig::default(),
+        )?;
+        let _ = service.0.set(ex.clone());
+        if kind == PeerKind::Origin {
+            let _ = tracker.0.set(me);
+        }
+        Ok(ex)
+    }
+
+    /// Deterministic bytes without holding the blob in memory.
+    struct Pattern {
+        left: u64,
+        state: u64,
+    }
+
+    impl Read for Pattern {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf
+                .len()
+                .min(usize::try_from(self.left).unwrap_or(usize::MAX))
+                / 8
+                * 8;
+            let n = if n == 0 {
+                buf.len().min(self.left as usize)
+            } else {
+                n
+            };
+            for chunk in buf[..n].chunks_mut(8) {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                chunk.copy_from_slice(&self.state.to_le_bytes()[..chunk.len()]);
+            }
+            self.left -= n as u64;
+            Ok(n)
+        }
+    }
+
+    fn digest_of(len: u64) -> Digest {
+        let mut hasher = Digest::Sha256([0; 32]).hasher();
+        let mut p = Pattern {
+            left: len,
+            state: 7,
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = p.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        hasher.finish()
+    }
+
+    fn peak_rss_mib() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024)
+    }
+
+    pub(super) async fn run(
+        sender: &NodeIdentity,
+        receiver: &NodeIdentity,
+        ca: &ClusterCa,
+        bytes: usize,
+        verify: bool,
+    ) -> Result<(f64, usize)> {
+        let base = std::env::var_os("KRAKEN_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+        let dirs = (tempfile::tempdir_in(&base)?, tempfile::tempdir_in(&base)?);
+        let tracker = FixedTracker(Arc::new(OnceLock::new()));
+        let seeder = node(
+            sender,
+            ca,
+            PeerKind::Origin,
+            tracker.clone(),
+            dirs.0.path(),
+            true,
+        )?;
+        let leecher = node(
+            receiver,
+            ca,
+            PeerKind::Agent,
+            tracker,
+            dirs.1.path(),
+            verify,
+        )?;
+        let len = bytes as u64;
+        let digest = digest_of(len);
+        let cas = seeder.cas().clone();
+        let ingested = tokio::task::spawn_blocking(move || {
+            cas.ingest(
+                &digest,
+                Some(len),
+                Pattern {
+                    left: len,
+                    state: 7,
+                },
+            )
+        })
+        .await??;
+        seeder.seed(&digest)?;
+        let before = peak_rss_mib();
+        let t = Instant::now();
+        let report = leecher.download(ingested.metainfo).await?;
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "exchange: {} peers, peak RSS of the whole process {} MiB (after ingest: {} MiB); \
+             from origin {} bytes",
+            report.stats.per_peer.len(),
+            peak_rss_mib().unwrap_or(0),
+            before.unwrap_or(0),
+            report.stats.bytes_from_origins,
+        );
+        Ok((secs, bytes))
+    }
 }

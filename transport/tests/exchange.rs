@@ -1,3 +1,4 @@
+#![cfg(feature = "quic")]
 //! The piece exchange over real QUIC on loopback: whole blobs move between real CAS
 //! stores, verified piece by piece; corrupt and vanishing peers are survived.
 #![allow(clippy::unwrap_used)]

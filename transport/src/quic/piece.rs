@@ -162,26 +162,27 @@ async fn read_verified(
 
     // `size` comes from the metainfo (at most MAX_PIECE_LENGTH), not from the peer.
     let len = size as usize;
-    let mut buf = vec![0u8; len];
+    let mut buf = Vec::with_capacity(len);
     let mut hasher = blake3::Hasher::new();
-    let (mut filled, mut hashed) = (0, 0);
-    while filled < len {
+    let mut hashed = 0;
+    while buf.len() < len {
+        // Never more than the piece still needs: the buffer cannot grow past `len`.
         match recv
-            .read(&mut buf[filled..])
+            .read_chunk(len - buf.len(), true)
             .await
             .map_err(StreamError::from)?
         {
-            Some(n) => filled += n,
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
             None => {
                 return Err(PieceStreamError::Truncated {
-                    have: filled,
+                    have: buf.len(),
                     need: len,
                 });
             }
         }
-        if filled - hashed >= HASH_BATCH || filled == len {
-            hasher.update(&buf[hashed..filled]);
-            hashed = filled;
+        if buf.len() - hashed >= HASH_BATCH || buf.len() == len {
+            hasher.update(&buf[hashed..]);
+            hashed = buf.len();
         }
     }
     let mut probe = [0u8; 1];

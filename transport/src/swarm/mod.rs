@@ -847,10 +847,7 @@ impl Swarm {
         let start = self.rng.random_range(0..ids.len());
         for k in 0..ids.len() {
             let id = ids[(start + k) % ids.len()];
-            loop {
-                let Some(peer) = self.peers.get(&id) else {
-                    break;
-                };
+            while let Some(peer) = self.peers.get(&id) {
                 if peer.bitfield.is_none() || peer.requested.len() >= self.pipeline(peer.kind) {
                     break;
                 }
