@@ -1,6 +1,6 @@
 //! Backend and router configuration through the public API: TOML parsing, validation
 //! errors that name the offending `[[backends]]` entry, and building backends.
-
+#![cfg(feature = "backends")]
 #![allow(clippy::unwrap_used)]
 
 use kraken_storage::backend::{

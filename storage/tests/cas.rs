@@ -1,5 +1,6 @@
 //! The local CAS end to end on real files: ingest, partial downloads, readers, eviction,
 //! the startup sweep, and the errors of bad input.
+#![cfg(feature = "local")]
 #![allow(clippy::unwrap_used)]
 
 use std::fs;

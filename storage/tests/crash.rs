@@ -4,6 +4,7 @@
 //! The crash tests re-run this test binary as a child (`--exact crash_child`) with an
 //! environment variable saying what to do; the child signals progress by creating a marker
 //! file and then blocks until the parent kills it.
+#![cfg(feature = "local")]
 #![allow(clippy::unwrap_used)]
 
 use std::fs;

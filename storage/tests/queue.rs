@@ -1,4 +1,5 @@
 //! The durable write-back queue: durability across reopen, leases, backoff with jitter.
+#![cfg(feature = "local")]
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, SystemTime};

@@ -1,7 +1,7 @@
 //! The S3 backend against a real S3-compatible server (moto on a loopback port, one per
 //! test): multipart round trips, ranges, missing blobs, listing, Docker-registry key
 //! compatibility, routing, and a server dying mid-upload.
-
+#![cfg(feature = "backends")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

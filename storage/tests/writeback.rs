@@ -1,6 +1,6 @@
 //! The write-back path end to end: CAS → durable queue → S3 (moto), through a backend
 //! outage and a restart of the node's stores.
-
+#![cfg(feature = "backends")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

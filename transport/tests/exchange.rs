@@ -1,6 +1,6 @@
-#![cfg(feature = "quic")]
 //! The piece exchange over real QUIC on loopback: whole blobs move between real CAS
 //! stores, verified piece by piece; corrupt and vanishing peers are survived.
+#![cfg(feature = "quic")]
 #![allow(clippy::unwrap_used)]
 
 mod quic_support;
