@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kraken_storage::cas::{Cas, CasConfig};
-use kraken_storage::{Digest, Metainfo};
+use kraken_storage::{Digest, Metainfo, PieceLengthEntry, PieceLengthTable};
 use kraken_transport::exchange::{ExchangeConfig, Handout, PieceExchange, Tracker};
 use kraken_transport::quic::{
     ConnectionPool, Endpoint, PoolConfig, RpcConfig, RpcStream, Service, StreamOutcome, serve,
@@ -103,7 +103,17 @@ fn node(cluster: &Cluster, name: &str, kind: PeerKind, tracker: &SharedTracker) 
     let (endpoint, identity) = endpoint(cluster, name);
     let addr: SocketAddr = endpoint.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cas = Cas::open(CasConfig::at(dir.path())).unwrap();
+    // 256 KiB pieces: enough pieces per blob for the swarm to matter at test sizes.
+    let cas = Cas::open(CasConfig {
+        piece_lengths: PieceLengthTable {
+            entries: vec![PieceLengthEntry {
+                min_blob_size: 0,
+                piece_length: 256 * 1024,
+            }],
+        },
+        ..CasConfig::at(dir.path())
+    })
+    .unwrap();
     let service = Arc::new(NodeService::default());
     let serving = service.clone();
     let pool = ConnectionPool::new(endpoint.clone(), PoolConfig::default(), move |conn| {

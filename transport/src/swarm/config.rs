@@ -21,6 +21,9 @@ pub struct SwarmConfig {
     pub pipeline_to_agents: usize,
     /// Requests in flight to one origin.
     pub pipeline_to_origins: usize,
+    /// Ask origins only for pieces that no connected agent has (outside the endgame):
+    /// origin egress stays near one copy of the blob while agents serve each other.
+    pub spare_origins: bool,
     /// Pieces this node uploads at once for this blob, across all peers.
     pub upload_slots: usize,
     /// Requests a peer may queue with us beyond those being served; more are rejected.
@@ -55,6 +58,7 @@ impl Default for SwarmConfig {
             max_connections: 10,
             pipeline_to_agents: 3,
             pipeline_to_origins: 5,
+            spare_origins: true,
             upload_slots: 8,
             max_queued_requests_per_peer: 16,
             request_timeout_base: Duration::from_secs(4),

@@ -17,6 +17,8 @@
 //!   peers dialling each other at once share it. A complete node does not dial.
 //! - **Requests**: rarest piece first among those the peer has and nobody is fetching,
 //!   ties broken at random (seeded), up to a pipeline per peer (3 to agents, 5 to origins).
+//!   Origins are asked only for pieces no connected agent has (`spare_origins`), so the
+//!   swarm, not the origin, carries the copies.
 //!   A request times out after `base + size / min_rate`; the piece goes back to the pool
 //!   and the peer collects a strike. In the endgame (few pieces missing) outstanding
 //!   pieces are requested from a second peer, and the slower copy is cancelled.
@@ -269,6 +271,8 @@ pub struct Swarm {
     blacklist: BTreeMap<PeerId, Instant>,
     /// Per piece: how many connected peers have it.
     availability: Vec<u32>,
+    /// Per piece: how many connected agents (not origins) have it.
+    agent_availability: Vec<u32>,
     /// Per missing piece being fetched: from whom.
     inflight: BTreeMap<PieceIndex, Vec<PeerId>>,
     uploads_active: usize,
@@ -313,6 +317,7 @@ impl Swarm {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             announce_interval: config.announce_interval,
             availability: vec![0; metainfo.piece_count() as usize],
+            agent_availability: vec![0; metainfo.piece_count() as usize],
             config,
             me,
             metainfo,
@@ -431,7 +436,8 @@ impl Swarm {
                     self.violation(now, from, "metainfo mismatch");
                     return;
                 }
-                self.add_availability(&bitfield);
+                let kind = self.peers.get(&from).map_or(PeerKind::Agent, |p| p.kind);
+                self.add_availability(&bitfield, kind);
                 let complete = bitfield.is_complete();
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.bitfield = Some(bitfield);
@@ -734,20 +740,30 @@ impl Swarm {
 
     /// Records that `peer` has `index`; returns true if that is news.
     fn peer_learns(&mut self, peer: PeerId, index: PieceIndex) -> bool {
-        let Some(bf) = self.peers.get_mut(&peer).and_then(|p| p.bitfield.as_mut()) else {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        let kind = p.kind;
+        let Some(bf) = p.bitfield.as_mut() else {
             return false;
         };
         if bf.set(index) {
             self.availability[index.0 as usize] += 1;
+            if kind == PeerKind::Agent {
+                self.agent_availability[index.0 as usize] += 1;
+            }
             true
         } else {
             false
         }
     }
 
-    fn add_availability(&mut self, bitfield: &Bitfield) {
+    fn add_availability(&mut self, bitfield: &Bitfield, kind: PeerKind) {
         for i in bitfield.ones() {
             self.availability[i.0 as usize] += 1;
+            if kind == PeerKind::Agent {
+                self.agent_availability[i.0 as usize] += 1;
+            }
         }
     }
 
@@ -759,6 +775,10 @@ impl Swarm {
             for i in bf.ones() {
                 let a = &mut self.availability[i.0 as usize];
                 *a = a.saturating_sub(1);
+                if peer.kind == PeerKind::Agent {
+                    let a = &mut self.agent_availability[i.0 as usize];
+                    *a = a.saturating_sub(1);
+                }
             }
         }
         for index in peer.requested.keys() {
@@ -873,10 +893,16 @@ impl Swarm {
     fn pick_piece(&mut self, peer: PeerId, endgame: bool) -> Option<PieceIndex> {
         let p = self.peers.get(&peer)?;
         let theirs = p.bitfield.as_ref()?;
+        // Origins are asked only for what no connected agent can give (outside the
+        // endgame), so they send about one copy of the blob and agents carry the rest.
+        let spare = p.kind == PeerKind::Origin && self.config.spare_origins && !endgame;
         let mut best: Option<(u32, PieceIndex)> = None;
         let mut ties = 0u32;
         for index in self.have.missing() {
             if !theirs.get(index) || p.requested.contains_key(&index) {
+                continue;
+            }
+            if spare && self.agent_availability[index.0 as usize] > 0 {
                 continue;
             }
             let fetchers = self.inflight.get(&index).map_or(0, Vec::len);

@@ -137,7 +137,11 @@ fn new_swarm_announces_and_handout_dials_up_to_the_limit_skipping_self_and_dupli
 #[test]
 fn rarest_piece_first_and_pipelines_by_kind() {
     let now = Instant::now();
-    let mut s = new_swarm(20, false, SwarmConfig::default(), now);
+    let config = SwarmConfig {
+        spare_origins: false,
+        ..SwarmConfig::default()
+    };
+    let mut s = new_swarm(20, false, config, now);
     let all: Vec<u32> = (0..20).collect();
     let all_but_7: Vec<u32> = (0..20).filter(|i| *i != 7).collect();
     // Piece 7 is held by one peer, everything else by two.
@@ -156,6 +160,21 @@ fn rarest_piece_first_and_pipelines_by_kind() {
     dedup.sort();
     dedup.dedup();
     assert_eq!(all.len(), dedup.len());
+}
+
+#[test]
+fn origins_are_spared_pieces_that_agents_have() {
+    let now = Instant::now();
+    let mut s = new_swarm(20, false, SwarmConfig::default(), now);
+    let all: Vec<u32> = (0..20).collect();
+    let all_but_7: Vec<u32> = (0..20).filter(|i| *i != 7).collect();
+    join(&mut s, now, 1, PeerKind::Agent, &all_but_7);
+    let t = join(&mut s, now, 3, PeerKind::Origin, &all);
+    assert_eq!(
+        requests_to(&t, p(3)),
+        vec![PieceIndex(7)],
+        "only what no agent has"
+    );
 }
 
 #[test]
