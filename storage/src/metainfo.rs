@@ -360,6 +360,14 @@ impl Metainfo {
         Some(start..end)
     }
 
+    /// Byte range of a piece, or the error naming the blob's piece count.
+    pub fn checked_piece_range(&self, index: PieceIndex) -> Result<Range<u64>, PieceError> {
+        self.piece_range(index).ok_or(PieceError::OutOfRange {
+            index,
+            count: self.piece_count(),
+        })
+    }
+
     /// Size of a piece in bytes.
     pub fn piece_size(&self, index: PieceIndex) -> Option<u32> {
         // A piece is at most piece_length, so the difference fits.

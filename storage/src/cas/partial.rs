@@ -173,13 +173,7 @@ impl PartialBlob {
     /// Stores a piece whose BLAKE3 hash the caller already checked while receiving it
     /// (e.g. with [`crate::metainfo::Metainfo::check_piece_hash`] on a streaming hasher).
     pub fn write_verified(&mut self, index: PieceIndex, bytes: &[u8]) -> Result<(), CasError> {
-        let range = self
-            .metainfo
-            .piece_range(index)
-            .ok_or(PieceError::OutOfRange {
-                index,
-                count: self.metainfo.piece_count(),
-            })?;
+        let range = self.metainfo.checked_piece_range(index)?;
         if bytes.len() as u64 != range.end - range.start {
             return Err(PieceError::WrongSize {
                 index,
@@ -201,13 +195,7 @@ impl PartialBlob {
     /// at most one writer work on a piece at a time: two writers of the same range could
     /// interleave a bad copy over a good one.
     pub fn piece_writer(&self, index: PieceIndex) -> Result<PieceWriter, CasError> {
-        let range = self
-            .metainfo
-            .piece_range(index)
-            .ok_or(PieceError::OutOfRange {
-                index,
-                count: self.metainfo.piece_count(),
-            })?;
+        let range = self.metainfo.checked_piece_range(index)?;
         let file = self
             .file
             .try_clone()

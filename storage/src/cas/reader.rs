@@ -18,7 +18,7 @@ use super::meta::BlobState;
 use super::{Cas, CasError};
 use crate::bitfield::PieceIndex;
 use crate::digest::Digest;
-use crate::metainfo::{Metainfo, PieceError};
+use crate::metainfo::Metainfo;
 
 /// An open, complete blob.
 pub struct BlobReader {
@@ -104,13 +104,7 @@ impl BlobReader {
 
     /// Reads one piece.
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
-        let range = self
-            .metainfo
-            .piece_range(index)
-            .ok_or(PieceError::OutOfRange {
-                index,
-                count: self.metainfo.piece_count(),
-            })?;
+        let range = self.metainfo.checked_piece_range(index)?;
         self.read_range(range)
     }
 
