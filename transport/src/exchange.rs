@@ -18,9 +18,11 @@
 //!   per piece at a time; a second copy (endgame) is refused at once.
 //! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
 //!
-//! Backpressure: a slow disk slows the blob task, which stops granting uploads and reading
-//! pieces; quinn's flow control then slows the senders. Nothing queues without bound except
-//! small control messages, which the swarm's pipelines limit.
+//! Backpressure: each blob task reads its inputs from a bounded channel
+//! ([`INPUT_QUEUE`]). Session readers, piece receivers and stream handlers wait when it is
+//! full, so a slow disk or a chatty peer stops our reads and quinn's flow control stalls
+//! the sender; nothing queues without bound. The blob task itself never waits on its own
+//! queue: what it would tell itself it handles on the spot.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -45,6 +47,9 @@ use crate::swarm::{
 use crate::wire::{
     MAX_FRAME_LEN, PROTOCOL_VERSION, PeerId, PeerMessage, PieceHeader, StreamHeader,
 };
+
+/// Inputs a blob task buffers before its feeders wait.
+pub const INPUT_QUEUE: usize = 1024;
 
 /// A tracker's answer to an announce.
 #[derive(Debug, Clone, Default)]
@@ -131,7 +136,7 @@ struct Inner<T> {
 
 #[derive(Clone)]
 struct BlobHandle {
-    tx: mpsc::UnboundedSender<Input>,
+    tx: mpsc::Sender<Input>,
     done: watch::Receiver<Option<Result<SwarmStats, String>>>,
     metainfo: Arc<Metainfo>,
 }
@@ -288,7 +293,7 @@ impl<T: Tracker> PieceExchange<T> {
             have,
             Instant::now(),
         )?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let (done_tx, done) = watch::channel(None);
         if store.is_complete() {
             done_tx.send_replace(Some(Ok(SwarmStats::default())));
@@ -356,7 +361,9 @@ impl<T: Tracker> PieceExchange<T> {
             stream,
             outbound: false,
         };
-        if let Err(mpsc::error::SendError(Input::Session { stream, .. })) = handle.tx.send(input) {
+        if let Err(mpsc::error::SendError(Input::Session { stream, .. })) =
+            handle.tx.send(input).await
+        {
             stream.reject(codes::REFUSED);
         }
         StreamOutcome::Done
@@ -376,7 +383,7 @@ impl<T: Tracker> PieceExchange<T> {
         match handle {
             Some(h) if header.index.0 < h.metainfo.piece_count() => {
                 if let Err(mpsc::error::SendError(Input::IncomingPiece { mut recv, .. })) =
-                    h.tx.send(Input::IncomingPiece { peer, header, recv })
+                    h.tx.send(Input::IncomingPiece { peer, header, recv }).await
                 {
                     let _ = recv.stop(codes::REFUSED);
                 }
@@ -427,8 +434,8 @@ struct BlobTask<T: Tracker> {
     swarm: Swarm,
     /// `None` only while a commit runs on the blocking pool.
     store: Option<Store>,
-    tx: mpsc::UnboundedSender<Input>,
-    rx: mpsc::UnboundedReceiver<Input>,
+    tx: mpsc::Sender<Input>,
+    rx: mpsc::Receiver<Input>,
     sessions: HashMap<PeerId, Session>,
     /// Addresses and kinds of handed-out peers.
     known: HashMap<PeerId, (SocketAddr, PeerKind)>,
@@ -513,7 +520,7 @@ impl<T: Tracker> BlobTask<T> {
                         me.complete = complete;
                         tokio::spawn(async move {
                             let r = ex.inner.tracker.announce(digest, me, have_bytes).await;
-                            let _ = tx.send(Input::Handout(r));
+                            let _ = tx.send(Input::Handout(r)).await;
                         });
                     }
                     SwarmEvent::SeedingExpired => return Ok(true),
@@ -565,7 +572,7 @@ impl<T: Tracker> BlobTask<T> {
                         },
                         None => Input::ConnectFailed { peer: id },
                     };
-                    let _ = tx.send(input);
+                    let _ = tx.send(input).await;
                 });
             }
             Transmit::Disconnect { id } => {
@@ -589,11 +596,8 @@ impl<T: Tracker> BlobTask<T> {
         let tx = self.tx.clone();
         let digest = self.digest;
         let (Some(conn), Some(Ok(bytes))) = (conn, bytes) else {
-            let _ = tx.send(Input::PieceSent {
-                peer: to,
-                index,
-                ok: false,
-            });
+            self.swarm
+                .handle_piece_sent(Instant::now(), to, index, false);
             return;
         };
         tokio::spawn(async move {
@@ -605,11 +609,13 @@ impl<T: Tracker> BlobTask<T> {
             let ok = send_piece(conn.connection(), header, Bytes::from(bytes))
                 .await
                 .is_ok();
-            let _ = tx.send(Input::PieceSent {
-                peer: to,
-                index,
-                ok,
-            });
+            let _ = tx
+                .send(Input::PieceSent {
+                    peer: to,
+                    index,
+                    ok,
+                })
+                .await;
         });
     }
 
@@ -747,11 +753,12 @@ impl<T: Tracker> BlobTask<T> {
             };
             let _ = recv.stop(code);
             if code == codes::BAD_PIECE {
-                let _ = self.tx.send(Input::PieceDone {
+                self.swarm.handle_piece_received(
+                    Instant::now(),
                     peer,
                     index,
-                    result: Err(PieceFault::Peer),
-                });
+                    PieceOutcome::Corrupt,
+                );
             }
             return;
         };
@@ -769,11 +776,13 @@ impl<T: Tracker> BlobTask<T> {
             if matches!(result, Err(PieceFault::Peer)) {
                 let _ = recv.stop(codes::BAD_PIECE);
             }
-            let _ = tx.send(Input::PieceDone {
-                peer,
-                index,
-                result,
-            });
+            let _ = tx
+                .send(Input::PieceDone {
+                    peer,
+                    index,
+                    result,
+                })
+                .await;
         });
     }
 }
@@ -845,21 +854,16 @@ async fn write_session(mut send: SendStream, mut writes: mpsc::UnboundedReceiver
     let _ = send.finish();
 }
 
-async fn read_session(
-    mut recv: RecvStream,
-    peer: PeerId,
-    sid: u64,
-    tx: mpsc::UnboundedSender<Input>,
-) {
+async fn read_session(mut recv: RecvStream, peer: PeerId, sid: u64, tx: mpsc::Sender<Input>) {
     loop {
         match read_message::<PeerMessage>(&mut recv, MAX_FRAME_LEN).await {
             Ok(Some(msg)) => {
-                if tx.send(Input::Message { peer, sid, msg }).is_err() {
+                if tx.send(Input::Message { peer, sid, msg }).await.is_err() {
                     return;
                 }
             }
             Ok(None) | Err(_) => {
-                let _ = tx.send(Input::SessionEnded { peer, sid });
+                let _ = tx.send(Input::SessionEnded { peer, sid }).await;
                 return;
             }
         }
