@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kraken_storage::cas::{BlobReader, Cas, CasError, PartialBlob, VerifiedPiece};
+use kraken_storage::cas::{BlobReader, Cas, CasError, PartialBlob, PieceSource, VerifiedPiece};
 use kraken_storage::{Bitfield, Digest, Metainfo, PieceIndex};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
@@ -411,10 +411,10 @@ impl Store {
         matches!(self, Store::Complete(_))
     }
 
-    fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
+    fn piece_source(&self) -> Result<PieceSource, CasError> {
         match self {
-            Store::Partial(p) => p.read_piece(index),
-            Store::Complete(r) => r.read_piece(index),
+            Store::Partial(p) => p.piece_source(),
+            Store::Complete(r) => r.piece_source(),
         }
     }
 }
@@ -590,25 +590,33 @@ impl<T: Tracker> BlobTask<T> {
         }
     }
 
+    /// Reads the piece on the blocking pool and sends it on its own stream, so neither a
+    /// slow disk nor a slow peer holds up the blob task.
     fn send_piece(&mut self, to: PeerId, index: PieceIndex) {
         let conn = self.sessions.get(&to).map(|s| s.conn.clone());
-        let bytes = self.store.as_ref().map(|s| s.read_piece(index));
-        let tx = self.tx.clone();
-        let digest = self.digest;
-        let (Some(conn), Some(Ok(bytes))) = (conn, bytes) else {
+        let source = self.store.as_ref().map(Store::piece_source);
+        let (Some(conn), Some(Ok(source))) = (conn, source) else {
             self.swarm
                 .handle_piece_sent(Instant::now(), to, index, false);
             return;
         };
+        let tx = self.tx.clone();
+        let digest = self.digest;
         tokio::spawn(async move {
-            let header = PieceHeader {
-                digest,
-                index,
-                len: bytes.len() as u32,
+            let read = tokio::task::spawn_blocking(move || source.read_piece(index)).await;
+            let ok = match read {
+                Ok(Ok(bytes)) => {
+                    let header = PieceHeader {
+                        digest,
+                        index,
+                        len: bytes.len() as u32,
+                    };
+                    send_piece(conn.connection(), header, Bytes::from(bytes))
+                        .await
+                        .is_ok()
+                }
+                _ => false,
             };
-            let ok = send_piece(conn.connection(), header, Bytes::from(bytes))
-                .await
-                .is_ok();
             let _ = tx
                 .send(Input::PieceSent {
                     peer: to,

@@ -248,6 +248,13 @@ impl PartialBlob {
         Ok(buf)
     }
 
+    /// A handle that reads pieces of this blob from another thread (e.g. a blocking pool),
+    /// so serving peers never waits on the downloader. It reads only what it is asked for;
+    /// the caller asks only for pieces the bitfield has.
+    pub fn piece_source(&self) -> Result<PieceSource, CasError> {
+        PieceSource::new(&self.file, &self.path, self.metainfo.clone())
+    }
+
     /// Makes the pieces written so far durable: fsync the file, then persist the bitfield.
     pub fn flush(&mut self) -> Result<(), CasError> {
         if self.unflushed == 0 {
@@ -378,6 +385,39 @@ impl Drop for PartialBlob {
             .lock()
             .writers
             .remove(self.metainfo.digest());
+    }
+}
+
+/// Reads pieces of a blob (partial or complete) through its own file handle.
+#[derive(Debug)]
+pub struct PieceSource {
+    file: File,
+    path: PathBuf,
+    metainfo: Arc<Metainfo>,
+}
+
+impl PieceSource {
+    pub(crate) fn new(
+        file: &File,
+        path: &std::path::Path,
+        metainfo: Arc<Metainfo>,
+    ) -> Result<Self, CasError> {
+        let file = file.try_clone().map_err(CasError::io("reopen", path))?;
+        Ok(PieceSource {
+            file,
+            path: path.to_path_buf(),
+            metainfo,
+        })
+    }
+
+    /// Reads one piece (positioned read: safe to share across threads).
+    pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
+        let range = self.metainfo.checked_piece_range(index)?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        self.file
+            .read_exact_at(&mut buf, range.start)
+            .map_err(CasError::io("read piece from", &self.path))?;
+        Ok(buf)
     }
 }
 

@@ -102,6 +102,12 @@ impl BlobReader {
         self.read_range(0..self.len())
     }
 
+    /// A handle that reads pieces from another thread (see [`super::PieceSource`]); the
+    /// reader must stay alive meanwhile to keep the blob from eviction.
+    pub fn piece_source(&self) -> Result<super::PieceSource, CasError> {
+        super::PieceSource::new(&self.file, &self.path, self.metainfo.clone())
+    }
+
     /// Reads one piece.
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
         let range = self.metainfo.checked_piece_range(index)?;
