@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kraken_storage::{Bitfield, Metainfo, PieceIndex};
+use kraken_storage::{Bitfield, Metainfo, MetainfoId, PieceIndex};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -261,6 +261,8 @@ pub struct Swarm {
     config: SwarmConfig,
     me: PeerId,
     metainfo: Arc<Metainfo>,
+    /// `metainfo.id()`, computed once: it hashes the whole encoding.
+    metainfo_id: MetainfoId,
     have: Bitfield,
     have_bytes: u64,
     peers: BTreeMap<PeerId, Peer>,
@@ -320,6 +322,7 @@ impl Swarm {
             agent_availability: vec![0; metainfo.piece_count() as usize],
             config,
             me,
+            metainfo_id: metainfo.id(),
             metainfo,
             committed: have.is_complete(),
             have,
@@ -407,6 +410,12 @@ impl Swarm {
             }
             PeerEvent::Disconnected { id } => {
                 self.connecting.remove(&id);
+                // Ended before its handshake: refused (e.g. at its connection limit) or
+                // broken. Back off rather than redialling it at once.
+                let unanswered = self.peers.get(&id).is_some_and(|p| p.bitfield.is_none());
+                if unanswered {
+                    self.ban(now, id, BlacklistReason::Unreachable);
+                }
                 self.drop_peer(id);
                 self.maybe_connect(now);
                 self.schedule_requests(now);
@@ -430,8 +439,7 @@ impl Swarm {
                 metainfo_id,
                 bitfield,
             } => {
-                if metainfo_id != self.metainfo.id()
-                    || bitfield.len() != self.metainfo.piece_count()
+                if metainfo_id != self.metainfo_id || bitfield.len() != self.metainfo.piece_count()
                 {
                     self.violation(now, from, "metainfo mismatch");
                     return;
@@ -446,7 +454,7 @@ impl Swarm {
                     self.disconnect(from);
                     return;
                 }
-                self.schedule_requests(now);
+                self.schedule_peer(now, from);
             }
             _ if !handshaken => self.violation(now, from, "message before handshake"),
             PeerMessage::Have(index) => {
@@ -455,7 +463,7 @@ impl Swarm {
                     return;
                 }
                 if self.peer_learns(from, index) {
-                    self.schedule_requests(now);
+                    self.schedule_peer(now, from);
                 }
             }
             PeerMessage::Complete => {
@@ -465,7 +473,7 @@ impl Swarm {
                 if self.is_complete() {
                     self.disconnect(from);
                 } else {
-                    self.schedule_requests(now);
+                    self.schedule_peer(now, from);
                 }
             }
             PeerMessage::Request(index) => self.on_request(now, from, index),
@@ -476,7 +484,7 @@ impl Swarm {
             }
             PeerMessage::Reject(index) => {
                 self.forget_request(from, index);
-                self.schedule_requests(now);
+                self.schedule_peer(now, from);
             }
         }
     }
@@ -551,10 +559,13 @@ impl Swarm {
 
     /// An upload the swarm asked for (`Transmit::SendPiece`) finished or failed.
     pub fn handle_piece_sent(&mut self, now: Instant, to: PeerId, index: PieceIndex, ok: bool) {
-        self.uploads_active = self.uploads_active.saturating_sub(1);
-        if let Some(p) = self.peers.get_mut(&to) {
-            p.uploading = p.uploading.saturating_sub(1);
+        // A dropped peer's uploads were released when it was dropped.
+        if let Some(p) = self.peers.get_mut(&to)
+            && p.uploading > 0
+        {
+            p.uploading -= 1;
             p.last_activity = now;
+            self.uploads_active = self.uploads_active.saturating_sub(1);
         }
         if ok && let Some(size) = self.metainfo.piece_size(index) {
             self.stats.bytes_uploaded += u64::from(size);
@@ -706,7 +717,7 @@ impl Swarm {
         self.transmits.push_back(Transmit::Message {
             to: id,
             msg: PeerMessage::Handshake {
-                metainfo_id: self.metainfo.id(),
+                metainfo_id: self.metainfo_id,
                 bitfield: self.have.clone(),
             },
         });
@@ -858,7 +869,6 @@ impl Swarm {
         if self.is_complete() {
             return;
         }
-        let endgame = self.missing() <= self.config.endgame_pieces;
         // Visit peers from a random starting point so no peer is always asked first.
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         if ids.is_empty() {
@@ -866,25 +876,33 @@ impl Swarm {
         }
         let start = self.rng.random_range(0..ids.len());
         for k in 0..ids.len() {
-            let id = ids[(start + k) % ids.len()];
-            while let Some(peer) = self.peers.get(&id) {
-                if peer.bitfield.is_none() || peer.requested.len() >= self.pipeline(peer.kind) {
-                    break;
-                }
-                let Some(index) = self.pick_piece(id, endgame) else {
-                    break;
-                };
-                let size = self.metainfo.piece_size(index).unwrap_or(0);
-                let deadline = now + self.config.request_timeout(size);
-                if let Some(p) = self.peers.get_mut(&id) {
-                    p.requested.insert(index, deadline);
-                }
-                self.inflight.entry(index).or_default().push(id);
-                self.transmits.push_back(Transmit::Message {
-                    to: id,
-                    msg: PeerMessage::Request(index),
-                });
+            self.schedule_peer(now, ids[(start + k) % ids.len()]);
+        }
+    }
+
+    /// Fills `id`'s request pipeline.
+    fn schedule_peer(&mut self, now: Instant, id: PeerId) {
+        if self.is_complete() {
+            return;
+        }
+        let endgame = self.missing() <= self.config.endgame_pieces;
+        while let Some(peer) = self.peers.get(&id) {
+            if peer.bitfield.is_none() || peer.requested.len() >= self.pipeline(peer.kind) {
+                break;
             }
+            let Some(index) = self.pick_piece(id, endgame) else {
+                break;
+            };
+            let size = self.metainfo.piece_size(index).unwrap_or(0);
+            let deadline = now + self.config.request_timeout(size);
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.requested.insert(index, deadline);
+            }
+            self.inflight.entry(index).or_default().push(id);
+            self.transmits.push_back(Transmit::Message {
+                to: id,
+                msg: PeerMessage::Request(index),
+            });
         }
     }
 

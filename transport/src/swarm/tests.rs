@@ -403,3 +403,58 @@ fn bad_config_is_rejected() {
     }
     assert!(Swarm::new(SwarmConfig::default(), me(), m, Bitfield::new(3), now).is_err());
 }
+
+#[test]
+fn a_late_report_for_a_dropped_peer_does_not_free_a_slot_twice() {
+    let now = Instant::now();
+    let config = SwarmConfig {
+        upload_slots: 1,
+        ..SwarmConfig::default()
+    };
+    let mut s = new_swarm(4, true, config, now);
+    join(&mut s, now, 1, PeerKind::Agent, &[]);
+    join(&mut s, now, 2, PeerKind::Agent, &[]);
+    s.handle_message(now, p(1), PeerMessage::Request(PieceIndex(0)));
+    assert!(drain(&mut s).contains(&Transmit::SendPiece {
+        to: p(1),
+        index: PieceIndex(0)
+    }));
+    s.handle_peer(now, PeerEvent::Disconnected { id: p(1) });
+    s.handle_message(now, p(2), PeerMessage::Request(PieceIndex(1)));
+    s.handle_message(now, p(2), PeerMessage::Request(PieceIndex(2)));
+    let sends = |t: &[Transmit]| {
+        t.iter()
+            .filter(|t| matches!(t, Transmit::SendPiece { .. }))
+            .count()
+    };
+    assert_eq!(sends(&drain(&mut s)), 1, "peer 2 got the one slot");
+    // The upload to the departed peer reports late: peer 2's second piece must still wait.
+    s.handle_piece_sent(now, p(1), PieceIndex(0), false);
+    assert_eq!(sends(&drain(&mut s)), 0);
+    s.handle_piece_sent(now, p(2), PieceIndex(1), true);
+    assert_eq!(sends(&drain(&mut s)), 1);
+}
+
+#[test]
+fn a_session_refused_before_its_handshake_is_not_redialled_at_once() {
+    let now = Instant::now();
+    let mut s = new_swarm(4, false, SwarmConfig::default(), now);
+    s.handle_handout(now, vec![info(1, PeerKind::Agent)], None);
+    drain(&mut s);
+    s.handle_peer(
+        now,
+        PeerEvent::Connected {
+            id: p(1),
+            kind: PeerKind::Agent,
+            outbound: true,
+        },
+    );
+    s.handle_peer(now, PeerEvent::Disconnected { id: p(1) });
+    assert!(s.is_blacklisted(&p(1), now));
+    assert!(
+        !drain(&mut s)
+            .iter()
+            .any(|t| matches!(t, Transmit::Connect { .. })),
+        "no redial storm"
+    );
+}
