@@ -1,6 +1,48 @@
-//! The swarm simulator (not yet built).
+//! simnet: a deterministic discrete-event simulator that drives the **real** swarm state
+//! machine of `kraken-transport` (no default features: pure, no I/O) over a modelled
+//! network, for thousands of hosts on one thread.
 //!
-//! Will hold (issue "simnet"): a single-threaded discrete-event core (virtual clock, event heap
-//! ordered by `(time, seq)`) that drives the real swarm state machine and tracker handout
-//! from `kraken-transport` without default features over a modelled network, TOML scenarios,
-//! and reports compared against the Kumar & Ross lower bound.
+//! Modules:
+//! - [`scenario`]: what to simulate, as TOML (hosts, bandwidths, latency, arrivals, faults),
+//!   with documented defaults and `validate()`.
+//! - [`net`]: the bandwidth model: piece transfers as fluid flows sharing each host's
+//!   uplink and downlink fairly, recomputed as flows start and end.
+//! - [`sim`]: the event core: virtual clock, `(time, seq)` heap, one `Swarm` per host, the
+//!   tracker's real `PeerStore`, fault injection.
+//! - [`report`]: completion-time distribution, link use, origin egress and bytes by kind,
+//!   compared with the Kumar & Ross lower bound; JSON, text and an SVG CDF.
+//!
+//! ```no_run
+//! let scenario = kraken_simnet::Scenario::from_toml("[agents]\ncount = 50").unwrap();
+//! let report = kraken_simnet::Simulation::new(&scenario, 7).unwrap().run();
+//! println!("{}", report.summary());
+//! ```
+//!
+//! **Approximations** (a simnet figure is a model, not a measurement): a flow gets its
+//! fair share at once (no TCP/QUIC slow start or congestion window), nothing is lost or
+//! reordered, control messages are free of bandwidth, one round of progressive filling
+//! instead of exact max-min fairness (see [`net`]), disks and CPUs are infinitely fast,
+//! origins hold the blob from the start (no backend read-through, no ring repair after an
+//! origin dies), all trackers are one logical peer store (an outage fails every announce),
+//! and a scenario is one blob (a multi-layer image is modelled as one blob of the total
+//! size). Every run is reproducible from its seed, which every report carries.
+
+pub mod net;
+pub mod report;
+pub mod scenario;
+pub mod sim;
+
+pub use report::{Bound, Dist, Report};
+pub use scenario::Scenario;
+pub use sim::Simulation;
+
+/// Why a scenario cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// The TOML did not parse or has unknown keys.
+    #[error("scenario does not parse: {0}")]
+    Parse(String),
+    /// The scenario parsed but makes no sense.
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+}

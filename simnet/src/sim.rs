@@ -1,0 +1,809 @@
+//! The discrete-event core: a virtual clock, an event heap ordered by `(time, seq)`, and
+//! the real [`Swarm`]s of every host wired through the [`Network`] model.
+//!
+//! One thread, no async runtime. Each event is handled, then every host it touched is
+//! *pumped*: its swarm's transmits become future events (messages after the link latency,
+//! pieces as flows in the bandwidth model), its announces go to the tracker, and its timer
+//! is re-armed from `poll_timeout`. A host keeps at most one live timer; an older timer
+//! event that pops with a deadline other than the host's current one is ignored (lazy
+//! invalidation), as are stale flow completions (see [`crate::net`]).
+//!
+//! Same scenario and seed → the same sequence of events → byte-identical reports: every
+//! random choice comes from ChaCha8 RNGs seeded from the scenario seed, every map whose
+//! iteration order reaches an output is ordered, and ties in time break by insertion order.
+//!
+//! Modelled: connection set-up (one round trip), one-way latency per message and per
+//! delivered piece, fair bandwidth sharing per host, the tracker's handout (the real
+//! `PeerStore`), announces failing during tracker outages, hosts dying (peers notice after
+//! `dead_peer_detect_ms`; dials to a dead host fail after the same delay), corrupt
+//! senders. Not modelled: control messages use no bandwidth, no congestion control or slow
+//! start (a flow gets its fair share at once), no packet loss, no disk, no CPU; origins
+//! hold the blob from the start (no backend read-through, no ring repair), and the agents'
+//! commit is instantaneous.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kraken_storage::{Bitfield, Digest, Metainfo, PieceHash, PieceIndex};
+use kraken_transport::swarm::handout::{HandoutConfig, PeerStore};
+use kraken_transport::swarm::{
+    PeerEvent, PeerInfo, PeerKind, PieceOutcome, Swarm, SwarmConfig, SwarmEvent, Transmit,
+};
+use kraken_transport::wire::{PeerId, PeerMessage};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::SimError;
+use crate::net::{Completion, NANOS_PER_SEC, Nanos, Network};
+use crate::report::{self, Report};
+use crate::scenario::{Arrival, Scenario};
+
+fn secs(s: f64) -> Nanos {
+    (s * NANOS_PER_SEC).round() as Nanos
+}
+
+fn millis(ms: f64) -> Nanos {
+    (ms * 1e6).round() as Nanos
+}
+
+/// SplitMix64: a cheap, well-mixed hash for per-link latencies and per-host seeds.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[derive(Debug)]
+enum Ev {
+    Arrive(u32),
+    Timer {
+        host: u32,
+        at: Nanos,
+    },
+    Handout(u32),
+    Connect {
+        dialer: u32,
+        target: u32,
+    },
+    ConnectFailed {
+        dialer: u32,
+        target: u32,
+    },
+    Disconnected {
+        at: u32,
+        peer: u32,
+    },
+    Message {
+        from: u32,
+        to: u32,
+        msg: PeerMessage,
+    },
+    FlowDone(Completion),
+    PieceArrive {
+        from: u32,
+        to: u32,
+        index: PieceIndex,
+        size: u32,
+        corrupt: bool,
+    },
+    Kill(u32),
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: Nanos,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    /// Reversed, so the max-heap pops the earliest `(at, seq)` first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// What one host did, for the report.
+#[derive(Debug, Clone)]
+pub struct HostRecord {
+    /// Agent or origin.
+    pub kind: PeerKind,
+    /// Sends corrupt pieces.
+    pub corrupt: bool,
+    /// Downlink capacity, bytes/s.
+    pub download_capacity: f64,
+    /// Uplink capacity, bytes/s.
+    pub upload_capacity: f64,
+    /// When it started pulling.
+    pub arrived: Option<Nanos>,
+    /// When it had every piece.
+    pub completed: Option<Nanos>,
+    /// When it died.
+    pub died: Option<Nanos>,
+    /// Bytes it finished sending (whatever the receiver made of them).
+    pub bytes_up: u64,
+    /// When its last upload finished.
+    pub last_upload_end: Option<Nanos>,
+}
+
+/// Bytes and happenings over the whole run.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Events handled.
+    pub events: u64,
+    /// Pieces delivered that the receiver stored (new to it).
+    pub useful_bytes: u64,
+    /// Pieces delivered that the receiver already had (endgame duplicates).
+    pub duplicate_bytes: u64,
+    /// Pieces delivered corrupt.
+    pub corrupt_bytes: u64,
+    /// Bytes of transfers cut off by a disconnect or a death, or delivered to nobody.
+    pub lost_bytes: u64,
+    /// Useful bytes by sender kind: from origins.
+    pub useful_from_origins: u64,
+    /// Useful bytes by sender kind: from agents.
+    pub useful_from_agents: u64,
+    /// Announces that found every tracker down.
+    pub failed_announces: u64,
+    /// Handouts served.
+    pub handouts: u64,
+    /// Requests that timed out.
+    pub request_timeouts: u64,
+    /// Blacklistings.
+    pub blacklistings: u64,
+    /// Sessions opened.
+    pub connections: u64,
+    /// Sessions a swarm closed (idle, both complete, refused inbound, blacklisted).
+    pub disconnects: u64,
+    /// Sessions refused at once by the target (its connection limit was reached).
+    pub refused: u64,
+}
+
+struct Host {
+    info: PeerInfo,
+    swarm: Option<Swarm>,
+    alive: bool,
+    timer: Option<Nanos>,
+    sessions: BTreeSet<u32>,
+    /// The last inbound session and when it opened (to count refusals).
+    session_opened: Option<(u32, Nanos)>,
+    record: HostRecord,
+}
+
+/// One simulation run. Build with [`Simulation::new`], then [`Simulation::run`].
+pub struct Simulation {
+    scenario: Scenario,
+    seed: u64,
+    base: Instant,
+    now: Nanos,
+    seq: u64,
+    heap: BinaryHeap<Entry>,
+    hosts: Vec<Host>,
+    net: Network,
+    tracker: PeerStore,
+    live_origins: Vec<PeerInfo>,
+    metainfo: Arc<Metainfo>,
+    rng: ChaCha8Rng,
+    /// Honest agents neither complete nor dead.
+    outstanding: usize,
+    counters: Counters,
+    outages: Vec<(Nanos, Nanos)>,
+}
+
+impl std::fmt::Debug for Simulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation")
+            .field("scenario", &self.scenario.name)
+            .field("seed", &self.seed)
+            .field("now", &self.now)
+            .field("hosts", &self.hosts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulation {
+    /// Sets up `scenario` with `seed` (which replaces the scenario's own).
+    pub fn new(scenario: &Scenario, seed: u64) -> Result<Self, SimError> {
+        scenario.validate()?;
+        let sc = scenario.clone();
+        let digest = Digest::sha256_of(sc.name.as_bytes());
+        let pieces = sc.blob.size_bytes.div_ceil(u64::from(sc.blob.piece_length)) as usize;
+        let metainfo = Metainfo::new(
+            digest,
+            sc.blob.size_bytes,
+            sc.blob.piece_length,
+            vec![PieceHash([0; 32]); pieces],
+        )
+        .map_err(|e| SimError::Invalid(format!("blob: {e}")))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let tracker = PeerStore::new(HandoutConfig {
+            peer_ttl: Duration::from_secs_f64(sc.trackers.peer_ttl_s),
+            max_peers: sc.trackers.max_peers,
+        });
+        let outages = sc
+            .faults
+            .tracker_outages
+            .iter()
+            .map(|o| (secs(o.start_s), secs(o.start_s + o.duration_s)))
+            .collect();
+        let mut sim = Simulation {
+            base: Instant::now(),
+            now: 0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            hosts: Vec::new(),
+            net: Network::new(),
+            tracker,
+            live_origins: Vec::new(),
+            metainfo: Arc::new(metainfo),
+            outstanding: 0,
+            counters: Counters::default(),
+            outages,
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(0),
+            scenario: sc,
+        };
+
+        // Hosts 0..origins are origins, the rest agents.
+        let n_origins = sim.scenario.origins.count;
+        let n_agents = sim.scenario.agents.count;
+        let slow_origins = pick(&mut rng, n_origins, sim.scenario.origins.slow_fraction);
+        let slow_agents = pick(&mut rng, n_agents, sim.scenario.agents.slow_fraction);
+        let corrupt = pick(&mut rng, n_agents, sim.scenario.faults.corrupt_fraction);
+        let churn = pick(&mut rng, n_agents, sim.scenario.faults.churn_fraction);
+        for slow in slow_origins {
+            sim.add_host(PeerKind::Origin, slow, false);
+        }
+        for i in 0..n_agents {
+            sim.add_host(PeerKind::Agent, slow_agents[i], corrupt[i]);
+            if !corrupt[i] {
+                sim.outstanding += 1;
+            }
+        }
+        // Origins hold the blob and start at once.
+        for h in 0..n_origins as u32 {
+            sim.live_origins.push(sim.hosts[h as usize].info.clone());
+        }
+        for h in 0..n_origins as u32 {
+            sim.start_swarm(h);
+        }
+        // Agents arrive.
+        let mut t = 0.0f64;
+        let arrival = sim.scenario.arrival;
+        let window = sim.scenario.faults.churn_window_s;
+        for (i, leaves) in churn.into_iter().enumerate() {
+            let at = match arrival {
+                Arrival::AllAtOnce => 0.0,
+                Arrival::Waves { waves, interval_s } => {
+                    let per = n_agents.div_ceil(waves);
+                    (i / per) as f64 * interval_s
+                }
+                Arrival::Poisson { rate_per_s } => {
+                    let u: f64 = rng.random::<f64>();
+                    t += -(1.0 - u).ln() / rate_per_s;
+                    t
+                }
+            };
+            let h = (n_origins + i) as u32;
+            sim.schedule(secs(at), Ev::Arrive(h));
+            if leaves {
+                let leave = at + rng.random::<f64>() * window;
+                sim.schedule(secs(leave), Ev::Kill(h));
+            }
+        }
+        for k in &sim.scenario.faults.kill_origins.clone() {
+            sim.schedule(secs(k.at_s), Ev::Kill(k.origin as u32));
+        }
+        sim.rng = rng;
+        Ok(sim)
+    }
+
+    fn add_host(&mut self, kind: PeerKind, slow: bool, corrupt: bool) {
+        let n = self.hosts.len() as u32;
+        let cfg = match kind {
+            PeerKind::Agent => &self.scenario.agents,
+            PeerKind::Origin => &self.scenario.origins,
+        };
+        let factor = if slow { cfg.slow_factor } else { 1.0 };
+        let up = cfg.upload_mb_s * 1e6 * factor;
+        let down = cfg.download_mb_s * 1e6 * factor;
+        self.net.add_host(up, down);
+        let info = PeerInfo {
+            id: PeerId::from_u64(u64::from(n)),
+            addr: ([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 7001).into(),
+            kind,
+            complete: kind == PeerKind::Origin,
+        };
+        self.hosts.push(Host {
+            info,
+            swarm: None,
+            alive: true,
+            timer: None,
+            sessions: BTreeSet::new(),
+            session_opened: None,
+            record: HostRecord {
+                kind,
+                corrupt,
+                download_capacity: down,
+                upload_capacity: up,
+                arrived: None,
+                completed: None,
+                died: None,
+                bytes_up: 0,
+                last_upload_end: None,
+            },
+        });
+    }
+
+    fn swarm_config(&self, h: u32) -> SwarmConfig {
+        let k = &self.scenario.swarm;
+        let origin = self.hosts[h as usize].info.kind == PeerKind::Origin;
+        SwarmConfig {
+            max_connections: if origin {
+                k.origin_max_connections
+            } else {
+                k.max_connections
+            },
+            upload_slots: if origin {
+                k.origin_upload_slots
+            } else {
+                k.upload_slots
+            },
+            pipeline_to_agents: k.pipeline_to_agents,
+            pipeline_to_origins: k.pipeline_to_origins,
+            spare_origins: k.spare_origins,
+            endgame_pieces: k.endgame_pieces,
+            announce_interval: Duration::from_secs_f64(self.scenario.trackers.announce_interval_s),
+            rng_seed: mix(self.seed ^ mix(u64::from(h))),
+            ..SwarmConfig::default()
+        }
+    }
+
+    fn start_swarm(&mut self, h: u32) {
+        let config = self.swarm_config(h);
+        let count = self.metainfo.piece_count();
+        let host = &mut self.hosts[h as usize];
+        if !host.alive {
+            return;
+        }
+        let have = if host.info.kind == PeerKind::Origin {
+            Bitfield::full(count)
+        } else {
+            Bitfield::new(count)
+        };
+        host.record.arrived = Some(self.now);
+        let now = self.base + Duration::from_nanos(self.now);
+        // The config was validated with the scenario; a failure here is a bug.
+        match Swarm::new(config, host.info.id, self.metainfo.clone(), have, now) {
+            Ok(s) => host.swarm = Some(s),
+            Err(e) => panic!("swarm config rejected after validation: {e}"),
+        }
+        self.pump(h);
+    }
+
+    fn schedule(&mut self, at: Nanos, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Entry {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now)
+    }
+
+    /// One-way latency of the link between `a` and `b` (symmetric, fixed per run).
+    fn latency(&self, a: u32, b: u32) -> Nanos {
+        let net = &self.scenario.network;
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let h = mix(self.seed ^ mix((u64::from(lo) << 32) | u64::from(hi)));
+        let u = (h >> 11) as f64 / (1u64 << 53) as f64;
+        millis(net.latency_ms + u * net.latency_jitter_ms)
+    }
+
+    fn tracker_down(&self) -> bool {
+        self.outages
+            .iter()
+            .any(|(s, e)| *s <= self.now && self.now < *e)
+    }
+
+    fn idx(id: &PeerId) -> u32 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&id.0[..8]);
+        u64::from_be_bytes(b) as u32
+    }
+
+    fn push_completions(&mut self) {
+        let cs: Vec<Completion> = self.net.take_completions().collect();
+        for c in cs {
+            self.schedule(c.at, Ev::FlowDone(c));
+        }
+    }
+
+    /// Runs to the end: every honest agent complete or dead, or `limits.max_time_s`.
+    pub fn run(mut self) -> Report {
+        let limit = secs(self.scenario.limits.max_time_s);
+        while self.outstanding > 0 {
+            let Some(e) = self.heap.pop() else { break };
+            if e.at > limit {
+                self.now = limit;
+                break;
+            }
+            self.now = e.at;
+            self.counters.events += 1;
+            self.dispatch(e.ev);
+        }
+        let records: Vec<HostRecord> = self.hosts.iter().map(|h| h.record.clone()).collect();
+        report::build(
+            &self.scenario,
+            self.seed,
+            self.now,
+            &records,
+            &self.counters,
+        )
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        let now = self.instant();
+        match ev {
+            Ev::Arrive(h) => self.start_swarm(h),
+            Ev::Timer { host, at } => {
+                let hs = &mut self.hosts[host as usize];
+                if !hs.alive || hs.timer != Some(at) {
+                    return;
+                }
+                hs.timer = None;
+                if let Some(s) = hs.swarm.as_mut() {
+                    s.handle_timeout(now);
+                }
+                self.pump(host);
+            }
+            Ev::Handout(h) => {
+                let digest = *self.metainfo.digest();
+                let host = &mut self.hosts[h as usize];
+                let Some(swarm) = host.swarm.as_mut().filter(|_| host.alive) else {
+                    return;
+                };
+                let mut info = host.info.clone();
+                info.complete = swarm.is_complete();
+                self.tracker.announce(now, digest, info);
+                let list = self.tracker.handout(
+                    now,
+                    &digest,
+                    host.info.id,
+                    &self.live_origins,
+                    &mut self.rng,
+                );
+                swarm.handle_handout(now, list, None);
+                self.counters.handouts += 1;
+                self.pump(h);
+            }
+            Ev::Connect { dialer, target } => {
+                let ok = |h: &Host| h.alive && h.swarm.is_some();
+                if !ok(&self.hosts[dialer as usize]) {
+                    return;
+                }
+                if !ok(&self.hosts[target as usize]) {
+                    self.schedule(self.now, Ev::ConnectFailed { dialer, target });
+                    return;
+                }
+                if self.hosts[dialer as usize].sessions.insert(target) {
+                    self.counters.connections += 1;
+                }
+                self.hosts[target as usize].sessions.insert(dialer);
+                self.hosts[target as usize].session_opened = Some((dialer, self.now));
+                let dk = self.hosts[dialer as usize].info.kind;
+                let tk = self.hosts[target as usize].info.kind;
+                let did = self.hosts[dialer as usize].info.id;
+                let tid = self.hosts[target as usize].info.id;
+                self.with_swarm(dialer, |s| {
+                    s.handle_peer(
+                        now,
+                        PeerEvent::Connected {
+                            id: tid,
+                            kind: tk,
+                            outbound: true,
+                        },
+                    )
+                });
+                self.with_swarm(target, |s| {
+                    s.handle_peer(
+                        now,
+                        PeerEvent::Connected {
+                            id: did,
+                            kind: dk,
+                            outbound: false,
+                        },
+                    )
+                });
+                self.pump(dialer);
+                self.pump(target);
+            }
+            Ev::ConnectFailed { dialer, target } => {
+                let id = self.hosts[target as usize].info.id;
+                self.with_swarm(dialer, |s| {
+                    s.handle_peer(now, PeerEvent::ConnectFailed { id })
+                });
+                self.pump(dialer);
+            }
+            Ev::Disconnected { at, peer } => {
+                // A newer session between the two supersedes this news.
+                if self.hosts[at as usize].sessions.contains(&peer) {
+                    return;
+                }
+                let id = self.hosts[peer as usize].info.id;
+                self.with_swarm(at, |s| s.handle_peer(now, PeerEvent::Disconnected { id }));
+                self.pump(at);
+            }
+            Ev::Message { from, to, msg } => {
+                if !self.hosts[to as usize].sessions.contains(&from) {
+                    return;
+                }
+                let id = self.hosts[from as usize].info.id;
+                self.with_swarm(to, |s| s.handle_message(now, id, msg));
+                self.pump(to);
+            }
+            Ev::FlowDone(c) => {
+                let Some(f) = self.net.complete(self.now, c) else {
+                    return;
+                };
+                self.push_completions();
+                let size = u64::from(f.size);
+                let rec = &mut self.hosts[f.from as usize].record;
+                rec.bytes_up += size;
+                rec.last_upload_end = Some(self.now);
+                let to_id = self.hosts[f.to as usize].info.id;
+                self.with_swarm(f.from, |s| s.handle_piece_sent(now, to_id, f.index, true));
+                self.pump(f.from);
+                let lat = self.latency(f.from, f.to);
+                self.schedule(
+                    self.now + lat,
+                    Ev::PieceArrive {
+                        from: f.from,
+                        to: f.to,
+                        index: f.index,
+                        size: f.size,
+                        corrupt: f.corrupt,
+                    },
+                );
+            }
+            Ev::PieceArrive {
+                from,
+                to,
+                index,
+                size,
+                corrupt,
+            } => {
+                let size = u64::from(size);
+                let host = &self.hosts[to as usize];
+                if !host.alive || !host.sessions.contains(&from) {
+                    self.counters.lost_bytes += size;
+                    return;
+                }
+                let had = host.swarm.as_ref().is_some_and(|s| s.bitfield().get(index));
+                let outcome = if corrupt {
+                    self.counters.corrupt_bytes += size;
+                    PieceOutcome::Corrupt
+                } else if had {
+                    self.counters.duplicate_bytes += size;
+                    PieceOutcome::Stored
+                } else {
+                    self.counters.useful_bytes += size;
+                    match self.hosts[from as usize].info.kind {
+                        PeerKind::Origin => self.counters.useful_from_origins += size,
+                        PeerKind::Agent => self.counters.useful_from_agents += size,
+                    }
+                    PieceOutcome::Stored
+                };
+                let id = self.hosts[from as usize].info.id;
+                self.with_swarm(to, |s| s.handle_piece_received(now, id, index, outcome));
+                self.pump(to);
+            }
+            Ev::Kill(h) => self.kill(h),
+        }
+    }
+
+    fn with_swarm(&mut self, h: u32, f: impl FnOnce(&mut Swarm)) {
+        let host = &mut self.hosts[h as usize];
+        if host.alive
+            && let Some(s) = host.swarm.as_mut()
+        {
+            f(s);
+        }
+    }
+
+    fn kill(&mut self, h: u32) {
+        let host = &mut self.hosts[h as usize];
+        if !host.alive {
+            return;
+        }
+        host.alive = false;
+        host.swarm = None;
+        host.timer = None;
+        host.record.died = Some(self.now);
+        let was_outstanding = host.info.kind == PeerKind::Agent
+            && !host.record.corrupt
+            && host.record.completed.is_none();
+        if was_outstanding {
+            self.outstanding -= 1;
+        }
+        let id = host.info.id;
+        let peers: Vec<u32> = std::mem::take(&mut host.sessions).into_iter().collect();
+        self.live_origins.retain(|o| o.id != id);
+        for f in self.net.abort_host(self.now, h) {
+            self.counters.lost_bytes += f.moved() as u64;
+        }
+        self.push_completions();
+        let detect = millis(self.scenario.network.dead_peer_detect_ms);
+        for p in peers {
+            self.hosts[p as usize].sessions.remove(&h);
+            self.schedule(self.now + detect, Ev::Disconnected { at: p, peer: h });
+        }
+    }
+
+    /// Drains `h`'s swarm outputs into events, then re-arms its timer.
+    fn pump(&mut self, h: u32) {
+        loop {
+            let host = &mut self.hosts[h as usize];
+            if !host.alive {
+                return;
+            }
+            let Some(swarm) = host.swarm.as_mut() else {
+                return;
+            };
+            if let Some(t) = swarm.poll_transmit() {
+                self.transmit(h, t);
+                continue;
+            }
+            // Commit is instantaneous in simulation.
+            if swarm.poll_storage().is_some() {
+                continue;
+            }
+            if let Some(ev) = swarm.poll_event() {
+                self.swarm_event(h, ev);
+                continue;
+            }
+            break;
+        }
+        let base = self.base;
+        let now = self.now;
+        let host = &mut self.hosts[h as usize];
+        let next = host
+            .swarm
+            .as_ref()
+            .and_then(Swarm::poll_timeout)
+            .map(|t| t.saturating_duration_since(base).as_nanos() as Nanos);
+        if next != host.timer {
+            host.timer = next;
+            if let Some(at) = next {
+                // A deadline already past would fire forever at the same instant; step on.
+                let when = if at <= now { now + 1_000_000 } else { at };
+                self.schedule(when, Ev::Timer { host: h, at });
+            }
+        }
+    }
+
+    fn swarm_event(&mut self, h: u32, ev: SwarmEvent) {
+        match ev {
+            SwarmEvent::Announce { .. } => {
+                if self.tracker_down() {
+                    self.counters.failed_announces += 1;
+                } else {
+                    // Announce and answer: one round trip to a tracker.
+                    let rtt = 2 * millis(self.scenario.network.latency_ms);
+                    self.schedule(self.now + rtt, Ev::Handout(h));
+                }
+            }
+            SwarmEvent::Completed => {
+                let rec = &mut self.hosts[h as usize].record;
+                if rec.completed.is_none() {
+                    rec.completed = Some(self.now);
+                    if rec.kind == PeerKind::Agent && !rec.corrupt {
+                        self.outstanding -= 1;
+                    }
+                }
+            }
+            SwarmEvent::RequestTimedOut { .. } => self.counters.request_timeouts += 1,
+            SwarmEvent::Blacklisted { .. } => self.counters.blacklistings += 1,
+            _ => {}
+        }
+    }
+
+    fn transmit(&mut self, h: u32, t: Transmit) {
+        match t {
+            Transmit::Connect { id, .. } => {
+                let target = Self::idx(&id);
+                let Some(th) = self.hosts.get(target as usize) else {
+                    self.schedule(
+                        self.now,
+                        Ev::ConnectFailed {
+                            dialer: h,
+                            target: h,
+                        },
+                    );
+                    return;
+                };
+                if th.alive {
+                    // Arrived or not: the answer (session or refusal) takes one round trip.
+                    let rtt = 2 * self.latency(h, target);
+                    self.schedule(self.now + rtt, Ev::Connect { dialer: h, target });
+                } else {
+                    let detect = millis(self.scenario.network.dead_peer_detect_ms);
+                    self.schedule(self.now + detect, Ev::ConnectFailed { dialer: h, target });
+                }
+            }
+            Transmit::Disconnect { id } => {
+                let o = Self::idx(&id);
+                if self.hosts[h as usize].sessions.remove(&o) {
+                    self.counters.disconnects += 1;
+                    if self.hosts[h as usize].session_opened == Some((o, self.now)) {
+                        self.counters.refused += 1;
+                    }
+                    self.hosts[o as usize].sessions.remove(&h);
+                    for f in self.net.abort_between(self.now, h, o) {
+                        self.counters.lost_bytes += f.moved() as u64;
+                    }
+                    self.push_completions();
+                    let lat = self.latency(h, o);
+                    self.schedule(self.now + lat, Ev::Disconnected { at: o, peer: h });
+                }
+            }
+            Transmit::Message { to, msg } => {
+                let o = Self::idx(&to);
+                if self.hosts[h as usize].sessions.contains(&o) {
+                    let lat = self.latency(h, o);
+                    self.schedule(
+                        self.now + lat,
+                        Ev::Message {
+                            from: h,
+                            to: o,
+                            msg,
+                        },
+                    );
+                }
+            }
+            Transmit::SendPiece { to, index } => {
+                let o = Self::idx(&to);
+                let up =
+                    self.hosts[h as usize].sessions.contains(&o) && self.hosts[o as usize].alive;
+                let size = self.metainfo.piece_size(index);
+                match size {
+                    Some(size) if up => {
+                        let corrupt = self.hosts[h as usize].record.corrupt;
+                        self.net.start(self.now, h, o, index, size, corrupt);
+                        self.push_completions();
+                    }
+                    _ => {
+                        let now = self.instant();
+                        self.with_swarm(h, |s| s.handle_piece_sent(now, to, index, false));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `count` flags, a `fraction` of them set, chosen at random.
+fn pick(rng: &mut ChaCha8Rng, count: usize, fraction: f64) -> Vec<bool> {
+    let k = ((count as f64) * fraction).round() as usize;
+    let mut flags: Vec<bool> = (0..count).map(|i| i < k).collect();
+    flags.shuffle(rng);
+    flags
+}

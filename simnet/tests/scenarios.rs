@@ -1,0 +1,136 @@
+//! End-to-end simulations small enough for debug builds: determinism, a result checked by
+//! hand, the bound, and faults applied at the right times.
+#![allow(clippy::unwrap_used)]
+
+use kraken_simnet::scenario::{Arrival, KillOrigin, TrackerOutage};
+use kraken_simnet::{Report, Scenario, Simulation};
+
+fn run(s: &Scenario, seed: u64) -> Report {
+    Simulation::new(s, seed).unwrap().run()
+}
+
+/// A few dozen agents, with something of everything.
+fn busy() -> Scenario {
+    let mut s = Scenario {
+        name: "busy".into(),
+        ..Scenario::default()
+    };
+    s.blob.size_bytes = 24 << 20;
+    s.blob.piece_length = 1 << 20;
+    s.agents.count = 40;
+    s.agents.slow_fraction = 0.2;
+    s.faults.corrupt_fraction = 0.05;
+    s.arrival = Arrival::Poisson { rate_per_s: 40.0 };
+    s
+}
+
+/// One origin, one agent, no latency.
+fn pair(origin_mb_s: f64, agent_mb_s: f64) -> Scenario {
+    let mut s = Scenario {
+        name: "pair".into(),
+        ..Scenario::default()
+    };
+    s.blob.size_bytes = 50_000_000;
+    s.blob.piece_length = 1 << 20;
+    s.agents.count = 1;
+    s.agents.upload_mb_s = agent_mb_s;
+    s.agents.download_mb_s = agent_mb_s;
+    s.origins.count = 1;
+    s.origins.upload_mb_s = origin_mb_s;
+    s.origins.download_mb_s = origin_mb_s;
+    s.network.latency_ms = 0.0;
+    s.network.latency_jitter_ms = 0.0;
+    s
+}
+
+#[test]
+fn same_seed_same_json_and_other_seed_differs() {
+    let s = busy();
+    let r = run(&s, 42);
+    let a = r.to_json();
+    let b = run(&s, 42).to_json();
+    assert_eq!(a, b);
+    assert!(a.contains("\"seed\": 42"));
+    let c = run(&s, 43).to_json();
+    assert_ne!(a, c);
+    assert_eq!(
+        r.completed,
+        38,
+        "every honest agent finishes: {}",
+        r.summary()
+    );
+    assert!(r.bytes.corrupt > 0 && r.counts.blacklistings > 0);
+}
+
+#[test]
+fn one_origin_one_agent_takes_f_over_the_bottleneck() {
+    for (u, d) in [(100.0, 50.0), (25.0, 300.0)] {
+        let r = run(&pair(u, d), 1);
+        let expect = 50e6 / (f64::min(u, d) * 1e6);
+        let got = r.completion_s.max;
+        assert_eq!(r.completed, 1);
+        assert!(
+            (got - expect).abs() / expect < 0.01,
+            "u {u} d {d}: expected {expect} s, got {got} s"
+        );
+        assert!((r.bound.t_min_s - expect).abs() < 1e-9);
+        assert!((r.origin_egress_blobs - 1.0).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn bound_matches_the_formula() {
+    let mut s = busy();
+    s.faults.corrupt_fraction = 0.0;
+    s.agents.slow_fraction = 0.0;
+    let r = run(&s, 1);
+    let f = s.blob.size_bytes as f64;
+    let u_s = 2.0 * 1250e6;
+    let n = 40.0;
+    let expect = f64::max(f / u_s, f64::max(f / 300e6, n * f / (u_s + n * 300e6)));
+    assert!((r.bound.t_min_s - expect).abs() < 1e-12);
+    assert!(
+        r.completion_s.min >= r.bound.t_min_s * 0.999,
+        "{}",
+        r.summary()
+    );
+}
+
+#[test]
+fn a_killed_origin_sends_nothing_after_its_death() {
+    let mut s = pair(100.0, 300.0);
+    s.origins.count = 2;
+    s.agents.count = 4;
+    s.faults.kill_origins = vec![KillOrigin {
+        at_s: 0.3,
+        origin: 0,
+    }];
+    let r = run(&s, 3);
+    assert_eq!(r.completed, 4, "{}", r.summary());
+    let dead = &r.per_origin[0];
+    assert_eq!(dead.died_s, Some(0.3));
+    assert!(dead.last_upload_end_s.unwrap() <= 0.3);
+    // At most 0.3 s of its 100 MB/s uplink.
+    assert!(dead.bytes_up as f64 <= 0.3 * 100e6 + 1.0, "{}", r.summary());
+    assert!(r.per_origin[1].last_upload_end_s.unwrap() > 0.3);
+}
+
+#[test]
+fn announces_fail_during_a_tracker_outage_and_the_swarm_recovers() {
+    let mut s = pair(100.0, 300.0);
+    s.agents.count = 6;
+    s.arrival = Arrival::Waves {
+        waves: 2,
+        interval_s: 1.0,
+    };
+    s.faults.tracker_outages = vec![TrackerOutage {
+        start_s: 0.5,
+        duration_s: 2.0,
+    }];
+    let r = run(&s, 5);
+    assert_eq!(r.completed, 6, "{}", r.summary());
+    assert!(r.counts.failed_announces >= 3, "{}", r.summary());
+    // The second wave (t = 1 s) cannot learn of any peer before the outage ends (2.5 s)
+    // and its next announce comes 3 s after its first.
+    assert!(r.completion_s.max >= 3.0, "{}", r.summary());
+}
