@@ -50,6 +50,9 @@ use crate::wire::{
 
 /// Inputs a blob task buffers before its feeders wait.
 pub const INPUT_QUEUE: usize = 1024;
+/// Session messages buffered for a peer that is slow to read them; a peer that lets this
+/// fill is disconnected.
+pub const SESSION_QUEUE: usize = 512;
 
 /// A tracker's answer to an announce.
 #[derive(Debug, Clone, Default)]
@@ -422,7 +425,7 @@ impl Store {
 struct Session {
     sid: u64,
     conn: PeerConnection,
-    writer: mpsc::UnboundedSender<PeerMessage>,
+    writer: mpsc::Sender<PeerMessage>,
     opened_by_us: bool,
     reader: tokio::task::AbortHandle,
 }
@@ -539,6 +542,10 @@ impl<T: Tracker> BlobTask<T> {
     }
 
     async fn commit(&mut self) -> Result<(), String> {
+        if !matches!(self.store, Some(Store::Partial(_))) {
+            // Already complete (a seeder's swarm asks once at start): nothing to do.
+            return Ok(());
+        }
         let Some(Store::Partial(partial)) = self.store.take() else {
             return Ok(());
         };
@@ -582,8 +589,17 @@ impl<T: Tracker> BlobTask<T> {
                 }
             }
             Transmit::Message { to, msg } => {
-                if let Some(s) = self.sessions.get(&to) {
-                    let _ = s.writer.send(msg);
+                let full = self
+                    .sessions
+                    .get(&to)
+                    .is_some_and(|s| s.writer.try_send(msg).is_err());
+                if full {
+                    // The peer does not read what we send: drop it rather than buffer.
+                    if let Some(s) = self.sessions.remove(&to) {
+                        s.reader.abort();
+                    }
+                    self.swarm
+                        .handle_peer(Instant::now(), PeerEvent::Disconnected { id: to });
                 }
             }
             Transmit::SendPiece { to, index } => self.send_piece(to, index),
@@ -602,6 +618,8 @@ impl<T: Tracker> BlobTask<T> {
         };
         let tx = self.tx.clone();
         let digest = self.digest;
+        // A stalled peer must not hold an upload slot (and a piece buffer) forever.
+        let limit = self.swarm.piece_timeout(index);
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || source.read_piece(index)).await;
             let ok = match read {
@@ -611,9 +629,8 @@ impl<T: Tracker> BlobTask<T> {
                         index,
                         len: bytes.len() as u32,
                     };
-                    send_piece(conn.connection(), header, Bytes::from(bytes))
-                        .await
-                        .is_ok()
+                    let send = send_piece(conn.connection(), header, Bytes::from(bytes));
+                    matches!(tokio::time::timeout(limit, send).await, Ok(Ok(())))
                 }
                 _ => false,
             };
@@ -706,7 +723,8 @@ impl<T: Tracker> BlobTask<T> {
             // Keep the session opened by the lower id, on both sides.
             let existing_opener = if existing.opened_by_us { me } else { peer };
             let new_opener = if outbound { me } else { peer };
-            if existing_opener <= new_opener {
+            // The lower opener's session wins; between two of one opener, the newer.
+            if existing_opener < new_opener {
                 stream.reject(codes::REFUSED);
                 return;
             }
@@ -714,12 +732,12 @@ impl<T: Tracker> BlobTask<T> {
                 old.reader.abort();
             }
             self.swarm
-                .handle_peer(now, PeerEvent::Disconnected { id: peer });
+                .handle_peer(now, PeerEvent::Replaced { id: peer });
         }
         self.next_sid += 1;
         let sid = self.next_sid;
         let BiStream { send, recv } = stream;
-        let (writer, writes) = mpsc::unbounded_channel();
+        let (writer, writes) = mpsc::channel(SESSION_QUEUE);
         tokio::spawn(write_session(send, writes));
         let reader = tokio::spawn(read_session(recv, peer, sid, self.tx.clone())).abort_handle();
         self.sessions.insert(
@@ -746,7 +764,8 @@ impl<T: Tracker> BlobTask<T> {
     fn on_incoming_piece(&mut self, peer: PeerId, header: PieceHeader, mut recv: RecvStream) {
         let index = header.index;
         let size = self.metainfo.piece_size(index);
-        let wanted = !self.swarm.bitfield().get(index) && !self.receiving.contains(&index);
+        // Only pieces we asked this peer for, one receiver per piece.
+        let wanted = self.swarm.is_requested(&peer, index) && !self.receiving.contains(&index);
         let writer = match self.store.as_ref() {
             Some(Store::Partial(p)) if wanted && size == Some(header.len) => {
                 p.piece_writer(index).ok()
@@ -772,8 +791,15 @@ impl<T: Tracker> BlobTask<T> {
         };
         self.receiving.insert(index);
         let tx = self.tx.clone();
+        let limit = self.swarm.piece_timeout(index);
         tokio::spawn(async move {
-            let result = receive_into(&mut recv, &mut writer, u64::from(header.len)).await;
+            let received = tokio::time::timeout(
+                limit,
+                receive_into(&mut recv, &mut writer, u64::from(header.len)),
+            )
+            .await;
+            // Too slow counts as the swarm's timeout would, not as a bad piece.
+            let result = received.unwrap_or(Err(PieceFault::Other));
             let result = match result {
                 Ok(()) => writer.finish().map_err(|e| match e {
                     CasError::Piece(_) => PieceFault::Peer,
@@ -853,7 +879,7 @@ async fn open_session(
     Some((conn, BiStream { send, recv }))
 }
 
-async fn write_session(mut send: SendStream, mut writes: mpsc::UnboundedReceiver<PeerMessage>) {
+async fn write_session(mut send: SendStream, mut writes: mpsc::Receiver<PeerMessage>) {
     while let Some(msg) = writes.recv().await {
         if write_frame(&mut send, &msg).await.is_err() {
             return;

@@ -93,6 +93,12 @@ pub enum PeerEvent {
         /// The peer.
         id: PeerId,
     },
+    /// The driver swapped the peer's session for another (both sides dialled at once):
+    /// forget its state without counting it against the peer; `Connected` follows.
+    Replaced {
+        /// The peer.
+        id: PeerId,
+    },
 }
 
 /// What the driver found when a piece arrived. The driver verifies BLAKE3 while it
@@ -140,7 +146,8 @@ pub enum Transmit {
 /// Storage work the swarm asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageOp {
-    /// Every piece is present: make the blob complete (flush, verify, rename).
+    /// Every piece is present: make the blob complete (flush, verify, rename). Also issued
+    /// once by a swarm that starts complete; a blob already committed needs nothing.
     Commit,
 }
 
@@ -249,6 +256,8 @@ struct Peer {
     requested: BTreeMap<PieceIndex, Instant>,
     /// Their requests to us, waiting for an upload slot.
     queued: VecDeque<PieceIndex>,
+    /// Pieces they refused; not asked of them again outside the endgame.
+    rejected: BTreeSet<PieceIndex>,
     /// Pieces being uploaded to them now.
     uploading: usize,
     strikes: u32,
@@ -324,7 +333,7 @@ impl Swarm {
             me,
             metainfo_id: metainfo.id(),
             metainfo,
-            committed: have.is_complete(),
+            committed: false,
             have,
             have_bytes,
             peers: BTreeMap::new(),
@@ -342,6 +351,12 @@ impl Swarm {
             expired: false,
             stats: SwarmStats::default(),
         };
+        if swarm.have.is_complete() {
+            // Every piece is already here (a seeder, or a download that crashed just
+            // before its commit): make sure the blob is committed. Idempotent for drivers.
+            swarm.committed = true;
+            swarm.storage_ops.push_back(StorageOp::Commit);
+        }
         swarm.announce(now);
         Ok(swarm)
     }
@@ -369,6 +384,20 @@ impl Swarm {
     /// Peers with an open session.
     pub fn connected_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.peers.keys().copied()
+    }
+
+    /// True if we asked `peer` for `index` and are still waiting: the only pieces a
+    /// driver should accept from it.
+    pub fn is_requested(&self, peer: &PeerId, index: PieceIndex) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.requested.contains_key(&index))
+    }
+
+    /// The request timeout for `index` (drivers bound transfers by it).
+    pub fn piece_timeout(&self, index: PieceIndex) -> Duration {
+        self.config
+            .request_timeout(self.metainfo.piece_size(index).unwrap_or(0))
     }
 
     /// True if `peer` is blacklisted at `now`.
@@ -407,6 +436,10 @@ impl Swarm {
                 self.connecting.remove(&id);
                 self.ban(now, id, BlacklistReason::Unreachable);
                 self.maybe_connect(now);
+            }
+            PeerEvent::Replaced { id } => {
+                self.connecting.remove(&id);
+                self.drop_peer(id);
             }
             PeerEvent::Disconnected { id } => {
                 self.connecting.remove(&id);
@@ -483,8 +516,13 @@ impl Swarm {
                 }
             }
             PeerMessage::Reject(index) => {
-                self.forget_request(from, index);
-                self.schedule_peer(now, from);
+                if self.forget_request(from, index)
+                    && let Some(p) = self.peers.get_mut(&from)
+                {
+                    p.rejected.insert(index);
+                }
+                // The piece is free again: anyone may be asked for it.
+                self.schedule_requests(now);
             }
         }
     }
@@ -664,14 +702,17 @@ impl Swarm {
             if let Some(d) = p.requested.values().min() {
                 consider(*d);
             }
-            consider(p.last_activity + self.config.idle_timeout);
+            // Idle disconnects skip peers we are uploading to; so does the deadline.
+            if p.uploading == 0 {
+                consider(p.last_activity + self.config.idle_timeout);
+            }
         }
         if !self.candidates.is_empty()
             && let Some(until) = self.blacklist.values().min()
         {
             consider(*until);
         }
-        if self.is_complete() && !self.expired {
+        if self.is_complete() && !self.expired && self.uploads_active == 0 {
             consider(self.last_upload + self.config.seed_tti);
         }
         next
@@ -709,6 +750,7 @@ impl Swarm {
                 bitfield: None,
                 requested: BTreeMap::new(),
                 queued: VecDeque::new(),
+                rejected: BTreeSet::new(),
                 uploading: 0,
                 strikes: 0,
                 last_activity: now,
@@ -918,6 +960,9 @@ impl Swarm {
         let mut ties = 0u32;
         for index in self.have.missing() {
             if !theirs.get(index) || p.requested.contains_key(&index) {
+                continue;
+            }
+            if !endgame && p.rejected.contains(&index) {
                 continue;
             }
             if spare && self.agent_availability[index.0 as usize] > 0 {

@@ -458,3 +458,51 @@ fn a_session_refused_before_its_handshake_is_not_redialled_at_once() {
         "no redial storm"
     );
 }
+
+#[test]
+fn a_swarm_that_starts_complete_asks_once_for_a_commit() {
+    let now = Instant::now();
+    let mut s = new_swarm(4, true, SwarmConfig::default(), now);
+    assert_eq!(s.poll_storage(), Some(StorageOp::Commit));
+    assert_eq!(s.poll_storage(), None);
+}
+
+#[test]
+fn deadlines_offered_are_deadlines_acted_on() {
+    let now = Instant::now();
+    let config = SwarmConfig {
+        seed_tti: Duration::from_secs(10),
+        announce_interval: Duration::from_secs(3600),
+        ..SwarmConfig::default()
+    };
+    let mut s = new_swarm(4, true, config, now);
+    join(&mut s, now, 1, PeerKind::Agent, &[]);
+    s.handle_message(now, p(1), PeerMessage::Request(PieceIndex(0)));
+    drain(&mut s);
+    // Uploading: neither the idle nor the seeding deadline applies, so neither is offered
+    // (offering them would make a driver spin on a deadline nothing acts on).
+    let later = now + Duration::from_secs(120);
+    s.handle_timeout(later);
+    assert!(s.poll_timeout().is_none_or(|t| t > later));
+}
+
+#[test]
+fn a_rejected_piece_is_asked_of_someone_else() {
+    let now = Instant::now();
+    let config = SwarmConfig {
+        endgame_pieces: 0,
+        pipeline_to_agents: 1,
+        ..SwarmConfig::default()
+    };
+    let mut s = new_swarm(2, false, config, now);
+    let t = join(&mut s, now, 1, PeerKind::Agent, &[0]);
+    assert_eq!(requests_to(&t, p(1)), vec![PieceIndex(0)]);
+    join(&mut s, now, 2, PeerKind::Agent, &[0]);
+    s.handle_message(now, p(1), PeerMessage::Reject(PieceIndex(0)));
+    let t = drain(&mut s);
+    assert!(
+        requests_to(&t, p(1)).is_empty(),
+        "not the peer that refused"
+    );
+    assert_eq!(requests_to(&t, p(2)), vec![PieceIndex(0)]);
+}
