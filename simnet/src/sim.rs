@@ -4,9 +4,11 @@
 //! One thread, no async runtime. Each event is handled, then every host it touched is
 //! *pumped*: its swarm's transmits become future events (messages after the link latency,
 //! pieces as flows in the bandwidth model), its announces go to the tracker, and its timer
-//! is re-armed from `poll_timeout`. A host keeps at most one live timer; an older timer
-//! event that pops with a deadline other than the host's current one is ignored (lazy
-//! invalidation), as are stale flow completions (see [`crate::net`]).
+//! is re-armed from `poll_timeout`. A host keeps at most one live timer, re-armed only when
+//! its deadline moves earlier (a timer that fires early just calls `handle_timeout`, which
+//! is harmless, and re-arms); a timer event that pops with a deadline other than the
+//! host's current one is ignored (lazy invalidation), as are stale flow completions (see
+//! [`crate::net`]).
 //!
 //! Same scenario and seed → the same sequence of events → byte-identical reports: every
 //! random choice comes from ChaCha8 RNGs seeded from the scenario seed, every map whose
@@ -690,13 +692,16 @@ impl Simulation {
             .as_ref()
             .and_then(Swarm::poll_timeout)
             .map(|t| t.saturating_duration_since(base).as_nanos() as Nanos);
-        if next != host.timer {
-            host.timer = next;
-            if let Some(at) = next {
-                // A deadline already past would fire forever at the same instant; step on.
-                let when = if at <= now { now + 1_000_000 } else { at };
-                self.schedule(when, Ev::Timer { host: h, at });
-            }
+        // Arm only an earlier deadline: a later one is picked up when the armed timer fires
+        // (an early `handle_timeout` is harmless), so the heap is not flooded with stale
+        // timers every time a deadline moves out.
+        if let Some(at) = next
+            && host.timer.is_none_or(|armed| at < armed)
+        {
+            host.timer = Some(at);
+            // A deadline already past would fire forever at the same instant; step on.
+            let when = if at <= now { now + 1_000_000 } else { at };
+            self.schedule(when, Ev::Timer { host: h, at });
         }
     }
 
