@@ -96,10 +96,11 @@ enum Ev {
 }
 
 #[derive(Debug)]
+/// A heap key: small, so sifting moves 24 bytes; the event itself waits in a slab.
 struct Entry {
     at: Nanos,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
 impl PartialEq for Entry {
@@ -195,6 +196,9 @@ pub struct Simulation {
     now: Nanos,
     seq: u64,
     heap: BinaryHeap<Entry>,
+    /// Events by slot; `free` lists the empty slots.
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
     hosts: Vec<Host>,
     net: Network,
     tracker: PeerStore,
@@ -248,6 +252,8 @@ impl Simulation {
             now: 0,
             seq: 0,
             heap: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             hosts: Vec::new(),
             net: Network::new(),
             tracker,
@@ -400,10 +406,20 @@ impl Simulation {
 
     fn schedule(&mut self, at: Nanos, ev: Ev) {
         self.seq += 1;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = Some(ev);
+                slot
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
         self.heap.push(Entry {
             at,
             seq: self.seq,
-            ev,
+            slot,
         });
     }
 
@@ -448,9 +464,13 @@ impl Simulation {
                 self.now = limit;
                 break;
             }
+            let Some(ev) = self.slab[e.slot as usize].take() else {
+                continue;
+            };
+            self.free.push(e.slot);
             self.now = e.at;
             self.counters.events += 1;
-            self.dispatch(e.ev);
+            self.dispatch(ev);
         }
         let records: Vec<HostRecord> = self.hosts.iter().map(|h| h.record.clone()).collect();
         report::build(

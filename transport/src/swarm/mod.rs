@@ -285,7 +285,7 @@ pub struct Swarm {
     /// Per piece: how many connected agents (not origins) have it.
     agent_availability: Vec<u32>,
     /// Per missing piece being fetched: from whom.
-    inflight: BTreeMap<PieceIndex, Vec<PeerId>>,
+    inflight: Vec<Vec<PeerId>>,
     uploads_active: usize,
     /// Round-robin cursor over peers for serving.
     serve_cursor: Option<PeerId>,
@@ -324,11 +324,12 @@ impl Swarm {
             .filter_map(|i| metainfo.piece_size(i))
             .map(u64::from)
             .sum();
+        let pieces = metainfo.piece_count() as usize;
         let mut swarm = Swarm {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             announce_interval: config.announce_interval,
-            availability: vec![0; metainfo.piece_count() as usize],
-            agent_availability: vec![0; metainfo.piece_count() as usize],
+            availability: vec![0; pieces],
+            agent_availability: vec![0; pieces],
             config,
             me,
             metainfo_id: metainfo.id(),
@@ -340,7 +341,7 @@ impl Swarm {
             candidates: Vec::new(),
             connecting: BTreeSet::new(),
             blacklist: BTreeMap::new(),
-            inflight: BTreeMap::new(),
+            inflight: vec![Vec::new(); pieces],
             uploads_active: 0,
             serve_cursor: None,
             transmits: VecDeque::new(),
@@ -573,15 +574,14 @@ impl Swarm {
                         bytes: size,
                     });
                     // Endgame duplicates still out elsewhere are now useless.
-                    if let Some(others) = self.inflight.remove(&index) {
-                        for other in others {
-                            if let Some(p) = self.peers.get_mut(&other) {
-                                p.requested.remove(&index);
-                                self.transmits.push_back(Transmit::Message {
-                                    to: other,
-                                    msg: PeerMessage::Cancel(index),
-                                });
-                            }
+                    let others = std::mem::take(&mut self.inflight[index.0 as usize]);
+                    for other in others {
+                        if let Some(p) = self.peers.get_mut(&other) {
+                            p.requested.remove(&index);
+                            self.transmits.push_back(Transmit::Message {
+                                to: other,
+                                msg: PeerMessage::Cancel(index),
+                            });
                         }
                     }
                     self.broadcast_have(index);
@@ -888,11 +888,8 @@ impl Swarm {
     }
 
     fn remove_inflight(&mut self, index: PieceIndex, peer: PeerId) {
-        if let Some(list) = self.inflight.get_mut(&index) {
+        if let Some(list) = self.inflight.get_mut(index.0 as usize) {
             list.retain(|p| *p != peer);
-            if list.is_empty() {
-                self.inflight.remove(&index);
-            }
         }
     }
 
@@ -940,7 +937,7 @@ impl Swarm {
             if let Some(p) = self.peers.get_mut(&id) {
                 p.requested.insert(index, deadline);
             }
-            self.inflight.entry(index).or_default().push(id);
+            self.inflight[index.0 as usize].push(id);
             self.transmits.push_back(Transmit::Message {
                 to: id,
                 msg: PeerMessage::Request(index),
@@ -959,18 +956,21 @@ impl Swarm {
         let mut best: Option<(u32, PieceIndex)> = None;
         let mut ties = 0u32;
         for index in self.have.missing() {
-            if !theirs.get(index) || p.requested.contains_key(&index) {
+            // Cheapest tests first: this loop is the scheduler's hot spot.
+            let i = index.0 as usize;
+            let fetchers = self.inflight[i].len();
+            let allowed = if endgame { fetchers < 2 } else { fetchers == 0 };
+            if !allowed || !theirs.get(index) {
+                continue;
+            }
+            if spare && self.agent_availability[i] > 0 {
+                continue;
+            }
+            // Only a piece someone fetches can be one this peer fetches.
+            if fetchers > 0 && p.requested.contains_key(&index) {
                 continue;
             }
             if !endgame && p.rejected.contains(&index) {
-                continue;
-            }
-            if spare && self.agent_availability[index.0 as usize] > 0 {
-                continue;
-            }
-            let fetchers = self.inflight.get(&index).map_or(0, Vec::len);
-            let allowed = if endgame { fetchers < 2 } else { fetchers == 0 };
-            if !allowed {
                 continue;
             }
             // In the endgame, pieces nobody fetches come before duplicates.
