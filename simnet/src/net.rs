@@ -15,9 +15,11 @@
 //! bottleneck is not handed to the host's other flows, so links are slightly
 //! under-used when shares are uneven (the model errs on the slow side).
 //!
-//! Completions are events at `now + remaining / rate`; when a rate changes, the flow's
-//! generation is bumped and a new completion is scheduled, and the stale one is ignored
-//! when it pops (lazy invalidation).
+//! Completions are events at `now + remaining / rate`. When a rate change brings a flow's
+//! end earlier, its generation is bumped and a new completion is scheduled (the stale one
+//! is ignored when it pops: lazy invalidation). When it pushes the end later, the
+//! scheduled completion stays: it pops early, finds bytes left, and reschedules. Slower
+//! flows are the common case under contention, so this keeps the event heap small.
 
 use kraken_storage::PieceIndex;
 
@@ -50,6 +52,8 @@ pub struct Flow {
     pub rate: f64,
     updated: Nanos,
     generation: u64,
+    /// When the live completion event for this generation fires (0: none yet).
+    scheduled_at: Nanos,
 }
 
 impl Flow {
@@ -146,6 +150,7 @@ impl Network {
             rate: 0.0,
             updated: now,
             generation: 0,
+            scheduled_at: 0,
         };
         let id = match self.free.pop() {
             Some(slot) => {
@@ -169,6 +174,12 @@ impl Network {
             .flow(c.flow)
             .is_some_and(|f| f.generation == c.generation);
         if !current {
+            return None;
+        }
+        self.settle(now, c.flow);
+        // Popped early (the flow slowed after this was scheduled): reschedule.
+        if self.flow(c.flow).is_some_and(|f| f.remaining >= 1.0) {
+            self.schedule(now, c.flow);
             return None;
         }
         let mut f = self.remove(c.flow)?;
@@ -258,21 +269,39 @@ impl Network {
             return;
         }
         self.settle(now, id);
+        let Some(f) = self.flows[id.0 as usize].as_mut() else {
+            return;
+        };
+        f.rate = rate;
+        let at = finish_time(now, f);
+        // A later end is caught when the scheduled completion pops early.
+        if f.scheduled_at == 0 || at < f.scheduled_at {
+            self.schedule(now, id);
+        }
+    }
+
+    /// Schedules a completion for `id` at its current rate, superseding any earlier one.
+    fn schedule(&mut self, now: Nanos, id: FlowId) {
         self.next_generation += 1;
         let generation = self.next_generation;
         let Some(f) = self.flows[id.0 as usize].as_mut() else {
             return;
         };
-        f.rate = rate;
+        let at = finish_time(now, f);
         f.generation = generation;
-        let secs = f.remaining / rate;
-        let at = now + (secs * NANOS_PER_SEC).ceil() as Nanos;
+        f.scheduled_at = at;
         self.completions.push(Completion {
             at,
             flow: id,
             generation,
         });
     }
+}
+
+/// When `f` finishes at its current rate (rounded up to whole nanoseconds).
+fn finish_time(now: Nanos, f: &Flow) -> Nanos {
+    let secs = f.remaining / f.rate;
+    now + (secs * NANOS_PER_SEC).ceil() as Nanos
 }
 
 #[cfg(test)]

@@ -583,10 +583,12 @@ impl Simulation {
                 self.pump(to);
             }
             Ev::FlowDone(c) => {
-                let Some(f) = self.net.complete(self.now, c) else {
+                let done = self.net.complete(self.now, c);
+                // Also carries a reschedule when the completion popped early.
+                self.push_completions();
+                let Some(f) = done else {
                     return;
                 };
-                self.push_completions();
                 let size = u64::from(f.size);
                 let rec = &mut self.hosts[f.from as usize].record;
                 rec.bytes_up += size;

@@ -14,7 +14,7 @@ use kraken_storage::Digest;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use super::PeerInfo;
+use super::{PeerInfo, PeerKind};
 use crate::wire::PeerId;
 
 /// Settings of a [`PeerStore`].
@@ -80,34 +80,44 @@ impl PeerStore {
         origins: &[PeerInfo],
         rng: &mut impl Rng,
     ) -> Vec<PeerInfo> {
+        let max = self.config.max_peers;
+        let mut own: Vec<&PeerInfo> = origins.iter().filter(|o| o.id != asker).collect();
+        own.shuffle(rng);
+        let Some(peers) = self.blobs.get_mut(digest) else {
+            return own.into_iter().take(max).cloned().collect();
+        };
+        peers.retain(|_, e| e.expires > now);
+        // References only, and only as many shuffled as can be handed out: a handout costs
+        // one pass over the blob's peers, not a copy and a full shuffle of them.
         let mut complete = Vec::new();
         let mut incomplete = Vec::new();
-        if let Some(peers) = self.blobs.get_mut(digest) {
-            peers.retain(|_, e| e.expires > now);
-            for e in peers.values() {
-                if e.info.id == asker || origins.iter().any(|o| o.id == e.info.id) {
-                    continue;
-                }
-                if e.info.complete {
-                    complete.push(e.info.clone());
-                } else {
-                    incomplete.push(e.info.clone());
-                }
+        for e in peers.values() {
+            let info = &e.info;
+            if info.id == asker || info.kind == PeerKind::Origin {
+                continue; // Origins come from `origins`, in their own place in the order.
             }
-            if peers.is_empty() {
-                self.blobs.remove(digest);
+            if info.complete {
+                complete.push(info);
+            } else {
+                incomplete.push(info);
             }
         }
-        complete.shuffle(rng);
-        incomplete.shuffle(rng);
-        let mut own: Vec<PeerInfo> = origins.iter().filter(|o| o.id != asker).cloned().collect();
-        own.shuffle(rng);
-        complete
-            .into_iter()
-            .chain(own)
-            .chain(incomplete)
-            .take(self.config.max_peers)
-            .collect()
+        let c = complete.len().min(max);
+        let (complete, _) = complete.partial_shuffle(rng, c);
+        let rest = max.saturating_sub(c + own.len());
+        let i = incomplete.len().min(rest);
+        let (incomplete, _) = incomplete.partial_shuffle(rng, i);
+        let out: Vec<PeerInfo> = complete
+            .iter()
+            .chain(own.iter())
+            .chain(incomplete.iter())
+            .take(max)
+            .map(|p| (*p).clone())
+            .collect();
+        if peers.is_empty() {
+            self.blobs.remove(digest);
+        }
+        out
     }
 
     /// Number of live announces for `digest` at `now` (tests, metrics).
@@ -121,7 +131,6 @@ impl PeerStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::swarm::PeerKind;
     use rand::SeedableRng;
 
     fn peer(n: u64, kind: PeerKind, complete: bool) -> PeerInfo {
@@ -141,6 +150,8 @@ mod tests {
         for n in 1..=4 {
             store.announce(now, d, peer(n, PeerKind::Agent, n % 2 == 0));
         }
+        // An origin that announces is handed out in the origins' place, once.
+        store.announce(now, d, peer(100, PeerKind::Origin, true));
         let origins = [peer(100, PeerKind::Origin, true)];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let got = store.handout(now, &d, PeerId::from_u64(2), &origins, &mut rng);
