@@ -190,6 +190,16 @@ enum PieceFault {
     Other,
 }
 
+impl PieceFault {
+    /// A piece error (wrong size, wrong hash) is the peer's doing; anything else is ours.
+    fn of(e: CasError) -> Self {
+        match e {
+            CasError::Piece(_) => PieceFault::Peer,
+            _ => PieceFault::Other,
+        }
+    }
+}
+
 impl<T: Tracker> PieceExchange<T> {
     /// An exchange announcing itself as `me` (its id, the address peers dial, its kind).
     pub fn new(
@@ -800,13 +810,7 @@ impl<T: Tracker> BlobTask<T> {
             .await;
             // Too slow counts as the swarm's timeout would, not as a bad piece.
             let result = received.unwrap_or(Err(PieceFault::Other));
-            let result = match result {
-                Ok(()) => writer.finish().map_err(|e| match e {
-                    CasError::Piece(_) => PieceFault::Peer,
-                    _ => PieceFault::Other,
-                }),
-                Err(fault) => Err(fault),
-            };
+            let result = result.and_then(|()| writer.finish().map_err(PieceFault::of));
             if matches!(result, Err(PieceFault::Peer)) {
                 let _ = recv.stop(codes::BAD_PIECE);
             }
@@ -832,10 +836,6 @@ async fn receive_into(
     writer: &mut kraken_storage::cas::PieceWriter,
     len: u64,
 ) -> Result<(), PieceFault> {
-    let fault = |e: CasError| match e {
-        CasError::Piece(_) => PieceFault::Peer,
-        _ => PieceFault::Other,
-    };
     let batch = usize::try_from(len)
         .unwrap_or(RECEIVE_BATCH)
         .min(RECEIVE_BATCH);
@@ -852,7 +852,7 @@ async fn receive_into(
             }
         }
         // A positioned write into the page cache: fast enough for the runtime.
-        writer.write(&buf[..filled]).map_err(fault)?;
+        writer.write(&buf[..filled]).map_err(PieceFault::of)?;
         got += filled as u64;
     }
     // Anything after the piece is a protocol violation.

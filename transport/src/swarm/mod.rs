@@ -236,6 +236,17 @@ pub struct SwarmStats {
     pub per_peer: BTreeMap<PeerId, PeerStats>,
 }
 
+impl SwarmStats {
+    /// The entry of `id`, created on first traffic.
+    fn peer(&mut self, id: PeerId, kind: PeerKind) -> &mut PeerStats {
+        self.per_peer.entry(id).or_insert(PeerStats {
+            kind,
+            downloaded: 0,
+            uploaded: 0,
+        })
+    }
+}
+
 /// Traffic with one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerStats {
@@ -562,12 +573,7 @@ impl Swarm {
                         PeerKind::Origin => self.stats.bytes_from_origins += u64::from(size),
                         PeerKind::Agent => self.stats.bytes_from_agents += u64::from(size),
                     }
-                    let entry = self.stats.per_peer.entry(from).or_insert(PeerStats {
-                        kind,
-                        downloaded: 0,
-                        uploaded: 0,
-                    });
-                    entry.downloaded += u64::from(size);
+                    self.stats.peer(from, kind).downloaded += u64::from(size);
                     self.events.push_back(SwarmEvent::PieceStored {
                         from,
                         index,
@@ -609,15 +615,7 @@ impl Swarm {
             self.stats.bytes_uploaded += u64::from(size);
             if let Some(p) = self.peers.get(&to) {
                 let kind = p.kind;
-                self.stats
-                    .per_peer
-                    .entry(to)
-                    .or_insert(PeerStats {
-                        kind,
-                        downloaded: 0,
-                        uploaded: 0,
-                    })
-                    .uploaded += u64::from(size);
+                self.stats.peer(to, kind).uploaded += u64::from(size);
             }
             self.last_upload = now;
         }
