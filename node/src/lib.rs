@@ -1,6 +1,33 @@
-//! The node roles and the `kraken` daemon (not yet built).
+//! The node roles and the `kraken` daemon.
 //!
-//! Will hold (issues "Node" and "Build-index"): the origin (ring-owned seeding, read-through,
-//! write-back, self-healing), the tracker (announce and handout), the agent (P2P download and
-//! seeding behind the registry gateway), the build-index (durable tags and cross-cluster
-//! replication), the `kraken` binary and `kraken dev`, which runs a whole local cluster.
+//! A node is one QUIC endpoint and one or more roles (see `../DESIGN.md`):
+//!
+//! - [`origin`]: ring-owned seeding, resumable uploads, read-through from backends (single
+//!   flight), the durable write-back executor, replication and ring-change repair.
+//! - [`tracker`]: announces and handouts (transport's pure `PeerStore`), metainfo from the
+//!   owning origins, an announce interval that grows under load.
+//! - [`agent`]: pulls through the swarm with one download per digest however many callers,
+//!   streaming before completion, bandwidth limits, and a report of where the bytes came from.
+//!
+//! Around them: [`proto`] (the RPC messages), [`client`] (calls with owner failover),
+//! [`service`] (routing incoming streams to roles), [`view`] (agents' view refresh),
+//! [`config`] (the TOML file), [`node`] (start and stop), [`http`] and [`metrics`]
+//! (health, readiness, Prometheus), [`dev`] (`kraken dev`: a whole cluster in one process).
+
+pub mod agent;
+pub mod bridge;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod origin;
+pub mod proto;
+pub mod serve;
+pub mod service;
+pub mod tracker;
+pub mod view;
+
+pub use config::{NodeConfig, NodeRole};
+pub use node::{Node, StartError};

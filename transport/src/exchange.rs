@@ -18,6 +18,21 @@
 //!   per piece at a time; a second copy (endgame) is refused at once.
 //! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
 //!
+//! Bandwidth: [`ExchangeConfig::egress`] and [`ExchangeConfig::ingress`] are optional
+//! [`RateLimiter`]s on piece payloads (session messages and headers are not counted).
+//! A sender asks the egress limiter for each [`LIMIT_CHUNK`] before writing it; a receiver
+//! asks the ingress limiter before reading each chunk, so a throttled receiver stops
+//! reading and quinn's flow control slows the sender down. Clones of a limiter share one
+//! bucket: the same limiter in every exchange of a node caps the node as a whole.
+//!
+//! Watching: [`PieceExchange::start_download`] starts a download without waiting for it
+//! and [`PieceExchange::watch`] looks at one already running (or complete); both give a
+//! [`BlobWatch`], which follows the set of verified, stored pieces as the blob task marks
+//! them and reads any of them while the rest are still on their way — so a blob can be
+//! streamed, in order, before it is complete. A streamed piece is trusted by its BLAKE3
+//! hash from the metainfo; the whole blob's sha256 is checked at the commit, whose outcome
+//! the watch reports too.
+//!
 //! Backpressure: each blob task reads its inputs from a bounded channel
 //! ([`INPUT_QUEUE`]). Session readers, piece receivers and stream handlers wait when it is
 //! full, so a slow disk or a chatty peer stops our reads and quinn's flow control stalls
@@ -32,13 +47,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kraken_storage::cas::{BlobReader, Cas, CasError, PartialBlob, PieceSource, VerifiedPiece};
-use kraken_storage::{Bitfield, Digest, Metainfo, PieceIndex};
+use kraken_storage::{Bitfield, Digest, Metainfo, PieceError, PieceIndex};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::limit::{LIMIT_CHUNK, RateLimiter};
 use crate::quic::{
     BiStream, ConnectionPool, PeerConnection, StreamOutcome, codes, read_frame, read_message,
-    send_piece, write_frame,
+    send_piece_limited, write_frame,
 };
 use crate::swarm::{
     PeerEvent, PeerInfo, PeerKind, PieceOutcome, StorageOp, Swarm, SwarmConfig, SwarmEvent,
@@ -95,6 +111,9 @@ pub enum ExchangeError {
     /// Bad swarm settings.
     #[error(transparent)]
     Config(#[from] crate::swarm::SwarmConfigError),
+    /// A read on the blocking pool panicked or was cancelled (the runtime shutting down).
+    #[error("blocking read failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
 }
 
 /// What a finished download moved.
@@ -108,12 +127,184 @@ pub struct DownloadReport {
     pub already_present: bool,
 }
 
+/// A view of one blob's download, to stream the blob before it is complete.
+///
+/// It follows the set of pieces that are verified (BLAKE3, against the metainfo) and
+/// stored, as the blob task marks them, and the task's [`DoneState`]; it reads any stored
+/// piece through its own file descriptor, which stays valid when the finished download is
+/// renamed into the CAS. Cheap to clone; a watch does not keep the download going or
+/// stop it. Made by [`PieceExchange::start_download`] and [`PieceExchange::watch`].
+///
+/// Bytes read through a watch are each piece's verified bytes; the whole blob's sha256
+/// is checked only at the commit, whose outcome [`BlobWatch::finished`] reports.
+#[derive(Clone)]
+pub struct BlobWatch {
+    digest: Digest,
+    metainfo: Arc<Metainfo>,
+    pieces: watch::Receiver<Arc<Bitfield>>,
+    done: watch::Receiver<DoneState>,
+    source: Arc<PieceSource>,
+    /// Keeps a complete blob from eviction while watched (watches made without a task).
+    _pin: Option<Arc<BlobReader>>,
+}
+
+impl std::fmt::Debug for BlobWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWatch")
+            .field("digest", &self.digest)
+            .field("have", &self.pieces.borrow().count_ones())
+            .field("pieces", &self.metainfo.piece_count())
+            .field("done", &*self.done.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobWatch {
+    fn of(h: BlobHandle) -> Self {
+        BlobWatch {
+            digest: *h.metainfo.digest(),
+            metainfo: h.metainfo,
+            pieces: h.pieces,
+            done: h.done,
+            source: h.source,
+            _pin: None,
+        }
+    }
+
+    /// The blob.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The blob's metainfo: its length, piece length and piece hashes.
+    pub fn metainfo(&self) -> &Arc<Metainfo> {
+        &self.metainfo
+    }
+
+    /// The pieces verified and stored so far (a snapshot).
+    pub fn have(&self) -> Arc<Bitfield> {
+        self.pieces.borrow().clone()
+    }
+
+    /// A receiver of the stored pieces, updated each time one is stored; await its
+    /// `changed()` to follow the download. It closes when the blob task ends.
+    pub fn pieces(&self) -> watch::Receiver<Arc<Bitfield>> {
+        self.pieces.clone()
+    }
+
+    /// A receiver of the blob task's [`DoneState`].
+    pub fn done(&self) -> watch::Receiver<DoneState> {
+        self.done.clone()
+    }
+
+    /// The blob task's [`DoneState`] now.
+    pub fn outcome(&self) -> DoneState {
+        self.done.borrow().clone()
+    }
+
+    /// Waits until the download is complete and committed; the swarm's totals then (all
+    /// zero for a blob that was already complete), or why it stopped.
+    pub async fn finished(&mut self) -> Result<SwarmStats, ExchangeError> {
+        let result = match self.done.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or_else(|| Err("no result".into())),
+            Err(_) => Err("the blob task ended".into()),
+        };
+        result.map_err(|reason| ExchangeError::Stopped {
+            digest: self.digest,
+            reason,
+        })
+    }
+
+    /// Waits until piece `index` is verified and stored; fails if the download stops
+    /// first, or at once for an index the blob does not have.
+    pub async fn wait_piece(&mut self, index: PieceIndex) -> Result<(), ExchangeError> {
+        self.check_index(index)?;
+        loop {
+            self.pieces.borrow_and_update();
+            self.done.borrow_and_update();
+            if self.is_stored(index) {
+                return Ok(());
+            }
+            if let Some(Err(reason)) = &*self.done.borrow() {
+                return Err(ExchangeError::Stopped {
+                    digest: self.digest,
+                    reason: reason.clone(),
+                });
+            }
+            let open = tokio::select! {
+                r = self.pieces.changed() => r.is_ok(),
+                r = self.done.changed() => r.is_ok(),
+            };
+            if !open {
+                // The task is gone: whatever it left is final.
+                if self.is_stored(index) {
+                    return Ok(());
+                }
+                let reason = match &*self.done.borrow() {
+                    Some(Err(reason)) => reason.clone(),
+                    _ => format!("the blob task ended before {index} arrived"),
+                };
+                return Err(ExchangeError::Stopped {
+                    digest: self.digest,
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Reads piece `index`, verified and stored (see [`BlobWatch::wait_piece`]), on the
+    /// blocking pool. A piece not stored yet is `CasError::MissingPiece`.
+    pub async fn read_piece(&self, index: PieceIndex) -> Result<Bytes, ExchangeError> {
+        self.check_index(index)?;
+        if !self.is_stored(index) {
+            return Err(CasError::MissingPiece {
+                digest: self.digest,
+                index,
+            }
+            .into());
+        }
+        let source = self.source.clone();
+        let bytes = tokio::task::spawn_blocking(move || source.read_piece(index)).await??;
+        Ok(Bytes::from(bytes))
+    }
+
+    /// True once the piece is stored: marked by the blob task, or the blob is complete.
+    fn is_stored(&self, index: PieceIndex) -> bool {
+        self.pieces.borrow().get(index) || matches!(&*self.done.borrow(), Some(Ok(_)))
+    }
+
+    fn check_index(&self, index: PieceIndex) -> Result<(), ExchangeError> {
+        let count = self.metainfo.piece_count();
+        if index.0 >= count {
+            return Err(CasError::Piece(PieceError::OutOfRange { index, count }).into());
+        }
+        Ok(())
+    }
+}
+
 /// Settings of a [`PieceExchange`].
+///
+/// The default is tuned for a node with the network to itself: the default swarm
+/// settings and no bandwidth limits.
 #[derive(Debug, Clone, Default)]
 pub struct ExchangeConfig {
     /// The scheduler's settings, shared by every blob.
     pub swarm: SwarmConfig,
+    /// Caps the piece bytes this node sends, over all blobs and peers; `None` (the
+    /// default) is unlimited. A piece waits for its tokens within its send timeout
+    /// ([`Swarm::piece_timeout`]), so keep `swarm.min_transfer_rate` below the limit
+    /// divided by `swarm.upload_slots` times the blobs seeded at once, or slow pieces time
+    /// out and are sent again.
+    pub egress: Option<RateLimiter>,
+    /// Caps the piece bytes this node receives, over all blobs and peers; `None` (the
+    /// default) is unlimited. As for `egress`, the pieces in flight share the limit within
+    /// their request timeouts.
+    pub ingress: Option<RateLimiter>,
 }
+
+/// What a blob task has reported so far: `None` while it runs, then the swarm's totals
+/// once the blob is complete and committed, or the reason it stopped.
+pub type DoneState = Option<Result<SwarmStats, String>>;
 
 /// Drives the swarms of every blob this node downloads or seeds. Cheap to clone.
 pub struct PieceExchange<T: Tracker> {
@@ -135,13 +326,19 @@ struct Inner<T> {
     me: PeerInfo,
     config: ExchangeConfig,
     blobs: Mutex<HashMap<Digest, BlobHandle>>,
+    /// Turns true when the node shuts down: every blob task stops.
+    closed: watch::Sender<bool>,
 }
 
 #[derive(Clone)]
 struct BlobHandle {
     tx: mpsc::Sender<Input>,
-    done: watch::Receiver<Option<Result<SwarmStats, String>>>,
+    done: watch::Receiver<DoneState>,
     metainfo: Arc<Metainfo>,
+    /// Verified, stored pieces, updated by the blob task.
+    pieces: watch::Receiver<Arc<Bitfield>>,
+    /// Reads the blob's file through its own descriptor (valid across the commit's rename).
+    source: Arc<PieceSource>,
 }
 
 enum Input {
@@ -218,6 +415,7 @@ impl<T: Tracker> PieceExchange<T> {
                 me,
                 config,
                 blobs: Mutex::new(HashMap::new()),
+                closed: watch::channel(false).0,
             }),
         })
     }
@@ -225,6 +423,17 @@ impl<T: Tracker> PieceExchange<T> {
     /// The local store.
     pub fn cas(&self) -> &Cas {
         &self.inner.cas
+    }
+
+    /// Stops every blob task (node shutdown): downloads in progress fail with "closed",
+    /// partial blobs stay resumable, and no new task starts.
+    pub fn close(&self) {
+        self.inner.closed.send_replace(true);
+    }
+
+    /// Blobs with a running task (downloading or seeding).
+    pub fn active_blobs(&self) -> usize {
+        self.lock().values().filter(|h| !h.tx.is_closed()).count()
     }
 
     /// Downloads the blob `metainfo` describes through the swarm; returns once it is
@@ -239,20 +448,65 @@ impl<T: Tracker> PieceExchange<T> {
                 already_present: true,
             });
         }
-        let handle = self.start(Arc::new(metainfo))?;
-        let mut done = handle.done;
-        let result = match done.wait_for(Option::is_some).await {
-            Ok(r) => r.clone().unwrap_or_else(|| Err("no result".into())),
-            Err(_) => Err("the blob task ended".into()),
-        };
-        match result {
-            Ok(stats) => Ok(DownloadReport {
-                stats,
-                elapsed: started.elapsed(),
-                already_present: false,
-            }),
-            Err(reason) => Err(ExchangeError::Stopped { digest, reason }),
+        let stats = self.start_download(metainfo)?.finished().await?;
+        Ok(DownloadReport {
+            stats,
+            elapsed: started.elapsed(),
+            already_present: false,
+        })
+    }
+
+    /// Starts downloading the blob `metainfo` describes (or joins its running task) and
+    /// returns at once with a [`BlobWatch`] on it; the download goes on whether or not
+    /// the watch is kept. A blob already complete in the CAS is not fetched again: its
+    /// watch shows every piece present and the download done.
+    pub fn start_download(&self, metainfo: Metainfo) -> Result<BlobWatch, ExchangeError> {
+        let digest = *metainfo.digest();
+        if self.inner.cas.contains(&digest)?
+            && let Some(w) = self.watch(&digest)
+        {
+            return Ok(w);
         }
+        let handle = self.start(Arc::new(metainfo))?;
+        Ok(BlobWatch::of(handle))
+    }
+
+    /// A [`BlobWatch`] on `digest` if its task is running (downloading or seeding) or the
+    /// blob is complete in the CAS; `None` otherwise (unknown, or a partial download with
+    /// no task). A watch on a complete blob with no task holds a reader of it, which keeps
+    /// the blob from eviction while the watch lives.
+    pub fn watch(&self, digest: &Digest) -> Option<BlobWatch> {
+        let running = self.lock().get(digest).cloned();
+        if let Some(h) = running.filter(|h| !h.tx.is_closed()) {
+            return Some(BlobWatch::of(h));
+        }
+        let reader = match self.inner.cas.reader(digest) {
+            Ok(r) => r,
+            Err(CasError::NotFound(_)) => return None,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot open a complete blob to watch");
+                return None;
+            }
+        };
+        let source = match reader.piece_source() {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot open a complete blob to watch");
+                return None;
+            }
+        };
+        let metainfo = reader.metainfo().clone();
+        // The senders go at once: the receivers keep the final values.
+        let (_, pieces) = watch::channel(Arc::new(Bitfield::full(metainfo.piece_count())));
+        let (_, done) = watch::channel(Some(Ok(SwarmStats::default())));
+        Some(BlobWatch {
+            digest: *digest,
+            metainfo,
+            pieces,
+            done,
+            source,
+            _pin: Some(Arc::new(reader)),
+        })
     }
 
     /// Starts seeding a complete local blob (an origin after ingest).
@@ -277,6 +531,12 @@ impl<T: Tracker> PieceExchange<T> {
     /// The running task for the blob, started if needed.
     fn start(&self, metainfo: Arc<Metainfo>) -> Result<BlobHandle, ExchangeError> {
         let digest = *metainfo.digest();
+        if *self.inner.closed.borrow() {
+            return Err(ExchangeError::Stopped {
+                digest,
+                reason: "the exchange was closed".into(),
+            });
+        }
         let mut blobs = self.lock();
         if let Some(h) = blobs.get(&digest)
             && !h.tx.is_closed()
@@ -295,6 +555,7 @@ impl<T: Tracker> PieceExchange<T> {
             let have = partial.bitfield().clone();
             (Store::Partial(partial), have)
         };
+        let (pieces_tx, pieces) = watch::channel(Arc::new(have.clone()));
         let mut config = self.inner.config.swarm.clone();
         // Each blob's choices differ, yet stay reproducible for a given node and blob.
         config.rng_seed ^=
@@ -306,6 +567,7 @@ impl<T: Tracker> PieceExchange<T> {
             have,
             Instant::now(),
         )?;
+        let source = Arc::new(store.piece_source()?);
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let (done_tx, done) = watch::channel(None);
         if store.is_complete() {
@@ -315,6 +577,8 @@ impl<T: Tracker> PieceExchange<T> {
             tx: tx.clone(),
             done,
             metainfo: metainfo.clone(),
+            pieces,
+            source,
         };
         blobs.insert(digest, handle.clone());
         drop(blobs);
@@ -331,6 +595,8 @@ impl<T: Tracker> PieceExchange<T> {
             receiving: HashSet::new(),
             next_sid: 0,
             done: done_tx,
+            pieces: pieces_tx,
+            closed: self.inner.closed.subscribe(),
         };
         tokio::spawn(task.run());
         Ok(handle)
@@ -455,14 +721,21 @@ struct BlobTask<T: Tracker> {
     /// Pieces being written by a receiver right now.
     receiving: HashSet<PieceIndex>,
     next_sid: u64,
-    done: watch::Sender<Option<Result<SwarmStats, String>>>,
+    done: watch::Sender<DoneState>,
+    /// Verified, stored pieces, for [`BlobWatch`]es.
+    pieces: watch::Sender<Arc<Bitfield>>,
+    closed: watch::Receiver<bool>,
 }
 
 impl<T: Tracker> BlobTask<T> {
     async fn run(mut self) {
         let outcome = self.event_loop().await;
         if let Err(reason) = &outcome {
-            tracing::warn!(digest = %self.digest, %reason, "blob task stopped");
+            if *self.closed.borrow() {
+                tracing::debug!(digest = %self.digest, %reason, "blob task stopped");
+            } else {
+                tracing::warn!(digest = %self.digest, %reason, "blob task stopped");
+            }
             self.done.send_if_modified(|d| {
                 if d.is_none() {
                     *d = Some(Err(reason.clone()));
@@ -489,18 +762,23 @@ impl<T: Tracker> BlobTask<T> {
             if self.drain_outputs().await? {
                 return Ok(());
             }
+            if *self.closed.borrow() {
+                return Err("the exchange was closed".into());
+            }
             let deadline = self.swarm.poll_timeout();
-            let input = match deadline {
-                Some(at) => {
-                    tokio::select! {
-                        input = self.rx.recv() => input,
-                        () = tokio::time::sleep_until(at.into()) => {
-                            self.swarm.handle_timeout(Instant::now());
-                            continue;
-                        }
-                    }
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
                 }
-                None => self.rx.recv().await,
+            };
+            let input = tokio::select! {
+                input = self.rx.recv() => input,
+                () = sleep => {
+                    self.swarm.handle_timeout(Instant::now());
+                    continue;
+                }
+                _ = self.closed.changed() => continue,
             };
             let Some(input) = input else {
                 return Err("input channel closed".into());
@@ -628,6 +906,7 @@ impl<T: Tracker> BlobTask<T> {
         };
         let tx = self.tx.clone();
         let digest = self.digest;
+        let egress = self.ex.inner.config.egress.clone();
         // A stalled peer must not hold an upload slot (and a piece buffer) forever.
         let limit = self.swarm.piece_timeout(index);
         tokio::spawn(async move {
@@ -639,7 +918,12 @@ impl<T: Tracker> BlobTask<T> {
                         index,
                         len: bytes.len() as u32,
                     };
-                    let send = send_piece(conn.connection(), header, Bytes::from(bytes));
+                    let send = send_piece_limited(
+                        conn.connection(),
+                        header,
+                        Bytes::from(bytes),
+                        egress.as_ref(),
+                    );
                     matches!(tokio::time::timeout(limit, send).await, Ok(Ok(())))
                 }
                 _ => false,
@@ -700,8 +984,15 @@ impl<T: Tracker> BlobTask<T> {
                 match result {
                     Ok(verified) => {
                         if let Some(Store::Partial(p)) = self.store.as_mut() {
-                            p.mark_stored(verified)
+                            let fresh = p
+                                .mark_stored(verified)
                                 .map_err(|e| format!("recording {index}: {e}"))?;
+                            if fresh {
+                                // Copies the bitfield only while a watcher holds the last one.
+                                self.pieces.send_modify(|b| {
+                                    Arc::make_mut(b).set(index);
+                                });
+                            }
                         }
                         self.swarm
                             .handle_piece_received(now, peer, index, PieceOutcome::Stored);
@@ -802,10 +1093,16 @@ impl<T: Tracker> BlobTask<T> {
         self.receiving.insert(index);
         let tx = self.tx.clone();
         let limit = self.swarm.piece_timeout(index);
+        let ingress = self.ex.inner.config.ingress.clone();
         tokio::spawn(async move {
             let received = tokio::time::timeout(
                 limit,
-                receive_into(&mut recv, &mut writer, u64::from(header.len)),
+                receive_into(
+                    &mut recv,
+                    &mut writer,
+                    u64::from(header.len),
+                    ingress.as_ref(),
+                ),
             )
             .await;
             // Too slow counts as the swarm's timeout would, not as a bad piece.
@@ -831,22 +1128,37 @@ impl<T: Tracker> BlobTask<T> {
 const RECEIVE_BATCH: usize = 256 * 1024;
 
 /// Copies exactly `len` bytes of a piece stream into `writer`, then expects the end.
+/// With a limiter, every [`LIMIT_CHUNK`] is admitted by it before it is read.
 async fn receive_into(
     recv: &mut RecvStream,
     writer: &mut kraken_storage::cas::PieceWriter,
     len: u64,
+    limiter: Option<&RateLimiter>,
 ) -> Result<(), PieceFault> {
     let batch = usize::try_from(len)
         .unwrap_or(RECEIVE_BATCH)
         .min(RECEIVE_BATCH);
     let mut buf = vec![0u8; batch];
     let mut got = 0u64;
+    // Bytes the limiter admitted and that are not read yet.
+    let mut credit = 0usize;
     while got < len {
         let want = usize::try_from(len - got).unwrap_or(usize::MAX).min(batch);
         let mut filled = 0;
         while filled < want {
-            match recv.read(&mut buf[filled..want]).await {
-                Ok(Some(n)) => filled += n,
+            let mut end = want;
+            if let Some(limiter) = limiter {
+                if credit == 0 {
+                    credit = (want - filled).min(LIMIT_CHUNK);
+                    limiter.acquire(credit as u64).await;
+                }
+                end = filled + credit.min(want - filled);
+            }
+            match recv.read(&mut buf[filled..end]).await {
+                Ok(Some(n)) => {
+                    filled += n;
+                    credit = credit.saturating_sub(n);
+                }
                 Ok(None) => return Err(PieceFault::Peer), // Ended short.
                 Err(_) => return Err(PieceFault::Other),
             }

@@ -11,12 +11,17 @@
 //! - `quic` (feature `quic`, default): the network — quinn endpoints with mutual TLS, the
 //!   connection pool, RPC and piece streams.
 //! - `exchange` (feature `quic`): one tokio task per active blob driving its swarm over
-//!   QUIC and the local CAS.
+//!   QUIC and the local CAS; watches that stream a blob's verified pieces while it
+//!   downloads.
+//! - `limit` (feature `quic`): `RateLimiter`, the async token bucket behind the exchange's
+//!   egress and ingress bandwidth limits.
 //!
 //! Without default features the crate is exactly `wire` and `swarm`.
 
 #[cfg(feature = "quic")]
 pub mod exchange;
+#[cfg(feature = "quic")]
+pub mod limit;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod swarm;

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kraken_storage::cas::{Cas, CasConfig};
-use kraken_storage::{Digest, Metainfo, PieceLengthEntry, PieceLengthTable};
-use kraken_transport::exchange::{ExchangeConfig, Handout, PieceExchange, Tracker};
+use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthEntry, PieceLengthTable};
+use kraken_transport::exchange::{ExchangeConfig, ExchangeError, Handout, PieceExchange, Tracker};
+use kraken_transport::limit::RateLimiter;
 use kraken_transport::quic::{
     ConnectionPool, Endpoint, PoolConfig, RpcConfig, RpcStream, Service, StreamOutcome, serve,
 };
@@ -100,6 +101,20 @@ fn swarm_config() -> SwarmConfig {
 }
 
 fn node(cluster: &Cluster, name: &str, kind: PeerKind, tracker: &SharedTracker) -> Node {
+    let config = ExchangeConfig {
+        swarm: swarm_config(),
+        ..ExchangeConfig::default()
+    };
+    node_with(cluster, name, kind, tracker, config)
+}
+
+fn node_with(
+    cluster: &Cluster,
+    name: &str,
+    kind: PeerKind,
+    tracker: &SharedTracker,
+    config: ExchangeConfig,
+) -> Node {
     let (endpoint, identity) = endpoint(cluster, name);
     let addr: SocketAddr = endpoint.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -125,9 +140,6 @@ fn node(cluster: &Cluster, name: &str, kind: PeerKind, tracker: &SharedTracker) 
         addr,
         kind,
         complete: false,
-    };
-    let config = ExchangeConfig {
-        swarm: swarm_config(),
     };
     let ex = PieceExchange::new(pool.clone(), cas, tracker.clone(), info.clone(), config).unwrap();
     let _ = service.ex.set(ex.clone());
@@ -305,4 +317,195 @@ async fn a_leecher_killed_midway_does_not_stop_the_others() {
     for n in &others {
         assert!(read_back(n, &digest) == data[..]);
     }
+}
+
+fn limited(ingress: Option<u64>, egress: Option<u64>) -> ExchangeConfig {
+    // Burst 0: the default, 1 MiB at these rates.
+    let limiter = |rate| RateLimiter::new(rate, 0).unwrap();
+    ExchangeConfig {
+        swarm: swarm_config(),
+        ingress: ingress.map(limiter),
+        egress: egress.map(limiter),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_limit_slows_a_download_that_still_completes() {
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    let origin = node(&cluster, "origin", PeerKind::Origin, &tracker);
+    let agent = node_with(
+        &cluster,
+        "agent",
+        PeerKind::Agent,
+        &tracker,
+        limited(Some(8 << 20), None),
+    );
+    let data = pattern(16 << 20, 5);
+    let meta = seed(&origin, &data);
+
+    let started = Instant::now();
+    let report = within(60, "the download", agent.ex.download(meta.clone()))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    // 1 MiB of burst, then 15 MiB at 8 MiB/s: at least ~1.9 s.
+    assert!(took >= Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(report.stats.bytes_from_origins, meta.length());
+    assert!(
+        read_back(&agent, meta.digest()) == data[..],
+        "byte-identical"
+    );
+    eprintln!("16 MiB under an 8 MiB/s ingress limit in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_limit_on_the_seeder_slows_a_download_that_still_completes() {
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    let origin = node_with(
+        &cluster,
+        "origin",
+        PeerKind::Origin,
+        &tracker,
+        limited(None, Some(8 << 20)),
+    );
+    let agent = node(&cluster, "agent", PeerKind::Agent, &tracker);
+    let data = pattern(16 << 20, 6);
+    let meta = seed(&origin, &data);
+
+    let started = Instant::now();
+    within(60, "the download", agent.ex.download(meta.clone()))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "took {took:?}");
+    assert!(
+        read_back(&agent, meta.digest()) == data[..],
+        "byte-identical"
+    );
+    eprintln!("16 MiB under an 8 MiB/s egress limit in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leecher_streams_pieces_in_order_while_downloading() {
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    let origin = node(&cluster, "origin", PeerKind::Origin, &tracker);
+    // Throttled, so that the stream visibly overlaps the download (~2 s).
+    let agent = node_with(
+        &cluster,
+        "agent",
+        PeerKind::Agent,
+        &tracker,
+        limited(Some(8 << 20), None),
+    );
+    let data = pattern(16 << 20, 7);
+    let meta = seed(&origin, &data);
+    let digest = *meta.digest();
+    let total = meta.piece_count();
+
+    let mut watch = agent.ex.start_download(meta.clone()).unwrap();
+    assert_eq!(watch.digest(), &digest);
+    assert!(
+        agent.ex.watch(&digest).is_some(),
+        "a running task is watchable"
+    );
+
+    // Someone else follows the piece set as it grows.
+    let mut pieces = watch.pieces();
+    let follower = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            let have = pieces.borrow_and_update().count_ones();
+            seen.push(have);
+            if have == total || pieces.changed().await.is_err() {
+                return seen;
+            }
+        }
+    });
+
+    let mut streamed = Vec::with_capacity(data.len());
+    let mut before_done = 0;
+    within(60, "streaming the blob", async {
+        for i in 0..total {
+            let index = PieceIndex(i);
+            watch.wait_piece(index).await.unwrap();
+            if watch.outcome().is_none() {
+                before_done += 1;
+            }
+            streamed.extend_from_slice(&watch.read_piece(index).await.unwrap());
+        }
+    })
+    .await;
+    let stats = within(60, "the commit", watch.finished()).await.unwrap();
+    assert_eq!(stats.bytes_from_origins, meta.length());
+    assert!(streamed == data[..], "the stream is the blob");
+    assert!(read_back(&agent, &digest) == data[..]);
+
+    let seen = within(10, "the follower", follower).await.unwrap();
+    assert!(
+        seen.iter().any(|&n| n > 0 && n < total),
+        "the piece set grew in steps: {seen:?}"
+    );
+    // The watch still reads after the partial file was renamed into the CAS.
+    assert_eq!(
+        watch.read_piece(PieceIndex(0)).await.unwrap(),
+        data.slice(..meta.piece_length() as usize)
+    );
+    eprintln!(
+        "{before_done} of {total} pieces streamed before the download was done; \
+         the follower saw {} states",
+        seen.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_complete_blob_has_every_piece_at_once() {
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    let origin = node(&cluster, "origin", PeerKind::Origin, &tracker);
+    let data = pattern(3 << 20, 8);
+    let digest = Digest::sha256_of(&data);
+    assert!(origin.ex.watch(&digest).is_none(), "nothing to watch yet");
+    origin
+        .ex
+        .cas()
+        .ingest(&digest, Some(data.len() as u64), &data[..])
+        .unwrap();
+
+    let check = |mut watch: kraken_transport::exchange::BlobWatch| {
+        let data = data.clone();
+        async move {
+            let total = watch.metainfo().piece_count();
+            assert!(total > 1);
+            assert!(watch.have().is_complete());
+            assert!(matches!(watch.outcome(), Some(Ok(_))));
+            let mut all = Vec::new();
+            for i in 0..total {
+                // Nothing to wait for.
+                futures::FutureExt::now_or_never(watch.wait_piece(PieceIndex(i)))
+                    .expect("no waiting")
+                    .unwrap();
+                all.extend_from_slice(&watch.read_piece(PieceIndex(i)).await.unwrap());
+            }
+            assert!(all == data[..]);
+            assert!(matches!(
+                watch.wait_piece(PieceIndex(total)).await,
+                Err(ExchangeError::Cas(_))
+            ));
+            assert!(matches!(
+                watch.read_piece(PieceIndex(total)).await,
+                Err(ExchangeError::Cas(_))
+            ));
+            watch.finished().await.unwrap();
+        }
+    };
+    // No task: the watch reads the CAS.
+    check(origin.ex.watch(&digest).unwrap()).await;
+    let meta = origin.ex.cas().metainfo(&digest).unwrap().unwrap();
+    check(origin.ex.start_download(meta).unwrap()).await;
+    // A seeding task.
+    origin.ex.seed(&digest).unwrap();
+    check(origin.ex.watch(&digest).unwrap()).await;
 }

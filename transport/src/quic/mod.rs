@@ -19,8 +19,10 @@
 //! - [`rpc`]: the client call ([`call`]) and the server dispatcher ([`serve`] over a
 //!   [`Service`]) that routes each incoming stream by its
 //!   [`StreamHeader`](crate::wire::StreamHeader).
-//! - [`piece`]: one piece per unidirectional stream: [`send_piece`], and [`recv_piece`]
-//!   which checks the header against the metainfo before reading and hashes while reading.
+//! - [`piece`]: one piece per unidirectional stream: [`send_piece`] (and
+//!   [`send_piece_limited`], chunked under a [`RateLimiter`](crate::limit::RateLimiter)),
+//!   and [`recv_piece`] which checks the header against the metainfo before reading and
+//!   hashes while reading.
 //! - [`codes`]: the QUIC application error codes this protocol uses.
 //!
 //! # Misbehaving peers
@@ -44,7 +46,7 @@ pub use endpoint::{
     Accepting, CongestionControl, ConnectError, Endpoint, EndpointError, PeerConnection,
     QuicConfig, QuicConfigError, Side, SocketBuffers,
 };
-pub use piece::{PieceStreamError, recv_piece, send_piece};
+pub use piece::{PieceStreamError, recv_piece, send_piece, send_piece_limited};
 pub use pool::{ConnectionPool, PoolConfig, PoolError};
 pub use rpc::{
     BiStream, RequestBody, RpcConfig, RpcError, RpcStream, Service, StreamOutcome, call,

@@ -13,6 +13,7 @@ use quinn::{RecvStream, VarInt};
 
 use super::codes;
 use super::stream::{StreamError, read_frame, write_frame};
+use crate::limit::{LIMIT_CHUNK, RateLimiter};
 use crate::wire::{PieceHeader, WireError};
 
 /// Cap on a piece header frame's payload (a digest, an index and a length).
@@ -95,11 +96,25 @@ impl PieceStreamError {
 
 /// Sends one piece on a new unidirectional stream: the header frame, the bytes (without
 /// copying them), and the end of the stream. Returns once the data is queued; delivery is
-/// confirmed by the peer's `Have`, refusal by a stop of the stream.
+/// confirmed by the peer's `Have`, refusal by a stop of the stream. See
+/// [`send_piece_limited`] for the same under a bandwidth limit.
 pub async fn send_piece(
     conn: &quinn::Connection,
     header: PieceHeader,
     bytes: Bytes,
+) -> Result<(), PieceStreamError> {
+    send_piece_limited(conn, header, bytes, None).await
+}
+
+/// [`send_piece`] under a bandwidth limit: the bytes go out in chunks of
+/// [`LIMIT_CHUNK`], each after `limiter` admitted it (the
+/// header frame is not counted). Without a limiter the piece is written in one go, exactly
+/// as [`send_piece`] does.
+pub async fn send_piece_limited(
+    conn: &quinn::Connection,
+    header: PieceHeader,
+    bytes: Bytes,
+    limiter: Option<&RateLimiter>,
 ) -> Result<(), PieceStreamError> {
     if bytes.len() != header.len as usize {
         return Err(PieceStreamError::LengthMismatch {
@@ -109,7 +124,17 @@ pub async fn send_piece(
     }
     let mut send = conn.open_uni().await.map_err(PieceStreamError::Open)?;
     write_frame(&mut send, &header).await?;
-    send.write_chunk(bytes).await.map_err(StreamError::from)?;
+    match limiter {
+        None => send.write_chunk(bytes).await.map_err(StreamError::from)?,
+        Some(limiter) => {
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let chunk = rest.split_to(rest.len().min(LIMIT_CHUNK));
+                limiter.acquire(chunk.len() as u64).await;
+                send.write_chunk(chunk).await.map_err(StreamError::from)?;
+            }
+        }
+    }
     send.finish().map_err(|_| StreamError::ClosedStream)?;
     Ok(())
 }

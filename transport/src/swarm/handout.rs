@@ -126,6 +126,32 @@ impl PeerStore {
             .get(digest)
             .map_or(0, |p| p.values().filter(|e| e.expires > now).count())
     }
+
+    /// The live announces for `digest` at `now`, each with the time since it was made
+    /// (operators' view of a blob's swarm).
+    pub fn peers(&self, now: Instant, digest: &Digest) -> Vec<(PeerInfo, Duration)> {
+        let ttl = self.config.peer_ttl;
+        self.blobs.get(digest).map_or_else(Vec::new, |p| {
+            p.values()
+                .filter(|e| e.expires > now)
+                .map(|e| {
+                    let age = ttl.saturating_sub(e.expires.saturating_duration_since(now));
+                    (e.info.clone(), age)
+                })
+                .collect()
+        })
+    }
+
+    /// Forgets expired announces everywhere; returns how many blobs still have peers.
+    /// (Handouts prune the blob they touch; this bounds the memory of blobs nobody asks
+    /// about any more.)
+    pub fn prune(&mut self, now: Instant) -> usize {
+        self.blobs.retain(|_, peers| {
+            peers.retain(|_, e| e.expires > now);
+            !peers.is_empty()
+        });
+        self.blobs.len()
+    }
 }
 
 #[cfg(test)]

@@ -50,7 +50,9 @@ pub use config::{SwarmConfig, SwarmConfigError};
 use crate::wire::{PeerId, PeerMessage};
 
 /// What kind of node a peer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum PeerKind {
     /// A host's agent.
     Agent,
@@ -59,7 +61,7 @@ pub enum PeerKind {
 }
 
 /// A peer as the tracker hands it out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerInfo {
     /// Its identity.
     pub id: PeerId,

@@ -1,0 +1,368 @@
+//! The agent role: downloads blobs through the swarm for its host, and seeds them.
+//!
+//! A pull resolves the blob's metainfo through the digest's tracker (which asks the owning
+//! origins), then runs the blob's swarm in the [`PieceExchange`]: peers come from
+//! announces, every piece is verified with BLAKE3 as it arrives, and the final sha256 is
+//! checked when the blob is committed to the CAS. Concurrent pulls of one digest share one
+//! download. The completed blob keeps seeding until the swarm's seeding TTI, and stays in
+//! the CAS until the quota/TTI eviction removes it.
+//!
+//! Every pull leaves a [`PullReport`] (bytes by peer kind and by peer, time, retries, bad
+//! pieces) for `krakenctl pull-report`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kraken_membership::Role;
+use kraken_storage::cas::Cas;
+use kraken_storage::{Digest, Metainfo};
+use kraken_transport::exchange::{BlobWatch, Handout, PieceExchange, Tracker};
+use kraken_transport::swarm::PeerInfo;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::client::{CallError, Cluster};
+use crate::metrics::Metrics;
+use crate::proto::{ErrorKind, PullReport, RemoteError, Request, Response};
+
+/// Settings of the agent role (`[agent]` in a node's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Longest a pull may take before it fails, in seconds.
+    pub pull_timeout_secs: u64,
+    /// Pull reports kept for `krakenctl pull-report`.
+    pub reports_kept: usize,
+    /// How often the store's quota and TTI eviction runs, in seconds.
+    pub evict_interval_secs: u64,
+    /// Piece upload rate limit in bytes per second (0: none).
+    pub egress_bytes_per_sec: u64,
+    /// Piece download rate limit in bytes per second (0: none).
+    pub ingress_bytes_per_sec: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            pull_timeout_secs: 3600,
+            reports_kept: 1000,
+            evict_interval_secs: 60,
+            egress_bytes_per_sec: 0,
+            ingress_bytes_per_sec: 0,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pull_timeout_secs == 0 || self.evict_interval_secs == 0 {
+            return Err("agent timeouts and intervals must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Announces to the digest's tracker, failing over along the tracker ring.
+#[derive(Clone)]
+pub struct RingTracker {
+    cluster: Cluster,
+}
+
+impl RingTracker {
+    /// Announces through `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        RingTracker { cluster }
+    }
+}
+
+impl Tracker for RingTracker {
+    async fn announce(
+        &self,
+        digest: Digest,
+        me: PeerInfo,
+        have_bytes: u64,
+    ) -> Result<Handout, String> {
+        let owners = self.cluster.owners_of_digest(Role::Tracker, &digest, 0);
+        let request = Request::Announce {
+            digest,
+            peer: me,
+            have_bytes,
+        };
+        let limit = self.cluster.call_timeout;
+        match self
+            .cluster
+            .call_first(&owners, Role::Tracker, &request, limit)
+            .await
+        {
+            Ok(Response::Announced { peers, interval_ms }) => Ok(Handout {
+                peers,
+                interval: Some(Duration::from_millis(interval_ms.max(100))),
+            }),
+            Ok(other) => Err(format!("unexpected tracker answer: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+type PullOutcome = Option<Result<PullReport, RemoteError>>;
+
+/// The agent role. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: Cluster,
+    exchange: PieceExchange<RingTracker>,
+    config: AgentConfig,
+    metrics: Arc<Metrics>,
+    pulls: Mutex<HashMap<Digest, watch::Receiver<PullOutcome>>>,
+    reports: Mutex<(HashMap<Digest, PullReport>, VecDeque<Digest>)>,
+}
+
+impl Agent {
+    /// An agent over its exchange.
+    pub fn new(
+        cluster: Cluster,
+        exchange: PieceExchange<RingTracker>,
+        config: AgentConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Agent {
+            inner: Arc::new(Inner {
+                cluster,
+                exchange,
+                config,
+                metrics,
+                pulls: Mutex::new(HashMap::new()),
+                reports: Mutex::new((HashMap::new(), VecDeque::new())),
+            }),
+        }
+    }
+
+    /// Starts periodic eviction; stops when `stop` turns true.
+    pub fn spawn_background(&self, mut stop: watch::Receiver<bool>) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(agent.inner.config.evict_interval_secs);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+                let cas = agent.cas().clone();
+                match tokio::task::spawn_blocking(move || cas.evict()).await {
+                    Ok(Ok(r)) if !r.evicted.is_empty() => {
+                        tracing::info!(evicted = r.evicted.len(), "evicted blobs");
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "eviction failed"),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// The local store.
+    pub fn cas(&self) -> &Cas {
+        self.inner.exchange.cas()
+    }
+
+    /// The piece exchange (sessions and pieces from peers go here).
+    pub fn exchange(&self) -> &PieceExchange<RingTracker> {
+        &self.inner.exchange
+    }
+
+    /// Serves one agent request; `None` if the request is not an agent's.
+    pub async fn handle(&self, request: &Request) -> Option<Response> {
+        Some(match request {
+            Request::Pull { namespace, digest } => match self.pull(namespace, digest).await {
+                Ok(report) => Response::Pull(report),
+                Err(e) => Response::Error(e),
+            },
+            Request::PullReport { digest } => match self.report(digest) {
+                Some(r) => Response::Pull(r),
+                None => Response::Error(RemoteError::new(
+                    ErrorKind::NotFound,
+                    format!("this agent has no pull of {digest} on record"),
+                )),
+            },
+            _ => return None,
+        })
+    }
+
+    /// The report of the last pull of `digest`.
+    pub fn report(&self, digest: &Digest) -> Option<PullReport> {
+        self.inner
+            .reports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .get(digest)
+            .cloned()
+    }
+
+    fn keep_report(&self, report: &PullReport) {
+        let mut guard = self
+            .inner
+            .reports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (map, order) = &mut *guard;
+        if map.insert(report.digest, report.clone()).is_none() {
+            order.push_back(report.digest);
+        }
+        while map.len() > self.inner.config.reports_kept {
+            match order.pop_front() {
+                Some(old) => {
+                    map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Downloads `digest` (if it is not local) and reports where its bytes came from.
+    /// Concurrent calls for one digest share one pull.
+    pub async fn pull(&self, namespace: &str, digest: &Digest) -> Result<PullReport, RemoteError> {
+        let mut rx = {
+            let mut pulls = self
+                .inner
+                .pulls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match pulls.get(digest) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    pulls.insert(*digest, rx.clone());
+                    let (agent, namespace, digest) = (self.clone(), namespace.to_string(), *digest);
+                    tokio::spawn(async move {
+                        let limit = Duration::from_secs(agent.inner.config.pull_timeout_secs);
+                        let result =
+                            match tokio::time::timeout(limit, agent.pull_once(&namespace, &digest))
+                                .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => Err(RemoteError::new(
+                                    ErrorKind::Unavailable,
+                                    format!("pull of {digest} did not finish within {limit:?}"),
+                                )),
+                            };
+                        agent
+                            .inner
+                            .pulls
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&digest);
+                        tx.send_replace(Some(result));
+                    });
+                    rx
+                }
+            }
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome
+                .clone()
+                .unwrap_or_else(|| Err(RemoteError::new(ErrorKind::Internal, "no outcome"))),
+            Err(_) => Err(RemoteError::new(ErrorKind::Internal, "the pull task ended")),
+        }
+    }
+
+    async fn pull_once(&self, namespace: &str, digest: &Digest) -> Result<PullReport, RemoteError> {
+        let started = Instant::now();
+        let metainfo = self.metainfo(namespace, digest).await?;
+        let length = metainfo.length();
+        let report = self.inner.exchange.download(metainfo).await;
+        match report {
+            Ok(report) => {
+                self.inner.metrics.pull_done(&report);
+                let pull = PullReport::from_stats(
+                    *digest,
+                    length,
+                    started.elapsed(),
+                    report.already_present,
+                    &report.stats,
+                );
+                tracing::info!(%digest, length, elapsed_ms = pull.elapsed_ms,
+                    from_agents = pull.bytes_from_agents, from_origins = pull.bytes_from_origins,
+                    "pulled");
+                self.keep_report(&pull);
+                Ok(pull)
+            }
+            Err(e) => {
+                self.inner.metrics.pull_failed();
+                Err(RemoteError::new(ErrorKind::Unavailable, e.to_string()))
+            }
+        }
+    }
+
+    /// Starts (or joins) the download of `digest` and returns a watch over its pieces, for
+    /// streaming the blob before it completes.
+    pub async fn stream(&self, namespace: &str, digest: &Digest) -> Result<BlobWatch, RemoteError> {
+        if let Some(w) = self.inner.exchange.watch(digest) {
+            return Ok(w);
+        }
+        let metainfo = self.metainfo(namespace, digest).await?;
+        self.inner
+            .exchange
+            .start_download(metainfo)
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+    }
+
+    /// The blob's metainfo: local if the blob is, else from its tracker (waiting while an
+    /// origin reads it through from a backend).
+    pub async fn metainfo(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+    ) -> Result<Metainfo, RemoteError> {
+        let cas = self.cas();
+        if cas.contains(digest).unwrap_or(false)
+            && let Ok(Some(m)) = cas.metainfo(digest)
+        {
+            return Ok(m);
+        }
+        let cluster = &self.inner.cluster;
+        let request = Request::Metainfo {
+            namespace: namespace.to_string(),
+            digest: *digest,
+        };
+        // Generous: a tracker may hold the call while an origin reads the blob through.
+        let limit = Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(self.inner.config.pull_timeout_secs);
+        loop {
+            let owners = cluster.owners_of_digest(Role::Tracker, digest, 0);
+            match cluster
+                .call_first(&owners, Role::Tracker, &request, limit)
+                .await
+            {
+                Ok(Response::Metainfo(bytes)) => {
+                    let m = Metainfo::decode(&bytes).map_err(|e| {
+                        RemoteError::new(ErrorKind::Internal, format!("bad metainfo: {e}"))
+                    })?;
+                    if m.digest() != digest {
+                        return Err(RemoteError::new(
+                            ErrorKind::Internal,
+                            format!("tracker sent metainfo of {} for {digest}", m.digest()),
+                        ));
+                    }
+                    return Ok(m);
+                }
+                Ok(Response::Pending) if Instant::now() < deadline => continue,
+                Ok(other) => {
+                    return Err(RemoteError::new(
+                        ErrorKind::Unavailable,
+                        format!("unexpected tracker answer: {other:?}"),
+                    ));
+                }
+                Err(CallError::Remote { source, .. }) => return Err(source),
+                Err(e) => {
+                    return Err(RemoteError::new(ErrorKind::Unavailable, e.to_string()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Calling other nodes: the connection pool, the current cluster view, and owner failover.
+//!
+//! [`Cluster`] is what every role uses to reach the others. It resolves a key to its owners
+//! on a ring of the current view and tries them in ring order until one answers, so a dead
+//! owner costs one failed dial (which the pool then backs off from) and nothing else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kraken_membership::{ClusterView, Member, Role};
+use kraken_storage::Digest;
+use kraken_transport::quic::{ConnectionPool, PoolError, RequestBody, RpcError, call};
+use quinn::RecvStream;
+use tokio::sync::watch;
+
+use crate::proto::{ErrorKind, RemoteError, Request, Response};
+
+/// How many origins hold each blob.
+pub const ORIGIN_REPLICAS: usize = 3;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection to the node.
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: PoolError,
+    },
+    /// The stream failed.
+    #[error("call to {addr} failed: {source}")]
+    Rpc {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: RpcError,
+    },
+    /// The node answered with an error.
+    #[error("{addr} answered: {source}")]
+    Remote {
+        /// Where.
+        addr: SocketAddr,
+        /// Its answer.
+        source: RemoteError,
+    },
+    /// The node answered with something that does not fit the request.
+    #[error("{addr} gave an unexpected answer: {answer}")]
+    Unexpected {
+        /// Where.
+        addr: SocketAddr,
+        /// The answer, for logs.
+        answer: String,
+    },
+    /// The call took too long.
+    #[error("call to {addr} timed out after {after:?}")]
+    Timeout {
+        /// Where.
+        addr: SocketAddr,
+        /// The limit.
+        after: Duration,
+    },
+    /// The ring has no live member of the role.
+    #[error("no live {0} in the cluster view")]
+    NoOwners(&'static str),
+}
+
+impl CallError {
+    /// The remote error, if the node answered with one.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            CallError::Remote { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// True if asking the next owner may help (the node is down, busy, or not the owner).
+    pub fn try_next(&self) -> bool {
+        match self {
+            CallError::Remote { source, .. } => matches!(
+                source.kind,
+                ErrorKind::WrongNode | ErrorKind::Unavailable | ErrorKind::Internal
+            ),
+            CallError::Unexpected { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// An unexpected answer, unless it is an error answer.
+    pub fn unexpected(addr: SocketAddr, answer: Response) -> Self {
+        match answer {
+            Response::Error(source) => CallError::Remote { addr, source },
+            other => CallError::Unexpected {
+                addr,
+                answer: format!("{other:?}").chars().take(200).collect(),
+            },
+        }
+    }
+}
+
+/// The pool and the view every role calls through. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    pool: ConnectionPool,
+    view: watch::Receiver<ClusterView>,
+    /// Limit for calls that move no bulk bytes.
+    pub call_timeout: Duration,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Calls through `pool`, resolving owners on the views `view` delivers.
+    pub fn new(pool: ConnectionPool, view: watch::Receiver<ClusterView>) -> Self {
+        Cluster {
+            pool,
+            view,
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &ConnectionPool {
+        &self.pool
+    }
+
+    /// The current view.
+    pub fn view(&self) -> ClusterView {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver of view changes.
+    pub fn watch_view(&self) -> watch::Receiver<ClusterView> {
+        self.view.clone()
+    }
+
+    /// The owners of `digest` on the `role` ring, best first; `replicas` 0 means all
+    /// members, in the ring's order for the digest (failover order). Suspected members go
+    /// last.
+    pub fn owners_of_digest(&self, role: Role, digest: &Digest, replicas: usize) -> Vec<Member> {
+        let view = self.view.borrow();
+        let ring = view.ring(role);
+        let n = if replicas == 0 { ring.len() } else { replicas };
+        let mut owners: Vec<Member> = ring
+            .owners_of_digest(digest, n)
+            .into_iter()
+            .cloned()
+            .collect();
+        owners.sort_by_key(|m| view.is_suspected(&m.id));
+        owners
+    }
+
+    /// The owners of `key` (raw bytes) on the `role` ring; see [`Self::owners_of_digest`].
+    pub fn owners_of_key(&self, role: Role, key: &[u8], replicas: usize) -> Vec<Member> {
+        let view = self.view.borrow();
+        let ring = view.ring(role);
+        let n = if replicas == 0 { ring.len() } else { replicas };
+        let mut owners: Vec<Member> = ring.owners(key, n).into_iter().cloned().collect();
+        owners.sort_by_key(|m| view.is_suspected(&m.id));
+        owners
+    }
+
+    /// Sends `request` with `body` to `addr`; returns the answer and the stream that carries
+    /// any response body. An error answer is returned as [`CallError::Remote`].
+    pub async fn call_stream(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        body: RequestBody<'_>,
+    ) -> Result<(Response, RecvStream), CallError> {
+        let conn = self
+            .pool
+            .get_or_connect(addr)
+            .await
+            .map_err(|source| CallError::Connect { addr, source })?;
+        let (response, recv) = call::<Request, Response>(conn.connection(), request, body)
+            .await
+            .map_err(|source| CallError::Rpc { addr, source })?;
+        match response {
+            Response::Error(source) => Err(CallError::Remote { addr, source }),
+            other => Ok((other, recv)),
+        }
+    }
+
+    /// A call without bodies, limited to [`Self::call_timeout`].
+    pub async fn call(&self, addr: SocketAddr, request: &Request) -> Result<Response, CallError> {
+        self.call_within(addr, request, self.call_timeout).await
+    }
+
+    /// A call without bodies, limited to `limit`.
+    pub async fn call_within(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        limit: Duration,
+    ) -> Result<Response, CallError> {
+        match tokio::time::timeout(limit, self.call_stream(addr, request, RequestBody::None)).await
+        {
+            Ok(r) => r.map(|(response, _)| response),
+            Err(_) => Err(CallError::Timeout { addr, after: limit }),
+        }
+    }
+
+    /// Calls the owners in order until one answers; returns the first answer, or the last
+    /// error. Errors that another owner cannot fix (a bad request, a digest mismatch, not
+    /// found) end the search at once.
+    pub async fn call_first(
+        &self,
+        owners: &[Member],
+        role: Role,
+        request: &Request,
+        limit: Duration,
+    ) -> Result<Response, CallError> {
+        let mut last = CallError::NoOwners(role.as_str());
+        for owner in owners {
+            match self.call_within(owner.quic_addr, request, limit).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.try_next() => {
+                    tracing::debug!(owner = %owner.id, error = %e, "owner failed; trying the next");
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+}

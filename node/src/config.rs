@@ -1,0 +1,455 @@
+//! A node's configuration: one TOML file, every key defaulted, validated at start.
+//!
+//! See `examples/*.toml` for a documented file per role. Sections: `[node]` (name, roles,
+//! data directory, cluster id, logs), `[quic]`, `[tls]`, `[gossip]` (ring nodes),
+//! `[view]` (agents), `[http]`, `[store]` (the CAS: quota, TTI, piece lengths),
+//! `[swarm]`, `[origin]`, `[tracker]`, `[agent]`, `[writeback_queue]` and the ordered
+//! `[[backends]]` list (origins).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kraken_membership::Role;
+use kraken_storage::backend::RouterConfig;
+use kraken_storage::cas::CasConfig;
+use kraken_storage::queue::QueueConfig;
+use kraken_transport::swarm::SwarmConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentConfig;
+use crate::origin::OriginConfig;
+use crate::tracker::TrackerConfig;
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or settings contradict each other.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A role a node process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeRole {
+    /// Seeds and stores blobs.
+    Origin,
+    /// Hands out peers and metainfo.
+    Tracker,
+    /// Tags (issue "Build-index"; not in this build yet).
+    BuildIndex,
+    /// Pulls and seeds on a host.
+    Agent,
+    /// The push side of the registry API (issue "Registry gateway"; not in this build yet).
+    Proxy,
+}
+
+impl NodeRole {
+    /// Its name in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Origin => "origin",
+            NodeRole::Tracker => "tracker",
+            NodeRole::BuildIndex => "build-index",
+            NodeRole::Agent => "agent",
+            NodeRole::Proxy => "proxy",
+        }
+    }
+
+    /// The ring it joins, if any.
+    pub fn ring(self) -> Option<Role> {
+        match self {
+            NodeRole::Origin => Some(Role::Origin),
+            NodeRole::Tracker => Some(Role::Tracker),
+            NodeRole::BuildIndex => Some(Role::BuildIndex),
+            NodeRole::Agent | NodeRole::Proxy => None,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `[node]`.
+    pub node: NodeSection,
+    /// `[quic]`.
+    pub quic: QuicSection,
+    /// `[tls]`.
+    pub tls: TlsSection,
+    /// `[gossip]`.
+    pub gossip: GossipSection,
+    /// `[view]`.
+    pub view: ViewSection,
+    /// `[http]`.
+    pub http: HttpSection,
+    /// `[store]`: the CAS (its `root` defaults to `<data_dir>/cas`).
+    pub store: Option<CasConfig>,
+    /// `[swarm]`.
+    pub swarm: SwarmSection,
+    /// `[origin]`.
+    pub origin: OriginConfig,
+    /// `[tracker]`.
+    pub tracker: TrackerConfig,
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[writeback_queue]`.
+    pub writeback_queue: QueueConfig,
+    /// `[[backends]]` (origins): namespace regex → backend, first match wins.
+    pub backends: Vec<kraken_storage::backend::RouteConfig>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's name: its ring id (stable across restarts, unique in the cluster).
+    pub name: String,
+    /// Roles this process runs (the command line may add more).
+    pub roles: Vec<NodeRole>,
+    /// Where the node keeps its state.
+    pub data_dir: PathBuf,
+    /// The cluster's id; nodes of other clusters are refused.
+    pub cluster_id: String,
+    /// Logs as JSON lines instead of text.
+    pub json_logs: bool,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: String::new(),
+            roles: Vec::new(),
+            data_dir: PathBuf::from("/var/lib/kraken"),
+            cluster_id: "kraken".into(),
+            json_logs: false,
+        }
+    }
+}
+
+/// `[quic]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuicSection {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Address peers dial (default: `listen`; required when `listen` is unspecified).
+    pub advertise: Option<SocketAddr>,
+}
+
+impl Default for QuicSection {
+    fn default() -> Self {
+        QuicSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7600)),
+            advertise: None,
+        }
+    }
+}
+
+/// `[tls]`: the cluster CA and this node's certificate (PEM files).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+/// `[gossip]` (ring nodes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GossipSection {
+    /// UDP address for gossip.
+    pub listen: SocketAddr,
+    /// Address other ring nodes reach it at (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Gossip addresses of other ring nodes (`host:port`); one is enough.
+    pub seeds: Vec<String>,
+    /// Gossip round interval, ms.
+    pub interval_ms: u64,
+}
+
+impl Default for GossipSection {
+    fn default() -> Self {
+        GossipSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7601)),
+            advertise: None,
+            seeds: Vec::new(),
+            interval_ms: 1000,
+        }
+    }
+}
+
+/// `[view]` (agents): where to read the cluster view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ViewSection {
+    /// QUIC addresses of ring nodes (`host:port`); one is enough.
+    pub seeds: Vec<String>,
+    /// How often to refresh, seconds.
+    pub refresh_secs: u64,
+}
+
+impl Default for ViewSection {
+    fn default() -> Self {
+        ViewSection {
+            seeds: Vec::new(),
+            refresh_secs: 10,
+        }
+    }
+}
+
+/// `[http]`: health, readiness and metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// TCP address (none: no HTTP server).
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7602))),
+        }
+    }
+}
+
+/// `[swarm]`: the scheduler's main knobs (the rest keep their defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwarmSection {
+    /// Peers connected per blob.
+    pub max_connections: usize,
+    /// Requests in flight per agent peer.
+    pub pipeline_to_agents: usize,
+    /// Requests in flight per origin peer.
+    pub pipeline_to_origins: usize,
+    /// Pieces sent at once per blob.
+    pub upload_slots: usize,
+    /// Seconds a finished blob keeps seeding after its last request.
+    pub seed_tti_secs: u64,
+    /// Announce interval before the tracker sets one, seconds.
+    pub announce_interval_secs: u64,
+}
+
+impl Default for SwarmSection {
+    fn default() -> Self {
+        let d = SwarmConfig::default();
+        SwarmSection {
+            max_connections: d.max_connections,
+            pipeline_to_agents: d.pipeline_to_agents,
+            pipeline_to_origins: d.pipeline_to_origins,
+            upload_slots: d.upload_slots,
+            seed_tti_secs: d.seed_tti.as_secs(),
+            announce_interval_secs: d.announce_interval.as_secs().max(1),
+        }
+    }
+}
+
+impl SwarmSection {
+    /// The scheduler config.
+    pub fn to_swarm_config(&self) -> SwarmConfig {
+        SwarmConfig {
+            max_connections: self.max_connections,
+            pipeline_to_agents: self.pipeline_to_agents,
+            pipeline_to_origins: self.pipeline_to_origins,
+            upload_slots: self.upload_slots,
+            seed_tti: Duration::from_secs(self.seed_tti_secs),
+            announce_interval: Duration::from_secs(self.announce_interval_secs),
+            rng_seed: rand::random(),
+            ..SwarmConfig::default()
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// The CAS config, rooted under the data directory unless set.
+    pub fn store_config(&self) -> CasConfig {
+        match &self.store {
+            Some(c) if c.root != CasConfig::default().root => c.clone(),
+            Some(c) => CasConfig {
+                root: self.node.data_dir.join("cas"),
+                ..c.clone()
+            },
+            None => CasConfig::at(self.node.data_dir.join("cas")),
+        }
+    }
+
+    /// The address peers dial.
+    pub fn quic_advertise(&self) -> SocketAddr {
+        self.quic.advertise.unwrap_or(self.quic.listen)
+    }
+
+    /// Whether the node runs `role`.
+    pub fn has(&self, role: NodeRole) -> bool {
+        self.node.roles.contains(&role)
+    }
+
+    /// Whether the node gossips (runs a ring role).
+    pub fn is_ring_node(&self) -> bool {
+        self.node.roles.iter().any(|r| r.ring().is_some())
+    }
+
+    /// Checks everything that can be checked before binding sockets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node.roles.is_empty() {
+            return bad("no roles: set node.roles or name them on the command line".into());
+        }
+        if self.node.name.is_empty() {
+            return bad("node.name is empty: every node needs a stable, unique name".into());
+        }
+        kraken_membership::NodeId::new(self.node.name.clone())
+            .map_err(|e| ConfigError::Invalid(format!("node.name: {e}")))?;
+        kraken_membership::ClusterId::new(self.node.cluster_id.clone())
+            .map_err(|e| ConfigError::Invalid(format!("node.cluster_id: {e}")))?;
+        if self.has(NodeRole::Origin) && self.has(NodeRole::Agent) {
+            return bad("one process cannot be both origin and agent (each owns a store)".into());
+        }
+        for role in [NodeRole::BuildIndex, NodeRole::Proxy] {
+            if self.has(role) {
+                return bad(format!(
+                    "role {} is not available in this build yet",
+                    role.as_str()
+                ));
+            }
+        }
+        if self.quic_advertise().ip().is_unspecified() {
+            return bad(format!(
+                "quic.advertise is needed when quic.listen is {}: peers must know where to dial",
+                self.quic.listen
+            ));
+        }
+        if self.is_ring_node() && self.gossip.interval_ms == 0 {
+            return bad("gossip.interval_ms must be above 0".into());
+        }
+        if self.has(NodeRole::Agent) && !self.is_ring_node() && self.view.seeds.is_empty() {
+            return bad("an agent needs view.seeds: the QUIC address of any ring node".into());
+        }
+        if self.view.refresh_secs == 0 {
+            return bad("view.refresh_secs must be above 0".into());
+        }
+        for (name, path) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if path.as_os_str().is_empty() {
+                return bad(format!("{name} is not set"));
+            }
+        }
+        self.store_config()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("store: {e}")))?;
+        self.swarm
+            .to_swarm_config()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("swarm: {e}")))?;
+        self.writeback_queue
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("writeback_queue: {e}")))?;
+        if self.has(NodeRole::Origin) {
+            self.origin.validate().map_err(ConfigError::Invalid)?;
+            RouterConfig {
+                backends: self.backends.clone(),
+            }
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("backends: {e}")))?;
+        }
+        if self.has(NodeRole::Tracker) {
+            self.tracker.validate().map_err(ConfigError::Invalid)?;
+        }
+        if self.has(NodeRole::Agent) {
+            self.agent.validate().map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> NodeConfig {
+        toml::from_str(
+            r#"
+            [node]
+            name = "origin-1"
+            roles = ["origin", "tracker"]
+            data_dir = "/tmp/x"
+            [quic]
+            listen = "127.0.0.1:7600"
+            [tls]
+            ca = "ca.crt"
+            cert = "n.crt"
+            key = "n.key"
+            [[backends]]
+            namespace = ".*"
+            backend = { fs = { root = "/tmp/backend" } }
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_minimal_origin_config_is_valid_with_defaults() {
+        let c = minimal();
+        c.validate().unwrap();
+        assert_eq!(c.store_config().root, PathBuf::from("/tmp/x/cas"));
+        assert_eq!(c.origin, OriginConfig::default());
+    }
+
+    #[test]
+    fn contradictions_are_named() {
+        let mut c = minimal();
+        c.node.roles.push(NodeRole::Agent);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("both origin and agent"), "{e}");
+
+        let mut c = minimal();
+        c.quic.listen = "0.0.0.0:7600".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("quic.advertise"), "{e}");
+
+        let mut c = minimal();
+        c.backends.clear();
+        assert!(c.validate().unwrap_err().to_string().contains("backends"));
+
+        let e = toml::from_str::<NodeConfig>("[node]\nnmae = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("nmae"), "{e}");
+    }
+}

@@ -1,0 +1,313 @@
+//! `kraken dev`: a whole cluster on loopback in one process, for a first try and for tests.
+//!
+//! Three origins (filesystem backend under the data directory), a tracker and a few agents,
+//! each a real node with its own QUIC endpoint, gossip (ring nodes), store and HTTP
+//! endpoint, all with certificates from a generated dev CA. `DIR/cluster.json` lists every
+//! node's role and addresses and the paths of the CA and of an admin client certificate,
+//! for scripts and `krakenctl --cluster`. The data directory survives restarts: blobs,
+//! queues and certificates are reused.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kraken_membership::Role;
+use kraken_storage::Digest;
+use kraken_storage::backend::{BackendConfig, FsServiceConfig, RouteConfig, ServiceConfig};
+use kraken_transport::quic::NodeIdentity;
+use kraken_transport::quic::tls::dev::DevCa;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{NodeConfig, NodeRole};
+use crate::node::Node;
+use crate::proto::{DEFAULT_NAMESPACE, PullReport, Request, Response};
+
+/// What `kraken dev` starts.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Where everything lives.
+    pub data_dir: PathBuf,
+    /// Number of agents.
+    pub agents: usize,
+    /// Number of origins.
+    pub origins: usize,
+}
+
+/// `DIR/cluster.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// The dev CA certificate.
+    pub ca: PathBuf,
+    /// A client certificate and key for tools.
+    pub admin_cert: PathBuf,
+    /// Its key.
+    pub admin_key: PathBuf,
+    /// Every node.
+    pub nodes: Vec<ClusterFileNode>,
+}
+
+/// One node in `cluster.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFileNode {
+    /// Its name.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// QUIC address.
+    pub quic: SocketAddr,
+    /// HTTP (health, metrics) address.
+    pub http: Option<SocketAddr>,
+    /// Gossip address (ring nodes).
+    pub gossip: Option<SocketAddr>,
+}
+
+/// A running dev cluster.
+#[derive(Debug)]
+pub struct DevCluster {
+    /// Origins, then the tracker, then agents.
+    pub nodes: Vec<Node>,
+    /// What was written to `cluster.json`.
+    pub file: ClusterFile,
+}
+
+fn identity(ca: &DevCa, dir: &Path, name: &str) -> anyhow::Result<NodeIdentity> {
+    match DevCa::load_node_cert(dir, name) {
+        Ok(id) => Ok(id),
+        Err(_) => Ok(ca.write_node_cert(name)?),
+    }
+}
+
+fn base_config(opts: &DevOptions, name: &str, roles: Vec<NodeRole>, ca_dir: &Path) -> NodeConfig {
+    let mut c = NodeConfig::default();
+    c.node.name = name.to_string();
+    c.node.roles = roles;
+    c.node.data_dir = opts.data_dir.join("nodes").join(name);
+    c.node.cluster_id = "kraken-dev".into();
+    c.quic.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.gossip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.gossip.interval_ms = 200;
+    c.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    c.tls.ca = ca_dir.join("ca.crt");
+    c.tls.cert = ca_dir.join(format!("{name}.crt"));
+    c.tls.key = ca_dir.join(format!("{name}.key"));
+    // Small stores, quick announces: a laptop-sized cluster.
+    let mut store = c.store_config();
+    store.capacity_bytes = 20 << 30;
+    c.store = Some(store);
+    c.swarm.announce_interval_secs = 1;
+    c.tracker.announce_interval_ms = 1000;
+    c
+}
+
+/// Starts the cluster and writes `cluster.json`.
+pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
+    let ca_dir = opts.data_dir.join("ca");
+    std::fs::create_dir_all(&ca_dir)?;
+    let ca = DevCa::load_or_create(&ca_dir)?;
+    let backend_root = opts.data_dir.join("backend");
+    std::fs::create_dir_all(&backend_root)?;
+    let mut nodes = Vec::new();
+    let mut seed: Option<SocketAddr> = None;
+    for i in 1..=opts.origins {
+        let name = format!("origin-{i}");
+        let mut c = base_config(opts, &name, vec![NodeRole::Origin], &ca_dir);
+        c.backends = vec![RouteConfig {
+            namespace: ".*".into(),
+            name: Some("dev-fs".into()),
+            backend: BackendConfig::new(ServiceConfig::Fs(FsServiceConfig {
+                root: backend_root.to_string_lossy().into_owned(),
+            })),
+        }];
+        c.origin.repair_delay_ms = 500;
+        c.gossip.seeds = seed.iter().map(ToString::to_string).collect();
+        let id = identity(&ca, &ca_dir, &name)?;
+        let node = Node::start_with(c, id, ca.cluster_ca()).await?;
+        seed = seed.or(node.gossip_addr());
+        nodes.push(node);
+    }
+    let name = "tracker-1";
+    let mut c = base_config(opts, name, vec![NodeRole::Tracker], &ca_dir);
+    c.gossip.seeds = seed.iter().map(ToString::to_string).collect();
+    let id = identity(&ca, &ca_dir, name)?;
+    nodes.push(Node::start_with(c, id, ca.cluster_ca()).await?);
+    let view_seed = nodes[0].quic_addr().to_string();
+    for i in 1..=opts.agents {
+        let name = format!("agent-{i}");
+        let mut c = base_config(opts, &name, vec![NodeRole::Agent], &ca_dir);
+        c.view.seeds = vec![view_seed.clone()];
+        c.view.refresh_secs = 2;
+        let id = identity(&ca, &ca_dir, &name)?;
+        nodes.push(Node::start_with(c, id, ca.cluster_ca()).await?);
+    }
+    identity(&ca, &ca_dir, "admin")?;
+    wait_ready(&nodes, opts.origins, Duration::from_secs(30)).await?;
+    let file = ClusterFile {
+        cluster_id: "kraken-dev".into(),
+        ca: ca_dir.join("ca.crt"),
+        admin_cert: ca_dir.join("admin.crt"),
+        admin_key: ca_dir.join("admin.key"),
+        nodes: nodes
+            .iter()
+            .map(|n| ClusterFileNode {
+                name: n.name().to_string(),
+                roles: node_roles(n),
+                quic: n.quic_addr(),
+                http: n.http_addr(),
+                gossip: n.gossip_addr(),
+            })
+            .collect(),
+    };
+    let path = opts.data_dir.join("cluster.json");
+    let tmp = opts.data_dir.join("cluster.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(DevCluster { nodes, file })
+}
+
+fn node_roles(n: &Node) -> Vec<String> {
+    let r = n.roles();
+    let mut out = Vec::new();
+    if r.origin.is_some() {
+        out.push("origin".to_string());
+    }
+    if r.tracker.is_some() {
+        out.push("tracker".to_string());
+    }
+    if r.agent.is_some() {
+        out.push("agent".to_string());
+    }
+    out
+}
+
+/// Waits until every node sees every origin and the tracker on its rings.
+pub async fn wait_ready(nodes: &[Node], origins: usize, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let ok = nodes.iter().all(|n| {
+            let v = n.cluster().view();
+            v.ring(Role::Origin).len() == origins && !v.ring(Role::Tracker).is_empty()
+        });
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the dev cluster did not converge within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl DevCluster {
+    /// The origins.
+    pub fn origins(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.roles().origin.is_some())
+    }
+
+    /// The agents.
+    pub fn agents(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.roles().agent.is_some())
+    }
+
+    /// Stops every node gracefully.
+    pub async fn shutdown(self) {
+        for n in self.nodes.into_iter().rev() {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// `kraken dev --demo`: uploads a generated blob, pulls it through every agent at once, and
+/// prints where each agent's bytes came from.
+pub async fn demo(cluster: &DevCluster, size: u64) -> anyhow::Result<Vec<(String, PullReport)>> {
+    let dir = tempfile_dir(&cluster.file)?;
+    let path = dir.join("demo.blob");
+    let digest = write_demo_blob(&path, size)?;
+    let first = cluster
+        .nodes
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no nodes"))?;
+    let client = first.cluster();
+    let owners = client.owners_of_digest(Role::Origin, &digest, 1);
+    let owner = owners
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no origin owns the demo blob"))?;
+    let started = Instant::now();
+    crate::origin::upload::push_file(
+        client,
+        owner.quic_addr,
+        DEFAULT_NAMESPACE,
+        &digest,
+        &path,
+        size,
+        false,
+        false,
+    )
+    .await?;
+    println!(
+        "uploaded {digest} ({} MiB) to {} in {:.2?}",
+        size >> 20,
+        owner.id,
+        started.elapsed()
+    );
+    let pulls = cluster.agents().map(|a| async move {
+        let request = Request::Pull {
+            namespace: DEFAULT_NAMESPACE.into(),
+            digest,
+        };
+        let r = client
+            .call_within(a.quic_addr(), &request, Duration::from_secs(600))
+            .await;
+        (a.name().to_string(), r)
+    });
+    let mut reports = Vec::new();
+    for (name, result) in futures::future::join_all(pulls).await {
+        match result {
+            Ok(Response::Pull(r)) => {
+                println!(
+                    "{name}: {:.2} s, {} MiB from agents, {} MiB from origins",
+                    r.elapsed_ms as f64 / 1000.0,
+                    r.bytes_from_agents >> 20,
+                    r.bytes_from_origins >> 20
+                );
+                reports.push((name, r));
+            }
+            Ok(other) => anyhow::bail!("{name}: unexpected answer {other:?}"),
+            Err(e) => anyhow::bail!("{name}: pull failed: {e}"),
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(reports)
+}
+
+fn tempfile_dir(file: &ClusterFile) -> anyhow::Result<PathBuf> {
+    let dir = file
+        .ca
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("demo"))
+        .ok_or_else(|| anyhow::anyhow!("bad data dir"))?;
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes `size` pseudo-random bytes (different on every run) and returns their digest.
+pub fn write_demo_blob(path: &Path, size: u64) -> anyhow::Result<Digest> {
+    use rand::RngCore;
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = kraken_storage::DigestHasher::new(kraken_storage::DigestAlgorithm::Sha256);
+    let mut rng = rand::rng();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(buf.len()).min(buf.len());
+        rng.fill_bytes(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.flush()?;
+    Ok(hasher.finish())
+}

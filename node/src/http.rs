@@ -1,0 +1,104 @@
+//! The node's small HTTP endpoint: `/health` (the process is up), `/ready` (it can serve:
+//! it sees the rings it needs), and Prometheus `/metrics`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use kraken_membership::Role;
+use tokio::sync::watch;
+
+use crate::client::Cluster;
+use crate::metrics::{Gauges, Metrics};
+use crate::service::Roles;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The node's roles (for gauges).
+    pub roles: Roles,
+    /// The view (for readiness and ring sizes).
+    pub cluster: Cluster,
+    /// Whether the node gossips.
+    pub ring_node: bool,
+}
+
+/// Serves until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
+    let view = state.cluster.view();
+    let mut missing = Vec::new();
+    if (state.roles.agent.is_some() || state.roles.tracker.is_some())
+        && view.ring(Role::Origin).is_empty()
+    {
+        missing.push("origin");
+    }
+    if state.roles.agent.is_some() && view.ring(Role::Tracker).is_empty() {
+        missing.push("tracker");
+    }
+    if missing.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: no live {} in the cluster view\n",
+                missing.join(", ")
+            ),
+        )
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let view = state.cluster.view();
+    let mut gauges = Gauges {
+        ring_sizes: vec![
+            ("origin", view.ring(Role::Origin).len()),
+            ("tracker", view.ring(Role::Tracker).len()),
+            ("build-index", view.ring(Role::BuildIndex).len()),
+        ],
+        ..Gauges::default()
+    };
+    if let Some(o) = &state.roles.origin {
+        gauges.writeback_depth = o.queue().len().ok();
+        gauges.store_bytes = Some(o.cas().used_bytes());
+        gauges.active_swarms = o.exchange().active_blobs();
+    }
+    if let Some(a) = &state.roles.agent {
+        gauges.store_bytes = Some(a.cas().used_bytes());
+        gauges.active_swarms = a.exchange().active_blobs();
+    }
+    if let Some(t) = &state.roles.tracker {
+        gauges.tracked_blobs = Some(t.tracked_blobs());
+    }
+    let _ = state.ring_node;
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(&gauges),
+    )
+}

@@ -1,0 +1,195 @@
+//! The `kraken` daemon: `kraken <roles> --config FILE` runs a node; `kraken dev` runs a
+//! whole cluster on loopback.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kraken_node::config::{NodeConfig, NodeRole};
+use kraken_node::dev::{self, DevOptions};
+use kraken_node::node::Node;
+
+#[derive(Parser)]
+#[command(
+    name = "kraken",
+    version,
+    about = "P2P distribution of OCI images and blobs over QUIC"
+)]
+struct Cli {
+    /// Logs as JSON lines (also `[node] json_logs`).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an origin (add roles with --also).
+    Origin(RunArgs),
+    /// Run a tracker.
+    Tracker(RunArgs),
+    /// Run an agent.
+    Agent(RunArgs),
+    /// Run the roles named in the config file's `[node] roles`.
+    Run(RunArgs),
+    /// Start a whole cluster on loopback in this process.
+    Dev(DevArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The node's TOML config.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// More roles for this process (e.g. `kraken origin --also tracker`).
+    #[arg(long, value_parser = parse_role)]
+    also: Vec<NodeRole>,
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Where the cluster keeps its state and writes cluster.json.
+    #[arg(long, default_value = "kraken-dev")]
+    data_dir: PathBuf,
+    /// Number of agents.
+    #[arg(long, default_value_t = 3)]
+    agents: usize,
+    /// Upload a generated blob, pull it through every agent and show where bytes came from.
+    #[arg(long)]
+    demo: bool,
+    /// Size of the demo blob in MiB.
+    #[arg(long, default_value_t = 64)]
+    demo_mib: u64,
+    /// Exit after the demo instead of serving.
+    #[arg(long)]
+    exit_after_demo: bool,
+}
+
+fn parse_role(s: &str) -> Result<NodeRole, String> {
+    match s {
+        "origin" => Ok(NodeRole::Origin),
+        "tracker" => Ok(NodeRole::Tracker),
+        "agent" => Ok(NodeRole::Agent),
+        "build-index" => Ok(NodeRole::BuildIndex),
+        "proxy" => Ok(NodeRole::Proxy),
+        other => Err(format!(
+            "unknown role {other:?} (origin, tracker, agent, build-index, proxy)"
+        )),
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_node(role: Option<NodeRole>, args: RunArgs, log_json: bool) -> anyhow::Result<()> {
+    let mut config = NodeConfig::load(&args.config)?;
+    init_logs(log_json || config.node.json_logs);
+    for r in role.into_iter().chain(args.also) {
+        if !config.node.roles.contains(&r) {
+            config.node.roles.push(r);
+        }
+    }
+    let node = Node::start(config).await?;
+    // Scripts (and tests) that asked for port 0 learn the addresses here.
+    println!("quic {}", node.quic_addr());
+    if let Some(http) = node.http_addr() {
+        println!("http {http}");
+    }
+    println!("ready");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
+    init_logs(log_json);
+    std::fs::create_dir_all(&args.data_dir)?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let cluster = dev::start(&DevOptions {
+        data_dir: data_dir.clone(),
+        agents: args.agents,
+        origins: 3,
+    })
+    .await?;
+    for n in &cluster.file.nodes {
+        println!(
+            "{:<10} {:<8} quic {}  http {}",
+            n.name,
+            n.roles.join(","),
+            n.quic,
+            n.http.map_or("-".to_string(), |a| a.to_string())
+        );
+    }
+    println!("cluster file: {}", data_dir.join("cluster.json").display());
+    println!(
+        "(registry endpoints come with the registry gateway; build-index and proxy are not in this build yet)"
+    );
+    println!("ready");
+    if args.demo {
+        dev::demo(&cluster, args.demo_mib << 20).await?;
+        if args.exit_after_demo {
+            cluster.shutdown().await;
+            return Ok(());
+        }
+    }
+    wait_for_signal().await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kraken: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Origin(a) => run_node(Some(NodeRole::Origin), a, cli.log_json).await,
+            Command::Tracker(a) => run_node(Some(NodeRole::Tracker), a, cli.log_json).await,
+            Command::Agent(a) => run_node(Some(NodeRole::Agent), a, cli.log_json).await,
+            Command::Run(a) => run_node(None, a, cli.log_json).await,
+            Command::Dev(a) => run_dev(a, cli.log_json).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kraken: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

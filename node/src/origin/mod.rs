@@ -1,0 +1,378 @@
+//! The origin role: a dedicated seeder that owns the blobs the ring assigns it.
+//!
+//! - [`upload`]: the resumable upload RPC. Bytes are staged in a file per digest (so an
+//!   interrupted upload resumes where it stopped), verified by the CAS ingest, and queued
+//!   for write-back in the durable queue **before** the upload is acknowledged.
+//! - [`readthrough`]: a request for an owned blob the origin lacks reads it from the
+//!   backend once, however many callers ask at once; callers wait on the fetch.
+//! - [`writeback`]: the executor that drains the queue to the backends.
+//! - [`replicate`]: copying blobs to the other owners after an upload, and repair when the
+//!   ring changes, so that losing origins loses nothing acknowledged.
+//!
+//! Origins serve pieces to any authenticated peer through their [`PieceExchange`]; they do
+//! not announce (trackers add owning origins to every handout from the ring).
+
+pub mod readthrough;
+pub mod replicate;
+pub mod upload;
+pub mod writeback;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use kraken_membership::{NodeId, Role};
+use kraken_storage::Digest;
+use kraken_storage::backend::NamespaceRouter;
+use kraken_storage::cas::Cas;
+use kraken_storage::queue::WriteBackQueue;
+use kraken_transport::exchange::{Handout, PieceExchange, Tracker};
+use kraken_transport::quic::{BiStream, StreamOutcome};
+use kraken_transport::swarm::PeerInfo;
+use kraken_transport::wire::PeerId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::client::{Cluster, ORIGIN_REPLICAS};
+use crate::metrics::Metrics;
+use crate::proto::{
+    BlobStat, ErrorKind, MAX_METAINFO_WAIT, QueuedItem, RemoteError, Request, Response,
+    WriteBackStatus,
+};
+
+/// Settings of the origin role (`[origin]` in a node's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Origins holding each blob.
+    pub replicas: usize,
+    /// Write-backs run at once.
+    pub writeback_concurrency: usize,
+    /// How often the write-back executor looks for due items when not woken, in ms.
+    pub writeback_poll_ms: u64,
+    /// Blobs copied to new owners at once during repair.
+    pub repair_concurrency: usize,
+    /// Delay after a ring change before repair starts (changes often come in bursts), ms.
+    pub repair_delay_ms: u64,
+    /// Largest blob accepted by upload, in bytes.
+    pub max_blob_size: u64,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            replicas: ORIGIN_REPLICAS,
+            writeback_concurrency: 4,
+            writeback_poll_ms: 1000,
+            repair_concurrency: 4,
+            repair_delay_ms: 1000,
+            max_blob_size: 1 << 40,
+        }
+    }
+}
+
+impl OriginConfig {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 {
+            return Err("origin.replicas must be at least 1".into());
+        }
+        if self.writeback_concurrency == 0 || self.repair_concurrency == 0 {
+            return Err("origin concurrency settings must be at least 1".into());
+        }
+        if self.writeback_poll_ms == 0 {
+            return Err("origin.writeback_poll_ms must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Origins do not announce: trackers list owning origins from the ring.
+#[derive(Debug, Clone, Default)]
+pub struct NoAnnounce;
+
+impl Tracker for NoAnnounce {
+    async fn announce(&self, _: Digest, _: PeerInfo, _: u64) -> Result<Handout, String> {
+        Ok(Handout {
+            peers: Vec::new(),
+            interval: Some(Duration::from_secs(3600)),
+        })
+    }
+}
+
+/// The origin role. Cheap to clone.
+#[derive(Clone)]
+pub struct Origin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    me: NodeId,
+    cluster: Cluster,
+    cas: Cas,
+    router: NamespaceRouter,
+    queue: WriteBackQueue,
+    exchange: PieceExchange<NoAnnounce>,
+    uploads_dir: PathBuf,
+    config: OriginConfig,
+    metrics: Arc<Metrics>,
+    /// One upload of a digest at a time.
+    upload_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Read-throughs in flight: waiters watch for the outcome.
+    fetches: Mutex<HashMap<Digest, readthrough::FetchOutcome>>,
+    writeback_wake: Notify,
+}
+
+/// What an origin is built from.
+pub struct OriginParts {
+    /// This node's ring id.
+    pub me: NodeId,
+    /// Calls to other nodes.
+    pub cluster: Cluster,
+    /// The blob store.
+    pub cas: Cas,
+    /// Backends by namespace.
+    pub router: NamespaceRouter,
+    /// The durable write-back queue.
+    pub queue: WriteBackQueue,
+    /// Serves pieces.
+    pub exchange: PieceExchange<NoAnnounce>,
+    /// Where interrupted uploads are staged.
+    pub uploads_dir: PathBuf,
+    /// Settings.
+    pub config: OriginConfig,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Origin {
+    /// An origin over its parts. Call [`Origin::spawn_background`] to start write-back
+    /// and repair.
+    pub fn new(parts: OriginParts) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&parts.uploads_dir)?;
+        Ok(Origin {
+            inner: Arc::new(Inner {
+                me: parts.me,
+                cluster: parts.cluster,
+                cas: parts.cas,
+                router: parts.router,
+                queue: parts.queue,
+                exchange: parts.exchange,
+                uploads_dir: parts.uploads_dir,
+                config: parts.config,
+                metrics: parts.metrics,
+                upload_locks: Mutex::new(HashMap::new()),
+                fetches: Mutex::new(HashMap::new()),
+                writeback_wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// Starts the write-back executor and the repair watcher; they stop when `stop`
+    /// turns true.
+    pub fn spawn_background(&self, stop: watch::Receiver<bool>) {
+        tokio::spawn(writeback::run(self.clone(), stop.clone()));
+        tokio::spawn(replicate::watch_ring(self.clone(), stop));
+    }
+
+    /// The local store.
+    pub fn cas(&self) -> &Cas {
+        &self.inner.cas
+    }
+
+    /// The piece exchange (sessions and pieces from peers go here).
+    pub fn exchange(&self) -> &PieceExchange<NoAnnounce> {
+        &self.inner.exchange
+    }
+
+    /// The write-back queue.
+    pub fn queue(&self) -> &WriteBackQueue {
+        &self.inner.queue
+    }
+
+    /// This node's ring id.
+    pub fn id(&self) -> &NodeId {
+        &self.inner.me
+    }
+
+    /// Whether this origin owns `digest` on the current ring.
+    pub fn is_owner(&self, digest: &Digest) -> bool {
+        self.owners(digest).iter().any(|m| m.id == self.inner.me)
+    }
+
+    fn owners(&self, digest: &Digest) -> Vec<kraken_membership::Member> {
+        self.inner
+            .cluster
+            .owners_of_digest(Role::Origin, digest, self.inner.config.replicas)
+    }
+
+    /// Serves one origin request; `None` if the request is not an origin's.
+    pub async fn handle(
+        &self,
+        peer: PeerId,
+        request: &Request,
+        stream: &mut BiStream,
+    ) -> Option<(Response, StreamOutcome)> {
+        let done = |r| Some((r, StreamOutcome::Done));
+        match request {
+            Request::OriginMetainfo {
+                namespace,
+                digest,
+                wait_ms,
+            } => {
+                let wait = Duration::from_millis(*wait_ms).min(MAX_METAINFO_WAIT);
+                done(self.metainfo(namespace, digest, wait).await)
+            }
+            Request::BlobStat { digest } => done(self.stat(digest)),
+            Request::UploadStatus { digest } => done(self.upload_status(digest)),
+            Request::Upload {
+                namespace,
+                digest,
+                offset,
+                length,
+                replica,
+                persisted,
+            } => {
+                let _ = peer;
+                let upload = upload::UploadRequest {
+                    namespace: namespace.clone(),
+                    digest: *digest,
+                    offset: *offset,
+                    length: *length,
+                    replica: *replica,
+                    persisted: *persisted,
+                };
+                Some(self.upload(upload, stream).await)
+            }
+            Request::WriteBackStatus => done(self.writeback_status()),
+            _ => None,
+        }
+    }
+
+    /// The metainfo of `digest`, reading it through from the backend if this origin owns
+    /// it and lacks it.
+    pub async fn metainfo(&self, namespace: &str, digest: &Digest, wait: Duration) -> Response {
+        match self.local_metainfo(digest) {
+            Ok(Some(bytes)) => return Response::Metainfo(bytes),
+            Ok(None) => {}
+            Err(e) => return Response::Error(e),
+        }
+        if !self.is_owner(digest) {
+            return Response::Error(RemoteError::new(
+                ErrorKind::WrongNode,
+                format!(
+                    "{} does not own {digest} and does not hold it",
+                    self.inner.me
+                ),
+            ));
+        }
+        let mut rx = self.read_through(namespace, digest);
+        let outcome = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        match outcome {
+            Err(_) => Response::Pending,
+            Ok(Err(_)) => Response::Error(RemoteError::new(
+                ErrorKind::Internal,
+                "read-through task ended without a result",
+            )),
+            Ok(Ok(result)) => match result.clone() {
+                Some(Ok(())) | None => match self.local_metainfo(digest) {
+                    Ok(Some(bytes)) => Response::Metainfo(bytes),
+                    Ok(None) => Response::Error(RemoteError::new(
+                        ErrorKind::Internal,
+                        format!("{digest} was fetched but is gone again"),
+                    )),
+                    Err(e) => Response::Error(e),
+                },
+                Some(Err(e)) => Response::Error(e),
+            },
+        }
+    }
+
+    fn local_metainfo(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError> {
+        let cas = &self.inner.cas;
+        let present = cas.contains(digest).map_err(internal)?;
+        if !present {
+            return Ok(None);
+        }
+        Ok(cas.metainfo(digest).map_err(internal)?.map(|m| m.encode()))
+    }
+
+    fn stat(&self, digest: &Digest) -> Response {
+        let cas = &self.inner.cas;
+        let result = (|| {
+            let info = cas.info(digest)?;
+            let complete = info
+                .as_ref()
+                .is_some_and(|i| i.state == kraken_storage::cas::BlobState::Complete);
+            let metainfo = if complete {
+                cas.metainfo(digest)?
+            } else {
+                None
+            };
+            Ok::<_, kraken_storage::cas::CasError>((info, complete, metainfo))
+        })();
+        let (info, complete, metainfo) = match result {
+            Ok(r) => r,
+            Err(e) => return Response::Error(internal(e)),
+        };
+        let queued = self
+            .inner
+            .queue
+            .list()
+            .map(|items| items.iter().any(|i| i.digest == *digest))
+            .unwrap_or(false);
+        Response::BlobStat(BlobStat {
+            present: complete,
+            length: info.as_ref().filter(|_| complete).map(|i| i.size),
+            piece_length: metainfo.as_ref().map(|m| u64::from(m.piece_length())),
+            metainfo_id: metainfo.as_ref().map(|m| m.id().to_string()),
+            persisted: info.as_ref().is_some_and(|i| i.persisted),
+            queued,
+            owner: self.is_owner(digest),
+        })
+    }
+
+    fn writeback_status(&self) -> Response {
+        match self.inner.queue.stats() {
+            Ok(stats) => Response::WriteBack(WriteBackStatus {
+                depth: stats.depth,
+                oldest: stats.oldest.map(|item| QueuedItem {
+                    namespace: item.namespace,
+                    digest: item.digest,
+                    age_secs: SystemTime::now()
+                        .duration_since(item.enqueued)
+                        .map_or(0, |d| d.as_secs()),
+                    attempts: item.attempts,
+                    last_error: item.last_error,
+                }),
+            }),
+            Err(e) => Response::Error(internal(e)),
+        }
+    }
+
+    /// Whether an upload of `digest` is being received or committed right now.
+    pub(crate) fn is_uploading(&self, digest: &Digest) -> bool {
+        self.inner
+            .upload_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .is_some_and(|l| Arc::strong_count(l) > 1)
+    }
+
+    fn upload_lock(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .upload_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(*digest).or_default().clone()
+    }
+}
+
+/// An internal error as a remote error.
+pub(crate) fn internal(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, e.to_string())
+}

@@ -1,0 +1,115 @@
+//! Read-through: an owned blob the origin lacks is fetched from the backend once.
+//!
+//! The first caller starts a fetch task and every caller (the first included) waits on a
+//! watch channel for its outcome, so a thousand agents asking at once cause one backend
+//! read, and each hears the moment the blob is ready. The blob streams from the backend
+//! into the CAS ingest (sha256 checked, metainfo generated) without a temp copy in memory.
+
+use futures::StreamExt;
+use kraken_storage::Digest;
+use kraken_storage::backend::BackendError;
+use kraken_storage::cas::CasError;
+use tokio::sync::watch;
+
+use super::{Origin, internal};
+use crate::bridge::channel_reader;
+use crate::proto::{ErrorKind, RemoteError};
+
+/// The outcome callers of a read-through wait on.
+pub type FetchOutcome = watch::Receiver<Option<Result<(), RemoteError>>>;
+
+impl Origin {
+    /// Joins the read-through of `digest`, starting it if none is running.
+    pub fn read_through(&self, namespace: &str, digest: &Digest) -> FetchOutcome {
+        let mut fetches = self
+            .inner
+            .fetches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(rx) = fetches.get(digest) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        fetches.insert(*digest, rx.clone());
+        drop(fetches);
+        let (origin, namespace, digest) = (self.clone(), namespace.to_string(), *digest);
+        tokio::spawn(async move {
+            let result = origin.fetch_from_backend(&namespace, &digest).await;
+            match &result {
+                Ok(()) => tracing::info!(%digest, %namespace, "read through from the backend"),
+                Err(e) => tracing::warn!(%digest, %namespace, error = %e, "read-through failed"),
+            }
+            // Forget the fetch before telling the waiters, so a failure can be retried by
+            // the next request.
+            origin
+                .inner
+                .fetches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&digest);
+            tx.send_replace(Some(result));
+        });
+        rx
+    }
+
+    async fn fetch_from_backend(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+    ) -> Result<(), RemoteError> {
+        let backend = self
+            .inner
+            .router
+            .route(namespace)
+            .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
+        let mut stream = backend.get(digest, None).await.map_err(backend_error)?;
+        let length = stream.len();
+        let (tx, reader) = channel_reader();
+        let cas = self.inner.cas.clone();
+        let digest_copy = *digest;
+        let ingest =
+            tokio::task::spawn_blocking(move || cas.ingest(&digest_copy, Some(length), reader));
+        let mut fed = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+            let failed = chunk.is_err();
+            if let Ok(c) = &chunk {
+                fed += c.len() as u64;
+            }
+            if tx.send(chunk).await.is_err() || failed {
+                break; // The ingest stopped (it will say why) or the backend failed.
+            }
+        }
+        drop(tx);
+        let ingested = ingest.await.map_err(internal)?;
+        match ingested {
+            Ok(_) => {
+                self.inner
+                    .cas
+                    .set_persisted(digest, true)
+                    .map_err(internal)?;
+                self.inner.metrics.add_backend_read_bytes(fed);
+                Ok(())
+            }
+            Err(e @ (CasError::DigestMismatch { .. } | CasError::LengthMismatch { .. })) => {
+                Err(RemoteError::new(
+                    ErrorKind::DigestMismatch,
+                    format!("the backend's copy is corrupt: {e}"),
+                ))
+            }
+            Err(CasError::Source { source, .. }) => Err(RemoteError::new(
+                ErrorKind::Unavailable,
+                format!("backend read of {digest} failed: {source}"),
+            )),
+            Err(e) => Err(internal(e)),
+        }
+    }
+}
+
+fn backend_error(e: BackendError) -> RemoteError {
+    if matches!(e, BackendError::NotFound { .. }) {
+        RemoteError::new(ErrorKind::NotFound, e.to_string())
+    } else {
+        RemoteError::new(ErrorKind::Unavailable, e.to_string())
+    }
+}

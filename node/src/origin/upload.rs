@@ -1,0 +1,384 @@
+//! The resumable upload: both ends.
+//!
+//! Server ([`Origin::upload`]): bytes land in `uploads/<digest>` (appended at the offset the
+//! client names, which must be where the staged file ends) and are fsynced when the body
+//! ends, cleanly or not, so a client can ask [`Request::UploadStatus`] and resume. Once the
+//! staged file is whole, the write-back is queued (durable), the CAS ingests the file
+//! (sha256 checked, blob pinned), and only then is the upload acknowledged. A crash between
+//! queueing and ingest leaves a queue item without a blob and without a staged file; the
+//! executor drops such orphans (the client never heard "uploaded").
+//!
+//! Client ([`push_file`]): asks where to resume, then sends the rest of a file.
+
+use std::io::SeekFrom;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use kraken_storage::Digest;
+use kraken_storage::cas::CasError;
+use kraken_transport::quic::{BiStream, RequestBody, StreamOutcome, codes};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use super::{Origin, internal};
+use crate::client::{CallError, Cluster};
+use crate::proto::{ErrorKind, RemoteError, Request, Response};
+
+/// An upload request's fields.
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    /// Routes the write-back.
+    pub namespace: String,
+    /// The blob.
+    pub digest: Digest,
+    /// Where the body starts.
+    pub offset: u64,
+    /// The whole blob's length.
+    pub length: u64,
+    /// From another owner (no further replication).
+    pub replica: bool,
+    /// Already in the backend (no write-back).
+    pub persisted: bool,
+}
+
+impl Origin {
+    fn staged_path(&self, digest: &Digest) -> PathBuf {
+        self.inner.uploads_dir.join(digest.hex())
+    }
+
+    /// How much of an interrupted upload is staged; the blob's length if it is complete.
+    pub(super) fn upload_status(&self, digest: &Digest) -> Response {
+        match self.inner.cas.info(digest) {
+            Ok(Some(info)) if info.state == kraken_storage::cas::BlobState::Complete => {
+                return Response::UploadOffset(info.size);
+            }
+            Ok(_) => {}
+            Err(e) => return Response::Error(internal(e)),
+        }
+        match std::fs::metadata(self.staged_path(digest)) {
+            Ok(m) => Response::UploadOffset(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Response::UploadOffset(0),
+            Err(e) => Response::Error(internal(e)),
+        }
+    }
+
+    /// Whether a staged upload of `digest` exists (the write-back executor keeps its
+    /// queue item).
+    pub(crate) fn has_staged(&self, digest: &Digest) -> bool {
+        self.staged_path(digest).exists()
+    }
+
+    /// Serves an upload; see the module docs.
+    pub(super) async fn upload(
+        &self,
+        req: UploadRequest,
+        stream: &mut BiStream,
+    ) -> (Response, StreamOutcome) {
+        let fail = |kind, msg: String| {
+            (
+                Response::Error(RemoteError::new(kind, msg)),
+                StreamOutcome::Done,
+            )
+        };
+        if req.length > self.inner.config.max_blob_size {
+            return fail(
+                ErrorKind::BadRequest,
+                format!(
+                    "blob of {} bytes exceeds this origin's limit of {} bytes",
+                    req.length, self.inner.config.max_blob_size
+                ),
+            );
+        }
+        if req.offset > req.length {
+            return fail(
+                ErrorKind::BadRequest,
+                format!(
+                    "offset {} is past the blob's length {}",
+                    req.offset, req.length
+                ),
+            );
+        }
+        let lock = self.upload_lock(&req.digest);
+        let _guard = lock.lock().await;
+        let cas = &self.inner.cas;
+        // Already here: nothing to receive. Make sure it is on its way to the backend.
+        match cas.info(&req.digest) {
+            Ok(Some(info)) if info.state == kraken_storage::cas::BlobState::Complete => {
+                let _ = stream.recv.stop(codes::STREAM_DONE);
+                if info.size != req.length {
+                    return fail(
+                        ErrorKind::BadRequest,
+                        format!("{} is {} bytes, not {}", req.digest, info.size, req.length),
+                    );
+                }
+                if let Err(e) = self.ensure_durable(&req) {
+                    return (Response::Error(e), StreamOutcome::Done);
+                }
+                return (
+                    Response::Uploaded { length: info.size },
+                    StreamOutcome::Done,
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return (Response::Error(internal(e)), StreamOutcome::Done),
+        }
+        let path = self.staged_path(&req.digest);
+        let staged = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return (Response::Error(internal(e)), StreamOutcome::Done),
+        };
+        if staged != req.offset {
+            let _ = stream.recv.stop(codes::REFUSED);
+            return (
+                Response::Error(RemoteError::new(
+                    ErrorKind::OffsetMismatch,
+                    format!(
+                        "origin holds {staged} bytes of {}; resume from there",
+                        req.digest
+                    ),
+                )),
+                StreamOutcome::Done,
+            );
+        }
+        let received = match receive_body(&path, staged, req.length, stream).await {
+            Ok(n) => n,
+            Err(BodyError::TooLong) => {
+                let _ = stream.recv.stop(codes::REFUSED);
+                return (
+                    Response::Error(RemoteError::new(
+                        ErrorKind::BadRequest,
+                        format!("body is longer than the declared {} bytes", req.length),
+                    )),
+                    StreamOutcome::Misbehaved,
+                );
+            }
+            Err(BodyError::Disk(e)) => {
+                let _ = stream.recv.stop(codes::INTERNAL);
+                return (Response::Error(disk_error(e)), StreamOutcome::Done);
+            }
+        };
+        self.inner.metrics.add_upload_bytes(received - staged);
+        if received < req.length {
+            // The body ended early (the client stopped or its connection broke): the bytes
+            // are staged for a resume.
+            return (Response::UploadOffset(received), StreamOutcome::Done);
+        }
+        match self.commit_staged(&req, &path).await {
+            Ok(length) => {
+                if !req.replica {
+                    self.spawn_replication(req.namespace.clone(), req.digest);
+                }
+                (Response::Uploaded { length }, StreamOutcome::Done)
+            }
+            Err(e) => (Response::Error(e), StreamOutcome::Done),
+        }
+    }
+
+    /// Queues the write-back (unless persisted), ingests the staged file, and removes it.
+    async fn commit_staged(&self, req: &UploadRequest, path: &Path) -> Result<u64, RemoteError> {
+        if !req.persisted {
+            self.inner
+                .queue
+                .enqueue(&req.namespace, &req.digest, SystemTime::now())
+                .map_err(internal)?;
+        }
+        let cas = self.inner.cas.clone();
+        let (digest, length, staged) = (req.digest, req.length, path.to_path_buf());
+        let ingested = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&staged).map_err(|e| CasError::Io {
+                op: "open staged upload",
+                path: staged.clone(),
+                source: e,
+            })?;
+            cas.ingest_pinned(&digest, Some(length), file)
+        })
+        .await
+        .map_err(internal)?;
+        let result = match ingested {
+            Ok(_) => {
+                if req.persisted {
+                    let cas = &self.inner.cas;
+                    cas.set_persisted(&req.digest, true).map_err(internal)?;
+                    cas.set_pinned(&req.digest, false).map_err(internal)?;
+                } else {
+                    self.inner.writeback_wake.notify_one();
+                }
+                Ok(length)
+            }
+            Err(e @ (CasError::DigestMismatch { .. } | CasError::LengthMismatch { .. })) => {
+                Err(RemoteError::new(ErrorKind::DigestMismatch, e.to_string()))
+            }
+            Err(e) => return Err(disk_error_cas(e)),
+        };
+        // A verified blob no longer needs its staged copy; a mismatching one never will.
+        let _ = tokio::fs::remove_file(path).await;
+        result
+    }
+
+    /// A complete blob is persisted or queued for write-back.
+    fn ensure_durable(&self, req: &UploadRequest) -> Result<(), RemoteError> {
+        let cas = &self.inner.cas;
+        let info = cas.info(&req.digest).map_err(internal)?;
+        if info.is_some_and(|i| i.persisted) {
+            return Ok(());
+        }
+        if req.persisted {
+            cas.set_persisted(&req.digest, true).map_err(internal)?;
+            return Ok(());
+        }
+        cas.set_pinned(&req.digest, true).map_err(internal)?;
+        self.inner
+            .queue
+            .enqueue(&req.namespace, &req.digest, SystemTime::now())
+            .map_err(internal)?;
+        self.inner.writeback_wake.notify_one();
+        Ok(())
+    }
+}
+
+enum BodyError {
+    TooLong,
+    Disk(std::io::Error),
+}
+
+/// Appends the request body to the staged file; returns the staged length afterwards.
+/// What arrived is fsynced even if the stream broke.
+async fn receive_body(
+    path: &Path,
+    staged: u64,
+    length: u64,
+    stream: &mut BiStream,
+) -> Result<u64, BodyError> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(BodyError::Disk)?;
+    let mut have = staged;
+    let mut outcome = Ok(());
+    loop {
+        match stream.recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => {
+                let n = chunk.bytes.len() as u64;
+                if have + n > length {
+                    outcome = Err(BodyError::TooLong);
+                    break;
+                }
+                if let Err(e) = file.write_all(&chunk.bytes).await {
+                    outcome = Err(BodyError::Disk(e));
+                    break;
+                }
+                have += n;
+            }
+            Ok(None) => break,
+            // The client went away: keep what arrived.
+            Err(e) => {
+                tracing::debug!(error = %e, staged = have, "upload body ended early");
+                break;
+            }
+        }
+    }
+    if let Err(e) = file.flush().await.and(file.sync_data().await) {
+        return Err(BodyError::Disk(e));
+    }
+    drop(file);
+    match outcome {
+        Ok(()) => Ok(have),
+        Err(e) => {
+            // Nothing of this call's bytes is kept: the staged prefix stays as it was.
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+                let _ = f.set_len(staged);
+                let _ = f.sync_data();
+            }
+            Err(e)
+        }
+    }
+}
+
+fn disk_error(e: std::io::Error) -> RemoteError {
+    if e.raw_os_error() == Some(28) {
+        RemoteError::new(ErrorKind::Unavailable, format!("origin disk is full: {e}"))
+    } else {
+        internal(e)
+    }
+}
+
+fn disk_error_cas(e: CasError) -> RemoteError {
+    match e {
+        CasError::NoSpace { .. } => RemoteError::new(ErrorKind::Unavailable, e.to_string()),
+        CasError::Io { ref source, .. } if source.raw_os_error() == Some(28) => {
+            RemoteError::new(ErrorKind::Unavailable, format!("origin disk is full: {e}"))
+        }
+        e => internal(e),
+    }
+}
+
+/// What [`push_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// Bytes sent in this call (less than the length when resuming).
+    pub sent: u64,
+    /// The blob's length.
+    pub length: u64,
+}
+
+/// Uploads `length` bytes of `path` as `digest` to the origin at `addr`, resuming where the
+/// origin's staged copy ends. `progress` is called with bytes acknowledged so far.
+#[allow(clippy::too_many_arguments)]
+pub async fn push_file(
+    cluster: &Cluster,
+    addr: SocketAddr,
+    namespace: &str,
+    digest: &Digest,
+    path: &Path,
+    length: u64,
+    replica: bool,
+    persisted: bool,
+) -> Result<Pushed, CallError> {
+    let offset = match cluster
+        .call(addr, &Request::UploadStatus { digest: *digest })
+        .await?
+    {
+        Response::UploadOffset(n) => n,
+        other => return Err(CallError::unexpected(addr, other)),
+    };
+    if offset >= length {
+        // Either complete there, or staged whole: an empty body commits it.
+        if offset > length {
+            return Err(CallError::Remote {
+                addr,
+                source: RemoteError::new(
+                    ErrorKind::BadRequest,
+                    format!("{digest} is {offset} bytes at the origin, not {length}"),
+                ),
+            });
+        }
+    }
+    let io = |e: std::io::Error| CallError::Remote {
+        addr,
+        source: RemoteError::new(ErrorKind::BadRequest, format!("{}: {e}", path.display())),
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    file.seek(SeekFrom::Start(offset)).await.map_err(io)?;
+    let mut body = tokio::io::AsyncReadExt::take(file, length.saturating_sub(offset));
+    let request = Request::Upload {
+        namespace: namespace.to_string(),
+        digest: *digest,
+        offset: offset.min(length),
+        length,
+        replica,
+        persisted,
+    };
+    let (response, _) = cluster
+        .call_stream(addr, &request, RequestBody::Reader(&mut body))
+        .await?;
+    match response {
+        Response::Uploaded { length } => Ok(Pushed {
+            sent: length.saturating_sub(offset),
+            length,
+        }),
+        other => Err(CallError::unexpected(addr, other)),
+    }
+}

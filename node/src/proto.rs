@@ -1,0 +1,315 @@
+//! The node RPC protocol: every request one node (or `krakenctl`) makes of another, and
+//! their answers.
+//!
+//! Each call is one [`Request`] frame on a fresh bidirectional stream (see
+//! `kraken_transport::quic::rpc`), answered by one [`Response`] frame; bulk bytes (an
+//! upload's body, a download's content) follow their frame raw. Errors are answers too:
+//! [`Response::Error`] carries a [`RemoteError`] whose kind a caller can act on (try the
+//! next owner, retry later, give up).
+
+use std::time::Duration;
+
+use kraken_storage::Digest;
+use kraken_transport::swarm::{PeerInfo, SwarmStats};
+use serde::{Deserialize, Serialize};
+
+/// The namespace used when a caller names none (`krakenctl push` without `--namespace`).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Longest an origin holds a metainfo request open while it reads a blob through from its
+/// backend, before answering [`Response::Pending`].
+pub const MAX_METAINFO_WAIT: Duration = Duration::from_secs(30);
+
+/// A request to a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Any node: is it up, and what is it.
+    Ping,
+    /// Ring nodes: the cluster view, encoded (agents and `krakenctl` refresh from it).
+    ClusterView,
+    /// Tracker: `peer` holds `have_bytes` of `digest`; answer with peers to try.
+    Announce {
+        /// The blob.
+        digest: Digest,
+        /// The announcer, as others should dial it.
+        peer: PeerInfo,
+        /// Bytes it has verified.
+        have_bytes: u64,
+    },
+    /// Tracker: the blob's metainfo (fetched from its origins and cached).
+    Metainfo {
+        /// Routes a read-through on the origins to a backend.
+        namespace: String,
+        /// The blob.
+        digest: Digest,
+    },
+    /// Tracker: what it knows of a blob's peers (operators).
+    Peers {
+        /// The blob.
+        digest: Digest,
+    },
+    /// Origin: the blob's metainfo; an owner that lacks the blob reads it through from the
+    /// backend, holding the request open up to `wait_ms`.
+    OriginMetainfo {
+        /// Routes the read-through.
+        namespace: String,
+        /// The blob.
+        digest: Digest,
+        /// How long to wait for a read-through before answering [`Response::Pending`].
+        wait_ms: u64,
+    },
+    /// Origin: what it holds of a blob.
+    BlobStat {
+        /// The blob.
+        digest: Digest,
+    },
+    /// Origin: how many bytes of an interrupted upload it holds (resume from there).
+    UploadStatus {
+        /// The blob.
+        digest: Digest,
+    },
+    /// Origin: upload bytes `offset..` of a blob of `length` bytes; the body follows.
+    Upload {
+        /// Routes the write-back.
+        namespace: String,
+        /// The blob; checked before commit.
+        digest: Digest,
+        /// Where the body starts; must equal what the origin already holds.
+        offset: u64,
+        /// The blob's whole length.
+        length: u64,
+        /// Sent by another owner: store it, but do not replicate further.
+        replica: bool,
+        /// The sender's copy is already in the backend: no write-back needed.
+        persisted: bool,
+    },
+    /// Origin or agent: the bytes `offset..offset+len` of a complete blob (`len` 0: to the
+    /// end); the content follows the response.
+    Download {
+        /// The blob.
+        digest: Digest,
+        /// First byte.
+        offset: u64,
+        /// Bytes wanted (0: all from `offset`).
+        len: u64,
+    },
+    /// Origin: the write-back queue's depth and oldest item.
+    WriteBackStatus,
+    /// Agent: download the blob through the swarm (if needed) and report the pull.
+    Pull {
+        /// Routes a read-through on the origins.
+        namespace: String,
+        /// The blob.
+        digest: Digest,
+    },
+    /// Agent: the report of its last pull of a blob.
+    PullReport {
+        /// The blob.
+        digest: Digest,
+    },
+}
+
+/// An answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// The request failed.
+    Error(RemoteError),
+    /// Answer to [`Request::Ping`].
+    Pong(NodeInfo),
+    /// An encoded `ClusterView`.
+    View(Vec<u8>),
+    /// Answer to [`Request::Announce`].
+    Announced {
+        /// Peers to try, best first.
+        peers: Vec<PeerInfo>,
+        /// When to announce again.
+        interval_ms: u64,
+    },
+    /// An encoded `Metainfo`.
+    Metainfo(Vec<u8>),
+    /// An owner is still reading the blob through from its backend: ask again.
+    Pending,
+    /// Answer to [`Request::Peers`].
+    Peers(Vec<PeerRecord>),
+    /// Answer to [`Request::BlobStat`].
+    BlobStat(BlobStat),
+    /// Answer to [`Request::UploadStatus`] and to an [`Request::Upload`] whose body ended
+    /// early: this many bytes are held.
+    UploadOffset(u64),
+    /// The upload is complete, verified, durable and queued for write-back.
+    Uploaded {
+        /// The blob's length.
+        length: u64,
+    },
+    /// Answer to [`Request::Download`]: this many bytes follow.
+    Content {
+        /// Bytes that follow.
+        len: u64,
+        /// The blob's whole length.
+        total: u64,
+    },
+    /// Answer to [`Request::WriteBackStatus`].
+    WriteBack(WriteBackStatus),
+    /// Answer to [`Request::Pull`] and [`Request::PullReport`].
+    Pull(PullReport),
+}
+
+/// Why a request failed, in a form a caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct RemoteError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// For people.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RemoteError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Kinds of [`RemoteError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The blob (or tag) does not exist anywhere the node looked.
+    NotFound,
+    /// This node does not serve that request (wrong role, or not an owner).
+    WrongNode,
+    /// The request was malformed or inconsistent.
+    BadRequest,
+    /// The bytes do not hash to the digest; nothing was stored.
+    DigestMismatch,
+    /// An upload's offset is not where the origin's copy ends.
+    OffsetMismatch,
+    /// A dependency (backend, owners) is unavailable; retry later.
+    Unavailable,
+    /// The node failed.
+    Internal,
+}
+
+/// What a node is (answer to [`Request::Ping`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its roles, by name.
+    pub roles: Vec<String>,
+    /// Its software version.
+    pub version: String,
+}
+
+/// A tracker's record of one peer of a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// The peer.
+    pub peer: PeerInfo,
+    /// Milliseconds since its last announce.
+    pub last_announce_ms: u64,
+}
+
+/// What an origin holds of a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStat {
+    /// Complete in its store.
+    pub present: bool,
+    /// Length, if present.
+    pub length: Option<u64>,
+    /// Piece length, if present.
+    pub piece_length: Option<u64>,
+    /// The metainfo's id (hex BLAKE3), if present.
+    pub metainfo_id: Option<String>,
+    /// Written back to the backend.
+    pub persisted: bool,
+    /// Waiting in the write-back queue.
+    pub queued: bool,
+    /// Whether this origin owns the blob on the current ring.
+    pub owner: bool,
+}
+
+/// An origin's write-back queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteBackStatus {
+    /// Items queued.
+    pub depth: u64,
+    /// The oldest: (namespace, digest, seconds queued, attempts, last error).
+    pub oldest: Option<QueuedItem>,
+}
+
+/// One write-back item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedItem {
+    /// Its namespace.
+    pub namespace: String,
+    /// The blob.
+    pub digest: Digest,
+    /// Seconds since it was queued.
+    pub age_secs: u64,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+/// Where the bytes of one pull came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullReport {
+    /// The blob.
+    pub digest: Digest,
+    /// Its length.
+    pub length: u64,
+    /// Wall time of the pull in milliseconds.
+    pub elapsed_ms: u64,
+    /// The blob was already local; nothing moved.
+    pub already_present: bool,
+    /// Verified bytes from agents.
+    pub bytes_from_agents: u64,
+    /// Verified bytes from origins.
+    pub bytes_from_origins: u64,
+    /// Requests that timed out and were retried elsewhere.
+    pub pieces_retried: u64,
+    /// Pieces that failed verification.
+    pub bad_pieces: u64,
+    /// Peers that sent bytes: (peer id hex, kind, bytes).
+    pub sources: Vec<(String, String, u64)>,
+}
+
+impl PullReport {
+    /// A report from a download's swarm statistics.
+    pub fn from_stats(
+        digest: Digest,
+        length: u64,
+        elapsed: Duration,
+        already_present: bool,
+        stats: &SwarmStats,
+    ) -> Self {
+        let sources = stats
+            .per_peer
+            .iter()
+            .filter(|(_, s)| s.downloaded > 0)
+            .map(|(id, s)| {
+                let kind = match s.kind {
+                    kraken_transport::swarm::PeerKind::Agent => "agent",
+                    kraken_transport::swarm::PeerKind::Origin => "origin",
+                };
+                (hex::encode(id.0), kind.to_string(), s.downloaded)
+            })
+            .collect();
+        PullReport {
+            digest,
+            length,
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            already_present,
+            bytes_from_agents: stats.bytes_from_agents,
+            bytes_from_origins: stats.bytes_from_origins,
+            pieces_retried: stats.requests_timed_out,
+            bad_pieces: stats.bad_pieces,
+            sources,
+        }
+    }
+}

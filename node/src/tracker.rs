@@ -1,0 +1,347 @@
+//! The tracker role: who has which blob, and metainfo for agents.
+//!
+//! The peer store and handout policy are transport's pure `PeerStore` (simnet runs the
+//! same code); this module adds the network around it:
+//!
+//! - **Announce**: record the peer (with a TTL), answer with up to `max_peers` peers —
+//!   complete peers first, then the digest's owning origins (from the ring; their peer ids
+//!   are learned by connecting to them once), then random incomplete peers — and the
+//!   interval to announce at. Under load the interval grows (proportionally to the
+//!   announce rate over `target_announces_per_sec`) instead of requests failing.
+//! - **Metainfo**: asked of the owning origins in ring order (an owner that lacks the blob
+//!   reads it through from its backend; the tracker passes `Pending` on), then cached.
+//!
+//! State is soft: a restarted tracker relearns its peers within one announce interval.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kraken_membership::{Member, Role};
+use kraken_storage::{Digest, Metainfo};
+use kraken_transport::swarm::handout::{HandoutConfig, PeerStore};
+use kraken_transport::swarm::{PeerInfo, PeerKind};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{CallError, Cluster};
+use crate::metrics::Metrics;
+use crate::proto::{ErrorKind, PeerRecord, RemoteError, Request, Response};
+
+/// Settings of the tracker role (`[tracker]` in a node's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Most peers per handout.
+    pub max_peers: usize,
+    /// Announce interval sent to peers when the tracker is not busy, in ms.
+    pub announce_interval_ms: u64,
+    /// Longest interval sent under load, in ms.
+    pub max_announce_interval_ms: u64,
+    /// Announces per second above which the interval grows.
+    pub target_announces_per_sec: u64,
+    /// A peer is forgotten after this many base intervals without an announce (intervals
+    /// stretched under load stay below half of that, so live peers never expire).
+    pub peer_ttl_intervals: u32,
+    /// Metainfos cached.
+    pub metainfo_cache_entries: usize,
+    /// How long the tracker waits on an origin's read-through before answering `Pending`,
+    /// in ms.
+    pub metainfo_wait_ms: u64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            max_peers: 50,
+            announce_interval_ms: 3000,
+            max_announce_interval_ms: 60_000,
+            target_announces_per_sec: 5000,
+            peer_ttl_intervals: 20,
+            metainfo_cache_entries: 10_000,
+            metainfo_wait_ms: 10_000,
+        }
+    }
+}
+
+impl TrackerConfig {
+    /// How long an announce is remembered.
+    pub fn peer_ttl_ms(&self) -> u64 {
+        self.announce_interval_ms
+            .saturating_mul(u64::from(self.peer_ttl_intervals))
+    }
+
+    /// The longest interval handed out: `max_announce_interval_ms`, but under half the TTL.
+    pub fn interval_cap_ms(&self) -> u64 {
+        self.max_announce_interval_ms
+            .min(self.peer_ttl_ms() / 2)
+            .max(self.announce_interval_ms)
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_peers == 0 {
+            return Err("tracker.max_peers must be at least 1".into());
+        }
+        if self.announce_interval_ms == 0
+            || self.max_announce_interval_ms < self.announce_interval_ms
+        {
+            return Err(
+                "tracker.announce_interval_ms must be above 0 and at most max_announce_interval_ms"
+                    .into(),
+            );
+        }
+        if self.target_announces_per_sec == 0 || self.peer_ttl_intervals == 0 {
+            return Err("tracker rates and TTLs must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The tracker role. Cheap to clone.
+#[derive(Clone)]
+pub struct TrackerRole {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: Cluster,
+    config: TrackerConfig,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+struct State {
+    store: PeerStore,
+    rng: SmallRng,
+    /// Origin peer ids by address, learned by connecting.
+    origin_ids: HashMap<SocketAddr, PeerInfo>,
+    metainfo: HashMap<Digest, Arc<Vec<u8>>>,
+    metainfo_order: VecDeque<Digest>,
+    /// Announces in the current one-second window, and the window's start.
+    window: (Instant, u64),
+    /// The rate seen in the last full window.
+    last_rate: u64,
+}
+
+impl TrackerRole {
+    /// A tracker that reaches origins through `cluster`.
+    pub fn new(cluster: Cluster, config: TrackerConfig, metrics: Arc<Metrics>) -> Self {
+        let ttl = Duration::from_millis(config.peer_ttl_ms());
+        let store = PeerStore::new(HandoutConfig {
+            peer_ttl: ttl,
+            max_peers: config.max_peers,
+        });
+        TrackerRole {
+            inner: Arc::new(Inner {
+                cluster,
+                config,
+                metrics,
+                state: Mutex::new(State {
+                    store,
+                    rng: SmallRng::from_os_rng(),
+                    origin_ids: HashMap::new(),
+                    metainfo: HashMap::new(),
+                    metainfo_order: VecDeque::new(),
+                    window: (Instant::now(), 0),
+                    last_rate: 0,
+                }),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Serves one tracker request; `None` if the request is not a tracker's.
+    pub async fn handle(&self, request: &Request) -> Option<Response> {
+        Some(match request {
+            Request::Announce {
+                digest,
+                peer,
+                have_bytes: _,
+            } => self.announce(digest, peer.clone()).await,
+            Request::Metainfo { namespace, digest } => self.metainfo(namespace, digest).await,
+            Request::Peers { digest } => self.peers(digest),
+            _ => return None,
+        })
+    }
+
+    /// Blobs with live peers (metrics).
+    pub fn tracked_blobs(&self) -> usize {
+        self.state().store.prune(Instant::now())
+    }
+
+    async fn announce(&self, digest: &Digest, peer: PeerInfo) -> Response {
+        if peer.kind == PeerKind::Origin {
+            // Origins are handed out from the ring, not from announces.
+            return Response::Error(RemoteError::new(
+                ErrorKind::BadRequest,
+                "origins do not announce",
+            ));
+        }
+        self.inner.metrics.announce();
+        let origins = self.origin_peers(digest).await;
+        let now = Instant::now();
+        let mut st = self.state();
+        st.store.announce(now, *digest, peer.clone());
+        let State { store, rng, .. } = &mut *st;
+        let peers = store.handout(now, digest, peer.id, &origins, rng);
+        let interval_ms = self.interval(&mut st, now);
+        Response::Announced { peers, interval_ms }
+    }
+
+    /// The base interval, stretched by the announce rate over the target.
+    fn interval(&self, st: &mut State, now: Instant) -> u64 {
+        let c = &self.inner.config;
+        let (start, count) = &mut st.window;
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            st.last_rate = *count;
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        let rate = st.last_rate.max(*count);
+        let stretched = if rate > c.target_announces_per_sec {
+            c.announce_interval_ms.saturating_mul(rate) / c.target_announces_per_sec
+        } else {
+            c.announce_interval_ms
+        };
+        stretched.min(c.interval_cap_ms())
+    }
+
+    /// The digest's owning origins as peers, learning ids by connecting when needed.
+    async fn origin_peers(&self, digest: &Digest) -> Vec<PeerInfo> {
+        let owners = self.inner.cluster.owners_of_digest(
+            Role::Origin,
+            digest,
+            crate::client::ORIGIN_REPLICAS,
+        );
+        let known: Vec<Option<PeerInfo>> = {
+            let st = self.state();
+            owners
+                .iter()
+                .map(|m| st.origin_ids.get(&m.quic_addr).cloned())
+                .collect()
+        };
+        let mut out = Vec::with_capacity(owners.len());
+        let missing: Vec<&Member> = owners
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|(m, _)| m)
+            .collect();
+        out.extend(known.into_iter().flatten());
+        if !missing.is_empty() {
+            let pool = self.inner.cluster.pool();
+            let dials = missing.iter().map(|m| async move {
+                let conn =
+                    tokio::time::timeout(Duration::from_secs(2), pool.get_or_connect(m.quic_addr))
+                        .await
+                        .ok()?
+                        .ok()?;
+                Some(PeerInfo {
+                    id: conn.peer_id(),
+                    addr: m.quic_addr,
+                    kind: PeerKind::Origin,
+                    complete: true,
+                })
+            });
+            let learned: Vec<PeerInfo> = futures::future::join_all(dials)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut st = self.state();
+            for p in &learned {
+                st.origin_ids.insert(p.addr, p.clone());
+            }
+            out.extend(learned);
+        }
+        out
+    }
+
+    async fn metainfo(&self, namespace: &str, digest: &Digest) -> Response {
+        if let Some(bytes) = self.state().metainfo.get(digest).cloned() {
+            return Response::Metainfo(bytes.as_ref().clone());
+        }
+        let cluster = &self.inner.cluster;
+        let owners = cluster.owners_of_digest(Role::Origin, digest, 0);
+        let wait_ms = self.inner.config.metainfo_wait_ms;
+        let request = Request::OriginMetainfo {
+            namespace: namespace.to_string(),
+            digest: *digest,
+            wait_ms,
+        };
+        let limit = Duration::from_millis(wait_ms) + cluster.call_timeout;
+        match cluster
+            .call_first(&owners, Role::Origin, &request, limit)
+            .await
+        {
+            Ok(Response::Metainfo(bytes)) => {
+                // Only well-formed metainfo of the asked blob is cached.
+                match Metainfo::decode(&bytes) {
+                    Ok(m) if m.digest() == digest => {
+                        self.cache(*digest, bytes.clone());
+                        Response::Metainfo(bytes)
+                    }
+                    Ok(_) | Err(_) => Response::Error(RemoteError::new(
+                        ErrorKind::Internal,
+                        format!("an origin sent invalid metainfo for {digest}"),
+                    )),
+                }
+            }
+            Ok(Response::Pending) => Response::Pending,
+            Ok(other) => Response::Error(RemoteError::new(
+                ErrorKind::Internal,
+                format!("unexpected origin answer: {other:?}"),
+            )),
+            Err(CallError::Remote { source, .. }) if source.kind == ErrorKind::WrongNode => {
+                // Every origin disowned it and none holds it.
+                Response::Error(RemoteError::new(
+                    ErrorKind::NotFound,
+                    format!("no origin holds {digest}"),
+                ))
+            }
+            Err(CallError::Remote { source, .. }) => Response::Error(source),
+            Err(e) => Response::Error(RemoteError::new(ErrorKind::Unavailable, e.to_string())),
+        }
+    }
+
+    fn cache(&self, digest: Digest, bytes: Vec<u8>) {
+        let max = self.inner.config.metainfo_cache_entries;
+        let mut st = self.state();
+        if st.metainfo.insert(digest, Arc::new(bytes)).is_none() {
+            st.metainfo_order.push_back(digest);
+        }
+        while st.metainfo.len() > max {
+            match st.metainfo_order.pop_front() {
+                Some(old) => {
+                    st.metainfo.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn peers(&self, digest: &Digest) -> Response {
+        let now = Instant::now();
+        let st = self.state();
+        let peers = st
+            .store
+            .peers(now, digest)
+            .into_iter()
+            .map(|(peer, age)| PeerRecord {
+                peer,
+                last_announce_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect();
+        Response::Peers(peers)
+    }
+}

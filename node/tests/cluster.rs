@@ -1,0 +1,224 @@
+//! End to end: real nodes (origins, a tracker, agents) in one process over real QUIC on
+//! loopback, with a filesystem backend. Blobs are uploaded, distributed, read through,
+//! survive lost origins and corrupt peers.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use kraken_node::config::NodeRole;
+use support::{TestCluster, blob_file};
+
+async fn cluster(origins: usize, agents: usize) -> TestCluster {
+    cluster_with(origins, agents, |_| {}).await
+}
+
+/// `tweak` adjusts each agent's config.
+async fn cluster_with(
+    origins: usize,
+    agents: usize,
+    tweak: impl Fn(&mut kraken_node::NodeConfig),
+) -> TestCluster {
+    let mut c = TestCluster::new();
+    for i in 1..=origins {
+        c.add(&format!("origin-{i}"), NodeRole::Origin).await;
+    }
+    c.add("tracker-1", NodeRole::Tracker).await;
+    for i in 1..=agents {
+        let mut config = c.config(&format!("agent-{i}"), NodeRole::Agent);
+        tweak(&mut config);
+        c.start(config).await;
+    }
+    c.converge(origins).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_reaches_every_agent_mostly_from_other_agents() {
+    const LEN: u64 = 200 << 20;
+    let c = cluster(3, 8).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 1);
+    c.upload(&path, &digest, LEN).await;
+    c.wait_replicated(&digest, 3).await;
+
+    let agents = c.agents();
+    let reports = futures::future::join_all(agents.iter().map(|&i| c.pull(i, &digest))).await;
+    let mut from_origins = 0;
+    for (&i, r) in agents.iter().zip(&reports) {
+        let r = r.as_ref().unwrap();
+        assert_eq!(r.length, LEN);
+        assert_eq!(
+            c.stored_digest(i, &digest),
+            digest,
+            "agent {i} stored other bytes"
+        );
+        from_origins += r.bytes_from_origins;
+    }
+    let egress = from_origins as f64 / LEN as f64;
+    eprintln!("origin egress: {egress:.2}x the blob for 8 agents");
+    assert!(
+        egress < 5.0,
+        "origins sent {egress:.2}x the blob to 8 agents"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_agent_completes_after_two_of_three_origins_die_mid_distribution() {
+    const LEN: u64 = 64 << 20;
+    let mut c = cluster_with(3, 4, |a| a.agent.ingress_bytes_per_sec = 16 << 20).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 2);
+    c.upload(&path, &digest, LEN).await;
+    c.wait_replicated(&digest, 3).await;
+
+    // Agents download through an ingress limit so the distribution is still under way
+    // when the origins die.
+    let agents = c.agents();
+    let pulls: Vec<_> = agents
+        .iter()
+        .map(|&i| {
+            let addr = c.node(i).quic_addr();
+            let client = c.client().clone();
+            tokio::spawn(async move {
+                let request = kraken_node::proto::Request::Pull {
+                    namespace: "default".into(),
+                    digest,
+                };
+                client
+                    .call_within(addr, &request, Duration::from_secs(300))
+                    .await
+            })
+        })
+        .collect();
+    // Once some agent has started receiving, kill two origins.
+    let first = agents[0];
+    let cas = c.node(first).roles().agent.as_ref().unwrap().cas().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cas.info(&digest).unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no download started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let origins = c.origins();
+    c.kill(origins[0]);
+    c.kill(origins[1]);
+    for (p, &i) in pulls.into_iter().zip(&agents) {
+        match p.await.unwrap() {
+            Ok(kraken_node::proto::Response::Pull(r)) => assert_eq!(r.length, LEN),
+            other => panic!("agent {i}: {other:?}"),
+        }
+        assert_eq!(c.stored_digest(i, &digest), digest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_only_in_the_backend_is_read_through_once_for_many_agents() {
+    const LEN: u64 = 24 << 20;
+    let c = cluster(3, 4).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 3);
+    // Put it straight into the backend, as another cluster's write-back would have.
+    let backend = kraken_storage::backend::Backend::new(
+        "seed",
+        &support::fs_backend(&c.backend_root),
+        kraken_storage::backend::default_http_client().unwrap(),
+    )
+    .unwrap();
+    backend
+        .put_file(&digest, std::fs::File::open(&path).unwrap(), LEN)
+        .await
+        .unwrap();
+
+    let agents = c.agents();
+    let reports = futures::future::join_all(agents.iter().map(|&i| c.pull(i, &digest))).await;
+    for (&i, r) in agents.iter().zip(&reports) {
+        assert_eq!(r.as_ref().unwrap().length, LEN);
+        assert_eq!(c.stored_digest(i, &digest), digest);
+    }
+    // One read of the backend, by one owner, however many agents asked at once.
+    let read: Vec<u64> = c
+        .origins()
+        .iter()
+        .map(|&i| backend_read_bytes(c.node(i)))
+        .collect();
+    assert_eq!(
+        read.iter().sum::<u64>(),
+        LEN,
+        "backend reads per origin: {read:?}"
+    );
+
+    // A blob the backend lacks is a clear "not found", not a hang.
+    let missing = kraken_storage::Digest::sha256_of(b"nobody has this");
+    let err = c.pull(agents[0], &missing).await.unwrap_err();
+    assert!(err.contains("NotFound"), "{err}");
+}
+
+fn backend_read_bytes(node: &kraken_node::Node) -> u64 {
+    let text = node.metrics().render(&Default::default());
+    text.lines()
+        .find_map(|l| l.strip_prefix("kraken_backend_read_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_pulls_of_one_digest_share_one_download() {
+    const LEN: u64 = 16 << 20;
+    let c = cluster(1, 1).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 4);
+    c.upload(&path, &digest, LEN).await;
+    let agent_index = c.agents()[0];
+    let agent = c.node(agent_index).roles().agent.clone().unwrap();
+    let pulls = (0..100).map(|_| {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.pull("default", &digest).await })
+    });
+    let reports: Vec<_> = futures::future::join_all(pulls).await;
+    let first = reports[0].as_ref().unwrap().as_ref().unwrap().clone();
+    for r in &reports {
+        let r = r.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(r, &first, "every caller sees the one pull");
+    }
+    assert!(!first.already_present);
+    let text = c.node(agent_index).metrics().render(&Default::default());
+    assert!(text.contains("kraken_pulls_total 1\n"), "{text}");
+    // Exactly the blob crossed the network once (no endgame duplicates at one peer).
+    assert_eq!(first.bytes_from_origins + first.bytes_from_agents, LEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_serving_corrupt_pieces_is_blacklisted_and_nothing_bad_is_stored() {
+    const LEN: u64 = 32 << 20;
+    let c = cluster(1, 5).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 5);
+    c.upload(&path, &digest, LEN).await;
+    let agents = c.agents();
+    let bad = agents[0];
+    c.pull(bad, &digest).await.unwrap();
+    // Rot every byte of the bad agent's copy on disk: it now serves garbage for every
+    // piece while claiming to have them all.
+    let cas = c.node(bad).roles().agent.as_ref().unwrap().cas().clone();
+    let file = cas.blob_path(&digest);
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in bytes.iter_mut() {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+
+    let others = &agents[1..];
+    let reports = futures::future::join_all(others.iter().map(|&i| c.pull(i, &digest))).await;
+    let mut bad_pieces = 0;
+    for (&i, r) in others.iter().zip(&reports) {
+        let r = r.as_ref().unwrap();
+        bad_pieces += r.bad_pieces;
+        assert_eq!(
+            c.stored_digest(i, &digest),
+            digest,
+            "agent {i} stored bad bytes"
+        );
+    }
+    eprintln!("bad pieces seen: {bad_pieces}");
+    assert!(
+        bad_pieces > 0,
+        "nobody asked the corrupt agent: the test proved nothing"
+    );
+}

@@ -1,0 +1,245 @@
+//! An in-process cluster of real nodes on loopback for the end-to-end tests.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kraken_membership::Role;
+use kraken_node::client::Cluster;
+use kraken_node::config::{NodeConfig, NodeRole};
+use kraken_node::node::Node;
+use kraken_node::proto::{DEFAULT_NAMESPACE, PullReport, Request, Response};
+use kraken_storage::Digest;
+use kraken_storage::backend::{BackendConfig, FsServiceConfig, RouteConfig, ServiceConfig};
+use kraken_transport::quic::tls::dev::DevCa;
+use tempfile::TempDir;
+
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub ca: DevCa,
+    pub backend_root: PathBuf,
+    pub nodes: Vec<Option<Node>>,
+    seed: Option<SocketAddr>,
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestCluster {
+    pub fn new() -> Self {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::create(&dir.path().join("ca")).unwrap();
+        let backend_root = dir.path().join("backend");
+        std::fs::create_dir_all(&backend_root).unwrap();
+        TestCluster {
+            dir,
+            ca,
+            backend_root,
+            nodes: Vec::new(),
+            seed: None,
+        }
+    }
+
+    pub fn config(&self, name: &str, role: NodeRole) -> NodeConfig {
+        let mut c = NodeConfig::default();
+        c.node.name = name.into();
+        c.node.roles = vec![role];
+        c.node.data_dir = self.dir.path().join("nodes").join(name);
+        c.node.cluster_id = "test".into();
+        c.quic.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.gossip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.gossip.interval_ms = 100;
+        c.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.tls.ca = "unused".into();
+        c.tls.cert = "unused".into();
+        c.tls.key = "unused".into();
+        c.swarm.announce_interval_secs = 1;
+        c.tracker.announce_interval_ms = 500;
+        c.origin.repair_delay_ms = 300;
+        c.origin.writeback_poll_ms = 100;
+        c.writeback_queue.base_backoff_ms = 100;
+        c.writeback_queue.max_backoff_ms = 500;
+        c.view.refresh_secs = 1;
+        c.gossip.seeds = self.seed.iter().map(ToString::to_string).collect();
+        if role == NodeRole::Origin {
+            c.backends = vec![RouteConfig {
+                namespace: ".*".into(),
+                name: Some("test-fs".into()),
+                backend: fs_backend(&self.backend_root),
+            }];
+        }
+        if role == NodeRole::Agent {
+            c.view.seeds = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter(|n| n.roles().origin.is_some() || n.roles().tracker.is_some())
+                .map(|n| n.quic_addr().to_string())
+                .collect();
+        }
+        c
+    }
+
+    pub async fn start(&mut self, config: NodeConfig) -> usize {
+        let name = config.node.name.clone();
+        let identity = self.ca.issue_node_cert(&name).unwrap();
+        let node = Node::start_with(config, identity, self.ca.cluster_ca())
+            .await
+            .unwrap();
+        if self.seed.is_none() {
+            self.seed = node.gossip_addr();
+        }
+        self.nodes.push(Some(node));
+        self.nodes.len() - 1
+    }
+
+    pub async fn add(&mut self, name: &str, role: NodeRole) -> usize {
+        let c = self.config(name, role);
+        self.start(c).await
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    pub fn agents(&self) -> Vec<usize> {
+        self.indexes(|n| n.roles().agent.is_some())
+    }
+
+    pub fn origins(&self) -> Vec<usize> {
+        self.indexes(|n| n.roles().origin.is_some())
+    }
+
+    fn indexes(&self, f: impl Fn(&Node) -> bool) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].as_ref().is_some_and(&f))
+            .collect()
+    }
+
+    /// Waits until every live node sees `origins` origins and at least one tracker.
+    pub async fn converge(&self, origins: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().flatten().all(|n| {
+                let v = n.cluster().view();
+                v.ring(Role::Origin).len() == origins && !v.ring(Role::Tracker).is_empty()
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster did not converge");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].take().unwrap().kill();
+    }
+
+    /// Calls from the tracker's node (tests kill origins and agents, never the tracker).
+    pub fn client(&self) -> &Cluster {
+        self.nodes
+            .iter()
+            .flatten()
+            .find(|n| n.roles().tracker.is_some())
+            .or_else(|| self.nodes.iter().flatten().next())
+            .unwrap()
+            .cluster()
+    }
+
+    /// Uploads `path` to the blob's first owner.
+    pub async fn upload(&self, path: &Path, digest: &Digest, len: u64) {
+        let owners = self.client().owners_of_digest(Role::Origin, digest, 1);
+        kraken_node::origin::upload::push_file(
+            self.client(),
+            owners[0].quic_addr,
+            DEFAULT_NAMESPACE,
+            digest,
+            path,
+            len,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Waits until `n` origins hold the blob.
+    pub async fn wait_replicated(&self, digest: &Digest, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let held = self
+                .origins()
+                .iter()
+                .filter(|&&i| {
+                    self.node(i)
+                        .roles()
+                        .origin
+                        .as_ref()
+                        .unwrap()
+                        .cas()
+                        .contains(digest)
+                        .unwrap()
+                })
+                .count();
+            if held >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {held} origins hold {digest}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asks agent `i` to pull the blob.
+    pub async fn pull(&self, i: usize, digest: &Digest) -> Result<PullReport, String> {
+        let request = Request::Pull {
+            namespace: DEFAULT_NAMESPACE.into(),
+            digest: *digest,
+        };
+        match self
+            .client()
+            .call_within(self.node(i).quic_addr(), &request, Duration::from_secs(300))
+            .await
+        {
+            Ok(Response::Pull(r)) => Ok(r),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The sha256 of agent `i`'s stored copy.
+    pub fn stored_digest(&self, i: usize, digest: &Digest) -> Digest {
+        let cas = self.node(i).roles().agent.as_ref().unwrap().cas().clone();
+        let bytes = std::fs::read(cas.blob_path(digest)).unwrap();
+        Digest::sha256_of(&bytes)
+    }
+}
+
+pub fn fs_backend(root: &Path) -> BackendConfig {
+    BackendConfig::new(ServiceConfig::Fs(FsServiceConfig {
+        root: root.to_string_lossy().into_owned(),
+    }))
+}
+
+/// Writes a pseudo-random file of `len` bytes; returns its digest.
+pub fn blob_file(dir: &Path, name: &str, len: u64, seed: u64) -> (PathBuf, Digest) {
+    use rand::{RngCore, SeedableRng};
+    let path = dir.join(name);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut data = vec![0u8; len as usize];
+    rng.fill_bytes(&mut data);
+    std::fs::write(&path, &data).unwrap();
+    (path, Digest::sha256_of(&data))
+}
