@@ -312,6 +312,54 @@ impl Agent {
             .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
     }
 
+    /// The bytes `range` of the blob (all of it if `None`), in order, as soon as each piece
+    /// arrives: a registry client can start receiving before the download completes. The
+    /// stream ends with an error if the download fails or the range is past the end.
+    pub async fn read_stream(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<
+        impl futures::Stream<Item = Result<bytes::Bytes, RemoteError>> + Send + 'static,
+        RemoteError,
+    > {
+        let watch = self.stream(namespace, digest).await?;
+        let meta = watch.metainfo().clone();
+        let len = meta.length();
+        let range = range.unwrap_or(0..len);
+        if range.start > range.end || range.end > len {
+            return Err(RemoteError::new(
+                ErrorKind::BadRequest,
+                format!("range {range:?} is outside {digest} ({len} bytes)"),
+            ));
+        }
+        let piece_len = u64::from(meta.piece_length());
+        let first = range.start / piece_len;
+        let state = (watch, first, range);
+        Ok(futures::stream::try_unfold(
+            state,
+            move |(mut watch, index, range)| async move {
+                let start = index * piece_len;
+                if start >= range.end || range.is_empty() {
+                    return Ok(None);
+                }
+                let piece =
+                    kraken_storage::PieceIndex(u32::try_from(index).map_err(|_| {
+                        RemoteError::new(ErrorKind::Internal, "piece index overflow")
+                    })?);
+                let failed = |e: kraken_transport::exchange::ExchangeError| {
+                    RemoteError::new(ErrorKind::Unavailable, e.to_string())
+                };
+                watch.wait_piece(piece).await.map_err(failed)?;
+                let bytes = watch.read_piece(piece).await.map_err(failed)?;
+                let from = range.start.saturating_sub(start) as usize;
+                let to = (range.end - start).min(bytes.len() as u64) as usize;
+                Ok(Some((bytes.slice(from..to), (watch, index + 1, range))))
+            },
+        ))
+    }
+
     /// The blob's metainfo: local if the blob is, else from its tracker (waiting while an
     /// origin reads it through from a backend).
     pub async fn metainfo(

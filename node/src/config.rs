@@ -18,6 +18,7 @@ use kraken_transport::swarm::SwarmConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentConfig;
+use crate::buildindex::BuildIndexConfig;
 use crate::origin::OriginConfig;
 use crate::tracker::TrackerConfig;
 
@@ -53,7 +54,7 @@ pub enum NodeRole {
     Origin,
     /// Hands out peers and metainfo.
     Tracker,
-    /// Tags (issue "Build-index"; not in this build yet).
+    /// Durable tags and their replication.
     BuildIndex,
     /// Pulls and seeds on a host.
     Agent,
@@ -110,6 +111,8 @@ pub struct NodeConfig {
     pub tracker: TrackerConfig,
     /// `[agent]`.
     pub agent: AgentConfig,
+    /// `[build_index]`.
+    pub build_index: BuildIndexConfig,
     /// `[writeback_queue]`.
     pub writeback_queue: QueueConfig,
     /// `[[backends]]` (origins): namespace regex → backend, first match wins.
@@ -223,15 +226,25 @@ impl Default for ViewSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
-    /// TCP address (none: no HTTP server).
-    pub listen: Option<SocketAddr>,
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// TCP address.
+    pub listen: SocketAddr,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7602))),
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7602)),
         }
+    }
+}
+
+impl HttpSection {
+    /// Where to serve, if at all.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.enabled.then_some(self.listen)
     }
 }
 
@@ -284,7 +297,8 @@ impl SwarmSection {
 }
 
 impl NodeConfig {
-    /// Reads and validates a file.
+    /// Reads and parses a file (call [`NodeConfig::validate`] once the command line has
+    /// added its roles).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -292,7 +306,7 @@ impl NodeConfig {
         })?;
         let config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: one_line_error(&text, &e),
         })?;
         Ok(config)
     }
@@ -340,13 +354,8 @@ impl NodeConfig {
         if self.has(NodeRole::Origin) && self.has(NodeRole::Agent) {
             return bad("one process cannot be both origin and agent (each owns a store)".into());
         }
-        for role in [NodeRole::BuildIndex, NodeRole::Proxy] {
-            if self.has(role) {
-                return bad(format!(
-                    "role {} is not available in this build yet",
-                    role.as_str()
-                ));
-            }
+        if self.has(NodeRole::Proxy) {
+            return bad("role proxy is not available in this build yet".into());
         }
         if self.quic_advertise().ip().is_unspecified() {
             return bad(format!(
@@ -356,6 +365,15 @@ impl NodeConfig {
         }
         if self.is_ring_node() && self.gossip.interval_ms == 0 {
             return bad("gossip.interval_ms must be above 0".into());
+        }
+        if self.is_ring_node()
+            && self.gossip.listen.ip().is_unspecified()
+            && self.gossip.advertise.is_none()
+        {
+            return bad(format!(
+                "gossip.advertise is needed when gossip.listen is {}: other ring nodes must know where to reach it",
+                self.gossip.listen
+            ));
         }
         if self.has(NodeRole::Agent) && !self.is_ring_node() && self.view.seeds.is_empty() {
             return bad("an agent needs view.seeds: the QUIC address of any ring node".into());
@@ -384,6 +402,11 @@ impl NodeConfig {
             .map_err(|e| ConfigError::Invalid(format!("writeback_queue: {e}")))?;
         if self.has(NodeRole::Origin) {
             self.origin.validate().map_err(ConfigError::Invalid)?;
+        }
+        if self.has(NodeRole::BuildIndex) {
+            self.build_index.validate().map_err(ConfigError::Invalid)?;
+        }
+        if self.has(NodeRole::Origin) || self.has(NodeRole::BuildIndex) {
             RouterConfig {
                 backends: self.backends.clone(),
             }
@@ -397,6 +420,23 @@ impl NodeConfig {
             self.agent.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
+    }
+}
+
+/// A TOML error on one line: where, what, and the offending source line (which names the
+/// key even when the parser's message does not).
+fn one_line_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+                + 1;
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}: {message} (in `{source}`)")
+        }
+        None => message,
     }
 }
 

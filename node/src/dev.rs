@@ -1,6 +1,7 @@
 //! `kraken dev`: a whole cluster on loopback in one process, for a first try and for tests.
 //!
-//! Three origins (filesystem backend under the data directory), a tracker and a few agents,
+//! Three origins (filesystem backend under the data directory), a tracker, a build-index
+//! and a few agents,
 //! each a real node with its own QUIC endpoint, gossip (ring nodes), store and HTTP
 //! endpoint, all with certificates from a generated dev CA. `DIR/cluster.json` lists every
 //! node's role and addresses and the paths of the CA and of an admin client certificate,
@@ -66,7 +67,7 @@ pub struct ClusterFileNode {
 /// A running dev cluster.
 #[derive(Debug)]
 pub struct DevCluster {
-    /// Origins, then the tracker, then agents.
+    /// Origins, the tracker, the build-index, then agents.
     pub nodes: Vec<Node>,
     /// What was written to `cluster.json`.
     pub file: ClusterFile,
@@ -88,7 +89,7 @@ fn base_config(opts: &DevOptions, name: &str, roles: Vec<NodeRole>, ca_dir: &Pat
     c.quic.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.gossip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.gossip.interval_ms = 200;
-    c.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.tls.ca = ca_dir.join("ca.crt");
     c.tls.cert = ca_dir.join(format!("{name}.crt"));
     c.tls.key = ca_dir.join(format!("{name}.key"));
@@ -99,6 +100,17 @@ fn base_config(opts: &DevOptions, name: &str, roles: Vec<NodeRole>, ca_dir: &Pat
     c.swarm.announce_interval_secs = 1;
     c.tracker.announce_interval_ms = 1000;
     c
+}
+
+/// Every namespace in one filesystem backend under the data directory.
+fn dev_backend(root: &Path) -> RouteConfig {
+    RouteConfig {
+        namespace: ".*".into(),
+        name: Some("dev-fs".into()),
+        backend: BackendConfig::new(ServiceConfig::Fs(FsServiceConfig {
+            root: root.to_string_lossy().into_owned(),
+        })),
+    }
 }
 
 /// Starts the cluster and writes `cluster.json`.
@@ -113,13 +125,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     for i in 1..=opts.origins {
         let name = format!("origin-{i}");
         let mut c = base_config(opts, &name, vec![NodeRole::Origin], &ca_dir);
-        c.backends = vec![RouteConfig {
-            namespace: ".*".into(),
-            name: Some("dev-fs".into()),
-            backend: BackendConfig::new(ServiceConfig::Fs(FsServiceConfig {
-                root: backend_root.to_string_lossy().into_owned(),
-            })),
-        }];
+        c.backends = vec![dev_backend(&backend_root)];
         c.origin.repair_delay_ms = 500;
         c.gossip.seeds = seed.iter().map(ToString::to_string).collect();
         let id = identity(&ca, &ca_dir, &name)?;
@@ -130,6 +136,12 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     let name = "tracker-1";
     let mut c = base_config(opts, name, vec![NodeRole::Tracker], &ca_dir);
     c.gossip.seeds = seed.iter().map(ToString::to_string).collect();
+    let id = identity(&ca, &ca_dir, name)?;
+    nodes.push(Node::start_with(c, id, ca.cluster_ca()).await?);
+    let name = "build-index-1";
+    let mut c = base_config(opts, name, vec![NodeRole::BuildIndex], &ca_dir);
+    c.gossip.seeds = seed.iter().map(ToString::to_string).collect();
+    c.backends = vec![dev_backend(&backend_root)];
     let id = identity(&ca, &ca_dir, name)?;
     nodes.push(Node::start_with(c, id, ca.cluster_ca()).await?);
     let view_seed = nodes[0].quic_addr().to_string();
@@ -177,6 +189,9 @@ fn node_roles(n: &Node) -> Vec<String> {
     }
     if r.agent.is_some() {
         out.push("agent".to_string());
+    }
+    if r.build_index.is_some() {
+        out.push("build-index".to_string());
     }
     out
 }
@@ -265,11 +280,12 @@ pub async fn demo(cluster: &DevCluster, size: u64) -> anyhow::Result<Vec<(String
     for (name, result) in futures::future::join_all(pulls).await {
         match result {
             Ok(Response::Pull(r)) => {
+                let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
                 println!(
-                    "{name}: {:.2} s, {} MiB from agents, {} MiB from origins",
+                    "{name}: {:.2} s, {:.1} MiB from agents, {:.1} MiB from origins",
                     r.elapsed_ms as f64 / 1000.0,
-                    r.bytes_from_agents >> 20,
-                    r.bytes_from_origins >> 20
+                    mib(r.bytes_from_agents),
+                    mib(r.bytes_from_origins)
                 );
                 reports.push((name, r));
             }

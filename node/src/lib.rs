@@ -8,6 +8,8 @@
 //!   owning origins, an announce interval that grows under load.
 //! - [`agent`]: pulls through the swarm with one download per digest however many callers,
 //!   streaming before completion, bandwidth limits, and a report of where the bytes came from.
+//! - [`buildindex`]: durable tags with dependency checks, write-through to backends, and a
+//!   durable replication queue to the other owners and to remote clusters.
 //!
 //! Around them: [`proto`] (the RPC messages), [`client`] (calls with owner failover),
 //! [`service`] (routing incoming streams to roles), [`view`] (agents' view refresh),
@@ -16,9 +18,11 @@
 
 pub mod agent;
 pub mod bridge;
+pub mod buildindex;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod node;

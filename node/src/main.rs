@@ -31,6 +31,8 @@ enum Command {
     Tracker(RunArgs),
     /// Run an agent.
     Agent(RunArgs),
+    /// Run a build-index.
+    BuildIndex(RunArgs),
     /// Run the roles named in the config file's `[node] roles`.
     Run(RunArgs),
     /// Start a whole cluster on loopback in this process.
@@ -115,6 +117,8 @@ async fn run_node(role: Option<NodeRole>, args: RunArgs, log_json: bool) -> anyh
             config.node.roles.push(r);
         }
     }
+    // Settings first: a bad value is named before any file or socket is touched.
+    config.validate()?;
     let node = Node::start(config).await?;
     // Scripts (and tests) that asked for port 0 learn the addresses here.
     println!("quic {}", node.quic_addr());
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
             Command::Origin(a) => run_node(Some(NodeRole::Origin), a, cli.log_json).await,
             Command::Tracker(a) => run_node(Some(NodeRole::Tracker), a, cli.log_json).await,
             Command::Agent(a) => run_node(Some(NodeRole::Agent), a, cli.log_json).await,
+            Command::BuildIndex(a) => run_node(Some(NodeRole::BuildIndex), a, cli.log_json).await,
             Command::Run(a) => run_node(None, a, cli.log_json).await,
             Command::Dev(a) => run_dev(a, cli.log_json).await,
         }
@@ -188,7 +193,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kraken: {e:#}");
+            // Our errors already carry their causes in their text.
+            eprintln!("kraken: {e}");
             ExitCode::FAILURE
         }
     }

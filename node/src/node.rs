@@ -29,6 +29,7 @@ use quinn::RecvStream;
 use tokio::sync::watch;
 
 use crate::agent::{Agent, RingTracker};
+use crate::buildindex::{BuildIndex, BuildIndexParts};
 use crate::client::Cluster;
 use crate::config::{NodeConfig, NodeRole};
 use crate::http;
@@ -170,7 +171,7 @@ impl Node {
             .map_err(|e| StartError::Membership(e.to_string()))?;
 
         // The HTTP listener first: its address goes into the member record.
-        let http_listener = match config.http.listen {
+        let http_listener = match config.http.address() {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
                     .await
@@ -243,14 +244,12 @@ impl Node {
                     kind: PeerKind::Origin,
                     complete: true,
                 };
-                let exchange = PieceExchange::new(
-                    pool.clone(),
-                    cas.clone(),
-                    NoAnnounce,
-                    me,
-                    exchange_config.clone(),
-                )
-                .map_err(|e| StartError::Storage(e.to_string()))?;
+                let mut exchange_config = exchange_config.clone();
+                exchange_config.egress = rate(config.origin.egress_bytes_per_sec)?;
+                exchange_config.ingress = rate(config.origin.ingress_bytes_per_sec)?;
+                let exchange =
+                    PieceExchange::new(pool.clone(), cas.clone(), NoAnnounce, me, exchange_config)
+                        .map_err(|e| StartError::Storage(e.to_string()))?;
                 let http = default_http_client().map_err(|e| StartError::Storage(e.to_string()))?;
                 let router = NamespaceRouter::new(
                     &RouterConfig {
@@ -305,6 +304,27 @@ impl Node {
                 agent.spawn_background(stop_rx.clone());
                 roles.agent = Some(agent);
             }
+        }
+        if config.has(NodeRole::BuildIndex) {
+            let http = default_http_client().map_err(|e| StartError::Storage(e.to_string()))?;
+            let router = NamespaceRouter::new(
+                &RouterConfig {
+                    backends: config.backends.clone(),
+                },
+                http,
+            )
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+            let bi = BuildIndex::open(BuildIndexParts {
+                me: node_id.clone(),
+                cluster: cluster.clone(),
+                data_dir: config.node.data_dir.join("build-index"),
+                router,
+                config: config.build_index.clone(),
+                queue: config.writeback_queue.clone(),
+            })
+            .map_err(StartError::Storage)?;
+            bi.spawn_background(stop_rx.clone());
+            roles.build_index = Some(bi);
         }
         if config.has(NodeRole::Tracker) {
             roles.tracker = Some(TrackerRole::new(

@@ -107,6 +107,50 @@ pub enum Request {
         /// The blob.
         digest: Digest,
     },
+    /// Build-index: point `repo:tag` at `digest` (after checking that the digest and
+    /// everything it references exist in the origins, unless `replica`).
+    PutTag {
+        /// Repository name.
+        repo: String,
+        /// Tag.
+        tag: String,
+        /// Target.
+        digest: Digest,
+        /// Sent by another owner: store it, do not re-check or re-replicate to owners.
+        replica: bool,
+    },
+    /// Build-index: what `repo:tag` points at.
+    GetTag {
+        /// Repository name.
+        repo: String,
+        /// Tag.
+        tag: String,
+    },
+    /// Build-index: a page of a repository's tags, sorted.
+    ListTags {
+        /// Repository name.
+        repo: String,
+        /// Start after this tag.
+        after: Option<String>,
+        /// Page size (capped by the node).
+        limit: u32,
+    },
+    /// Build-index: a page of repository names, sorted (the catalog).
+    ListRepos {
+        /// Start after this name.
+        after: Option<String>,
+        /// Page size (capped by the node).
+        limit: u32,
+    },
+    /// Build-index: every digest a tag has pointed at.
+    TagHistory {
+        /// Repository name.
+        repo: String,
+        /// Tag.
+        tag: String,
+    },
+    /// Build-index: pending replications per destination.
+    ReplicationStatus,
 }
 
 /// An answer.
@@ -152,6 +196,44 @@ pub enum Response {
     WriteBack(WriteBackStatus),
     /// Answer to [`Request::Pull`] and [`Request::PullReport`].
     Pull(PullReport),
+    /// Answer to [`Request::PutTag`].
+    TagPut {
+        /// False if the tag already pointed there.
+        changed: bool,
+    },
+    /// Answer to [`Request::GetTag`].
+    Tag {
+        /// Target.
+        digest: Digest,
+        /// When it was set (ms since the epoch).
+        updated_ms: u64,
+    },
+    /// Answer to [`Request::ListTags`] and [`Request::ListRepos`].
+    Names {
+        /// The page.
+        names: Vec<String>,
+        /// Pass as `after` for the next page; `None` on the last.
+        next: Option<String>,
+    },
+    /// Answer to [`Request::TagHistory`]: (digest, ms since the epoch), oldest first.
+    History(Vec<(Digest, u64)>),
+    /// Answer to [`Request::ReplicationStatus`].
+    Replication(Vec<DestinationStatus>),
+}
+
+/// Pending replications to one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationStatus {
+    /// `backend`, `owner:<node>` or `remote:<name>`.
+    pub destination: String,
+    /// Items waiting.
+    pub pending: u64,
+    /// Seconds the oldest has waited.
+    pub oldest_age_secs: u64,
+    /// Failed attempts of the oldest.
+    pub attempts: u32,
+    /// Its last error.
+    pub last_error: Option<String>,
 }
 
 /// Why a request failed, in a form a caller can act on.
@@ -310,6 +392,65 @@ impl PullReport {
             pieces_retried: stats.requests_timed_out,
             bad_pieces: stats.bad_pieces,
             sources,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kraken_transport::wire::{decode_payload, encode_frame};
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Request> {
+        let digest = Digest::sha256_of(b"x");
+        vec![
+            Request::Ping,
+            Request::Upload {
+                namespace: "library/ubuntu".into(),
+                digest,
+                offset: 7,
+                length: 9,
+                replica: true,
+                persisted: false,
+            },
+            Request::Download {
+                digest,
+                offset: 1,
+                len: 0,
+            },
+            Request::Pull {
+                namespace: "ns".into(),
+                digest,
+            },
+        ]
+    }
+
+    #[test]
+    fn requests_round_trip_through_frames() {
+        for r in samples() {
+            let frame = encode_frame(&r).unwrap();
+            let back: Request = decode_payload(&frame[4..]).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{r:?}"));
+        }
+    }
+
+    proptest! {
+        /// Untrusted bytes never panic the decoders, whatever they hold.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_payload::<Request>(&bytes);
+            let _ = decode_payload::<Response>(&bytes);
+        }
+
+        /// Mutated valid frames decode to something or fail cleanly.
+        #[test]
+        fn mutated_requests_never_panic(i in 0usize..4, at in any::<usize>(), b in any::<u8>()) {
+            let frame = encode_frame(&samples()[i]).unwrap();
+            let mut payload = frame[4..].to_vec();
+            let n = payload.len();
+            payload[at % n] = b;
+            let _ = decode_payload::<Request>(&payload);
         }
     }
 }

@@ -14,6 +14,7 @@ use quinn::RecvStream;
 use tokio::sync::watch;
 
 use crate::agent::Agent;
+use crate::buildindex::BuildIndex;
 use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::proto::{ErrorKind, NodeInfo, RemoteError, Request, Response};
@@ -28,6 +29,8 @@ pub struct Roles {
     pub tracker: Option<TrackerRole>,
     /// Agent, if this node is one.
     pub agent: Option<Agent>,
+    /// Build-index, if this node is one.
+    pub build_index: Option<BuildIndex>,
 }
 
 /// Serves every stream peers open to this node.
@@ -87,6 +90,11 @@ impl NodeService {
         {
             return done(answer);
         }
+        if let Some(bi) = &self.roles.build_index
+            && let Some(answer) = bi.handle(&request).await
+        {
+            return done(answer);
+        }
         done(wrong_node(format!(
             "{} ({}) does not serve {}",
             self.info.name,
@@ -123,6 +131,12 @@ fn request_name(r: &Request) -> &'static str {
         Request::WriteBackStatus => "WriteBackStatus",
         Request::Pull { .. } => "Pull",
         Request::PullReport { .. } => "PullReport",
+        Request::PutTag { .. } => "PutTag",
+        Request::GetTag { .. } => "GetTag",
+        Request::ListTags { .. } => "ListTags",
+        Request::ListRepos { .. } => "ListRepos",
+        Request::TagHistory { .. } => "TagHistory",
+        Request::ReplicationStatus => "ReplicationStatus",
     }
 }
 

@@ -73,6 +73,17 @@ impl TrackerConfig {
             .saturating_mul(u64::from(self.peer_ttl_intervals))
     }
 
+    /// The interval handed out at `rate` announces per second: the base interval, stretched
+    /// proportionally above the target rate, capped.
+    pub fn interval_at_rate(&self, rate: u64) -> u64 {
+        let stretched = if rate > self.target_announces_per_sec {
+            self.announce_interval_ms.saturating_mul(rate) / self.target_announces_per_sec
+        } else {
+            self.announce_interval_ms
+        };
+        stretched.min(self.interval_cap_ms())
+    }
+
     /// The longest interval handed out: `max_announce_interval_ms`, but under half the TTL.
     pub fn interval_cap_ms(&self) -> u64 {
         self.max_announce_interval_ms
@@ -207,13 +218,7 @@ impl TrackerRole {
             *count = 0;
         }
         *count += 1;
-        let rate = st.last_rate.max(*count);
-        let stretched = if rate > c.target_announces_per_sec {
-            c.announce_interval_ms.saturating_mul(rate) / c.target_announces_per_sec
-        } else {
-            c.announce_interval_ms
-        };
-        stretched.min(c.interval_cap_ms())
+        c.interval_at_rate(st.last_rate.max(*count))
     }
 
     /// The digest's owning origins as peers, learning ids by connecting when needed.
@@ -343,5 +348,23 @@ impl TrackerRole {
             })
             .collect();
         Response::Peers(peers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_grows_with_load_and_stays_under_half_the_ttl() {
+        let c = TrackerConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.interval_at_rate(0), 3000);
+        assert_eq!(c.interval_at_rate(5000), 3000);
+        assert_eq!(c.interval_at_rate(10_000), 6000);
+        // Capped: a peer announcing at the longest interval is never forgotten.
+        let cap = c.interval_at_rate(u64::MAX);
+        assert!(cap <= c.peer_ttl_ms() / 2, "{cap}");
+        assert!(cap >= c.announce_interval_ms);
     }
 }

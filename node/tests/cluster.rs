@@ -210,6 +210,11 @@ async fn an_agent_serving_corrupt_pieces_is_blacklisted_and_nothing_bad_is_store
     for (&i, r) in others.iter().zip(&reports) {
         let r = r.as_ref().unwrap();
         bad_pieces += r.bad_pieces;
+        // Blacklisted after its first bad pieces: at most what was in flight to it.
+        assert!(
+            r.bad_pieces <= 5,
+            "agent {i} kept asking the corrupt agent: {r:?}"
+        );
         assert_eq!(
             c.stored_digest(i, &digest),
             digest,
@@ -221,4 +226,232 @@ async fn an_agent_serving_corrupt_pieces_is_blacklisted_and_nothing_bad_is_store
         bad_pieces > 0,
         "nobody asked the corrupt agent: the test proved nothing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_resumes_and_a_wrong_digest_stores_nothing() {
+    use kraken_node::proto::{ErrorKind, Request, Response};
+    use kraken_transport::quic::RequestBody;
+    const LEN: u64 = 8 << 20;
+    let c = cluster(1, 0).await;
+    let origin = c.node(c.origins()[0]);
+    let addr = origin.quic_addr();
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 9);
+    let data = std::fs::read(&path).unwrap();
+    let upload = |offset: u64| Request::Upload {
+        namespace: "default".into(),
+        digest,
+        offset,
+        length: LEN,
+        replica: false,
+        persisted: false,
+    };
+
+    // The first half, then the body ends: the origin keeps it and says how much it has.
+    let half = &data[..(LEN / 2) as usize];
+    let (r, _) = c
+        .client()
+        .call_stream(addr, &upload(0), RequestBody::Bytes(half.to_vec().into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Response::UploadOffset(n) if n == LEN / 2),
+        "{r:?}"
+    );
+    // Resuming from the wrong place is refused with the right offset in the message.
+    let err = c
+        .client()
+        .call_stream(addr, &upload(1), RequestBody::None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.remote().unwrap().kind, ErrorKind::OffsetMismatch);
+    // push_file asks where to resume and sends only the rest.
+    let pushed = kraken_node::origin::upload::push_file(
+        c.client(),
+        addr,
+        "default",
+        &digest,
+        &path,
+        LEN,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pushed.sent, LEN / 2);
+    let o = origin.roles().origin.as_ref().unwrap();
+    assert!(o.cas().contains(&digest).unwrap());
+
+    // Bytes that do not hash to the digest: a clear error, nothing stored, nothing queued.
+    let liar = kraken_storage::Digest::sha256_of(b"something else");
+    let wrong = Request::Upload {
+        namespace: "default".into(),
+        digest: liar,
+        offset: 0,
+        length: LEN,
+        replica: false,
+        persisted: false,
+    };
+    let err = c
+        .client()
+        .call_stream(addr, &wrong, RequestBody::Bytes(data.clone().into()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.remote().unwrap().kind,
+        ErrorKind::DigestMismatch,
+        "{err}"
+    );
+    assert!(!o.cas().contains(&liar).unwrap());
+    match c
+        .client()
+        .call(addr, &Request::UploadStatus { digest: liar })
+        .await
+        .unwrap()
+    {
+        Response::UploadOffset(0) => {}
+        other => panic!("{other:?}"),
+    }
+    // The write-back queued before the ingest is dropped as an orphan.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while o.queue().list().unwrap().iter().any(|i| i.digest == liar) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphan write-back kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A body longer than declared is refused and leaves nothing staged.
+    let short = Request::Upload {
+        namespace: "default".into(),
+        digest: liar,
+        offset: 0,
+        length: 10,
+        replica: false,
+        persisted: false,
+    };
+    let err = c
+        .client()
+        .call_stream(
+            addr,
+            &short,
+            RequestBody::Bytes(data[..1000].to_vec().into()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.remote().unwrap().kind, ErrorKind::BadRequest, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_move_on_to_the_next_tracker_when_one_dies() {
+    const LEN: u64 = 4 << 20;
+    let mut c = TestCluster::new();
+    c.add("origin-1", NodeRole::Origin).await;
+    let t1 = c.add("tracker-1", NodeRole::Tracker).await;
+    let t2 = c.add("tracker-2", NodeRole::Tracker).await;
+    let a = c.add("agent-1", NodeRole::Agent).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c
+        .node(a)
+        .cluster()
+        .view()
+        .ring(kraken_membership::Role::Tracker)
+        .len()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent never saw both trackers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 10);
+    c.upload(&path, &digest, LEN).await;
+    // Kill whichever tracker owns the digest first.
+    let owner = c
+        .node(a)
+        .cluster()
+        .owners_of_digest(kraken_membership::Role::Tracker, &digest, 1)[0]
+        .id
+        .clone();
+    let victim = if c.node(t1).name() == owner.as_str() {
+        t1
+    } else {
+        t2
+    };
+    c.kill(victim);
+    let started = std::time::Instant::now();
+    let report = c.pull(a, &digest).await.unwrap();
+    assert_eq!(report.length, LEN);
+    assert_eq!(c.stored_digest(a, &digest), digest);
+    eprintln!(
+        "pull with a dead first tracker took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_origin_receives_the_blobs_it_now_owns() {
+    const LEN: u64 = 2 << 20;
+    let mut c = cluster(2, 0).await;
+    let mut digests = Vec::new();
+    for seed in 0..4 {
+        let (path, digest) = blob_file(c.dir.path(), &format!("b{seed}"), LEN, 100 + seed);
+        c.upload(&path, &digest, LEN).await;
+        digests.push(digest);
+    }
+    for d in &digests {
+        c.wait_replicated(d, 2).await;
+    }
+    // A third origin joins: with 3 replicas it owns every blob, and repair copies them.
+    let o3 = c.add("origin-3", NodeRole::Origin).await;
+    c.converge(3).await;
+    let cas = c.node(o3).roles().origin.as_ref().unwrap().cas().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for d in &digests {
+        while !cas.contains(d).unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{d} never reached origin-3"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_streams_a_blob_and_a_range_of_it_while_downloading() {
+    use futures::TryStreamExt;
+    const LEN: u64 = 12 << 20;
+    let c = cluster_with(1, 1, |a| a.agent.ingress_bytes_per_sec = 8 << 20).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 11);
+    let data = std::fs::read(&path).unwrap();
+    c.upload(&path, &digest, LEN).await;
+    let agent = c.node(c.agents()[0]).roles().agent.clone().unwrap();
+
+    let range = 3_000_000..7_500_000u64;
+    let (whole, part) = tokio::join!(
+        async {
+            let s = agent.read_stream("default", &digest, None).await.unwrap();
+            let chunks: Vec<bytes::Bytes> = s.try_collect().await.unwrap();
+            chunks.concat()
+        },
+        async {
+            let s = agent
+                .read_stream("default", &digest, Some(range.clone()))
+                .await
+                .unwrap();
+            let chunks: Vec<bytes::Bytes> = s.try_collect().await.unwrap();
+            chunks.concat()
+        }
+    );
+    assert!(whole == data, "streamed bytes differ");
+    assert!(part == data[range.start as usize..range.end as usize]);
+    // Past the end: a clear error before any byte.
+    let err = agent
+        .read_stream("default", &digest, Some(0..LEN + 1))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, kraken_node::proto::ErrorKind::BadRequest);
 }

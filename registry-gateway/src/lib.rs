@@ -1,6 +1,7 @@
-//! The registry HTTP edge (not yet built).
+//! The Docker Registry v2 / OCI distribution HTTP API over cluster traits (the HTTP server
+//! itself arrives with issue "Registry gateway").
 //!
-//! Will hold (issue "Registry gateway"): an axum server for the Docker Registry v2 / OCI
-//! distribution API (pull, push, content discovery and management, with the spec's error
-//! bodies and headers), written against traits that `kraken-node` implements with QUIC
-//! requests to the cluster, so this crate knows nothing of QUIC or roles.
+//! Today it holds [`names`]: the specification's grammar for repository names and tags,
+//! shared by the gateway and the build-index so both refuse exactly the same names.
+
+pub mod names;

@@ -57,6 +57,10 @@ pub struct OriginConfig {
     pub repair_delay_ms: u64,
     /// Largest blob accepted by upload, in bytes.
     pub max_blob_size: u64,
+    /// Piece upload (seeding) rate limit in bytes per second (0: none).
+    pub egress_bytes_per_sec: u64,
+    /// Piece download rate limit in bytes per second (0: none; origins rarely download).
+    pub ingress_bytes_per_sec: u64,
 }
 
 impl Default for OriginConfig {
@@ -68,6 +72,8 @@ impl Default for OriginConfig {
             repair_concurrency: 4,
             repair_delay_ms: 1000,
             max_blob_size: 1 << 40,
+            egress_bytes_per_sec: 0,
+            ingress_bytes_per_sec: 0,
         }
     }
 }

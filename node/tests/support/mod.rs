@@ -35,9 +35,22 @@ pub fn init_logs() {
 
 impl TestCluster {
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A second cluster whose certificates come from `other`'s CA, so the two can talk
+    /// (cross-cluster replication).
+    pub fn sharing_ca(other: &TestCluster) -> Self {
+        Self::build(Some(other))
+    }
+
+    fn build(other: Option<&TestCluster>) -> Self {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
-        let ca = DevCa::create(&dir.path().join("ca")).unwrap();
+        let ca = match other {
+            Some(o) => DevCa::load(o.ca.dir()).unwrap(),
+            None => DevCa::create(&dir.path().join("ca")).unwrap(),
+        };
         let backend_root = dir.path().join("backend");
         std::fs::create_dir_all(&backend_root).unwrap();
         TestCluster {
@@ -58,7 +71,7 @@ impl TestCluster {
         c.quic.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.gossip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.gossip.interval_ms = 100;
-        c.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.tls.ca = "unused".into();
         c.tls.cert = "unused".into();
         c.tls.key = "unused".into();
@@ -70,7 +83,8 @@ impl TestCluster {
         c.writeback_queue.max_backoff_ms = 500;
         c.view.refresh_secs = 1;
         c.gossip.seeds = self.seed.iter().map(ToString::to_string).collect();
-        if role == NodeRole::Origin {
+        c.build_index.replication_poll_ms = 100;
+        if role == NodeRole::Origin || role == NodeRole::BuildIndex {
             c.backends = vec![RouteConfig {
                 namespace: ".*".into(),
                 name: Some("test-fs".into()),

@@ -9,6 +9,7 @@
 //! - [`router`]: [`NamespaceRouter`], the ordered `[[backends]]` list that picks a backend
 //!   for a namespace (`library/ubuntu`, …) by regex, first match wins.
 //! - [`error`]: [`BackendError`], the one error type of all of the above.
+//! - [`tags`]: repository tags as Docker-registry link files (build-index write-through).
 //! - [`writeback`]: the upload path from the local CAS to a backend and one pass of the
 //!   write-back executor over the durable queue.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod layout;
 pub mod router;
+pub mod tags;
 pub mod writeback;
 
 use std::fmt;

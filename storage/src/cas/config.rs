@@ -20,17 +20,18 @@ pub struct CasConfig {
     pub root: PathBuf,
     /// Byte quota for complete and partial blobs together.
     pub capacity_bytes: u64,
-    /// Remove blobs not read for this long (time to idle). `None` keeps them.
+    /// Remove blobs not read for this long (time to idle). `None` (0 in TOML) keeps them.
     #[serde(with = "opt_secs")]
     pub tti: Option<Duration>,
     /// Remove blobs this long after they arrived, however often read (time to live).
+    /// `None` (0 in TOML) keeps them.
     #[serde(with = "opt_secs")]
     pub ttl: Option<Duration>,
     /// Fraction of the quota above which eviction turns aggressive.
     pub high_water: f64,
     /// Fraction of the quota that aggressive LRU eviction frees space down to.
     pub low_water: f64,
-    /// The time to idle used while above the high-water mark.
+    /// The time to idle used while above the high-water mark (0 in TOML: none).
     #[serde(with = "opt_secs")]
     pub aggressive_tti: Option<Duration>,
     /// How piece lengths are chosen for ingested blobs.
@@ -107,6 +108,9 @@ mod opt_secs {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
+        // 0 means "never", so TOML (which has no null) can turn a default off.
+        Ok(Option::<u64>::deserialize(d)?
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs))
     }
 }

@@ -1,0 +1,522 @@
+//! The build-index role: durable tags (`repo:tag → digest`) and their replication.
+//!
+//! - [`store`]: the redb tag table with history.
+//! - [`manifest`]: what a manifest references (Docker schema2, manifest list, OCI manifest
+//!   and index, OCI 1.1 `subject`).
+//! - [`replicate`]: the durable replication queue and its executor: every stored tag is
+//!   written through to the backend, copied to the tag's other build-index owners, and sent
+//!   to each remote cluster whose rule matches, with per-destination retry and backoff.
+//!
+//! A tag is owned by the build-index ring (rendezvous over live build-index nodes,
+//! `replicas` owners). `PutTag` on an owner checks that the digest and, recursively, every
+//! blob and child manifest it references exist in the origins (an owner reads missing blobs
+//! through from its backend), queues the tag's replications, stores it, and only then
+//! answers; a missing dependency is an error that names it. `GetTag` on an owner that lacks
+//! a tag reads it back from the backend, and a node that starts with an empty table imports
+//! every tag from its backends, so a wiped build-index recovers.
+
+pub mod manifest;
+pub mod replicate;
+pub mod store;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kraken_membership::{NodeId, Role};
+use kraken_registry_gateway::names::{validate_name, validate_tag};
+use kraken_storage::backend::NamespaceRouter;
+use kraken_storage::queue::WriteBackQueue;
+use kraken_storage::{Digest, Metainfo};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::client::Cluster;
+use crate::fetch::{call_error, fetch_bytes};
+use crate::proto::{ErrorKind, RemoteError, Request, Response};
+use store::TagStore;
+
+/// Settings of the build-index role (`[build_index]` in a node's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildIndexConfig {
+    /// Build-index nodes holding each tag.
+    pub replicas: usize,
+    /// Check that a tag's digest and everything it references exist before storing it.
+    pub check_dependencies: bool,
+    /// Largest page of a listing.
+    pub max_page: u32,
+    /// Replications run at once.
+    pub replication_concurrency: usize,
+    /// How often the replication executor looks for due items when not woken, in ms.
+    pub replication_poll_ms: u64,
+    /// Remote clusters that receive matching tags (and their blobs).
+    pub remotes: Vec<RemoteRule>,
+}
+
+/// One `[[build_index.remotes]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteRule {
+    /// Its name (in queue items, logs and `krakenctl replication`).
+    pub name: String,
+    /// Regex over `repo:tag` (anchored): matching tags are replicated.
+    pub tags: String,
+    /// QUIC address (`host:port`) of any ring node of the remote cluster. The remote's
+    /// certificates must chain to a CA this node trusts.
+    pub seed: String,
+}
+
+impl Default for BuildIndexConfig {
+    fn default() -> Self {
+        BuildIndexConfig {
+            replicas: 3,
+            check_dependencies: true,
+            max_page: 1000,
+            replication_concurrency: 4,
+            replication_poll_ms: 1000,
+            remotes: Vec::new(),
+        }
+    }
+}
+
+impl BuildIndexConfig {
+    /// Rejects settings that cannot work, naming the bad rule.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 || self.max_page == 0 || self.replication_concurrency == 0 {
+            return Err(
+                "build_index replicas, max_page and replication_concurrency must be above 0".into(),
+            );
+        }
+        if self.replication_poll_ms == 0 {
+            return Err("build_index.replication_poll_ms must be above 0".into());
+        }
+        let mut names = HashSet::new();
+        for r in &self.remotes {
+            if r.name.is_empty() || r.name.contains(['\t', ':']) {
+                return Err(format!("build_index.remotes: bad name {:?}", r.name));
+            }
+            if !names.insert(&r.name) {
+                return Err(format!("build_index.remotes: duplicate name {:?}", r.name));
+            }
+            Regex::new(&format!("^(?:{})$", r.tags))
+                .map_err(|e| format!("build_index.remotes {:?}: bad tags regex: {e}", r.name))?;
+            if r.seed.is_empty() {
+                return Err(format!("build_index.remotes {:?}: seed is empty", r.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The build-index role. Cheap to clone.
+#[derive(Clone)]
+pub struct BuildIndex {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    me: NodeId,
+    cluster: Cluster,
+    store: TagStore,
+    router: NamespaceRouter,
+    queue: WriteBackQueue,
+    config: BuildIndexConfig,
+    rules: Vec<(RemoteRule, Regex)>,
+    tmp_dir: PathBuf,
+    wake: Notify,
+}
+
+/// What a build-index is built from.
+pub struct BuildIndexParts {
+    /// This node's ring id.
+    pub me: NodeId,
+    /// Calls to other nodes.
+    pub cluster: Cluster,
+    /// Where its state lives (`tags.redb`, `replication.redb`, temp files).
+    pub data_dir: PathBuf,
+    /// Backends by repository.
+    pub router: NamespaceRouter,
+    /// Settings (validated).
+    pub config: BuildIndexConfig,
+    /// The replication queue's backoff.
+    pub queue: kraken_storage::queue::QueueConfig,
+}
+
+impl BuildIndex {
+    /// Opens the tag table and replication queue under the data directory.
+    pub fn open(parts: BuildIndexParts) -> Result<Self, String> {
+        std::fs::create_dir_all(&parts.data_dir).map_err(|e| e.to_string())?;
+        let tmp_dir = parts.data_dir.join("replication-tmp");
+        // Leftovers of a crashed copy are never resumed from: start clean.
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| e.to_string())?;
+        let store = TagStore::open(&parts.data_dir.join("tags.redb")).map_err(|e| e.to_string())?;
+        let queue = WriteBackQueue::open(&parts.data_dir.join("replication.redb"), parts.queue)
+            .map_err(|e| e.to_string())?;
+        let rules = parts
+            .config
+            .remotes
+            .iter()
+            .map(|r| {
+                Regex::new(&format!("^(?:{})$", r.tags))
+                    .map(|re| (r.clone(), re))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(BuildIndex {
+            inner: Arc::new(Inner {
+                me: parts.me,
+                cluster: parts.cluster,
+                store,
+                router: parts.router,
+                queue,
+                config: parts.config,
+                rules,
+                tmp_dir,
+                wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// Imports tags from the backends if the table is empty, then starts the replication
+    /// executor (until `stop`).
+    pub fn spawn_background(&self, stop: watch::Receiver<bool>) {
+        let bi = self.clone();
+        tokio::spawn(async move {
+            if bi.inner.store.is_empty().unwrap_or(false) {
+                bi.import_from_backends().await;
+            }
+            replicate::run(bi, stop).await;
+        });
+    }
+
+    async fn import_from_backends(&self) {
+        let mut imported = 0usize;
+        for (name, backend) in self.inner.router.routes() {
+            match backend.list_tags().await {
+                Ok(tags) => {
+                    for (repo, tag, digest) in tags {
+                        if self.inner.store.put(&repo, &tag, &digest).is_ok() {
+                            imported += 1;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(backend = %name, error = %e, "cannot list tags to import"),
+            }
+        }
+        if imported > 0 {
+            tracing::info!(
+                imported,
+                "imported tags from the backends into an empty build-index"
+            );
+        }
+    }
+
+    /// The tag table.
+    pub fn store(&self) -> &TagStore {
+        &self.inner.store
+    }
+
+    /// The replication queue.
+    pub fn queue(&self) -> &WriteBackQueue {
+        &self.inner.queue
+    }
+
+    /// The owners of `repo:tag` on the build-index ring, best first.
+    pub fn owners(&self, repo: &str, tag: &str) -> Vec<kraken_membership::Member> {
+        owners_of_tag(&self.inner.cluster, repo, tag, self.inner.config.replicas)
+    }
+
+    /// Serves one build-index request; `None` if the request is not a build-index's.
+    pub async fn handle(&self, request: &Request) -> Option<Response> {
+        let answer = match request {
+            Request::PutTag {
+                repo,
+                tag,
+                digest,
+                replica,
+            } => self.put_tag(repo, tag, digest, *replica).await,
+            Request::GetTag { repo, tag } => self.get_tag(repo, tag).await,
+            Request::ListTags { repo, after, limit } => {
+                self.list_tags(repo, after.as_deref(), *limit)
+            }
+            Request::ListRepos { after, limit } => self.list_repos(after.as_deref(), *limit),
+            Request::TagHistory { repo, tag } => self.history(repo, tag),
+            Request::ReplicationStatus => self.replication_status(),
+            _ => return None,
+        };
+        Some(answer.unwrap_or_else(Response::Error))
+    }
+
+    fn check_names(repo: &str, tag: &str) -> Result<(), RemoteError> {
+        validate_name(repo).map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
+        validate_tag(tag).map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))
+    }
+
+    fn is_owner(&self, repo: &str, tag: &str) -> bool {
+        self.owners(repo, tag).iter().any(|m| m.id == self.inner.me)
+    }
+
+    /// Stores `repo:tag → digest` after checking its dependencies (unless `replica`).
+    pub async fn put_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        replica: bool,
+    ) -> Result<Response, RemoteError> {
+        Self::check_names(repo, tag)?;
+        if !replica && !self.is_owner(repo, tag) {
+            return Err(RemoteError::new(
+                ErrorKind::WrongNode,
+                format!("{} does not own {repo}:{tag}", self.inner.me),
+            ));
+        }
+        if !replica && self.inner.config.check_dependencies {
+            self.closure(repo, digest).await?;
+        }
+        // The replications are queued (durably) before the tag is stored and acknowledged;
+        // the executor drops items whose tag has moved on.
+        let now = std::time::SystemTime::now();
+        for dest in self.destinations(repo, tag, replica) {
+            self.inner
+                .queue
+                .enqueue(&replicate::item_key(&dest, repo, tag), digest, now)
+                .map_err(internal)?;
+        }
+        let changed = self.inner.store.put(repo, tag, digest).map_err(internal)?;
+        self.inner.wake.notify_one();
+        tracing::info!(%repo, %tag, %digest, replica, changed, "tag stored");
+        Ok(Response::TagPut { changed })
+    }
+
+    /// Where a stored tag must go.
+    fn destinations(&self, repo: &str, tag: &str, replica: bool) -> Vec<String> {
+        let mut out = vec![replicate::BACKEND.to_string()];
+        if !replica {
+            for m in self.owners(repo, tag) {
+                if m.id != self.inner.me {
+                    out.push(format!("{}{}", replicate::OWNER, m.id));
+                }
+            }
+        }
+        let full = format!("{repo}:{tag}");
+        for (rule, re) in &self.inner.rules {
+            if re.is_match(&full) {
+                out.push(format!("{}{}", replicate::REMOTE, rule.name));
+            }
+        }
+        out
+    }
+
+    async fn get_tag(&self, repo: &str, tag: &str) -> Result<Response, RemoteError> {
+        Self::check_names(repo, tag)?;
+        if let Some(e) = self.inner.store.get(repo, tag).map_err(internal)? {
+            return Ok(Response::Tag {
+                digest: e.digest,
+                updated_ms: e.updated_ms,
+            });
+        }
+        // Not here: the backend may have it (a wiped or new owner).
+        let backend = self
+            .inner
+            .router
+            .route(repo)
+            .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
+        match backend.get_tag(repo, tag).await {
+            Ok(Some(digest)) => {
+                self.inner.store.put(repo, tag, &digest).map_err(internal)?;
+                let updated_ms = self
+                    .inner
+                    .store
+                    .get(repo, tag)
+                    .map_err(internal)?
+                    .map_or(0, |e| e.updated_ms);
+                Ok(Response::Tag { digest, updated_ms })
+            }
+            Ok(None) => Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!("tag {repo}:{tag} is unknown"),
+            )),
+            Err(e) => Err(RemoteError::new(ErrorKind::Unavailable, e.to_string())),
+        }
+    }
+
+    fn page(&self, limit: u32) -> usize {
+        limit.clamp(1, self.inner.config.max_page) as usize
+    }
+
+    fn list_tags(
+        &self,
+        repo: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Response, RemoteError> {
+        validate_name(repo).map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
+        let n = self.page(limit);
+        let mut names = self
+            .inner
+            .store
+            .list_tags(repo, after, n + 1)
+            .map_err(internal)?;
+        if names.is_empty() && after.is_none() {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!("repository {repo} has no tags"),
+            ));
+        }
+        let next = (names.len() > n).then(|| {
+            names.truncate(n);
+            names.last().cloned().unwrap_or_default()
+        });
+        Ok(Response::Names { names, next })
+    }
+
+    fn list_repos(&self, after: Option<&str>, limit: u32) -> Result<Response, RemoteError> {
+        let n = self.page(limit);
+        let mut names = self
+            .inner
+            .store
+            .list_repos(after, n + 1)
+            .map_err(internal)?;
+        let next = (names.len() > n).then(|| {
+            names.truncate(n);
+            names.last().cloned().unwrap_or_default()
+        });
+        Ok(Response::Names { names, next })
+    }
+
+    fn history(&self, repo: &str, tag: &str) -> Result<Response, RemoteError> {
+        Self::check_names(repo, tag)?;
+        let h = self.inner.store.history(repo, tag).map_err(internal)?;
+        if h.is_empty() {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!("tag {repo}:{tag} is unknown"),
+            ));
+        }
+        Ok(Response::History(
+            h.into_iter().map(|e| (e.digest, e.updated_ms)).collect(),
+        ))
+    }
+
+    /// Every digest `digest` depends on (itself included), each checked to exist in the
+    /// origins; the first missing one is an error naming it and what referenced it.
+    pub async fn closure(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Vec<(Digest, u64)>, RemoteError> {
+        closure(&self.inner.cluster, repo, digest).await
+    }
+}
+
+/// Most digests one tag may depend on (a guard against hostile manifests).
+const MAX_CLOSURE: usize = 100_000;
+
+/// See [`BuildIndex::closure`]; `cluster` says which cluster's origins to ask.
+pub async fn closure(
+    cluster: &Cluster,
+    repo: &str,
+    root: &Digest,
+) -> Result<Vec<(Digest, u64)>, RemoteError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    // (digest, may be a manifest, referenced by)
+    let mut todo: Vec<(Digest, bool, Option<Digest>)> = vec![(*root, true, None)];
+    while let Some((digest, manifest, parent)) = todo.pop() {
+        if !seen.insert(digest) {
+            continue;
+        }
+        if seen.len() > MAX_CLOSURE {
+            return Err(RemoteError::new(
+                ErrorKind::BadRequest,
+                format!("{root} references more than {MAX_CLOSURE} blobs"),
+            ));
+        }
+        let length = match blob_length(cluster, repo, &digest).await {
+            Ok(n) => n,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                let by = parent.map_or(String::new(), |p| format!(" (referenced by {p})"));
+                return Err(RemoteError::new(
+                    ErrorKind::NotFound,
+                    format!("missing dependency {digest}{by}: no origin or backend has it"),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        out.push((digest, length));
+        if manifest && length <= manifest::MAX_MANIFEST_LEN {
+            let bytes = fetch_bytes(cluster, &digest, manifest::MAX_MANIFEST_LEN).await?;
+            let refs = manifest::references(&bytes)
+                .map_err(|e| RemoteError::new(ErrorKind::BadRequest, format!("{digest}: {e}")))?;
+            if let Some(refs) = refs {
+                todo.extend(refs.blobs.into_iter().map(|b| (b, false, Some(digest))));
+                todo.extend(refs.manifests.into_iter().map(|m| (m, true, Some(digest))));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The blob's length from its metainfo, asked of the owning origins (which read it through
+/// from their backend if needed).
+async fn blob_length(
+    cluster: &Cluster,
+    namespace: &str,
+    digest: &Digest,
+) -> Result<u64, RemoteError> {
+    let owners = cluster.owners_of_digest(Role::Origin, digest, 0);
+    let request = Request::OriginMetainfo {
+        namespace: namespace.to_string(),
+        digest: *digest,
+        wait_ms: 10_000,
+    };
+    let limit = Duration::from_secs(10) + cluster.call_timeout;
+    loop {
+        match cluster
+            .call_first(&owners, Role::Origin, &request, limit)
+            .await
+        {
+            Ok(Response::Metainfo(bytes)) => {
+                let m = Metainfo::decode(&bytes)
+                    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+                return Ok(m.length());
+            }
+            Ok(Response::Pending) => continue,
+            Ok(other) => {
+                return Err(RemoteError::new(
+                    ErrorKind::Internal,
+                    format!("unexpected origin answer {other:?}"),
+                ));
+            }
+            Err(e) => {
+                let e = call_error(e);
+                // Every origin disowned it: nobody has it.
+                return Err(if e.kind == ErrorKind::WrongNode {
+                    RemoteError::new(ErrorKind::NotFound, e.message)
+                } else {
+                    e
+                });
+            }
+        }
+    }
+}
+
+/// The owners of `repo:tag` on `cluster`'s build-index ring.
+pub fn owners_of_tag(
+    cluster: &Cluster,
+    repo: &str,
+    tag: &str,
+    replicas: usize,
+) -> Vec<kraken_membership::Member> {
+    let key = kraken_membership::ring::tag_key(&format!("{repo}:{tag}"));
+    cluster.owners_of_key(Role::BuildIndex, &key, replicas)
+}
+
+fn internal(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, e.to_string())
+}

@@ -1,0 +1,368 @@
+//! The build-index's replication queue and its executor.
+//!
+//! Items live in a redb queue (the storage crate's `WriteBackQueue`, keyed by
+//! `"<destination>\t<repo>\t<tag>"` and the tag's digest), queued before the tag is stored
+//! and acknowledged, so nothing acknowledged is lost across restarts. Destinations:
+//!
+//! - `backend`: the tag's link file in the backend routed by repository (write-through);
+//! - `owner:<node>`: another build-index owner of the tag (`PutTag` as a replica);
+//! - `remote:<rule>`: a remote cluster. Its view is read from the rule's seed; every blob
+//!   the tag depends on that the remote origins lack is copied (read from our origins into
+//!   a temp file, uploaded with the resumable upload to the remote's owning origin), then
+//!   the tag is put on the remote build-index, which checks it and may replicate it on.
+//!
+//! An item whose tag has since moved to another digest is dropped (the newer item carries
+//! the newer digest). When one item of a destination fails, the pass stops trying that
+//! destination: its other due items are rescheduled with backoff too, so a remote that is
+//! down costs one failed attempt per pass, not one per tag. Every owner of a tag queues its
+//! remote replications, so losing the node that took the put loses nothing; remotes see
+//! duplicates as no-ops.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use kraken_membership::{ClusterView, Role};
+use kraken_storage::Digest;
+use kraken_storage::queue::WriteBackItem;
+use tokio::sync::watch;
+
+use super::{BuildIndex, RemoteRule, closure, owners_of_tag};
+use crate::client::Cluster;
+use crate::fetch::{call_error, fetch_to_file};
+use crate::proto::{DestinationStatus, ErrorKind, RemoteError, Request, Response};
+
+/// The backend destination.
+pub const BACKEND: &str = "backend";
+/// Prefix of owner destinations.
+pub const OWNER: &str = "owner:";
+/// Prefix of remote destinations.
+pub const REMOTE: &str = "remote:";
+
+/// The queue key of a replication.
+pub fn item_key(destination: &str, repo: &str, tag: &str) -> String {
+    format!("{destination}\t{repo}\t{tag}")
+}
+
+/// `(destination, repo, tag)` of a queue key.
+pub fn parse_item_key(key: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = key.splitn(3, '\t');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(bi: BuildIndex, mut stop: watch::Receiver<bool>) {
+    let poll = Duration::from_millis(bi.inner.config.replication_poll_ms);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let worked = match pass(&bi).await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::error!(error = %e, "replication queue failed");
+                false
+            }
+        };
+        if worked {
+            continue;
+        }
+        tokio::select! {
+            _ = bi.inner.wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// One pass over the due items; returns how many were attempted.
+pub async fn pass(bi: &BuildIndex) -> Result<usize, kraken_storage::queue::QueueError> {
+    let inner = &bi.inner;
+    let items = inner.queue.take_due(SystemTime::now(), 256)?;
+    let n = items.len();
+    // One destination's items run in order, one at a time; destinations run concurrently.
+    let mut by_dest: BTreeMap<String, Vec<WriteBackItem>> = BTreeMap::new();
+    for item in items {
+        let dest = parse_item_key(&item.namespace)
+            .map_or("", |(d, _, _)| d)
+            .to_string();
+        by_dest.entry(dest).or_default().push(item);
+    }
+    let results: Vec<Result<(), kraken_storage::queue::QueueError>> =
+        futures::stream::iter(by_dest)
+            .map(|(dest, items)| async move { drain_destination(bi, &dest, items).await })
+            .buffer_unordered(inner.config.replication_concurrency)
+            .collect()
+            .await;
+    for r in results {
+        r?;
+    }
+    Ok(n)
+}
+
+async fn drain_destination(
+    bi: &BuildIndex,
+    dest: &str,
+    items: Vec<WriteBackItem>,
+) -> Result<(), kraken_storage::queue::QueueError> {
+    let queue = &bi.inner.queue;
+    let mut failed: Option<String> = None;
+    for item in items {
+        if let Some(why) = &failed {
+            queue.fail(&item, SystemTime::now(), why)?;
+            continue;
+        }
+        match replicate_one(bi, &item).await {
+            Ok(Outcome::Done) => {
+                queue.complete(&item)?;
+                tracing::info!(destination = dest, item = %item.namespace.replace('\t', " "),
+                    digest = %item.digest, "replicated");
+            }
+            Ok(Outcome::Dropped(why)) => {
+                tracing::debug!(destination = dest, item = %item.namespace.replace('\t', " "), why, "replication dropped");
+                queue.complete(&item)?;
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let now = SystemTime::now();
+                let next = queue.fail(&item, now, &message)?;
+                tracing::warn!(destination = dest, item = %item.namespace.replace('\t', " "),
+                    error = %message, attempts = item.attempts + 1,
+                    retry_in_ms = next.duration_since(now).map_or(0, |d| d.as_millis()),
+                    "replication failed; will retry");
+                failed = Some(format!("{dest} failed: {message}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Outcome {
+    Done,
+    Dropped(&'static str),
+}
+
+async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome, RemoteError> {
+    let inner = &bi.inner;
+    let Some((dest, repo, tag)) = parse_item_key(&item.namespace) else {
+        return Ok(Outcome::Dropped("unreadable item"));
+    };
+    let current = inner
+        .store
+        .get(repo, tag)
+        .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+    if current.map(|e| e.digest) != Some(item.digest) {
+        return Ok(Outcome::Dropped(
+            "the tag has moved on (or was never stored)",
+        ));
+    }
+    if dest == BACKEND {
+        let backend = inner
+            .router
+            .route(repo)
+            .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
+        backend
+            .put_tag(repo, tag, &item.digest)
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::Unavailable, e.to_string()))?;
+        return Ok(Outcome::Done);
+    }
+    if let Some(owner) = dest.strip_prefix(OWNER) {
+        let view = inner.cluster.view();
+        let Some(member) = view
+            .members()
+            .values()
+            .find(|m| m.id.as_str() == owner && m.has_role(Role::BuildIndex))
+        else {
+            return Ok(Outcome::Dropped("the owner left the cluster"));
+        };
+        let request = Request::PutTag {
+            repo: repo.into(),
+            tag: tag.into(),
+            digest: item.digest,
+            replica: true,
+        };
+        return match inner.cluster.call(member.quic_addr, &request).await {
+            Ok(Response::TagPut { .. }) => Ok(Outcome::Done),
+            Ok(other) => Err(call_error(crate::client::CallError::unexpected(
+                member.quic_addr,
+                other,
+            ))),
+            Err(e) => Err(call_error(e)),
+        };
+    }
+    if let Some(name) = dest.strip_prefix(REMOTE) {
+        let Some((rule, _)) = inner.rules.iter().find(|(r, _)| r.name == name) else {
+            return Ok(Outcome::Dropped(
+                "the remote rule was removed from the config",
+            ));
+        };
+        replicate_remote(bi, rule, repo, tag, &item.digest).await?;
+        return Ok(Outcome::Done);
+    }
+    Ok(Outcome::Dropped("unknown destination"))
+}
+
+/// A client for the remote cluster: our pool, the remote's view from its seed.
+async fn remote_cluster(bi: &BuildIndex, rule: &RemoteRule) -> Result<Cluster, RemoteError> {
+    let local = &bi.inner.cluster;
+    let seeds = crate::view::resolve_seeds(std::slice::from_ref(&rule.seed)).await;
+    let mut last = RemoteError::new(
+        ErrorKind::Unavailable,
+        format!("remote {}: seed {} does not resolve", rule.name, rule.seed),
+    );
+    for addr in seeds {
+        match local.call(addr, &Request::ClusterView).await {
+            Ok(Response::View(bytes)) => {
+                let view = ClusterView::decode(&bytes).map_err(|e| {
+                    RemoteError::new(ErrorKind::Unavailable, format!("remote {}: {e}", rule.name))
+                })?;
+                return Ok(Cluster::new(local.pool().clone(), watch::channel(view).1));
+            }
+            Ok(other) => last = call_error(crate::client::CallError::unexpected(addr, other)),
+            Err(e) => {
+                last = RemoteError::new(
+                    ErrorKind::Unavailable,
+                    format!("remote {}: {}", rule.name, call_error(e).message),
+                );
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn replicate_remote(
+    bi: &BuildIndex,
+    rule: &RemoteRule,
+    repo: &str,
+    tag: &str,
+    digest: &Digest,
+) -> Result<(), RemoteError> {
+    let remote = remote_cluster(bi, rule).await?;
+    let blobs = closure(&bi.inner.cluster, repo, digest).await?;
+    let mut copied = HashSet::new();
+    for (blob, length) in &blobs {
+        if !copied.insert(*blob) {
+            continue;
+        }
+        copy_blob(bi, &remote, repo, blob, *length).await?;
+    }
+    let owners = owners_of_tag(&remote, repo, tag, 0);
+    let request = Request::PutTag {
+        repo: repo.into(),
+        tag: tag.into(),
+        digest: *digest,
+        replica: false,
+    };
+    let limit = Duration::from_secs(120);
+    match remote
+        .call_first(&owners, Role::BuildIndex, &request, limit)
+        .await
+    {
+        Ok(Response::TagPut { .. }) => Ok(()),
+        Ok(other) => Err(RemoteError::new(
+            ErrorKind::Internal,
+            format!("remote {} answered {other:?}", rule.name),
+        )),
+        Err(e) => Err(call_error(e)),
+    }
+}
+
+/// Copies one blob to the remote's owning origin unless it has it.
+async fn copy_blob(
+    bi: &BuildIndex,
+    remote: &Cluster,
+    namespace: &str,
+    digest: &Digest,
+    length: u64,
+) -> Result<(), RemoteError> {
+    let owners = remote.owners_of_digest(Role::Origin, digest, 1);
+    let owner = owners.first().ok_or_else(|| {
+        RemoteError::new(
+            ErrorKind::Unavailable,
+            "the remote cluster has no live origin",
+        )
+    })?;
+    match remote
+        .call(owner.quic_addr, &Request::UploadStatus { digest: *digest })
+        .await
+    {
+        Ok(Response::UploadOffset(n)) if n == length => {
+            // Complete there (or staged whole: the empty-bodied upload below commits it).
+            if let Ok(Response::BlobStat(s)) = remote
+                .call(owner.quic_addr, &Request::BlobStat { digest: *digest })
+                .await
+                && s.present
+            {
+                return Ok(());
+            }
+        }
+        Ok(_) => {}
+        Err(e) => return Err(call_error(e)),
+    }
+    let tmp = bi.inner.tmp_dir.join(digest.hex());
+    let result = async {
+        fetch_to_file(&bi.inner.cluster, digest, &tmp).await?;
+        crate::origin::upload::push_file(
+            remote,
+            owner.quic_addr,
+            namespace,
+            digest,
+            &tmp,
+            length,
+            false,
+            false,
+        )
+        .await
+        .map_err(call_error)
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    result.map(|_| ())
+}
+
+impl BuildIndex {
+    /// Pending items per destination.
+    pub(super) fn replication_status(&self) -> Result<Response, RemoteError> {
+        let items = self
+            .inner
+            .queue
+            .list()
+            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+        let now = SystemTime::now();
+        let mut by: BTreeMap<String, DestinationStatus> = BTreeMap::new();
+        for item in items {
+            let dest = parse_item_key(&item.namespace).map_or("?", |(d, _, _)| d);
+            let age = now.duration_since(item.enqueued).map_or(0, |d| d.as_secs());
+            let entry = by.entry(dest.to_string()).or_insert(DestinationStatus {
+                destination: dest.to_string(),
+                pending: 0,
+                oldest_age_secs: 0,
+                attempts: 0,
+                last_error: None,
+            });
+            entry.pending += 1;
+            if age >= entry.oldest_age_secs {
+                entry.oldest_age_secs = age;
+                entry.attempts = item.attempts;
+                entry.last_error = item.last_error.clone();
+            }
+        }
+        Ok(Response::Replication(by.into_values().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_keys_round_trip() {
+        let k = item_key("remote:dc2", "library/ubuntu", "22.04");
+        assert_eq!(
+            parse_item_key(&k),
+            Some(("remote:dc2", "library/ubuntu", "22.04"))
+        );
+        assert_eq!(parse_item_key("nonsense"), None);
+    }
+}

@@ -1,0 +1,257 @@
+//! The build-index's durable tag table (redb): `repo:tag → digest`, with each tag's history.
+//!
+//! Keys are `(repo, tag)` tuples, so listing a repository's tags is a sorted range scan and
+//! the catalog is a scan that skips from one repository to the next. A put commits before
+//! it returns (redb's durable commit), so an acknowledged tag survives kill -9.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kraken_storage::Digest;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const TAGS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("tags");
+const HISTORY: TableDefinition<'_, (&str, &str, u64), &[u8]> = TableDefinition::new("history");
+
+/// Above every character a tag may hold: `(repo, AFTER_TAGS)` sorts after all of a
+/// repository's tags.
+const AFTER_TAGS: &str = "\u{7f}";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("tag database: {0}")]
+    Db(#[from] redb::Error),
+    /// A record does not decode.
+    #[error("corrupt tag record for {0}")]
+    Corrupt(String),
+}
+
+macro_rules! db_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    digest: String,
+    updated_ms: u64,
+}
+
+/// A tag's current target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagEntry {
+    /// What it points at.
+    pub digest: Digest,
+    /// When it was last set (ms since the epoch).
+    pub updated_ms: u64,
+}
+
+/// The tag table.
+pub struct TagStore {
+    db: Database,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<TagEntry, StoreError> {
+    let r: Record = postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(key.into()))?;
+    let digest = r
+        .digest
+        .parse()
+        .map_err(|_| StoreError::Corrupt(key.into()))?;
+    Ok(TagEntry {
+        digest,
+        updated_ms: r.updated_ms,
+    })
+}
+
+impl TagStore {
+    /// Opens or creates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(TAGS)?;
+        txn.open_table(HISTORY)?;
+        txn.commit()?;
+        Ok(TagStore { db })
+    }
+
+    /// Points `repo:tag` at `digest`, durably. Returns false if it already did.
+    pub fn put(&self, repo: &str, tag: &str, digest: &Digest) -> Result<bool, StoreError> {
+        let ms = now_ms();
+        let record = postcard::to_allocvec(&Record {
+            digest: digest.to_string(),
+            updated_ms: ms,
+        })
+        .unwrap_or_default();
+        let txn = self.db.begin_write()?;
+        let changed = {
+            let mut tags = txn.open_table(TAGS)?;
+            let same = match tags.get((repo, tag))? {
+                Some(v) => decode(tag, v.value())
+                    .map(|e| e.digest == *digest)
+                    .unwrap_or(false),
+                None => false,
+            };
+            if !same {
+                tags.insert((repo, tag), record.as_slice())?;
+                txn.open_table(HISTORY)?
+                    .insert((repo, tag, ms), record.as_slice())?;
+            }
+            !same
+        };
+        txn.commit()?;
+        Ok(changed)
+    }
+
+    /// What `repo:tag` points at.
+    pub fn get(&self, repo: &str, tag: &str) -> Result<Option<TagEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let tags = txn.open_table(TAGS)?;
+        match tags.get((repo, tag))? {
+            Some(v) => Ok(Some(decode(tag, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` tags of `repo` in order, after `after` if given.
+    pub fn list_tags(
+        &self,
+        repo: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let tags = txn.open_table(TAGS)?;
+        let mut out = Vec::new();
+        let start = after.unwrap_or("");
+        for entry in tags.range((repo, start)..(repo, AFTER_TAGS))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = entry?;
+            let (_, tag) = k.value();
+            if after.is_some_and(|a| tag <= a) {
+                continue;
+            }
+            out.push(tag.to_string());
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` repository names in order, after `after` if given.
+    pub fn list_repos(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let tags = txn.open_table(TAGS)?;
+        let mut out: Vec<String> = Vec::new();
+        let mut from: String = after.map_or(String::new(), ToString::to_string);
+        let mut skip_current = after.is_some();
+        while out.len() < limit {
+            let lower = if skip_current { AFTER_TAGS } else { "" };
+            let mut range = tags.range((from.as_str(), lower)..)?;
+            let Some(entry) = range.next() else { break };
+            let (k, _) = entry?;
+            let (repo, _) = k.value();
+            out.push(repo.to_string());
+            from = repo.to_string();
+            skip_current = true;
+        }
+        Ok(out)
+    }
+
+    /// Every digest `repo:tag` has pointed at, oldest first, with when.
+    pub fn history(&self, repo: &str, tag: &str) -> Result<Vec<TagEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let history = txn.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for entry in history.range((repo, tag, 0)..=(repo, tag, u64::MAX))? {
+            let (_, v) = entry?;
+            out.push(decode(tag, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Whether no tag is stored (a wiped node imports from its backend).
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(TAGS)?.is_empty()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_list_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TagStore::open(&dir.path().join("t.redb")).unwrap();
+        assert!(s.is_empty().unwrap());
+        let d1 = Digest::sha256_of(b"1");
+        let d2 = Digest::sha256_of(b"2");
+        assert!(s.put("library/ubuntu", "22.04", &d1).unwrap());
+        assert!(!s.put("library/ubuntu", "22.04", &d1).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(s.put("library/ubuntu", "22.04", &d2).unwrap());
+        for (repo, tag) in [
+            ("library/ubuntu", "latest"),
+            ("library/ubuntu", "20.04"),
+            ("a", "x"),
+            ("library/ubuntu-dev", "1"),
+            ("z/z", "1"),
+        ] {
+            s.put(repo, tag, &d1).unwrap();
+        }
+        assert_eq!(
+            s.get("library/ubuntu", "22.04").unwrap().unwrap().digest,
+            d2
+        );
+        assert_eq!(s.get("library/ubuntu", "nope").unwrap(), None);
+        let h = s.history("library/ubuntu", "22.04").unwrap();
+        assert_eq!(h.iter().map(|e| e.digest).collect::<Vec<_>>(), vec![d1, d2]);
+
+        assert_eq!(
+            s.list_tags("library/ubuntu", None, 10).unwrap(),
+            ["20.04", "22.04", "latest"]
+        );
+        assert_eq!(
+            s.list_tags("library/ubuntu", None, 2).unwrap(),
+            ["20.04", "22.04"]
+        );
+        assert_eq!(
+            s.list_tags("library/ubuntu", Some("22.04"), 10).unwrap(),
+            ["latest"]
+        );
+        assert!(s.list_tags("library", None, 10).unwrap().is_empty());
+
+        assert_eq!(
+            s.list_repos(None, 10).unwrap(),
+            ["a", "library/ubuntu", "library/ubuntu-dev", "z/z"]
+        );
+        assert_eq!(s.list_repos(None, 2).unwrap(), ["a", "library/ubuntu"]);
+        assert_eq!(
+            s.list_repos(Some("library/ubuntu"), 10).unwrap(),
+            ["library/ubuntu-dev", "z/z"]
+        );
+        assert!(s.list_repos(Some("z/z"), 10).unwrap().is_empty());
+    }
+}
