@@ -101,6 +101,8 @@ pub struct NodeConfig {
     pub view: ViewSection,
     /// `[http]`.
     pub http: HttpSection,
+    /// `[registry]`: the Docker Registry / OCI HTTP API (agents: pull; proxies: push).
+    pub registry: RegistrySection,
     /// `[store]`: the CAS (its `root` defaults to `<data_dir>/cas`).
     pub store: Option<CasConfig>,
     /// `[swarm]`.
@@ -248,6 +250,41 @@ impl HttpSection {
     }
 }
 
+/// `[registry]`: the registry HTTP API on agents (pull, as a containerd mirror) and
+/// proxies (push).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySection {
+    /// Serve the registry API (agents and proxies only).
+    pub enabled: bool,
+    /// TCP address.
+    pub listen: SocketAddr,
+    /// Where upload sessions are staged (proxies; default `<data_dir>/registry-uploads`).
+    pub uploads_dir: Option<PathBuf>,
+    /// Largest manifest accepted or served, bytes.
+    pub max_manifest_len: u64,
+    /// Largest page of a tag list or the catalog.
+    pub page_limit: usize,
+    /// Bearer tokens accepted for pushes (none and no users: pushes need no credentials).
+    pub push_tokens: Vec<String>,
+    /// `user:password` pairs accepted (HTTP basic) for pushes.
+    pub push_users: Vec<String>,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            uploads_dir: None,
+            max_manifest_len: 4 << 20,
+            page_limit: 1000,
+            push_tokens: Vec::new(),
+            push_users: Vec::new(),
+        }
+    }
+}
+
 /// `[swarm]`: the scheduler's main knobs (the rest keep their defaults).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -354,8 +391,17 @@ impl NodeConfig {
         if self.has(NodeRole::Origin) && self.has(NodeRole::Agent) {
             return bad("one process cannot be both origin and agent (each owns a store)".into());
         }
-        if self.has(NodeRole::Proxy) {
-            return bad("role proxy is not available in this build yet".into());
+        if self.has(NodeRole::Proxy) && (self.has(NodeRole::Agent) || self.has(NodeRole::Origin)) {
+            return bad(
+                "a proxy runs apart from agents and origins (each serves its own registry API)"
+                    .into(),
+            );
+        }
+        if self.registry.page_limit == 0 || self.registry.max_manifest_len == 0 {
+            return bad("registry.page_limit and registry.max_manifest_len must be above 0".into());
+        }
+        if self.has(NodeRole::Proxy) && self.view.seeds.is_empty() && !self.is_ring_node() {
+            return bad("a proxy needs view.seeds: the QUIC address of any ring node".into());
         }
         if self.quic_advertise().ip().is_unspecified() {
             return bad(format!(
@@ -453,6 +499,8 @@ mod tests {
             data_dir = "/tmp/x"
             [quic]
             listen = "127.0.0.1:7600"
+            [gossip]
+            listen = "127.0.0.1:7601"
             [tls]
             ca = "ca.crt"
             cert = "n.crt"

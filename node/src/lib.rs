@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod proto;
+pub mod registry;
 pub mod serve;
 pub mod service;
 pub mod tracker;

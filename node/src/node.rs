@@ -343,7 +343,9 @@ impl Node {
                 .collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let view_for_service = membership.as_ref().map(|_| view_rx.clone());
+        // Every node serves the view it has: ring nodes their gossiped one, agents the one
+        // they refreshed, so any node can seed a tool or another agent.
+        let view_for_service = Some(view_rx.clone());
         let _ = late.0.set(NodeService::new(
             roles.clone(),
             info,

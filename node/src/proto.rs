@@ -359,6 +359,9 @@ pub struct PullReport {
     pub bad_pieces: u64,
     /// Peers that sent bytes: (peer id hex, kind, bytes).
     pub sources: Vec<(String, String, u64)>,
+    /// Peers that sent pieces failing verification: (peer id hex, kind, bad pieces). Each
+    /// was blacklisted.
+    pub bad_peers: Vec<(String, String, u32)>,
 }
 
 impl PullReport {
@@ -370,17 +373,21 @@ impl PullReport {
         already_present: bool,
         stats: &SwarmStats,
     ) -> Self {
+        let kind = |k| match k {
+            kraken_transport::swarm::PeerKind::Agent => "agent".to_string(),
+            kraken_transport::swarm::PeerKind::Origin => "origin".to_string(),
+        };
         let sources = stats
             .per_peer
             .iter()
             .filter(|(_, s)| s.downloaded > 0)
-            .map(|(id, s)| {
-                let kind = match s.kind {
-                    kraken_transport::swarm::PeerKind::Agent => "agent",
-                    kraken_transport::swarm::PeerKind::Origin => "origin",
-                };
-                (hex::encode(id.0), kind.to_string(), s.downloaded)
-            })
+            .map(|(id, s)| (hex::encode(id.0), kind(s.kind), s.downloaded))
+            .collect();
+        let bad_peers = stats
+            .per_peer
+            .iter()
+            .filter(|(_, s)| s.bad_pieces > 0)
+            .map(|(id, s)| (hex::encode(id.0), kind(s.kind), s.bad_pieces))
             .collect();
         PullReport {
             digest,
@@ -392,6 +399,7 @@ impl PullReport {
             pieces_retried: stats.requests_timed_out,
             bad_pieces: stats.bad_pieces,
             sources,
+            bad_peers,
         }
     }
 }

@@ -69,8 +69,11 @@ impl NodeService {
             Request::Ping => return done(Response::Pong(self.info.clone())),
             Request::ClusterView => {
                 return done(match &self.view {
-                    Some(v) => Response::View(v.borrow().encode()),
-                    None => wrong_node("cluster views are served by ring nodes, not agents"),
+                    Some(v) if !v.borrow().is_empty() => Response::View(v.borrow().encode()),
+                    _ => Response::Error(RemoteError::new(
+                        ErrorKind::Unavailable,
+                        "this node has no cluster view yet",
+                    )),
                 });
             }
             _ => {}

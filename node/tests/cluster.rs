@@ -222,6 +222,19 @@ async fn an_agent_serving_corrupt_pieces_is_blacklisted_and_nothing_bad_is_store
         );
     }
     eprintln!("bad pieces seen: {bad_pieces}");
+    // The reports name the corrupt agent, and only it.
+    let bad_ids: std::collections::BTreeSet<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.as_ref()
+                .unwrap()
+                .bad_peers
+                .iter()
+                .map(|(id, _, _)| id.clone())
+        })
+        .collect();
+    let pool_id = c.node(bad).cluster().pool().endpoint().peer_id();
+    assert_eq!(bad_ids, [hex::encode(pool_id.0)].into_iter().collect());
     assert!(
         bad_pieces > 0,
         "nobody asked the corrupt agent: the test proved nothing"

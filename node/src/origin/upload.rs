@@ -325,7 +325,7 @@ pub struct Pushed {
 }
 
 /// Uploads `length` bytes of `path` as `digest` to the origin at `addr`, resuming where the
-/// origin's staged copy ends. `progress` is called with bytes acknowledged so far.
+/// origin's staged copy ends.
 #[allow(clippy::too_many_arguments)]
 pub async fn push_file(
     cluster: &Cluster,

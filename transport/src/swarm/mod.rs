@@ -245,6 +245,7 @@ impl SwarmStats {
             kind,
             downloaded: 0,
             uploaded: 0,
+            bad_pieces: 0,
         })
     }
 }
@@ -258,6 +259,8 @@ pub struct PeerStats {
     pub downloaded: u64,
     /// Bytes sent to it.
     pub uploaded: u64,
+    /// Pieces from it that failed verification (it was blacklisted for them).
+    pub bad_pieces: u32,
 }
 
 #[derive(Debug)]
@@ -561,6 +564,9 @@ impl Swarm {
         match outcome {
             PieceOutcome::Corrupt => {
                 self.stats.bad_pieces += 1;
+                let kind = self.peers.get(&from).map_or(PeerKind::Agent, |p| p.kind);
+                let entry = self.stats.peer(from, kind);
+                entry.bad_pieces = entry.bad_pieces.saturating_add(1);
                 self.events.push_back(SwarmEvent::BadPiece { from, index });
                 self.ban(now, from, BlacklistReason::BadPiece);
                 self.disconnect(from);

@@ -1,0 +1,412 @@
+//! The cluster behind the registry gateway: `kraken_registry_gateway::registry::Registry`
+//! implemented with QUIC calls.
+//!
+//! - On an **agent** ([`ClusterRegistry::agent`]), blobs and manifests come from the agent's
+//!   P2P download and stream to the client as verified pieces arrive; tags resolve through
+//!   the build-index. A pull by digest never touches the build-index, so it works while the
+//!   build-index is unreachable.
+//! - On a **proxy** ([`ClusterRegistry::proxy`]), blobs go to (and are read from) the
+//!   owning origins, and tags go to the build-index, which checks that every blob a
+//!   manifest references exists.
+//!
+//! Tag listings and the catalog are gathered from every live build-index node and merged
+//! (each node holds the tags it owns), so they are complete however large the ring.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kraken_membership::Role;
+use kraken_registry_gateway::registry::{BlobBody, Page, Registry, RegistryError};
+use kraken_storage::{Digest, Metainfo};
+use kraken_transport::quic::RequestBody;
+
+use crate::agent::Agent;
+use crate::buildindex::owners_of_tag;
+use crate::client::{CallError, Cluster};
+use crate::fetch::call_error;
+use crate::proto::{ErrorKind, RemoteError, Request, Response};
+
+/// The registry of an agent or a proxy.
+#[derive(Clone)]
+pub struct ClusterRegistry {
+    cluster: Cluster,
+    agent: Option<Agent>,
+}
+
+impl ClusterRegistry {
+    /// Pulls through `agent`'s P2P downloads.
+    pub fn agent(agent: Agent, cluster: Cluster) -> Self {
+        ClusterRegistry {
+            cluster,
+            agent: Some(agent),
+        }
+    }
+
+    /// Pushes to (and reads from) the origins directly.
+    pub fn proxy(cluster: Cluster) -> Self {
+        ClusterRegistry {
+            cluster,
+            agent: None,
+        }
+    }
+
+    async fn metainfo(&self, repo: &str, digest: &Digest) -> Result<Metainfo, RegistryError> {
+        if let Some(agent) = &self.agent {
+            return agent
+                .metainfo(repo, digest)
+                .await
+                .map_err(|e| blob_error(e, digest));
+        }
+        let owners = self.cluster.owners_of_digest(Role::Origin, digest, 0);
+        let request = Request::OriginMetainfo {
+            namespace: repo.to_string(),
+            digest: *digest,
+            wait_ms: 10_000,
+        };
+        let limit = Duration::from_secs(10) + self.cluster.call_timeout;
+        loop {
+            match self
+                .cluster
+                .call_first(&owners, Role::Origin, &request, limit)
+                .await
+            {
+                Ok(Response::Metainfo(bytes)) => {
+                    return Metainfo::decode(&bytes)
+                        .map_err(|e| RegistryError::Internal(e.to_string()));
+                }
+                Ok(Response::Pending) => continue,
+                Ok(other) => return Err(RegistryError::Internal(format!("{other:?}"))),
+                Err(e) => {
+                    let e = call_error(e);
+                    let e = if e.kind == ErrorKind::WrongNode {
+                        RemoteError::new(ErrorKind::NotFound, e.message)
+                    } else {
+                        e
+                    };
+                    return Err(blob_error(e, digest));
+                }
+            }
+        }
+    }
+
+    /// Every live build-index node (tags are spread over them by owner).
+    fn build_index_nodes(&self) -> Vec<std::net::SocketAddr> {
+        let view = self.cluster.view();
+        view.ring(Role::BuildIndex)
+            .members()
+            .iter()
+            .filter(|m| !view.is_suspected(&m.id))
+            .map(|m| m.quic_addr)
+            .collect()
+    }
+
+    /// Asks every build-index node for a page and merges them.
+    async fn gather(
+        &self,
+        make: impl Fn(u32) -> Request,
+        limit: usize,
+    ) -> Result<Page, RegistryError> {
+        let nodes = self.build_index_nodes();
+        if nodes.is_empty() {
+            return Err(RegistryError::Unavailable(
+                "no live build-index node".into(),
+            ));
+        }
+        let ask = u32::try_from(limit.saturating_add(1)).unwrap_or(u32::MAX);
+        let answers = futures::future::join_all(nodes.iter().map(|addr| {
+            let request = make(ask);
+            async move { self.cluster.call(*addr, &request).await }
+        }))
+        .await;
+        let mut all = BTreeSet::new();
+        let mut reached = 0;
+        let mut last_error = None;
+        for a in answers {
+            match a {
+                Ok(Response::Names { names, .. }) => {
+                    reached += 1;
+                    all.extend(names);
+                }
+                Ok(other) => last_error = Some(RegistryError::Internal(format!("{other:?}"))),
+                Err(e) => match e.remote() {
+                    // A node that holds none of this repository's tags.
+                    Some(r) if r.kind == ErrorKind::NotFound => reached += 1,
+                    _ => last_error = Some(RegistryError::Unavailable(e.to_string())),
+                },
+            }
+        }
+        if reached == 0 {
+            return Err(
+                last_error.unwrap_or_else(|| RegistryError::Unavailable("no answer".into()))
+            );
+        }
+        let more = all.len() > limit;
+        Ok(Page {
+            names: all.into_iter().take(limit).collect(),
+            more,
+        })
+    }
+
+    async fn origin_stream(
+        &self,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<kraken_registry_gateway::registry::ByteStream, RegistryError> {
+        let owners = self.cluster.owners_of_digest(Role::Origin, digest, 0);
+        let request = Request::Download {
+            digest: *digest,
+            offset: range.start,
+            len: range.end - range.start,
+        };
+        let mut last = RegistryError::Unavailable("no live origin".into());
+        for owner in owners {
+            match self
+                .cluster
+                .call_stream(owner.quic_addr, &request, RequestBody::None)
+                .await
+            {
+                Ok((Response::Content { len, .. }, recv)) => {
+                    let stream =
+                        futures::stream::unfold((recv, len), |(mut recv, left)| async move {
+                            if left == 0 {
+                                return None;
+                            }
+                            match recv.read_chunk(256 * 1024, true).await {
+                                Ok(Some(c)) => {
+                                    let n = (c.bytes.len() as u64).min(left);
+                                    let bytes: Bytes = c.bytes.slice(..n as usize);
+                                    Some((Ok(bytes), (recv, left - n)))
+                                }
+                                Ok(None) => Some((
+                                    Err(RegistryError::Unavailable(
+                                        "origin stream ended early".into(),
+                                    )),
+                                    (recv, 0),
+                                )),
+                                Err(e) => Some((
+                                    Err(RegistryError::Unavailable(e.to_string())),
+                                    (recv, 0),
+                                )),
+                            }
+                        });
+                    return Ok(stream.boxed());
+                }
+                Ok((other, _)) => last = RegistryError::Internal(format!("{other:?}")),
+                Err(e) => {
+                    let e = call_error(e);
+                    if e.kind == ErrorKind::NotFound {
+                        last = RegistryError::BlobUnknown(digest.to_string());
+                        continue;
+                    }
+                    last = RegistryError::Unavailable(e.message);
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn blob_error(e: RemoteError, digest: &Digest) -> RegistryError {
+    match e.kind {
+        ErrorKind::NotFound => RegistryError::BlobUnknown(digest.to_string()),
+        ErrorKind::DigestMismatch => RegistryError::DigestInvalid(e.message),
+        ErrorKind::BadRequest => RegistryError::Internal(e.message),
+        ErrorKind::Unavailable | ErrorKind::WrongNode => RegistryError::Unavailable(e.message),
+        _ => RegistryError::Internal(e.message),
+    }
+}
+
+fn tag_error(e: CallError, repo: &str, tag: &str) -> RegistryError {
+    match e.remote() {
+        Some(r) if r.kind == ErrorKind::NotFound => {
+            RegistryError::TagUnknown(format!("{repo}:{tag}"))
+        }
+        Some(r) if r.kind == ErrorKind::BadRequest => RegistryError::Internal(r.message.clone()),
+        _ => RegistryError::Unavailable(e.to_string()),
+    }
+}
+
+impl Registry for ClusterRegistry {
+    async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Digest, RegistryError> {
+        let owners = owners_of_tag(&self.cluster, repo, tag, 0);
+        let request = Request::GetTag {
+            repo: repo.into(),
+            tag: tag.into(),
+        };
+        match self
+            .cluster
+            .call_first(
+                &owners,
+                Role::BuildIndex,
+                &request,
+                self.cluster.call_timeout,
+            )
+            .await
+        {
+            Ok(Response::Tag { digest, .. }) => Ok(digest),
+            Ok(other) => Err(RegistryError::Internal(format!("{other:?}"))),
+            Err(CallError::NoOwners(_)) => Err(RegistryError::Unavailable(
+                "no live build-index node".into(),
+            )),
+            Err(e) => Err(tag_error(e, repo, tag)),
+        }
+    }
+
+    async fn stat_blob(&self, repo: &str, digest: &Digest) -> Result<u64, RegistryError> {
+        Ok(self.metainfo(repo, digest).await?.length())
+    }
+
+    async fn read_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobBody, RegistryError> {
+        let meta = self.metainfo(repo, digest).await?;
+        let total = meta.length();
+        let range = range.unwrap_or(0..total);
+        if range.start > range.end || range.end > total {
+            return Err(RegistryError::RangeNotSatisfiable(format!(
+                "{range:?} of a {total}-byte blob"
+            )));
+        }
+        let stream = match &self.agent {
+            Some(agent) => agent
+                .read_stream(repo, digest, Some(range.clone()))
+                .await
+                .map_err(|e| blob_error(e, digest))?
+                .map(|r| r.map_err(|e| RegistryError::Unavailable(e.message)))
+                .boxed(),
+            None => self.origin_stream(digest, range.clone()).await?,
+        };
+        Ok(BlobBody {
+            total,
+            range,
+            stream,
+        })
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, RegistryError> {
+        let page = self
+            .gather(
+                |n| Request::ListTags {
+                    repo: repo.into(),
+                    after: after.map(Into::into),
+                    limit: n,
+                },
+                limit,
+            )
+            .await?;
+        if page.names.is_empty() && after.is_none() {
+            return Err(RegistryError::NameUnknown(repo.to_string()));
+        }
+        Ok(page)
+    }
+
+    async fn catalog(&self, after: Option<&str>, limit: usize) -> Result<Page, RegistryError> {
+        self.gather(
+            |n| Request::ListRepos {
+                after: after.map(Into::into),
+                limit: n,
+            },
+            limit,
+        )
+        .await
+    }
+
+    async fn put_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        path: &Path,
+        len: u64,
+    ) -> Result<(), RegistryError> {
+        if self.agent.is_some() {
+            return Err(RegistryError::Unsupported(
+                "agents do not accept pushes".into(),
+            ));
+        }
+        let owners = self.cluster.owners_of_digest(Role::Origin, digest, 0);
+        let mut last = RegistryError::Unavailable("no live origin".into());
+        for owner in owners {
+            match crate::origin::upload::push_file(
+                &self.cluster,
+                owner.quic_addr,
+                repo,
+                digest,
+                path,
+                len,
+                false,
+                false,
+            )
+            .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.try_next() => last = RegistryError::Unavailable(e.to_string()),
+                Err(e) => {
+                    let e = call_error(e);
+                    return Err(match e.kind {
+                        ErrorKind::DigestMismatch => RegistryError::DigestInvalid(e.message),
+                        _ => RegistryError::Internal(e.message),
+                    });
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn put_tag(&self, repo: &str, tag: &str, digest: &Digest) -> Result<(), RegistryError> {
+        if self.agent.is_some() {
+            return Err(RegistryError::Unsupported(
+                "agents do not accept pushes".into(),
+            ));
+        }
+        let owners = owners_of_tag(&self.cluster, repo, tag, 0);
+        let request = Request::PutTag {
+            repo: repo.into(),
+            tag: tag.into(),
+            digest: *digest,
+            replica: false,
+        };
+        match self
+            .cluster
+            .call_first(
+                &owners,
+                Role::BuildIndex,
+                &request,
+                Duration::from_secs(120),
+            )
+            .await
+        {
+            Ok(Response::TagPut { .. }) => Ok(()),
+            Ok(other) => Err(RegistryError::Internal(format!("{other:?}"))),
+            Err(CallError::NoOwners(_)) => Err(RegistryError::Unavailable(
+                "no live build-index node".into(),
+            )),
+            Err(e) => match e.remote() {
+                Some(r) if r.kind == ErrorKind::NotFound => {
+                    Err(RegistryError::ManifestBlobUnknown(r.message.clone()))
+                }
+                Some(r) if r.kind == ErrorKind::BadRequest => {
+                    Err(RegistryError::Internal(r.message.clone()))
+                }
+                _ => Err(RegistryError::Unavailable(e.to_string())),
+            },
+        }
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), RegistryError> {
+        Err(RegistryError::Unsupported(format!(
+            "tags are immutable history in this cluster; point {repo}:{tag} elsewhere instead"
+        )))
+    }
+}
