@@ -269,6 +269,10 @@ pub struct RegistrySection {
     pub push_tokens: Vec<String>,
     /// `user:password` pairs accepted (HTTP basic) for pushes.
     pub push_users: Vec<String>,
+    /// Serve HTTPS with this certificate chain (PEM); with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The HTTPS private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for RegistrySection {
@@ -281,6 +285,8 @@ impl Default for RegistrySection {
             page_limit: 1000,
             push_tokens: Vec::new(),
             push_users: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -396,6 +402,15 @@ impl NodeConfig {
                 "a proxy runs apart from agents and origins (each serves its own registry API)"
                     .into(),
             );
+        }
+        if self.registry.tls_cert.is_some() != self.registry.tls_key.is_some() {
+            return bad("registry.tls_cert and registry.tls_key go together".into());
+        }
+        if let Some(bad_user) = self.registry.push_users.iter().find(|u| !u.contains(':')) {
+            return bad(format!(
+                "registry.push_users: {:?} is not user:password",
+                bad_user.split(':').next().unwrap_or("")
+            ));
         }
         if self.registry.page_limit == 0 || self.registry.max_manifest_len == 0 {
             return bad("registry.page_limit and registry.max_manifest_len must be above 0".into());

@@ -1,7 +1,7 @@
 //! `kraken dev`: a whole cluster on loopback in one process, for a first try and for tests.
 //!
-//! Three origins (filesystem backend under the data directory), a tracker, a build-index
-//! and a few agents,
+//! Three origins (filesystem backend under the data directory), a tracker, a build-index,
+//! a few agents and a proxy,
 //! each a real node with its own QUIC endpoint, gossip (ring nodes), store and HTTP
 //! endpoint, all with certificates from a generated dev CA. `DIR/cluster.json` lists every
 //! node's role and addresses and the paths of the CA and of an admin client certificate,
@@ -62,12 +62,15 @@ pub struct ClusterFileNode {
     pub http: Option<SocketAddr>,
     /// Gossip address (ring nodes).
     pub gossip: Option<SocketAddr>,
+    /// Registry API (agents: pull; the proxy: push).
+    #[serde(default)]
+    pub registry: Option<SocketAddr>,
 }
 
 /// A running dev cluster.
 #[derive(Debug)]
 pub struct DevCluster {
-    /// Origins, the tracker, the build-index, then agents.
+    /// Origins, the tracker, the build-index, agents, then the proxy.
     pub nodes: Vec<Node>,
     /// What was written to `cluster.json`.
     pub file: ClusterFile,
@@ -90,6 +93,7 @@ fn base_config(opts: &DevOptions, name: &str, roles: Vec<NodeRole>, ca_dir: &Pat
     c.gossip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.gossip.interval_ms = 200;
     c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.registry.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.tls.ca = ca_dir.join("ca.crt");
     c.tls.cert = ca_dir.join(format!("{name}.crt"));
     c.tls.key = ca_dir.join(format!("{name}.key"));
@@ -153,6 +157,12 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
         let id = identity(&ca, &ca_dir, &name)?;
         nodes.push(Node::start_with(c, id, ca.cluster_ca()).await?);
     }
+    let name = "proxy-1";
+    let mut c = base_config(opts, name, vec![NodeRole::Proxy], &ca_dir);
+    c.view.seeds = vec![view_seed.clone()];
+    c.view.refresh_secs = 2;
+    let id = identity(&ca, &ca_dir, name)?;
+    nodes.push(Node::start_with(c, id, ca.cluster_ca()).await?);
     identity(&ca, &ca_dir, "admin")?;
     wait_ready(&nodes, opts.origins, Duration::from_secs(30)).await?;
     let file = ClusterFile {
@@ -168,6 +178,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
                 quic: n.quic_addr(),
                 http: n.http_addr(),
                 gossip: n.gossip_addr(),
+                registry: n.registry_addr(),
             })
             .collect(),
     };
@@ -192,6 +203,9 @@ fn node_roles(n: &Node) -> Vec<String> {
     }
     if r.build_index.is_some() {
         out.push("build-index".to_string());
+    }
+    if out.is_empty() {
+        out.push("proxy".to_string());
     }
     out
 }

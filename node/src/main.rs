@@ -33,6 +33,8 @@ enum Command {
     Agent(RunArgs),
     /// Run a build-index.
     BuildIndex(RunArgs),
+    /// Run a proxy (the push side of the registry API).
+    Proxy(RunArgs),
     /// Run the roles named in the config file's `[node] roles`.
     Run(RunArgs),
     /// Start a whole cluster on loopback in this process.
@@ -186,6 +188,7 @@ fn main() -> ExitCode {
             Command::Tracker(a) => run_node(Some(NodeRole::Tracker), a, cli.log_json).await,
             Command::Agent(a) => run_node(Some(NodeRole::Agent), a, cli.log_json).await,
             Command::BuildIndex(a) => run_node(Some(NodeRole::BuildIndex), a, cli.log_json).await,
+            Command::Proxy(a) => run_node(Some(NodeRole::Proxy), a, cli.log_json).await,
             Command::Run(a) => run_node(None, a, cli.log_json).await,
             Command::Dev(a) => run_dev(a, cli.log_json).await,
         }

@@ -36,8 +36,13 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::origin::{NoAnnounce, Origin, OriginParts};
 use crate::proto::{NodeInfo, Request};
+use crate::registry::ClusterRegistry;
 use crate::service::{NodeService, Roles};
 use crate::tracker::TrackerRole;
+use kraken_registry_gateway::{
+    BasicCredential, GatewayConfig, PushAuth, serve as serve_registry_plain, serve_tls,
+    tls_config_from_pem,
+};
 
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +120,7 @@ pub struct Node {
     membership: Option<Membership>,
     stop: watch::Sender<bool>,
     http_addr: Option<SocketAddr>,
+    registry_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
 }
 
@@ -352,6 +358,7 @@ impl Node {
             view_for_service,
             metrics.clone(),
         ));
+        let registry_addr = start_registry(&config, &roles, &cluster, stop_rx.clone()).await?;
         if let Some(listener) = http_listener {
             let state = http::HttpState {
                 metrics: metrics.clone(),
@@ -374,8 +381,14 @@ impl Node {
             membership,
             stop,
             http_addr,
+            registry_addr,
             metrics,
         })
+    }
+
+    /// The registry API's address (agents and proxies).
+    pub fn registry_addr(&self) -> Option<SocketAddr> {
+        self.registry_addr
     }
 
     /// Its name.
@@ -452,6 +465,83 @@ impl Node {
         self.endpoint.close();
         drop(self.membership.take());
     }
+}
+
+/// Serves the registry API on agents (pull) and proxies (push), if enabled.
+async fn start_registry(
+    config: &NodeConfig,
+    roles: &Roles,
+    cluster: &Cluster,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<SocketAddr>, StartError> {
+    let section = &config.registry;
+    let proxy = config.has(NodeRole::Proxy);
+    if !section.enabled || !(proxy || roles.agent.is_some()) {
+        return Ok(None);
+    }
+    let registry = Arc::new(match &roles.agent {
+        Some(agent) if !proxy => ClusterRegistry::agent(agent.clone(), cluster.clone()),
+        _ => ClusterRegistry::proxy(cluster.clone()),
+    });
+    let auth = if section.push_tokens.is_empty() && section.push_users.is_empty() {
+        None
+    } else {
+        Some(PushAuth {
+            bearer_tokens: section.push_tokens.clone(),
+            basic: section
+                .push_users
+                .iter()
+                .filter_map(|u| u.split_once(':'))
+                .map(|(user, password)| BasicCredential {
+                    username: user.to_string(),
+                    password: password.to_string(),
+                })
+                .collect(),
+            realm: "kraken".into(),
+        })
+    };
+    let gateway = GatewayConfig {
+        push: proxy,
+        uploads_dir: section
+            .uploads_dir
+            .clone()
+            .unwrap_or_else(|| config.node.data_dir.join("registry-uploads")),
+        max_manifest_len: section.max_manifest_len,
+        auth,
+        page_limit: section.page_limit,
+        ..GatewayConfig::default()
+    };
+    let addr = section.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Http { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Http { addr, source })?;
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let tls = match (&section.tls_cert, &section.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(tls_config_from_pem(cert, key).map_err(|e| StartError::Endpoint(e.to_string()))?)
+        }
+        _ => None,
+    };
+    // Fail at start on a bad setting rather than in the serving task.
+    gateway
+        .validate()
+        .map_err(|e| StartError::Endpoint(format!("registry: {e}")))?;
+    tokio::spawn(async move {
+        let served = match tls {
+            Some(tls) => serve_tls(listener, registry, gateway, tls, shutdown).await,
+            None => serve_registry_plain(listener, registry, gateway, shutdown).await,
+        };
+        if let Err(e) = served {
+            tracing::error!(error = %e, "registry API stopped");
+        }
+    });
+    tracing::info!(addr = %bound, push = proxy, "registry API listening");
+    Ok(Some(bound))
 }
 
 fn rate(bytes_per_sec: u64) -> Result<Option<kraken_transport::limit::RateLimiter>, StartError> {

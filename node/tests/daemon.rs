@@ -195,11 +195,12 @@ fn dechunk(mut body: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Example configs
 
-const EXAMPLES: [(&str, NodeRole); 4] = [
+const EXAMPLES: [(&str, NodeRole); 5] = [
     ("origin.toml", NodeRole::Origin),
     ("tracker.toml", NodeRole::Tracker),
     ("agent.toml", NodeRole::Agent),
     ("build-index.toml", NodeRole::BuildIndex),
+    ("proxy.toml", NodeRole::Proxy),
 ];
 
 #[test]
@@ -286,7 +287,10 @@ fn example_tunables_are_the_defaults() {
                 assert_eq!(c.build_index, d);
                 assert_eq!(json(&c.writeback_queue), json(&QueueConfig::default()));
             }
-            _ => unreachable!(),
+            NodeRole::Proxy => {
+                assert_eq!(c.registry.page_limit, 1000);
+                assert_eq!(c.registry.max_manifest_len, 4 << 20);
+            }
         }
     }
 }
@@ -316,7 +320,7 @@ fn examples_write_out_every_key_of_their_sections() {
         }
     }
     let common = ["node", "quic", "tls", "view", "http"];
-    let by_role: [(&str, &[&str]); 4] = [
+    let by_role: [(&str, &[&str]); 5] = [
         (
             "origin.toml",
             &[
@@ -329,7 +333,8 @@ fn examples_write_out_every_key_of_their_sections() {
             ],
         ),
         ("tracker.toml", &["gossip", "tracker"]),
-        ("agent.toml", &["store", "swarm", "agent"]),
+        ("agent.toml", &["store", "swarm", "agent", "registry"]),
+        ("proxy.toml", &["view", "registry"]),
         (
             "build-index.toml",
             &["gossip", "build_index", "writeback_queue", "backends"],
@@ -463,7 +468,8 @@ fn kraken_dev_serves_http_writes_its_cluster_file_and_exits_on_sigterm() {
         "{file:?}"
     );
     assert_eq!(with_role("build-index").len(), 1, "{file:?}");
-    assert_eq!(file.nodes.len(), 7, "{file:?}");
+    assert_eq!(with_role("proxy").len(), 1, "{file:?}");
+    assert_eq!(file.nodes.len(), 8, "{file:?}");
     for path in [&file.ca, &file.admin_cert, &file.admin_key] {
         assert!(path.is_file(), "{} is missing", path.display());
     }
@@ -471,10 +477,20 @@ fn kraken_dev_serves_http_writes_its_cluster_file_and_exits_on_sigterm() {
         assert!(n.http.is_some(), "{} has no HTTP endpoint", n.name);
         assert_eq!(
             n.gossip.is_some(),
-            n.roles.iter().any(|r| r != "agent"),
+            n.roles.iter().any(|r| r != "agent" && r != "proxy"),
             "{}: only ring nodes gossip",
             n.name
         );
+    }
+
+    // Agents (pull) and the proxy (push) serve the registry API.
+    for n in file
+        .nodes
+        .iter()
+        .filter(|n| n.roles.iter().any(|r| r == "agent" || r == "proxy"))
+    {
+        let (status, _) = http_get(n.registry.expect("a registry address"), "/v2/");
+        assert_eq!(status, 200, "{}: GET /v2/", n.name);
     }
 
     let origin = origins[0].http.unwrap();

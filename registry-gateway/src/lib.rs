@@ -1,7 +1,65 @@
-//! The Docker Registry v2 / OCI distribution HTTP API over cluster traits (the HTTP server
-//! itself arrives with issue "Registry gateway").
+//! The Docker Registry v2 / OCI distribution HTTP API over cluster traits.
 //!
-//! Today it holds [`names`]: the specification's grammar for repository names and tags,
-//! shared by the gateway and the build-index so both refuse exactly the same names.
+//! This crate is the HTTP edge and knows nothing of QUIC or roles: [`registry::Registry`]
+//! is what it needs from a cluster, and `kraken-node` implements it. [`router`] builds the
+//! axum router over any implementation, [`serve`] (and [`serve_tls`]) run it on a listener.
+//!
+//! Modules:
+//! - [`names`]: the specification's grammar for repository names and tags, shared by the
+//!   gateway and the build-index so both refuse exactly the same names.
+//! - [`registry`]: the [`registry::Registry`] trait and its error type.
+//! - [`media`]: manifest media types and what a pushed manifest must look like.
+//! - [`error`]: the specification's error codes and JSON error bodies.
+//! - `config`: [`GatewayConfig`], [`GatewayError`]; `auth`: [`PushAuth`] for writes;
+//!   `metrics`: [`GatewayMetrics`] (Prometheus text).
+//! - `server`: [`router`] and [`serve`]; `tls`: [`serve_tls`].
+//! - `route`: which endpoint a path names (parsed from the right, names have slashes);
+//!   `reference`: validation of names, tags and digests; `range`: `Range` and
+//!   `Content-Range`; `uploads`: durable upload sessions on disk; `referrers`: the
+//!   referrers index kept by the OCI "referrers tag schema".
+//! - `handlers`: the request handlers; `access`: version header, access log, metrics.
+//!
+//! # The API served
+//!
+//! Every response carries `Docker-Distribution-API-Version: registry/2.0`; unknown query
+//! parameters (containerd's `ns`) are ignored.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /v2/` | 200 `{}` |
+//! | `GET,HEAD /v2/<name>/manifests/<tag or digest>` | the manifest, typed by its `mediaType` |
+//! | `GET,HEAD /v2/<name>/blobs/<digest>` | the blob, streamed; `Range` gives 206 or 416 |
+//! | `GET /v2/<name>/tags/list`, `GET /v2/_catalog` | pages (`n`, `last`, `Link`) |
+//! | `GET /v2/<name>/referrers/<digest>` | an OCI index (empty when none) |
+//! | `POST /v2/<name>/blobs/uploads/` | session (202), monolithic `?digest=` or mount (201) |
+//! | `PATCH`/`PUT`/`GET`/`DELETE` on an upload | chunk / finish / progress / cancel |
+//! | `PUT /v2/<name>/manifests/<ref>` | 201; keeps referrers for a `subject` |
+//! | `DELETE /v2/<name>/manifests/<tag>` | the cluster's `delete_tag` |
+//!
+//! Writes answer 405 `UNSUPPORTED` when [`GatewayConfig::push`] is off and 401 without the
+//! configured credentials.
 
+mod access;
+mod auth;
+mod config;
+pub mod error;
+mod handlers;
+pub mod media;
+mod metrics;
 pub mod names;
+mod range;
+mod reference;
+mod referrers;
+pub mod registry;
+mod route;
+mod server;
+mod tls;
+mod uploads;
+
+pub use auth::{BasicCredential, PushAuth};
+pub use config::{
+    DEFAULT_MAX_MANIFEST_LEN, DEFAULT_PAGE_LIMIT, DEFAULT_UPLOAD_TTL, GatewayConfig, GatewayError,
+};
+pub use metrics::GatewayMetrics;
+pub use server::{router, serve};
+pub use tls::{serve_tls, tls_config_from_pem};

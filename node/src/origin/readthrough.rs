@@ -37,6 +37,11 @@ impl Origin {
             let result = origin.fetch_from_backend(&namespace, &digest).await;
             match &result {
                 Ok(()) => tracing::info!(%digest, %namespace, "read through from the backend"),
+                // Absent from the backend is an answer (registry clients probe blobs before
+                // pushing them), not a fault.
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    tracing::debug!(%digest, %namespace, "not in the backend either");
+                }
                 Err(e) => tracing::warn!(%digest, %namespace, error = %e, "read-through failed"),
             }
             // Forget the fetch before telling the waiters, so a failure can be retried by

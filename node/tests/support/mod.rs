@@ -72,6 +72,7 @@ impl TestCluster {
         c.gossip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.gossip.interval_ms = 100;
         c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.registry.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.tls.ca = "unused".into();
         c.tls.cert = "unused".into();
         c.tls.key = "unused".into();
@@ -91,7 +92,7 @@ impl TestCluster {
                 backend: fs_backend(&self.backend_root),
             }];
         }
-        if role == NodeRole::Agent {
+        if role == NodeRole::Agent || role == NodeRole::Proxy {
             c.view.seeds = self
                 .nodes
                 .iter()

@@ -1,0 +1,296 @@
+//! The registry API end to end with real clients: `skopeo` pushes an image (built by
+//! `umoci`) through the proxy and pulls it through agents (P2P behind the gateway), also by
+//! digest while the build-index is down; containerd's `ctr` pulls through an agent
+//! configured as a registry mirror (`hosts.toml`).
+//!
+//! The tools are installed by `.ci/run`; elsewhere a missing tool makes these tests print
+//! SKIPPED and pass (under `CI` they fail instead).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use kraken_node::config::NodeRole;
+use support::TestCluster;
+
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is not installed (CI installs it)"
+        );
+        eprintln!("SKIPPED: {tool} is not installed");
+    }
+    found
+}
+
+/// Runs a command on a blocking thread (the cluster keeps serving meanwhile); panics with
+/// its output if it fails.
+async fn run(cmd: &str, args: Vec<String>) -> String {
+    let cmd = cmd.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(&cmd).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd} {}: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(ToString::to_string).collect()
+}
+
+/// An OCI layout at `dir` with image `v1`: two layers of random bytes.
+async fn build_image(dir: &Path) {
+    let layout = dir.join("img");
+    let l = layout.to_str().unwrap().to_string();
+    run("umoci", s(&["init", "--layout", &l])).await;
+    run("umoci", s(&["new", "--image", &format!("{l}:v1")])).await;
+    for (i, size) in [(1, 3_000_000), (2, 1_500_000)] {
+        let file = dir.join(format!("payload{i}"));
+        let data: Vec<u8> = (0..size)
+            .map(|j: u32| (j.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+            .collect();
+        std::fs::write(&file, data).unwrap();
+        run(
+            "umoci",
+            vec![
+                "insert".into(),
+                "--image".into(),
+                format!("{l}:v1"),
+                file.to_str().unwrap().into(),
+                format!("/data/payload{i}"),
+            ],
+        )
+        .await;
+    }
+}
+
+fn blobs_of(layout: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Origin, tracker, build-index, two agents and a proxy, all seeing the build-index.
+async fn registry_cluster() -> (TestCluster, [usize; 4]) {
+    let mut c = TestCluster::new();
+    c.add("origin-1", NodeRole::Origin).await;
+    c.add("tracker-1", NodeRole::Tracker).await;
+    let bi = c.add("bi-1", NodeRole::BuildIndex).await;
+    let a1 = c.add("agent-1", NodeRole::Agent).await;
+    let a2 = c.add("agent-2", NodeRole::Agent).await;
+    let proxy = c.add("proxy-1", NodeRole::Proxy).await;
+    c.converge(1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while [a1, a2, proxy].iter().any(|&i| {
+        c.node(i)
+            .cluster()
+            .view()
+            .ring(kraken_membership::Role::BuildIndex)
+            .is_empty()
+    }) {
+        assert!(std::time::Instant::now() < deadline, "build-index not seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (c, [bi, a1, a2, proxy])
+}
+
+/// Builds the image and pushes it as `library/app:v1` through the proxy with skopeo.
+async fn push_image(c: &TestCluster, proxy: usize) -> std::path::PathBuf {
+    let dir = c.dir.path().join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    build_image(&dir).await;
+    let push = c.node(proxy).registry_addr().unwrap();
+    let src = format!("oci:{}:v1", dir.join("img").display());
+    run(
+        "skopeo",
+        vec![
+            "copy".into(),
+            "--dest-tls-verify=false".into(),
+            src,
+            format!("docker://{push}/library/app:v1"),
+        ],
+    )
+    .await;
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pushes_through_the_proxy_and_pulls_through_agents() {
+    if !have("skopeo") || !have("umoci") {
+        return;
+    }
+    let (mut c, [bi, a1, a2, proxy]) = registry_cluster().await;
+    let dir = push_image(&c, proxy).await;
+    let pull1 = c.node(a1).registry_addr().unwrap();
+    let pull2 = c.node(a2).registry_addr().unwrap();
+
+    // Pull through agent 1: every blob arrives intact.
+    let inspect = run(
+        "skopeo",
+        vec![
+            "inspect".into(),
+            "--tls-verify=false".into(),
+            format!("docker://{pull1}/library/app:v1"),
+        ],
+    )
+    .await;
+    let digest = serde_json::from_str::<serde_json::Value>(&inspect).unwrap()["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out1 = dir.join("out1");
+    run(
+        "skopeo",
+        vec![
+            "copy".into(),
+            "--src-tls-verify=false".into(),
+            format!("docker://{pull1}/library/app:v1"),
+            format!("oci:{}:v1", out1.display()),
+        ],
+    )
+    .await;
+    // umoci keeps the superseded manifests and configs of each step; the pull holds
+    // exactly the blobs of v1, all of them from the source.
+    let source = blobs_of(&dir.join("img"));
+    let pulled = blobs_of(&out1);
+    assert!(pulled.is_subset(&source), "{pulled:?} vs {source:?}");
+    assert!(pulled.contains(digest.trim_start_matches("sha256:")));
+    assert_eq!(
+        pulled.len(),
+        4,
+        "manifest, config and two layers: {pulled:?}"
+    );
+
+    // The build-index goes away: a pull by digest through agent 2 still works.
+    c.kill(bi);
+    let out2 = dir.join("out2");
+    run(
+        "skopeo",
+        vec![
+            "copy".into(),
+            "--src-tls-verify=false".into(),
+            format!("docker://{pull2}/library/app@{digest}"),
+            format!("oci:{}:v1", out2.display()),
+        ],
+    )
+    .await;
+    assert_eq!(blobs_of(&out2), pulled);
+}
+
+/// A private containerd daemon (its own root, state and socket), stopped on drop.
+struct Containerd {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_containerd(dir: &Path) -> Containerd {
+    let socket = dir.join("containerd.sock");
+    let config = dir.join("containerd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\naddress = \"{sock}\"\n[ttrpc]\naddress = \"{sock}.ttrpc\"\n",
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = socket.display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Containerd { child, socket }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_through_an_agent_as_its_registry_mirror() {
+    if !have("skopeo") || !have("umoci") || !have("containerd") || !have("ctr") {
+        return;
+    }
+    let (c, [_, a1, _, proxy]) = registry_cluster().await;
+    push_image(&c, proxy).await;
+    let mirror = c.node(a1).registry_addr().unwrap();
+
+    // The documented hosts.toml: docker.io is mirrored by the local agent.
+    let hosts = c.dir.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
+    std::fs::write(
+        hosts.join("docker.io/hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .unwrap();
+    let ctrd_dir = c.dir.path().join("containerd");
+    std::fs::create_dir_all(&ctrd_dir).unwrap();
+    let containerd = tokio::task::spawn_blocking(move || start_containerd(&ctrd_dir))
+        .await
+        .unwrap();
+    let sock = containerd.socket.display().to_string();
+    run(
+        "ctr",
+        vec![
+            "--address".into(),
+            sock.clone(),
+            "content".into(),
+            "fetch".into(),
+            "--hosts-dir".into(),
+            hosts.display().to_string(),
+            "docker.io/library/app:v1".into(),
+        ],
+    )
+    .await;
+    let listed = run(
+        "ctr",
+        vec!["--address".into(), sock, "content".into(), "ls".into()],
+    )
+    .await;
+    // Manifest, config and both layers are now in containerd's content store.
+    let agent = c.node(a1).roles().agent.clone().unwrap();
+    let held: Vec<_> = agent.cas().list().unwrap();
+    assert!(held.len() >= 4, "the agent downloaded {} blobs", held.len());
+    for blob in held {
+        assert!(
+            listed.contains(&blob.digest.to_string()),
+            "{} not in containerd:\n{listed}",
+            blob.digest
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! The outermost layer: the API version header, the access log and the request metrics.
+//!
+//! The response body is wrapped so that the log line (method, path, status, body bytes
+//! actually sent, elapsed time, and whether the body finished) is written when the body is
+//! done or dropped, not when the headers leave: a streamed blob is logged with its real
+//! size and duration.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
+
+use crate::metrics::GatewayMetrics;
+
+/// The header every response carries.
+pub(crate) const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+
+/// Adds the version header, and logs and counts the request once its body is done.
+pub(crate) async fn observe(
+    State(metrics): State<GatewayMetrics>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(512).collect();
+    metrics.in_flight(1);
+    let mut response = next.run(req).await;
+    response
+        .headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    let status = response.status();
+    let (parts, body) = response.into_parts();
+    let record = Record {
+        metrics,
+        method,
+        path,
+        status,
+        start,
+        bytes: 0,
+        finished: body.is_end_stream(),
+    };
+    Response::from_parts(
+        parts,
+        Body::new(Observed {
+            inner: body,
+            record,
+        }),
+    )
+}
+
+struct Record {
+    metrics: GatewayMetrics,
+    method: Method,
+    path: String,
+    status: StatusCode,
+    start: Instant,
+    bytes: u64,
+    finished: bool,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.metrics.in_flight(-1);
+        self.metrics.record(&self.method, self.status, self.bytes);
+        tracing::info!(
+            target: "kraken_registry_gateway::access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            complete = self.finished || self.method == Method::HEAD,
+            "request"
+        );
+    }
+}
+
+/// A response body that counts what it yields.
+struct Observed {
+    inner: Body,
+    record: Record,
+}
+
+impl HttpBody for Observed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.record.finished = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

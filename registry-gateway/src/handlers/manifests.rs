@@ -1,0 +1,100 @@
+//! Manifest bytes to and from the cluster, where manifests are plain blobs.
+//!
+//! [`read_manifest`] reads one whole, refusing more than the configured limit and checking
+//! the bytes against their digest; [`store_manifest`] stages bytes in a file and hands it
+//! to `put_blob`; [`add_to_referrers`] keeps the referrers index of a subject.
+
+use futures::StreamExt;
+use kraken_storage::Digest;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::media::Manifest;
+use crate::referrers::{add_referrer, descriptor, referrers_tag};
+use crate::registry::{Registry, RegistryError};
+use crate::server::Gateway;
+
+/// Reads the manifest `digest` of `repo` whole (at most `max_manifest_len` bytes).
+pub(crate) async fn read_manifest<R: Registry>(
+    gw: &Gateway<R>,
+    repo: &str,
+    digest: &Digest,
+) -> Result<Vec<u8>, ApiError> {
+    let max = gw.config.max_manifest_len;
+    let body = gw
+        .registry
+        .read_blob(repo, digest, None)
+        .await
+        .map_err(ApiError::from_manifest)?;
+    let too_big = || {
+        ApiError::new(
+            ErrorCode::ManifestInvalid,
+            format!("{digest} is larger than the {max}-byte manifest limit"),
+        )
+    };
+    if body.total > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(body.total).unwrap_or(0));
+    let mut stream = body.stream;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(ApiError::from_manifest)?;
+        if (bytes.len() + chunk.len()) as u64 > max {
+            return Err(too_big());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if Digest::sha256_of(&bytes) != *digest {
+        return Err(ApiError::from(RegistryError::Internal(format!(
+            "the cluster returned bytes that do not match {digest}"
+        ))));
+    }
+    Ok(bytes)
+}
+
+/// Stores `bytes` as blob `digest` of `repo`.
+pub(crate) async fn store_manifest<R: Registry>(
+    gw: &Gateway<R>,
+    repo: &str,
+    digest: &Digest,
+    bytes: &[u8],
+) -> Result<(), ApiError> {
+    let staged = gw.uploads()?.staging_file();
+    tokio::fs::write(staged.path(), bytes)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unknown, format!("staging manifest: {e}")))?;
+    gw.registry
+        .put_blob(repo, digest, staged.path(), bytes.len() as u64)
+        .await
+        .map_err(ApiError::from)
+}
+
+/// Lists the manifest `digest` (`size` bytes) in the referrers index of its subject.
+pub(crate) async fn add_to_referrers<R: Registry>(
+    gw: &Gateway<R>,
+    repo: &str,
+    subject: &Digest,
+    manifest: &Manifest,
+    digest: &Digest,
+    size: u64,
+) -> Result<(), ApiError> {
+    let _serial = gw.referrers_lock.lock().await;
+    let tag = referrers_tag(subject);
+    let existing = match gw.registry.resolve_tag(repo, &tag).await {
+        Ok(index) => match read_manifest(gw, repo, &index).await {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.code() == ErrorCode::ManifestUnknown => None,
+            Err(e) => return Err(e),
+        },
+        Err(RegistryError::TagUnknown(_) | RegistryError::NameUnknown(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(index) = add_referrer(existing.as_deref(), descriptor(manifest, digest, size)) else {
+        return Ok(());
+    };
+    let index_digest = Digest::sha256_of(&index);
+    store_manifest(gw, repo, &index_digest, &index).await?;
+    gw.registry
+        .put_tag(repo, &tag, &index_digest)
+        .await
+        .map_err(ApiError::from)
+}

@@ -1,0 +1,199 @@
+//! Request handling: [`dispatch`] maps (method, [`Route`]) to a handler.
+//!
+//! - [`pull`]: manifests, blobs (with ranges), tag lists, the catalog and referrers.
+//! - [`uploads`]: blob upload sessions (start, mount, chunks, status, finish, cancel).
+//! - [`manifest_push`]: manifest PUT (with referrers upkeep) and tag DELETE.
+//! - [`manifests`]: reading and writing manifest bytes through the cluster.
+//!
+//! Writes pass [`write_gate`] first: 405 when push is off, 401 without credentials.
+
+pub(crate) mod manifest_push;
+pub(crate) mod manifests;
+pub(crate) mod pull;
+pub(crate) mod uploads;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::registry::Registry;
+use crate::route::Route;
+use crate::server::Gateway;
+
+/// A handler's outcome.
+pub(crate) type Reply = Result<Response, ApiError>;
+
+/// The parts of a request handlers read.
+pub(crate) struct Ctx {
+    /// Request headers.
+    pub(crate) headers: HeaderMap,
+    /// Query parameters (the last of repeated ones; unknown ones such as `ns` ignored).
+    pub(crate) query: HashMap<String, String>,
+    /// Whether this is a HEAD (no body in the answer).
+    pub(crate) head: bool,
+}
+
+impl Ctx {
+    /// A header as text, if present and visible ASCII.
+    pub(crate) fn header(&self, name: HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A query parameter.
+    pub(crate) fn query(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+}
+
+/// A response with `status`, the given body and `Content-Length`.
+pub(crate) fn respond(
+    status: StatusCode,
+    body: Vec<u8>,
+    content_type: Option<&str>,
+    head: bool,
+) -> Response {
+    let len = body.len();
+    let mut r = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    });
+    *r.status_mut() = status;
+    if let Some(ct) = content_type {
+        set(&mut r, CONTENT_TYPE, ct);
+    }
+    // A 204 carries no Content-Length (RFC 9110 section 8.6).
+    if status != StatusCode::NO_CONTENT {
+        r.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    r
+}
+
+/// A response with no body.
+pub(crate) fn empty(status: StatusCode) -> Response {
+    respond(status, Vec::new(), None, false)
+}
+
+/// Sets a header (values come from validated names, digests and numbers; an invalid one
+/// is dropped rather than panicking).
+pub(crate) fn set(r: &mut Response, name: impl axum::http::header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+/// Refuses a write when push is off or the credentials are missing.
+fn write_gate<R>(gw: &Gateway<R>, ctx: &Ctx) -> Result<(), ApiError> {
+    if !gw.config.push {
+        return Err(ApiError::push_disabled());
+    }
+    match &gw.config.auth {
+        Some(auth) => auth.check(&ctx.headers),
+        None => Ok(()),
+    }
+}
+
+/// `GET /v2/`: the version check. With credentials configured it also answers clients'
+/// "ping": 401 with the challenges unless valid credentials came along, which is how
+/// clients (docker, containers/image) learn to send them and how `docker login` checks
+/// them. Other reads stay open.
+fn base<R>(gw: &Gateway<R>, ctx: &Ctx) -> Reply {
+    if let Some(auth) = &gw.config.auth {
+        auth.check(&ctx.headers)?;
+    }
+    Ok(respond(
+        StatusCode::OK,
+        b"{}".to_vec(),
+        Some("application/json"),
+        ctx.head,
+    ))
+}
+
+/// The single handler behind the router.
+pub(crate) async fn dispatch<R: Registry>(
+    State(gw): State<Arc<Gateway<R>>>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let Some(route) = Route::parse(path) else {
+        return ApiError::not_found(path).into_response();
+    };
+    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let method = parts.method.clone();
+    let ctx = Ctx {
+        headers: parts.headers,
+        query,
+        head: method == Method::HEAD,
+    };
+    let gw = gw.as_ref();
+    let read = method == Method::GET || method == Method::HEAD;
+    let result = match route {
+        Route::Base if read => base(gw, &ctx),
+        Route::Base => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Catalog if read => pull::catalog(gw, &ctx).await,
+        Route::Catalog => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Tags { name } if read => pull::tags(gw, &ctx, &name).await,
+        Route::Tags { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Manifest { name, reference } => match method {
+            Method::GET | Method::HEAD => pull::manifest(gw, &ctx, &name, &reference).await,
+            Method::PUT => match write_gate(gw, &ctx) {
+                Ok(()) => manifest_push::put(gw, &ctx, &name, &reference, body).await,
+                Err(e) => Err(e),
+            },
+            Method::DELETE => match write_gate(gw, &ctx) {
+                Ok(()) => manifest_push::delete(gw, &name, &reference).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
+        },
+        Route::Blob { name, digest } => match method {
+            Method::GET | Method::HEAD => pull::blob(gw, &ctx, &name, &digest).await,
+            Method::DELETE => write_gate(gw, &ctx).and_then(|()| {
+                Err(ApiError::new(
+                    crate::error::ErrorCode::Unsupported,
+                    "blobs are deleted by the cluster's retention, not by clients",
+                ))
+            }),
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
+        },
+        Route::UploadStart { name } => match method {
+            Method::POST => match write_gate(gw, &ctx) {
+                Ok(()) => uploads::start(gw, &ctx, &name, body).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        Route::Upload { name, id } => match write_gate(gw, &ctx) {
+            Err(e) => Err(e),
+            Ok(()) => match method {
+                Method::GET => uploads::status(gw, &name, &id).await,
+                Method::PATCH => uploads::patch(gw, &ctx, &name, &id, body).await,
+                Method::PUT => uploads::finish(gw, &ctx, &name, &id, body).await,
+                Method::DELETE => uploads::cancel(gw, &name, &id).await,
+                _ => Err(ApiError::method_not_allowed("GET, PATCH, PUT, DELETE")),
+            },
+        },
+        Route::Referrers { name, digest } if read => {
+            pull::referrers(gw, &ctx, &name, &digest).await
+        }
+        Route::Referrers { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
+    };
+    result.unwrap_or_else(|e| {
+        let mut r = e.into_response();
+        if ctx.head {
+            // Keep the headers, drop the body.
+            *r.body_mut() = Body::empty();
+        }
+        r
+    })
+}

@@ -1,0 +1,258 @@
+//! The read side: manifests, blobs (streamed, with ranges), tag lists, the catalog and
+//! referrers.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE,
+};
+use axum::response::Response;
+use futures::StreamExt;
+use serde_json::json;
+
+use super::manifests::read_manifest;
+use super::{Ctx, Reply, respond, set};
+use crate::error::{ApiError, ErrorCode};
+use crate::media::{OCI_INDEX, content_type_of};
+use crate::range::ByteRange;
+use crate::reference::{Reference, check_name, check_tag, parse_digest};
+use crate::referrers::{empty_index, filter_index, referrers_tag};
+use crate::registry::{Registry, RegistryError};
+use crate::server::Gateway;
+
+/// `Docker-Content-Digest`.
+pub(crate) const DIGEST_HEADER: &str = "docker-content-digest";
+
+/// `GET|HEAD /v2/<name>/manifests/<reference>`.
+pub(crate) async fn manifest<R: Registry>(
+    gw: &Gateway<R>,
+    ctx: &Ctx,
+    name: &str,
+    reference: &str,
+) -> Reply {
+    check_name(name)?;
+    let digest = match Reference::parse(reference)? {
+        Reference::Tag(tag) => gw
+            .registry
+            .resolve_tag(name, &tag)
+            .await
+            .map_err(ApiError::from_manifest)?,
+        Reference::Digest(d) => d,
+    };
+    let bytes = read_manifest(gw, name, &digest).await?;
+    let content_type = content_type_of(&bytes).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ManifestUnknown,
+            format!("{digest} is not a manifest"),
+        )
+    })?;
+    let mut r = respond(StatusCode::OK, bytes, Some(&content_type), ctx.head);
+    set(&mut r, DIGEST_HEADER, &digest.to_string());
+    set(&mut r, ETAG, &format!("\"{digest}\""));
+    Ok(r)
+}
+
+/// `GET|HEAD /v2/<name>/blobs/<digest>`, with `Range` support.
+pub(crate) async fn blob<R: Registry>(
+    gw: &Gateway<R>,
+    ctx: &Ctx,
+    name: &str,
+    digest: &str,
+) -> Reply {
+    check_name(name)?;
+    let digest = parse_digest(digest)?;
+    let asked = ctx.header(RANGE).and_then(ByteRange::parse);
+    let unsatisfiable = |total: u64| {
+        ApiError::new(
+            ErrorCode::RangeInvalid,
+            format!("range not satisfiable for a {total}-byte blob"),
+        )
+        .with_header(CONTENT_RANGE, &format!("bytes */{total}"))
+    };
+    // The range to read, resolved against the blob's length when one was asked.
+    let range = match asked {
+        Some(r) => {
+            let total = gw
+                .registry
+                .stat_blob(name, &digest)
+                .await
+                .map_err(ApiError::from_blob)?;
+            Some((r.resolve(total).ok_or_else(|| unsatisfiable(total))?, total))
+        }
+        None => None,
+    };
+    let (status, start, end, total, stream) = if ctx.head {
+        let (r, total) = match range {
+            Some(rt) => rt,
+            None => {
+                let total = gw
+                    .registry
+                    .stat_blob(name, &digest)
+                    .await
+                    .map_err(ApiError::from_blob)?;
+                (0..total, total)
+            }
+        };
+        let status = if asked.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        (status, r.start, r.end, total, None)
+    } else {
+        let body = gw
+            .registry
+            .read_blob(name, &digest, range.as_ref().map(|(r, _)| r.clone()))
+            .await
+            .map_err(|e| match e {
+                RegistryError::RangeNotSatisfiable(_) => range
+                    .as_ref()
+                    .map_or_else(|| ApiError::from(e), |(_, t)| unsatisfiable(*t)),
+                other => ApiError::from_blob(other),
+            })?;
+        let partial = asked.is_some() || body.range != (0..body.total);
+        let status = if partial {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        (
+            status,
+            body.range.start,
+            body.range.end,
+            body.total,
+            Some(body.stream),
+        )
+    };
+    let len = end.saturating_sub(start);
+    let body = match stream {
+        Some(s) => Body::from_stream(s.inspect(|item| {
+            if let Err(e) = item {
+                tracing::warn!(error = %e, "blob stream failed mid-response");
+            }
+        })),
+        None => Body::empty(),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    set(&mut r, CONTENT_TYPE, "application/octet-stream");
+    set(&mut r, CONTENT_LENGTH, &len.to_string());
+    set(&mut r, ACCEPT_RANGES, "bytes");
+    set(&mut r, DIGEST_HEADER, &digest.to_string());
+    set(&mut r, ETAG, &format!("\"{digest}\""));
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(
+            &mut r,
+            CONTENT_RANGE,
+            &format!("bytes {start}-{}/{total}", end.saturating_sub(1)),
+        );
+    }
+    Ok(r)
+}
+
+/// `n` and `last` of a listing: `n` defaults to and is capped at the page limit.
+fn page_params(ctx: &Ctx, limit: usize) -> Result<(usize, Option<String>), ApiError> {
+    let n = match ctx.query("n") {
+        None | Some("") => limit,
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::PaginationNumberInvalid,
+                    "n must be a non-negative integer",
+                )
+            })?
+            .min(limit),
+    };
+    Ok((
+        n,
+        ctx.query("last")
+            .filter(|l| !l.is_empty())
+            .map(str::to_string),
+    ))
+}
+
+/// `GET /v2/<name>/tags/list?n=&last=`.
+pub(crate) async fn tags<R: Registry>(gw: &Gateway<R>, ctx: &Ctx, name: &str) -> Reply {
+    check_name(name)?;
+    let (n, last) = page_params(ctx, gw.config.page_limit)?;
+    if let Some(l) = &last {
+        check_tag(l)?;
+    }
+    let page = if n == 0 {
+        Default::default()
+    } else {
+        gw.registry.list_tags(name, last.as_deref(), n).await?
+    };
+    let body = json!({ "name": name, "tags": page.names })
+        .to_string()
+        .into_bytes();
+    let mut r = respond(StatusCode::OK, body, Some("application/json"), ctx.head);
+    if let (true, Some(last)) = (page.more, page.names.last()) {
+        set(
+            &mut r,
+            LINK,
+            &format!("</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\""),
+        );
+    }
+    Ok(r)
+}
+
+/// `GET /v2/_catalog?n=&last=`.
+pub(crate) async fn catalog<R: Registry>(gw: &Gateway<R>, ctx: &Ctx) -> Reply {
+    let (n, last) = page_params(ctx, gw.config.page_limit)?;
+    if let Some(l) = &last {
+        check_name(l)?;
+    }
+    let page = if n == 0 {
+        Default::default()
+    } else {
+        gw.registry.catalog(last.as_deref(), n).await?
+    };
+    let body = json!({ "repositories": page.names })
+        .to_string()
+        .into_bytes();
+    let mut r = respond(StatusCode::OK, body, Some("application/json"), ctx.head);
+    if let (true, Some(last)) = (page.more, page.names.last()) {
+        set(
+            &mut r,
+            LINK,
+            &format!("</v2/_catalog?n={n}&last={last}>; rel=\"next\""),
+        );
+    }
+    Ok(r)
+}
+
+/// `GET /v2/<name>/referrers/<digest>?artifactType=`.
+pub(crate) async fn referrers<R: Registry>(
+    gw: &Gateway<R>,
+    ctx: &Ctx,
+    name: &str,
+    digest: &str,
+) -> Reply {
+    check_name(name)?;
+    let subject = parse_digest(digest)?;
+    let artifact_type = ctx.query("artifactType").filter(|t| !t.is_empty());
+    let stored = match gw
+        .registry
+        .resolve_tag(name, &referrers_tag(&subject))
+        .await
+    {
+        Ok(index) => match read_manifest(gw, name, &index).await {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.code() == ErrorCode::ManifestUnknown => None,
+            Err(e) => return Err(e),
+        },
+        Err(RegistryError::TagUnknown(_) | RegistryError::NameUnknown(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let body = match &stored {
+        Some(bytes) => filter_index(bytes, artifact_type),
+        None => empty_index(),
+    };
+    let mut r = respond(StatusCode::OK, body, Some(OCI_INDEX), ctx.head);
+    if artifact_type.is_some() {
+        set(&mut r, "oci-filters-applied", "artifactType");
+    }
+    Ok(r)
+}

@@ -1,0 +1,270 @@
+//! Blob uploads: `POST` (start, monolithic, or cross-repository mount), `PATCH` (chunks),
+//! `PUT` (finish), `GET` (progress) and `DELETE` (cancel) on upload sessions.
+//!
+//! Finishing hashes the whole staged file: a mismatch with `?digest=` discards the session
+//! and stores nothing (400 `DIGEST_INVALID`); a match goes to `put_blob`. If the cluster is
+//! unavailable the session is kept so the client can retry the `PUT`.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_RANGE, LOCATION, RANGE};
+use serde_json::json;
+
+use super::pull::DIGEST_HEADER;
+use super::{Ctx, Reply, empty, set};
+use crate::error::{ApiError, ErrorCode};
+use crate::range::{parse_chunk_range, upload_range_header};
+use crate::reference::{check_name, parse_digest};
+use crate::registry::{Registry, RegistryError};
+use crate::server::Gateway;
+use crate::uploads::{Session, UploadError};
+use kraken_storage::Digest;
+
+const UUID_HEADER: &str = "docker-upload-uuid";
+
+fn location(name: &str, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+fn upload_error(e: UploadError, name: &str, id: &str) -> ApiError {
+    match e {
+        UploadError::Unknown => ApiError::new(
+            ErrorCode::BlobUploadUnknown,
+            format!("upload {id} of {name} is unknown or expired"),
+        ),
+        UploadError::Body(m) => ApiError::new(ErrorCode::BlobUploadInvalid, m),
+        UploadError::Length { expected, got } => ApiError::new(
+            ErrorCode::SizeInvalid,
+            format!("chunk length {got} does not match its Content-Range ({expected} bytes)"),
+        ),
+        UploadError::Io(e) => ApiError::new(ErrorCode::Unknown, format!("upload storage: {e}")),
+    }
+}
+
+/// 202 with the session's location and progress.
+fn progress(
+    status: StatusCode,
+    name: &str,
+    session_id: &str,
+    received: u64,
+) -> axum::response::Response {
+    let mut r = empty(status);
+    set(&mut r, LOCATION, &location(name, session_id));
+    set(&mut r, RANGE, &upload_range_header(received));
+    set(&mut r, UUID_HEADER, session_id);
+    r
+}
+
+/// 201 for a blob now in the cluster.
+fn created(name: &str, digest: &Digest) -> axum::response::Response {
+    let mut r = empty(StatusCode::CREATED);
+    set(&mut r, LOCATION, &format!("/v2/{name}/blobs/{digest}"));
+    set(&mut r, DIGEST_HEADER, &digest.to_string());
+    r
+}
+
+/// `POST /v2/<name>/blobs/uploads/` with optional `?digest=` or `?mount=&from=`.
+pub(crate) async fn start<R: Registry>(
+    gw: &Gateway<R>,
+    ctx: &Ctx,
+    name: &str,
+    body: Body,
+) -> Reply {
+    check_name(name)?;
+    if let Some(mount) = ctx.query("mount") {
+        let digest = parse_digest(mount)?;
+        if let Some(from) = ctx.query("from") {
+            check_name(from)?;
+        }
+        match gw.registry.stat_blob(name, &digest).await {
+            Ok(_) => return Ok(created(name, &digest)),
+            // Not here: fall back to a normal upload, as the specification says.
+            Err(RegistryError::BlobUnknown(_) | RegistryError::NameUnknown(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let monolithic = ctx.query("digest").map(parse_digest).transpose()?;
+    let mut session = gw
+        .uploads()?
+        .create(name)
+        .await
+        .map_err(|e| upload_error(e, name, "new"))?;
+    let id = session.id().as_str().to_string();
+    match monolithic {
+        Some(digest) => {
+            if let Err(e) = session.append(body, None).await {
+                let _ = session.remove().await;
+                return Err(upload_error(e, name, &id));
+            }
+            // The client never saw this session's id: nothing to retry, so never keep it.
+            complete(gw, name, session, &digest, false).await
+        }
+        None => Ok(progress(StatusCode::ACCEPTED, name, &id, 0)),
+    }
+}
+
+/// `GET <location>`: 204 with the progress.
+pub(crate) async fn status<R: Registry>(gw: &Gateway<R>, name: &str, id: &str) -> Reply {
+    check_name(name)?;
+    let (id, received) = gw
+        .uploads()?
+        .status(name, id)
+        .await
+        .map_err(|e| upload_error(e, name, id))?;
+    Ok(progress(
+        StatusCode::NO_CONTENT,
+        name,
+        id.as_str(),
+        received,
+    ))
+}
+
+/// Writes the body at the session's end, honouring an optional `Content-Range`.
+async fn write_chunk(
+    ctx: &Ctx,
+    name: &str,
+    session: &mut Session,
+    body: Body,
+) -> Result<(), ApiError> {
+    let id = session.id().as_str().to_string();
+    let expected = match ctx.header(CONTENT_RANGE) {
+        None => None,
+        Some(v) => {
+            let r = parse_chunk_range(v);
+            match r {
+                Some(r) if r.start == session.received() => Some(r.end - r.start),
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::RangeInvalid,
+                        format!(
+                            "chunk range {:?} does not start at the {} bytes received",
+                            crate::error::clip(v),
+                            session.received()
+                        ),
+                    )
+                    .with_header(LOCATION, &location(name, &id))
+                    .with_header(RANGE, &upload_range_header(session.received()))
+                    .with_header(UUID_HEADER, &id));
+                }
+            }
+        }
+    };
+    session
+        .append(body, expected)
+        .await
+        .map(|_| ())
+        .map_err(|e| upload_error(e, name, &id))
+}
+
+/// `PATCH <location>`: one chunk.
+pub(crate) async fn patch<R: Registry>(
+    gw: &Gateway<R>,
+    ctx: &Ctx,
+    name: &str,
+    id: &str,
+    body: Body,
+) -> Reply {
+    check_name(name)?;
+    let mut session = gw
+        .uploads()?
+        .open_session(name, id)
+        .await
+        .map_err(|e| upload_error(e, name, id))?;
+    write_chunk(ctx, name, &mut session, body).await?;
+    Ok(progress(
+        StatusCode::ACCEPTED,
+        name,
+        session.id().as_str(),
+        session.received(),
+    ))
+}
+
+/// `PUT <location>?digest=`: optional last chunk, then verify and store.
+pub(crate) async fn finish<R: Registry>(
+    gw: &Gateway<R>,
+    ctx: &Ctx,
+    name: &str,
+    id: &str,
+    body: Body,
+) -> Reply {
+    check_name(name)?;
+    let digest = match ctx.query("digest") {
+        Some(d) => parse_digest(d)?,
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::DigestInvalid,
+                "finishing an upload needs ?digest=",
+            ));
+        }
+    };
+    let mut session = gw
+        .uploads()?
+        .open_session(name, id)
+        .await
+        .map_err(|e| upload_error(e, name, id))?;
+    write_chunk(ctx, name, &mut session, body).await?;
+    complete(gw, name, session, &digest, true).await
+}
+
+/// Verifies the staged bytes against `digest` and hands them to the cluster. When the
+/// cluster fails for a reason worth retrying, the session is kept if `keep_for_retry`.
+async fn complete<R: Registry>(
+    gw: &Gateway<R>,
+    name: &str,
+    session: Session,
+    digest: &Digest,
+    keep_for_retry: bool,
+) -> Reply {
+    let id = session.id().as_str().to_string();
+    let (actual, len) = session
+        .digest()
+        .await
+        .map_err(|e| upload_error(e, name, &id))?;
+    if actual != *digest {
+        if let Err(e) = session.remove().await {
+            tracing::warn!(id, error = %e, "removing a failed upload session");
+        }
+        return Err(ApiError::new(
+            ErrorCode::DigestInvalid,
+            format!("uploaded content has digest {actual}, not {digest}"),
+        )
+        .with_detail(json!({ "expected": digest.to_string(), "actual": actual.to_string() })));
+    }
+    match gw
+        .registry
+        .put_blob(name, digest, &session.data_path(), len)
+        .await
+    {
+        Ok(()) => {
+            if let Err(e) = session.remove().await {
+                tracing::warn!(id, error = %e, "removing a finished upload session");
+            }
+            Ok(created(name, digest))
+        }
+        Err(e @ RegistryError::DigestInvalid(_)) => {
+            let _ = session.remove().await;
+            Err(e.into())
+        }
+        // Keep the session: the client may retry the PUT.
+        Err(e) if keep_for_retry => Err(e.into()),
+        Err(e) => {
+            let _ = session.remove().await;
+            Err(e.into())
+        }
+    }
+}
+
+/// `DELETE <location>`: cancel.
+pub(crate) async fn cancel<R: Registry>(gw: &Gateway<R>, name: &str, id: &str) -> Reply {
+    check_name(name)?;
+    let session = gw
+        .uploads()?
+        .open_session(name, id)
+        .await
+        .map_err(|e| upload_error(e, name, id))?;
+    session
+        .remove()
+        .await
+        .map_err(|e| upload_error(UploadError::Io(e), name, id))?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}

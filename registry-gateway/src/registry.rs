@@ -1,0 +1,153 @@
+//! What the gateway needs from a cluster: the [`Registry`] trait.
+//!
+//! The gateway speaks HTTP and knows the distribution specification; an implementation
+//! knows the cluster. `kraken-node` implements it with QUIC calls: on agents, tags resolve
+//! through the build-index and blobs stream from the P2P download; on proxies, blobs go to
+//! the origins and tags to the build-index. Manifests are blobs too: the gateway reads and
+//! writes their bytes through the same calls and works out their media types itself.
+//!
+//! Every method says what it means by its errors through [`RegistryError`], which the
+//! gateway maps onto the specification's error codes and statuses.
+
+use std::future::Future;
+use std::ops::Range;
+use std::path::Path;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+use kraken_storage::Digest;
+
+/// A body of bytes arriving over time.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
+
+/// A blob's bytes (or a range of them).
+pub struct BlobBody {
+    /// The whole blob's length.
+    pub total: u64,
+    /// The bytes `stream` yields (the whole blob when no range was asked).
+    pub range: Range<u64>,
+    /// The bytes, in order.
+    pub stream: ByteStream,
+}
+
+impl std::fmt::Debug for BlobBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobBody")
+            .field("total", &self.total)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A page of names (tags or repositories), sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The names.
+    pub names: Vec<String>,
+    /// Whether more follow after the last one.
+    pub more: bool,
+}
+
+/// Why a cluster call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No such blob (or manifest, when read as a blob).
+    #[error("blob unknown: {0}")]
+    BlobUnknown(String),
+    /// No such tag.
+    #[error("manifest unknown: {0}")]
+    TagUnknown(String),
+    /// No such repository.
+    #[error("repository name not known: {0}")]
+    NameUnknown(String),
+    /// A manifest references blobs or manifests the cluster lacks.
+    #[error("manifest references unknown blobs: {0}")]
+    ManifestBlobUnknown(String),
+    /// Bytes do not match their digest.
+    #[error("digest did not match content: {0}")]
+    DigestInvalid(String),
+    /// The range cannot be served.
+    #[error("range not satisfiable: {0}")]
+    RangeNotSatisfiable(String),
+    /// The cluster does not support this operation.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The cluster is (partly) unreachable; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The cluster, as the gateway sees it. Implementations are cheap to share (`Arc`).
+pub trait Registry: Send + Sync + 'static {
+    /// The digest `repo:tag` points at ([`RegistryError::TagUnknown`] if none).
+    fn resolve_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> impl Future<Output = Result<Digest, RegistryError>> + Send;
+
+    /// The blob's length ([`RegistryError::BlobUnknown`] if the cluster lacks it).
+    fn stat_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<u64, RegistryError>> + Send;
+
+    /// The blob's bytes, or those in `range` (end exclusive). Bytes may start flowing
+    /// before the cluster has the whole blob locally; every byte is verified before it is
+    /// yielded.
+    fn read_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> impl Future<Output = Result<BlobBody, RegistryError>> + Send;
+
+    /// A page of `repo`'s tags after `after` ([`RegistryError::NameUnknown`] if the
+    /// repository has none).
+    fn list_tags(
+        &self,
+        repo: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page, RegistryError>> + Send;
+
+    /// A page of repository names after `after`.
+    fn catalog(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page, RegistryError>> + Send;
+
+    /// Stores the `len` bytes of the file at `path` as blob `digest` in `repo`'s namespace.
+    /// The gateway has already checked the digest; the cluster checks it again. Durable
+    /// when this returns.
+    fn put_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        path: &Path,
+        len: u64,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Points `repo:tag` at `digest`; [`RegistryError::ManifestBlobUnknown`] names what is
+    /// missing if the manifest references blobs the cluster lacks.
+    fn put_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Removes `repo:tag` ([`RegistryError::Unsupported`] where the cluster keeps tags
+    /// forever).
+    fn delete_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+}

@@ -1,0 +1,379 @@
+//! Test support: an in-memory `Registry` and a gateway served on a loopback port.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use kraken_registry_gateway::registry::{BlobBody, Page, Registry, RegistryError};
+use kraken_registry_gateway::{GatewayConfig, serve};
+use kraken_storage::Digest;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+#[derive(Default)]
+struct State {
+    blobs: HashMap<Digest, Bytes>,
+    tags: BTreeMap<(String, String), Digest>,
+    put_blob_calls: usize,
+}
+
+/// Blobs and tags in a `HashMap`; tags check their manifest's references like the
+/// build-index does.
+#[derive(Default)]
+pub struct MemRegistry {
+    state: Mutex<State>,
+    /// Whether `delete_tag` answers `Unsupported`.
+    pub tags_immutable: bool,
+    /// How many of the next `put_blob` calls answer `Unavailable`.
+    pub put_blob_outages: std::sync::atomic::AtomicUsize,
+}
+
+impl MemRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn with_immutable_tags() -> Arc<Self> {
+        Arc::new(MemRegistry {
+            tags_immutable: true,
+            ..Self::default()
+        })
+    }
+
+    pub fn insert_blob(&self, bytes: &[u8]) -> Digest {
+        let d = Digest::sha256_of(bytes);
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(d, Bytes::copy_from_slice(bytes));
+        d
+    }
+
+    pub fn tag(&self, repo: &str, tag: &str, digest: Digest) {
+        self.state
+            .lock()
+            .unwrap()
+            .tags
+            .insert((repo.into(), tag.into()), digest);
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.state.lock().unwrap().blobs.contains_key(d)
+    }
+
+    pub fn blob(&self, d: &Digest) -> Option<Bytes> {
+        self.state.lock().unwrap().blobs.get(d).cloned()
+    }
+
+    pub fn tag_of(&self, repo: &str, tag: &str) -> Option<Digest> {
+        self.state
+            .lock()
+            .unwrap()
+            .tags
+            .get(&(repo.into(), tag.into()))
+            .copied()
+    }
+
+    pub fn blob_count(&self) -> usize {
+        self.state.lock().unwrap().blobs.len()
+    }
+
+    pub fn put_blob_calls(&self) -> usize {
+        self.state.lock().unwrap().put_blob_calls
+    }
+}
+
+fn referenced(manifest: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(d) = manifest.pointer("/config/digest").and_then(Value::as_str) {
+        out.push(d.to_string());
+    }
+    for key in ["layers", "manifests"] {
+        for item in manifest
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(d) = item.get("digest").and_then(Value::as_str) {
+                out.push(d.to_string());
+            }
+        }
+    }
+    out
+}
+
+impl Registry for MemRegistry {
+    async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Digest, RegistryError> {
+        self.tag_of(repo, tag)
+            .ok_or_else(|| RegistryError::TagUnknown(format!("{repo}:{tag}")))
+    }
+
+    async fn stat_blob(&self, _repo: &str, digest: &Digest) -> Result<u64, RegistryError> {
+        self.blob(digest)
+            .map(|b| b.len() as u64)
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))
+    }
+
+    async fn read_blob(
+        &self,
+        _repo: &str,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobBody, RegistryError> {
+        let bytes = self
+            .blob(digest)
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))?;
+        let total = bytes.len() as u64;
+        let range = range.unwrap_or(0..total);
+        if range.start > range.end || range.end > total {
+            return Err(RegistryError::RangeNotSatisfiable(format!("{range:?}")));
+        }
+        let slice = bytes.slice(range.start as usize..range.end as usize);
+        // Several chunks, as a real cluster stream would yield.
+        let chunks: Vec<Result<Bytes, RegistryError>> = (0..slice.len())
+            .step_by(1000)
+            .map(|i| Ok(slice.slice(i..(i + 1000).min(slice.len()))))
+            .collect();
+        Ok(BlobBody {
+            total,
+            range,
+            stream: Box::pin(futures::stream::iter(chunks)),
+        })
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, RegistryError> {
+        let s = self.state.lock().unwrap();
+        let all: Vec<String> = s
+            .tags
+            .keys()
+            .filter(|(r, _)| r == repo)
+            .map(|(_, t)| t.clone())
+            .collect();
+        if all.is_empty() {
+            return Err(RegistryError::NameUnknown(repo.into()));
+        }
+        let rest: Vec<String> = all
+            .into_iter()
+            .filter(|t| after.is_none_or(|a| t.as_str() > a))
+            .collect();
+        Ok(Page {
+            more: rest.len() > limit,
+            names: rest.into_iter().take(limit).collect(),
+        })
+    }
+
+    async fn catalog(&self, after: Option<&str>, limit: usize) -> Result<Page, RegistryError> {
+        let s = self.state.lock().unwrap();
+        let repos: BTreeSet<String> = s.tags.keys().map(|(r, _)| r.clone()).collect();
+        let rest: Vec<String> = repos
+            .into_iter()
+            .filter(|r| after.is_none_or(|a| r.as_str() > a))
+            .collect();
+        Ok(Page {
+            more: rest.len() > limit,
+            names: rest.into_iter().take(limit).collect(),
+        })
+    }
+
+    async fn put_blob(
+        &self,
+        _repo: &str,
+        digest: &Digest,
+        path: &Path,
+        len: u64,
+    ) -> Result<(), RegistryError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .put_blob_outages
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(RegistryError::Unavailable("origins unreachable".into()));
+        }
+        let bytes = std::fs::read(path).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let mut s = self.state.lock().unwrap();
+        s.put_blob_calls += 1;
+        if bytes.len() as u64 != len || Digest::sha256_of(&bytes) != *digest {
+            return Err(RegistryError::DigestInvalid(digest.to_string()));
+        }
+        s.blobs.insert(*digest, Bytes::from(bytes));
+        Ok(())
+    }
+
+    async fn put_tag(&self, repo: &str, tag: &str, digest: &Digest) -> Result<(), RegistryError> {
+        let mut s = self.state.lock().unwrap();
+        let manifest = s
+            .blobs
+            .get(digest)
+            .ok_or_else(|| RegistryError::ManifestBlobUnknown(digest.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(manifest).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let missing: Vec<String> = referenced(&value)
+            .into_iter()
+            .filter(|d| {
+                d.parse::<Digest>()
+                    .map_or(true, |d| !s.blobs.contains_key(&d))
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(RegistryError::ManifestBlobUnknown(missing.join(", ")));
+        }
+        s.tags.insert((repo.into(), tag.into()), *digest);
+        Ok(())
+    }
+
+    async fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), RegistryError> {
+        if self.tags_immutable {
+            return Err(RegistryError::Unsupported("tags are immutable".into()));
+        }
+        self.state
+            .lock()
+            .unwrap()
+            .tags
+            .remove(&(repo.to_string(), tag.to_string()))
+            .map(|_| ())
+            .ok_or_else(|| RegistryError::TagUnknown(format!("{repo}:{tag}")))
+    }
+}
+
+/// A gateway on a loopback port.
+pub struct Server {
+    pub base: String,
+    pub registry: Arc<MemRegistry>,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(registry: Arc<MemRegistry>, config: GatewayConfig) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, registry.clone(), config, async move {
+            let _ = rx.await;
+        }));
+        Server {
+            base,
+            registry,
+            client: http_client(),
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+/// A push-enabled config over `dir`.
+pub fn push_config(dir: &Path) -> GatewayConfig {
+    GatewayConfig {
+        push: true,
+        uploads_dir: dir.to_path_buf(),
+        page_limit: 100,
+        ..GatewayConfig::default()
+    }
+}
+
+/// A read-only config over `dir`.
+pub fn pull_config(dir: &Path) -> GatewayConfig {
+    GatewayConfig {
+        push: false,
+        uploads_dir: dir.to_path_buf(),
+        ..GatewayConfig::default()
+    }
+}
+
+pub fn uploads_dir(tmp: &tempfile::TempDir) -> PathBuf {
+    tmp.path().join("uploads")
+}
+
+/// The first error code of an error body.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let v = json_of(r).await;
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The body as JSON (`Null` if it is not).
+pub async fn json_of(r: reqwest::Response) -> Value {
+    let bytes = r.bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+pub fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// An image manifest of `media_type` over a config and one layer already in `registry`.
+pub fn image_manifest(registry: &MemRegistry, media_type: Option<&str>, seed: &str) -> Vec<u8> {
+    let config = format!("{{\"seed\":\"{seed}\"}}");
+    let layer = format!("layer bytes {seed}");
+    let cd = registry.insert_blob(config.as_bytes());
+    let ld = registry.insert_blob(layer.as_bytes());
+    let mut m = json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld.to_string(), "size": layer.len()}],
+    });
+    if let Some(t) = media_type {
+        m["mediaType"] = json!(t);
+    }
+    serde_json::to_vec_pretty(&m).unwrap()
+}
+
+/// An index of `media_type` over one manifest already in `registry`.
+pub fn index_manifest(registry: &MemRegistry, media_type: Option<&str>) -> Vec<u8> {
+    let inner = image_manifest(registry, Some(OCI_MANIFEST), "index-child");
+    let d = registry.insert_blob(&inner);
+    let mut m = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": d.to_string(), "size": inner.len(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    });
+    if let Some(t) = media_type {
+        m["mediaType"] = json!(t);
+    }
+    serde_json::to_vec(&m).unwrap()
+}
+
+/// A plain-HTTP client. In a workspace build reqwest's rustls comes without a default
+/// crypto provider (other crates turn that feature on), so install ring's first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
