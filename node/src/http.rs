@@ -26,6 +26,8 @@ pub struct HttpState {
     pub cluster: Cluster,
     /// Whether the node gossips.
     pub ring_node: bool,
+    /// The registry API's request counters (agents and proxies).
+    pub registry: Option<kraken_registry_gateway::GatewayMetrics>,
 }
 
 /// Serves until `stop` turns true.
@@ -97,8 +99,9 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         gauges.tracked_blobs = Some(t.tracked_blobs());
     }
     let _ = state.ring_node;
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(&gauges),
-    )
+    let mut text = state.metrics.render(&gauges);
+    if let Some(registry) = &state.registry {
+        text.push_str(&registry.render());
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text)
 }

@@ -358,13 +358,22 @@ impl Node {
             view_for_service,
             metrics.clone(),
         ));
-        let registry_addr = start_registry(&config, &roles, &cluster, stop_rx.clone()).await?;
+        let registry_metrics = kraken_registry_gateway::GatewayMetrics::new();
+        let registry_addr = start_registry(
+            &config,
+            &roles,
+            &cluster,
+            registry_metrics.clone(),
+            stop_rx.clone(),
+        )
+        .await?;
         if let Some(listener) = http_listener {
             let state = http::HttpState {
                 metrics: metrics.clone(),
                 roles: roles.clone(),
                 cluster: cluster.clone(),
                 ring_node: membership.is_some(),
+                registry: registry_addr.map(|_| registry_metrics.clone()),
             };
             tokio::spawn(http::serve(listener, state, stop_rx.clone()));
         }
@@ -472,6 +481,7 @@ async fn start_registry(
     config: &NodeConfig,
     roles: &Roles,
     cluster: &Cluster,
+    metrics: kraken_registry_gateway::GatewayMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Option<SocketAddr>, StartError> {
     let section = &config.registry;
@@ -509,6 +519,7 @@ async fn start_registry(
         max_manifest_len: section.max_manifest_len,
         auth,
         page_limit: section.page_limit,
+        metrics,
         ..GatewayConfig::default()
     };
     let addr = section.listen;

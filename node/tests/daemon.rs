@@ -491,6 +491,13 @@ fn kraken_dev_serves_http_writes_its_cluster_file_and_exits_on_sigterm() {
     {
         let (status, _) = http_get(n.registry.expect("a registry address"), "/v2/");
         assert_eq!(status, 200, "{}: GET /v2/", n.name);
+        // Its request counters are on the node's /metrics.
+        let (_, metrics) = http_get(n.http.unwrap(), "/metrics");
+        assert!(
+            metrics.contains("kraken_gateway_requests_total"),
+            "{}: {metrics}",
+            n.name
+        );
     }
 
     let origin = origins[0].http.unwrap();

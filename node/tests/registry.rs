@@ -178,6 +178,18 @@ async fn skopeo_pushes_through_the_proxy_and_pulls_through_agents() {
         "manifest, config and two layers: {pulled:?}"
     );
 
+    // The tag is listed through the agent.
+    let tags = run(
+        "skopeo",
+        vec![
+            "list-tags".into(),
+            "--tls-verify=false".into(),
+            format!("docker://{pull1}/library/app"),
+        ],
+    )
+    .await;
+    assert!(tags.contains("\"v1\""), "{tags}");
+
     // The build-index goes away: a pull by digest through agent 2 still works.
     c.kill(bi);
     let out2 = dir.join("out2");
@@ -269,8 +281,8 @@ async fn containerd_pulls_through_an_agent_as_its_registry_mirror() {
         vec![
             "--address".into(),
             sock.clone(),
-            "content".into(),
-            "fetch".into(),
+            "images".into(),
+            "pull".into(),
             "--hosts-dir".into(),
             hosts.display().to_string(),
             "docker.io/library/app:v1".into(),
@@ -293,4 +305,179 @@ async fn containerd_pulls_through_an_agent_as_its_registry_mirror() {
             blob.digest
         );
     }
+}
+
+fn http() -> reqwest::Client {
+    // Workspace builds give reqwest's rustls no default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// The spec's error code of a response, checked with its status.
+async fn code(r: reqwest::Response, status: u16) -> String {
+    assert_eq!(r.status().as_u16(), status, "{:?}", r.headers());
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    body["errors"][0]["code"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_answers_bad_requests_with_the_specs_codes() {
+    let (c, [_, a1, _, proxy]) = registry_cluster().await;
+    let push = format!("http://{}", c.node(proxy).registry_addr().unwrap());
+    let pull = format!("http://{}", c.node(a1).registry_addr().unwrap());
+    let h = http();
+    let missing = kraken_storage::Digest::sha256_of(b"nobody pushed this");
+
+    // Bad names and digests never reach the cluster.
+    let r = h
+        .get(format!("{pull}/v2/Bad_Name/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 400).await, "NAME_INVALID");
+    let r = h
+        .get(format!("{pull}/v2/library/app/blobs/sha256:xyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 400).await, "DIGEST_INVALID");
+    // Unknown blob and manifest, as the cluster reports them.
+    let r = h
+        .get(format!("{pull}/v2/library/app/blobs/{missing}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 404).await, "BLOB_UNKNOWN");
+    let r = h
+        .get(format!("{pull}/v2/library/app/manifests/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 404).await, "MANIFEST_UNKNOWN");
+
+    // A wrong digest on upload stores nothing.
+    let body = b"some layer bytes".to_vec();
+    let r = h
+        .post(format!(
+            "{push}/v2/library/app/blobs/uploads/?digest={missing}"
+        ))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 400).await, "DIGEST_INVALID");
+    let r = h
+        .head(format!("{push}/v2/library/app/blobs/{missing}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // An interrupted chunked upload: the status says where it stopped; it resumes there.
+    let layer: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = kraken_storage::Digest::sha256_of(&layer);
+    let r = h
+        .post(format!("{push}/v2/library/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let url = if location.starts_with("http") {
+        location.clone()
+    } else {
+        format!("{push}{location}")
+    };
+    let r = h
+        .patch(&url)
+        .header("content-range", "0-99999")
+        .body(layer[..100_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let r = h.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.headers()["range"], "0-99999");
+    // Out of order: 416.
+    let r = h
+        .patch(&url)
+        .header("content-range", "200000-299999")
+        .body(layer[200_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 416);
+    let r = h
+        .patch(&url)
+        .header("content-range", "100000-299999")
+        .body(layer[100_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let r = h
+        .put(format!(
+            "{url}{}digest={digest}",
+            if url.contains('?') { "&" } else { "?" }
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    let r = h
+        .head(format!("{pull}/v2/library/app/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-length"], "300000");
+
+    // A manifest whose layer the cluster lacks: the build-index refuses it by name.
+    let config = b"{}".to_vec();
+    let config_digest = kraken_storage::Digest::sha256_of(&config);
+    let r = h
+        .post(format!(
+            "{push}/v2/library/app/blobs/uploads/?digest={config_digest}"
+        ))
+        .body(config)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{missing}","size":1}}]}}"#
+    );
+    let r = h
+        .put(format!("{push}/v2/library/app/manifests/broken"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("MANIFEST_BLOB_UNKNOWN") && text.contains(&missing.to_string()),
+        "{text}"
+    );
+
+    // An oversized manifest.
+    let huge = format!(r#"{{"schemaVersion":2,"pad":"{}"}}"#, "x".repeat(5 << 20));
+    let r = h
+        .put(format!("{push}/v2/library/app/manifests/huge"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 413).await, "MANIFEST_INVALID");
+
+    // Agents take no pushes.
+    let r = h
+        .post(format!("{pull}/v2/library/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 405).await, "UNSUPPORTED");
 }
