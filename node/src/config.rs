@@ -273,6 +273,9 @@ pub struct RegistrySection {
     pub tls_cert: Option<PathBuf>,
     /// The HTTPS private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Agents: registries to pass through to for repositories the cluster lacks
+    /// (`[[registry.upstreams]] namespace = "<regex>", url = "https://…"`).
+    pub upstreams: Vec<crate::upstream::UpstreamConfig>,
 }
 
 impl Default for RegistrySection {
@@ -287,6 +290,7 @@ impl Default for RegistrySection {
             push_users: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            upstreams: Vec::new(),
         }
     }
 }
@@ -403,6 +407,7 @@ impl NodeConfig {
                     .into(),
             );
         }
+        crate::upstream::validate(&self.registry.upstreams).map_err(ConfigError::Invalid)?;
         if self.registry.tls_cert.is_some() != self.registry.tls_key.is_some() {
             return bad("registry.tls_cert and registry.tls_key go together".into());
         }

@@ -32,6 +32,7 @@ pub mod registry;
 pub mod serve;
 pub mod service;
 pub mod tracker;
+pub mod upstream;
 pub mod view;
 
 pub use config::{NodeConfig, NodeRole};

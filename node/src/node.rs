@@ -489,9 +489,16 @@ async fn start_registry(
     if !section.enabled || !(proxy || roles.agent.is_some()) {
         return Ok(None);
     }
-    let registry = Arc::new(match &roles.agent {
+    let registry = match &roles.agent {
         Some(agent) if !proxy => ClusterRegistry::agent(agent.clone(), cluster.clone()),
         _ => ClusterRegistry::proxy(cluster.clone()),
+    };
+    let registry = Arc::new(if section.upstreams.is_empty() || proxy {
+        registry
+    } else {
+        let upstreams = crate::upstream::Upstreams::new(&section.upstreams)
+            .map_err(|e| StartError::Endpoint(format!("registry upstreams: {e}")))?;
+        registry.with_upstreams(upstreams)
     });
     let auth = if section.push_tokens.is_empty() && section.push_users.is_empty() {
         None

@@ -29,12 +29,14 @@ use crate::buildindex::owners_of_tag;
 use crate::client::{CallError, Cluster};
 use crate::fetch::call_error;
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
+use crate::upstream::Upstreams;
 
 /// The registry of an agent or a proxy.
 #[derive(Clone)]
 pub struct ClusterRegistry {
     cluster: Cluster,
     agent: Option<Agent>,
+    upstreams: Option<Upstreams>,
 }
 
 impl ClusterRegistry {
@@ -43,7 +45,22 @@ impl ClusterRegistry {
         ClusterRegistry {
             cluster,
             agent: Some(agent),
+            upstreams: None,
         }
+    }
+
+    /// Falls back to `upstreams` for repositories they route, when the cluster lacks a
+    /// tag or blob.
+    pub fn with_upstreams(mut self, upstreams: Upstreams) -> Self {
+        self.upstreams = Some(upstreams);
+        self
+    }
+
+    /// The upstream for `repo`, if pass-through is configured for it.
+    fn upstream(&self, repo: &str) -> Option<(&Upstreams, String)> {
+        let u = self.upstreams.as_ref()?;
+        let base = u.route(repo)?.to_string();
+        Some((u, base))
     }
 
     /// Pushes to (and reads from) the origins directly.
@@ -51,6 +68,7 @@ impl ClusterRegistry {
         ClusterRegistry {
             cluster,
             agent: None,
+            upstreams: None,
         }
     }
 
@@ -230,8 +248,9 @@ fn tag_error(e: CallError, repo: &str, tag: &str) -> RegistryError {
     }
 }
 
-impl Registry for ClusterRegistry {
-    async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Digest, RegistryError> {
+impl ClusterRegistry {
+    /// The tag as the build-index has it.
+    async fn cluster_tag(&self, repo: &str, tag: &str) -> Result<Digest, RegistryError> {
         let owners = owners_of_tag(&self.cluster, repo, tag, 0);
         let request = Request::GetTag {
             repo: repo.into(),
@@ -256,11 +275,8 @@ impl Registry for ClusterRegistry {
         }
     }
 
-    async fn stat_blob(&self, repo: &str, digest: &Digest) -> Result<u64, RegistryError> {
-        Ok(self.metainfo(repo, digest).await?.length())
-    }
-
-    async fn read_blob(
+    /// The blob from the cluster (the agent's download, or the origins).
+    async fn cluster_read(
         &self,
         repo: &str,
         digest: &Digest,
@@ -288,6 +304,43 @@ impl Registry for ClusterRegistry {
             range,
             stream,
         })
+    }
+}
+
+impl Registry for ClusterRegistry {
+    async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Digest, RegistryError> {
+        match self.cluster_tag(repo, tag).await {
+            Err(RegistryError::TagUnknown(_) | RegistryError::Unavailable(_))
+                if let Some((u, base)) = self.upstream(repo) =>
+            {
+                u.resolve_tag(&base, repo, tag).await
+            }
+            other => other,
+        }
+    }
+
+    async fn stat_blob(&self, repo: &str, digest: &Digest) -> Result<u64, RegistryError> {
+        match self.metainfo(repo, digest).await {
+            Ok(m) => Ok(m.length()),
+            Err(RegistryError::BlobUnknown(_)) if let Some((u, base)) = self.upstream(repo) => {
+                u.stat(&base, repo, digest).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobBody, RegistryError> {
+        match self.cluster_read(repo, digest, range.clone()).await {
+            Err(RegistryError::BlobUnknown(_)) if let Some((u, base)) = self.upstream(repo) => {
+                u.read(&base, repo, digest, range).await
+            }
+            other => other,
+        }
     }
 
     async fn list_tags(

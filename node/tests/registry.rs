@@ -481,3 +481,63 @@ async fn the_cluster_answers_bad_requests_with_the_specs_codes() {
         .unwrap();
     assert_eq!(code(r, 405).await, "UNSUPPORTED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_passes_through_to_an_upstream_registry_for_what_its_cluster_lacks() {
+    if !have("skopeo") || !have("umoci") {
+        return;
+    }
+    // Cluster A has the image and serves it on its proxy: the "upstream" registry.
+    let (a, [_, _, _, proxy]) = registry_cluster().await;
+    push_image(&a, proxy).await;
+    let upstream = a.node(proxy).registry_addr().unwrap();
+
+    // Cluster B is empty; its agent passes `library/*` through to A.
+    let mut b = TestCluster::new();
+    b.add("b-origin", NodeRole::Origin).await;
+    b.add("b-tracker", NodeRole::Tracker).await;
+    b.add("b-bi", NodeRole::BuildIndex).await;
+    let mut config = b.config("b-agent", NodeRole::Agent);
+    config.registry.upstreams = vec![kraken_node::upstream::UpstreamConfig {
+        namespace: "library/.*".into(),
+        url: format!("http://{upstream}"),
+    }];
+    let agent = b.start(config).await;
+    b.converge(1).await;
+    let pull = b.node(agent).registry_addr().unwrap();
+
+    let out = b.dir.path().join("out");
+    run(
+        "skopeo",
+        vec![
+            "copy".into(),
+            "--src-tls-verify=false".into(),
+            format!("docker://{pull}/library/app:v1"),
+            format!("oci:{}:v1", out.display()),
+        ],
+    )
+    .await;
+    let source = blobs_of(&a.dir.path().join("images/img"));
+    let pulled = blobs_of(&out);
+    assert!(pulled.is_subset(&source) && pulled.len() == 4, "{pulled:?}");
+    // Nothing of it entered cluster B.
+    assert!(
+        b.node(agent)
+            .roles()
+            .agent
+            .as_ref()
+            .unwrap()
+            .cas()
+            .list()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Repositories without an upstream are simply unknown.
+    let r = http()
+        .get(format!("http://{pull}/v2/private/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 404).await, "MANIFEST_UNKNOWN");
+}
