@@ -325,10 +325,8 @@ impl Verify {
                     let from = self.range.start.max(start);
                     let to = self.range.end.min(self.seen);
                     let is_last = self.seen >= self.total;
-                    if is_last {
-                        if let Some(e) = self.finish() {
-                            return Some(Err(e));
-                        }
+                    if is_last && let Some(e) = self.finish() {
+                        return Some(Err(e));
                     }
                     if from < to {
                         let slice = chunk.slice((from - start) as usize..(to - start) as usize);
