@@ -86,14 +86,26 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         ],
         ..Gauges::default()
     };
+    let pieces = |c: &kraken_transport::exchange::ExchangeCounters| {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Some((
+            get(&c.pieces_received),
+            get(&c.bytes_received),
+            get(&c.pieces_sent),
+            get(&c.bytes_sent),
+            get(&c.bad_pieces),
+        ))
+    };
     if let Some(o) = &state.roles.origin {
         gauges.writeback_depth = o.queue().len().ok();
         gauges.store_bytes = Some(o.cas().used_bytes());
         gauges.active_swarms = o.exchange().active_blobs();
+        gauges.pieces = pieces(o.exchange().counters());
     }
     if let Some(a) = &state.roles.agent {
         gauges.store_bytes = Some(a.cas().used_bytes());
         gauges.active_swarms = a.exchange().active_blobs();
+        gauges.pieces = pieces(a.exchange().counters());
     }
     if let Some(t) = &state.roles.tracker {
         gauges.tracked_blobs = Some(t.tracked_blobs());

@@ -40,6 +40,8 @@ pub struct Gauges {
     pub store_bytes: Option<u64>,
     /// Peers known to the tracker.
     pub tracked_blobs: Option<usize>,
+    /// Piece traffic: (pieces in, bytes in, pieces out, bytes out, bad pieces).
+    pub pieces: Option<(u64, u64, u64, u64, u64)>,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -215,6 +217,16 @@ impl Metrics {
                 "Live members of a ring.",
                 *n as u64,
                 Some(("role", role)),
+            );
+        }
+        if let Some((pin, bin, pout, bout, bad)) = gauges.pieces {
+            let _ = writeln!(
+                out,
+                "# HELP kraken_pieces_total Pieces moved by this node's swarms, by direction.\n# TYPE kraken_pieces_total counter\nkraken_pieces_total{{direction=\"in\"}} {pin}\nkraken_pieces_total{{direction=\"out\"}} {pout}\nkraken_pieces_total{{direction=\"bad\"}} {bad}"
+            );
+            let _ = writeln!(
+                out,
+                "# HELP kraken_piece_bytes_total Piece bytes moved by this node's swarms, by direction.\n# TYPE kraken_piece_bytes_total counter\nkraken_piece_bytes_total{{direction=\"in\"}} {bin}\nkraken_piece_bytes_total{{direction=\"out\"}} {bout}"
             );
         }
         out

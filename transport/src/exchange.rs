@@ -328,6 +328,28 @@ struct Inner<T> {
     blobs: Mutex<HashMap<Digest, BlobHandle>>,
     /// Turns true when the node shuts down: every blob task stops.
     closed: watch::Sender<bool>,
+    counters: Arc<ExchangeCounters>,
+}
+
+/// Piece traffic of every blob of an exchange since it started (for metrics).
+#[derive(Debug, Default)]
+pub struct ExchangeCounters {
+    /// Verified pieces stored.
+    pub pieces_received: std::sync::atomic::AtomicU64,
+    /// Their bytes.
+    pub bytes_received: std::sync::atomic::AtomicU64,
+    /// Pieces sent to peers.
+    pub pieces_sent: std::sync::atomic::AtomicU64,
+    /// Their bytes.
+    pub bytes_sent: std::sync::atomic::AtomicU64,
+    /// Pieces that failed verification.
+    pub bad_pieces: std::sync::atomic::AtomicU64,
+}
+
+impl ExchangeCounters {
+    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone)]
@@ -416,6 +438,7 @@ impl<T: Tracker> PieceExchange<T> {
                 config,
                 blobs: Mutex::new(HashMap::new()),
                 closed: watch::channel(false).0,
+                counters: Arc::default(),
             }),
         })
     }
@@ -429,6 +452,11 @@ impl<T: Tracker> PieceExchange<T> {
     /// partial blobs stay resumable, and no new task starts.
     pub fn close(&self) {
         self.inner.closed.send_replace(true);
+    }
+
+    /// Piece traffic counters.
+    pub fn counters(&self) -> &ExchangeCounters {
+        &self.inner.counters
     }
 
     /// Blobs with a running task (downloading or seeding).
@@ -988,6 +1016,10 @@ impl<T: Tracker> BlobTask<T> {
                                 .mark_stored(verified)
                                 .map_err(|e| format!("recording {index}: {e}"))?;
                             if fresh {
+                                let c = &self.ex.inner.counters;
+                                let size = self.metainfo.piece_size(index).unwrap_or(0);
+                                ExchangeCounters::add(&c.pieces_received, 1);
+                                ExchangeCounters::add(&c.bytes_received, u64::from(size));
                                 // Copies the bitfield only while a watcher holds the last one.
                                 self.pieces.send_modify(|b| {
                                     Arc::make_mut(b).set(index);
@@ -998,6 +1030,7 @@ impl<T: Tracker> BlobTask<T> {
                             .handle_piece_received(now, peer, index, PieceOutcome::Stored);
                     }
                     Err(PieceFault::Peer) => {
+                        ExchangeCounters::add(&self.ex.inner.counters.bad_pieces, 1);
                         self.swarm
                             .handle_piece_received(now, peer, index, PieceOutcome::Corrupt);
                     }
@@ -1005,6 +1038,12 @@ impl<T: Tracker> BlobTask<T> {
                 }
             }
             Input::PieceSent { peer, index, ok } => {
+                if ok {
+                    let c = &self.ex.inner.counters;
+                    let size = self.metainfo.piece_size(index).unwrap_or(0);
+                    ExchangeCounters::add(&c.pieces_sent, 1);
+                    ExchangeCounters::add(&c.bytes_sent, u64::from(size));
+                }
                 self.swarm.handle_piece_sent(now, peer, index, ok);
             }
         }
