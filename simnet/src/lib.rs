@@ -7,7 +7,8 @@
 //!   with documented defaults and `validate()`.
 //! - [`net`]: the bandwidth model: piece transfers as fluid flows sharing each host's
 //!   uplink and downlink fairly, recomputed as flows start and end.
-//! - [`sim`]: the event core: virtual clock, `(time, seq)` heap, one `Swarm` per host, the
+//! - [`queue`]: the event queue, a radix heap over `(time, seq)` keys.
+//! - [`sim`]: the event core: virtual clock, `(time, seq)` queue, one `Swarm` per host, the
 //!   tracker's real `PeerStore`, fault injection.
 //! - [`report`]: completion-time distribution, link use, origin egress and bytes by kind,
 //!   compared with the Kumar & Ross lower bound; JSON, text and an SVG CDF.
@@ -28,6 +29,7 @@
 //! size). Every run is reproducible from its seed, which every report carries.
 
 pub mod net;
+pub mod queue;
 pub mod report;
 pub mod scenario;
 pub mod sim;

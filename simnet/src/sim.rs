@@ -23,8 +23,7 @@
 //! hold the blob from the start (no backend read-through, no ring repair), and the agents'
 //! commit is instantaneous.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::SimError;
 use crate::net::{Completion, NANOS_PER_SEC, Nanos, Network};
+use crate::queue::{Key, RadixQueue};
 use crate::report::{self, Report};
 use crate::scenario::{Arrival, Scenario};
 
@@ -93,32 +93,6 @@ enum Ev {
         corrupt: bool,
     },
     Kill(u32),
-}
-
-#[derive(Debug)]
-/// A heap key: small, so sifting moves 24 bytes; the event itself waits in a slab.
-struct Entry {
-    at: Nanos,
-    seq: u64,
-    slot: u32,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    /// Reversed, so the max-heap pops the earliest `(at, seq)` first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
 }
 
 /// What one host did, for the report.
@@ -195,7 +169,7 @@ pub struct Simulation {
     base: Instant,
     now: Nanos,
     seq: u64,
-    heap: BinaryHeap<Entry>,
+    heap: RadixQueue,
     /// Events by slot; `free` lists the empty slots.
     slab: Vec<Option<Ev>>,
     free: Vec<u32>,
@@ -251,7 +225,7 @@ impl Simulation {
             base: Instant::now(),
             now: 0,
             seq: 0,
-            heap: BinaryHeap::new(),
+            heap: RadixQueue::new(),
             slab: Vec::new(),
             free: Vec::new(),
             hosts: Vec::new(),
@@ -416,7 +390,7 @@ impl Simulation {
                 (self.slab.len() - 1) as u32
             }
         };
-        self.heap.push(Entry {
+        self.heap.push(Key {
             at,
             seq: self.seq,
             slot,

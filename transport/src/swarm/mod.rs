@@ -269,7 +269,7 @@ struct Peer {
     /// Their bitfield; `None` until their handshake arrives.
     bitfield: Option<Bitfield>,
     /// Our requests to them, with deadlines.
-    requested: BTreeMap<PieceIndex, Instant>,
+    requested: Requests,
     /// Their requests to us, waiting for an upload slot.
     queued: VecDeque<PieceIndex>,
     /// Pieces they refused; not asked of them again outside the endgame.
@@ -278,6 +278,53 @@ struct Peer {
     uploading: usize,
     strikes: u32,
     last_activity: Instant,
+}
+
+/// Requests to one peer with their deadlines, and the earliest deadline kept at hand:
+/// `poll_timeout` runs after every input and must not walk every peer's map.
+#[derive(Debug, Default)]
+struct Requests {
+    map: BTreeMap<PieceIndex, Instant>,
+    next: Option<Instant>,
+}
+
+impl Requests {
+    fn insert(&mut self, index: PieceIndex, deadline: Instant) {
+        if let Some(old) = self.map.insert(index, deadline)
+            && Some(old) == self.next
+        {
+            self.next = self.map.values().min().copied();
+        }
+        self.next = Some(self.next.map_or(deadline, |n| n.min(deadline)));
+    }
+
+    fn remove(&mut self, index: &PieceIndex) -> Option<Instant> {
+        let removed = self.map.remove(index)?;
+        if Some(removed) == self.next {
+            self.next = self.map.values().min().copied();
+        }
+        Some(removed)
+    }
+
+    fn contains_key(&self, index: &PieceIndex) -> bool {
+        self.map.contains_key(index)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &PieceIndex> {
+        self.map.keys()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&PieceIndex, &Instant)> {
+        self.map.iter()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.next
+    }
 }
 
 /// The swarm state machine for one blob. See the module docs.
@@ -296,6 +343,9 @@ pub struct Swarm {
     /// Dials in progress.
     connecting: BTreeSet<PeerId>,
     blacklist: BTreeMap<PeerId, Instant>,
+    /// No later than the earliest blacklist expiry (exact after each timeout pass): the
+    /// deadline without scanning a blacklist that can hold thousands of peers.
+    blacklist_next: Option<Instant>,
     /// Per piece: how many connected peers have it.
     availability: Vec<u32>,
     /// Per piece: how many connected agents (not origins) have it.
@@ -357,6 +407,7 @@ impl Swarm {
             candidates: Vec::new(),
             connecting: BTreeSet::new(),
             blacklist: BTreeMap::new(),
+            blacklist_next: None,
             inflight: vec![Vec::new(); pieces],
             uploads_active: 0,
             serve_cursor: None,
@@ -635,7 +686,7 @@ impl Swarm {
         // Requests past their deadline go back to the pool.
         let mut expired = Vec::new();
         for (id, p) in &self.peers {
-            for (index, deadline) in &p.requested {
+            for (index, deadline) in p.requested.iter() {
                 if *deadline <= now {
                     expired.push((*id, *index));
                 }
@@ -665,6 +716,7 @@ impl Swarm {
             self.disconnect(id);
         }
         self.blacklist.retain(|_, until| *until > now);
+        self.blacklist_next = self.blacklist.values().min().copied();
         if self.next_announce <= now {
             self.announce(now);
         }
@@ -705,8 +757,8 @@ impl Swarm {
             next = Some(next.map_or(t, |n: Instant| n.min(t)));
         };
         for p in self.peers.values() {
-            if let Some(d) = p.requested.values().min() {
-                consider(*d);
+            if let Some(d) = p.requested.next_deadline() {
+                consider(d);
             }
             // Idle disconnects skip peers we are uploading to; so does the deadline.
             if p.uploading == 0 {
@@ -714,9 +766,9 @@ impl Swarm {
             }
         }
         if !self.candidates.is_empty()
-            && let Some(until) = self.blacklist.values().min()
+            && let Some(until) = self.blacklist_next
         {
-            consider(*until);
+            consider(until);
         }
         if self.is_complete() && !self.expired && self.uploads_active == 0 {
             consider(self.last_upload + self.config.seed_tti);
@@ -754,7 +806,7 @@ impl Swarm {
             Peer {
                 kind,
                 bitfield: None,
-                requested: BTreeMap::new(),
+                requested: Requests::default(),
                 queued: VecDeque::new(),
                 rejected: BTreeSet::new(),
                 uploading: 0,
@@ -867,6 +919,8 @@ impl Swarm {
         };
         let until = now + span;
         self.blacklist.insert(id, until);
+        // A replaced, later entry may leave this early: an early wake-up only rescans.
+        self.blacklist_next = Some(self.blacklist_next.map_or(until, |n| n.min(until)));
         self.events.push_back(SwarmEvent::Blacklisted {
             peer: id,
             reason,
@@ -961,12 +1015,13 @@ impl Swarm {
         let spare = p.kind == PeerKind::Origin && self.config.spare_origins && !endgame;
         let mut best: Option<(u32, PieceIndex)> = None;
         let mut ties = 0u32;
-        for index in self.have.missing() {
+        // Only what they have and we lack, a byte of the bitfields at a time.
+        for index in self.have.missing_in(theirs) {
             // Cheapest tests first: this loop is the scheduler's hot spot.
             let i = index.0 as usize;
             let fetchers = self.inflight[i].len();
             let allowed = if endgame { fetchers < 2 } else { fetchers == 0 };
-            if !allowed || !theirs.get(index) {
+            if !allowed {
                 continue;
             }
             if spare && self.agent_availability[i] > 0 {
