@@ -1,6 +1,6 @@
 //! Operator tools: `krakenctl`, the command-line client that inspects and operates a
-//! cluster over QUIC (the benchmark harness of issue "Multi-host benchmarks" will live
-//! here too).
+//! cluster over QUIC, and `kraken-bench`, the multi-host benchmark harness on shaped
+//! network namespaces ([`bench`]).
 //!
 //! `krakenctl` connects with an admin client certificate signed by the cluster CA (or the
 //! dev CA of `kraken dev`) to one seed — any origin or tracker — reads the cluster view
@@ -36,6 +36,7 @@
 //! Errors are one line on stderr, `krakenctl: <message>`. Tables go to stdout; `--json`
 //! prints JSON instead. Progress bars are drawn on stderr only when it is a terminal.
 
+pub mod bench;
 pub mod blob;
 pub mod build_index;
 pub mod cli;
