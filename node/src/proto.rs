@@ -151,6 +151,15 @@ pub enum Request {
     },
     /// Build-index: pending replications per destination.
     ReplicationStatus,
+    /// Build-index: remove `repo:tag` (the blobs stay; other owners and the backend follow).
+    DeleteTag {
+        /// Repository name.
+        repo: String,
+        /// Tag.
+        tag: String,
+        /// Sent by another owner: do not replicate further.
+        replica: bool,
+    },
 }
 
 /// An answer.
@@ -219,6 +228,8 @@ pub enum Response {
     History(Vec<(Digest, u64)>),
     /// Answer to [`Request::ReplicationStatus`].
     Replication(Vec<DestinationStatus>),
+    /// Answer to [`Request::DeleteTag`].
+    TagDeleted,
 }
 
 /// Pending replications to one destination.

@@ -458,8 +458,33 @@ impl Registry for ClusterRegistry {
     }
 
     async fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), RegistryError> {
-        Err(RegistryError::Unsupported(format!(
-            "tags are immutable history in this cluster; point {repo}:{tag} elsewhere instead"
-        )))
+        if self.agent.is_some() {
+            return Err(RegistryError::Unsupported(
+                "agents do not delete tags".into(),
+            ));
+        }
+        let owners = owners_of_tag(&self.cluster, repo, tag, 0);
+        let request = Request::DeleteTag {
+            repo: repo.into(),
+            tag: tag.into(),
+            replica: false,
+        };
+        match self
+            .cluster
+            .call_first(
+                &owners,
+                Role::BuildIndex,
+                &request,
+                self.cluster.call_timeout,
+            )
+            .await
+        {
+            Ok(Response::TagDeleted) => Ok(()),
+            Ok(other) => Err(RegistryError::Internal(format!("{other:?}"))),
+            Err(CallError::NoOwners(_)) => Err(RegistryError::Unavailable(
+                "no live build-index node".into(),
+            )),
+            Err(e) => Err(tag_error(e, repo, tag)),
+        }
     }
 }

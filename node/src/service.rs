@@ -140,6 +140,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::ListRepos { .. } => "ListRepos",
         Request::TagHistory { .. } => "TagHistory",
         Request::ReplicationStatus => "ReplicationStatus",
+        Request::DeleteTag { .. } => "DeleteTag",
     }
 }
 

@@ -224,6 +224,39 @@ async fn tags_are_checked_replicated_listed_and_recovered_from_the_backend() {
         other => panic!("{other:?}"),
     }
 
+    // Deleting a tag removes it on both owners and from the backend; setting it again
+    // brings it back.
+    put_tag(&c, "library/app", "gone", &manifest).await.unwrap();
+    let owners = kraken_node::buildindex::owners_of_tag(c.client(), "library/app", "gone", 0);
+    let delete = Request::DeleteTag {
+        repo: "library/app".into(),
+        tag: "gone".into(),
+        replica: false,
+    };
+    match c
+        .client()
+        .call_first(&owners, Role::BuildIndex, &delete, Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        Response::TagDeleted => {}
+        other => panic!("{other:?}"),
+    }
+    for n in [b1, b2] {
+        eventually(
+            "the deletion on both owners",
+            Duration::from_secs(10),
+            || async { get_tag_at(&c, n, "library/app", "gone").await.is_none() },
+        )
+        .await;
+    }
+    let err = c
+        .client()
+        .call_first(&owners, Role::BuildIndex, &delete, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.remote().unwrap().kind, ErrorKind::NotFound);
+
     // Written through to the backend in the registry's layout.
     let backend = kraken_storage::backend::Backend::new(
         "check",

@@ -95,7 +95,11 @@ async fn registry_cluster() -> (TestCluster, [usize; 4]) {
     let bi = c.add("bi-1", NodeRole::BuildIndex).await;
     let a1 = c.add("agent-1", NodeRole::Agent).await;
     let a2 = c.add("agent-2", NodeRole::Agent).await;
-    let proxy = c.add("proxy-1", NodeRole::Proxy).await;
+    // A small manifest limit, so an oversized manifest fits in the socket buffers and the
+    // client reads the 413 instead of a reset.
+    let mut proxy_config = c.config("proxy-1", NodeRole::Proxy);
+    proxy_config.registry.max_manifest_len = 64 << 10;
+    let proxy = c.start(proxy_config).await;
     c.converge(1).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while [a1, a2, proxy].iter().any(|&i| {
@@ -463,7 +467,7 @@ async fn the_cluster_answers_bad_requests_with_the_specs_codes() {
     );
 
     // An oversized manifest.
-    let huge = format!(r#"{{"schemaVersion":2,"pad":"{}"}}"#, "x".repeat(5 << 20));
+    let huge = format!(r#"{{"schemaVersion":2,"pad":"{}"}}"#, "x".repeat(100 << 10));
     let r = h
         .put(format!("{push}/v2/library/app/manifests/huge"))
         .header("content-type", "application/vnd.oci.image.manifest.v1+json")
@@ -472,6 +476,42 @@ async fn the_cluster_answers_bad_requests_with_the_specs_codes() {
         .await
         .unwrap();
     assert_eq!(code(r, 413).await, "MANIFEST_INVALID");
+
+    // Deleting a tag where the spec allows it: by tag on the proxy.
+    let r = h
+        .delete(format!("{push}/v2/library/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        404,
+        "nothing tagged v1 in this test yet"
+    );
+    // Tag the config blob (any blob can be tagged), then delete the tag.
+    let small = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[]}}"#
+    );
+    let r = h
+        .put(format!("{push}/v2/library/app/manifests/v1"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = h
+        .delete(format!("{push}/v2/library/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let r = h
+        .get(format!("{pull}/v2/library/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r, 404).await, "MANIFEST_UNKNOWN");
 
     // Agents take no pushes.
     let r = h

@@ -199,6 +199,10 @@ impl BuildIndex {
             match backend.list_tags().await {
                 Ok(tags) => {
                     for (repo, tag, digest) in tags {
+                        // A deletion whose backend half is still queued stays deleted.
+                        if self.inner.store.is_deleted(&repo, &tag).unwrap_or(false) {
+                            continue;
+                        }
                         if self.inner.store.put(&repo, &tag, &digest).is_ok() {
                             imported += 1;
                         }
@@ -246,6 +250,7 @@ impl BuildIndex {
             Request::ListRepos { after, limit } => self.list_repos(after.as_deref(), *limit),
             Request::TagHistory { repo, tag } => self.history(repo, tag),
             Request::ReplicationStatus => self.replication_status(),
+            Request::DeleteTag { repo, tag, replica } => self.delete_tag(repo, tag, *replica).await,
             _ => return None,
         };
         Some(answer.unwrap_or_else(Response::Error))
@@ -312,6 +317,54 @@ impl BuildIndex {
         out
     }
 
+    /// Deletes `repo:tag` here, then (queued, durable) on the other owners and in the
+    /// backend. Remote clusters keep their copy.
+    pub async fn delete_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+        replica: bool,
+    ) -> Result<Response, RemoteError> {
+        Self::check_names(repo, tag)?;
+        if !replica && !self.is_owner(repo, tag) {
+            return Err(RemoteError::new(
+                ErrorKind::WrongNode,
+                format!("{} does not own {repo}:{tag}", self.inner.me),
+            ));
+        }
+        let old = self.inner.store.get(repo, tag).map_err(internal)?;
+        let Some(old) = old else {
+            if replica {
+                // The owner that took the delete had it; make sure we do not keep one.
+                self.inner.store.delete(repo, tag).map_err(internal)?;
+                return Ok(Response::TagDeleted);
+            }
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!("tag {repo}:{tag} is unknown"),
+            ));
+        };
+        let now = std::time::SystemTime::now();
+        let mut dests = vec![replicate::DELETE_BACKEND.to_string()];
+        if !replica {
+            for m in self.owners(repo, tag) {
+                if m.id != self.inner.me {
+                    dests.push(format!("{}{}", replicate::DELETE_OWNER, m.id));
+                }
+            }
+        }
+        for dest in dests {
+            self.inner
+                .queue
+                .enqueue(&replicate::item_key(&dest, repo, tag), &old.digest, now)
+                .map_err(internal)?;
+        }
+        self.inner.store.delete(repo, tag).map_err(internal)?;
+        self.inner.wake.notify_one();
+        tracing::info!(%repo, %tag, digest = %old.digest, replica, "tag deleted");
+        Ok(Response::TagDeleted)
+    }
+
     async fn get_tag(&self, repo: &str, tag: &str) -> Result<Response, RemoteError> {
         Self::check_names(repo, tag)?;
         if let Some(e) = self.inner.store.get(repo, tag).map_err(internal)? {
@@ -319,6 +372,12 @@ impl BuildIndex {
                 digest: e.digest,
                 updated_ms: e.updated_ms,
             });
+        }
+        if self.inner.store.is_deleted(repo, tag).map_err(internal)? {
+            return Err(RemoteError::new(
+                ErrorKind::NotFound,
+                format!("tag {repo}:{tag} was deleted"),
+            ));
         }
         // Not here: the backend may have it (a wiped or new owner).
         let backend = self

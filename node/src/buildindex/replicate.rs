@@ -38,6 +38,10 @@ pub const BACKEND: &str = "backend";
 pub const OWNER: &str = "owner:";
 /// Prefix of remote destinations.
 pub const REMOTE: &str = "remote:";
+/// Removing a deleted tag's link from the backend.
+pub const DELETE_BACKEND: &str = "delete-backend";
+/// Prefix of deleting a tag on another owner.
+pub const DELETE_OWNER: &str = "delete-owner:";
 
 /// The queue key of a replication.
 pub fn item_key(destination: &str, repo: &str, tag: &str) -> String {
@@ -151,6 +155,12 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
         .store
         .get(repo, tag)
         .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+    if dest == DELETE_BACKEND || dest.starts_with(DELETE_OWNER) {
+        if current.is_some() {
+            return Ok(Outcome::Dropped("the tag was set again after its deletion"));
+        }
+        return delete_elsewhere(bi, dest, repo, tag).await;
+    }
     if current.map(|e| e.digest) != Some(item.digest) {
         return Ok(Outcome::Dropped(
             "the tag has moved on (or was never stored)",
@@ -201,6 +211,49 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
         return Ok(Outcome::Done);
     }
     Ok(Outcome::Dropped("unknown destination"))
+}
+
+/// Carries a deletion to the backend or another owner.
+async fn delete_elsewhere(
+    bi: &BuildIndex,
+    dest: &str,
+    repo: &str,
+    tag: &str,
+) -> Result<Outcome, RemoteError> {
+    let inner = &bi.inner;
+    if dest == DELETE_BACKEND {
+        let backend = inner
+            .router
+            .route(repo)
+            .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
+        backend
+            .delete_tag(repo, tag)
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::Unavailable, e.to_string()))?;
+        return Ok(Outcome::Done);
+    }
+    let owner = dest.trim_start_matches(DELETE_OWNER);
+    let view = inner.cluster.view();
+    let Some(member) = view
+        .members()
+        .values()
+        .find(|m| m.id.as_str() == owner && m.has_role(Role::BuildIndex))
+    else {
+        return Ok(Outcome::Dropped("the owner left the cluster"));
+    };
+    let request = Request::DeleteTag {
+        repo: repo.into(),
+        tag: tag.into(),
+        replica: true,
+    };
+    match inner.cluster.call(member.quic_addr, &request).await {
+        Ok(Response::TagDeleted) => Ok(Outcome::Done),
+        Ok(other) => Err(call_error(crate::client::CallError::unexpected(
+            member.quic_addr,
+            other,
+        ))),
+        Err(e) => Err(call_error(e)),
+    }
 }
 
 /// A client for the remote cluster: our pool, the remote's view from its seed.

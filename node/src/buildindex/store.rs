@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 const TAGS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("tags");
 const HISTORY: TableDefinition<'_, (&str, &str, u64), &[u8]> = TableDefinition::new("history");
+/// Deleted tags, with when: a deleted tag is not read back from the backend.
+const TOMBSTONES: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("tombstones");
 
 /// Above every character a tag may hold: `(repo, AFTER_TAGS)` sorts after all of a
 /// repository's tags.
@@ -91,6 +93,7 @@ impl TagStore {
         let txn = db.begin_write()?;
         txn.open_table(TAGS)?;
         txn.open_table(HISTORY)?;
+        txn.open_table(TOMBSTONES)?;
         txn.commit()?;
         Ok(TagStore { db })
     }
@@ -112,6 +115,7 @@ impl TagStore {
                     .unwrap_or(false),
                 None => false,
             };
+            txn.open_table(TOMBSTONES)?.remove((repo, tag))?;
             if !same {
                 tags.insert((repo, tag), record.as_slice())?;
                 txn.open_table(HISTORY)?
@@ -121,6 +125,28 @@ impl TagStore {
         };
         txn.commit()?;
         Ok(changed)
+    }
+
+    /// Deletes `repo:tag` durably, leaving a tombstone; returns what it pointed at.
+    pub fn delete(&self, repo: &str, tag: &str) -> Result<Option<TagEntry>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let old = {
+            let mut tags = txn.open_table(TAGS)?;
+            let old = match tags.remove((repo, tag))? {
+                Some(v) => Some(decode(tag, v.value())?),
+                None => None,
+            };
+            txn.open_table(TOMBSTONES)?.insert((repo, tag), now_ms())?;
+            old
+        };
+        txn.commit()?;
+        Ok(old)
+    }
+
+    /// Whether `repo:tag` was deleted (and not set again since).
+    pub fn is_deleted(&self, repo: &str, tag: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(TOMBSTONES)?.get((repo, tag))?.is_some())
     }
 
     /// What `repo:tag` points at.

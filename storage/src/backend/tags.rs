@@ -48,6 +48,14 @@ impl Backend {
             .map_err(|e| self.error("write tag", None, e))
     }
 
+    /// Removes `repo:tag`'s link (removing a missing one succeeds).
+    pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), BackendError> {
+        self.op
+            .delete(&tag_key(repo, tag))
+            .await
+            .map_err(|e| self.error("delete tag", None, e))
+    }
+
     /// The digest `repo:tag` points at, or `None`.
     pub async fn get_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, BackendError> {
         let key = tag_key(repo, tag);

@@ -1,0 +1,275 @@
+//! The cluster under test: a dev CA and certificates, one TOML config per node, and the
+//! `kraken` processes started in the test hosts.
+//!
+//! Layout: origins on hosts `1..=origins`; the tracker and the build-index run as their own
+//! processes on host 1 (they move no bulk bytes); agents on the hosts after the origins.
+//! Ports are fixed per role (every host has its own address): origin 7600/7601 (QUIC,
+//! gossip), tracker 7610/7611, build-index 7620/7621, agent 7600. HTTP and the registry
+//! gateway are off: the harness drives nodes over QUIC.
+//!
+//! Tunables that differ from the shipped defaults, because a benchmark of tens of seconds
+//! should not wait on timers tuned for hours-long fleets: gossip every 200 ms, agents
+//! refresh the view every second and announce every second.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kraken_transport::quic::tls::dev::DevCa;
+
+use super::netns::Testnet;
+use super::procs::NodeProc;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The `kraken` binary.
+    pub kraken: PathBuf,
+    /// Where configs, certificates, stores and logs go.
+    pub work_dir: PathBuf,
+    /// Number of origins (hosts 1..=origins).
+    pub origins: usize,
+    /// Number of agents (the following hosts).
+    pub agents: usize,
+    /// Piece length the origins cut new blobs into; `None` keeps the default table.
+    pub piece_length: Option<u64>,
+}
+
+/// The TLS files of the control client.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The client certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+/// A running cluster; its processes are killed on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Origins, in host order.
+    pub origins: Vec<NodeProc>,
+    /// The tracker.
+    pub tracker: NodeProc,
+    /// The build-index.
+    pub build_index: NodeProc,
+    /// Agents, in host order.
+    pub agents: Vec<NodeProc>,
+    /// Data directory of every agent, in order.
+    pub agent_data: Vec<PathBuf>,
+    /// The control client's certificate.
+    pub client_tls: ClientTls,
+}
+
+const ORIGIN_PORT: u16 = 7600;
+const TRACKER_PORT: u16 = 7610;
+const BUILD_INDEX_PORT: u16 = 7620;
+const AGENT_PORT: u16 = 7600;
+
+fn q(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+fn common(name: &str, role: &str, data: &Path, quic: SocketAddr, tls: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "[node]\nname = \"{name}\"\nroles = [\"{role}\"]\ndata_dir = {}\n",
+        q(data)
+    );
+    let _ = writeln!(s, "[quic]\nlisten = \"{quic}\"\n");
+    let _ = writeln!(
+        s,
+        "[tls]\nca = {}\ncert = {}\nkey = {}\n",
+        q(&tls.join("ca.crt")),
+        q(&tls.join(format!("{name}.crt"))),
+        q(&tls.join(format!("{name}.key")))
+    );
+    s.push_str("[http]\nenabled = false\n\n[registry]\nenabled = false\n\n");
+    s
+}
+
+fn gossip(listen: SocketAddr, seeds: &[SocketAddr]) -> String {
+    let seeds: Vec<String> = seeds
+        .iter()
+        .filter(|s| **s != listen)
+        .map(|s| format!("\"{s}\""))
+        .collect();
+    format!(
+        "[gossip]\nlisten = \"{listen}\"\nseeds = [{}]\ninterval_ms = 200\n\n",
+        seeds.join(", ")
+    )
+}
+
+fn backend(root: &Path) -> String {
+    format!(
+        "[[backends]]\nnamespace = \".*\"\nname = \"fs\"\n\n[backends.backend.fs]\nroot = {}\n\n",
+        q(root)
+    )
+}
+
+impl Cluster {
+    /// Writes certificates and configs under `work_dir` and starts every node.
+    pub fn start(net: &Testnet, config: &ClusterConfig) -> anyhow::Result<Cluster> {
+        let tls = config.work_dir.join("tls");
+        std::fs::create_dir_all(&tls)?;
+        let ca = DevCa::create(&tls).context("cannot create the dev CA")?;
+        let addr = |host: usize, port: u16| SocketAddr::from((net.host_addr(host), port));
+        let origin_quic: Vec<SocketAddr> =
+            (1..=config.origins).map(|h| addr(h, ORIGIN_PORT)).collect();
+        let mut ring_gossip: Vec<SocketAddr> = (1..=config.origins)
+            .map(|h| addr(h, ORIGIN_PORT + 1))
+            .collect();
+        ring_gossip.push(addr(1, TRACKER_PORT + 1));
+        ring_gossip.push(addr(1, BUILD_INDEX_PORT + 1));
+
+        let write = |name: &str, text: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
+            ca.write_node_cert(name)
+                .with_context(|| format!("cannot issue a certificate for {name}"))?;
+            let path = config.work_dir.join(format!("{name}.toml"));
+            std::fs::write(&path, text)?;
+            Ok((path, config.work_dir.join(format!("{name}.log"))))
+        };
+        let data = |name: &str| config.work_dir.join("data").join(name);
+
+        let mut origins = Vec::new();
+        for h in 1..=config.origins {
+            let name = format!("origin-{h}");
+            let quic = addr(h, ORIGIN_PORT);
+            let mut text = common(&name, "origin", &data(&name), quic, &tls);
+            text += &gossip(addr(h, ORIGIN_PORT + 1), &ring_gossip);
+            if let Some(len) = config.piece_length {
+                let _ = writeln!(
+                    text,
+                    "[store.piece_lengths]\nentries = [{{ min_blob_size = 0, piece_length = {len} }}]\n"
+                );
+            }
+            text += &backend(&config.work_dir.join("backend").join(&name));
+            let (path, log) = write(&name, &text)?;
+            origins.push(NodeProc::start(
+                &config.kraken,
+                &net.host_ns(h),
+                &name,
+                "origin",
+                &path,
+                &log,
+            )?);
+        }
+
+        let name = "tracker-1";
+        let mut text = common(name, "tracker", &data(name), addr(1, TRACKER_PORT), &tls);
+        text += &gossip(addr(1, TRACKER_PORT + 1), &ring_gossip);
+        text += "[tracker]\nannounce_interval_ms = 1000\n\n";
+        let (path, log) = write(name, &text)?;
+        let tracker = NodeProc::start(
+            &config.kraken,
+            &net.host_ns(1),
+            name,
+            "tracker",
+            &path,
+            &log,
+        )?;
+
+        let name = "build-index-1";
+        let quic = addr(1, BUILD_INDEX_PORT);
+        let mut text = common(name, "build-index", &data(name), quic, &tls);
+        text += &gossip(addr(1, BUILD_INDEX_PORT + 1), &ring_gossip);
+        text += "[build_index]\nreplicas = 1\n\n";
+        text += &backend(&config.work_dir.join("backend").join(name));
+        let (path, log) = write(name, &text)?;
+        let build_index = NodeProc::start(
+            &config.kraken,
+            &net.host_ns(1),
+            name,
+            "build-index",
+            &path,
+            &log,
+        )?;
+
+        let seeds: Vec<String> = origin_quic
+            .iter()
+            .chain(std::iter::once(&addr(1, TRACKER_PORT)))
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        let mut agents = Vec::new();
+        let mut agent_data = Vec::new();
+        for i in 1..=config.agents {
+            let h = config.origins + i;
+            let name = format!("agent-{i}");
+            let dir = data(&name);
+            let mut text = common(&name, "agent", &dir, addr(h, AGENT_PORT), &tls);
+            let _ = writeln!(
+                text,
+                "[view]\nseeds = [{}]\nrefresh_secs = 1\n\n[swarm]\nannounce_interval_secs = 1\n",
+                seeds.join(", ")
+            );
+            let (path, log) = write(&name, &text)?;
+            agents.push(NodeProc::start(
+                &config.kraken,
+                &net.host_ns(h),
+                &name,
+                "agent",
+                &path,
+                &log,
+            )?);
+            agent_data.push(dir);
+        }
+
+        ca.write_node_cert("bench-ctl")
+            .context("cannot issue the client certificate")?;
+        Ok(Cluster {
+            origins,
+            tracker,
+            build_index,
+            agents,
+            agent_data,
+            client_tls: ClientTls {
+                ca: tls.join("ca.crt"),
+                cert: tls.join("bench-ctl.crt"),
+                key: tls.join("bench-ctl.key"),
+            },
+        })
+    }
+
+    /// Every process, for CPU accounting.
+    pub fn all(&self) -> impl Iterator<Item = &NodeProc> {
+        self.origins
+            .iter()
+            .chain([&self.tracker, &self.build_index])
+            .chain(&self.agents)
+    }
+
+    /// CPU seconds of every node so far.
+    pub fn cpu_secs(&self) -> f64 {
+        self.all().map(NodeProc::cpu_secs).sum()
+    }
+
+    /// The agents' QUIC addresses.
+    pub fn agent_addrs(&self) -> Vec<SocketAddr> {
+        self.agents.iter().map(|a| a.quic).collect()
+    }
+
+    /// Where agent `i` (0-based) stores a complete blob with this hex digest.
+    pub fn agent_blob_path(&self, i: usize, hex: &str) -> PathBuf {
+        self.agent_data[i]
+            .join("cas")
+            .join("blobs")
+            .join(&hex[..2.min(hex.len())])
+            .join(hex)
+    }
+
+    /// SIGTERM to every node, agents first.
+    pub fn stop(&mut self) {
+        for p in self.agents.iter_mut().rev() {
+            p.stop();
+        }
+        self.build_index.stop();
+        self.tracker.stop();
+        for p in &mut self.origins {
+            p.stop();
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The figures of a run and how they are printed: completion-time distribution, the
+//! Kumar & Ross lower bound `T_min = max(F/u_s, F/d_min, N·F/(u_s + Σu_i))` and each
+//! figure's ratio to it, origin egress in copies of the blob, CPU seconds per GB moved,
+//! the plain-HTTP baseline and the simulator's figure for the same setup.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// The lower bound and its terms, seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bound {
+    /// `max` of the terms.
+    pub t_min_s: f64,
+    /// `F / u_s`.
+    pub origin_term_s: f64,
+    /// `F / d_min`.
+    pub download_term_s: f64,
+    /// `N·F / (u_s + Σu_i)`.
+    pub aggregate_term_s: f64,
+}
+
+impl Bound {
+    /// For `f` bytes, origin upload `u_s`, slowest download `d_min`, `n` agents uploading
+    /// `sum_u` together (bytes/s).
+    pub fn compute(f: f64, u_s: f64, d_min: f64, n: usize, sum_u: f64) -> Bound {
+        let origin_term_s = f / u_s;
+        let download_term_s = f / d_min;
+        let aggregate_term_s = n as f64 * f / (u_s + sum_u);
+        Bound {
+            t_min_s: origin_term_s.max(download_term_s).max(aggregate_term_s),
+            origin_term_s,
+            download_term_s,
+            aggregate_term_s,
+        }
+    }
+}
+
+/// p50, p99 and max of a set of seconds (nearest rank).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dist {
+    /// How many.
+    pub n: usize,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Dist {
+    /// Of `values` (any order).
+    pub fn of(mut values: Vec<f64>) -> Dist {
+        if values.is_empty() {
+            return Dist::default();
+        }
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let at = |p: f64| values[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+        Dist {
+            n,
+            p50: at(0.50),
+            p99: at(0.99),
+            max: values[n - 1],
+        }
+    }
+
+    /// Each figure divided by `by`.
+    pub fn over(&self, by: f64) -> Dist {
+        Dist {
+            n: self.n,
+            p50: self.p50 / by,
+            p99: self.p99 / by,
+            max: self.max / by,
+        }
+    }
+}
+
+/// One host's download.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostResult {
+    /// Node or host name.
+    pub name: String,
+    /// Seconds to completion; `None` if it did not complete.
+    pub secs: Option<f64>,
+    /// The stored bytes hash to the digest.
+    pub verified: bool,
+    /// Bytes from other agents (kraken only).
+    pub bytes_from_agents: u64,
+    /// Bytes from origins (kraken only).
+    pub bytes_from_origins: u64,
+    /// Pieces that failed verification (kraken only).
+    pub bad_pieces: u64,
+    /// Errors seen, retried past or final.
+    pub errors: Vec<String>,
+}
+
+/// One way of distributing the blob (kraken or the baseline).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    /// Per host.
+    pub hosts: Vec<HostResult>,
+    /// Completion times of those that completed.
+    pub completion_s: Dist,
+    /// The same over `T_min`.
+    pub over_t_min: Dist,
+    /// Every host completed with verified bytes.
+    pub all_ok: bool,
+    /// Bytes the serving host(s) (origins, or the HTTP server) sent on their links.
+    pub origin_egress_bytes: u64,
+    /// The same in copies of the blob.
+    pub origin_egress_blobs: f64,
+    /// CPU seconds of every process involved (nodes, or server + clients).
+    pub cpu_s: f64,
+    /// CPU seconds per GB (10^9 bytes) delivered to hosts.
+    pub cpu_s_per_gb: f64,
+}
+
+impl PhaseReport {
+    /// Summarizes `hosts`.
+    pub fn summarize(
+        hosts: Vec<HostResult>,
+        t_min: f64,
+        blob: u64,
+        egress: u64,
+        cpu_s: f64,
+    ) -> PhaseReport {
+        let times: Vec<f64> = hosts
+            .iter()
+            .filter(|h| h.verified)
+            .filter_map(|h| h.secs)
+            .collect();
+        let completion_s = Dist::of(times);
+        let moved_gb = (blob as f64 * hosts.len() as f64) / 1e9;
+        PhaseReport {
+            over_t_min: completion_s.over(t_min),
+            completion_s,
+            all_ok: hosts.iter().all(|h| h.verified && h.secs.is_some()),
+            origin_egress_bytes: egress,
+            origin_egress_blobs: egress as f64 / blob as f64,
+            cpu_s,
+            cpu_s_per_gb: if moved_gb > 0.0 {
+                cpu_s / moved_gb
+            } else {
+                0.0
+            },
+            hosts,
+        }
+    }
+}
+
+/// The simulator's figure for the same setup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimFigure {
+    /// Its completion times, seconds.
+    pub completion_s: Dist,
+    /// Its origin egress in copies of the blob.
+    pub origin_egress_blobs: f64,
+    /// Measured max completion over simulated max completion.
+    pub measured_over_simulated_max: f64,
+    /// Measured p50 over simulated p50.
+    pub measured_over_simulated_p50: f64,
+}
+
+/// The setup of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    /// Agents.
+    pub agents: usize,
+    /// Origins.
+    pub origins: usize,
+    /// Link rate of every host, both ways, Mbit/s (`None`: unshaped).
+    pub rate_mbit: Option<f64>,
+    /// Blob length.
+    pub blob_bytes: u64,
+    /// Piece length the origins used.
+    pub piece_length: Option<u64>,
+    /// Fault injected.
+    pub fault: Option<String>,
+}
+
+/// Pass/fail of the targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Targets {
+    /// max completion ≤ 1.3 × T_min.
+    pub max_within_1_3_t_min: bool,
+    /// origin egress ≤ 2 × blob.
+    pub origin_egress_within_2x: bool,
+    /// ≥ 5× faster than the baseline (max completion), when one ran.
+    pub speedup_at_least_5x: Option<bool>,
+    /// Simulated and measured max completion within 15%, when simnet ran.
+    pub simnet_within_15pct: Option<bool>,
+}
+
+/// Everything a run reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// What ran.
+    pub setup: Setup,
+    /// The bound (nominal link rates).
+    pub bound: Bound,
+    /// Kraken's distribution.
+    pub kraken: PhaseReport,
+    /// The plain-HTTP baseline.
+    pub baseline: Option<PhaseReport>,
+    /// Baseline max completion over kraken max completion.
+    pub speedup: Option<f64>,
+    /// simnet's figure.
+    pub simnet: Option<SimFigure>,
+    /// What the fault run showed, in words.
+    pub fault_notes: Vec<String>,
+    /// The targets.
+    pub targets: Targets,
+}
+
+impl RunReport {
+    /// Fills in the speed-up and targets.
+    pub fn finish(&mut self) {
+        let k = &self.kraken;
+        self.speedup = self
+            .baseline
+            .as_ref()
+            .filter(|b| k.completion_s.max > 0.0 && b.completion_s.n > 0)
+            .map(|b| b.completion_s.max / k.completion_s.max);
+        self.targets = Targets {
+            max_within_1_3_t_min: k.all_ok && k.over_t_min.max <= 1.3,
+            origin_egress_within_2x: k.origin_egress_blobs <= 2.0,
+            speedup_at_least_5x: self.speedup.map(|s| s >= 5.0),
+            simnet_within_15pct: self
+                .simnet
+                .as_ref()
+                .map(|s| (s.measured_over_simulated_max - 1.0).abs() <= 0.15),
+        };
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let st = &self.setup;
+        let mib = st.blob_bytes as f64 / (1 << 20) as f64;
+        let _ = writeln!(
+            s,
+            "setup: {} origin(s) + {} agents, {} each way, blob {mib:.0} MiB{}{}",
+            st.origins,
+            st.agents,
+            st.rate_mbit
+                .map_or("unshaped".into(), |r| format!("{r:.0} Mbit/s")),
+            st.piece_length
+                .map_or(String::new(), |p| format!(", pieces {} KiB", p >> 10)),
+            st.fault
+                .as_ref()
+                .map_or(String::new(), |f| format!(", fault {f}")),
+        );
+        let b = &self.bound;
+        let _ = writeln!(
+            s,
+            "T_min = {:.2} s  (F/u_s {:.2}, F/d_min {:.2}, N·F/(u_s+Σu) {:.2})",
+            b.t_min_s, b.origin_term_s, b.download_term_s, b.aggregate_term_s
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:<10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9} {:>8} {:>6}",
+            "", "p50 s", "p99 s", "max s", "p50/T", "p99/T", "max/T", "egress×F", "CPU s/GB", "ok"
+        );
+        let mut row = |name: &str, p: &PhaseReport| {
+            let _ = writeln!(
+                s,
+                "{:<10} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>9.2} {:>8.1} {:>6}",
+                name,
+                p.completion_s.p50,
+                p.completion_s.p99,
+                p.completion_s.max,
+                p.over_t_min.p50,
+                p.over_t_min.p99,
+                p.over_t_min.max,
+                p.origin_egress_blobs,
+                p.cpu_s_per_gb,
+                if p.all_ok { "all" } else { "NO" }
+            );
+        };
+        row("kraken", &self.kraken);
+        if let Some(bl) = &self.baseline {
+            row("http", bl);
+        }
+        if let Some(sim) = &self.simnet {
+            let _ = writeln!(
+                s,
+                "{:<10} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>9.2}",
+                "simnet",
+                sim.completion_s.p50,
+                sim.completion_s.p99,
+                sim.completion_s.max,
+                sim.completion_s.p50 / b.t_min_s,
+                sim.completion_s.p99 / b.t_min_s,
+                sim.completion_s.max / b.t_min_s,
+                sim.origin_egress_blobs
+            );
+            let _ = writeln!(
+                s,
+                "measured/simulated: p50 {:.2}, max {:.2}",
+                sim.measured_over_simulated_p50, sim.measured_over_simulated_max
+            );
+        }
+        if let Some(x) = self.speedup {
+            let _ = writeln!(s, "speed-up over plain HTTP (max completion): {x:.1}×");
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:<10} {:>8} {:>10} {:>10} {:>5} {:>8}",
+            "agent", "secs", "from agents", "from origins", "bad", "verified"
+        );
+        for h in &self.kraken.hosts {
+            let _ = writeln!(
+                s,
+                "{:<10} {:>8} {:>10.1}M {:>10.1}M {:>5} {:>8}",
+                h.name,
+                h.secs.map_or("-".into(), |t| format!("{t:.2}")),
+                h.bytes_from_agents as f64 / (1 << 20) as f64,
+                h.bytes_from_origins as f64 / (1 << 20) as f64,
+                h.bad_pieces,
+                h.verified
+            );
+        }
+        for n in &self.fault_notes {
+            let _ = writeln!(s, "fault: {n}");
+        }
+        let t = &self.targets;
+        let yn = |b: bool| if b { "yes" } else { "NO" };
+        let _ = writeln!(
+            s,
+            "targets: max ≤ 1.3·T_min {}; origin egress ≤ 2×F {}; ≥5× baseline {}; simnet within 15% {}",
+            yn(t.max_within_1_3_t_min),
+            yn(t.origin_egress_within_2x),
+            t.speedup_at_least_5x.map_or("-", yn),
+            t.simnet_within_15pct.map_or("-", yn),
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_takes_the_largest_term() {
+        // 1 origin + 10 agents at 12.5 MB/s, 125 MB: the origin term dominates.
+        let b = Bound::compute(125e6, 12.5e6, 12.5e6, 10, 125e6);
+        assert!((b.t_min_s - 10.0).abs() < 1e-9);
+        assert!((b.aggregate_term_s - 125e7 / 137.5e6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let d = Dist::of((1..=10).map(f64::from).collect());
+        assert_eq!((d.p50, d.p99, d.max), (5.0, 10.0, 10.0));
+        assert_eq!(Dist::of(vec![]).n, 0);
+    }
+}

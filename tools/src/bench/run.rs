@@ -1,0 +1,529 @@
+//! One benchmark run, start to finish: network up, cluster up, blob pushed, every agent
+//! pulls at once (with a fault, if asked), bytes checked on disk, then the plain-HTTP
+//! baseline on the same hosts, then the simulator on the same setup, and the report.
+//!
+//! Teardown is by ownership: [`Testnet`], [`Cluster`] and [`WorkDir`] clean up on drop, so
+//! an error or panic anywhere still removes namespaces, processes and files.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kraken_storage::{Digest, DigestAlgorithm, DigestHasher};
+
+use super::baseline;
+use super::cluster::{ClientTls, Cluster, ClusterConfig};
+use super::ctl::AgentPull;
+use super::netns::{NetConfig, Rate, Testnet, check_prerequisites};
+use super::report::{Bound, HostResult, PhaseReport, RunReport, Setup, SimFigure, Targets};
+use super::simnet::{SimSetup, simulate};
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// SIGKILL origin 1 (of 2) 40% of T_min into the distribution.
+    OriginKill,
+    /// One agent pulls first, then its stored blob is corrupted on disk, then the rest
+    /// pull and must reject its pieces.
+    CorruptAgent,
+    /// SIGKILL agent 1 40% of T_min in, restart it 2 s later, ask it again.
+    AgentRestart,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::OriginKill => "origin-kill",
+            Fault::CorruptAgent => "corrupt-agent",
+            Fault::AgentRestart => "agent-restart",
+        }
+    }
+}
+
+/// `kraken-bench run` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Agents (one per host).
+    #[arg(long, default_value_t = 10)]
+    pub agents: usize,
+    /// Origins (one per host); origin-kill needs at least 2 and raises it to 2.
+    #[arg(long, default_value_t = 1)]
+    pub origins: usize,
+    /// Every host's rate, both ways (`100mbit`).
+    #[arg(long, default_value = "100mbit")]
+    pub rate: Rate,
+    /// Blob size in MiB.
+    #[arg(long, default_value_t = 200)]
+    pub size_mib: u64,
+    /// Piece length in KiB the origins cut the blob into [default: the node's table].
+    #[arg(long)]
+    pub piece_kib: Option<u64>,
+    /// Fault to inject.
+    #[arg(long, value_enum)]
+    pub fault: Option<Fault>,
+    /// Skip the plain-HTTP baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Skip the simnet calibration.
+    #[arg(long)]
+    pub no_simnet: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The `kraken` binary [default: next to this one].
+    #[arg(long, env = "KRAKEN_BIN")]
+    pub kraken: Option<PathBuf>,
+    /// The `simnet` binary [default: next to this one].
+    #[arg(long, env = "SIMNET_BIN")]
+    pub simnet: Option<PathBuf>,
+    /// Where to put stores, configs and logs [default: /dev/shm/kraken-bench-<pid>].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the work dir (logs) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Namespace prefix.
+    #[arg(long, default_value = "kb")]
+    pub prefix: String,
+}
+
+impl RunArgs {
+    /// The smoke run: 1 origin + 2 agents at 100 Mbit/s, 20 MiB, with the baseline.
+    pub fn smoke() -> RunArgs {
+        RunArgs {
+            agents: 2,
+            origins: 1,
+            rate: Rate {
+                bits_per_sec: 100_000_000,
+            },
+            size_mib: 20,
+            piece_kib: None,
+            fault: None,
+            no_baseline: false,
+            no_simnet: true,
+            json: false,
+            kraken: None,
+            simnet: None,
+            work_dir: None,
+            keep: false,
+            prefix: "kbs".into(),
+        }
+    }
+}
+
+/// A directory removed on drop unless kept.
+#[derive(Debug)]
+pub struct WorkDir {
+    /// The path.
+    pub path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("kraken-bench: kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A binary next to this one (`target/<profile>/NAME`).
+pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no exe dir")?;
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "no `{name}` binary next to {} (build it, or pass its path)",
+        exe.display()
+    )
+}
+
+/// Writes `len` pseudo-random bytes (splitmix64, fixed seed) to `path`.
+pub fn write_blob(path: &Path, len: u64) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// sha256 of a file; `None` if it cannot be read.
+pub fn hash_path(path: &Path) -> Option<Digest> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = DigestHasher::new(DigestAlgorithm::Sha256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            return Some(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Runs `kraken-bench ctl …` in the control namespace and parses its JSON.
+fn ctl<T: serde::de::DeserializeOwned>(
+    net: &Testnet,
+    tls: &ClientTls,
+    seed: SocketAddr,
+    args: &[String],
+) -> anyhow::Result<T> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.ctl_ns()])
+        .arg(exe)
+        .args(["ctl", "--seed", &seed.to_string(), "--ca"])
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run the control client")?;
+    if !out.status.success() {
+        bail!(
+            "ctl {} failed: {}",
+            args.first().map_or("", String::as_str),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "ctl printed {:?}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        )
+    })
+}
+
+/// Flips one byte in every `stride` bytes of `path`, in place.
+fn corrupt_file(path: &Path, stride: u64) -> anyhow::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut flipped = 0;
+    let mut at = stride / 2;
+    while at < len {
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut b)?;
+        b[0] ^= 0xff;
+        f.seek(SeekFrom::Start(at))?;
+        f.write_all(&b)?;
+        flipped += 1;
+        at += stride;
+    }
+    f.sync_all()?;
+    Ok(flipped)
+}
+
+/// Runs the benchmark and returns its report.
+pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
+    check_prerequisites().map_err(anyhow::Error::msg)?;
+    let mut origins = args.origins.max(1);
+    if args.fault == Some(Fault::OriginKill) {
+        origins = origins.max(2);
+    }
+    if args.agents < 2 {
+        bail!("need at least 2 agents");
+    }
+    if args.fault == Some(Fault::CorruptAgent) && args.agents < 3 {
+        bail!("corrupt-agent needs at least 3 agents");
+    }
+    let kraken = match &args.kraken {
+        Some(p) => p.clone(),
+        None => sibling("kraken")?,
+    };
+    let base = args.work_dir.clone().unwrap_or_else(|| {
+        let shm = Path::new("/dev/shm");
+        let root = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        root.join(format!("kraken-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&base)?;
+    let work = WorkDir {
+        path: base,
+        keep: args.keep,
+    };
+    let blob_len = args.size_mib << 20;
+    let blob_dir = work.path.join("blob");
+    std::fs::create_dir_all(&blob_dir)?;
+    let blob = blob_dir.join("blob");
+    write_blob(&blob, blob_len)?;
+    let digest = hash_path(&blob).context("cannot hash the blob")?;
+
+    let mut net = Testnet::up(NetConfig {
+        prefix: args.prefix.clone(),
+        subnet: [10, 78, 0],
+        hosts: origins + args.agents,
+        rate: Some(args.rate),
+    })?;
+    let piece_length = args.piece_kib.map(|k| k << 10);
+    let mut cluster = Cluster::start(
+        &net,
+        &ClusterConfig {
+            kraken,
+            work_dir: work.path.clone(),
+            origins,
+            agents: args.agents,
+            piece_length,
+        },
+    )?;
+    let seed = SocketAddr::from((net.host_addr(1), 7600));
+    let tls = cluster.client_tls.clone();
+    let _: serde_json::Value = ctl(
+        &net,
+        &tls,
+        seed,
+        &["wait-view".into(), "--origins".into(), origins.to_string()],
+    )?;
+    let pushed: serde_json::Value = ctl(
+        &net,
+        &tls,
+        seed,
+        &["push".into(), blob.display().to_string()],
+    )?;
+    if pushed["digest"].as_str() != Some(digest.to_string().as_str()) {
+        bail!("pushed {pushed}, expected {digest}");
+    }
+
+    let rate = args.rate.bytes_per_sec();
+    let f = blob_len as f64;
+    let bound = Bound::compute(
+        f,
+        rate * origins as f64,
+        rate,
+        args.agents,
+        rate * args.agents as f64,
+    );
+    let mut notes = Vec::new();
+    let hex = digest.hex();
+    let verify = |p: &Path| hash_path(p) == Some(digest);
+
+    // Which agents are measured: all but the corrupt one.
+    let mut measured: Vec<usize> = (0..args.agents).collect();
+    if args.fault == Some(Fault::CorruptAgent) {
+        let bad = args.agents - 1;
+        measured.retain(|&i| i != bad);
+        let mut pull_args = vec!["pull".into(), "--digest".into(), digest.to_string()];
+        pull_args.extend(["--agent".into(), cluster.agents[bad].quic.to_string()]);
+        let first: Vec<AgentPull> = ctl(&net, &tls, seed, &pull_args)?;
+        if first.first().and_then(|p| p.secs).is_none() {
+            bail!("the agent to corrupt could not pull first: {first:?}");
+        }
+        let path = cluster.agent_blob_path(bad, &hex);
+        let flipped = corrupt_file(&path, 256 << 10)?;
+        notes.push(format!(
+            "{} pulled first, then {flipped} bytes of its stored blob were flipped (one per 256 KiB)",
+            cluster.agents[bad].name
+        ));
+    }
+
+    let origin_hosts: Vec<usize> = (1..=origins).collect();
+    let tx0: u64 = origin_hosts
+        .iter()
+        .map(|&h| net.tx_bytes(h).unwrap_or(0))
+        .sum();
+    let cpu0 = cluster.cpu_secs();
+    let mut pull_args = vec!["pull".into(), "--digest".into(), digest.to_string()];
+    for &i in &measured {
+        pull_args.extend(["--agent".into(), cluster.agents[i].quic.to_string()]);
+    }
+    // A stalled swarm fails the run instead of hanging it.
+    let limit = (bound.t_min_s * 10.0 + 60.0) as u64;
+    pull_args.extend(["--timeout-secs".into(), limit.to_string()]);
+    if args.fault == Some(Fault::AgentRestart) {
+        pull_args.extend(["--retry-secs".into(), limit.to_string()]);
+    }
+    let fault_at = Duration::from_secs_f64(bound.t_min_s * 0.4);
+    let pulls: Vec<AgentPull> = std::thread::scope(|s| -> anyhow::Result<Vec<AgentPull>> {
+        let (head, agents_mut) = (&mut cluster.origins, &mut cluster.agents);
+        let victim_note = match args.fault {
+            Some(Fault::OriginKill) => {
+                let o = &mut head[0];
+                let name = o.name.clone();
+                Some(s.spawn(move || {
+                    std::thread::sleep(fault_at);
+                    o.kill();
+                    format!(
+                        "{name} SIGKILLed {:.1} s into the distribution",
+                        fault_at.as_secs_f64()
+                    )
+                }))
+            }
+            Some(Fault::AgentRestart) => {
+                let a = &mut agents_mut[0];
+                Some(s.spawn(move || {
+                    std::thread::sleep(fault_at);
+                    a.kill();
+                    std::thread::sleep(Duration::from_secs(2));
+                    let r = a.restart();
+                    format!(
+                        "{} SIGKILLed {:.1} s in, restarted 2 s later ({})",
+                        a.name,
+                        fault_at.as_secs_f64(),
+                        match r {
+                            Ok(()) => "ready again".to_string(),
+                            Err(e) => format!("restart failed: {e:#}"),
+                        }
+                    )
+                }))
+            }
+            _ => None,
+        };
+        let r = ctl(&net, &tls, seed, &pull_args);
+        if let Some(Ok(n)) = victim_note.map(|h| h.join()) {
+            notes.push(n);
+        }
+        r
+    })?;
+    let cpu = cluster.cpu_secs() - cpu0;
+    let egress: u64 = origin_hosts
+        .iter()
+        .map(|&h| net.tx_bytes(h).unwrap_or(0))
+        .sum::<u64>()
+        .saturating_sub(tx0);
+    let mut hosts = Vec::new();
+    for (p, &i) in pulls.iter().zip(&measured) {
+        let r = p.report.as_ref();
+        hosts.push(HostResult {
+            name: cluster.agents[i].name.clone(),
+            secs: p.secs,
+            verified: verify(&cluster.agent_blob_path(i, &hex)),
+            bytes_from_agents: r.map_or(0, |r| r.bytes_from_agents),
+            bytes_from_origins: r.map_or(0, |r| r.bytes_from_origins),
+            bad_pieces: r.map_or(0, |r| r.bad_pieces),
+            errors: p.errors.clone(),
+        });
+    }
+    if args.fault.is_some() {
+        let bad: u64 = hosts.iter().map(|h| h.bad_pieces).sum();
+        let ok = hosts.iter().filter(|h| h.verified).count();
+        notes.push(format!(
+            "{ok}/{} measured agents hold a blob that hashes to the digest; {bad} bad pieces rejected in all",
+            hosts.len()
+        ));
+    }
+    let kraken_phase = PhaseReport::summarize(hosts, bound.t_min_s, blob_len, egress, cpu);
+    cluster.stop();
+    drop(cluster);
+
+    let baseline = if args.no_baseline || args.fault.is_some() {
+        None
+    } else {
+        let clients: Vec<usize> = measured.iter().map(|i| origins + 1 + i).collect();
+        let b = baseline::run(
+            &net,
+            1,
+            &clients,
+            &blob_dir,
+            "blob",
+            &work.path.join("baseline"),
+            &verify,
+        )?;
+        Some(PhaseReport::summarize(
+            b.hosts,
+            bound.t_min_s,
+            blob_len,
+            b.egress,
+            b.cpu_s,
+        ))
+    };
+    net.down()?;
+
+    let simnet = if args.no_simnet {
+        None
+    } else {
+        let bin = match &args.simnet {
+            Some(p) => p.clone(),
+            None => sibling("simnet")?,
+        };
+        let setup = SimSetup {
+            agents: args.agents,
+            origins,
+            rate_bytes_per_sec: rate,
+            blob_bytes: blob_len,
+            piece_length: piece_length.unwrap_or(default_piece_length(blob_len)),
+            kill_origin_at_s: (args.fault == Some(Fault::OriginKill))
+                .then_some(fault_at.as_secs_f64()),
+            corrupt_agents: usize::from(args.fault == Some(Fault::CorruptAgent)),
+        };
+        let (dist, egress_blobs) = simulate(&bin, &setup, &work.path)?;
+        let k = &kraken_phase.completion_s;
+        Some(SimFigure {
+            measured_over_simulated_max: k.max / dist.max,
+            measured_over_simulated_p50: k.p50 / dist.p50,
+            completion_s: dist,
+            origin_egress_blobs: egress_blobs,
+        })
+    };
+
+    let mut report = RunReport {
+        setup: Setup {
+            agents: args.agents,
+            origins,
+            rate_mbit: Some(args.rate.mbit()),
+            blob_bytes: blob_len,
+            piece_length: Some(piece_length.unwrap_or(default_piece_length(blob_len))),
+            fault: args.fault.map(|f| f.name().to_string()),
+        },
+        bound,
+        kraken: kraken_phase,
+        baseline,
+        speedup: None,
+        simnet,
+        fault_notes: notes,
+        targets: Targets {
+            max_within_1_3_t_min: false,
+            origin_egress_within_2x: false,
+            speedup_at_least_5x: None,
+            simnet_within_15pct: None,
+        },
+    };
+    report.finish();
+    Ok(report)
+}
+
+/// The node's default piece length table (< 4 MiB: 256 KiB; < 64 MiB: 1 MiB; else 4 MiB).
+pub fn default_piece_length(blob: u64) -> u64 {
+    if blob < 4 << 20 {
+        256 << 10
+    } else if blob < 64 << 20 {
+        1 << 20
+    } else {
+        4 << 20
+    }
+}
