@@ -23,7 +23,7 @@ use crate::sim::{Counters, HostRecord};
 use kraken_transport::swarm::PeerKind;
 
 /// The Kumar & Ross lower bound and its three terms, seconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Bound {
     /// `max` of the three terms.
     pub t_min_s: f64,

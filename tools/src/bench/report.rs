@@ -7,34 +7,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-/// The lower bound and its terms, seconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Bound {
-    /// `max` of the terms.
-    pub t_min_s: f64,
-    /// `F / u_s`.
-    pub origin_term_s: f64,
-    /// `F / d_min`.
-    pub download_term_s: f64,
-    /// `N·F / (u_s + Σu_i)`.
-    pub aggregate_term_s: f64,
-}
-
-impl Bound {
-    /// For `f` bytes, origin upload `u_s`, slowest download `d_min`, `n` agents uploading
-    /// `sum_u` together (bytes/s).
-    pub fn compute(f: f64, u_s: f64, d_min: f64, n: usize, sum_u: f64) -> Bound {
-        let origin_term_s = f / u_s;
-        let download_term_s = f / d_min;
-        let aggregate_term_s = n as f64 * f / (u_s + sum_u);
-        Bound {
-            t_min_s: origin_term_s.max(download_term_s).max(aggregate_term_s),
-            origin_term_s,
-            download_term_s,
-            aggregate_term_s,
-        }
-    }
-}
+/// The Kumar & Ross lower bound, computed by the very code simnet reports with.
+pub use kraken_simnet::report::Bound;
 
 /// p50, p99 and max of a set of seconds (nearest rank).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
