@@ -323,6 +323,9 @@ pub struct BlobStat {
     pub queued: bool,
     /// Whether this origin owns the blob on the current ring.
     pub owner: bool,
+    /// Seconds since this origin last read the blob through from its backend (since it
+    /// started), if it did.
+    pub read_through_secs_ago: Option<u64>,
 }
 
 /// An origin's write-back queue.

@@ -7,9 +7,10 @@
 //! view's ring nodes and `cluster.json`'s agents) and matching certificate peer ids;
 //! others show as `?`. `--json` prints the node's `PullReport` unchanged.
 //!
-//! What the report cannot say: whether an origin read the blob through from its backend
-//! for this pull (bytes from origins include those), and which peers sent bad pieces
-//! (only their count is reported).
+//! The backend's part: every origin is asked whether it read the blob through from its
+//! backend (and how long ago); bytes from those origins first came from the backend. Peers
+//! that sent pieces failing verification are listed with their count (each was
+//! blacklisted). `--json` prints the node's `PullReport` with a `backend_reads` list added.
 
 use std::collections::BTreeMap;
 
@@ -38,7 +39,12 @@ pub async fn fetch(client: &Client, digest: &Digest, agent: &str) -> Result<Pull
 }
 
 /// The report as text; `names` maps peer ids (hex) to node names.
-pub fn render(agent: &str, r: &PullReport, names: &BTreeMap<String, String>) -> String {
+pub fn render(
+    agent: &str,
+    r: &PullReport,
+    names: &BTreeMap<String, String>,
+    backend: &[(String, u64)],
+) -> String {
     let moved = r.bytes_from_agents + r.bytes_from_origins;
     let mut out = String::new();
     let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:<17}{v}\n"));
@@ -75,6 +81,7 @@ pub fn render(agent: &str, r: &PullReport, names: &BTreeMap<String, String>) -> 
     );
     line(&mut out, "pieces retried", r.pieces_retried.to_string());
     line(&mut out, "bad pieces", r.bad_pieces.to_string());
+    out.push_str(&render_backend(backend));
     out.push('\n');
     if r.sources.is_empty() {
         out.push_str("no peer sent bytes\n");
@@ -109,6 +116,36 @@ pub fn render(agent: &str, r: &PullReport, names: &BTreeMap<String, String>) -> 
     out
 }
 
+/// Origins that read `digest` through from their backend: (name, seconds ago).
+pub async fn backend_reads(client: &Client, digest: &Digest) -> Vec<(String, u64)> {
+    let origins = client.origins();
+    let request = Request::BlobStat { digest: *digest };
+    let answers =
+        futures::future::join_all(origins.iter().map(|m| client.call(m.quic_addr, &request))).await;
+    origins
+        .iter()
+        .zip(answers)
+        .filter_map(|(m, a)| match a {
+            Ok(Response::BlobStat(s)) => s
+                .read_through_secs_ago
+                .map(|ago| (m.id.as_str().to_string(), ago)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The backend lines of the table.
+pub fn render_backend(reads: &[(String, u64)]) -> String {
+    if reads.is_empty() {
+        return "backend          not read (every origin already held the blob)\n".into();
+    }
+    let list: Vec<String> = reads
+        .iter()
+        .map(|(name, ago)| format!("{name} read it through {ago} s ago"))
+        .collect();
+    format!("backend          {}\n", list.join("; "))
+}
+
 /// `krakenctl pull-report`.
 pub async fn run(
     client: &Client,
@@ -117,8 +154,26 @@ pub async fn run(
     mode: OutputMode,
 ) -> Result<(), CtlError> {
     let report = fetch(client, digest, agent).await?;
+    let reads = backend_reads(client, digest).await;
     if mode.json {
-        return emit_json(&report);
+        #[derive(serde::Serialize)]
+        struct WithBackend<'a> {
+            #[serde(flatten)]
+            report: &'a PullReport,
+            backend_reads: Vec<BackendRead>,
+        }
+        #[derive(serde::Serialize)]
+        struct BackendRead {
+            origin: String,
+            secs_ago: u64,
+        }
+        return emit_json(&WithBackend {
+            report: &report,
+            backend_reads: reads
+                .into_iter()
+                .map(|(origin, secs_ago)| BackendRead { origin, secs_ago })
+                .collect(),
+        });
     }
     let names: BTreeMap<String, String> = client
         .names_by_peer_id()
@@ -131,7 +186,7 @@ pub async fn run(
         Some(name) => format!("{name} ({addr})"),
         None => addr.to_string(),
     };
-    emit(&render(&label, &report, &names))
+    emit(&render(&label, &report, &names, &reads))
 }
 
 #[cfg(test)]
@@ -156,7 +211,7 @@ mod tests {
             bad_peers: vec![("cc".repeat(32), "agent".into(), 1)],
         };
         let names = BTreeMap::from([("bb".repeat(32), "origin-1".to_string())]);
-        let text = render("agent-1", &r, &names);
+        let text = render("agent-1", &r, &names, &[("origin-2".into(), 7)]);
         assert!(text.contains("from agents      1.00 MiB (25.0%)"), "{text}");
         assert!(text.contains("from origins     3.00 MiB (75.0%)"), "{text}");
         assert!(text.contains("pieces retried   2"), "{text}");
@@ -164,5 +219,6 @@ mod tests {
         assert!(origin_line.contains("75.0%"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("?  ")), "{text}");
         assert!(text.contains("bad peers"), "{text}");
+        assert!(text.contains("origin-2 read it through 7 s ago"), "{text}");
     }
 }

@@ -127,6 +127,8 @@ struct Inner {
     upload_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Read-throughs in flight: waiters watch for the outcome.
     fetches: Mutex<HashMap<Digest, readthrough::FetchOutcome>>,
+    /// When each blob was last read through from the backend (for pull attribution).
+    read_throughs: Mutex<HashMap<Digest, SystemTime>>,
     writeback_wake: Notify,
 }
 
@@ -170,6 +172,7 @@ impl Origin {
                 metrics: parts.metrics,
                 upload_locks: Mutex::new(HashMap::new()),
                 fetches: Mutex::new(HashMap::new()),
+                read_throughs: Mutex::new(HashMap::new()),
                 writeback_wake: Notify::new(),
             }),
         })
@@ -336,6 +339,14 @@ impl Origin {
             persisted: info.as_ref().is_some_and(|i| i.persisted),
             queued,
             owner: self.is_owner(digest),
+            read_through_secs_ago: self
+                .inner
+                .read_throughs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(digest)
+                .and_then(|t| SystemTime::now().duration_since(*t).ok())
+                .map(|d| d.as_secs()),
         })
     }
 

@@ -94,6 +94,11 @@ impl Origin {
                     .set_persisted(digest, true)
                     .map_err(internal)?;
                 self.inner.metrics.add_backend_read_bytes(fed);
+                self.inner
+                    .read_throughs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(*digest, std::time::SystemTime::now());
                 Ok(())
             }
             Err(e @ (CasError::DigestMismatch { .. } | CasError::LengthMismatch { .. })) => {
