@@ -125,6 +125,49 @@ fn io_error(e: std::io::Error) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, e.to_string())
 }
 
+/// The blob's metainfo, asked of its origins in ring order; an owner that lacks it reads
+/// it through from its backend (the call waits on that, asking again on `Pending`). Every
+/// origin disowning the blob means nobody has it: `NotFound`.
+pub async fn origin_metainfo(
+    cluster: &Cluster,
+    namespace: &str,
+    digest: &Digest,
+) -> Result<kraken_storage::Metainfo, RemoteError> {
+    let owners = cluster.owners_of_digest(Role::Origin, digest, 0);
+    let request = Request::OriginMetainfo {
+        namespace: namespace.to_string(),
+        digest: *digest,
+        wait_ms: 10_000,
+    };
+    let limit = std::time::Duration::from_secs(10) + cluster.call_timeout;
+    loop {
+        match cluster
+            .call_first(&owners, Role::Origin, &request, limit)
+            .await
+        {
+            Ok(Response::Metainfo(bytes)) => {
+                return kraken_storage::Metainfo::decode(&bytes)
+                    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()));
+            }
+            Ok(Response::Pending) => continue,
+            Ok(other) => {
+                return Err(RemoteError::new(
+                    ErrorKind::Internal,
+                    format!("unexpected origin answer {other:?}"),
+                ));
+            }
+            Err(e) => {
+                let e = call_error(e);
+                return Err(if e.kind == ErrorKind::WrongNode {
+                    RemoteError::new(ErrorKind::NotFound, e.message)
+                } else {
+                    e
+                });
+            }
+        }
+    }
+}
+
 /// A call error as the remote error a caller reports.
 pub fn call_error(e: CallError) -> RemoteError {
     match e {

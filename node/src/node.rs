@@ -256,14 +256,7 @@ impl Node {
                 let exchange =
                     PieceExchange::new(pool.clone(), cas.clone(), NoAnnounce, me, exchange_config)
                         .map_err(|e| StartError::Storage(e.to_string()))?;
-                let http = default_http_client().map_err(|e| StartError::Storage(e.to_string()))?;
-                let router = NamespaceRouter::new(
-                    &RouterConfig {
-                        backends: config.backends.clone(),
-                    },
-                    http,
-                )
-                .map_err(|e| StartError::Storage(e.to_string()))?;
+                let router = backend_router(&config)?;
                 let queue = WriteBackQueue::open(
                     &config.node.data_dir.join("writeback.redb"),
                     config.writeback_queue.clone(),
@@ -312,14 +305,7 @@ impl Node {
             }
         }
         if config.has(NodeRole::BuildIndex) {
-            let http = default_http_client().map_err(|e| StartError::Storage(e.to_string()))?;
-            let router = NamespaceRouter::new(
-                &RouterConfig {
-                    backends: config.backends.clone(),
-                },
-                http,
-            )
-            .map_err(|e| StartError::Storage(e.to_string()))?;
+            let router = backend_router(&config)?;
             let bi = BuildIndex::open(BuildIndexParts {
                 me: node_id.clone(),
                 cluster: cluster.clone(),
@@ -474,6 +460,18 @@ impl Node {
         self.endpoint.close();
         drop(self.membership.take());
     }
+}
+
+/// The `[[backends]]` routes of origins and build-index nodes.
+fn backend_router(config: &NodeConfig) -> Result<NamespaceRouter, StartError> {
+    let http = default_http_client().map_err(|e| StartError::Storage(e.to_string()))?;
+    NamespaceRouter::new(
+        &RouterConfig {
+            backends: config.backends.clone(),
+        },
+        http,
+    )
+    .map_err(|e| StartError::Storage(e.to_string()))
 }
 
 /// Serves the registry API on agents (pull) and proxies (push), if enabled.

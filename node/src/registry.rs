@@ -27,7 +27,7 @@ use kraken_transport::quic::RequestBody;
 use crate::agent::Agent;
 use crate::buildindex::owners_of_tag;
 use crate::client::{CallError, Cluster};
-use crate::fetch::call_error;
+use crate::fetch::{call_error, origin_metainfo};
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
 use crate::upstream::Upstreams;
 
@@ -79,36 +79,9 @@ impl ClusterRegistry {
                 .await
                 .map_err(|e| blob_error(e, digest));
         }
-        let owners = self.cluster.owners_of_digest(Role::Origin, digest, 0);
-        let request = Request::OriginMetainfo {
-            namespace: repo.to_string(),
-            digest: *digest,
-            wait_ms: 10_000,
-        };
-        let limit = Duration::from_secs(10) + self.cluster.call_timeout;
-        loop {
-            match self
-                .cluster
-                .call_first(&owners, Role::Origin, &request, limit)
-                .await
-            {
-                Ok(Response::Metainfo(bytes)) => {
-                    return Metainfo::decode(&bytes)
-                        .map_err(|e| RegistryError::Internal(e.to_string()));
-                }
-                Ok(Response::Pending) => continue,
-                Ok(other) => return Err(RegistryError::Internal(format!("{other:?}"))),
-                Err(e) => {
-                    let e = call_error(e);
-                    let e = if e.kind == ErrorKind::WrongNode {
-                        RemoteError::new(ErrorKind::NotFound, e.message)
-                    } else {
-                        e
-                    };
-                    return Err(blob_error(e, digest));
-                }
-            }
-        }
+        origin_metainfo(&self.cluster, repo, digest)
+            .await
+            .map_err(|e| blob_error(e, digest))
     }
 
     /// Every live build-index node (tags are spread over them by owner).
@@ -249,21 +222,28 @@ fn tag_error(e: CallError, repo: &str, tag: &str) -> RegistryError {
 }
 
 impl ClusterRegistry {
+    /// Sends a tag request to the tag's build-index owners, in ring order.
+    async fn ask_build_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        request: &Request,
+        limit: Duration,
+    ) -> Result<Response, CallError> {
+        let owners = owners_of_tag(&self.cluster, repo, tag, 0);
+        self.cluster
+            .call_first(&owners, Role::BuildIndex, request, limit)
+            .await
+    }
+
     /// The tag as the build-index has it.
     async fn cluster_tag(&self, repo: &str, tag: &str) -> Result<Digest, RegistryError> {
-        let owners = owners_of_tag(&self.cluster, repo, tag, 0);
         let request = Request::GetTag {
             repo: repo.into(),
             tag: tag.into(),
         };
         match self
-            .cluster
-            .call_first(
-                &owners,
-                Role::BuildIndex,
-                &request,
-                self.cluster.call_timeout,
-            )
+            .ask_build_index(repo, tag, &request, self.cluster.call_timeout)
             .await
         {
             Ok(Response::Tag { digest, .. }) => Ok(digest),
@@ -423,7 +403,6 @@ impl Registry for ClusterRegistry {
                 "agents do not accept pushes".into(),
             ));
         }
-        let owners = owners_of_tag(&self.cluster, repo, tag, 0);
         let request = Request::PutTag {
             repo: repo.into(),
             tag: tag.into(),
@@ -431,13 +410,7 @@ impl Registry for ClusterRegistry {
             replica: false,
         };
         match self
-            .cluster
-            .call_first(
-                &owners,
-                Role::BuildIndex,
-                &request,
-                Duration::from_secs(120),
-            )
+            .ask_build_index(repo, tag, &request, Duration::from_secs(120))
             .await
         {
             Ok(Response::TagPut { .. }) => Ok(()),
@@ -463,20 +436,13 @@ impl Registry for ClusterRegistry {
                 "agents do not delete tags".into(),
             ));
         }
-        let owners = owners_of_tag(&self.cluster, repo, tag, 0);
         let request = Request::DeleteTag {
             repo: repo.into(),
             tag: tag.into(),
             replica: false,
         };
         match self
-            .cluster
-            .call_first(
-                &owners,
-                Role::BuildIndex,
-                &request,
-                self.cluster.call_timeout,
-            )
+            .ask_build_index(repo, tag, &request, self.cluster.call_timeout)
             .await
         {
             Ok(Response::TagDeleted) => Ok(()),

@@ -22,19 +22,18 @@ pub mod store;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kraken_membership::{NodeId, Role};
 use kraken_registry_gateway::names::{validate_name, validate_tag};
+use kraken_storage::Digest;
 use kraken_storage::backend::NamespaceRouter;
 use kraken_storage::queue::WriteBackQueue;
-use kraken_storage::{Digest, Metainfo};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::client::Cluster;
-use crate::fetch::{call_error, fetch_bytes};
+use crate::fetch::{fetch_bytes, origin_metainfo};
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
 use store::TagStore;
 
@@ -521,48 +520,13 @@ pub async fn closure(
     Ok(out)
 }
 
-/// The blob's length from its metainfo, asked of the owning origins (which read it through
-/// from their backend if needed).
+/// The blob's length from its metainfo (see [`origin_metainfo`]).
 async fn blob_length(
     cluster: &Cluster,
     namespace: &str,
     digest: &Digest,
 ) -> Result<u64, RemoteError> {
-    let owners = cluster.owners_of_digest(Role::Origin, digest, 0);
-    let request = Request::OriginMetainfo {
-        namespace: namespace.to_string(),
-        digest: *digest,
-        wait_ms: 10_000,
-    };
-    let limit = Duration::from_secs(10) + cluster.call_timeout;
-    loop {
-        match cluster
-            .call_first(&owners, Role::Origin, &request, limit)
-            .await
-        {
-            Ok(Response::Metainfo(bytes)) => {
-                let m = Metainfo::decode(&bytes)
-                    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
-                return Ok(m.length());
-            }
-            Ok(Response::Pending) => continue,
-            Ok(other) => {
-                return Err(RemoteError::new(
-                    ErrorKind::Internal,
-                    format!("unexpected origin answer {other:?}"),
-                ));
-            }
-            Err(e) => {
-                let e = call_error(e);
-                // Every origin disowned it: nobody has it.
-                return Err(if e.kind == ErrorKind::WrongNode {
-                    RemoteError::new(ErrorKind::NotFound, e.message)
-                } else {
-                    e
-                });
-            }
-        }
-    }
+    Ok(origin_metainfo(cluster, namespace, digest).await?.length())
 }
 
 /// The owners of `repo:tag` on `cluster`'s build-index ring.

@@ -167,39 +167,23 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
         ));
     }
     if dest == BACKEND {
-        let backend = inner
-            .router
-            .route(repo)
-            .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
-        backend
+        backend(bi, repo)?
             .put_tag(repo, tag, &item.digest)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::Unavailable, e.to_string()))?;
         return Ok(Outcome::Done);
     }
     if let Some(owner) = dest.strip_prefix(OWNER) {
-        let view = inner.cluster.view();
-        let Some(member) = view
-            .members()
-            .values()
-            .find(|m| m.id.as_str() == owner && m.has_role(Role::BuildIndex))
-        else {
-            return Ok(Outcome::Dropped("the owner left the cluster"));
-        };
         let request = Request::PutTag {
             repo: repo.into(),
             tag: tag.into(),
             digest: item.digest,
             replica: true,
         };
-        return match inner.cluster.call(member.quic_addr, &request).await {
-            Ok(Response::TagPut { .. }) => Ok(Outcome::Done),
-            Ok(other) => Err(call_error(crate::client::CallError::unexpected(
-                member.quic_addr,
-                other,
-            ))),
-            Err(e) => Err(call_error(e)),
-        };
+        return tell_owner(bi, owner, &request, |r| {
+            matches!(r, Response::TagPut { .. })
+        })
+        .await;
     }
     if let Some(name) = dest.strip_prefix(REMOTE) {
         let Some((rule, _)) = inner.rules.iter().find(|(r, _)| r.name == name) else {
@@ -220,20 +204,42 @@ async fn delete_elsewhere(
     repo: &str,
     tag: &str,
 ) -> Result<Outcome, RemoteError> {
-    let inner = &bi.inner;
     if dest == DELETE_BACKEND {
-        let backend = inner
-            .router
-            .route(repo)
-            .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
-        backend
+        backend(bi, repo)?
             .delete_tag(repo, tag)
             .await
             .map_err(|e| RemoteError::new(ErrorKind::Unavailable, e.to_string()))?;
         return Ok(Outcome::Done);
     }
+    let request = Request::DeleteTag {
+        repo: repo.into(),
+        tag: tag.into(),
+        replica: true,
+    };
     let owner = dest.trim_start_matches(DELETE_OWNER);
-    let view = inner.cluster.view();
+    tell_owner(bi, owner, &request, |r| matches!(r, Response::TagDeleted)).await
+}
+
+/// The backend that holds `repo`'s tags.
+fn backend<'a>(
+    bi: &'a BuildIndex,
+    repo: &str,
+) -> Result<&'a kraken_storage::backend::Backend, RemoteError> {
+    bi.inner
+        .router
+        .route(repo)
+        .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))
+}
+
+/// Sends `request` to the build-index node `owner`; done when it answers as `ok` says. An
+/// owner that left the cluster drops the item.
+async fn tell_owner(
+    bi: &BuildIndex,
+    owner: &str,
+    request: &Request,
+    ok: impl Fn(&Response) -> bool,
+) -> Result<Outcome, RemoteError> {
+    let view = bi.inner.cluster.view();
     let Some(member) = view
         .members()
         .values()
@@ -241,13 +247,8 @@ async fn delete_elsewhere(
     else {
         return Ok(Outcome::Dropped("the owner left the cluster"));
     };
-    let request = Request::DeleteTag {
-        repo: repo.into(),
-        tag: tag.into(),
-        replica: true,
-    };
-    match inner.cluster.call(member.quic_addr, &request).await {
-        Ok(Response::TagDeleted) => Ok(Outcome::Done),
+    match bi.inner.cluster.call(member.quic_addr, request).await {
+        Ok(answer) if ok(&answer) => Ok(Outcome::Done),
         Ok(other) => Err(call_error(crate::client::CallError::unexpected(
             member.quic_addr,
             other,
