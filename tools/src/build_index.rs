@@ -46,10 +46,7 @@ pub fn build_index_nodes(client: &Client) -> Result<Vec<Member>, CtlError> {
 }
 
 fn owners(client: &Client, repo: &str, tag: &str) -> Vec<Member> {
-    let key = kraken_membership::ring::tag_key(&format!("{repo}:{tag}"));
-    client
-        .cluster()
-        .owners_of_key(Role::BuildIndex, &key, DEFAULT_REPLICAS)
+    kraken_node::buildindex::owners_of_tag(client.cluster(), repo, tag, DEFAULT_REPLICAS)
 }
 
 fn unexpected(addr: SocketAddr, answer: Response) -> CtlError {

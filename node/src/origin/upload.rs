@@ -344,17 +344,15 @@ pub async fn push_file(
         Response::UploadOffset(n) => n,
         other => return Err(CallError::unexpected(addr, other)),
     };
-    if offset >= length {
-        // Either complete there, or staged whole: an empty body commits it.
-        if offset > length {
-            return Err(CallError::Remote {
-                addr,
-                source: RemoteError::new(
-                    ErrorKind::BadRequest,
-                    format!("{digest} is {offset} bytes at the origin, not {length}"),
-                ),
-            });
-        }
+    // At `length` it is complete there, or staged whole: an empty body commits it.
+    if offset > length {
+        return Err(CallError::Remote {
+            addr,
+            source: RemoteError::new(
+                ErrorKind::BadRequest,
+                format!("{digest} is {offset} bytes at the origin, not {length}"),
+            ),
+        });
     }
     let io = |e: std::io::Error| CallError::Remote {
         addr,
@@ -366,7 +364,7 @@ pub async fn push_file(
     let request = Request::Upload {
         namespace: namespace.to_string(),
         digest: *digest,
-        offset: offset.min(length),
+        offset,
         length,
         replica,
         persisted,
