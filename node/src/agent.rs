@@ -10,7 +10,7 @@
 //! Every pull leaves a [`PullReport`] (bytes by peer kind and by peer, time, retries, bad
 //! pieces) for `krakenctl pull-report`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use kraken_transport::swarm::PeerInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::bounded::BoundedMap;
 use crate::client::{CallError, Cluster};
 use crate::metrics::Metrics;
 use crate::proto::{ErrorKind, PullReport, RemoteError, Request, Response};
@@ -120,7 +121,7 @@ struct Inner {
     config: AgentConfig,
     metrics: Arc<Metrics>,
     pulls: Mutex<HashMap<Digest, watch::Receiver<PullOutcome>>>,
-    reports: Mutex<(HashMap<Digest, PullReport>, VecDeque<Digest>)>,
+    reports: Mutex<BoundedMap<Digest, PullReport>>,
 }
 
 impl Agent {
@@ -131,6 +132,7 @@ impl Agent {
         config: AgentConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let reports_kept = config.reports_kept;
         Agent {
             inner: Arc::new(Inner {
                 cluster,
@@ -138,7 +140,7 @@ impl Agent {
                 config,
                 metrics,
                 pulls: Mutex::new(HashMap::new()),
-                reports: Mutex::new((HashMap::new(), VecDeque::new())),
+                reports: Mutex::new(BoundedMap::new(reports_kept)),
             }),
         }
     }
@@ -199,29 +201,16 @@ impl Agent {
             .reports
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .0
             .get(digest)
             .cloned()
     }
 
     fn keep_report(&self, report: &PullReport) {
-        let mut guard = self
-            .inner
+        self.inner
             .reports
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (map, order) = &mut *guard;
-        if map.insert(report.digest, report.clone()).is_none() {
-            order.push_back(report.digest);
-        }
-        while map.len() > self.inner.config.reports_kept {
-            match order.pop_front() {
-                Some(old) => {
-                    map.remove(&old);
-                }
-                None => break,
-            }
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(report.digest, report.clone());
     }
 
     /// Downloads `digest` (if it is not local) and reports where its bytes came from.

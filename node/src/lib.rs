@@ -17,6 +17,7 @@
 //! (health, readiness, Prometheus), [`dev`] (`kraken dev`: a whole cluster in one process).
 
 pub mod agent;
+pub mod bounded;
 pub mod bridge;
 pub mod buildindex;
 pub mod client;

@@ -13,7 +13,7 @@
 //!
 //! State is soft: a restarted tracker relearns its peers within one announce interval.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::BoundedMap;
 use crate::client::{CallError, Cluster};
 use crate::metrics::Metrics;
 use crate::proto::{ErrorKind, PeerRecord, RemoteError, Request, Response};
@@ -129,8 +130,7 @@ struct State {
     rng: SmallRng,
     /// Origin peer ids by address, learned by connecting.
     origin_ids: HashMap<SocketAddr, PeerInfo>,
-    metainfo: HashMap<Digest, Arc<Vec<u8>>>,
-    metainfo_order: VecDeque<Digest>,
+    metainfo: BoundedMap<Digest, Arc<Vec<u8>>>,
     /// Announces in the current one-second window, and the window's start.
     window: (Instant, u64),
     /// The rate seen in the last full window.
@@ -145,6 +145,7 @@ impl TrackerRole {
             peer_ttl: ttl,
             max_peers: config.max_peers,
         });
+        let cache_entries = config.metainfo_cache_entries;
         TrackerRole {
             inner: Arc::new(Inner {
                 cluster,
@@ -154,8 +155,7 @@ impl TrackerRole {
                     store,
                     rng: SmallRng::from_os_rng(),
                     origin_ids: HashMap::new(),
-                    metainfo: HashMap::new(),
-                    metainfo_order: VecDeque::new(),
+                    metainfo: BoundedMap::new(cache_entries),
                     window: (Instant::now(), 0),
                     last_rate: 0,
                 }),
@@ -320,19 +320,7 @@ impl TrackerRole {
     }
 
     fn cache(&self, digest: Digest, bytes: Vec<u8>) {
-        let max = self.inner.config.metainfo_cache_entries;
-        let mut st = self.state();
-        if st.metainfo.insert(digest, Arc::new(bytes)).is_none() {
-            st.metainfo_order.push_back(digest);
-        }
-        while st.metainfo.len() > max {
-            match st.metainfo_order.pop_front() {
-                Some(old) => {
-                    st.metainfo.remove(&old);
-                }
-                None => break,
-            }
-        }
+        self.state().metainfo.insert(digest, Arc::new(bytes));
     }
 
     fn peers(&self, digest: &Digest) -> Response {
