@@ -356,7 +356,8 @@ pub struct SwarmKnobs {
     pub origin_max_connections: usize,
     /// Concurrent uploads of an agent. Default: 8.
     pub upload_slots: usize,
-    /// Concurrent uploads of an origin. Default: 32.
+    /// Concurrent uploads of an origin. Default: 8, as on a real origin (more run each
+    /// piece slower and finish none sooner).
     pub origin_upload_slots: usize,
     /// Requests in flight to one agent. Default: 3.
     pub pipeline_to_agents: usize,
@@ -374,7 +375,7 @@ impl Default for SwarmKnobs {
             max_connections: 10,
             origin_max_connections: 256,
             upload_slots: 8,
-            origin_upload_slots: 32,
+            origin_upload_slots: 8,
             pipeline_to_agents: 3,
             pipeline_to_origins: 5,
             spare_origins: true,

@@ -349,6 +349,7 @@ impl Simulation {
             pipeline_to_agents: k.pipeline_to_agents,
             pipeline_to_origins: k.pipeline_to_origins,
             spare_origins: k.spare_origins,
+            new_pieces_first: origin,
             endgame_pieces: k.endgame_pieces,
             announce_interval: Duration::from_secs_f64(self.scenario.trackers.announce_interval_s),
             rng_seed: mix(self.seed ^ mix(u64::from(h))),
@@ -680,6 +681,11 @@ impl Simulation {
             }
             break;
         }
+        self.arm_timer(h);
+    }
+
+    /// Arms `h`'s timer for its swarm's next deadline.
+    fn arm_timer(&mut self, h: u32) {
         let base = self.base;
         let now = self.now;
         let host = &mut self.hosts[h as usize];
@@ -790,6 +796,11 @@ impl Simulation {
                         let corrupt = self.hosts[h as usize].record.corrupt;
                         self.net.start(self.now, h, o, index, size, corrupt);
                         self.push_completions();
+                        // The receiver sees the piece start at once: its header's latency
+                        // is small next to a piece's timeout (an approximation).
+                        let (now, from) = (self.instant(), self.hosts[h as usize].info.id);
+                        self.with_swarm(o, |s| s.handle_piece_started(now, from, index));
+                        self.arm_timer(o);
                     }
                     _ => {
                         let now = self.instant();

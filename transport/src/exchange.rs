@@ -846,6 +846,9 @@ impl<T: Tracker> BlobTask<T> {
                     SwarmEvent::BadPiece { from, index } => {
                         tracing::warn!(digest = %self.digest, peer = %from, %index, "bad piece");
                     }
+                    SwarmEvent::RequestTimedOut { peer, index } => {
+                        tracing::debug!(digest = %self.digest, %peer, %index, "request timed out");
+                    }
                     SwarmEvent::Blacklisted { peer, reason, .. } => {
                         tracing::info!(digest = %self.digest, %peer, ?reason, "peer blacklisted");
                     }
@@ -935,8 +938,10 @@ impl<T: Tracker> BlobTask<T> {
         let tx = self.tx.clone();
         let digest = self.digest;
         let egress = self.ex.inner.config.egress.clone();
-        // A stalled peer must not hold an upload slot (and a piece buffer) forever.
-        let limit = self.swarm.piece_timeout(index);
+        // A stalled peer must not hold an upload slot (and a piece buffer) forever. Twice
+        // the receiver's limit: that one starts at the header, this one before the read
+        // and the stream's opening, and the receiver is the one to judge a slow transfer.
+        let limit = 2 * self.swarm.piece_timeout(index);
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || source.read_piece(index)).await;
             let ok = match read {
@@ -1119,6 +1124,7 @@ impl<T: Tracker> BlobTask<T> {
                 codes::BAD_PIECE
             };
             let _ = recv.stop(code);
+            tracing::debug!(digest = %self.digest, %peer, %index, wanted, "piece stream refused");
             if code == codes::BAD_PIECE {
                 self.swarm.handle_piece_received(
                     Instant::now(),
@@ -1130,9 +1136,12 @@ impl<T: Tracker> BlobTask<T> {
             return;
         };
         self.receiving.insert(index);
+        // The request stops waiting in the peer's queue; its transfer clock starts now.
+        self.swarm.handle_piece_started(Instant::now(), peer, index);
         let tx = self.tx.clone();
         let limit = self.swarm.piece_timeout(index);
         let ingress = self.ex.inner.config.ingress.clone();
+        let started = Instant::now();
         tokio::spawn(async move {
             let received = tokio::time::timeout(
                 limit,
@@ -1150,6 +1159,7 @@ impl<T: Tracker> BlobTask<T> {
             if matches!(result, Err(PieceFault::Peer)) {
                 let _ = recv.stop(codes::BAD_PIECE);
             }
+            tracing::debug!(%peer, %index, secs = started.elapsed().as_secs_f64(), ok = result.is_ok(), "piece received");
             let _ = tx
                 .send(Input::PieceDone {
                     peer,

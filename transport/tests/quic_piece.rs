@@ -206,3 +206,33 @@ async fn headers_are_checked_before_the_body_is_read() {
         .unwrap();
     assert_eq!(next(&mut s).await.unwrap(), (good, bytes));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_given_up_midway_is_not_the_senders_fault() {
+    let mut s = setup().await;
+    let (header, bytes) = piece(&s, 0);
+    // 1 MiB at 64 KiB/s: the sender's own deadline cuts it short after some chunks. Quinn
+    // would finish a dropped stream, which reads as a truncated (faulty) piece; it must be
+    // reset instead, so the receiver drops it without blaming the peer.
+    let slow = kraken_transport::limit::RateLimiter::new(64 * 1024, 64 * 1024).unwrap();
+    let send = kraken_transport::quic::send_piece_limited(
+        s.conn.connection(),
+        header,
+        bytes.clone(),
+        Some(&slow),
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), send)
+            .await
+            .is_err()
+    );
+    let (err, fault) = next(&mut s).await.unwrap_err();
+    assert!(!fault, "blamed the sender: {err}");
+    assert!(err.contains("Reset"), "{err}");
+
+    // The connection still carries pieces.
+    send_piece(s.conn.connection(), header, bytes.clone())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut s).await.unwrap(), (header, bytes));
+}

@@ -26,6 +26,12 @@ enum Ev {
         to: PeerId,
         msg: PeerMessage,
     },
+    /// The first bytes of a piece reach its requester.
+    PieceStarted {
+        from: PeerId,
+        to: PeerId,
+        index: PieceIndex,
+    },
     Piece {
         from: PeerId,
         to: PeerId,
@@ -255,6 +261,7 @@ impl Net {
                 let size = u64::from(self.metainfo.piece_size(index).unwrap());
                 let took = Duration::from_secs_f64(size as f64 / share as f64);
                 let corrupt = node.behaviour == Behaviour::Corrupt;
+                self.schedule(at, Ev::PieceStarted { from, to, index });
                 self.schedule(
                     at + took,
                     Ev::Piece {
@@ -341,6 +348,16 @@ impl Net {
                     .swarm
                     .handle_message(now, from, msg);
                 touched.push(to);
+            }
+            Ev::PieceStarted { from, to, index } => {
+                if self.connected(from, to) && !self.nodes[&to].dead {
+                    self.nodes
+                        .get_mut(&to)
+                        .unwrap()
+                        .swarm
+                        .handle_piece_started(now, from, index);
+                    touched.push(to);
+                }
             }
             Ev::Piece {
                 from,

@@ -31,6 +31,9 @@ pub const BAD_PIECE: VarInt = VarInt::from_u32(8);
 pub const INTERNAL: VarInt = VarInt::from_u32(9);
 /// Stream: the request was understood but refused (busy, not found, not allowed).
 pub const REFUSED: VarInt = VarInt::from_u32(10);
+/// Stream: the sender gave up on the stream before its end (a timeout, a shutdown); what
+/// arrived is incomplete, but nothing in it was wrong.
+pub const ABANDONED: VarInt = VarInt::from_u32(11);
 
 /// Connection: orderly shutdown of a node or pool.
 pub const CONN_SHUTDOWN: VarInt = VarInt::from_u32(0x100);
@@ -66,6 +69,7 @@ pub fn name(code: VarInt) -> &'static str {
         8 => "bad piece",
         9 => "internal",
         10 => "refused",
+        11 => "abandoned",
         0x100 => "shutdown",
         0x101 => "abuse",
         0x102 => "bad identity",

@@ -95,8 +95,9 @@ impl PieceStreamError {
 }
 
 /// Sends one piece on a new unidirectional stream: the header frame, the bytes (without
-/// copying them), and the end of the stream. Returns once the data is queued; delivery is
-/// confirmed by the peer's `Have`, refusal by a stop of the stream. See
+/// copying them), and the end of the stream. Returns once the peer acknowledged every
+/// byte; a peer that refused or rejected the piece stopped the stream, which is
+/// `Stream(Stopped { code })`. See
 /// [`send_piece_limited`] for the same under a bandwidth limit.
 pub async fn send_piece(
     conn: &quinn::Connection,
@@ -122,8 +123,12 @@ pub async fn send_piece_limited(
             actual: bytes.len(),
         });
     }
-    let mut send = conn.open_uni().await.map_err(PieceStreamError::Open)?;
-    write_frame(&mut send, &header).await?;
+    let mut guard = Unfinished {
+        stream: conn.open_uni().await.map_err(PieceStreamError::Open)?,
+        delivered: false,
+    };
+    let send = &mut guard.stream;
+    write_frame(send, &header).await?;
     match limiter {
         None => send.write_chunk(bytes).await.map_err(StreamError::from)?,
         Some(limiter) => {
@@ -136,7 +141,39 @@ pub async fn send_piece_limited(
         }
     }
     send.finish().map_err(|_| StreamError::ClosedStream)?;
+    // Sent means received: quinn takes a whole piece into its buffers at once, and a
+    // sender that moved on then would have every piece of its queue on the wire at once,
+    // sharing the link so thinly that none finishes in time. Waiting for the peer's
+    // acknowledgement of every byte is what lets upload slots bound transfers.
+    match send.stopped().await {
+        Ok(None) => {}
+        Ok(Some(code)) if code == codes::STREAM_DONE => {}
+        Ok(Some(code)) => return Err(StreamError::Stopped { code }.into()),
+        Err(quinn::StoppedError::ConnectionLost(e)) => return Err(StreamError::from(e).into()),
+        Err(quinn::StoppedError::ZeroRttRejected) => {
+            return Err(StreamError::ZeroRttRejected.into());
+        }
+    }
+    guard.delivered = true;
     Ok(())
+}
+
+/// A piece stream being written. If it is dropped before the peer has it all (an error,
+/// the caller's timeout, a shutdown) it is reset with [`codes::ABANDONED`]: quinn would
+/// finish it, and a finished short piece reads as a truncated one, which is the sender's
+/// fault and gets it blacklisted, when it was only given up on.
+struct Unfinished {
+    stream: quinn::SendStream,
+    /// Set once the peer has every byte; a reset after that is meaningless.
+    delivered: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.delivered {
+            let _ = self.stream.reset(codes::ABANDONED);
+        }
+    }
 }
 
 /// Receives one piece from a stream the peer opened and verifies it against `expected`.

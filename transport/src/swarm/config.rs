@@ -26,6 +26,10 @@ pub struct SwarmConfig {
     pub spare_origins: bool,
     /// Pieces this node uploads at once for this blob, across all peers.
     pub upload_slots: usize,
+    /// Serve requests for pieces never sent before others (for origins). A seeder whose
+    /// uplink bounds the swarm then sends each piece about once, while agents carry the
+    /// copies; on an agent it would delay the copies its peers are waiting for.
+    pub new_pieces_first: bool,
     /// Requests a peer may queue with us beyond those being served; more are rejected.
     pub max_queued_requests_per_peer: usize,
     /// Fixed part of a request's timeout.
@@ -60,6 +64,7 @@ impl Default for SwarmConfig {
             pipeline_to_origins: 5,
             spare_origins: true,
             upload_slots: 8,
+            new_pieces_first: false,
             max_queued_requests_per_peer: 16,
             request_timeout_base: Duration::from_secs(4),
             min_transfer_rate: 1 << 20,

@@ -3,8 +3,8 @@
 //! A [`Swarm`] decides everything about one blob on one node and does nothing itself:
 //!
 //! ```text
-//! driver ── handle_handout / handle_peer / handle_message / handle_piece_received /
-//!           handle_piece_sent / handle_timeout(now, ..) ──► Swarm
+//! driver ── handle_handout / handle_peer / handle_message / handle_piece_started /
+//!           handle_piece_received / handle_piece_sent / handle_timeout(now, ..) ──► Swarm
 //! driver ◄── poll_transmit (connect, disconnect, message, send piece) /
 //!            poll_storage (commit) / poll_event (announce, progress, blacklist) /
 //!            poll_timeout ── Swarm
@@ -19,8 +19,12 @@
 //!   ties broken at random (seeded), up to a pipeline per peer (3 to agents, 5 to origins).
 //!   Origins are asked only for pieces no connected agent has (`spare_origins`), so the
 //!   swarm, not the origin, carries the copies.
-//!   A request times out after `base + size / min_rate`; the piece goes back to the pool
-//!   and the peer collects a strike. In the endgame (few pieces missing) outstanding
+//!   A request waits in the peer's upload queue until the peer starts sending it
+//!   (`handle_piece_started`); from then it must finish within `base + size / min_rate`.
+//!   Waiting requests give up only when the peer started or finished nothing for us for
+//!   that long (see `requests`): a busy uploader serving others is not stalled. Expired
+//!   requests are cancelled, their pieces go back to the pool, and the peer collects one
+//!   strike per expiry. In the endgame (few pieces missing) outstanding
 //!   pieces are requested from a second peer, and the slower copy is cancelled.
 //! - **Serving**: requests for pieces we have are served through `upload_slots`
 //!   concurrent uploads, round-robin across peers; others are rejected.
@@ -35,6 +39,7 @@
 
 mod config;
 pub mod handout;
+mod requests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -46,6 +51,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use config::{SwarmConfig, SwarmConfigError};
+use requests::Requests;
 
 use crate::wire::{PeerId, PeerMessage};
 
@@ -280,53 +286,6 @@ struct Peer {
     last_activity: Instant,
 }
 
-/// Requests to one peer with their deadlines, and the earliest deadline kept at hand:
-/// `poll_timeout` runs after every input and must not walk every peer's map.
-#[derive(Debug, Default)]
-struct Requests {
-    map: BTreeMap<PieceIndex, Instant>,
-    next: Option<Instant>,
-}
-
-impl Requests {
-    fn insert(&mut self, index: PieceIndex, deadline: Instant) {
-        if let Some(old) = self.map.insert(index, deadline)
-            && Some(old) == self.next
-        {
-            self.next = self.map.values().min().copied();
-        }
-        self.next = Some(self.next.map_or(deadline, |n| n.min(deadline)));
-    }
-
-    fn remove(&mut self, index: &PieceIndex) -> Option<Instant> {
-        let removed = self.map.remove(index)?;
-        if Some(removed) == self.next {
-            self.next = self.map.values().min().copied();
-        }
-        Some(removed)
-    }
-
-    fn contains_key(&self, index: &PieceIndex) -> bool {
-        self.map.contains_key(index)
-    }
-
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &PieceIndex> {
-        self.map.keys()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&PieceIndex, &Instant)> {
-        self.map.iter()
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.next
-    }
-}
-
 /// The swarm state machine for one blob. See the module docs.
 #[derive(Debug)]
 pub struct Swarm {
@@ -353,6 +312,8 @@ pub struct Swarm {
     /// Per missing piece being fetched: from whom.
     inflight: Vec<Vec<PeerId>>,
     uploads_active: usize,
+    /// Per piece: uploads of it started so far (saturating).
+    sent: Vec<u16>,
     /// Round-robin cursor over peers for serving.
     serve_cursor: Option<PeerId>,
     rng: ChaCha8Rng,
@@ -410,6 +371,7 @@ impl Swarm {
             blacklist_next: None,
             inflight: vec![Vec::new(); pieces],
             uploads_active: 0,
+            sent: vec![0; pieces],
             serve_cursor: None,
             transmits: VecDeque::new(),
             storage_ops: VecDeque::new(),
@@ -564,6 +526,7 @@ impl Swarm {
                     return;
                 }
                 if self.peer_learns(from, index) {
+                    self.reroute_from_origins(from, index);
                     self.schedule_peer(now, from);
                 }
             }
@@ -595,6 +558,19 @@ impl Swarm {
         }
     }
 
+    /// `from` started sending `index` (its first bytes or header arrived): the request
+    /// stops waiting in their queue and becomes a transfer, timed from now.
+    pub fn handle_piece_started(&mut self, now: Instant, from: PeerId, index: PieceIndex) {
+        let timeout = self.piece_timeout(index);
+        let patience = now + self.patience();
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.last_activity = now;
+            if p.requested.start(index, now + timeout) {
+                p.requested.progress(patience);
+            }
+        }
+    }
+
     /// A piece from `from` arrived; the driver already verified (and, if good, stored) it.
     pub fn handle_piece_received(
         &mut self,
@@ -604,9 +580,11 @@ impl Swarm {
         outcome: PieceOutcome,
     ) {
         let requested = self.forget_request(from, index);
+        let patience = now + self.patience();
         if let Some(p) = self.peers.get_mut(&from) {
             p.last_activity = now;
             p.strikes = 0;
+            p.requested.progress(patience);
         }
         let Some(size) = self.metainfo.piece_size(index) else {
             self.violation(now, from, "piece out of range");
@@ -683,20 +661,26 @@ impl Swarm {
 
     /// Time passed: expire requests, idle peers, blacklist entries; announce; stop seeding.
     pub fn handle_timeout(&mut self, now: Instant) {
-        // Requests past their deadline go back to the pool.
-        let mut expired = Vec::new();
-        for (id, p) in &self.peers {
-            for (index, deadline) in p.requested.iter() {
-                if *deadline <= now {
-                    expired.push((*id, *index));
-                }
+        // Requests past their deadline go back to the pool, and the peer is told so it
+        // does not send what nobody waits for. One strike per peer per expiry: a stalled
+        // pipeline is one stall, not one per piece in it.
+        let expired: Vec<(PeerId, Vec<PieceIndex>)> = self
+            .peers
+            .iter()
+            .map(|(id, p)| (*id, p.requested.expired(now)))
+            .filter(|(_, e)| !e.is_empty())
+            .collect();
+        for (id, indexes) in expired {
+            for index in indexes {
+                self.forget_request(id, index);
+                self.stats.requests_timed_out += 1;
+                self.events
+                    .push_back(SwarmEvent::RequestTimedOut { peer: id, index });
+                self.transmits.push_back(Transmit::Message {
+                    to: id,
+                    msg: PeerMessage::Cancel(index),
+                });
             }
-        }
-        for (id, index) in expired {
-            self.forget_request(id, index);
-            self.stats.requests_timed_out += 1;
-            self.events
-                .push_back(SwarmEvent::RequestTimedOut { peer: id, index });
             let strikes = self.peers.get_mut(&id).map_or(0, |p| {
                 p.strikes += 1;
                 p.strikes
@@ -806,7 +790,7 @@ impl Swarm {
             Peer {
                 kind,
                 bitfield: None,
-                requested: Requests::default(),
+                requested: Requests::new(now),
                 queued: VecDeque::new(),
                 rejected: BTreeSet::new(),
                 uploading: 0,
@@ -866,6 +850,34 @@ impl Swarm {
             true
         } else {
             false
+        }
+    }
+
+    /// An agent now has `index`: requests for it still waiting in an origin's queue are
+    /// cancelled, so the origin's uplink carries pieces no agent has (`spare_origins`).
+    fn reroute_from_origins(&mut self, agent: PeerId, index: PieceIndex) {
+        let is_agent = self
+            .peers
+            .get(&agent)
+            .is_some_and(|p| p.kind == PeerKind::Agent);
+        if !self.config.spare_origins || !is_agent {
+            return;
+        }
+        let waiting: Vec<PeerId> = self.inflight[index.0 as usize]
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.peers
+                    .get(id)
+                    .is_some_and(|p| p.kind == PeerKind::Origin && p.requested.is_waiting(&index))
+            })
+            .collect();
+        for origin in waiting {
+            self.forget_request(origin, index);
+            self.transmits.push_back(Transmit::Message {
+                to: origin,
+                msg: PeerMessage::Cancel(index),
+            });
         }
     }
 
@@ -940,7 +952,7 @@ impl Swarm {
         let had = self
             .peers
             .get_mut(&peer)
-            .is_some_and(|p| p.requested.remove(&index).is_some());
+            .is_some_and(|p| p.requested.remove(&index));
         if had {
             self.remove_inflight(index, peer);
         }
@@ -951,6 +963,12 @@ impl Swarm {
         if let Some(list) = self.inflight.get_mut(index.0 as usize) {
             list.retain(|p| *p != peer);
         }
+    }
+
+    /// How long requests may wait in a peer's queue without the peer starting or
+    /// finishing anything for us: a whole piece's timeout.
+    fn patience(&self) -> Duration {
+        self.config.request_timeout(self.metainfo.piece_length())
     }
 
     fn pipeline(&self, kind: PeerKind) -> usize {
@@ -992,10 +1010,9 @@ impl Swarm {
             let Some(index) = self.pick_piece(id, endgame) else {
                 break;
             };
-            let size = self.metainfo.piece_size(index).unwrap_or(0);
-            let deadline = now + self.config.request_timeout(size);
+            let patience = now + self.patience();
             if let Some(p) = self.peers.get_mut(&id) {
-                p.requested.insert(index, deadline);
+                p.requested.insert(index, patience);
             }
             self.inflight[index.0 as usize].push(id);
             self.transmits.push_back(Transmit::Message {
@@ -1075,32 +1092,53 @@ impl Swarm {
     /// Starts uploads while slots are free, one request per peer per round.
     fn serve(&mut self, _now: Instant) {
         while self.uploads_active < self.config.upload_slots {
-            let next = {
-                let after = self.serve_cursor;
-                let mut iter = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| !p.queued.is_empty())
-                    .map(|(id, _)| *id);
-                let first = iter.clone().next();
-                match after {
-                    Some(a) => iter.find(|id| *id > a).or(first),
-                    None => first,
-                }
+            let Some((id, pos)) = self.next_upload() else {
+                break;
             };
-            let Some(id) = next else { break };
             let Some(peer) = self.peers.get_mut(&id) else {
                 break;
             };
-            let Some(index) = peer.queued.pop_front() else {
+            let Some(index) = peer.queued.remove(pos) else {
                 break;
             };
             peer.uploading += 1;
+            let sent = &mut self.sent[index.0 as usize];
+            *sent = sent.saturating_add(1);
             self.uploads_active += 1;
             self.serve_cursor = Some(id);
             self.transmits
                 .push_back(Transmit::SendPiece { to: id, index });
         }
+    }
+
+    /// The next request to serve: peers in turn after the cursor, each one's oldest
+    /// request; with `new_pieces_first`, requests for pieces never sent come first. That
+    /// lets an origin's uplink, when it bounds the whole swarm, carry each piece about
+    /// once: while it sends new pieces, requesters of pieces it already sent hear of those
+    /// copies from agents and cancel (see `reroute_from_origins`).
+    fn next_upload(&self) -> Option<(PeerId, usize)> {
+        let fresh = self.config.new_pieces_first;
+        fresh
+            .then(|| self.first_queued(|i| self.sent[i.0 as usize] == 0))
+            .flatten()
+            .or_else(|| self.first_queued(|_| true))
+    }
+
+    /// The first peer in turn after the serve cursor with a queued request that `ok`
+    /// accepts, and that request's position in its queue.
+    fn first_queued(&self, ok: impl Fn(&PieceIndex) -> bool) -> Option<(PeerId, usize)> {
+        let cursor = self.serve_cursor;
+        let after = self
+            .peers
+            .iter()
+            .filter(|(id, _)| cursor.is_none_or(|c| **id > c));
+        let before = self
+            .peers
+            .iter()
+            .filter(|(id, _)| cursor.is_some_and(|c| **id <= c));
+        after
+            .chain(before)
+            .find_map(|(id, p)| p.queued.iter().position(&ok).map(|pos| (*id, pos)))
     }
 
     fn broadcast_have(&mut self, index: PieceIndex) {

@@ -187,14 +187,14 @@ fn timeouts_move_requests_elsewhere_and_stalled_peers_are_blacklisted() {
         ..SwarmConfig::default()
     };
     let timeout = config.request_timeout(PIECE);
-    let mut s = new_swarm(4, false, config, now);
-    let t = join(&mut s, now, 1, PeerKind::Agent, &[0, 1, 2, 3]);
+    let mut s = new_swarm(8, false, config, now);
+    let t = join(&mut s, now, 1, PeerKind::Agent, &[0, 1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(requests_to(&t, p(1)).len(), 3);
     assert_eq!(s.poll_timeout(), Some(now + timeout));
-    let t = join(&mut s, now, 2, PeerKind::Agent, &[0, 1, 2, 3]);
-    assert_eq!(requests_to(&t, p(2)).len(), 1, "only piece 3 was free");
     events(&mut s);
 
+    // Peer 1 starts nothing for a whole timeout: its three requests give up together,
+    // are cancelled, and cost it one strike, not three.
     let later = now + timeout;
     s.handle_timeout(later);
     let ev = events(&mut s);
@@ -202,8 +202,29 @@ fn timeouts_move_requests_elsewhere_and_stalled_peers_are_blacklisted() {
         .iter()
         .filter(|e| matches!(e, SwarmEvent::RequestTimedOut { .. }))
         .count();
-    assert_eq!(timed_out, 4);
-    // Both peers struck out (3 and 1 timeouts; 2 strikes allowed): both blacklisted.
+    assert_eq!(timed_out, 3);
+    let t = drain(&mut s);
+    let cancels = t
+        .iter()
+        .filter(|t| {
+            matches!(
+                t,
+                Transmit::Message {
+                    msg: PeerMessage::Cancel(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(cancels, 3);
+    assert!(!s.is_blacklisted(&p(1), later), "one strike of two");
+    // The pieces went back to the pool and were asked again (peer 1 is the only source).
+    assert_eq!(requests_to(&t, p(1)).len(), 3);
+
+    // A second stall is the second strike.
+    let later = later + timeout;
+    s.handle_timeout(later);
+    let ev = events(&mut s);
     assert!(ev.iter().any(|e| matches!(
         e,
         SwarmEvent::Blacklisted {
@@ -212,7 +233,51 @@ fn timeouts_move_requests_elsewhere_and_stalled_peers_are_blacklisted() {
         }
     )));
     assert!(s.is_blacklisted(&p(1), later));
-    assert_eq!(s.stats().requests_timed_out, 4);
+    assert_eq!(s.stats().requests_timed_out, 6);
+}
+
+#[test]
+fn a_busy_uploader_that_keeps_serving_is_not_timed_out() {
+    let now = Instant::now();
+    let config = SwarmConfig {
+        stall_strikes: 1,
+        endgame_pieces: 0,
+        announce_interval: Duration::from_secs(3600),
+        ..SwarmConfig::default()
+    };
+    let timeout = config.request_timeout(PIECE);
+    let mut s = new_swarm(8, false, config, now);
+    let t = join(&mut s, now, 1, PeerKind::Origin, &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let mut asked = requests_to(&t, p(1));
+    assert_eq!(asked.len(), 5);
+    events(&mut s);
+    // The origin serves others first: each of our pieces starts just before the patience
+    // runs out and takes most of its own timeout. Nothing is timed out, ever.
+    let step = timeout - Duration::from_millis(1);
+    let mut clock = now;
+    while let Some(index) = asked.pop() {
+        clock += step;
+        s.handle_timeout(clock);
+        s.handle_piece_started(clock, p(1), index);
+        clock += step;
+        s.handle_timeout(clock);
+        s.handle_piece_received(clock, p(1), index, PieceOutcome::Stored);
+        asked.extend(requests_to(&drain(&mut s), p(1)));
+    }
+    assert!(s.is_complete());
+    assert_eq!(s.stats().requests_timed_out, 0);
+    assert!(!s.is_blacklisted(&p(1), clock));
+
+    // A transfer that starts and then stops is timed out from its start.
+    let mut s = new_swarm(8, false, SwarmConfig::default(), now);
+    let t = join(&mut s, now, 1, PeerKind::Agent, &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let first = requests_to(&t, p(1))[0];
+    let start = now + Duration::from_secs(1);
+    s.handle_piece_started(start, p(1), first);
+    s.handle_timeout(start + timeout - Duration::from_millis(1));
+    assert!(s.is_requested(&p(1), first));
+    s.handle_timeout(start + timeout);
+    assert!(!s.is_requested(&p(1), first));
 }
 
 #[test]
