@@ -92,6 +92,11 @@ impl Client {
         quic.socket_send_buffer = 1 << 20;
         quic.socket_recv_buffer = 1 << 20;
         quic.connect_timeout = timeout;
+        // A node that died without closing (SIGKILL, power loss) is noticed in seconds,
+        // not after the nodes' 30 s: a command waiting on it fails (or retries) sooner.
+        // Keep-alives hold a long call's quiet connection open meanwhile.
+        quic.idle_timeout = Duration::from_secs(8);
+        quic.keep_alive_interval = Some(Duration::from_secs(2));
         let endpoint = Endpoint::bind(&quic, &identity, &ca)
             .map_err(|e| CtlError::Failed(format!("cannot open a QUIC endpoint: {e}")))?;
         let pool = ConnectionPool::new(endpoint, PoolConfig::default(), |_| {})

@@ -1065,11 +1065,12 @@ impl<T: Tracker> BlobTask<T> {
     ) {
         let me = self.ex.inner.me.id;
         if let Some(existing) = self.sessions.get(&peer) {
-            // Keep the session opened by the lower id, on both sides.
+            // Keep the session opened by the lower id, on both sides; a session whose
+            // connection is gone (superseded by the peer's new one) always gives way.
             let existing_opener = if existing.opened_by_us { me } else { peer };
             let new_opener = if outbound { me } else { peer };
             // The lower opener's session wins; between two of one opener, the newer.
-            if existing_opener < new_opener {
+            if existing.conn.is_alive() && existing_opener < new_opener {
                 stream.reject(codes::REFUSED);
                 return;
             }

@@ -223,3 +223,71 @@ async fn dropping_the_pool_closes_its_connections() {
         "{reason}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_dials_again_supersedes_the_connection_it_lost() {
+    let cluster = cluster();
+    let (a, _) = node(&cluster, "node-a");
+    let a_addr = a.endpoint().local_addr().unwrap();
+    let (b_ep, b_identity) = endpoint(&cluster, "node-b");
+    let b_id = b_ep.peer_id();
+    let (b, _) = serving_pool(
+        b_ep,
+        PoolConfig::default(),
+        Arc::new(TestService::new()),
+        RpcConfig::default(),
+    );
+    let old = b.get_or_connect(a_addr).await.unwrap();
+    within("ping", ping(old.connection(), 1)).await.unwrap();
+    let at_a = within("registered", async {
+        loop {
+            if let Some(c) = a.get(&b_id) {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // B restarts: same identity, new endpoint; the old connection still looks alive to A
+    // (a killed process sends no close). B dials A again.
+    let b2_ep = Endpoint::bind(&loopback_config(), &b_identity, &cluster.ca.cluster_ca()).unwrap();
+    let (b2, _) = serving_pool(
+        b2_ep,
+        PoolConfig::default(),
+        Arc::new(TestService::new()),
+        RpcConfig::default(),
+    );
+    let new = b2.get_or_connect(a_addr).await.unwrap();
+    within("ping", ping(new.connection(), 2)).await.unwrap();
+    // A closed its end; B's old end hears why.
+    let reason = within("superseded", at_a.connection().closed()).await;
+    assert!(
+        matches!(reason, quinn::ConnectionError::LocallyClosed),
+        "{reason}"
+    );
+    match within("told", old.connection().closed()).await {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, kraken_transport::quic::codes::CONN_SUPERSEDED)
+        }
+        other => panic!("{other}"),
+    }
+    let current = a.get(&b_id).expect("the new connection is registered");
+    assert!(!current.same_as(&at_a));
+    assert!(current.is_alive());
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_dialling_each_other_at_once_keep_their_connections() {
+    let cluster = cluster();
+    let (a, _) = node(&cluster, "node-a");
+    let (b, _) = node(&cluster, "node-b");
+    let a_addr = a.endpoint().local_addr().unwrap();
+    let b_addr = b.endpoint().local_addr().unwrap();
+    let (ab, ba) = tokio::join!(a.get_or_connect(b_addr), b.get_or_connect(a_addr));
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    within("ping", ping(ab.connection(), 1)).await.unwrap();
+    within("ping", ping(ba.connection(), 2)).await.unwrap();
+    assert!(ab.is_alive() && ba.is_alive());
+}

@@ -41,6 +41,9 @@ pub const CONN_SHUTDOWN: VarInt = VarInt::from_u32(0x100);
 pub const CONN_ABUSE: VarInt = VarInt::from_u32(0x101);
 /// Connection: the peer's certificate is unusable as a cluster identity.
 pub const CONN_BAD_IDENTITY: VarInt = VarInt::from_u32(0x102);
+/// Connection: the peer dialed us again, so this older connection is one it lost (it
+/// restarted, or timed it out first); the new connection replaces it.
+pub const CONN_SUPERSEDED: VarInt = VarInt::from_u32(0x103);
 
 /// The stream code that answers a frame error.
 pub fn for_wire_error(e: &WireError) -> VarInt {
@@ -73,6 +76,7 @@ pub fn name(code: VarInt) -> &'static str {
         0x100 => "shutdown",
         0x101 => "abuse",
         0x102 => "bad identity",
+        0x103 => "superseded",
         _ => "unknown code",
     }
 }

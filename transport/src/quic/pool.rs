@@ -33,8 +33,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::codes;
-use super::endpoint::{ConnectError, Endpoint, PeerConnection};
+use super::endpoint::{ConnectError, Endpoint, PeerConnection, Side};
 use crate::wire::PeerId;
+
+/// A connection we dialed less than this before the peer's own dial to us reached us is
+/// a simultaneous dial, not a connection the peer lost.
+const DIAL_RACE: Duration = Duration::from_secs(3);
 
 /// Dial backoff of a [`ConnectionPool`].
 ///
@@ -373,6 +377,21 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The live connection to `new`'s peer that `new`, just accepted, replaces. A node
+    /// dials a peer only when it holds no live connection to it, so the peer dialling
+    /// again means it lost the one we hold: it restarted, or timed it out before we did.
+    /// The one exception is both sides dialling at once, which leaves each with a fresh
+    /// connection it dialed: those are kept (the exchange picks one session).
+    fn superseded_by(st: &State, new: &PeerConnection) -> Option<PeerConnection> {
+        let old = st.by_peer.get(&new.peer_id())?;
+        let racing = old.side() == Side::Dialed
+            && new
+                .established()
+                .saturating_duration_since(old.established())
+                < DIAL_RACE;
+        (old.is_alive() && !old.same_as(new) && !racing).then(|| old.clone())
+    }
+
     /// Registers a new connection by peer id (keeping a live one already there).
     fn register_peer(st: &mut State, conn: &PeerConnection) {
         match st.by_peer.get(&conn.peer_id()) {
@@ -388,6 +407,15 @@ impl Inner {
         if st.closed {
             conn.close(codes::CONN_SHUTDOWN, b"shutdown");
             return;
+        }
+        if let Some(old) = Inner::superseded_by(&st, &conn) {
+            // Closed before anything can open a stream on the new one: sessions on the
+            // old connection end, and their replacements find it closed.
+            tracing::debug!(peer = %conn.peer_id(), "a new connection from the peer supersedes ours");
+            old.close(codes::CONN_SUPERSEDED, b"superseded");
+            st.by_peer.remove(&old.peer_id());
+            st.by_addr
+                .retain(|_, slot| !matches!(slot, Slot::Live(c) if c.same_as(&old)));
         }
         let addr = conn.remote_addr();
         let occupied = match st.by_addr.get(&addr) {

@@ -286,6 +286,10 @@ struct Peer {
     last_activity: Instant,
 }
 
+/// Whether a blacklist entry is for a fault (bad piece, protocol violation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fault(bool);
+
 /// The swarm state machine for one blob. See the module docs.
 #[derive(Debug)]
 pub struct Swarm {
@@ -301,7 +305,9 @@ pub struct Swarm {
     candidates: Vec<PeerInfo>,
     /// Dials in progress.
     connecting: BTreeSet<PeerId>,
-    blacklist: BTreeMap<PeerId, Instant>,
+    /// Shunned peers: until when, and whether for a fault (bad piece, protocol) rather
+    /// than for being unreachable or stalled.
+    blacklist: BTreeMap<PeerId, (Instant, Fault)>,
     /// No later than the earliest blacklist expiry (exact after each timeout pass): the
     /// deadline without scanning a blacklist that can hold thousands of peers.
     blacklist_next: Option<Instant>,
@@ -432,7 +438,9 @@ impl Swarm {
 
     /// True if `peer` is blacklisted at `now`.
     pub fn is_blacklisted(&self, peer: &PeerId, now: Instant) -> bool {
-        self.blacklist.get(peer).is_some_and(|until| *until > now)
+        self.blacklist
+            .get(peer)
+            .is_some_and(|(until, _)| *until > now)
     }
 
     // ---- inputs ------------------------------------------------------------------------
@@ -699,8 +707,8 @@ impl Swarm {
         for id in idle {
             self.disconnect(id);
         }
-        self.blacklist.retain(|_, until| *until > now);
-        self.blacklist_next = self.blacklist.values().min().copied();
+        self.blacklist.retain(|_, (until, _)| *until > now);
+        self.blacklist_next = self.blacklist.values().map(|(until, _)| *until).min();
         if self.next_announce <= now {
             self.announce(now);
         }
@@ -772,6 +780,11 @@ impl Swarm {
 
     fn on_connected(&mut self, now: Instant, id: PeerId, kind: PeerKind, outbound: bool) {
         self.connecting.remove(&id);
+        // A peer shunned as unreachable or stalled that dials us is back (restarted, or
+        // its network healed): a ban for a fault stands.
+        if !outbound && let Some((_, Fault(false))) = self.blacklist.get(&id) {
+            self.blacklist.remove(&id);
+        }
         if id == self.me || self.is_blacklisted(&id, now) {
             self.transmits.push_back(Transmit::Disconnect { id });
             return;
@@ -820,7 +833,7 @@ impl Swarm {
                 break;
             }
             let busy = self.peers.contains_key(&c.id) || self.connecting.contains(&c.id);
-            let banned = self.blacklist.get(&c.id).is_some_and(|u| *u > now);
+            let banned = self.is_blacklisted(&c.id, now);
             if busy || banned {
                 continue;
             }
@@ -921,16 +934,27 @@ impl Swarm {
     }
 
     fn ban(&mut self, now: Instant, id: PeerId, reason: BlacklistReason) {
-        let span = match reason {
-            BlacklistReason::BadPiece | BlacklistReason::ProtocolViolation => {
-                self.config.blacklist_bad_peer
-            }
-            BlacklistReason::Unreachable | BlacklistReason::Stalled => {
-                self.config.blacklist_unreachable
-            }
+        let fault = matches!(
+            reason,
+            BlacklistReason::BadPiece | BlacklistReason::ProtocolViolation
+        );
+        let span = if fault {
+            self.config.blacklist_bad_peer
+        } else {
+            self.config.blacklist_unreachable
         };
         let until = now + span;
-        self.blacklist.insert(id, until);
+        // A fault's longer ban is not shortened by a later stall.
+        let fault = fault
+            || self
+                .blacklist
+                .get(&id)
+                .is_some_and(|(u, f)| f.0 && *u > now);
+        let until = match self.blacklist.get(&id) {
+            Some((u, _)) if fault => until.max(*u),
+            _ => until,
+        };
+        self.blacklist.insert(id, (until, Fault(fault)));
         // A replaced, later entry may leave this early: an early wake-up only rescans.
         self.blacklist_next = Some(self.blacklist_next.map_or(until, |n| n.min(until)));
         self.events.push_back(SwarmEvent::Blacklisted {

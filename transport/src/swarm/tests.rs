@@ -571,3 +571,39 @@ fn a_rejected_piece_is_asked_of_someone_else() {
     );
     assert_eq!(requests_to(&t, p(2)), vec![PieceIndex(0)]);
 }
+
+#[test]
+fn a_peer_shunned_as_unreachable_that_dials_us_is_taken_back_but_a_corrupt_one_is_not() {
+    let now = Instant::now();
+    let mut s = new_swarm(4, true, SwarmConfig::default(), now);
+    let inbound = |s: &mut Swarm, n: u64| {
+        s.handle_peer(
+            now,
+            PeerEvent::Connected {
+                id: p(n),
+                kind: PeerKind::Agent,
+                outbound: false,
+            },
+        );
+        drain(s)
+    };
+    // Peer 1 could not be reached (it was restarting); then it dials us.
+    s.handle_peer(now, PeerEvent::ConnectFailed { id: p(1) });
+    assert!(s.is_blacklisted(&p(1), now));
+    let t = inbound(&mut s, 1);
+    assert!(!t.contains(&Transmit::Disconnect { id: p(1) }));
+    assert!(!s.is_blacklisted(&p(1), now));
+    assert!(s.connected_peers().any(|id| id == p(1)));
+
+    // Peer 2 sent a corrupt piece: its dialling us changes nothing.
+    join(&mut s, now, 2, PeerKind::Agent, &[]);
+    s.handle_piece_received(now, p(2), PieceIndex(0), PieceOutcome::Corrupt);
+    assert!(s.is_blacklisted(&p(2), now));
+    let t = inbound(&mut s, 2);
+    assert!(t.contains(&Transmit::Disconnect { id: p(2) }));
+    assert!(s.is_blacklisted(&p(2), now));
+    // Nor does a later stall shorten its ban.
+    s.handle_peer(now, PeerEvent::ConnectFailed { id: p(2) });
+    let later = now + SwarmConfig::default().blacklist_unreachable + Duration::from_secs(1);
+    assert!(s.is_blacklisted(&p(2), later));
+}

@@ -105,6 +105,7 @@ pub struct PeerConnection {
     conn: quinn::Connection,
     peer_id: PeerId,
     side: Side,
+    established: std::time::Instant,
 }
 
 impl PeerConnection {
@@ -126,6 +127,16 @@ impl PeerConnection {
     /// Which end opened the connection.
     pub fn side(&self) -> Side {
         self.side
+    }
+
+    /// Whether `other` is this very connection (clones compare equal).
+    pub fn same_as(&self, other: &PeerConnection) -> bool {
+        self.conn.stable_id() == other.conn.stable_id()
+    }
+
+    /// When the handshake completed.
+    pub fn established(&self) -> std::time::Instant {
+        self.established
     }
 
     /// Whether the connection is still open (no close frame, timeout or error yet).
@@ -318,6 +329,7 @@ fn established(
             conn,
             peer_id,
             side,
+            established: std::time::Instant::now(),
         }),
         Err(source) => {
             conn.close(codes::CONN_BAD_IDENTITY, b"bad identity");
