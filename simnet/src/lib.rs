@@ -36,7 +36,7 @@ pub mod sim;
 
 pub use report::{Bound, Dist, Report};
 pub use scenario::Scenario;
-pub use sim::Simulation;
+pub use sim::{Progress, Simulation};
 
 /// Why a scenario cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

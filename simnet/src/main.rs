@@ -48,7 +48,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("simnet: scenario {} seed {seed}", scenario.name);
     let started = Instant::now();
     let sim = Simulation::new(&scenario, seed)?;
-    let report = sim.run();
+    // A line every 10 M events (about half a minute): large runs take minutes.
+    let report = sim.run_with_progress(10_000_000, |p| {
+        eprintln!(
+            "simnet: {:.0} M events, virtual {:.2} s, {} of {} agents unfinished, {:.0} s wall",
+            p.events as f64 / 1e6,
+            p.virtual_s,
+            p.unfinished,
+            p.agents,
+            started.elapsed().as_secs_f64()
+        )
+    });
     let wall = started.elapsed().as_secs_f64();
     if args.json {
         println!("{}", report.to_json());

@@ -415,57 +415,77 @@ impl Report {
 
     /// The completion CDF as a self-contained SVG, with `T_min` marked.
     pub fn svg_cdf(&self) -> String {
-        let (w, h, m) = (640.0, 400.0, 50.0);
-        let tmax = self
-            .cdf
-            .last()
-            .map_or(1.0, |p| p[0])
-            .max(self.bound.t_min_s)
-            .max(1e-9)
-            * 1.05;
-        let x = |t: f64| m + t / tmax * (w - 2.0 * m);
-        let y = |f: f64| h - m - f * (h - 2.0 * m);
+        let title = format!(
+            "{} — completion CDF, {} agents, seed {}",
+            self.scenario, self.agents, self.seed
+        );
+        svg_cdfs(&title, &[("simnet", &self.cdf)], self.bound.t_min_s)
+    }
+}
+
+/// Completion CDFs (`[seconds, fraction]` points, in order) as one self-contained SVG,
+/// each series in its own colour with a legend, and `T_min` marked.
+pub fn svg_cdfs(title: &str, series: &[(&str, &[[f64; 2]])], t_min_s: f64) -> String {
+    const COLOURS: [&str; 4] = ["steelblue", "darkorange", "seagreen", "purple"];
+    let (w, h, m) = (640.0, 400.0, 50.0);
+    let tmax = series
+        .iter()
+        .filter_map(|(_, cdf)| cdf.last().map(|p| p[0]))
+        .fold(t_min_s, f64::max)
+        .max(1e-9)
+        * 1.05;
+    let x = |t: f64| m + t / tmax * (w - 2.0 * m);
+    let y = |f: f64| h - m - f * (h - 2.0 * m);
+    let title = title.replace('&', "&amp;").replace('<', "&lt;");
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{m}\" y=\"20\">{title}</text>\n\
+         <line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <line x1=\"{m}\" y1=\"{b}\" x2=\"{m}\" y2=\"{m}\" stroke=\"black\"/>\n",
+        b = h - m,
+        r = w - m
+    );
+    for i in 0..=4 {
+        let t = tmax * f64::from(i) / 4.0;
+        let f = f64::from(i) / 4.0;
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t:.1}s</text>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{f:.2}</text>\n",
+            x(t),
+            h - m + 16.0,
+            m - 4.0,
+            y(f) + 4.0
+        ));
+    }
+    let tx = x(t_min_s);
+    svg.push_str(&format!(
+        "<line x1=\"{tx:.2}\" y1=\"{:.2}\" x2=\"{tx:.2}\" y2=\"{m}\" stroke=\"red\" \
+         stroke-dasharray=\"4 3\"/>\n<text x=\"{:.2}\" y=\"{:.2}\" fill=\"red\">T_min</text>\n",
+        h - m,
+        tx + 3.0,
+        m + 12.0
+    ));
+    for (k, (name, cdf)) in series.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
         let mut pts = format!("{:.2},{:.2}", x(0.0), y(0.0));
-        for p in &self.cdf {
+        for p in cdf.iter() {
             pts.push_str(&format!(" {:.2},{:.2}", x(p[0]), y(p[1])));
         }
-        let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
-             font-family=\"sans-serif\" font-size=\"12\">\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-             <text x=\"{m}\" y=\"20\">{} — completion CDF, {} agents, seed {}</text>\n\
-             <line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
-             <line x1=\"{m}\" y1=\"{b}\" x2=\"{m}\" y2=\"{m}\" stroke=\"black\"/>\n",
-            self.scenario,
-            self.agents,
-            self.seed,
-            b = h - m,
-            r = w - m
-        );
-        for i in 0..=4 {
-            let t = tmax * f64::from(i) / 4.0;
-            let f = f64::from(i) / 4.0;
-            svg.push_str(&format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t:.1}s</text>\n\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{f:.2}</text>\n",
-                x(t),
-                h - m + 16.0,
-                m - 4.0,
-                y(f) + 4.0
-            ));
-        }
-        let tx = x(self.bound.t_min_s);
+        let ly = m + 30.0 + 16.0 * k as f64;
         svg.push_str(&format!(
-            "<line x1=\"{tx:.2}\" y1=\"{:.2}\" x2=\"{tx:.2}\" y2=\"{m}\" stroke=\"red\" \
-             stroke-dasharray=\"4 3\"/>\n<text x=\"{:.2}\" y=\"{:.2}\" fill=\"red\">T_min</text>\n\
-             <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{pts}\"/>\n\
-             </svg>\n",
-            h - m,
-            tx + 3.0,
-            m + 12.0
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{pts}\"/>\n\
+             <line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"2\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n",
+            w - m - 150.0,
+            w - m - 130.0,
+            w - m - 125.0,
+            ly + 4.0
         ));
-        svg
     }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 #[cfg(test)]

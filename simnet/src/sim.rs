@@ -162,6 +162,19 @@ struct Host {
     record: HostRecord,
 }
 
+/// Where a long run stands (see [`Simulation::run_with_progress`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Events handled so far.
+    pub events: u64,
+    /// The virtual clock, seconds.
+    pub virtual_s: f64,
+    /// Agents in the scenario.
+    pub agents: usize,
+    /// Honest agents alive and not yet complete.
+    pub unfinished: usize,
+}
+
 /// One simulation run. Build with [`Simulation::new`], then [`Simulation::run`].
 pub struct Simulation {
     scenario: Scenario,
@@ -431,9 +444,25 @@ impl Simulation {
     }
 
     /// Runs to the end: every honest agent complete or dead, or `limits.max_time_s`.
-    pub fn run(mut self) -> Report {
+    pub fn run(self) -> Report {
+        self.run_with_progress(u64::MAX, |_| {})
+    }
+
+    /// [`Simulation::run`], calling `progress` every `every` events (long runs).
+    pub fn run_with_progress(mut self, every: u64, mut progress: impl FnMut(Progress)) -> Report {
         let limit = secs(self.scenario.limits.max_time_s);
+        let agents = self.scenario.agents.count;
+        let mut next_report = every;
         while self.outstanding > 0 {
+            if self.counters.events >= next_report {
+                next_report = next_report.saturating_add(every);
+                progress(Progress {
+                    events: self.counters.events,
+                    virtual_s: self.now as f64 / 1e9,
+                    agents,
+                    unfinished: self.outstanding,
+                });
+            }
             let Some(e) = self.heap.pop() else { break };
             if e.at > limit {
                 self.now = limit;

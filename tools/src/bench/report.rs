@@ -135,6 +135,9 @@ pub struct SimFigure {
     pub measured_over_simulated_max: f64,
     /// Measured p50 over simulated p50.
     pub measured_over_simulated_p50: f64,
+    /// Its completion CDF, `[seconds, fraction]`.
+    #[serde(default)]
+    pub cdf: Vec<[f64; 2]>,
 }
 
 /// The setup of a run.
@@ -188,7 +191,46 @@ pub struct RunReport {
     pub targets: Targets,
 }
 
+impl PhaseReport {
+    /// The completion CDF over all hosts (those that never completed keep it below 1).
+    pub fn cdf(&self) -> Vec<[f64; 2]> {
+        let mut secs: Vec<f64> = self.hosts.iter().filter_map(|h| h.secs).collect();
+        secs.sort_by(f64::total_cmp);
+        let n = self.hosts.len().max(1) as f64;
+        secs.iter()
+            .enumerate()
+            .map(|(i, s)| [*s, (i + 1) as f64 / n])
+            .collect()
+    }
+}
+
 impl RunReport {
+    /// The completion CDFs of kraken, the baseline and simnet, with `T_min`, as SVG.
+    pub fn svg(&self) -> String {
+        let s = &self.setup;
+        let title = format!(
+            "{} origin(s) + {} agents, {} Mbit/s, {} MiB{}",
+            s.origins,
+            s.agents,
+            s.rate_mbit.unwrap_or(0.0),
+            s.blob_bytes >> 20,
+            s.fault
+                .as_ref()
+                .map(|f| format!(", fault {f}"))
+                .unwrap_or_default()
+        );
+        let kraken = self.kraken.cdf();
+        let baseline = self.baseline.as_ref().map(PhaseReport::cdf);
+        let mut series: Vec<(&str, &[[f64; 2]])> = vec![("kraken", &kraken)];
+        if let Some(b) = &baseline {
+            series.push(("plain HTTP", b));
+        }
+        if let Some(sim) = &self.simnet {
+            series.push(("simnet", &sim.cdf));
+        }
+        kraken_simnet::report::svg_cdfs(&title, &series, self.bound.t_min_s)
+    }
+
     /// Fills in the speed-up and targets.
     pub fn finish(&mut self) {
         let k = &self.kraken;

@@ -73,6 +73,9 @@ pub struct RunArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the completion CDFs (kraken, baseline, simnet, T_min) as SVG here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
     /// The `kraken` binary [default: next to this one].
     #[arg(long, env = "KRAKEN_BIN")]
     pub kraken: Option<PathBuf>,
@@ -105,6 +108,7 @@ impl RunArgs {
             no_baseline: false,
             no_simnet: true,
             json: false,
+            svg: None,
             kraken: None,
             simnet: None,
             work_dir: None,
@@ -481,13 +485,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 .then_some(fault_at.as_secs_f64()),
             corrupt_agents: usize::from(args.fault == Some(Fault::CorruptAgent)),
         };
-        let (dist, egress_blobs) = simulate(&bin, &setup, &work.path)?;
+        let sim = simulate(&bin, &setup, &work.path)?;
         let k = &kraken_phase.completion_s;
         Some(SimFigure {
-            measured_over_simulated_max: k.max / dist.max,
-            measured_over_simulated_p50: k.p50 / dist.p50,
-            completion_s: dist,
-            origin_egress_blobs: egress_blobs,
+            measured_over_simulated_max: k.max / sim.completion_s.max,
+            measured_over_simulated_p50: k.p50 / sim.completion_s.p50,
+            completion_s: sim.completion_s,
+            origin_egress_blobs: sim.origin_egress_blobs,
+            cdf: sim.cdf,
         })
     };
 
@@ -514,6 +519,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         },
     };
     report.finish();
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report.svg())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(report)
 }
 

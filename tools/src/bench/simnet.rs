@@ -64,8 +64,19 @@ pub fn scenario(setup: &SimSetup) -> String {
     s
 }
 
-/// Runs `simnet` on the setup; returns its completion times and origin egress (copies).
-pub fn simulate(simnet: &Path, setup: &SimSetup, dir: &Path) -> anyhow::Result<(Dist, f64)> {
+/// What simnet made of the setup.
+#[derive(Debug, Clone)]
+pub struct Simulated {
+    /// Completion times.
+    pub completion_s: Dist,
+    /// Completion CDF, `[seconds, fraction]`.
+    pub cdf: Vec<[f64; 2]>,
+    /// Origin egress in copies of the blob.
+    pub origin_egress_blobs: f64,
+}
+
+/// Runs `simnet` on the setup.
+pub fn simulate(simnet: &Path, setup: &SimSetup, dir: &Path) -> anyhow::Result<Simulated> {
     let path = dir.join("simnet-scenario.toml");
     std::fs::write(&path, scenario(setup))?;
     let out = Command::new(simnet)
@@ -89,7 +100,12 @@ pub fn simulate(simnet: &Path, setup: &SimSetup, dir: &Path) -> anyhow::Result<(
         p99: f("p99"),
         max: f("max"),
     };
-    Ok((dist, v["origin_egress_blobs"].as_f64().unwrap_or(f64::NAN)))
+    let cdf = serde_json::from_value(v["cdf"].clone()).context("simnet printed no CDF")?;
+    Ok(Simulated {
+        completion_s: dist,
+        cdf,
+        origin_egress_blobs: v["origin_egress_blobs"].as_f64().unwrap_or(f64::NAN),
+    })
 }
 
 #[cfg(test)]

@@ -311,6 +311,11 @@ pub struct Swarm {
     /// No later than the earliest blacklist expiry (exact after each timeout pass): the
     /// deadline without scanning a blacklist that can hold thousands of peers.
     blacklist_next: Option<Instant>,
+    /// No later than the earliest request or idle deadline of any peer (exact after each
+    /// timeout pass): `poll_timeout` runs after every input and must not walk every peer
+    /// (an origin has hundreds). Deadlines only ever move later except where one is set,
+    /// and each setter lowers this; a wake-up it makes early only rescans.
+    peer_deadline: Option<Instant>,
     /// Per piece: how many connected peers have it.
     availability: Vec<u32>,
     /// Per piece: how many connected agents (not origins) have it.
@@ -375,6 +380,7 @@ impl Swarm {
             connecting: BTreeSet::new(),
             blacklist: BTreeMap::new(),
             blacklist_next: None,
+            peer_deadline: None,
             inflight: vec![Vec::new(); pieces],
             uploads_active: 0,
             sent: vec![0; pieces],
@@ -575,6 +581,7 @@ impl Swarm {
             p.last_activity = now;
             if p.requested.start(index, now + timeout) {
                 p.requested.progress(patience);
+                self.note_deadline(now + timeout);
             }
         }
     }
@@ -655,6 +662,9 @@ impl Swarm {
             p.uploading -= 1;
             p.last_activity = now;
             self.uploads_active = self.uploads_active.saturating_sub(1);
+            if p.uploading == 0 {
+                self.note_deadline(now + self.config.idle_timeout);
+            }
         }
         if ok && let Some(size) = self.metainfo.piece_size(index) {
             self.stats.bytes_uploaded += u64::from(size);
@@ -707,6 +717,7 @@ impl Swarm {
         for id in idle {
             self.disconnect(id);
         }
+        self.peer_deadline = self.exact_peer_deadline();
         self.blacklist.retain(|_, (until, _)| *until > now);
         self.blacklist_next = self.blacklist.values().map(|(until, _)| *until).min();
         if self.next_announce <= now {
@@ -723,6 +734,24 @@ impl Swarm {
         self.maybe_connect(now);
         self.schedule_requests(now);
         self.serve(now);
+    }
+
+    /// The earliest request or idle deadline of any peer, by walking them all.
+    fn exact_peer_deadline(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .flat_map(|p| {
+                // Idle disconnects skip peers we are uploading to; so does the deadline.
+                let idle = (p.uploading == 0).then(|| p.last_activity + self.config.idle_timeout);
+                [p.requested.next_deadline(), idle]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// A peer deadline was set at `t`.
+    fn note_deadline(&mut self, t: Instant) {
+        self.peer_deadline = Some(self.peer_deadline.map_or(t, |d| d.min(t)));
     }
 
     // ---- outputs -----------------------------------------------------------------------
@@ -742,20 +771,15 @@ impl Swarm {
         self.events.pop_front()
     }
 
-    /// When [`Swarm::handle_timeout`] must next be called.
+    /// When [`Swarm::handle_timeout`] must next be called at the latest (it may be
+    /// earlier than anything is due: a call then changes nothing but this answer).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next = Some(self.next_announce);
         let mut consider = |t: Instant| {
             next = Some(next.map_or(t, |n: Instant| n.min(t)));
         };
-        for p in self.peers.values() {
-            if let Some(d) = p.requested.next_deadline() {
-                consider(d);
-            }
-            // Idle disconnects skip peers we are uploading to; so does the deadline.
-            if p.uploading == 0 {
-                consider(p.last_activity + self.config.idle_timeout);
-            }
+        if let Some(d) = self.peer_deadline {
+            consider(d);
         }
         if !self.candidates.is_empty()
             && let Some(until) = self.blacklist_next
@@ -811,6 +835,7 @@ impl Swarm {
                 last_activity: now,
             },
         );
+        self.note_deadline(now + self.config.idle_timeout);
         self.transmits.push_back(Transmit::Message {
             to: id,
             msg: PeerMessage::Handshake {
@@ -1038,6 +1063,7 @@ impl Swarm {
             if let Some(p) = self.peers.get_mut(&id) {
                 p.requested.insert(index, patience);
             }
+            self.note_deadline(patience);
             self.inflight[index.0 as usize].push(id);
             self.transmits.push_back(Transmit::Message {
                 to: id,
