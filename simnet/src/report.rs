@@ -473,7 +473,8 @@ pub fn svg_cdfs(title: &str, series: &[(&str, &[[f64; 2]])], t_min_s: f64) -> St
         for p in cdf.iter() {
             pts.push_str(&format!(" {:.2},{:.2}", x(p[0]), y(p[1])));
         }
-        let ly = m + 30.0 + 16.0 * k as f64;
+        // Bottom right: CDFs rise to the left of it.
+        let ly = h - m - 14.0 - 16.0 * (series.len() - 1 - k) as f64;
         svg.push_str(&format!(
             "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{pts}\"/>\n\
              <line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"2\"/>\n\

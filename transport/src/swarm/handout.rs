@@ -43,11 +43,141 @@ struct Entry {
     expires: Instant,
 }
 
+/// Which list of a blob's peers an entry lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Complete,
+    Incomplete,
+    /// Origins that announce; handouts take origins from the caller instead.
+    Origin,
+}
+
+impl Group {
+    fn of(info: &PeerInfo) -> Group {
+        match (info.kind, info.complete) {
+            (PeerKind::Origin, _) => Group::Origin,
+            (PeerKind::Agent, true) => Group::Complete,
+            (PeerKind::Agent, false) => Group::Incomplete,
+        }
+    }
+}
+
+/// One blob's peers, grouped in vectors so a handout samples a few at random in time
+/// proportional to what it returns, not to the swarm: a tracker answers every announce of
+/// every agent, and a swarm of 100,000 would make a full scan per answer quadratic.
+#[derive(Debug, Default)]
+struct BlobPeers {
+    /// Where each peer's entry is.
+    index: BTreeMap<PeerId, (Group, usize)>,
+    complete: Vec<Entry>,
+    incomplete: Vec<Entry>,
+    origins: Vec<Entry>,
+}
+
+impl BlobPeers {
+    fn list(&mut self, g: Group) -> &mut Vec<Entry> {
+        match g {
+            Group::Complete => &mut self.complete,
+            Group::Incomplete => &mut self.incomplete,
+            Group::Origin => &mut self.origins,
+        }
+    }
+
+    fn upsert(&mut self, entry: Entry) {
+        let id = entry.info.id;
+        let group = Group::of(&entry.info);
+        match self.index.get(&id).copied() {
+            Some((g, i)) if g == group => self.list(g)[i] = entry,
+            Some(_) => {
+                self.remove(&id);
+                self.push(group, entry);
+            }
+            None => self.push(group, entry),
+        }
+    }
+
+    fn push(&mut self, group: Group, entry: Entry) {
+        let id = entry.info.id;
+        let list = self.list(group);
+        list.push(entry);
+        let at = list.len() - 1;
+        self.index.insert(id, (group, at));
+    }
+
+    fn remove(&mut self, id: &PeerId) {
+        let Some((g, i)) = self.index.remove(id) else {
+            return;
+        };
+        let list = self.list(g);
+        list.swap_remove(i);
+        if let Some(moved) = list.get(i).map(|e| e.info.id) {
+            self.index.insert(moved, (g, i));
+        }
+    }
+
+    /// Up to `want` live entries of `group` at random, never `asker`; expired entries met
+    /// on the way are dropped.
+    fn sample(
+        &mut self,
+        group: Group,
+        want: usize,
+        asker: PeerId,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Vec<PeerInfo> {
+        let list = self.list(group);
+        // One extra draw covers the asker; expired ones found make the answer shorter
+        // this once and are gone for the next.
+        let draw = (want + 1).min(list.len());
+        let picks = rand::seq::index::sample(rng, list.len(), draw);
+        let mut out = Vec::with_capacity(want);
+        let mut expired = Vec::new();
+        for i in picks.iter() {
+            let e = &list[i];
+            if e.expires <= now {
+                expired.push(e.info.id);
+            } else if e.info.id != asker && out.len() < want {
+                out.push(e.info.clone());
+            }
+        }
+        for id in expired {
+            self.remove(&id);
+        }
+        out
+    }
+
+    fn live(&self, now: Instant) -> impl Iterator<Item = &Entry> {
+        self.complete
+            .iter()
+            .chain(&self.incomplete)
+            .chain(&self.origins)
+            .filter(move |e| e.expires > now)
+    }
+
+    fn prune(&mut self, now: Instant) {
+        let dead: Vec<PeerId> = self
+            .complete
+            .iter()
+            .chain(&self.incomplete)
+            .chain(&self.origins)
+            .filter(|e| e.expires <= now)
+            .map(|e| e.info.id)
+            .collect();
+        for id in dead {
+            self.remove(&id);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
 /// Who announced which blob, with expiry.
 #[derive(Debug, Default)]
 pub struct PeerStore {
     config: HandoutConfig,
-    blobs: BTreeMap<Digest, BTreeMap<PeerId, Entry>>,
+    blobs: BTreeMap<Digest, BlobPeers>,
 }
 
 impl PeerStore {
@@ -62,16 +192,15 @@ impl PeerStore {
     /// Records an announce (replacing the peer's previous one for this blob).
     pub fn announce(&mut self, now: Instant, digest: Digest, peer: PeerInfo) {
         let expires = now + self.config.peer_ttl;
-        self.blobs.entry(digest).or_default().insert(
-            peer.id,
-            Entry {
-                info: peer,
-                expires,
-            },
-        );
+        self.blobs.entry(digest).or_default().upsert(Entry {
+            info: peer,
+            expires,
+        });
     }
 
-    /// Peers for `asker`: complete peers, then `origins`, then incomplete peers.
+    /// Up to `max_peers` peers of `digest` for `asker`: complete peers, then `origins`
+    /// (the blob's owners, shuffled), then incomplete peers, each group a random sample;
+    /// never the asker. Time proportional to the answer, not to the swarm.
     pub fn handout(
         &mut self,
         now: Instant,
@@ -86,45 +215,23 @@ impl PeerStore {
         let Some(peers) = self.blobs.get_mut(digest) else {
             return own.into_iter().take(max).cloned().collect();
         };
-        peers.retain(|_, e| e.expires > now);
-        // References only, and only as many shuffled as can be handed out: a handout costs
-        // one pass over the blob's peers, not a copy and a full shuffle of them.
-        let mut complete = Vec::new();
-        let mut incomplete = Vec::new();
-        for e in peers.values() {
-            let info = &e.info;
-            if info.id == asker || info.kind == PeerKind::Origin {
-                continue; // Origins come from `origins`, in their own place in the order.
-            }
-            if info.complete {
-                complete.push(info);
-            } else {
-                incomplete.push(info);
-            }
-        }
-        let c = complete.len().min(max);
-        let (complete, _) = complete.partial_shuffle(rng, c);
-        let rest = max.saturating_sub(c + own.len());
-        let i = incomplete.len().min(rest);
-        let (incomplete, _) = incomplete.partial_shuffle(rng, i);
-        let out: Vec<PeerInfo> = complete
-            .iter()
-            .chain(own.iter())
-            .chain(incomplete.iter())
-            .take(max)
-            .map(|p| (*p).clone())
-            .collect();
+        let complete = peers.sample(Group::Complete, max, asker, now, rng);
+        let rest = max.saturating_sub(complete.len() + own.len());
+        let incomplete = peers.sample(Group::Incomplete, rest, asker, now, rng);
         if peers.is_empty() {
             self.blobs.remove(digest);
         }
-        out
+        complete
+            .into_iter()
+            .chain(own.into_iter().cloned())
+            .chain(incomplete)
+            .take(max)
+            .collect()
     }
 
     /// Number of live announces for `digest` at `now` (tests, metrics).
     pub fn peer_count(&self, now: Instant, digest: &Digest) -> usize {
-        self.blobs
-            .get(digest)
-            .map_or(0, |p| p.values().filter(|e| e.expires > now).count())
+        self.blobs.get(digest).map_or(0, |p| p.live(now).count())
     }
 
     /// The live announces for `digest` at `now`, each with the time since it was made
@@ -132,8 +239,7 @@ impl PeerStore {
     pub fn peers(&self, now: Instant, digest: &Digest) -> Vec<(PeerInfo, Duration)> {
         let ttl = self.config.peer_ttl;
         self.blobs.get(digest).map_or_else(Vec::new, |p| {
-            p.values()
-                .filter(|e| e.expires > now)
+            p.live(now)
                 .map(|e| {
                     let age = ttl.saturating_sub(e.expires.saturating_duration_since(now));
                     (e.info.clone(), age)
@@ -143,11 +249,10 @@ impl PeerStore {
     }
 
     /// Forgets expired announces everywhere; returns how many blobs still have peers.
-    /// (Handouts prune the blob they touch; this bounds the memory of blobs nobody asks
-    /// about any more.)
+    /// (Handouts drop the expired peers they meet; this bounds the memory of the rest.)
     pub fn prune(&mut self, now: Instant) -> usize {
         self.blobs.retain(|_, peers| {
-            peers.retain(|_, e| e.expires > now);
+            peers.prune(now);
             !peers.is_empty()
         });
         self.blobs.len()
@@ -213,5 +318,37 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(store.peer_count(later, &d), 0);
+    }
+
+    #[test]
+    fn a_large_swarm_gets_distinct_live_samples_and_moves_between_groups() {
+        let now = Instant::now();
+        let d = Digest::sha256_of(b"big");
+        let mut store = PeerStore::new(HandoutConfig {
+            peer_ttl: Duration::from_secs(10),
+            max_peers: 50,
+        });
+        for n in 0..20_000 {
+            store.announce(now, d, peer(n, PeerKind::Agent, false));
+        }
+        // Half re-announce later, 100 of them complete; the other half expire.
+        let later = now + Duration::from_secs(8);
+        for n in (0..20_000).step_by(2) {
+            store.announce(later, d, peer(n, PeerKind::Agent, n < 200));
+        }
+        let after = now + Duration::from_secs(12);
+        assert_eq!(store.peer_count(after, &d), 10_000);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for asker in [0u64, 2, 4] {
+            let got = store.handout(after, &d, PeerId::from_u64(asker), &[], &mut rng);
+            let ids: std::collections::BTreeSet<PeerId> = got.iter().map(|p| p.id).collect();
+            assert_eq!(ids.len(), got.len(), "no duplicates");
+            assert!(!ids.contains(&PeerId::from_u64(asker)));
+            assert!(got.iter().all(|p| p.id.0[7] % 2 == 0), "only live peers");
+            // The 100 complete peers fill the handout first.
+            assert!(got.len() >= 49 && got.iter().all(|p| p.complete));
+        }
+        assert_eq!(store.prune(after), 1);
+        assert_eq!(store.peers(after, &d).len(), 10_000);
     }
 }
