@@ -15,7 +15,7 @@
 //! assumes everyone starts at time 0; with staggered arrivals, per-agent times (from the
 //! agent's own arrival) are still compared with it, which is only indicative.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::net::{NANOS_PER_SEC, Nanos};
 use crate::scenario::Scenario;
@@ -51,7 +51,7 @@ impl Bound {
 }
 
 /// Summary of a distribution.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dist {
     /// How many values.
     pub n: usize,
@@ -89,7 +89,8 @@ impl Dist {
         }
     }
 
-    fn scaled(&self, by: f64) -> Dist {
+    /// Each figure divided by `by` (`n` kept).
+    pub fn scaled(&self, by: f64) -> Dist {
         Dist {
             n: self.n,
             min: self.min / by,

@@ -10,46 +10,8 @@ use serde::{Deserialize, Serialize};
 /// The Kumar & Ross lower bound, computed by the very code simnet reports with.
 pub use kraken_simnet::report::Bound;
 
-/// p50, p99 and max of a set of seconds (nearest rank).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Dist {
-    /// How many.
-    pub n: usize,
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Largest.
-    pub max: f64,
-}
-
-impl Dist {
-    /// Of `values` (any order).
-    pub fn of(mut values: Vec<f64>) -> Dist {
-        if values.is_empty() {
-            return Dist::default();
-        }
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        let at = |p: f64| values[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
-        Dist {
-            n,
-            p50: at(0.50),
-            p99: at(0.99),
-            max: values[n - 1],
-        }
-    }
-
-    /// Each figure divided by `by`.
-    pub fn over(&self, by: f64) -> Dist {
-        Dist {
-            n: self.n,
-            p50: self.p50 / by,
-            p99: self.p99 / by,
-            max: self.max / by,
-        }
-    }
-}
+/// Nearest-rank completion figures, computed by the very code simnet reports with.
+pub use kraken_simnet::Dist;
 
 /// One host's download.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,7 +70,7 @@ impl PhaseReport {
         let completion_s = Dist::of(times);
         let moved_gb = (blob as f64 * hosts.len() as f64) / 1e9;
         PhaseReport {
-            over_t_min: completion_s.over(t_min),
+            over_t_min: completion_s.scaled(t_min),
             completion_s,
             all_ok: hosts.iter().all(|h| h.verified && h.secs.is_some()),
             origin_egress_bytes: egress,

@@ -92,17 +92,11 @@ pub fn simulate(simnet: &Path, setup: &SimSetup, dir: &Path) -> anyhow::Result<S
     }
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("simnet printed no JSON")?;
-    let c = &v["completion_s"];
-    let f = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
-    let dist = Dist {
-        n: c["n"].as_u64().unwrap_or(0) as usize,
-        p50: f("p50"),
-        p99: f("p99"),
-        max: f("max"),
-    };
+    let completion_s = serde_json::from_value(v["completion_s"].clone())
+        .context("simnet printed no completion times")?;
     let cdf = serde_json::from_value(v["cdf"].clone()).context("simnet printed no CDF")?;
     Ok(Simulated {
-        completion_s: dist,
+        completion_s,
         cdf,
         origin_egress_blobs: v["origin_egress_blobs"].as_f64().unwrap_or(f64::NAN),
     })
