@@ -272,13 +272,7 @@ impl BuildIndex {
         digest: &Digest,
         replica: bool,
     ) -> Result<Response, RemoteError> {
-        Self::check_names(repo, tag)?;
-        if !replica && !self.is_owner(repo, tag) {
-            return Err(RemoteError::new(
-                ErrorKind::WrongNode,
-                format!("{} does not own {repo}:{tag}", self.inner.me),
-            ));
-        }
+        self.check_tag_write(repo, tag, replica)?;
         if !replica && self.inner.config.check_dependencies {
             self.closure(repo, digest).await?;
         }
@@ -295,6 +289,19 @@ impl BuildIndex {
         self.inner.wake.notify_one();
         tracing::info!(%repo, %tag, %digest, replica, changed, "tag stored");
         Ok(Response::TagPut { changed })
+    }
+
+    /// A tag write (put or delete) needs valid names and, unless it is a replica, this
+    /// node among the tag's owners.
+    fn check_tag_write(&self, repo: &str, tag: &str, replica: bool) -> Result<(), RemoteError> {
+        Self::check_names(repo, tag)?;
+        if !replica && !self.is_owner(repo, tag) {
+            return Err(RemoteError::new(
+                ErrorKind::WrongNode,
+                format!("{} does not own {repo}:{tag}", self.inner.me),
+            ));
+        }
+        Ok(())
     }
 
     /// Where a stored tag must go.
@@ -324,13 +331,7 @@ impl BuildIndex {
         tag: &str,
         replica: bool,
     ) -> Result<Response, RemoteError> {
-        Self::check_names(repo, tag)?;
-        if !replica && !self.is_owner(repo, tag) {
-            return Err(RemoteError::new(
-                ErrorKind::WrongNode,
-                format!("{} does not own {repo}:{tag}", self.inner.me),
-            ));
-        }
+        self.check_tag_write(repo, tag, replica)?;
         let old = self.inner.store.get(repo, tag).map_err(internal)?;
         let Some(old) = old else {
             if replica {
