@@ -181,6 +181,21 @@ async fn tags_are_checked_replicated_listed_and_recovered_from_the_backend() {
         put_tag(&c, "library/app", t, &manifest).await.unwrap();
     }
     put_tag(&c, "other/repo", "x", &l1).await.unwrap();
+    // A put lands on one owner and reaches the other by (asynchronous) replication: wait
+    // until b1 has every tag before reading its listings.
+    eventually("b1 to hold every tag", Duration::from_secs(20), || async {
+        let all = Request::ListTags {
+            repo: "library/app".into(),
+            after: None,
+            limit: 100,
+        };
+        let repos = Request::ListRepos {
+            after: None,
+            limit: 10,
+        };
+        list(&c, b1, all).await.0.len() == 5 && list(&c, b1, repos).await.0.len() == 2
+    })
+    .await;
     let page = |after: Option<&str>| Request::ListTags {
         repo: "library/app".into(),
         after: after.map(Into::into),
