@@ -8,7 +8,7 @@ use std::io::{self, Read};
 use std::time::{Duration, SystemTime};
 
 use kraken_storage::cas::{BlobState, Cas, CasConfig, CasError};
-use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthEntry, PieceLengthTable};
+use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthTable};
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -25,12 +25,7 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 
 /// 64 KiB pieces keep the tests small while still having many pieces.
 fn small_pieces() -> PieceLengthTable {
-    PieceLengthTable {
-        entries: vec![PieceLengthEntry {
-            min_blob_size: 0,
-            piece_length: 64 * 1024,
-        }],
-    }
+    PieceLengthTable::uniform(64 * 1024)
 }
 
 fn config(dir: &std::path::Path) -> CasConfig {
@@ -311,12 +306,7 @@ fn different_metainfo_for_same_digest_restarts_the_download() {
     let mut p = cas.start_partial(&meta).unwrap();
     p.write_piece(PieceIndex(0), &blob[..65536]).unwrap();
     drop(p);
-    let bigger_pieces = PieceLengthTable {
-        entries: vec![PieceLengthEntry {
-            min_blob_size: 0,
-            piece_length: 128 * 1024,
-        }],
-    };
+    let bigger_pieces = PieceLengthTable::uniform(128 * 1024);
     let other = Metainfo::from_bytes(&blob, &bigger_pieces).unwrap();
     let p = cas.start_partial(&other).unwrap();
     assert_eq!(p.bitfield().count_ones(), 0);

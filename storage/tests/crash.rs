@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kraken_storage::cas::{Cas, CasConfig, CasError};
-use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthEntry, PieceLengthTable};
+use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthTable};
 
 const ROLE: &str = "KRAKEN_CRASH_CHILD_ROLE";
 const DIR: &str = "KRAKEN_CRASH_CHILD_DIR";
@@ -33,12 +33,7 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 
 fn config(dir: &Path) -> CasConfig {
     CasConfig {
-        piece_lengths: PieceLengthTable {
-            entries: vec![PieceLengthEntry {
-                min_blob_size: 0,
-                piece_length: 64 * 1024,
-            }],
-        },
+        piece_lengths: PieceLengthTable::uniform(64 * 1024),
         flush_every_pieces: 2,
         ..CasConfig::at(dir)
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kraken_storage::cas::{Cas, CasConfig};
-use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthEntry, PieceLengthTable};
+use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthTable};
 use kraken_transport::exchange::{ExchangeConfig, ExchangeError, Handout, PieceExchange, Tracker};
 use kraken_transport::limit::RateLimiter;
 use kraken_transport::quic::{
@@ -120,12 +120,7 @@ fn node_with(
     let dir = tempfile::tempdir().unwrap();
     // 256 KiB pieces: enough pieces per blob for the swarm to matter at test sizes.
     let cas = Cas::open(CasConfig {
-        piece_lengths: PieceLengthTable {
-            entries: vec![PieceLengthEntry {
-                min_blob_size: 0,
-                piece_length: 256 * 1024,
-            }],
-        },
+        piece_lengths: PieceLengthTable::uniform(256 * 1024),
         ..CasConfig::at(dir.path())
     })
     .unwrap();

@@ -31,7 +31,7 @@ struct Setup {
 /// verifies them against the metainfo and reports what it got.
 async fn setup() -> Setup {
     let data = pattern(5 * 1024 * 1024 + 1234, 9);
-    let metainfo = Metainfo::from_bytes(&data, &PieceLengthTable::default()).unwrap();
+    let metainfo = Metainfo::from_bytes(&data, &PieceLengthTable::uniform(1 << 20)).unwrap();
     assert_eq!(metainfo.piece_count(), 6);
     let cluster = cluster();
     let (a, _) = endpoint(&cluster, "node-a");
