@@ -299,8 +299,13 @@ impl Default for RegistrySection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SwarmSection {
-    /// Peers connected per blob.
+    /// Agent peers connected per blob (on an agent).
     pub max_connections: usize,
+    /// Origin peers connected per blob on an agent, on top of `max_connections`.
+    pub max_origin_connections: usize,
+    /// Agents an origin accepts per blob: an origin seeds every agent that cannot find
+    /// a piece elsewhere, so it takes many more sessions than an agent.
+    pub origin_max_connections: usize,
     /// Requests in flight per agent peer.
     pub pipeline_to_agents: usize,
     /// Requests in flight per origin peer.
@@ -318,6 +323,8 @@ impl Default for SwarmSection {
         let d = SwarmConfig::default();
         SwarmSection {
             max_connections: d.max_connections,
+            max_origin_connections: d.max_origin_connections,
+            origin_max_connections: 256,
             pipeline_to_agents: d.pipeline_to_agents,
             pipeline_to_origins: d.pipeline_to_origins,
             upload_slots: d.upload_slots,
@@ -328,10 +335,17 @@ impl Default for SwarmSection {
 }
 
 impl SwarmSection {
-    /// The scheduler config.
-    pub fn to_swarm_config(&self) -> SwarmConfig {
+    /// The scheduler config of an agent, or of an origin (`origin`): origins accept
+    /// `origin_max_connections` agents and send pieces they never sent first.
+    pub fn to_swarm_config(&self, origin: bool) -> SwarmConfig {
         SwarmConfig {
-            max_connections: self.max_connections,
+            max_connections: if origin {
+                self.origin_max_connections
+            } else {
+                self.max_connections
+            },
+            max_origin_connections: self.max_origin_connections,
+            new_pieces_first: origin,
             pipeline_to_agents: self.pipeline_to_agents,
             pipeline_to_origins: self.pipeline_to_origins,
             upload_slots: self.upload_slots,
@@ -460,7 +474,7 @@ impl NodeConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("store: {e}")))?;
         self.swarm
-            .to_swarm_config()
+            .to_swarm_config(self.has(NodeRole::Origin))
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("swarm: {e}")))?;
         self.writeback_queue

@@ -23,7 +23,7 @@ use kraken_transport::quic::{
     BiStream, ClusterCa, ConnectionPool, Endpoint, NodeIdentity, PoolConfig, QuicConfig, RpcConfig,
     RpcStream, Service, StreamOutcome, codes, serve,
 };
-use kraken_transport::swarm::{PeerInfo, PeerKind, SwarmConfig};
+use kraken_transport::swarm::{PeerInfo, PeerKind};
 use kraken_transport::wire::PeerId;
 use quinn::RecvStream;
 use tokio::sync::watch;
@@ -234,11 +234,7 @@ impl Node {
 
         let mut roles = Roles::default();
         let exchange_config = ExchangeConfig {
-            swarm: SwarmConfig {
-                // Origins seed every blob: their uplink carries new pieces first.
-                new_pieces_first: config.has(NodeRole::Origin),
-                ..config.swarm.to_swarm_config()
-            },
+            swarm: config.swarm.to_swarm_config(config.has(NodeRole::Origin)),
             ..ExchangeConfig::default()
         };
         if config.has(NodeRole::Origin) || config.has(NodeRole::Agent) {

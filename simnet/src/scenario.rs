@@ -182,6 +182,7 @@ impl Scenario {
         let sw = &self.swarm;
         if sw.max_connections == 0
             || sw.origin_max_connections == 0
+            || sw.max_origin_connections == 0
             || sw.upload_slots == 0
             || sw.origin_upload_slots == 0
             || sw.pipeline_to_agents == 0
@@ -354,6 +355,9 @@ pub struct SwarmKnobs {
     pub max_connections: usize,
     /// Connections per blob on an origin (it accepts this many agents). Default: 256.
     pub origin_max_connections: usize,
+    /// Origin peers per blob on an agent, on top of `max_connections`. Default: 2
+    /// (`SwarmConfig`'s).
+    pub max_origin_connections: usize,
     /// Concurrent uploads of an agent. Default: 8.
     pub upload_slots: usize,
     /// Concurrent uploads of an origin. Default: 8, as on a real origin (more run each
@@ -374,6 +378,7 @@ impl Default for SwarmKnobs {
         SwarmKnobs {
             max_connections: 10,
             origin_max_connections: 256,
+            max_origin_connections: 2,
             upload_slots: 8,
             origin_upload_slots: 8,
             pipeline_to_agents: 3,

@@ -354,6 +354,7 @@ impl Simulation {
             } else {
                 k.max_connections
             },
+            max_origin_connections: k.max_origin_connections,
             upload_slots: if origin {
                 k.origin_upload_slots
             } else {
@@ -640,6 +641,16 @@ impl Simulation {
                     }
                     PieceOutcome::Stored
                 };
+                if std::env::var_os("SIMNET_TRACE").is_some() {
+                    eprintln!(
+                        "T {} {} {} {} {}",
+                        self.now,
+                        from,
+                        to,
+                        index.0,
+                        u8::from(had)
+                    );
+                }
                 let id = self.hosts[from as usize].info.id;
                 self.with_swarm(to, |s| s.handle_piece_received(now, id, index, outcome));
                 self.pump(to);
@@ -823,6 +834,9 @@ impl Simulation {
                 match size {
                     Some(size) if up => {
                         let corrupt = self.hosts[h as usize].record.corrupt;
+                        if std::env::var_os("SIMNET_TRACE").is_some() {
+                            eprintln!("S {} {} {} {} 0", self.now, h, o, index.0);
+                        }
                         self.net.start(self.now, h, o, index, size, corrupt);
                         self.push_completions();
                         // The receiver sees the piece start at once: its header's latency

@@ -34,6 +34,10 @@ pub struct ClusterConfig {
     pub agents: usize,
     /// Piece length the origins cut new blobs into; `None` keeps the default table.
     pub piece_length: Option<u64>,
+    /// Agents' upload slots; `None` keeps the node's default.
+    pub upload_slots: Option<usize>,
+    /// Origins' upload slots; `None` keeps the node's default.
+    pub origin_upload_slots: Option<usize>,
 }
 
 /// The TLS files of the control client.
@@ -148,6 +152,9 @@ impl Cluster {
                 );
             }
             text += &backend(&config.work_dir.join("backend").join(&name));
+            if let Some(slots) = config.origin_upload_slots {
+                let _ = writeln!(text, "[swarm]\nupload_slots = {slots}\n");
+            }
             let (path, log) = write(&name, &text)?;
             origins.push(NodeProc::start(
                 &config.kraken,
@@ -203,9 +210,13 @@ impl Cluster {
             let mut text = common(&name, "agent", &dir, addr(h, AGENT_PORT), &tls);
             let _ = writeln!(
                 text,
-                "[view]\nseeds = [{}]\nrefresh_secs = 1\n\n[swarm]\nannounce_interval_secs = 1\n",
+                "[view]\nseeds = [{}]\nrefresh_secs = 1\n\n[swarm]\nannounce_interval_secs = 1",
                 seeds.join(", ")
             );
+            if let Some(slots) = config.upload_slots {
+                let _ = writeln!(text, "upload_slots = {slots}");
+            }
+            text.push('\n');
             let (path, log) = write(&name, &text)?;
             agents.push(NodeProc::start(
                 &config.kraken,

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kraken_storage::{Digest, DigestAlgorithm, DigestHasher};
+use kraken_storage::{Digest, DigestAlgorithm, DigestHasher, PieceLengthTable};
 
 use super::baseline;
 use super::cluster::{ClientTls, Cluster, ClusterConfig};
@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// Piece length in KiB the origins cut the blob into [default: the node's table].
     #[arg(long)]
     pub piece_kib: Option<u64>,
+    /// Pieces each agent sends at once [default: the node's].
+    #[arg(long)]
+    pub upload_slots: Option<usize>,
+    /// Pieces each origin sends at once [default: the node's].
+    #[arg(long)]
+    pub origin_upload_slots: Option<usize>,
     /// Fault to inject.
     #[arg(long, value_enum)]
     pub fault: Option<Fault>,
@@ -104,6 +110,8 @@ impl RunArgs {
             },
             size_mib: 20,
             piece_kib: None,
+            upload_slots: None,
+            origin_upload_slots: None,
             fault: None,
             no_baseline: false,
             no_simnet: true,
@@ -304,6 +312,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             origins,
             agents: args.agents,
             piece_length,
+            upload_slots: args.upload_slots,
+            origin_upload_slots: args.origin_upload_slots,
         },
     )?;
     let seed = SocketAddr::from((net.host_addr(1), 7600));
@@ -484,6 +494,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             kill_origin_at_s: (args.fault == Some(Fault::OriginKill))
                 .then_some(fault_at.as_secs_f64()),
             corrupt_agents: usize::from(args.fault == Some(Fault::CorruptAgent)),
+            upload_slots: args.upload_slots,
+            origin_upload_slots: args.origin_upload_slots,
         };
         let sim = simulate(&bin, &setup, &work.path)?;
         let k = &kraken_phase.completion_s;
@@ -526,13 +538,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     Ok(report)
 }
 
-/// The node's default piece length table (< 4 MiB: 256 KiB; < 64 MiB: 1 MiB; else 4 MiB).
+/// The piece length the origins pick for `blob` bytes by default: the node's table.
 pub fn default_piece_length(blob: u64) -> u64 {
-    if blob < 4 << 20 {
-        256 << 10
-    } else if blob < 64 << 20 {
-        1 << 20
-    } else {
-        4 << 20
-    }
+    u64::from(PieceLengthTable::default().piece_length_for(blob))
 }

@@ -33,6 +33,10 @@ pub struct SimSetup {
     pub kill_origin_at_s: Option<f64>,
     /// Agents serving corrupt pieces.
     pub corrupt_agents: usize,
+    /// Agents' upload slots, when the run set them.
+    pub upload_slots: Option<usize>,
+    /// Origins' upload slots, when the run set them.
+    pub origin_upload_slots: Option<usize>,
 }
 
 /// The scenario TOML for `setup`.
@@ -46,6 +50,18 @@ pub fn scenario(setup: &SimSetup) -> String {
          [arrival]\npattern = \"all-at-once\"\n\n",
         setup.blob_bytes, setup.piece_length, setup.agents, setup.origins
     );
+    let mut knobs = String::new();
+    if let Some(slots) = setup.upload_slots {
+        let _ = writeln!(knobs, "upload_slots = {slots}");
+    }
+    if let Some(slots) = setup.origin_upload_slots {
+        let _ = writeln!(knobs, "origin_upload_slots = {slots}");
+    }
+    if !knobs.is_empty() {
+        s += "[swarm]\n";
+        s += &knobs;
+        s += "\n";
+    }
     let mut faults = String::new();
     if let Some(at) = setup.kill_origin_at_s {
         let _ = writeln!(faults, "kill_origins = [{{ at_s = {at}, origin = 0 }}]");
@@ -116,9 +132,13 @@ mod tests {
             piece_length: 1 << 18,
             kill_origin_at_s: Some(3.0),
             corrupt_agents: 0,
+            upload_slots: None,
+            origin_upload_slots: Some(4),
         });
         assert!(s.contains("count = 10\nupload_mb_s = 12.5"));
         assert!(s.contains("kill_origins = [{ at_s = 3, origin = 0 }]"));
         assert!(!s.contains("corrupt_fraction"));
+        assert!(s.contains("[swarm]\norigin_upload_slots = 4\n"));
+        assert!(!s.contains("\nupload_slots"));
     }
 }

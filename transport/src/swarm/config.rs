@@ -15,8 +15,14 @@ pub struct SwarmConfigError(pub String);
 /// a 4 MiB piece at 1 MiB/s.
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
-    /// Most peers connected for this blob, inbound and outbound together.
+    /// Most agent peers connected for this blob, inbound and outbound together.
     pub max_connections: usize,
+    /// Most origin peers connected for this blob, on top of `max_connections`. Origins
+    /// are asked only for what no agent peer has (`spare_origins`), so a session with one
+    /// must not take the place of an agent that would serve us all along: agents whose
+    /// handouts filled their slots with origins downloaded at two thirds of the rate of
+    /// the others in simnet's `kraken-benchmark`.
+    pub max_origin_connections: usize,
     /// Requests in flight to one agent.
     pub pipeline_to_agents: usize,
     /// Requests in flight to one origin.
@@ -46,6 +52,9 @@ pub struct SwarmConfig {
     pub blacklist_bad_peer: Duration,
     /// How long a peer that could not be reached, or stalled, is shunned.
     pub blacklist_unreachable: Duration,
+    /// How long a peer that refused our session (at its connection limit) is left alone:
+    /// short, since its sessions end as its peers complete.
+    pub blacklist_busy: Duration,
     /// Connections with no message either way for this long are closed.
     pub idle_timeout: Duration,
     /// After completing, keep seeding until nobody downloaded from us for this long.
@@ -60,6 +69,7 @@ impl Default for SwarmConfig {
     fn default() -> Self {
         SwarmConfig {
             max_connections: 10,
+            max_origin_connections: 2,
             pipeline_to_agents: 3,
             pipeline_to_origins: 5,
             spare_origins: true,
@@ -72,6 +82,7 @@ impl Default for SwarmConfig {
             stall_strikes: 3,
             blacklist_bad_peer: Duration::from_secs(600),
             blacklist_unreachable: Duration::from_secs(30),
+            blacklist_busy: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(60),
             seed_tti: Duration::from_secs(300),
             announce_interval: Duration::from_secs(3),
@@ -85,6 +96,7 @@ impl SwarmConfig {
     pub fn validate(&self) -> Result<(), SwarmConfigError> {
         let nonzero = [
             ("max_connections", self.max_connections),
+            ("max_origin_connections", self.max_origin_connections),
             ("pipeline_to_agents", self.pipeline_to_agents),
             ("pipeline_to_origins", self.pipeline_to_origins),
             ("upload_slots", self.upload_slots),

@@ -29,7 +29,9 @@
 //! - **Serving**: requests for pieces we have are served through `upload_slots`
 //!   concurrent uploads, round-robin across peers; others are rejected.
 //! - **Health**: a corrupt piece or a metainfo mismatch blacklists the peer for
-//!   `blacklist_bad_peer`; an unreachable or stalled peer for `blacklist_unreachable`;
+//!   `blacklist_bad_peer`; an unreachable or stalled peer for `blacklist_unreachable`; a
+//!   peer that refused our session (at its connection limit) for `blacklist_busy`, long
+//!   enough not to redial it at once, short enough to try again as its sessions end;
 //!   idle connections and connections between two complete peers are closed.
 //! - **Completion**: commit, announce complete, tell every peer, and keep seeding until no
 //!   upload happened for `seed_tti`.
@@ -170,6 +172,8 @@ pub enum BlacklistReason {
     Unreachable,
     /// Too many of its requests timed out.
     Stalled,
+    /// It refused our session before its handshake (at its connection limit).
+    Busy,
 }
 
 /// Things worth telling the driver, a log, or a pull report.
@@ -304,7 +308,8 @@ pub struct Swarm {
     /// Handed-out peers we might connect to, in handout order.
     candidates: Vec<PeerInfo>,
     /// Dials in progress.
-    connecting: BTreeSet<PeerId>,
+    /// Dials in progress, with the kind the handout gave.
+    connecting: BTreeMap<PeerId, PeerKind>,
     /// Shunned peers: until when, and whether for a fault (bad piece, protocol) rather
     /// than for being unreachable or stalled.
     blacklist: BTreeMap<PeerId, (Instant, Fault)>,
@@ -377,7 +382,7 @@ impl Swarm {
             have_bytes,
             peers: BTreeMap::new(),
             candidates: Vec::new(),
-            connecting: BTreeSet::new(),
+            connecting: BTreeMap::new(),
             blacklist: BTreeMap::new(),
             blacklist_next: None,
             peer_deadline: None,
@@ -487,11 +492,12 @@ impl Swarm {
             }
             PeerEvent::Disconnected { id } => {
                 self.connecting.remove(&id);
-                // Ended before its handshake: refused (e.g. at its connection limit) or
-                // broken. Back off rather than redialling it at once.
+                // Ended before its handshake: refused (at its connection limit) or broken
+                // (a dial that fails is `ConnectFailed`). Back off rather than redialling
+                // it at once, but only briefly: it was reachable.
                 let unanswered = self.peers.get(&id).is_some_and(|p| p.bitfield.is_none());
                 if unanswered {
-                    self.ban(now, id, BlacklistReason::Unreachable);
+                    self.ban(now, id, BlacklistReason::Busy);
                 }
                 self.drop_peer(id);
                 self.maybe_connect(now);
@@ -818,7 +824,7 @@ impl Swarm {
             // same peer (both sides dialled at once) is the same session.
             return;
         }
-        if !outbound && self.peers.len() >= self.config.max_connections {
+        if !outbound && self.connected(kind) >= self.connection_limit(kind) {
             self.transmits.push_back(Transmit::Disconnect { id });
             return;
         }
@@ -849,25 +855,44 @@ impl Swarm {
         if self.is_complete() {
             return;
         }
-        let mut slots = self
-            .config
-            .max_connections
-            .saturating_sub(self.peers.len() + self.connecting.len());
+        let free = |kind| {
+            let dialling = self.connecting.values().filter(|k| **k == kind).count();
+            self.connection_limit(kind)
+                .saturating_sub(self.connected(kind) + dialling)
+        };
+        let mut agent_slots = free(PeerKind::Agent);
+        let mut origin_slots = free(PeerKind::Origin);
         for c in &self.candidates {
-            if slots == 0 {
+            if agent_slots == 0 && origin_slots == 0 {
                 break;
             }
-            let busy = self.peers.contains_key(&c.id) || self.connecting.contains(&c.id);
-            let banned = self.is_blacklisted(&c.id, now);
-            if busy || banned {
+            let slots = match c.kind {
+                PeerKind::Agent => &mut agent_slots,
+                PeerKind::Origin => &mut origin_slots,
+            };
+            let busy = self.peers.contains_key(&c.id) || self.connecting.contains_key(&c.id);
+            if *slots == 0 || busy || self.is_blacklisted(&c.id, now) {
                 continue;
             }
-            self.connecting.insert(c.id);
+            *slots -= 1;
+            self.connecting.insert(c.id, c.kind);
             self.transmits.push_back(Transmit::Connect {
                 id: c.id,
                 addr: c.addr,
             });
-            slots -= 1;
+        }
+    }
+
+    /// Connected peers of `kind`.
+    fn connected(&self, kind: PeerKind) -> usize {
+        self.peers.values().filter(|p| p.kind == kind).count()
+    }
+
+    /// Most connected peers of `kind`.
+    fn connection_limit(&self, kind: PeerKind) -> usize {
+        match kind {
+            PeerKind::Agent => self.config.max_connections,
+            PeerKind::Origin => self.config.max_origin_connections,
         }
     }
 
@@ -963,10 +988,10 @@ impl Swarm {
             reason,
             BlacklistReason::BadPiece | BlacklistReason::ProtocolViolation
         );
-        let span = if fault {
-            self.config.blacklist_bad_peer
-        } else {
-            self.config.blacklist_unreachable
+        let span = match reason {
+            _ if fault => self.config.blacklist_bad_peer,
+            BlacklistReason::Busy => self.config.blacklist_busy,
+            _ => self.config.blacklist_unreachable,
         };
         let until = now + span;
         // A fault's longer ban is not shortened by a later stall.

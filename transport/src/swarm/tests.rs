@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use kraken_storage::{PieceLengthEntry, PieceLengthTable};
+use kraken_storage::PieceLengthTable;
 
 use super::*;
 
@@ -10,12 +10,7 @@ const PIECE: u32 = 16 * 1024;
 
 fn metainfo(pieces: u32) -> Arc<Metainfo> {
     let data = vec![9u8; (pieces * PIECE) as usize];
-    let table = PieceLengthTable {
-        entries: vec![PieceLengthEntry {
-            min_blob_size: 0,
-            piece_length: PIECE,
-        }],
-    };
+    let table = PieceLengthTable::uniform(PIECE);
     Arc::new(Metainfo::from_bytes(&data, &table).unwrap())
 }
 
@@ -66,16 +61,30 @@ fn requests_to(t: &[Transmit], peer: PeerId) -> Vec<PieceIndex> {
         .collect()
 }
 
-/// Connects `peer` and delivers its handshake with `bits`.
-fn join(s: &mut Swarm, now: Instant, peer: u64, kind: PeerKind, bits: &[u32]) -> Vec<Transmit> {
+fn dials(t: &[Transmit]) -> Vec<PeerId> {
+    t.iter()
+        .filter_map(|t| match t {
+            Transmit::Connect { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A session with `peer` opens (`outbound`: we dialled it).
+fn connected(s: &mut Swarm, now: Instant, peer: u64, kind: PeerKind, outbound: bool) {
     s.handle_peer(
         now,
         PeerEvent::Connected {
             id: p(peer),
             kind,
-            outbound: true,
+            outbound,
         },
     );
+}
+
+/// Connects `peer` and delivers its handshake with `bits`.
+fn join(s: &mut Swarm, now: Instant, peer: u64, kind: PeerKind, bits: &[u32]) -> Vec<Transmit> {
+    connected(s, now, peer, kind, true);
     let mut bf = Bitfield::new(s.metainfo().piece_count());
     for b in bits {
         bf.set(PieceIndex(*b));
@@ -114,22 +123,18 @@ fn new_swarm_announces_and_handout_dials_up_to_the_limit_skipping_self_and_dupli
         info(2, PeerKind::Agent),
         info(3, PeerKind::Agent),
         info(4, PeerKind::Agent),
+        info(5, PeerKind::Agent),
     ];
     s.handle_handout(now, handout, Some(Duration::from_secs(5)));
-    let dialled: Vec<_> = drain(&mut s)
-        .into_iter()
-        .filter_map(|t| match t {
-            Transmit::Connect { id, .. } => Some(id),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(dialled, vec![p(1), p(2), p(3)]);
+    let dialled = dials(&drain(&mut s));
+    // Three agents, and the origin on top of them.
+    assert_eq!(dialled, vec![p(1), p(2), p(3), p(4)]);
     // A failed dial is blacklisted and replaced by the next candidate.
     s.handle_peer(now, PeerEvent::ConnectFailed { id: p(2) });
     assert!(s.is_blacklisted(&p(2), now));
     assert!(drain(&mut s).contains(&Transmit::Connect {
-        id: p(4),
-        addr: info(4, PeerKind::Agent).addr
+        id: p(5),
+        addr: info(5, PeerKind::Agent).addr
     }));
     assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(5)));
 }
@@ -326,14 +331,7 @@ fn corrupt_piece_blacklists_and_disconnects_the_sender() {
         index: PieceIndex(0)
     }));
     // A blacklisted peer that connects again is turned away.
-    s.handle_peer(
-        now,
-        PeerEvent::Connected {
-            id: p(1),
-            kind: PeerKind::Agent,
-            outbound: false,
-        },
-    );
+    connected(&mut s, now, 1, PeerKind::Agent, false);
     assert_eq!(drain(&mut s), vec![Transmit::Disconnect { id: p(1) }]);
 }
 
@@ -342,14 +340,7 @@ fn protocol_violations_are_punished() {
     let now = Instant::now();
     let mut s = new_swarm(4, false, SwarmConfig::default(), now);
     // Wrong metainfo.
-    s.handle_peer(
-        now,
-        PeerEvent::Connected {
-            id: p(1),
-            kind: PeerKind::Agent,
-            outbound: true,
-        },
-    );
+    connected(&mut s, now, 1, PeerKind::Agent, true);
     s.handle_message(
         now,
         p(1),
@@ -360,14 +351,7 @@ fn protocol_violations_are_punished() {
     );
     assert!(drain(&mut s).contains(&Transmit::Disconnect { id: p(1) }));
     // A request before the handshake.
-    s.handle_peer(
-        now,
-        PeerEvent::Connected {
-            id: p(2),
-            kind: PeerKind::Agent,
-            outbound: true,
-        },
-    );
+    connected(&mut s, now, 2, PeerKind::Agent, true);
     s.handle_message(now, p(2), PeerMessage::Request(PieceIndex(0)));
     assert!(drain(&mut s).contains(&Transmit::Disconnect { id: p(2) }));
     // A `Have` out of range.
@@ -501,30 +485,6 @@ fn a_late_report_for_a_dropped_peer_does_not_free_a_slot_twice() {
 }
 
 #[test]
-fn a_session_refused_before_its_handshake_is_not_redialled_at_once() {
-    let now = Instant::now();
-    let mut s = new_swarm(4, false, SwarmConfig::default(), now);
-    s.handle_handout(now, vec![info(1, PeerKind::Agent)], None);
-    drain(&mut s);
-    s.handle_peer(
-        now,
-        PeerEvent::Connected {
-            id: p(1),
-            kind: PeerKind::Agent,
-            outbound: true,
-        },
-    );
-    s.handle_peer(now, PeerEvent::Disconnected { id: p(1) });
-    assert!(s.is_blacklisted(&p(1), now));
-    assert!(
-        !drain(&mut s)
-            .iter()
-            .any(|t| matches!(t, Transmit::Connect { .. })),
-        "no redial storm"
-    );
-}
-
-#[test]
 fn a_swarm_that_starts_complete_asks_once_for_a_commit() {
     let now = Instant::now();
     let mut s = new_swarm(4, true, SwarmConfig::default(), now);
@@ -577,14 +537,7 @@ fn a_peer_shunned_as_unreachable_that_dials_us_is_taken_back_but_a_corrupt_one_i
     let now = Instant::now();
     let mut s = new_swarm(4, true, SwarmConfig::default(), now);
     let inbound = |s: &mut Swarm, n: u64| {
-        s.handle_peer(
-            now,
-            PeerEvent::Connected {
-                id: p(n),
-                kind: PeerKind::Agent,
-                outbound: false,
-            },
-        );
+        connected(s, now, n, PeerKind::Agent, false);
         drain(s)
     };
     // Peer 1 could not be reached (it was restarting); then it dials us.
@@ -606,4 +559,70 @@ fn a_peer_shunned_as_unreachable_that_dials_us_is_taken_back_but_a_corrupt_one_i
     s.handle_peer(now, PeerEvent::ConnectFailed { id: p(2) });
     let later = now + SwarmConfig::default().blacklist_unreachable + Duration::from_secs(1);
     assert!(s.is_blacklisted(&p(2), later));
+}
+
+#[test]
+fn a_peer_that_refused_our_session_is_redialled_soon_an_unreachable_one_later() {
+    let now = Instant::now();
+    let config = SwarmConfig::default();
+    let mut s = new_swarm(4, false, config.clone(), now);
+    let handout = vec![info(1, PeerKind::Agent), info(2, PeerKind::Agent)];
+    s.handle_handout(now, handout.clone(), None);
+    assert_eq!(dials(&drain(&mut s)), vec![p(1), p(2)]);
+    // Peer 1 takes the session and closes it before its handshake: at its limit.
+    connected(&mut s, now, 1, PeerKind::Agent, true);
+    s.handle_peer(now, PeerEvent::Disconnected { id: p(1) });
+    assert!(dials(&drain(&mut s)).is_empty(), "no redial storm");
+    // Peer 2 cannot be reached at all.
+    s.handle_peer(now, PeerEvent::ConnectFailed { id: p(2) });
+    let reasons: Vec<BlacklistReason> = events(&mut s)
+        .into_iter()
+        .filter_map(|e| match e {
+            SwarmEvent::Blacklisted { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![BlacklistReason::Busy, BlacklistReason::Unreachable]
+    );
+    drain(&mut s);
+
+    let soon = now + config.blacklist_busy + Duration::from_millis(1);
+    assert!(soon < now + config.blacklist_unreachable);
+    s.handle_handout(soon, handout, None);
+    assert_eq!(dials(&drain(&mut s)), vec![p(1)]);
+    assert!(s.is_blacklisted(&p(2), soon));
+}
+
+#[test]
+fn origins_are_dialled_on_top_of_the_agent_connections_and_capped_apart() {
+    let now = Instant::now();
+    let config = SwarmConfig::default();
+    let mut s = new_swarm(4, false, config.clone(), now);
+    // Early handouts list the blob's origins before incomplete agents.
+    let handout: Vec<PeerInfo> = (100..105)
+        .map(|n| info(n, PeerKind::Origin))
+        .chain((1..=12).map(|n| info(n, PeerKind::Agent)))
+        .collect();
+    s.handle_handout(now, handout, None);
+    let dialled = dials(&drain(&mut s));
+    let origins = dialled.iter().filter(|id| **id >= p(100)).count();
+    assert_eq!(origins, config.max_origin_connections);
+    assert_eq!(dialled.len() - origins, config.max_connections);
+
+    // With every agent slot taken, another agent dialling us is refused.
+    for n in 1..=10 {
+        join(&mut s, now, n, PeerKind::Agent, &[]);
+    }
+    drain(&mut s);
+    let inbound = |s: &mut Swarm, n: u64, kind| {
+        connected(s, now, n, kind, false);
+        drain(s).contains(&Transmit::Disconnect { id: p(n) })
+    };
+    assert!(inbound(&mut s, 50, PeerKind::Agent), "an 11th agent");
+    assert!(
+        !inbound(&mut s, 100, PeerKind::Origin),
+        "an origin still fits"
+    );
 }
