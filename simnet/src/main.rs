@@ -28,6 +28,10 @@ struct Args {
     /// Write the completion CDF as SVG here.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Write every piece transfer's start and arrival here, a line each (see
+    /// `Simulation::with_piece_log`): large, meant for studying small runs.
+    #[arg(long)]
+    piece_log: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,7 +51,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or(scenario.seed);
     eprintln!("simnet: scenario {} seed {seed}", scenario.name);
     let started = Instant::now();
-    let sim = Simulation::new(&scenario, seed)?;
+    let mut sim = Simulation::new(&scenario, seed)?;
+    if let Some(path) = &args.piece_log {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        sim = sim.with_piece_log(Box::new(std::io::BufWriter::new(file)));
+    }
     // A line every 10 M events (about half a minute): large runs take minutes.
     let report = sim.run_with_progress(10_000_000, |p| {
         eprintln!(

@@ -195,6 +195,8 @@ pub struct Simulation {
     /// Honest agents neither complete nor dead.
     outstanding: usize,
     counters: Counters,
+    /// Where every piece transfer's start and arrival is written, if anywhere.
+    piece_log: Option<Box<dyn std::io::Write>>,
     outages: Vec<(Nanos, Nanos)>,
 }
 
@@ -210,6 +212,23 @@ impl std::fmt::Debug for Simulation {
 }
 
 impl Simulation {
+    /// Writes a line per piece transfer event to `out`, for studying a schedule:
+    /// `start <ns> <from> <to> <piece>` when a transfer starts and
+    /// `arrive <ns> <from> <to> <piece> <duplicate 0|1>` when it lands (hosts by index:
+    /// origins first, then agents). Write errors stop the log, not the run.
+    pub fn with_piece_log(mut self, out: Box<dyn std::io::Write>) -> Self {
+        self.piece_log = Some(out);
+        self
+    }
+
+    fn log_piece(&mut self, what: std::fmt::Arguments<'_>) {
+        if let Some(out) = self.piece_log.as_mut()
+            && writeln!(out, "{what}").is_err()
+        {
+            self.piece_log = None;
+        }
+    }
+
     /// Sets up `scenario` with `seed` (which replaces the scenario's own).
     pub fn new(scenario: &Scenario, seed: u64) -> Result<Self, SimError> {
         scenario.validate()?;
@@ -248,6 +267,7 @@ impl Simulation {
             metainfo: Arc::new(metainfo),
             outstanding: 0,
             counters: Counters::default(),
+            piece_log: None,
             outages,
             seed,
             rng: ChaCha8Rng::seed_from_u64(0),
@@ -641,15 +661,9 @@ impl Simulation {
                     }
                     PieceOutcome::Stored
                 };
-                if std::env::var_os("SIMNET_TRACE").is_some() {
-                    eprintln!(
-                        "T {} {} {} {} {}",
-                        self.now,
-                        from,
-                        to,
-                        index.0,
-                        u8::from(had)
-                    );
+                if self.piece_log.is_some() {
+                    let (t, i, dup) = (self.now, index.0, u8::from(had));
+                    self.log_piece(format_args!("arrive {t} {from} {to} {i} {dup}"));
                 }
                 let id = self.hosts[from as usize].info.id;
                 self.with_swarm(to, |s| s.handle_piece_received(now, id, index, outcome));
@@ -834,8 +848,9 @@ impl Simulation {
                 match size {
                     Some(size) if up => {
                         let corrupt = self.hosts[h as usize].record.corrupt;
-                        if std::env::var_os("SIMNET_TRACE").is_some() {
-                            eprintln!("S {} {} {} {} 0", self.now, h, o, index.0);
+                        if self.piece_log.is_some() {
+                            let (t, i) = (self.now, index.0);
+                            self.log_piece(format_args!("start {t} {h} {o} {i}"));
                         }
                         self.net.start(self.now, h, o, index, size, corrupt);
                         self.push_completions();

@@ -134,3 +134,40 @@ fn announces_fail_during_a_tracker_outage_and_the_swarm_recovers() {
     // and its next announce comes 3 s after its first.
     assert!(r.completion_s.max >= 3.0, "{}", r.summary());
 }
+
+/// A `Write` the test can read back after the simulation consumed it.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_piece_log_has_a_start_and_an_arrival_per_transfer() {
+    let log = Shared::default();
+    let r = Simulation::new(&pair(100.0, 100.0), 1)
+        .unwrap()
+        .with_piece_log(Box::new(log.clone()))
+        .run();
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let pieces = 50_000_000u64.div_ceil(1 << 20) as usize;
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    let starts = lines.iter().filter(|l| l[0] == "start").count();
+    let arrivals: Vec<&Vec<&str>> = lines.iter().filter(|l| l[0] == "arrive").collect();
+    assert_eq!((starts, arrivals.len()), (pieces, pieces));
+    // Host 0 is the origin, host 1 the agent; nothing arrived twice.
+    assert!(
+        arrivals
+            .iter()
+            .all(|l| l[2..4] == ["0", "1"] && l[5] == "0")
+    );
+    let last: u64 = arrivals.last().unwrap()[1].parse().unwrap();
+    assert!((last as f64 / 1e9 - r.completion_s.max).abs() < 1e-6);
+}
