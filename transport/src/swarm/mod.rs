@@ -556,8 +556,10 @@ impl Swarm {
                     self.violation(now, from, "have out of range");
                     return;
                 }
-                if self.peer_learns(from, index) {
-                    self.reroute_from_origins(from, index);
+                if let Some(kind) = self.peer_learns(from, index) {
+                    if kind == PeerKind::Agent {
+                        self.reroute_from_origins(index);
+                    }
                     self.schedule_after_have(now, from, index);
                 }
             }
@@ -917,34 +919,24 @@ impl Swarm {
         }
     }
 
-    /// Records that `peer` has `index`; returns true if that is news.
-    fn peer_learns(&mut self, peer: PeerId, index: PieceIndex) -> bool {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return false;
-        };
+    /// Records that `peer` has `index`; returns the peer's kind if that is news.
+    fn peer_learns(&mut self, peer: PeerId, index: PieceIndex) -> Option<PeerKind> {
+        let p = self.peers.get_mut(&peer)?;
         let kind = p.kind;
-        let Some(bf) = p.bitfield.as_mut() else {
-            return false;
-        };
-        if bf.set(index) {
-            self.availability[index.0 as usize] += 1;
-            if kind == PeerKind::Agent {
-                self.agent_availability[index.0 as usize] += 1;
-            }
-            true
-        } else {
-            false
+        if !p.bitfield.as_mut()?.set(index) {
+            return None;
         }
+        self.availability[index.0 as usize] += 1;
+        if kind == PeerKind::Agent {
+            self.agent_availability[index.0 as usize] += 1;
+        }
+        Some(kind)
     }
 
-    /// An agent now has `index`: requests for it still waiting in an origin's queue are
-    /// cancelled, so the origin's uplink carries pieces no agent has (`spare_origins`).
-    fn reroute_from_origins(&mut self, agent: PeerId, index: PieceIndex) {
-        let is_agent = self
-            .peers
-            .get(&agent)
-            .is_some_and(|p| p.kind == PeerKind::Agent);
-        if !self.config.spare_origins || !is_agent {
+    /// An agent peer now has `index`: requests for it still waiting in an origin's queue
+    /// are cancelled, so the origin's uplink carries pieces no agent has (`spare_origins`).
+    fn reroute_from_origins(&mut self, index: PieceIndex) {
+        if !self.config.spare_origins || self.inflight[index.0 as usize].is_empty() {
             return;
         }
         let waiting: Vec<PeerId> = self.inflight[index.0 as usize]
