@@ -324,7 +324,7 @@ impl Default for SwarmSection {
         SwarmSection {
             max_connections: d.max_connections,
             max_origin_connections: d.max_origin_connections,
-            origin_max_connections: 256,
+            origin_max_connections: SwarmConfig::ORIGIN_MAX_CONNECTIONS,
             pipeline_to_agents: d.pipeline_to_agents,
             pipeline_to_origins: d.pipeline_to_origins,
             upload_slots: d.upload_slots,

@@ -44,6 +44,7 @@
 //! links, so their sum behaves like one swarm of the total size; per-layer piece rarity
 //! differences are lost).
 
+use kraken_transport::swarm::SwarmConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
@@ -353,7 +354,8 @@ pub enum Arrival {
 pub struct SwarmKnobs {
     /// Connections per blob on an agent. Default: 10 (`SwarmConfig`'s).
     pub max_connections: usize,
-    /// Connections per blob on an origin (it accepts this many agents). Default: 256.
+    /// Connections per blob on an origin (it accepts this many agents). Default: 256
+    /// (`SwarmConfig::ORIGIN_MAX_CONNECTIONS`).
     pub origin_max_connections: usize,
     /// Origin peers per blob on an agent, on top of `max_connections`. Default: 2
     /// (`SwarmConfig`'s).
@@ -377,7 +379,7 @@ impl Default for SwarmKnobs {
     fn default() -> Self {
         SwarmKnobs {
             max_connections: 10,
-            origin_max_connections: 256,
+            origin_max_connections: SwarmConfig::ORIGIN_MAX_CONNECTIONS,
             max_origin_connections: 2,
             upload_slots: 8,
             origin_upload_slots: 8,

@@ -92,6 +92,11 @@ impl Default for SwarmConfig {
 }
 
 impl SwarmConfig {
+    /// Agents an origin accepts per blob by default (its `max_connections`): an origin
+    /// seeds every agent that cannot find a piece elsewhere, so it takes many more sessions
+    /// than an agent. The nodes and the simulator both start from it.
+    pub const ORIGIN_MAX_CONNECTIONS: usize = 256;
+
     /// Rejects settings that would stall the swarm.
     pub fn validate(&self) -> Result<(), SwarmConfigError> {
         let nonzero = [

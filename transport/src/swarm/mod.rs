@@ -311,7 +311,6 @@ pub struct Swarm {
     peers: BTreeMap<PeerId, Peer>,
     /// Handed-out peers we might connect to, in handout order.
     candidates: Vec<PeerInfo>,
-    /// Dials in progress.
     /// Moves whenever a piece may have become askable of peers other than the one that
     /// announced it (a request released, a peer gone, the endgame): see `Peer::scanned_dry`.
     pool_epoch: u64,
@@ -669,10 +668,9 @@ impl Swarm {
                 }
                 // A delivery frees a slot in the sender's pipeline and no piece for anyone
                 // else (outside the endgame, where duplicates were just cancelled and every
-                // peer may take a second copy): scanning every peer here was 30 % of the
-                // scheduler's time at 10,000 hosts.
-                let endgame = self.missing() <= self.config.endgame_pieces;
-                if !endgame {
+                // peer may take a second copy), so only the sender is scheduled: a scan of
+                // every peer on every delivery showed in the simulator's profile.
+                if !self.in_endgame() {
                     self.schedule_peer(now, from);
                     return;
                 }
@@ -1072,6 +1070,11 @@ impl Swarm {
         self.have.len() - self.have.count_ones()
     }
 
+    /// Few enough pieces are missing that outstanding ones are asked of a second peer.
+    fn in_endgame(&self) -> bool {
+        self.missing() <= self.config.endgame_pieces
+    }
+
     fn schedule_requests(&mut self, now: Instant) {
         if self.is_complete() {
             return;
@@ -1095,7 +1098,7 @@ impl Swarm {
         if self.is_complete() {
             return;
         }
-        let endgame = self.missing() <= self.config.endgame_pieces;
+        let endgame = self.in_endgame();
         while let Some(peer) = self.peers.get(&id) {
             if peer.bitfield.is_none() || peer.requested.len() >= self.pipeline(peer.kind) {
                 break;
@@ -1126,7 +1129,7 @@ impl Swarm {
         {
             return;
         }
-        let endgame = self.missing() <= self.config.endgame_pieces;
+        let endgame = self.in_endgame();
         if self.rank(p, index, endgame).is_some() {
             self.request(now, id, index);
         }
