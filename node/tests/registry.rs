@@ -475,6 +475,8 @@ async fn the_cluster_answers_bad_requests_with_the_specs_codes() {
         .send()
         .await
         .unwrap();
+    // The body was not read to its end: the connection is not reused.
+    assert_eq!(r.headers()["connection"], "close");
     assert_eq!(code(r, 413).await, "MANIFEST_INVALID");
 
     // Deleting a tag where the spec allows it: by tag on the proxy.

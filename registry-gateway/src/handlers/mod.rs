@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, TRANSFER_ENCODING};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -130,6 +130,11 @@ pub(crate) async fn dispatch<R: Registry>(
         .map(|q| q.0)
         .unwrap_or_default();
     let method = parts.method.clone();
+    let has_body = parts.headers.contains_key(TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let ctx = Ctx {
         headers: parts.headers,
         query,
@@ -190,6 +195,15 @@ pub(crate) async fn dispatch<R: Registry>(
     };
     result.unwrap_or_else(|e| {
         let mut r = e.into_response();
+        // An error may leave the request body unread (a 413 stops reading at the limit),
+        // and then the server closes the connection after answering. Saying so keeps the
+        // client from sending its next request on it: without this, a pooled client's
+        // next request could meet the close and fail (seen once in CI as an incomplete
+        // message on the request after a 413).
+        if has_body {
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         if ctx.head {
             // Keep the headers, drop the body.
             *r.body_mut() = Body::empty();
