@@ -23,7 +23,6 @@
 //! hold the blob from the start (no backend read-through, no ring repair), and the agents'
 //! commit is instantaneous.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +35,7 @@ use kraken_transport::wire::{PeerId, PeerMessage};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use smallvec::SmallVec;
 
 use crate::SimError;
 use crate::net::{Completion, NANOS_PER_SEC, Nanos, Network};
@@ -156,10 +156,56 @@ struct Host {
     swarm: Option<Swarm>,
     alive: bool,
     timer: Option<Nanos>,
-    sessions: BTreeSet<u32>,
     /// The last inbound session and when it opened (to count refusals).
     session_opened: Option<(u32, Nanos)>,
     record: HostRecord,
+}
+
+/// Every host's open sessions, apart from [`Host`] and inline: every message checks its
+/// session, and at 10,000 hosts a set behind a pointer inside a large host record cost two
+/// cache misses per message (the dispatcher's hottest spot). An agent has about a dozen
+/// sessions, which fit in one cache line; an origin's hundreds spill to the heap.
+#[derive(Debug, Default)]
+struct Sessions(Vec<SmallVec<[u32; 13]>>);
+
+impl Sessions {
+    fn add_host(&mut self) {
+        self.0.push(SmallVec::new());
+    }
+
+    fn contains(&self, host: u32, peer: u32) -> bool {
+        self.0[host as usize].contains(&peer)
+    }
+
+    /// Opens `host`'s side of a session with `peer`; false if it was open.
+    fn insert(&mut self, host: u32, peer: u32) -> bool {
+        let set = &mut self.0[host as usize];
+        if set.contains(&peer) {
+            return false;
+        }
+        set.push(peer);
+        true
+    }
+
+    /// Closes `host`'s side of a session with `peer`; false if it was not open.
+    fn remove(&mut self, host: u32, peer: u32) -> bool {
+        let set = &mut self.0[host as usize];
+        match set.iter().position(|p| *p == peer) {
+            Some(i) => {
+                set.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every session of `host`, returning its peers in ascending order (events
+    /// scheduled from them must not depend on the order sessions were opened and closed).
+    fn take(&mut self, host: u32) -> Vec<u32> {
+        let mut peers = std::mem::take(&mut self.0[host as usize]).into_vec();
+        peers.sort_unstable();
+        peers
+    }
 }
 
 /// Where a long run stands (see [`Simulation::run_with_progress`]).
@@ -182,11 +228,11 @@ pub struct Simulation {
     base: Instant,
     now: Nanos,
     seq: u64,
-    heap: RadixQueue,
-    /// Events by slot; `free` lists the empty slots.
-    slab: Vec<Option<Ev>>,
-    free: Vec<u32>,
+    heap: RadixQueue<Ev>,
     hosts: Vec<Host>,
+    sessions: Sessions,
+    /// Hosts `0..origins` are origins, the rest agents.
+    origins: u32,
     net: Network,
     tracker: PeerStore,
     live_origins: Vec<PeerInfo>,
@@ -258,9 +304,9 @@ impl Simulation {
             now: 0,
             seq: 0,
             heap: RadixQueue::new(),
-            slab: Vec::new(),
-            free: Vec::new(),
             hosts: Vec::new(),
+            sessions: Sessions::default(),
+            origins: scenario.origins.count as u32,
             net: Network::new(),
             tracker,
             live_origins: Vec::new(),
@@ -338,6 +384,7 @@ impl Simulation {
         let up = cfg.upload_mb_s * 1e6 * factor;
         let down = cfg.download_mb_s * 1e6 * factor;
         self.net.add_host(up, down);
+        self.sessions.add_host();
         let info = PeerInfo {
             id: PeerId::from_u64(u64::from(n)),
             addr: ([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 7001).into(),
@@ -349,7 +396,6 @@ impl Simulation {
             swarm: None,
             alive: true,
             timer: None,
-            sessions: BTreeSet::new(),
             session_opened: None,
             record: HostRecord {
                 kind,
@@ -415,21 +461,7 @@ impl Simulation {
 
     fn schedule(&mut self, at: Nanos, ev: Ev) {
         self.seq += 1;
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slab[slot as usize] = Some(ev);
-                slot
-            }
-            None => {
-                self.slab.push(Some(ev));
-                (self.slab.len() - 1) as u32
-            }
-        };
-        self.heap.push(Key {
-            at,
-            seq: self.seq,
-            slot,
-        });
+        self.heap.push(Key { at, seq: self.seq }, ev);
     }
 
     fn instant(&self) -> Instant {
@@ -449,6 +481,20 @@ impl Simulation {
         self.outages
             .iter()
             .any(|(s, e)| *s <= self.now && self.now < *e)
+    }
+
+    /// Host `h`'s peer id (the inverse of [`Self::idx`]), computed rather than looked up:
+    /// reading it from the host record was a cache miss per message.
+    fn id(h: u32) -> PeerId {
+        PeerId::from_u64(u64::from(h))
+    }
+
+    fn kind(&self, h: u32) -> PeerKind {
+        if h < self.origins {
+            PeerKind::Origin
+        } else {
+            PeerKind::Agent
+        }
     }
 
     fn idx(id: &PeerId) -> u32 {
@@ -484,15 +530,13 @@ impl Simulation {
                     unfinished: self.outstanding,
                 });
             }
-            let Some(e) = self.heap.pop() else { break };
+            let Some((e, ev)) = self.heap.pop() else {
+                break;
+            };
             if e.at > limit {
                 self.now = limit;
                 break;
             }
-            let Some(ev) = self.slab[e.slot as usize].take() else {
-                continue;
-            };
-            self.free.push(e.slot);
             self.now = e.at;
             self.counters.events += 1;
             self.dispatch(ev);
@@ -551,15 +595,13 @@ impl Simulation {
                     self.schedule(self.now, Ev::ConnectFailed { dialer, target });
                     return;
                 }
-                if self.hosts[dialer as usize].sessions.insert(target) {
+                if self.sessions.insert(dialer, target) {
                     self.counters.connections += 1;
                 }
-                self.hosts[target as usize].sessions.insert(dialer);
+                self.sessions.insert(target, dialer);
                 self.hosts[target as usize].session_opened = Some((dialer, self.now));
-                let dk = self.hosts[dialer as usize].info.kind;
-                let tk = self.hosts[target as usize].info.kind;
-                let did = self.hosts[dialer as usize].info.id;
-                let tid = self.hosts[target as usize].info.id;
+                let (dk, tk) = (self.kind(dialer), self.kind(target));
+                let (did, tid) = (Self::id(dialer), Self::id(target));
                 self.with_swarm(dialer, |s| {
                     s.handle_peer(
                         now,
@@ -584,7 +626,7 @@ impl Simulation {
                 self.pump(target);
             }
             Ev::ConnectFailed { dialer, target } => {
-                let id = self.hosts[target as usize].info.id;
+                let id = Self::id(target);
                 self.with_swarm(dialer, |s| {
                     s.handle_peer(now, PeerEvent::ConnectFailed { id })
                 });
@@ -592,18 +634,18 @@ impl Simulation {
             }
             Ev::Disconnected { at, peer } => {
                 // A newer session between the two supersedes this news.
-                if self.hosts[at as usize].sessions.contains(&peer) {
+                if self.sessions.contains(at, peer) {
                     return;
                 }
-                let id = self.hosts[peer as usize].info.id;
+                let id = Self::id(peer);
                 self.with_swarm(at, |s| s.handle_peer(now, PeerEvent::Disconnected { id }));
                 self.pump(at);
             }
             Ev::Message { from, to, msg } => {
-                if !self.hosts[to as usize].sessions.contains(&from) {
+                if !self.sessions.contains(to, from) {
                     return;
                 }
-                let id = self.hosts[from as usize].info.id;
+                let id = Self::id(from);
                 self.with_swarm(to, |s| s.handle_message(now, id, msg));
                 self.pump(to);
             }
@@ -618,7 +660,7 @@ impl Simulation {
                 let rec = &mut self.hosts[f.from as usize].record;
                 rec.bytes_up += size;
                 rec.last_upload_end = Some(self.now);
-                let to_id = self.hosts[f.to as usize].info.id;
+                let to_id = Self::id(f.to);
                 self.with_swarm(f.from, |s| s.handle_piece_sent(now, to_id, f.index, true));
                 self.pump(f.from);
                 let lat = self.latency(f.from, f.to);
@@ -641,11 +683,11 @@ impl Simulation {
                 corrupt,
             } => {
                 let size = u64::from(size);
-                let host = &self.hosts[to as usize];
-                if !host.alive || !host.sessions.contains(&from) {
+                if !self.sessions.contains(to, from) {
                     self.counters.lost_bytes += size;
                     return;
                 }
+                let host = &self.hosts[to as usize];
                 let had = host.swarm.as_ref().is_some_and(|s| s.bitfield().get(index));
                 let outcome = if corrupt {
                     self.counters.corrupt_bytes += size;
@@ -655,7 +697,7 @@ impl Simulation {
                     PieceOutcome::Stored
                 } else {
                     self.counters.useful_bytes += size;
-                    match self.hosts[from as usize].info.kind {
+                    match self.kind(from) {
                         PeerKind::Origin => self.counters.useful_from_origins += size,
                         PeerKind::Agent => self.counters.useful_from_agents += size,
                     }
@@ -665,7 +707,7 @@ impl Simulation {
                     let (t, i, dup) = (self.now, index.0, u8::from(had));
                     self.log_piece(format_args!("arrive {t} {from} {to} {i} {dup}"));
                 }
-                let id = self.hosts[from as usize].info.id;
+                let id = Self::id(from);
                 self.with_swarm(to, |s| s.handle_piece_received(now, id, index, outcome));
                 self.pump(to);
             }
@@ -698,7 +740,7 @@ impl Simulation {
             self.outstanding -= 1;
         }
         let id = host.info.id;
-        let peers: Vec<u32> = std::mem::take(&mut host.sessions).into_iter().collect();
+        let peers = self.sessions.take(h);
         self.live_origins.retain(|o| o.id != id);
         for f in self.net.abort_host(self.now, h) {
             self.counters.lost_bytes += f.moved() as u64;
@@ -706,7 +748,7 @@ impl Simulation {
         self.push_completions();
         let detect = millis(self.scenario.network.dead_peer_detect_ms);
         for p in peers {
-            self.hosts[p as usize].sessions.remove(&h);
+            self.sessions.remove(p, h);
             self.schedule(self.now + detect, Ev::Disconnected { at: p, peer: h });
         }
     }
@@ -812,12 +854,12 @@ impl Simulation {
             }
             Transmit::Disconnect { id } => {
                 let o = Self::idx(&id);
-                if self.hosts[h as usize].sessions.remove(&o) {
+                if self.sessions.remove(h, o) {
                     self.counters.disconnects += 1;
                     if self.hosts[h as usize].session_opened == Some((o, self.now)) {
                         self.counters.refused += 1;
                     }
-                    self.hosts[o as usize].sessions.remove(&h);
+                    self.sessions.remove(o, h);
                     for f in self.net.abort_between(self.now, h, o) {
                         self.counters.lost_bytes += f.moved() as u64;
                     }
@@ -828,7 +870,7 @@ impl Simulation {
             }
             Transmit::Message { to, msg } => {
                 let o = Self::idx(&to);
-                if self.hosts[h as usize].sessions.contains(&o) {
+                if self.sessions.contains(h, o) {
                     let lat = self.latency(h, o);
                     self.schedule(
                         self.now + lat,
@@ -842,8 +884,7 @@ impl Simulation {
             }
             Transmit::SendPiece { to, index } => {
                 let o = Self::idx(&to);
-                let up =
-                    self.hosts[h as usize].sessions.contains(&o) && self.hosts[o as usize].alive;
+                let up = self.sessions.contains(h, o) && self.hosts[o as usize].alive;
                 let size = self.metainfo.piece_size(index);
                 match size {
                     Some(size) if up => {
@@ -856,7 +897,7 @@ impl Simulation {
                         self.push_completions();
                         // The receiver sees the piece start at once: its header's latency
                         // is small next to a piece's timeout (an approximation).
-                        let (now, from) = (self.instant(), self.hosts[h as usize].info.id);
+                        let (now, from) = (self.instant(), Self::id(h));
                         self.with_swarm(o, |s| s.handle_piece_started(now, from, index));
                         self.arm_timer(o);
                     }
@@ -876,4 +917,28 @@ fn pick(rng: &mut ChaCha8Rng, count: usize, fraction: f64) -> Vec<bool> {
     let mut flags: Vec<bool> = (0..count).map(|i| i < k).collect();
     flags.shuffle(rng);
     flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sessions;
+
+    #[test]
+    fn sessions_open_close_and_spill_past_the_inline_ones() {
+        let mut s = Sessions::default();
+        s.add_host();
+        s.add_host();
+        assert!(s.insert(0, 1) && !s.insert(0, 1));
+        assert!(s.contains(0, 1) && !s.contains(1, 0));
+        // An origin's hundreds of sessions outgrow the inline slots.
+        for p in (2..300).rev() {
+            assert!(s.insert(1, p));
+        }
+        assert!(s.remove(1, 150) && !s.remove(1, 150) && !s.contains(1, 150));
+        let peers = s.take(1);
+        assert_eq!(peers.len(), 297);
+        assert!(peers.windows(2).all(|w| w[0] < w[1]), "ascending");
+        assert!(!s.contains(1, 2));
+        assert!(s.contains(0, 1));
+    }
 }
