@@ -3,8 +3,11 @@
 //! Modules, bottom up:
 //! - [`digest`]: `Digest`, the registry's name for a blob (`sha256:<hex>`), strictly parsed.
 //! - [`bitfield`]: `PieceIndex` and the `Bitfield` of pieces a node holds.
-//! - [`metainfo`]: `Metainfo` (length, piece length, one BLAKE3 hash per piece), the piece
-//!   length table, piece verification and the compact postcard encoding with its own id.
+//! - [`chain`]: sha256's chaining states at piece boundaries, so a blob's digest is checked
+//!   piece by piece, in any order, as pieces arrive.
+//! - [`metainfo`]: `Metainfo` (length, piece length, one BLAKE3 hash per piece, the chaining
+//!   states), the piece length table, piece verification and the compact postcard encoding
+//!   with its own id.
 //! - `cas` (feature `local`): blobs as files under `<root>/blobs/<2 hex>/<hex>` with metadata
 //!   in redb; verified ingest, resumable partial downloads, ranged and per-piece readers,
 //!   quota eviction and a crash-safe startup sweep.
@@ -14,7 +17,7 @@
 //!   webhdfs), namespace routing, the Docker-registry key layout, and the upload path from
 //!   the CAS to a backend.
 //!
-//! Without default features only the first three exist: pure types with no I/O, shared by
+//! Without default features only the first four exist: pure types with no I/O, shared by
 //! the transport, the simulator and every node.
 
 /// Implements `From<E>` for `$err` for every redb error type, through `redb::Error`, so
@@ -35,6 +38,7 @@ macro_rules! from_redb_errors {
 }
 
 pub mod bitfield;
+pub mod chain;
 pub mod digest;
 pub mod metainfo;
 

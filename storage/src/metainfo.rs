@@ -5,7 +5,13 @@
 //! agents receive it over authenticated QUIC and verify each piece against it, so a piece
 //! can be checked on arrival without waiting for the whole blob.
 //!
-//! Encoding: postcard of a versioned struct (`version = 1`), at most
+//! When pieces are whole sha256 blocks (every default piece length is), it also carries
+//! sha256's chaining state at the start of each piece after the first (see [`crate::chain`]):
+//! a receiver then checks the blob's digest piece by piece as pieces arrive, instead of
+//! re-hashing the whole blob after the last one.
+//!
+//! Encoding: postcard of a versioned struct (`version = 2`; version 1, without chaining
+//! states, still decodes), at most
 //! [`MAX_ENCODED_LEN`] bytes. Decoding checks everything a malicious peer could get wrong
 //! (version, piece length bounds, piece count against the length, trailing bytes) and never
 //! panics. [`Metainfo::id`] is the BLAKE3 hash of the encoding, so two nodes can tell in
@@ -17,18 +23,22 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::bitfield::PieceIndex;
+use crate::chain::{self, ChainHasher, ChainRecorder, ChainState};
 use crate::digest::Digest;
 
 /// Current encoding version.
-pub const METAINFO_VERSION: u8 = 1;
+pub const METAINFO_VERSION: u8 = 2;
+/// The version before chaining states, still decoded.
+const METAINFO_VERSION_1: u8 = 1;
 /// Smallest piece length a metainfo may use.
 pub const MIN_PIECE_LENGTH: u32 = 16 * 1024;
 /// Largest piece length a metainfo may use (a piece is one QUIC stream and one buffer).
 pub const MAX_PIECE_LENGTH: u32 = 64 * 1024 * 1024;
 /// Most pieces one blob may have (1 TiB at 4 MiB pieces).
 pub const MAX_PIECES: u32 = 1 << 18;
-/// Upper bound of an encoded metainfo, checked before decoding.
-pub const MAX_ENCODED_LEN: usize = 64 + 33 * MAX_PIECES as usize;
+/// Upper bound of an encoded metainfo, checked before decoding (a BLAKE3 hash and a
+/// chaining state per piece, and the fixed fields).
+pub const MAX_ENCODED_LEN: usize = 96 + 64 * MAX_PIECES as usize;
 
 const KIB: u32 = 1024;
 const MIB: u32 = 1024 * KIB;
@@ -118,6 +128,18 @@ pub enum MetainfoError {
     /// The piece length table is unusable.
     #[error("invalid piece length table: {0}")]
     BadTable(String),
+    /// Chaining states that cannot belong to this layout.
+    #[error(
+        "a metainfo of {pieces} pieces of {piece_length} bytes carries {actual} sha256 chaining states (expected {} or none, and pieces of whole 64-byte blocks)", pieces.saturating_sub(1)
+    )]
+    ChainMismatch {
+        /// Pieces in the blob.
+        pieces: u32,
+        /// Piece length.
+        piece_length: u32,
+        /// States present.
+        actual: usize,
+    },
 }
 
 /// Why a piece failed verification.
@@ -147,6 +169,13 @@ pub enum PieceError {
         /// Piece.
         index: PieceIndex,
     },
+    /// The bytes match the piece's BLAKE3 hash but do not continue the blob's sha256 chain:
+    /// the metainfo does not describe the blob its digest names. Not the sender's fault.
+    #[error("{index} matches its BLAKE3 hash but not the sha256 chain of the blob's digest")]
+    ChainMismatch {
+        /// Piece.
+        index: PieceIndex,
+    },
 }
 
 /// Chooses the piece length from the blob size.
@@ -157,7 +186,9 @@ pub enum PieceError {
 /// delay per hop, and with too few pieces that delay dominates (a 100 MiB blob on
 /// 100 Mbit/s links took 1.99 × the lower bound in 4 MiB pieces, 1.37 × in 1 MiB and
 /// 1.20 × in 256 KiB; see the README's benchmarks). Blobs of 1 GiB and more use 4 MiB
-/// pieces: few enough hashes and requests, large enough to keep QUIC streams busy.
+/// pieces: few enough hashes and requests, large enough to keep QUIC streams busy; from
+/// 8 GiB, 16 MiB pieces keep the metainfo (65 bytes a piece) within one 256 KiB RPC frame
+/// up to 64 GiB.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceLengthTable {
     /// `(min_blob_size, piece_length)` pairs, ascending by size, the first at size 0.
@@ -174,7 +205,7 @@ pub struct PieceLengthEntry {
 }
 
 impl Default for PieceLengthTable {
-    /// `< 256 MiB`: 256 KiB pieces; `< 1 GiB`: 1 MiB; otherwise 4 MiB.
+    /// `< 256 MiB`: 256 KiB pieces; `< 1 GiB`: 1 MiB; `< 8 GiB`: 4 MiB; otherwise 16 MiB.
     fn default() -> Self {
         let e = |min_blob_size, piece_length| PieceLengthEntry {
             min_blob_size,
@@ -185,6 +216,7 @@ impl Default for PieceLengthTable {
                 e(0, 256 * KIB),
                 e(256 * u64::from(MIB), MIB),
                 e(1 << 30, 4 * MIB),
+                e(8 << 30, 16 * MIB),
             ],
         }
     }
@@ -250,11 +282,24 @@ pub struct Metainfo {
     length: u64,
     piece_length: u32,
     pieces: Vec<PieceHash>,
+    /// sha256's chaining state at the start of pieces `1..`, or empty.
+    chain: Vec<ChainState>,
 }
 
 /// The encoded form; kept separate so decoding always goes through validation.
 #[derive(Clone, Serialize, Deserialize)]
 struct MetainfoWire {
+    version: u8,
+    digest: Digest,
+    length: u64,
+    piece_length: u32,
+    pieces: Vec<PieceHash>,
+    chain: Vec<ChainState>,
+}
+
+/// Version 1's encoding: no chaining states.
+#[derive(Clone, Serialize, Deserialize)]
+struct MetainfoWireV1 {
     version: u8,
     digest: Digest,
     length: u64,
@@ -269,7 +314,7 @@ impl TryFrom<MetainfoWire> for Metainfo {
         if w.version != METAINFO_VERSION {
             return Err(MetainfoError::UnsupportedVersion(w.version));
         }
-        Metainfo::new(w.digest, w.length, w.piece_length, w.pieces)
+        Metainfo::new(w.digest, w.length, w.piece_length, w.pieces)?.with_chain(w.chain)
     }
 }
 
@@ -281,6 +326,7 @@ impl From<Metainfo> for MetainfoWire {
             length: m.length,
             piece_length: m.piece_length,
             pieces: m.pieces,
+            chain: m.chain,
         }
     }
 }
@@ -313,7 +359,26 @@ impl Metainfo {
             length,
             piece_length,
             pieces,
+            chain: Vec::new(),
         })
+    }
+
+    /// Adds sha256's chaining state at the start of every piece after the first (as
+    /// [`ChainRecorder`] records them); empty means none. Rejects a count that does not
+    /// fit the pieces, and states for pieces that are not whole sha256 blocks.
+    pub fn with_chain(mut self, chain: Vec<ChainState>) -> Result<Self, MetainfoError> {
+        let fits = chain.len() == self.pieces.len().saturating_sub(1)
+            && u64::from(self.piece_length).is_multiple_of(chain::BLOCK)
+            && matches!(self.digest, Digest::Sha256(_));
+        if !chain.is_empty() && !fits {
+            return Err(MetainfoError::ChainMismatch {
+                pieces: self.piece_count(),
+                piece_length: self.piece_length,
+                actual: chain.len(),
+            });
+        }
+        self.chain = chain;
+        Ok(self)
     }
 
     /// Hashes a blob held in memory (tests, small blobs). The digest is computed, not trusted.
@@ -324,12 +389,75 @@ impl Metainfo {
             .chunks(piece_length as usize)
             .map(PieceHash::of)
             .collect();
-        Metainfo::new(
-            Digest::sha256_of(data),
-            data.len() as u64,
-            piece_length,
-            pieces,
-        )
+        let (digest, chain) = match ChainRecorder::new(piece_length) {
+            Some(mut r) => {
+                r.update(data);
+                let (sha256, chain) = r.finish();
+                (Digest::Sha256(sha256), chain)
+            }
+            None => (Digest::sha256_of(data), Vec::new()),
+        };
+        Metainfo::new(digest, data.len() as u64, piece_length, pieces)?.with_chain(chain)
+    }
+
+    /// sha256's chaining state at the start of each piece after the first; empty without.
+    pub fn chain(&self) -> &[ChainState] {
+        &self.chain
+    }
+
+    /// Whether pieces can be checked against the digest one by one (see [`crate::chain`]).
+    pub fn has_chain(&self) -> bool {
+        !self.chain.is_empty() || (self.pieces.len() == 1 && self.chain_capable())
+    }
+
+    /// Whether this layout admits chaining states at all.
+    fn chain_capable(&self) -> bool {
+        u64::from(self.piece_length).is_multiple_of(chain::BLOCK)
+            && matches!(self.digest, Digest::Sha256(_))
+    }
+
+    /// A sha256 hasher positioned at the start of piece `index`, to be fed its bytes and
+    /// handed to [`Metainfo::check_piece_chain`]; `None` without chaining states.
+    pub fn piece_chain(&self, index: PieceIndex) -> Option<ChainHasher> {
+        if !self.has_chain() || index.0 >= self.piece_count() {
+            return None;
+        }
+        let start = u64::from(index.0) * u64::from(self.piece_length);
+        let state = match index.0 {
+            0 => ChainState::INITIAL,
+            i => *self.chain.get(i as usize - 1)?,
+        };
+        Some(ChainHasher::resume(state, start))
+    }
+
+    /// Checks that piece `index`, fed whole to `hasher` (from [`Metainfo::piece_chain`]),
+    /// continues the blob's sha256 chain: it ends at the next piece's recorded state, or,
+    /// for the last piece, at the digest.
+    pub fn check_piece_chain(
+        &self,
+        index: PieceIndex,
+        hasher: ChainHasher,
+    ) -> Result<(), PieceError> {
+        let range = self.checked_piece_range(index)?;
+        if hasher.offset() != range.end {
+            return Err(PieceError::WrongSize {
+                index,
+                expected: (range.end - range.start) as u32,
+                actual: usize::try_from(hasher.offset().saturating_sub(range.start))
+                    .unwrap_or(usize::MAX),
+            });
+        }
+        let ok = if index.0 + 1 == self.piece_count() {
+            let Digest::Sha256(want) = self.digest;
+            hasher.finalize() == want
+        } else {
+            hasher.state().as_ref() == self.chain.get(index.0 as usize)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(PieceError::ChainMismatch { index })
+        }
     }
 
     /// The blob's digest.
@@ -429,12 +557,20 @@ impl Metainfo {
                 max: MAX_ENCODED_LEN,
             });
         }
-        let (wire, rest): (MetainfoWire, _) = postcard::take_from_bytes(bytes)
-            .map_err(|e| MetainfoError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(MetainfoError::TrailingBytes(rest.len()));
+        fn take<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, MetainfoError> {
+            let (wire, rest) = postcard::take_from_bytes(bytes)
+                .map_err(|e| MetainfoError::Malformed(e.to_string()))?;
+            if !rest.is_empty() {
+                return Err(MetainfoError::TrailingBytes(rest.len()));
+            }
+            Ok(wire)
         }
-        Metainfo::try_from(wire)
+        // The version is the first byte (postcard writes a u8 as itself).
+        if bytes.first() == Some(&METAINFO_VERSION_1) {
+            let w: MetainfoWireV1 = take(bytes)?;
+            return Metainfo::new(w.digest, w.length, w.piece_length, w.pieces);
+        }
+        Metainfo::try_from(take::<MetainfoWire>(bytes)?)
     }
 
     /// BLAKE3 of the encoding.
@@ -465,6 +601,7 @@ impl fmt::Debug for Metainfo {
             .field("length", &self.length)
             .field("piece_length", &self.piece_length)
             .field("pieces", &self.pieces.len())
+            .field("chain", &self.has_chain())
             .finish()
     }
 }
@@ -542,10 +679,11 @@ mod tests {
         assert_eq!(t.piece_length_for(100 << 20), 256 * KIB);
         assert_eq!(t.piece_length_for(256 << 20), MIB);
         assert_eq!(t.piece_length_for(1 << 30), 4 * MIB);
+        assert_eq!(t.piece_length_for(8 << 30), 16 * MIB);
         let data = vec![7u8; 10 * 1024 * 1024];
         assert_eq!(Metainfo::from_bytes(&data, &t).unwrap().piece_count(), 40);
         // Every blob from 64 MiB up splits into at least 256 pieces.
-        for mib in [64u64, 255, 256, 1023, 1024, 4096] {
+        for mib in [64u64, 255, 256, 1023, 1024, 4096, 8192, 65536] {
             let len = mib << 20;
             let pieces = len.div_ceil(u64::from(t.piece_length_for(len)));
             assert!(pieces >= 256, "{mib} MiB: {pieces} pieces");
@@ -610,7 +748,12 @@ mod tests {
         for chunk in data.chunks(77_777) {
             h.update(chunk);
         }
-        let got = h.finish(Digest::sha256_of(&data)).unwrap();
+        let mut chain = ChainRecorder::new(want.piece_length()).unwrap();
+        chain.update(&data);
+        let (sha256, states) = chain.finish();
+        let got = h.finish(Digest::Sha256(sha256)).unwrap();
+        assert!(!got.has_chain());
+        let got = got.with_chain(states).unwrap();
         assert_eq!(got, want);
         assert_eq!(got.id(), want.id());
     }
@@ -640,6 +783,94 @@ mod tests {
             Metainfo::decode(&vec![0; MAX_ENCODED_LEN + 1]),
             Err(MetainfoError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn pieces_check_the_digest_one_by_one_through_the_chain() {
+        let data: Vec<u8> = (0..600 * 1024u32).map(|i| (i % 249) as u8).collect();
+        let m = Metainfo::from_bytes(&data, &table()).unwrap();
+        assert!(m.has_chain());
+        let piece = |i: u32| {
+            let r = m.piece_range(PieceIndex(i)).unwrap();
+            &data[r.start as usize..r.end as usize]
+        };
+        // In any order, each piece alone.
+        for i in [2, 0, 1] {
+            let mut h = m.piece_chain(PieceIndex(i)).unwrap();
+            h.update(piece(i));
+            m.check_piece_chain(PieceIndex(i), h).unwrap();
+        }
+        // A metainfo whose BLAKE3 hashes describe other bytes than the digest names: every
+        // piece still matches its hash, and the chain catches the lie.
+        let mut other = data.clone();
+        other[300 * 1024] ^= 1;
+        let honest = Metainfo::from_bytes(&other, &table()).unwrap();
+        let liar = Metainfo::new(
+            *m.digest(),
+            m.length(),
+            m.piece_length(),
+            honest.piece_hashes().to_vec(),
+        )
+        .unwrap()
+        .with_chain(m.chain.clone())
+        .unwrap();
+        let r = liar.piece_range(PieceIndex(1)).unwrap();
+        let forged = &other[r.start as usize..r.end as usize];
+        liar.verify_piece(PieceIndex(1), forged).unwrap();
+        let mut h = liar.piece_chain(PieceIndex(1)).unwrap();
+        h.update(forged);
+        assert_eq!(
+            liar.check_piece_chain(PieceIndex(1), h),
+            Err(PieceError::ChainMismatch {
+                index: PieceIndex(1)
+            })
+        );
+        // A short piece is a size error, not a chain error.
+        let mut h = m.piece_chain(PieceIndex(0)).unwrap();
+        h.update(&piece(0)[1..]);
+        assert!(matches!(
+            m.check_piece_chain(PieceIndex(0), h),
+            Err(PieceError::WrongSize { .. })
+        ));
+    }
+
+    #[test]
+    fn chains_that_do_not_fit_are_rejected_and_version_1_still_decodes() {
+        let data = vec![3u8; 600 * 1024];
+        let m = Metainfo::from_bytes(&data, &table()).unwrap();
+        let bare = || Metainfo::new(*m.digest(), m.length(), m.piece_length(), m.pieces.clone());
+        assert!(matches!(
+            bare().unwrap().with_chain(vec![ChainState([0; 32])]),
+            Err(MetainfoError::ChainMismatch { actual: 1, .. })
+        ));
+        // Pieces that split sha256 blocks carry no chain.
+        let odd = PieceLengthTable::uniform(16 * 1024 + 1);
+        let o = Metainfo::from_bytes(&data, &odd).unwrap();
+        assert!(!o.has_chain() && o.piece_chain(PieceIndex(0)).is_none());
+        // A version 1 encoding decodes, without a chain.
+        let v1 = MetainfoWireV1 {
+            version: 1,
+            digest: m.digest,
+            length: m.length,
+            piece_length: m.piece_length,
+            pieces: m.pieces.clone(),
+        };
+        let old = Metainfo::decode(&postcard::to_allocvec(&v1).unwrap()).unwrap();
+        assert_eq!(old, bare().unwrap());
+        assert!(!old.has_chain());
+        // A chain of the wrong length in a version 2 encoding is refused.
+        let mut wire = MetainfoWire::from(m.clone());
+        wire.chain.pop();
+        assert!(matches!(
+            Metainfo::decode(&postcard::to_allocvec(&wire).unwrap()),
+            Err(MetainfoError::ChainMismatch { .. })
+        ));
+        // A single piece needs no states: its sha256 is the digest.
+        let one = Metainfo::from_bytes(b"hello", &table()).unwrap();
+        assert!(one.has_chain());
+        let mut h = one.piece_chain(PieceIndex(0)).unwrap();
+        h.update(b"hello");
+        one.check_piece_chain(PieceIndex(0), h).unwrap();
     }
 
     proptest! {

@@ -298,6 +298,55 @@ fn lying_metainfo_is_caught_at_commit() {
 }
 
 #[test]
+fn lying_metainfo_with_a_chain_is_caught_at_the_first_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(config(dir.path())).unwrap();
+    let blob = data(200_000, 8);
+    let other = data(200_000, 9);
+    let honest = Metainfo::from_bytes(&blob, &small_pieces()).unwrap();
+    let named = Metainfo::from_bytes(&other, &small_pieces()).unwrap();
+    assert!(honest.has_chain() && named.has_chain());
+    // `blob`'s piece hashes under the digest (and with the chaining states) of `other`.
+    let liar = Metainfo::new(
+        *named.digest(),
+        honest.length(),
+        honest.piece_length(),
+        honest.piece_hashes().to_vec(),
+    )
+    .unwrap()
+    .with_chain(named.chain().to_vec())
+    .unwrap();
+    assert_eq!(liar.piece_hashes(), honest.piece_hashes());
+    assert_eq!(liar.digest(), named.digest());
+
+    let mut p = cas.start_partial(&liar).unwrap();
+    // Streamed or whole, each piece matches its BLAKE3 hash and is refused for the chain.
+    let mut w = p.piece_writer(PieceIndex(1)).unwrap();
+    w.write(&blob[65536..131072]).unwrap();
+    let err = w.finish().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CasError::Piece(kraken_storage::PieceError::ChainMismatch { .. })
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        p.write_piece(PieceIndex(0), &blob[..65536]),
+        Err(CasError::Piece(
+            kraken_storage::PieceError::ChainMismatch { .. }
+        ))
+    ));
+    assert_eq!(p.bitfield().count_ones(), 0);
+    drop(p);
+    assert!(
+        cas.info(liar.digest())
+            .unwrap()
+            .is_none_or(|i| i.state != BlobState::Complete)
+    );
+}
+
+#[test]
 fn different_metainfo_for_same_digest_restarts_the_download() {
     let dir = tempfile::tempdir().unwrap();
     let cas = Cas::open(config(dir.path())).unwrap();

@@ -407,12 +407,17 @@ enum PieceFault {
     Peer,
     /// The stream or the disk failed; not the peer's fault.
     Other,
+    /// The piece matched the metainfo's BLAKE3 hash but not the sha256 chain of the
+    /// blob's digest: the metainfo does not describe this blob, and no peer can help.
+    Metainfo(PieceError),
 }
 
 impl PieceFault {
-    /// A piece error (wrong size, wrong hash) is the peer's doing; anything else is ours.
+    /// A piece error (wrong size, wrong hash) is the peer's doing, except a broken sha256
+    /// chain, which is the metainfo's; anything else is ours.
     fn of(e: CasError) -> Self {
         match e {
+            CasError::Piece(e @ PieceError::ChainMismatch { .. }) => PieceFault::Metainfo(e),
             CasError::Piece(_) => PieceFault::Peer,
             _ => PieceFault::Other,
         }
@@ -1040,6 +1045,13 @@ impl<T: Tracker> BlobTask<T> {
                             .handle_piece_received(now, peer, index, PieceOutcome::Corrupt);
                     }
                     Err(PieceFault::Other) => {}
+                    Err(PieceFault::Metainfo(e)) => {
+                        // What committing would have found at the end: give up now.
+                        return Err(format!(
+                            "the metainfo does not describe {}: {e}",
+                            self.digest
+                        ));
+                    }
                 }
             }
             Input::PieceSent { peer, index, ok } => {

@@ -115,12 +115,24 @@ fn node_with(
     tracker: &SharedTracker,
     config: ExchangeConfig,
 ) -> Node {
+    node_verifying(cluster, name, kind, tracker, config, true)
+}
+
+fn node_verifying(
+    cluster: &Cluster,
+    name: &str,
+    kind: PeerKind,
+    tracker: &SharedTracker,
+    config: ExchangeConfig,
+    verify_digest: bool,
+) -> Node {
     let (endpoint, identity) = endpoint(cluster, name);
     let addr: SocketAddr = endpoint.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // 256 KiB pieces: enough pieces per blob for the swarm to matter at test sizes.
     let cas = Cas::open(CasConfig {
         piece_lengths: PieceLengthTable::uniform(256 * 1024),
+        verify_digest_on_commit: verify_digest,
         ..CasConfig::at(dir.path())
     })
     .unwrap();
@@ -270,6 +282,60 @@ async fn a_peer_serving_corrupt_pieces_is_caught_and_the_download_completes() {
         .get(&rotten.info.id)
         .map_or(0, |s| s.downloaded);
     assert_eq!(from_rotten, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metainfo_that_lies_about_its_digest_fails_the_download_at_once() {
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    // An origin that trusts whatever metainfo it is given holds `data` under the digest
+    // (and sha256 chain) of `other`, with `data`'s piece hashes: every piece it serves
+    // matches the metainfo's BLAKE3 hashes.
+    let rogue = node_verifying(
+        &cluster,
+        "rogue",
+        PeerKind::Origin,
+        &tracker,
+        ExchangeConfig {
+            swarm: swarm_config(),
+            ..ExchangeConfig::default()
+        },
+        false,
+    );
+    let data = pattern(4 << 20, 11);
+    let other = pattern(4 << 20, 12);
+    let table = PieceLengthTable::uniform(256 * 1024);
+    let honest = Metainfo::from_bytes(&data, &table).unwrap();
+    let named = Metainfo::from_bytes(&other, &table).unwrap();
+    let liar = Metainfo::new(
+        *named.digest(),
+        honest.length(),
+        honest.piece_length(),
+        honest.piece_hashes().to_vec(),
+    )
+    .unwrap()
+    .with_chain(named.chain().to_vec())
+    .unwrap();
+    let mut partial = rogue.ex.cas().start_partial(&liar).unwrap();
+    for i in 0..liar.piece_count() {
+        let r = liar.piece_range(PieceIndex(i)).unwrap();
+        partial
+            .write_piece(PieceIndex(i), &data[r.start as usize..r.end as usize])
+            .unwrap();
+    }
+    partial.commit().unwrap();
+    rogue.ex.seed(liar.digest()).unwrap();
+
+    let victim = node(&cluster, "victim", PeerKind::Agent, &tracker);
+    let err = within(30, "the download", victim.ex.download(liar.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("does not describe"),
+        "a clear error: {err}"
+    );
+    // Nothing stored as complete under the digest.
+    assert!(victim.ex.cas().reader(liar.digest()).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

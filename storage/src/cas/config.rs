@@ -39,9 +39,11 @@ pub struct CasConfig {
     /// A partial blob fsyncs its file and persists its bitfield after this many pieces
     /// (and always on completion); pieces after the last flush are re-fetched after a crash.
     pub flush_every_pieces: u32,
-    /// Recompute the sha256 of a partial blob assembled from verified pieces before
-    /// committing it. The pieces are already BLAKE3-checked against the origin's metainfo;
-    /// this is a second, independent check that costs one read of the blob.
+    /// Check a downloaded blob's sha256 against its digest, not only each piece's BLAKE3
+    /// hash against the origin's metainfo: an independent check that a metainfo describes
+    /// the blob its digest names. With sha256 chaining states in the metainfo each piece is
+    /// checked as it is stored (one sha256 pass in all, spread over the download, nothing
+    /// left at commit); without them the whole blob is re-read and hashed at commit.
     pub verify_digest_on_commit: bool,
 }
 

@@ -1,7 +1,8 @@
 //! Verified ingest of a whole blob from a byte stream.
 //!
 //! One pass over the bytes on two cores: the calling thread reads the source and computes
-//! sha256; a scoped worker thread computes the BLAKE3 piece hashes and writes the temp file.
+//! sha256 (recording its chaining state at every piece boundary for the metainfo, see
+//! [`crate::chain`]); a scoped worker thread computes the BLAKE3 piece hashes and writes the temp file.
 //! Chunks travel between them in a small pool of reused buffers, so nothing is copied
 //! twice and memory stays at `BUFFERS × CHUNK` whatever the blob size. A third thread
 //! flushes written data to disk every `SYNC_EVERY` bytes, so the final fsync is short. The blob becomes
@@ -19,7 +20,8 @@ use std::time::SystemTime;
 
 use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
 use super::{BlobInfo, Cas, CasError, sync_dir};
-use crate::digest::Digest;
+use crate::chain::{ChainRecorder, ChainState};
+use crate::digest::{Digest, DigestHasher};
 use crate::metainfo::{Metainfo, PieceHasher};
 
 const CHUNK: usize = 1 << 20;
@@ -92,7 +94,7 @@ impl Cas {
                 capacity: inner.config.capacity_bytes,
             },
         };
-        let (actual, total, hasher) =
+        let (actual, total, hasher, chain) =
             hash_and_write(&mut source, &tmp, *expected, limit, piece_length)?;
         if let Some(expected_len) = length
             && total != expected_len
@@ -110,7 +112,7 @@ impl Cas {
             });
         }
         let metainfo = match hasher {
-            Some(h) => h.finish(*expected)?,
+            Some(h) => h.finish(*expected)?.with_chain(chain)?,
             None => hash_pieces_from_file(
                 &tmp.file,
                 &tmp.path,
@@ -224,6 +226,43 @@ enum Limit {
     Quota { max: u64, capacity: u64 },
 }
 
+/// sha256 of the whole stream, with the chaining states at piece boundaries when the piece
+/// length is known and a whole number of blocks.
+enum Sha256Pass {
+    Chain(ChainRecorder),
+    Plain(DigestHasher),
+}
+
+impl Sha256Pass {
+    fn new(expected: &Digest, piece_length: Option<u32>) -> Self {
+        match piece_length.and_then(ChainRecorder::new) {
+            Some(r) if matches!(expected, Digest::Sha256(_)) => Sha256Pass::Chain(r),
+            _ => Sha256Pass::Plain(expected.hasher()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Sha256Pass::Chain(r) => r.update(bytes),
+            Sha256Pass::Plain(h) => h.update(bytes),
+        }
+    }
+
+    fn finish(self) -> (Digest, Vec<ChainState>) {
+        match self {
+            Sha256Pass::Chain(r) => {
+                let (sha256, chain) = r.finish();
+                (Digest::Sha256(sha256), chain)
+            }
+            Sha256Pass::Plain(h) => (h.finish(), Vec::new()),
+        }
+    }
+}
+
+/// What one pass over an ingest's bytes computed: the digest, the length, the BLAKE3
+/// piece hashes (when the piece length was known) and the chaining states.
+type Pass = (Digest, u64, Option<PieceHasher>, Vec<ChainState>);
+
 /// Reads `source` to the end: sha256 here, BLAKE3 pieces and the file write on a worker.
 fn hash_and_write(
     source: &mut impl Read,
@@ -231,7 +270,7 @@ fn hash_and_write(
     expected: Digest,
     limit: Limit,
     piece_length: Option<u32>,
-) -> Result<(Digest, u64, Option<PieceHasher>), CasError> {
+) -> Result<Pass, CasError> {
     let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
     for _ in 0..BUFFERS {
@@ -269,7 +308,7 @@ fn hash_and_write(
             Ok(hasher)
         });
 
-        let mut sha = expected.hasher();
+        let mut sha = Sha256Pass::new(&expected, piece_length);
         let mut total = 0u64;
         let read_result = loop {
             // Fails only when the worker has stopped; its own error is reported below.
@@ -320,7 +359,8 @@ fn hash_and_write(
         // A write failure explains a short read loop, so it takes precedence.
         let hasher = written?;
         read_result?;
-        Ok((sha.finish(), total, hasher))
+        let (digest, chain) = sha.finish();
+        Ok((digest, total, hasher, chain))
     })
 }
 
@@ -342,7 +382,8 @@ fn fill(source: &mut impl Read, buf: &mut [u8], total: &mut u64) -> io::Result<u
     Ok(filled)
 }
 
-/// Second pass for ingests whose length was unknown up front.
+/// Second pass for ingests whose length was unknown up front (the chaining states need the
+/// piece length, so sha256 runs again too; every production ingest knows its length).
 fn hash_pieces_from_file(
     file: &File,
     path: &Path,
@@ -351,6 +392,8 @@ fn hash_pieces_from_file(
     piece_length: u32,
 ) -> Result<Metainfo, CasError> {
     let mut hasher = PieceHasher::new(piece_length);
+    let mut chain =
+        ChainRecorder::new(piece_length).filter(|_| matches!(digest, Digest::Sha256(_)));
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0;
     while offset < length {
@@ -358,9 +401,25 @@ fn hash_pieces_from_file(
         file.read_exact_at(&mut buf[..want], offset)
             .map_err(CasError::io("read back", path))?;
         hasher.update(&buf[..want]);
+        if let Some(c) = chain.as_mut() {
+            c.update(&buf[..want]);
+        }
         offset += want as u64;
     }
-    Ok(hasher.finish(digest)?)
+    let metainfo = hasher.finish(digest)?;
+    let Some(chain) = chain else {
+        return Ok(metainfo);
+    };
+    // The file was checked against the digest in the first pass; a different sha256 now
+    // means it changed under us.
+    let (sha256, states) = chain.finish();
+    if Digest::Sha256(sha256) != digest {
+        return Err(CasError::DigestMismatch {
+            expected: digest,
+            actual: Digest::Sha256(sha256),
+        });
+    }
+    Ok(metainfo.with_chain(states)?)
 }
 
 /// A temp file in `tmp/`, deleted on drop unless it was renamed into place.

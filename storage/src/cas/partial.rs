@@ -3,8 +3,10 @@
 //! A partial blob is a sparse file of the final size under `partial/`, a metainfo and a
 //! bitfield in redb. Each piece is BLAKE3-verified before it touches the file; a bad piece
 //! is never written. The bitfield is persisted every `flush_every_pieces` pieces, after an
-//! fsync of the file, so it never claims bytes that a crash could lose. On completion the
-//! file is (optionally) re-checked against the sha256 digest and renamed into `blobs/`.
+//! fsync of the file, so it never claims bytes that a crash could lose. The sha256 digest
+//! is verified too (unless `verify_digest_on_commit` is off): piece by piece as pieces are
+//! stored when the metainfo carries sha256 chaining states ([`crate::chain`]), otherwise by
+//! re-hashing the whole file at commit. Then the file is renamed into `blobs/`.
 //!
 //! One writer per blob at a time: a second [`Cas::start_partial`] for the same digest gets
 //! `CasError::Busy` until the first [`PartialBlob`] is dropped.
@@ -20,6 +22,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
 use super::{BlobInfo, Cas, CasError, sync_dir};
 use crate::bitfield::{Bitfield, PieceIndex};
+use crate::chain::ChainHasher;
 use crate::metainfo::{Metainfo, PieceError};
 
 /// A download in progress. Dropping it keeps the progress (flushed best-effort) for a
@@ -172,6 +175,7 @@ impl PartialBlob {
 
     /// Stores a piece whose BLAKE3 hash the caller already checked while receiving it
     /// (e.g. with [`crate::metainfo::Metainfo::check_piece_hash`] on a streaming hasher).
+    /// Its place in the digest's sha256 chain is checked here (see [`PartialBlob::commit`]).
     pub fn write_verified(&mut self, index: PieceIndex, bytes: &[u8]) -> Result<(), CasError> {
         let range = self.metainfo.checked_piece_range(index)?;
         if bytes.len() as u64 != range.end - range.start {
@@ -181,6 +185,10 @@ impl PartialBlob {
                 actual: bytes.len(),
             }
             .into());
+        }
+        if let Some(mut chain) = self.chain_from(index) {
+            chain.update(bytes);
+            self.metainfo.check_piece_chain(index, chain)?;
         }
         self.file
             .write_all_at(bytes, range.start)
@@ -209,7 +217,18 @@ impl PartialBlob {
             len: range.end - range.start,
             written: 0,
             hasher: blake3::Hasher::new(),
+            chain: self.chain_from(index),
         })
+    }
+
+    /// A sha256 hasher for piece `index`'s place in the digest's chain, when the digest is
+    /// to be verified and the metainfo makes that possible piece by piece.
+    fn chain_from(&self, index: PieceIndex) -> Option<ChainHasher> {
+        if self.cas.config().verify_digest_on_commit {
+            self.metainfo.piece_chain(index)
+        } else {
+            None
+        }
     }
 
     /// Records a piece that a [`PieceWriter`] wrote and verified. Returns false if the
@@ -287,7 +306,9 @@ impl PartialBlob {
         }
         self.flush()?;
         let inner = self.cas.inner();
-        if self.cas.config().verify_digest_on_commit {
+        // With chaining states every piece was checked against the digest as it was
+        // stored (`chain_from`): nothing is left to re-hash.
+        if self.cas.config().verify_digest_on_commit && !self.metainfo.has_chain() {
             let actual = self.rehash()?;
             if actual != digest {
                 // The pieces matched their BLAKE3 hashes, so the metainfo itself lied.
@@ -410,13 +431,22 @@ impl PieceSource {
         })
     }
 
-    /// Reads one piece (positioned read: safe to share across threads).
+    /// Reads one piece (positioned reads: safe to share across threads), straight into
+    /// fresh memory: zeroing a buffer first cost a seeder a memset of every byte it serves.
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
         let range = self.metainfo.checked_piece_range(index)?;
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        self.file
-            .read_exact_at(&mut buf, range.start)
-            .map_err(CasError::io("read piece from", &self.path))?;
+        let len = (range.end - range.start) as usize;
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = range.start + buf.len() as u64;
+            let read = rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at)
+                .map_err(|e| CasError::io("read piece from", &self.path)(e.into()))?;
+            if read == 0 {
+                return Err(CasError::io("read piece from", &self.path)(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+        }
         Ok(buf)
     }
 }
@@ -431,6 +461,8 @@ pub struct PieceWriter {
     len: u64,
     written: u64,
     hasher: blake3::Hasher,
+    /// The piece's place in the digest's sha256 chain, when checked.
+    chain: Option<ChainHasher>,
 }
 
 /// Proof that a piece's bytes are on disk and matched their hash.
@@ -464,6 +496,9 @@ impl PieceWriter {
             .into());
         }
         self.hasher.update(bytes);
+        if let Some(chain) = self.chain.as_mut() {
+            chain.update(bytes);
+        }
         self.file
             .write_all_at(bytes, self.start + self.written)
             .map_err(CasError::io("write piece to", &self.path))?;
@@ -483,6 +518,9 @@ impl PieceWriter {
         }
         let hash = crate::metainfo::PieceHash(*self.hasher.finalize().as_bytes());
         self.metainfo.check_piece_hash(self.index, &hash)?;
+        if let Some(chain) = self.chain {
+            self.metainfo.check_piece_chain(self.index, chain)?;
+        }
         Ok(VerifiedPiece { index: self.index })
     }
 }
