@@ -19,8 +19,9 @@
 //!   blob). The figure that matters; it also reports the process's peak RSS, an upper
 //!   bound for the leecher (the seeder shares the process).
 //! - `exchange-trusting`: the same with the leecher's `verify_digest_on_commit` off: every
-//!   piece is still BLAKE3-verified on arrival, but the whole blob is not re-hashed with
-//!   sha256 before the commit.
+//!   piece is still BLAKE3-verified on arrival, but the blob's sha256 is not checked.
+//! - `exchange-split`: `exchange` with the seeder in a child process (this binary again,
+//!   `--seeder-child`), so the peak RSS reported is the leecher's alone.
 //!
 //! Reports MB/s (10^6 bytes per second) from the first byte sent to the last byte received,
 //! and each mode's ratio to `raw` when both ran. `KRAKEN_BENCH_DIR` picks where the
@@ -48,6 +49,10 @@ const SOCKET_BUFFER: usize = 4 * MIB;
 const PIECES_IN_FLIGHT: usize = 8;
 
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(exchange_bench::SEEDER_CHILD) {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return exchange_bench::seeder_child(&args);
+    }
     let mut mib = 1024usize;
     let mut modes = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -55,7 +60,9 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--bench" => {}
             "--mib" => mib = args.next().context("--mib needs a value")?.parse()?,
-            "raw" | "endpoint" | "pieces" | "exchange" | "exchange-trusting" => modes.push(arg),
+            "raw" | "endpoint" | "pieces" | "exchange" | "exchange-trusting" | "exchange-split" => {
+                modes.push(arg)
+            }
             other => bail!(
                 "unknown argument {other:?} (expected --mib N, raw, endpoint, pieces, exchange)"
             ),
@@ -90,6 +97,7 @@ fn main() -> Result<()> {
                 "exchange-trusting" => {
                     exchange_bench::run(&sender, &receiver, &cluster, bytes, false).await?
                 }
+                "exchange-split" => exchange_bench::run_split(&ca, &receiver, bytes).await?,
                 _ => pieces(&sender, &receiver, &cluster, bytes).await?,
             };
             let rate = moved as f64 / secs / 1e6;
@@ -286,10 +294,11 @@ mod exchange_bench {
     use std::sync::{Arc, OnceLock};
     use std::time::{Duration, Instant};
 
-    use anyhow::Result;
-    use kraken_storage::Digest;
+    use anyhow::{Context, Result};
     use kraken_storage::cas::{Cas, CasConfig};
+    use kraken_storage::{Digest, Metainfo};
     use kraken_transport::exchange::{ExchangeConfig, Handout, PieceExchange, Tracker};
+    use kraken_transport::quic::tls::dev::DevCa;
     use kraken_transport::quic::{
         BiStream, ClusterCa, ConnectionPool, Endpoint, NodeIdentity, PoolConfig, QuicConfig,
         RpcConfig, RpcStream, Service, StreamOutcome, codes, serve,
@@ -420,6 +429,141 @@ mod exchange_bench {
             hasher.update(&buf[..n]);
         }
         hasher.finish()
+    }
+
+    /// The first argument that makes this binary a seeder for `exchange-split`.
+    pub(super) const SEEDER_CHILD: &str = "--seeder-child";
+
+    /// `--seeder-child <ca dir> <bytes>`: ingests the pattern blob, seeds it, writes its
+    /// metainfo to `<ca dir>/bench-metainfo`, prints `ready <addr>` and serves until its
+    /// standard input closes.
+    pub(super) fn seeder_child(args: &[String]) -> Result<()> {
+        use std::io::Write;
+        let [ca_dir, bytes] = args else {
+            anyhow::bail!("usage: {SEEDER_CHILD} <ca dir> <bytes>");
+        };
+        let ca_dir = std::path::Path::new(ca_dir);
+        let len: u64 = bytes.parse()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let ca = DevCa::load(ca_dir)?;
+            let identity = DevCa::load_node_cert(ca_dir, "bench-seeder")?;
+            let base =
+                std::env::var_os("KRAKEN_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+            let store = tempfile::tempdir_in(&base)?;
+            let tracker = FixedTracker(Arc::new(OnceLock::new()));
+            let seeder = node(
+                &identity,
+                &ca.cluster_ca(),
+                PeerKind::Origin,
+                tracker.clone(),
+                store.path(),
+                true,
+            )?;
+            let cas = seeder.cas().clone();
+            let digest = digest_of(len);
+            let ingested = tokio::task::spawn_blocking(move || {
+                cas.ingest(
+                    &digest,
+                    Some(len),
+                    Pattern {
+                        left: len,
+                        state: 7,
+                    },
+                )
+            })
+            .await??;
+            seeder.seed(&digest)?;
+            std::fs::write(ca_dir.join("bench-metainfo"), ingested.metainfo.encode())?;
+            let addr = tracker
+                .0
+                .get()
+                .context("the seeder registered itself")?
+                .addr;
+            let mut out = std::io::stdout();
+            writeln!(out, "ready {addr}")?;
+            out.flush()?;
+            // Serve until the parent closes our input (or dies).
+            tokio::task::spawn_blocking(|| {
+                let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+            })
+            .await?;
+            seeder.close();
+            anyhow::Ok(())
+        })
+    }
+
+    /// `exchange` with the seeder in a child process: the peak RSS is the leecher's.
+    pub(super) async fn run_split(
+        ca: &DevCa,
+        receiver: &NodeIdentity,
+        bytes: usize,
+    ) -> Result<(f64, usize)> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let seeder_id = match DevCa::load_node_cert(ca.dir(), "bench-seeder") {
+            Ok(id) => id,
+            Err(_) => ca.write_node_cert("bench-seeder")?,
+        };
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                SEEDER_CHILD,
+                &ca.dir().display().to_string(),
+                &bytes.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
+        })
+        .await??;
+        let addr: SocketAddr = line
+            .trim()
+            .strip_prefix("ready ")
+            .with_context(|| format!("the seeder child said {line:?}"))?
+            .parse()?;
+        let metainfo = Metainfo::decode(&std::fs::read(ca.dir().join("bench-metainfo"))?)?;
+
+        let base = std::env::var_os("KRAKEN_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+        let store = tempfile::tempdir_in(&base)?;
+        let tracker = FixedTracker(Arc::new(OnceLock::new()));
+        let _ = tracker.0.set(PeerInfo {
+            id: seeder_id.peer_id,
+            addr,
+            kind: PeerKind::Origin,
+            complete: true,
+        });
+        let leecher = node(
+            receiver,
+            &ca.cluster_ca(),
+            PeerKind::Agent,
+            tracker,
+            store.path(),
+            true,
+        )?;
+        let before = peak_rss_mib();
+        let t = Instant::now();
+        let report = leecher.download(metainfo).await;
+        let secs = t.elapsed().as_secs_f64();
+        // Closing its input ends the child.
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let report = report?;
+        println!(
+            "exchange-split: peak RSS of the leecher's process {} MiB (before the download: {} MiB); \
+             from origin {} bytes",
+            peak_rss_mib().unwrap_or(0),
+            before.unwrap_or(0),
+            report.stats.bytes_from_origins,
+        );
+        Ok((secs, bytes))
     }
 
     fn peak_rss_mib() -> Option<u64> {
