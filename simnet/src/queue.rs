@@ -16,7 +16,7 @@
 use crate::net::Nanos;
 
 /// A queued key: when, and the tie-breaking sequence number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     /// Time of the event.
     pub at: Nanos,

@@ -683,6 +683,8 @@ impl Simulation {
                 corrupt,
             } => {
                 let size = u64::from(size);
+                // A dead host has no sessions (`kill` takes them), so this also drops
+                // pieces arriving at the dead.
                 if !self.sessions.contains(to, from) {
                     self.counters.lost_bytes += size;
                     return;

@@ -10,11 +10,12 @@
 //! a receiver then checks the blob's digest piece by piece as pieces arrive, instead of
 //! re-hashing the whole blob after the last one.
 //!
-//! Encoding: postcard of a versioned struct (`version = 2`; version 1, without chaining
-//! states, still decodes), at most
-//! [`MAX_ENCODED_LEN`] bytes. Decoding checks everything a malicious peer could get wrong
-//! (version, piece length bounds, piece count against the length, trailing bytes) and never
-//! panics. [`Metainfo::id`] is the BLAKE3 hash of the encoding, so two nodes can tell in
+//! Encoding: postcard of a versioned struct, at most [`MAX_ENCODED_LEN`] bytes: version 2
+//! with chaining states, version 1 (what nodes before them speak) without, so a metainfo
+//! without states keeps its encoding and its id across the upgrade. Decoding checks
+//! everything a malicious peer could get wrong (version, piece length bounds, piece count
+//! against the length, the number of chaining states and the pieces' block alignment,
+//! trailing bytes) and never panics. [`Metainfo::id`] is the BLAKE3 hash of the encoding, so two nodes can tell in
 //! 32 bytes whether they hold the same metainfo.
 
 use std::fmt;
@@ -170,7 +171,8 @@ pub enum PieceError {
         index: PieceIndex,
     },
     /// The bytes match the piece's BLAKE3 hash but do not continue the blob's sha256 chain:
-    /// the metainfo does not describe the blob its digest names. Not the sender's fault.
+    /// the metainfo is inconsistent (its hashes or its chaining states do not describe the
+    /// blob its digest names). Not the sender's fault.
     #[error("{index} matches its BLAKE3 hash but not the sha256 chain of the blob's digest")]
     ChainMismatch {
         /// Piece.
@@ -187,8 +189,9 @@ pub enum PieceError {
 /// 100 Mbit/s links took 1.99 × the lower bound in 4 MiB pieces, 1.37 × in 1 MiB and
 /// 1.20 × in 256 KiB; see the README's benchmarks). Blobs of 1 GiB and more use 4 MiB
 /// pieces: few enough hashes and requests, large enough to keep QUIC streams busy; from
-/// 8 GiB, 16 MiB pieces keep the metainfo (65 bytes a piece) within one 256 KiB RPC frame
-/// up to 64 GiB.
+/// 8 GiB, 16 MiB pieces keep the metainfo (64 bytes a piece: a hash and a chaining state)
+/// within one 256 KiB RPC frame up to just under 64 GiB. A seeder holds one piece in memory
+/// per upload slot, so those pieces cost up to 8 × 16 MiB per blob being served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceLengthTable {
     /// `(min_blob_size, piece_length)` pairs, ascending by size, the first at size 0.
@@ -274,9 +277,8 @@ impl PieceLengthTable {
     }
 }
 
-/// Length, piece length and per-piece BLAKE3 hashes of one blob.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "MetainfoWire", into = "MetainfoWire")]
+/// Length, piece length, per-piece BLAKE3 hashes and sha256 chaining states of one blob.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Metainfo {
     digest: Digest,
     length: u64,
@@ -367,9 +369,7 @@ impl Metainfo {
     /// [`ChainRecorder`] records them); empty means none. Rejects a count that does not
     /// fit the pieces, and states for pieces that are not whole sha256 blocks.
     pub fn with_chain(mut self, chain: Vec<ChainState>) -> Result<Self, MetainfoError> {
-        let fits = chain.len() == self.pieces.len().saturating_sub(1)
-            && u64::from(self.piece_length).is_multiple_of(chain::BLOCK)
-            && matches!(self.digest, Digest::Sha256(_));
+        let fits = chain.len() == self.pieces.len().saturating_sub(1) && self.chain_capable();
         if !chain.is_empty() && !fits {
             return Err(MetainfoError::ChainMismatch {
                 pieces: self.piece_count(),
@@ -410,10 +410,11 @@ impl Metainfo {
         !self.chain.is_empty() || (self.pieces.len() == 1 && self.chain_capable())
     }
 
-    /// Whether this layout admits chaining states at all.
+    /// Whether this layout admits chaining states at all: sha256 pieces of whole blocks.
     fn chain_capable(&self) -> bool {
-        u64::from(self.piece_length).is_multiple_of(chain::BLOCK)
-            && matches!(self.digest, Digest::Sha256(_))
+        match self.digest {
+            Digest::Sha256(_) => u64::from(self.piece_length).is_multiple_of(chain::BLOCK),
+        }
     }
 
     /// A sha256 hasher positioned at the start of piece `index`, to be fed its bytes and
@@ -432,13 +433,16 @@ impl Metainfo {
 
     /// Checks that piece `index`, fed whole to `hasher` (from [`Metainfo::piece_chain`]),
     /// continues the blob's sha256 chain: it ends at the next piece's recorded state, or,
-    /// for the last piece, at the digest.
+    /// for the last piece, at the digest. Without chaining states nothing can pass.
     pub fn check_piece_chain(
         &self,
         index: PieceIndex,
         hasher: ChainHasher,
     ) -> Result<(), PieceError> {
         let range = self.checked_piece_range(index)?;
+        if !self.has_chain() {
+            return Err(PieceError::ChainMismatch { index });
+        }
         if hasher.offset() != range.end {
             return Err(PieceError::WrongSize {
                 index,
@@ -546,6 +550,16 @@ impl Metainfo {
     /// The compact binary encoding.
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain data into a Vec cannot fail.
+        if self.chain.is_empty() {
+            let v1 = MetainfoWireV1 {
+                version: METAINFO_VERSION_1,
+                digest: self.digest,
+                length: self.length,
+                piece_length: self.piece_length,
+                pieces: self.pieces.clone(),
+            };
+            return postcard::to_allocvec(&v1).unwrap_or_default();
+        }
         postcard::to_allocvec(&MetainfoWire::from(self.clone())).unwrap_or_default()
     }
 
@@ -865,6 +879,17 @@ mod tests {
             Metainfo::decode(&postcard::to_allocvec(&wire).unwrap()),
             Err(MetainfoError::ChainMismatch { .. })
         ));
+        // Without states the encoding stays version 1 (nodes before the chain read it, and
+        // the id does not change); with them it is version 2.
+        assert_eq!(bare().unwrap().encode()[0], 1);
+        assert_eq!(bare().unwrap().id(), old.id());
+        assert_eq!(m.encode()[0], 2);
+        assert!(
+            bare()
+                .unwrap()
+                .check_piece_chain(PieceIndex(0), ChainHasher::new())
+                .is_err()
+        );
         // A single piece needs no states: its sha256 is the digest.
         let one = Metainfo::from_bytes(b"hello", &table()).unwrap();
         assert!(one.has_chain());

@@ -297,16 +297,11 @@ fn lying_metainfo_is_caught_at_commit() {
     assert!(cas.info(liar.digest()).unwrap().is_none());
 }
 
-#[test]
-fn lying_metainfo_with_a_chain_is_caught_at_the_first_piece() {
-    let dir = tempfile::tempdir().unwrap();
-    let cas = Cas::open(config(dir.path())).unwrap();
-    let blob = data(200_000, 8);
-    let other = data(200_000, 9);
-    let honest = Metainfo::from_bytes(&blob, &small_pieces()).unwrap();
-    let named = Metainfo::from_bytes(&other, &small_pieces()).unwrap();
-    assert!(honest.has_chain() && named.has_chain());
-    // `blob`'s piece hashes under the digest (and with the chaining states) of `other`.
+/// The honest metainfo of `blob`, and one with `blob`'s piece hashes under the digest (and
+/// with the sha256 chaining states) of other bytes of the same length.
+fn lying_metainfo(blob: &[u8]) -> (Metainfo, Metainfo) {
+    let honest = Metainfo::from_bytes(blob, &small_pieces()).unwrap();
+    let named = Metainfo::from_bytes(&data(blob.len(), 9), &small_pieces()).unwrap();
     let liar = Metainfo::new(
         *named.digest(),
         honest.length(),
@@ -316,8 +311,18 @@ fn lying_metainfo_with_a_chain_is_caught_at_the_first_piece() {
     .unwrap()
     .with_chain(named.chain().to_vec())
     .unwrap();
+    (honest, liar)
+}
+
+#[test]
+fn lying_metainfo_with_a_chain_is_caught_at_the_first_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(config(dir.path())).unwrap();
+    let blob = data(200_000, 8);
+    let (honest, liar) = lying_metainfo(&blob);
+    assert!(honest.has_chain() && liar.has_chain());
     assert_eq!(liar.piece_hashes(), honest.piece_hashes());
-    assert_eq!(liar.digest(), named.digest());
+    assert_ne!(liar.digest(), honest.digest());
 
     let mut p = cas.start_partial(&liar).unwrap();
     // Streamed or whole, each piece matches its BLAKE3 hash and is refused for the chain.
@@ -343,6 +348,50 @@ fn lying_metainfo_with_a_chain_is_caught_at_the_first_piece() {
         cas.info(liar.digest())
             .unwrap()
             .is_none_or(|i| i.state != BlobState::Complete)
+    );
+}
+
+#[test]
+fn pieces_resumed_unchecked_are_checked_against_the_chain_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = data(200_000, 8);
+    let (honest, liar) = lying_metainfo(&blob);
+    let unchecked = CasConfig {
+        verify_digest_on_commit: false,
+        ..config(dir.path())
+    };
+    let write_all = |cas: &Cas, meta: &Metainfo, bytes: &[u8]| {
+        let mut p = cas.start_partial(meta).unwrap();
+        for i in 0..meta.piece_count() {
+            let r = meta.piece_range(PieceIndex(i)).unwrap();
+            p.write_piece(PieceIndex(i), &bytes[r.start as usize..r.end as usize])
+                .unwrap();
+        }
+        p.flush().unwrap();
+    };
+    // Stored while the check was off, then resumed (a restart) with it on: the liar's
+    // pieces were never chain-checked, so commit reads them back and refuses them.
+    write_all(&Cas::open(unchecked.clone()).unwrap(), &liar, &blob);
+    let cas = Cas::open(config(dir.path())).unwrap();
+    let p = cas.start_partial(&liar).unwrap();
+    assert!(p.is_complete(), "resumed");
+    assert!(matches!(
+        p.commit(),
+        Err(CasError::Piece(
+            kraken_storage::PieceError::ChainMismatch { .. }
+        ))
+    ));
+    assert!(cas.reader(liar.digest()).is_err());
+    drop(cas);
+    // The same with honest pieces commits: each is read back and passes.
+    write_all(&Cas::open(unchecked).unwrap(), &honest, &blob);
+    let cas = Cas::open(config(dir.path())).unwrap();
+    let p = cas.start_partial(&honest).unwrap();
+    assert!(p.is_complete(), "resumed");
+    p.commit().unwrap();
+    assert_eq!(
+        cas.reader(honest.digest()).unwrap().read_all().unwrap(),
+        blob
     );
 }
 

@@ -64,7 +64,8 @@ fn main() -> Result<()> {
                 modes.push(arg)
             }
             other => bail!(
-                "unknown argument {other:?} (expected --mib N, raw, endpoint, pieces, exchange)"
+                "unknown argument {other:?} (expected --mib N, raw, endpoint, pieces, exchange, \
+                 exchange-trusting, exchange-split)"
             ),
         }
     }
@@ -554,7 +555,7 @@ mod exchange_bench {
         let secs = t.elapsed().as_secs_f64();
         // Closing its input ends the child.
         drop(child.stdin.take());
-        let _ = child.wait();
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
         let report = report?;
         println!(
             "exchange-split: peak RSS of the leecher's process {} MiB (before the download: {} MiB); \

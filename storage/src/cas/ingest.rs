@@ -1,7 +1,7 @@
 //! Verified ingest of a whole blob from a byte stream.
 //!
 //! One pass over the bytes on two cores: the calling thread reads the source and computes
-//! sha256 (recording its chaining state at every piece boundary for the metainfo, see
+//! sha256, recording its chaining state at every piece boundary for the metainfo (see
 //! [`crate::chain`]); a scoped worker thread computes the BLAKE3 piece hashes and writes the temp file.
 //! Chunks travel between them in a small pool of reused buffers, so nothing is copied
 //! twice and memory stays at `BUFFERS × CHUNK` whatever the blob size. A third thread
@@ -94,8 +94,12 @@ impl Cas {
                 capacity: inner.config.capacity_bytes,
             },
         };
-        let (actual, total, hasher, chain) =
-            hash_and_write(&mut source, &tmp, *expected, limit, piece_length)?;
+        let Pass {
+            digest: actual,
+            length: total,
+            pieces: hasher,
+            chain,
+        } = hash_and_write(&mut source, &tmp, *expected, limit, piece_length)?;
         if let Some(expected_len) = length
             && total != expected_len
         {
@@ -235,9 +239,12 @@ enum Sha256Pass {
 
 impl Sha256Pass {
     fn new(expected: &Digest, piece_length: Option<u32>) -> Self {
-        match piece_length.and_then(ChainRecorder::new) {
-            Some(r) if matches!(expected, Digest::Sha256(_)) => Sha256Pass::Chain(r),
-            _ => Sha256Pass::Plain(expected.hasher()),
+        let chain = match expected {
+            Digest::Sha256(_) => piece_length.and_then(ChainRecorder::new),
+        };
+        match chain {
+            Some(r) => Sha256Pass::Chain(r),
+            None => Sha256Pass::Plain(expected.hasher()),
         }
     }
 
@@ -259,9 +266,14 @@ impl Sha256Pass {
     }
 }
 
-/// What one pass over an ingest's bytes computed: the digest, the length, the BLAKE3
-/// piece hashes (when the piece length was known) and the chaining states.
-type Pass = (Digest, u64, Option<PieceHasher>, Vec<ChainState>);
+/// What one pass over an ingest's bytes computed.
+struct Pass {
+    digest: Digest,
+    length: u64,
+    /// The BLAKE3 piece hashes, when the piece length was known.
+    pieces: Option<PieceHasher>,
+    chain: Vec<ChainState>,
+}
 
 /// Reads `source` to the end: sha256 here, BLAKE3 pieces and the file write on a worker.
 fn hash_and_write(
@@ -360,7 +372,12 @@ fn hash_and_write(
         let hasher = written?;
         read_result?;
         let (digest, chain) = sha.finish();
-        Ok((digest, total, hasher, chain))
+        Ok(Pass {
+            digest,
+            length: total,
+            pieces: hasher,
+            chain,
+        })
     })
 }
 
@@ -392,8 +409,9 @@ fn hash_pieces_from_file(
     piece_length: u32,
 ) -> Result<Metainfo, CasError> {
     let mut hasher = PieceHasher::new(piece_length);
-    let mut chain =
-        ChainRecorder::new(piece_length).filter(|_| matches!(digest, Digest::Sha256(_)));
+    let mut chain = match digest {
+        Digest::Sha256(_) => ChainRecorder::new(piece_length),
+    };
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0;
     while offset < length {

@@ -31,6 +31,10 @@ pub struct PartialBlob {
     cas: Cas,
     metainfo: Arc<Metainfo>,
     bitfield: Bitfield,
+    /// Pieces checked against the digest's sha256 chain by this handle. Pieces resumed
+    /// from before a restart (or stored with the check off) are not in it, and commit
+    /// checks them by reading them back.
+    chained: Bitfield,
     file: File,
     path: PathBuf,
     unflushed: u32,
@@ -139,6 +143,7 @@ impl PartialBlob {
         PartialBlob {
             cas: cas.clone(),
             metainfo: Arc::new(metainfo.clone()),
+            chained: Bitfield::new(bitfield.len()),
             bitfield,
             file,
             path,
@@ -186,13 +191,18 @@ impl PartialBlob {
             }
             .into());
         }
-        if let Some(mut chain) = self.chain_from(index) {
+        let chain = self.chain_from(index);
+        let chained = chain.is_some();
+        if let Some(mut chain) = chain {
             chain.update(bytes);
             self.metainfo.check_piece_chain(index, chain)?;
         }
         self.file
             .write_all_at(bytes, range.start)
             .map_err(CasError::io("write piece to", &self.path))?;
+        if chained {
+            self.chained.set(index);
+        }
         self.mark(index)?;
         Ok(())
     }
@@ -234,6 +244,9 @@ impl PartialBlob {
     /// Records a piece that a [`PieceWriter`] wrote and verified. Returns false if the
     /// piece was already present.
     pub fn mark_stored(&mut self, piece: VerifiedPiece) -> Result<bool, CasError> {
+        if piece.chained {
+            self.chained.set(piece.index);
+        }
         self.mark(piece.index)
     }
 
@@ -306,19 +319,28 @@ impl PartialBlob {
         }
         self.flush()?;
         let inner = self.cas.inner();
-        // With chaining states every piece was checked against the digest as it was
-        // stored (`chain_from`): nothing is left to re-hash.
-        if self.cas.config().verify_digest_on_commit && !self.metainfo.has_chain() {
-            let actual = self.rehash()?;
-            if actual != digest {
+        if self.cas.config().verify_digest_on_commit {
+            // With chaining states the pieces stored through this handle were checked as
+            // they came (`chain_from`); only the others are read back. Without them, the
+            // whole blob is re-hashed.
+            let checked = if self.metainfo.has_chain() {
+                self.check_unchained_pieces()
+            } else {
+                self.rehash().and_then(|actual| match actual == digest {
+                    true => Ok(()),
+                    false => Err(CasError::DigestMismatch {
+                        expected: digest,
+                        actual,
+                    }),
+                })
+            };
+            if let Err(e @ (CasError::DigestMismatch { .. } | CasError::Piece(_))) = checked {
                 // The pieces matched their BLAKE3 hashes, so the metainfo itself lied.
                 self.finished = true;
                 self.discard()?;
-                return Err(CasError::DigestMismatch {
-                    expected: digest,
-                    actual,
-                });
+                return Err(e);
             }
+            checked?;
         }
         let target = inner.blob_path(&digest);
         let shard = target.parent().unwrap_or(&inner.blobs_dir).to_path_buf();
@@ -373,6 +395,28 @@ impl PartialBlob {
         let mut state = inner.lock();
         if let Some(record) = inner.record(&digest)? {
             inner.remove(&mut state, &[(digest, record)])?;
+        }
+        Ok(())
+    }
+
+    /// Checks the pieces this handle did not check against the digest's sha256 chain.
+    fn check_unchained_pieces(&self) -> Result<(), CasError> {
+        let mut buf = Vec::new();
+        for i in 0..self.metainfo.piece_count() {
+            let index = PieceIndex(i);
+            if self.chained.get(index) {
+                continue;
+            }
+            let range = self.metainfo.checked_piece_range(index)?;
+            buf.resize((range.end - range.start) as usize, 0);
+            self.file
+                .read_exact_at(&mut buf, range.start)
+                .map_err(CasError::io("read back", &self.path))?;
+            let Some(mut chain) = self.metainfo.piece_chain(index) else {
+                return Err(PieceError::ChainMismatch { index }.into());
+            };
+            chain.update(&buf);
+            self.metainfo.check_piece_chain(index, chain)?;
         }
         Ok(())
     }
@@ -439,8 +483,12 @@ impl PieceSource {
         let mut buf = Vec::with_capacity(len);
         while buf.len() < len {
             let at = range.start + buf.len() as u64;
-            let read = rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at)
-                .map_err(|e| CasError::io("read piece from", &self.path)(e.into()))?;
+            let read =
+                match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                    Ok(n) => n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(CasError::io("read piece from", &self.path)(e.into())),
+                };
             if read == 0 {
                 return Err(CasError::io("read piece from", &self.path)(
                     std::io::ErrorKind::UnexpectedEof.into(),
@@ -469,6 +517,8 @@ pub struct PieceWriter {
 #[derive(Debug)]
 pub struct VerifiedPiece {
     index: PieceIndex,
+    /// Whether the digest's sha256 chain was checked too.
+    chained: bool,
 }
 
 impl VerifiedPiece {
@@ -518,10 +568,14 @@ impl PieceWriter {
         }
         let hash = crate::metainfo::PieceHash(*self.hasher.finalize().as_bytes());
         self.metainfo.check_piece_hash(self.index, &hash)?;
+        let chained = self.chain.is_some();
         if let Some(chain) = self.chain {
             self.metainfo.check_piece_chain(self.index, chain)?;
         }
-        Ok(VerifiedPiece { index: self.index })
+        Ok(VerifiedPiece {
+            index: self.index,
+            chained,
+        })
     }
 }
 
