@@ -35,7 +35,29 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    with_huge_pages();
     run(Args::parse())
+}
+
+/// Asks glibc's malloc for transparent huge pages by running this binary again with
+/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc reads its tunables only at start). At
+/// 10,000 hosts the simulator waits on memory more than it computes, and with 4 KiB pages
+/// part of that wait is TLB misses: 10,000 hosts × 250 MB ran in 0.96 × the time (median of
+/// 4 alternating pairs, 0.85–0.99). Where `GLIBC_TUNABLES` is set already, or the exec
+/// fails, the run goes on as it is; reports do not depend on it.
+fn with_huge_pages() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    // `exec` returns only if it failed.
+    let _ = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+        .exec();
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
