@@ -360,33 +360,35 @@ pub struct SwarmKnobs {
     /// Origin peers per blob on an agent, on top of `max_connections`. Default: 2
     /// (`SwarmConfig`'s).
     pub max_origin_connections: usize,
-    /// Concurrent uploads of an agent. Default: 8.
+    /// Concurrent uploads of an agent. Default: 8 (`SwarmConfig`'s).
     pub upload_slots: usize,
     /// Concurrent uploads of an origin. Default: 8, as on a real origin (more run each
     /// piece slower and finish none sooner).
     pub origin_upload_slots: usize,
-    /// Requests in flight to one agent. Default: 3.
+    /// Requests in flight to one agent. Default: 3 (`SwarmConfig`'s).
     pub pipeline_to_agents: usize,
-    /// Requests in flight to one origin. Default: 5.
+    /// Requests in flight to one origin. Default: 5 (`SwarmConfig`'s).
     pub pipeline_to_origins: usize,
-    /// Ask origins only for pieces no connected agent has. Default: true.
+    /// Ask origins only for pieces no connected agent has. Default: true (`SwarmConfig`'s).
     pub spare_origins: bool,
-    /// Endgame threshold in missing pieces. Default: 8.
+    /// Endgame threshold in missing pieces. Default: 8 (`SwarmConfig`'s).
     pub endgame_pieces: u32,
 }
 
 impl Default for SwarmKnobs {
     fn default() -> Self {
+        // The nodes' defaults, so a scenario without knobs runs the scheduler they run.
+        let d = SwarmConfig::default();
         SwarmKnobs {
-            max_connections: 10,
+            max_connections: d.max_connections,
             origin_max_connections: SwarmConfig::ORIGIN_MAX_CONNECTIONS,
-            max_origin_connections: 2,
-            upload_slots: 8,
-            origin_upload_slots: 8,
-            pipeline_to_agents: 3,
-            pipeline_to_origins: 5,
-            spare_origins: true,
-            endgame_pieces: 8,
+            max_origin_connections: d.max_origin_connections,
+            upload_slots: d.upload_slots,
+            origin_upload_slots: d.upload_slots,
+            pipeline_to_agents: d.pipeline_to_agents,
+            pipeline_to_origins: d.pipeline_to_origins,
+            spare_origins: d.spare_origins,
+            endgame_pieces: d.endgame_pieces,
         }
     }
 }

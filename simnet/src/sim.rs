@@ -386,7 +386,7 @@ impl Simulation {
         self.net.add_host(up, down);
         self.sessions.add_host();
         let info = PeerInfo {
-            id: PeerId::from_u64(u64::from(n)),
+            id: Self::id(n),
             addr: ([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 7001).into(),
             kind,
             complete: kind == PeerKind::Origin,

@@ -15,8 +15,8 @@
 //! without states keeps its encoding and its id across the upgrade. Decoding checks
 //! everything a malicious peer could get wrong (version, piece length bounds, piece count
 //! against the length, the number of chaining states and the pieces' block alignment,
-//! trailing bytes) and never panics. [`Metainfo::id`] is the BLAKE3 hash of the encoding, so two nodes can tell in
-//! 32 bytes whether they hold the same metainfo.
+//! trailing bytes) and never panics. [`Metainfo::id`] is the BLAKE3 hash of the encoding,
+//! so two nodes can tell in 32 bytes whether they hold the same metainfo.
 
 use std::fmt;
 use std::ops::Range;
@@ -131,7 +131,9 @@ pub enum MetainfoError {
     BadTable(String),
     /// Chaining states that cannot belong to this layout.
     #[error(
-        "a metainfo of {pieces} pieces of {piece_length} bytes carries {actual} sha256 chaining states (expected {} or none, and pieces of whole 64-byte blocks)", pieces.saturating_sub(1)
+        "a metainfo of {pieces} pieces of {piece_length} bytes carries {actual} sha256 \
+         chaining states (expected {} or none, and pieces of whole 64-byte blocks)",
+        pieces.saturating_sub(1)
     )]
     ChainMismatch {
         /// Pieces in the blob.
@@ -429,6 +431,17 @@ impl Metainfo {
             i => *self.chain.get(i as usize - 1)?,
         };
         Some(ChainHasher::resume(state, start))
+    }
+
+    /// Checks that `bytes`, the whole of piece `index`, continue the blob's sha256 chain
+    /// (for pieces held in memory; see [`Metainfo::check_piece_chain`]).
+    pub fn verify_piece_chain(&self, index: PieceIndex, bytes: &[u8]) -> Result<(), PieceError> {
+        self.checked_piece_range(index)?;
+        let mut hasher = self
+            .piece_chain(index)
+            .ok_or(PieceError::ChainMismatch { index })?;
+        hasher.update(bytes);
+        self.check_piece_chain(index, hasher)
     }
 
     /// Checks that piece `index`, fed whole to `hasher` (from [`Metainfo::piece_chain`]),

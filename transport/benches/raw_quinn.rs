@@ -451,9 +451,7 @@ mod exchange_bench {
         runtime.block_on(async {
             let ca = DevCa::load(ca_dir)?;
             let identity = DevCa::load_node_cert(ca_dir, "bench-seeder")?;
-            let base =
-                std::env::var_os("KRAKEN_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-            let store = tempfile::tempdir_in(&base)?;
+            let store = tempfile::tempdir_in(bench_dir())?;
             let tracker = FixedTracker(Arc::new(OnceLock::new()));
             let seeder = node(
                 &identity,
@@ -463,21 +461,8 @@ mod exchange_bench {
                 store.path(),
                 true,
             )?;
-            let cas = seeder.cas().clone();
-            let digest = digest_of(len);
-            let ingested = tokio::task::spawn_blocking(move || {
-                cas.ingest(
-                    &digest,
-                    Some(len),
-                    Pattern {
-                        left: len,
-                        state: 7,
-                    },
-                )
-            })
-            .await??;
-            seeder.seed(&digest)?;
-            std::fs::write(ca_dir.join("bench-metainfo"), ingested.metainfo.encode())?;
+            let metainfo = seed_pattern(&seeder, len).await?;
+            std::fs::write(ca_dir.join("bench-metainfo"), metainfo.encode())?;
             let addr = tracker
                 .0
                 .get()
@@ -532,8 +517,7 @@ mod exchange_bench {
             .parse()?;
         let metainfo = Metainfo::decode(&std::fs::read(ca.dir().join("bench-metainfo"))?)?;
 
-        let base = std::env::var_os("KRAKEN_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-        let store = tempfile::tempdir_in(&base)?;
+        let store = tempfile::tempdir_in(bench_dir())?;
         let tracker = FixedTracker(Arc::new(OnceLock::new()));
         let _ = tracker.0.set(PeerInfo {
             id: seeder_id.peer_id,
@@ -567,6 +551,30 @@ mod exchange_bench {
         Ok((secs, bytes))
     }
 
+    /// Ingests `len` bytes of the pattern into `seeder`'s store and seeds them.
+    async fn seed_pattern(seeder: &PieceExchange<FixedTracker>, len: u64) -> Result<Metainfo> {
+        let cas = seeder.cas().clone();
+        let digest = digest_of(len);
+        let ingested = tokio::task::spawn_blocking(move || {
+            cas.ingest(
+                &digest,
+                Some(len),
+                Pattern {
+                    left: len,
+                    state: 7,
+                },
+            )
+        })
+        .await??;
+        seeder.seed(&digest)?;
+        Ok(ingested.metainfo)
+    }
+
+    /// Where stores live: `KRAKEN_BENCH_DIR`, else the system temp dir.
+    fn bench_dir() -> std::path::PathBuf {
+        std::env::var_os("KRAKEN_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into)
+    }
+
     fn peak_rss_mib() -> Option<u64> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -581,7 +589,7 @@ mod exchange_bench {
         bytes: usize,
         verify: bool,
     ) -> Result<(f64, usize)> {
-        let base = std::env::var_os("KRAKEN_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+        let base = bench_dir();
         let dirs = (tempfile::tempdir_in(&base)?, tempfile::tempdir_in(&base)?);
         let tracker = FixedTracker(Arc::new(OnceLock::new()));
         let seeder = node(
@@ -600,24 +608,10 @@ mod exchange_bench {
             dirs.1.path(),
             verify,
         )?;
-        let len = bytes as u64;
-        let digest = digest_of(len);
-        let cas = seeder.cas().clone();
-        let ingested = tokio::task::spawn_blocking(move || {
-            cas.ingest(
-                &digest,
-                Some(len),
-                Pattern {
-                    left: len,
-                    state: 7,
-                },
-            )
-        })
-        .await??;
-        seeder.seed(&digest)?;
+        let metainfo = seed_pattern(&seeder, bytes as u64).await?;
         let before = peak_rss_mib();
         let t = Instant::now();
-        let report = leecher.download(ingested.metainfo).await?;
+        let report = leecher.download(metainfo).await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "exchange: {} peers, peak RSS of the whole process {} MiB (after ingest: {} MiB); \

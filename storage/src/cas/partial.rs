@@ -191,11 +191,9 @@ impl PartialBlob {
             }
             .into());
         }
-        let chain = self.chain_from(index);
-        let chained = chain.is_some();
-        if let Some(mut chain) = chain {
-            chain.update(bytes);
-            self.metainfo.check_piece_chain(index, chain)?;
+        let chained = self.checks_chain();
+        if chained {
+            self.metainfo.verify_piece_chain(index, bytes)?;
         }
         self.file
             .write_all_at(bytes, range.start)
@@ -234,11 +232,14 @@ impl PartialBlob {
     /// A sha256 hasher for piece `index`'s place in the digest's chain, when the digest is
     /// to be verified and the metainfo makes that possible piece by piece.
     fn chain_from(&self, index: PieceIndex) -> Option<ChainHasher> {
-        if self.cas.config().verify_digest_on_commit {
-            self.metainfo.piece_chain(index)
-        } else {
-            None
-        }
+        self.checks_chain()
+            .then(|| self.metainfo.piece_chain(index))
+            .flatten()
+    }
+
+    /// Whether stored pieces are checked against the digest's sha256 chain.
+    fn checks_chain(&self) -> bool {
+        self.cas.config().verify_digest_on_commit && self.metainfo.has_chain()
     }
 
     /// Records a piece that a [`PieceWriter`] wrote and verified. Returns false if the
@@ -412,11 +413,7 @@ impl PartialBlob {
             self.file
                 .read_exact_at(&mut buf, range.start)
                 .map_err(CasError::io("read back", &self.path))?;
-            let Some(mut chain) = self.metainfo.piece_chain(index) else {
-                return Err(PieceError::ChainMismatch { index }.into());
-            };
-            chain.update(&buf);
-            self.metainfo.check_piece_chain(index, chain)?;
+            self.metainfo.verify_piece_chain(index, &buf)?;
         }
         Ok(())
     }
