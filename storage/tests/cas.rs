@@ -748,3 +748,64 @@ fn piece_writer_streams_into_place_and_only_verified_pieces_count() {
     p.commit().unwrap();
     assert_eq!(cas.reader(meta.digest()).unwrap().read_all().unwrap(), blob);
 }
+
+#[test]
+fn flush_jobs_run_anywhere_and_an_older_one_never_undoes_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = data(10 * 64 * 1024, 41);
+    let meta = Metainfo::from_bytes(&blob, &small_pieces()).unwrap();
+    let piece = |i: u32| {
+        let r = meta.piece_range(PieceIndex(i)).unwrap();
+        &blob[r.start as usize..r.end as usize]
+    };
+    let store = |p: &mut kraken_storage::cas::PartialBlob, i: u32| {
+        let mut w = p.piece_writer(PieceIndex(i)).unwrap();
+        w.write(piece(i)).unwrap();
+        assert!(p.record_stored(w.finish().unwrap()));
+    };
+    let config = || CasConfig {
+        flush_every_pieces: 2,
+        ..config(dir.path())
+    };
+    {
+        let cas = Cas::open(config()).unwrap();
+        let mut p = cas.start_partial(&meta).unwrap();
+        store(&mut p, 0);
+        assert!(!p.flush_due());
+        store(&mut p, 1);
+        assert!(p.flush_due(), "recording never flushes by itself");
+        let older = p.flush_job().unwrap().unwrap();
+        assert!(!p.flush_due());
+        store(&mut p, 2);
+        store(&mut p, 3);
+        let newer = p.flush_job().unwrap().unwrap();
+        assert!(p.flush_job().unwrap().is_none(), "nothing left to flush");
+        // The newer job finishes first, on another thread; the older one, late, must not
+        // take pieces 2 and 3 back.
+        std::thread::spawn(move || newer.run())
+            .join()
+            .unwrap()
+            .unwrap();
+        older.run().unwrap();
+        // Nothing is unflushed, so dropping the handle writes nothing either.
+    }
+    let cas = Cas::open(config()).unwrap();
+    let mut p = cas.start_partial(&meta).unwrap();
+    let have: Vec<u32> = (0..10)
+        .filter(|&i| p.bitfield().get(PieceIndex(i)))
+        .collect();
+    assert_eq!(have, [0, 1, 2, 3]);
+
+    // A job still running when the blob is committed (or discarded) writes nothing.
+    for i in 4..10 {
+        store(&mut p, i);
+    }
+    let late = p.flush_job().unwrap().unwrap();
+    p.commit().unwrap();
+    late.run().unwrap();
+    assert_eq!(cas.reader(meta.digest()).unwrap().read_all().unwrap(), blob);
+    assert!(matches!(
+        cas.start_partial(&meta),
+        Err(CasError::AlreadyExists(_))
+    ));
+}

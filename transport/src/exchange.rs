@@ -398,6 +398,8 @@ enum Input {
         index: PieceIndex,
         ok: bool,
     },
+    /// A flush of the partial blob's progress ended.
+    Flushed(Result<(), String>),
 }
 
 /// Why a piece stream did not yield a verified piece.
@@ -626,6 +628,7 @@ impl<T: Tracker> PieceExchange<T> {
             sessions: HashMap::new(),
             known: HashMap::new(),
             receiving: HashSet::new(),
+            flushing: false,
             next_sid: 0,
             done: done_tx,
             pieces: pieces_tx,
@@ -753,6 +756,8 @@ struct BlobTask<T: Tracker> {
     known: HashMap<PeerId, (SocketAddr, PeerKind)>,
     /// Pieces being written by a receiver right now.
     receiving: HashSet<PieceIndex>,
+    /// A flush of the partial blob's progress runs on the blocking pool.
+    flushing: bool,
     next_sid: u64,
     done: watch::Sender<DoneState>,
     /// Verified, stored pieces, for [`BlobWatch`]es.
@@ -1022,9 +1027,8 @@ impl<T: Tracker> BlobTask<T> {
                 match result {
                     Ok(verified) => {
                         if let Some(Store::Partial(p)) = self.store.as_mut() {
-                            let fresh = p
-                                .mark_stored(verified)
-                                .map_err(|e| format!("recording {index}: {e}"))?;
+                            let fresh = p.record_stored(verified);
+                            self.flush_if_due()?;
                             if fresh {
                                 let c = &self.ex.inner.counters;
                                 let size = self.metainfo.piece_size(index).unwrap_or(0);
@@ -1063,7 +1067,40 @@ impl<T: Tracker> BlobTask<T> {
                 }
                 self.swarm.handle_piece_sent(now, peer, index, ok);
             }
+            Input::Flushed(result) => {
+                self.flushing = false;
+                result.map_err(|e| format!("saving the download's progress: {e}"))?;
+                self.flush_if_due()?;
+            }
         }
+        Ok(())
+    }
+
+    /// Starts a flush of the partial blob's progress on the blocking pool when one is due
+    /// and none runs: an fsync must not hold up this task (and the runtime thread under
+    /// it, which drives connections too) while pieces keep arriving.
+    fn flush_if_due(&mut self) -> Result<(), String> {
+        let Some(Store::Partial(p)) = self.store.as_mut() else {
+            return Ok(());
+        };
+        if self.flushing || !p.flush_due() {
+            return Ok(());
+        }
+        let Some(job) = p
+            .flush_job()
+            .map_err(|e| format!("saving the download's progress: {e}"))?
+        else {
+            return Ok(());
+        };
+        self.flushing = true;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = match tokio::task::spawn_blocking(move || job.run()).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("the flush task failed: {e}")),
+            };
+            let _ = tx.send(Input::Flushed(result)).await;
+        });
         Ok(())
     }
 

@@ -41,7 +41,7 @@ pub use config::CasConfig;
 pub use error::CasError;
 pub use ingest::Ingested;
 pub use meta::{BlobInfo, BlobState};
-pub use partial::{PartialBlob, PieceSource, PieceWriter, VerifiedPiece};
+pub use partial::{FlushJob, PartialBlob, PieceSource, PieceWriter, VerifiedPiece};
 pub use reader::BlobReader;
 
 use crate::digest::Digest;

@@ -3,7 +3,9 @@
 //! A partial blob is a sparse file of the final size under `partial/`, a metainfo and a
 //! bitfield in redb. Each piece is BLAKE3-verified before it touches the file; a bad piece
 //! is never written. The bitfield is persisted every `flush_every_pieces` pieces, after an
-//! fsync of the file, so it never claims bytes that a crash could lose. The sha256 digest
+//! fsync of the file, so it never claims bytes that a crash could lose: inline by
+//! [`PartialBlob::mark_stored`], or by a [`FlushJob`] that a downloader which must not wait
+//! on the disk runs on another thread. The sha256 digest
 //! is verified too (unless `verify_digest_on_commit` is off): piece by piece as pieces are
 //! stored when the metainfo carries sha256 chaining states ([`crate::chain`]), otherwise by
 //! re-hashing the whole file at commit. Then the file is renamed into `blobs/`.
@@ -14,7 +16,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use redb::{ReadableDatabase, ReadableTable};
@@ -38,6 +40,11 @@ pub struct PartialBlob {
     file: File,
     path: PathBuf,
     unflushed: u32,
+    /// Snapshots of the bitfield taken for flushing so far; each flush carries its number.
+    flushes: u64,
+    /// The number of the newest flush whose bitfield is in redb (`u64::MAX` once the blob is
+    /// committed or discarded), so a slower, older flush never overwrites a newer one.
+    persisted: Arc<Mutex<u64>>,
     finished: bool,
 }
 
@@ -148,6 +155,8 @@ impl PartialBlob {
             file,
             path,
             unflushed: 0,
+            flushes: 0,
+            persisted: Arc::new(Mutex::new(0)),
             finished: false,
         }
     }
@@ -242,24 +251,46 @@ impl PartialBlob {
         self.cas.config().verify_digest_on_commit && self.metainfo.has_chain()
     }
 
-    /// Records a piece that a [`PieceWriter`] wrote and verified. Returns false if the
-    /// piece was already present.
+    /// Records a piece that a [`PieceWriter`] wrote and verified, and flushes the progress
+    /// (an fsync and a redb write) when `flush_every_pieces` pieces are unflushed. Returns
+    /// false if the piece was already present.
     pub fn mark_stored(&mut self, piece: VerifiedPiece) -> Result<bool, CasError> {
+        let fresh = self.record_stored(piece);
+        if self.flush_due() {
+            self.flush()?;
+        }
+        Ok(fresh)
+    }
+
+    /// [`PartialBlob::mark_stored`] without the flush, for callers that must not wait on the
+    /// disk: they take a [`PartialBlob::flush_job`] when [`PartialBlob::flush_due`] and run
+    /// it on a blocking thread. Returns false if the piece was already present.
+    pub fn record_stored(&mut self, piece: VerifiedPiece) -> bool {
         if piece.chained {
             self.chained.set(piece.index);
         }
-        self.mark(piece.index)
+        self.record(piece.index)
     }
 
-    fn mark(&mut self, index: PieceIndex) -> Result<bool, CasError> {
+    fn record(&mut self, index: PieceIndex) -> bool {
         let fresh = self.bitfield.set(index);
         if fresh {
             self.unflushed += 1;
         }
-        if self.unflushed >= self.cas.config().flush_every_pieces {
+        fresh
+    }
+
+    fn mark(&mut self, index: PieceIndex) -> Result<bool, CasError> {
+        let fresh = self.record(index);
+        if self.flush_due() {
             self.flush()?;
         }
         Ok(fresh)
+    }
+
+    /// Whether `flush_every_pieces` pieces are stored but not yet flushed.
+    pub fn flush_due(&self) -> bool {
+        self.unflushed >= self.cas.config().flush_every_pieces
     }
 
     /// Reads a piece this node already has (to serve it to peers while downloading).
@@ -290,22 +321,35 @@ impl PartialBlob {
 
     /// Makes the pieces written so far durable: fsync the file, then persist the bitfield.
     pub fn flush(&mut self) -> Result<(), CasError> {
-        if self.unflushed == 0 {
-            return Ok(());
+        match self.flush_job()? {
+            Some(job) => job.run(),
+            None => Ok(()),
         }
-        self.file
-            .sync_data()
-            .map_err(CasError::io("sync", &self.path))?;
-        let inner = self.cas.inner();
-        let txn = inner.db.begin_write()?;
-        txn.open_table(BITFIELDS)?.insert(
-            self.metainfo.digest().to_string().as_str(),
-            encode_bitfield(&self.bitfield).as_slice(),
-        )?;
-        txn.commit()?;
+    }
+
+    /// The work of [`PartialBlob::flush`] for the pieces recorded so far, to run on another
+    /// thread while more pieces arrive; `None` when nothing is unflushed. Jobs may finish in
+    /// any order and alongside [`PartialBlob::commit`]: an older snapshot never replaces a
+    /// newer one, and none is written once the blob is committed or discarded.
+    pub fn flush_job(&mut self) -> Result<Option<FlushJob>, CasError> {
+        if self.unflushed == 0 {
+            return Ok(None);
+        }
+        let file = self
+            .file
+            .try_clone()
+            .map_err(CasError::io("reopen partial", &self.path))?;
+        self.flushes += 1;
         self.unflushed = 0;
-        inner.touch(self.metainfo.digest());
-        Ok(())
+        Ok(Some(FlushJob {
+            cas: self.cas.clone(),
+            file,
+            path: self.path.clone(),
+            key: self.metainfo.digest().to_string(),
+            bitfield: encode_bitfield(&self.bitfield),
+            number: self.flushes,
+            persisted: self.persisted.clone(),
+        }))
     }
 
     /// Turns the finished download into a complete blob.
@@ -347,6 +391,11 @@ impl PartialBlob {
         let shard = target.parent().unwrap_or(&inner.blobs_dir).to_path_buf();
         fs::create_dir_all(&shard).map_err(CasError::io("create directory", &shard))?;
         fs::rename(&self.path, &target).map_err(CasError::io("rename into place", &target))?;
+        // Flushes still running on other threads must not bring the bitfield back.
+        let mut persisted = self
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let committed = (|| {
             sync_dir(&shard)?;
             sync_dir(&inner.partial_dir)?;
@@ -380,6 +429,8 @@ impl PartialBlob {
                 return Err(e);
             }
         };
+        *persisted = u64::MAX;
+        drop(persisted);
         self.finished = true;
         Ok(record.info(digest))
     }
@@ -393,6 +444,12 @@ impl PartialBlob {
     fn discard(&mut self) -> Result<(), CasError> {
         let inner = self.cas.inner();
         let digest = *self.metainfo.digest();
+        // Flushes still running on other threads must not bring the bitfield back.
+        let mut persisted = self
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *persisted = u64::MAX;
         let mut state = inner.lock();
         if let Some(record) = inner.record(&digest)? {
             inner.remove(&mut state, &[(digest, record)])?;
@@ -447,6 +504,51 @@ impl Drop for PartialBlob {
             .lock()
             .writers
             .remove(self.metainfo.digest());
+    }
+}
+
+/// One flush of a partial blob's progress (see [`PartialBlob::flush_job`]): an fsync of
+/// the file, then the bitfield snapshot it was taken with into redb, so the stored bitfield
+/// never claims bytes a crash could lose. Blocks on the disk: run it on a blocking thread.
+pub struct FlushJob {
+    cas: Cas,
+    file: File,
+    path: PathBuf,
+    key: String,
+    bitfield: Vec<u8>,
+    number: u64,
+    persisted: Arc<Mutex<u64>>,
+}
+
+impl std::fmt::Debug for FlushJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushJob")
+            .field("blob", &self.key)
+            .field("number", &self.number)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlushJob {
+    /// Syncs the file and persists the snapshot, unless a newer one (or the blob's commit
+    /// or discard) got there first.
+    pub fn run(self) -> Result<(), CasError> {
+        self.file
+            .sync_data()
+            .map_err(CasError::io("sync", &self.path))?;
+        let mut persisted = self
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *persisted >= self.number {
+            return Ok(());
+        }
+        let txn = self.cas.inner().db.begin_write()?;
+        txn.open_table(BITFIELDS)?
+            .insert(self.key.as_str(), self.bitfield.as_slice())?;
+        txn.commit()?;
+        *persisted = self.number;
+        Ok(())
     }
 }
 
@@ -578,4 +680,43 @@ impl PieceWriter {
 
 fn encode_bitfield(b: &Bitfield) -> Vec<u8> {
     postcard::to_allocvec(b).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cas::CasConfig;
+    use crate::metainfo::PieceLengthTable;
+
+    #[test]
+    fn a_flush_ending_after_the_commit_or_the_abort_leaves_no_bitfield_behind() {
+        const PIECE: usize = 64 * 1024;
+        for commit in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let lengths = PieceLengthTable::uniform(PIECE as u32);
+            let cas = Cas::open(CasConfig {
+                piece_lengths: lengths.clone(),
+                ..CasConfig::at(dir.path())
+            })
+            .unwrap();
+            let blob = vec![7u8; 3 * PIECE];
+            let meta = Metainfo::from_bytes(&blob, &lengths).unwrap();
+            let key = meta.digest().to_string();
+            let mut p = cas.start_partial(&meta).unwrap();
+            for i in 0..3 {
+                p.write_piece(PieceIndex(i), &blob[..PIECE]).unwrap();
+            }
+            let late = p.flush_job().unwrap().unwrap();
+            match commit {
+                true => drop(p.commit().unwrap()),
+                false => p.abort().unwrap(),
+            }
+            late.run().unwrap();
+            assert_eq!(
+                cas.stored_bitfield(&key, 3).unwrap(),
+                None,
+                "commit: {commit}"
+            );
+        }
+    }
 }
