@@ -99,6 +99,29 @@ async fn every_piece_round_trips_verified() {
     assert_eq!(joined, s.data);
 }
 
+/// Loopback carries 64 KiB datagrams, so path MTU discovery takes packets past Ethernet's
+/// 1,452 bytes, up to the configured cap, while pieces flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mtu_discovery_grows_packets_where_the_path_allows() {
+    let s = setup().await;
+    let cap = loopback_config().max_udp_payload;
+    assert!(cap > 1452);
+    let conn = s.conn.connection().clone();
+    let mtu = within("path MTU discovery", async {
+        loop {
+            let (header, bytes) = piece(&s, 0);
+            send_piece(&conn, header, bytes).await.unwrap();
+            let mtu = conn.stats().path.current_mtu;
+            if mtu > 1452 {
+                break mtu;
+            }
+        }
+    })
+    .await;
+    assert!(mtu <= cap, "discovered {mtu}, above the cap {cap}");
+    assert_eq!(conn.stats().path.black_holes_detected, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_piece_is_detected_and_never_returned() {
     let mut s = setup().await;

@@ -195,7 +195,7 @@ impl Endpoint {
 
         let (socket, buffers) = bind_socket(config)?;
         let mut inner = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            config.endpoint_config(),
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
