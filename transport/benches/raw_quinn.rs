@@ -1,31 +1,39 @@
-//! Loopback QUIC throughput: a raw-quinn baseline and this crate's piece protocol.
+//! Loopback QUIC throughput: raw-quinn baselines and this crate's piece protocol.
 //!
 //! ```text
-//! cargo bench -p kraken-transport --bench raw_quinn -- [--mib N] [raw] [endpoint] [pieces]
+//! cargo bench -p kraken-transport --bench raw_quinn -- [--mib N] [MODE ...]
 //! ```
 //!
-//! Modes (all by default), each moving `N` MiB (default 1024) over one connection between
-//! two endpoints in this process, with mutual TLS from a dev CA and 4 MiB socket buffers:
+//! Modes (`raw endpoint pieces exchange` by default), each moving `N` MiB (default 1024)
+//! over one connection between two endpoints in this process, with mutual TLS from a dev
+//! CA and 4 MiB socket buffers:
 //! - `raw`: quinn endpoints built directly with quinn's default transport settings; one
 //!   unidirectional stream carries everything. The baseline.
+//! - `raw-mtu`: `raw` with path MTU discovery allowed up to `QuicConfig`'s
+//!   `max_udp_payload` (quinn's default stops at 1452): the like-for-like baseline, since
+//!   quinn's cost is mostly per packet.
 //! - `endpoint`: the same single stream over this crate's `Endpoint` (its `QuicConfig`
-//!   windows and congestion controller).
+//!   windows, congestion controller and MTU discovery).
+//! - `work`: no network; the exchange's other work on every byte, on one thread: read 4
+//!   MiB pieces from a file, hash with BLAKE3 and sha256, write into a file, sync. With
+//!   `endpoint` it gives a bound for the exchange: (their CPU time) / cores.
 //! - `pieces`: this crate's piece protocol: 4 MiB pieces, each on its own stream via
 //!   `send_piece`, 8 in flight, each verified by `recv_piece` (BLAKE3) on arrival.
-//!
 //! - `exchange`: the whole piece exchange between two nodes in this process: the seeder's
 //!   CAS, `PieceExchange` sessions driven by the swarm, pieces streamed into the
-//!   leecher's CAS while hashed, then the leecher's commit (a sha256 re-check of the
-//!   blob). The figure that matters; it also reports the process's peak RSS, an upper
-//!   bound for the leecher (the seeder shares the process).
+//!   leecher's CAS while hashed with BLAKE3 and checked along the digest's sha256 chain,
+//!   then the leecher's commit. The figure that matters; it also reports the download's
+//!   CPU time and the process's peak RSS, an upper bound for the leecher (the seeder
+//!   shares the process).
 //! - `exchange-trusting`: the same with the leecher's `verify_digest_on_commit` off: every
 //!   piece is still BLAKE3-verified on arrival, but the blob's sha256 is not checked.
 //! - `exchange-split`: `exchange` with the seeder in a child process (this binary again,
 //!   `--seeder-child`), so the peak RSS reported is the leecher's alone.
 //!
 //! Reports MB/s (10^6 bytes per second) from the first byte sent to the last byte received,
-//! and each mode's ratio to `raw` when both ran. `KRAKEN_BENCH_DIR` picks where the
-//! `exchange` mode's stores live (default: the system temp dir).
+//! the process's CPU time (user + system) during the mode, and each mode's ratio to `raw`
+//! (and to `raw-mtu`, and to the bound) when they ran. `KRAKEN_BENCH_DIR` picks where the files of `work`
+//! and the `exchange` modes live (default: the system temp dir).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -60,12 +68,11 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--bench" => {}
             "--mib" => mib = args.next().context("--mib needs a value")?.parse()?,
-            "raw" | "endpoint" | "pieces" | "exchange" | "exchange-trusting" | "exchange-split" => {
-                modes.push(arg)
-            }
+            "raw" | "raw-mtu" | "endpoint" | "work" | "pieces" | "exchange"
+            | "exchange-trusting" | "exchange-split" => modes.push(arg),
             other => bail!(
-                "unknown argument {other:?} (expected --mib N, raw, endpoint, pieces, exchange, \
-                 exchange-trusting, exchange-split)"
+                "unknown argument {other:?} (expected --mib N, raw, raw-mtu, endpoint, work, \
+                 pieces, exchange, exchange-trusting, exchange-split)"
             ),
         }
     }
@@ -87,11 +94,21 @@ fn main() -> Result<()> {
         let receiver = ca.issue_node_cert("receiver")?;
         let cluster = ca.cluster_ca();
         let bytes = mib * MIB;
-        let mut raw_rate = None;
+        let mut baselines: Vec<(&str, f64)> = Vec::new();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (mut endpoint_cpu, mut work_cpu) = (None, None);
         for mode in &modes {
+            let cpu_before = cpu_secs();
+            let mut cpu_of_work = None;
             let (secs, moved) = match mode.as_str() {
                 "raw" => raw(&sender, &receiver, &cluster, bytes).await?,
+                "raw-mtu" => raw_mtu(&sender, &receiver, &cluster, bytes).await?,
                 "endpoint" => endpoint_stream(&sender, &receiver, &cluster, bytes).await?,
+                "work" => {
+                    let (secs, moved, cpu) = work(bytes)?;
+                    cpu_of_work = cpu;
+                    (secs, moved)
+                }
                 "exchange" => {
                     exchange_bench::run(&sender, &receiver, &cluster, bytes, true).await?
                 }
@@ -101,25 +118,65 @@ fn main() -> Result<()> {
                 "exchange-split" => exchange_bench::run_split(&ca, &receiver, bytes).await?,
                 _ => pieces(&sender, &receiver, &cluster, bytes).await?,
             };
-            let rate = moved as f64 / secs / 1e6;
-            if mode == "raw" {
-                raw_rate = Some(rate);
+            let cpu = match mode.as_str() {
+                "work" => cpu_of_work,
+                _ => cpu_secs().zip(cpu_before).map(|(a, b)| a - b),
+            };
+            match mode.as_str() {
+                "endpoint" => endpoint_cpu = cpu,
+                "work" => work_cpu = cpu,
+                _ => {}
             }
-            let ratio = raw_rate
-                .filter(|_| mode != "raw")
-                .map(|r| format!("  ratio to raw = {:.2}", rate / r))
-                .unwrap_or_default();
+            let rate = moved as f64 / secs / 1e6;
+            let mut ratios: String = baselines
+                .iter()
+                .map(|(name, r)| format!("  ratio to {name} = {:.2}", rate / r))
+                .collect();
+            if let (true, Some(e), Some(w)) = (mode.starts_with("exchange"), endpoint_cpu, work_cpu)
+            {
+                // Both kinds of work spread perfectly over every core: no download is faster.
+                let bound = (e + w) / cores as f64;
+                ratios += &format!(
+                    "  ratio to the CPU bound ((endpoint + work CPU) / {cores} cores = {bound:.2} s) \
+                     = {:.2}",
+                    bound / secs
+                );
+            }
             println!(
-                "{mode:>8}: {} MiB in {secs:.2} s = {rate:.0} MB/s{ratio}",
+                "{mode:>8}: {} MiB in {secs:.2} s = {rate:.0} MB/s, process CPU {}{ratios}",
                 moved / MIB,
+                cpu.map_or("unknown".into(), |c| format!("{c:.2} s")),
             );
+            if let Some(name) = ["raw", "raw-mtu"]
+                .into_iter()
+                .find(|b| b == mode)
+            {
+                baselines.push((name, rate));
+            }
         }
         Ok(())
     })
 }
 
-/// A quinn endpoint with quinn's default transport settings and 4 MiB socket buffers.
-fn raw_quinn_endpoint(identity: &NodeIdentity, ca: &ClusterCa) -> Result<quinn::Endpoint> {
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
+/// (Linux's 100 ticks a second).
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// A quinn endpoint with quinn's default transport settings and 4 MiB socket buffers; with
+/// `max_udp_payload`, path MTU discovery may go up to it (quinn's default stops at 1452).
+fn raw_quinn_endpoint(
+    identity: &NodeIdentity,
+    ca: &ClusterCa,
+    max_udp_payload: Option<u16>,
+) -> Result<quinn::Endpoint> {
     let socket = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
@@ -129,18 +186,30 @@ fn raw_quinn_endpoint(identity: &NodeIdentity, ca: &ClusterCa) -> Result<quinn::
     socket.set_recv_buffer_size(SOCKET_BUFFER)?;
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
-    let server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    let mut transport = quinn::TransportConfig::default();
+    if let Some(max) = max_udp_payload {
+        endpoint_config.max_udp_payload_size(max)?;
+        let mut discovery = quinn::MtuDiscoveryConfig::default();
+        discovery.upper_bound(max);
+        transport.mtu_discovery_config(Some(discovery));
+    }
+    let transport = Arc::new(transport);
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(
         identity.server_config(ca)?,
     )?));
+    server.transport_config(transport.clone());
     let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         Some(server),
         socket.into(),
         Arc::new(quinn::TokioRuntime),
     )?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(identity.client_config(ca)?)?,
-    )));
+    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(
+        identity.client_config(ca)?,
+    )?));
+    client.transport_config(transport);
+    endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
 
@@ -181,8 +250,29 @@ async fn raw(
     ca: &ClusterCa,
     bytes: usize,
 ) -> Result<(f64, usize)> {
-    let a = raw_quinn_endpoint(sender, ca)?;
-    let b = raw_quinn_endpoint(receiver, ca)?;
+    raw_with(sender, receiver, ca, bytes, None).await
+}
+
+/// `raw` with the same MTU discovery cap as this crate's `QuicConfig`.
+async fn raw_mtu(
+    sender: &NodeIdentity,
+    receiver: &NodeIdentity,
+    ca: &ClusterCa,
+    bytes: usize,
+) -> Result<(f64, usize)> {
+    let max = QuicConfig::default().max_udp_payload;
+    raw_with(sender, receiver, ca, bytes, Some(max)).await
+}
+
+async fn raw_with(
+    sender: &NodeIdentity,
+    receiver: &NodeIdentity,
+    ca: &ClusterCa,
+    bytes: usize,
+    max_udp_payload: Option<u16>,
+) -> Result<(f64, usize)> {
+    let a = raw_quinn_endpoint(sender, ca, max_udp_payload)?;
+    let b = raw_quinn_endpoint(receiver, ca, max_udp_payload)?;
     let b_addr = b.local_addr()?;
     let accept = tokio::spawn(async move {
         b.accept()
@@ -226,6 +316,44 @@ async fn endpoint_stream(
 ) -> Result<(f64, usize)> {
     let (_a, conn, server_conn) = endpoints(sender, receiver, ca).await?;
     one_stream(conn, server_conn, bytes).await
+}
+
+/// Bytes the exchange's receiver gathers before hashing and writing them.
+const RECEIVE_BATCH: usize = 256 * 1024;
+
+/// `work`: what the exchange does to every byte apart from QUIC, on one thread and without
+/// a network: read 4 MiB pieces from a file, hash them with BLAKE3 and sha256 in 256 KiB
+/// batches, write them into another file, sync it. Its CPU time plus `endpoint`'s is the
+/// least CPU a verified download can take; divided by the cores, a bound on its time.
+fn work(bytes: usize) -> Result<(f64, usize, Option<f64>)> {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir_in(exchange_bench::bench_dir())?;
+    let source_path = dir.path().join("source");
+    std::io::copy(
+        &mut exchange_bench::Pattern::new(bytes as u64),
+        &mut std::fs::File::create(&source_path)?,
+    )?;
+    let source = std::fs::File::open(&source_path)?;
+    let copy = std::fs::File::create(dir.path().join("copy"))?;
+    let start = Instant::now();
+    let cpu_start = cpu_secs();
+    let mut blake3 = blake3::Hasher::new();
+    let mut sha256 = kraken_storage::Digest::Sha256([0; 32]).hasher();
+    let mut offset = 0;
+    while offset < bytes {
+        let mut piece = vec![0u8; (bytes - offset).min(4 * MIB)];
+        source.read_exact_at(&mut piece, offset as u64)?;
+        for batch in piece.chunks(RECEIVE_BATCH) {
+            blake3.update(batch);
+            sha256.update(batch);
+            copy.write_all_at(batch, offset as u64)?;
+            offset += batch.len();
+        }
+    }
+    copy.sync_data()?;
+    let _ = (blake3.finalize(), sha256.finish());
+    let cpu = cpu_secs().zip(cpu_start).map(|(a, b)| a - b);
+    Ok((start.elapsed().as_secs_f64(), bytes, cpu))
 }
 
 async fn pieces(
@@ -387,9 +515,19 @@ mod exchange_bench {
     }
 
     /// Deterministic bytes without holding the blob in memory.
-    struct Pattern {
+    pub(super) struct Pattern {
         left: u64,
         state: u64,
+    }
+
+    impl Pattern {
+        /// The first `len` bytes of the pattern.
+        pub(super) fn new(len: u64) -> Self {
+            Pattern {
+                left: len,
+                state: 7,
+            }
+        }
     }
 
     impl Read for Pattern {
@@ -417,10 +555,7 @@ mod exchange_bench {
 
     fn digest_of(len: u64) -> Digest {
         let mut hasher = Digest::Sha256([0; 32]).hasher();
-        let mut p = Pattern {
-            left: len,
-            state: 7,
-        };
+        let mut p = Pattern::new(len);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = p.read(&mut buf).unwrap_or(0);
@@ -555,23 +690,15 @@ mod exchange_bench {
     async fn seed_pattern(seeder: &PieceExchange<FixedTracker>, len: u64) -> Result<Metainfo> {
         let cas = seeder.cas().clone();
         let digest = digest_of(len);
-        let ingested = tokio::task::spawn_blocking(move || {
-            cas.ingest(
-                &digest,
-                Some(len),
-                Pattern {
-                    left: len,
-                    state: 7,
-                },
-            )
-        })
-        .await??;
+        let ingested =
+            tokio::task::spawn_blocking(move || cas.ingest(&digest, Some(len), Pattern::new(len)))
+                .await??;
         seeder.seed(&digest)?;
         Ok(ingested.metainfo)
     }
 
     /// Where stores live: `KRAKEN_BENCH_DIR`, else the system temp dir.
-    fn bench_dir() -> std::path::PathBuf {
+    pub(super) fn bench_dir() -> std::path::PathBuf {
         std::env::var_os("KRAKEN_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into)
     }
 
@@ -610,12 +737,15 @@ mod exchange_bench {
         )?;
         let metainfo = seed_pattern(&seeder, bytes as u64).await?;
         let before = peak_rss_mib();
+        let cpu_before = super::cpu_secs();
         let t = Instant::now();
         let report = leecher.download(metainfo).await?;
         let secs = t.elapsed().as_secs_f64();
+        let cpu = super::cpu_secs().zip(cpu_before).map(|(a, b)| a - b);
         println!(
-            "exchange: {} peers, peak RSS of the whole process {} MiB (after ingest: {} MiB); \
-             from origin {} bytes",
+            "exchange: download CPU {}, {} peers, peak RSS of the whole process {} MiB \
+             (after ingest: {} MiB); from origin {} bytes",
+            cpu.map_or("unknown".into(), |c| format!("{c:.2} s")),
             report.stats.per_peer.len(),
             peak_rss_mib().unwrap_or(0),
             before.unwrap_or(0),
