@@ -13,7 +13,7 @@ use kraken_transport::quic::{ConnectionPool, PoolError, RequestBody, RpcError, c
 use quinn::RecvStream;
 use tokio::sync::watch;
 
-use crate::proto::{ErrorKind, RemoteError, Request, Response};
+use crate::proto::{ErrorKind, MAX_METAINFO_LEN, RemoteError, Request, Response};
 
 /// How many origins hold each blob.
 pub const ORIGIN_REPLICAS: usize = 3;
@@ -99,6 +99,25 @@ impl CallError {
     }
 }
 
+/// Reads the `len`-byte body of a [`Response::MetainfoFollows`]: exactly that many bytes,
+/// then the end of the stream, and never more than [`MAX_METAINFO_LEN`].
+async fn read_metainfo_body(recv: &mut RecvStream, len: u64) -> Result<Vec<u8>, String> {
+    if len > MAX_METAINFO_LEN {
+        return Err(format!(
+            "more than the {MAX_METAINFO_LEN} a metainfo can take"
+        ));
+    }
+    // Checked above: `len` is at most MAX_METAINFO_LEN (16 MiB), so it fits in memory.
+    let bytes = recv
+        .read_to_end(len as usize)
+        .await
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 != len {
+        return Err(format!("the stream ended after {} bytes", bytes.len()));
+    }
+    Ok(bytes)
+}
+
 /// The pool and the view every role calls through. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
@@ -180,11 +199,20 @@ impl Cluster {
             .get_or_connect(addr)
             .await
             .map_err(|source| CallError::Connect { addr, source })?;
-        let (response, recv) = call::<Request, Response>(conn.connection(), request, body)
+        let (response, mut recv) = call::<Request, Response>(conn.connection(), request, body)
             .await
             .map_err(|source| CallError::Rpc { addr, source })?;
         match response {
             Response::Error(source) => Err(CallError::Remote { addr, source }),
+            Response::MetainfoFollows { len } => {
+                let bytes = read_metainfo_body(&mut recv, len).await.map_err(|why| {
+                    CallError::Unexpected {
+                        addr,
+                        answer: format!("a metainfo body of {len} bytes: {why}"),
+                    }
+                })?;
+                Ok((Response::Metainfo(bytes), recv))
+            }
             other => Ok((other, recv)),
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! Each call is one [`Request`] frame on a fresh bidirectional stream (see
 //! `kraken_transport::quic::rpc`), answered by one [`Response`] frame; bulk bytes (an
-//! upload's body, a download's content) follow their frame raw. Errors are answers too:
+//! upload's body, a download's content, a metainfo) follow their frame raw. Errors are
+//! answers too:
 //! [`Response::Error`] carries a [`RemoteError`] whose kind a caller can act on (try the
 //! next owner, retry later, give up).
 
@@ -178,7 +179,10 @@ pub enum Response {
         /// When to announce again.
         interval_ms: u64,
     },
-    /// An encoded `Metainfo`.
+    /// An encoded `Metainfo`: how roles answer a metainfo request inside a node, and how
+    /// nodes before [`Response::MetainfoFollows`] sent it (in the one frame, which capped
+    /// it at 256 KiB, a blob of 64 GiB in 16 MiB pieces). [`crate::client::Cluster`] hands
+    /// either form to callers as this one.
     Metainfo(Vec<u8>),
     /// An owner is still reading the blob through from its backend: ask again.
     Pending,
@@ -230,7 +234,19 @@ pub enum Response {
     Replication(Vec<DestinationStatus>),
     /// Answer to [`Request::DeleteTag`].
     TagDeleted,
+    /// A metainfo answer on the wire: its `len` encoded bytes follow as the body, so a blob
+    /// of any size the metainfo format allows can be described (up to
+    /// [`MAX_METAINFO_LEN`]). Callers of [`crate::client::Cluster`] never see it: they get
+    /// [`Response::Metainfo`].
+    MetainfoFollows {
+        /// Bytes of the body.
+        len: u64,
+    },
 }
+
+/// The largest metainfo a node sends or accepts: the largest the format allows
+/// (`MAX_PIECES` pieces of 64 bytes).
+pub const MAX_METAINFO_LEN: u64 = kraken_storage::metainfo::MAX_ENCODED_LEN as u64;
 
 /// Pending replications to one destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -115,6 +115,25 @@ impl NodeService {
     }
 }
 
+/// Sends an encoded metainfo as [`Response::MetainfoFollows`] and a body: one frame could
+/// not carry the metainfo of a blob past 64 GiB. Returns whether it all went out.
+async fn send_metainfo(stream: &mut RpcStream, bytes: &[u8]) -> bool {
+    let len = bytes.len() as u64;
+    if len > crate::proto::MAX_METAINFO_LEN {
+        // Decoding it would have failed already; never sent, so never refused by a peer.
+        let error = RemoteError::new(
+            ErrorKind::Internal,
+            format!("a metainfo of {len} bytes is larger than any peer accepts"),
+        );
+        return stream.respond(&Response::Error(error)).await.is_ok();
+    }
+    stream
+        .respond(&Response::MetainfoFollows { len })
+        .await
+        .is_ok()
+        && stream.send.write_all(bytes).await.is_ok()
+}
+
 fn wrong_node(message: impl Into<String>) -> Response {
     Response::Error(RemoteError::new(ErrorKind::WrongNode, message))
 }
@@ -167,7 +186,11 @@ impl Service for NodeService {
             return StreamOutcome::Done;
         }
         let (response, outcome) = self.answer(peer, request, &mut stream).await;
-        if stream.respond(&response).await.is_ok() {
+        let sent = match response {
+            Response::Metainfo(bytes) => send_metainfo(&mut stream, &bytes).await,
+            response => stream.respond(&response).await.is_ok(),
+        };
+        if sent {
             let _ = stream.finish();
         }
         outcome

@@ -468,3 +468,41 @@ async fn an_agent_streams_a_blob_and_a_range_of_it_while_downloading() {
         .unwrap();
     assert_eq!(err.kind, kraken_node::proto::ErrorKind::BadRequest);
 }
+
+/// A metainfo past the 256 KiB one RPC frame carries (a blob past 64 GiB in 16 MiB pieces;
+/// here 4,200 pieces of 16 KiB) travels origin → tracker → agent as a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metainfo_larger_than_one_frame_reaches_the_agents() {
+    const PIECE: u32 = 16 * 1024;
+    const LEN: u64 = 4_200 * PIECE as u64;
+    let mut c = TestCluster::new();
+    for i in 1..=2 {
+        let mut config = c.config(&format!("origin-{i}"), NodeRole::Origin);
+        config.store = Some(kraken_storage::cas::CasConfig {
+            piece_lengths: kraken_storage::PieceLengthTable::uniform(PIECE),
+            ..kraken_storage::cas::CasConfig::at(config.node.data_dir.join("cas"))
+        });
+        c.start(config).await;
+    }
+    c.add("tracker-1", NodeRole::Tracker).await;
+    c.add("agent-1", NodeRole::Agent).await;
+    c.converge(2).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 77);
+    c.upload(&path, &digest, LEN).await;
+
+    let agent = c.agents()[0];
+    let report = c.pull(agent, &digest).await.unwrap();
+    assert_eq!(report.length, LEN);
+    assert_eq!(c.stored_digest(agent, &digest), digest);
+    let metainfo = c
+        .node(agent)
+        .roles()
+        .agent
+        .as_ref()
+        .unwrap()
+        .cas()
+        .metainfo(&digest);
+    let metainfo = metainfo.unwrap().unwrap();
+    assert_eq!(metainfo.piece_count(), 4_200);
+    assert!(metainfo.encode().len() > kraken_transport::wire::MAX_FRAME_LEN);
+}

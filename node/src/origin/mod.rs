@@ -30,7 +30,7 @@ use kraken_storage::queue::WriteBackQueue;
 use kraken_transport::exchange::{Handout, PieceExchange, Tracker};
 use kraken_transport::quic::{BiStream, StreamOutcome};
 use kraken_transport::swarm::PeerInfo;
-use kraken_transport::wire::{PeerId, WireError, encode_frame};
+use kraken_transport::wire::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
@@ -304,10 +304,7 @@ impl Origin {
         if !present {
             return Ok(None);
         }
-        cas.metainfo(digest)
-            .map_err(internal)?
-            .map(|m| metainfo_answer(&m))
-            .transpose()
+        Ok(cas.metainfo(digest).map_err(internal)?.map(|m| m.encode()))
     }
 
     fn stat(&self, digest: &Digest) -> Response {
@@ -395,55 +392,4 @@ impl Origin {
 /// An internal error as a remote error.
 pub(crate) fn internal(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, e.to_string())
-}
-
-/// The encoded metainfo for an answer, or a clear error where it would not fit the one RPC
-/// frame an answer travels in (a blob of 64 GiB or more in 16 MiB pieces): failing to send
-/// would leave the asker with a reset stream and no reason.
-fn metainfo_answer(m: &kraken_storage::Metainfo) -> Result<Vec<u8>, RemoteError> {
-    let bytes = m.encode();
-    match encode_frame(&Response::Metainfo(bytes.clone())) {
-        Ok(_) => Ok(bytes),
-        Err(WireError::FrameTooLarge { len, max }) => Err(RemoteError::new(
-            ErrorKind::Internal,
-            format!(
-                "the metainfo of {} ({} pieces) takes {len} bytes, more than the {max} one \
-                 answer can carry; store blobs this large with longer pieces \
-                 ([store.piece_lengths])",
-                m.digest(),
-                m.piece_count()
-            ),
-        )),
-        Err(e) => Err(internal(e)),
-    }
-}
-
-#[cfg(test)]
-mod metainfo_answer_tests {
-    use kraken_storage::chain::ChainState;
-    use kraken_storage::{Digest, Metainfo, PieceHash};
-
-    use super::metainfo_answer;
-
-    fn metainfo(gib: u64, piece_mib: u32) -> Metainfo {
-        let length = gib << 30;
-        let pieces = length.div_ceil(u64::from(piece_mib) << 20) as usize;
-        Metainfo::new(
-            Digest::sha256_of(b"big"),
-            length,
-            piece_mib << 20,
-            vec![PieceHash([1; 32]); pieces],
-        )
-        .unwrap()
-        .with_chain(vec![ChainState([2; 32]); pieces - 1])
-        .unwrap()
-    }
-
-    #[test]
-    fn big_metainfo_fits_one_answer_up_to_the_limit_and_says_so_beyond() {
-        // The default table's 16 MiB pieces carry blobs up to just under 64 GiB.
-        assert!(metainfo_answer(&metainfo(63, 16)).is_ok());
-        let err = metainfo_answer(&metainfo(64, 16)).unwrap_err().to_string();
-        assert!(err.contains("longer pieces"), "{err}");
-    }
 }
