@@ -1,44 +1,64 @@
-//! A map that keeps at most a fixed number of entries, forgetting the oldest first: the
-//! tracker's metainfo cache and the agent's pull reports.
+//! A map that keeps at most a fixed number of entries (and, if asked, bytes), forgetting the
+//! oldest first: the tracker's metainfo cache and the agent's pull reports.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
-/// A map of at most `cap` entries; inserting a new key beyond that drops the key that was
-/// inserted earliest. Replacing a key's value keeps its place.
+/// A map of at most `cap` entries and `max_bytes` bytes (as the caller sizes its values);
+/// inserting beyond either drops the keys inserted earliest. Replacing a key's value keeps
+/// its place. A value larger than the whole budget is not kept.
 #[derive(Debug)]
 pub struct BoundedMap<K, V> {
-    map: HashMap<K, V>,
+    map: HashMap<K, (V, u64)>,
     order: VecDeque<K>,
     cap: usize,
+    bytes: u64,
+    max_bytes: u64,
 }
 
 impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
     /// An empty map of at most `cap` entries.
     pub fn new(cap: usize) -> Self {
+        Self::with_byte_budget(cap, u64::MAX)
+    }
+
+    /// An empty map of at most `cap` entries and `max_bytes` bytes, values sized by
+    /// [`BoundedMap::insert_sized`].
+    pub fn with_byte_budget(cap: usize, max_bytes: u64) -> Self {
         BoundedMap {
             map: HashMap::new(),
             order: VecDeque::new(),
             cap,
+            bytes: 0,
+            max_bytes,
         }
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.map.get(key)
+        self.map.get(key).map(|(v, _)| v)
     }
 
-    /// Sets `key` to `value`, dropping the oldest entries beyond the cap.
+    /// Sets `key` to `value` (counted as no bytes), dropping the oldest entries beyond the
+    /// cap.
     pub fn insert(&mut self, key: K, value: V) {
-        if self.map.insert(key.clone(), value).is_none() {
-            self.order.push_back(key);
+        self.insert_sized(key, value, 0);
+    }
+
+    /// Sets `key` to `value` of `bytes` bytes, dropping the oldest entries beyond the cap or
+    /// the byte budget.
+    pub fn insert_sized(&mut self, key: K, value: V, bytes: u64) {
+        match self.map.insert(key.clone(), (value, bytes)) {
+            Some((_, old)) => self.bytes -= old,
+            None => self.order.push_back(key),
         }
-        while self.map.len() > self.cap {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
+        self.bytes += bytes;
+        while self.map.len() > self.cap || self.bytes > self.max_bytes {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, b)) = self.map.remove(&old) {
+                self.bytes -= b;
             }
         }
     }
@@ -59,5 +79,24 @@ mod tests {
             (m.get(&1), m.get(&2), m.get(&3)),
             (None, Some(&"b"), Some(&"c"))
         );
+    }
+
+    #[test]
+    fn the_byte_budget_drops_the_oldest_too() {
+        let mut m = BoundedMap::with_byte_budget(10, 100);
+        m.insert_sized(1, "a", 40);
+        m.insert_sized(2, "b", 40);
+        m.insert_sized(2, "b2", 50);
+        assert_eq!((m.get(&1), m.get(&2)), (Some(&"a"), Some(&"b2")));
+        m.insert_sized(3, "c", 30);
+        assert_eq!(
+            (m.get(&1), m.get(&2), m.get(&3)),
+            (None, Some(&"b2"), Some(&"c"))
+        );
+        // Larger than the whole budget: not kept, and it pushes out everything older.
+        m.insert_sized(4, "d", 101);
+        assert_eq!((m.get(&2), m.get(&3), m.get(&4)), (None, None, None));
+        m.insert_sized(5, "e", 100);
+        assert_eq!(m.get(&5), Some(&"e"));
     }
 }

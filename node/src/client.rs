@@ -107,7 +107,7 @@ async fn read_metainfo_body(recv: &mut RecvStream, len: u64) -> Result<Vec<u8>, 
             "more than the {MAX_METAINFO_LEN} a metainfo can take"
         ));
     }
-    // Checked above: `len` is at most MAX_METAINFO_LEN (16 MiB), so it fits in memory.
+    // Checked above: `len` is at most MAX_METAINFO_LEN (about 16 MiB): it fits in memory.
     let bytes = recv
         .read_to_end(len as usize)
         .await

@@ -4,8 +4,7 @@
 //! Each call is one [`Request`] frame on a fresh bidirectional stream (see
 //! `kraken_transport::quic::rpc`), answered by one [`Response`] frame; bulk bytes (an
 //! upload's body, a download's content, a metainfo) follow their frame raw. Errors are
-//! answers too:
-//! [`Response::Error`] carries a [`RemoteError`] whose kind a caller can act on (try the
+//! answers too: [`Response::Error`] carries a [`RemoteError`] whose kind a caller can act on (try the
 //! next owner, retry later, give up).
 
 use std::time::Duration;
@@ -244,8 +243,8 @@ pub enum Response {
     },
 }
 
-/// The largest metainfo a node sends or accepts: the largest the format allows
-/// (`MAX_PIECES` pieces of 64 bytes).
+/// The largest metainfo a node sends or accepts: the largest the format allows (a header
+/// and 64 bytes for each of at most `MAX_PIECES` pieces, 16 MiB + 96 bytes).
 pub const MAX_METAINFO_LEN: u64 = kraken_storage::metainfo::MAX_ENCODED_LEN as u64;
 
 /// Pending replications to one destination.
@@ -462,6 +461,16 @@ mod tests {
                 digest,
             },
         ]
+    }
+
+    #[test]
+    fn metainfo_answers_keep_their_wire_tags() {
+        // Nodes from before send `Metainfo` as tag 4 and know nothing after `TagDeleted`
+        // (18): new variants go last, and old tags never move.
+        let tag = |r: &Response| postcard::to_allocvec(r).unwrap()[0];
+        assert_eq!(tag(&Response::Metainfo(vec![1])), 4);
+        assert_eq!(tag(&Response::TagDeleted), 18);
+        assert_eq!(tag(&Response::MetainfoFollows { len: 1 }), 19);
     }
 
     #[test]

@@ -120,7 +120,8 @@ impl NodeService {
 async fn send_metainfo(stream: &mut RpcStream, bytes: &[u8]) -> bool {
     let len = bytes.len() as u64;
     if len > crate::proto::MAX_METAINFO_LEN {
-        // Decoding it would have failed already; never sent, so never refused by a peer.
+        // `Metainfo::encode` cannot produce this; answer with an error rather than a body
+        // that every peer would refuse.
         let error = RemoteError::new(
             ErrorKind::Internal,
             format!("a metainfo of {len} bytes is larger than any peer accepts"),

@@ -48,6 +48,9 @@ pub struct TrackerConfig {
     pub peer_ttl_intervals: u32,
     /// Metainfos cached.
     pub metainfo_cache_entries: usize,
+    /// Bytes of metainfo cached at most (a metainfo takes 64 bytes a piece: a 10 GiB
+    /// blob's, in 16 MiB pieces, 40 KiB; the largest possible, 16 MiB).
+    pub metainfo_cache_bytes: u64,
     /// How long the tracker waits on an origin's read-through before answering `Pending`,
     /// in ms.
     pub metainfo_wait_ms: u64,
@@ -62,6 +65,7 @@ impl Default for TrackerConfig {
             target_announces_per_sec: 5000,
             peer_ttl_intervals: 20,
             metainfo_cache_entries: 10_000,
+            metainfo_cache_bytes: 256 << 20,
             metainfo_wait_ms: 10_000,
         }
     }
@@ -145,7 +149,10 @@ impl TrackerRole {
             peer_ttl: ttl,
             max_peers: config.max_peers,
         });
-        let cache_entries = config.metainfo_cache_entries;
+        let cache = BoundedMap::with_byte_budget(
+            config.metainfo_cache_entries,
+            config.metainfo_cache_bytes,
+        );
         TrackerRole {
             inner: Arc::new(Inner {
                 cluster,
@@ -155,7 +162,7 @@ impl TrackerRole {
                     store,
                     rng: SmallRng::from_os_rng(),
                     origin_ids: HashMap::new(),
-                    metainfo: BoundedMap::new(cache_entries),
+                    metainfo: cache,
                     window: (Instant::now(), 0),
                     last_rate: 0,
                 }),
@@ -320,7 +327,10 @@ impl TrackerRole {
     }
 
     fn cache(&self, digest: Digest, bytes: Vec<u8>) {
-        self.state().metainfo.insert(digest, Arc::new(bytes));
+        let len = bytes.len() as u64;
+        self.state()
+            .metainfo
+            .insert_sized(digest, Arc::new(bytes), len);
     }
 
     fn peers(&self, digest: &Digest) -> Response {

@@ -192,8 +192,9 @@ pub enum PieceError {
 /// 1.20 × in 256 KiB; see the README's benchmarks). Blobs of 1 GiB and more use 4 MiB
 /// pieces: few enough hashes and requests, large enough to keep QUIC streams busy; from
 /// 8 GiB, 16 MiB pieces keep the metainfo (64 bytes a piece: a hash and a chaining state)
-/// within one 256 KiB RPC frame up to just under 64 GiB. A seeder holds one piece in memory
-/// per upload slot, so those pieces cost up to 8 × 16 MiB per blob being served.
+/// small (a 100 GiB blob's: 400 KiB) and blobs up to 4 TiB within [`MAX_PIECES`]. A seeder
+/// holds one piece in memory per upload slot, so those pieces cost up to 8 × 16 MiB per
+/// blob being served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceLengthTable {
     /// `(min_blob_size, piece_length)` pairs, ascending by size, the first at size 0.

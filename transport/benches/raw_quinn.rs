@@ -31,9 +31,10 @@
 //!   `--seeder-child`), so the peak RSS reported is the leecher's alone.
 //!
 //! Reports MB/s (10^6 bytes per second) from the first byte sent to the last byte received,
-//! the process's CPU time (user + system) during the mode, and each mode's ratio to `raw`
-//! (and to `raw-mtu`, and to the bound) when they ran. `KRAKEN_BENCH_DIR` picks where the files of `work`
-//! and the `exchange` modes live (default: the system temp dir).
+//! the process's CPU time (user + system) during the mode (for `exchange` modes including
+//! the seeder's ingest; their own line gives the download's), and each mode's ratio to
+//! `raw` (and to `raw-mtu`, and to the bound) when they ran. `KRAKEN_BENCH_DIR` picks where
+//! the files of `work` and the `exchange` modes live (default: the system temp dir).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -142,8 +143,13 @@ fn main() -> Result<()> {
                     bound / secs
                 );
             }
+            let with_ingest = match mode.starts_with("exchange") {
+                true => " with the ingest",
+                false => "",
+            };
             println!(
-                "{mode:>8}: {} MiB in {secs:.2} s = {rate:.0} MB/s, process CPU {}{ratios}",
+                "{mode:>8}: {} MiB in {secs:.2} s = {rate:.0} MB/s, process CPU {}{with_ingest}\
+                 {ratios}",
                 moved / MIB,
                 cpu.map_or("unknown".into(), |c| format!("{c:.2} s")),
             );

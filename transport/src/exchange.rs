@@ -15,7 +15,9 @@
 //! - Pieces arrive through [`PieceExchange::accept_piece`]: the bytes are written straight
 //!   to their offset in the partial file while being hashed (`PieceWriter`), so a piece is
 //!   never held in memory whole, and only a verified piece is marked present. One writer
-//!   per piece at a time; a second copy (endgame) is refused at once.
+//!   per piece at a time; a second copy (endgame) is refused at once. Every
+//!   `flush_every_pieces` pieces the progress is saved (an fsync, then the bitfield) by a
+//!   `FlushJob` on the blocking pool, one at a time, so the task never waits on the disk.
 //! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
 //!
 //! Bandwidth: [`ExchangeConfig::egress`] and [`ExchangeConfig::ingress`] are optional
@@ -786,6 +788,9 @@ impl<T: Tracker> BlobTask<T> {
         for (_, s) in self.sessions.drain() {
             s.reader.abort();
         }
+        // The partial blob saves its progress and frees the digest before the handle goes:
+        // a download started again the moment this one is gone must find it free.
+        drop(self.store.take());
         let mut blobs = self.ex.lock();
         if blobs
             .get(&self.digest)
@@ -1069,8 +1074,16 @@ impl<T: Tracker> BlobTask<T> {
             }
             Input::Flushed(result) => {
                 self.flushing = false;
-                result.map_err(|e| format!("saving the download's progress: {e}"))?;
-                self.flush_if_due()?;
+                match (result, &self.store) {
+                    (Err(e), Some(Store::Partial(_))) => {
+                        return Err(format!("saving the download's progress: {e}"));
+                    }
+                    // The commit synced and recorded everything since: nothing was lost.
+                    (Err(e), _) => {
+                        tracing::debug!(digest = %self.digest, error = %e, "late flush failed");
+                    }
+                    (Ok(()), _) => self.flush_if_due()?,
+                }
             }
         }
         Ok(())

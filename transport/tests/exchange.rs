@@ -126,8 +126,6 @@ fn node_verifying(
     config: ExchangeConfig,
     verify_digest: bool,
 ) -> Node {
-    let (endpoint, identity) = endpoint(cluster, name);
-    let addr: SocketAddr = endpoint.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // 256 KiB pieces: enough pieces per blob for the swarm to matter at test sizes.
     let cas = Cas::open(CasConfig {
@@ -136,6 +134,21 @@ fn node_verifying(
         ..CasConfig::at(dir.path())
     })
     .unwrap();
+    node_on(cluster, name, kind, tracker, config, cas, dir)
+}
+
+/// A node whose exchange works on `cas` (`dir` lives as long as the node).
+fn node_on(
+    cluster: &Cluster,
+    name: &str,
+    kind: PeerKind,
+    tracker: &SharedTracker,
+    config: ExchangeConfig,
+    cas: Cas,
+    dir: TempDir,
+) -> Node {
+    let (endpoint, identity) = endpoint(cluster, name);
+    let addr: SocketAddr = endpoint.local_addr().unwrap();
     let service = Arc::new(NodeService::default());
     let serving = service.clone();
     let pool = ConnectionPool::new(endpoint.clone(), PoolConfig::default(), move |conn| {
@@ -569,4 +582,85 @@ async fn a_watch_on_a_complete_blob_has_every_piece_at_once() {
     // A seeding task.
     origin.ex.seed(&digest).unwrap();
     check(origin.ex.watch(&digest).unwrap()).await;
+}
+
+/// Progress saved by the flushes that run beside a download (every 4 pieces here) lets a
+/// restarted exchange on the same store resume where the first one stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_stopped_midway_resumes_from_its_saved_progress() {
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    let origin = node(&cluster, "origin", PeerKind::Origin, &tracker);
+    let data = pattern(32 << 20, 6);
+    let meta = seed(&origin, &data);
+    let digest = *meta.digest();
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(CasConfig {
+        piece_lengths: PieceLengthTable::uniform(256 * 1024),
+        flush_every_pieces: 4,
+        ..CasConfig::at(dir.path())
+    })
+    .unwrap();
+    let config = || ExchangeConfig {
+        swarm: swarm_config(),
+        ..ExchangeConfig::default()
+    };
+    let spare = || tempfile::tempdir().unwrap();
+
+    // Slowed to 40 MB/s, so that it is still far from done when it is stopped.
+    let slow = limited(Some(40_000_000), None);
+    let first = node_on(
+        &cluster,
+        "first",
+        PeerKind::Agent,
+        &tracker,
+        slow,
+        cas.clone(),
+        spare(),
+    );
+    let watch = first.ex.start_download(meta.clone()).unwrap();
+    let mut pieces = watch.pieces();
+    let stored_before = within(30, "16 pieces", async {
+        loop {
+            let n = pieces.borrow_and_update().count_ones();
+            if n >= 16 {
+                break n;
+            }
+            pieces.changed().await.unwrap();
+        }
+    })
+    .await;
+    first.ex.close();
+    within(30, "the first exchange's blob task to end", async {
+        while first.ex.active_blobs() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    first.pool.close();
+    first.endpoint.close();
+
+    let second = node_on(
+        &cluster,
+        "second",
+        PeerKind::Agent,
+        &tracker,
+        config(),
+        cas,
+        spare(),
+    );
+    let watch = second.ex.start_download(meta.clone()).unwrap();
+    let resumed = watch.have().count_ones();
+    assert!(
+        resumed >= stored_before,
+        "resumed with {resumed} pieces, {stored_before} were stored before the stop"
+    );
+    assert!(
+        resumed < meta.piece_count(),
+        "the first run was not meant to finish"
+    );
+    within(60, "the resumed download", second.ex.download(meta.clone()))
+        .await
+        .unwrap();
+    assert!(read_back(&second, &digest) == data[..]);
 }

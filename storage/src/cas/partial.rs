@@ -1,14 +1,15 @@
 //! Partial blobs: downloads assembled piece by piece, in any order, across restarts.
 //!
 //! A partial blob is a sparse file of the final size under `partial/`, a metainfo and a
-//! bitfield in redb. Each piece is BLAKE3-verified before it touches the file; a bad piece
-//! is never written. The bitfield is persisted every `flush_every_pieces` pieces, after an
-//! fsync of the file, so it never claims bytes that a crash could lose: inline by
+//! bitfield in redb. A piece counts only once BLAKE3-verified: `write_piece` checks it
+//! before writing, a [`PieceWriter`] streams it into place and it is marked present only
+//! after its hash matched. The bitfield is persisted every `flush_every_pieces` pieces,
+//! after an fsync of the file, so it never claims bytes that a crash could lose: inline by
 //! [`PartialBlob::mark_stored`], or by a [`FlushJob`] that a downloader which must not wait
-//! on the disk runs on another thread. The sha256 digest
-//! is verified too (unless `verify_digest_on_commit` is off): piece by piece as pieces are
-//! stored when the metainfo carries sha256 chaining states ([`crate::chain`]), otherwise by
-//! re-hashing the whole file at commit. Then the file is renamed into `blobs/`.
+//! on the disk runs on another thread. The sha256 digest is verified too (unless
+//! `verify_digest_on_commit` is off): piece by piece as pieces are stored when the metainfo
+//! carries sha256 chaining states ([`crate::chain`]), otherwise by re-hashing the whole
+//! file at commit. Then the file is renamed into `blobs/`.
 //!
 //! One writer per blob at a time: a second [`Cas::start_partial`] for the same digest gets
 //! `CasError::Busy` until the first [`PartialBlob`] is dropped.
@@ -319,37 +320,43 @@ impl PartialBlob {
         PieceSource::new(&self.file, &self.path, self.metainfo.clone())
     }
 
-    /// Makes the pieces written so far durable: fsync the file, then persist the bitfield.
+    /// Makes the pieces recorded so far durable: fsync the file, then persist the bitfield.
+    /// Also covers any [`FlushJob`] handed out and perhaps not run yet.
     pub fn flush(&mut self) -> Result<(), CasError> {
-        match self.flush_job()? {
-            Some(job) => job.run(),
-            None => Ok(()),
+        let outstanding = *lock(&self.persisted) < self.flushes;
+        if self.unflushed == 0 && !outstanding {
+            return Ok(());
         }
+        self.take_flush_job()?.run()
     }
 
     /// The work of [`PartialBlob::flush`] for the pieces recorded so far, to run on another
     /// thread while more pieces arrive; `None` when nothing is unflushed. Jobs may finish in
-    /// any order and alongside [`PartialBlob::commit`]: an older snapshot never replaces a
-    /// newer one, and none is written once the blob is committed or discarded.
+    /// any order: an older snapshot never replaces a newer one, and none is written once the
+    /// blob is committed or discarded or this handle is dropped (which flush themselves).
     pub fn flush_job(&mut self) -> Result<Option<FlushJob>, CasError> {
         if self.unflushed == 0 {
             return Ok(None);
         }
+        self.take_flush_job().map(Some)
+    }
+
+    fn take_flush_job(&mut self) -> Result<FlushJob, CasError> {
         let file = self
             .file
             .try_clone()
             .map_err(CasError::io("reopen partial", &self.path))?;
         self.flushes += 1;
         self.unflushed = 0;
-        Ok(Some(FlushJob {
+        Ok(FlushJob {
             cas: self.cas.clone(),
             file,
             path: self.path.clone(),
-            key: self.metainfo.digest().to_string(),
+            digest: *self.metainfo.digest(),
             bitfield: encode_bitfield(&self.bitfield),
             number: self.flushes,
             persisted: self.persisted.clone(),
-        }))
+        })
     }
 
     /// Turns the finished download into a complete blob.
@@ -499,6 +506,9 @@ impl Drop for PartialBlob {
         {
             tracing::warn!(digest = %self.metainfo.digest(), error = %e, "cas: could not save partial progress");
         }
+        // Jobs this handle gave out must not land once the next handle may own the blob
+        // (this waits for one that is writing now).
+        *lock(&self.persisted) = u64::MAX;
         self.cas
             .inner()
             .lock()
@@ -510,11 +520,13 @@ impl Drop for PartialBlob {
 /// One flush of a partial blob's progress (see [`PartialBlob::flush_job`]): an fsync of
 /// the file, then the bitfield snapshot it was taken with into redb, so the stored bitfield
 /// never claims bytes a crash could lose. Blocks on the disk: run it on a blocking thread.
+/// Dropping it unrun leaves its pieces to the next flush.
+#[must_use = "the progress is saved only when the job runs"]
 pub struct FlushJob {
     cas: Cas,
     file: File,
     path: PathBuf,
-    key: String,
+    digest: crate::digest::Digest,
     bitfield: Vec<u8>,
     number: u64,
     persisted: Arc<Mutex<u64>>,
@@ -523,7 +535,7 @@ pub struct FlushJob {
 impl std::fmt::Debug for FlushJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlushJob")
-            .field("blob", &self.key)
+            .field("blob", &self.digest)
             .field("number", &self.number)
             .finish_non_exhaustive()
     }
@@ -536,20 +548,26 @@ impl FlushJob {
         self.file
             .sync_data()
             .map_err(CasError::io("sync", &self.path))?;
-        let mut persisted = self
-            .persisted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut persisted = lock(&self.persisted);
         if *persisted >= self.number {
             return Ok(());
         }
-        let txn = self.cas.inner().db.begin_write()?;
+        let inner = self.cas.inner();
+        let txn = inner.db.begin_write()?;
         txn.open_table(BITFIELDS)?
-            .insert(self.key.as_str(), self.bitfield.as_slice())?;
+            .insert(self.digest.to_string().as_str(), self.bitfield.as_slice())?;
         txn.commit()?;
         *persisted = self.number;
+        // A download that makes progress is in use: eviction by idleness spares it.
+        inner.touch(&self.digest);
         Ok(())
     }
+}
+
+/// The newest persisted flush's number, even if a thread panicked holding it (a number
+/// is never left half-written).
+fn lock(persisted: &Mutex<u64>) -> std::sync::MutexGuard<'_, u64> {
+    persisted.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Reads pieces of a blob (partial or complete) through its own file handle.
@@ -718,5 +736,65 @@ mod tests {
                 "commit: {commit}"
             );
         }
+    }
+
+    /// A store of 64 KiB pieces and a blob of `pieces` of them.
+    fn partial(dir: &std::path::Path, pieces: u32) -> (Cas, Metainfo, Vec<u8>) {
+        let lengths = PieceLengthTable::uniform(64 * 1024);
+        let cas = Cas::open(CasConfig {
+            piece_lengths: lengths.clone(),
+            ..CasConfig::at(dir)
+        })
+        .unwrap();
+        let blob: Vec<u8> = (0..pieces as usize * 64 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let meta = Metainfo::from_bytes(&blob, &lengths).unwrap();
+        (cas, meta, blob)
+    }
+
+    fn piece(blob: &[u8], i: u32) -> &[u8] {
+        &blob[i as usize * 64 * 1024..(i as usize + 1) * 64 * 1024]
+    }
+
+    #[test]
+    fn a_flush_also_covers_a_job_handed_out_and_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cas, meta, blob) = partial(dir.path(), 4);
+        let mut p = cas.start_partial(&meta).unwrap();
+        for i in 0..3 {
+            p.write_piece(PieceIndex(i), piece(&blob, i)).unwrap();
+        }
+        let pending = p.flush_job().unwrap().unwrap();
+        // Nothing is unflushed now, yet the pieces are not durable until a sync: a commit
+        // (which flushes) right now must still sync them.
+        p.flush().unwrap();
+        assert_eq!(*lock(&p.persisted), p.flushes);
+        let key = meta.digest().to_string();
+        let stored = cas.stored_bitfield(&key, 4).unwrap().unwrap();
+        assert_eq!(stored.count_ones(), 3);
+        drop(pending);
+        p.flush().unwrap();
+        assert_eq!(p.flushes, 2, "nothing was left to flush");
+    }
+
+    #[test]
+    fn a_job_of_a_dropped_handle_never_overwrites_the_next_handles_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cas, meta, blob) = partial(dir.path(), 4);
+        let key = meta.digest().to_string();
+        let mut first = cas.start_partial(&meta).unwrap();
+        first.write_piece(PieceIndex(0), piece(&blob, 0)).unwrap();
+        let late = first.flush_job().unwrap().unwrap();
+        drop(first);
+        let mut second = cas.start_partial(&meta).unwrap();
+        assert_eq!(second.bitfield().count_ones(), 1);
+        for i in 1..3 {
+            second.write_piece(PieceIndex(i), piece(&blob, i)).unwrap();
+        }
+        second.flush().unwrap();
+        late.run().unwrap();
+        let stored = cas.stored_bitfield(&key, 4).unwrap().unwrap();
+        assert_eq!(stored.count_ones(), 3);
     }
 }
