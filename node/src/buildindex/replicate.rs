@@ -12,7 +12,8 @@
 //!   the tag is put on the remote build-index, which checks it and may replicate it on.
 //!
 //! An item whose tag has since moved to another digest is dropped (the newer item carries
-//! the newer digest). When one item of a destination fails, the pass stops trying that
+//! the newer digest); a deletion is dropped only if its tag was set again, and waits while
+//! the local delete it was queued ahead of has not landed. When one item of a destination fails, the pass stops trying that
 //! destination: its other due items are rescheduled with backoff too, so a remote that is
 //! down costs one failed attempt per pass, not one per tag. Every owner of a tag queues its
 //! remote replications, so losing the node that took the put loses nothing; remotes see
@@ -156,10 +157,16 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
         .get(repo, tag)
         .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
     if dest == DELETE_BACKEND || dest.starts_with(DELETE_OWNER) {
-        if current.is_some() {
-            return Ok(Outcome::Dropped("the tag was set again after its deletion"));
-        }
-        return delete_elsewhere(bi, dest, repo, tag).await;
+        return match deletion_step(current.as_ref(), &item.digest, item.enqueued, item.attempts) {
+            DeletionStep::Carry => delete_elsewhere(bi, dest, repo, tag).await,
+            DeletionStep::SetAgain => {
+                Ok(Outcome::Dropped("the tag was set again after its deletion"))
+            }
+            DeletionStep::NotYet => Err(RemoteError::new(
+                ErrorKind::Unavailable,
+                "the deletion has not landed on this node yet",
+            )),
+        };
     }
     if current.map(|e| e.digest) != Some(item.digest) {
         return Ok(Outcome::Dropped(
@@ -195,6 +202,43 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
         return Ok(Outcome::Done);
     }
     Ok(Outcome::Dropped("unknown destination"))
+}
+
+/// What to do with a queued deletion, given the tag as it is here now.
+#[derive(Debug, PartialEq, Eq)]
+enum DeletionStep {
+    /// The tag is gone here: delete it there too.
+    Carry,
+    /// The tag was set again since: the deletion is obsolete.
+    SetAgain,
+    /// `delete_tag` queues the deletion before it deletes here (so that an acknowledged
+    /// deletion survives a crash); a pass that runs in between still sees the tag. Try
+    /// again: dropping it would leave the tag on the other owners for good.
+    NotYet,
+}
+
+/// A tag still present with the deleted digest and set no later than the deletion was
+/// queued is the deleted one, not a new setting. Past a few attempts it is taken as set
+/// again (the same digest, set again within the same millisecond), so nothing retries
+/// forever.
+fn deletion_step(
+    current: Option<&super::store::TagEntry>,
+    deleted: &Digest,
+    queued: SystemTime,
+    attempts: u32,
+) -> DeletionStep {
+    const PATIENCE: u32 = 5;
+    let Some(entry) = current else {
+        return DeletionStep::Carry;
+    };
+    let queued_ms = queued
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let same = entry.digest == *deleted && entry.updated_ms <= queued_ms;
+    match same && attempts < PATIENCE {
+        true => DeletionStep::NotYet,
+        false => DeletionStep::SetAgain,
+    }
 }
 
 /// Carries a deletion to the backend or another owner.
@@ -418,5 +462,28 @@ mod tests {
             Some(("remote:dc2", "library/ubuntu", "22.04"))
         );
         assert_eq!(parse_item_key("nonsense"), None);
+    }
+
+    #[test]
+    fn a_deletion_waits_for_the_local_delete_and_yields_to_a_new_setting() {
+        use super::super::store::TagEntry;
+        let old = Digest::sha256_of(b"old");
+        let queued = SystemTime::UNIX_EPOCH + Duration::from_millis(5_000);
+        let step = |digest, updated_ms, attempts| {
+            let entry = TagEntry { digest, updated_ms };
+            deletion_step(Some(&entry), &old, queued, attempts)
+        };
+        assert_eq!(deletion_step(None, &old, queued, 0), DeletionStep::Carry);
+        // Still here, as it was when the deletion was queued: the local delete is pending.
+        assert_eq!(step(old, 4_999, 0), DeletionStep::NotYet);
+        assert_eq!(step(old, 5_000, 4), DeletionStep::NotYet);
+        // Set again: later, or to another digest.
+        assert_eq!(step(old, 5_001, 0), DeletionStep::SetAgain);
+        assert_eq!(
+            step(Digest::sha256_of(b"new"), 4_000, 0),
+            DeletionStep::SetAgain
+        );
+        // Never forever.
+        assert_eq!(step(old, 4_999, 5), DeletionStep::SetAgain);
     }
 }
