@@ -13,11 +13,11 @@
 //!
 //! An item whose tag has since moved to another digest is dropped (the newer item carries
 //! the newer digest); a deletion is dropped only if its tag was set again, and waits while
-//! the local delete it was queued ahead of has not landed. When one item of a destination fails, the pass stops trying that
-//! destination: its other due items are rescheduled with backoff too, so a remote that is
-//! down costs one failed attempt per pass, not one per tag. Every owner of a tag queues its
-//! remote replications, so losing the node that took the put loses nothing; remotes see
-//! duplicates as no-ops.
+//! the local delete it was queued ahead of has not landed. When one item of a destination
+//! fails, the pass stops trying that destination: its other due items are rescheduled with
+//! backoff too, so a remote that is down costs one failed attempt per pass, not one per
+//! tag. Every owner of a tag queues its remote replications, so losing the node that took
+//! the put loses nothing; remotes see duplicates as no-ops.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
