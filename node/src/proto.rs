@@ -4,8 +4,8 @@
 //! Each call is one [`Request`] frame on a fresh bidirectional stream (see
 //! `kraken_transport::quic::rpc`), answered by one [`Response`] frame; bulk bytes (an
 //! upload's body, a download's content, a metainfo) follow their frame raw. Errors are
-//! answers too: [`Response::Error`] carries a [`RemoteError`] whose kind a caller can act on (try the
-//! next owner, retry later, give up).
+//! answers too: [`Response::Error`] carries a [`RemoteError`] whose kind a caller can act
+//! on (try the next owner, retry later, give up).
 
 use std::time::Duration;
 

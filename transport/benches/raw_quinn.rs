@@ -32,10 +32,10 @@
 //!
 //! Reports MB/s (10^6 bytes per second) from the first byte sent to the last byte received,
 //! the process's CPU time (user + system) during the mode (for `exchange` and
-//! `exchange-trusting` including the seeder's ingest; their own line gives the
-//! download's), and each mode's ratio to
-//! `raw` (and to `raw-mtu`, and to the bound) when they ran. `KRAKEN_BENCH_DIR` picks where
-//! the files of `work` and the `exchange` modes live (default: the system temp dir).
+//! `exchange-trusting` including the seeder's ingest; their own line gives the download's),
+//! and each mode's ratio to `raw` (and to `raw-mtu`, and to the bound) when they ran.
+//! `KRAKEN_BENCH_DIR` picks where the files of `work` and the `exchange` modes live
+//! (default: the system temp dir).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -122,7 +122,7 @@ fn main() -> Result<()> {
             };
             let cpu = match mode.as_str() {
                 "work" => cpu_of_work,
-                _ => cpu_secs().zip(cpu_before).map(|(a, b)| a - b),
+                _ => cpu_since(cpu_before),
             };
             match mode.as_str() {
                 "endpoint" => endpoint_cpu = cpu,
@@ -153,7 +153,7 @@ fn main() -> Result<()> {
                 "{mode:>8}: {} MiB in {secs:.2} s = {rate:.0} MB/s, process CPU {}{with_ingest}\
                  {ratios}",
                 moved / MIB,
-                cpu.map_or("unknown".into(), |c| format!("{c:.2} s")),
+                show_cpu(cpu),
             );
             if let Some(name) = ["raw", "raw-mtu"]
                 .into_iter()
@@ -176,6 +176,15 @@ fn cpu_secs() -> Option<f64> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU seconds used since `before` (a [`cpu_secs`] reading).
+fn cpu_since(before: Option<f64>) -> Option<f64> {
+    cpu_secs().zip(before).map(|(now, before)| now - before)
+}
+
+fn show_cpu(cpu: Option<f64>) -> String {
+    cpu.map_or("unknown".into(), |c| format!("{c:.2} s"))
 }
 
 /// A quinn endpoint with quinn's default transport settings and 4 MiB socket buffers; with
@@ -360,7 +369,7 @@ fn work(bytes: usize) -> Result<(f64, usize, Option<f64>)> {
     }
     copy.sync_data()?;
     let _ = (blake3.finalize(), sha256.finish());
-    let cpu = cpu_secs().zip(cpu_start).map(|(a, b)| a - b);
+    let cpu = cpu_since(cpu_start);
     Ok((start.elapsed().as_secs_f64(), bytes, cpu))
 }
 
@@ -749,11 +758,11 @@ mod exchange_bench {
         let t = Instant::now();
         let report = leecher.download(metainfo).await?;
         let secs = t.elapsed().as_secs_f64();
-        let cpu = super::cpu_secs().zip(cpu_before).map(|(a, b)| a - b);
+        let cpu = super::cpu_since(cpu_before);
         println!(
             "exchange: download CPU {}, {} peers, peak RSS of the whole process {} MiB \
              (after ingest: {} MiB); from origin {} bytes",
-            cpu.map_or("unknown".into(), |c| format!("{c:.2} s")),
+            super::show_cpu(cpu),
             report.stats.per_peer.len(),
             peak_rss_mib().unwrap_or(0),
             before.unwrap_or(0),

@@ -100,12 +100,16 @@ fn swarm_config() -> SwarmConfig {
     }
 }
 
-fn node(cluster: &Cluster, name: &str, kind: PeerKind, tracker: &SharedTracker) -> Node {
-    let config = ExchangeConfig {
+/// The exchange config of these tests: [`swarm_config`], no limits.
+fn exchange_config() -> ExchangeConfig {
+    ExchangeConfig {
         swarm: swarm_config(),
         ..ExchangeConfig::default()
-    };
-    node_with(cluster, name, kind, tracker, config)
+    }
+}
+
+fn node(cluster: &Cluster, name: &str, kind: PeerKind, tracker: &SharedTracker) -> Node {
+    node_with(cluster, name, kind, tracker, exchange_config())
 }
 
 fn node_with(
@@ -309,10 +313,7 @@ async fn a_metainfo_that_lies_about_its_digest_fails_the_download_at_once() {
         "rogue",
         PeerKind::Origin,
         &tracker,
-        ExchangeConfig {
-            swarm: swarm_config(),
-            ..ExchangeConfig::default()
-        },
+        exchange_config(),
         false,
     );
     let data = pattern(4 << 20, 11);
@@ -601,10 +602,6 @@ async fn a_download_stopped_midway_resumes_from_its_saved_progress() {
         ..CasConfig::at(dir.path())
     })
     .unwrap();
-    let config = || ExchangeConfig {
-        swarm: swarm_config(),
-        ..ExchangeConfig::default()
-    };
     let spare = || tempfile::tempdir().unwrap();
 
     // Slowed to 40 MB/s, so that it is still far from done when it is stopped.
@@ -645,7 +642,7 @@ async fn a_download_stopped_midway_resumes_from_its_saved_progress() {
         "second",
         PeerKind::Agent,
         &tracker,
-        config(),
+        exchange_config(),
         cas,
         spare(),
     );

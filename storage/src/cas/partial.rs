@@ -208,10 +208,7 @@ impl PartialBlob {
         self.file
             .write_all_at(bytes, range.start)
             .map_err(CasError::io("write piece to", &self.path))?;
-        if chained {
-            self.chained.set(index);
-        }
-        self.mark(index)?;
+        self.mark_stored(VerifiedPiece { index, chained })?;
         Ok(())
     }
 
@@ -270,23 +267,11 @@ impl PartialBlob {
         if piece.chained {
             self.chained.set(piece.index);
         }
-        self.record(piece.index)
-    }
-
-    fn record(&mut self, index: PieceIndex) -> bool {
-        let fresh = self.bitfield.set(index);
+        let fresh = self.bitfield.set(piece.index);
         if fresh {
             self.unflushed += 1;
         }
         fresh
-    }
-
-    fn mark(&mut self, index: PieceIndex) -> Result<bool, CasError> {
-        let fresh = self.record(index);
-        if self.flush_due() {
-            self.flush()?;
-        }
-        Ok(fresh)
     }
 
     /// Whether `flush_every_pieces` pieces are stored but not yet flushed.
@@ -399,10 +384,7 @@ impl PartialBlob {
         fs::create_dir_all(&shard).map_err(CasError::io("create directory", &shard))?;
         fs::rename(&self.path, &target).map_err(CasError::io("rename into place", &target))?;
         // Flushes still running on other threads must not bring the bitfield back.
-        let mut persisted = self
-            .persisted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut persisted = lock(&self.persisted);
         let committed = (|| {
             sync_dir(&shard)?;
             sync_dir(&inner.partial_dir)?;
@@ -452,10 +434,7 @@ impl PartialBlob {
         let inner = self.cas.inner();
         let digest = *self.metainfo.digest();
         // Flushes still running on other threads must not bring the bitfield back.
-        let mut persisted = self
-            .persisted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut persisted = lock(&self.persisted);
         *persisted = u64::MAX;
         let mut state = inner.lock();
         if let Some(record) = inner.record(&digest)? {
@@ -708,21 +687,13 @@ mod tests {
 
     #[test]
     fn a_flush_ending_after_the_commit_or_the_abort_leaves_no_bitfield_behind() {
-        const PIECE: usize = 64 * 1024;
         for commit in [true, false] {
             let dir = tempfile::tempdir().unwrap();
-            let lengths = PieceLengthTable::uniform(PIECE as u32);
-            let cas = Cas::open(CasConfig {
-                piece_lengths: lengths.clone(),
-                ..CasConfig::at(dir.path())
-            })
-            .unwrap();
-            let blob = vec![7u8; 3 * PIECE];
-            let meta = Metainfo::from_bytes(&blob, &lengths).unwrap();
+            let (cas, meta, blob) = partial(dir.path(), 3);
             let key = meta.digest().to_string();
             let mut p = cas.start_partial(&meta).unwrap();
             for i in 0..3 {
-                p.write_piece(PieceIndex(i), &blob[..PIECE]).unwrap();
+                p.write_piece(PieceIndex(i), piece(&blob, i)).unwrap();
             }
             let late = p.flush_job().unwrap().unwrap();
             match commit {
