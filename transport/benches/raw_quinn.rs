@@ -335,40 +335,34 @@ async fn endpoint_stream(
     one_stream(conn, server_conn, bytes).await
 }
 
-/// Bytes the exchange's receiver gathers before hashing and writing them.
-const RECEIVE_BATCH: usize = 256 * 1024;
-
-/// `work`: what the exchange does to every byte apart from QUIC, on one thread and without
-/// a network: read 4 MiB pieces from a file, hash them with BLAKE3 and sha256 in 256 KiB
-/// batches, write them into another file, sync it. Its CPU time plus `endpoint`'s is the
-/// least CPU a verified download can take; divided by the cores, a bound on its time.
+/// `work`: what the exchange does to every byte apart from QUIC, through the same storage
+/// calls, on one thread and without a network: an origin's store reads each piece (as a
+/// seeder does), a leecher's partial blob takes it through a piece writer (BLAKE3 and the
+/// sha256 chain, direct writes where the filesystem allows), records it, saves progress
+/// every 16 pieces and commits. Its CPU time plus `endpoint`'s is the least CPU a verified
+/// download can take; divided by the cores, a bound on its time.
 fn work(bytes: usize) -> Result<(f64, usize, Option<f64>)> {
-    use std::os::unix::fs::FileExt;
+    use kraken_storage::cas::{Cas, CasConfig};
     let dir = tempfile::tempdir_in(exchange_bench::bench_dir())?;
-    let source_path = dir.path().join("source");
-    std::io::copy(
-        &mut exchange_bench::Pattern::new(bytes as u64),
-        &mut std::fs::File::create(&source_path)?,
-    )?;
-    let source = std::fs::File::open(&source_path)?;
-    let copy = std::fs::File::create(dir.path().join("copy"))?;
+    let origin = Cas::open(CasConfig::at(dir.path().join("origin")))?;
+    let digest = exchange_bench::digest_of(bytes as u64);
+    let pattern = exchange_bench::Pattern::new(bytes as u64);
+    let metainfo = origin
+        .ingest(&digest, Some(bytes as u64), pattern)?
+        .metainfo;
+    let source = origin.reader(&digest)?.piece_source()?;
+    let leecher = Cas::open(CasConfig::at(dir.path().join("leecher")))?;
     let start = Instant::now();
     let cpu_start = cpu_secs();
-    let mut blake3 = blake3::Hasher::new();
-    let mut sha256 = kraken_storage::Digest::Sha256([0; 32]).hasher();
-    let mut offset = 0;
-    while offset < bytes {
-        let mut piece = vec![0u8; (bytes - offset).min(4 * MIB)];
-        source.read_exact_at(&mut piece, offset as u64)?;
-        for batch in piece.chunks(RECEIVE_BATCH) {
-            blake3.update(batch);
-            sha256.update(batch);
-            copy.write_all_at(batch, offset as u64)?;
-            offset += batch.len();
-        }
+    let mut partial = leecher.start_partial(&metainfo)?;
+    println!("    work: direct writes: {}", partial.writes_direct());
+    for i in 0..metainfo.piece_count() {
+        let piece = source.read_piece(PieceIndex(i))?;
+        let mut writer = partial.piece_writer(PieceIndex(i))?;
+        writer.write(&piece)?;
+        partial.mark_stored(writer.finish()?)?;
     }
-    copy.sync_data()?;
-    let _ = (blake3.finalize(), sha256.finish());
+    partial.commit()?;
     let cpu = cpu_since(cpu_start);
     Ok((start.elapsed().as_secs_f64(), bytes, cpu))
 }
@@ -570,7 +564,7 @@ mod exchange_bench {
         }
     }
 
-    fn digest_of(len: u64) -> Digest {
+    pub(super) fn digest_of(len: u64) -> Digest {
         let mut hasher = Digest::Sha256([0; 32]).hasher();
         let mut p = Pattern::new(len);
         let mut buf = vec![0u8; 1 << 20];

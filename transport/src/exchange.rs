@@ -12,10 +12,12 @@
 //! - `Message` goes to the session's writer task; a reader task turns frames into inputs.
 //! - `SendPiece` reads the piece from storage and sends it on its own unidirectional
 //!   stream. `upload_slots` bounds how many are in flight, so memory is bounded too.
-//! - Pieces arrive through [`PieceExchange::accept_piece`]: the bytes are written straight
-//!   to their offset in the partial file while being hashed (`PieceWriter`), so a piece is
-//!   never held in memory whole, and only a verified piece is marked present. One writer
-//!   per piece at a time; a second copy (endgame) is refused at once. Every
+//! - Pieces arrive through [`PieceExchange::accept_piece`]: the bytes gather in batches of
+//!   a `PieceWriter`, and each batch is hashed and written to its offset in the partial
+//!   file on the blocking pool (direct I/O where the filesystem allows), so a piece is
+//!   never held in memory whole, the runtime's threads never wait on the disk, and only a
+//!   verified piece is marked present. One writer per piece at a time; a second copy
+//!   (endgame) is refused at once. Every
 //!   `flush_every_pieces` pieces the progress is saved (an fsync, then the bitfield) by a
 //!   `FlushJob` on the blocking pool, one at a time, so the task never waits on the disk.
 //! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
@@ -47,8 +49,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use kraken_storage::cas::{BlobReader, Cas, CasError, PartialBlob, PieceSource, VerifiedPiece};
+use bytes::{Buf, Bytes};
+use kraken_storage::cas::{
+    BlobReader, Cas, CasError, PartialBlob, PieceSource, PieceWriter, VerifiedPiece,
+};
 use kraken_storage::{Bitfield, Digest, Metainfo, PieceError, PieceIndex};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
@@ -1180,7 +1184,7 @@ impl<T: Tracker> BlobTask<T> {
             }
             _ => None,
         };
-        let Some(mut writer) = writer else {
+        let Some(writer) = writer else {
             let code = if size == Some(header.len) {
                 codes::REFUSED
             } else {
@@ -1206,19 +1210,10 @@ impl<T: Tracker> BlobTask<T> {
         let ingress = self.ex.inner.config.ingress.clone();
         let started = Instant::now();
         tokio::spawn(async move {
-            let received = tokio::time::timeout(
-                limit,
-                receive_into(
-                    &mut recv,
-                    &mut writer,
-                    u64::from(header.len),
-                    ingress.as_ref(),
-                ),
-            )
-            .await;
+            let deadline = tokio::time::Instant::now() + limit;
+            let len = u64::from(header.len);
             // Too slow counts as the swarm's timeout would, not as a bad piece.
-            let result = received.unwrap_or(Err(PieceFault::Other));
-            let result = result.and_then(|()| writer.finish().map_err(PieceFault::of));
+            let result = receive_piece(&mut recv, writer, len, ingress.as_ref(), deadline).await;
             if matches!(result, Err(PieceFault::Peer)) {
                 let _ = recv.stop(codes::BAD_PIECE);
             }
@@ -1234,61 +1229,69 @@ impl<T: Tracker> BlobTask<T> {
     }
 }
 
-/// Bytes gathered before each write to disk (and BLAKE3 update): large enough that the
-/// syscall and hashing run in bulk (SIMD over many 1 KiB chunks), small enough that many
-/// pieces in flight stay cheap.
-const RECEIVE_BATCH: usize = 256 * 1024;
-
-/// Copies exactly `len` bytes of a piece stream into `writer`, then expects the end.
-/// With a limiter, every [`LIMIT_CHUNK`] is admitted by it before it is read.
-async fn receive_into(
+/// Receives exactly `len` bytes of a piece stream into `writer`, expects the end, and
+/// verifies the piece. With a limiter, every [`LIMIT_CHUNK`] is admitted by it before it is
+/// read. Past `deadline` the stream is given up (not the peer's fault), but never while a
+/// write is under way: once this returns, nothing of the piece is still being written, so
+/// another receiver may take the piece over.
+async fn receive_piece(
     recv: &mut RecvStream,
-    writer: &mut kraken_storage::cas::PieceWriter,
+    mut writer: PieceWriter,
     len: u64,
     limiter: Option<&RateLimiter>,
-) -> Result<(), PieceFault> {
-    let batch = usize::try_from(len)
-        .unwrap_or(RECEIVE_BATCH)
-        .min(RECEIVE_BATCH);
-    let mut buf = vec![0u8; batch];
+    deadline: tokio::time::Instant,
+) -> Result<VerifiedPiece, PieceFault> {
     let mut got = 0u64;
     // Bytes the limiter admitted and that are not read yet.
     let mut credit = 0usize;
     while got < len {
-        let want = usize::try_from(len - got).unwrap_or(usize::MAX).min(batch);
-        let mut filled = 0;
-        while filled < want {
-            let mut end = want;
-            if let Some(limiter) = limiter {
-                if credit == 0 {
-                    credit = (want - filled).min(LIMIT_CHUNK);
-                    limiter.acquire(credit as u64).await;
-                }
-                end = filled + credit.min(want - filled);
+        let mut max = usize::try_from(len - got).unwrap_or(usize::MAX);
+        if let Some(limiter) = limiter {
+            if credit == 0 {
+                credit = max.min(LIMIT_CHUNK);
+                let admitted = tokio::time::timeout_at(deadline, limiter.acquire(credit as u64));
+                admitted.await.map_err(|_| PieceFault::Other)?;
             }
-            // A chunk is taken under quinn's connection lock and copied after it is
-            // released; `read` would copy under the lock, holding up the connection's
-            // driver and the other pieces' readers (~4 % of the exchange's time here).
-            match recv.read_chunk(end - filled, true).await {
-                Ok(Some(chunk)) => {
-                    let n = chunk.bytes.len();
-                    buf[filled..filled + n].copy_from_slice(&chunk.bytes);
-                    filled += n;
-                    credit = credit.saturating_sub(n);
-                }
-                Ok(None) => return Err(PieceFault::Peer), // Ended short.
-                Err(_) => return Err(PieceFault::Other),
+            max = max.min(credit);
+        }
+        // A chunk is taken under quinn's connection lock and copied (into the writer's
+        // batch) after it is released; `read` would copy under the lock, holding up the
+        // connection's driver and the other pieces' readers (~4 % of the exchange's time).
+        let read = tokio::time::timeout_at(deadline, recv.read_chunk(max, true));
+        let mut bytes = match read.await {
+            Ok(Ok(Some(chunk))) => chunk.bytes,
+            Ok(Ok(None)) => return Err(PieceFault::Peer), // Ended short.
+            Ok(Err(_)) | Err(_) => return Err(PieceFault::Other),
+        };
+        got += bytes.len() as u64;
+        credit = credit.saturating_sub(bytes.len());
+        while !bytes.is_empty() {
+            let n = writer.gather(&bytes).map_err(PieceFault::of)?;
+            bytes.advance(n);
+            if writer.batch_full() {
+                writer = off_runtime(writer, |mut w| w.write_batch().map(|()| w)).await?;
             }
         }
-        // BLAKE3 and sha256 of the batch and a positioned write into the page cache: a few
-        // hundred microseconds a batch, short enough to run on the runtime's thread.
-        writer.write(&buf[..filled]).map_err(PieceFault::of)?;
-        got += filled as u64;
     }
     // Anything after the piece is a protocol violation.
-    match recv.read_chunk(1, true).await {
-        Ok(None) => Ok(()),
-        Ok(Some(_)) => Err(PieceFault::Peer),
+    let end = tokio::time::timeout_at(deadline, recv.read_chunk(1, true));
+    match end.await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(_))) => return Err(PieceFault::Peer),
+        Ok(Err(_)) | Err(_) => return Err(PieceFault::Other),
+    }
+    off_runtime(writer, PieceWriter::finish).await
+}
+
+/// Runs a piece writer's disk work (hashing the batch and writing it) on the blocking
+/// pool: with direct writes the thread waits for the disk, and the runtime's threads must
+/// keep driving the connections meanwhile.
+async fn off_runtime<T: Send + 'static>(
+    writer: PieceWriter,
+    work: fn(PieceWriter) -> Result<T, CasError>,
+) -> Result<T, PieceFault> {
+    match tokio::task::spawn_blocking(move || work(writer)).await {
+        Ok(result) => result.map_err(PieceFault::of),
         Err(_) => Err(PieceFault::Other),
     }
 }
