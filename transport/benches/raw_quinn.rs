@@ -14,9 +14,11 @@
 //!   quinn's cost is mostly per packet.
 //! - `endpoint`: the same single stream over this crate's `Endpoint` (its `QuicConfig`
 //!   windows, congestion controller and MTU discovery).
-//! - `work`: no network; the exchange's other work on every byte, on one thread: read 4
-//!   MiB pieces from a file, hash with BLAKE3 and sha256, write into a file, sync. With
-//!   `endpoint` it gives a bound for the exchange: (their CPU time) / cores.
+//! - `work`: no network; the exchange's other work on every byte, through the same storage
+//!   calls, on one thread: an origin's store reads each 4 MiB piece, a leecher's partial
+//!   blob takes it through a piece writer (BLAKE3, the sha256 chain, direct writes),
+//!   progress is saved every 16 pieces, then the commit. With `endpoint` it gives a bound
+//!   for the exchange: (their CPU time) / cores.
 //! - `pieces`: this crate's piece protocol: 4 MiB pieces, each on its own stream via
 //!   `send_piece`, 8 in flight, each verified by `recv_piece` (BLAKE3) on arrival.
 //! - `exchange`: the whole piece exchange between two nodes in this process: the seeder's
@@ -27,12 +29,18 @@
 //!   shares the process).
 //! - `exchange-trusting`: the same with the leecher's `verify_digest_on_commit` off: every
 //!   piece is still BLAKE3-verified on arrival, but the blob's sha256 is not checked.
+//! - `exchange-buffered`: the same with the leecher's `direct_writes` off: pieces are
+//!   written through the page cache.
+//!
+//! After each `exchange*` download the leecher reads the blob once, as an agent serving it
+//! to a local client does, and reports that read's time: after direct writes it comes from
+//! the disk and fills the page cache, which the download itself skipped.
 //! - `exchange-split`: `exchange` with the seeder in a child process (this binary again,
 //!   `--seeder-child`), so the peak RSS reported is the leecher's alone.
 //!
 //! Reports MB/s (10^6 bytes per second) from the first byte sent to the last byte received,
-//! the process's CPU time (user + system) during the mode (for `exchange` and
-//! `exchange-trusting` including the seeder's ingest; their own line gives the download's),
+//! the process's CPU time (user + system) during the mode (for the `exchange` modes
+//! including the seeder's ingest and the read after; their own line gives the download's),
 //! and each mode's ratio to `raw` (and to `raw-mtu`, and to the bound) when they ran.
 //! `KRAKEN_BENCH_DIR` picks where the files of `work` and the `exchange` modes live
 //! (default: the system temp dir).
@@ -71,10 +79,10 @@ fn main() -> Result<()> {
             "--bench" => {}
             "--mib" => mib = args.next().context("--mib needs a value")?.parse()?,
             "raw" | "raw-mtu" | "endpoint" | "work" | "pieces" | "exchange"
-            | "exchange-trusting" | "exchange-split" => modes.push(arg),
+            | "exchange-trusting" | "exchange-buffered" | "exchange-split" => modes.push(arg),
             other => bail!(
                 "unknown argument {other:?} (expected --mib N, raw, raw-mtu, endpoint, work, \
-                 pieces, exchange, exchange-trusting, exchange-split)"
+                 pieces, exchange, exchange-trusting, exchange-buffered, exchange-split)"
             ),
         }
     }
@@ -111,11 +119,9 @@ fn main() -> Result<()> {
                     cpu_of_work = cpu;
                     (secs, moved)
                 }
-                "exchange" => {
-                    exchange_bench::run(&sender, &receiver, &cluster, bytes, true).await?
-                }
-                "exchange-trusting" => {
-                    exchange_bench::run(&sender, &receiver, &cluster, bytes, false).await?
+                "exchange" | "exchange-trusting" | "exchange-buffered" => {
+                    let store = exchange_bench::LeecherStore::of_mode(mode);
+                    exchange_bench::run(mode, &sender, &receiver, &cluster, bytes, store).await?
                 }
                 "exchange-split" => exchange_bench::run_split(&ca, &receiver, bytes).await?,
                 _ => pieces(&sender, &receiver, &cluster, bytes).await?,
@@ -145,8 +151,11 @@ fn main() -> Result<()> {
                     bound / secs
                 );
             }
-            let with_ingest = match matches!(mode.as_str(), "exchange" | "exchange-trusting") {
-                true => " with the ingest",
+            let with_ingest = match matches!(
+                mode.as_str(),
+                "exchange" | "exchange-trusting" | "exchange-buffered"
+            ) {
+                true => " with the ingest and the read",
                 false => "",
             };
             println!(
@@ -435,7 +444,7 @@ mod exchange_bench {
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, Result};
-    use kraken_storage::cas::{Cas, CasConfig};
+    use kraken_storage::cas::{BlobReader, Cas, CasConfig};
     use kraken_storage::{Digest, Metainfo};
     use kraken_transport::exchange::{ExchangeConfig, Handout, PieceExchange, Tracker};
     use kraken_transport::quic::tls::dev::DevCa;
@@ -445,6 +454,34 @@ mod exchange_bench {
     };
     use kraken_transport::swarm::{PeerInfo, PeerKind};
     use kraken_transport::wire::PeerId;
+
+    /// How the leecher's store differs from the defaults in a mode (the seeder's never does).
+    #[derive(Clone, Copy)]
+    pub(super) struct LeecherStore {
+        verify_digest: bool,
+        direct_writes: bool,
+    }
+
+    impl LeecherStore {
+        const DEFAULT: LeecherStore = LeecherStore {
+            verify_digest: true,
+            direct_writes: true,
+        };
+
+        pub(super) fn of_mode(mode: &str) -> Self {
+            match mode {
+                "exchange-trusting" => LeecherStore {
+                    verify_digest: false,
+                    ..Self::DEFAULT
+                },
+                "exchange-buffered" => LeecherStore {
+                    direct_writes: false,
+                    ..Self::DEFAULT
+                },
+                _ => Self::DEFAULT,
+            }
+        }
+    }
 
     /// Hands out the seeder, always.
     #[derive(Clone)]
@@ -491,7 +528,7 @@ mod exchange_bench {
         kind: PeerKind,
         tracker: FixedTracker,
         dir: &std::path::Path,
-        verify: bool,
+        store: LeecherStore,
     ) -> Result<PieceExchange<FixedTracker>> {
         let config = QuicConfig::bind_to(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let endpoint = Endpoint::bind(&config, identity, ca)?;
@@ -508,7 +545,8 @@ mod exchange_bench {
             complete: kind == PeerKind::Origin,
         };
         let cas = Cas::open(CasConfig {
-            verify_digest_on_commit: verify,
+            verify_digest_on_commit: store.verify_digest,
+            direct_writes: store.direct_writes,
             ..CasConfig::at(dir)
         })?;
         let ex = PieceExchange::new(
@@ -605,7 +643,7 @@ mod exchange_bench {
                 PeerKind::Origin,
                 tracker.clone(),
                 store.path(),
-                true,
+                LeecherStore::DEFAULT,
             )?;
             let metainfo = seed_pattern(&seeder, len).await?;
             std::fs::write(ca_dir.join("bench-metainfo"), metainfo.encode())?;
@@ -677,7 +715,7 @@ mod exchange_bench {
             PeerKind::Agent,
             tracker,
             store.path(),
-            true,
+            LeecherStore::DEFAULT,
         )?;
         let before = peak_rss_mib();
         let t = Instant::now();
@@ -695,6 +733,20 @@ mod exchange_bench {
             report.stats.bytes_from_origins,
         );
         Ok((secs, bytes))
+    }
+
+    /// Reads a whole blob once, 1 MiB at a time: its time and CPU.
+    fn read_once(reader: &BlobReader) -> Result<(f64, Option<f64>)> {
+        let t = Instant::now();
+        let cpu_before = super::cpu_secs();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0;
+        while offset < reader.len() {
+            let n = reader.read_at(offset, &mut buf)?;
+            anyhow::ensure!(n > 0, "the blob ended early");
+            offset += n as u64;
+        }
+        Ok((t.elapsed().as_secs_f64(), super::cpu_since(cpu_before)))
     }
 
     /// Ingests `len` bytes of the pattern into `seeder`'s store and seeds them.
@@ -721,11 +773,12 @@ mod exchange_bench {
     }
 
     pub(super) async fn run(
+        mode: &str,
         sender: &NodeIdentity,
         receiver: &NodeIdentity,
         ca: &ClusterCa,
         bytes: usize,
-        verify: bool,
+        store: LeecherStore,
     ) -> Result<(f64, usize)> {
         let base = bench_dir();
         let dirs = (tempfile::tempdir_in(&base)?, tempfile::tempdir_in(&base)?);
@@ -736,27 +789,24 @@ mod exchange_bench {
             PeerKind::Origin,
             tracker.clone(),
             dirs.0.path(),
-            true,
+            LeecherStore::DEFAULT,
         )?;
-        let leecher = node(
-            receiver,
-            ca,
-            PeerKind::Agent,
-            tracker,
-            dirs.1.path(),
-            verify,
-        )?;
+        let leecher = node(receiver, ca, PeerKind::Agent, tracker, dirs.1.path(), store)?;
         let metainfo = seed_pattern(&seeder, bytes as u64).await?;
         let before = peak_rss_mib();
         let cpu_before = super::cpu_secs();
         let t = Instant::now();
+        let digest = *metainfo.digest();
         let report = leecher.download(metainfo).await?;
         let secs = t.elapsed().as_secs_f64();
         let cpu = super::cpu_since(cpu_before);
+        let (read_secs, read_cpu) = read_once(&leecher.cas().reader(&digest)?)?;
         println!(
-            "exchange: download CPU {}, {} peers, peak RSS of the whole process {} MiB \
-             (after ingest: {} MiB); from origin {} bytes",
+            "{mode}: download CPU {}, then one read of the blob {read_secs:.2} s, {} CPU; \
+             {} peers, peak RSS of the whole process {} MiB (after ingest: {} MiB); \
+             from origin {} bytes",
             super::show_cpu(cpu),
+            super::show_cpu(read_cpu),
             report.stats.per_peer.len(),
             peak_rss_mib().unwrap_or(0),
             before.unwrap_or(0),

@@ -3,15 +3,19 @@
 //! A partial blob is a sparse file of the final size under `partial/`, a metainfo and a
 //! bitfield in redb. A piece counts only once BLAKE3-verified: `write_piece` checks it
 //! before writing, a [`PieceWriter`] streams it into place and it is marked present only
-//! after its hash matched. Piece writers write with direct I/O where the filesystem allows
-//! (`CasConfig::direct_writes`): a download's bytes go to the disk without being copied into
-//! fresh page-cache pages first, which cost about as much CPU as hashing them. The bitfield is persisted every `flush_every_pieces` pieces,
+//! after its hash matched. The bitfield is persisted every `flush_every_pieces` pieces,
 //! after an fsync of the file, so it never claims bytes that a crash could lose: inline by
 //! [`PartialBlob::mark_stored`], or by a [`FlushJob`] that a downloader which must not wait
 //! on the disk runs on another thread. The sha256 digest is verified too (unless
 //! `verify_digest_on_commit` is off): piece by piece as pieces are stored when the metainfo
 //! carries sha256 chaining states ([`crate::chain`]), otherwise by re-hashing the whole
 //! file at commit. Then the file is renamed into `blobs/`.
+//!
+//! Piece writers write with direct I/O where the filesystem allows
+//! (`CasConfig::direct_writes`): a download's bytes go to the disk without first being
+//! copied into fresh page-cache pages, which cost about as much CPU as hashing them. The
+//! fsync of a flush or commit covers them as it covers the page cache. The page cache is
+//! filled when, and if, the blob is read.
 //!
 //! One writer per blob at a time: a second [`Cas::start_partial`] for the same digest gets
 //! `CasError::Busy` until the first [`PartialBlob`] is dropped.
