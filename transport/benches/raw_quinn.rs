@@ -31,12 +31,13 @@
 //!   piece is still BLAKE3-verified on arrival, but the blob's sha256 is not checked.
 //! - `exchange-buffered`: the same with the leecher's `direct_writes` off: pieces are
 //!   written through the page cache.
-//!
-//! After each `exchange*` download the leecher reads the blob once, as an agent serving it
-//! to a local client does, and reports that read's time: after direct writes it comes from
-//! the disk and fills the page cache, which the download itself skipped.
 //! - `exchange-split`: `exchange` with the seeder in a child process (this binary again,
 //!   `--seeder-child`), so the peak RSS reported is the leecher's alone.
+//!
+//! After each `exchange`, `exchange-trusting` and `exchange-buffered` download the leecher
+//! reads the blob once, as an agent serving it to a local client does, and reports that
+//! read's time: after direct writes it comes from the disk and fills the page cache, which
+//! the download itself skipped.
 //!
 //! Reports MB/s (10^6 bytes per second) from the first byte sent to the last byte received,
 //! the process's CPU time (user + system) during the mode (for the `exchange` modes

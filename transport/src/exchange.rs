@@ -1213,7 +1213,8 @@ impl<T: Tracker> BlobTask<T> {
             let deadline = tokio::time::Instant::now() + limit;
             let len = u64::from(header.len);
             // Too slow counts as the swarm's timeout would, not as a bad piece.
-            let result = receive_piece(&mut recv, writer, len, ingress.as_ref(), deadline).await;
+            let limiter = ingress.as_ref();
+            let result = receive_piece(&mut recv, writer, len, limiter, deadline, &tx).await;
             if matches!(result, Err(PieceFault::Peer)) {
                 let _ = recv.stop(codes::BAD_PIECE);
             }
@@ -1231,16 +1232,30 @@ impl<T: Tracker> BlobTask<T> {
 
 /// Receives exactly `len` bytes of a piece stream into `writer`, expects the end, and
 /// verifies the piece. With a limiter, every [`LIMIT_CHUNK`] is admitted by it before it is
-/// read. Past `deadline` the stream is given up (not the peer's fault), but never while a
-/// write is under way: once this returns, nothing of the piece is still being written, so
-/// another receiver may take the piece over.
+/// read. Past `deadline`, or once the blob's task is gone (`blob` closed), the stream is
+/// given up (not the peer's fault), but never while a write is under way: once this
+/// returns, nothing of the piece is still being written, so another receiver may take the
+/// piece over. (A receiver outlived by its partial blob cannot write at all.)
 async fn receive_piece(
     recv: &mut RecvStream,
     mut writer: PieceWriter,
     len: u64,
     limiter: Option<&RateLimiter>,
     deadline: tokio::time::Instant,
+    blob: &mpsc::Sender<Input>,
 ) -> Result<VerifiedPiece, PieceFault> {
+    // A wait on the peer (or on the limiter), cut short by the deadline or the blob's end.
+    async fn wait<F: std::future::Future>(
+        deadline: tokio::time::Instant,
+        blob: &mpsc::Sender<Input>,
+        f: F,
+    ) -> Result<F::Output, PieceFault> {
+        tokio::select! {
+            out = tokio::time::timeout_at(deadline, f) => out.map_err(|_| PieceFault::Other),
+            () = blob.closed() => Err(PieceFault::Other),
+        }
+    }
+
     let mut got = 0u64;
     // Bytes the limiter admitted and that are not read yet.
     let mut credit = 0usize;
@@ -1249,19 +1264,17 @@ async fn receive_piece(
         if let Some(limiter) = limiter {
             if credit == 0 {
                 credit = max.min(LIMIT_CHUNK);
-                let admitted = tokio::time::timeout_at(deadline, limiter.acquire(credit as u64));
-                admitted.await.map_err(|_| PieceFault::Other)?;
+                wait(deadline, blob, limiter.acquire(credit as u64)).await?;
             }
             max = max.min(credit);
         }
         // A chunk is taken under quinn's connection lock and copied (into the writer's
         // batch) after it is released; `read` would copy under the lock, holding up the
         // connection's driver and the other pieces' readers (~4 % of the exchange's time).
-        let read = tokio::time::timeout_at(deadline, recv.read_chunk(max, true));
-        let mut bytes = match read.await {
-            Ok(Ok(Some(chunk))) => chunk.bytes,
-            Ok(Ok(None)) => return Err(PieceFault::Peer), // Ended short.
-            Ok(Err(_)) | Err(_) => return Err(PieceFault::Other),
+        let mut bytes = match wait(deadline, blob, recv.read_chunk(max, true)).await? {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => return Err(PieceFault::Peer), // Ended short.
+            Err(_) => return Err(PieceFault::Other),
         };
         got += bytes.len() as u64;
         credit = credit.saturating_sub(bytes.len());
@@ -1274,11 +1287,10 @@ async fn receive_piece(
         }
     }
     // Anything after the piece is a protocol violation.
-    let end = tokio::time::timeout_at(deadline, recv.read_chunk(1, true));
-    match end.await {
-        Ok(Ok(None)) => {}
-        Ok(Ok(Some(_))) => return Err(PieceFault::Peer),
-        Ok(Err(_)) | Err(_) => return Err(PieceFault::Other),
+    match wait(deadline, blob, recv.read_chunk(1, true)).await? {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(PieceFault::Peer),
+        Err(_) => return Err(PieceFault::Other),
     }
     off_runtime(writer, PieceWriter::finish).await
 }

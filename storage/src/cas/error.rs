@@ -64,6 +64,10 @@ pub enum CasError {
     /// The blob is pinned and cannot be deleted.
     #[error("blob {0} is pinned")]
     Pinned(Digest),
+    /// A piece writer outlived its download (committed, aborted or dropped): its bytes
+    /// are not written, since the next download of the blob may own the file.
+    #[error("the download of blob {0} is closed; the piece was not written")]
+    DownloadClosed(Digest),
     /// The quota leaves no room even after evicting everything evictable.
     #[error(
         "no space for {needed} bytes: {available} bytes free in a {capacity}-byte store after eviction"

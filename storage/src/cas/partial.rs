@@ -23,7 +23,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use redb::{ReadableDatabase, ReadableTable};
@@ -47,7 +48,9 @@ pub struct PartialBlob {
     file: File,
     /// `file` opened again for direct I/O, when the store asks for it and the filesystem
     /// allows it: piece writers then bypass the page cache.
-    direct: Option<File>,
+    direct: Option<Arc<DirectFile>>,
+    /// Whether this handle's piece writers may still write (see [`PartialBlob::close_writers`]).
+    writers_open: Arc<RwLock<bool>>,
     path: PathBuf,
     unflushed: u32,
     /// Snapshots of the bitfield taken for flushing so far; each flush carries its number.
@@ -158,11 +161,17 @@ impl Cas {
 impl PartialBlob {
     fn new(cas: &Cas, metainfo: &Metainfo, bitfield: Bitfield, file: File, path: PathBuf) -> Self {
         let direct = match cas.config().direct_writes {
-            true => open_direct(&path),
+            true => open_direct(&path).map(|file| {
+                Arc::new(DirectFile {
+                    file,
+                    refused: AtomicBool::new(false),
+                })
+            }),
             false => None,
         };
         PartialBlob {
             direct,
+            writers_open: Arc::new(RwLock::new(true)),
             cas: cas.clone(),
             metainfo: Arc::new(metainfo.clone()),
             chained: Bitfield::new(bitfield.len()),
@@ -190,7 +199,20 @@ impl PartialBlob {
     /// it ([`CasConfig::direct_writes`](super::CasConfig::direct_writes)) and the
     /// filesystem took the file opened so.
     pub fn writes_direct(&self) -> bool {
-        self.direct.is_some()
+        self.direct
+            .as_ref()
+            .is_some_and(|d| !d.refused.load(Ordering::Relaxed))
+    }
+
+    /// Stops this handle's piece writers for good, waiting for any batch being written:
+    /// once the handle is committed, aborted or dropped, the file may be a complete blob
+    /// or belong to the next download of the digest, and a late writer (a receiver that
+    /// outlived its download) must not put its bytes over pieces verified since.
+    fn close_writers(&self) {
+        *self
+            .writers_open
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = false;
     }
 
     /// True when every piece is present.
@@ -244,17 +266,11 @@ impl PartialBlob {
             .file
             .try_clone()
             .map_err(CasError::io("reopen partial", &self.path))?;
-        let direct = match &self.direct {
-            Some(d) => Some(
-                d.try_clone()
-                    .map_err(CasError::io("reopen partial", &self.path))?,
-            ),
-            None => None,
-        };
         let len = range.end - range.start;
         Ok(PieceWriter {
             file,
-            direct,
+            direct: self.direct.clone(),
+            open: self.writers_open.clone(),
             path: self.path.clone(),
             metainfo: self.metainfo.clone(),
             index,
@@ -385,6 +401,7 @@ impl PartialBlob {
                 total: self.bitfield.len(),
             });
         }
+        self.close_writers();
         self.flush()?;
         let inner = self.cas.inner();
         if self.cas.config().verify_digest_on_commit {
@@ -462,6 +479,7 @@ impl PartialBlob {
     }
 
     fn discard(&mut self) -> Result<(), CasError> {
+        self.close_writers();
         let inner = self.cas.inner();
         let digest = *self.metainfo.digest();
         // Flushes still running on other threads must not bring the bitfield back.
@@ -511,6 +529,7 @@ impl PartialBlob {
 
 impl Drop for PartialBlob {
     fn drop(&mut self) {
+        self.close_writers();
         if !self.finished
             && let Err(e) = self.flush()
         {
@@ -633,8 +652,10 @@ impl PieceSource {
 /// when the store allows ([`CasConfig::direct_writes`](super::CasConfig::direct_writes)).
 pub struct PieceWriter {
     file: File,
-    /// The same file opened for direct I/O, while the filesystem takes it.
-    direct: Option<File>,
+    /// The blob's direct-I/O handle, if it has one.
+    direct: Option<Arc<DirectFile>>,
+    /// The partial blob's writers are still open: held (shared) across each batch's write.
+    open: Arc<RwLock<bool>>,
     path: PathBuf,
     metainfo: Arc<Metainfo>,
     index: PieceIndex,
@@ -656,6 +677,15 @@ pub const WRITE_BATCH: usize = 512 * 1024;
 /// Direct I/O wants the buffer, the length and the file offset on multiples of the device's
 /// logical block; 4 KiB covers devices of 512 and of 4096 bytes.
 const DIRECT_ALIGN: usize = 4096;
+
+/// A partial blob's file opened for direct I/O, shared by its piece writers (positioned
+/// writes need no handle of their own).
+#[derive(Debug)]
+struct DirectFile {
+    file: File,
+    /// Set once a direct write was refused: later batches go through the page cache.
+    refused: AtomicBool,
+}
 
 /// A write buffer that starts on a [`DIRECT_ALIGN`] boundary.
 struct AlignedBatch {
@@ -762,10 +792,17 @@ impl PieceWriter {
     }
 
     /// Hashes the gathered bytes and writes them at their offset. Blocks on the disk.
+    /// Fails with [`CasError::DownloadClosed`] once the partial blob is committed, aborted
+    /// or dropped.
     pub fn write_batch(&mut self) -> Result<(), CasError> {
         let bytes = self.batch.bytes();
         if bytes.is_empty() {
             return Ok(());
+        }
+        // Held until the bytes are written: closing the blob waits for this write.
+        let open = self.open.read().unwrap_or_else(PoisonError::into_inner);
+        if !*open {
+            return Err(CasError::DownloadClosed(*self.metainfo.digest()));
         }
         self.hasher.update(bytes);
         if let Some(chain) = self.chain.as_mut() {
@@ -773,17 +810,21 @@ impl PieceWriter {
         }
         let at = self.start + self.written;
         let mut rest = bytes;
-        if let Some(direct) = &self.direct
+        let direct = self
+            .direct
+            .as_ref()
+            .filter(|d| !d.refused.load(Ordering::Relaxed));
+        if let Some(direct) = direct
             && at.is_multiple_of(DIRECT_ALIGN as u64)
         {
             let aligned = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-            match direct.write_all_at(&bytes[..aligned], at) {
+            match direct.file.write_all_at(&bytes[..aligned], at) {
                 Ok(()) => rest = &bytes[aligned..],
                 // The filesystem (or this buffer) does not do direct I/O after all: the
-                // page cache takes this batch and the rest of the piece.
+                // page cache takes this batch, and every later one of the blob.
                 Err(e) if refuses_direct_io(&e) => {
-                    tracing::debug!(path = %self.path.display(), "cas: direct write refused, writing through the page cache");
-                    self.direct = None;
+                    tracing::debug!(path = %self.path.display(), error = %e, "cas: direct write refused, writing through the page cache");
+                    direct.refused.store(true, Ordering::Relaxed);
                 }
                 Err(e) => return Err(CasError::io("write piece to", &self.path)(e)),
             }
@@ -792,6 +833,7 @@ impl PieceWriter {
         self.file
             .write_all_at(rest, rest_at)
             .map_err(CasError::io("write piece to", &self.path))?;
+        drop(open);
         self.written += bytes.len() as u64;
         self.batch.clear();
         Ok(())
@@ -913,9 +955,18 @@ mod tests {
 
     #[test]
     fn direct_writes_land_every_byte_whatever_the_pieces_alignment() {
-        // Aligned pieces (direct but for the blob's short last piece), pieces on no block
-        // boundary (page cache), and 20 KiB pieces (every other one starts aligned).
-        for piece_length in [64 * 1024, 16 * 1024 + 1, 20 * 1024] {
+        // Aligned pieces of one batch (direct but for the blob's short last piece); pieces
+        // on no block boundary (page cache); 18 KiB pieces (aligned starts, unaligned ends,
+        // so a block is shared with the next piece); pieces of several batches, aligned and
+        // not.
+        let lengths = [
+            64 * 1024,
+            16 * 1024 + 1,
+            18 * 1024,
+            1024 * 1024,
+            600 * 1024 + 1,
+        ];
+        for piece_length in lengths {
             for direct_writes in [true, false] {
                 let dir = tempfile::tempdir().unwrap();
                 let lengths = PieceLengthTable::uniform(piece_length);
@@ -930,7 +981,12 @@ mod tests {
                     .collect();
                 let meta = Metainfo::from_bytes(&blob, &lengths).unwrap();
                 let mut p = cas.start_partial(&meta).unwrap();
-                assert_eq!(p.writes_direct(), direct_writes && on_ext4(dir.path()));
+                let direct = p.writes_direct();
+                if !direct_writes {
+                    assert!(!direct);
+                } else if on_ext4(dir.path()) {
+                    assert!(direct, "ext4 takes direct I/O");
+                }
                 for i in 0..meta.piece_count() {
                     let r = meta.piece_range(PieceIndex(i)).unwrap();
                     let mut w = p.piece_writer(PieceIndex(i)).unwrap();
@@ -940,6 +996,7 @@ mod tests {
                     }
                     assert!(p.mark_stored(w.finish().unwrap()).unwrap());
                 }
+                assert_eq!(p.writes_direct(), direct, "no direct write was refused");
                 p.commit().unwrap();
                 let stored = cas.reader(meta.digest()).unwrap().read_all().unwrap();
                 assert!(
@@ -951,7 +1008,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_direct_write_goes_through_the_page_cache_instead() {
+    fn a_refused_direct_write_goes_through_the_page_cache_and_so_do_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let (cas, meta, blob) = partial(dir.path(), 2);
         let mut p = cas.start_partial(&meta).unwrap();
@@ -962,16 +1019,45 @@ mod tests {
         w.batch.start = w.batch.raw.as_ptr().align_offset(DIRECT_ALIGN) + 1;
         w.batch.raw.resize(w.batch.start, 0);
         w.write(piece(&blob, 0)).unwrap();
-        if on_ext4(dir.path()) {
-            assert!(w.direct.is_none(), "the writer gave direct I/O up");
-        }
         p.mark_stored(w.finish().unwrap()).unwrap();
-        // The next writer still tries direct I/O, and both pieces land.
+        if on_ext4(dir.path()) {
+            assert!(!p.writes_direct(), "the blob's writers gave direct I/O up");
+        }
         let mut w = p.piece_writer(PieceIndex(1)).unwrap();
-        assert_eq!(w.direct.is_some(), p.writes_direct());
         w.write(piece(&blob, 1)).unwrap();
         p.mark_stored(w.finish().unwrap()).unwrap();
         p.commit().unwrap();
+        assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
+    }
+
+    #[test]
+    fn only_a_refusal_of_direct_io_falls_back_a_failing_disk_fails() {
+        use rustix::io::Errno;
+        let err = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+        assert!(refuses_direct_io(&err(Errno::INVAL)));
+        assert!(refuses_direct_io(&err(Errno::OPNOTSUPP)));
+        for e in [Errno::NOSPC, Errno::IO, Errno::DQUOT, Errno::ROFS] {
+            assert!(!refuses_direct_io(&err(e)), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_writer_that_outlives_its_download_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cas, meta, blob) = partial(dir.path(), 2);
+        let first = cas.start_partial(&meta).unwrap();
+        let mut stale = first.piece_writer(PieceIndex(0)).unwrap();
+        drop(first);
+        // The next download of the blob stores piece 0 from an honest peer...
+        let mut next = cas.start_partial(&meta).unwrap();
+        next.write_piece(PieceIndex(0), piece(&blob, 0)).unwrap();
+        // ...and the stale receiver, whose peer sends garbage, cannot write over it.
+        let garbage = vec![0xAA; piece(&blob, 0).len()];
+        let err = stale.write(&garbage).unwrap_err();
+        assert!(matches!(err, CasError::DownloadClosed(_)), "{err}");
+        assert!(matches!(stale.finish(), Err(CasError::DownloadClosed(_))));
+        next.write_piece(PieceIndex(1), piece(&blob, 1)).unwrap();
+        next.commit().unwrap();
         assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
     }
 
