@@ -66,6 +66,8 @@ use tokio::sync::Semaphore;
 const MIB: usize = 1024 * 1024;
 const SOCKET_BUFFER: usize = 4 * MIB;
 const PIECES_IN_FLIGHT: usize = 8;
+/// The modes running both exchange nodes in this process (`exchange_bench::run`).
+const LOCAL_EXCHANGE_MODES: [&str; 3] = ["exchange", "exchange-trusting", "exchange-buffered"];
 
 fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some(exchange_bench::SEEDER_CHILD) {
@@ -120,7 +122,7 @@ fn main() -> Result<()> {
                     cpu_of_work = cpu;
                     (secs, moved)
                 }
-                "exchange" | "exchange-trusting" | "exchange-buffered" => {
+                m if LOCAL_EXCHANGE_MODES.contains(&m) => {
                     let store = exchange_bench::LeecherStore::of_mode(mode);
                     exchange_bench::run(mode, &sender, &receiver, &cluster, bytes, store).await?
                 }
@@ -152,10 +154,7 @@ fn main() -> Result<()> {
                     bound / secs
                 );
             }
-            let with_ingest = match matches!(
-                mode.as_str(),
-                "exchange" | "exchange-trusting" | "exchange-buffered"
-            ) {
+            let with_ingest = match LOCAL_EXCHANGE_MODES.contains(&mode.as_str()) {
                 true => " with the ingest and the read",
                 false => "",
             };
@@ -355,12 +354,8 @@ fn work(bytes: usize) -> Result<(f64, usize, Option<f64>)> {
     use kraken_storage::cas::{Cas, CasConfig};
     let dir = tempfile::tempdir_in(exchange_bench::bench_dir())?;
     let origin = Cas::open(CasConfig::at(dir.path().join("origin")))?;
-    let digest = exchange_bench::digest_of(bytes as u64);
-    let pattern = exchange_bench::Pattern::new(bytes as u64);
-    let metainfo = origin
-        .ingest(&digest, Some(bytes as u64), pattern)?
-        .metainfo;
-    let source = origin.reader(&digest)?.piece_source()?;
+    let metainfo = exchange_bench::ingest_pattern(&origin, bytes as u64)?;
+    let source = origin.reader(metainfo.digest())?.piece_source()?;
     let leecher = Cas::open(CasConfig::at(dir.path().join("leecher")))?;
     let start = Instant::now();
     let cpu_start = cpu_secs();
@@ -603,7 +598,7 @@ mod exchange_bench {
         }
     }
 
-    pub(super) fn digest_of(len: u64) -> Digest {
+    fn digest_of(len: u64) -> Digest {
         let mut hasher = Digest::Sha256([0; 32]).hasher();
         let mut p = Pattern::new(len);
         let mut buf = vec![0u8; 1 << 20];
@@ -753,12 +748,15 @@ mod exchange_bench {
     /// Ingests `len` bytes of the pattern into `seeder`'s store and seeds them.
     async fn seed_pattern(seeder: &PieceExchange<FixedTracker>, len: u64) -> Result<Metainfo> {
         let cas = seeder.cas().clone();
+        let metainfo = tokio::task::spawn_blocking(move || ingest_pattern(&cas, len)).await??;
+        seeder.seed(metainfo.digest())?;
+        Ok(metainfo)
+    }
+
+    /// Ingests `len` bytes of the pattern into `cas` (as an origin does); their metainfo.
+    pub(super) fn ingest_pattern(cas: &Cas, len: u64) -> Result<Metainfo> {
         let digest = digest_of(len);
-        let ingested =
-            tokio::task::spawn_blocking(move || cas.ingest(&digest, Some(len), Pattern::new(len)))
-                .await??;
-        seeder.seed(&digest)?;
-        Ok(ingested.metainfo)
+        Ok(cas.ingest(&digest, Some(len), Pattern::new(len))?.metainfo)
     }
 
     /// Where stores live: `KRAKEN_BENCH_DIR`, else the system temp dir.

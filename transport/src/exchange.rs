@@ -17,9 +17,9 @@
 //!   file on the blocking pool (direct I/O where the filesystem allows), so a piece is
 //!   never held in memory whole, the runtime's threads never wait on the disk, and only a
 //!   verified piece is marked present. One writer per piece at a time; a second copy
-//!   (endgame) is refused at once. Every
-//!   `flush_every_pieces` pieces the progress is saved (an fsync, then the bitfield) by a
-//!   `FlushJob` on the blocking pool, one at a time, so the task never waits on the disk.
+//!   (endgame) is refused at once. Every `flush_every_pieces` pieces the progress is saved
+//!   (an fsync, then the bitfield) by a `FlushJob` on the blocking pool, one at a time, so
+//!   the task never waits on the disk.
 //! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
 //!
 //! Bandwidth: [`ExchangeConfig::egress`] and [`ExchangeConfig::ingress`] are optional
