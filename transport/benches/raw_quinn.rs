@@ -1,7 +1,7 @@
 //! Loopback QUIC throughput: raw-quinn baselines and this crate's piece protocol.
 //!
 //! ```text
-//! cargo bench -p kraken-transport --bench raw_quinn -- [--mib N] [MODE ...]
+//! cargo bench -p kraken-transport --bench raw_quinn -- [--mib N] [--rounds N] [MODE ...]
 //! ```
 //!
 //! Modes (`raw endpoint pieces exchange` by default), each moving `N` MiB (default 1024)
@@ -9,9 +9,10 @@
 //! CA and 4 MiB socket buffers:
 //! - `raw`: quinn endpoints built directly with quinn's default transport settings; one
 //!   unidirectional stream carries everything. The baseline.
-//! - `raw-mtu`: `raw` with path MTU discovery allowed up to `QuicConfig`'s
-//!   `max_udp_payload` (quinn's default stops at 1452): the like-for-like baseline, since
-//!   quinn's cost is mostly per packet.
+//! - `raw-mtu`: `raw` with path MTU discovery allowed up to 6,500-byte UDP payloads
+//!   (quinn's default stops at 1452), the largest whose batched sends plain quinn gets
+//!   through Linux: the nearest to like-for-like, since quinn's cost is mostly per packet
+//!   (`QuicConfig` goes up to 8,952, which only this crate's socket can send).
 //! - `endpoint`: the same single stream over this crate's `Endpoint` (its `QuicConfig`
 //!   windows, congestion controller and MTU discovery).
 //! - `work`: no network; the exchange's other work on every byte, through the same storage
@@ -43,6 +44,10 @@
 //! the process's CPU time (user + system) during the mode (for the `exchange` modes
 //! including the seeder's ingest and the read after; their own line gives the download's),
 //! and each mode's ratio to `raw` (and to `raw-mtu`, and to the bound) when they ran.
+//! `--rounds N` runs the modes N times over, interleaved (each round runs every mode in the
+//! order given), then prints each mode's median and range over the rounds. Every ratio is
+//! taken within its round: this VM's speed drifts by a quarter within minutes, and one
+//! baseline run against one mode run can land on either side of a target by that drift.
 //! `KRAKEN_BENCH_DIR` picks where the files of `work` and the `exchange` modes live
 //! (default: the system temp dir).
 
@@ -66,6 +71,8 @@ use tokio::sync::Semaphore;
 const MIB: usize = 1024 * 1024;
 const SOCKET_BUFFER: usize = 4 * MIB;
 const PIECES_IN_FLIGHT: usize = 8;
+/// The exchange's throughput target, as a ratio to `raw`.
+const EXCHANGE_TARGET: f64 = 0.85;
 /// The modes running both exchange nodes in this process (`exchange_bench::run`).
 const LOCAL_EXCHANGE_MODES: [&str; 3] = ["exchange", "exchange-trusting", "exchange-buffered"];
 
@@ -75,19 +82,25 @@ fn main() -> Result<()> {
         return exchange_bench::seeder_child(&args);
     }
     let mut mib = 1024usize;
+    let mut rounds = 1usize;
     let mut modes = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {}
             "--mib" => mib = args.next().context("--mib needs a value")?.parse()?,
+            "--rounds" => rounds = args.next().context("--rounds needs a value")?.parse()?,
             "raw" | "raw-mtu" | "endpoint" | "work" | "pieces" | "exchange"
             | "exchange-trusting" | "exchange-buffered" | "exchange-split" => modes.push(arg),
             other => bail!(
-                "unknown argument {other:?} (expected --mib N, raw, raw-mtu, endpoint, work, \
-                 pieces, exchange, exchange-trusting, exchange-buffered, exchange-split)"
+                "unknown argument {other:?} (expected --mib N, --rounds N, raw, raw-mtu, \
+                 endpoint, work, pieces, exchange, exchange-trusting, exchange-buffered, \
+                 exchange-split)"
             ),
         }
+    }
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
     if modes.is_empty() {
         modes = vec![
@@ -103,76 +116,183 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         let dir = tempfile::tempdir()?;
         let ca = DevCa::create(dir.path())?;
-        let sender = ca.issue_node_cert("sender")?;
-        let receiver = ca.issue_node_cert("receiver")?;
-        let cluster = ca.cluster_ca();
+        let nodes = Nodes {
+            sender: ca.issue_node_cert("sender")?,
+            receiver: ca.issue_node_cert("receiver")?,
+            cluster: ca.cluster_ca(),
+            ca,
+        };
         let bytes = mib * MIB;
-        let mut baselines: Vec<(&str, f64)> = Vec::new();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (mut endpoint_cpu, mut work_cpu) = (None, None);
-        for mode in &modes {
-            let cpu_before = cpu_secs();
-            let mut cpu_of_work = None;
-            let (secs, moved) = match mode.as_str() {
-                "raw" => raw(&sender, &receiver, &cluster, bytes).await?,
-                "raw-mtu" => raw_mtu(&sender, &receiver, &cluster, bytes).await?,
-                "endpoint" => endpoint_stream(&sender, &receiver, &cluster, bytes).await?,
-                "work" => {
-                    let (secs, moved, cpu) = work(bytes)?;
-                    cpu_of_work = cpu;
-                    (secs, moved)
-                }
-                m if LOCAL_EXCHANGE_MODES.contains(&m) => {
-                    let store = exchange_bench::LeecherStore::of_mode(mode);
-                    exchange_bench::run(mode, &sender, &receiver, &cluster, bytes, store).await?
-                }
-                "exchange-split" => exchange_bench::run_split(&ca, &receiver, bytes).await?,
-                _ => pieces(&sender, &receiver, &cluster, bytes).await?,
-            };
-            let cpu = match mode.as_str() {
-                "work" => cpu_of_work,
-                _ => cpu_since(cpu_before),
-            };
-            match mode.as_str() {
-                "endpoint" => endpoint_cpu = cpu,
-                "work" => work_cpu = cpu,
-                _ => {}
+        let mut summary = Summary::default();
+        for round in 1..=rounds {
+            if rounds > 1 {
+                println!("round {round} of {rounds}");
             }
-            let rate = moved as f64 / secs / 1e6;
-            let mut ratios: String = baselines
-                .iter()
-                .map(|(name, r)| format!("  ratio to {name} = {:.2}", rate / r))
-                .collect();
-            // `work` hashes with sha256 too: a bound only for the modes that check it.
-            let verifying = matches!(mode.as_str(), "exchange" | "exchange-split");
-            if let (true, Some(e), Some(w)) = (verifying, endpoint_cpu, work_cpu) {
-                // Both kinds of work spread perfectly over every core: no download is faster.
-                let bound = (e + w) / cores as f64;
-                ratios += &format!(
-                    "  ratio to the CPU bound ((endpoint + work CPU) / {cores} cores = {bound:.2} s) \
-                     = {:.2}",
-                    bound / secs
-                );
-            }
-            let with_ingest = match LOCAL_EXCHANGE_MODES.contains(&mode.as_str()) {
-                true => " with the ingest and the read",
-                false => "",
-            };
-            println!(
-                "{mode:>8}: {} MiB in {secs:.2} s = {rate:.0} MB/s, process CPU {}{with_ingest}\
-                 {ratios}",
-                moved / MIB,
-                show_cpu(cpu),
-            );
-            if let Some(name) = ["raw", "raw-mtu"]
-                .into_iter()
-                .find(|b| b == mode)
-            {
-                baselines.push((name, rate));
-            }
+            run_round(&modes, &nodes, bytes, &mut summary).await?;
+        }
+        if rounds > 1 {
+            summary.print(&modes, rounds);
         }
         Ok(())
     })
+}
+
+/// The two nodes' identities and the dev CA that issued them.
+struct Nodes {
+    ca: DevCa,
+    cluster: ClusterCa,
+    sender: NodeIdentity,
+    receiver: NodeIdentity,
+}
+
+/// One mode's figures in one round.
+struct Figures {
+    secs: f64,
+    /// To each baseline that ran earlier in the same round.
+    ratios: Vec<(&'static str, f64)>,
+    /// To the CPU bound, for the modes that verify what `work` does.
+    to_bound: Option<f64>,
+}
+
+/// Every round's figures, by mode, for the closing summary.
+#[derive(Default)]
+struct Summary(std::collections::BTreeMap<String, Vec<Figures>>);
+
+impl Summary {
+    /// Per mode: the median and range of its time and of each ratio over the rounds. A
+    /// ratio is always taken within one round, so the VM's drift between rounds (its speed
+    /// wanders by a quarter within minutes) moves the baseline and the mode together.
+    fn print(&self, modes: &[String], rounds: usize) {
+        println!("summary over {rounds} rounds (median, then min-max):");
+        let mut shown = std::collections::BTreeSet::new();
+        for mode in modes.iter().filter(|m| shown.insert(m.as_str())) {
+            let Some(figures) = self.0.get(mode) else {
+                continue;
+            };
+            let secs: Vec<f64> = figures.iter().map(|f| f.secs).collect();
+            let mut line = format!("{mode:>8}: {} s", spread(&secs));
+            for name in ["raw", "raw-mtu"] {
+                let ratios: Vec<f64> = figures
+                    .iter()
+                    .flat_map(|f| f.ratios.iter().filter(|(n, _)| *n == name))
+                    .map(|(_, r)| *r)
+                    .collect();
+                if !ratios.is_empty() {
+                    line += &format!("  ratio to {name} {}", spread(&ratios));
+                }
+                if name == "raw" && !ratios.is_empty() && mode.starts_with("exchange") {
+                    let met = ratios.iter().filter(|r| **r >= EXCHANGE_TARGET).count();
+                    line += &format!(" ({met} of {} at {EXCHANGE_TARGET} or above)", ratios.len());
+                }
+            }
+            let bounds: Vec<f64> = figures.iter().filter_map(|f| f.to_bound).collect();
+            if !bounds.is_empty() {
+                line += &format!("  ratio to the CPU bound {}", spread(&bounds));
+            }
+            println!("{line}");
+        }
+    }
+}
+
+/// "median (min-max)" of `values`, which is not empty.
+fn spread(values: &[f64]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median = match n % 2 {
+        1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    format!("{median:.2} ({:.2}-{:.2})", sorted[0], sorted[n - 1])
+}
+
+/// Runs every mode once, in order, printing each one's figures and ratios to the baselines
+/// that ran before it in this round.
+async fn run_round(
+    modes: &[String],
+    nodes: &Nodes,
+    bytes: usize,
+    summary: &mut Summary,
+) -> Result<()> {
+    let Nodes {
+        ca,
+        cluster,
+        sender,
+        receiver,
+    } = nodes;
+    let mut baselines: Vec<(&'static str, f64)> = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (mut endpoint_cpu, mut work_cpu) = (None, None);
+    for mode in modes {
+        let cpu_before = cpu_secs();
+        let mut cpu_of_work = None;
+        let (secs, moved) = match mode.as_str() {
+            "raw" => raw(sender, receiver, cluster, bytes).await?,
+            "raw-mtu" => raw_mtu(sender, receiver, cluster, bytes).await?,
+            "endpoint" => endpoint_stream(sender, receiver, cluster, bytes).await?,
+            "work" => {
+                let (secs, moved, cpu) = work(bytes)?;
+                cpu_of_work = cpu;
+                (secs, moved)
+            }
+            m if LOCAL_EXCHANGE_MODES.contains(&m) => {
+                let store = exchange_bench::LeecherStore::of_mode(mode);
+                exchange_bench::run(mode, sender, receiver, cluster, bytes, store).await?
+            }
+            "exchange-split" => exchange_bench::run_split(ca, receiver, bytes).await?,
+            _ => pieces(sender, receiver, cluster, bytes).await?,
+        };
+        let cpu = match mode.as_str() {
+            "work" => cpu_of_work,
+            _ => cpu_since(cpu_before),
+        };
+        match mode.as_str() {
+            "endpoint" => endpoint_cpu = cpu,
+            "work" => work_cpu = cpu,
+            _ => {}
+        }
+        let rate = moved as f64 / secs / 1e6;
+        let ratios: Vec<(&'static str, f64)> = baselines
+            .iter()
+            .map(|(name, r)| (*name, rate / r))
+            .collect();
+        let mut shown: String = ratios
+            .iter()
+            .map(|(name, r)| format!("  ratio to {name} = {r:.2}"))
+            .collect();
+        // `work` hashes with sha256 too: a bound only for the modes that check it.
+        let verifying = matches!(mode.as_str(), "exchange" | "exchange-split");
+        let mut to_bound = None;
+        if let (true, Some(e), Some(w)) = (verifying, endpoint_cpu, work_cpu) {
+            // Both kinds of work spread perfectly over every core: no download is faster.
+            let bound = (e + w) / cores as f64;
+            to_bound = Some(bound / secs);
+            shown += &format!(
+                "  ratio to the CPU bound ((endpoint + work CPU) / {cores} cores = {bound:.2} s) \
+                 = {:.2}",
+                bound / secs
+            );
+        }
+        let with_ingest = match LOCAL_EXCHANGE_MODES.contains(&mode.as_str()) {
+            true => " with the ingest and the read",
+            false => "",
+        };
+        println!(
+            "{mode:>8}: {} MiB in {secs:.2} s = {rate:.0} MB/s, process CPU {}{with_ingest}\
+             {shown}",
+            moved / MIB,
+            show_cpu(cpu),
+        );
+        if let Some(name) = ["raw", "raw-mtu"].into_iter().find(|b| b == mode) {
+            baselines.push((name, rate));
+        }
+        summary.0.entry(mode.clone()).or_default().push(Figures {
+            secs,
+            ratios,
+            to_bound,
+        });
+    }
+    Ok(())
 }
 
 /// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
@@ -279,15 +399,16 @@ async fn raw(
     raw_with(sender, receiver, ca, bytes, None).await
 }
 
-/// `raw` with the same MTU discovery cap as this crate's `QuicConfig`.
+/// `raw` with MTU discovery up to the largest UDP payload plain quinn can send in full
+/// batches: 10 datagrams per send, and Linux takes at most 65,507 bytes in one.
 async fn raw_mtu(
     sender: &NodeIdentity,
     receiver: &NodeIdentity,
     ca: &ClusterCa,
     bytes: usize,
 ) -> Result<(f64, usize)> {
-    let max = QuicConfig::default().max_udp_payload;
-    raw_with(sender, receiver, ca, bytes, Some(max)).await
+    const PLAIN_QUINN_MAX: u16 = 6500;
+    raw_with(sender, receiver, ca, bytes, Some(PLAIN_QUINN_MAX)).await
 }
 
 async fn raw_with(

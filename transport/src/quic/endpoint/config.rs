@@ -66,17 +66,18 @@ pub struct QuicConfigError(pub String);
 ///   under a second; a dead one should not hold a dial for long.
 /// - **Congestion control CUBIC**; **initial MTU 1200** (the QUIC minimum, always safe;
 ///   very large initial MTUs stalled handshakes here).
-/// - **Path MTU discovery up to 6,500-byte UDP payloads** (quinn's default stops at 1,452,
-///   a 1500-byte Ethernet path). quinn's cost is mostly per packet: on loopback here one
-///   stream moved 1 GiB with 1.5 CPU-seconds in 6,000-byte packets and 3.3 in 1,452-byte
-///   ones. Datacenter networks with jumbo frames (AWS VPCs: 9001, GCP: up to 8896) carry
-///   such packets; on a 1500-byte path a few probes per connection are lost and discovery
-///   settles where it would have anyway. The cap is quinn's: it hands the kernel up to 10
-///   datagrams in one GSO call and Linux refuses calls over 64 KiB, so larger payloads
-///   fail every batched send (seen here: losses, then quinn's black-hole detection dropped
-///   the path to 1,200 bytes). Memory: quinn sizes an endpoint's receive buffer by it
-///   (payload × 64 GRO segments × 32 datagrams: 13 MB at 6,500, 3 MB at 1,472), of which
-///   only what arriving packets fill is touched (a leecher moving 4 GiB peaked at 50 MiB).
+/// - **Path MTU discovery up to 8,952-byte UDP payloads**: a 9000-byte jumbo frame less
+///   IPv6 and UDP headers (quinn's default stops at 1,452, a 1500-byte Ethernet path).
+///   quinn's cost is mostly per packet: on loopback here one stream moved 1 GiB with 3.3
+///   CPU-seconds in 1,452-byte packets, 1.2–1.6 in 6,500-byte ones and 1.0–1.5 in
+///   8,952-byte ones. Datacenter networks with jumbo frames (AWS VPCs: 9001, GCP: up to
+///   8896) carry such packets; on a 1500-byte path a few probes per connection are lost
+///   and discovery settles where it would have anyway. quinn hands the kernel up to 10
+///   datagrams per segmentation-offload send and Linux refuses sends over 65,507 bytes, so
+///   the endpoint's socket splits larger batches in two (see `socket`). Memory: quinn sizes
+///   an endpoint's receive buffer by it (payload × 64 GRO segments × 32 datagrams: 18 MB
+///   at 8,952, 3 MB at 1,472), of which only what arriving packets fill is touched (a
+///   leecher moving 4 GiB peaked at 43 MiB).
 /// - **Segmentation offload (GSO) on**: quinn sends a batch of equal-sized datagrams with
 ///   one syscall where the kernel supports it and turns it off by itself where it does not;
 ///   it is most of quinn's bulk-transfer throughput. Turn it off only to debug with packet
@@ -117,7 +118,7 @@ pub struct QuicConfig {
     /// UDP payload size of the first packets, before MTU discovery (1200..=1472).
     pub initial_mtu: u16,
     /// Largest UDP payload that path MTU discovery probes for and that peers may send us
-    /// (`initial_mtu`..=6500). 1452 stops discovery where quinn's default does (a
+    /// (`initial_mtu`..=8952). 1452 stops discovery where quinn's default does (a
     /// 1500-byte path with IPv6 headers).
     pub max_udp_payload: u16,
     /// Let quinn use generic segmentation offload when the OS supports it.
@@ -140,7 +141,7 @@ impl Default for QuicConfig {
             connect_timeout: Duration::from_secs(5),
             congestion: CongestionControl::Cubic,
             initial_mtu: 1200,
-            max_udp_payload: MAX_GSO_SAFE_UDP_PAYLOAD,
+            max_udp_payload: MAX_JUMBO_UDP_PAYLOAD,
             segmentation_offload: true,
         }
     }
@@ -148,9 +149,8 @@ impl Default for QuicConfig {
 
 /// Largest UDP payload quinn sends by default (Ethernet MTU 1500 − IPv4 and UDP headers).
 const MAX_UDP_PAYLOAD: u16 = 1472;
-/// Largest UDP payload whose GSO batches stay sendable: quinn batches up to 10 datagrams
-/// per call and Linux caps a call at 65,507 bytes of UDP payload.
-const MAX_GSO_SAFE_UDP_PAYLOAD: u16 = 6500;
+/// Largest UDP payload of a 9000-byte jumbo frame (less IPv6 and UDP headers).
+const MAX_JUMBO_UDP_PAYLOAD: u16 = 8952;
 /// Sanity bound on socket buffers and windows: beyond this a typo is likelier than a need.
 const MAX_BUFFER: u64 = 1 << 30;
 
@@ -218,9 +218,9 @@ impl QuicConfig {
                 self.initial_mtu
             ));
         }
-        if !(self.initial_mtu..=MAX_GSO_SAFE_UDP_PAYLOAD).contains(&self.max_udp_payload) {
+        if !(self.initial_mtu..=MAX_JUMBO_UDP_PAYLOAD).contains(&self.max_udp_payload) {
             return bad(format!(
-                "max_udp_payload must be within initial_mtu ({})..={MAX_GSO_SAFE_UDP_PAYLOAD}, \
+                "max_udp_payload must be within initial_mtu ({})..={MAX_JUMBO_UDP_PAYLOAD}, \
                  not {}",
                 self.initial_mtu, self.max_udp_payload
             ));
@@ -313,7 +313,7 @@ mod tests {
             |c| c.connect_timeout = Duration::ZERO,
             |c| c.initial_mtu = 9000,
             |c| c.initial_mtu = 576,
-            |c| c.max_udp_payload = 7000,
+            |c| c.max_udp_payload = 9000,
             |c| c.max_udp_payload = 1199,
             |c| {
                 c.initial_mtu = 1400;

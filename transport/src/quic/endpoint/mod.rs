@@ -7,17 +7,20 @@
 //! connections by it.
 
 mod config;
+mod socket;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quinn::Runtime;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use config::{CongestionControl, QuicConfig, QuicConfigError};
 
+use self::socket::GsoSplitting;
 use super::codes;
 use super::tls::{ClusterCa, NodeIdentity, TlsError, peer_id_of_connection};
 use crate::wire::PeerId;
@@ -194,17 +197,20 @@ impl Endpoint {
         client.transport_config(transport);
 
         let (socket, buffers) = bind_socket(config)?;
-        let mut inner = quinn::Endpoint::new(
-            config.endpoint_config(),
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|source| EndpointError::Socket {
+        let register = |source| EndpointError::Socket {
             op: "register",
             addr: config.bind,
             source,
-        })?;
+        };
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let socket = GsoSplitting::wrap(runtime.wrap_udp_socket(socket).map_err(register)?);
+        let mut inner = quinn::Endpoint::new_with_abstract_socket(
+            config.endpoint_config(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(register)?;
         inner.set_default_client_config(client);
         tracing::debug!(
             peer_id = %identity.peer_id,
