@@ -71,6 +71,8 @@ use tokio::sync::Semaphore;
 const MIB: usize = 1024 * 1024;
 const SOCKET_BUFFER: usize = 4 * MIB;
 const PIECES_IN_FLIGHT: usize = 8;
+/// The baseline modes: every mode after one in a round gets a ratio to it.
+const BASELINES: [&str; 2] = ["raw", "raw-mtu"];
 /// The exchange's throughput target, as a ratio to `raw`.
 const EXCHANGE_TARGET: f64 = 0.85;
 /// The modes running both exchange nodes in this process (`exchange_bench::run`).
@@ -171,16 +173,17 @@ impl Summary {
             };
             let secs: Vec<f64> = figures.iter().map(|f| f.secs).collect();
             let mut line = format!("{mode:>8}: {} s", spread(&secs));
-            for name in ["raw", "raw-mtu"] {
+            for name in BASELINES {
                 let ratios: Vec<f64> = figures
                     .iter()
                     .flat_map(|f| f.ratios.iter().filter(|(n, _)| *n == name))
                     .map(|(_, r)| *r)
                     .collect();
-                if !ratios.is_empty() {
-                    line += &format!("  ratio to {name} {}", spread(&ratios));
+                if ratios.is_empty() {
+                    continue;
                 }
-                if name == "raw" && !ratios.is_empty() && mode.starts_with("exchange") {
+                line += &format!("  ratio to {name} {}", spread(&ratios));
+                if name == "raw" && mode.starts_with("exchange") {
                     let met = ratios.iter().filter(|r| **r >= EXCHANGE_TARGET).count();
                     line += &format!(" ({met} of {} at {EXCHANGE_TARGET} or above)", ratios.len());
                 }
@@ -283,7 +286,7 @@ async fn run_round(
             moved / MIB,
             show_cpu(cpu),
         );
-        if let Some(name) = ["raw", "raw-mtu"].into_iter().find(|b| b == mode) {
+        if let Some(name) = BASELINES.into_iter().find(|b| b == mode) {
             baselines.push((name, rate));
         }
         summary.0.entry(mode.clone()).or_default().push(Figures {

@@ -43,7 +43,6 @@ fn split<'a>(transmit: &Transmit<'a>) -> impl Iterator<Item = Transmit<'a>> {
         }
         _ => transmit.contents.len().max(1),
     };
-    let segment_size = transmit.segment_size;
     let template = Transmit { ..*transmit };
     transmit
         .contents
@@ -51,7 +50,7 @@ fn split<'a>(transmit: &Transmit<'a>) -> impl Iterator<Item = Transmit<'a>> {
         .map(move |contents| Transmit {
             contents,
             // One datagram needs no segmentation; quinn sends it that way too.
-            segment_size: segment_size.filter(|size| contents.len() > *size),
+            segment_size: template.segment_size.filter(|size| contents.len() > *size),
             ..template
         })
 }
