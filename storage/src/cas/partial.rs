@@ -278,6 +278,7 @@ impl PartialBlob {
             len,
             written: 0,
             batch: AlignedBatch::new(usize::try_from(len).unwrap_or(WRITE_BATCH).min(WRITE_BATCH)),
+            hashed: 0,
             hasher: blake3::Hasher::new(),
             chain: self.chain_from(index),
         })
@@ -650,6 +651,8 @@ impl PieceSource {
 /// Bytes gather in an aligned batch of [`WRITE_BATCH`]; each full batch is hashed (BLAKE3,
 /// and sha256 when checked) in one pass and written at its offset, bypassing the page cache
 /// when the store allows ([`CasConfig::direct_writes`](super::CasConfig::direct_writes)).
+/// The hashing is CPU work and the write is disk work: an async caller can hash on its own
+/// thread ([`PieceWriter::hash_gathered`]) and send only the write to a blocking thread.
 pub struct PieceWriter {
     file: File,
     /// The blob's direct-I/O handle, if it has one.
@@ -664,6 +667,8 @@ pub struct PieceWriter {
     /// Bytes hashed and written.
     written: u64,
     batch: AlignedBatch,
+    /// How much of `batch` is hashed already (see [`PieceWriter::hash_gathered`]).
+    hashed: usize,
     hasher: blake3::Hasher,
     /// The piece's place in the digest's sha256 chain, when checked.
     chain: Option<ChainHasher>,
@@ -791,22 +796,33 @@ impl PieceWriter {
         self.batch.is_full()
     }
 
-    /// Hashes the gathered bytes and writes them at their offset. Blocks on the disk.
-    /// Fails with [`CasError::DownloadClosed`] once the partial blob is committed, aborted
-    /// or dropped.
-    pub fn write_batch(&mut self) -> Result<(), CasError> {
-        let bytes = self.batch.bytes();
+    /// Hashes the gathered bytes not hashed yet. Only CPU work: it never touches the disk,
+    /// and [`PieceWriter::write_batch`] and [`PieceWriter::finish`] hash whatever it left.
+    pub fn hash_gathered(&mut self) {
+        let bytes = &self.batch.bytes()[self.hashed..];
         if bytes.is_empty() {
-            return Ok(());
-        }
-        // Held until the bytes are written: closing the blob waits for this write.
-        let open = self.open.read().unwrap_or_else(PoisonError::into_inner);
-        if !*open {
-            return Err(CasError::DownloadClosed(*self.metainfo.digest()));
+            return;
         }
         self.hasher.update(bytes);
         if let Some(chain) = self.chain.as_mut() {
             chain.update(bytes);
+        }
+        self.hashed = self.batch.len();
+    }
+
+    /// Hashes the gathered bytes (those [`PieceWriter::hash_gathered`] did not) and writes
+    /// them at their offset. Blocks on the disk. Fails with [`CasError::DownloadClosed`]
+    /// once the partial blob is committed, aborted or dropped.
+    pub fn write_batch(&mut self) -> Result<(), CasError> {
+        if self.batch.len() == 0 {
+            return Ok(());
+        }
+        self.hash_gathered();
+        let bytes = self.batch.bytes();
+        // Held until the bytes are written: closing the blob waits for this write.
+        let open = self.open.read().unwrap_or_else(PoisonError::into_inner);
+        if !*open {
+            return Err(CasError::DownloadClosed(*self.metainfo.digest()));
         }
         let at = self.start + self.written;
         let mut rest = bytes;
@@ -836,6 +852,7 @@ impl PieceWriter {
         drop(open);
         self.written += bytes.len() as u64;
         self.batch.clear();
+        self.hashed = 0;
         Ok(())
     }
 
@@ -1005,6 +1022,63 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bytes_hashed_before_their_write_are_hashed_once_and_still_checked() {
+        // Pieces of two batches and a bit: hashed after every chunk, after some, or only by
+        // the writes, as an async receiver may; the piece hashes and the sha256 chain must
+        // come out the same, and a corrupt byte hashed early must still fail its piece.
+        let piece_length = 2 * WRITE_BATCH as u32 + 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let lengths = PieceLengthTable::uniform(piece_length);
+        let cas = Cas::open(CasConfig {
+            piece_lengths: lengths.clone(),
+            ..CasConfig::at(dir.path())
+        })
+        .unwrap();
+        let blob: Vec<u8> = (0..3 * piece_length as usize)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let meta = Metainfo::from_bytes(&blob, &lengths).unwrap();
+        let mut p = cas.start_partial(&meta).unwrap();
+        let write = |w: &mut PieceWriter, bytes: &[u8], hash_every: usize| {
+            for (n, mut chunk) in bytes.chunks(8_952).enumerate() {
+                while !chunk.is_empty() {
+                    let took = w.gather(chunk).unwrap();
+                    chunk = &chunk[took..];
+                    if hash_every > 0 && n % hash_every == 0 {
+                        w.hash_gathered();
+                        w.hash_gathered(); // Nothing new: hashes nothing twice.
+                    }
+                    if w.batch_full() {
+                        w.hash_gathered();
+                        w.write_batch().unwrap();
+                    }
+                }
+            }
+        };
+        let range = |i: u32| {
+            let r = meta.piece_range(PieceIndex(i)).unwrap();
+            r.start as usize..r.end as usize
+        };
+        let mut corrupt = blob[range(1)].to_vec();
+        corrupt[WRITE_BATCH + 7] ^= 1;
+        let mut w = p.piece_writer(PieceIndex(1)).unwrap();
+        write(&mut w, &corrupt, 1);
+        w.hash_gathered();
+        assert!(
+            w.finish().is_err(),
+            "a corrupt byte hashed early is still caught"
+        );
+        for (i, hash_every) in [(0, 1), (1, 5), (2, 0)] {
+            let mut w = p.piece_writer(PieceIndex(i)).unwrap();
+            write(&mut w, &blob[range(i)], hash_every);
+            w.hash_gathered();
+            assert!(p.mark_stored(w.finish().unwrap()).unwrap());
+        }
+        p.commit().unwrap();
+        assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
     }
 
     #[test]

@@ -6,6 +6,16 @@
 //! stream is stopped at once), reads the body into one buffer of the checked length while
 //! hashing it with BLAKE3, and returns the bytes only if the hash matches. Unverified bytes
 //! never leave this module.
+//!
+//! **Send order.** quinn shares a connection round-robin among streams of equal priority,
+//! so the pieces queued to one peer would all arrive at the very end of their shared
+//! transfer. Each piece stream gets a lower priority than the one opened before it
+//! ([`piece_priority`]): a connection sends its pieces one after another, in the order they
+//! were asked for, and each lands (and can be shared onwards, and asked for again by its
+//! slot) as soon as its own bytes are through. Session and RPC streams keep quinn's default
+//! priority 0, above every piece, so a request or a have never waits behind piece data.
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use kraken_storage::{Digest, Metainfo, PieceError, PieceHash};
@@ -94,6 +104,19 @@ impl PieceStreamError {
     }
 }
 
+/// The send priority of the next piece stream: -1 for the first, then one lower for each
+/// (see the module's § Send order). After 2^30 pieces it wraps back to -1: the pieces in
+/// flight at that moment go out in another order, once, which is harmless.
+fn piece_priority() -> i32 {
+    static OPENED: AtomicU32 = AtomicU32::new(0);
+    let n = OPENED.fetch_add(1, Ordering::Relaxed) & PRIORITY_SPAN;
+    // `n` is below 2^30: no overflow.
+    -1 - n as i32
+}
+
+/// Piece priorities run from -1 down to `-1 - PRIORITY_SPAN`.
+const PRIORITY_SPAN: u32 = (1 << 30) - 1;
+
 /// Sends one piece on a new unidirectional stream: the header frame, the bytes (without
 /// copying them), and the end of the stream. Returns once the peer acknowledged every
 /// byte; a peer that refused or rejected the piece stopped the stream, which is
@@ -128,6 +151,8 @@ pub async fn send_piece_limited(
         delivered: false,
     };
     let send = &mut guard.stream;
+    // Fails only on a stream already closed, which the write below reports.
+    let _ = send.set_priority(piece_priority());
     write_frame(send, &header).await?;
     match limiter {
         None => send.write_chunk(bytes).await.map_err(StreamError::from)?,
@@ -263,5 +288,21 @@ async fn read_verified(
 impl From<WireError> for PieceStreamError {
     fn from(e: WireError) -> Self {
         PieceStreamError::Stream(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_piece_stream_ranks_below_the_one_before_and_below_control_streams() {
+        let first = piece_priority();
+        let second = piece_priority();
+        let third = piece_priority();
+        // Other tests may open piece streams meanwhile: only the order is certain.
+        assert!(first > second && second > third, "{first} {second} {third}");
+        assert!(first < 0, "session and RPC streams (priority 0) go first");
+        assert!(third >= -1 - PRIORITY_SPAN as i32, "no overflow");
     }
 }
