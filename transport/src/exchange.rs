@@ -16,10 +16,10 @@
 //!   a `PieceWriter`; each batch is hashed on the runtime's thread and written to its
 //!   offset in the partial file on the blocking pool (direct I/O where the filesystem
 //!   allows), so a piece is never held in memory whole, the runtime's threads never wait
-//!   on the disk, and only a verified piece is marked present. One writer per piece at a time; a second copy
-//!   (endgame) is refused at once. Every `flush_every_pieces` pieces the progress is saved
-//!   (an fsync, then the bitfield) by a `FlushJob` on the blocking pool, one at a time, so
-//!   the task never waits on the disk.
+//!   on the disk, and only a verified piece is marked present. One writer per piece at a
+//!   time; a second copy (endgame) is refused at once. Every `flush_every_pieces` pieces
+//!   the progress is saved (an fsync, then the bitfield) by a `FlushJob` on the blocking
+//!   pool, one at a time, so the task never waits on the disk.
 //! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
 //!
 //! Bandwidth: [`ExchangeConfig::egress`] and [`ExchangeConfig::ingress`] are optional
@@ -1282,13 +1282,7 @@ async fn receive_piece(
             let n = writer.gather(&bytes).map_err(PieceFault::of)?;
             bytes.advance(n);
             if writer.batch_full() {
-                // The hashing stays on this thread and only the write goes to the blocking
-                // pool, which then mostly waits on the disk. Hashing there too had the
-                // pool's threads competing with the runtime's for the cores, and the
-                // connections' drivers waiting for a time slice: the exchange took about
-                // 10 % longer. A batch is about half a millisecond of this thread.
-                writer.hash_gathered();
-                writer = off_runtime(writer, |mut w| w.write_batch().map(|()| w)).await?;
+                writer = hash_and_write(writer, |mut w| w.write_batch().map(|()| w)).await?;
             }
         }
     }
@@ -1298,17 +1292,21 @@ async fn receive_piece(
         Ok(Some(_)) => return Err(PieceFault::Peer),
         Err(_) => return Err(PieceFault::Other),
     }
-    writer.hash_gathered();
-    off_runtime(writer, PieceWriter::finish).await
+    hash_and_write(writer, PieceWriter::finish).await
 }
 
-/// Runs a piece writer's disk work (writing the batch) on the blocking pool: with direct
-/// writes the thread waits for the disk, and the runtime's threads must keep driving the
-/// connections meanwhile.
-async fn off_runtime<T: Send + 'static>(
-    writer: PieceWriter,
+/// Hashes what a piece writer gathered on this thread, then runs its disk work (`work`:
+/// the batch's write, or the last one's and the check) on the blocking pool: with direct
+/// writes that thread waits for the disk, and the runtime's threads must keep driving the
+/// connections meanwhile. The hashing stays here because on the pool it had the pool's
+/// threads competing with the runtime's for the cores, and the connections' drivers
+/// waiting for a time slice: the exchange took about 10 % longer. A batch is about half a
+/// millisecond of this thread.
+async fn hash_and_write<T: Send + 'static>(
+    mut writer: PieceWriter,
     work: fn(PieceWriter) -> Result<T, CasError>,
 ) -> Result<T, PieceFault> {
+    writer.hash_gathered();
     match tokio::task::spawn_blocking(move || work(writer)).await {
         Ok(result) => result.map_err(PieceFault::of),
         Err(_) => Err(PieceFault::Other),

@@ -102,7 +102,7 @@ async fn every_piece_round_trips_verified() {
 /// Loopback carries 64 KiB datagrams, so path MTU discovery takes packets past Ethernet's
 /// 1,452 bytes, up to the configured cap, while pieces flow; and batched sends of
 /// datagrams that large still go through (10 of them would be more than Linux takes in one
-/// send: the endpoint's socket caps the batch).
+/// send: the endpoint's socket splits the batch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_mtu_discovery_grows_packets_where_the_path_allows() {
     let s = setup().await;
