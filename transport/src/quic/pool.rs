@@ -24,7 +24,6 @@
 //! its endpoint: closing the pool, or dropping its last handle, closes the endpoint.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -554,12 +553,10 @@ async fn accept_loop(endpoint: Endpoint, pool: Weak<Inner>) {
     }
 }
 
-/// A uniform number in `[0, 1)` from std's randomly keyed hasher (jitter needs no more).
+/// A uniform number in `[0, 1)`, for jitter: from the thread's OS-seeded generator, so
+/// nodes that lost a peer together do not redial it in step.
 fn random_unit() -> f64 {
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
+    rand::random::<f64>()
 }
 
 #[cfg(test)]
