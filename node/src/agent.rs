@@ -78,13 +78,26 @@ impl RingTracker {
     }
 }
 
+/// Why an announce to the tracker ring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    /// No tracker of the digest answered.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// A tracker answered with something other than a handout.
+    #[error("unexpected tracker answer: {0:?}")]
+    Unexpected(Box<Response>),
+}
+
 impl Tracker for RingTracker {
+    type Error = AnnounceError;
+
     async fn announce(
         &self,
         digest: Digest,
         me: PeerInfo,
         have_bytes: u64,
-    ) -> Result<Handout, String> {
+    ) -> Result<Handout, AnnounceError> {
         let owners = self.cluster.owners_of_digest(Role::Tracker, &digest, 0);
         let request = Request::Announce {
             digest,
@@ -101,8 +114,8 @@ impl Tracker for RingTracker {
                 peers,
                 interval: Some(Duration::from_millis(interval_ms.max(100))),
             }),
-            Ok(other) => Err(format!("unexpected tracker answer: {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(other) => Err(AnnounceError::Unexpected(Box::new(other))),
+            Err(e) => Err(e.into()),
         }
     }
 }

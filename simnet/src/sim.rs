@@ -884,7 +884,7 @@ impl Simulation {
                     );
                 }
             }
-            Transmit::SendPiece { to, index } => {
+            Transmit::SendPiece { to, index, .. } => {
                 let o = Self::idx(&to);
                 let up = self.sessions.contains(h, o) && self.hosts[o as usize].alive;
                 let size = self.metainfo.piece_size(index);

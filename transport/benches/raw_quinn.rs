@@ -608,7 +608,9 @@ mod exchange_bench {
     struct FixedTracker(Arc<OnceLock<PeerInfo>>);
 
     impl Tracker for FixedTracker {
-        async fn announce(&self, _: Digest, _: PeerInfo, _: u64) -> Result<Handout, String> {
+        type Error = std::convert::Infallible;
+
+        async fn announce(&self, _: Digest, _: PeerInfo, _: u64) -> Result<Handout, Self::Error> {
             Ok(Handout {
                 peers: self.0.get().cloned().into_iter().collect(),
                 interval: Some(Duration::from_secs(5)),

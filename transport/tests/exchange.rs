@@ -35,7 +35,14 @@ struct TestTracker {
 struct SharedTracker(Arc<TestTracker>);
 
 impl Tracker for SharedTracker {
-    async fn announce(&self, digest: Digest, me: PeerInfo, _have: u64) -> Result<Handout, String> {
+    type Error = std::convert::Infallible;
+
+    async fn announce(
+        &self,
+        digest: Digest,
+        me: PeerInfo,
+        _have: u64,
+    ) -> Result<Handout, Self::Error> {
         let now = Instant::now();
         let origins = self.0.origins.lock().unwrap().clone();
         let mut store = self.0.store.lock().unwrap();

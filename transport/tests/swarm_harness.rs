@@ -251,7 +251,7 @@ impl Net {
             Transmit::Message { to, msg } => {
                 self.schedule(at, Ev::Message { from, to, msg });
             }
-            Transmit::SendPiece { to, index } => {
+            Transmit::SendPiece { to, index, .. } => {
                 let node = self.nodes.get_mut(&from).unwrap();
                 if node.behaviour == Behaviour::BlackHole {
                     return; // Never sends; the requester must time out.

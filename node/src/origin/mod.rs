@@ -99,7 +99,9 @@ impl OriginConfig {
 pub struct NoAnnounce;
 
 impl Tracker for NoAnnounce {
-    async fn announce(&self, _: Digest, _: PeerInfo, _: u64) -> Result<Handout, String> {
+    type Error = std::convert::Infallible;
+
+    async fn announce(&self, _: Digest, _: PeerInfo, _: u64) -> Result<Handout, Self::Error> {
         Ok(Handout {
             peers: Vec::new(),
             interval: Some(Duration::from_secs(3600)),

@@ -55,9 +55,11 @@ pub enum PeerEvent {
         /// The peer.
         id: PeerId,
     },
-    /// The driver swapped the peer's session for another (both sides dialled at once):
-    /// forget its state without counting it against the peer; `Connected` follows.
-    Replaced {
+    /// The peer's session cannot take another message: the driver's queue for it is full
+    /// (it does not read what we send). The swarm drops the peer: a
+    /// [`Transmit::Disconnect`] for it comes out before anything else queued, so nothing
+    /// more is written to it, and the rest is as for `Disconnected`.
+    Congested {
         /// The peer.
         id: PeerId,
     },
@@ -96,13 +98,38 @@ pub enum Transmit {
         msg: PeerMessage,
     },
     /// Read a piece from storage and send it on its own stream; report
-    /// [`Swarm::handle_piece_sent`] when done (or failed).
+    /// [`Swarm::handle_piece_sent`](super::Swarm::handle_piece_sent) when done (or failed).
     SendPiece {
         /// The peer.
         to: PeerId,
         /// The piece.
         index: PieceIndex,
+        /// Give the upload up (report it failed) if it is not sent by then, so a stalled
+        /// peer does not hold an upload slot, and a piece buffer, forever.
+        deadline: Instant,
     },
+}
+
+/// A session the driver holds with a peer, as it stands when a second one with the same
+/// peer opens (see [`Swarm::handle_second_session`](super::Swarm::handle_second_session)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenSession {
+    /// True if we opened it.
+    pub outbound: bool,
+    /// False once its connection is gone (the peer's new connection superseded it, or
+    /// the link died before the session's end was noticed).
+    pub alive: bool,
+}
+
+/// Which of two sessions with one peer the driver keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChoice {
+    /// Keep the open session and refuse the new one.
+    KeepOpen,
+    /// Close the open session and take the new one. The swarm has forgotten the peer's
+    /// state (without counting it against the peer); report
+    /// [`PeerEvent::Connected`] for the new session next.
+    TakeNew,
 }
 
 /// Storage work the swarm asks for.
@@ -131,7 +158,8 @@ pub enum BlacklistReason {
 /// Things worth telling the driver, a log, or a pull report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwarmEvent {
-    /// Time to announce to the tracker; answer with [`Swarm::handle_handout`].
+    /// Time to announce to the tracker; answer with
+    /// [`Swarm::handle_handout`](super::Swarm::handle_handout).
     Announce {
         /// Whether we have the whole blob.
         complete: bool,

@@ -13,8 +13,10 @@
 //! Policy, in brief:
 //! - **Connections**: up to `max_connections` per blob from the tracker's handout, in the
 //!   handout's order (complete peers and origins first); never ourselves, never twice,
-//!   never a blacklisted peer. The driver keeps one session per (blob, peer), so two
-//!   peers dialling each other at once share it. A complete node does not dial.
+//!   never a blacklisted peer. One session per (blob, peer): when two peers dial each
+//!   other at once, both keep the session opened by the lower `PeerId`
+//!   (`handle_second_session`). A peer that does not read what we send (the driver's
+//!   queue for it is full) is dropped. A complete node does not dial.
 //! - **Requests**: rarest piece first among those the peer has and nobody is fetching,
 //!   ties broken at random (seeded), up to a pipeline per peer (3 to agents, 5 to origins).
 //!   Origins are asked only for pieces no connected agent has (`spare_origins`), so the
@@ -27,7 +29,8 @@
 //!   strike per expiry. In the endgame (few pieces missing) outstanding
 //!   pieces are requested from a second peer, and the slower copy is cancelled.
 //! - **Serving**: requests for pieces we have are served through `upload_slots`
-//!   concurrent uploads, round-robin across peers; others are rejected.
+//!   concurrent uploads, round-robin across peers; others are rejected. An upload not
+//!   sent within twice the piece's request timeout is given up.
 //! - **Health**: a corrupt piece or a metainfo mismatch blacklists the peer for
 //!   `blacklist_bad_peer`; an unreachable or stalled peer for `blacklist_unreachable`; a
 //!   peer that refused our session (at its connection limit) for `blacklist_busy`, long
@@ -67,7 +70,8 @@ use rand_chacha::ChaCha8Rng;
 use blacklist::Fault;
 pub use config::{SwarmConfig, SwarmConfigError};
 pub use events::{
-    BlacklistReason, PeerEvent, PeerInfo, PeerKind, PieceOutcome, StorageOp, SwarmEvent, Transmit,
+    BlacklistReason, OpenSession, PeerEvent, PeerInfo, PeerKind, PieceOutcome, SessionChoice,
+    StorageOp, SwarmEvent, Transmit,
 };
 use requests::Requests;
 pub use stats::{PeerStats, SwarmStats};

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use kraken_storage::{Bitfield, PieceIndex};
 
-use super::{BlacklistReason, Fault, Peer, PeerEvent, PeerKind, Requests, Swarm, Transmit};
+use super::{
+    BlacklistReason, Fault, OpenSession, Peer, PeerEvent, PeerKind, Requests, SessionChoice, Swarm,
+    Transmit,
+};
 use crate::wire::{PeerId, PeerMessage};
 
 impl Swarm {
@@ -21,25 +24,54 @@ impl Swarm {
                 self.ban(now, id, BlacklistReason::Unreachable);
                 self.maybe_connect(now);
             }
-            PeerEvent::Replaced { id } => {
-                self.connecting.remove(&id);
-                self.drop_peer(id);
+            PeerEvent::Congested { id } => {
+                // Drop it rather than buffer for it without bound; the close goes first
+                // so the driver writes nothing more to it.
+                self.transmits.push_front(Transmit::Disconnect { id });
+                self.on_disconnected(now, id);
             }
-            PeerEvent::Disconnected { id } => {
-                self.connecting.remove(&id);
-                // Ended before its handshake: refused (at its connection limit) or broken
-                // (a dial that fails is `ConnectFailed`). Back off rather than redialling
-                // it at once, but only briefly: it was reachable.
-                let unanswered = self.peers.get(&id).is_some_and(|p| p.bitfield.is_none());
-                if unanswered {
-                    self.ban(now, id, BlacklistReason::Busy);
-                }
-                self.drop_peer(id);
-                self.maybe_connect(now);
-                self.schedule_requests(now);
-                self.serve(now);
-            }
+            PeerEvent::Disconnected { id } => self.on_disconnected(now, id),
         }
+    }
+
+    /// A second session with `id` opened while the driver holds `open` (both sides
+    /// dialled at once, or the peer reconnected): which one to keep.
+    ///
+    /// Both ends of a crossing must keep the same session, so the rule depends only on
+    /// who opened each: the session opened by the lower `PeerId` wins, and between two of
+    /// one opener the newer (the older one's connection is being replaced). A session
+    /// whose connection is gone always gives way. When the new one wins, the peer's state
+    /// is forgotten without counting against it, and the driver reports
+    /// [`PeerEvent::Connected`] for the new session.
+    pub fn handle_second_session(
+        &mut self,
+        id: PeerId,
+        open: OpenSession,
+        outbound: bool,
+    ) -> SessionChoice {
+        let opener = |outbound: bool| if outbound { self.me } else { id };
+        if open.alive && opener(open.outbound) < opener(outbound) {
+            return SessionChoice::KeepOpen;
+        }
+        self.connecting.remove(&id);
+        self.drop_peer(id);
+        SessionChoice::TakeNew
+    }
+
+    /// The session with `id` ended (or the driver gave it up).
+    fn on_disconnected(&mut self, now: Instant, id: PeerId) {
+        self.connecting.remove(&id);
+        // Ended before its handshake: refused (at its connection limit) or broken (a dial
+        // that fails is `ConnectFailed`). Back off rather than redialling it at once, but
+        // only briefly: it was reachable.
+        let unanswered = self.peers.get(&id).is_some_and(|p| p.bitfield.is_none());
+        if unanswered {
+            self.ban(now, id, BlacklistReason::Busy);
+        }
+        self.drop_peer(id);
+        self.maybe_connect(now);
+        self.schedule_requests(now);
+        self.serve(now);
     }
 
     pub(super) fn on_connected(
@@ -60,8 +92,8 @@ impl Swarm {
             return;
         }
         if self.peers.contains_key(&id) {
-            // The driver keeps one session per (blob, peer): a second `Connected` for the
-            // same peer (both sides dialled at once) is the same session.
+            // One session per (blob, peer): a driver that merges crossing dials into one
+            // session (the simulator) reports it `Connected` on both ends.
             return;
         }
         if !outbound && self.connected(kind) >= self.connection_limit(kind) {

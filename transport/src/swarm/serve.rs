@@ -53,7 +53,7 @@ impl Swarm {
     }
 
     /// Starts uploads while slots are free, one request per peer per round.
-    pub(super) fn serve(&mut self, _now: Instant) {
+    pub(super) fn serve(&mut self, now: Instant) {
         while self.uploads_active < self.config.upload_slots {
             let Some((id, pos)) = self.next_upload() else {
                 break;
@@ -69,8 +69,15 @@ impl Swarm {
             *sent = sent.saturating_add(1);
             self.uploads_active += 1;
             self.serve_cursor = Some(id);
-            self.transmits
-                .push_back(Transmit::SendPiece { to: id, index });
+            // Twice the receiver's limit: that one starts at the header, this one before
+            // the read and the stream's opening, and the receiver is the one to judge a
+            // slow transfer.
+            let deadline = now + 2 * self.piece_timeout(index);
+            self.transmits.push_back(Transmit::SendPiece {
+                to: id,
+                index,
+                deadline,
+            });
         }
     }
 

@@ -464,10 +464,10 @@ fn a_late_report_for_a_dropped_peer_does_not_free_a_slot_twice() {
     join(&mut s, now, 1, PeerKind::Agent, &[]);
     join(&mut s, now, 2, PeerKind::Agent, &[]);
     s.handle_message(now, p(1), PeerMessage::Request(PieceIndex(0)));
-    assert!(drain(&mut s).contains(&Transmit::SendPiece {
-        to: p(1),
-        index: PieceIndex(0)
-    }));
+    assert!(drain(&mut s).iter().any(|t| matches!(
+        t,
+        Transmit::SendPiece { to, index: PieceIndex(0), .. } if *to == p(1)
+    )));
     s.handle_peer(now, PeerEvent::Disconnected { id: p(1) });
     s.handle_message(now, p(2), PeerMessage::Request(PieceIndex(1)));
     s.handle_message(now, p(2), PeerMessage::Request(PieceIndex(2)));
@@ -625,4 +625,119 @@ fn origins_are_dialled_on_top_of_the_agent_connections_and_capped_apart() {
         !inbound(&mut s, 100, PeerKind::Origin),
         "an origin still fits"
     );
+}
+
+/// A swarm for peer `me` (the other tests' swarms are peer 0).
+fn swarm_of(me: u64, pieces: u32, now: Instant) -> Swarm {
+    let have = Bitfield::new(pieces);
+    Swarm::new(SwarmConfig::default(), p(me), metainfo(pieces), have, now).unwrap()
+}
+
+#[test]
+fn crossing_sessions_leave_both_ends_with_the_one_the_lower_id_opened() {
+    let now = Instant::now();
+    let (mut a, mut b) = (swarm_of(1, 4, now), swarm_of(2, 4, now));
+    let open = |outbound| OpenSession {
+        outbound,
+        alive: true,
+    };
+    // A's dial (opened by 1) and B's (opened by 2) cross. Each end holds its own session
+    // when the other's arrives: A keeps its own, B takes A's.
+    assert_eq!(
+        a.handle_second_session(p(2), open(true), false),
+        SessionChoice::KeepOpen
+    );
+    assert_eq!(
+        b.handle_second_session(p(1), open(true), false),
+        SessionChoice::TakeNew
+    );
+    // The other order of arrival: each end holds the other's session when its own opens.
+    assert_eq!(
+        a.handle_second_session(p(2), open(false), true),
+        SessionChoice::TakeNew
+    );
+    assert_eq!(
+        b.handle_second_session(p(1), open(false), true),
+        SessionChoice::KeepOpen
+    );
+}
+
+#[test]
+fn a_second_session_of_one_opener_or_over_a_dead_connection_replaces_the_first() {
+    let now = Instant::now();
+    let mut s = new_swarm(4, false, SwarmConfig::default(), now);
+    join(&mut s, now, 5, PeerKind::Agent, &[0, 1, 2, 3]);
+    events(&mut s);
+    // Ours (opened by 0) beats the peer's (opened by 5) while its connection lives.
+    let ours = OpenSession {
+        outbound: true,
+        alive: true,
+    };
+    assert_eq!(
+        s.handle_second_session(p(5), ours, false),
+        SessionChoice::KeepOpen
+    );
+    assert_eq!(s.connected_peers().collect::<Vec<_>>(), vec![p(5)]);
+    assert!(s.is_requested(&p(5), PieceIndex(0)) || s.is_requested(&p(5), PieceIndex(1)));
+    // The peer reconnected: its new session replaces ours on the dead connection.
+    let dead = OpenSession {
+        alive: false,
+        ..ours
+    };
+    assert_eq!(
+        s.handle_second_session(p(5), dead, false),
+        SessionChoice::TakeNew
+    );
+    // Forgotten, not punished; the new session starts afresh with a handshake.
+    assert_eq!(s.connected_peers().count(), 0);
+    assert!(!s.is_blacklisted(&p(5), now));
+    assert!(events(&mut s).is_empty());
+    drain(&mut s);
+    connected(&mut s, now, 5, PeerKind::Agent, false);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [Transmit::Message {
+            msg: PeerMessage::Handshake { .. },
+            ..
+        }]
+    ));
+    // Two sessions the peer opened: the newer wins.
+    let theirs = OpenSession {
+        outbound: false,
+        alive: true,
+    };
+    assert_eq!(
+        s.handle_second_session(p(5), theirs, false),
+        SessionChoice::TakeNew
+    );
+}
+
+#[test]
+fn a_peer_that_does_not_read_its_messages_is_dropped_before_anything_else_is_sent() {
+    let now = Instant::now();
+    let mut s = new_swarm(4, false, SwarmConfig::default(), now);
+    join(&mut s, now, 1, PeerKind::Agent, &[0, 1, 2, 3]);
+    join(&mut s, now, 2, PeerKind::Agent, &[]);
+    // Messages to peer 1 still queued when its session's queue turns out full.
+    s.handle_message(now, p(2), PeerMessage::Have(PieceIndex(0)));
+    s.handle_peer(now, PeerEvent::Congested { id: p(1) });
+    let t = drain(&mut s);
+    assert_eq!(t.first(), Some(&Transmit::Disconnect { id: p(1) }));
+    assert_eq!(s.connected_peers().collect::<Vec<_>>(), vec![p(2)]);
+    // Its requests went back to the pool: peer 2 has piece 0 and is asked for it.
+    assert_eq!(requests_to(&t, p(2)), vec![PieceIndex(0)]);
+}
+
+#[test]
+fn an_upload_is_given_up_at_twice_the_pieces_request_timeout() {
+    let now = Instant::now();
+    let later = now + Duration::from_secs(7);
+    let mut s = new_swarm(4, true, SwarmConfig::default(), now);
+    join(&mut s, now, 1, PeerKind::Agent, &[]);
+    s.handle_message(later, p(1), PeerMessage::Request(PieceIndex(3)));
+    let deadline = drain(&mut s).into_iter().find_map(|t| match t {
+        Transmit::SendPiece { deadline, .. } => Some(deadline),
+        _ => None,
+    });
+    assert_eq!(deadline, Some(later + 2 * s.piece_timeout(PieceIndex(3))));
 }

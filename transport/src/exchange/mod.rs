@@ -1,0 +1,367 @@
+//! The piece exchange: one tokio task per active blob drives its [`Swarm`] over QUIC and
+//! the local CAS (feature `quic`).
+//!
+//! The driver holds no policy. For each blob it owns the swarm, the blob's storage (a
+//! `PartialBlob` while downloading, a `BlobReader` once complete) and one session stream
+//! per peer, and it turns the swarm's outputs into network and disk work:
+//!
+//! - `Connect` dials through the [`ConnectionPool`] and opens a session stream
+//!   (`StreamHeader::Session`); sessions opened by peers arrive through
+//!   [`PieceExchange::accept_session`]. When a second session with a peer opens (both
+//!   dialled at once), the swarm says which one to keep
+//!   ([`Swarm::handle_second_session`]), so each pair keeps exactly one.
+//! - `Message` goes to the session's writer task through a queue of [`SESSION_QUEUE`]
+//!   messages; a peer that lets it fill is reported `Congested`, and the swarm drops it.
+//!   A reader task turns frames into inputs.
+//! - `SendPiece` reads the piece from storage and sends it on its own unidirectional
+//!   stream, given up at the swarm's deadline. `upload_slots` bounds how many are in
+//!   flight, so memory is bounded too.
+//! - Pieces arrive through [`PieceExchange::accept_piece`]: the bytes gather in batches of
+//!   a `PieceWriter`; each batch is hashed on the runtime's thread and written to its
+//!   offset in the partial file on the blocking pool (direct I/O where the filesystem
+//!   allows), so a piece is never held in memory whole, the runtime's threads never wait
+//!   on the disk, and only a verified piece is marked present. One writer per piece at a
+//!   time; a second copy (endgame) is refused at once. Every `flush_every_pieces` pieces
+//!   the progress is saved (an fsync, then the bitfield) by a `FlushJob` on the blocking
+//!   pool, one at a time, so the task never waits on the disk.
+//! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
+//!
+//! Bandwidth: [`ExchangeConfig::egress`] and [`ExchangeConfig::ingress`] are optional
+//! [`RateLimiter`]s on piece payloads (session messages and headers are not counted).
+//! A sender asks the egress limiter for each [`LIMIT_CHUNK`](crate::limit::LIMIT_CHUNK)
+//! before writing it; a receiver asks the ingress limiter before reading each chunk, so a
+//! throttled receiver stops reading and quinn's flow control slows the sender down.
+//! Clones of a limiter share one bucket: the same limiter in every exchange of a node caps
+//! the node as a whole.
+//!
+//! Watching: [`PieceExchange::start_download`] starts a download without waiting for it
+//! and [`PieceExchange::watch`] looks at one already running (or complete); both give a
+//! [`BlobWatch`], which follows the set of verified, stored pieces as the blob task marks
+//! them and reads any of them while the rest are still on their way — so a blob can be
+//! streamed, in order, before it is complete. A streamed piece is trusted by its BLAKE3
+//! hash from the metainfo; the whole blob's sha256 is checked at the commit, whose outcome
+//! the watch reports too.
+//!
+//! Backpressure: each blob task reads its inputs from a bounded channel
+//! ([`INPUT_QUEUE`]). Session readers, piece receivers and stream handlers wait when it is
+//! full, so a slow disk or a chatty peer stops our reads and quinn's flow control stalls
+//! the sender; nothing queues without bound. The blob task itself never waits on its own
+//! queue: what it would tell itself it handles on the spot.
+//!
+//! Logs: each blob task runs in a `blob` span carrying the digest, each session's reader
+//! and writer in a `session` span carrying the peer, and each piece moved in a `send` or
+//! `receive` span carrying the peer and the piece.
+//!
+//! Modules: `tracker` (the [`Tracker`] trait), `error`, `watch` ([`BlobWatch`]), `accept`
+//! (streams peers open), `task` (the per-blob event loop), `session` (session streams),
+//! `upload` and `receive` (piece streams).
+
+mod accept;
+mod error;
+mod receive;
+mod session;
+mod task;
+mod tracker;
+mod upload;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use kraken_storage::cas::{Cas, CasError, PieceSource};
+use kraken_storage::{Bitfield, Digest, Metainfo};
+use tokio::sync::{mpsc, watch as channel};
+use tracing::Instrument;
+
+pub use error::{DoneState, ExchangeError, StopReason};
+pub use tracker::{Handout, Tracker};
+pub use watch::BlobWatch;
+
+use crate::limit::RateLimiter;
+use crate::quic::ConnectionPool;
+use crate::swarm::{PeerInfo, Swarm, SwarmConfig, SwarmStats};
+use task::{BlobTask, Input, Store};
+
+/// Inputs a blob task buffers before its feeders wait.
+pub const INPUT_QUEUE: usize = 1024;
+/// Session messages buffered for a peer that is slow to read them; a peer that lets this
+/// fill is reported `Congested` to the swarm, which drops it.
+pub const SESSION_QUEUE: usize = 512;
+
+/// What a finished download moved.
+#[derive(Debug, Clone)]
+pub struct DownloadReport {
+    /// Bytes by peer and kind.
+    pub stats: SwarmStats,
+    /// Wall time from start to commit.
+    pub elapsed: Duration,
+    /// True if the blob was already local and nothing was fetched.
+    pub already_present: bool,
+}
+
+/// Settings of a [`PieceExchange`].
+///
+/// The default is tuned for a node with the network to itself: the default swarm
+/// settings and no bandwidth limits.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeConfig {
+    /// The scheduler's settings, shared by every blob.
+    pub swarm: SwarmConfig,
+    /// Caps the piece bytes this node sends, over all blobs and peers; `None` (the
+    /// default) is unlimited. A piece waits for its tokens within its send timeout
+    /// (twice [`Swarm::piece_timeout`]), so keep `swarm.min_transfer_rate` below the
+    /// limit divided by `swarm.upload_slots` times the blobs seeded at once, or slow
+    /// pieces time out and are sent again.
+    pub egress: Option<RateLimiter>,
+    /// Caps the piece bytes this node receives, over all blobs and peers; `None` (the
+    /// default) is unlimited. As for `egress`, the pieces in flight share the limit within
+    /// their request timeouts.
+    pub ingress: Option<RateLimiter>,
+}
+
+/// Piece traffic of every blob of an exchange since it started (for metrics).
+#[derive(Debug, Default)]
+pub struct ExchangeCounters {
+    /// Verified pieces stored.
+    pub pieces_received: AtomicU64,
+    /// Their bytes.
+    pub bytes_received: AtomicU64,
+    /// Pieces sent to peers.
+    pub pieces_sent: AtomicU64,
+    /// Their bytes.
+    pub bytes_sent: AtomicU64,
+    /// Pieces that failed verification.
+    pub bad_pieces: AtomicU64,
+}
+
+impl ExchangeCounters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Drives the swarms of every blob this node downloads or seeds. Cheap to clone.
+pub struct PieceExchange<T: Tracker> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Tracker> Clone for PieceExchange<T> {
+    fn clone(&self) -> Self {
+        PieceExchange {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<T> {
+    pool: ConnectionPool,
+    cas: Cas,
+    tracker: T,
+    me: PeerInfo,
+    config: ExchangeConfig,
+    blobs: Mutex<HashMap<Digest, BlobHandle>>,
+    /// Turns true when the node shuts down: every blob task stops.
+    closed: channel::Sender<bool>,
+    counters: Arc<ExchangeCounters>,
+}
+
+/// The registry's entry for a running blob task: how to reach it and watch it.
+#[derive(Clone)]
+struct BlobHandle {
+    tx: mpsc::Sender<Input>,
+    done: channel::Receiver<DoneState>,
+    metainfo: Arc<Metainfo>,
+    /// Verified, stored pieces, updated by the blob task.
+    pieces: channel::Receiver<Arc<Bitfield>>,
+    /// Reads the blob's file through its own descriptor (valid across the commit's rename).
+    source: Arc<PieceSource>,
+}
+
+impl<T: Tracker> PieceExchange<T> {
+    /// An exchange announcing itself as `me` (its id, the address peers dial, its kind).
+    pub fn new(
+        pool: ConnectionPool,
+        cas: Cas,
+        tracker: T,
+        me: PeerInfo,
+        config: ExchangeConfig,
+    ) -> Result<Self, ExchangeError> {
+        config.swarm.validate()?;
+        Ok(PieceExchange {
+            inner: Arc::new(Inner {
+                pool,
+                cas,
+                tracker,
+                me,
+                config,
+                blobs: Mutex::new(HashMap::new()),
+                closed: channel::channel(false).0,
+                counters: Arc::default(),
+            }),
+        })
+    }
+
+    /// The local store.
+    pub fn cas(&self) -> &Cas {
+        &self.inner.cas
+    }
+
+    /// Stops every blob task (node shutdown): downloads in progress fail with
+    /// [`StopReason::Closed`], partial blobs stay resumable, and no new task starts.
+    pub fn close(&self) {
+        self.inner.closed.send_replace(true);
+    }
+
+    /// Piece traffic counters.
+    pub fn counters(&self) -> &ExchangeCounters {
+        &self.inner.counters
+    }
+
+    /// Blobs with a running task (downloading or seeding).
+    pub fn active_blobs(&self) -> usize {
+        self.lock().values().filter(|h| !h.tx.is_closed()).count()
+    }
+
+    /// Downloads the blob `metainfo` describes through the swarm; returns once it is
+    /// complete in the CAS. The blob keeps seeding afterwards until its seeding TTI.
+    pub async fn download(&self, metainfo: Metainfo) -> Result<DownloadReport, ExchangeError> {
+        let started = Instant::now();
+        let digest = *metainfo.digest();
+        if self.inner.cas.contains(&digest)? {
+            return Ok(DownloadReport {
+                stats: SwarmStats::default(),
+                elapsed: started.elapsed(),
+                already_present: true,
+            });
+        }
+        let stats = self.start_download(metainfo)?.finished().await?;
+        Ok(DownloadReport {
+            stats,
+            elapsed: started.elapsed(),
+            already_present: false,
+        })
+    }
+
+    /// Starts downloading the blob `metainfo` describes (or joins its running task) and
+    /// returns at once with a [`BlobWatch`] on it; the download goes on whether or not
+    /// the watch is kept. A blob already complete in the CAS is not fetched again: its
+    /// watch shows every piece present and the download done.
+    pub fn start_download(&self, metainfo: Metainfo) -> Result<BlobWatch, ExchangeError> {
+        let digest = *metainfo.digest();
+        if self.inner.cas.contains(&digest)?
+            && let Some(w) = self.watch(&digest)
+        {
+            return Ok(w);
+        }
+        let handle = self.start(Arc::new(metainfo))?;
+        Ok(BlobWatch::of(handle))
+    }
+
+    /// A [`BlobWatch`] on `digest` if its task is running (downloading or seeding) or the
+    /// blob is complete in the CAS; `None` otherwise (unknown, or a partial download with
+    /// no task). A watch on a complete blob with no task holds a reader of it, which keeps
+    /// the blob from eviction while the watch lives.
+    pub fn watch(&self, digest: &Digest) -> Option<BlobWatch> {
+        if let Some(h) = self.running(digest) {
+            return Some(BlobWatch::of(h));
+        }
+        let reader = self.inner.cas.reader(digest);
+        match reader.and_then(|r| BlobWatch::of_complete(*digest, r)) {
+            Ok(w) => Some(w),
+            Err(CasError::NotFound(_)) => None,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot open a complete blob to watch");
+                None
+            }
+        }
+    }
+
+    /// Starts seeding a complete local blob (an origin after ingest).
+    pub fn seed(&self, digest: &Digest) -> Result<(), ExchangeError> {
+        let metainfo = self
+            .inner
+            .cas
+            .metainfo(digest)?
+            .filter(|_| self.inner.cas.contains(digest).unwrap_or(false))
+            .ok_or(ExchangeError::NotFound(*digest))?;
+        self.start(Arc::new(metainfo))?;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Digest, BlobHandle>> {
+        self.inner
+            .blobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The blob's task, if one is running.
+    fn running(&self, digest: &Digest) -> Option<BlobHandle> {
+        self.lock()
+            .get(digest)
+            .filter(|h| !h.tx.is_closed())
+            .cloned()
+    }
+
+    /// The running task for the blob, started if needed.
+    fn start(&self, metainfo: Arc<Metainfo>) -> Result<BlobHandle, ExchangeError> {
+        let digest = *metainfo.digest();
+        if *self.inner.closed.borrow() {
+            return Err(ExchangeError::Stopped {
+                digest,
+                reason: StopReason::Closed,
+            });
+        }
+        let mut blobs = self.lock();
+        if let Some(h) = blobs.get(&digest)
+            && !h.tx.is_closed()
+        {
+            return Ok(h.clone());
+        }
+        let cas = &self.inner.cas;
+        let (store, have) = if cas.contains(&digest)? {
+            let reader = cas.reader(&digest)?;
+            (
+                Store::Complete(reader),
+                Bitfield::full(metainfo.piece_count()),
+            )
+        } else {
+            let partial = cas.start_partial(&metainfo)?;
+            let have = partial.bitfield().clone();
+            (Store::Partial(partial), have)
+        };
+        let (pieces_tx, pieces) = channel::channel(Arc::new(have.clone()));
+        let mut config = self.inner.config.swarm.clone();
+        // Each blob's choices differ, yet stay reproducible for a given node and blob.
+        config.rng_seed ^=
+            u64::from_be_bytes(digest.hash_bytes()[..8].try_into().unwrap_or_default());
+        let swarm = Swarm::new(
+            config,
+            self.inner.me.id,
+            metainfo.clone(),
+            have,
+            Instant::now(),
+        )?;
+        let source = Arc::new(store.piece_source()?);
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let (done_tx, done) = channel::channel(None);
+        if store.is_complete() {
+            done_tx.send_replace(Some(Ok(SwarmStats::default())));
+        }
+        let handle = BlobHandle {
+            tx: tx.clone(),
+            done,
+            metainfo: metainfo.clone(),
+            pieces,
+            source,
+        };
+        blobs.insert(digest, handle.clone());
+        drop(blobs);
+        let task = BlobTask::new(self.clone(), swarm, store, (tx, rx), done_tx, pieces_tx);
+        let span = tracing::info_span!("blob", %digest);
+        tokio::spawn(task.run().instrument(span));
+        Ok(handle)
+    }
+}
