@@ -36,9 +36,9 @@ pub enum WireError {
     /// A message kind this node does not know (a newer peer, or garbage).
     #[error("unknown message kind")]
     UnknownKind,
-    /// The payload is not a valid message.
+    /// The payload is not a valid message (or a message could not be encoded).
     #[error("malformed message: {0}")]
-    Malformed(String),
+    Malformed(#[source] postcard::Error),
     /// The payload has bytes after the message.
     #[error("message is followed by {0} unexpected bytes")]
     TrailingBytes(usize),
@@ -58,8 +58,7 @@ pub enum WireError {
 /// Encodes `msg` as one frame (prefix + payload).
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
     // Serialize after a placeholder prefix, then fill it in: one allocation, no copy.
-    let mut out = postcard::to_extend(msg, vec![0u8; LEN_PREFIX])
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let mut out = postcard::to_extend(msg, vec![0u8; LEN_PREFIX]).map_err(WireError::Malformed)?;
     let len = out.len() - LEN_PREFIX;
     if len > MAX_FRAME_LEN {
         return Err(WireError::FrameTooLarge {
@@ -105,7 +104,7 @@ pub fn decode_message<T: DeserializeOwned + MessageKind>(payload: &[u8]) -> Resu
 fn map_postcard(e: postcard::Error) -> WireError {
     match e {
         postcard::Error::DeserializeBadEnum => WireError::UnknownKind,
-        other => WireError::Malformed(other.to_string()),
+        other => WireError::Malformed(other),
     }
 }
 

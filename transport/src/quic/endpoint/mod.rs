@@ -38,9 +38,9 @@ pub enum EndpointError {
     /// The identity or CA is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// quinn rejected the TLS configuration (e.g. no TLS 1.3 cipher suite it can use).
+    /// quinn rejected the TLS configuration: no TLS 1.3 cipher suite it can use.
     #[error("quic cannot use the tls configuration: {0}")]
-    Quic(String),
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     /// Creating, configuring or binding the UDP socket failed.
     #[error("failed to {op} udp socket {addr}: {source}")]
     Socket {
@@ -88,8 +88,8 @@ pub enum ConnectError {
     Identity {
         /// The peer.
         addr: SocketAddr,
-        /// Why.
-        source: TlsError,
+        /// Why (boxed: TLS errors are large and this one is rare).
+        source: Box<TlsError>,
     },
 }
 
@@ -186,13 +186,11 @@ impl Endpoint {
         }
         let transport = Arc::new(config.transport_config());
 
-        let server_tls = QuicServerConfig::try_from(identity.server_config(ca)?)
-            .map_err(|e| EndpointError::Quic(e.to_string()))?;
+        let server_tls = QuicServerConfig::try_from(identity.server_config(ca)?)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
         server.transport_config(transport.clone());
 
-        let client_tls = QuicClientConfig::try_from(identity.client_config(ca)?)
-            .map_err(|e| EndpointError::Quic(e.to_string()))?;
+        let client_tls = QuicClientConfig::try_from(identity.client_config(ca)?)?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
         client.transport_config(transport);
 
@@ -339,7 +337,10 @@ fn established(
         }),
         Err(source) => {
             conn.close(codes::CONN_BAD_IDENTITY, b"bad identity");
-            Err(ConnectError::Identity { addr, source })
+            Err(ConnectError::Identity {
+                addr,
+                source: Box::new(source),
+            })
         }
     }
 }

@@ -11,7 +11,6 @@
 //! 0). Node certificates carry the node name as their common name and as a DNS or IP SAN,
 //! and allow both `serverAuth` and `clientAuth`, since every node is both.
 
-use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -56,8 +55,11 @@ impl DevCa {
         if dir.join(CA_CERT_FILE).exists() || dir.join(CA_KEY_FILE).exists() {
             return Err(TlsError::CaExists(dir.to_path_buf()));
         }
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
-        let cert = ca_params(&key).self_signed(&key).map_err(generate)?;
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
+        let cert = ca_params(&key)
+            .self_signed(&key)
+            .map_err(TlsError::Generate)?;
         write_new(&dir.join(CA_KEY_FILE), key.serialize_pem().as_bytes(), true)?;
         write_new(&dir.join(CA_CERT_FILE), cert.pem().as_bytes(), false)?;
         Ok(DevCa {
@@ -75,20 +77,22 @@ impl DevCa {
         let cert = read_certs(&cert_path)?.swap_remove(0);
         let key_pem = String::from_utf8(read_file(&key_path)?).map_err(|_| TlsError::Pem {
             path: key_path.clone(),
-            reason: "not UTF-8 text".into(),
+            what: "not UTF-8 text",
         })?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Pem {
+        let key = KeyPair::from_pem(&key_pem).map_err(|source| TlsError::BadKeyFile {
             path: key_path.clone(),
-            reason: format!("no usable private key: {e}"),
+            source,
         })?;
-        let parsed = ParsedCertificate::try_from(&cert)
-            .map_err(|e| TlsError::BadCertificate(format!("{}: {e}", cert_path.display())))?;
+        let parsed =
+            ParsedCertificate::try_from(&cert).map_err(|source| TlsError::BadCertificateFile {
+                path: cert_path.clone(),
+                source,
+            })?;
         if parsed.subject_public_key_info().as_ref() != key.subject_public_key_info().as_slice() {
-            return Err(TlsError::KeyMismatch(format!(
-                "{} does not belong to {}",
-                key_path.display(),
-                cert_path.display()
-            )));
+            return Err(TlsError::KeyNotForCert {
+                key: key_path,
+                cert: cert_path,
+            });
         }
         let ca = DevCa {
             dir: dir.to_path_buf(),
@@ -98,8 +102,8 @@ impl DevCa {
         // The issuer name is rebuilt from the key, so a CA made elsewhere would sign
         // certificates that do not chain to it: find out now, not at the first handshake.
         let probe = ca.issue_node_cert("probe.invalid")?;
-        let probe_cert = ParsedCertificate::try_from(&probe.cert_chain[0])
-            .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let probe_cert =
+            ParsedCertificate::try_from(&probe.cert_chain[0]).map_err(TlsError::BadCertificate)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &probe_cert,
             &ca.cluster_ca().root_store()?,
@@ -107,11 +111,9 @@ impl DevCa {
             UnixTime::now(),
             provider().signature_verification_algorithms.all,
         )
-        .map_err(|e| {
-            TlsError::BadCertificate(format!(
-                "{} was not made by DevCa: certificates issued with it do not verify ({e})",
-                cert_path.display()
-            ))
+        .map_err(|source| TlsError::NotDevCa {
+            cert: cert_path,
+            source,
         })?;
         Ok(ca)
     }
@@ -155,7 +157,8 @@ impl DevCa {
         name: &str,
         sans: &[&str],
     ) -> Result<NodeIdentity, TlsError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
         self.sign(name, sans, key)
     }
 
@@ -168,7 +171,7 @@ impl DevCa {
         name: &str,
         identity: &NodeIdentity,
     ) -> Result<NodeIdentity, TlsError> {
-        let key = KeyPair::try_from(&identity.key).map_err(generate)?;
+        let key = KeyPair::try_from(&identity.key).map_err(TlsError::Generate)?;
         self.sign(name, &[name], key)
     }
 
@@ -180,7 +183,7 @@ impl DevCa {
         let (cert_path, key_path) = node_paths(&self.dir, name);
         let key_der = match &identity.key {
             PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der(),
-            _ => return Err(TlsError::Generate("expected a PKCS#8 key".into())),
+            _ => return Err(TlsError::NotPkcs8),
         };
         write_new(&key_path, pem("PRIVATE KEY", key_der).as_bytes(), true)?;
         write_new(
@@ -201,7 +204,7 @@ impl DevCa {
     fn sign(&self, name: &str, sans: &[&str], key: KeyPair) -> Result<NodeIdentity, TlsError> {
         check_name(name)?;
         let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(sans).map_err(generate)?;
+        let mut params = CertificateParams::new(sans).map_err(TlsError::Generate)?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::ExplicitNoCa;
@@ -213,7 +216,9 @@ impl DevCa {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
         let issuer = Issuer::new(ca_params(&self.key), &self.key);
-        let cert = params.signed_by(&key, &issuer).map_err(generate)?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(TlsError::Generate)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         NodeIdentity::new(vec![cert.der().clone()], key)
     }
@@ -245,12 +250,7 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
 /// 64 random bits (twice) from std's randomly keyed hasher: serials need uniqueness, not
 /// secrecy.
 fn random_serial() -> SerialNumber {
-    let mut bytes = [0u8; 16];
-    for (i, half) in bytes.chunks_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(i);
-        half.copy_from_slice(&h.finish().to_be_bytes());
-    }
+    let mut bytes: [u8; 16] = rand::random();
     // Positive, and no leading zero byte to strip.
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
@@ -267,9 +267,7 @@ fn check_name(name: &str) -> Result<(), TlsError> {
     if ok {
         Ok(())
     } else {
-        Err(TlsError::Generate(format!(
-            "node name {name:?} must be a DNS name or IP address (letters, digits, '-', '.')"
-        )))
+        Err(TlsError::BadNodeName(name.to_string()))
     }
 }
 
@@ -278,10 +276,6 @@ fn node_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     )
-}
-
-fn generate(e: rcgen::Error) -> TlsError {
-    TlsError::Generate(e.to_string())
 }
 
 /// PEM-encodes one DER block (64-column base64, as RFC 7468 asks).
@@ -372,7 +366,7 @@ mod tests {
         std::fs::copy(b.path().join(CA_KEY_FILE), a.path().join(CA_KEY_FILE)).unwrap();
         assert!(matches!(
             DevCa::load(a.path()),
-            Err(TlsError::KeyMismatch(_))
+            Err(TlsError::KeyNotForCert { .. })
         ));
     }
 

@@ -54,28 +54,88 @@ pub enum TlsError {
         source: io::Error,
     },
     /// A PEM file holds no usable certificate or key.
-    #[error("{path}: {reason}")]
+    #[error("{path}: {what}")]
     Pem {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
+        /// What is missing from it.
+        what: &'static str,
+    },
+    /// A PEM file's blocks do not parse.
+    #[error("{path}: {what}: {source}")]
+    PemSyntax {
+        /// The file.
+        path: PathBuf,
+        /// What was looked for.
+        what: &'static str,
+        /// The parser's complaint.
+        source: rustls::pki_types::pem::Error,
     },
     /// A certificate does not parse or is unusable.
     #[error("invalid certificate: {0}")]
-    BadCertificate(String),
+    BadCertificate(#[source] rustls::Error),
+    /// A certificate file holds a certificate that does not parse.
+    #[error("{path}: invalid certificate: {source}")]
+    BadCertificateFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls::Error,
+    },
+    /// A CA certificate cannot serve as a trust anchor.
+    #[error("unusable CA certificate: {0}")]
+    BadCaCertificate(#[source] rustls::Error),
+    /// No certificate where one is needed.
+    #[error("{0} has no certificate")]
+    NoCertificate(
+        /// What: the certificate chain, or the cluster CA.
+        &'static str,
+    ),
     /// The private key does not belong to the certificate.
     #[error("the private key does not match the certificate: {0}")]
-    KeyMismatch(String),
-    /// Creating a certificate or key failed (dev CA).
+    KeyMismatch(#[source] rustls::Error),
+    /// Creating a certificate or key failed, or a key does not parse (dev CA).
     #[error("certificate generation failed: {0}")]
-    Generate(String),
+    Generate(#[from] rcgen::Error),
+    /// A key file does not hold a usable private key (dev CA).
+    #[error("{path}: no usable private key: {source}")]
+    BadKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rcgen::Error,
+    },
+    /// A key file does not belong to the certificate beside it (dev CA).
+    #[error("{key} does not belong to {cert}")]
+    KeyNotForCert {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+    /// A CA certificate whose issued certificates do not verify: not made by `DevCa`.
+    #[error("{cert} was not made by DevCa: certificates issued with it do not verify ({source})")]
+    NotDevCa {
+        /// The CA certificate file.
+        cert: PathBuf,
+        /// The verifier's complaint.
+        source: rustls::Error,
+    },
+    /// A generated key is not in PKCS#8 form (dev CA).
+    #[error("certificate generation failed: expected a PKCS#8 key")]
+    NotPkcs8,
+    /// A node name that is not a DNS name or IP address (dev CA).
+    #[error("node name {0:?} must be a DNS name or IP address (letters, digits, '-', '.')")]
+    BadNodeName(String),
     /// `DevCa::create` found a CA already there.
     #[error("a CA already exists in {0}; load it instead of overwriting it")]
     CaExists(PathBuf),
     /// rustls rejected the configuration.
     #[error("tls configuration: {0}")]
-    Config(String),
+    Config(#[source] rustls::Error),
+    /// The verifier of client certificates could not be built.
+    #[error("tls configuration: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
     /// The connection carries no peer certificate (not a mutually authenticated
     /// connection of this crate).
     #[error("the connection has no peer certificate")]
@@ -91,8 +151,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 ///
 /// The same key gives the same id whatever the certificate's names, validity or issuer.
 pub fn peer_id_of_cert(cert: &CertificateDer<'_>) -> Result<PeerId, TlsError> {
-    let parsed =
-        ParsedCertificate::try_from(cert).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let parsed = ParsedCertificate::try_from(cert).map_err(TlsError::BadCertificate)?;
     let spki = parsed.subject_public_key_info();
     Ok(PeerId(*blake3::hash(spki.as_ref()).as_bytes()))
 }
@@ -126,15 +185,15 @@ impl NodeIdentity {
     ) -> Result<Self, TlsError> {
         let end_entity = cert_chain
             .first()
-            .ok_or_else(|| TlsError::BadCertificate("the certificate chain is empty".into()))?;
+            .ok_or(TlsError::NoCertificate("the certificate chain"))?;
         let peer_id = peer_id_of_cert(end_entity)?;
         let signing_key = provider()
             .key_provider
             .load_private_key(key.clone_key())
-            .map_err(|e| TlsError::KeyMismatch(e.to_string()))?;
+            .map_err(TlsError::KeyMismatch)?;
         rustls::sign::CertifiedKey::new(cert_chain.clone(), signing_key)
             .keys_match()
-            .map_err(|e| TlsError::KeyMismatch(e.to_string()))?;
+            .map_err(TlsError::KeyMismatch)?;
         Ok(NodeIdentity {
             cert_chain,
             key,
@@ -146,10 +205,12 @@ impl NodeIdentity {
     pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let chain = read_certs(cert_path)?;
         let key_pem = read_file(key_path)?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
-            path: key_path.to_path_buf(),
-            reason: format!("no usable private key: {e}"),
-        })?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::PemSyntax {
+                path: key_path.to_path_buf(),
+                what: "no usable private key",
+                source,
+            })?;
         NodeIdentity::new(chain, key)
     }
 
@@ -161,14 +222,13 @@ impl NodeIdentity {
             Arc::new(ca.root_store()?),
             provider.clone(),
         )
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .build()?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TlsError::Config(e.to_string()))?
+            .map_err(TlsError::Config)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .map_err(TlsError::Config)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -181,11 +241,11 @@ impl NodeIdentity {
         let verifier = verify::ClusterServerVerifier::new(ca.root_store()?, provider.clone());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TlsError::Config(e.to_string()))?
+            .map_err(TlsError::Config)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .map_err(TlsError::Config)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -224,9 +284,7 @@ impl ClusterCa {
     /// Trust anchors from DER certificates; each must be usable as a trust anchor.
     pub fn new(roots: Vec<CertificateDer<'static>>) -> Result<Self, TlsError> {
         if roots.is_empty() {
-            return Err(TlsError::BadCertificate(
-                "a cluster CA needs at least one certificate".into(),
-            ));
+            return Err(TlsError::NoCertificate("a cluster CA"));
         }
         let ca = ClusterCa { roots };
         ca.root_store()?;
@@ -248,7 +306,7 @@ impl ClusterCa {
         for cert in &self.roots {
             store
                 .add(cert.clone())
-                .map_err(|e| TlsError::BadCertificate(format!("unusable CA certificate: {e}")))?;
+                .map_err(TlsError::BadCaCertificate)?;
         }
         Ok(store)
     }
@@ -266,14 +324,15 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
+        .map_err(|source| TlsError::PemSyntax {
             path: path.to_path_buf(),
-            reason: format!("invalid certificate PEM: {e}"),
+            what: "invalid certificate PEM",
+            source,
         })?;
     if certs.is_empty() {
         return Err(TlsError::Pem {
             path: path.to_path_buf(),
-            reason: "no CERTIFICATE block".into(),
+            what: "no CERTIFICATE block",
         });
     }
     Ok(certs)
