@@ -10,7 +10,7 @@
 //! **Send order.** quinn shares a connection round-robin among streams of equal priority,
 //! so the pieces queued to one peer would all arrive at the very end of their shared
 //! transfer. Each piece stream gets a lower priority than the one opened before it
-//! ([`piece_priority`]): a connection sends its pieces one after another, in the order they
+//! (`piece_priority`): a connection sends its pieces one after another, in the order they
 //! were asked for, and each lands (and can be shared onwards, and asked for again by its
 //! slot) as soon as its own bytes are through. Session and RPC streams keep quinn's default
 //! priority 0, above every piece, so a request or a have never waits behind piece data.
