@@ -10,7 +10,6 @@ use kraken_storage::cas::{CasError, PieceWriter, VerifiedPiece};
 use kraken_storage::{PieceError, PieceIndex};
 use quinn::RecvStream;
 use tokio::sync::mpsc;
-use tracing::Instrument;
 
 use super::Tracker;
 use super::task::{BlobTask, Input, Store};
@@ -77,7 +76,8 @@ impl<T: Tracker> BlobTask<T> {
             deadline: tokio::time::Instant::now() + self.swarm.piece_timeout(index),
             blob: self.tx.clone(),
         };
-        tokio::spawn(receiver.run(peer, index).in_current_span());
+        // `run` opens its span here, inside the blob's.
+        tokio::spawn(receiver.run(peer, index));
     }
 
     fn refuse_piece(

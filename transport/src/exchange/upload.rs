@@ -10,7 +10,6 @@ use kraken_storage::{Digest, PieceIndex};
 use tokio::sync::mpsc;
 use tokio::task::JoinError;
 use tokio::time::error::Elapsed;
-use tracing::Instrument;
 
 use super::Tracker;
 use super::task::{BlobTask, Input, Store};
@@ -37,7 +36,8 @@ impl<T: Tracker> BlobTask<T> {
             deadline,
         };
         let tx = self.tx.clone();
-        tokio::spawn(upload.run(to, index, tx).in_current_span());
+        // `run` opens its span here, inside the blob's.
+        tokio::spawn(upload.run(to, index, tx));
     }
 }
 
