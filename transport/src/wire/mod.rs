@@ -1,8 +1,8 @@
 //! The `kraken/1` wire format: framing ([`frame`]) and messages ([`messages`]).
 //!
 //! Everything here is pure and decodes untrusted bytes without panicking or allocating
-//! by an unchecked length; the fuzz targets in `transport/fuzz` and the property tests
-//! exercise every decoder.
+//! by an unchecked length; the fuzz targets in the workspace's `fuzz/` and the property
+//! tests exercise every decoder.
 
 pub mod frame;
 pub mod messages;
