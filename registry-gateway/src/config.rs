@@ -8,7 +8,7 @@ use crate::auth::PushAuth;
 use crate::metrics::GatewayMetrics;
 
 /// Default manifest size limit (4 MiB, what common registries accept).
-pub const DEFAULT_MAX_MANIFEST_LEN: u64 = 4 << 20;
+pub const DEFAULT_MAX_MANIFEST_LEN: u64 = crate::media::MAX_MANIFEST_LEN;
 /// Default (and largest) page of tags or repositories.
 pub const DEFAULT_PAGE_LIMIT: usize = 1000;
 /// Default lifetime of an idle upload session.

@@ -8,7 +8,9 @@
 //! - [`names`]: the specification's grammar for repository names and tags, shared by the
 //!   gateway and the build-index so both refuse exactly the same names.
 //! - [`registry`]: the [`registry::Registry`] trait and its error type.
-//! - [`media`]: manifest media types and what a pushed manifest must look like.
+//! - [`media`]: manifest media types and the one manifest parser: what a pushed manifest
+//!   must look like, what a stored one is served as, and what it references (the
+//!   build index follows those).
 //! - [`error`]: the specification's error codes and JSON error bodies.
 //! - `config`: [`GatewayConfig`], [`GatewayError`]; `auth`: [`PushAuth`] for writes;
 //!   `metrics`: [`GatewayMetrics`] (Prometheus text).
