@@ -58,7 +58,7 @@ mod server;
 mod tls;
 mod uploads;
 
-pub use auth::{BasicCredential, PushAuth};
+pub use auth::{AuthConfigError, BasicCredential, PushAuth};
 pub use config::{
     DEFAULT_MAX_MANIFEST_LEN, DEFAULT_PAGE_LIMIT, DEFAULT_UPLOAD_TTL, GatewayConfig, GatewayError,
 };
