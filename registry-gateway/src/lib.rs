@@ -13,7 +13,8 @@
 //!   build index follows those).
 //! - [`error`]: the specification's error codes and JSON error bodies.
 //! - `config`: [`GatewayConfig`], [`GatewayError`]; `auth`: [`PushAuth`] for writes;
-//!   `metrics`: [`GatewayMetrics`] (Prometheus text).
+//!   `metrics`: [`GatewayMetrics`] (registered into the process's prometheus-client
+//!   registry).
 //! - `server`: [`router`] and [`serve`]; `tls`: [`serve_tls`].
 //! - `route`: which endpoint a path names (parsed from the right, names have slashes);
 //!   `reference`: validation of names, tags and digests; `range`: `Range` and
