@@ -280,7 +280,7 @@ impl Agent {
         let report = self.inner.exchange.download(metainfo).await;
         match report {
             Ok(report) => {
-                self.inner.metrics.pull_done(&report);
+                self.inner.metrics.pull_done(&report, started.elapsed());
                 let pull = PullReport::from_stats(
                     *digest,
                     length,

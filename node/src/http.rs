@@ -1,5 +1,6 @@
 //! The node's small HTTP endpoint: `/health` (the process is up), `/ready` (it can serve:
-//! it sees the rings it needs), and Prometheus `/metrics`.
+//! it sees the rings it needs), and Prometheus `/metrics` (the process's one registry, with
+//! the gauges read from the roles and the cluster view at each scrape while it serves).
 
 use std::sync::Arc;
 
@@ -12,13 +13,13 @@ use kraken_membership::Role;
 use tokio::sync::watch;
 
 use crate::client::Cluster;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{CONTENT_TYPE, GaugeSource, Gauges, Metrics};
 use crate::service::Roles;
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct HttpState {
-    /// Counters.
+    /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// The node's roles (for gauges).
     pub roles: Roles,
@@ -26,8 +27,6 @@ pub struct HttpState {
     pub cluster: Cluster,
     /// Whether the node gossips.
     pub ring_node: bool,
-    /// The registry API's request counters (agents and proxies).
-    pub registry: Option<kraken_registry_gateway::GatewayMetrics>,
 }
 
 /// Serves until `stop` turns true.
@@ -36,6 +35,13 @@ pub async fn serve(
     state: HttpState,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Held for as long as this serves: the registry only holds it weakly, so the roles it
+    // reads are not kept alive by the metrics they hold.
+    let gauges: GaugeSource = {
+        let (roles, cluster) = (state.roles.clone(), state.cluster.clone());
+        Arc::new(move || gauges(&roles, &cluster))
+    };
+    state.metrics.collect_gauges(&gauges);
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
@@ -50,6 +56,7 @@ pub async fn serve(
     {
         tracing::error!(error = %e, "HTTP server failed");
     }
+    drop(gauges);
 }
 
 async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
@@ -77,7 +84,12 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let view = state.cluster.view();
+    ([("content-type", CONTENT_TYPE)], state.metrics.render())
+}
+
+/// The gauges of `roles` and the rings of `cluster`'s view, now.
+fn gauges(roles: &Roles, cluster: &Cluster) -> Gauges {
+    let view = cluster.view();
     let mut gauges = Gauges {
         ring_sizes: vec![
             ("origin", view.ring(Role::Origin).len()),
@@ -96,24 +108,19 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
             get(&c.bad_pieces),
         ))
     };
-    if let Some(o) = &state.roles.origin {
+    if let Some(o) = &roles.origin {
         gauges.writeback_depth = o.queue().len().ok();
         gauges.store_bytes = Some(o.cas().used_bytes());
         gauges.active_swarms = o.exchange().active_blobs();
         gauges.pieces = pieces(o.exchange().counters());
     }
-    if let Some(a) = &state.roles.agent {
+    if let Some(a) = &roles.agent {
         gauges.store_bytes = Some(a.cas().used_bytes());
         gauges.active_swarms = a.exchange().active_blobs();
         gauges.pieces = pieces(a.exchange().counters());
     }
-    if let Some(t) = &state.roles.tracker {
+    if let Some(t) = &roles.tracker {
         gauges.tracked_blobs = Some(t.tracked_blobs());
     }
-    let _ = state.ring_node;
-    let mut text = state.metrics.render(&gauges);
-    if let Some(registry) = &state.registry {
-        text.push_str(&registry.render());
-    }
-    ([("content-type", "text/plain; version=0.0.4")], text)
+    gauges
 }

@@ -1,33 +1,271 @@
-//! Node counters and gauges, rendered in the Prometheus text format for `/metrics`.
+//! The process's metrics: one prometheus-client [`Registry`], rendered for `/metrics`.
 //!
-//! Plain atomics: every role bumps its counters on the hot path without locks, and the
-//! HTTP handler renders a snapshot. Gauges that live elsewhere (queue depth, ring size,
-//! active swarms) are read at render time through [`Gauges`].
+//! [`Metrics`] owns the registry and the handles of the node's own metrics. Every role
+//! bumps them on the hot path (atomics, no lock); other parts of the process register
+//! theirs into the same registry through [`Metrics::register`] (the registry API's request
+//! metrics do). Gauges that live elsewhere (queue depth, ring sizes, active swarms, piece
+//! traffic) are read at scrape time from a [`GaugeSource`] ([`Metrics::collect_gauges`]).
+//! [`Metrics::render`] writes the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
+//!
+//! Counters are registered without their `_total` suffix: the encoder appends it, so
+//! `kraken_pulls` is exposed as `kraken_pulls_total`. Durations are histograms in seconds.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use kraken_transport::exchange::DownloadReport;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
-/// The node's counters.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    bytes_from_agents: AtomicU64,
-    bytes_from_origins: AtomicU64,
-    pulls: AtomicU64,
-    pulls_failed: AtomicU64,
-    pieces_retried: AtomicU64,
-    bad_pieces: AtomicU64,
-    upload_bytes: AtomicU64,
-    backend_read_bytes: AtomicU64,
-    replicated_bytes: AtomicU64,
-    writebacks: AtomicU64,
-    writeback_failures: AtomicU64,
-    announces: AtomicU64,
-    rpcs: AtomicU64,
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Whole-blob pulls: 10 ms to about 5.5 minutes, doubling.
+fn pull_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.01, 2.0, 16)
 }
 
-/// Values read when rendering.
+/// Piece requests, answered to verified: 1 ms to about 16 s (past the default request
+/// timeout of a 4 MiB piece), doubling.
+fn piece_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
+
+/// The node's metrics and the process's registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    bytes_from_agents: Counter,
+    bytes_from_origins: Counter,
+    pulls: Counter,
+    pulls_failed: Counter,
+    pieces_retried: Counter,
+    bad_pieces: Counter,
+    upload_bytes: Counter,
+    backend_read_bytes: Counter,
+    replicated_bytes: Counter,
+    writebacks: Counter,
+    writeback_failures: Counter,
+    announces: Counter,
+    rpcs: Counter,
+    pull_duration: Histogram,
+    upload_duration: Histogram,
+    piece_latency: Histogram,
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    registry.register(name, help, c.clone());
+    c
+}
+
+/// A counter family with one label, and the handle of each of its `values`.
+fn labelled<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    key: &'static str,
+    values: [&'static str; N],
+) -> [Counter; N] {
+    let family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    let handles = values.map(|v| family.get_or_create_owned(&[(key, v)]));
+    registry.register(name, help, family);
+    handles
+}
+
+fn seconds(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    buckets: impl Iterator<Item = f64>,
+) -> Histogram {
+    let h = Histogram::new(buckets);
+    registry.register_with_unit(name, help, Unit::Seconds, h.clone());
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry holding the node's metrics, all zero.
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let [bytes_from_agents, bytes_from_origins] = labelled(
+            &mut r,
+            "kraken_bytes_received",
+            "Verified piece bytes received, by peer kind",
+            "kind",
+            ["agent", "origin"],
+        );
+        let [writebacks, writeback_failures] = labelled(
+            &mut r,
+            "kraken_writebacks",
+            "Write-backs by outcome",
+            "outcome",
+            ["ok", "failed"],
+        );
+        let pulls = counter(&mut r, "kraken_pulls", "Finished pulls");
+        let pulls_failed = counter(&mut r, "kraken_pulls_failed", "Failed pulls");
+        let pieces_retried = counter(
+            &mut r,
+            "kraken_pieces_retried",
+            "Piece requests that timed out and were retried",
+        );
+        let bad_pieces = counter(
+            &mut r,
+            "kraken_bad_pieces",
+            "Pieces that failed verification",
+        );
+        let upload_bytes = counter(&mut r, "kraken_upload_bytes", "Bytes received by uploads");
+        let backend_read_bytes = counter(
+            &mut r,
+            "kraken_backend_read_bytes",
+            "Bytes read through from backends",
+        );
+        let replicated_bytes = counter(
+            &mut r,
+            "kraken_replicated_bytes",
+            "Bytes pushed to other origins",
+        );
+        let announces = counter(&mut r, "kraken_announces", "Announces served");
+        let rpcs = counter(&mut r, "kraken_rpcs", "RPCs served");
+        let pull_duration = seconds(
+            &mut r,
+            "kraken_pull_duration",
+            "Time an agent took to pull a whole blob, metainfo lookup included (finished pulls)",
+            pull_buckets(),
+        );
+        let upload_duration = seconds(
+            &mut r,
+            "kraken_upload_duration",
+            "Time an origin took to receive and store an uploaded blob (the request that \
+             completed it; a resumed upload counts its last request)",
+            pull_buckets(),
+        );
+        let piece_latency = seconds(
+            &mut r,
+            "kraken_piece_latency",
+            "Time from requesting a piece to holding it verified",
+            piece_buckets(),
+        );
+        Metrics {
+            registry: Mutex::new(r),
+            bytes_from_agents,
+            bytes_from_origins,
+            pulls,
+            pulls_failed,
+            pieces_retried,
+            bad_pieces,
+            upload_bytes,
+            backend_read_bytes,
+            replicated_bytes,
+            writebacks,
+            writeback_failures,
+            announces,
+            rpcs,
+            pull_duration,
+            upload_duration,
+            piece_latency,
+        }
+    }
+
+    /// Records a finished pull that took `elapsed`, from asking for the blob to holding it.
+    pub fn pull_done(&self, report: &DownloadReport, elapsed: Duration) {
+        self.pulls.inc();
+        self.bytes_from_agents
+            .inc_by(report.stats.bytes_from_agents);
+        self.bytes_from_origins
+            .inc_by(report.stats.bytes_from_origins);
+        self.pieces_retried.inc_by(report.stats.requests_timed_out);
+        self.bad_pieces.inc_by(report.stats.bad_pieces);
+        self.pull_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a failed pull.
+    pub fn pull_failed(&self) {
+        self.pulls_failed.inc();
+    }
+
+    /// Records one piece's latency: from its request to its bytes verified. The piece
+    /// exchange (kraken-transport) is where requests and verification meet; it calls this.
+    pub fn observe_piece_latency(&self, latency: Duration) {
+        self.piece_latency.observe(latency.as_secs_f64());
+    }
+
+    /// Bytes received by uploads.
+    pub fn add_upload_bytes(&self, n: u64) {
+        self.upload_bytes.inc_by(n);
+    }
+
+    /// An upload completed a blob in `elapsed`.
+    pub fn upload_done(&self, elapsed: Duration) {
+        self.upload_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Bytes read through from backends.
+    pub fn add_backend_read_bytes(&self, n: u64) {
+        self.backend_read_bytes.inc_by(n);
+    }
+
+    /// Bytes pushed to other origins.
+    pub fn add_replicated_bytes(&self, n: u64) {
+        self.replicated_bytes.inc_by(n);
+    }
+
+    /// A write-back succeeded.
+    pub fn writeback_done(&self) {
+        self.writebacks.inc();
+    }
+
+    /// A write-back failed (and was rescheduled).
+    pub fn writeback_failed(&self) {
+        self.writeback_failures.inc();
+    }
+
+    /// The tracker served an announce.
+    pub fn announce(&self) {
+        self.announces.inc();
+    }
+
+    /// An RPC was served.
+    pub fn rpc(&self) {
+        self.rpcs.inc();
+    }
+
+    /// Registers more metrics into the process's registry (at start, not per request).
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Reads gauges from `source` at each scrape, for as long as the caller keeps `source`:
+    /// the registry holds it weakly, so it does not keep alive the roles it reads.
+    pub fn collect_gauges(&self, source: &GaugeSource) {
+        let live = LiveGauges(Arc::downgrade(source));
+        self.register(|r| r.register_collector(Box::new(live)));
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        // Writing to a String does not fail, and no collector here returns an error.
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        text
+    }
+}
+
+/// Values read at scrape time from where they live.
 #[derive(Debug, Default, Clone)]
 pub struct Gauges {
     /// Write-back queue depth (origins).
@@ -44,192 +282,129 @@ pub struct Gauges {
     pub pieces: Option<(u64, u64, u64, u64, u64)>,
 }
 
-fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+/// Where the gauges come from at each scrape.
+pub type GaugeSource = Arc<dyn Fn() -> Gauges + Send + Sync>;
+
+/// The registry's weak hold on a [`GaugeSource`]: nothing once the source is gone.
+struct LiveGauges(Weak<dyn Fn() -> Gauges + Send + Sync>);
+
+impl std::fmt::Debug for LiveGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveGauges").finish_non_exhaustive()
+    }
 }
 
-impl Metrics {
-    /// Records a finished pull.
-    pub fn pull_done(&self, report: &DownloadReport) {
-        add(&self.pulls, 1);
-        add(&self.bytes_from_agents, report.stats.bytes_from_agents);
-        add(&self.bytes_from_origins, report.stats.bytes_from_origins);
-        add(&self.pieces_retried, report.stats.requests_timed_out);
-        add(&self.bad_pieces, report.stats.bad_pieces);
+impl Collector for LiveGauges {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        match self.0.upgrade() {
+            Some(source) => source().encode(encoder),
+            None => Ok(()),
+        }
     }
+}
 
-    /// Records a failed pull.
-    pub fn pull_failed(&self) {
-        add(&self.pulls_failed, 1);
+/// One metric of `kind` with a value per label `key`'s value.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help, kind): (&str, &str, MetricType),
+    key: &'static str,
+    values: impl IntoIterator<Item = (&'static str, M)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (label, value) in values {
+        value.encode(metric.encode_family(&[(key, label)])?)?;
     }
+    Ok(())
+}
 
-    /// Bytes received by uploads.
-    pub fn add_upload_bytes(&self, n: u64) {
-        add(&self.upload_bytes, n);
-    }
-
-    /// Bytes read through from backends.
-    pub fn add_backend_read_bytes(&self, n: u64) {
-        add(&self.backend_read_bytes, n);
-    }
-
-    /// Bytes pushed to other origins.
-    pub fn add_replicated_bytes(&self, n: u64) {
-        add(&self.replicated_bytes, n);
-    }
-
-    /// A write-back succeeded.
-    pub fn writeback_done(&self) {
-        add(&self.writebacks, 1);
-    }
-
-    /// A write-back failed (and was rescheduled).
-    pub fn writeback_failed(&self) {
-        add(&self.writeback_failures, 1);
-    }
-
-    /// The tracker served an announce.
-    pub fn announce(&self) {
-        add(&self.announces, 1);
-    }
-
-    /// An RPC was served.
-    pub fn rpc(&self) {
-        add(&self.rpcs, 1);
-    }
-
-    /// The Prometheus text exposition of the counters and `gauges`.
-    pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::new();
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, labels: &[(&str, &str, u64)]| {
-            let _ = writeln!(
-                out,
-                "# HELP kraken_{name} {help}\n# TYPE kraken_{name} counter"
-            );
-            for (k, v, n) in labels {
-                if k.is_empty() {
-                    let _ = writeln!(out, "kraken_{name} {n}");
-                } else {
-                    let _ = writeln!(out, "kraken_{name}{{{k}=\"{v}\"}} {n}");
-                }
-            }
-        };
-        counter(
-            "bytes_received_total",
-            "Verified piece bytes received, by peer kind.",
-            &[
-                ("kind", "agent", get(&self.bytes_from_agents)),
-                ("kind", "origin", get(&self.bytes_from_origins)),
-            ],
-        );
-        counter(
-            "pulls_total",
-            "Finished pulls.",
-            &[("", "", get(&self.pulls))],
-        );
-        counter(
-            "pulls_failed_total",
-            "Failed pulls.",
-            &[("", "", get(&self.pulls_failed))],
-        );
-        counter(
-            "pieces_retried_total",
-            "Piece requests that timed out and were retried.",
-            &[("", "", get(&self.pieces_retried))],
-        );
-        counter(
-            "bad_pieces_total",
-            "Pieces that failed verification.",
-            &[("", "", get(&self.bad_pieces))],
-        );
-        counter(
-            "upload_bytes_total",
-            "Bytes received by uploads.",
-            &[("", "", get(&self.upload_bytes))],
-        );
-        counter(
-            "backend_read_bytes_total",
-            "Bytes read through from backends.",
-            &[("", "", get(&self.backend_read_bytes))],
-        );
-        counter(
-            "replicated_bytes_total",
-            "Bytes pushed to other origins.",
-            &[("", "", get(&self.replicated_bytes))],
-        );
-        counter(
-            "writebacks_total",
-            "Write-backs by outcome.",
-            &[
-                ("outcome", "ok", get(&self.writebacks)),
-                ("outcome", "failed", get(&self.writeback_failures)),
-            ],
-        );
-        counter(
-            "announces_total",
-            "Announces served.",
-            &[("", "", get(&self.announces))],
-        );
-        counter("rpcs_total", "RPCs served.", &[("", "", get(&self.rpcs))]);
-        let mut gauge = |name: &str, help: &str, value: u64, label: Option<(&str, &str)>| {
-            let _ = writeln!(
-                out,
-                "# HELP kraken_{name} {help}\n# TYPE kraken_{name} gauge"
-            );
-            match label {
-                Some((k, v)) => {
-                    let _ = writeln!(out, "kraken_{name}{{{k}=\"{v}\"}} {value}");
-                }
-                None => {
-                    let _ = writeln!(out, "kraken_{name} {value}");
-                }
-            }
-        };
-        gauge(
-            "active_swarms",
-            "Blobs with a running swarm.",
-            gauges.active_swarms as u64,
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: Option<u64>,
+) -> std::fmt::Result {
+    match value {
+        Some(v) => ConstGauge::new(v).encode(encoder.encode_descriptor(
+            name,
+            help,
             None,
-        );
-        if let Some(d) = gauges.writeback_depth {
-            gauge(
-                "writeback_queue_depth",
-                "Items in the write-back queue.",
-                d,
-                None,
-            );
-        }
-        if let Some(b) = gauges.store_bytes {
-            gauge("store_bytes", "Bytes in the local store.", b, None);
-        }
-        if let Some(t) = gauges.tracked_blobs {
-            gauge(
-                "tracked_blobs",
-                "Blobs the tracker knows peers of.",
-                t as u64,
-                None,
-            );
-        }
-        for (role, n) in &gauges.ring_sizes {
-            gauge(
-                "ring_size",
+            MetricType::Gauge,
+        )?),
+        None => Ok(()),
+    }
+}
+
+impl Gauges {
+    /// Writes the gauges that are set (the help texts end in a period, as registered ones
+    /// get one from the registry).
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let e = &mut e;
+        let active = Some(self.active_swarms as u64);
+        gauge(
+            e,
+            "kraken_active_swarms",
+            "Blobs with a running swarm.",
+            active,
+        )?;
+        let depth = self.writeback_depth;
+        gauge(
+            e,
+            "kraken_writeback_queue_depth",
+            "Items in the write-back queue.",
+            depth,
+        )?;
+        gauge(
+            e,
+            "kraken_store_bytes",
+            "Bytes in the local store.",
+            self.store_bytes,
+        )?;
+        let tracked = self.tracked_blobs.map(|t| t as u64);
+        gauge(
+            e,
+            "kraken_tracked_blobs",
+            "Blobs the tracker knows peers of.",
+            tracked,
+        )?;
+        if !self.ring_sizes.is_empty() {
+            let sizes = self
+                .ring_sizes
+                .iter()
+                .map(|(role, n)| (*role, ConstGauge::new(*n as u64)));
+            let ring = (
+                "kraken_ring_size",
                 "Live members of a ring.",
-                *n as u64,
-                Some(("role", role)),
+                MetricType::Gauge,
             );
+            family(e, ring, "role", sizes)?;
         }
-        if let Some((pin, bin, pout, bout, bad)) = gauges.pieces {
-            let _ = writeln!(
-                out,
-                "# HELP kraken_pieces_total Pieces moved by this node's swarms, by direction.\n# TYPE kraken_pieces_total counter\nkraken_pieces_total{{direction=\"in\"}} {pin}\nkraken_pieces_total{{direction=\"out\"}} {pout}\nkraken_pieces_total{{direction=\"bad\"}} {bad}"
+        if let Some((pin, bin, pout, bout, bad)) = self.pieces {
+            let pieces = (
+                "kraken_pieces",
+                "Pieces moved by this node's swarms, by direction.",
+                MetricType::Counter,
             );
-            let _ = writeln!(
-                out,
-                "# HELP kraken_piece_bytes_total Piece bytes moved by this node's swarms, by direction.\n# TYPE kraken_piece_bytes_total counter\nkraken_piece_bytes_total{{direction=\"in\"}} {bin}\nkraken_piece_bytes_total{{direction=\"out\"}} {bout}"
+            let counts = [("in", pin), ("out", pout), ("bad", bad)];
+            family(
+                e,
+                pieces,
+                "direction",
+                counts.map(|(d, n)| (d, ConstCounter::new(n))),
+            )?;
+            let bytes = (
+                "kraken_piece_bytes",
+                "Piece bytes moved by this node's swarms, by direction.",
+                MetricType::Counter,
             );
+            let counts = [("in", bin), ("out", bout)];
+            family(
+                e,
+                bytes,
+                "direction",
+                counts.map(|(d, n)| (d, ConstCounter::new(n))),
+            )?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -237,20 +412,112 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn report(from_agents: u64, from_origins: u64) -> DownloadReport {
+        let mut report = DownloadReport {
+            stats: Default::default(),
+            elapsed: Duration::from_secs(1),
+            already_present: false,
+        };
+        report.stats.bytes_from_agents = from_agents;
+        report.stats.bytes_from_origins = from_origins;
+        report
+    }
+
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.add_upload_bytes(42);
         m.announce();
-        let text = m.render(&Gauges {
+        m.pull_done(&report(5, 7), Duration::from_millis(30));
+        let source: GaugeSource = Arc::new(|| Gauges {
             writeback_depth: Some(3),
-            ring_sizes: vec![("origin", 3)],
+            ring_sizes: vec![("origin", 3), ("tracker", 1)],
+            pieces: Some((1, 2, 3, 4, 5)),
             ..Gauges::default()
         });
-        assert!(text.contains("kraken_upload_bytes_total 42"));
-        assert!(text.contains("kraken_announces_total 1"));
-        assert!(text.contains("kraken_writeback_queue_depth 3"));
-        assert!(text.contains("kraken_ring_size{role=\"origin\"} 3"));
-        assert!(text.contains("# TYPE kraken_bytes_received_total counter"));
+        m.collect_gauges(&source);
+        let text = m.render();
+        for line in [
+            "kraken_upload_bytes_total 42",
+            "kraken_announces_total 1",
+            "kraken_pulls_total 1",
+            "kraken_pulls_failed_total 0",
+            "kraken_bytes_received_total{kind=\"agent\"} 5",
+            "kraken_bytes_received_total{kind=\"origin\"} 7",
+            "kraken_writebacks_total{outcome=\"failed\"} 0",
+            "# TYPE kraken_bytes_received_total counter",
+            "# HELP kraken_pulls_total Finished pulls.",
+            "kraken_writeback_queue_depth 3",
+            "# TYPE kraken_writeback_queue_depth gauge",
+            "kraken_active_swarms 0",
+            "kraken_ring_size{role=\"origin\"} 3",
+            "kraken_ring_size{role=\"tracker\"} 1",
+            "# TYPE kraken_pieces_total counter",
+            "kraken_pieces_total{direction=\"in\"} 1",
+            "kraken_pieces_total{direction=\"bad\"} 5",
+            "kraken_piece_bytes_total{direction=\"out\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // Gauges not set are not shown.
+        assert!(!text.contains("kraken_store_bytes"), "{text}");
+        assert!(!text.contains("kraken_tracked_blobs"), "{text}");
+    }
+
+    #[test]
+    fn durations_are_histograms_in_seconds() {
+        let m = Metrics::default();
+        m.pull_done(&report(0, 0), Duration::from_millis(30));
+        m.pull_done(&report(0, 0), Duration::from_secs(1000));
+        m.upload_done(Duration::from_secs(2));
+        m.observe_piece_latency(Duration::from_micros(1500));
+        let text = m.render();
+        for line in [
+            "# TYPE kraken_pull_duration_seconds histogram",
+            // Cumulative buckets, doubling from 10 ms.
+            "kraken_pull_duration_seconds_bucket{le=\"0.01\"} 0",
+            "kraken_pull_duration_seconds_bucket{le=\"0.02\"} 0",
+            "kraken_pull_duration_seconds_bucket{le=\"0.04\"} 1",
+            "kraken_pull_duration_seconds_bucket{le=\"327.68\"} 1",
+            "kraken_pull_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "kraken_pull_duration_seconds_count 2",
+            "kraken_pull_duration_seconds_sum 1000.03",
+            "# TYPE kraken_upload_duration_seconds histogram",
+            "kraken_upload_duration_seconds_bucket{le=\"2.56\"} 1",
+            "kraken_upload_duration_seconds_count 1",
+            "# TYPE kraken_piece_latency_seconds histogram",
+            "kraken_piece_latency_seconds_bucket{le=\"0.001\"} 0",
+            "kraken_piece_latency_seconds_bucket{le=\"0.002\"} 1",
+            "kraken_piece_latency_seconds_bucket{le=\"16.384\"} 1",
+            "kraken_piece_latency_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn other_metrics_share_the_registry_and_gauges_end_with_their_source() {
+        let m = Metrics::default();
+        let gateway = kraken_registry_gateway::GatewayMetrics::new();
+        m.register(|r| gateway.register(r));
+        let source: GaugeSource = Arc::new(|| Gauges {
+            store_bytes: Some(9),
+            ..Gauges::default()
+        });
+        m.collect_gauges(&source);
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE kraken_gateway_requests_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("kraken_pulls_total 0"), "{text}");
+        assert!(text.contains("kraken_store_bytes 9"), "{text}");
+        drop(source);
+        let text = m.render();
+        assert!(!text.contains("kraken_store_bytes"), "{text}");
+        assert!(
+            text.contains("kraken_gateway_requests_in_flight 0"),
+            "{text}"
+        );
     }
 }

@@ -353,13 +353,15 @@ impl Node {
             stop_rx.clone(),
         )
         .await?;
+        if registry_addr.is_some() {
+            metrics.register(|r| registry_metrics.register(r));
+        }
         if let Some(listener) = http_listener {
             let state = http::HttpState {
                 metrics: metrics.clone(),
                 roles: roles.clone(),
                 cluster: cluster.clone(),
                 ring_node: membership.is_some(),
-                registry: registry_addr.map(|_| registry_metrics.clone()),
             };
             tokio::spawn(http::serve(listener, state, stop_rx.clone()));
         }

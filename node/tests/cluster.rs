@@ -152,7 +152,7 @@ async fn a_blob_only_in_the_backend_is_read_through_once_for_many_agents() {
 }
 
 fn backend_read_bytes(node: &kraken_node::Node) -> u64 {
-    let text = node.metrics().render(&Default::default());
+    let text = node.metrics().render();
     text.lines()
         .find_map(|l| l.strip_prefix("kraken_backend_read_bytes_total "))
         .unwrap()
@@ -179,7 +179,7 @@ async fn a_hundred_concurrent_pulls_of_one_digest_share_one_download() {
         assert_eq!(r, &first, "every caller sees the one pull");
     }
     assert!(!first.already_present);
-    let text = c.node(agent_index).metrics().render(&Default::default());
+    let text = c.node(agent_index).metrics().render();
     assert!(text.contains("kraken_pulls_total 1\n"), "{text}");
     // Exactly the blob crossed the network once (no endgame duplicates at one peer).
     assert_eq!(first.bytes_from_origins + first.bytes_from_agents, LEN);

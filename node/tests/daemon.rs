@@ -509,6 +509,18 @@ fn kraken_dev_serves_http_writes_its_cluster_file_and_exits_on_sigterm() {
         body.contains("kraken_ring_size{role=\"origin\"} 3"),
         "/metrics:\n{body}"
     );
+    // One registry: the node's counters, its histograms and the gauges read at scrape time.
+    for line in [
+        "# TYPE kraken_rpcs_total counter",
+        "# TYPE kraken_upload_duration_seconds histogram",
+        "kraken_pull_duration_seconds_bucket{le=\"+Inf\"} 0",
+        "# TYPE kraken_writeback_queue_depth gauge",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(line)),
+            "no {line:?} in /metrics:\n{body}"
+        );
+    }
     for agent in &agents {
         let (status, body) = http_get(agent.http.unwrap(), "/ready");
         assert_eq!(status, 200, "{} /ready: {body}", agent.name);

@@ -13,6 +13,9 @@ use std::fmt;
 
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT;
+use subtle::{Choice, ConstantTimeEq};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -70,25 +73,106 @@ impl fmt::Debug for PushAuth {
     }
 }
 
+/// Why a [`PushAuth`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthConfigError {
+    /// Nobody could push.
+    #[error("push auth has neither bearer tokens nor basic users")]
+    NoCredentials,
+    /// A token could not be sent in a header.
+    #[error("bearer tokens must be non-empty printable ASCII without spaces")]
+    BadBearerToken,
+    /// A user name could not be told apart from its password.
+    #[error("basic user names must be non-empty and contain no ':'")]
+    BadUsername,
+    /// The realm would break the quoted challenge.
+    #[error("realm must be printable ASCII without quotes or backslashes")]
+    BadRealm,
+}
+
+/// Why an `Authorization` value is not a credential this gateway can check.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthHeaderError {
+    /// No space between the scheme and the credentials.
+    #[error("authorization has no credentials after its scheme")]
+    NoCredentials,
+    /// Neither `Basic` nor `Bearer`.
+    #[error("authorization scheme is neither Basic nor Bearer")]
+    UnknownScheme,
+    /// Basic credentials too long to be worth decoding.
+    #[error("basic credentials are longer than {MAX_BASIC_LEN} characters")]
+    TooLong,
+    /// Basic credentials that are not base64.
+    #[error("basic credentials are not base64")]
+    Base64(#[from] base64::DecodeError),
+    /// Basic credentials without the `:` between user and password.
+    #[error("basic credentials have no ':' between user and password")]
+    NoColon,
+}
+
+/// The longest base64 Basic credentials decoded (6 KiB of user and password).
+const MAX_BASIC_LEN: usize = 8192;
+
+/// A credential as a client presented it.
+#[derive(Debug, PartialEq, Eq)]
+enum Presented<'a> {
+    /// `Bearer <token>`.
+    Bearer(&'a str),
+    /// `Basic <base64 user:password>`, decoded; the password may hold `:`.
+    Basic {
+        /// The user name.
+        user: Vec<u8>,
+        /// The password.
+        password: Vec<u8>,
+    },
+}
+
+/// Reads an `Authorization` value (scheme case-insensitive, RFC 7617 Basic with or
+/// without padding).
+fn parse_authorization(value: &str) -> Result<Presented<'_>, AuthHeaderError> {
+    let (scheme, cred) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthHeaderError::NoCredentials)?;
+    let cred = cred.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Presented::Bearer(cred))
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        if cred.len() > MAX_BASIC_LEN {
+            return Err(AuthHeaderError::TooLong);
+        }
+        let mut user = STANDARD_PAD_INDIFFERENT.decode(cred)?;
+        let colon = user
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(AuthHeaderError::NoColon)?;
+        let password = user.split_off(colon + 1);
+        user.truncate(colon);
+        Ok(Presented::Basic { user, password })
+    } else {
+        Err(AuthHeaderError::UnknownScheme)
+    }
+}
+
 impl PushAuth {
     /// Rejects a configuration that would lock every writer out or break the challenge.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AuthConfigError> {
         if self.bearer_tokens.is_empty() && self.basic.is_empty() {
-            return Err("push auth has neither bearer tokens nor basic users".into());
+            return Err(AuthConfigError::NoCredentials);
         }
         if self
             .bearer_tokens
             .iter()
             .any(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
         {
-            return Err("bearer tokens must be non-empty printable ASCII without spaces".into());
+            return Err(AuthConfigError::BadBearerToken);
         }
         if self
             .basic
             .iter()
             .any(|c| c.username.is_empty() || c.username.contains(':'))
         {
-            return Err("basic user names must be non-empty and contain no ':'".into());
+            return Err(AuthConfigError::BadUsername);
         }
         if self.realm.is_empty()
             || !self
@@ -96,7 +180,7 @@ impl PushAuth {
                 .bytes()
                 .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
         {
-            return Err("realm must be printable ASCII without quotes or backslashes".into());
+            return Err(AuthConfigError::BadRealm);
         }
         Ok(())
     }
@@ -124,68 +208,25 @@ impl PushAuth {
         Err(err)
     }
 
+    /// Whether `value` is one of the configured credentials. Every credential is compared
+    /// (in constant time) so the time does not say which, if any, matched.
     fn accepts(&self, value: &str) -> bool {
-        let (scheme, cred) = match value.trim().split_once(' ') {
-            Some(p) => p,
-            None => return false,
+        let matched = match parse_authorization(value) {
+            Ok(Presented::Bearer(token)) => {
+                self.bearer_tokens.iter().fold(Choice::from(0), |ok, t| {
+                    ok | t.as_bytes().ct_eq(token.as_bytes())
+                })
+            }
+            Ok(Presented::Basic { user, password }) => {
+                self.basic.iter().fold(Choice::from(0), |ok, c| {
+                    ok | (c.username.as_bytes().ct_eq(&user)
+                        & c.password.as_bytes().ct_eq(&password))
+                })
+            }
+            Err(_) => Choice::from(0),
         };
-        let cred = cred.trim();
-        if scheme.eq_ignore_ascii_case("bearer") {
-            // Check every token so the time does not say which matched.
-            self.bearer_tokens
-                .iter()
-                .fold(false, |ok, t| ct_eq(t.as_bytes(), cred.as_bytes()) | ok)
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let Some(decoded) = base64_decode(cred) else {
-                return false;
-            };
-            let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-                return false;
-            };
-            let (user, pass) = (&decoded[..colon], &decoded[colon + 1..]);
-            self.basic.iter().fold(false, |ok, c| {
-                (ct_eq(c.username.as_bytes(), user) & ct_eq(c.password.as_bytes(), pass)) | ok
-            })
-        } else {
-            false
-        }
+        matched.into()
     }
-}
-
-/// Equality whose time depends only on the lengths.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Standard base64 with optional padding; `None` on anything malformed.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let s = s.trim_end_matches('=').as_bytes();
-    if s.len() % 4 == 1 || s.len() > 8192 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -210,14 +251,43 @@ mod tests {
         h
     }
 
+    fn basic(user: &str, password: &str) -> Presented<'static> {
+        Presented::Basic {
+            user: user.as_bytes().to_vec(),
+            password: password.as_bytes().to_vec(),
+        }
+    }
+
     #[test]
-    fn base64_round_trips_known_values() {
-        assert_eq!(base64_decode("YWxpY2U6cHc=").unwrap(), b"alice:pw");
-        assert_eq!(base64_decode("YWxpY2U6cHc").unwrap(), b"alice:pw");
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert_eq!(base64_decode("Zg==").unwrap(), b"f");
-        assert!(base64_decode("Z").is_none());
-        assert!(base64_decode("Z!==").is_none());
+    fn parses_basic_and_bearer() {
+        let p = |v| parse_authorization(v).unwrap();
+        assert_eq!(p("Basic YWxpY2U6cHc="), basic("alice", "pw"));
+        // Padding is optional, the scheme's case and surrounding spaces do not matter.
+        assert_eq!(p("  basic   YWxpY2U6cHc "), basic("alice", "pw"));
+        assert_eq!(p("Basic YWxpY2U6"), basic("alice", ""));
+        assert_eq!(p("Basic OnB3"), basic("", "pw"));
+        // Only the first ':' separates: passwords may hold more.
+        assert_eq!(p("Basic YTpiOmM="), basic("a", "b:c"));
+        assert_eq!(p("BEARER tok"), Presented::Bearer("tok"));
+    }
+
+    #[test]
+    fn malformed_headers_are_typed_errors() {
+        let e = |v| parse_authorization(v).unwrap_err();
+        assert!(matches!(e("Basic"), AuthHeaderError::NoCredentials));
+        assert!(matches!(e(""), AuthHeaderError::NoCredentials));
+        assert!(matches!(e("Digest abc"), AuthHeaderError::UnknownScheme));
+        assert!(matches!(e("Basic Z"), AuthHeaderError::Base64(_)));
+        assert!(matches!(e("Basic Z!=="), AuthHeaderError::Base64(_)));
+        assert!(matches!(e("Basic YWxp Y2U="), AuthHeaderError::Base64(_)));
+        // "alice", no ':'.
+        assert!(matches!(e("Basic YWxpY2U="), AuthHeaderError::NoColon));
+        assert!(matches!(e("Basic "), AuthHeaderError::NoCredentials));
+        let long = format!("Basic {}", "A".repeat(MAX_BASIC_LEN + 4));
+        assert!(matches!(e(&long), AuthHeaderError::TooLong));
+        // The message never repeats the credentials.
+        let msg = e("Basic c2VjcmV0").to_string();
+        assert!(!msg.contains("c2VjcmV0"), "{msg}");
     }
 
     #[test]
@@ -232,7 +302,14 @@ mod tests {
                 .is_ok()
         );
         assert!(a.check(&headers("Basic YWxpY2U6cHc=")).is_err());
+        assert!(a.check(&headers("Basic !!!")).is_err());
+        assert!(a.check(&headers("Bearer")).is_err());
+        assert!(a.check(&headers("Token s3cret")).is_err());
         assert!(a.check(&HeaderMap::new()).is_err());
+        // One good header among bad ones is enough.
+        let mut h = headers("Basic !!!");
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        assert!(a.check(&h).is_ok());
         assert_eq!(
             a.check(&HeaderMap::new()).unwrap_err().code(),
             ErrorCode::Unauthorized
@@ -242,7 +319,24 @@ mod tests {
     #[test]
     fn validation_and_redaction() {
         assert!(auth().validate().is_ok());
-        assert!(PushAuth::default().validate().is_err());
+        assert_eq!(
+            PushAuth::default().validate(),
+            Err(AuthConfigError::NoCredentials)
+        );
+        let bad = |f: fn(&mut PushAuth)| {
+            let mut a = auth();
+            f(&mut a);
+            a.validate().unwrap_err()
+        };
+        assert_eq!(
+            bad(|a| a.bearer_tokens[0] = "a b".into()),
+            AuthConfigError::BadBearerToken
+        );
+        assert_eq!(
+            bad(|a| a.basic[0].username = "a:b".into()),
+            AuthConfigError::BadUsername
+        );
+        assert_eq!(bad(|a| a.realm = "a\"b".into()), AuthConfigError::BadRealm);
         let dbg = format!("{:?}", auth());
         assert!(!dbg.contains("s3cret") && !dbg.contains("colons"), "{dbg}");
     }

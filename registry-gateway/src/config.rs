@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::PushAuth;
+use crate::auth::{AuthConfigError, PushAuth};
 use crate::metrics::GatewayMetrics;
 
 /// Default manifest size limit (4 MiB, what common registries accept).
-pub const DEFAULT_MAX_MANIFEST_LEN: u64 = 4 << 20;
+pub const DEFAULT_MAX_MANIFEST_LEN: u64 = crate::media::MAX_MANIFEST_LEN;
 /// Default (and largest) page of tags or repositories.
 pub const DEFAULT_PAGE_LIMIT: usize = 1000;
 /// Default lifetime of an idle upload session.
@@ -72,7 +72,7 @@ impl GatewayConfig {
             return bad("uploads_dir is empty");
         }
         if let Some(auth) = &self.auth {
-            auth.validate().map_err(GatewayError::Config)?;
+            auth.validate()?;
         }
         Ok(())
     }
@@ -84,6 +84,9 @@ pub enum GatewayError {
     /// A setting is invalid.
     #[error("invalid gateway config: {0}")]
     Config(String),
+    /// The push credentials are invalid.
+    #[error("invalid gateway config: {0}")]
+    Auth(#[from] AuthConfigError),
     /// The uploads directory cannot be created or read.
     #[error("uploads directory {path}: {source}")]
     UploadsDir {

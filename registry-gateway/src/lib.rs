@@ -8,10 +8,13 @@
 //! - [`names`]: the specification's grammar for repository names and tags, shared by the
 //!   gateway and the build-index so both refuse exactly the same names.
 //! - [`registry`]: the [`registry::Registry`] trait and its error type.
-//! - [`media`]: manifest media types and what a pushed manifest must look like.
+//! - [`media`]: manifest media types and the one manifest parser: what a pushed manifest
+//!   must look like, what a stored one is served as, and what it references (the
+//!   build index follows those).
 //! - [`error`]: the specification's error codes and JSON error bodies.
 //! - `config`: [`GatewayConfig`], [`GatewayError`]; `auth`: [`PushAuth`] for writes;
-//!   `metrics`: [`GatewayMetrics`] (Prometheus text).
+//!   `metrics`: [`GatewayMetrics`] (registered into the process's prometheus-client
+//!   registry).
 //! - `server`: [`router`] and [`serve`]; `tls`: [`serve_tls`].
 //! - `route`: which endpoint a path names (parsed from the right, names have slashes);
 //!   `reference`: validation of names, tags and digests; `range`: `Range` and
@@ -56,7 +59,7 @@ mod server;
 mod tls;
 mod uploads;
 
-pub use auth::{BasicCredential, PushAuth};
+pub use auth::{AuthConfigError, BasicCredential, PushAuth};
 pub use config::{
     DEFAULT_MAX_MANIFEST_LEN, DEFAULT_PAGE_LIMIT, DEFAULT_UPLOAD_TTL, GatewayConfig, GatewayError,
 };

@@ -1,30 +1,36 @@
-//! Request counters of the gateway, rendered in the Prometheus text format.
+//! Request metrics of the gateway, in prometheus-client types.
 //!
-//! [`GatewayMetrics`] is a cheap handle (an `Arc`): put a clone in the
-//! [`crate::GatewayConfig`], keep one, and call [`GatewayMetrics::render`] from the node's
-//! `/metrics` endpoint. Counters are plain atomics, by method and status class.
+//! [`GatewayMetrics`] is a cheap handle (clones share the values): put a clone in the
+//! [`crate::GatewayConfig`], and register it once into the process's registry with
+//! [`GatewayMetrics::register`] (the node does, and serves that registry on `/metrics`).
+//! Requests are counted by method and status class; every pair is created up front so a
+//! scrape shows the zeros too.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OTHER"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-#[derive(Default)]
-struct Counters {
-    requests: [[AtomicU64; 5]; 7],
-    response_bytes: AtomicU64,
-    upload_bytes: AtomicU64,
-    in_flight: AtomicI64,
-}
+/// The labels of a request count: method and status class.
+type RequestLabels = [(&'static str, &'static str); 2];
 
-/// Request metrics of one gateway (clones share the counters).
-#[derive(Clone, Default)]
+/// Request metrics of one gateway (clones share the values).
+#[derive(Clone)]
 pub struct GatewayMetrics {
-    inner: Arc<Counters>,
+    requests: Family<RequestLabels, Counter>,
+    /// `requests`' counters, by method then class, so counting needs no lookup.
+    by_method: [[Counter; CLASSES.len()]; METHODS.len()],
+    response_bytes: Counter,
+    upload_bytes: Counter,
+    in_flight: Gauge,
+    upload_duration: Histogram,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -33,107 +39,120 @@ impl std::fmt::Debug for GatewayMetrics {
     }
 }
 
-fn method_index(method: &Method) -> usize {
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let by_method = METHODS.map(|method| {
+            CLASSES
+                .map(|class| requests.get_or_create_owned(&[("method", method), ("status", class)]))
+        });
+        GatewayMetrics {
+            requests,
+            by_method,
+            response_bytes: Counter::default(),
+            upload_bytes: Counter::default(),
+            in_flight: Gauge::default(),
+            // 10 ms to about 5.5 minutes, doubling.
+            upload_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+        }
+    }
+}
+
+fn method_index(method: &str) -> usize {
     METHODS
         .iter()
-        .position(|m| *m == method.as_str())
+        .position(|m| *m == method)
         .unwrap_or(METHODS.len() - 1)
 }
 
-fn class_index(status: StatusCode) -> usize {
-    usize::from(status.as_u16() / 100)
-        .saturating_sub(1)
-        .min(CLASSES.len() - 1)
+fn class_index(class: u16) -> usize {
+    usize::from(class).saturating_sub(1).min(CLASSES.len() - 1)
 }
 
 impl GatewayMetrics {
-    /// Fresh counters, all zero.
+    /// Fresh metrics, all zero.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Registers the metrics into `registry` (once per process: names must be unique).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kraken_gateway_requests",
+            "Registry API requests finished, by method and status class",
+            self.requests.clone(),
+        );
+        registry.register(
+            "kraken_gateway_response_bytes",
+            "Response body bytes sent",
+            self.response_bytes.clone(),
+        );
+        registry.register(
+            "kraken_gateway_upload_bytes",
+            "Bytes received into upload sessions",
+            self.upload_bytes.clone(),
+        );
+        registry.register(
+            "kraken_gateway_requests_in_flight",
+            "Requests being served (until their body is sent)",
+            self.in_flight.clone(),
+        );
+        registry.register_with_unit(
+            "kraken_gateway_upload_duration",
+            "Time from starting an upload session to its blob stored in the cluster \
+             (completed uploads)",
+            Unit::Seconds,
+            self.upload_duration.clone(),
+        );
+    }
+
     /// Counts a finished request and the body bytes sent for it.
     pub(crate) fn record(&self, method: &Method, status: StatusCode, bytes: u64) {
-        self.inner.requests[method_index(method)][class_index(status)]
-            .fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .response_bytes
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.by_method[method_index(method.as_str())][class_index(status.as_u16() / 100)].inc();
+        self.response_bytes.inc_by(bytes);
     }
 
     /// Counts upload bytes written to a session.
     pub(crate) fn add_upload_bytes(&self, n: u64) {
-        self.inner.upload_bytes.fetch_add(n, Ordering::Relaxed);
+        self.upload_bytes.inc_by(n);
+    }
+
+    /// An upload session completed, `elapsed` after it started.
+    pub(crate) fn upload_done(&self, elapsed: Duration) {
+        self.upload_duration.observe(elapsed.as_secs_f64());
     }
 
     /// Adjusts the in-flight gauge.
     pub(crate) fn in_flight(&self, delta: i64) {
-        self.inner.in_flight.fetch_add(delta, Ordering::Relaxed);
+        self.in_flight.inc_by(delta);
     }
 
     /// Requests finished with `method` (`"GET"` …, anything else is `"OTHER"`) and a status
     /// in `class` (1 to 5).
     pub fn requests(&self, method: &str, class: u16) -> u64 {
-        let m = METHODS
-            .iter()
-            .position(|x| *x == method)
-            .unwrap_or(METHODS.len() - 1);
-        let c = usize::from(class).saturating_sub(1).min(CLASSES.len() - 1);
-        self.inner.requests[m][c].load(Ordering::Relaxed)
+        self.by_method[method_index(method)][class_index(class)].get()
     }
 
     /// Body bytes sent to clients.
     pub fn response_bytes(&self) -> u64 {
-        self.inner.response_bytes.load(Ordering::Relaxed)
+        self.response_bytes.get()
     }
 
     /// Bytes received into upload sessions.
     pub fn upload_bytes(&self) -> u64 {
-        self.inner.upload_bytes.load(Ordering::Relaxed)
+        self.upload_bytes.get()
     }
 
-    /// The counters in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP kraken_gateway_requests_total Registry API requests finished, by method and status class.\n");
-        out.push_str("# TYPE kraken_gateway_requests_total counter\n");
-        for (m, method) in METHODS.iter().enumerate() {
-            for (c, class) in CLASSES.iter().enumerate() {
-                let n = self.inner.requests[m][c].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "kraken_gateway_requests_total{{method=\"{method}\",status=\"{class}\"}} {n}"
-                );
-            }
-        }
-        let scalar = |out: &mut String, name: &str, kind: &str, help: &str, v: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        };
-        scalar(
-            &mut out,
-            "kraken_gateway_response_bytes_total",
-            "counter",
-            "Response body bytes sent.",
-            self.response_bytes().to_string(),
-        );
-        scalar(
-            &mut out,
-            "kraken_gateway_upload_bytes_total",
-            "counter",
-            "Bytes received into upload sessions.",
-            self.upload_bytes().to_string(),
-        );
-        scalar(
-            &mut out,
-            "kraken_gateway_requests_in_flight",
-            "gauge",
-            "Requests being served (until their body is sent).",
-            self.inner.in_flight.load(Ordering::Relaxed).to_string(),
-        );
-        out
+    /// The metrics alone in the Prometheus text format (tests; a process renders its one
+    /// registry).
+    #[cfg(test)]
+    pub(crate) fn render(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+            .expect("writing to a String");
+        text
     }
 }
 
@@ -147,12 +166,33 @@ mod tests {
         m.record(&Method::GET, StatusCode::OK, 10);
         m.record(&Method::GET, StatusCode::NOT_FOUND, 5);
         m.record(&Method::from_bytes(b"BREW").unwrap(), StatusCode::OK, 0);
+        m.in_flight(1);
+        m.upload_done(Duration::from_millis(15));
         assert_eq!(m.requests("GET", 2), 1);
         assert_eq!(m.requests("GET", 4), 1);
         assert_eq!(m.requests("OTHER", 2), 1);
         assert_eq!(m.response_bytes(), 15);
         let text = m.render();
-        assert!(text.contains("kraken_gateway_requests_total{method=\"GET\",status=\"2xx\"} 1"));
-        assert!(text.contains("kraken_gateway_response_bytes_total 15"));
+        for line in [
+            "# TYPE kraken_gateway_requests_total counter",
+            "kraken_gateway_requests_total{method=\"GET\",status=\"2xx\"} 1",
+            // Every pair is there, zeros included.
+            "kraken_gateway_requests_total{method=\"PATCH\",status=\"5xx\"} 0",
+            "kraken_gateway_response_bytes_total 15",
+            "kraken_gateway_upload_bytes_total 0",
+            "# TYPE kraken_gateway_requests_in_flight gauge",
+            "kraken_gateway_requests_in_flight 1",
+            "# TYPE kraken_gateway_upload_duration_seconds histogram",
+            "kraken_gateway_upload_duration_seconds_bucket{le=\"0.01\"} 0",
+            "kraken_gateway_upload_duration_seconds_bucket{le=\"0.02\"} 1",
+            "kraken_gateway_upload_duration_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("kraken_gateway_requests_total{"))
+            .count();
+        assert_eq!(series, METHODS.len() * CLASSES.len());
     }
 }

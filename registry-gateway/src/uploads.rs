@@ -64,6 +64,10 @@ struct Meta {
     repo: String,
     received: u64,
     updated_unix: u64,
+    /// When the session started, in milliseconds since the epoch (0 in sessions written
+    /// before it was kept: their duration is unknown).
+    #[serde(default)]
+    created_unix_ms: u64,
 }
 
 /// Why a session operation failed.
@@ -88,10 +92,18 @@ pub(crate) enum UploadError {
     Io(#[from] io::Error),
 }
 
-fn now_unix() -> u64 {
+fn since_epoch() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn now_unix() -> u64 {
+    since_epoch().as_secs()
+}
+
+fn now_unix_ms() -> u64 {
+    u64::try_from(since_epoch().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn joined(e: tokio::task::JoinError) -> io::Error {
@@ -190,6 +202,7 @@ impl UploadStore {
             repo: repo.to_string(),
             received: 0,
             updated_unix: now_unix(),
+            created_unix_ms: now_unix_ms(),
         };
         let staged = self.staging_dir().join(format!("session-{}", id.as_str()));
         let dir = self.session_dir(&id);
@@ -389,9 +402,9 @@ impl Session {
         drop(file);
         if n > 0 {
             let meta = Meta {
-                repo: self.meta.repo.clone(),
                 received: start + n,
                 updated_unix: now_unix(),
+                ..self.meta.clone()
             };
             let (dir, m) = (self.dir.clone(), meta.clone());
             tokio::task::spawn_blocking(move || write_meta_sync(&dir, &m))
@@ -423,6 +436,16 @@ impl Session {
         .await
         .map_err(joined)??;
         Ok((digest, len))
+    }
+
+    /// Deletes the session of an upload whose blob is stored, counting its duration
+    /// (since the session started, when known).
+    pub(crate) async fn completed(self) -> io::Result<()> {
+        if self.meta.created_unix_ms > 0 {
+            let ms = now_unix_ms().saturating_sub(self.meta.created_unix_ms);
+            self.metrics.upload_done(Duration::from_millis(ms));
+        }
+        self.remove().await
     }
 
     /// Deletes the session and its bytes.
@@ -532,6 +555,40 @@ mod tests {
             store.status("repo", &id).await,
             Err(UploadError::Unknown)
         ));
+    }
+
+    #[tokio::test]
+    async fn completed_sessions_count_their_duration_when_known() {
+        let tmp = tempfile::tempdir().unwrap();
+        let metrics = GatewayMetrics::new();
+        let store = UploadStore::open(tmp.path().into(), DEFAULT_TTL, metrics.clone()).unwrap();
+        let mut s = store.create("repo").await.unwrap();
+        s.append(Body::from("x"), None).await.unwrap();
+        let id = s.id().as_str().to_string();
+        drop(s);
+        // Reopened (as by the PUT that finishes it), it still knows when it started.
+        let s = store.open_session("repo", &id).await.unwrap();
+        s.completed().await.unwrap();
+        let counted = "kraken_gateway_upload_duration_seconds_count 1";
+        assert!(metrics.render().lines().any(|l| l == counted));
+        assert!(matches!(
+            store.status("repo", &id).await,
+            Err(UploadError::Unknown)
+        ));
+
+        // A session written before the start time was kept: completed, not counted.
+        let s = store.create("repo").await.unwrap();
+        let id = s.id().as_str().to_string();
+        drop(s);
+        let dir = tmp.path().join(&id);
+        let old = format!(
+            r#"{{"repo":"repo","received":0,"updated_unix":{}}}"#,
+            now_unix()
+        );
+        std::fs::write(dir.join(META), old).unwrap();
+        let s = store.open_session("repo", &id).await.unwrap();
+        s.completed().await.unwrap();
+        assert!(metrics.render().lines().any(|l| l == counted));
     }
 
     #[tokio::test]

@@ -287,7 +287,10 @@ async fn metrics_count_requests_by_method_and_class() {
     assert_eq!(metrics.requests("HEAD", 2), 1);
     assert_eq!(metrics.requests("GET", 4), 1);
     assert!(metrics.response_bytes() >= 3002);
-    let text = metrics.render();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
     assert!(
         text.contains("kraken_gateway_requests_total{method=\"GET\",status=\"2xx\"} 2"),
         "{text}"

@@ -1,8 +1,9 @@
 //! The build-index role: durable tags (`repo:tag → digest`) and their replication.
 //!
 //! - [`store`]: the redb tag table with history.
-//! - [`manifest`]: what a manifest references (Docker schema2, manifest list, OCI manifest
-//!   and index, OCI 1.1 `subject`).
+//! - what a manifest references (Docker schema2, manifest list, OCI manifest and index,
+//!   OCI 1.1 `subject`) is read by the gateway's manifest parser,
+//!   [`kraken_registry_gateway::media::references`].
 //! - [`replicate`]: the durable replication queue and its executor: every stored tag is
 //!   written through to the backend, copied to the tag's other build-index owners, and sent
 //!   to each remote cluster whose rule matches, with per-destination retry and backoff.
@@ -15,7 +16,6 @@
 //! a tag reads it back from the backend, and a node that starts with an empty table imports
 //! every tag from its backends, so a wiped build-index recovers.
 
-pub mod manifest;
 pub mod replicate;
 pub mod store;
 
@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kraken_membership::{NodeId, Role};
+use kraken_registry_gateway::media;
 use kraken_registry_gateway::names::{validate_name, validate_tag};
 use kraken_storage::Digest;
 use kraken_storage::backend::NamespaceRouter;
@@ -508,9 +509,9 @@ pub async fn closure(
             Err(e) => return Err(e),
         };
         out.push((digest, length));
-        if manifest && length <= manifest::MAX_MANIFEST_LEN {
-            let bytes = fetch_bytes(cluster, &digest, manifest::MAX_MANIFEST_LEN).await?;
-            let refs = manifest::references(&bytes)
+        if manifest && length <= media::MAX_MANIFEST_LEN {
+            let bytes = fetch_bytes(cluster, &digest, media::MAX_MANIFEST_LEN).await?;
+            let refs = media::references(&bytes)
                 .map_err(|e| RemoteError::new(ErrorKind::BadRequest, format!("{digest}: {e}")))?;
             if let Some(refs) = refs {
                 todo.extend(refs.blobs.into_iter().map(|b| (b, false, Some(digest))));

@@ -13,7 +13,7 @@
 use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use kraken_storage::Digest;
 use kraken_storage::cas::CasError;
@@ -74,6 +74,7 @@ impl Origin {
         req: UploadRequest,
         stream: &mut BiStream,
     ) -> (Response, StreamOutcome) {
+        let started = Instant::now();
         let fail = |kind, msg: String| {
             (
                 Response::Error(RemoteError::new(kind, msg)),
@@ -166,6 +167,7 @@ impl Origin {
         }
         match self.commit_staged(&req, &path).await {
             Ok(length) => {
+                self.inner.metrics.upload_done(started.elapsed());
                 if !req.replica {
                     self.spawn_replication(req.namespace.clone(), req.digest);
                 }

@@ -236,7 +236,7 @@ async fn complete<R: Registry>(
         .await
     {
         Ok(()) => {
-            if let Err(e) = session.remove().await {
+            if let Err(e) = session.completed().await {
                 tracing::warn!(id, error = %e, "removing a finished upload session");
             }
             Ok(created(name, digest))
