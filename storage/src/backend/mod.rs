@@ -49,9 +49,9 @@ use crate::Digest;
 
 pub use config::{
     BackendConfig, FsServiceConfig, GcsServiceConfig, MemoryServiceConfig, S3ServiceConfig,
-    ServiceConfig, WebhdfsServiceConfig,
+    ServiceConfig, ServiceSectionError, WebhdfsServiceConfig,
 };
-pub use error::BackendError;
+pub use error::{BackendError, RouteProblem};
 pub use layout::KeyLayout;
 pub use router::{NamespaceRouter, RouteConfig, RouterConfig};
 pub use writeback::{BlobWriteBack, UploadOutcome, WriteBackError, WriteBackHooks, upload_blob};
