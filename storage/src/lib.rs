@@ -12,7 +12,8 @@
 //!   in redb; verified ingest, resumable partial downloads, ranged and per-piece readers,
 //!   quota eviction and a crash-safe startup sweep.
 //! - `queue` (feature `local`): the durable write-back queue (redb) an origin drains to its
-//!   backend, with exponential backoff and jitter.
+//!   backend, with exponential backoff and jitter; `queue::executor` (feature `executor`)
+//!   is the loop that drains such a queue, for any job (blob write-back, tag replication).
 //! - `backend` (feature `backends`): OpenDAL-backed remote storage (fs, memory, s3, gcs,
 //!   webhdfs), namespace routing, the Docker-registry key layout, and the upload path from
 //!   the CAS to a backend.

@@ -90,7 +90,7 @@ pub enum MetainfoError {
     },
     /// The bytes are not a postcard metainfo.
     #[error("malformed metainfo: {0}")]
-    Malformed(String),
+    Malformed(#[source] postcard::Error),
     /// Bytes remain after the metainfo.
     #[error("metainfo is followed by {0} unexpected bytes")]
     TrailingBytes(usize),
@@ -586,8 +586,8 @@ impl Metainfo {
             });
         }
         fn take<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, MetainfoError> {
-            let (wire, rest) = postcard::take_from_bytes(bytes)
-                .map_err(|e| MetainfoError::Malformed(e.to_string()))?;
+            let (wire, rest) =
+                postcard::take_from_bytes(bytes).map_err(MetainfoError::Malformed)?;
             if !rest.is_empty() {
                 return Err(MetainfoError::TrailingBytes(rest.len()));
             }

@@ -1,21 +1,26 @@
 //! The write-back path end to end: CAS → durable queue → S3 (moto), through a backend
-//! outage and a restart of the node's stores.
+//! outage and a restart of the node's stores, driven by the queue's executor running
+//! `BlobWriteBack` as an origin does.
 #![cfg(feature = "backends")]
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 use kraken_storage::Digest;
 use kraken_storage::backend::{
-    Backend, NamespaceRouter, RouteConfig, RouterConfig, UploadOutcome, default_http_client,
-    drain_due, upload_blob,
+    Backend, BlobWriteBack, NamespaceRouter, RouteConfig, RouterConfig, UploadOutcome,
+    WriteBackError, WriteBackHooks, default_http_client, upload_blob,
 };
 use kraken_storage::cas::{Cas, CasConfig};
-use kraken_storage::queue::{QueueConfig, WriteBackQueue};
+use kraken_storage::queue::executor::Executor;
+use kraken_storage::queue::{QueueConfig, WriteBackItem, WriteBackQueue};
 use support::{Moto, test_data};
 
 fn router(moto: &Moto) -> NamespaceRouter {
@@ -35,6 +40,46 @@ fn queue_config() -> QueueConfig {
         seed: Some(1),
         ..QueueConfig::default()
     }
+}
+
+/// The node's side of a write-back, as a test sees it: which uploads are still arriving,
+/// and counts of what the executor reported.
+#[derive(Default)]
+struct Node {
+    arriving: HashSet<Digest>,
+    written_back: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+impl WriteBackHooks for &Node {
+    fn arriving(&self, digest: &Digest) -> bool {
+        self.arriving.contains(digest)
+    }
+
+    fn written_back(&self, _: &WriteBackItem, _: UploadOutcome) {
+        self.written_back.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn failed(&self, _: &WriteBackItem, _: &WriteBackError) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// An origin's executor over `queue`, on a clock the test sets.
+fn executor<'a>(
+    queue: &'a WriteBackQueue,
+    router: &'a NamespaceRouter,
+    cas: &'a Cas,
+    node: &'a Node,
+    clock: &Arc<Mutex<SystemTime>>,
+) -> Executor<'a, BlobWriteBack<'a, &'a Node>> {
+    let job = BlobWriteBack {
+        router,
+        cas,
+        hooks: node,
+    };
+    let clock = clock.clone();
+    Executor::new(queue, job, 10, 4).with_clock(move || *clock.lock().unwrap())
 }
 
 async fn backend_bytes(backend: &Backend, digest: &Digest) -> Vec<u8> {
@@ -69,25 +114,29 @@ async fn queued_uploads_survive_an_outage_and_a_restart() {
     let cas = Cas::open(CasConfig::at(dir.path().join("cas"))).unwrap();
     let queue = WriteBackQueue::open(&queue_path, queue_config()).unwrap();
     let router = router(&moto);
+    let node = Node::default();
+    let clock = Arc::new(Mutex::new(t0));
+    let executor = executor(&queue, &router, &cas, &node, &clock);
 
     // The backend is down: the item is rescheduled, the blob stays pinned and readable.
     moto.kill();
-    let report = drain_due(&queue, &router, &cas, t0, 10).await.unwrap();
+    let report = executor.pass().await.unwrap();
     assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(node.failed.load(Ordering::SeqCst), 1);
     assert_eq!(queue.len().unwrap(), 1);
     let info = cas.info(&digest).unwrap().unwrap();
     assert!(info.pinned && !info.persisted);
     // Not due again until the backoff passes.
-    let report = drain_due(&queue, &router, &cas, t0 + Duration::from_millis(400), 10)
-        .await
-        .unwrap();
+    *clock.lock().unwrap() = t0 + Duration::from_millis(400);
+    let report = executor.pass().await.unwrap();
     assert_eq!(report, Default::default());
 
     // The backend returns: the item drains, the blob is persisted and unpinned.
     moto.restart().await;
-    let later = t0 + Duration::from_secs(2);
-    let report = drain_due(&queue, &router, &cas, later, 10).await.unwrap();
-    assert_eq!(report.uploaded, 1, "{report:?}");
+    *clock.lock().unwrap() = t0 + Duration::from_secs(2);
+    let report = executor.pass().await.unwrap();
+    assert_eq!(report.done, 1, "{report:?}");
+    assert_eq!(node.written_back.load(Ordering::SeqCst), 1);
     assert!(queue.is_empty().unwrap());
     let info = cas.info(&digest).unwrap().unwrap();
     assert!(info.persisted && !info.pinned);
@@ -120,24 +169,45 @@ async fn blobs_the_backend_has_are_not_uploaded_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unroutable_or_missing_blobs_fail_without_losing_the_item() {
+async fn unroutable_blobs_fail_and_missing_ones_wait_or_are_dropped() {
     let moto = Moto::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cas = Cas::open(CasConfig::at(dir.path().join("cas"))).unwrap();
     let queue = WriteBackQueue::open(&dir.path().join("q.redb"), queue_config()).unwrap();
     let router = router(&moto);
     let now = SystemTime::now();
-    let absent = Digest::sha256_of(b"not in the cas");
-    queue.enqueue("library/a", &absent, now).unwrap();
-    queue.enqueue("unrouted/b", &absent, now).unwrap();
+    let present = test_data(1_000, 7);
+    let stored = Digest::sha256_of(&present);
+    cas.ingest(&stored, Some(1_000), &present[..]).unwrap();
+    let arriving = Digest::sha256_of(b"still being received");
+    let orphan = Digest::sha256_of(b"never acknowledged");
+    queue.enqueue("unrouted/b", &stored, now).unwrap();
+    queue.enqueue("library/a", &arriving, now).unwrap();
+    queue.enqueue("library/c", &orphan, now).unwrap();
+    let node = Node {
+        arriving: HashSet::from([arriving]),
+        ..Node::default()
+    };
+    let clock = Arc::new(Mutex::new(now));
 
-    let report = drain_due(&queue, &router, &cas, now, 10).await.unwrap();
+    let report = executor(&queue, &router, &cas, &node, &clock)
+        .pass()
+        .await
+        .unwrap();
+    // No route: a failure that keeps the item.
     let errors: Vec<_> = report.failed.iter().map(|(_, e)| e.as_str()).collect();
-    assert_eq!(errors.len(), 2);
-    assert!(errors.iter().any(|e| e.contains("not found")), "{errors:?}");
-    assert!(
-        errors.iter().any(|e| e.contains("unrouted/b")),
-        "{errors:?}"
-    );
-    assert_eq!(queue.len().unwrap(), 2);
+    assert_eq!(errors.len(), 1, "{report:?}");
+    assert!(errors[0].contains("unrouted/b"), "{errors:?}");
+    // Still arriving: waits, quietly. The orphan leaves the queue.
+    assert_eq!((report.later, report.dropped), (1, 1), "{report:?}");
+    assert_eq!(node.failed.load(Ordering::SeqCst), 1);
+    let mut left: Vec<_> = queue.list().unwrap();
+    left.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    let left: Vec<_> = left
+        .iter()
+        .map(|i| (i.namespace.as_str(), i.last_error.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0], ("library/a", "upload still arriving"));
+    assert_eq!(left[1].0, "unrouted/b");
 }

@@ -13,19 +13,20 @@
 //!
 //! An item whose tag has since moved to another digest is dropped (the newer item carries
 //! the newer digest); a deletion is dropped only if its tag was set again, and waits while
-//! the local delete it was queued ahead of has not landed. When one item of a destination
-//! fails, the pass stops trying that destination: its other due items are rescheduled with
-//! backoff too, so a remote that is down costs one failed attempt per pass, not one per
-//! tag. Every owner of a tag queues its remote replications, so losing the node that took
+//! the local delete it was queued ahead of has not landed. The storage crate's queue
+//! executor drains the queue with one lane per destination: when one item of a destination
+//! fails, the pass stops trying that destination and its other due items are rescheduled
+//! with backoff too, so a remote that is down costs one failed attempt per pass, not one
+//! per tag. Every owner of a tag queues its remote replications, so losing the node that took
 //! the put loses nothing; remotes see duplicates as no-ops.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use kraken_membership::{ClusterView, Role};
 use kraken_storage::Digest;
 use kraken_storage::queue::WriteBackItem;
+use kraken_storage::queue::executor::{Executor, Job, Step};
 use tokio::sync::watch;
 
 use super::{BuildIndex, RemoteRule, closure, owners_of_tag};
@@ -55,91 +56,61 @@ pub fn parse_item_key(key: &str) -> Option<(&str, &str, &str)> {
     Some((parts.next()?, parts.next()?, parts.next()?))
 }
 
+/// Items leased per pass.
+const BATCH: usize = 256;
+
 /// Runs until `stop` turns true.
-pub async fn run(bi: BuildIndex, mut stop: watch::Receiver<bool>) {
-    let poll = Duration::from_millis(bi.inner.config.replication_poll_ms);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let worked = match pass(&bi).await {
-            Ok(n) => n > 0,
-            Err(e) => {
-                tracing::error!(error = %e, "replication queue failed");
-                false
-            }
-        };
-        if worked {
-            continue;
-        }
-        tokio::select! {
-            _ = bi.inner.wake.notified() => {}
-            _ = tokio::time::sleep(poll) => {}
-            _ = stop.changed() => {}
-        }
-    }
-}
-
-/// One pass over the due items; returns how many were attempted.
-pub async fn pass(bi: &BuildIndex) -> Result<usize, kraken_storage::queue::QueueError> {
+pub async fn run(bi: BuildIndex, stop: watch::Receiver<bool>) {
     let inner = &bi.inner;
-    let items = inner.queue.take_due(SystemTime::now(), 256)?;
-    let n = items.len();
-    // One destination's items run in order, one at a time; destinations run concurrently.
-    let mut by_dest: BTreeMap<String, Vec<WriteBackItem>> = BTreeMap::new();
-    for item in items {
-        let dest = parse_item_key(&item.namespace)
-            .map_or("", |(d, _, _)| d)
-            .to_string();
-        by_dest.entry(dest).or_default().push(item);
-    }
-    let results: Vec<Result<(), kraken_storage::queue::QueueError>> =
-        futures::stream::iter(by_dest)
-            .map(|(dest, items)| async move { drain_destination(bi, &dest, items).await })
-            .buffer_unordered(inner.config.replication_concurrency)
-            .collect()
-            .await;
-    for r in results {
-        r?;
-    }
-    Ok(n)
+    let poll = Duration::from_millis(inner.config.replication_poll_ms);
+    executor(&bi).run(&inner.wake, poll, stop).await;
 }
 
-async fn drain_destination(
-    bi: &BuildIndex,
-    dest: &str,
-    items: Vec<WriteBackItem>,
-) -> Result<(), kraken_storage::queue::QueueError> {
-    let queue = &bi.inner.queue;
-    let mut failed: Option<String> = None;
-    for item in items {
-        if let Some(why) = &failed {
-            queue.fail(&item, SystemTime::now(), why)?;
-            continue;
-        }
-        match replicate_one(bi, &item).await {
-            Ok(Outcome::Done) => {
-                queue.complete(&item)?;
-                tracing::info!(destination = dest, item = %item.namespace.replace('\t', " "),
-                    digest = %item.digest, "replicated");
-            }
-            Ok(Outcome::Dropped(why)) => {
-                tracing::debug!(destination = dest, item = %item.namespace.replace('\t', " "), why, "replication dropped");
-                queue.complete(&item)?;
-            }
-            Err(e) => {
-                let message = e.to_string();
-                let now = SystemTime::now();
-                let next = queue.fail(&item, now, &message)?;
-                tracing::warn!(destination = dest, item = %item.namespace.replace('\t', " "),
-                    error = %message, attempts = item.attempts + 1,
-                    retry_in_ms = next.duration_since(now).map_or(0, |d| d.as_millis()),
-                    "replication failed; will retry");
-                failed = Some(format!("{dest} failed: {message}"));
+/// The queue's executor: one lane per destination, so one destination's items run in
+/// order, one at a time, and its first failure defers the rest; destinations run
+/// concurrently.
+fn executor(bi: &BuildIndex) -> Executor<'_, Replication<'_>> {
+    let concurrency = bi.inner.config.replication_concurrency;
+    Executor::new(&bi.inner.queue, Replication(bi), BATCH, concurrency)
+}
+
+/// Replication as the executor's job.
+struct Replication<'a>(&'a BuildIndex);
+
+/// The destination of a queue item ("" for an unreadable key).
+fn destination(item: &WriteBackItem) -> &str {
+    parse_item_key(&item.namespace).map_or("", |(d, _, _)| d)
+}
+
+impl Job for Replication<'_> {
+    const NAME: &'static str = "replication";
+    type Done = ();
+    type Error = RemoteError;
+
+    fn lane(&self, item: &WriteBackItem) -> Option<String> {
+        Some(destination(item).to_string())
+    }
+
+    async fn attempt(&self, item: &WriteBackItem) -> Result<Step<()>, RemoteError> {
+        match replicate_one(self.0, item).await? {
+            Outcome::Done => Ok(Step::Done(())),
+            Outcome::Dropped(why) => {
+                tracing::debug!(destination = destination(item), item = %item.namespace.replace('\t', " "), why, "replication dropped");
+                Ok(Step::Drop)
             }
         }
     }
-    Ok(())
+
+    fn done(&self, item: &WriteBackItem, (): ()) {
+        tracing::info!(destination = destination(item), item = %item.namespace.replace('\t', " "),
+            digest = %item.digest, "replicated");
+    }
+
+    fn failed(&self, item: &WriteBackItem, error: &RemoteError, retry_in: Duration) {
+        tracing::warn!(destination = destination(item), item = %item.namespace.replace('\t', " "),
+            error = %error, attempts = item.attempts + 1,
+            retry_in_ms = retry_in.as_millis(), "replication failed; will retry");
+    }
 }
 
 enum Outcome {

@@ -74,7 +74,7 @@ impl BackendConfig {
     /// Parses a config from TOML text (the fields of this struct at top level).
     pub fn from_toml_str(text: &str) -> Result<Self, BackendError> {
         let config: BackendConfig =
-            toml::from_str(text).map_err(|e| BackendError::Config(toml_error(text, &e)))?;
+            toml::from_str(text).map_err(|e| BackendError::toml(text, e))?;
         config.validate()?;
         Ok(config)
     }
@@ -161,20 +161,6 @@ impl BackendConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// A one-line rendering of a TOML error: `line N: message`.
-pub(crate) fn toml_error(text: &str, err: &toml::de::Error) -> String {
-    match err.span() {
-        Some(span) => {
-            let line = text
-                .get(..span.start)
-                .map_or(0, |before| before.matches('\n').count())
-                + 1;
-            format!("line {line}: {}", err.message())
-        }
-        None => err.message().to_string(),
     }
 }
 
@@ -416,10 +402,21 @@ fn default_concurrency() -> usize {
     DEFAULT_WRITE_CONCURRENCY
 }
 
-impl TryFrom<RawBackendConfig> for BackendConfig {
-    type Error = String;
+/// Why a backend's TOML does not name exactly one storage service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceSectionError {
+    /// It names none.
+    #[error("no service section: add one of [fs], [memory], [s3], [gcs], [webhdfs]")]
+    Missing,
+    /// It names several (these).
+    #[error("a backend has exactly one service section, found {}", .0.join(", "))]
+    Several(Vec<&'static str>),
+}
 
-    fn try_from(raw: RawBackendConfig) -> Result<Self, String> {
+impl TryFrom<RawBackendConfig> for BackendConfig {
+    type Error = ServiceSectionError;
+
+    fn try_from(raw: RawBackendConfig) -> Result<Self, ServiceSectionError> {
         let mut services = Vec::new();
         if let Some(c) = raw.fs {
             services.push(ServiceConfig::Fs(c));
@@ -437,15 +434,10 @@ impl TryFrom<RawBackendConfig> for BackendConfig {
             services.push(ServiceConfig::Webhdfs(c));
         }
         if services.len() > 1 {
-            let names: Vec<_> = services.iter().map(|s| s.name()).collect();
-            return Err(format!(
-                "a backend has exactly one service section, found {}",
-                names.join(", ")
-            ));
+            let names = services.iter().map(ServiceConfig::name).collect();
+            return Err(ServiceSectionError::Several(names));
         }
-        let service = services.pop().ok_or_else(|| {
-            "no service section: add one of [fs], [memory], [s3], [gcs], [webhdfs]".to_string()
-        })?;
+        let service = services.pop().ok_or(ServiceSectionError::Missing)?;
         Ok(BackendConfig {
             service,
             layout: raw.layout,
@@ -482,8 +474,8 @@ impl From<BackendConfig> for RawBackendConfig {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<BackendConfig, String> {
-        BackendConfig::from_toml_str(text).map_err(|e| e.to_string())
+    fn parse(text: &str) -> Result<BackendConfig, BackendError> {
+        BackendConfig::from_toml_str(text)
     }
 
     #[test]
@@ -567,9 +559,30 @@ mod tests {
             ("layout = \"flat\"\n[memory]", "unknown variant `flat`"),
         ];
         for (text, want) in cases {
-            let err = parse(text).expect_err(text);
+            let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn toml_errors_keep_the_parsers_error_and_its_line() {
+        let err = parse("[s3]\nbucket = \"b\"\nbukcet = \"c\"").expect_err("a typo");
+        let BackendError::Toml { line, source } = &err else {
+            panic!("not a toml error: {err:?}");
+        };
+        assert_eq!(*line, Some(3));
+        assert!(
+            source.message().contains("unknown field `bukcet`"),
+            "{source}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("invalid backend config: line 3: {}", source.message())
+        );
+        assert_eq!(
+            ServiceSectionError::Several(vec!["fs", "memory"]).to_string(),
+            "a backend has exactly one service section, found fs, memory"
+        );
     }
 
     #[test]
@@ -579,13 +592,13 @@ mod tests {
         if cfg!(feature = "gcs") {
             assert!(gcs.is_ok(), "{gcs:?}");
         } else {
-            let err = gcs.expect_err("gcs is compiled out");
+            let err = gcs.expect_err("gcs is compiled out").to_string();
             assert!(err.contains("`gcs` is not compiled in"), "{err}");
         }
         if cfg!(feature = "webhdfs") {
             assert!(hdfs.is_ok(), "{hdfs:?}");
         } else {
-            let err = hdfs.expect_err("webhdfs is compiled out");
+            let err = hdfs.expect_err("webhdfs is compiled out").to_string();
             assert!(err.contains("feature `webhdfs`"), "{err}");
         }
     }

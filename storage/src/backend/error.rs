@@ -5,26 +5,48 @@
 //! branch on a small set of meanings (missing, retry later, misconfigured, broken) instead
 //! of OpenDAL's error kinds.
 
-use crate::Digest;
+use crate::{Digest, DigestError};
 
 /// Errors from backend configuration, namespace routing and backend I/O.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The configuration is invalid (a field is missing, empty or out of range, or the
-    /// storage service rejected it when the operator was built).
+    /// The configuration is invalid: a field is missing, empty, out of range or in
+    /// conflict with another (the message says which).
     #[error("invalid backend config: {0}")]
     Config(String),
 
+    /// The config's TOML does not parse, or does not fit a config's shape (an unknown or
+    /// mistyped field, a missing service section, …).
+    #[error("invalid backend config: {}", toml_message(*.line, .source))]
+    Toml {
+        /// The 1-based line the error is on, when the parser knows it.
+        line: Option<usize>,
+        /// The parser's error (boxed: it is large).
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+
+    /// The storage service rejected the settings when the backend's operator was built.
+    #[error("invalid backend config: backend {backend:?}: {source}")]
+    Rejected {
+        /// Backend name.
+        backend: String,
+        /// OpenDAL's error (boxed: it is large).
+        #[source]
+        source: Box<opendal::Error>,
+    },
+
     /// One entry of a `[[backends]]` list is invalid; names the entry so the operator can
     /// find it in the file.
-    #[error("backends[{index}] (namespace {namespace:?}): {reason}")]
+    #[error("backends[{index}] (namespace {namespace:?}): {problem}")]
     InvalidRoute {
         /// Zero-based position of the entry in the list.
         index: usize,
         /// The entry's namespace pattern as written (empty if it had none).
         namespace: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        problem: RouteProblem,
     },
 
     /// The `[[backends]]` list is empty, so no namespace could ever be routed.
@@ -139,9 +161,64 @@ pub enum BackendError {
     /// The HTTP client for HTTP-based services could not be built.
     #[error("cannot build the http client for storage backends")]
     HttpClient(#[source] reqwest::Error),
+
+    /// A tag's link file is too long to hold a digest.
+    #[error("tag link {key} is {len} bytes: not a digest")]
+    TagLinkTooLong {
+        /// The link's key in the backend.
+        key: String,
+        /// Its length.
+        len: u64,
+    },
+
+    /// A tag's link file does not hold a digest.
+    #[error("tag link {key} holds no digest: {source}")]
+    TagLinkNotDigest {
+        /// The link's key in the backend.
+        key: String,
+        /// Why its text is not a digest.
+        #[source]
+        source: DigestError,
+    },
+}
+
+/// What is wrong with one `[[backends]]` entry ([`BackendError::InvalidRoute`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteProblem {
+    /// The entry does not fit a route's shape (an unknown or mistyped field, a missing
+    /// service section, …).
+    #[error("{}", .0.message().trim())]
+    Toml(#[source] Box<toml::de::Error>),
+    /// The namespace pattern is not a regular expression.
+    #[error("invalid namespace regex: {0}")]
+    Regex(#[source] regex::Error),
+    /// The entry's backend is invalid or could not be built.
+    #[error(transparent)]
+    Backend(Box<BackendError>),
+}
+
+/// A TOML error on one line: `line N: message`, or the message alone.
+fn toml_message(line: Option<usize>, err: &toml::de::Error) -> String {
+    match line {
+        Some(line) => format!("line {line}: {}", err.message()),
+        None => err.message().to_string(),
+    }
 }
 
 impl BackendError {
+    /// A TOML error in `text`, with the line it is on.
+    pub(crate) fn toml(text: &str, err: toml::de::Error) -> Self {
+        let line = err.span().map(|span| {
+            text.get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+                + 1
+        });
+        BackendError::Toml {
+            line,
+            source: Box::new(err),
+        }
+    }
+
     /// Whether retrying the same operation later may succeed (the backend was unavailable).
     pub fn is_retryable(&self) -> bool {
         matches!(self, BackendError::Unavailable { .. })
@@ -163,9 +240,10 @@ impl BackendError {
                 backend,
                 digest: *digest,
             },
-            (ErrorKind::ConfigInvalid, _) => {
-                BackendError::Config(format!("backend {backend:?}: {err}"))
-            }
+            (ErrorKind::ConfigInvalid, _) => BackendError::Rejected {
+                backend,
+                source: Box::new(err),
+            },
             (ErrorKind::RateLimited, _) => BackendError::Unavailable {
                 backend,
                 op,

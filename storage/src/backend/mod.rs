@@ -10,8 +10,9 @@
 //!   for a namespace (`library/ubuntu`, …) by regex, first match wins.
 //! - [`error`]: [`BackendError`], the one error type of all of the above.
 //! - [`tags`]: repository tags as Docker-registry link files (build-index write-through).
-//! - [`writeback`]: the upload path from the local CAS to a backend and one pass of the
-//!   write-back executor over the durable queue.
+//! - [`writeback`]: the upload path from the local CAS to a backend, and
+//!   [`BlobWriteBack`], the job the queue's executor runs to drain the durable write-back
+//!   queue.
 //!
 //! This module owns [`Backend`]: one configured OpenDAL operator plus its layout and name,
 //! with blob-level operations (`stat`, ranged `get`, streaming `put_file`/`put_stream`,
@@ -48,12 +49,12 @@ use crate::Digest;
 
 pub use config::{
     BackendConfig, FsServiceConfig, GcsServiceConfig, MemoryServiceConfig, S3ServiceConfig,
-    ServiceConfig, WebhdfsServiceConfig,
+    ServiceConfig, ServiceSectionError, WebhdfsServiceConfig,
 };
-pub use error::BackendError;
+pub use error::{BackendError, RouteProblem};
 pub use layout::KeyLayout;
 pub use router::{NamespaceRouter, RouteConfig, RouterConfig};
-pub use writeback::{DrainReport, UploadOutcome, WriteBackError, drain_due, upload_blob};
+pub use writeback::{BlobWriteBack, UploadOutcome, WriteBackError, WriteBackHooks, upload_blob};
 
 /// Connect timeout of [`default_http_client`].
 pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

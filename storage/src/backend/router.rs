@@ -25,7 +25,7 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::config::toml_error;
+use super::error::RouteProblem;
 use super::{Backend, BackendConfig, BackendError};
 
 /// One `[[backends]]` entry: namespaces matching `namespace` are stored in `backend`.
@@ -61,8 +61,7 @@ impl RouterConfig {
             #[serde(default)]
             backends: Vec<toml::Table>,
         }
-        let raw: Raw =
-            toml::from_str(text).map_err(|e| BackendError::Config(toml_error(text, &e)))?;
+        let raw: Raw = toml::from_str(text).map_err(|e| BackendError::toml(text, e))?;
         let mut backends = Vec::with_capacity(raw.backends.len());
         for (index, table) in raw.backends.into_iter().enumerate() {
             let namespace = table
@@ -76,7 +75,7 @@ impl RouterConfig {
                     .map_err(|e: toml::de::Error| BackendError::InvalidRoute {
                         index,
                         namespace,
-                        reason: e.message().trim().to_string(),
+                        problem: RouteProblem::Toml(Box::new(e)),
                     })?;
             backends.push(route);
         }
@@ -100,17 +99,17 @@ impl RouterConfig {
             .iter()
             .enumerate()
             .map(|(index, route)| {
-                let invalid = |reason: String| BackendError::InvalidRoute {
+                let invalid = |problem| BackendError::InvalidRoute {
                     index,
                     namespace: route.namespace.clone(),
-                    reason,
+                    problem,
                 };
                 let regex = Regex::new(&format!("^(?:{})$", route.namespace))
-                    .map_err(|e| invalid(format!("invalid namespace regex: {e}")))?;
+                    .map_err(|e| invalid(RouteProblem::Regex(e)))?;
                 route
                     .backend
                     .validate()
-                    .map_err(|e| invalid(e.to_string()))?;
+                    .map_err(|e| invalid(RouteProblem::Backend(Box::new(e))))?;
                 Ok(regex)
             })
             .collect()
@@ -148,7 +147,7 @@ impl NamespaceRouter {
                     BackendError::InvalidRoute {
                         index,
                         namespace: route.namespace.clone(),
-                        reason: e.to_string(),
+                        problem: RouteProblem::Backend(Box::new(e)),
                     }
                 })?;
                 Ok(Route {
@@ -182,13 +181,9 @@ impl NamespaceRouter {
 mod tests {
     use super::*;
 
-    fn router(text: &str) -> Result<NamespaceRouter, String> {
-        let config = RouterConfig::from_toml_str(text).map_err(|e| e.to_string())?;
-        NamespaceRouter::new(
-            &config,
-            super::super::default_http_client().map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())
+    fn router(text: &str) -> Result<NamespaceRouter, BackendError> {
+        let config = RouterConfig::from_toml_str(text)?;
+        NamespaceRouter::new(&config, super::super::default_http_client()?)
     }
 
     const TWO_ROUTES: &str = r#"
@@ -232,13 +227,13 @@ mod tests {
     #[test]
     fn empty_list_is_rejected() {
         assert_eq!(
-            router("").expect_err("empty"),
+            router("").expect_err("empty").to_string(),
             "no backends configured: the [[backends]] list is empty"
         );
+        let err = router("backends = 3").expect_err("not a list");
         assert!(
-            router("backends = 3")
-                .expect_err("not a list")
-                .contains("line 1")
+            matches!(err, BackendError::Toml { line: Some(1), .. }),
+            "{err:?}"
         );
     }
 }

@@ -61,10 +61,10 @@ impl Backend {
         let key = tag_key(repo, tag);
         match self.op.stat(&key).await {
             Ok(meta) if meta.content_length() > MAX_LINK_LEN => {
-                return Err(BackendError::Config(format!(
-                    "tag link {key} is {} bytes: not a digest",
-                    meta.content_length()
-                )));
+                return Err(BackendError::TagLinkTooLong {
+                    key,
+                    len: meta.content_length(),
+                });
             }
             Ok(_) => {}
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
@@ -79,7 +79,7 @@ impl Backend {
         text.trim()
             .parse()
             .map(Some)
-            .map_err(|e| BackendError::Config(format!("tag link {key} holds no digest: {e}")))
+            .map_err(|source| BackendError::TagLinkNotDigest { key, source })
     }
 
     /// Every tag in the backend as `(repo, tag, digest)`, in listing order. Unreadable

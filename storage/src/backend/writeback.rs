@@ -1,18 +1,25 @@
-//! The upload path from the local CAS to a backend, and one step of the write-back executor.
+//! Blob write-back: the upload path from the local CAS to a backend, and the job an
+//! origin's write-back executor runs.
 //!
 //! [`upload_blob`] copies one complete CAS blob to a backend, skipping the upload when the
 //! backend already holds a blob of that length under the digest's key (content addressing
-//! makes that a safe test). [`drain_due`] is one pass of the executor an origin runs in a
-//! loop: take the due items of the durable queue, route each by namespace, upload, then
-//! mark the blob persisted and unpinned in the CAS and complete the item, or record the
-//! failure so the queue backs off. A backend outage only delays the queue.
+//! makes that a safe test). [`BlobWriteBack`] is the [`Job`] of the durable write-back
+//! queue, run by the queue's [`Executor`](crate::queue::executor::Executor): route each item
+//! by namespace, upload, then mark the blob persisted and unpinned in the CAS; a failure
+//! leaves the item to the queue's backoff, so a backend outage only delays the queue.
+//!
+//! An item whose blob is not in the CAS either belongs to an upload still arriving (its
+//! bytes are being received, staged for a resume or committed: it waits) or is the orphan
+//! of an upload that crashed between queueing and ingest and was never acknowledged (it is
+//! dropped). Only the node can tell which ([`WriteBackHooks::arriving`]).
 
-use std::time::SystemTime;
+use std::time::Duration;
 
 use super::{Backend, BackendError, NamespaceRouter};
 use crate::cas::{Cas, CasError};
 use crate::digest::Digest;
-use crate::queue::{QueueError, WriteBackItem, WriteBackQueue};
+use crate::queue::executor::{Job, Step};
+use crate::queue::{QueueError, WriteBackItem};
 
 /// What [`upload_blob`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,57 +67,66 @@ pub async fn upload_blob(
     Ok(UploadOutcome::Uploaded { bytes })
 }
 
-/// Counts from one [`drain_due`] pass.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Blobs uploaded.
-    pub uploaded: usize,
-    /// Blobs the backend already had.
-    pub already_present: usize,
-    /// Items that failed and were rescheduled, with their errors.
-    pub failed: Vec<(WriteBackItem, String)>,
+/// What [`BlobWriteBack`] needs from the node it runs on.
+pub trait WriteBackHooks: Sync {
+    /// Whether an upload of `digest` is still arriving (being received or committed, or
+    /// staged for a resume): its item waits instead of being dropped as an orphan.
+    fn arriving(&self, digest: &Digest) -> bool;
+
+    /// Called once an item was written back and left the queue (metrics).
+    fn written_back(&self, item: &WriteBackItem, outcome: UploadOutcome) {
+        let _ = (item, outcome);
+    }
+
+    /// Called once a failed write-back was rescheduled (metrics).
+    fn failed(&self, item: &WriteBackItem, error: &WriteBackError) {
+        let _ = (item, error);
+    }
 }
 
-/// Runs up to `limit` due write-backs, one after another.
-///
-/// On success the blob is marked persisted and unpinned (the origin pins it at upload time
-/// so it cannot be evicted before it is safe) and the item leaves the queue. On failure the
-/// item is rescheduled with backoff. Only a failure of the queue itself is returned as an
-/// error; every per-item failure is in the report.
-pub async fn drain_due(
-    queue: &WriteBackQueue,
-    router: &NamespaceRouter,
-    cas: &Cas,
-    now: SystemTime,
-    limit: usize,
-) -> Result<DrainReport, QueueError> {
-    let mut report = DrainReport::default();
-    for item in queue.take_due(now, limit)? {
-        let result = async {
-            let backend = router.route(&item.namespace)?;
-            let outcome = upload_blob(backend, cas, &item.digest).await?;
-            cas.set_persisted(&item.digest, true)?;
-            cas.set_pinned(&item.digest, false)?;
-            Ok::<_, WriteBackError>(outcome)
-        }
-        .await;
-        match result {
-            Ok(outcome) => {
-                queue.complete(&item)?;
-                match outcome {
-                    UploadOutcome::Uploaded { .. } => report.uploaded += 1,
-                    UploadOutcome::AlreadyPresent => report.already_present += 1,
-                }
+/// The write-back of queued blobs from a CAS to the backends their namespaces route to;
+/// see the module docs.
+pub struct BlobWriteBack<'a, H> {
+    /// Backends by namespace.
+    pub router: &'a NamespaceRouter,
+    /// Where the blobs are.
+    pub cas: &'a Cas,
+    /// The node's side.
+    pub hooks: H,
+}
+
+impl<H: WriteBackHooks> Job for BlobWriteBack<'_, H> {
+    const NAME: &'static str = "write-back";
+    type Done = UploadOutcome;
+    type Error = WriteBackError;
+
+    async fn attempt(&self, item: &WriteBackItem) -> Result<Step<UploadOutcome>, WriteBackError> {
+        if !self.cas.contains(&item.digest)? {
+            // Backoff without alarm: the upload is still being received or committed.
+            if self.hooks.arriving(&item.digest) {
+                return Ok(Step::Later("upload still arriving"));
             }
-            Err(e) => {
-                let message = e.to_string();
-                let next = queue.fail(&item, now, &message)?;
-                tracing::warn!(namespace = %item.namespace, digest = %item.digest, error = %message,
-                    retry_in_ms = next.duration_since(now).map_or(0, |d| d.as_millis()),
-                    "write-back failed; will retry");
-                report.failed.push((item, message));
-            }
+            tracing::warn!(digest = %item.digest, "dropping a write-back whose upload never completed");
+            return Ok(Step::Drop);
         }
+        let backend = self.router.route(&item.namespace)?;
+        let outcome = upload_blob(backend, self.cas, &item.digest).await?;
+        // Pinned at upload so that it could not be evicted before it was safe.
+        self.cas.set_persisted(&item.digest, true)?;
+        self.cas.set_pinned(&item.digest, false)?;
+        Ok(Step::Done(outcome))
     }
-    Ok(report)
+
+    fn done(&self, item: &WriteBackItem, outcome: UploadOutcome) {
+        self.hooks.written_back(item, outcome);
+        tracing::info!(digest = %item.digest, namespace = %item.namespace,
+            ?outcome, attempts = item.attempts, "written back");
+    }
+
+    fn failed(&self, item: &WriteBackItem, error: &WriteBackError, retry_in: Duration) {
+        self.hooks.failed(item, error);
+        tracing::warn!(digest = %item.digest, namespace = %item.namespace,
+            error = %error, attempts = item.attempts + 1,
+            retry_in_ms = retry_in.as_millis(), "write-back failed; will retry");
+    }
 }

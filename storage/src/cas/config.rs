@@ -96,7 +96,7 @@ impl CasConfig {
         }
         self.piece_lengths
             .validate()
-            .map_err(|e| CasError::Config(e.to_string()))
+            .map_err(CasError::PieceLengths)
     }
 }
 

@@ -119,6 +119,9 @@ pub enum CasError {
     /// The configuration is unusable.
     #[error("invalid cas config: {0}")]
     Config(String),
+    /// The configured piece length table is unusable.
+    #[error("invalid cas config: {0}")]
+    PieceLengths(#[source] MetainfoError),
 }
 
 impl CasError {

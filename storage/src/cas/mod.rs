@@ -15,6 +15,7 @@
 //!
 //! Modules: [`config`] (quota and eviction settings), `error`, `meta` (redb tables),
 //! `ingest` (verified streaming ingest), [`partial`] (piece-by-piece downloads),
+//! [`piece_writer`] (a piece streamed into place while hashed, with direct I/O),
 //! [`reader`] (whole, ranged and per-piece reads), `evict` (the eviction planner).
 //!
 //! The API is synchronous (std files, redb); async callers run it on a blocking pool.
@@ -27,7 +28,10 @@ mod evict;
 mod ingest;
 mod meta;
 pub mod partial;
+pub mod piece_writer;
 pub mod reader;
+#[cfg(test)]
+mod test_blobs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -41,7 +45,8 @@ pub use config::CasConfig;
 pub use error::CasError;
 pub use ingest::Ingested;
 pub use meta::{BlobInfo, BlobState};
-pub use partial::{FlushJob, PartialBlob, PieceSource, PieceWriter, VerifiedPiece};
+pub use partial::{FlushJob, PartialBlob, PieceSource};
+pub use piece_writer::{PieceWriter, VerifiedPiece};
 pub use reader::BlobReader;
 
 use crate::digest::Digest;

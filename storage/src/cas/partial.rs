@@ -11,11 +11,7 @@
 //! carries sha256 chaining states ([`crate::chain`]), otherwise by re-hashing the whole
 //! file at commit. Then the file is renamed into `blobs/`.
 //!
-//! Piece writers write with direct I/O where the filesystem allows
-//! (`CasConfig::direct_writes`): a download's bytes go to the disk without first being
-//! copied into fresh page-cache pages, which cost about as much CPU as hashing them. The
-//! fsync of a flush or commit covers them as it covers the page cache. The page cache is
-//! filled when, and if, the blob is read.
+//! Piece writers, and their direct I/O, are in [`super::piece_writer`].
 //!
 //! One writer per blob at a time: a second [`Cas::start_partial`] for the same digest gets
 //! `CasError::Busy` until the first [`PartialBlob`] is dropped.
@@ -23,13 +19,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
+use super::piece_writer::{DirectFile, PieceWriter, VerifiedPiece, WriterTarget};
 use super::{BlobInfo, Cas, CasError, sync_dir};
 use crate::bitfield::{Bitfield, PieceIndex};
 use crate::chain::ChainHasher;
@@ -161,12 +157,7 @@ impl Cas {
 impl PartialBlob {
     fn new(cas: &Cas, metainfo: &Metainfo, bitfield: Bitfield, file: File, path: PathBuf) -> Self {
         let direct = match cas.config().direct_writes {
-            true => open_direct(&path).map(|file| {
-                Arc::new(DirectFile {
-                    file,
-                    refused: AtomicBool::new(false),
-                })
-            }),
+            true => DirectFile::open(&path),
             false => None,
         };
         PartialBlob {
@@ -199,9 +190,7 @@ impl PartialBlob {
     /// it ([`CasConfig::direct_writes`](super::CasConfig::direct_writes)) and the
     /// filesystem took the file opened so.
     pub fn writes_direct(&self) -> bool {
-        self.direct
-            .as_ref()
-            .is_some_and(|d| !d.refused.load(Ordering::Relaxed))
+        self.direct.as_ref().is_some_and(|d| !d.refused())
     }
 
     /// Stops this handle's piece writers for good, waiting for any batch being written:
@@ -262,26 +251,23 @@ impl PartialBlob {
     /// interleave a bad copy over a good one.
     pub fn piece_writer(&self, index: PieceIndex) -> Result<PieceWriter, CasError> {
         let range = self.metainfo.checked_piece_range(index)?;
-        let file = self
-            .file
-            .try_clone()
-            .map_err(CasError::io("reopen partial", &self.path))?;
-        let len = range.end - range.start;
-        Ok(PieceWriter {
-            file,
+        let target = WriterTarget {
+            file: self
+                .file
+                .try_clone()
+                .map_err(CasError::io("reopen partial", &self.path))?,
             direct: self.direct.clone(),
             open: self.writers_open.clone(),
             path: self.path.clone(),
-            metainfo: self.metainfo.clone(),
+        };
+        let chain = self.chain_from(index);
+        Ok(PieceWriter::new(
+            target,
+            self.metainfo.clone(),
             index,
-            start: range.start,
-            len,
-            written: 0,
-            batch: AlignedBatch::new(usize::try_from(len).unwrap_or(WRITE_BATCH).min(WRITE_BATCH)),
-            hashed: 0,
-            hasher: blake3::Hasher::new(),
-            chain: self.chain_from(index),
-        })
+            range,
+            chain,
+        ))
     }
 
     /// A sha256 hasher for piece `index`'s place in the digest's chain, when the digest is
@@ -646,268 +632,6 @@ impl PieceSource {
     }
 }
 
-/// Streams one piece into a partial blob's file, hashing as it goes.
-///
-/// Bytes gather in an aligned batch of [`WRITE_BATCH`]; each full batch is hashed (BLAKE3,
-/// and sha256 when checked) in one pass and written at its offset, bypassing the page cache
-/// when the store allows ([`CasConfig::direct_writes`](super::CasConfig::direct_writes)).
-/// The hashing is CPU work and the write is disk work: an async caller can hash on its own
-/// thread ([`PieceWriter::hash_gathered`]) and send only the write to a blocking thread.
-pub struct PieceWriter {
-    file: File,
-    /// The blob's direct-I/O handle, if it has one.
-    direct: Option<Arc<DirectFile>>,
-    /// The partial blob's writers are still open: held (shared) across each batch's write.
-    open: Arc<RwLock<bool>>,
-    path: PathBuf,
-    metainfo: Arc<Metainfo>,
-    index: PieceIndex,
-    start: u64,
-    len: u64,
-    /// Bytes hashed and written.
-    written: u64,
-    batch: AlignedBatch,
-    /// How much of `batch` is hashed already (see [`PieceWriter::hash_gathered`]).
-    hashed: usize,
-    hasher: blake3::Hasher,
-    /// The piece's place in the digest's sha256 chain, when checked.
-    chain: Option<ChainHasher>,
-}
-
-/// Bytes a [`PieceWriter`] gathers before it hashes and writes them: large enough that the
-/// syscall and the hashing run in bulk (BLAKE3's SIMD spans many 1 KiB chunks), small
-/// enough that many pieces in flight stay cheap.
-pub const WRITE_BATCH: usize = 512 * 1024;
-
-/// Direct I/O wants the buffer, the length and the file offset on multiples of the device's
-/// logical block; 4 KiB covers devices of 512 and of 4096 bytes.
-const DIRECT_ALIGN: usize = 4096;
-
-/// A partial blob's file opened for direct I/O, shared by its piece writers (positioned
-/// writes need no handle of their own).
-#[derive(Debug)]
-struct DirectFile {
-    file: File,
-    /// Set once a direct write was refused: later batches go through the page cache.
-    refused: AtomicBool,
-}
-
-/// A write buffer that starts on a [`DIRECT_ALIGN`] boundary.
-struct AlignedBatch {
-    /// Padding up to the aligned start, then the gathered bytes; allocated once with room
-    /// for both and never grown, so the start stays aligned and nothing is zeroed first.
-    raw: Vec<u8>,
-    /// Where the aligned part of `raw` starts.
-    start: usize,
-    capacity: usize,
-}
-
-impl AlignedBatch {
-    fn new(capacity: usize) -> Self {
-        let mut raw: Vec<u8> = Vec::with_capacity(capacity + DIRECT_ALIGN);
-        // An unaligned start (never on real allocators) only costs the direct path: the
-        // kernel refuses the write and the writer falls back to the page cache.
-        let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-        raw.resize(start, 0);
-        AlignedBatch {
-            raw,
-            start,
-            capacity,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.raw.len() - self.start
-    }
-
-    /// Copies in as much of `bytes` as fits; returns how much.
-    fn fill(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.capacity - self.len());
-        self.raw.extend_from_slice(&bytes[..n]);
-        n
-    }
-
-    fn is_full(&self) -> bool {
-        self.len() == self.capacity
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.raw[self.start..]
-    }
-
-    fn clear(&mut self) {
-        self.raw.truncate(self.start);
-    }
-}
-
-/// Proof that a piece's bytes are on disk and matched their hash.
-#[derive(Debug)]
-pub struct VerifiedPiece {
-    index: PieceIndex,
-    /// Whether the digest's sha256 chain was checked too.
-    chained: bool,
-}
-
-impl VerifiedPiece {
-    /// The piece.
-    pub fn index(&self) -> PieceIndex {
-        self.index
-    }
-}
-
-impl PieceWriter {
-    /// The piece being written.
-    pub fn index(&self) -> PieceIndex {
-        self.index
-    }
-
-    /// Appends the next bytes of the piece, writing every batch that fills. More bytes
-    /// than the piece has is an error.
-    pub fn write(&mut self, mut bytes: &[u8]) -> Result<(), CasError> {
-        while !bytes.is_empty() {
-            let n = self.gather(bytes)?;
-            bytes = &bytes[n..];
-            if self.batch_full() {
-                self.write_batch()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies as much of the next bytes as the batch has room for, without touching the
-    /// disk; returns how many. Once [`PieceWriter::batch_full`], nothing more fits until
-    /// [`PieceWriter::write_batch`] (which blocks on the disk: an async caller runs it on a
-    /// blocking thread). More bytes than the piece has is an error.
-    pub fn gather(&mut self, bytes: &[u8]) -> Result<usize, CasError> {
-        let end = self.written + self.batch.len() as u64 + bytes.len() as u64;
-        if end > self.len {
-            return Err(PieceError::WrongSize {
-                index: self.index,
-                expected: self.len as u32,
-                actual: usize::try_from(end).unwrap_or(usize::MAX),
-            }
-            .into());
-        }
-        Ok(self.batch.fill(bytes))
-    }
-
-    /// Whether the batch is full and must be written before more bytes fit.
-    pub fn batch_full(&self) -> bool {
-        self.batch.is_full()
-    }
-
-    /// Hashes the gathered bytes not hashed yet. Only CPU work: it never touches the disk,
-    /// and [`PieceWriter::write_batch`] and [`PieceWriter::finish`] hash whatever it left.
-    pub fn hash_gathered(&mut self) {
-        let bytes = &self.batch.bytes()[self.hashed..];
-        if bytes.is_empty() {
-            return;
-        }
-        self.hasher.update(bytes);
-        if let Some(chain) = self.chain.as_mut() {
-            chain.update(bytes);
-        }
-        self.hashed = self.batch.len();
-    }
-
-    /// Hashes the gathered bytes (those [`PieceWriter::hash_gathered`] did not) and writes
-    /// them at their offset. Blocks on the disk. Fails with [`CasError::DownloadClosed`]
-    /// once the partial blob is committed, aborted or dropped.
-    pub fn write_batch(&mut self) -> Result<(), CasError> {
-        if self.batch.len() == 0 {
-            return Ok(());
-        }
-        self.hash_gathered();
-        let bytes = self.batch.bytes();
-        // Held until the bytes are written: closing the blob waits for this write.
-        let open = self.open.read().unwrap_or_else(PoisonError::into_inner);
-        if !*open {
-            return Err(CasError::DownloadClosed(*self.metainfo.digest()));
-        }
-        let at = self.start + self.written;
-        let mut rest = bytes;
-        let direct = self
-            .direct
-            .as_ref()
-            .filter(|d| !d.refused.load(Ordering::Relaxed));
-        if let Some(direct) = direct
-            && at.is_multiple_of(DIRECT_ALIGN as u64)
-        {
-            let aligned = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-            match direct.file.write_all_at(&bytes[..aligned], at) {
-                Ok(()) => rest = &bytes[aligned..],
-                // The filesystem (or this buffer) does not do direct I/O after all: the
-                // page cache takes this batch, and every later one of the blob.
-                Err(e) if refuses_direct_io(&e) => {
-                    tracing::debug!(path = %self.path.display(), error = %e, "cas: direct write refused, writing through the page cache");
-                    direct.refused.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(CasError::io("write piece to", &self.path)(e)),
-            }
-        }
-        let rest_at = at + (bytes.len() - rest.len()) as u64;
-        self.file
-            .write_all_at(rest, rest_at)
-            .map_err(CasError::io("write piece to", &self.path))?;
-        drop(open);
-        self.written += bytes.len() as u64;
-        self.batch.clear();
-        self.hashed = 0;
-        Ok(())
-    }
-
-    /// Writes what is gathered, then checks length and hash; the proof goes to
-    /// [`PartialBlob::mark_stored`]. Blocks on the disk.
-    pub fn finish(mut self) -> Result<VerifiedPiece, CasError> {
-        self.write_batch()?;
-        if self.written != self.len {
-            return Err(PieceError::WrongSize {
-                index: self.index,
-                expected: self.len as u32,
-                actual: self.written as usize,
-            }
-            .into());
-        }
-        let hash = crate::metainfo::PieceHash(*self.hasher.finalize().as_bytes());
-        self.metainfo.check_piece_hash(self.index, &hash)?;
-        let chained = self.chain.is_some();
-        if let Some(chain) = self.chain {
-            self.metainfo.check_piece_chain(self.index, chain)?;
-        }
-        Ok(VerifiedPiece {
-            index: self.index,
-            chained,
-        })
-    }
-}
-
-/// Opens `path` for direct writes, or `None` where the filesystem refuses (tmpfs on older
-/// kernels, some network and overlay filesystems): then the page cache takes every write.
-fn open_direct(path: &std::path::Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = rustix::fs::OFlags::DIRECT.bits();
-    match OpenOptions::new()
-        .write(true)
-        .custom_flags(flags as i32)
-        .open(path)
-    {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "cas: no direct I/O here, writing through the page cache");
-            None
-        }
-    }
-}
-
-/// Whether a direct write failed because direct I/O is not possible here (alignment the
-/// device wants, or a filesystem that takes `O_DIRECT` at open but not at write), rather
-/// than because the disk failed.
-fn refuses_direct_io(e: &std::io::Error) -> bool {
-    use rustix::io::Errno;
-    let code = e.raw_os_error();
-    code == Some(Errno::INVAL.raw_os_error()) || code == Some(Errno::OPNOTSUPP.raw_os_error())
-}
-
 fn encode_bitfield(b: &Bitfield) -> Vec<u8> {
     postcard::to_allocvec(b).unwrap_or_default()
 }
@@ -915,8 +639,7 @@ fn encode_bitfield(b: &Bitfield) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cas::CasConfig;
-    use crate::metainfo::PieceLengthTable;
+    use crate::cas::test_blobs::{partial, piece};
 
     #[test]
     fn a_flush_ending_after_the_commit_or_the_abort_leaves_no_bitfield_behind() {
@@ -940,202 +663,6 @@ mod tests {
                 "commit: {commit}"
             );
         }
-    }
-
-    /// A store of 64 KiB pieces and a blob of `pieces` of them.
-    fn partial(dir: &std::path::Path, pieces: u32) -> (Cas, Metainfo, Vec<u8>) {
-        let lengths = PieceLengthTable::uniform(64 * 1024);
-        let cas = Cas::open(CasConfig {
-            piece_lengths: lengths.clone(),
-            ..CasConfig::at(dir)
-        })
-        .unwrap();
-        let blob: Vec<u8> = (0..pieces as usize * 64 * 1024)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let meta = Metainfo::from_bytes(&blob, &lengths).unwrap();
-        (cas, meta, blob)
-    }
-
-    fn piece(blob: &[u8], i: u32) -> &[u8] {
-        &blob[i as usize * 64 * 1024..(i as usize + 1) * 64 * 1024]
-    }
-
-    /// The filesystem `path` is on is ext4, which takes aligned direct writes and refuses
-    /// misaligned ones (tmpfs, say, takes both).
-    fn on_ext4(path: &std::path::Path) -> bool {
-        const EXT4_SUPER_MAGIC: i64 = 0xEF53;
-        // `f_type`'s width differs between targets.
-        #[allow(clippy::unnecessary_cast)]
-        rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == EXT4_SUPER_MAGIC)
-    }
-
-    #[test]
-    fn direct_writes_land_every_byte_whatever_the_pieces_alignment() {
-        // Aligned pieces of one batch (direct but for the blob's short last piece); pieces
-        // on no block boundary (page cache); 18 KiB pieces (aligned starts, unaligned ends,
-        // so a block is shared with the next piece); pieces of several batches, aligned and
-        // not.
-        let lengths = [
-            64 * 1024,
-            16 * 1024 + 1,
-            18 * 1024,
-            1024 * 1024,
-            600 * 1024 + 1,
-        ];
-        for piece_length in lengths {
-            for direct_writes in [true, false] {
-                let dir = tempfile::tempdir().unwrap();
-                let lengths = PieceLengthTable::uniform(piece_length);
-                let cas = Cas::open(CasConfig {
-                    piece_lengths: lengths.clone(),
-                    direct_writes,
-                    ..CasConfig::at(dir.path())
-                })
-                .unwrap();
-                let blob: Vec<u8> = (0..7 * piece_length as usize / 2 + 1000)
-                    .map(|i| (i * 7 % 253) as u8)
-                    .collect();
-                let meta = Metainfo::from_bytes(&blob, &lengths).unwrap();
-                let mut p = cas.start_partial(&meta).unwrap();
-                let direct = p.writes_direct();
-                if !direct_writes {
-                    assert!(!direct);
-                } else if on_ext4(dir.path()) {
-                    assert!(direct, "ext4 takes direct I/O");
-                }
-                for i in 0..meta.piece_count() {
-                    let r = meta.piece_range(PieceIndex(i)).unwrap();
-                    let mut w = p.piece_writer(PieceIndex(i)).unwrap();
-                    // Chunks of odd sizes, as a network delivers them.
-                    for chunk in blob[r.start as usize..r.end as usize].chunks(1_111) {
-                        w.write(chunk).unwrap();
-                    }
-                    assert!(p.mark_stored(w.finish().unwrap()).unwrap());
-                }
-                assert_eq!(p.writes_direct(), direct, "no direct write was refused");
-                p.commit().unwrap();
-                let stored = cas.reader(meta.digest()).unwrap().read_all().unwrap();
-                assert!(
-                    stored == blob,
-                    "{piece_length}-byte pieces, direct {direct_writes}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn bytes_hashed_before_their_write_are_hashed_once_and_still_checked() {
-        // Pieces of two batches and a bit: hashed after every chunk, after some, or only by
-        // the writes, as an async receiver may; the piece hashes and the sha256 chain must
-        // come out the same, and a corrupt byte hashed early must still fail its piece.
-        let piece_length = 2 * WRITE_BATCH as u32 + 1000;
-        let dir = tempfile::tempdir().unwrap();
-        let lengths = PieceLengthTable::uniform(piece_length);
-        let cas = Cas::open(CasConfig {
-            piece_lengths: lengths.clone(),
-            ..CasConfig::at(dir.path())
-        })
-        .unwrap();
-        let blob: Vec<u8> = (0..3 * piece_length as usize)
-            .map(|i| (i * 13 % 251) as u8)
-            .collect();
-        let meta = Metainfo::from_bytes(&blob, &lengths).unwrap();
-        let mut p = cas.start_partial(&meta).unwrap();
-        let write = |w: &mut PieceWriter, bytes: &[u8], hash_every: usize| {
-            for (n, mut chunk) in bytes.chunks(8_952).enumerate() {
-                while !chunk.is_empty() {
-                    let took = w.gather(chunk).unwrap();
-                    chunk = &chunk[took..];
-                    if hash_every > 0 && n % hash_every == 0 {
-                        w.hash_gathered();
-                        w.hash_gathered(); // Nothing new: hashes nothing twice.
-                    }
-                    if w.batch_full() {
-                        if hash_every > 0 {
-                            w.hash_gathered();
-                        }
-                        w.write_batch().unwrap();
-                    }
-                }
-            }
-            if hash_every > 0 {
-                w.hash_gathered();
-            }
-        };
-        let range = |i: u32| {
-            let r = meta.piece_range(PieceIndex(i)).unwrap();
-            r.start as usize..r.end as usize
-        };
-        let mut corrupt = blob[range(1)].to_vec();
-        corrupt[WRITE_BATCH + 7] ^= 1;
-        let mut w = p.piece_writer(PieceIndex(1)).unwrap();
-        write(&mut w, &corrupt, 1);
-        assert!(
-            w.finish().is_err(),
-            "a corrupt byte hashed early is still caught"
-        );
-        for (i, hash_every) in [(0, 1), (1, 5), (2, 0)] {
-            let mut w = p.piece_writer(PieceIndex(i)).unwrap();
-            write(&mut w, &blob[range(i)], hash_every);
-            assert!(p.mark_stored(w.finish().unwrap()).unwrap());
-        }
-        p.commit().unwrap();
-        assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
-    }
-
-    #[test]
-    fn a_refused_direct_write_goes_through_the_page_cache_and_so_do_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cas, meta, blob) = partial(dir.path(), 2);
-        let mut p = cas.start_partial(&meta).unwrap();
-        let mut w = p.piece_writer(PieceIndex(0)).unwrap();
-        // A buffer one byte off its alignment: ext4 refuses it for direct I/O (EINVAL).
-        let capacity = w.batch.capacity;
-        w.batch.raw = Vec::with_capacity(capacity + DIRECT_ALIGN + 1);
-        w.batch.start = w.batch.raw.as_ptr().align_offset(DIRECT_ALIGN) + 1;
-        w.batch.raw.resize(w.batch.start, 0);
-        w.write(piece(&blob, 0)).unwrap();
-        p.mark_stored(w.finish().unwrap()).unwrap();
-        if on_ext4(dir.path()) {
-            assert!(!p.writes_direct(), "the blob's writers gave direct I/O up");
-        }
-        let mut w = p.piece_writer(PieceIndex(1)).unwrap();
-        w.write(piece(&blob, 1)).unwrap();
-        p.mark_stored(w.finish().unwrap()).unwrap();
-        p.commit().unwrap();
-        assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
-    }
-
-    #[test]
-    fn only_a_refusal_of_direct_io_falls_back_a_failing_disk_fails() {
-        use rustix::io::Errno;
-        let err = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
-        assert!(refuses_direct_io(&err(Errno::INVAL)));
-        assert!(refuses_direct_io(&err(Errno::OPNOTSUPP)));
-        for e in [Errno::NOSPC, Errno::IO, Errno::DQUOT, Errno::ROFS] {
-            assert!(!refuses_direct_io(&err(e)), "{e}");
-        }
-    }
-
-    #[test]
-    fn a_writer_that_outlives_its_download_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cas, meta, blob) = partial(dir.path(), 2);
-        let first = cas.start_partial(&meta).unwrap();
-        let mut stale = first.piece_writer(PieceIndex(0)).unwrap();
-        drop(first);
-        // The next download of the blob stores piece 0 from an honest peer...
-        let mut next = cas.start_partial(&meta).unwrap();
-        next.write_piece(PieceIndex(0), piece(&blob, 0)).unwrap();
-        // ...and the stale receiver, whose peer sends garbage, cannot write over it.
-        let garbage = vec![0xAA; piece(&blob, 0).len()];
-        let err = stale.write(&garbage).unwrap_err();
-        assert!(matches!(err, CasError::DownloadClosed(_)), "{err}");
-        assert!(matches!(stale.finish(), Err(CasError::DownloadClosed(_))));
-        next.write_piece(PieceIndex(1), piece(&blob, 1)).unwrap();
-        next.commit().unwrap();
-        assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
     }
 
     #[test]

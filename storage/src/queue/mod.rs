@@ -4,7 +4,9 @@
 //! immediate durability before it returns, so an upload can be acknowledged right after it.
 //! An executor loop takes due items ([`WriteBackQueue::take_due`]), uploads them, and
 //! reports [`WriteBackQueue::complete`] or [`WriteBackQueue::fail`]; a failure reschedules
-//! the item with exponential backoff and jitter. Taken items are leased in memory so two
+//! the item with exponential backoff and jitter. That loop is `executor` (feature
+//! `executor`), the one every such queue is drained by; the queue itself knows nothing of
+//! what its items stand for. Taken items are leased in memory so two
 //! workers never get the same item; a lease that is never reported (a crashed task) expires
 //! after `lease_timeout`, and after a restart every item is due again at its stored time.
 //! Delivery is therefore at least once; uploads of content-addressed blobs are idempotent.
@@ -12,6 +14,9 @@
 //! Tables: `writeback_items` maps `(namespace, digest)` to the item's record;
 //! `writeback_due` indexes `(next_attempt_ms, namespace, digest)` so taking due items reads
 //! only the front of the index.
+
+#[cfg(feature = "executor")]
+pub mod executor;
 
 use std::collections::HashMap;
 use std::path::Path;
