@@ -139,10 +139,19 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
             )),
         };
     }
-    if current.map(|e| e.digest) != Some(item.digest) {
-        return Ok(Outcome::Dropped(
-            "the tag has moved on (or was never stored)",
-        ));
+    match put_step(current.as_ref(), &item.digest, item.enqueued, item.attempts) {
+        PutStep::Carry => {}
+        PutStep::MovedOn => {
+            return Ok(Outcome::Dropped(
+                "the tag has moved on (or was never stored)",
+            ));
+        }
+        PutStep::NotYet => {
+            return Err(RemoteError::new(
+                ErrorKind::Unavailable,
+                "the tag has not been stored on this node yet",
+            ));
+        }
     }
     if dest == BACKEND {
         backend(bi, repo)?
@@ -175,6 +184,43 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
     Ok(Outcome::Dropped("unknown destination"))
 }
 
+/// What to do with a queued setting of a tag, given the tag as it is here now.
+#[derive(Debug, PartialEq, Eq)]
+enum PutStep {
+    /// The tag holds the queued digest: carry it.
+    Carry,
+    /// The tag was set to another digest (or deleted) since: the item is obsolete.
+    MovedOn,
+    /// `put_tag` queues its replications before it stores the tag (so that an
+    /// acknowledged tag survives a crash); a pass that runs in between finds the tag
+    /// missing or older. Try again: dropping it would leave the other owners without the
+    /// tag for good.
+    NotYet,
+}
+
+/// A tag that is missing, or set to another digest no later than the item was queued,
+/// has not seen this item's store yet. Past a few attempts it is taken as moved on (the
+/// store failed, and the client was told so), so nothing retries forever.
+fn put_step(
+    current: Option<&super::store::TagEntry>,
+    queued_digest: &Digest,
+    queued: SystemTime,
+    attempts: u32,
+) -> PutStep {
+    const PATIENCE: u32 = 5;
+    match current {
+        Some(entry) if entry.digest == *queued_digest => PutStep::Carry,
+        Some(entry) if entry.updated_ms > millis(queued) => PutStep::MovedOn,
+        _ if attempts < PATIENCE => PutStep::NotYet,
+        _ => PutStep::MovedOn,
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// What to do with a queued deletion, given the tag as it is here now.
 #[derive(Debug, PartialEq, Eq)]
 enum DeletionStep {
@@ -202,10 +248,7 @@ fn deletion_step(
     let Some(entry) = current else {
         return DeletionStep::Carry;
     };
-    let queued_ms = queued
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let same = entry.digest == *deleted && entry.updated_ms <= queued_ms;
+    let same = entry.digest == *deleted && entry.updated_ms <= millis(queued);
     match same && attempts < PATIENCE {
         true => DeletionStep::NotYet,
         false => DeletionStep::SetAgain,
@@ -433,6 +476,27 @@ mod tests {
             Some(("remote:dc2", "library/ubuntu", "22.04"))
         );
         assert_eq!(parse_item_key("nonsense"), None);
+    }
+
+    #[test]
+    fn a_setting_waits_for_the_local_store_and_yields_to_a_newer_one() {
+        use super::super::store::TagEntry;
+        let queued_digest = Digest::sha256_of(b"queued");
+        let other = Digest::sha256_of(b"other");
+        let queued = SystemTime::UNIX_EPOCH + Duration::from_millis(5_000);
+        let step = |digest, updated_ms, attempts| {
+            let entry = TagEntry { digest, updated_ms };
+            put_step(Some(&entry), &queued_digest, queued, attempts)
+        };
+        assert_eq!(step(queued_digest, 5_003, 0), PutStep::Carry);
+        // Not stored yet, or still the older setting: the local store is pending.
+        assert_eq!(put_step(None, &queued_digest, queued, 0), PutStep::NotYet);
+        assert_eq!(step(other, 4_000, 4), PutStep::NotYet);
+        // Set again later to another digest.
+        assert_eq!(step(other, 5_001, 0), PutStep::MovedOn);
+        // Never forever.
+        assert_eq!(put_step(None, &queued_digest, queued, 5), PutStep::MovedOn);
+        assert_eq!(step(other, 4_000, 5), PutStep::MovedOn);
     }
 
     #[test]
