@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use kraken_storage::cas::{Cas, CasConfig};
 use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthTable};
-use kraken_transport::exchange::{ExchangeConfig, ExchangeError, Handout, PieceExchange, Tracker};
+use kraken_transport::exchange::{
+    ExchangeConfig, ExchangeError, Handout, PieceExchange, PieceLatencyObserver, Tracker,
+};
 use kraken_transport::limit::RateLimiter;
 use kraken_transport::quic::{
     ConnectionPool, Endpoint, PoolConfig, RpcConfig, RpcStream, Service, StreamOutcome, serve,
@@ -240,6 +242,44 @@ async fn a_256_mib_blob_moves_between_two_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_piece_reports_its_latency_once() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    let origin = node(&cluster, "origin", PeerKind::Origin, &tracker);
+    let observed = Arc::new(AtomicU64::new(0));
+    let slowest = Arc::new(AtomicU64::new(0));
+    let config = ExchangeConfig {
+        piece_latency: Some(PieceLatencyObserver::new({
+            let (observed, slowest) = (observed.clone(), slowest.clone());
+            move |d| {
+                observed.fetch_add(1, Ordering::Relaxed);
+                slowest.fetch_max(d.as_micros() as u64, Ordering::Relaxed);
+            }
+        })),
+        ..exchange_config()
+    };
+    let agent = node_with(&cluster, "agent", PeerKind::Agent, &tracker, config);
+    let data = pattern(8 << 20, 7);
+    let meta = seed(&origin, &data);
+
+    let report = within(60, "the download", agent.ex.download(meta.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        observed.load(Ordering::Relaxed),
+        u64::from(meta.piece_count()),
+        "one observation per stored piece"
+    );
+    let slowest = Duration::from_micros(slowest.load(Ordering::Relaxed));
+    assert!(
+        slowest > Duration::ZERO && slowest <= report.elapsed,
+        "latency {slowest:?} within the download's {:?}",
+        report.elapsed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_seeder_and_eight_leechers_over_quic() {
     let cluster = cluster();
     let tracker = SharedTracker::default();
@@ -408,6 +448,7 @@ fn limited(ingress: Option<u64>, egress: Option<u64>) -> ExchangeConfig {
         swarm: swarm_config(),
         ingress: ingress.map(limiter),
         egress: egress.map(limiter),
+        piece_latency: None,
     }
 }
 

@@ -119,6 +119,32 @@ pub struct ExchangeConfig {
     /// default) is unlimited. As for `egress`, the pieces in flight share the limit within
     /// their request timeouts.
     pub ingress: Option<RateLimiter>,
+    /// Told how long each verified piece took, from our request to the piece stored
+    /// (for a latency histogram); `None` (the default) measures nothing.
+    pub piece_latency: Option<PieceLatencyObserver>,
+}
+
+/// Receives the latency of every piece this node requested and stored: from the request
+/// leaving for the peer to the piece verified and written. Called on the blob's task, so
+/// it must be cheap (an atomic histogram update).
+#[derive(Clone)]
+pub struct PieceLatencyObserver(Arc<dyn Fn(std::time::Duration) + Send + Sync>);
+
+impl PieceLatencyObserver {
+    /// An observer calling `f`.
+    pub fn new(f: impl Fn(std::time::Duration) + Send + Sync + 'static) -> Self {
+        PieceLatencyObserver(Arc::new(f))
+    }
+
+    pub(super) fn observe(&self, latency: std::time::Duration) {
+        (self.0)(latency);
+    }
+}
+
+impl std::fmt::Debug for PieceLatencyObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PieceLatencyObserver")
+    }
 }
 
 /// Piece traffic of every blob of an exchange since it started (for metrics).

@@ -59,11 +59,36 @@ impl<T: Tracker> BlobTask<T> {
         if let Some(s) = self.sessions.remove(&id) {
             s.reader.abort();
         }
+        self.forget_requests(id);
+    }
+
+    /// Requests to `peer` will not be answered any more (its session ended).
+    pub(super) fn forget_requests(&mut self, peer: PeerId) {
+        if !self.requested.is_empty() {
+            self.requested.retain(|(p, _), _| *p != peer);
+        }
+    }
+
+    /// Notes when a request leaves (and forgets a cancelled one), for the piece latency.
+    fn note_request(&mut self, to: PeerId, msg: &PeerMessage) {
+        if self.ex.inner.config.piece_latency.is_none() {
+            return;
+        }
+        match msg {
+            PeerMessage::Request(index) => {
+                self.requested.insert((to, *index), Instant::now());
+            }
+            PeerMessage::Cancel(index) => {
+                self.requested.remove(&(to, *index));
+            }
+            _ => {}
+        }
     }
 
     /// Queues `msg` for `to`'s writer. A peer whose queue is full (or whose writer is
     /// gone) is reported `Congested`: the swarm decides what becomes of it.
     pub(super) fn send_message(&mut self, to: PeerId, msg: PeerMessage) {
+        self.note_request(to, &msg);
         let refused = self
             .sessions
             .get(&to)

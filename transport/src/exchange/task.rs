@@ -99,6 +99,8 @@ pub(super) struct BlobTask<T: Tracker> {
     pub(super) known: HashMap<PeerId, (SocketAddr, PeerKind)>,
     /// Pieces being written by a receiver right now.
     pub(super) receiving: HashSet<PieceIndex>,
+    /// When each outstanding request left, for the piece latency (only with an observer).
+    pub(super) requested: HashMap<(PeerId, PieceIndex), Instant>,
     /// A flush of the partial blob's progress runs on the blocking pool.
     flushing: bool,
     pub(super) next_sid: u64,
@@ -132,6 +134,7 @@ impl<T: Tracker> BlobTask<T> {
             sessions: HashMap::new(),
             known: HashMap::new(),
             receiving: HashSet::new(),
+            requested: HashMap::new(),
             flushing: false,
             next_sid: 0,
             done,
@@ -324,6 +327,7 @@ impl<T: Tracker> BlobTask<T> {
             Input::SessionEnded { peer, sid } => {
                 if self.is_current(peer, sid) {
                     self.sessions.remove(&peer);
+                    self.forget_requests(peer);
                     self.swarm
                         .handle_peer(now, PeerEvent::Disconnected { id: peer });
                 }
@@ -365,6 +369,7 @@ impl<T: Tracker> BlobTask<T> {
                     let fresh = p.record_stored(verified);
                     self.flush_if_due()?;
                     if fresh {
+                        self.observe_latency(now, peer, index);
                         let c = &self.ex.inner.counters;
                         let size = self.metainfo.piece_size(index).unwrap_or(0);
                         ExchangeCounters::add(&c.pieces_received, 1);
@@ -388,6 +393,15 @@ impl<T: Tracker> BlobTask<T> {
             Err(PieceFault::Metainfo(e)) => return Err(StopReason::Metainfo(e)),
         }
         Ok(())
+    }
+
+    /// Reports how long the piece took since we asked `peer` for it.
+    fn observe_latency(&mut self, now: Instant, peer: PeerId, index: PieceIndex) {
+        if let Some(asked) = self.requested.remove(&(peer, index))
+            && let Some(observer) = &self.ex.inner.config.piece_latency
+        {
+            observer.observe(now.saturating_duration_since(asked));
+        }
     }
 
     /// A flush of the progress ended.
