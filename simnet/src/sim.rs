@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kraken_storage::{Bitfield, Digest, Metainfo, PieceHash, PieceIndex};
-use kraken_transport::swarm::handout::{HandoutConfig, PeerStore};
+use kraken_transport::swarm::handout::PeerStore;
 use kraken_transport::swarm::{
     PeerEvent, PeerInfo, PeerKind, PieceOutcome, Swarm, SwarmConfig, SwarmEvent, Transmit,
 };
@@ -287,12 +287,9 @@ impl Simulation {
             sc.blob.piece_length,
             vec![PieceHash([0; 32]); pieces],
         )
-        .map_err(|e| SimError::Invalid(format!("blob: {e}")))?;
+        .map_err(SimError::Blob)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let tracker = PeerStore::new(HandoutConfig {
-            peer_ttl: Duration::from_secs_f64(sc.trackers.peer_ttl_s),
-            max_peers: sc.trackers.max_peers,
-        });
+        let tracker = PeerStore::new(sc.trackers.handout.clone());
         let outages = sc
             .faults
             .tracker_outages
@@ -411,29 +408,15 @@ impl Simulation {
         });
     }
 
+    /// Host `h`'s swarm settings: its role's, with a seed of its own.
     fn swarm_config(&self, h: u32) -> SwarmConfig {
-        let k = &self.scenario.swarm;
-        let origin = self.hosts[h as usize].info.kind == PeerKind::Origin;
+        let role = match self.kind(h) {
+            PeerKind::Origin => &self.scenario.origin_swarm,
+            PeerKind::Agent => &self.scenario.swarm,
+        };
         SwarmConfig {
-            max_connections: if origin {
-                k.origin_max_connections
-            } else {
-                k.max_connections
-            },
-            max_origin_connections: k.max_origin_connections,
-            upload_slots: if origin {
-                k.origin_upload_slots
-            } else {
-                k.upload_slots
-            },
-            pipeline_to_agents: k.pipeline_to_agents,
-            pipeline_to_origins: k.pipeline_to_origins,
-            spare_origins: k.spare_origins,
-            new_pieces_first: origin,
-            endgame_pieces: k.endgame_pieces,
-            announce_interval: Duration::from_secs_f64(self.scenario.trackers.announce_interval_s),
             rng_seed: mix(self.seed ^ mix(u64::from(h))),
-            ..SwarmConfig::default()
+            ..role.clone()
         }
     }
 
@@ -923,7 +906,7 @@ fn pick(rng: &mut ChaCha8Rng, count: usize, fraction: f64) -> Vec<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::Sessions;
+    use super::*;
 
     #[test]
     fn sessions_open_close_and_spill_past_the_inline_ones() {
@@ -942,5 +925,28 @@ mod tests {
         assert!(peers.windows(2).all(|w| w[0] < w[1]), "ascending");
         assert!(!s.contains(1, 2));
         assert!(s.contains(0, 1));
+    }
+
+    #[test]
+    fn hosts_run_their_roles_settings_with_seeds_of_their_own() {
+        let mut scenario = Scenario::default();
+        scenario.swarm.upload_slots = 4;
+        scenario.origin_swarm.upload_slots = 16;
+        let sim = Simulation::new(&scenario, 7).unwrap();
+        // Hosts 0 and 1 are the default scenario's origins.
+        for h in [0, 1, 2, 101] {
+            let c = sim.swarm_config(h);
+            assert_eq!(c.rng_seed, mix(7 ^ mix(u64::from(h))));
+            let role = if h < 2 {
+                &scenario.origin_swarm
+            } else {
+                &scenario.swarm
+            };
+            assert_eq!(&SwarmConfig { rng_seed: 0, ..c }, role, "host {h}");
+        }
+        // Without the tables, origins run what origins run and agents what agents do.
+        let d = Scenario::default();
+        assert_eq!(d.origin_swarm, SwarmConfig::origin());
+        assert_eq!(d.swarm, SwarmConfig::default());
     }
 }
