@@ -3,18 +3,19 @@
 //! See `examples/*.toml` for a documented file per role. Sections: `[node]` (name, roles,
 //! data directory, cluster id, logs), `[quic]`, `[tls]`, `[gossip]` (ring nodes),
 //! `[view]` (agents), `[http]`, `[store]` (the CAS: quota, TTI, piece lengths),
-//! `[swarm]`, `[origin]`, `[tracker]`, `[agent]`, `[writeback_queue]` and the ordered
-//! `[[backends]]` list (origins).
+//! `[swarm]` (the agent role's swarm settings), `[origin]` (with the origin role's swarm
+//! settings in `[origin.swarm]`), `[tracker]`, `[agent]`, `[writeback_queue]` and the
+//! ordered `[[backends]]` list (origins).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use kraken_membership::Role;
 use kraken_storage::backend::RouterConfig;
 use kraken_storage::cas::CasConfig;
 use kraken_storage::queue::QueueConfig;
-use kraken_transport::swarm::SwarmConfig;
+use kraken_transport::swarm::handout::HandoutConfigError;
+use kraken_transport::swarm::{SwarmConfig, SwarmConfigError};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentConfig;
@@ -44,6 +45,17 @@ pub enum ConfigError {
     /// A value is out of range or settings contradict each other.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The swarm settings of a role are unusable.
+    #[error("invalid configuration: {section}: {source}")]
+    Swarm {
+        /// Their section: `swarm` or `origin.swarm`.
+        section: &'static str,
+        /// What is wrong.
+        source: SwarmConfigError,
+    },
+    /// The tracker's handout settings are unusable.
+    #[error("invalid configuration: tracker.{0}")]
+    Handout(#[source] HandoutConfigError),
 }
 
 /// A role a node process can run.
@@ -105,8 +117,8 @@ pub struct NodeConfig {
     pub registry: RegistrySection,
     /// `[store]`: the CAS (its `root` defaults to `<data_dir>/cas`).
     pub store: Option<CasConfig>,
-    /// `[swarm]`.
-    pub swarm: SwarmSection,
+    /// `[swarm]`: the agent role's swarm settings (an origin's are `[origin.swarm]`).
+    pub swarm: SwarmConfig,
     /// `[origin]`.
     pub origin: OriginConfig,
     /// `[tracker]`.
@@ -295,68 +307,6 @@ impl Default for RegistrySection {
     }
 }
 
-/// `[swarm]`: the scheduler's main knobs (the rest keep their defaults).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SwarmSection {
-    /// Agent peers connected per blob (on an agent).
-    pub max_connections: usize,
-    /// Origin peers connected per blob on an agent, on top of `max_connections`.
-    pub max_origin_connections: usize,
-    /// Agents an origin accepts per blob: an origin seeds every agent that cannot find
-    /// a piece elsewhere, so it takes many more sessions than an agent.
-    pub origin_max_connections: usize,
-    /// Requests in flight per agent peer.
-    pub pipeline_to_agents: usize,
-    /// Requests in flight per origin peer.
-    pub pipeline_to_origins: usize,
-    /// Pieces sent at once per blob.
-    pub upload_slots: usize,
-    /// Seconds a finished blob keeps seeding after its last request.
-    pub seed_tti_secs: u64,
-    /// Announce interval before the tracker sets one, seconds.
-    pub announce_interval_secs: u64,
-}
-
-impl Default for SwarmSection {
-    fn default() -> Self {
-        let d = SwarmConfig::default();
-        SwarmSection {
-            max_connections: d.max_connections,
-            max_origin_connections: d.max_origin_connections,
-            origin_max_connections: SwarmConfig::ORIGIN_MAX_CONNECTIONS,
-            pipeline_to_agents: d.pipeline_to_agents,
-            pipeline_to_origins: d.pipeline_to_origins,
-            upload_slots: d.upload_slots,
-            seed_tti_secs: d.seed_tti.as_secs(),
-            announce_interval_secs: d.announce_interval.as_secs().max(1),
-        }
-    }
-}
-
-impl SwarmSection {
-    /// The scheduler config of an agent, or of an origin (`origin`): origins accept
-    /// `origin_max_connections` agents and send pieces they never sent first.
-    pub fn to_swarm_config(&self, origin: bool) -> SwarmConfig {
-        SwarmConfig {
-            max_connections: if origin {
-                self.origin_max_connections
-            } else {
-                self.max_connections
-            },
-            max_origin_connections: self.max_origin_connections,
-            new_pieces_first: origin,
-            pipeline_to_agents: self.pipeline_to_agents,
-            pipeline_to_origins: self.pipeline_to_origins,
-            upload_slots: self.upload_slots,
-            seed_tti: Duration::from_secs(self.seed_tti_secs),
-            announce_interval: Duration::from_secs(self.announce_interval_secs),
-            rng_seed: rand::random(),
-            ..SwarmConfig::default()
-        }
-    }
-}
-
 impl NodeConfig {
     /// Reads and parses a file (call [`NodeConfig::validate`] once the command line has
     /// added its roles).
@@ -387,6 +337,24 @@ impl NodeConfig {
     /// The address peers dial.
     pub fn quic_advertise(&self) -> SocketAddr {
         self.quic.advertise.unwrap_or(self.quic.listen)
+    }
+
+    /// The swarm settings of this node's exchange, with a fresh random `rng_seed`: the
+    /// origin role's on an origin, else the agent role's.
+    pub fn swarm_config(&self) -> SwarmConfig {
+        SwarmConfig {
+            rng_seed: rand::random(),
+            ..self.role_swarm().1.clone()
+        }
+    }
+
+    /// The section and settings [`NodeConfig::swarm_config`] starts from.
+    fn role_swarm(&self) -> (&'static str, &SwarmConfig) {
+        if self.has(NodeRole::Origin) {
+            ("origin.swarm", &self.origin.swarm)
+        } else {
+            ("swarm", &self.swarm)
+        }
     }
 
     /// Whether the node runs `role`.
@@ -473,10 +441,10 @@ impl NodeConfig {
         self.store_config()
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("store: {e}")))?;
-        self.swarm
-            .to_swarm_config(self.has(NodeRole::Origin))
+        let (section, swarm) = self.role_swarm();
+        swarm
             .validate()
-            .map_err(|e| ConfigError::Invalid(format!("swarm: {e}")))?;
+            .map_err(|source| ConfigError::Swarm { section, source })?;
         self.writeback_queue
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("writeback_queue: {e}")))?;
@@ -494,6 +462,10 @@ impl NodeConfig {
             .map_err(|e| ConfigError::Invalid(format!("backends: {e}")))?;
         }
         if self.has(NodeRole::Tracker) {
+            self.tracker
+                .handout
+                .validate()
+                .map_err(ConfigError::Handout)?;
             self.tracker.validate().map_err(ConfigError::Invalid)?;
         }
         if self.has(NodeRole::Agent) {
@@ -522,6 +494,8 @@ fn one_line_error(text: &str, e: &toml::de::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn minimal() -> NodeConfig {
@@ -573,5 +547,105 @@ mod tests {
 
         let e = toml::from_str::<NodeConfig>("[node]\nnmae = \"x\"").unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
+    }
+
+    /// What `SwarmSection::to_swarm_config` built before `[swarm]` was a `SwarmConfig`,
+    /// field by field, for a file without `[swarm]`: an agent's (`origin` false) or an
+    /// origin's.
+    fn swarm_before(origin: bool) -> SwarmConfig {
+        SwarmConfig {
+            max_connections: if origin { 256 } else { 10 },
+            max_origin_connections: 2,
+            pipeline_to_agents: 3,
+            pipeline_to_origins: 5,
+            spare_origins: true,
+            upload_slots: 8,
+            new_pieces_first: origin,
+            max_queued_requests_per_peer: 16,
+            request_timeout_base: Duration::from_secs(4),
+            min_transfer_rate: 1 << 20,
+            endgame_pieces: 8,
+            stall_strikes: 3,
+            blacklist_bad_peer: Duration::from_secs(600),
+            blacklist_unreachable: Duration::from_secs(30),
+            blacklist_busy: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(60),
+            seed_tti: Duration::from_secs(300),
+            announce_interval: Duration::from_secs(3),
+            rng_seed: 0,
+        }
+    }
+
+    /// The node's swarm config without its random seed.
+    fn swarm_of(c: &NodeConfig) -> SwarmConfig {
+        let s = c.swarm_config();
+        SwarmConfig { rng_seed: 0, ..s }
+    }
+
+    #[test]
+    fn without_swarm_sections_each_role_runs_the_settings_it_ran_before() {
+        let origin = minimal();
+        assert_eq!(swarm_of(&origin), swarm_before(true));
+        let mut agent = minimal();
+        agent.node.roles = vec![NodeRole::Agent];
+        assert_eq!(swarm_of(&agent), swarm_before(false));
+        // The seed is drawn per exchange.
+        assert_ne!(agent.swarm_config().rng_seed, agent.swarm_config().rng_seed);
+    }
+
+    #[test]
+    fn swarm_sections_are_swarm_configs_with_role_defaults_and_old_keys_are_named() {
+        let c: NodeConfig = toml::from_str(
+            "[swarm]\nupload_slots = 4\nseed_tti_secs = 30\nannounce_interval_secs = 1.5\n\
+             [origin.swarm]\nupload_slots = 16\n",
+        )
+        .unwrap();
+        assert_eq!(c.swarm.upload_slots, 4);
+        assert_eq!(c.swarm.seed_tti, Duration::from_secs(30));
+        assert_eq!(c.swarm.announce_interval, Duration::from_millis(1500));
+        assert_eq!(c.swarm.max_connections, 10);
+        // Keys an origin's table leaves out are an origin's.
+        assert_eq!(
+            c.origin.swarm,
+            SwarmConfig {
+                upload_slots: 16,
+                ..SwarmConfig::origin()
+            }
+        );
+        let e = toml::from_str::<NodeConfig>("[swarm]\norigin_max_connections = 256")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `origin_max_connections`"), "{e}");
+
+        let mut c = minimal();
+        c.origin.swarm.upload_slots = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("origin.swarm: ") && e.contains("upload_slots"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_tracker_section_holds_the_handout_settings_directly() {
+        let c: NodeConfig =
+            toml::from_str("[tracker]\nmax_peers = 20\npeer_ttl_secs = 90\nmetainfo_wait_ms = 5")
+                .unwrap();
+        assert_eq!(c.tracker.handout.max_peers, 20);
+        assert_eq!(c.tracker.peer_ttl_ms(), 90_000);
+        assert_eq!(c.tracker.metainfo_wait_ms, 5);
+        // The TTL the tracker used before it was a key: 20 intervals of 3 s.
+        assert_eq!(NodeConfig::default().tracker.peer_ttl_ms(), 60_000);
+        for old in ["peer_ttl_intervals = 20", "peer_ttl_s = 20", "max_peer = 3"] {
+            let key = old.split(' ').next().unwrap();
+            let e = toml::from_str::<NodeConfig>(&format!("[tracker]\n{old}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("unknown field `{key}`")), "{e}");
+        }
+        let mut c = minimal();
+        c.tracker.handout.max_peers = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tracker.max_peers must be at least 1"), "{e}");
     }
 }

@@ -101,8 +101,10 @@ fn base_config(opts: &DevOptions, name: &str, roles: Vec<NodeRole>, ca_dir: &Pat
     let mut store = c.store_config();
     store.capacity_bytes = 20 << 30;
     c.store = Some(store);
-    c.swarm.announce_interval_secs = 1;
+    c.swarm.announce_interval = Duration::from_secs(1);
+    c.origin.swarm.announce_interval = Duration::from_secs(1);
     c.tracker.announce_interval_ms = 1000;
+    c.tracker.handout.peer_ttl = Duration::from_secs(20);
     c
 }
 

@@ -234,7 +234,7 @@ impl Node {
 
         let mut roles = Roles::default();
         let exchange_config = ExchangeConfig {
-            swarm: config.swarm.to_swarm_config(config.has(NodeRole::Origin)),
+            swarm: config.swarm_config(),
             ..ExchangeConfig::default()
         };
         if config.has(NodeRole::Origin) || config.has(NodeRole::Agent) {

@@ -35,17 +35,17 @@ use crate::proto::{ErrorKind, PeerRecord, RemoteError, Request, Response};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrackerConfig {
-    /// Most peers per handout.
-    pub max_peers: usize,
+    /// The peer store's settings (`max_peers`, `peer_ttl_secs`), keys of `[tracker]`
+    /// itself. A busy tracker stretches the interval it hands out to at most half the
+    /// TTL, so live peers are never forgotten.
+    #[serde(flatten)]
+    pub handout: HandoutConfig,
     /// Announce interval sent to peers when the tracker is not busy, in ms.
     pub announce_interval_ms: u64,
     /// Longest interval sent under load, in ms.
     pub max_announce_interval_ms: u64,
     /// Announces per second above which the interval grows.
     pub target_announces_per_sec: u64,
-    /// A peer is forgotten after this many base intervals without an announce (intervals
-    /// stretched under load stay below half of that, so live peers never expire).
-    pub peer_ttl_intervals: u32,
     /// Metainfos cached.
     pub metainfo_cache_entries: usize,
     /// Bytes of metainfo cached at most (a metainfo takes 64 bytes a piece: a 10 GiB
@@ -59,11 +59,10 @@ pub struct TrackerConfig {
 impl Default for TrackerConfig {
     fn default() -> Self {
         TrackerConfig {
-            max_peers: 50,
+            handout: HandoutConfig::default(),
             announce_interval_ms: 3000,
             max_announce_interval_ms: 60_000,
             target_announces_per_sec: 5000,
-            peer_ttl_intervals: 20,
             metainfo_cache_entries: 10_000,
             metainfo_cache_bytes: 256 << 20,
             metainfo_wait_ms: 10_000,
@@ -72,10 +71,9 @@ impl Default for TrackerConfig {
 }
 
 impl TrackerConfig {
-    /// How long an announce is remembered.
+    /// How long an announce is remembered, in ms.
     pub fn peer_ttl_ms(&self) -> u64 {
-        self.announce_interval_ms
-            .saturating_mul(u64::from(self.peer_ttl_intervals))
+        u64::try_from(self.handout.peer_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The interval handed out at `rate` announces per second: the base interval, stretched
@@ -96,11 +94,9 @@ impl TrackerConfig {
             .max(self.announce_interval_ms)
     }
 
-    /// Rejects settings that cannot work.
+    /// Rejects settings that cannot work (the handout's are checked by
+    /// [`HandoutConfig::validate`]).
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_peers == 0 {
-            return Err("tracker.max_peers must be at least 1".into());
-        }
         if self.announce_interval_ms == 0
             || self.max_announce_interval_ms < self.announce_interval_ms
         {
@@ -109,8 +105,8 @@ impl TrackerConfig {
                     .into(),
             );
         }
-        if self.target_announces_per_sec == 0 || self.peer_ttl_intervals == 0 {
-            return Err("tracker rates and TTLs must be above 0".into());
+        if self.target_announces_per_sec == 0 {
+            return Err("tracker.target_announces_per_sec must be above 0".into());
         }
         Ok(())
     }
@@ -144,11 +140,7 @@ struct State {
 impl TrackerRole {
     /// A tracker that reaches origins through `cluster`.
     pub fn new(cluster: Cluster, config: TrackerConfig, metrics: Arc<Metrics>) -> Self {
-        let ttl = Duration::from_millis(config.peer_ttl_ms());
-        let store = PeerStore::new(HandoutConfig {
-            peer_ttl: ttl,
-            max_peers: config.max_peers,
-        });
+        let store = PeerStore::new(config.handout.clone());
         let cache = BoundedMap::with_byte_budget(
             config.metainfo_cache_entries,
             config.metainfo_cache_bytes,

@@ -43,8 +43,22 @@ pub use sim::{Progress, Simulation};
 pub enum SimError {
     /// The TOML did not parse or has unknown keys.
     #[error("scenario does not parse: {0}")]
-    Parse(String),
+    Parse(#[from] toml::de::Error),
     /// The scenario parsed but makes no sense.
     #[error("invalid scenario: {0}")]
     Invalid(String),
+    /// The blob's length and piece length make no metainfo.
+    #[error("invalid scenario: blob: {0}")]
+    Blob(#[source] kraken_storage::MetainfoError),
+    /// A swarm table (`swarm` or `origin_swarm`) is unusable.
+    #[error("invalid scenario: {table}: {source}")]
+    Swarm {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        source: kraken_transport::swarm::SwarmConfigError,
+    },
+    /// The trackers' handout settings are unusable.
+    #[error("invalid scenario: trackers.{0}")]
+    Handout(#[source] kraken_transport::swarm::handout::HandoutConfigError),
 }

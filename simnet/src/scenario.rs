@@ -1,7 +1,9 @@
 //! Scenarios: what to simulate, as a TOML file.
 //!
 //! Every table and key is optional; a missing one takes the documented default. Units are
-//! in the key names: `_bytes`, `_mb_s` (megabytes per second, 10^6 bytes/s), `_ms`, `_s`.
+//! in the key names: `_bytes`, `_mb_s` (megabytes per second, 10^6 bytes/s), `_ms`, `_s`;
+//! the tables shared with the nodes' config files (`[swarm]`, `[origin_swarm]` and the
+//! handout keys of `[trackers]`) write seconds as `_secs`, as the nodes do.
 //!
 //! ```toml
 //! name = "example"
@@ -24,6 +26,15 @@
 //!
 //! [trackers]
 //! count = 3                      # one logical peer store; the count is informational
+//! max_peers = 50                 # the handout's settings, as a node's [tracker] has them
+//! peer_ttl_secs = 60
+//!
+//! [swarm]                        # the agents' SwarmConfig, as a node's [swarm]
+//! upload_slots = 8
+//! announce_interval_secs = 3
+//!
+//! [origin_swarm]                 # the origins', as a node's [origin.swarm]; keys left
+//! upload_slots = 8               # out take SwarmConfig::origin()'s values
 //!
 //! [network]
 //! latency_ms = 0.5               # one-way, per link: latency_ms + U(0, jitter_ms)
@@ -45,6 +56,7 @@
 //! differences are lost).
 
 use kraken_transport::swarm::SwarmConfig;
+use kraken_transport::swarm::handout::HandoutConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
@@ -64,13 +76,18 @@ pub struct Scenario {
     /// The origins, all holding the blob from the start.
     pub origins: HostConfig,
     /// The trackers.
-    pub trackers: TrackerConfig,
+    pub trackers: TrackersConfig,
     /// Link latency and failure detection.
     pub network: NetworkConfig,
     /// When agents start pulling.
     pub arrival: Arrival,
-    /// Scheduler knobs passed to every swarm.
-    pub swarm: SwarmKnobs,
+    /// The agents' swarm settings (a node's `[swarm]`). Default: `SwarmConfig`'s, the
+    /// nodes'; every agent's `rng_seed` is drawn from the run's seed.
+    pub swarm: SwarmConfig,
+    /// The origins' swarm settings (a node's `[origin.swarm]`); keys left out take
+    /// [`SwarmConfig::origin`]'s values, the origins'.
+    #[serde(deserialize_with = "SwarmConfig::deserialize_origin")]
+    pub origin_swarm: SwarmConfig,
     /// Faults injected during the run.
     pub faults: FaultConfig,
     /// When to give up.
@@ -87,10 +104,11 @@ impl Default for Scenario {
             blob: BlobConfig::default(),
             agents: HostConfig::default_agents(),
             origins: HostConfig::default_origins(),
-            trackers: TrackerConfig::default(),
+            trackers: TrackersConfig::default(),
             network: NetworkConfig::default(),
             arrival: Arrival::default(),
-            swarm: SwarmKnobs::default(),
+            swarm: SwarmConfig::default(),
+            origin_swarm: SwarmConfig::origin(),
             faults: FaultConfig::default(),
             limits: LimitsConfig::default(),
         }
@@ -100,7 +118,7 @@ impl Default for Scenario {
 impl Scenario {
     /// Parses and validates a scenario.
     pub fn from_toml(text: &str) -> Result<Self, SimError> {
-        let s: Scenario = toml::from_str(text).map_err(|e| SimError::Parse(e.to_string()))?;
+        let s: Scenario = toml::from_str(text)?;
         s.validate()?;
         Ok(s)
     }
@@ -135,12 +153,10 @@ impl Scenario {
         if !non_negative(self.network.dead_peer_detect_ms) {
             return bad("network.dead_peer_detect_ms must be at least 0".into());
         }
-        if !positive(self.trackers.announce_interval_s) {
-            return bad("trackers.announce_interval_s must be above 0".into());
-        }
-        if self.trackers.max_peers == 0 {
-            return bad("trackers.max_peers must be at least 1".into());
-        }
+        self.trackers
+            .handout
+            .validate()
+            .map_err(SimError::Handout)?;
         match self.arrival {
             Arrival::AllAtOnce => {}
             Arrival::Waves { waves, interval_s } => {
@@ -180,16 +196,10 @@ impl Scenario {
         if !positive(self.limits.max_time_s) {
             return bad("limits.max_time_s must be above 0".into());
         }
-        let sw = &self.swarm;
-        if sw.max_connections == 0
-            || sw.origin_max_connections == 0
-            || sw.max_origin_connections == 0
-            || sw.upload_slots == 0
-            || sw.origin_upload_slots == 0
-            || sw.pipeline_to_agents == 0
-            || sw.pipeline_to_origins == 0
-        {
-            return bad("swarm: connection, slot and pipeline counts must be at least 1".into());
+        for (table, swarm) in [("swarm", &self.swarm), ("origin_swarm", &self.origin_swarm)] {
+            swarm
+                .validate()
+                .map_err(|source| SimError::Swarm { table, source })?;
         }
         kraken_storage::Metainfo::new(
             kraken_storage::Digest::sha256_of(b"validate"),
@@ -202,7 +212,7 @@ impl Scenario {
                     .div_ceil(u64::from(self.blob.piece_length.max(1))) as usize
             ],
         )
-        .map_err(|e| SimError::Invalid(format!("blob: {e}")))?;
+        .map_err(SimError::Blob)?;
         Ok(())
     }
 }
@@ -281,26 +291,24 @@ impl Default for HostConfig {
 }
 
 /// The trackers: one logical [`PeerStore`](kraken_transport::swarm::handout::PeerStore).
+/// (Not a node's `[tracker]`, the settings of one tracker process; this table describes
+/// the simulated trackers, and shares with it the handout's keys.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TrackerConfig {
+pub struct TrackersConfig {
     /// Number of trackers (informational: they share one peer store). Default: 1.
     pub count: usize,
-    /// Announce interval of every swarm, seconds. Default: 3 (Kraken's).
-    pub announce_interval_s: f64,
-    /// Peers per handout. Default: 50.
-    pub max_peers: usize,
-    /// Announces are forgotten after this long, seconds. Default: 30.
-    pub peer_ttl_s: f64,
+    /// The peer store's settings: `max_peers` (default 50) and `peer_ttl_secs` (default
+    /// 60), keys of this table, as in a node's `[tracker]`.
+    #[serde(flatten)]
+    pub handout: HandoutConfig,
 }
 
-impl Default for TrackerConfig {
+impl Default for TrackersConfig {
     fn default() -> Self {
-        TrackerConfig {
+        TrackersConfig {
             count: 1,
-            announce_interval_s: 3.0,
-            max_peers: 50,
-            peer_ttl_s: 30.0,
+            handout: HandoutConfig::default(),
         }
     }
 }
@@ -346,51 +354,6 @@ pub enum Arrival {
         /// Mean arrivals per second.
         rate_per_s: f64,
     },
-}
-
-/// Scheduler settings handed to every swarm (the rest are `SwarmConfig`'s defaults).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SwarmKnobs {
-    /// Connections per blob on an agent. Default: 10 (`SwarmConfig`'s).
-    pub max_connections: usize,
-    /// Connections per blob on an origin (it accepts this many agents). Default: 256
-    /// (`SwarmConfig::ORIGIN_MAX_CONNECTIONS`).
-    pub origin_max_connections: usize,
-    /// Origin peers per blob on an agent, on top of `max_connections`. Default: 2
-    /// (`SwarmConfig`'s).
-    pub max_origin_connections: usize,
-    /// Concurrent uploads of an agent. Default: 8 (`SwarmConfig`'s).
-    pub upload_slots: usize,
-    /// Concurrent uploads of an origin. Default: 8, as on a real origin (more run each
-    /// piece slower and finish none sooner).
-    pub origin_upload_slots: usize,
-    /// Requests in flight to one agent. Default: 3 (`SwarmConfig`'s).
-    pub pipeline_to_agents: usize,
-    /// Requests in flight to one origin. Default: 5 (`SwarmConfig`'s).
-    pub pipeline_to_origins: usize,
-    /// Ask origins only for pieces no connected agent has. Default: true (`SwarmConfig`'s).
-    pub spare_origins: bool,
-    /// Endgame threshold in missing pieces. Default: 8 (`SwarmConfig`'s).
-    pub endgame_pieces: u32,
-}
-
-impl Default for SwarmKnobs {
-    fn default() -> Self {
-        // The nodes' defaults, so a scenario without knobs runs the scheduler they run.
-        let d = SwarmConfig::default();
-        SwarmKnobs {
-            max_connections: d.max_connections,
-            origin_max_connections: SwarmConfig::ORIGIN_MAX_CONNECTIONS,
-            max_origin_connections: d.max_origin_connections,
-            upload_slots: d.upload_slots,
-            origin_upload_slots: d.upload_slots,
-            pipeline_to_agents: d.pipeline_to_agents,
-            pipeline_to_origins: d.pipeline_to_origins,
-            spare_origins: d.spare_origins,
-            endgame_pieces: d.endgame_pieces,
-        }
-    }
 }
 
 /// Faults. Default: none.
@@ -467,6 +430,65 @@ mod tests {
         assert!(matches!(
             Scenario::from_toml("[[faults.kill_origins]]\nat_s = 1.0\norigin = 9"),
             Err(SimError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn swarm_tables_are_the_nodes_settings_and_old_keys_are_named() {
+        let s = Scenario::from_toml(
+            "[swarm]\nupload_slots = 4\nannounce_interval_secs = 1.5\n\
+             [origin_swarm]\nupload_slots = 16\n\
+             [trackers]\ncount = 2\nmax_peers = 20\npeer_ttl_secs = 30\n",
+        )
+        .unwrap();
+        let secs = std::time::Duration::from_secs_f64;
+        assert_eq!(
+            s.swarm,
+            SwarmConfig {
+                upload_slots: 4,
+                announce_interval: secs(1.5),
+                ..SwarmConfig::default()
+            }
+        );
+        // Keys the origins' table leaves out are an origin's.
+        assert_eq!(
+            s.origin_swarm,
+            SwarmConfig {
+                upload_slots: 16,
+                ..SwarmConfig::origin()
+            }
+        );
+        assert_eq!(
+            s.trackers,
+            TrackersConfig {
+                count: 2,
+                handout: HandoutConfig {
+                    max_peers: 20,
+                    peer_ttl: secs(30.0),
+                },
+            }
+        );
+        for (table, key) in [
+            ("swarm", "origin_upload_slots"),
+            ("swarm", "origin_max_connections"),
+            ("trackers", "announce_interval_s"),
+            ("trackers", "peer_ttl_s"),
+        ] {
+            let e = Scenario::from_toml(&format!("[{table}]\n{key} = 1"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("unknown field `{key}`")), "{e}");
+        }
+        assert!(matches!(
+            Scenario::from_toml("[origin_swarm]\nupload_slots = 0"),
+            Err(SimError::Swarm {
+                table: "origin_swarm",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Scenario::from_toml("[trackers]\nmax_peers = 0"),
+            Err(SimError::Handout(_))
         ));
     }
 

@@ -8,7 +8,9 @@
 //! its deadline moves earlier (a timer that fires early just calls `handle_timeout`, which
 //! is harmless, and re-arms); a timer event that pops with a deadline other than the
 //! host's current one is ignored (lazy invalidation), as are stale flow completions (see
-//! [`crate::net`]).
+//! [`crate::net`]). The events and their handlers are in `sim/events.rs`, the sessions
+//! every message checks in `sim/sessions.rs`; setting up hosts, pumping swarms and turning
+//! their transmits into events are here.
 //!
 //! Same scenario and seed → the same sequence of events → byte-identical reports: every
 //! random choice comes from ChaCha8 RNGs seeded from the scenario seed, every map whose
@@ -26,22 +28,25 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kraken_storage::{Bitfield, Digest, Metainfo, PieceHash, PieceIndex};
-use kraken_transport::swarm::handout::{HandoutConfig, PeerStore};
-use kraken_transport::swarm::{
-    PeerEvent, PeerInfo, PeerKind, PieceOutcome, Swarm, SwarmConfig, SwarmEvent, Transmit,
-};
-use kraken_transport::wire::{PeerId, PeerMessage};
+use kraken_storage::{Bitfield, Digest, Metainfo, PieceHash};
+use kraken_transport::swarm::handout::PeerStore;
+use kraken_transport::swarm::{PeerInfo, PeerKind, Swarm, SwarmConfig, SwarmEvent, Transmit};
+use kraken_transport::wire::PeerId;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use smallvec::SmallVec;
 
 use crate::SimError;
 use crate::net::{Completion, NANOS_PER_SEC, Nanos, Network};
 use crate::queue::{Key, RadixQueue};
 use crate::report::{self, Report};
 use crate::scenario::{Arrival, Scenario};
+
+mod events;
+mod sessions;
+
+use events::Ev;
+use sessions::Sessions;
 
 fn secs(s: f64) -> Nanos {
     (s * NANOS_PER_SEC).round() as Nanos
@@ -57,42 +62,6 @@ fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
-}
-
-#[derive(Debug)]
-enum Ev {
-    Arrive(u32),
-    Timer {
-        host: u32,
-        at: Nanos,
-    },
-    Handout(u32),
-    Connect {
-        dialer: u32,
-        target: u32,
-    },
-    ConnectFailed {
-        dialer: u32,
-        target: u32,
-    },
-    Disconnected {
-        at: u32,
-        peer: u32,
-    },
-    Message {
-        from: u32,
-        to: u32,
-        msg: PeerMessage,
-    },
-    FlowDone(Completion),
-    PieceArrive {
-        from: u32,
-        to: u32,
-        index: PieceIndex,
-        size: u32,
-        corrupt: bool,
-    },
-    Kill(u32),
 }
 
 /// What one host did, for the report.
@@ -159,53 +128,6 @@ struct Host {
     /// The last inbound session and when it opened (to count refusals).
     session_opened: Option<(u32, Nanos)>,
     record: HostRecord,
-}
-
-/// Every host's open sessions, apart from [`Host`] and inline: every message checks its
-/// session, and at 10,000 hosts a set behind a pointer inside a large host record cost two
-/// cache misses per message (the dispatcher's hottest spot). An agent has about a dozen
-/// sessions, which fit in one cache line; an origin's hundreds spill to the heap.
-#[derive(Debug, Default)]
-struct Sessions(Vec<SmallVec<[u32; 13]>>);
-
-impl Sessions {
-    fn add_host(&mut self) {
-        self.0.push(SmallVec::new());
-    }
-
-    fn contains(&self, host: u32, peer: u32) -> bool {
-        self.0[host as usize].contains(&peer)
-    }
-
-    /// Opens `host`'s side of a session with `peer`; false if it was open.
-    fn insert(&mut self, host: u32, peer: u32) -> bool {
-        let set = &mut self.0[host as usize];
-        if set.contains(&peer) {
-            return false;
-        }
-        set.push(peer);
-        true
-    }
-
-    /// Closes `host`'s side of a session with `peer`; false if it was not open.
-    fn remove(&mut self, host: u32, peer: u32) -> bool {
-        let set = &mut self.0[host as usize];
-        match set.iter().position(|p| *p == peer) {
-            Some(i) => {
-                set.swap_remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Closes every session of `host`, returning its peers in ascending order (events
-    /// scheduled from them must not depend on the order sessions were opened and closed).
-    fn take(&mut self, host: u32) -> Vec<u32> {
-        let mut peers = std::mem::take(&mut self.0[host as usize]).into_vec();
-        peers.sort_unstable();
-        peers
-    }
 }
 
 /// Where a long run stands (see [`Simulation::run_with_progress`]).
@@ -287,12 +209,9 @@ impl Simulation {
             sc.blob.piece_length,
             vec![PieceHash([0; 32]); pieces],
         )
-        .map_err(|e| SimError::Invalid(format!("blob: {e}")))?;
+        .map_err(SimError::Blob)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let tracker = PeerStore::new(HandoutConfig {
-            peer_ttl: Duration::from_secs_f64(sc.trackers.peer_ttl_s),
-            max_peers: sc.trackers.max_peers,
-        });
+        let tracker = PeerStore::new(sc.trackers.handout.clone());
         let outages = sc
             .faults
             .tracker_outages
@@ -411,29 +330,15 @@ impl Simulation {
         });
     }
 
+    /// Host `h`'s swarm settings: its role's, with a seed of its own.
     fn swarm_config(&self, h: u32) -> SwarmConfig {
-        let k = &self.scenario.swarm;
-        let origin = self.hosts[h as usize].info.kind == PeerKind::Origin;
+        let role = match self.kind(h) {
+            PeerKind::Origin => &self.scenario.origin_swarm,
+            PeerKind::Agent => &self.scenario.swarm,
+        };
         SwarmConfig {
-            max_connections: if origin {
-                k.origin_max_connections
-            } else {
-                k.max_connections
-            },
-            max_origin_connections: k.max_origin_connections,
-            upload_slots: if origin {
-                k.origin_upload_slots
-            } else {
-                k.upload_slots
-            },
-            pipeline_to_agents: k.pipeline_to_agents,
-            pipeline_to_origins: k.pipeline_to_origins,
-            spare_origins: k.spare_origins,
-            new_pieces_first: origin,
-            endgame_pieces: k.endgame_pieces,
-            announce_interval: Duration::from_secs_f64(self.scenario.trackers.announce_interval_s),
             rng_seed: mix(self.seed ^ mix(u64::from(h))),
-            ..SwarmConfig::default()
+            ..role.clone()
         }
     }
 
@@ -551,207 +456,12 @@ impl Simulation {
         )
     }
 
-    fn dispatch(&mut self, ev: Ev) {
-        let now = self.instant();
-        match ev {
-            Ev::Arrive(h) => self.start_swarm(h),
-            Ev::Timer { host, at } => {
-                let hs = &mut self.hosts[host as usize];
-                if !hs.alive || hs.timer != Some(at) {
-                    return;
-                }
-                hs.timer = None;
-                if let Some(s) = hs.swarm.as_mut() {
-                    s.handle_timeout(now);
-                }
-                self.pump(host);
-            }
-            Ev::Handout(h) => {
-                let digest = *self.metainfo.digest();
-                let host = &mut self.hosts[h as usize];
-                let Some(swarm) = host.swarm.as_mut().filter(|_| host.alive) else {
-                    return;
-                };
-                let mut info = host.info.clone();
-                info.complete = swarm.is_complete();
-                self.tracker.announce(now, digest, info);
-                let list = self.tracker.handout(
-                    now,
-                    &digest,
-                    host.info.id,
-                    &self.live_origins,
-                    &mut self.rng,
-                );
-                swarm.handle_handout(now, list, None);
-                self.counters.handouts += 1;
-                self.pump(h);
-            }
-            Ev::Connect { dialer, target } => {
-                let ok = |h: &Host| h.alive && h.swarm.is_some();
-                if !ok(&self.hosts[dialer as usize]) {
-                    return;
-                }
-                if !ok(&self.hosts[target as usize]) {
-                    self.schedule(self.now, Ev::ConnectFailed { dialer, target });
-                    return;
-                }
-                if self.sessions.insert(dialer, target) {
-                    self.counters.connections += 1;
-                }
-                self.sessions.insert(target, dialer);
-                self.hosts[target as usize].session_opened = Some((dialer, self.now));
-                let (dk, tk) = (self.kind(dialer), self.kind(target));
-                let (did, tid) = (Self::id(dialer), Self::id(target));
-                self.with_swarm(dialer, |s| {
-                    s.handle_peer(
-                        now,
-                        PeerEvent::Connected {
-                            id: tid,
-                            kind: tk,
-                            outbound: true,
-                        },
-                    )
-                });
-                self.with_swarm(target, |s| {
-                    s.handle_peer(
-                        now,
-                        PeerEvent::Connected {
-                            id: did,
-                            kind: dk,
-                            outbound: false,
-                        },
-                    )
-                });
-                self.pump(dialer);
-                self.pump(target);
-            }
-            Ev::ConnectFailed { dialer, target } => {
-                let id = Self::id(target);
-                self.with_swarm(dialer, |s| {
-                    s.handle_peer(now, PeerEvent::ConnectFailed { id })
-                });
-                self.pump(dialer);
-            }
-            Ev::Disconnected { at, peer } => {
-                // A newer session between the two supersedes this news.
-                if self.sessions.contains(at, peer) {
-                    return;
-                }
-                let id = Self::id(peer);
-                self.with_swarm(at, |s| s.handle_peer(now, PeerEvent::Disconnected { id }));
-                self.pump(at);
-            }
-            Ev::Message { from, to, msg } => {
-                if !self.sessions.contains(to, from) {
-                    return;
-                }
-                let id = Self::id(from);
-                self.with_swarm(to, |s| s.handle_message(now, id, msg));
-                self.pump(to);
-            }
-            Ev::FlowDone(c) => {
-                let done = self.net.complete(self.now, c);
-                // Also carries a reschedule when the completion popped early.
-                self.push_completions();
-                let Some(f) = done else {
-                    return;
-                };
-                let size = u64::from(f.size);
-                let rec = &mut self.hosts[f.from as usize].record;
-                rec.bytes_up += size;
-                rec.last_upload_end = Some(self.now);
-                let to_id = Self::id(f.to);
-                self.with_swarm(f.from, |s| s.handle_piece_sent(now, to_id, f.index, true));
-                self.pump(f.from);
-                let lat = self.latency(f.from, f.to);
-                self.schedule(
-                    self.now + lat,
-                    Ev::PieceArrive {
-                        from: f.from,
-                        to: f.to,
-                        index: f.index,
-                        size: f.size,
-                        corrupt: f.corrupt,
-                    },
-                );
-            }
-            Ev::PieceArrive {
-                from,
-                to,
-                index,
-                size,
-                corrupt,
-            } => {
-                let size = u64::from(size);
-                // A dead host has no sessions (`kill` takes them), so this also drops
-                // pieces arriving at the dead.
-                if !self.sessions.contains(to, from) {
-                    self.counters.lost_bytes += size;
-                    return;
-                }
-                let host = &self.hosts[to as usize];
-                let had = host.swarm.as_ref().is_some_and(|s| s.bitfield().get(index));
-                let outcome = if corrupt {
-                    self.counters.corrupt_bytes += size;
-                    PieceOutcome::Corrupt
-                } else if had {
-                    self.counters.duplicate_bytes += size;
-                    PieceOutcome::Stored
-                } else {
-                    self.counters.useful_bytes += size;
-                    match self.kind(from) {
-                        PeerKind::Origin => self.counters.useful_from_origins += size,
-                        PeerKind::Agent => self.counters.useful_from_agents += size,
-                    }
-                    PieceOutcome::Stored
-                };
-                if self.piece_log.is_some() {
-                    let (t, i, dup) = (self.now, index.0, u8::from(had));
-                    self.log_piece(format_args!("arrive {t} {from} {to} {i} {dup}"));
-                }
-                let id = Self::id(from);
-                self.with_swarm(to, |s| s.handle_piece_received(now, id, index, outcome));
-                self.pump(to);
-            }
-            Ev::Kill(h) => self.kill(h),
-        }
-    }
-
     fn with_swarm(&mut self, h: u32, f: impl FnOnce(&mut Swarm)) {
         let host = &mut self.hosts[h as usize];
         if host.alive
             && let Some(s) = host.swarm.as_mut()
         {
             f(s);
-        }
-    }
-
-    fn kill(&mut self, h: u32) {
-        let host = &mut self.hosts[h as usize];
-        if !host.alive {
-            return;
-        }
-        host.alive = false;
-        host.swarm = None;
-        host.timer = None;
-        host.record.died = Some(self.now);
-        let was_outstanding = host.info.kind == PeerKind::Agent
-            && !host.record.corrupt
-            && host.record.completed.is_none();
-        if was_outstanding {
-            self.outstanding -= 1;
-        }
-        let id = host.info.id;
-        let peers = self.sessions.take(h);
-        self.live_origins.retain(|o| o.id != id);
-        for f in self.net.abort_host(self.now, h) {
-            self.counters.lost_bytes += f.moved() as u64;
-        }
-        self.push_completions();
-        let detect = millis(self.scenario.network.dead_peer_detect_ms);
-        for p in peers {
-            self.sessions.remove(p, h);
-            self.schedule(self.now + detect, Ev::Disconnected { at: p, peer: h });
         }
     }
 
@@ -923,24 +633,28 @@ fn pick(rng: &mut ChaCha8Rng, count: usize, fraction: f64) -> Vec<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::Sessions;
+    use super::*;
 
     #[test]
-    fn sessions_open_close_and_spill_past_the_inline_ones() {
-        let mut s = Sessions::default();
-        s.add_host();
-        s.add_host();
-        assert!(s.insert(0, 1) && !s.insert(0, 1));
-        assert!(s.contains(0, 1) && !s.contains(1, 0));
-        // An origin's hundreds of sessions outgrow the inline slots.
-        for p in (2..300).rev() {
-            assert!(s.insert(1, p));
+    fn hosts_run_their_roles_settings_with_seeds_of_their_own() {
+        let mut scenario = Scenario::default();
+        scenario.swarm.upload_slots = 4;
+        scenario.origin_swarm.upload_slots = 16;
+        let sim = Simulation::new(&scenario, 7).unwrap();
+        // Hosts 0 and 1 are the default scenario's origins.
+        for h in [0, 1, 2, 101] {
+            let c = sim.swarm_config(h);
+            assert_eq!(c.rng_seed, mix(7 ^ mix(u64::from(h))));
+            let role = if h < 2 {
+                &scenario.origin_swarm
+            } else {
+                &scenario.swarm
+            };
+            assert_eq!(&SwarmConfig { rng_seed: 0, ..c }, role, "host {h}");
         }
-        assert!(s.remove(1, 150) && !s.remove(1, 150) && !s.contains(1, 150));
-        let peers = s.take(1);
-        assert_eq!(peers.len(), 297);
-        assert!(peers.windows(2).all(|w| w[0] < w[1]), "ascending");
-        assert!(!s.contains(1, 2));
-        assert!(s.contains(0, 1));
+        // Without the tables, origins run what origins run and agents what agents do.
+        let d = Scenario::default();
+        assert_eq!(d.origin_swarm, SwarmConfig::origin());
+        assert_eq!(d.swarm, SwarmConfig::default());
     }
 }

@@ -29,7 +29,7 @@ use kraken_storage::cas::Cas;
 use kraken_storage::queue::WriteBackQueue;
 use kraken_transport::exchange::{Handout, PieceExchange, Tracker};
 use kraken_transport::quic::{BiStream, StreamOutcome};
-use kraken_transport::swarm::PeerInfo;
+use kraken_transport::swarm::{PeerInfo, SwarmConfig};
 use kraken_transport::wire::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -61,6 +61,10 @@ pub struct OriginConfig {
     pub egress_bytes_per_sec: u64,
     /// Piece download rate limit in bytes per second (0: none; origins rarely download).
     pub ingress_bytes_per_sec: u64,
+    /// `[origin.swarm]`: the swarm settings of the origin role; keys left out take
+    /// [`SwarmConfig::origin`]'s values.
+    #[serde(deserialize_with = "SwarmConfig::deserialize_origin")]
+    pub swarm: SwarmConfig,
 }
 
 impl Default for OriginConfig {
@@ -74,6 +78,7 @@ impl Default for OriginConfig {
             max_blob_size: 1 << 40,
             egress_bytes_per_sec: 0,
             ingress_bytes_per_sec: 0,
+            swarm: SwarmConfig::origin(),
         }
     }
 }

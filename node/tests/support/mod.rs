@@ -76,8 +76,10 @@ impl TestCluster {
         c.tls.ca = "unused".into();
         c.tls.cert = "unused".into();
         c.tls.key = "unused".into();
-        c.swarm.announce_interval_secs = 1;
+        c.swarm.announce_interval = Duration::from_secs(1);
+        c.origin.swarm.announce_interval = Duration::from_secs(1);
         c.tracker.announce_interval_ms = 500;
+        c.tracker.handout.peer_ttl = Duration::from_secs(10);
         c.origin.repair_delay_ms = 300;
         c.origin.writeback_poll_ms = 100;
         c.writeback_queue.base_backoff_ms = 100;

@@ -153,7 +153,7 @@ impl Cluster {
             }
             text += &backend(&config.work_dir.join("backend").join(&name));
             if let Some(slots) = config.origin_upload_slots {
-                let _ = writeln!(text, "[swarm]\nupload_slots = {slots}\n");
+                let _ = writeln!(text, "[origin.swarm]\nupload_slots = {slots}\n");
             }
             let (path, log) = write(&name, &text)?;
             origins.push(NodeProc::start(
@@ -169,7 +169,7 @@ impl Cluster {
         let name = "tracker-1";
         let mut text = common(name, "tracker", &data(name), addr(1, TRACKER_PORT), &tls);
         text += &gossip(addr(1, TRACKER_PORT + 1), &ring_gossip);
-        text += "[tracker]\nannounce_interval_ms = 1000\n\n";
+        text += "[tracker]\nannounce_interval_ms = 1000\npeer_ttl_secs = 20\n\n";
         let (path, log) = write(name, &text)?;
         let tracker = NodeProc::start(
             &config.kraken,

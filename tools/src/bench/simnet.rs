@@ -50,17 +50,13 @@ pub fn scenario(setup: &SimSetup) -> String {
          [arrival]\npattern = \"all-at-once\"\n\n",
         setup.blob_bytes, setup.piece_length, setup.agents, setup.origins
     );
-    let mut knobs = String::new();
-    if let Some(slots) = setup.upload_slots {
-        let _ = writeln!(knobs, "upload_slots = {slots}");
-    }
-    if let Some(slots) = setup.origin_upload_slots {
-        let _ = writeln!(knobs, "origin_upload_slots = {slots}");
-    }
-    if !knobs.is_empty() {
-        s += "[swarm]\n";
-        s += &knobs;
-        s += "\n";
+    for (table, slots) in [
+        ("swarm", setup.upload_slots),
+        ("origin_swarm", setup.origin_upload_slots),
+    ] {
+        if let Some(slots) = slots {
+            let _ = writeln!(s, "[{table}]\nupload_slots = {slots}\n");
+        }
     }
     let mut faults = String::new();
     if let Some(at) = setup.kill_origin_at_s {
@@ -138,7 +134,7 @@ mod tests {
         assert!(s.contains("count = 10\nupload_mb_s = 12.5"));
         assert!(s.contains("kill_origins = [{ at_s = 3, origin = 0 }]"));
         assert!(!s.contains("corrupt_fraction"));
-        assert!(s.contains("[swarm]\norigin_upload_slots = 4\n"));
-        assert!(!s.contains("\nupload_slots"));
+        assert!(s.contains("[origin_swarm]\nupload_slots = 4\n"));
+        assert!(!s.contains("[swarm]"));
     }
 }

@@ -13,27 +13,58 @@ use std::time::{Duration, Instant};
 use kraken_storage::Digest;
 use rand::Rng;
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
 
 use super::{PeerInfo, PeerKind};
 use crate::wire::PeerId;
 
-/// Settings of a [`PeerStore`].
-#[derive(Debug, Clone)]
+/// Settings of a [`PeerStore`]: the tracker's handout policy. A node's `[tracker]` and
+/// simnet's `[trackers]` read these keys directly; each is optional and takes the default
+/// documented on its field; unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HandoutConfig {
-    /// Announces older than this are forgotten.
+    /// Announces older than this are forgotten (`peer_ttl_secs`). Default: 60 s, twenty
+    /// of the default 3 s announce intervals, so a peer is forgotten only after missing
+    /// many, and a busy tracker may stretch the interval it hands out up to half of it.
+    #[serde(rename = "peer_ttl_secs", with = "super::config::secs")]
     pub peer_ttl: Duration,
-    /// Most peers per handout.
+    /// Most peers per handout. Default: 50 (Kraken's).
     pub max_peers: usize,
 }
 
 impl Default for HandoutConfig {
-    /// Kraken's defaults: 50 peers per handout; a peer is forgotten after missing a few
-    /// announces (the default interval is 3 s).
+    /// Kraken's: 50 peers per handout, and a peer forgotten a minute after its last
+    /// announce (the nodes' trackers ran with this before it was a key).
     fn default() -> Self {
         HandoutConfig {
-            peer_ttl: Duration::from_secs(30),
+            peer_ttl: Duration::from_secs(60),
             max_peers: 50,
         }
+    }
+}
+
+/// Why a [`HandoutConfig`] is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoutConfigError {
+    /// Handouts would be empty.
+    #[error("max_peers must be at least 1")]
+    NoPeers,
+    /// Announces would be forgotten at once.
+    #[error("peer_ttl_secs must be above 0")]
+    NoTtl,
+}
+
+impl HandoutConfig {
+    /// Rejects settings with which no peer is ever handed out.
+    pub fn validate(&self) -> Result<(), HandoutConfigError> {
+        if self.max_peers == 0 {
+            return Err(HandoutConfigError::NoPeers);
+        }
+        if self.peer_ttl.is_zero() {
+            return Err(HandoutConfigError::NoTtl);
+        }
+        Ok(())
     }
 }
 
@@ -271,6 +302,27 @@ mod tests {
             kind,
             complete,
         }
+    }
+
+    #[test]
+    fn handout_settings_read_as_keys_with_defaults_and_nonsense_is_refused() {
+        use serde::de::value::{Error, MapDeserializer};
+        let read = |entries: Vec<(&'static str, u64)>| {
+            HandoutConfig::deserialize(MapDeserializer::<_, Error>::new(entries.into_iter()))
+        };
+        assert_eq!(read(vec![]).unwrap(), HandoutConfig::default());
+        let c = read(vec![("peer_ttl_secs", 20), ("max_peers", 5)]).unwrap();
+        assert_eq!((c.peer_ttl, c.max_peers), (Duration::from_secs(20), 5));
+        assert!(read(vec![("peer_ttl", 20)]).is_err());
+        assert_eq!(
+            read(vec![("max_peers", 0)]).unwrap().validate(),
+            Err(HandoutConfigError::NoPeers)
+        );
+        assert_eq!(
+            read(vec![("peer_ttl_secs", 0)]).unwrap().validate(),
+            Err(HandoutConfigError::NoTtl)
+        );
+        HandoutConfig::default().validate().unwrap();
     }
 
     #[test]
