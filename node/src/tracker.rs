@@ -97,23 +97,34 @@ impl TrackerConfig {
     }
 
     /// Rejects settings that cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TrackerConfigError> {
         if self.max_peers == 0 {
-            return Err("tracker.max_peers must be at least 1".into());
+            return Err(TrackerConfigError::NoPeers);
         }
         if self.announce_interval_ms == 0
             || self.max_announce_interval_ms < self.announce_interval_ms
         {
-            return Err(
-                "tracker.announce_interval_ms must be above 0 and at most max_announce_interval_ms"
-                    .into(),
-            );
+            return Err(TrackerConfigError::BadInterval);
         }
         if self.target_announces_per_sec == 0 || self.peer_ttl_intervals == 0 {
-            return Err("tracker rates and TTLs must be above 0".into());
+            return Err(TrackerConfigError::ZeroRate);
         }
         Ok(())
     }
+}
+
+/// Why a `[tracker]` section was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrackerConfigError {
+    /// `max_peers` is 0: handouts would be empty.
+    #[error("tracker.max_peers must be at least 1")]
+    NoPeers,
+    /// The base interval is 0 or above the cap.
+    #[error("tracker.announce_interval_ms must be above 0 and at most max_announce_interval_ms")]
+    BadInterval,
+    /// The target rate or the TTL in intervals is 0.
+    #[error("tracker rates and TTLs must be above 0")]
+    ZeroRate,
 }
 
 /// The tracker role. Cheap to clone.
