@@ -56,6 +56,18 @@ pub enum ConfigError {
     /// The tracker's handout settings are unusable.
     #[error("invalid configuration: tracker.{0}")]
     Handout(#[source] HandoutConfigError),
+    /// `[origin]` cannot work.
+    #[error("invalid configuration: {0}")]
+    Origin(#[from] crate::origin::OriginConfigError),
+    /// `[build_index]` cannot work.
+    #[error("invalid configuration: {0}")]
+    BuildIndex(#[from] crate::buildindex::BuildIndexConfigError),
+    /// `[tracker]` cannot work.
+    #[error("invalid configuration: {0}")]
+    Tracker(#[from] crate::tracker::TrackerConfigError),
+    /// `[[registry.upstreams]]` cannot work.
+    #[error("invalid configuration: {0}")]
+    Upstreams(#[from] crate::upstream::UpstreamError),
 }
 
 /// A role a node process can run.
@@ -389,7 +401,7 @@ impl NodeConfig {
                     .into(),
             );
         }
-        crate::upstream::validate(&self.registry.upstreams).map_err(ConfigError::Invalid)?;
+        crate::upstream::validate(&self.registry.upstreams)?;
         if self.registry.tls_cert.is_some() != self.registry.tls_key.is_some() {
             return bad("registry.tls_cert and registry.tls_key go together".into());
         }
@@ -449,10 +461,10 @@ impl NodeConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("writeback_queue: {e}")))?;
         if self.has(NodeRole::Origin) {
-            self.origin.validate().map_err(ConfigError::Invalid)?;
+            self.origin.validate()?;
         }
         if self.has(NodeRole::BuildIndex) {
-            self.build_index.validate().map_err(ConfigError::Invalid)?;
+            self.build_index.validate()?;
         }
         if self.has(NodeRole::Origin) || self.has(NodeRole::BuildIndex) {
             RouterConfig {
@@ -466,7 +478,7 @@ impl NodeConfig {
                 .handout
                 .validate()
                 .map_err(ConfigError::Handout)?;
-            self.tracker.validate().map_err(ConfigError::Invalid)?;
+            self.tracker.validate()?;
         }
         if self.has(NodeRole::Agent) {
             self.agent.validate().map_err(ConfigError::Invalid)?;

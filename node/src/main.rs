@@ -145,8 +145,12 @@ async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
     })
     .await?;
     for n in &cluster.file.nodes {
+        let registry = n
+            .registry
+            .map(|a| format!("  registry {a}"))
+            .unwrap_or_default();
         println!(
-            "{:<10} {:<8} quic {}  http {}",
+            "{:<13} {:<11} quic {}  http {}{registry}",
             n.name,
             n.roles.join(","),
             n.quic,
@@ -154,9 +158,7 @@ async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
         );
     }
     println!("cluster file: {}", data_dir.join("cluster.json").display());
-    println!(
-        "(registry endpoints come with the registry gateway; build-index and proxy are not in this build yet)"
-    );
+    println!("(agents serve the registry API for pulls, the proxy for pushes)");
     println!("ready");
     if args.demo {
         dev::demo(&cluster, args.demo_mib << 20).await?;
@@ -171,18 +173,22 @@ async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Our errors already carry their causes in their text.
+            eprintln!("kraken: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("kraken: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
         match cli.command {
             Command::Origin(a) => run_node(Some(NodeRole::Origin), a, cli.log_json).await,
             Command::Tracker(a) => run_node(Some(NodeRole::Tracker), a, cli.log_json).await,
@@ -192,13 +198,5 @@ fn main() -> ExitCode {
             Command::Run(a) => run_node(None, a, cli.log_json).await,
             Command::Dev(a) => run_dev(a, cli.log_json).await,
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // Our errors already carry their causes in their text.
-            eprintln!("kraken: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

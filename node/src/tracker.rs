@@ -96,20 +96,28 @@ impl TrackerConfig {
 
     /// Rejects settings that cannot work (the handout's are checked by
     /// [`HandoutConfig::validate`]).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TrackerConfigError> {
         if self.announce_interval_ms == 0
             || self.max_announce_interval_ms < self.announce_interval_ms
         {
-            return Err(
-                "tracker.announce_interval_ms must be above 0 and at most max_announce_interval_ms"
-                    .into(),
-            );
+            return Err(TrackerConfigError::BadInterval);
         }
         if self.target_announces_per_sec == 0 {
-            return Err("tracker.target_announces_per_sec must be above 0".into());
+            return Err(TrackerConfigError::ZeroRate);
         }
         Ok(())
     }
+}
+
+/// Why a `[tracker]` section was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrackerConfigError {
+    /// The base interval is 0 or above the cap.
+    #[error("tracker.announce_interval_ms must be above 0 and at most max_announce_interval_ms")]
+    BadInterval,
+    /// The target announce rate is 0.
+    #[error("tracker.target_announces_per_sec must be above 0")]
+    ZeroRate,
 }
 
 /// The tracker role. Cheap to clone.

@@ -46,33 +46,54 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
+/// Why `[[registry.upstreams]]` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// An entry's namespace is not a regex.
+    #[error("registry.upstreams[{index}]: bad namespace regex: {source}")]
+    Namespace {
+        /// The entry's position in the list.
+        index: usize,
+        /// The regex parser's complaint.
+        source: regex::Error,
+    },
+    /// An entry's URL is not http(s).
+    #[error("registry.upstreams[{index}]: url must start with http:// or https://")]
+    Url {
+        /// The entry's position in the list.
+        index: usize,
+    },
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Client(#[from] kraken_storage::backend::BackendError),
+}
+
 /// Checks the entries: regexes compile, URLs are http(s).
-pub fn validate(configs: &[UpstreamConfig]) -> Result<(), String> {
-    for (i, c) in configs.iter().enumerate() {
-        Regex::new(&format!("^(?:{})$", c.namespace))
-            .map_err(|e| format!("registry.upstreams[{i}]: bad namespace regex: {e}"))?;
-        if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
-            return Err(format!(
-                "registry.upstreams[{i}]: url must start with http:// or https://"
-            ));
-        }
-    }
-    Ok(())
+pub fn validate(configs: &[UpstreamConfig]) -> Result<(), UpstreamError> {
+    routes(configs).map(drop)
+}
+
+/// Each entry's compiled namespace and its URL without a trailing slash.
+fn routes(configs: &[UpstreamConfig]) -> Result<Vec<(Regex, String)>, UpstreamError> {
+    configs
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let re = Regex::new(&format!("^(?:{})$", c.namespace))
+                .map_err(|source| UpstreamError::Namespace { index, source })?;
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                return Err(UpstreamError::Url { index });
+            }
+            Ok((re, c.url.trim_end_matches('/').to_string()))
+        })
+        .collect()
 }
 
 impl Upstreams {
     /// Upstreams from config (validated).
-    pub fn new(configs: &[UpstreamConfig]) -> Result<Self, String> {
-        validate(configs)?;
-        let routes = configs
-            .iter()
-            .map(|c| {
-                Regex::new(&format!("^(?:{})$", c.namespace))
-                    .map(|re| (re, c.url.trim_end_matches('/').to_string()))
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_, _>>()?;
-        let http = kraken_storage::backend::default_http_client().map_err(|e| e.to_string())?;
+    pub fn new(configs: &[UpstreamConfig]) -> Result<Self, UpstreamError> {
+        let routes = routes(configs)?;
+        let http = kraken_storage::backend::default_http_client()?;
         Ok(Upstreams { routes, http })
     }
 
@@ -362,5 +383,42 @@ impl Verify {
         (actual != self.digest).then(|| {
             RegistryError::DigestInvalid(format!("upstream sent {actual} for {}", self.digest))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(namespace: &str, url: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            namespace: namespace.into(),
+            url: url.into(),
+        }
+    }
+
+    #[test]
+    fn entries_are_checked_in_order_and_the_bad_one_is_named() {
+        let good = entry("library/.*", "https://registry-1.docker.io/");
+        let err = validate(&[good.clone(), entry("(", "https://x")]).unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::Namespace { index: 1, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("registry.upstreams[1]: bad namespace regex"),
+            "{err}"
+        );
+        let err = validate(&[entry(".*", "ftp://x"), good.clone()]).unwrap_err();
+        assert!(matches!(err, UpstreamError::Url { index: 0 }), "{err:?}");
+
+        let upstreams = Upstreams::new(&[good]).unwrap();
+        // Anchored, and the trailing slash dropped.
+        assert_eq!(
+            upstreams.route("library/alpine"),
+            Some("https://registry-1.docker.io")
+        );
+        assert_eq!(upstreams.route("x/library/alpine"), None);
     }
 }

@@ -20,7 +20,7 @@ pub mod replicate;
 pub mod store;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kraken_membership::{NodeId, Role};
@@ -82,33 +82,93 @@ impl Default for BuildIndexConfig {
     }
 }
 
+/// Why a `[build_index]` section was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildIndexConfigError {
+    /// A count is 0: nothing would hold, list or replicate a tag.
+    #[error("build_index replicas, max_page and replication_concurrency must be above 0")]
+    ZeroCount,
+    /// `replication_poll_ms` is 0: the executor would spin.
+    #[error("build_index.replication_poll_ms must be above 0")]
+    ZeroPoll,
+    /// A remote's name is empty or holds a tab or colon (queue keys are tab-separated and
+    /// name destinations `remote:NAME`).
+    #[error("build_index.remotes: bad name {0:?}")]
+    RemoteName(String),
+    /// Two remotes share a name.
+    #[error("build_index.remotes: duplicate name {0:?}")]
+    DuplicateRemote(String),
+    /// A remote's `tags` is not a regex.
+    #[error("build_index.remotes {name:?}: bad tags regex: {source}")]
+    TagsRegex {
+        /// The remote.
+        name: String,
+        /// The regex parser's complaint.
+        source: regex::Error,
+    },
+    /// A remote has no seed to dial.
+    #[error("build_index.remotes {0:?}: seed is empty")]
+    EmptySeed(String),
+}
+
 impl BuildIndexConfig {
     /// Rejects settings that cannot work, naming the bad rule.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BuildIndexConfigError> {
         if self.replicas == 0 || self.max_page == 0 || self.replication_concurrency == 0 {
-            return Err(
-                "build_index replicas, max_page and replication_concurrency must be above 0".into(),
-            );
+            return Err(BuildIndexConfigError::ZeroCount);
         }
         if self.replication_poll_ms == 0 {
-            return Err("build_index.replication_poll_ms must be above 0".into());
+            return Err(BuildIndexConfigError::ZeroPoll);
         }
         let mut names = HashSet::new();
         for r in &self.remotes {
             if r.name.is_empty() || r.name.contains(['\t', ':']) {
-                return Err(format!("build_index.remotes: bad name {:?}", r.name));
+                return Err(BuildIndexConfigError::RemoteName(r.name.clone()));
             }
             if !names.insert(&r.name) {
-                return Err(format!("build_index.remotes: duplicate name {:?}", r.name));
+                return Err(BuildIndexConfigError::DuplicateRemote(r.name.clone()));
             }
-            Regex::new(&format!("^(?:{})$", r.tags))
-                .map_err(|e| format!("build_index.remotes {:?}: bad tags regex: {e}", r.name))?;
+            r.compile()?;
             if r.seed.is_empty() {
-                return Err(format!("build_index.remotes {:?}: seed is empty", r.name));
+                return Err(BuildIndexConfigError::EmptySeed(r.name.clone()));
             }
         }
         Ok(())
     }
+}
+
+impl RemoteRule {
+    /// Its `tags` regex, anchored.
+    fn compile(&self) -> Result<Regex, BuildIndexConfigError> {
+        Regex::new(&format!("^(?:{})$", self.tags)).map_err(|source| {
+            BuildIndexConfigError::TagsRegex {
+                name: self.name.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// Why a build-index could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Its data directory or the replication's temp directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The tag table could not be opened.
+    #[error("opening the tag table: {0}")]
+    Tags(#[from] store::StoreError),
+    /// The replication queue could not be opened.
+    #[error("opening the replication queue: {0}")]
+    Queue(#[from] kraken_storage::queue::QueueError),
+    /// A remote rule does not compile (settings not validated).
+    #[error(transparent)]
+    Config(#[from] BuildIndexConfigError),
 }
 
 /// The build-index role. Cheap to clone.
@@ -147,24 +207,25 @@ pub struct BuildIndexParts {
 
 impl BuildIndex {
     /// Opens the tag table and replication queue under the data directory.
-    pub fn open(parts: BuildIndexParts) -> Result<Self, String> {
-        std::fs::create_dir_all(&parts.data_dir).map_err(|e| e.to_string())?;
+    pub fn open(parts: BuildIndexParts) -> Result<Self, OpenError> {
+        let create = |path: &Path| {
+            std::fs::create_dir_all(path).map_err(|source| OpenError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        create(&parts.data_dir)?;
         let tmp_dir = parts.data_dir.join("replication-tmp");
         // Leftovers of a crashed copy are never resumed from: start clean.
         let _ = std::fs::remove_dir_all(&tmp_dir);
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| e.to_string())?;
-        let store = TagStore::open(&parts.data_dir.join("tags.redb")).map_err(|e| e.to_string())?;
-        let queue = WriteBackQueue::open(&parts.data_dir.join("replication.redb"), parts.queue)
-            .map_err(|e| e.to_string())?;
+        create(&tmp_dir)?;
+        let store = TagStore::open(&parts.data_dir.join("tags.redb"))?;
+        let queue = WriteBackQueue::open(&parts.data_dir.join("replication.redb"), parts.queue)?;
         let rules = parts
             .config
             .remotes
             .iter()
-            .map(|r| {
-                Regex::new(&format!("^(?:{})$", r.tags))
-                    .map(|re| (r.clone(), re))
-                    .map_err(|e| e.to_string())
-            })
+            .map(|r| r.compile().map(|re| (r.clone(), re)))
             .collect::<Result<_, _>>()?;
         Ok(BuildIndex {
             inner: Arc::new(Inner {
@@ -544,4 +605,39 @@ pub fn owners_of_tag(
 
 fn internal(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(name: &str, tags: &str) -> RemoteRule {
+        RemoteRule {
+            name: name.into(),
+            tags: tags.into(),
+            seed: "127.0.0.1:1".into(),
+        }
+    }
+
+    #[test]
+    fn a_remote_rule_is_anchored_and_a_bad_one_is_named() {
+        let re = remote("dc2", "prod/.*:v.*").compile().unwrap();
+        assert!(re.is_match("prod/app:v1"));
+        assert!(!re.is_match("x/prod/app:v1"));
+
+        let config = BuildIndexConfig {
+            remotes: vec![remote("dc2", "prod/.*"), remote("dc3", "(")],
+            ..BuildIndexConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(
+            matches!(&err, BuildIndexConfigError::TagsRegex { name, .. } if name == "dc3"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("build_index.remotes \"dc3\": bad tags regex"),
+            "{err}"
+        );
+    }
 }

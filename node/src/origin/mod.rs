@@ -83,17 +83,31 @@ impl Default for OriginConfig {
     }
 }
 
+/// Why an `[origin]` section was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginConfigError {
+    /// `replicas` is 0: nothing would hold a blob.
+    #[error("origin.replicas must be at least 1")]
+    NoReplicas,
+    /// A concurrency setting is 0: that work would never run.
+    #[error("origin concurrency settings must be at least 1")]
+    NoConcurrency,
+    /// `writeback_poll_ms` is 0: the executor would spin.
+    #[error("origin.writeback_poll_ms must be above 0")]
+    ZeroPoll,
+}
+
 impl OriginConfig {
     /// Rejects settings that cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OriginConfigError> {
         if self.replicas == 0 {
-            return Err("origin.replicas must be at least 1".into());
+            return Err(OriginConfigError::NoReplicas);
         }
         if self.writeback_concurrency == 0 || self.repair_concurrency == 0 {
-            return Err("origin concurrency settings must be at least 1".into());
+            return Err(OriginConfigError::NoConcurrency);
         }
         if self.writeback_poll_ms == 0 {
-            return Err("origin.writeback_poll_ms must be above 0".into());
+            return Err(OriginConfigError::ZeroPoll);
         }
         Ok(())
     }

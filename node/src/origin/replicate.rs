@@ -18,15 +18,27 @@ use std::time::Duration;
 use futures::StreamExt;
 use kraken_membership::{Member, NodeId, Role};
 use kraken_storage::Digest;
-use kraken_storage::cas::BlobState;
+use kraken_storage::cas::{BlobState, CasError};
 use tokio::sync::watch;
 
 use super::Origin;
 use super::upload::push_file;
+use crate::client::CallError;
 use crate::proto::DEFAULT_NAMESPACE;
 
 /// Push attempts per owner after an upload.
 const PUSH_ATTEMPTS: u32 = 4;
+
+/// Why a copy to another owner failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The local copy cannot be read.
+    #[error(transparent)]
+    Local(#[from] CasError),
+    /// The owner did not take it.
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
 
 impl Origin {
     /// Pushes `digest` to its other owners in the background.
@@ -67,10 +79,10 @@ impl Origin {
         namespace: &str,
         digest: &Digest,
         persisted: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), PushError> {
         let cas = &self.inner.cas;
         // Held for the whole push: the blob cannot be evicted under it.
-        let reader = cas.reader(digest).map_err(|e| e.to_string())?;
+        let reader = cas.reader(digest)?;
         let pushed = push_file(
             &self.inner.cluster,
             owner.quic_addr,
@@ -81,8 +93,7 @@ impl Origin {
             true,
             persisted,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         drop(reader);
         if pushed.sent > 0 {
             self.inner.metrics.add_replicated_bytes(pushed.sent);

@@ -1,0 +1,114 @@
+//! How a node learns the cluster's view: ring nodes join gossip, agents and proxies read
+//! the view from seeds.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use kraken_membership::{
+    ClusterId, ClusterView, Member, Membership, MembershipConfig, NodeId, RoleSet,
+    ViewRefreshConfig,
+};
+use kraken_transport::quic::ConnectionPool;
+use tokio::sync::watch;
+
+use super::StartError;
+use crate::client::Cluster;
+use crate::config::NodeConfig;
+
+/// A node's place in the cluster.
+pub(super) struct Joined {
+    /// Gossip, on ring nodes.
+    pub membership: Option<Membership>,
+    /// The view: gossiped on ring nodes, refreshed from seeds on the others.
+    pub view: watch::Receiver<ClusterView>,
+}
+
+/// Joins gossip (ring nodes) or starts refreshing the view from `view.seeds` (until
+/// `stop`).
+pub(super) async fn join(
+    config: &NodeConfig,
+    cluster_id: ClusterId,
+    node_id: NodeId,
+    advertise: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    pool: &ConnectionPool,
+    stop: watch::Receiver<bool>,
+) -> Result<Joined, StartError> {
+    if config.is_ring_node() {
+        let member = member(config, node_id, advertise, http_addr);
+        let membership = join_gossip(config, cluster_id, member).await?;
+        let view = membership.watch();
+        return Ok(Joined {
+            membership: Some(membership),
+            view,
+        });
+    }
+    let view = refresh_from_seeds(config, cluster_id, pool, stop)?;
+    Ok(Joined {
+        membership: None,
+        view,
+    })
+}
+
+/// This node's member record: not ready yet, so it owns no keys before it can serve them.
+fn member(
+    config: &NodeConfig,
+    node_id: NodeId,
+    advertise: SocketAddr,
+    http_addr: Option<SocketAddr>,
+) -> Member {
+    let mut roles = RoleSet::default();
+    for r in config.node.roles.iter().filter_map(|r| r.ring()) {
+        roles.insert(r);
+    }
+    let mut member = Member::new(node_id, roles, advertise);
+    member.http_addr = http_addr;
+    member.ready = false;
+    member.generation = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    member
+}
+
+async fn join_gossip(
+    config: &NodeConfig,
+    cluster_id: ClusterId,
+    member: Member,
+) -> Result<Membership, StartError> {
+    let mconfig = MembershipConfig {
+        cluster_id,
+        gossip_listen_addr: config.gossip.listen,
+        gossip_advertise_addr: config.gossip.advertise,
+        seeds: config.gossip.seeds.clone(),
+        gossip_interval: Duration::from_millis(config.gossip.interval_ms),
+        ..MembershipConfig::default()
+    };
+    Membership::start(mconfig, member)
+        .await
+        .map_err(StartError::JoinGossip)
+}
+
+/// An empty view, filled in the background from the seeds.
+fn refresh_from_seeds(
+    config: &NodeConfig,
+    cluster_id: ClusterId,
+    pool: &ConnectionPool,
+    stop: watch::Receiver<bool>,
+) -> Result<watch::Receiver<ClusterView>, StartError> {
+    let empty = ClusterView::new(cluster_id.clone(), []).map_err(StartError::View)?;
+    let (tx, rx) = watch::channel(empty);
+    let refresh = ViewRefreshConfig {
+        interval: Duration::from_secs(config.view.refresh_secs),
+        ..ViewRefreshConfig::default()
+    };
+    let cluster = Cluster::new(pool.clone(), rx.clone());
+    tokio::spawn(crate::view::refresh_view(
+        cluster,
+        cluster_id,
+        config.view.seeds.clone(),
+        refresh,
+        tx,
+        stop,
+    ));
+    Ok(rx)
+}
