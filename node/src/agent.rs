@@ -57,12 +57,20 @@ impl Default for AgentConfig {
 
 impl AgentConfig {
     /// Rejects settings that cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
         if self.pull_timeout_secs == 0 || self.evict_interval_secs == 0 {
-            return Err("agent timeouts and intervals must be above 0".into());
+            return Err(AgentConfigError::ZeroInterval);
         }
         Ok(())
     }
+}
+
+/// Why an [`AgentConfig`] cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentConfigError {
+    /// `pull_timeout_secs` or `evict_interval_secs` is 0.
+    #[error("agent timeouts and intervals must be above 0")]
+    ZeroInterval,
 }
 
 /// Announces to the digest's tracker, failing over along the tracker ring.

@@ -62,6 +62,9 @@ pub enum ConfigError {
     /// `[build_index]` cannot work.
     #[error("invalid configuration: {0}")]
     BuildIndex(#[from] crate::buildindex::BuildIndexConfigError),
+    /// `[agent]` cannot work.
+    #[error("invalid configuration: {0}")]
+    Agent(#[from] crate::agent::AgentConfigError),
     /// `[tracker]` cannot work.
     #[error("invalid configuration: {0}")]
     Tracker(#[from] crate::tracker::TrackerConfigError),
@@ -481,7 +484,7 @@ impl NodeConfig {
             self.tracker.validate()?;
         }
         if self.has(NodeRole::Agent) {
-            self.agent.validate().map_err(ConfigError::Invalid)?;
+            self.agent.validate()?;
         }
         Ok(())
     }
