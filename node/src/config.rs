@@ -45,6 +45,14 @@ pub enum ConfigError {
     /// A value is out of range or settings contradict each other.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A section (or a value) is rejected by the part that owns it.
+    #[error("invalid configuration: {section}: {source}")]
+    Section {
+        /// The section or key: `store`, `node.name`, ….
+        section: &'static str,
+        /// What is wrong.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The swarm settings of a role are unusable.
     #[error("invalid configuration: {section}: {source}")]
     Swarm {
@@ -322,6 +330,15 @@ impl Default for RegistrySection {
     }
 }
 
+impl ConfigError {
+    fn section(section: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ConfigError::Section {
+            section,
+            source: Box::new(e),
+        }
+    }
+}
+
 impl NodeConfig {
     /// Reads and parses a file (call [`NodeConfig::validate`] once the command line has
     /// added its roles).
@@ -392,9 +409,9 @@ impl NodeConfig {
             return bad("node.name is empty: every node needs a stable, unique name".into());
         }
         kraken_membership::NodeId::new(self.node.name.clone())
-            .map_err(|e| ConfigError::Invalid(format!("node.name: {e}")))?;
+            .map_err(|e| ConfigError::section("node.name", e))?;
         kraken_membership::ClusterId::new(self.node.cluster_id.clone())
-            .map_err(|e| ConfigError::Invalid(format!("node.cluster_id: {e}")))?;
+            .map_err(|e| ConfigError::section("node.cluster_id", e))?;
         if self.has(NodeRole::Origin) && self.has(NodeRole::Agent) {
             return bad("one process cannot be both origin and agent (each owns a store)".into());
         }
@@ -455,14 +472,14 @@ impl NodeConfig {
         }
         self.store_config()
             .validate()
-            .map_err(|e| ConfigError::Invalid(format!("store: {e}")))?;
+            .map_err(|e| ConfigError::section("store", e))?;
         let (section, swarm) = self.role_swarm();
         swarm
             .validate()
             .map_err(|source| ConfigError::Swarm { section, source })?;
         self.writeback_queue
             .validate()
-            .map_err(|e| ConfigError::Invalid(format!("writeback_queue: {e}")))?;
+            .map_err(|e| ConfigError::section("writeback_queue", e))?;
         if self.has(NodeRole::Origin) {
             self.origin.validate()?;
         }
@@ -474,7 +491,7 @@ impl NodeConfig {
                 backends: self.backends.clone(),
             }
             .validate()
-            .map_err(|e| ConfigError::Invalid(format!("backends: {e}")))?;
+            .map_err(|e| ConfigError::section("backends", e))?;
         }
         if self.has(NodeRole::Tracker) {
             self.tracker
