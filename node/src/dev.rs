@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kraken_membership::Role;
-use kraken_storage::Digest;
 use kraken_storage::backend::{BackendConfig, FsServiceConfig, RouteConfig, ServiceConfig};
+use kraken_storage::{Digest, DigestAlgorithm};
 use kraken_transport::quic::NodeIdentity;
 use kraken_transport::quic::tls::dev::DevCa;
 use serde::{Deserialize, Serialize};
@@ -327,17 +327,16 @@ pub fn write_demo_blob(path: &Path, size: u64) -> anyhow::Result<Digest> {
     use rand::RngCore;
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut hasher = kraken_storage::DigestHasher::new(kraken_storage::DigestAlgorithm::Sha256);
     let mut rng = rand::rng();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
         let n = usize::try_from(left).unwrap_or(buf.len()).min(buf.len());
         rng.fill_bytes(&mut buf[..n]);
-        hasher.update(&buf[..n]);
         out.write_all(&buf[..n])?;
         left -= n as u64;
     }
     out.flush()?;
-    Ok(hasher.finish())
+    let (digest, _) = Digest::of_reader(DigestAlgorithm::Sha256, std::fs::File::open(path)?)?;
+    Ok(digest)
 }

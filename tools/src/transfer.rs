@@ -62,20 +62,9 @@ pub async fn hash_file(path: &Path) -> Result<HashedFile, CtlError> {
     let progress = Progress::bytes(length, "hashing");
     let owned = path.to_path_buf();
     let bar = progress.bar();
-    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(&owned)?;
-        let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            bar.inc(n as u64);
-        }
-        Ok(hasher.finish())
+    let (digest, _) = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&owned)?;
+        Digest::of_reader(DigestAlgorithm::Sha256, bar.wrap_read(file))
     })
     .await
     .map_err(|e| CtlError::Failed(format!("hashing failed: {e}")))?

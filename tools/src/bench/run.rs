@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kraken_storage::{Digest, DigestAlgorithm, DigestHasher, PieceLengthTable};
+use kraken_storage::{Digest, DigestAlgorithm, PieceLengthTable};
 
 use super::baseline;
 use super::cluster::{ClientTls, Cluster, ClusterConfig};
@@ -185,17 +185,10 @@ pub fn write_blob(path: &Path, len: u64) -> anyhow::Result<()> {
 
 /// sha256 of a file; `None` if it cannot be read.
 pub fn hash_path(path: &Path) -> Option<Digest> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = DigestHasher::new(DigestAlgorithm::Sha256);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            return Some(h.finish());
-        }
-        h.update(&buf[..n]);
-    }
+    let file = std::fs::File::open(path).ok()?;
+    Digest::of_reader(DigestAlgorithm::Sha256, file)
+        .ok()
+        .map(|(digest, _)| digest)
 }
 
 /// Runs `kraken-bench ctl …` in the control namespace and parses its JSON.
