@@ -17,7 +17,8 @@ use kraken_storage::backend::{BackendConfig, FsServiceConfig, RouteConfig, Servi
 use kraken_storage::{Digest, DigestAlgorithm};
 use kraken_transport::quic::NodeIdentity;
 use kraken_transport::quic::tls::dev::DevCa;
-use serde::{Deserialize, Serialize};
+
+pub use kraken_client::cluster_file::{ClusterFile, ClusterFileNode};
 
 use crate::config::{NodeConfig, NodeRole};
 use crate::node::Node;
@@ -32,39 +33,6 @@ pub struct DevOptions {
     pub agents: usize,
     /// Number of origins.
     pub origins: usize,
-}
-
-/// `DIR/cluster.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterFile {
-    /// The cluster's id.
-    pub cluster_id: String,
-    /// The dev CA certificate.
-    pub ca: PathBuf,
-    /// A client certificate and key for tools.
-    pub admin_cert: PathBuf,
-    /// Its key.
-    pub admin_key: PathBuf,
-    /// Every node.
-    pub nodes: Vec<ClusterFileNode>,
-}
-
-/// One node in `cluster.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterFileNode {
-    /// Its name.
-    pub name: String,
-    /// Its roles.
-    pub roles: Vec<String>,
-    /// QUIC address.
-    pub quic: SocketAddr,
-    /// HTTP (health, metrics) address.
-    pub http: Option<SocketAddr>,
-    /// Gossip address (ring nodes).
-    pub gossip: Option<SocketAddr>,
-    /// Registry API (agents: pull; the proxy: push).
-    #[serde(default)]
-    pub registry: Option<SocketAddr>,
 }
 
 /// A running dev cluster.

@@ -254,7 +254,7 @@ fn corrupt_file(path: &Path, stride: u64) -> anyhow::Result<u64> {
 
 /// Runs the benchmark and returns its report.
 pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
-    check_prerequisites().map_err(anyhow::Error::msg)?;
+    check_prerequisites()?;
     let mut origins = args.origins.max(1);
     if args.fault == Some(Fault::OriginKill) {
         origins = origins.max(2);
