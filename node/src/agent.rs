@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use kraken_client::metainfo::MetainfoQuery;
 use kraken_membership::Role;
 use kraken_storage::cas::Cas;
 use kraken_storage::{Digest, Metainfo};
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::bounded::BoundedMap;
 use crate::client::{CallError, Cluster};
+use crate::fetch::metainfo_error;
 use crate::metrics::Metrics;
 use crate::proto::{ErrorKind, PullReport, RemoteError, Request, Response};
 
@@ -383,44 +385,10 @@ impl Agent {
         {
             return Ok(m);
         }
-        let cluster = &self.inner.cluster;
-        let request = Request::Metainfo {
-            namespace: namespace.to_string(),
-            digest: *digest,
-        };
-        // Generous: a tracker may hold the call while an origin reads the blob through.
-        let limit = Duration::from_secs(60);
         let deadline = Instant::now() + Duration::from_secs(self.inner.config.pull_timeout_secs);
-        loop {
-            let owners = cluster.owners_of_digest(Role::Tracker, digest, 0);
-            match cluster
-                .call_first(&owners, Role::Tracker, &request, limit)
-                .await
-            {
-                Ok(Response::Metainfo(bytes)) => {
-                    let m = Metainfo::decode(&bytes).map_err(|e| {
-                        RemoteError::new(ErrorKind::Internal, format!("bad metainfo: {e}"))
-                    })?;
-                    if m.digest() != digest {
-                        return Err(RemoteError::new(
-                            ErrorKind::Internal,
-                            format!("tracker sent metainfo of {} for {digest}", m.digest()),
-                        ));
-                    }
-                    return Ok(m);
-                }
-                Ok(Response::Pending) if Instant::now() < deadline => continue,
-                Ok(other) => {
-                    return Err(RemoteError::new(
-                        ErrorKind::Unavailable,
-                        format!("unexpected tracker answer: {other:?}"),
-                    ));
-                }
-                Err(CallError::Remote { source, .. }) => return Err(source),
-                Err(e) => {
-                    return Err(RemoteError::new(ErrorKind::Unavailable, e.to_string()));
-                }
-            }
-        }
+        MetainfoQuery::trackers(namespace, digest)
+            .run(&self.inner.cluster, deadline)
+            .await
+            .map_err(metainfo_error)
     }
 }

@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kraken_membership::Role;
-use kraken_storage::Digest;
 use kraken_storage::backend::{BackendConfig, FsServiceConfig, RouteConfig, ServiceConfig};
+use kraken_storage::{Digest, DigestAlgorithm};
 use kraken_transport::quic::NodeIdentity;
 use kraken_transport::quic::tls::dev::DevCa;
-use serde::{Deserialize, Serialize};
+
+pub use kraken_client::cluster_file::{ClusterFile, ClusterFileNode};
 
 use crate::config::{NodeConfig, NodeRole};
 use crate::node::Node;
@@ -32,39 +33,6 @@ pub struct DevOptions {
     pub agents: usize,
     /// Number of origins.
     pub origins: usize,
-}
-
-/// `DIR/cluster.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterFile {
-    /// The cluster's id.
-    pub cluster_id: String,
-    /// The dev CA certificate.
-    pub ca: PathBuf,
-    /// A client certificate and key for tools.
-    pub admin_cert: PathBuf,
-    /// Its key.
-    pub admin_key: PathBuf,
-    /// Every node.
-    pub nodes: Vec<ClusterFileNode>,
-}
-
-/// One node in `cluster.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterFileNode {
-    /// Its name.
-    pub name: String,
-    /// Its roles.
-    pub roles: Vec<String>,
-    /// QUIC address.
-    pub quic: SocketAddr,
-    /// HTTP (health, metrics) address.
-    pub http: Option<SocketAddr>,
-    /// Gossip address (ring nodes).
-    pub gossip: Option<SocketAddr>,
-    /// Registry API (agents: pull; the proxy: push).
-    #[serde(default)]
-    pub registry: Option<SocketAddr>,
 }
 
 /// A running dev cluster.
@@ -329,17 +297,16 @@ pub fn write_demo_blob(path: &Path, size: u64) -> anyhow::Result<Digest> {
     use rand::RngCore;
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut hasher = kraken_storage::DigestHasher::new(kraken_storage::DigestAlgorithm::Sha256);
     let mut rng = rand::rng();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
         let n = usize::try_from(left).unwrap_or(buf.len()).min(buf.len());
         rng.fill_bytes(&mut buf[..n]);
-        hasher.update(&buf[..n]);
         out.write_all(&buf[..n])?;
         left -= n as u64;
     }
     out.flush()?;
-    Ok(hasher.finish())
+    let (digest, _) = Digest::of_reader(DigestAlgorithm::Sha256, std::fs::File::open(path)?)?;
+    Ok(digest)
 }

@@ -1,21 +1,20 @@
-//! Reading whole blobs from origins over the `Download` RPC: small ones (manifests) into
-//! memory, large ones into a file, trying each owner in ring order.
+//! Whole blobs and metainfo from the origins, for roles that need them (the build-index's
+//! manifest checks and replication, the registry proxy): small blobs (manifests) into
+//! memory, large ones into a file, trying each owner in ring order. The calls themselves
+//! are `kraken_client`'s [`Download`] (checked against the digest) and
+//! [`MetainfoQuery`] (with a deadline); this module turns their errors into the
+//! [`RemoteError`]s roles answer with.
 
 use std::path::Path;
+use std::time::Instant;
 
-use kraken_membership::{Member, Role};
-use kraken_storage::Digest;
-use kraken_transport::quic::RequestBody;
-use tokio::io::AsyncWriteExt;
+use kraken_client::download::{Download, DownloadError};
+use kraken_client::metainfo::{METAINFO_DEADLINE, MetainfoQuery, MetainfoQueryError};
+use kraken_membership::Role;
+use kraken_storage::{Digest, Metainfo};
 
 use crate::client::{CallError, Cluster};
-use crate::proto::{ErrorKind, RemoteError, Request, Response};
-
-/// Where the bytes go.
-enum Sink<'a> {
-    Memory { max: u64, out: &'a mut Vec<u8> },
-    File(&'a Path),
-}
+use crate::proto::{ErrorKind, RemoteError};
 
 /// The whole blob in memory, if it is at most `max` bytes.
 pub async fn fetch_bytes(
@@ -23,27 +22,52 @@ pub async fn fetch_bytes(
     digest: &Digest,
     max: u64,
 ) -> Result<Vec<u8>, RemoteError> {
-    let mut out = Vec::new();
-    fetch(cluster, digest, Sink::Memory { max, out: &mut out }).await?;
-    Ok(out)
+    from_owners(cluster, digest, |download| async move {
+        let len = download.len();
+        if len > max {
+            return Err(RemoteError::new(
+                ErrorKind::BadRequest,
+                format!("{digest} is {len} bytes; at most {max} are read into memory"),
+            ));
+        }
+        download.into_vec().await.map_err(download_error)
+    })
+    .await
 }
 
-/// The whole blob into `path` (created or truncated); returns its length. The bytes are
-/// checked against the digest.
+/// The whole blob into `path` (created or truncated; removed if the fetch fails); returns
+/// its length. The bytes are checked against the digest.
 pub async fn fetch_to_file(
     cluster: &Cluster,
     digest: &Digest,
     path: &Path,
 ) -> Result<u64, RemoteError> {
-    fetch(cluster, digest, Sink::File(path)).await
+    from_owners(cluster, digest, |download| async move {
+        download.save(path, |_| {}).await.map_err(download_error)
+    })
+    .await
 }
 
-async fn fetch(cluster: &Cluster, digest: &Digest, mut sink: Sink<'_>) -> Result<u64, RemoteError> {
-    let owners: Vec<Member> = cluster.owners_of_digest(Role::Origin, digest, 0);
+/// Downloads the whole blob from its origins in ring order and hands it to `read`, until
+/// one succeeds. Errors no other owner can fix (a bad request, a digest mismatch the
+/// origin itself reports) end the search.
+async fn from_owners<T, F>(
+    cluster: &Cluster,
+    digest: &Digest,
+    mut read: impl FnMut(Download) -> F,
+) -> Result<T, RemoteError>
+where
+    F: Future<Output = Result<T, RemoteError>>,
+{
+    let owners = cluster.owners_of_digest(Role::Origin, digest, 0);
     let mut last = RemoteError::new(ErrorKind::Unavailable, "no live origin");
     for owner in owners {
-        match fetch_from(cluster, owner.quic_addr, digest, &mut sink).await {
-            Ok(n) => return Ok(n),
+        let result = match Download::open(cluster, owner.quic_addr, digest, None).await {
+            Ok(download) => read(download).await,
+            Err(e) => Err(download_error(e)),
+        };
+        match result {
+            Ok(out) => return Ok(out),
             Err(e) => {
                 let give_up = matches!(e.kind, ErrorKind::BadRequest | ErrorKind::DigestMismatch);
                 last = e;
@@ -56,114 +80,48 @@ async fn fetch(cluster: &Cluster, digest: &Digest, mut sink: Sink<'_>) -> Result
     Err(last)
 }
 
-async fn fetch_from(
-    cluster: &Cluster,
-    addr: std::net::SocketAddr,
-    digest: &Digest,
-    sink: &mut Sink<'_>,
-) -> Result<u64, RemoteError> {
-    let request = Request::Download {
-        digest: *digest,
-        offset: 0,
-        len: 0,
-    };
-    let (response, mut recv) = cluster
-        .call_stream(addr, &request, RequestBody::None)
-        .await
-        .map_err(call_error)?;
-    let len = match response {
-        Response::Content { len, .. } => len,
-        other => return Err(call_error(CallError::unexpected(addr, other))),
-    };
-    if let Sink::Memory { max, .. } = sink
-        && len > *max
-    {
-        return Err(RemoteError::new(
-            ErrorKind::BadRequest,
-            format!("{digest} is {len} bytes; at most {max} are read into memory"),
-        ));
+/// A failed download as the remote error a caller reports: the node's own answer if it
+/// gave one, an unavailable origin if its bytes did not arrive whole and right (another
+/// owner may do better), an internal error if the local file failed.
+fn download_error(e: DownloadError) -> RemoteError {
+    match e {
+        DownloadError::Call(e) => call_error(*e),
+        DownloadError::File { .. } => RemoteError::new(ErrorKind::Internal, e.to_string()),
+        other => RemoteError::new(ErrorKind::Unavailable, other.to_string()),
     }
-    let mut hasher = kraken_storage::DigestHasher::new(digest.algorithm());
-    let mut file = match sink {
-        Sink::File(path) => Some(tokio::fs::File::create(path).await.map_err(io_error)?),
-        Sink::Memory { .. } => None,
-    };
-    let mut got = 0u64;
-    loop {
-        let chunk = recv.read_chunk(usize::MAX, true).await.map_err(|e| {
-            RemoteError::new(ErrorKind::Unavailable, format!("download from {addr}: {e}"))
-        })?;
-        let Some(chunk) = chunk else { break };
-        got += chunk.bytes.len() as u64;
-        if got > len {
-            break;
-        }
-        hasher.update(&chunk.bytes);
-        match (&mut file, &mut *sink) {
-            (Some(f), _) => f.write_all(&chunk.bytes).await.map_err(io_error)?,
-            (None, Sink::Memory { out, .. }) => out.extend_from_slice(&chunk.bytes),
-            (None, Sink::File(_)) => {}
-        }
-    }
-    if got != len || hasher.finish() != *digest {
-        if let Sink::Memory { out, .. } = sink {
-            out.clear();
-        }
-        return Err(RemoteError::new(
-            ErrorKind::Unavailable,
-            format!("download of {digest} from {addr} was cut short or corrupt"),
-        ));
-    }
-    if let Some(mut f) = file {
-        f.flush().await.map_err(io_error)?;
-        f.sync_data().await.map_err(io_error)?;
-    }
-    Ok(len)
-}
-
-fn io_error(e: std::io::Error) -> RemoteError {
-    RemoteError::new(ErrorKind::Internal, e.to_string())
 }
 
 /// The blob's metainfo, asked of its origins in ring order; an owner that lacks it reads
-/// it through from its backend (the call waits on that, asking again on `Pending`). Every
-/// origin disowning the blob means nobody has it: `NotFound`.
+/// it through from its backend (the call waits on that, asking again on `Pending` until
+/// [`METAINFO_DEADLINE`]). Every origin disowning the blob means nobody has it: `NotFound`.
 pub async fn origin_metainfo(
     cluster: &Cluster,
     namespace: &str,
     digest: &Digest,
-) -> Result<kraken_storage::Metainfo, RemoteError> {
-    let owners = cluster.owners_of_digest(Role::Origin, digest, 0);
-    let request = Request::OriginMetainfo {
-        namespace: namespace.to_string(),
-        digest: *digest,
-        wait_ms: 10_000,
+) -> Result<Metainfo, RemoteError> {
+    let wait = std::time::Duration::from_secs(10);
+    let query = MetainfoQuery::origins(namespace, digest, 0, wait, cluster.call_timeout);
+    let e = match query.run(cluster, Instant::now() + METAINFO_DEADLINE).await {
+        Ok(metainfo) => return Ok(metainfo),
+        Err(e) => metainfo_error(e),
     };
-    let limit = std::time::Duration::from_secs(10) + cluster.call_timeout;
-    loop {
-        match cluster
-            .call_first(&owners, Role::Origin, &request, limit)
-            .await
-        {
-            Ok(Response::Metainfo(bytes)) => {
-                return kraken_storage::Metainfo::decode(&bytes)
-                    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()));
-            }
-            Ok(Response::Pending) => continue,
-            Ok(other) => {
-                return Err(RemoteError::new(
-                    ErrorKind::Internal,
-                    format!("unexpected origin answer {other:?}"),
-                ));
-            }
-            Err(e) => {
-                let e = call_error(e);
-                return Err(if e.kind == ErrorKind::WrongNode {
-                    RemoteError::new(ErrorKind::NotFound, e.message)
-                } else {
-                    e
-                });
-            }
+    Err(if e.kind == ErrorKind::WrongNode {
+        RemoteError::new(ErrorKind::NotFound, e.message)
+    } else {
+        e
+    })
+}
+
+/// A failed metainfo query as the remote error a caller reports: the owner's own answer if
+/// it gave one; a metainfo that does not decode or is another blob's is internal.
+pub fn metainfo_error(e: MetainfoQueryError) -> RemoteError {
+    match e {
+        MetainfoQueryError::Call(e) => call_error(*e),
+        MetainfoQueryError::StillPending { .. } => {
+            RemoteError::new(ErrorKind::Unavailable, e.to_string())
+        }
+        MetainfoQueryError::Decode { .. } | MetainfoQueryError::WrongDigest { .. } => {
+            RemoteError::new(ErrorKind::Internal, e.to_string())
         }
     }
 }
@@ -172,6 +130,8 @@ pub async fn origin_metainfo(
 pub fn call_error(e: CallError) -> RemoteError {
     match e {
         CallError::Remote { source, .. } => source,
+        // A local file the call needed: nothing another node can fix.
+        e @ CallError::File { .. } => RemoteError::new(ErrorKind::BadRequest, e.to_string()),
         other => RemoteError::new(ErrorKind::Unavailable, other.to_string()),
     }
 }

@@ -11,7 +11,8 @@
 //! - [`buildindex`]: durable tags with dependency checks, write-through to backends, and a
 //!   durable replication queue to the other owners and to remote clusters.
 //!
-//! Around them: [`proto`] (the RPC messages), [`client`] (calls with owner failover),
+//! Around them: [`proto`] (the RPC messages) and [`client`] (calls with owner failover),
+//! both from the `kraken-client` crate that `krakenctl` shares,
 //! [`service`] (routing incoming streams to roles), [`view`] (agents' view refresh),
 //! [`config`] (the TOML file), [`node`] (start and stop), [`http`] and [`metrics`]
 //! (health, readiness, Prometheus), [`dev`] (`kraken dev`: a whole cluster in one process).
@@ -20,7 +21,6 @@ pub mod agent;
 pub mod bounded;
 pub mod bridge;
 pub mod buildindex;
-pub mod client;
 pub mod config;
 pub mod dev;
 pub mod fetch;
@@ -28,7 +28,6 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod origin;
-pub mod proto;
 pub mod registry;
 pub mod serve;
 pub mod service;
@@ -37,4 +36,7 @@ pub mod upstream;
 pub mod view;
 
 pub use config::{NodeConfig, NodeRole};
+/// The RPC protocol and the client side of calls live in `kraken-client` (so `krakenctl`
+/// links no server side); the roles name them here as before.
+pub use kraken_client::{cluster as client, proto};
 pub use node::{Node, StartError};

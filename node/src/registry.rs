@@ -17,12 +17,11 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
+use kraken_client::download::Download;
 use kraken_membership::Role;
 use kraken_registry_gateway::registry::{BlobBody, Page, Registry, RegistryError};
 use kraken_storage::{Digest, Metainfo};
-use kraken_transport::quic::RequestBody;
 
 use crate::agent::Agent;
 use crate::buildindex::owners_of_tag;
@@ -142,58 +141,36 @@ impl ClusterRegistry {
         })
     }
 
+    /// `range` of the blob from its origins, in ring order, as it arrives. A whole blob is
+    /// checked against its digest before its last bytes go out (see
+    /// `kraken_client::download`).
     async fn origin_stream(
         &self,
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<kraken_registry_gateway::registry::ByteStream, RegistryError> {
+        if range.is_empty() {
+            return Ok(futures::stream::empty().boxed());
+        }
         let owners = self.cluster.owners_of_digest(Role::Origin, digest, 0);
-        let request = Request::Download {
-            digest: *digest,
-            offset: range.start,
-            len: range.end - range.start,
-        };
         let mut last = RegistryError::Unavailable("no live origin".into());
         for owner in owners {
-            match self
-                .cluster
-                .call_stream(owner.quic_addr, &request, RequestBody::None)
-                .await
-            {
-                Ok((Response::Content { len, .. }, recv)) => {
-                    let stream =
-                        futures::stream::unfold((recv, len), |(mut recv, left)| async move {
-                            if left == 0 {
-                                return None;
-                            }
-                            match recv.read_chunk(256 * 1024, true).await {
-                                Ok(Some(c)) => {
-                                    let n = (c.bytes.len() as u64).min(left);
-                                    let bytes: Bytes = c.bytes.slice(..n as usize);
-                                    Some((Ok(bytes), (recv, left - n)))
-                                }
-                                Ok(None) => Some((
-                                    Err(RegistryError::Unavailable(
-                                        "origin stream ended early".into(),
-                                    )),
-                                    (recv, 0),
-                                )),
-                                Err(e) => Some((
-                                    Err(RegistryError::Unavailable(e.to_string())),
-                                    (recv, 0),
-                                )),
-                            }
-                        });
-                    return Ok(stream.boxed());
+            let download =
+                Download::open(&self.cluster, owner.quic_addr, digest, Some(range.clone()));
+            match download.await {
+                Ok(download) => {
+                    let stream = download.into_stream();
+                    return Ok(stream
+                        .map(|r| r.map_err(|e| RegistryError::Unavailable(e.to_string())))
+                        .boxed());
                 }
-                Ok((other, _)) => last = RegistryError::Internal(format!("{other:?}")),
                 Err(e) => {
-                    let e = call_error(e);
-                    if e.kind == ErrorKind::NotFound {
-                        last = RegistryError::BlobUnknown(digest.to_string());
-                        continue;
-                    }
-                    last = RegistryError::Unavailable(e.message);
+                    last = match e.remote() {
+                        Some(r) if r.kind == ErrorKind::NotFound => {
+                            RegistryError::BlobUnknown(digest.to_string())
+                        }
+                        _ => RegistryError::Unavailable(e.to_string()),
+                    };
                 }
             }
         }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use futures::StreamExt;
-use kraken_storage::{Digest, DigestAlgorithm, DigestHasher};
+use kraken_storage::{Digest, DigestAlgorithm};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
@@ -419,19 +419,9 @@ impl Session {
     /// The digest (and length) of the bytes received.
     pub(crate) async fn digest(&self) -> Result<(Digest, u64), UploadError> {
         let (path, len) = (self.data_path(), self.meta.received);
-        let digest = tokio::task::spawn_blocking(move || -> io::Result<Digest> {
+        let (digest, _) = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(path)?;
-            let mut reader = file.take(len);
-            let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = reader.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
-            Ok(hasher.finish())
+            Digest::of_reader(DigestAlgorithm::Sha256, file.take(len))
         })
         .await
         .map_err(joined)??;

@@ -5,6 +5,7 @@
 //! The type is an enum over algorithms so `sha512:` can be added without touching callers.
 
 use std::fmt;
+use std::io;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -105,7 +106,21 @@ impl Digest {
     pub fn hasher(&self) -> DigestHasher {
         DigestHasher::new(self.algorithm())
     }
+
+    /// The digest of everything `reader` yields, and how many bytes that was: how a file
+    /// (or any stream) is hashed. Reads 1 MiB at a time, so a large file costs few calls.
+    pub fn of_reader(algorithm: DigestAlgorithm, reader: impl io::Read) -> io::Result<(Self, u64)> {
+        let mut hasher = DigestHasher::new(algorithm);
+        // A BufReader of this capacity makes `io::copy` read in 1 MiB calls (its own buffer
+        // is 8 KiB).
+        let mut reader = io::BufReader::with_capacity(HASH_READ_LEN, reader);
+        let n = io::copy(&mut reader, &mut hasher)?;
+        Ok((hasher.finish(), n))
+    }
 }
+
+/// Bytes [`Digest::of_reader`] asks its reader for at a time.
+const HASH_READ_LEN: usize = 1 << 20;
 
 impl FromStr for Digest {
     type Err = DigestError;
@@ -187,7 +202,8 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// Incremental hasher producing a [`Digest`].
+/// Incremental hasher producing a [`Digest`]. It is an [`io::Write`] too, so `io::copy`
+/// (or any writer adapter) can feed it.
 #[derive(Clone)]
 pub enum DigestHasher {
     /// SHA-256 state.
@@ -214,6 +230,17 @@ impl DigestHasher {
         match self {
             DigestHasher::Sha256(h) => Digest::Sha256(h.finalize().into()),
         }
+    }
+}
+
+impl io::Write for DigestHasher {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -267,6 +294,40 @@ mod tests {
         let bin = postcard::to_allocvec(&d).unwrap();
         assert_eq!(bin.len(), 33);
         assert_eq!(postcard::from_bytes::<Digest>(&bin).unwrap(), d);
+    }
+
+    #[test]
+    fn readers_hash_like_their_bytes() {
+        // More than one read's worth, not a multiple of it: the tail counts too.
+        let bytes: Vec<u8> = (0..HASH_READ_LEN * 2 + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (digest, n) = Digest::of_reader(DigestAlgorithm::Sha256, bytes.as_slice()).unwrap();
+        assert_eq!((digest, n), (Digest::sha256_of(&bytes), bytes.len() as u64));
+        let (empty, n) = Digest::of_reader(DigestAlgorithm::Sha256, io::empty()).unwrap();
+        assert_eq!((empty.to_string().as_str(), n), (EMPTY, 0));
+    }
+
+    #[test]
+    fn the_hasher_is_a_writer() {
+        use std::io::Write;
+        let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
+        hasher.write_all(b"hello ").unwrap();
+        write!(hasher, "world").unwrap();
+        hasher.flush().unwrap();
+        assert_eq!(hasher.finish(), Digest::sha256_of(b"hello world"));
+    }
+
+    #[test]
+    fn read_errors_reach_the_caller() {
+        struct Broken;
+        impl io::Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk on fire"))
+            }
+        }
+        let e = Digest::of_reader(DigestAlgorithm::Sha256, Broken).unwrap_err();
+        assert_eq!(e.to_string(), "disk on fire");
     }
 
     proptest! {

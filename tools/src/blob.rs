@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use kraken_client::proto::{BlobStat, PeerRecord, Request, Response};
 use kraken_membership::Role;
-use kraken_node::proto::{BlobStat, PeerRecord, Request, Response};
 use kraken_storage::Digest;
 use kraken_transport::swarm::PeerKind;
 use serde::Serialize;
@@ -72,7 +72,7 @@ pub async fn collect_stat(client: &Client, digest: &Digest) -> Result<StatReport
             Ok(Response::BlobStat(s)) => (Some(s), None),
             Ok(other) => (
                 None,
-                Some(kraken_node::client::CallError::unexpected(m.quic_addr, other).to_string()),
+                Some(kraken_client::cluster::CallError::unexpected(m.quic_addr, other).to_string()),
             ),
             Err(e) => (None, Some(e.to_string())),
         };
@@ -244,7 +244,7 @@ pub async fn collect_peers(client: &Client, digest: &Digest) -> Result<PeersRepo
             }
             Ok(other) => {
                 return Err(CtlError::from_call(
-                    &kraken_node::client::CallError::unexpected(owner.quic_addr, other),
+                    &kraken_client::cluster::CallError::unexpected(owner.quic_addr, other),
                 ));
             }
             Err(e) if e.try_next() => last = Some(e),

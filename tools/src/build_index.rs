@@ -18,9 +18,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use kraken_client::cluster::CallError;
+use kraken_client::proto::{DestinationStatus, ErrorKind, Request, Response};
 use kraken_membership::{DEFAULT_REPLICAS, Member, Role};
-use kraken_node::client::CallError;
-use kraken_node::proto::{DestinationStatus, ErrorKind, Request, Response};
 use kraken_storage::Digest;
 use serde::Serialize;
 
@@ -46,7 +46,7 @@ pub fn build_index_nodes(client: &Client) -> Result<Vec<Member>, CtlError> {
 }
 
 fn owners(client: &Client, repo: &str, tag: &str) -> Vec<Member> {
-    kraken_node::buildindex::owners_of_tag(client.cluster(), repo, tag, DEFAULT_REPLICAS)
+    kraken_client::cluster::owners_of_tag(client.cluster(), repo, tag, DEFAULT_REPLICAS)
 }
 
 fn unexpected(addr: SocketAddr, answer: Response) -> CtlError {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kraken_node::proto::DEFAULT_NAMESPACE;
+use kraken_client::proto::DEFAULT_NAMESPACE;
 use kraken_storage::Digest;
 
 use crate::client::Client;
@@ -149,12 +149,23 @@ pub enum TagCommand {
     },
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
+/// Why a `--timeout` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SecsError {
+    /// Not a number.
+    #[error("{0:?} is not a number of seconds")]
+    NotANumber(String),
+    /// Zero, negative, or more than a day.
+    #[error("{0} is outside 0 < SECS <= 86400")]
+    OutOfRange(String),
+}
+
+fn parse_secs(s: &str) -> Result<Duration, SecsError> {
     let secs: f64 = s
         .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        .map_err(|_| SecsError::NotANumber(s.to_string()))?;
     if !(secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!("{s} is outside 0 < SECS <= 86400"));
+        return Err(SecsError::OutOfRange(s.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
 }

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use kraken_client::cluster::{CallError, Cluster};
+use kraken_client::proto::{ErrorKind, NodeInfo, Request, Response};
 use kraken_membership::{ClusterId, ClusterView, Member};
-use kraken_node::client::{CallError, Cluster};
-use kraken_node::proto::{ErrorKind, NodeInfo, Request, Response};
 use kraken_transport::quic::{
     ClusterCa, ConnectionPool, Endpoint, NodeIdentity, PoolConfig, QuicConfig,
 };
@@ -41,16 +41,35 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Why `host:port` does not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The lookup failed (no such host, no port, no resolver).
+    #[error("cannot resolve {host:?}: {source}")]
+    Lookup {
+        /// What was looked up.
+        host: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The name exists but has no address.
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+}
+
 /// Resolves `host:port` (a name or an address).
-pub async fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+pub async fn resolve_addr(s: &str) -> Result<SocketAddr, ResolveError> {
     if let Ok(addr) = s.parse() {
         return Ok(addr);
     }
     match tokio::net::lookup_host(s).await {
         Ok(mut addrs) => addrs
             .next()
-            .ok_or_else(|| format!("{s} resolves to no address")),
-        Err(e) => Err(format!("cannot resolve {s:?}: {e}")),
+            .ok_or_else(|| ResolveError::NoAddress(s.to_string())),
+        Err(source) => Err(ResolveError::Lookup {
+            host: s.to_string(),
+            source,
+        }),
     }
 }
 
@@ -79,7 +98,7 @@ impl Client {
         if seeds.is_empty() {
             return Err(CtlError::Unreachable(format!(
                 "cannot reach the cluster: {}",
-                last_error.unwrap_or_else(|| "no seed".into())
+                last_error.map_or_else(|| "no seed".into(), |e| e.to_string())
             )));
         }
         let bind = if seeds.iter().all(SocketAddr::is_ipv4) {

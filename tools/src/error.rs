@@ -2,8 +2,9 @@
 //!
 //! Scripts rely on the codes (see [`exit`]); the message is one line for people.
 
-use kraken_node::client::CallError;
-use kraken_node::proto::ErrorKind;
+use kraken_client::cluster::CallError;
+use kraken_client::download::DownloadError;
+use kraken_client::proto::ErrorKind;
 
 /// Process exit codes of `krakenctl`.
 pub mod exit {
@@ -82,12 +83,14 @@ impl CtlError {
 
     /// Classifies a failed call: unreachable nodes and timeouts are
     /// [`CtlError::Unreachable`], `NotFound` answers [`CtlError::NotFound`], bad-request
-    /// answers [`CtlError::BadArgument`], the rest [`CtlError::Failed`].
+    /// answers and unreadable local files [`CtlError::BadArgument`], the rest
+    /// [`CtlError::Failed`].
     pub fn from_call(e: &CallError) -> Self {
         match e {
             CallError::Connect { .. } | CallError::Timeout { .. } => {
                 CtlError::Unreachable(e.to_string())
             }
+            CallError::File { .. } => CtlError::BadArgument(e.to_string()),
             CallError::Remote { addr, source } => match source.kind {
                 ErrorKind::NotFound => CtlError::NotFound(format!("{addr}: {}", source.message)),
                 ErrorKind::BadRequest => {
@@ -95,6 +98,19 @@ impl CtlError {
                 }
                 _ => CtlError::Failed(e.to_string()),
             },
+            _ => CtlError::Failed(e.to_string()),
+        }
+    }
+}
+
+impl CtlError {
+    /// Classifies a failed download: the call as [`Self::from_call`], an unwritable output
+    /// file [`CtlError::BadArgument`], bytes that broke off or were wrong
+    /// [`CtlError::Failed`].
+    pub fn from_download(e: &DownloadError) -> Self {
+        match e {
+            DownloadError::Call(e) => CtlError::from_call(e),
+            DownloadError::File { .. } => CtlError::BadArgument(e.to_string()),
             _ => CtlError::Failed(e.to_string()),
         }
     }
@@ -109,7 +125,7 @@ impl From<CallError> for CtlError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kraken_node::proto::RemoteError;
+    use kraken_client::proto::RemoteError;
     use std::net::SocketAddr;
     use std::time::Duration;
 

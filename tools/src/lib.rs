@@ -12,7 +12,7 @@
 //!   dialling anything, then connects and dispatches.
 //! - [`settings`]: where to connect — flags and `KRAKEN_*` variables, `--cluster
 //!   DIR/cluster.json` (what `kraken dev` writes), and `~/.config/krakenctl.toml`.
-//! - [`client`]: the QUIC endpoint, connection pool and node crate `Cluster` over the
+//! - [`client`]: the QUIC endpoint, connection pool and `kraken_client` `Cluster` over the
 //!   fetched view; pings and peer naming.
 //! - Commands: [`members`] (the view, with health), [`ring`] (owners of a digest or tag),
 //!   [`blob`] (`blob stat`, `blob peers`), [`transfer`] (`push`, `pull`), [`pull_report`],

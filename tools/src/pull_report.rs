@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use kraken_node::proto::{PullReport, Request, Response};
+use kraken_client::proto::{PullReport, Request, Response};
 use kraken_storage::Digest;
 use kraken_transport::wire::PeerId;
 
@@ -32,7 +32,7 @@ pub async fn fetch(client: &Client, digest: &Digest, agent: &str) -> Result<Pull
     {
         Ok(Response::Pull(r)) => Ok(r),
         Ok(other) => Err(CtlError::from_call(
-            &kraken_node::client::CallError::unexpected(addr, other),
+            &kraken_client::cluster::CallError::unexpected(addr, other),
         )),
         Err(e) => Err(CtlError::from_call(&e)),
     }

@@ -8,8 +8,8 @@
 
 use std::net::SocketAddr;
 
+use kraken_client::cluster::ORIGIN_REPLICAS;
 use kraken_membership::{DEFAULT_REPLICAS, Member, Role};
-use kraken_node::client::ORIGIN_REPLICAS;
 use serde::Serialize;
 
 use crate::cli::{OutputMode, RingKey};

@@ -18,7 +18,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use kraken_node::dev::ClusterFile;
+use kraken_client::cluster_file::ClusterFile;
 use serde::Deserialize;
 
 use crate::error::CtlError;
@@ -158,7 +158,7 @@ fn cluster_path(file: &Path, p: &Path) -> PathBuf {
 
 fn cluster_layer(path: &Path) -> Result<Layer, CtlError> {
     let file = load_cluster_file(path)?;
-    let ring_first = |n: &&kraken_node::dev::ClusterFileNode| {
+    let ring_first = |n: &&kraken_client::cluster_file::ClusterFileNode| {
         !n.roles
             .iter()
             .any(|r| r == "origin" || r == "tracker" || r == "build-index")

@@ -1,7 +1,7 @@
 //! `krakenctl push` and `krakenctl pull`: a blob into and out of the cluster.
 //!
 //! Push hashes the file (sha256, with a progress bar on a terminal), then uploads it with
-//! the node crate's resumable `push_file` to the digest's first origin owner that accepts
+//! `kraken_client`'s resumable `push_file` to the digest's first origin owner that accepts
 //! it (the origin replicates to the other owners and queues the write-back). It prints the
 //! digest — only the digest when stdout is not a terminal.
 //!
@@ -10,20 +10,21 @@
 //! makes an owner read it through from the backend, and the download is tried again. With
 //! `--agent`, the agent first pulls the blob through the swarm (`Pull`), then it is
 //! downloaded from that agent. Either way bytes go to `FILE.part`, are checked against the
-//! digest and length, and only then renamed to `FILE`.
+//! digest and length (`kraken_client::download`, which also gives up on a node that stalls
+//! for a minute), and only then renamed to `FILE`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kraken_client::cluster::{CallError, ORIGIN_REPLICAS};
+use kraken_client::download::{Download, DownloadError};
+use kraken_client::metainfo::{METAINFO_DEADLINE, MetainfoQuery, MetainfoQueryError};
+use kraken_client::proto::{ErrorKind, MAX_METAINFO_WAIT, PullReport, Request, Response};
+use kraken_client::upload::push_file;
 use kraken_membership::Role;
-use kraken_node::client::{CallError, ORIGIN_REPLICAS};
-use kraken_node::origin::upload::push_file;
-use kraken_node::proto::{ErrorKind, MAX_METAINFO_WAIT, PullReport, Request, Response};
-use kraken_storage::{Digest, DigestAlgorithm, DigestHasher};
-use kraken_transport::quic::RequestBody;
+use kraken_storage::{Digest, DigestAlgorithm};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 
 use crate::cli::OutputMode;
 use crate::client::Client;
@@ -33,9 +34,6 @@ use crate::progress::Progress;
 
 /// Longest an agent may take to pull a blob for `pull --agent`.
 pub const AGENT_PULL_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Longest a download waits for the next bytes before giving up.
-pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A file ready to push: its path, length and digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,20 +60,9 @@ pub async fn hash_file(path: &Path) -> Result<HashedFile, CtlError> {
     let progress = Progress::bytes(length, "hashing");
     let owned = path.to_path_buf();
     let bar = progress.bar();
-    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(&owned)?;
-        let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            bar.inc(n as u64);
-        }
-        Ok(hasher.finish())
+    let (digest, _) = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&owned)?;
+        Digest::of_reader(DigestAlgorithm::Sha256, bar.wrap_read(file))
     })
     .await
     .map_err(|e| CtlError::Failed(format!("hashing failed: {e}")))?
@@ -202,22 +189,14 @@ pub struct PullResult {
     pub elapsed_ms: u64,
 }
 
-/// Why one download attempt failed.
-#[derive(Debug)]
-enum DownloadError {
-    /// The node does not hold the blob: try another.
-    NotHeld(Box<CallError>),
-    /// Anything else.
-    Failed(CtlError),
-}
-
 fn part_path(output: &Path) -> PathBuf {
     let mut name = output.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     output.with_file_name(name)
 }
 
-/// Downloads `digest` from `addr` into `output` (via `output.part`), verifying it.
+/// Downloads `digest` from `addr` into `output`: the bytes go to `output.part`, are checked
+/// against the digest, and only then is it renamed.
 async fn download(
     client: &Client,
     addr: SocketAddr,
@@ -225,146 +204,45 @@ async fn download(
     digest: &Digest,
     output: &Path,
 ) -> Result<u64, DownloadError> {
-    let request = Request::Download {
-        digest: *digest,
-        offset: 0,
-        len: 0,
-    };
-    let call = client
-        .cluster()
-        .call_stream(addr, &request, RequestBody::None);
-    let (response, mut recv) = match tokio::time::timeout(client.timeout(), call).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return Err(match e.remote().map(|r| r.kind) {
-                Some(ErrorKind::NotFound | ErrorKind::WrongNode) => {
-                    DownloadError::NotHeld(Box::new(e))
-                }
-                _ => DownloadError::Failed(CtlError::from_call(&e)),
-            });
-        }
-        Err(_) => {
-            return Err(DownloadError::Failed(CtlError::from_call(
-                &CallError::Timeout {
-                    addr,
-                    after: client.timeout(),
-                },
-            )));
-        }
-    };
-    let (len, total) = match response {
-        Response::Content { len, total } => (len, total),
-        other => {
-            return Err(DownloadError::Failed(CtlError::from_call(
-                &CallError::unexpected(addr, other),
-            )));
-        }
-    };
-    let failed = |m: String| DownloadError::Failed(CtlError::Failed(m));
-    if len != total {
-        return Err(failed(format!(
-            "{addr} offered {len} of {total} bytes of {digest}"
-        )));
-    }
+    let download = Download::open(client.cluster(), addr, digest, None).await?;
     let part = part_path(output);
-    let io = |e: std::io::Error| {
-        DownloadError::Failed(CtlError::BadArgument(format!("{}: {e}", part.display())))
-    };
-    let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
-    let progress = Progress::bytes(total, format!("from {name}"));
-    let mut hasher = DigestHasher::new(digest.algorithm());
-    let mut got: u64 = 0;
-    let mut buf = vec![0u8; 256 * 1024];
-    let result = loop {
-        match tokio::time::timeout(READ_IDLE_TIMEOUT, recv.read(&mut buf)).await {
-            Err(_) => {
-                break Err(failed(format!(
-                    "download from {addr} stalled for {READ_IDLE_TIMEOUT:?}"
-                )));
-            }
-            Ok(Err(e)) => break Err(failed(format!("download from {addr} broke: {e}"))),
-            Ok(Ok(None)) => break Ok(()),
-            Ok(Ok(Some(n))) => {
-                got += n as u64;
-                if got > total {
-                    break Err(failed(format!("{addr} sent more than {total} bytes")));
-                }
-                hasher.update(&buf[..n]);
-                if let Err(e) = file.write_all(&buf[..n]).await {
-                    break Err(io(e));
-                }
-                progress.inc(n as u64);
-            }
-        }
-    };
+    let progress = Progress::bytes(download.total(), format!("from {name}"));
+    let saved = download.save(&part, |n| progress.inc(n)).await;
     progress.finish();
-    let result = result.and_then(|()| {
-        if got != total {
-            return Err(failed(format!(
-                "download from {addr} ended after {got} of {total} bytes"
-            )));
-        }
-        let actual = hasher.finish();
-        if actual != *digest {
-            return Err(failed(format!(
-                "the bytes from {addr} hash to {actual}, not {digest}; nothing was written"
-            )));
-        }
-        Ok(())
-    });
-    let result = match result {
-        Ok(()) => file
-            .flush()
-            .await
-            .and(file.sync_all().await)
-            .map_err(io)
-            .and_then(|()| std::fs::rename(&part, output).map_err(io)),
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        drop(file);
+    let n = saved?;
+    if let Err(source) = std::fs::rename(&part, output) {
         let _ = std::fs::remove_file(&part);
+        return Err(DownloadError::File {
+            path: output.to_path_buf(),
+            source,
+        });
     }
-    result.map(|()| total)
+    Ok(n)
 }
 
 /// Asks the owners for the blob's metainfo, so that one reads it through from the backend.
 async fn read_through(client: &Client, digest: &Digest, namespace: &str) -> Result<(), CtlError> {
-    let cluster = client.cluster();
-    let owners = cluster.owners_of_digest(Role::Origin, digest, ORIGIN_REPLICAS);
-    let request = Request::OriginMetainfo {
-        namespace: namespace.to_string(),
-        digest: *digest,
-        wait_ms: ms(MAX_METAINFO_WAIT),
-    };
     let spinner = Progress::spinner(format!("reading {digest} through from the backend"));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let limit = MAX_METAINFO_WAIT + client.timeout();
-        match cluster
-            .call_first(&owners, Role::Origin, &request, limit)
-            .await
-        {
-            Ok(Response::Metainfo(_)) => {
-                spinner.finish();
-                return Ok(());
-            }
-            Ok(Response::Pending) if Instant::now() < deadline => continue,
-            Ok(other) => {
-                return Err(CtlError::from_call(&CallError::unexpected(
-                    owners.first().map_or(client.seed(), |m| m.quic_addr),
-                    other,
-                )));
-            }
-            Err(e) => {
-                return Err(match e.remote().map(|r| r.kind) {
-                    Some(ErrorKind::NotFound) => CtlError::NotFound(format!(
-                        "no origin holds {digest}, and the backend has no {namespace}/{digest}"
-                    )),
-                    _ => CtlError::from_call(&e),
-                });
-            }
+    let query = MetainfoQuery::origins(
+        namespace,
+        digest,
+        ORIGIN_REPLICAS,
+        MAX_METAINFO_WAIT,
+        client.timeout(),
+    );
+    let result = query
+        .run(client.cluster(), Instant::now() + METAINFO_DEADLINE)
+        .await;
+    spinner.finish();
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.remote().is_some_and(|r| r.kind == ErrorKind::NotFound) => {
+            Err(CtlError::NotFound(format!(
+                "no origin holds {digest}, and the backend has no {namespace}/{digest}"
+            )))
         }
+        Err(MetainfoQueryError::Call(e)) => Err(CtlError::from_call(&e)),
+        Err(e) => Err(CtlError::Failed(e.to_string())),
     }
 }
 
@@ -393,8 +271,8 @@ async fn pull_from_origins(
         for m in candidates {
             match download(client, m.quic_addr, m.id.as_str(), digest, output).await {
                 Ok(n) => return Ok((m.id.as_str().to_string(), n)),
-                Err(DownloadError::NotHeld(_)) => {}
-                Err(DownloadError::Failed(e)) => last_failure = Some(e),
+                Err(e) if e.not_held() => {}
+                Err(e) => last_failure = Some(CtlError::from_download(&e)),
             }
         }
         if round == 0 {
@@ -442,11 +320,9 @@ pub async fn pull(
                 }
                 Err(e) => return Err(CtlError::from_call(&e)),
             };
-            let n = match download(client, addr, &name, digest, output).await {
-                Ok(n) => n,
-                Err(DownloadError::NotHeld(e)) => return Err(CtlError::from_call(&e)),
-                Err(DownloadError::Failed(e)) => return Err(e),
-            };
+            let n = download(client, addr, &name, digest, output)
+                .await
+                .map_err(|e| CtlError::from_download(&e))?;
             (name, n, Some(report))
         }
         None => {

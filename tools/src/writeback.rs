@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 
-use kraken_node::client::CallError;
-use kraken_node::proto::{QueuedItem, Request, Response};
+use kraken_client::cluster::CallError;
+use kraken_client::proto::{QueuedItem, Request, Response};
 use serde::Serialize;
 
 use crate::cli::OutputMode;

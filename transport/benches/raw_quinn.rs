@@ -565,7 +565,7 @@ mod exchange_bench {
 
     use anyhow::{Context, Result};
     use kraken_storage::cas::{BlobReader, Cas, CasConfig};
-    use kraken_storage::{Digest, Metainfo};
+    use kraken_storage::{Digest, DigestAlgorithm, Metainfo};
     use kraken_transport::exchange::{ExchangeConfig, Handout, PieceExchange, Tracker};
     use kraken_transport::quic::tls::dev::DevCa;
     use kraken_transport::quic::{
@@ -724,18 +724,8 @@ mod exchange_bench {
         }
     }
 
-    fn digest_of(len: u64) -> Digest {
-        let mut hasher = Digest::Sha256([0; 32]).hasher();
-        let mut p = Pattern::new(len);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = p.read(&mut buf).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        hasher.finish()
+    fn digest_of(len: u64) -> std::io::Result<Digest> {
+        Digest::of_reader(DigestAlgorithm::Sha256, Pattern::new(len)).map(|(digest, _)| digest)
     }
 
     /// The first argument that makes this binary a seeder for `exchange-split`.
@@ -881,7 +871,7 @@ mod exchange_bench {
 
     /// Ingests `len` bytes of the pattern into `cas` (as an origin does); their metainfo.
     pub(super) fn ingest_pattern(cas: &Cas, len: u64) -> Result<Metainfo> {
-        let digest = digest_of(len);
+        let digest = digest_of(len)?;
         Ok(cas.ingest(&digest, Some(len), Pattern::new(len))?.metainfo)
     }
 

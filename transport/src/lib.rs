@@ -9,16 +9,17 @@
 //!   drives the very same code over a simulated network.
 //!
 //! - `quic` (feature `quic`, default): the network — quinn endpoints with mutual TLS, the
-//!   connection pool, RPC and piece streams.
-//! - `exchange` (feature `quic`): one tokio task per active blob driving its swarm over
-//!   QUIC and the local CAS; watches that stream a blob's verified pieces while it
-//!   downloads.
+//!   connection pool, RPC and piece streams. It needs no local store, so clients
+//!   (`krakenctl`) take this feature alone.
+//! - `exchange` (feature `exchange`, default; implies `quic` and the storage crate's
+//!   `local`): one tokio task per active blob driving its swarm over QUIC and the local
+//!   CAS; watches that stream a blob's verified pieces while it downloads.
 //! - `limit` (feature `quic`): `RateLimiter`, the async token bucket behind the exchange's
 //!   egress and ingress bandwidth limits.
 //!
 //! Without default features the crate is exactly `wire` and `swarm`.
 
-#[cfg(feature = "quic")]
+#[cfg(feature = "exchange")]
 pub mod exchange;
 #[cfg(feature = "quic")]
 pub mod limit;

@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kraken_membership::{NodeId, Role};
+use kraken_membership::NodeId;
 use kraken_registry_gateway::media;
 use kraken_registry_gateway::names::{validate_name, validate_tag};
 use kraken_storage::Digest;
@@ -32,6 +32,8 @@ use kraken_storage::queue::WriteBackQueue;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
+
+pub use kraken_client::cluster::owners_of_tag;
 
 use crate::client::Cluster;
 use crate::fetch::{fetch_bytes, origin_metainfo};
@@ -590,17 +592,6 @@ async fn blob_length(
     digest: &Digest,
 ) -> Result<u64, RemoteError> {
     Ok(origin_metainfo(cluster, namespace, digest).await?.length())
-}
-
-/// The owners of `repo:tag` on `cluster`'s build-index ring.
-pub fn owners_of_tag(
-    cluster: &Cluster,
-    repo: &str,
-    tag: &str,
-    replicas: usize,
-) -> Vec<kraken_membership::Member> {
-    let key = kraken_membership::ring::tag_key(&format!("{repo}:{tag}"));
-    cluster.owners_of_key(Role::BuildIndex, &key, replicas)
 }
 
 fn internal(e: impl std::fmt::Display) -> RemoteError {

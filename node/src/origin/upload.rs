@@ -1,28 +1,29 @@
-//! The resumable upload: both ends.
+//! The resumable upload: the origin's side, and the client's (from `kraken_client`).
 //!
 //! Server ([`Origin::upload`]): bytes land in `uploads/<digest>` (appended at the offset the
 //! client names, which must be where the staged file ends) and are fsynced when the body
-//! ends, cleanly or not, so a client can ask [`Request::UploadStatus`] and resume. Once the
-//! staged file is whole, the write-back is queued (durable), the CAS ingests the file
-//! (sha256 checked, blob pinned), and only then is the upload acknowledged. A crash between
-//! queueing and ingest leaves a queue item without a blob and without a staged file; the
-//! executor drops such orphans (the client never heard "uploaded").
+//! ends, cleanly or not, so a client can ask [`crate::proto::Request::UploadStatus`] and
+//! resume. Once the staged file is whole, the write-back is queued (durable), the CAS
+//! ingests the file (sha256 checked, blob pinned), and only then is the upload
+//! acknowledged. A crash between queueing and ingest leaves a queue item without a blob and
+//! without a staged file; the executor drops such orphans (the client never heard
+//! "uploaded").
 //!
-//! Client ([`push_file`]): asks where to resume, then sends the rest of a file.
+//! Client ([`push_file`], re-exported from `kraken_client::upload`): asks where to resume,
+//! then sends the rest of a file.
 
-use std::io::SeekFrom;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use kraken_storage::Digest;
 use kraken_storage::cas::CasError;
-use kraken_transport::quic::{BiStream, RequestBody, StreamOutcome, codes};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use kraken_transport::quic::{BiStream, StreamOutcome, codes};
+use tokio::io::AsyncWriteExt;
+
+pub use kraken_client::upload::{Pushed, push_file};
 
 use super::{Origin, internal};
-use crate::client::{CallError, Cluster};
-use crate::proto::{ErrorKind, RemoteError, Request, Response};
+use crate::proto::{ErrorKind, RemoteError, Response};
 
 /// An upload request's fields.
 #[derive(Debug, Clone)]
@@ -314,71 +315,5 @@ fn disk_error_cas(e: CasError) -> RemoteError {
             RemoteError::new(ErrorKind::Unavailable, format!("origin disk is full: {e}"))
         }
         e => internal(e),
-    }
-}
-
-/// What [`push_file`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pushed {
-    /// Bytes sent in this call (less than the length when resuming).
-    pub sent: u64,
-    /// The blob's length.
-    pub length: u64,
-}
-
-/// Uploads `length` bytes of `path` as `digest` to the origin at `addr`, resuming where the
-/// origin's staged copy ends.
-#[allow(clippy::too_many_arguments)]
-pub async fn push_file(
-    cluster: &Cluster,
-    addr: SocketAddr,
-    namespace: &str,
-    digest: &Digest,
-    path: &Path,
-    length: u64,
-    replica: bool,
-    persisted: bool,
-) -> Result<Pushed, CallError> {
-    let offset = match cluster
-        .call(addr, &Request::UploadStatus { digest: *digest })
-        .await?
-    {
-        Response::UploadOffset(n) => n,
-        other => return Err(CallError::unexpected(addr, other)),
-    };
-    // At `length` it is complete there, or staged whole: an empty body commits it.
-    if offset > length {
-        return Err(CallError::Remote {
-            addr,
-            source: RemoteError::new(
-                ErrorKind::BadRequest,
-                format!("{digest} is {offset} bytes at the origin, not {length}"),
-            ),
-        });
-    }
-    let io = |e: std::io::Error| CallError::Remote {
-        addr,
-        source: RemoteError::new(ErrorKind::BadRequest, format!("{}: {e}", path.display())),
-    };
-    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-    file.seek(SeekFrom::Start(offset)).await.map_err(io)?;
-    let mut body = tokio::io::AsyncReadExt::take(file, length.saturating_sub(offset));
-    let request = Request::Upload {
-        namespace: namespace.to_string(),
-        digest: *digest,
-        offset,
-        length,
-        replica,
-        persisted,
-    };
-    let (response, _) = cluster
-        .call_stream(addr, &request, RequestBody::Reader(&mut body))
-        .await?;
-    match response {
-        Response::Uploaded { length } => Ok(Pushed {
-            sent: length.saturating_sub(offset),
-            length,
-        }),
-        other => Err(CallError::unexpected(addr, other)),
     }
 }

@@ -115,122 +115,156 @@ fn backend(root: &Path) -> String {
     )
 }
 
-impl Cluster {
-    /// Writes certificates and configs under `work_dir` and starts every node.
-    pub fn start(net: &Testnet, config: &ClusterConfig) -> anyhow::Result<Cluster> {
+/// Where every node lives and how its config is written: hosts, ports, certificates and
+/// data directories under the work dir.
+struct Layout<'a> {
+    net: &'a Testnet,
+    config: &'a ClusterConfig,
+    /// Certificates (and the dev CA).
+    tls: PathBuf,
+    ca: DevCa,
+    /// Gossip addresses of every ring node (origins, tracker, build-index).
+    ring_gossip: Vec<SocketAddr>,
+}
+
+impl<'a> Layout<'a> {
+    fn new(net: &'a Testnet, config: &'a ClusterConfig) -> anyhow::Result<Self> {
         let tls = config.work_dir.join("tls");
         std::fs::create_dir_all(&tls)?;
         let ca = DevCa::create(&tls).context("cannot create the dev CA")?;
-        let addr = |host: usize, port: u16| SocketAddr::from((net.host_addr(host), port));
-        let origin_quic: Vec<SocketAddr> =
-            (1..=config.origins).map(|h| addr(h, ORIGIN_PORT)).collect();
-        let mut ring_gossip: Vec<SocketAddr> = (1..=config.origins)
-            .map(|h| addr(h, ORIGIN_PORT + 1))
-            .collect();
-        ring_gossip.push(addr(1, TRACKER_PORT + 1));
-        ring_gossip.push(addr(1, BUILD_INDEX_PORT + 1));
-
-        let write = |name: &str, text: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
-            ca.write_node_cert(name)
-                .with_context(|| format!("cannot issue a certificate for {name}"))?;
-            let path = config.work_dir.join(format!("{name}.toml"));
-            std::fs::write(&path, text)?;
-            Ok((path, config.work_dir.join(format!("{name}.log"))))
+        let mut layout = Layout {
+            net,
+            config,
+            tls,
+            ca,
+            ring_gossip: Vec::new(),
         };
-        let data = |name: &str| config.work_dir.join("data").join(name);
-
-        let mut origins = Vec::new();
-        for h in 1..=config.origins {
-            let name = format!("origin-{h}");
-            let quic = addr(h, ORIGIN_PORT);
-            let mut text = common(&name, "origin", &data(&name), quic, &tls);
-            text += &gossip(addr(h, ORIGIN_PORT + 1), &ring_gossip);
-            if let Some(len) = config.piece_length {
-                let _ = writeln!(
-                    text,
-                    "[store.piece_lengths]\nentries = [{{ min_blob_size = 0, piece_length = {len} }}]\n"
-                );
-            }
-            text += &backend(&config.work_dir.join("backend").join(&name));
-            if let Some(slots) = config.origin_upload_slots {
-                let _ = writeln!(text, "[origin.swarm]\nupload_slots = {slots}\n");
-            }
-            let (path, log) = write(&name, &text)?;
-            origins.push(NodeProc::start(
-                &config.kraken,
-                &net.host_ns(h),
-                &name,
-                "origin",
-                &path,
-                &log,
-            )?);
-        }
-
-        let name = "tracker-1";
-        let mut text = common(name, "tracker", &data(name), addr(1, TRACKER_PORT), &tls);
-        text += &gossip(addr(1, TRACKER_PORT + 1), &ring_gossip);
-        text += "[tracker]\nannounce_interval_ms = 1000\npeer_ttl_secs = 20\n\n";
-        let (path, log) = write(name, &text)?;
-        let tracker = NodeProc::start(
-            &config.kraken,
-            &net.host_ns(1),
-            name,
-            "tracker",
-            &path,
-            &log,
-        )?;
-
-        let name = "build-index-1";
-        let quic = addr(1, BUILD_INDEX_PORT);
-        let mut text = common(name, "build-index", &data(name), quic, &tls);
-        text += &gossip(addr(1, BUILD_INDEX_PORT + 1), &ring_gossip);
-        text += "[build_index]\nreplicas = 1\n\n";
-        text += &backend(&config.work_dir.join("backend").join(name));
-        let (path, log) = write(name, &text)?;
-        let build_index = NodeProc::start(
-            &config.kraken,
-            &net.host_ns(1),
-            name,
-            "build-index",
-            &path,
-            &log,
-        )?;
-
-        let seeds: Vec<String> = origin_quic
-            .iter()
-            .chain(std::iter::once(&addr(1, TRACKER_PORT)))
-            .map(|s| format!("\"{s}\""))
+        layout.ring_gossip = (1..=config.origins)
+            .map(|h| layout.addr(h, ORIGIN_PORT + 1))
+            .chain([
+                layout.addr(1, TRACKER_PORT + 1),
+                layout.addr(1, BUILD_INDEX_PORT + 1),
+            ])
             .collect();
-        let mut agents = Vec::new();
-        let mut agent_data = Vec::new();
-        for i in 1..=config.agents {
-            let h = config.origins + i;
-            let name = format!("agent-{i}");
-            let dir = data(&name);
-            let mut text = common(&name, "agent", &dir, addr(h, AGENT_PORT), &tls);
+        Ok(layout)
+    }
+
+    fn addr(&self, host: usize, port: u16) -> SocketAddr {
+        SocketAddr::from((self.net.host_addr(host), port))
+    }
+
+    fn data(&self, name: &str) -> PathBuf {
+        self.config.work_dir.join("data").join(name)
+    }
+
+    /// The `[node]`, `[quic]`, `[tls]`, `[http]` and `[registry]` sections.
+    fn common(&self, name: &str, role: &str, host: usize, port: u16) -> String {
+        common(
+            name,
+            role,
+            &self.data(name),
+            self.addr(host, port),
+            &self.tls,
+        )
+    }
+
+    /// Issues `name`'s certificate, writes `config` as its TOML and starts it on `host`.
+    fn launch(
+        &self,
+        name: &str,
+        role: &str,
+        host: usize,
+        config: &str,
+    ) -> anyhow::Result<NodeProc> {
+        self.ca
+            .write_node_cert(name)
+            .with_context(|| format!("cannot issue a certificate for {name}"))?;
+        let work = &self.config.work_dir;
+        let path = work.join(format!("{name}.toml"));
+        std::fs::write(&path, config)?;
+        let log = work.join(format!("{name}.log"));
+        let ns = self.net.host_ns(host);
+        NodeProc::start(&self.config.kraken, &ns, name, role, &path, &log)
+    }
+
+    fn origin(&self, h: usize) -> anyhow::Result<NodeProc> {
+        let name = format!("origin-{h}");
+        let mut text = self.common(&name, "origin", h, ORIGIN_PORT);
+        text += &gossip(self.addr(h, ORIGIN_PORT + 1), &self.ring_gossip);
+        if let Some(len) = self.config.piece_length {
             let _ = writeln!(
                 text,
-                "[view]\nseeds = [{}]\nrefresh_secs = 1\n\n[swarm]\nannounce_interval_secs = 1",
-                seeds.join(", ")
+                "[store.piece_lengths]\nentries = [{{ min_blob_size = 0, piece_length = {len} }}]\n"
             );
-            if let Some(slots) = config.upload_slots {
-                let _ = writeln!(text, "upload_slots = {slots}");
-            }
-            text.push('\n');
-            let (path, log) = write(&name, &text)?;
-            agents.push(NodeProc::start(
-                &config.kraken,
-                &net.host_ns(h),
-                &name,
-                "agent",
-                &path,
-                &log,
-            )?);
-            agent_data.push(dir);
         }
+        text += &backend(&self.config.work_dir.join("backend").join(&name));
+        if let Some(slots) = self.config.origin_upload_slots {
+            let _ = writeln!(text, "[origin.swarm]\nupload_slots = {slots}\n");
+        }
+        self.launch(&name, "origin", h, &text)
+    }
 
-        ca.write_node_cert("bench-ctl")
+    fn tracker(&self) -> anyhow::Result<NodeProc> {
+        let name = "tracker-1";
+        let mut text = self.common(name, "tracker", 1, TRACKER_PORT);
+        text += &gossip(self.addr(1, TRACKER_PORT + 1), &self.ring_gossip);
+        text += "[tracker]\nannounce_interval_ms = 1000\npeer_ttl_secs = 20\n\n";
+        self.launch(name, "tracker", 1, &text)
+    }
+
+    fn build_index(&self) -> anyhow::Result<NodeProc> {
+        let name = "build-index-1";
+        let mut text = self.common(name, "build-index", 1, BUILD_INDEX_PORT);
+        text += &gossip(self.addr(1, BUILD_INDEX_PORT + 1), &self.ring_gossip);
+        text += "[build_index]\nreplicas = 1\n\n";
+        text += &backend(&self.config.work_dir.join("backend").join(name));
+        self.launch(name, "build-index", 1, &text)
+    }
+
+    /// Agent `i` (1-based), on the host after the origins'; it learns the view from the
+    /// origins and the tracker.
+    fn agent(&self, i: usize) -> anyhow::Result<NodeProc> {
+        let h = self.config.origins + i;
+        let name = format!("agent-{i}");
+        let seeds: Vec<String> = (1..=self.config.origins)
+            .map(|o| self.addr(o, ORIGIN_PORT))
+            .chain([self.addr(1, TRACKER_PORT)])
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        let mut text = self.common(&name, "agent", h, AGENT_PORT);
+        let _ = writeln!(
+            text,
+            "[view]\nseeds = [{}]\nrefresh_secs = 1\n\n[swarm]\nannounce_interval_secs = 1",
+            seeds.join(", ")
+        );
+        if let Some(slots) = self.config.upload_slots {
+            let _ = writeln!(text, "upload_slots = {slots}");
+        }
+        text.push('\n');
+        self.launch(&name, "agent", h, &text)
+    }
+}
+
+impl Cluster {
+    /// Writes certificates and configs under `work_dir` and starts every node.
+    pub fn start(net: &Testnet, config: &ClusterConfig) -> anyhow::Result<Cluster> {
+        let layout = Layout::new(net, config)?;
+        let origins = (1..=config.origins)
+            .map(|h| layout.origin(h))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let tracker = layout.tracker()?;
+        let build_index = layout.build_index()?;
+        let agents = (1..=config.agents)
+            .map(|i| layout.agent(i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let agent_data = (1..=config.agents)
+            .map(|i| layout.data(&format!("agent-{i}")))
+            .collect();
+        layout
+            .ca
+            .write_node_cert("bench-ctl")
             .context("cannot issue the client certificate")?;
+        let tls = &layout.tls;
         Ok(Cluster {
             origins,
             tracker,

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kraken_client::proto::{DEFAULT_NAMESPACE, PullReport, Request, Response};
 use kraken_membership::Role;
-use kraken_node::proto::{DEFAULT_NAMESPACE, PullReport, Request, Response};
 use kraken_storage::Digest;
 use serde::{Deserialize, Serialize};
 

@@ -39,11 +39,30 @@ impl Rate {
     }
 }
 
+/// Why a rate does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    /// No `gbit`, `mbit` or `kbit` unit.
+    #[error("bad rate {0:?} (want e.g. 100mbit, 800kbit, 1gbit)")]
+    NoUnit(String),
+    /// The number before the unit is not one.
+    #[error("bad rate {rate:?}: {number:?} is not a number")]
+    NotANumber {
+        /// The rate given.
+        rate: String,
+        /// Its number part.
+        number: String,
+    },
+    /// Zero, negative, or above 100 Gbit/s.
+    #[error("rate {0} is outside (0, 100gbit]")]
+    OutOfRange(String),
+}
+
 impl std::str::FromStr for Rate {
-    type Err = String;
+    type Err = RateError;
 
     /// `100mbit`, `50Mbit`, `800kbit`, `1gbit` (decimal units, as `tc` reads them).
-    fn from_str(s: &str) -> Result<Rate, String> {
+    fn from_str(s: &str) -> Result<Rate, RateError> {
         let lower = s.trim().to_ascii_lowercase();
         let (num, mult) = if let Some(n) = lower.strip_suffix("gbit") {
             (n, 1_000_000_000.0)
@@ -52,15 +71,14 @@ impl std::str::FromStr for Rate {
         } else if let Some(n) = lower.strip_suffix("kbit") {
             (n, 1_000.0)
         } else {
-            return Err(format!(
-                "bad rate {s:?} (want e.g. 100mbit, 800kbit, 1gbit)"
-            ));
+            return Err(RateError::NoUnit(s.to_string()));
         };
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("bad rate {s:?}: {num:?} is not a number"))?;
+        let n: f64 = num.parse().map_err(|_| RateError::NotANumber {
+            rate: s.to_string(),
+            number: num.to_string(),
+        })?;
         if !(n > 0.0 && n * mult <= 100e9) {
-            return Err(format!("rate {s} is outside (0, 100gbit]"));
+            return Err(RateError::OutOfRange(s.to_string()));
         }
         Ok(Rate {
             bits_per_sec: (n * mult) as u64,
@@ -317,7 +335,7 @@ pub fn down_all(prefix: &str) -> anyhow::Result<()> {
 
 /// Whether this process can build networks: root, with `ip` and `tc` on the path. The
 /// error says what is missing.
-pub fn check_prerequisites() -> Result<(), String> {
+pub fn check_prerequisites() -> anyhow::Result<()> {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -327,7 +345,7 @@ pub fn check_prerequisites() -> Result<(), String> {
         })
         .unwrap_or_default();
     if uid != "0" {
-        return Err("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
+        bail!("not running as root (network namespaces need CAP_SYS_ADMIN)");
     }
     for tool in ["ip", "tc"] {
         let found = Command::new(tool)
@@ -337,7 +355,7 @@ pub fn check_prerequisites() -> Result<(), String> {
             .status()
             .is_ok();
         if !found {
-            return Err(format!("`{tool}` is not installed"));
+            bail!("`{tool}` is not installed");
         }
     }
     Ok(())

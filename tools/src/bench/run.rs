@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kraken_storage::{Digest, DigestAlgorithm, DigestHasher, PieceLengthTable};
+use kraken_storage::{Digest, DigestAlgorithm, PieceLengthTable};
 
 use super::baseline;
 use super::cluster::{ClientTls, Cluster, ClusterConfig};
@@ -185,53 +185,66 @@ pub fn write_blob(path: &Path, len: u64) -> anyhow::Result<()> {
 
 /// sha256 of a file; `None` if it cannot be read.
 pub fn hash_path(path: &Path) -> Option<Digest> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = DigestHasher::new(DigestAlgorithm::Sha256);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            return Some(h.finish());
-        }
-        h.update(&buf[..n]);
-    }
+    let file = std::fs::File::open(path).ok()?;
+    Digest::of_reader(DigestAlgorithm::Sha256, file)
+        .ok()
+        .map(|(digest, _)| digest)
 }
 
-/// Runs `kraken-bench ctl …` in the control namespace and parses its JSON.
-fn ctl<T: serde::de::DeserializeOwned>(
-    net: &Testnet,
-    tls: &ClientTls,
+/// The control client: `kraken-bench ctl …` run in the control namespace.
+struct Ctl<'a> {
+    net: &'a Testnet,
+    tls: ClientTls,
     seed: SocketAddr,
-    args: &[String],
-) -> anyhow::Result<T> {
-    let exe = std::env::current_exe()?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", &net.ctl_ns()])
-        .arg(exe)
-        .args(["ctl", "--seed", &seed.to_string(), "--ca"])
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run the control client")?;
-    if !out.status.success() {
-        bail!(
-            "ctl {} failed: {}",
-            args.first().map_or("", String::as_str),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+}
+
+impl Ctl<'_> {
+    /// Runs `kraken-bench ctl ARGS` and parses the JSON it prints.
+    fn call<T: serde::de::DeserializeOwned>(&self, args: &[String]) -> anyhow::Result<T> {
+        let exe = std::env::current_exe()?;
+        let tls = &self.tls;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.net.ctl_ns()])
+            .arg(exe)
+            .args(["ctl", "--seed", &self.seed.to_string(), "--ca"])
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run the control client")?;
+        if !out.status.success() {
+            bail!(
+                "ctl {} failed: {}",
+                args.first().map_or("", String::as_str),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "ctl printed {:?}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            )
+        })
     }
-    serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "ctl printed {:?}",
-            String::from_utf8_lossy(&out.stdout).trim()
-        )
-    })
+
+    /// `pull --digest DIGEST --agent A…` plus `extra`: the agents' pulls, in order.
+    fn pull(
+        &self,
+        digest: &Digest,
+        agents: impl IntoIterator<Item = SocketAddr>,
+        extra: &[String],
+    ) -> anyhow::Result<Vec<AgentPull>> {
+        let mut args = vec!["pull".into(), "--digest".into(), digest.to_string()];
+        for agent in agents {
+            args.extend(["--agent".into(), agent.to_string()]);
+        }
+        args.extend_from_slice(extra);
+        self.call(&args)
+    }
 }
 
 /// Flips one byte in every `stride` bytes of `path`, in place.
@@ -259,9 +272,91 @@ fn corrupt_file(path: &Path, stride: u64) -> anyhow::Result<u64> {
     Ok(flipped)
 }
 
+/// The shape of one run, fixed before anything starts.
+struct Plan {
+    /// Origins (origin-kill needs two).
+    origins: usize,
+    blob_len: u64,
+    /// The piece length asked for (`None`: the node's table).
+    piece_length: Option<u64>,
+    digest: Digest,
+    bound: Bound,
+    /// When a kill fault strikes, after the pulls start.
+    fault_at: Duration,
+}
+
+impl Plan {
+    /// Whether `path` holds the blob.
+    fn verify(&self, path: &Path) -> bool {
+        hash_path(path) == Some(self.digest)
+    }
+
+    fn piece_length(&self) -> u64 {
+        self.piece_length
+            .unwrap_or(default_piece_length(self.blob_len))
+    }
+}
+
 /// Runs the benchmark and returns its report.
 pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
-    check_prerequisites().map_err(anyhow::Error::msg)?;
+    check_prerequisites()?;
+    let origins = check_args(args)?;
+    let kraken = match &args.kraken {
+        Some(p) => p.clone(),
+        None => sibling("kraken")?,
+    };
+    let work = WorkDir::create(args)?;
+    let blob_dir = work.path.join("blob");
+    let (blob, plan) = write_and_plan(args, origins, &blob_dir)?;
+
+    let mut net = Testnet::up(NetConfig {
+        prefix: args.prefix.clone(),
+        subnet: [10, 78, 0],
+        hosts: origins + args.agents,
+        rate: Some(args.rate),
+    })?;
+    let mut cluster = Cluster::start(
+        &net,
+        &ClusterConfig {
+            kraken,
+            work_dir: work.path.clone(),
+            origins,
+            agents: args.agents,
+            piece_length: plan.piece_length,
+            upload_slots: args.upload_slots,
+            origin_upload_slots: args.origin_upload_slots,
+        },
+    )?;
+    let ctl = Ctl {
+        net: &net,
+        tls: cluster.client_tls.clone(),
+        seed: SocketAddr::from((net.host_addr(1), 7600)),
+    };
+    push(&ctl, &plan, &blob)?;
+    let mut notes = Vec::new();
+    let measured = pull_corrupt_agent_first(args, &ctl, &cluster, &plan, &mut notes)?;
+    let kraken_phase = distribute(args, &ctl, &mut cluster, &plan, &measured, &mut notes)?;
+    cluster.stop();
+    drop(cluster);
+
+    let baseline = if args.no_baseline || args.fault.is_some() {
+        None
+    } else {
+        Some(baseline_phase(
+            &net, &plan, &measured, &blob_dir, &work.path,
+        )?)
+    };
+    net.down()?;
+    let simnet = if args.no_simnet {
+        None
+    } else {
+        Some(simnet_phase(args, &plan, &work.path, &kraken_phase)?)
+    };
+    report(args, plan, kraken_phase, baseline, simnet, notes)
+}
+
+/// Rejects runs that cannot work; returns the number of origins.
+fn check_args(args: &RunArgs) -> anyhow::Result<usize> {
     let mut origins = args.origins.max(1);
     if args.fault == Some(Fault::OriginKill) {
         origins = origins.max(2);
@@ -272,177 +367,156 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     if args.fault == Some(Fault::CorruptAgent) && args.agents < 3 {
         bail!("corrupt-agent needs at least 3 agents");
     }
-    let kraken = match &args.kraken {
-        Some(p) => p.clone(),
-        None => sibling("kraken")?,
-    };
-    let base = args.work_dir.clone().unwrap_or_else(|| {
-        let shm = Path::new("/dev/shm");
-        let root = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        root.join(format!("kraken-bench-{}", std::process::id()))
-    });
-    std::fs::create_dir_all(&base)?;
-    let work = WorkDir {
-        path: base,
-        keep: args.keep,
-    };
+    Ok(origins)
+}
+
+impl WorkDir {
+    /// `--work-dir`, else a fresh directory in /dev/shm (or the temp dir).
+    fn create(args: &RunArgs) -> anyhow::Result<WorkDir> {
+        let path = args.work_dir.clone().unwrap_or_else(|| {
+            let shm = Path::new("/dev/shm");
+            let root = if shm.is_dir() {
+                shm.to_path_buf()
+            } else {
+                std::env::temp_dir()
+            };
+            root.join(format!("kraken-bench-{}", std::process::id()))
+        });
+        std::fs::create_dir_all(&path)?;
+        Ok(WorkDir {
+            path,
+            keep: args.keep,
+        })
+    }
+}
+
+/// Writes the blob into `blob_dir`; returns its path and the run's plan.
+fn write_and_plan(
+    args: &RunArgs,
+    origins: usize,
+    blob_dir: &Path,
+) -> anyhow::Result<(PathBuf, Plan)> {
     let blob_len = args.size_mib << 20;
-    let blob_dir = work.path.join("blob");
-    std::fs::create_dir_all(&blob_dir)?;
+    std::fs::create_dir_all(blob_dir)?;
     let blob = blob_dir.join("blob");
     write_blob(&blob, blob_len)?;
     let digest = hash_path(&blob).context("cannot hash the blob")?;
-
-    let mut net = Testnet::up(NetConfig {
-        prefix: args.prefix.clone(),
-        subnet: [10, 78, 0],
-        hosts: origins + args.agents,
-        rate: Some(args.rate),
-    })?;
-    let piece_length = args.piece_kib.map(|k| k << 10);
-    let mut cluster = Cluster::start(
-        &net,
-        &ClusterConfig {
-            kraken,
-            work_dir: work.path.clone(),
-            origins,
-            agents: args.agents,
-            piece_length,
-            upload_slots: args.upload_slots,
-            origin_upload_slots: args.origin_upload_slots,
-        },
-    )?;
-    let seed = SocketAddr::from((net.host_addr(1), 7600));
-    let tls = cluster.client_tls.clone();
-    let _: serde_json::Value = ctl(
-        &net,
-        &tls,
-        seed,
-        &["wait-view".into(), "--origins".into(), origins.to_string()],
-    )?;
-    let pushed: serde_json::Value = ctl(
-        &net,
-        &tls,
-        seed,
-        &["push".into(), blob.display().to_string()],
-    )?;
-    if pushed["digest"].as_str() != Some(digest.to_string().as_str()) {
-        bail!("pushed {pushed}, expected {digest}");
-    }
-
     let rate = args.rate.bytes_per_sec();
-    let f = blob_len as f64;
     let bound = Bound::compute(
-        f,
+        blob_len as f64,
         rate * origins as f64,
         rate,
         args.agents,
         rate * args.agents as f64,
     );
-    let mut notes = Vec::new();
-    let hex = digest.hex();
-    let verify = |p: &Path| hash_path(p) == Some(digest);
-
-    // Which agents are measured: all but the corrupt one.
-    let mut measured: Vec<usize> = (0..args.agents).collect();
-    if args.fault == Some(Fault::CorruptAgent) {
-        let bad = args.agents - 1;
-        measured.retain(|&i| i != bad);
-        let mut pull_args = vec!["pull".into(), "--digest".into(), digest.to_string()];
-        pull_args.extend(["--agent".into(), cluster.agents[bad].quic.to_string()]);
-        let first: Vec<AgentPull> = ctl(&net, &tls, seed, &pull_args)?;
-        if first.first().and_then(|p| p.secs).is_none() {
-            bail!("the agent to corrupt could not pull first: {first:?}");
-        }
-        let path = cluster.agent_blob_path(bad, &hex);
-        let flipped = corrupt_file(&path, 256 << 10)?;
-        notes.push(format!(
-            "{} pulled first, then {flipped} bytes of its stored blob were flipped (one per 256 KiB)",
-            cluster.agents[bad].name
-        ));
-    }
-
-    let origin_hosts: Vec<usize> = (1..=origins).collect();
-    let tx0: u64 = origin_hosts
-        .iter()
-        .map(|&h| net.tx_bytes(h).unwrap_or(0))
-        .sum();
-    let cpu0 = cluster.cpu_secs();
-    let mut pull_args = vec!["pull".into(), "--digest".into(), digest.to_string()];
-    for &i in &measured {
-        pull_args.extend(["--agent".into(), cluster.agents[i].quic.to_string()]);
-    }
-    // A stalled swarm fails the run instead of hanging it.
-    let limit = (bound.t_min_s * 10.0 + 60.0) as u64;
-    pull_args.extend(["--timeout-secs".into(), limit.to_string()]);
-    if args.fault == Some(Fault::AgentRestart) {
-        pull_args.extend(["--retry-secs".into(), limit.to_string()]);
-    }
     let fault_at = Duration::from_secs_f64(bound.t_min_s * 0.4);
-    let pulls: Vec<AgentPull> = std::thread::scope(|s| -> anyhow::Result<Vec<AgentPull>> {
-        let (head, agents_mut) = (&mut cluster.origins, &mut cluster.agents);
-        let victim_note = match args.fault {
-            Some(Fault::OriginKill) => {
-                let o = &mut head[0];
-                let name = o.name.clone();
-                Some(s.spawn(move || {
-                    std::thread::sleep(fault_at);
-                    o.kill();
-                    format!(
-                        "{name} SIGKILLed {:.1} s into the distribution",
-                        fault_at.as_secs_f64()
-                    )
-                }))
-            }
-            Some(Fault::AgentRestart) => {
-                let a = &mut agents_mut[0];
-                Some(s.spawn(move || {
-                    std::thread::sleep(fault_at);
-                    a.kill();
-                    std::thread::sleep(Duration::from_secs(2));
-                    let r = a.restart();
-                    format!(
-                        "{} SIGKILLed {:.1} s in, restarted 2 s later ({})",
-                        a.name,
-                        fault_at.as_secs_f64(),
-                        match r {
-                            Ok(()) => "ready again".to_string(),
-                            Err(e) => format!("restart failed: {e:#}"),
-                        }
-                    )
-                }))
-            }
-            _ => None,
-        };
-        let r = ctl(&net, &tls, seed, &pull_args);
-        if let Some(Ok(n)) = victim_note.map(|h| h.join()) {
+    let plan = Plan {
+        origins,
+        blob_len,
+        piece_length: args.piece_kib.map(|k| k << 10),
+        digest,
+        bound,
+        fault_at,
+    };
+    Ok((blob, plan))
+}
+
+/// Waits for the origins to be in the view, then pushes the blob.
+fn push(ctl: &Ctl<'_>, plan: &Plan, blob: &Path) -> anyhow::Result<()> {
+    let _: serde_json::Value = ctl.call(&[
+        "wait-view".into(),
+        "--origins".into(),
+        plan.origins.to_string(),
+    ])?;
+    let pushed: serde_json::Value = ctl.call(&["push".into(), blob.display().to_string()])?;
+    let digest = plan.digest;
+    if pushed["digest"].as_str() != Some(digest.to_string().as_str()) {
+        bail!("pushed {pushed}, expected {digest}");
+    }
+    Ok(())
+}
+
+/// The agents that are measured: all but the corrupt one. With the corrupt-agent fault,
+/// the last agent pulls first and then its stored blob is corrupted.
+fn pull_corrupt_agent_first(
+    args: &RunArgs,
+    ctl: &Ctl<'_>,
+    cluster: &Cluster,
+    plan: &Plan,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<usize>> {
+    let mut measured: Vec<usize> = (0..args.agents).collect();
+    if args.fault != Some(Fault::CorruptAgent) {
+        return Ok(measured);
+    }
+    let bad = args.agents - 1;
+    measured.retain(|&i| i != bad);
+    let first = ctl.pull(&plan.digest, [cluster.agents[bad].quic], &[])?;
+    if first.first().and_then(|p| p.secs).is_none() {
+        bail!("the agent to corrupt could not pull first: {first:?}");
+    }
+    let path = cluster.agent_blob_path(bad, &plan.digest.hex());
+    let flipped = corrupt_file(&path, 256 << 10)?;
+    notes.push(format!(
+        "{} pulled first, then {flipped} bytes of its stored blob were flipped (one per 256 KiB)",
+        cluster.agents[bad].name
+    ));
+    Ok(measured)
+}
+
+/// The measured agents pull at once (with the kill fault, if asked, striking meanwhile);
+/// what each got, the origins' egress and the cluster's CPU time.
+fn distribute(
+    args: &RunArgs,
+    ctl: &Ctl<'_>,
+    cluster: &mut Cluster,
+    plan: &Plan,
+    measured: &[usize],
+    notes: &mut Vec<String>,
+) -> anyhow::Result<PhaseReport> {
+    let net = ctl.net;
+    let origin_egress = || -> u64 {
+        (1..=plan.origins)
+            .map(|h| net.tx_bytes(h).unwrap_or(0))
+            .sum()
+    };
+    let tx0 = origin_egress();
+    let cpu0 = cluster.cpu_secs();
+    let agents: Vec<SocketAddr> = measured.iter().map(|&i| cluster.agents[i].quic).collect();
+    // A stalled swarm fails the run instead of hanging it.
+    let limit = ((plan.bound.t_min_s * 10.0 + 60.0) as u64).to_string();
+    let mut extra = vec!["--timeout-secs".into(), limit.clone()];
+    if args.fault == Some(Fault::AgentRestart) {
+        extra.extend(["--retry-secs".into(), limit]);
+    }
+    let pulls = std::thread::scope(|s| -> anyhow::Result<Vec<AgentPull>> {
+        let fault = args
+            .fault
+            .and_then(|f| strike(s, f, cluster, plan.fault_at));
+        let r = ctl.pull(&plan.digest, agents, &extra);
+        if let Some(Ok(n)) = fault.map(|h| h.join()) {
             notes.push(n);
         }
         r
     })?;
     let cpu = cluster.cpu_secs() - cpu0;
-    let egress: u64 = origin_hosts
+    let egress = origin_egress().saturating_sub(tx0);
+    let hosts: Vec<HostResult> = pulls
         .iter()
-        .map(|&h| net.tx_bytes(h).unwrap_or(0))
-        .sum::<u64>()
-        .saturating_sub(tx0);
-    let mut hosts = Vec::new();
-    for (p, &i) in pulls.iter().zip(&measured) {
-        let r = p.report.as_ref();
-        hosts.push(HostResult {
-            name: cluster.agents[i].name.clone(),
-            secs: p.secs,
-            verified: verify(&cluster.agent_blob_path(i, &hex)),
-            bytes_from_agents: r.map_or(0, |r| r.bytes_from_agents),
-            bytes_from_origins: r.map_or(0, |r| r.bytes_from_origins),
-            bad_pieces: r.map_or(0, |r| r.bad_pieces),
-            errors: p.errors.clone(),
-        });
-    }
+        .zip(measured)
+        .map(|(p, &i)| {
+            let r = p.report.as_ref();
+            HostResult {
+                name: cluster.agents[i].name.clone(),
+                secs: p.secs,
+                verified: plan.verify(&cluster.agent_blob_path(i, &plan.digest.hex())),
+                bytes_from_agents: r.map_or(0, |r| r.bytes_from_agents),
+                bytes_from_origins: r.map_or(0, |r| r.bytes_from_origins),
+                bad_pieces: r.map_or(0, |r| r.bad_pieces),
+                errors: p.errors.clone(),
+            }
+        })
+        .collect();
     if args.fault.is_some() {
         let bad: u64 = hosts.iter().map(|h| h.bad_pieces).sum();
         let ok = hosts.iter().filter(|h| h.verified).count();
@@ -451,74 +525,141 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             hosts.len()
         ));
     }
-    let kraken_phase = PhaseReport::summarize(hosts, bound.t_min_s, blob_len, egress, cpu);
-    cluster.stop();
-    drop(cluster);
+    Ok(PhaseReport::summarize(
+        hosts,
+        plan.bound.t_min_s,
+        plan.blob_len,
+        egress,
+        cpu,
+    ))
+}
 
-    let baseline = if args.no_baseline || args.fault.is_some() {
-        None
-    } else {
-        let clients: Vec<usize> = measured.iter().map(|i| origins + 1 + i).collect();
-        let b = baseline::run(
-            &net,
-            1,
-            &clients,
-            &blob_dir,
-            "blob",
-            &work.path.join("baseline"),
-            &verify,
-        )?;
-        Some(PhaseReport::summarize(
-            b.hosts,
-            bound.t_min_s,
-            blob_len,
-            b.egress,
-            b.cpu_s,
-        ))
+/// Starts a thread that kills (and, for agent-restart, restarts) a node `at` into the
+/// distribution; it returns a note saying what it did. `None` for faults that do not kill.
+fn strike<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    fault: Fault,
+    cluster: &'scope mut Cluster,
+    at: Duration,
+) -> Option<std::thread::ScopedJoinHandle<'scope, String>> {
+    match fault {
+        Fault::OriginKill => {
+            let o = &mut cluster.origins[0];
+            Some(s.spawn(move || {
+                std::thread::sleep(at);
+                o.kill();
+                format!(
+                    "{} SIGKILLed {:.1} s into the distribution",
+                    o.name,
+                    at.as_secs_f64()
+                )
+            }))
+        }
+        Fault::AgentRestart => {
+            let a = &mut cluster.agents[0];
+            Some(s.spawn(move || {
+                std::thread::sleep(at);
+                a.kill();
+                std::thread::sleep(Duration::from_secs(2));
+                let r = a.restart();
+                format!(
+                    "{} SIGKILLed {:.1} s in, restarted 2 s later ({})",
+                    a.name,
+                    at.as_secs_f64(),
+                    match r {
+                        Ok(()) => "ready again".to_string(),
+                        Err(e) => format!("restart failed: {e:#}"),
+                    }
+                )
+            }))
+        }
+        Fault::CorruptAgent => None,
+    }
+}
+
+/// The plain-HTTP baseline on the same hosts: origin host 1 serves, the measured agents'
+/// hosts fetch.
+fn baseline_phase(
+    net: &Testnet,
+    plan: &Plan,
+    measured: &[usize],
+    blob_dir: &Path,
+    work: &Path,
+) -> anyhow::Result<PhaseReport> {
+    let clients: Vec<usize> = measured.iter().map(|i| plan.origins + 1 + i).collect();
+    let verify = |p: &Path| plan.verify(p);
+    let b = baseline::run(
+        net,
+        1,
+        &clients,
+        blob_dir,
+        "blob",
+        &work.join("baseline"),
+        &verify,
+    )?;
+    Ok(PhaseReport::summarize(
+        b.hosts,
+        plan.bound.t_min_s,
+        plan.blob_len,
+        b.egress,
+        b.cpu_s,
+    ))
+}
+
+/// The simulator on the same setup, and how the measured run compares.
+fn simnet_phase(
+    args: &RunArgs,
+    plan: &Plan,
+    work: &Path,
+    kraken: &PhaseReport,
+) -> anyhow::Result<SimFigure> {
+    let bin = match &args.simnet {
+        Some(p) => p.clone(),
+        None => sibling("simnet")?,
     };
-    net.down()?;
-
-    let simnet = if args.no_simnet {
-        None
-    } else {
-        let bin = match &args.simnet {
-            Some(p) => p.clone(),
-            None => sibling("simnet")?,
-        };
-        let setup = SimSetup {
-            agents: args.agents,
-            origins,
-            rate_bytes_per_sec: rate,
-            blob_bytes: blob_len,
-            piece_length: piece_length.unwrap_or(default_piece_length(blob_len)),
-            kill_origin_at_s: (args.fault == Some(Fault::OriginKill))
-                .then_some(fault_at.as_secs_f64()),
-            corrupt_agents: usize::from(args.fault == Some(Fault::CorruptAgent)),
-            upload_slots: args.upload_slots,
-            origin_upload_slots: args.origin_upload_slots,
-        };
-        let sim = simulate(&bin, &setup, &work.path)?;
-        let k = &kraken_phase.completion_s;
-        Some(SimFigure {
-            measured_over_simulated_max: k.max / sim.completion_s.max,
-            measured_over_simulated_p50: k.p50 / sim.completion_s.p50,
-            completion_s: sim.completion_s,
-            origin_egress_blobs: sim.origin_egress_blobs,
-            cdf: sim.cdf,
-        })
+    let setup = SimSetup {
+        agents: args.agents,
+        origins: plan.origins,
+        rate_bytes_per_sec: args.rate.bytes_per_sec(),
+        blob_bytes: plan.blob_len,
+        piece_length: plan.piece_length(),
+        kill_origin_at_s: (args.fault == Some(Fault::OriginKill))
+            .then_some(plan.fault_at.as_secs_f64()),
+        corrupt_agents: usize::from(args.fault == Some(Fault::CorruptAgent)),
+        upload_slots: args.upload_slots,
+        origin_upload_slots: args.origin_upload_slots,
     };
+    let sim = simulate(&bin, &setup, work)?;
+    let k = &kraken.completion_s;
+    Ok(SimFigure {
+        measured_over_simulated_max: k.max / sim.completion_s.max,
+        measured_over_simulated_p50: k.p50 / sim.completion_s.p50,
+        completion_s: sim.completion_s,
+        origin_egress_blobs: sim.origin_egress_blobs,
+        cdf: sim.cdf,
+    })
+}
 
+/// The report of the phases, with its targets checked, and the SVG if asked.
+fn report(
+    args: &RunArgs,
+    plan: Plan,
+    kraken: PhaseReport,
+    baseline: Option<PhaseReport>,
+    simnet: Option<SimFigure>,
+    notes: Vec<String>,
+) -> anyhow::Result<RunReport> {
     let mut report = RunReport {
         setup: Setup {
             agents: args.agents,
-            origins,
+            origins: plan.origins,
             rate_mbit: Some(args.rate.mbit()),
-            blob_bytes: blob_len,
-            piece_length: Some(piece_length.unwrap_or(default_piece_length(blob_len))),
+            blob_bytes: plan.blob_len,
+            piece_length: Some(plan.piece_length()),
             fault: args.fault.map(|f| f.name().to_string()),
         },
-        bound,
-        kraken: kraken_phase,
+        bound: plan.bound,
+        kraken,
         baseline,
         speedup: None,
         simnet,

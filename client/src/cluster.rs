@@ -1,10 +1,11 @@
-//! Calling other nodes: the connection pool, the current cluster view, and owner failover.
+//! Calling nodes: the connection pool, the current cluster view, and owner failover.
 //!
 //! [`Cluster`] is what every role uses to reach the others. It resolves a key to its owners
 //! on a ring of the current view and tries them in ring order until one answers, so a dead
 //! owner costs one failed dial (which the pool then backs off from) and nothing else.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kraken_membership::{ClusterView, Member, Role};
@@ -64,6 +65,38 @@ pub enum CallError {
     /// The ring has no live member of the role.
     #[error("no live {0} in the cluster view")]
     NoOwners(&'static str),
+    /// A metainfo answer's body was not the metainfo it announced.
+    #[error("{addr} sent a bad metainfo body of {len} bytes: {source}")]
+    MetainfoBody {
+        /// Where.
+        addr: SocketAddr,
+        /// The length its answer announced.
+        len: u64,
+        /// What was wrong.
+        source: MetainfoBodyError,
+    },
+    /// A local file the call sends could not be read (nothing another node can fix).
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why the body of a [`Response::MetainfoFollows`] was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MetainfoBodyError {
+    /// It announced more than any metainfo can take.
+    #[error("more than the {MAX_METAINFO_LEN} bytes a metainfo can take")]
+    TooLong,
+    /// The stream failed (or went on past the announced length).
+    #[error(transparent)]
+    Read(#[from] quinn::ReadToEndError),
+    /// The stream ended early.
+    #[error("the stream ended after {0} bytes")]
+    Short(usize),
 }
 
 impl CallError {
@@ -82,7 +115,9 @@ impl CallError {
                 source.kind,
                 ErrorKind::WrongNode | ErrorKind::Unavailable | ErrorKind::Internal
             ),
-            CallError::Unexpected { .. } => false,
+            CallError::Unexpected { .. }
+            | CallError::MetainfoBody { .. }
+            | CallError::File { .. } => false,
             _ => true,
         }
     }
@@ -101,21 +136,23 @@ impl CallError {
 
 /// Reads the `len`-byte body of a [`Response::MetainfoFollows`]: exactly that many bytes,
 /// then the end of the stream, and never more than [`MAX_METAINFO_LEN`].
-async fn read_metainfo_body(recv: &mut RecvStream, len: u64) -> Result<Vec<u8>, String> {
+async fn read_metainfo_body(recv: &mut RecvStream, len: u64) -> Result<Vec<u8>, MetainfoBodyError> {
     if len > MAX_METAINFO_LEN {
-        return Err(format!(
-            "more than the {MAX_METAINFO_LEN} a metainfo can take"
-        ));
+        return Err(MetainfoBodyError::TooLong);
     }
     // Checked above: `len` is at most MAX_METAINFO_LEN (about 16 MiB): it fits in memory.
-    let bytes = recv
-        .read_to_end(len as usize)
-        .await
-        .map_err(|e| e.to_string())?;
+    let bytes = recv.read_to_end(len as usize).await?;
     if bytes.len() as u64 != len {
-        return Err(format!("the stream ended after {} bytes", bytes.len()));
+        return Err(MetainfoBodyError::Short(bytes.len()));
     }
     Ok(bytes)
+}
+
+/// The owners of `repo:tag` on `cluster`'s build-index ring, best first (`replicas` 0: all
+/// members, in failover order).
+pub fn owners_of_tag(cluster: &Cluster, repo: &str, tag: &str, replicas: usize) -> Vec<Member> {
+    let key = kraken_membership::ring::tag_key(&format!("{repo}:{tag}"));
+    cluster.owners_of_key(Role::BuildIndex, &key, replicas)
 }
 
 /// The pool and the view every role calls through. Cheap to clone.
@@ -205,12 +242,9 @@ impl Cluster {
         match response {
             Response::Error(source) => Err(CallError::Remote { addr, source }),
             Response::MetainfoFollows { len } => {
-                let bytes = read_metainfo_body(&mut recv, len).await.map_err(|why| {
-                    CallError::Unexpected {
-                        addr,
-                        answer: format!("a metainfo body of {len} bytes: {why}"),
-                    }
-                })?;
+                let bytes = read_metainfo_body(&mut recv, len)
+                    .await
+                    .map_err(|source| CallError::MetainfoBody { addr, len, source })?;
                 Ok((Response::Metainfo(bytes), recv))
             }
             other => Ok((other, recv)),

@@ -180,7 +180,7 @@ pub enum Response {
     },
     /// An encoded `Metainfo`: how roles answer a metainfo request inside a node, and how
     /// nodes before [`Response::MetainfoFollows`] sent it (in the one frame, which capped
-    /// it at 256 KiB, a blob of 64 GiB in 16 MiB pieces). [`crate::client::Cluster`] hands
+    /// it at 256 KiB, a blob of 64 GiB in 16 MiB pieces). [`crate::cluster::Cluster`] hands
     /// either form to callers as this one.
     Metainfo(Vec<u8>),
     /// An owner is still reading the blob through from its backend: ask again.
@@ -235,7 +235,7 @@ pub enum Response {
     TagDeleted,
     /// A metainfo answer on the wire: its `len` encoded bytes follow as the body, so a blob
     /// of any size the metainfo format allows can be described (up to
-    /// [`MAX_METAINFO_LEN`]). Callers of [`crate::client::Cluster`] never see it: they get
+    /// [`MAX_METAINFO_LEN`]). Callers of [`crate::cluster::Cluster`] never see it: they get
     /// [`Response::Metainfo`].
     MetainfoFollows {
         /// Bytes of the body.
