@@ -162,6 +162,52 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request's kind, for logs and spans (`"Upload"`, `"Metainfo"`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "Ping",
+            Request::ClusterView => "ClusterView",
+            Request::Announce { .. } => "Announce",
+            Request::Metainfo { .. } => "Metainfo",
+            Request::Peers { .. } => "Peers",
+            Request::OriginMetainfo { .. } => "OriginMetainfo",
+            Request::BlobStat { .. } => "BlobStat",
+            Request::UploadStatus { .. } => "UploadStatus",
+            Request::Upload { .. } => "Upload",
+            Request::Download { .. } => "Download",
+            Request::WriteBackStatus => "WriteBackStatus",
+            Request::Pull { .. } => "Pull",
+            Request::PullReport { .. } => "PullReport",
+            Request::PutTag { .. } => "PutTag",
+            Request::GetTag { .. } => "GetTag",
+            Request::ListTags { .. } => "ListTags",
+            Request::ListRepos { .. } => "ListRepos",
+            Request::TagHistory { .. } => "TagHistory",
+            Request::ReplicationStatus => "ReplicationStatus",
+            Request::DeleteTag { .. } => "DeleteTag",
+        }
+    }
+
+    /// The blob the request is about, if it names one.
+    pub fn digest(&self) -> Option<&Digest> {
+        match self {
+            Request::Announce { digest, .. }
+            | Request::Metainfo { digest, .. }
+            | Request::Peers { digest, .. }
+            | Request::OriginMetainfo { digest, .. }
+            | Request::BlobStat { digest, .. }
+            | Request::UploadStatus { digest, .. }
+            | Request::Upload { digest, .. }
+            | Request::Download { digest, .. }
+            | Request::Pull { digest, .. }
+            | Request::PullReport { digest, .. }
+            | Request::PutTag { digest, .. } => Some(digest),
+            _ => None,
+        }
+    }
+}
+
 /// An answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
@@ -461,6 +507,15 @@ mod tests {
                 digest,
             },
         ]
+    }
+
+    #[test]
+    fn requests_name_their_kind_and_blob_for_spans() {
+        let names: Vec<_> = samples().iter().map(Request::name).collect();
+        assert_eq!(names, ["Ping", "Upload", "Download", "Pull"]);
+        let digest = Digest::sha256_of(b"x");
+        let digests: Vec<_> = samples().iter().map(|r| r.digest().copied()).collect();
+        assert_eq!(digests, [None, Some(digest), Some(digest), Some(digest)]);
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Agent {
     /// Starts periodic eviction; stops when `stop` turns true.
     pub fn spawn_background(&self, mut stop: watch::Receiver<bool>) {
         let agent = self.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let every = Duration::from_secs(agent.inner.config.evict_interval_secs);
             loop {
                 tokio::select! {
@@ -251,7 +251,7 @@ impl Agent {
                     let (tx, rx) = watch::channel(None);
                     pulls.insert(*digest, rx.clone());
                     let (agent, namespace, digest) = (self.clone(), namespace.to_string(), *digest);
-                    tokio::spawn(async move {
+                    crate::spawn(async move {
                         let limit = Duration::from_secs(agent.inner.config.pull_timeout_secs);
                         let result =
                             match tokio::time::timeout(limit, agent.pull_once(&namespace, &digest))
@@ -283,6 +283,7 @@ impl Agent {
         }
     }
 
+    #[tracing::instrument(name = "pull", skip_all)]
     async fn pull_once(&self, namespace: &str, digest: &Digest) -> Result<PullReport, RemoteError> {
         let started = Instant::now();
         let metainfo = self.metainfo(namespace, digest).await?;
@@ -298,9 +299,13 @@ impl Agent {
                     report.already_present,
                     &report.stats,
                 );
-                tracing::info!(%digest, length, elapsed_ms = pull.elapsed_ms,
-                    from_agents = pull.bytes_from_agents, from_origins = pull.bytes_from_origins,
-                    "pulled");
+                tracing::info!(
+                    length,
+                    elapsed_ms = pull.elapsed_ms,
+                    from_agents = pull.bytes_from_agents,
+                    from_origins = pull.bytes_from_origins,
+                    "pulled"
+                );
                 self.keep_report(&pull);
                 Ok(pull)
             }

@@ -55,7 +55,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bytes_and_errors_cross_the_bridge() {
         let (tx, mut reader) = channel_reader();
-        let producer = tokio::spawn(async move {
+        let producer = crate::spawn(async move {
             for i in 0..100u8 {
                 tx.send(Ok(Bytes::from(vec![i; 1000]))).await.unwrap();
             }

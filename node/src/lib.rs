@@ -1,6 +1,6 @@
 //! The node roles and the `kraken` daemon.
 //!
-//! A node is one QUIC endpoint and one or more roles (see `../DESIGN.md`):
+//! A node is one QUIC endpoint and one or more roles (see `docs/architecture.md`):
 //!
 //! - [`origin`]: ring-owned seeding, resumable uploads, read-through from backends (single
 //!   flight), the durable write-back executor, replication and ring-change repair.
@@ -40,3 +40,14 @@ pub use config::{NodeConfig, NodeRole};
 /// links no server side); the roles name them here as before.
 pub use kraken_client::{cluster as client, proto};
 pub use node::{Node, StartError};
+
+/// Spawns `task` in the caller's span. Tokio tasks do not inherit it, and every line a node
+/// logs must carry its `node` span (and a request's, where one started the task).
+pub(crate) fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument as _;
+    tokio::spawn(task.in_current_span())
+}

@@ -25,6 +25,7 @@ use kraken_membership::{ClusterId, Membership, NodeId};
 use kraken_registry_gateway::GatewayMetrics;
 use kraken_transport::quic::{ClusterCa, Endpoint, NodeIdentity};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 pub use self::error::StartError;
 use crate::client::Cluster;
@@ -65,8 +66,22 @@ impl Node {
         Node::start_with(config, identity, ca).await
     }
 
-    /// Starts a node with the given identity.
+    /// Starts a node with the given identity. Everything the node logs, from any of its
+    /// tasks, is in a `node` span with its name (`kraken dev` runs several in a process).
     pub async fn start_with(
+        config: NodeConfig,
+        identity: NodeIdentity,
+        ca: ClusterCa,
+    ) -> Result<Node, StartError> {
+        let span = tracing::info_span!("node", name = %config.node.name);
+        Node::start_in_span(config, identity, ca)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Node::start_with`] inside the node's span: every task started here carries it on
+    /// (`in_current_span`).
+    async fn start_in_span(
         mut config: NodeConfig,
         identity: NodeIdentity,
         ca: ClusterCa,
@@ -137,8 +152,8 @@ impl Node {
         if let Some(m) = &joined.membership {
             m.set_ready(true).await;
         }
-        tracing::info!(name = %config.node.name, quic = %advertise, http = ?http_addr,
-            roles = ?config.node.roles, "node started");
+        tracing::info!(quic = %advertise, http = ?http_addr, roles = ?config.node.roles,
+            "node started");
         Ok(Node {
             name: config.node.name,
             endpoint,

@@ -569,4 +569,16 @@ fn kraken_dev_demo_pulls_through_every_agent_and_exits() {
         .filter(|l| l.contains("from agents") && l.contains("from origins"))
         .count();
     assert_eq!(reports, 2, "{}", d.context());
+    // One pull can be followed through a node's log: the node, the connection, the
+    // request and the blob are spans around every line. No colour codes in a file.
+    let stderr = std::fs::read_to_string(&d.stderr).unwrap();
+    let pulled = stderr
+        .lines()
+        .find(|l| l.contains("node{name=agent-1}") && l.contains(" pulled "))
+        .unwrap_or_else(|| panic!("no pull logged by agent-1\n{}", d.context()));
+    assert!(
+        pulled.contains(":conn{peer=") && pulled.contains(":rpc{request=\"Pull\" digest=sha256:"),
+        "{pulled}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "colour codes in a log file");
 }

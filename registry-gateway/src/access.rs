@@ -15,29 +15,42 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
+use tracing::Instrument as _;
 
 use crate::metrics::GatewayMetrics;
 
 /// The header every response carries.
 pub(crate) const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
-/// Adds the version header, and logs and counts the request once its body is done.
+/// What the access layer needs: the metrics, and the span requests are logged under.
+#[derive(Clone)]
+pub(crate) struct Access {
+    pub(crate) metrics: GatewayMetrics,
+    /// The span current when the router was built (a node's): hyper runs each connection
+    /// in a task of its own, which inherits no span.
+    pub(crate) parent: tracing::Span,
+}
+
+/// Adds the version header, and logs and counts the request once its body is done. The
+/// request is handled, and its body streamed, in a `request` span.
 pub(crate) async fn observe(
-    State(metrics): State<GatewayMetrics>,
+    State(Access { metrics, parent }): State<Access>,
     req: Request,
     next: Next,
 ) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(512).collect();
+    let span = tracing::info_span!(parent: &parent, "request", %method, %path);
     metrics.in_flight(1);
-    let mut response = next.run(req).await;
+    let mut response = next.run(req).instrument(span.clone()).await;
     response
         .headers_mut()
         .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
     let status = response.status();
     let (parts, body) = response.into_parts();
     let record = Record {
+        span,
         metrics,
         method,
         path,
@@ -56,6 +69,7 @@ pub(crate) async fn observe(
 }
 
 struct Record {
+    span: tracing::Span,
     metrics: GatewayMetrics,
     method: Method,
     path: String,
@@ -69,8 +83,10 @@ impl Drop for Record {
     fn drop(&mut self) {
         self.metrics.in_flight(-1);
         self.metrics.record(&self.method, self.status, self.bytes);
+        let _in_request = self.span.enter();
         tracing::info!(
             target: "kraken_registry_gateway::access",
+            // Repeated from the span: an access log line stands alone in log pipelines.
             method = %self.method,
             path = %self.path,
             status = self.status.as_u16(),
@@ -97,11 +113,17 @@ impl HttpBody for Observed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.get_mut();
+        let _in_request = this.record.span.clone().entered();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.record.bytes += data.len() as u64;
+                }
+                // hyper stops polling a body that says it has ended (a known length
+                // reached), so the final `None` may never come.
+                if this.inner.is_end_stream() {
+                    this.record.finished = true;
                 }
             }
             Poll::Ready(None) => this.record.finished = true,

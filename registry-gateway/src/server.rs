@@ -63,7 +63,10 @@ pub fn router<R: Registry>(
         .fallback(crate::handlers::dispatch::<R>)
         .with_state(gateway)
         .layer(axum::middleware::from_fn_with_state(
-            metrics,
+            crate::access::Access {
+                metrics,
+                parent: tracing::Span::current(),
+            },
             crate::access::observe,
         )))
 }

@@ -81,7 +81,7 @@ impl TlsListener {
     fn new(listener: TcpListener, tls: TlsAcceptor) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor = tokio::spawn(async move {
+        let accepting = async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
@@ -102,7 +102,9 @@ impl TlsListener {
                     }
                 });
             }
-        });
+        };
+        // In the caller's span (a node's): tokio tasks inherit none.
+        let acceptor = tokio::spawn(tracing::Instrument::in_current_span(accepting));
         Ok(TlsListener {
             addr,
             ready,

@@ -294,13 +294,9 @@ impl Membership {
         let (view_tx, view_rx) = watch::channel(tracker.view());
         let (stop_tx, stop_rx) = watch::channel(false);
         let self_member = Arc::new(Mutex::new(self_member));
-        let view_task = tokio::spawn(maintain_view(
-            tracker,
-            live_rx,
-            view_tx,
-            stop_rx,
-            self_member.clone(),
-        ));
+        let maintaining = maintain_view(tracker, live_rx, view_tx, stop_rx, self_member.clone());
+        // In the caller's span (a node's): tokio tasks inherit none.
+        let view_task = tokio::spawn(tracing::Instrument::in_current_span(maintaining));
         info!(%gossip_addr, cluster = %config.cluster_id, seeds = ?config.seeds, "gossip started");
         Membership {
             handle: Some(handle),

@@ -248,7 +248,7 @@ impl BuildIndex {
     /// executor (until `stop`).
     pub fn spawn_background(&self, stop: watch::Receiver<bool>) {
         let bi = self.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             if bi.inner.store.is_empty().unwrap_or(false) {
                 bi.import_from_backends().await;
             }
@@ -351,7 +351,8 @@ impl BuildIndex {
         }
         let changed = self.inner.store.put(repo, tag, digest).map_err(internal)?;
         self.inner.wake.notify_one();
-        tracing::info!(%repo, %tag, %digest, replica, changed, "tag stored");
+        // The digest is in the request's span.
+        tracing::info!(%repo, %tag, replica, changed, "tag stored");
         Ok(Response::TagPut { changed })
     }
 

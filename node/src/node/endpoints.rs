@@ -33,7 +33,7 @@ pub(super) async fn bind_http(config: &NodeConfig) -> Result<Option<TcpListener>
 
 /// Serves health, readiness and metrics on `listener` until `stop` turns true.
 pub(super) fn serve_http(listener: TcpListener, state: HttpState, stop: watch::Receiver<bool>) {
-    tokio::spawn(http::serve(listener, state, stop));
+    crate::spawn(http::serve(listener, state, stop));
 }
 
 /// Serves the registry API on agents (pull) and proxies (push), if enabled; its address.
@@ -76,7 +76,7 @@ pub(super) async fn start_registry(
     };
     // Fail at start on a bad setting rather than in the serving task.
     gateway.validate().map_err(StartError::Registry)?;
-    tokio::spawn(async move {
+    crate::spawn(async move {
         let served = match tls {
             Some(tls) => serve_tls(listener, registry, gateway, tls, shutdown).await,
             None => serve_registry_plain(listener, registry, gateway, shutdown).await,

@@ -102,7 +102,7 @@ fn refresh_from_seeds(
         ..ViewRefreshConfig::default()
     };
     let cluster = Cluster::new(pool.clone(), rx.clone());
-    tokio::spawn(crate::view::refresh_view(
+    crate::spawn(crate::view::refresh_view(
         cluster,
         cluster_id,
         config.view.seeds.clone(),

@@ -11,6 +11,7 @@ use kraken_transport::quic::{
 };
 use kraken_transport::wire::PeerId;
 use quinn::RecvStream;
+use tracing::Instrument as _;
 
 use super::StartError;
 use crate::config::NodeConfig;
@@ -43,7 +44,8 @@ pub(super) fn pool(
     service: Arc<LateService>,
 ) -> Result<ConnectionPool, StartError> {
     ConnectionPool::new(endpoint.clone(), PoolConfig::default(), move |conn| {
-        tokio::spawn(serve(conn, service.clone(), RpcConfig::default()));
+        let serving = serve(conn, service.clone(), RpcConfig::default());
+        crate::spawn(serving);
     })
     .map_err(StartError::Pool)
 }
@@ -65,7 +67,17 @@ impl Service for LateService {
 
     async fn rpc(&self, peer: PeerId, request: Request, stream: RpcStream) -> StreamOutcome {
         match self.0.get() {
-            Some(s) => s.rpc(peer, request, stream).await,
+            Some(s) => {
+                let span = tracing::info_span!(
+                    "rpc",
+                    request = request.name(),
+                    digest = tracing::field::Empty
+                );
+                if let Some(d) = request.digest() {
+                    span.record("digest", tracing::field::display(d));
+                }
+                s.rpc(peer, request, stream).instrument(span).await
+            }
             None => {
                 stream.reject(codes::REFUSED);
                 StreamOutcome::Done

@@ -202,8 +202,8 @@ impl Origin {
     /// Starts the write-back executor and the repair watcher; they stop when `stop`
     /// turns true.
     pub fn spawn_background(&self, stop: watch::Receiver<bool>) {
-        tokio::spawn(writeback::run(self.clone(), stop.clone()));
-        tokio::spawn(replicate::watch_ring(self.clone(), stop));
+        crate::spawn(writeback::run(self.clone(), stop.clone()));
+        crate::spawn(replicate::watch_ring(self.clone(), stop));
     }
 
     /// The local store.

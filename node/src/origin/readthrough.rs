@@ -10,6 +10,7 @@ use kraken_storage::Digest;
 use kraken_storage::backend::BackendError;
 use kraken_storage::cas::CasError;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::{Origin, internal};
 use crate::bridge::channel_reader;
@@ -33,16 +34,17 @@ impl Origin {
         fetches.insert(*digest, rx.clone());
         drop(fetches);
         let (origin, namespace, digest) = (self.clone(), namespace.to_string(), *digest);
-        tokio::spawn(async move {
+        let span = tracing::info_span!("read_through", %digest, %namespace);
+        let reading = async move {
             let result = origin.fetch_from_backend(&namespace, &digest).await;
             match &result {
-                Ok(()) => tracing::info!(%digest, %namespace, "read through from the backend"),
+                Ok(()) => tracing::info!("read through from the backend"),
                 // Absent from the backend is an answer (registry clients probe blobs before
                 // pushing them), not a fault.
                 Err(e) if e.kind == ErrorKind::NotFound => {
-                    tracing::debug!(%digest, %namespace, "not in the backend either");
+                    tracing::debug!("not in the backend either");
                 }
-                Err(e) => tracing::warn!(%digest, %namespace, error = %e, "read-through failed"),
+                Err(e) => tracing::warn!(error = %e, "read-through failed"),
             }
             // Forget the fetch before telling the waiters, so a failure can be retried by
             // the next request.
@@ -53,7 +55,8 @@ impl Origin {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&digest);
             tx.send_replace(Some(result));
-        });
+        };
+        crate::spawn(reading.instrument(span));
         rx
     }
 

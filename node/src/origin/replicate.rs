@@ -20,6 +20,7 @@ use kraken_membership::{Member, NodeId, Role};
 use kraken_storage::Digest;
 use kraken_storage::cas::{BlobState, CasError};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::Origin;
 use super::upload::push_file;
@@ -44,7 +45,8 @@ impl Origin {
     /// Pushes `digest` to its other owners in the background.
     pub(super) fn spawn_replication(&self, namespace: String, digest: Digest) {
         let origin = self.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!("replicate", %digest);
+        let replicating = async move {
             let targets: Vec<Member> = origin
                 .owners(&digest)
                 .into_iter()
@@ -59,8 +61,8 @@ impl Origin {
                             match origin.push(&owner, namespace, &digest, false).await {
                                 Ok(()) => return,
                                 Err(e) => {
-                                    tracing::warn!(%digest, owner = %owner.id, attempt,
-                                        error = %e, "replication failed");
+                                    tracing::warn!(owner = %owner.id, attempt, error = %e,
+                                        "replication failed");
                                 }
                             }
                             tokio::time::sleep(delay).await;
@@ -69,10 +71,12 @@ impl Origin {
                     }
                 })
                 .await;
-        });
+        };
+        crate::spawn(replicating.instrument(span));
     }
 
     /// Sends the local blob `digest` to `owner` (which skips it if it has it).
+    #[tracing::instrument(name = "push", level = "debug", skip_all, fields(%digest))]
     async fn push(
         &self,
         owner: &Member,
@@ -97,7 +101,7 @@ impl Origin {
         drop(reader);
         if pushed.sent > 0 {
             self.inner.metrics.add_replicated_bytes(pushed.sent);
-            tracing::info!(%digest, owner = %owner.id, bytes = pushed.sent, "replicated");
+            tracing::info!(owner = %owner.id, bytes = pushed.sent, "replicated");
         }
         Ok(())
     }

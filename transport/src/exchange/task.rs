@@ -18,7 +18,9 @@ use super::receive::PieceFault;
 use super::session::Session;
 use super::{DoneState, ExchangeCounters, Handout, PieceExchange, StopReason, Tracker};
 use crate::quic::{BiStream, PeerConnection};
-use crate::swarm::{PeerEvent, PeerKind, PieceOutcome, StorageOp, Swarm, SwarmEvent, Transmit};
+use crate::swarm::{
+    BlacklistReason, PeerEvent, PeerKind, PieceOutcome, StorageOp, Swarm, SwarmEvent, Transmit,
+};
 use crate::wire::{PeerId, PeerMessage, PieceHeader};
 
 /// What a blob task hears about: from the tracker, its peers' streams, and the work it
@@ -242,6 +244,12 @@ impl<T: Tracker> BlobTask<T> {
             SwarmEvent::RequestTimedOut { peer, index } => {
                 tracing::debug!(%peer, %index, "request timed out");
             }
+            // A peer at its connection limit is ordinary back-pressure, not a fault.
+            SwarmEvent::Blacklisted {
+                peer,
+                reason: BlacklistReason::Busy,
+                ..
+            } => tracing::debug!(%peer, "peer busy, trying others"),
             SwarmEvent::Blacklisted { peer, reason, .. } => {
                 tracing::info!(%peer, ?reason, "peer blacklisted");
             }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::codes;
 use super::endpoint::{ConnectError, Endpoint, PeerConnection, Side};
@@ -173,6 +174,9 @@ struct Inner {
     endpoint: Endpoint,
     config: PoolConfig,
     on_connection: Callback,
+    /// The span current where the pool was made (the node's): its own tasks and the
+    /// connection callback run in it, whichever caller's task dialed.
+    span: tracing::Span,
     state: Mutex<State>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -229,10 +233,12 @@ impl ConnectionPool {
             endpoint: endpoint.clone(),
             config,
             on_connection: Box::new(on_connection),
+            span: tracing::Span::current(),
             state: Mutex::new(State::default()),
             accept_task: Mutex::new(None),
         });
-        let task = tokio::spawn(accept_loop(endpoint, Arc::downgrade(&inner)));
+        let accept = accept_loop(endpoint, Arc::downgrade(&inner));
+        let task = tokio::spawn(accept.instrument(inner.span.clone()));
         *inner
             .accept_task
             .lock()
@@ -289,7 +295,8 @@ impl ConnectionPool {
                     }
                     let (tx, rx) = watch::channel(None);
                     st.by_addr.insert(addr, Slot::Dialing(rx.clone()));
-                    tokio::spawn(dial(self.inner.clone(), addr, tx));
+                    let dialing = dial(self.inner.clone(), addr, tx);
+                    tokio::spawn(dialing.instrument(self.inner.span.clone()));
                     rx
                 }
             }
@@ -429,7 +436,7 @@ impl Inner {
         drop(st);
         tracing::debug!(peer = %conn.peer_id(), %addr, "accepted connection");
         self.watch(&conn);
-        (self.on_connection)(conn);
+        self.span.in_scope(|| (self.on_connection)(conn));
     }
 
     /// Drops `conn` from the pool once quinn reports it closed.
@@ -437,13 +444,14 @@ impl Inner {
         let weak = Arc::downgrade(self);
         let quinn_conn = conn.connection().clone();
         let conn = conn.clone();
-        tokio::spawn(async move {
+        let watching = async move {
             let reason = quinn_conn.closed().await;
             tracing::debug!(peer = %conn.peer_id(), %reason, "connection closed");
             if let Some(inner) = weak.upgrade() {
                 inner.forget(&conn);
             }
-        });
+        };
+        tokio::spawn(watching.instrument(self.span.clone()));
     }
 
     fn forget(&self, conn: &PeerConnection) {
@@ -531,7 +539,7 @@ async fn dial(inner: Arc<Inner>, addr: SocketAddr, tx: watch::Sender<DialResult>
     if let Ok(conn) = &outcome {
         tracing::debug!(peer = %conn.peer_id(), %addr, "dialed connection");
         inner.watch(conn);
-        (inner.on_connection)(conn.clone());
+        inner.span.in_scope(|| (inner.on_connection)(conn.clone()));
     }
     // Nobody waiting is fine.
     let _ = tx.send(Some(outcome));
@@ -540,7 +548,7 @@ async fn dial(inner: Arc<Inner>, addr: SocketAddr, tx: watch::Sender<DialResult>
 async fn accept_loop(endpoint: Endpoint, pool: Weak<Inner>) {
     while let Some(accepting) = endpoint.accept().await {
         let pool = pool.clone();
-        tokio::spawn(async move {
+        let handshake = async move {
             let from = accepting.remote_addr();
             match accepting.establish().await {
                 Ok(conn) => match pool.upgrade() {
@@ -549,7 +557,8 @@ async fn accept_loop(endpoint: Endpoint, pool: Weak<Inner>) {
                 },
                 Err(e) => tracing::debug!(%from, error = %e, "incoming handshake failed"),
             }
-        });
+        };
+        tokio::spawn(handshake.in_current_span());
     }
 }
 

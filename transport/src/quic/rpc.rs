@@ -29,6 +29,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tracing::Instrument as _;
 
 use super::codes;
 use super::endpoint::PeerConnection;
@@ -354,6 +355,9 @@ pub async fn serve<S: Service>(
     config: RpcConfig,
 ) -> quinn::ConnectionError {
     let peer = conn.peer_id();
+    // Every stream of the connection is handled in it, so a request's log lines say
+    // which peer asked.
+    let span = tracing::info_span!("conn", %peer);
     let quinn_conn = conn.connection().clone();
     let config = Arc::new(config);
     let strikes = Arc::new(Strikes {
@@ -367,20 +371,22 @@ pub async fn serve<S: Service>(
                 Ok((send, recv)) => {
                     let (service, config, strikes) =
                         (service.clone(), config.clone(), strikes.clone());
-                    tokio::spawn(async move {
+                    let stream = async move {
                         serve_bi(&*service, peer, send, recv, &config, &strikes).await;
-                    });
+                    };
+                    tokio::spawn(stream.instrument(span.clone()));
                 }
                 Err(e) => return e,
             },
             uni = quinn_conn.accept_uni() => match uni {
                 Ok(recv) => {
                     let (service, strikes) = (service.clone(), strikes.clone());
-                    tokio::spawn(async move {
+                    let stream = async move {
                         if service.uni_stream(peer, recv).await == StreamOutcome::Misbehaved {
                             strikes.record(peer, &"handler reported a bad unidirectional stream");
                         }
-                    });
+                    };
+                    tokio::spawn(stream.instrument(span.clone()));
                 }
                 Err(e) => return e,
             },
