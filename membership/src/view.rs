@@ -60,9 +60,12 @@ pub enum ViewError {
         /// The cap.
         max: usize,
     },
+    /// The input is empty.
+    #[error("malformed view: empty input")]
+    Empty,
     /// The bytes are not a postcard view.
     #[error("malformed view: {0}")]
-    Malformed(String),
+    Malformed(#[source] postcard::Error),
     /// An encoding version this code does not know.
     #[error("unsupported view encoding version {0}")]
     UnsupportedVersion(u8),
@@ -319,10 +322,10 @@ impl ClusterView {
         match bytes.first() {
             Some(&WIRE_VERSION) => {}
             Some(&v) => return Err(ViewError::UnsupportedVersion(v)),
-            None => return Err(ViewError::Malformed("empty input".into())),
+            None => return Err(ViewError::Empty),
         }
         let (wire, rest): (Wire, _) =
-            postcard::take_from_bytes(bytes).map_err(|e| ViewError::Malformed(e.to_string()))?;
+            postcard::take_from_bytes(bytes).map_err(ViewError::Malformed)?;
         if !rest.is_empty() {
             return Err(ViewError::TrailingBytes(rest.len()));
         }
@@ -478,10 +481,7 @@ mod tests {
     #[test]
     fn decode_rejects_bad_bytes() {
         let bytes = sample().encode();
-        assert!(matches!(
-            ClusterView::decode(&[]),
-            Err(ViewError::Malformed(_))
-        ));
+        assert_eq!(ClusterView::decode(&[]), Err(ViewError::Empty));
         assert_eq!(
             ClusterView::decode(&[2, 0]),
             Err(ViewError::UnsupportedVersion(2))

@@ -13,7 +13,7 @@ use kraken_membership::{ClusterId, ClusterView, ViewRefreshConfig, ViewRefresher
 use rand::seq::IndexedRandom;
 use tokio::sync::watch;
 
-use crate::client::Cluster;
+use crate::client::{CallError, Cluster};
 use crate::proto::{Request, Response};
 
 /// Resolves `host:port` seeds (names or addresses).
@@ -26,6 +26,17 @@ pub async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddr> {
         }
     }
     out
+}
+
+/// Why one view refresh failed.
+#[derive(Debug, thiserror::Error)]
+enum RefreshError {
+    /// No seed address resolves.
+    #[error("no seed resolves")]
+    NoSeed,
+    /// The seed did not answer.
+    #[error(transparent)]
+    Call(CallError),
 }
 
 /// Keeps `tx` current until `stop` turns true. `cluster` must call through the same pool;
@@ -47,8 +58,8 @@ pub async fn refresh_view(
                 Some(addr) => cluster
                     .call_within(addr, &Request::ClusterView, config.request_timeout)
                     .await
-                    .map_err(|e| e.to_string()),
-                None => Err("no seed resolves".to_string()),
+                    .map_err(RefreshError::Call),
+                None => Err(RefreshError::NoSeed),
             };
             let now = Instant::now();
             match outcome {

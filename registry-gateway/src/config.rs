@@ -95,9 +95,22 @@ pub enum GatewayError {
         /// The failure.
         source: std::io::Error,
     },
-    /// The TLS certificate or key cannot be loaded.
+    /// A TLS certificate or key file cannot be read or parsed.
+    #[error("tls: {what} {path}: {source}")]
+    TlsFile {
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("tls: no certificate in {0}")]
+    NoCertificate(PathBuf),
+    /// rustls refused the certificate and key.
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[from] rustls::Error),
 }
 
 #[cfg(test)]

@@ -32,25 +32,23 @@ pub fn tls_config_from_pem(
     cert_pem: &Path,
     key_pem: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
+    let file_error = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GatewayError::TlsFile { what, path, source }
+    };
     let certs = CertificateDer::pem_file_iter(cert_pem)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| GatewayError::Tls(format!("certificate {}: {e}", cert_pem.display())))?;
+        .map_err(file_error("certificate", cert_pem))?;
     if certs.is_empty() {
-        return Err(GatewayError::Tls(format!(
-            "no certificate in {}",
-            cert_pem.display()
-        )));
+        return Err(GatewayError::NoCertificate(cert_pem.to_path_buf()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_pem)
-        .map_err(|e| GatewayError::Tls(format!("private key {}: {e}", key_pem.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(file_error("private key", key_pem))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| GatewayError::Tls(e.to_string()))?
+    .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| GatewayError::Tls(e.to_string()))?;
+    .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -78,7 +78,7 @@ pub(crate) enum UploadError {
     Unknown,
     /// The client's body broke off; nothing of it was kept.
     #[error("request body failed: {0}")]
-    Body(String),
+    Body(#[source] axum::Error),
     /// A chunk's length differs from its `Content-Range`.
     #[error("chunk has {got} bytes but its range says {expected}")]
     Length {
@@ -456,7 +456,7 @@ async fn write_body(
     let mut stream = body.into_data_stream();
     let mut n: u64 = 0;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
+        let chunk = chunk.map_err(UploadError::Body)?;
         let next = n + chunk.len() as u64;
         if let Some(l) = limit
             && next > l

@@ -32,7 +32,7 @@ fn upload_error(e: UploadError, name: &str, id: &str) -> ApiError {
             ErrorCode::BlobUploadUnknown,
             format!("upload {id} of {name} is unknown or expired"),
         ),
-        UploadError::Body(m) => ApiError::new(ErrorCode::BlobUploadInvalid, m),
+        UploadError::Body(e) => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string()),
         UploadError::Length { expected, got } => ApiError::new(
             ErrorCode::SizeInvalid,
             format!("chunk length {got} does not match its Content-Range ({expected} bytes)"),
