@@ -93,7 +93,8 @@ pub enum NodeRole {
     BuildIndex,
     /// Pulls and seeds on a host.
     Agent,
-    /// The push side of the registry API (issue "Registry gateway"; not in this build yet).
+    /// The push side of the registry API: uploads go to the origins, tags to the
+    /// build-index.
     Proxy,
 }
 

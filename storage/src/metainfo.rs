@@ -189,7 +189,7 @@ pub enum PieceError {
 /// pieces: a swarm forwards whole verified pieces, so each piece costs a store-and-forward
 /// delay per hop, and with too few pieces that delay dominates (a 100 MiB blob on
 /// 100 Mbit/s links took 1.99 × the lower bound in 4 MiB pieces, 1.37 × in 1 MiB and
-/// 1.20 × in 256 KiB; see the README's benchmarks). Blobs of 1 GiB and more use 4 MiB
+/// 1.20 × in 256 KiB; see docs/performance.md). Blobs of 1 GiB and more use 4 MiB
 /// pieces: few enough hashes and requests, large enough to keep QUIC streams busy; from
 /// 8 GiB, 16 MiB pieces keep the metainfo (64 bytes a piece: a hash and a chaining state)
 /// small (a 100 GiB blob's: 400 KiB) and blobs up to 4 TiB within [`MAX_PIECES`]. A seeder
