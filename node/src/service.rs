@@ -102,7 +102,7 @@ impl NodeService {
             "{} ({}) does not serve {}",
             self.info.name,
             self.info.roles.join(","),
-            request_name(&request)
+            request.name()
         )))
     }
 
@@ -137,31 +137,6 @@ async fn send_metainfo(stream: &mut RpcStream, bytes: &[u8]) -> bool {
 
 fn wrong_node(message: impl Into<String>) -> Response {
     Response::Error(RemoteError::new(ErrorKind::WrongNode, message))
-}
-
-fn request_name(r: &Request) -> &'static str {
-    match r {
-        Request::Ping => "Ping",
-        Request::ClusterView => "ClusterView",
-        Request::Announce { .. } => "Announce",
-        Request::Metainfo { .. } => "Metainfo",
-        Request::Peers { .. } => "Peers",
-        Request::OriginMetainfo { .. } => "OriginMetainfo",
-        Request::BlobStat { .. } => "BlobStat",
-        Request::UploadStatus { .. } => "UploadStatus",
-        Request::Upload { .. } => "Upload",
-        Request::Download { .. } => "Download",
-        Request::WriteBackStatus => "WriteBackStatus",
-        Request::Pull { .. } => "Pull",
-        Request::PullReport { .. } => "PullReport",
-        Request::PutTag { .. } => "PutTag",
-        Request::GetTag { .. } => "GetTag",
-        Request::ListTags { .. } => "ListTags",
-        Request::ListRepos { .. } => "ListRepos",
-        Request::TagHistory { .. } => "TagHistory",
-        Request::ReplicationStatus => "ReplicationStatus",
-        Request::DeleteTag { .. } => "DeleteTag",
-    }
 }
 
 impl Service for NodeService {
