@@ -49,6 +49,10 @@ pub(crate) async fn observe(
         .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
     let status = response.status();
     let (parts, body) = response.into_parts();
+    let expected = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let record = Record {
         span,
         metrics,
@@ -57,6 +61,7 @@ pub(crate) async fn observe(
         status,
         start,
         bytes: 0,
+        expected,
         finished: body.is_end_stream(),
     };
     Response::from_parts(
@@ -76,6 +81,9 @@ struct Record {
     status: StatusCode,
     start: Instant,
     bytes: u64,
+    /// The body's length, when the response says it: hyper stops polling a body once
+    /// that many bytes are out, so the final `None` may never come.
+    expected: Option<u64>,
     finished: bool,
 }
 
@@ -120,9 +128,7 @@ impl HttpBody for Observed {
                 if let Some(data) = frame.data_ref() {
                     this.record.bytes += data.len() as u64;
                 }
-                // hyper stops polling a body that says it has ended (a known length
-                // reached), so the final `None` may never come.
-                if this.inner.is_end_stream() {
+                if this.inner.is_end_stream() || this.record.expected == Some(this.record.bytes) {
                     this.record.finished = true;
                 }
             }
