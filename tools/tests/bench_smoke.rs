@@ -3,24 +3,12 @@
 //! `kraken` binary, built here if missing): prints SKIPPED without them, except under CI
 //! (`CI` set), where it must run.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::Command;
 
-fn kraken_binary(bench: &Path) -> Option<PathBuf> {
-    let dir = bench.parent()?;
-    let path = dir.join("kraken");
-    if path.is_file() {
-        return Some(path);
-    }
-    // Build it in the same profile as this test.
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "kraken-node", "--bin", "kraken"]);
-    if dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    let ok = cmd.status().is_ok_and(|s| s.success());
-    (ok && path.is_file()).then_some(path)
-}
+use support::{have, kraken_binary};
 
 #[test]
 fn smoke_run_completes_byte_identical() {
@@ -30,11 +18,7 @@ fn smoke_run_completes_byte_identical() {
         eprintln!("SKIPPED bench_smoke: {why}");
         return;
     }
-    if Command::new("python3").arg("-V").output().is_err()
-        || Command::new("curl").arg("-V").output().is_err()
-    {
-        assert!(!ci, "bench smoke needs python3 and curl under CI");
-        eprintln!("SKIPPED bench_smoke: python3 or curl is not installed");
+    if !have("bench_smoke", "python3") || !have("bench_smoke", "curl") {
         return;
     }
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_kraken-bench"));

@@ -16,6 +16,9 @@
 //! - [`simnet`]: the calibration scenario and its figures.
 //! - [`report`]: T_min, distributions, ratios, egress, CPU s/GB; table and JSON.
 //! - [`run`]: one run start to finish, with faults ([`run::Fault`]).
+//! - [`data`]: seeded pseudo-random blobs and stored-gzip layers, written fast.
+//! - [`registry`]: `kraken-bench registry`, the registry edge (push, pulls, an image
+//!   through skopeo) against Debian's docker-registry on loopback, no namespaces.
 //!
 //! # What is measured
 //!
@@ -29,8 +32,10 @@
 pub mod baseline;
 pub mod cluster;
 pub mod ctl;
+pub mod data;
 pub mod netns;
 pub mod procs;
+pub mod registry;
 pub mod report;
 pub mod run;
 pub mod simnet;

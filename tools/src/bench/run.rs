@@ -17,6 +17,7 @@ use kraken_storage::{Digest, DigestAlgorithm, PieceLengthTable};
 use super::baseline;
 use super::cluster::{ClientTls, Cluster, ClusterConfig};
 use super::ctl::AgentPull;
+use super::data::write_random;
 use super::netns::{NetConfig, Rate, Testnet, check_prerequisites};
 use super::report::{Bound, HostResult, PhaseReport, RunReport, Setup, SimFigure, Targets};
 use super::simnet::{SimSetup, simulate};
@@ -160,28 +161,8 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Writes `len` pseudo-random bytes (splitmix64, fixed seed) to `path`.
-pub fn write_blob(path: &Path, len: u64) -> anyhow::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for chunk in buf.chunks_mut(8) {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
-    Ok(())
-}
+/// The seed of the blob a run distributes (the same bytes every run, as before seeds).
+const RUN_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// sha256 of a file; `None` if it cannot be read.
 pub fn hash_path(path: &Path) -> Option<Digest> {
@@ -399,8 +380,7 @@ fn write_and_plan(
     let blob_len = args.size_mib << 20;
     std::fs::create_dir_all(blob_dir)?;
     let blob = blob_dir.join("blob");
-    write_blob(&blob, blob_len)?;
-    let digest = hash_path(&blob).context("cannot hash the blob")?;
+    let digest = write_random(&blob, blob_len, RUN_SEED)?;
     let rate = args.rate.bytes_per_sec();
     let bound = Bound::compute(
         blob_len as f64,

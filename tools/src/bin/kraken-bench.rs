@@ -5,18 +5,22 @@
 //! - `kraken-bench smoke`: 1 origin + 2 agents, 20 MiB; fails unless every copy is
 //!   byte-identical.
 //! - `kraken-bench down [--prefix kb]`: removes what a crashed run left.
+//! - `kraken-bench registry [--mib 1024] [--rounds 5] [--steps …] [--json-out FILE]`:
+//!   the registry edge against Debian's docker-registry on loopback (no namespaces).
 //! - `kraken-bench ctl …`: the control client the harness runs inside the control
 //!   namespace (internal).
 
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kraken_tools::bench::ctl::{self, CtlArgs};
 use kraken_tools::bench::netns::down_all;
+use kraken_tools::bench::registry::{self, RegistryArgs};
 use kraken_tools::bench::run::{self, RunArgs};
 
-/// Multi-host benchmarks of kraken on shaped links (needs root, ip, tc, python3, curl).
+/// Benchmarks of kraken: multi-host on shaped links (needs root, ip, tc, python3, curl),
+/// and the registry edge against docker-registry (needs docker-registry, curl, skopeo).
 #[derive(Debug, Parser)]
 #[command(name = "kraken-bench", version)]
 struct Cli {
@@ -34,6 +38,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The registry edge against docker-registry 2.8: pushes, cold, second-agent, warm
+    /// and ranged pulls with curl, an image with skopeo; interleaved rounds, ratios.
+    Registry(RegistryArgs),
     /// Remove namespaces and processes a crashed run left behind.
     Down {
         /// Namespace prefix.
@@ -73,6 +80,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("smoke failed: not every host completed with the right bytes");
             }
             println!("smoke ok");
+            Ok(())
+        }
+        Command::Registry(args) => {
+            let report = registry::run(&args)?;
+            if let Some(path) = &args.json_out {
+                std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
             Ok(())
         }
         Command::Down { prefix } => {
