@@ -151,8 +151,17 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<RegistryReport> {
         notes: Vec::new(),
         measurements: Vec::new(),
     };
+    let started = std::time::Instant::now();
     for round in 1..=args.rounds {
+        let at = std::time::Instant::now();
         bench.round(round)?;
+        // Rounds take minutes at the default sizes: say how long, to plan the rest.
+        eprintln!(
+            "kraken-bench: round {round} of {} took {:.0} s ({:.0} s so far)",
+            args.rounds,
+            at.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
     }
     if !bench.caches.allowed {
         let why = if args.no_drop_caches {
