@@ -312,6 +312,24 @@ pub struct RegistrySection {
     /// Agents: registries to pass through to for repositories the cluster lacks
     /// (`[[registry.upstreams]] namespace = "<regex>", url = "https://…"`).
     pub upstreams: Vec<crate::upstream::UpstreamConfig>,
+    /// Agents: serve blobs complete on this host from a zero-copy blob server (`sendfile`
+    /// from the store), which blob `GET`s are redirected to. Plain HTTP only: off while
+    /// `tls_cert` is set.
+    pub blob_server: bool,
+    /// The blob server's TCP address (default: `listen`'s IP, a port the OS picks; the
+    /// redirect names whatever was bound).
+    pub blob_listen: Option<SocketAddr>,
+}
+
+impl RegistrySection {
+    /// Where the blob server listens, if this node runs one: agents with a plain-HTTP
+    /// registry API and `blob_server` on.
+    pub fn blob_address(&self) -> Option<SocketAddr> {
+        (self.enabled && self.blob_server && self.tls_cert.is_none()).then(|| {
+            self.blob_listen
+                .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), 0))
+        })
+    }
 }
 
 impl Default for RegistrySection {
@@ -327,6 +345,8 @@ impl Default for RegistrySection {
             tls_cert: None,
             tls_key: None,
             upstreams: Vec::new(),
+            blob_server: true,
+            blob_listen: None,
         }
     }
 }
