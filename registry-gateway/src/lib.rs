@@ -63,6 +63,7 @@ mod tls;
 mod uploads;
 
 pub use auth::{AuthConfigError, BasicCredential, PushAuth};
+pub use blobserve::fuzzing::decode_blob_request;
 pub use blobserve::{BlobServerConfig, DEFAULT_BLOB_MAX_CONNECTIONS, serve_blobs};
 pub use config::{
     DEFAULT_MAX_MANIFEST_LEN, DEFAULT_PAGE_LIMIT, DEFAULT_UPLOAD_TTL, GatewayConfig, GatewayError,

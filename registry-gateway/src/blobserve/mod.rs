@@ -30,9 +30,11 @@
 //!
 //! Modules: [`request`] (the head parser and its deadlines), [`response`] (heads, error
 //! bodies, `Date`), [`send`] (the `sendfile` loop on a blocking thread), [`conn`] (one
-//! connection), [`redirect`] (both redirects and the `Location` they name).
+//! connection), [`redirect`] (both redirects and the `Location` they name), [`fuzzing`]
+//! (all of the decoding of a request, for the fuzzer).
 
 pub(crate) mod conn;
+pub(crate) mod fuzzing;
 pub(crate) mod redirect;
 pub(crate) mod request;
 pub(crate) mod response;
