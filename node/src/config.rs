@@ -446,6 +446,13 @@ impl NodeConfig {
         if self.registry.tls_cert.is_some() != self.registry.tls_key.is_some() {
             return bad("registry.tls_cert and registry.tls_key go together".into());
         }
+        if self.registry.blob_listen.is_some() && self.registry.tls_cert.is_some() {
+            return bad(
+                "registry.blob_listen with registry.tls_cert: the blob server is plain HTTP \
+                 and stays off behind TLS; remove blob_listen"
+                    .into(),
+            );
+        }
         if let Some(bad_user) = self.registry.push_users.iter().find(|u| !u.contains(':')) {
             return bad(format!(
                 "registry.push_users: {:?} is not user:password",
@@ -600,6 +607,35 @@ mod tests {
 
         let e = toml::from_str::<NodeConfig>("[node]\nnmae = \"x\"").unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn the_blob_server_runs_on_plain_http_registries_and_names_its_address() {
+        let r: RegistrySection =
+            toml::from_str("listen = \"10.0.0.3:5000\"\nenabled = true").unwrap();
+        assert_eq!(r.blob_address(), Some("10.0.0.3:0".parse().unwrap()));
+        let fixed: RegistrySection =
+            toml::from_str("enabled = true\nblob_listen = \"0.0.0.0:5001\"").unwrap();
+        assert_eq!(fixed.blob_address(), Some("0.0.0.0:5001".parse().unwrap()));
+        let off: RegistrySection = toml::from_str("enabled = true\nblob_server = false").unwrap();
+        assert_eq!(off.blob_address(), None);
+        let tls = RegistrySection {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..r
+        };
+        assert_eq!(tls.blob_address(), None);
+
+        let mut c = minimal();
+        c.registry = RegistrySection {
+            blob_listen: Some("0.0.0.0:5001".parse().unwrap()),
+            ..tls
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("registry.blob_listen with registry.tls_cert"),
+            "{e}"
+        );
     }
 
     /// What `SwarmSection::to_swarm_config` built before `[swarm]` was a `SwarmConfig`,
