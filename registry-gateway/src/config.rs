@@ -36,8 +36,8 @@ pub struct GatewayConfig {
     pub metrics: GatewayMetrics,
     /// The zero-copy blob server ([`crate::serve_blobs`]) of this host, if it runs one: a
     /// blob `GET` answers `307` there when [`crate::registry::Registry::local_blob`] holds
-    /// the blob. Plain HTTP only (the redirect names `http://`): leave it unset when the
-    /// registry API serves HTTPS.
+    /// the blob. Plain HTTP only (the redirect names `http://`): [`crate::serve_tls`]
+    /// ignores it and streams every blob.
     pub blob_server: Option<SocketAddr>,
 }
 

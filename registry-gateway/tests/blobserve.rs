@@ -37,12 +37,17 @@ struct Pair {
 
 impl Pair {
     async fn start(tweak: impl FnOnce(&mut BlobServerConfig)) -> Pair {
+        Pair::start_on("127.0.0.1:0", tweak).await
+    }
+
+    /// With the blob server bound to `blob_bind`.
+    async fn start_on(blob_bind: &str, tweak: impl FnOnce(&mut BlobServerConfig)) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let cas = Cas::open(CasConfig::at(dir.path().join("cas"))).unwrap();
         let registry = MemRegistry::new();
         registry.cas.set(cas.clone()).ok().unwrap();
         let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let blob_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let blob_listener = tokio::net::TcpListener::bind(blob_bind).await.unwrap();
         let api = api_listener.local_addr().unwrap();
         let blobs = blob_listener.local_addr().unwrap();
         let metrics = GatewayMetrics::new();
@@ -222,6 +227,26 @@ async fn warm_blobs_redirect_and_arrive_byte_identical_whole_and_in_ranges() {
     assert!(p.metrics.requests("GET", 2) >= 12);
     assert_eq!(p.metrics.requests("GET", 4), 1);
     assert!(p.metrics.response_bytes() >= 2 * total);
+}
+
+#[tokio::test]
+async fn a_wildcard_blob_server_is_named_by_the_host_the_client_used() {
+    let p = Pair::start_on("0.0.0.0:0", |_| {}).await;
+    let data = bytes_of(300_000, 29);
+    let d = p.put_local(&data);
+    let url = format!("http://localhost:{}/v2/library/app/blobs/{d}", p.api.port());
+    let r = no_redirects().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        header(&r, "location").unwrap(),
+        format!(
+            "http://localhost:{}/v2/library/app/blobs/{d}",
+            p.blobs.port()
+        )
+    );
+    let r = http_client().get(&url).send().await.unwrap();
+    assert_eq!(r.url().port(), Some(p.blobs.port()));
+    assert!(r.bytes().await.unwrap() == data);
 }
 
 /// Runs `curl -sS -L -o <file> [-r range] url`; the file's bytes.
