@@ -312,6 +312,24 @@ pub struct RegistrySection {
     /// Agents: registries to pass through to for repositories the cluster lacks
     /// (`[[registry.upstreams]] namespace = "<regex>", url = "https://…"`).
     pub upstreams: Vec<crate::upstream::UpstreamConfig>,
+    /// Agents: serve blobs complete on this host from a zero-copy blob server (`sendfile`
+    /// from the store), which blob `GET`s are redirected to. Plain HTTP only: off while
+    /// `tls_cert` is set.
+    pub blob_server: bool,
+    /// The blob server's TCP address (default: `listen`'s IP, a port the OS picks; the
+    /// redirect names whatever was bound).
+    pub blob_listen: Option<SocketAddr>,
+}
+
+impl RegistrySection {
+    /// Where the blob server listens, if this node runs one: agents with a plain-HTTP
+    /// registry API and `blob_server` on.
+    pub fn blob_address(&self) -> Option<SocketAddr> {
+        (self.enabled && self.blob_server && self.tls_cert.is_none()).then(|| {
+            self.blob_listen
+                .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), 0))
+        })
+    }
 }
 
 impl Default for RegistrySection {
@@ -327,6 +345,8 @@ impl Default for RegistrySection {
             tls_cert: None,
             tls_key: None,
             upstreams: Vec::new(),
+            blob_server: true,
+            blob_listen: None,
         }
     }
 }
@@ -425,6 +445,13 @@ impl NodeConfig {
         crate::upstream::validate(&self.registry.upstreams)?;
         if self.registry.tls_cert.is_some() != self.registry.tls_key.is_some() {
             return bad("registry.tls_cert and registry.tls_key go together".into());
+        }
+        if self.registry.blob_listen.is_some() && self.registry.tls_cert.is_some() {
+            return bad(
+                "registry.blob_listen with registry.tls_cert: the blob server is plain HTTP \
+                 and stays off behind TLS; remove blob_listen"
+                    .into(),
+            );
         }
         if let Some(bad_user) = self.registry.push_users.iter().find(|u| !u.contains(':')) {
             return bad(format!(
@@ -580,6 +607,35 @@ mod tests {
 
         let e = toml::from_str::<NodeConfig>("[node]\nnmae = \"x\"").unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn the_blob_server_runs_on_plain_http_registries_and_names_its_address() {
+        let r: RegistrySection =
+            toml::from_str("listen = \"10.0.0.3:5000\"\nenabled = true").unwrap();
+        assert_eq!(r.blob_address(), Some("10.0.0.3:0".parse().unwrap()));
+        let fixed: RegistrySection =
+            toml::from_str("enabled = true\nblob_listen = \"0.0.0.0:5001\"").unwrap();
+        assert_eq!(fixed.blob_address(), Some("0.0.0.0:5001".parse().unwrap()));
+        let off: RegistrySection = toml::from_str("enabled = true\nblob_server = false").unwrap();
+        assert_eq!(off.blob_address(), None);
+        let tls = RegistrySection {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..r
+        };
+        assert_eq!(tls.blob_address(), None);
+
+        let mut c = minimal();
+        c.registry = RegistrySection {
+            blob_listen: Some("0.0.0.0:5001".parse().unwrap()),
+            ..tls
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("registry.blob_listen with registry.tls_cert"),
+            "{e}"
+        );
     }
 
     /// What `SwarmSection::to_swarm_config` built before `[swarm]` was a `SwarmConfig`,

@@ -20,7 +20,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kraken_client::download::Download;
 use kraken_membership::Role;
-use kraken_registry_gateway::registry::{BlobBody, Page, Registry, RegistryError};
+use kraken_registry_gateway::registry::{BlobBody, LocalBlob, Page, Registry, RegistryError};
+use kraken_storage::cas::CasError;
 use kraken_storage::{Digest, Metainfo};
 
 use crate::agent::Agent;
@@ -298,6 +299,21 @@ impl Registry for ClusterRegistry {
             }
             other => other,
         }
+    }
+
+    /// Agents: the blob if their store holds it complete, held open (the store neither
+    /// evicts nor deletes it meanwhile). Proxies hold nothing.
+    async fn local_blob(&self, digest: &Digest) -> Option<LocalBlob> {
+        let reader = match self.agent.as_ref()?.cas().reader(digest) {
+            Ok(reader) => reader,
+            Err(CasError::NotFound(_)) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a local blob; streaming it instead");
+                return None;
+            }
+        };
+        let file = reader.file().try_clone().ok()?;
+        Some(LocalBlob::new(file, reader.len(), reader))
     }
 
     async fn list_tags(

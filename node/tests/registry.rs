@@ -160,16 +160,7 @@ async fn skopeo_pushes_through_the_proxy_and_pulls_through_agents() {
         .unwrap()
         .to_string();
     let out1 = dir.join("out1");
-    run(
-        "skopeo",
-        vec![
-            "copy".into(),
-            "--src-tls-verify=false".into(),
-            format!("docker://{pull1}/library/app:v1"),
-            format!("oci:{}:v1", out1.display()),
-        ],
-    )
-    .await;
+    skopeo_pull(format!("docker://{pull1}/library/app:v1"), &out1).await;
     // umoci keeps the superseded manifests and configs of each step; the pull holds
     // exactly the blobs of v1, all of them from the source.
     let source = blobs_of(&dir.join("img"));
@@ -180,6 +171,22 @@ async fn skopeo_pushes_through_the_proxy_and_pulls_through_agents() {
         pulled.len(),
         4,
         "manifest, config and two layers: {pulled:?}"
+    );
+
+    // Again through agent 1, which now holds every blob: the blob GETs are redirected to
+    // its zero-copy blob server, and the same bytes arrive.
+    let redirected = blob_redirects(&c, a1);
+    let out1b = dir.join("out1b");
+    skopeo_pull(format!("docker://{pull1}/library/app:v1"), &out1b).await;
+    assert_eq!(blobs_of(&out1b), pulled);
+    for blob in &pulled {
+        let path = |out: &Path| out.join("blobs/sha256").join(blob);
+        assert!(std::fs::read(path(&out1b)).unwrap() == std::fs::read(path(&out1)).unwrap());
+    }
+    let now = blob_redirects(&c, a1);
+    assert!(
+        now >= redirected + 3,
+        "config and layers redirected: {redirected} -> {now}"
     );
 
     // The tag is listed through the agent.
@@ -208,6 +215,30 @@ async fn skopeo_pushes_through_the_proxy_and_pulls_through_agents() {
     )
     .await;
     assert_eq!(blobs_of(&out2), pulled);
+}
+
+/// `skopeo copy` of `src` (plain HTTP) into the OCI layout `out`, tag `v1`.
+async fn skopeo_pull(src: String, out: &Path) {
+    run(
+        "skopeo",
+        vec![
+            "copy".into(),
+            "--src-tls-verify=false".into(),
+            src,
+            format!("oci:{}:v1", out.display()),
+        ],
+    )
+    .await;
+}
+
+/// Blob GETs the agent's registry API redirected to its blob server (3xx GETs).
+fn blob_redirects(c: &TestCluster, agent: usize) -> u64 {
+    let text = c.node(agent).metrics().render();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("kraken_gateway_requests_total{method=\"GET\",status=\"3xx\"} ")
+        })
+        .map_or(0, |v| v.parse().unwrap())
 }
 
 /// A private containerd daemon (its own root, state and socket), stopped on drop.
@@ -293,22 +324,46 @@ async fn containerd_pulls_through_an_agent_as_its_registry_mirror() {
         ],
     )
     .await;
-    let listed = run(
-        "ctr",
-        vec!["--address".into(), sock, "content".into(), "ls".into()],
-    )
-    .await;
+    let ctr = |args: &[&str]| {
+        let mut all = vec!["--address".to_string(), sock.clone()];
+        all.extend(args.iter().map(ToString::to_string));
+        run("ctr", all)
+    };
+    let listed = ctr(&["content", "ls"]).await;
     // Manifest, config and both layers are now in containerd's content store.
     let agent = c.node(a1).roles().agent.clone().unwrap();
     let held: Vec<_> = agent.cas().list().unwrap();
     assert!(held.len() >= 4, "the agent downloaded {} blobs", held.len());
-    for blob in held {
-        assert!(
-            listed.contains(&blob.digest.to_string()),
-            "{} not in containerd:\n{listed}",
-            blob.digest
-        );
-    }
+    let in_containerd = |listed: &str| {
+        for blob in &held {
+            assert!(
+                listed.contains(&blob.digest.to_string()),
+                "{} not in containerd:\n{listed}",
+                blob.digest
+            );
+        }
+    };
+    in_containerd(&listed);
+
+    // Forgotten by containerd and pulled again: the agent holds every blob now, so the
+    // blob GETs are redirected to its blob server, and containerd (which checks each
+    // digest) stores them again.
+    let redirected = blob_redirects(&c, a1);
+    ctr(&["images", "rm", "--sync", "docker.io/library/app:v1"]).await;
+    ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts.display().to_string(),
+        "docker.io/library/app:v1",
+    ])
+    .await;
+    in_containerd(&ctr(&["content", "ls"]).await);
+    let now = blob_redirects(&c, a1);
+    assert!(
+        now >= redirected + 3,
+        "config and layers redirected: {redirected} -> {now}"
+    );
 }
 
 fn http() -> reqwest::Client {

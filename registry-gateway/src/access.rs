@@ -40,7 +40,7 @@ pub(crate) async fn observe(
 ) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let path: String = req.uri().path().chars().take(512).collect();
+    let path = clip_path(req.uri().path());
     let span = tracing::info_span!(parent: &parent, "request", %method, %path);
     metrics.in_flight(1);
     let mut response = next.run(req).instrument(span.clone()).await;
@@ -73,6 +73,11 @@ pub(crate) async fn observe(
     )
 }
 
+/// A request path as logged: at most 512 characters.
+pub(crate) fn clip_path(path: &str) -> String {
+    path.chars().take(512).collect()
+}
+
 struct Record {
     span: tracing::Span,
     metrics: GatewayMetrics,
@@ -89,9 +94,39 @@ struct Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        self.metrics.in_flight(-1);
-        self.metrics.record(&self.method, self.status, self.bytes);
         let _in_request = self.span.enter();
+        Served {
+            method: &self.method,
+            path: &self.path,
+            status: self.status,
+            bytes: self.bytes,
+            start: self.start,
+            complete: self.finished,
+        }
+        .finish(&self.metrics);
+    }
+}
+
+/// A request served, as the access log and the metrics see it (the registry API's and the
+/// blob server's alike).
+pub(crate) struct Served<'a> {
+    pub(crate) method: &'a Method,
+    /// The path, clipped to 512 characters.
+    pub(crate) path: &'a str,
+    pub(crate) status: StatusCode,
+    /// Body bytes sent.
+    pub(crate) bytes: u64,
+    pub(crate) start: Instant,
+    /// Whether the whole body went out (a HEAD always counts as complete).
+    pub(crate) complete: bool,
+}
+
+impl Served<'_> {
+    /// Counts the request, ends its in-flight count and writes its access log line (in
+    /// the current span: the request's).
+    pub(crate) fn finish(&self, metrics: &GatewayMetrics) {
+        metrics.in_flight(-1);
+        metrics.record(self.method, self.status, self.bytes);
         tracing::info!(
             target: "kraken_registry_gateway::access",
             // Repeated from the span: an access log line stands alone in log pipelines.
@@ -100,7 +135,7 @@ impl Drop for Record {
             status = self.status.as_u16(),
             bytes = self.bytes,
             elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            complete = self.finished || self.method == Method::HEAD,
+            complete = self.complete || *self.method == Method::HEAD,
             "request"
         );
     }

@@ -1,6 +1,7 @@
 //! [`GatewayConfig`]: what one gateway serves and how, and [`GatewayError`] for a gateway
 //! that cannot start.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,6 +34,11 @@ pub struct GatewayConfig {
     pub upload_ttl: Duration,
     /// Counters of the requests served (keep a clone to render them).
     pub metrics: GatewayMetrics,
+    /// The zero-copy blob server ([`crate::serve_blobs`]) of this host, if it runs one: a
+    /// blob `GET` answers `307` there when [`crate::registry::Registry::local_blob`] holds
+    /// the blob. Plain HTTP only (the redirect names `http://`): [`crate::serve_tls`]
+    /// ignores it and streams every blob.
+    pub blob_server: Option<SocketAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -48,6 +54,7 @@ impl Default for GatewayConfig {
             page_limit: DEFAULT_PAGE_LIMIT,
             upload_ttl: DEFAULT_UPLOAD_TTL,
             metrics: GatewayMetrics::default(),
+            blob_server: None,
         }
     }
 }

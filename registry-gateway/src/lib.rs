@@ -15,7 +15,9 @@
 //! - `config`: [`GatewayConfig`], [`GatewayError`]; `auth`: [`PushAuth`] for writes;
 //!   `metrics`: [`GatewayMetrics`] (registered into the process's prometheus-client
 //!   registry).
-//! - `server`: [`router`] and [`serve`]; `tls`: [`serve_tls`].
+//! - `server`: [`router`] and [`serve`]; `tls`: [`serve_tls`]; `blobserve`:
+//!   [`serve_blobs`], the zero-copy blob server blob `GET`s are redirected to when the
+//!   blob is complete on this host.
 //! - `route`: which endpoint a path names (parsed from the right, names have slashes);
 //!   `reference`: validation of names, tags and digests; `range`: `Range` and
 //!   `Content-Range`; `uploads`: durable upload sessions on disk; `referrers`: the
@@ -31,7 +33,7 @@
 //! |---|---|
 //! | `GET /v2/` | 200 `{}` |
 //! | `GET,HEAD /v2/<name>/manifests/<tag or digest>` | the manifest, typed by its `mediaType` |
-//! | `GET,HEAD /v2/<name>/blobs/<digest>` | the blob, streamed; `Range` gives 206 or 416 |
+//! | `GET,HEAD /v2/<name>/blobs/<digest>` | the blob, streamed; `Range` gives 206 or 416; a `GET` of a blob complete on this host is `307` to the blob server when one runs ([`GatewayConfig::blob_server`]) |
 //! | `GET /v2/<name>/tags/list`, `GET /v2/_catalog` | pages (`n`, `last`, `Link`) |
 //! | `GET /v2/<name>/referrers/<digest>` | an OCI index (empty when none) |
 //! | `POST /v2/<name>/blobs/uploads/` | session (202), monolithic `?digest=` or mount (201) |
@@ -44,6 +46,7 @@
 
 mod access;
 mod auth;
+mod blobserve;
 mod config;
 pub mod error;
 mod handlers;
@@ -60,6 +63,8 @@ mod tls;
 mod uploads;
 
 pub use auth::{AuthConfigError, BasicCredential, PushAuth};
+pub use blobserve::fuzzing::decode_blob_request;
+pub use blobserve::{BlobServerConfig, DEFAULT_BLOB_MAX_CONNECTIONS, serve_blobs};
 pub use config::{
     DEFAULT_MAX_MANIFEST_LEN, DEFAULT_PAGE_LIMIT, DEFAULT_UPLOAD_TTL, GatewayConfig, GatewayError,
 };

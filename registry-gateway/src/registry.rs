@@ -40,6 +40,52 @@ impl std::fmt::Debug for BlobBody {
     }
 }
 
+/// A complete, verified blob on this host's disk, held open: what the zero-copy blob server
+/// sends from (see [`Registry::local_blob`]).
+///
+/// The value keeps whatever `hold` is (the store's reader registration) alive, so the
+/// store neither evicts nor deletes the blob until it is dropped.
+pub struct LocalBlob {
+    file: std::fs::File,
+    len: u64,
+    _hold: Box<dyn Send>,
+}
+
+impl LocalBlob {
+    /// A blob whose `len` bytes are `file`'s from offset 0. `file` must not change while
+    /// `hold` lives; `hold` is dropped with the value.
+    pub fn new(file: std::fs::File, len: u64, hold: impl Send + 'static) -> Self {
+        LocalBlob {
+            file,
+            len,
+            _hold: Box::new(hold),
+        }
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// The blob's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for the empty blob.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for LocalBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBlob")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A page of names (tags or repositories), sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
@@ -106,6 +152,15 @@ pub trait Registry: Send + Sync + 'static {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> impl Future<Output = Result<BlobBody, RegistryError>> + Send;
+
+    /// The blob, if this host holds it complete and verified on its own disk (an agent's
+    /// store); `None` otherwise, and by default. The blob server sends these bytes
+    /// straight from the file without checking them again, and the blob `GET` redirects
+    /// there only when this answers `Some`.
+    fn local_blob(&self, digest: &Digest) -> impl Future<Output = Option<LocalBlob>> + Send {
+        let _ = digest;
+        async { None }
+    }
 
     /// A page of `repo`'s tags after `after` ([`RegistryError::NameUnknown`] if the
     /// repository has none).

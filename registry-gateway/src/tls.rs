@@ -61,6 +61,12 @@ pub async fn serve_tls<R: Registry>(
     tls: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    // No redirects to the blob server: it is plain HTTP (its `sendfile` cannot encrypt),
+    // and sending an HTTPS client there would downgrade it. Blobs stream over TLS.
+    let config = GatewayConfig {
+        blob_server: None,
+        ..config
+    };
     let app = router(registry, config).map_err(io::Error::other)?;
     let listener = TlsListener::new(listener, TlsAcceptor::from(tls))?;
     axum::serve(listener, app)

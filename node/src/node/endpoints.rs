@@ -1,12 +1,12 @@
-//! A node's TCP endpoints: the HTTP endpoint (health, readiness, metrics) and the
-//! registry API (agents: pull; proxies: push).
+//! A node's TCP endpoints: the HTTP endpoint (health, readiness, metrics), the registry
+//! API (agents: pull; proxies: push) and, on agents, its zero-copy blob server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kraken_registry_gateway::{
-    BasicCredential, GatewayConfig, GatewayMetrics, PushAuth, serve as serve_registry_plain,
-    serve_tls, tls_config_from_pem,
+    BasicCredential, BlobServerConfig, GatewayConfig, GatewayMetrics, PushAuth,
+    serve as serve_registry_plain, serve_blobs, serve_tls, tls_config_from_pem,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,7 +42,7 @@ pub(super) async fn start_registry(
     roles: &Roles,
     cluster: &Cluster,
     metrics: GatewayMetrics,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<Option<SocketAddr>, StartError> {
     let Some(registry) = registry(config, roles, cluster)? else {
         return Ok(None);
@@ -58,15 +58,24 @@ pub(super) async fn start_registry(
         max_manifest_len: section.max_manifest_len,
         auth: push_auth(section),
         page_limit: section.page_limit,
-        metrics,
+        metrics: metrics.clone(),
         ..GatewayConfig::default()
     };
-    let addr = section.listen;
-    let bind_error = |source| StartError::BindRegistry { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-    let bound = listener.local_addr().map_err(bind_error)?;
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
+    let (listener, bound) = bind_registry(section.listen).await?;
+    // Agents: the blob server, bound first, so the registry API knows where to redirect.
+    let blobs = match section.blob_address() {
+        Some(addr) if !proxy => Some(bind_registry(addr).await?),
+        _ => None,
+    };
+    let gateway = GatewayConfig {
+        blob_server: blobs.as_ref().map(|(_, addr)| *addr),
+        ..gateway
+    };
+    let shutdown = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
     };
     let tls = match (&section.tls_cert, &section.tls_key) {
         (Some(cert), Some(key)) => {
@@ -76,6 +85,11 @@ pub(super) async fn start_registry(
     };
     // Fail at start on a bad setting rather than in the serving task.
     gateway.validate().map_err(StartError::Registry)?;
+    if let Some((blob_listener, blob_addr)) = blobs {
+        let config = BlobServerConfig::new(bound, metrics);
+        start_blob_server(blob_listener, registry.clone(), config, stop);
+        tracing::info!(addr = %blob_addr, "blob server listening");
+    }
     crate::spawn(async move {
         let served = match tls {
             Some(tls) => serve_tls(listener, registry, gateway, tls, shutdown).await,
@@ -87,6 +101,31 @@ pub(super) async fn start_registry(
     });
     tracing::info!(addr = %bound, push = proxy, "registry API listening");
     Ok(Some(bound))
+}
+
+/// Serves the agent's complete blobs on `listener` until `stop` turns true.
+fn start_blob_server(
+    listener: TcpListener,
+    registry: Arc<ClusterRegistry>,
+    config: BlobServerConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    crate::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = serve_blobs(listener, registry, config, shutdown).await {
+            tracing::error!(error = %e, "blob server stopped");
+        }
+    });
+}
+
+/// Binds a listener of the registry API (or its blob server); it and its address.
+async fn bind_registry(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::BindRegistry { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
 }
 
 /// What the registry API serves from: the cluster through the agent (pull, with the

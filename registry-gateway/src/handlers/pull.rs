@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::manifests::read_manifest;
 use super::{Ctx, Reply, respond, set};
+use crate::blobserve::redirect::to_blob_server;
 use crate::error::{ApiError, ErrorCode};
 use crate::media::{OCI_INDEX, content_type_of};
 use crate::range::ByteRange;
@@ -61,6 +62,10 @@ pub(crate) async fn blob<R: Registry>(
 ) -> Reply {
     check_name(name)?;
     let digest = parse_digest(digest)?;
+    // Complete on this host: the zero-copy blob server sends it (see `blobserve`).
+    if let Some(redirect) = to_blob_server(gw, ctx, name, &digest).await {
+        return Ok(redirect);
+    }
     let asked = ctx.header(RANGE).and_then(ByteRange::parse);
     let unsatisfiable = |total: u64| {
         ApiError::new(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kraken_registry_gateway::registry::{BlobBody, Page, Registry, RegistryError};
+use kraken_registry_gateway::registry::{BlobBody, LocalBlob, Page, Registry, RegistryError};
 use kraken_registry_gateway::{GatewayConfig, serve};
 use kraken_storage::Digest;
 use serde_json::{Value, json};
@@ -36,6 +36,8 @@ pub struct MemRegistry {
     pub tags_immutable: bool,
     /// How many of the next `put_blob` calls answer `Unavailable`.
     pub put_blob_outages: std::sync::atomic::AtomicUsize,
+    /// This host's store: the blobs complete in it are `local_blob`s (none when unset).
+    pub cas: std::sync::OnceLock<kraken_storage::cas::Cas>,
 }
 
 impl MemRegistry {
@@ -237,6 +239,12 @@ impl Registry for MemRegistry {
         }
         s.tags.insert((repo.into(), tag.into()), *digest);
         Ok(())
+    }
+
+    async fn local_blob(&self, digest: &Digest) -> Option<LocalBlob> {
+        let reader = self.cas.get()?.reader(digest).ok()?;
+        let file = reader.file().try_clone().ok()?;
+        Some(LocalBlob::new(file, reader.len(), reader))
     }
 
     async fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), RegistryError> {
