@@ -186,9 +186,7 @@ pub async fn ingest_file(
     let call = match IngestCall::open(cluster, addr, ingest).await {
         Ok(Opened::Proceed(call)) => call,
         Ok(Opened::Present { length }) => return Ok(Pushed { sent: 0, length }),
-        Err(CallError::Rpc { source, .. })
-            if source.rejected_with() == Some(codes::UNKNOWN_KIND) =>
-        {
+        Err(e) if predates_ingest(&e) => {
             let IngestRequest {
                 namespace,
                 digest,
@@ -216,6 +214,12 @@ pub async fn ingest_file(
             source,
         }),
     }
+}
+
+/// Whether [`IngestCall::open`] failed because the origin predates [`Request::Ingest`]
+/// (it refused the request as a kind it does not know): send it the resumable upload.
+pub fn predates_ingest(e: &CallError) -> bool {
+    matches!(e, CallError::Rpc { source, .. } if source.rejected_with() == Some(codes::UNKNOWN_KIND))
 }
 
 /// Why [`IngestCall::send_all`] failed.
@@ -278,6 +282,23 @@ pub fn read_file(path: PathBuf, length: u64) -> mpsc::Receiver<io::Result<Bytes>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_unknown_kind_refusal_means_an_origin_from_before_ingest() {
+        use kraken_transport::quic::StreamError;
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let refused = |code| CallError::Rpc {
+            addr,
+            source: RpcError::Send(StreamError::Stopped { code }),
+        };
+        assert!(predates_ingest(&refused(codes::UNKNOWN_KIND)));
+        assert!(!predates_ingest(&refused(codes::REFUSED)));
+        let timeout = CallError::Timeout {
+            addr,
+            after: std::time::Duration::from_secs(1),
+        };
+        assert!(!predates_ingest(&timeout));
+    }
 
     #[tokio::test]
     async fn files_are_read_in_order_and_short_ones_fail() {

@@ -7,7 +7,9 @@
 //!   asks for the body (down, busy, not an owner, or its queue unusable) is followed by the
 //!   next, with nothing of the body consumed; once the body flows it belongs to that owner,
 //!   and its failure fails the upload ([`RegistryError::Unavailable`]: sending it again
-//!   works).
+//!   works). An owner from before the streaming ingest declines the stream
+//!   ([`RegistryError::Unsupported`], the body untouched): the gateway stages it and
+//!   comes back through [`put_file`], which sends it the resumable upload.
 //!
 //! The proxy does not hash: the origin checks the digest in its one pass over the bytes
 //! and a mismatch comes back as [`RegistryError::DigestInvalid`], nothing stored. `Ok`
@@ -16,7 +18,9 @@
 
 use std::path::Path;
 
-use kraken_client::ingest::{IngestCall, IngestRequest, Opened, SendAllError, ingest_file};
+use kraken_client::ingest::{
+    IngestCall, IngestRequest, Opened, SendAllError, ingest_file, predates_ingest,
+};
 use kraken_membership::Role;
 use kraken_registry_gateway::registry::{RegistryError, UploadBody};
 use kraken_storage::Digest;
@@ -62,6 +66,14 @@ pub async fn put_stream(
         let call = match IngestCall::open(cluster, owner.quic_addr, ingest).await {
             Ok(Opened::Proceed(call)) => call,
             Ok(Opened::Present { .. }) => return Ok(()),
+            // Nothing of the body is taken: the gateway stages it and calls put_file,
+            // which falls back to the resumable upload.
+            Err(e) if predates_ingest(&e) => {
+                return Err(RegistryError::Unsupported(format!(
+                    "origin {} predates the streaming ingest",
+                    owner.id
+                )));
+            }
             Err(e) if e.try_next() => {
                 tracing::debug!(owner = %owner.id, error = %e, "owner failed; trying the next");
                 last = RegistryError::Unavailable(e.to_string());

@@ -151,6 +151,8 @@ pub trait Registry: Send + Sync + 'static {
     /// more bytes than `len`, or fail (the client's upload broke off): then nothing is
     /// stored and the error is anything; the gateway knows why from `body` itself. When the
     /// cluster already holds the blob, `Ok` may come before `body` is read to its end.
+    /// [`RegistryError::Unsupported`] before a byte is taken declines the stream: the
+    /// gateway stages the body and calls [`Registry::put_blob`] instead.
     fn put_blob_stream(
         &self,
         repo: &str,

@@ -873,3 +873,43 @@ async fn a_body_shorter_than_its_content_length_stores_nothing() {
     assert_eq!(r.status(), StatusCode::CREATED);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_cluster_that_declines_streams_gets_the_body_staged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
+    s.registry
+        .streams_declined
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i % 239) as u8).collect();
+    let digest = Digest::sha256_of(&data);
+
+    // A session's PUT with the whole blob: declined unread, staged, stored by put_blob.
+    let loc = start_upload(&s, "app").await;
+    let r = put_whole(&s, &loc, &digest, &data).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(s.registry.blob(&digest).unwrap().as_ref(), data.as_slice());
+    assert_eq!(
+        (s.registry.streamed_puts(), s.registry.put_blob_calls()),
+        (0, 1)
+    );
+
+    // A monolithic POST likewise.
+    let other = b"posted to an older cluster".to_vec();
+    let d = Digest::sha256_of(&other);
+    let r = s
+        .client
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={d}")))
+        .body(other.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(s.registry.blob(&d).unwrap().as_ref(), other.as_slice());
+    assert_eq!(
+        (s.registry.streamed_puts(), s.registry.put_blob_calls()),
+        (0, 2)
+    );
+    assert_eq!(sessions(&tmp), 0);
+    s.stop().await;
+}

@@ -61,15 +61,24 @@ impl StreamFailure {
     }
 }
 
+/// What became of a body offered to the cluster as a stream.
+pub(crate) enum Streamed {
+    /// Stored: this many bytes were received.
+    Stored(u64),
+    /// The cluster cannot take a stream (an origin from before the streaming ingest) and
+    /// read none of it: here is the body back, to be staged and sent with `put_blob`.
+    Declined(Body),
+}
+
 /// Streams `body`, of `len` bytes by its `Content-Length`, to the cluster as blob `digest`
-/// of `repo`; returns the bytes received.
+/// of `repo`.
 pub(crate) async fn stream_blob<R: Registry>(
     gw: &Gateway<R>,
     repo: &str,
     digest: &Digest,
     len: u64,
     body: Body,
-) -> Result<u64, StreamFailure> {
+) -> Result<Streamed, StreamFailure> {
     let mut body = ClientBody::new(body, len);
     let stored = gw
         .registry
@@ -78,7 +87,13 @@ pub(crate) async fn stream_blob<R: Registry>(
     if let Some(e) = body.failure.take() {
         return Err(StreamFailure::Body(e));
     }
-    stored.map_err(StreamFailure::Cluster)?;
+    match stored {
+        Err(RegistryError::Unsupported(why)) if body.received == 0 => {
+            tracing::debug!(why, "the cluster takes no streamed upload; staging it");
+            return Ok(Streamed::Declined(Body::from_stream(body.inner)));
+        }
+        stored => stored.map_err(StreamFailure::Cluster)?,
+    }
     // The cluster had the blob and needed no more: read the rest, so that the client
     // hears 201 on a connection it can keep rather than a reset mid-send.
     while let Some(chunk) = body.next().await {
@@ -86,7 +101,7 @@ pub(crate) async fn stream_blob<R: Registry>(
             break;
         }
     }
-    Ok(body.received)
+    Ok(Streamed::Stored(body.received))
 }
 
 /// A request body as the cluster reads it: exactly `len` bytes, or an error.

@@ -10,7 +10,9 @@
 //!   owner fails before a byte of the body is taken, the next one is tried; if it fails
 //!   mid-body, the answer is 503 `UNAVAILABLE` with `Retry-After`: the client's request was
 //!   fine and sending it again works (the session, still empty, stays for that). It is not
-//!   `BLOB_UPLOAD_INVALID`, which is a 400 and blames the client's upload.
+//!   `BLOB_UPLOAD_INVALID`, which is a 400 and blames the client's upload. A cluster that
+//!   cannot take a stream (an origin from before the streaming ingest, during a rolling
+//!   upgrade) declines it before reading a byte, and the body is staged instead.
 //! - **Staged**: chunks (`PATCH`, a chunk with the `PUT`, a body without `Content-Length`)
 //!   are appended to the session's file and fsynced before they are acknowledged; the
 //!   closing `PUT ?digest=` sends the file to the owning origin (`put_blob`).
@@ -33,7 +35,7 @@ use axum::http::StatusCode;
 use axum::http::header::{CONTENT_RANGE, LOCATION, RANGE};
 
 use super::pull::DIGEST_HEADER;
-use super::upload_stream::{stream_blob, stream_error, whole_body_length};
+use super::upload_stream::{Streamed, stream_blob, stream_error, whole_body_length};
 use super::{Ctx, Reply, empty, set};
 use crate::error::{ApiError, ErrorCode};
 use crate::range::{parse_chunk_range, upload_range_header};
@@ -108,17 +110,21 @@ pub(crate) async fn start<R: Registry>(
         }
     }
     let monolithic = ctx.query("digest").map(parse_digest).transpose()?;
+    let mut body = body;
     if let Some(digest) = &monolithic
         && let Some(len) = whole_body_length(ctx)
     {
         let started = Instant::now();
-        let received = stream_blob(gw, name, digest, len, body)
-            .await
-            .map_err(|e| stream_error(e, name, "new"))?;
-        let metrics = &gw.config.metrics;
-        metrics.add_upload_bytes(received);
-        metrics.upload_done(started.elapsed());
-        return Ok(created(name, digest));
+        match stream_blob(gw, name, digest, len, body).await {
+            Ok(Streamed::Stored(received)) => {
+                let metrics = &gw.config.metrics;
+                metrics.add_upload_bytes(received);
+                metrics.upload_done(started.elapsed());
+                return Ok(created(name, digest));
+            }
+            Ok(Streamed::Declined(unread)) => body = unread,
+            Err(e) => return Err(stream_error(e, name, "new")),
+        }
     }
     let mut session = gw
         .uploads()?
@@ -238,21 +244,23 @@ pub(crate) async fn finish<R: Registry>(
         .open_session(name, id)
         .await
         .map_err(|e| upload_error(e, name, id))?;
+    let mut body = body;
     if session.received() == 0
         && let Some(len) = whole_body_length(ctx)
     {
-        return match stream_blob(gw, name, &digest, len, body).await {
-            Ok(received) => {
+        match stream_blob(gw, name, &digest, len, body).await {
+            Ok(Streamed::Stored(received)) => {
                 gw.config.metrics.add_upload_bytes(received);
-                finished(session, name, &digest).await
+                return finished(session, name, &digest).await;
             }
+            Ok(Streamed::Declined(unread)) => body = unread,
             Err(e) => {
                 if !e.retryable() {
                     discard(session).await;
                 }
-                Err(stream_error(e, name, id))
+                return Err(stream_error(e, name, id));
             }
-        };
+        }
     }
     write_chunk(ctx, name, &mut session, body).await?;
     complete(gw, name, session, &digest, true).await

@@ -42,6 +42,9 @@ pub struct MemRegistry {
     /// How many of the next `put_blob_stream` calls fail with `Unavailable` after taking
     /// the first chunk of the body, as when an origin dies mid-stream.
     pub mid_body_failures: std::sync::atomic::AtomicUsize,
+    /// Whether `put_blob_stream` declines every stream (`Unsupported`, as a cluster whose
+    /// origins predate the streaming ingest).
+    pub streams_declined: std::sync::atomic::AtomicBool,
 }
 
 /// Takes one from `counter` if it is above 0.
@@ -247,6 +250,12 @@ impl Registry for MemRegistry {
     ) -> Result<(), RegistryError> {
         if take_one(&self.put_blob_outages) {
             return Err(RegistryError::Unavailable("origins unreachable".into()));
+        }
+        if self
+            .streams_declined
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(RegistryError::Unsupported("no streaming ingest".into()));
         }
         self.state.lock().unwrap().streamed_puts += 1;
         let fail_mid_body = take_one(&self.mid_body_failures);
