@@ -15,11 +15,14 @@
 //! - [`metainfo`]: asking trackers or origins for a blob's metainfo, asking again while an
 //!   origin reads the blob through from its backend, until a deadline.
 //! - [`upload`]: the resumable upload's client ([`upload::push_file`]).
+//! - [`ingest`]: the streaming ingest's client: a whole blob into an origin's store in one
+//!   pass, from a file or as it arrives ([`ingest::ingest_file`], [`ingest::IngestCall`]).
 //! - [`cluster_file`]: `cluster.json`, the file `kraken dev` writes for tools.
 
 pub mod cluster;
 pub mod cluster_file;
 pub mod download;
+pub mod ingest;
 pub mod metainfo;
 pub mod proto;
 pub mod upload;

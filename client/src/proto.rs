@@ -160,6 +160,23 @@ pub enum Request {
         /// Sent by another owner: do not replicate further.
         replica: bool,
     },
+    /// Origin: store a whole blob of `length` bytes, streamed straight into the store (no
+    /// staging, not resumable: a broken body stores nothing and is sent again from 0).
+    /// The origin answers [`Response::Proceed`] and then reads the body, or answers at once
+    /// (an error, or [`Response::Uploaded`] when it already holds the blob); after the body,
+    /// [`Response::Uploaded`] once the blob is verified, durable and its write-back queued.
+    Ingest {
+        /// Routes the write-back.
+        namespace: String,
+        /// The blob; the body must hash to it.
+        digest: Digest,
+        /// The body's exact length.
+        length: u64,
+        /// Sent by another owner: store it, but do not replicate further.
+        replica: bool,
+        /// The sender's copy is already in the backend: no write-back needed.
+        persisted: bool,
+    },
 }
 
 impl Request {
@@ -186,6 +203,7 @@ impl Request {
             Request::TagHistory { .. } => "TagHistory",
             Request::ReplicationStatus => "ReplicationStatus",
             Request::DeleteTag { .. } => "DeleteTag",
+            Request::Ingest { .. } => "Ingest",
         }
     }
 
@@ -202,7 +220,8 @@ impl Request {
             | Request::Download { digest, .. }
             | Request::Pull { digest, .. }
             | Request::PullReport { digest, .. }
-            | Request::PutTag { digest, .. } => Some(digest),
+            | Request::PutTag { digest, .. }
+            | Request::Ingest { digest, .. } => Some(digest),
             _ => None,
         }
     }
@@ -238,7 +257,7 @@ pub enum Response {
     /// Answer to [`Request::UploadStatus`] and to an [`Request::Upload`] whose body ended
     /// early: this many bytes are held.
     UploadOffset(u64),
-    /// The upload is complete, verified, durable and queued for write-back.
+    /// The upload (or ingest) is complete, verified, durable and queued for write-back.
     Uploaded {
         /// The blob's length.
         length: u64,
@@ -287,6 +306,8 @@ pub enum Response {
         /// Bytes of the body.
         len: u64,
     },
+    /// The interim answer to [`Request::Ingest`]: the origin takes the blob; send the body.
+    Proceed,
 }
 
 /// The largest metainfo a node sends or accepts: the largest the format allows (a header
@@ -506,26 +527,40 @@ mod tests {
                 namespace: "ns".into(),
                 digest,
             },
+            Request::Ingest {
+                namespace: "library/ubuntu".into(),
+                digest,
+                length: 9,
+                replica: false,
+                persisted: true,
+            },
         ]
     }
 
     #[test]
     fn requests_name_their_kind_and_blob_for_spans() {
         let names: Vec<_> = samples().iter().map(Request::name).collect();
-        assert_eq!(names, ["Ping", "Upload", "Download", "Pull"]);
+        assert_eq!(names, ["Ping", "Upload", "Download", "Pull", "Ingest"]);
         let digest = Digest::sha256_of(b"x");
         let digests: Vec<_> = samples().iter().map(|r| r.digest().copied()).collect();
-        assert_eq!(digests, [None, Some(digest), Some(digest), Some(digest)]);
+        assert_eq!(
+            digests,
+            [None, Some(digest), Some(digest), Some(digest), Some(digest)]
+        );
     }
 
     #[test]
-    fn metainfo_answers_keep_their_wire_tags() {
+    fn answers_and_requests_keep_their_wire_tags() {
         // Nodes from before send `Metainfo` as tag 4 and know nothing after `TagDeleted`
         // (18): new variants go last, and old tags never move.
         let tag = |r: &Response| postcard::to_allocvec(r).unwrap()[0];
         assert_eq!(tag(&Response::Metainfo(vec![1])), 4);
         assert_eq!(tag(&Response::TagDeleted), 18);
         assert_eq!(tag(&Response::MetainfoFollows { len: 1 }), 19);
+        assert_eq!(tag(&Response::Proceed), 20);
+        // Requests likewise: `Ingest` came after `DeleteTag` (19).
+        let tag = |r: &Request| postcard::to_allocvec(r).unwrap()[0];
+        assert_eq!(tag(&samples()[4]), 20);
     }
 
     #[test]
@@ -547,7 +582,7 @@ mod tests {
 
         /// Mutated valid frames decode to something or fail cleanly.
         #[test]
-        fn mutated_requests_never_panic(i in 0usize..4, at in any::<usize>(), b in any::<u8>()) {
+        fn mutated_requests_never_panic(i in 0usize..5, at in any::<usize>(), b in any::<u8>()) {
             let frame = encode_frame(&samples()[i]).unwrap();
             let mut payload = frame[4..].to_vec();
             let n = payload.len();

@@ -2,8 +2,9 @@
 //!
 //! A node is one QUIC endpoint and one or more roles (see `docs/architecture.md`):
 //!
-//! - [`origin`]: ring-owned seeding, resumable uploads, read-through from backends (single
-//!   flight), the durable write-back executor, replication and ring-change repair.
+//! - [`origin`]: ring-owned seeding, streaming ingest and resumable uploads, read-through
+//!   from backends (single flight), the durable write-back executor, replication and
+//!   ring-change repair.
 //! - [`tracker`]: announces and handouts (transport's pure `PeerStore`), metainfo from the
 //!   owning origins, an announce interval that grows under load.
 //! - [`agent`]: pulls through the swarm with one download per digest however many callers,
@@ -14,6 +15,7 @@
 //! Around them: [`proto`] (the RPC messages) and [`client`] (calls with owner failover),
 //! both from the `kraken-client` crate that `krakenctl` shares,
 //! [`service`] (routing incoming streams to roles), [`view`] (agents' view refresh),
+//! [`registry`] (the registry gateway over the cluster) and [`push`] (its blob writes),
 //! [`config`] (the TOML file), [`node`] (start and stop), [`http`] and [`metrics`]
 //! (health, readiness, Prometheus), [`dev`] (`kraken dev`: a whole cluster in one process).
 
@@ -28,6 +30,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod origin;
+pub mod push;
 pub mod registry;
 pub mod serve;
 pub mod service;

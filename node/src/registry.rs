@@ -6,7 +6,8 @@
 //!   the build-index. A pull by digest never touches the build-index, so it works while the
 //!   build-index is unreachable.
 //! - On a **proxy** ([`ClusterRegistry::proxy`]), blobs go to (and are read from) the
-//!   owning origins, and tags go to the build-index, which checks that every blob a
+//!   owning origins (writes through [`crate::push`]: streamed into the origin's store, which
+//!   verifies them), and tags go to the build-index, which checks that every blob a
 //!   manifest references exists.
 //!
 //! Tag listings and the catalog are gathered from every live build-index node and merged
@@ -20,14 +21,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use kraken_client::download::Download;
 use kraken_membership::Role;
-use kraken_registry_gateway::registry::{BlobBody, LocalBlob, Page, Registry, RegistryError};
+use kraken_registry_gateway::registry::{
+    BlobBody, LocalBlob, Page, Registry, RegistryError, UploadBody,
+};
 use kraken_storage::cas::CasError;
 use kraken_storage::{Digest, Metainfo};
 
 use crate::agent::Agent;
 use crate::buildindex::owners_of_tag;
 use crate::client::{CallError, Cluster};
-use crate::fetch::{call_error, origin_metainfo};
+use crate::fetch::origin_metainfo;
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
 use crate::upstream::Upstreams;
 
@@ -176,6 +179,18 @@ impl ClusterRegistry {
             }
         }
         Err(last)
+    }
+}
+
+impl ClusterRegistry {
+    /// Refuses blob pushes on an agent.
+    fn pushing(&self) -> Result<(), RegistryError> {
+        match self.agent {
+            Some(_) => Err(RegistryError::Unsupported(
+                "agents do not accept pushes".into(),
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -356,38 +371,19 @@ impl Registry for ClusterRegistry {
         path: &Path,
         len: u64,
     ) -> Result<(), RegistryError> {
-        if self.agent.is_some() {
-            return Err(RegistryError::Unsupported(
-                "agents do not accept pushes".into(),
-            ));
-        }
-        let owners = self.cluster.owners_of_digest(Role::Origin, digest, 0);
-        let mut last = RegistryError::Unavailable("no live origin".into());
-        for owner in owners {
-            match crate::origin::upload::push_file(
-                &self.cluster,
-                owner.quic_addr,
-                repo,
-                digest,
-                path,
-                len,
-                false,
-                false,
-            )
-            .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.try_next() => last = RegistryError::Unavailable(e.to_string()),
-                Err(e) => {
-                    let e = call_error(e);
-                    return Err(match e.kind {
-                        ErrorKind::DigestMismatch => RegistryError::DigestInvalid(e.message),
-                        _ => RegistryError::Internal(e.message),
-                    });
-                }
-            }
-        }
-        Err(last)
+        self.pushing()?;
+        crate::push::put_file(&self.cluster, repo, digest, path, len).await
+    }
+
+    async fn put_blob_stream(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        len: u64,
+        body: &mut UploadBody,
+    ) -> Result<(), RegistryError> {
+        self.pushing()?;
+        crate::push::put_stream(&self.cluster, repo, digest, len, body).await
     }
 
     async fn put_tag(&self, repo: &str, tag: &str, digest: &Digest) -> Result<(), RegistryError> {

@@ -6,6 +6,9 @@
 //! the origins and tags to the build-index. Manifests are blobs too: the gateway reads and
 //! writes their bytes through the same calls and works out their media types itself.
 //!
+//! Blob writes are not hashed here: the cluster verifies each digest in the one pass that
+//! stores the blob ([`Registry::put_blob`], [`Registry::put_blob_stream`]).
+//!
 //! Every method says what it means by its errors through [`RegistryError`], which the
 //! gateway maps onto the specification's error codes and statuses.
 
@@ -20,6 +23,10 @@ use kraken_storage::Digest;
 
 /// A body of bytes arriving over time.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
+
+/// An upload's bytes as the client sends them, in order; an error means the client's body
+/// broke off.
+pub type UploadBody = dyn Stream<Item = std::io::Result<Bytes>> + Send + Unpin;
 
 /// A blob's bytes (or a range of them).
 pub struct BlobBody {
@@ -179,14 +186,34 @@ pub trait Registry: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Page, RegistryError>> + Send;
 
     /// Stores the `len` bytes of the file at `path` as blob `digest` in `repo`'s namespace.
-    /// The gateway has already checked the digest; the cluster checks it again. Durable
-    /// when this returns.
+    /// The gateway does not hash them: the cluster verifies the digest and answers
+    /// [`RegistryError::DigestInvalid`], having stored nothing, when they do not match.
+    /// Durable when this returns `Ok`.
     fn put_blob(
         &self,
         repo: &str,
         digest: &Digest,
         path: &Path,
         len: u64,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Stores blob `digest` of exactly `len` bytes in `repo`'s namespace from `body`, as
+    /// the client sends it (a monolithic upload streamed through, with no copy on the
+    /// gateway's disk). Verified and durable as [`Registry::put_blob`].
+    ///
+    /// An implementation takes nothing from `body` until the cluster is ready for it, so
+    /// that an error it returns before then leaves `body` whole. `body` may yield fewer or
+    /// more bytes than `len`, or fail (the client's upload broke off): then nothing is
+    /// stored and the error is anything; the gateway knows why from `body` itself. When the
+    /// cluster already holds the blob, `Ok` may come before `body` is read to its end.
+    /// [`RegistryError::Unsupported`] before a byte is taken declines the stream: the
+    /// gateway stages the body and calls [`Registry::put_blob`] instead.
+    fn put_blob_stream(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        len: u64,
+        body: &mut UploadBody,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 
     /// Points `repo:tag` at `digest`; [`RegistryError::ManifestBlobUnknown`] names what is

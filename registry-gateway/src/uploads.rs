@@ -16,16 +16,15 @@
 //!   then every few minutes when sessions are created.
 
 use std::collections::HashMap;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
+use bytes::Bytes;
 use futures::StreamExt;
-use kraken_storage::{Digest, DigestAlgorithm};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::config::GatewayError;
@@ -35,6 +34,10 @@ const DATA: &str = "data";
 const META: &str = "meta.json";
 const STAGING: &str = ".staging";
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Chunks of a request body queued for the blocking writer.
+const WRITE_AHEAD: usize = 16;
+/// Bytes written between background flushes to disk.
+const FLUSH_EVERY: usize = 64 << 20;
 
 /// A session id: 32 lower-case hex characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -356,50 +359,35 @@ impl Session {
 
     /// Appends `body` at the current end; with `expected`, the body must be exactly that
     /// long. All or nothing: on any failure the data is cut back and the count unchanged.
+    /// Durable when it returns: the bytes are fsynced, then `meta.json` counts them.
+    ///
+    /// The bytes are written by one blocking thread in the chunks the body arrives in, with
+    /// a flush to disk every [`FLUSH_EVERY`] bytes on another, so the one fsync at the end
+    /// has little left to wait for.
     pub(crate) async fn append(
         &mut self,
         body: Body,
         expected: Option<u64>,
     ) -> Result<u64, UploadError> {
         let start = self.meta.received;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(self.data_path())
-            .await
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    UploadError::Unknown
-                } else {
-                    e.into()
-                }
-            })?;
-        file.set_len(start).await?;
-        file.seek(io::SeekFrom::Start(start)).await?;
-        let written = write_body(&mut file, body, expected).await;
-        let result = match written {
-            Ok(n) => match expected {
-                Some(e) if e != n => Err(UploadError::Length {
-                    expected: e,
-                    got: n,
-                }),
-                _ => async {
-                    file.flush().await?;
-                    file.sync_data().await?;
-                    Ok(n)
-                }
-                .await
-                .map_err(UploadError::Io),
-            },
-            Err(e) => Err(e),
-        };
-        let n = match result {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = file.set_len(start).await;
-                return Err(e);
+        let (tx, rx) = tokio::sync::mpsc::channel(WRITE_AHEAD);
+        let path = self.data_path();
+        let writer = tokio::task::spawn_blocking(move || write_at_end(&path, start, rx));
+        let fed = feed(body, expected, &tx).await;
+        if fed.is_ok() {
+            // The writer is gone only if it failed, which it reports below.
+            let _ = tx.send(Write::Commit).await;
+        }
+        drop(tx);
+        let written = writer.await.map_err(joined)?;
+        let n = match (fed, written) {
+            (Err(e), _) => return Err(e),
+            (Ok(_), Err(e)) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(UploadError::Unknown);
             }
+            (Ok(_), Err(e)) => return Err(e.into()),
+            (Ok(n), Ok(_)) => n,
         };
-        drop(file);
         if n > 0 {
             let meta = Meta {
                 received: start + n,
@@ -414,18 +402,6 @@ impl Session {
             self.metrics.add_upload_bytes(n);
         }
         Ok(n)
-    }
-
-    /// The digest (and length) of the bytes received.
-    pub(crate) async fn digest(&self) -> Result<(Digest, u64), UploadError> {
-        let (path, len) = (self.data_path(), self.meta.received);
-        let (digest, _) = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(path)?;
-            Digest::of_reader(DigestAlgorithm::Sha256, file.take(len))
-        })
-        .await
-        .map_err(joined)??;
-        Ok((digest, len))
     }
 
     /// Deletes the session of an upload whose blob is stored, counting its duration
@@ -447,11 +423,21 @@ impl Session {
     }
 }
 
-/// Streams `body` into `file`, refusing more than `limit` bytes; returns the count.
-async fn write_body(
-    file: &mut tokio::fs::File,
+/// What the body feeds the writer of [`Session::append`].
+enum Write {
+    /// The next bytes.
+    Chunk(Bytes),
+    /// The body is complete and its length right: make it durable. Without it, the writer
+    /// cuts the file back.
+    Commit,
+}
+
+/// Sends `body` to the writer, refusing more than `limit` bytes (and, with a limit, fewer);
+/// returns the count.
+async fn feed(
     body: Body,
     limit: Option<u64>,
+    tx: &tokio::sync::mpsc::Sender<Write>,
 ) -> Result<u64, UploadError> {
     let mut stream = body.into_data_stream();
     let mut n: u64 = 0;
@@ -466,10 +452,75 @@ async fn write_body(
                 got: next,
             });
         }
-        file.write_all(&chunk).await?;
         n = next;
+        if tx.send(Write::Chunk(chunk)).await.is_err() {
+            // The writer failed; it says why.
+            break;
+        }
     }
-    Ok(n)
+    match limit {
+        Some(l) if l != n => Err(UploadError::Length {
+            expected: l,
+            got: n,
+        }),
+        _ => Ok(n),
+    }
+}
+
+/// The blocking side of [`Session::append`]: writes the chunks from `rx` at `start` in
+/// `path` and, on [`Write::Commit`], fsyncs them; without it (the body failed) or on any
+/// error, cuts the file back to `start`. Returns the bytes written.
+fn write_at_end(
+    path: &Path,
+    start: u64,
+    mut rx: tokio::sync::mpsc::Receiver<Write>,
+) -> io::Result<u64> {
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(start)?;
+    file.seek(io::SeekFrom::Start(start))?;
+    let file = &file;
+    let written = std::thread::scope(|s| {
+        // Flushing as we go overlaps the disk's work with receiving. Requests coalesce:
+        // at most one pending. Errors resurface at the final, checked fsync.
+        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        s.spawn(move || {
+            for () in flush_rx {
+                let _ = file.sync_data();
+            }
+        });
+        let mut out = file;
+        let mut written = 0u64;
+        let mut unflushed = 0usize;
+        while let Some(write) = rx.blocking_recv() {
+            match write {
+                Write::Chunk(bytes) => {
+                    out.write_all(&bytes)?;
+                    written += bytes.len() as u64;
+                    unflushed += bytes.len();
+                    if unflushed >= FLUSH_EVERY {
+                        let _ = flush_tx.try_send(());
+                        unflushed = 0;
+                    }
+                }
+                Write::Commit => {
+                    file.sync_data()?;
+                    return Ok(Some(written));
+                }
+            }
+        }
+        Ok(None)
+    });
+    match written {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => {
+            file.set_len(start)?;
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = file.set_len(start);
+            Err(e)
+        }
+    }
 }
 
 /// A temporary file in the staging directory, deleted on drop.
@@ -538,8 +589,17 @@ mod tests {
         ));
         let mut s = store.open_session("repo", &id).await.unwrap();
         s.append(Body::from("world"), Some(5)).await.unwrap();
-        let (d, len) = s.digest().await.unwrap();
-        assert_eq!((d, len), (Digest::sha256_of(b"hello world"), 11));
+        assert_eq!(s.received(), 11);
+        assert_eq!(std::fs::read(s.data_path()).unwrap(), b"hello world");
+        // A body shorter than its range: refused, nothing kept.
+        assert!(matches!(
+            s.append(Body::from("ab"), Some(3)).await,
+            Err(UploadError::Length {
+                expected: 3,
+                got: 2
+            })
+        ));
+        assert_eq!(std::fs::read(s.data_path()).unwrap(), b"hello world");
         s.remove().await.unwrap();
         assert!(matches!(
             store.status("repo", &id).await,

@@ -224,7 +224,8 @@ async fn digest_mismatch_discards_the_session_and_stores_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    assert_eq!(s.registry.put_blob_calls(), 0);
+    // The gateway does not hash: the cluster checked the bytes and stored nothing.
+    assert_eq!(s.registry.put_blob_calls(), 1);
     assert_eq!(s.registry.blob_count(), 0);
     let r = s.client.get(&loc).send().await.unwrap();
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
@@ -701,5 +702,214 @@ async fn large_blobs_stream_both_ways() {
     assert_eq!(header(&r, "content-length"), Some(data.len().to_string()));
     let body = r.bytes().await.unwrap();
     assert_eq!(Digest::sha256_of(&body), digest);
+    s.stop().await;
+}
+
+/// `PUT <loc>?digest=` with the whole blob as its body.
+async fn put_whole(s: &Server, loc: &str, digest: &Digest, data: &[u8]) -> reqwest::Response {
+    s.client
+        .put(format!("{loc}?digest={digest}"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sends `request` as is on a new connection (shutting down the writing side after it when
+/// `shutdown`) and returns everything the server answers.
+async fn raw_request(s: &Server, request: &[u8], shutdown: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tcp.write_all(request).await.unwrap();
+    if shutdown {
+        tcp.shutdown().await.unwrap();
+    }
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// The sessions in the uploads directory (staging aside).
+fn sessions(tmp: &tempfile::TempDir) -> usize {
+    std::fs::read_dir(uploads_dir(tmp))
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .starts_with('.')
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn monolithic_bodies_with_a_length_stream_through_and_the_cluster_checks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let digest = Digest::sha256_of(&data);
+
+    // POST, then the whole blob with the PUT: streamed, never staged.
+    let loc = start_upload(&s, "app").await;
+    let r = put_whole(&s, &loc, &digest, &data).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        header(&r, "docker-content-digest"),
+        Some(digest.to_string())
+    );
+    assert_eq!(s.registry.blob(&digest).unwrap().as_ref(), data.as_slice());
+    assert_eq!(s.registry.streamed_puts(), 1);
+    assert_eq!(sessions(&tmp), 0);
+
+    // A wrong digest: DIGEST_INVALID from the cluster's check, nothing stored, the session
+    // gone.
+    let loc = start_upload(&s, "app").await;
+    let wrong = Digest::sha256_of(b"not these bytes");
+    let r = put_whole(&s, &loc, &wrong, &data).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    assert!(!s.registry.has_blob(&wrong));
+    assert_eq!(s.registry.blob_count(), 1);
+    let r = s.client.get(&loc).send().await.unwrap();
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+
+    // A monolithic POST with a length streams too, without a session.
+    let other = b"posted in one go".to_vec();
+    let d = Digest::sha256_of(&other);
+    let r = s
+        .client
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={d}")))
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(s.registry.has_blob(&d));
+    assert_eq!(s.registry.streamed_puts(), 3);
+    assert_eq!(sessions(&tmp), 0);
+
+    // Without a length (chunked transfer encoding) the body is staged first.
+    let loc = start_upload(&s, "app").await;
+    let staged = b"a body of unknown length";
+    let d = Digest::sha256_of(staged);
+    let path = loc.trim_start_matches(&s.base);
+    let request = format!(
+        "PUT {path}?digest={d} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\
+         connection: close\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        std::str::from_utf8(&staged[..5]).unwrap(),
+        staged.len() - 5,
+        std::str::from_utf8(&staged[5..]).unwrap(),
+    );
+    let answer = raw_request(&s, request.as_bytes(), false).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(s.registry.has_blob(&d));
+    assert_eq!(s.registry.streamed_puts(), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_mid_body_keeps_the_session_for_a_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
+    let data = vec![7u8; 50_000];
+    let digest = Digest::sha256_of(&data);
+    let loc = start_upload(&s, "app").await;
+
+    // The owner fails once the body flows: 503 with Retry-After, nothing stored.
+    s.registry
+        .mid_body_failures
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let r = put_whole(&s, &loc, &digest, &data).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(header(&r, "retry-after").is_some());
+    assert_eq!(error_code(r).await, "UNAVAILABLE");
+    assert!(!s.registry.has_blob(&digest));
+    let r = s.client.get(&loc).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&r, "range").as_deref(), Some("0-0"));
+
+    // No owner reachable before the body: 503 too, the session still empty.
+    s.registry
+        .put_blob_outages
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let r = put_whole(&s, &loc, &digest, &data).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Sending it again works.
+    let r = put_whole(&s, &loc, &digest, &data).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(s.registry.blob(&digest).unwrap().as_ref(), data.as_slice());
+    assert_eq!(sessions(&tmp), 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
+    let data = vec![3u8; 10_000];
+    let digest = Digest::sha256_of(&data);
+    let loc = start_upload(&s, "app").await;
+    let path = loc.trim_start_matches(&s.base).to_string();
+
+    // Declares 10,000 bytes, sends 4,000, then stops sending.
+    let mut request =
+        format!("PUT {path}?digest={digest} HTTP/1.1\r\nhost: x\r\ncontent-length: 10000\r\n\r\n")
+            .into_bytes();
+    request.extend_from_slice(&data[..4000]);
+    let answer = raw_request(&s, &request, true).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("BLOB_UPLOAD_INVALID"), "{answer}");
+    assert!(!s.registry.has_blob(&digest));
+
+    // The session is still there, empty, and takes the whole blob.
+    let r = s.client.get(&loc).send().await.unwrap();
+    assert_eq!(header(&r, "range").as_deref(), Some("0-0"));
+    let r = put_whole(&s, &loc, &digest, &data).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_cluster_that_declines_streams_gets_the_body_staged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
+    s.registry
+        .streams_declined
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i % 239) as u8).collect();
+    let digest = Digest::sha256_of(&data);
+
+    // A session's PUT with the whole blob: declined unread, staged, stored by put_blob.
+    let loc = start_upload(&s, "app").await;
+    let r = put_whole(&s, &loc, &digest, &data).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(s.registry.blob(&digest).unwrap().as_ref(), data.as_slice());
+    assert_eq!(
+        (s.registry.streamed_puts(), s.registry.put_blob_calls()),
+        (0, 1)
+    );
+
+    // A monolithic POST likewise.
+    let other = b"posted to an older cluster".to_vec();
+    let d = Digest::sha256_of(&other);
+    let r = s
+        .client
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={d}")))
+        .body(other.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(s.registry.blob(&d).unwrap().as_ref(), other.as_slice());
+    assert_eq!(
+        (s.registry.streamed_puts(), s.registry.put_blob_calls()),
+        (0, 2)
+    );
+    assert_eq!(sessions(&tmp), 0);
     s.stop().await;
 }

@@ -1,8 +1,12 @@
 //! The origin role: a dedicated seeder that owns the blobs the ring assigns it.
 //!
-//! - [`upload`]: the resumable upload RPC. Bytes are staged in a file per digest (so an
-//!   interrupted upload resumes where it stopped), verified by the CAS ingest, and queued
-//!   for write-back in the durable queue **before** the upload is acknowledged.
+//! - [`ingest`]: the streaming ingest RPC (proxies and replication): a whole blob from the
+//!   stream straight into the CAS ingest, verified in the one pass that stores it, its
+//!   write-back queued in the durable queue **before** the body is even asked for.
+//! - [`upload`]: the resumable upload RPC (`krakenctl push`). Bytes are staged in a file
+//!   per digest (so an interrupted upload resumes where it stopped), verified by the CAS
+//!   ingest, and queued for write-back in the durable queue **before** the upload is
+//!   acknowledged.
 //! - [`readthrough`]: a request for an owned blob the origin lacks reads it from the
 //!   backend once, however many callers ask at once; callers wait on the fetch.
 //! - [`writeback`]: the executor that drains the queue to the backends.
@@ -12,6 +16,7 @@
 //! Origins serve pieces to any authenticated peer through their [`PieceExchange`]; they do
 //! not announce (trackers add owning origins to every handout from the ring).
 
+pub mod ingest;
 pub mod readthrough;
 pub mod replicate;
 pub mod upload;
@@ -274,6 +279,23 @@ impl Origin {
                     persisted: *persisted,
                 };
                 Some(self.upload(upload, stream).await)
+            }
+            Request::Ingest {
+                namespace,
+                digest,
+                length,
+                replica,
+                persisted,
+            } => {
+                let ingest = upload::UploadRequest {
+                    namespace: namespace.clone(),
+                    digest: *digest,
+                    offset: 0,
+                    length: *length,
+                    replica: *replica,
+                    persisted: *persisted,
+                };
+                Some(self.ingest(ingest, stream).await)
             }
             Request::WriteBackStatus => done(self.writeback_status()),
             _ => None,

@@ -72,23 +72,30 @@ impl Origin {
             .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
         let mut stream = backend.get(digest, None).await.map_err(backend_error)?;
         let length = stream.len();
-        let (tx, reader) = channel_reader();
+        let (mut tx, reader) = channel_reader();
         let cas = self.inner.cas.clone();
         let digest_copy = *digest;
         let ingest =
             tokio::task::spawn_blocking(move || cas.ingest(&digest_copy, Some(length), reader));
         let mut fed = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
-            let failed = chunk.is_err();
-            if let Ok(c) = &chunk {
-                fed += c.len() as u64;
-            }
-            if tx.send(chunk).await.is_err() || failed {
-                break; // The ingest stopped (it will say why) or the backend failed.
+        loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    fed += chunk.len() as u64;
+                    if tx.push(chunk).await.is_err() {
+                        break; // The ingest stopped; it will say why.
+                    }
+                }
+                Some(Err(e)) => {
+                    tx.fail(std::io::Error::other(e)).await;
+                    break;
+                }
+                None => {
+                    let _ = tx.finish().await;
+                    break;
+                }
             }
         }
-        drop(tx);
         let ingested = ingest.await.map_err(internal)?;
         match ingested {
             Ok(_) => {

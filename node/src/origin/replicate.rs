@@ -8,9 +8,12 @@
 //!
 //! Repair runs at start and whenever the set of live origins changes (after a short delay,
 //! since changes come in bursts): every complete local blob is offered to each of its
-//! current owners that lacks it, `repair_concurrency` at a time. Receivers drop duplicate
-//! offers cheaply (an upload status call), so two holders offering the same blob cost one
-//! extra round trip.
+//! current owners that lacks it, `repair_concurrency` at a time.
+//!
+//! Copies travel by the streaming ingest (`Request::Ingest`, see [`super::ingest`]): the
+//! receiver stores the blob in the one pass that verifies it, and answers a blob it already
+//! holds before a byte of it is sent, so two holders offering the same blob cost one extra
+//! round trip.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -23,9 +26,9 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::Origin;
-use super::upload::push_file;
 use crate::client::CallError;
 use crate::proto::DEFAULT_NAMESPACE;
+use kraken_client::ingest::{IngestRequest, ingest_file};
 
 /// Push attempts per owner after an upload.
 const PUSH_ATTEMPTS: u32 = 4;
@@ -87,15 +90,18 @@ impl Origin {
         let cas = &self.inner.cas;
         // Held for the whole push: the blob cannot be evicted under it.
         let reader = cas.reader(digest)?;
-        let pushed = push_file(
-            &self.inner.cluster,
-            owner.quic_addr,
+        let ingest = IngestRequest {
             namespace,
             digest,
-            &cas.blob_path(digest),
-            reader.len(),
-            true,
+            length: reader.len(),
+            replica: true,
             persisted,
+        };
+        let pushed = ingest_file(
+            &self.inner.cluster,
+            owner.quic_addr,
+            ingest,
+            &cas.blob_path(digest),
         )
         .await?;
         drop(reader);

@@ -43,7 +43,7 @@ pub struct UploadRequest {
 }
 
 impl Origin {
-    fn staged_path(&self, digest: &Digest) -> PathBuf {
+    pub(super) fn staged_path(&self, digest: &Digest) -> PathBuf {
         self.inner.uploads_dir.join(digest.hex())
     }
 
@@ -82,14 +82,8 @@ impl Origin {
                 StreamOutcome::Done,
             )
         };
-        if req.length > self.inner.config.max_blob_size {
-            return fail(
-                ErrorKind::BadRequest,
-                format!(
-                    "blob of {} bytes exceeds this origin's limit of {} bytes",
-                    req.length, self.inner.config.max_blob_size
-                ),
-            );
+        if let Err(e) = self.within_limit(req.length) {
+            return (Response::Error(e), StreamOutcome::Done);
         }
         if req.offset > req.length {
             return fail(
@@ -102,27 +96,17 @@ impl Origin {
         }
         let lock = self.upload_lock(&req.digest);
         let _guard = lock.lock().await;
-        let cas = &self.inner.cas;
-        // Already here: nothing to receive. Make sure it is on its way to the backend.
-        match cas.info(&req.digest) {
-            Ok(Some(info)) if info.state == kraken_storage::cas::BlobState::Complete => {
+        // Already here: nothing to receive.
+        match self.present(&req) {
+            Ok(Some(response)) => {
                 let _ = stream.recv.stop(codes::STREAM_DONE);
-                if info.size != req.length {
-                    return fail(
-                        ErrorKind::BadRequest,
-                        format!("{} is {} bytes, not {}", req.digest, info.size, req.length),
-                    );
-                }
-                if let Err(e) = self.ensure_durable(&req) {
-                    return (Response::Error(e), StreamOutcome::Done);
-                }
-                return (
-                    Response::Uploaded { length: info.size },
-                    StreamOutcome::Done,
-                );
+                return (response, StreamOutcome::Done);
             }
-            Ok(_) => {}
-            Err(e) => return (Response::Error(internal(e)), StreamOutcome::Done),
+            Ok(None) => {}
+            Err(e) => {
+                let _ = stream.recv.stop(codes::STREAM_DONE);
+                return (Response::Error(e), StreamOutcome::Done);
+            }
         }
         let path = self.staged_path(&req.digest);
         let staged = match tokio::fs::metadata(&path).await {
@@ -180,25 +164,65 @@ impl Origin {
 
     /// Queues the write-back (unless persisted), ingests the staged file, and removes it.
     async fn commit_staged(&self, req: &UploadRequest, path: &Path) -> Result<u64, RemoteError> {
+        self.queue_write_back(req)?;
+        let staged = path.to_path_buf();
+        let result = self
+            .ingest_into_cas(req, move || {
+                std::fs::File::open(&staged).map_err(|e| CasError::Io {
+                    op: "open staged upload",
+                    path: staged.clone(),
+                    source: e,
+                })
+            })
+            .await;
+        // A verified blob no longer needs its staged copy; a mismatching one never will.
+        if !matches!(&result, Err(e) if e.kind != ErrorKind::DigestMismatch) {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        result
+    }
+
+    /// Refuses a blob larger than this origin takes.
+    pub(super) fn within_limit(&self, length: u64) -> Result<(), RemoteError> {
+        let max = self.inner.config.max_blob_size;
+        if length > max {
+            return Err(RemoteError::new(
+                ErrorKind::BadRequest,
+                format!("blob of {length} bytes exceeds this origin's limit of {max} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queues the blob's write-back, durably, unless the sender's copy is persisted. Done
+    /// before the blob enters the store, so that no acknowledged blob is ever missing from
+    /// the queue (an orphan item of an ingest that then fails is dropped by the executor).
+    pub(super) fn queue_write_back(&self, req: &UploadRequest) -> Result<(), RemoteError> {
         if !req.persisted {
             self.inner
                 .queue
                 .enqueue(&req.namespace, &req.digest, SystemTime::now())
                 .map_err(internal)?;
         }
+        Ok(())
+    }
+
+    /// Ingests the bytes `open` gives into the store, pinned, checking digest and length
+    /// (sha256 and the BLAKE3 pieces in one pass); then marks a persisted blob so and
+    /// unpins it, or wakes the write-back. A digest or length mismatch is
+    /// [`ErrorKind::DigestMismatch`] and stores nothing.
+    pub(super) async fn ingest_into_cas<R: std::io::Read>(
+        &self,
+        req: &UploadRequest,
+        open: impl FnOnce() -> Result<R, CasError> + Send + 'static,
+    ) -> Result<u64, RemoteError> {
         let cas = self.inner.cas.clone();
-        let (digest, length, staged) = (req.digest, req.length, path.to_path_buf());
-        let ingested = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&staged).map_err(|e| CasError::Io {
-                op: "open staged upload",
-                path: staged.clone(),
-                source: e,
-            })?;
-            cas.ingest_pinned(&digest, Some(length), file)
-        })
-        .await
-        .map_err(internal)?;
-        let result = match ingested {
+        let (digest, length) = (req.digest, req.length);
+        let ingested =
+            tokio::task::spawn_blocking(move || cas.ingest_pinned(&digest, Some(length), open()?))
+                .await
+                .map_err(internal)?;
+        match ingested {
             Ok(_) => {
                 if req.persisted {
                     let cas = &self.inner.cas;
@@ -212,11 +236,28 @@ impl Origin {
             Err(e @ (CasError::DigestMismatch { .. } | CasError::LengthMismatch { .. })) => {
                 Err(RemoteError::new(ErrorKind::DigestMismatch, e.to_string()))
             }
-            Err(e) => return Err(disk_error_cas(e)),
-        };
-        // A verified blob no longer needs its staged copy; a mismatching one never will.
-        let _ = tokio::fs::remove_file(path).await;
-        result
+            Err(e) => Err(disk_error_cas(e)),
+        }
+    }
+
+    /// `Some(Uploaded)` when the blob is complete here (and, as the request asks, marked
+    /// persisted or queued for write-back), `None` when it is not. The blob here having
+    /// another length is [`ErrorKind::DigestMismatch`]: bytes of the declared length cannot
+    /// hash to this digest (nothing checks the bytes themselves, which are not read).
+    pub(super) fn present(&self, req: &UploadRequest) -> Result<Option<Response>, RemoteError> {
+        match self.inner.cas.info(&req.digest).map_err(internal)? {
+            Some(info) if info.state == kraken_storage::cas::BlobState::Complete => {
+                if info.size != req.length {
+                    return Err(RemoteError::new(
+                        ErrorKind::DigestMismatch,
+                        format!("{} is {} bytes, not {}", req.digest, info.size, req.length),
+                    ));
+                }
+                self.ensure_durable(req)?;
+                Ok(Some(Response::Uploaded { length: info.size }))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// A complete blob is persisted or queued for write-back.

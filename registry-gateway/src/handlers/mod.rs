@@ -2,6 +2,7 @@
 //!
 //! - [`pull`]: manifests, blobs (with ranges), tag lists, the catalog and referrers.
 //! - [`uploads`]: blob upload sessions (start, mount, chunks, status, finish, cancel).
+//! - [`upload_stream`]: monolithic uploads streamed to the cluster as they arrive.
 //! - [`manifest_push`]: manifest PUT (with referrers upkeep) and tag DELETE.
 //! - [`manifests`]: reading and writing manifest bytes through the cluster.
 //!
@@ -10,6 +11,7 @@
 pub(crate) mod manifest_push;
 pub(crate) mod manifests;
 pub(crate) mod pull;
+pub(crate) mod upload_stream;
 pub(crate) mod uploads;
 
 use std::collections::HashMap;

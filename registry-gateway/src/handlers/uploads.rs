@@ -1,16 +1,41 @@
 //! Blob uploads: `POST` (start, monolithic, or cross-repository mount), `PATCH` (chunks),
 //! `PUT` (finish), `GET` (progress) and `DELETE` (cancel) on upload sessions.
 //!
-//! Finishing hashes the whole staged file: a mismatch with `?digest=` discards the session
-//! and stores nothing (400 `DIGEST_INVALID`); a match goes to `put_blob`. If the cluster is
-//! unavailable the session is kept so the client can retry the `PUT`.
+//! Two paths into the cluster, neither hashing on the gateway (the owning origin verifies
+//! the digest in the one pass that stores the blob):
+//!
+//! - **Streamed**: a monolithic upload with a `Content-Length` (`POST ?digest=`, or the
+//!   `PUT ?digest=` of a session that holds no bytes) goes to the owning origin while the
+//!   client sends it, with no copy on this disk ([`super::upload_stream`]). If the first
+//!   owner fails before a byte of the body is taken, the next one is tried; if it fails
+//!   mid-body, the answer is 503 `UNAVAILABLE` with `Retry-After`: the client's request was
+//!   fine and sending it again works (the session, still empty, stays for that). It is not
+//!   `BLOB_UPLOAD_INVALID`, which is a 400 and blames the client's upload. A cluster that
+//!   cannot take a stream (an origin from before the streaming ingest, during a rolling
+//!   upgrade) declines it before reading a byte, and the body is staged instead.
+//! - **Staged**: chunks (`PATCH`, a chunk with the `PUT`, a body without `Content-Length`)
+//!   are appended to the session's file and fsynced before they are acknowledged; the
+//!   closing `PUT ?digest=` sends the file to the owning origin (`put_blob`).
+//!
+//! A digest that does not match discards the session and stores nothing anywhere (400
+//! `DIGEST_INVALID`). If the cluster is unavailable the session is kept so the client can
+//! retry the `PUT`.
+//!
+//! **When 201 is sent** (either path): the first owning origin that took the blob holds it
+//! verified (sha256 and length), fsynced in its store and pinned, and its write-back to the
+//! backend was committed to its redb queue before the body was asked for. Copies to the
+//! blob's other owners follow asynchronously, each queueing its own write-back. A `202` to a
+//! `PATCH` means the chunk is fsynced in the session on the gateway's disk and counted in
+//! its `meta.json`.
+
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::http::header::{CONTENT_RANGE, LOCATION, RANGE};
-use serde_json::json;
 
 use super::pull::DIGEST_HEADER;
+use super::upload_stream::{Streamed, stream_blob, stream_error, whole_body_length};
 use super::{Ctx, Reply, empty, set};
 use crate::error::{ApiError, ErrorCode};
 use crate::range::{parse_chunk_range, upload_range_header};
@@ -26,7 +51,8 @@ fn location(name: &str, id: &str) -> String {
     format!("/v2/{name}/blobs/uploads/{id}")
 }
 
-fn upload_error(e: UploadError, name: &str, id: &str) -> ApiError {
+/// The API error of a failed session operation.
+pub(crate) fn upload_error(e: UploadError, name: &str, id: &str) -> ApiError {
     match e {
         UploadError::Unknown => ApiError::new(
             ErrorCode::BlobUploadUnknown,
@@ -84,6 +110,22 @@ pub(crate) async fn start<R: Registry>(
         }
     }
     let monolithic = ctx.query("digest").map(parse_digest).transpose()?;
+    let mut body = body;
+    if let Some(digest) = &monolithic
+        && let Some(len) = whole_body_length(ctx)
+    {
+        let started = Instant::now();
+        match stream_blob(gw, name, digest, len, body).await {
+            Ok(Streamed::Stored(received)) => {
+                let metrics = &gw.config.metrics;
+                metrics.add_upload_bytes(received);
+                metrics.upload_done(started.elapsed());
+                return Ok(created(name, digest));
+            }
+            Ok(Streamed::Declined(unread)) => body = unread,
+            Err(e) => return Err(stream_error(e, name, "new")),
+        }
+    }
     let mut session = gw
         .uploads()?
         .create(name)
@@ -202,11 +244,29 @@ pub(crate) async fn finish<R: Registry>(
         .open_session(name, id)
         .await
         .map_err(|e| upload_error(e, name, id))?;
+    let mut body = body;
+    if session.received() == 0
+        && let Some(len) = whole_body_length(ctx)
+    {
+        match stream_blob(gw, name, &digest, len, body).await {
+            Ok(Streamed::Stored(received)) => {
+                gw.config.metrics.add_upload_bytes(received);
+                return finished(session, name, &digest).await;
+            }
+            Ok(Streamed::Declined(unread)) => body = unread,
+            Err(e) => {
+                if !e.retryable() {
+                    discard(session).await;
+                }
+                return Err(stream_error(e, name, id));
+            }
+        }
+    }
     write_chunk(ctx, name, &mut session, body).await?;
     complete(gw, name, session, &digest, true).await
 }
 
-/// Verifies the staged bytes against `digest` and hands them to the cluster. When the
+/// Hands the staged bytes to the cluster, which verifies them against `digest`. When the
 /// cluster fails for a reason worth retrying, the session is kept if `keep_for_retry`.
 async fn complete<R: Registry>(
     gw: &Gateway<R>,
@@ -215,42 +275,35 @@ async fn complete<R: Registry>(
     digest: &Digest,
     keep_for_retry: bool,
 ) -> Reply {
-    let id = session.id().as_str().to_string();
-    let (actual, len) = session
-        .digest()
-        .await
-        .map_err(|e| upload_error(e, name, &id))?;
-    if actual != *digest {
-        if let Err(e) = session.remove().await {
-            tracing::warn!(id, error = %e, "removing a failed upload session");
-        }
-        return Err(ApiError::new(
-            ErrorCode::DigestInvalid,
-            format!("uploaded content has digest {actual}, not {digest}"),
-        )
-        .with_detail(json!({ "expected": digest.to_string(), "actual": actual.to_string() })));
-    }
     match gw
         .registry
-        .put_blob(name, digest, &session.data_path(), len)
+        .put_blob(name, digest, &session.data_path(), session.received())
         .await
     {
-        Ok(()) => {
-            if let Err(e) = session.completed().await {
-                tracing::warn!(id, error = %e, "removing a finished upload session");
-            }
-            Ok(created(name, digest))
-        }
-        Err(e @ RegistryError::DigestInvalid(_)) => {
-            let _ = session.remove().await;
-            Err(e.into())
-        }
+        Ok(()) => finished(session, name, digest).await,
         // Keep the session: the client may retry the PUT.
-        Err(e) if keep_for_retry => Err(e.into()),
+        Err(e) if keep_for_retry && !matches!(e, RegistryError::DigestInvalid(_)) => Err(e.into()),
         Err(e) => {
-            let _ = session.remove().await;
+            discard(session).await;
             Err(e.into())
         }
+    }
+}
+
+/// 201 for a session whose blob is stored; the session goes.
+async fn finished(session: Session, name: &str, digest: &Digest) -> Reply {
+    let id = session.id().as_str().to_string();
+    if let Err(e) = session.completed().await {
+        tracing::warn!(id, error = %e, "removing a finished upload session");
+    }
+    Ok(created(name, digest))
+}
+
+/// Removes a session that can never succeed (its bytes do not match their digest).
+async fn discard(session: Session) {
+    let id = session.id().as_str().to_string();
+    if let Err(e) = session.remove().await {
+        tracing::warn!(id, error = %e, "removing a failed upload session");
     }
 }
 

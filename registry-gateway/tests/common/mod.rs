@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kraken_registry_gateway::registry::{BlobBody, LocalBlob, Page, Registry, RegistryError};
+use futures::StreamExt;
+use kraken_registry_gateway::registry::{
+    BlobBody, LocalBlob, Page, Registry, RegistryError, UploadBody,
+};
 use kraken_registry_gateway::{GatewayConfig, serve};
 use kraken_storage::Digest;
 use serde_json::{Value, json};
@@ -25,6 +28,7 @@ struct State {
     blobs: HashMap<Digest, Bytes>,
     tags: BTreeMap<(String, String), Digest>,
     put_blob_calls: usize,
+    streamed_puts: usize,
 }
 
 /// Blobs and tags in a `HashMap`; tags check their manifest's references like the
@@ -34,10 +38,25 @@ pub struct MemRegistry {
     state: Mutex<State>,
     /// Whether `delete_tag` answers `Unsupported`.
     pub tags_immutable: bool,
-    /// How many of the next `put_blob` calls answer `Unavailable`.
+    /// How many of the next `put_blob` and `put_blob_stream` calls answer `Unavailable`
+    /// (the latter before taking a byte of the body).
     pub put_blob_outages: std::sync::atomic::AtomicUsize,
     /// This host's store: the blobs complete in it are `local_blob`s (none when unset).
     pub cas: std::sync::OnceLock<kraken_storage::cas::Cas>,
+    /// How many of the next `put_blob_stream` calls fail with `Unavailable` after taking
+    /// the first chunk of the body, as when an origin dies mid-stream.
+    pub mid_body_failures: std::sync::atomic::AtomicUsize,
+    /// Whether `put_blob_stream` declines every stream (`Unsupported`, as a cluster whose
+    /// origins predate the streaming ingest).
+    pub streams_declined: std::sync::atomic::AtomicBool,
+}
+
+/// Takes one from `counter` if it is above 0.
+fn take_one(counter: &std::sync::atomic::AtomicUsize) -> bool {
+    use std::sync::atomic::Ordering;
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 impl MemRegistry {
@@ -91,8 +110,26 @@ impl MemRegistry {
         self.state.lock().unwrap().blobs.len()
     }
 
+    /// Blob writes that reached the cluster (staged or streamed).
     pub fn put_blob_calls(&self) -> usize {
         self.state.lock().unwrap().put_blob_calls
+    }
+
+    /// Calls of `put_blob_stream` (monolithic uploads streamed through).
+    pub fn streamed_puts(&self) -> usize {
+        self.state.lock().unwrap().streamed_puts
+    }
+
+    /// Stores `bytes` as `digest`, as an origin would: only if they are `len` bytes that
+    /// hash to it.
+    fn store(&self, digest: &Digest, len: u64, bytes: Vec<u8>) -> Result<(), RegistryError> {
+        let mut s = self.state.lock().unwrap();
+        s.put_blob_calls += 1;
+        if bytes.len() as u64 != len || Digest::sha256_of(&bytes) != *digest {
+            return Err(RegistryError::DigestInvalid(digest.to_string()));
+        }
+        s.blobs.insert(*digest, Bytes::from(bytes));
+        Ok(())
     }
 }
 
@@ -201,22 +238,40 @@ impl Registry for MemRegistry {
         path: &Path,
         len: u64,
     ) -> Result<(), RegistryError> {
-        use std::sync::atomic::Ordering;
-        if self
-            .put_blob_outages
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if take_one(&self.put_blob_outages) {
             return Err(RegistryError::Unavailable("origins unreachable".into()));
         }
         let bytes = std::fs::read(path).map_err(|e| RegistryError::Internal(e.to_string()))?;
-        let mut s = self.state.lock().unwrap();
-        s.put_blob_calls += 1;
-        if bytes.len() as u64 != len || Digest::sha256_of(&bytes) != *digest {
-            return Err(RegistryError::DigestInvalid(digest.to_string()));
+        self.store(digest, len, bytes)
+    }
+
+    async fn put_blob_stream(
+        &self,
+        _repo: &str,
+        digest: &Digest,
+        len: u64,
+        body: &mut UploadBody,
+    ) -> Result<(), RegistryError> {
+        if take_one(&self.put_blob_outages) {
+            return Err(RegistryError::Unavailable("origins unreachable".into()));
         }
-        s.blobs.insert(*digest, Bytes::from(bytes));
-        Ok(())
+        if self
+            .streams_declined
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(RegistryError::Unsupported("no streaming ingest".into()));
+        }
+        self.state.lock().unwrap().streamed_puts += 1;
+        let fail_mid_body = take_one(&self.mid_body_failures);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            bytes.extend_from_slice(&chunk);
+            if fail_mid_body {
+                return Err(RegistryError::Unavailable("the origin died".into()));
+            }
+        }
+        self.store(digest, len, bytes)
     }
 
     async fn put_tag(&self, repo: &str, tag: &str, digest: &Digest) -> Result<(), RegistryError> {

@@ -49,8 +49,8 @@ pub use endpoint::{
 pub use piece::{PieceStreamError, recv_piece, send_piece, send_piece_limited};
 pub use pool::{ConnectionPool, PoolConfig, PoolError};
 pub use rpc::{
-    BiStream, RequestBody, RpcConfig, RpcError, RpcStream, Service, StreamOutcome, call,
-    call_with_limit, serve,
+    BiStream, OpenCall, RequestBody, RpcConfig, RpcError, RpcStream, Service, StreamOutcome, call,
+    call_with_limit, open_call, serve,
 };
 pub use stream::{StreamError, read_frame, read_message, write_frame};
 pub use tls::{ClusterCa, NodeIdentity, TlsError, peer_id_of_cert, peer_id_of_connection};

@@ -5,7 +5,9 @@
 //! and optionally a raw body, then finishes its side. The server answers with one response
 //! frame and optionally a raw body, then finishes. Request and response types belong to
 //! the caller (the node's protocol enums); their frames say whether and how long a body
-//! follows.
+//! follows. [`open_call`] is the same call taken apart, for a body that arrives over time
+//! (streamed as it comes, without copying) and for RPCs that answer in two steps (an
+//! interim "send the body", then the outcome).
 //!
 //! [`serve`] accepts every stream the peer opens on a connection and routes it:
 //! bidirectional streams by their [`StreamHeader`] — RPCs to [`Service::rpc`], piece
@@ -157,85 +159,180 @@ pub async fn call_with_limit<Req: Serialize, Resp: DeserializeOwned>(
     body: RequestBody<'_>,
     max_response_len: usize,
 ) -> Result<(Resp, RecvStream), RpcError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(RpcError::Open)?;
-    match send_request(&mut send, request, body).await {
-        Ok(()) => {}
-        Err(SendFailure::Body(e)) => {
-            abort(&mut send, &mut recv, codes::INTERNAL);
-            return Err(RpcError::Body(e));
-        }
-        // The peer stopped reading: it may have answered (a refusal, or a response that
-        // did not need the whole body). Its answer says more than the stop.
-        Err(SendFailure::Stream(e @ StreamError::Stopped { .. })) => {
-            return match read_frame::<Resp>(&mut recv, max_response_len).await {
-                Ok(Some(resp)) => Ok((resp, recv)),
-                Ok(None) => Err(RpcError::Send(e)),
-                Err(e) => Err(RpcError::Response(e)),
-            };
-        }
-        Err(SendFailure::Stream(e)) => {
-            abort(&mut send, &mut recv, codes::INTERNAL);
-            return Err(RpcError::Send(e));
-        }
-    }
-    match read_frame::<Resp>(&mut recv, max_response_len).await {
-        Ok(Some(resp)) => Ok((resp, recv)),
-        Ok(None) => Err(RpcError::NoResponse),
-        Err(e) => {
-            if let Some(code) = e.reply_code() {
-                let _ = recv.stop(code);
-            }
-            Err(RpcError::Response(e))
-        }
-    }
-}
-
-enum SendFailure {
-    Stream(StreamError),
-    Body(io::Error),
-}
-
-impl From<StreamError> for SendFailure {
-    fn from(e: StreamError) -> Self {
-        SendFailure::Stream(e)
-    }
-}
-
-impl From<quinn::WriteError> for SendFailure {
-    fn from(e: quinn::WriteError) -> Self {
-        SendFailure::Stream(e.into())
-    }
-}
-
-async fn send_request<Req: Serialize>(
-    send: &mut SendStream,
-    request: &Req,
-    body: RequestBody<'_>,
-) -> Result<(), SendFailure> {
-    // Header and request in one write: one packet for small requests.
-    let mut frames = encode_frame(&StreamHeader::Rpc {
-        version: PROTOCOL_VERSION,
-    })
-    .map_err(StreamError::from)?;
-    frames.extend(encode_frame(request).map_err(StreamError::from)?);
-    send.write_all(&frames).await?;
+    let mut call = open_call(conn, request, max_response_len).await?;
     match body {
         RequestBody::None => {}
-        RequestBody::Bytes(bytes) => send.write_chunk(bytes).await?,
+        RequestBody::Bytes(bytes) => {
+            call.send(bytes).await;
+        }
         RequestBody::Reader(reader) => {
             let mut buf = vec![0u8; 256 * 1024];
             loop {
-                let n = reader.read(&mut buf).await.map_err(SendFailure::Body)?;
-                if n == 0 {
+                let n = match reader.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        call.abort(codes::INTERNAL);
+                        return Err(RpcError::Body(e));
+                    }
+                };
+                if n == 0 || !call.send_slice(&buf[..n]).await {
                     break;
                 }
-                send.write_all(&buf[..n]).await?;
             }
         }
     }
-    // Already closed means stopped or reset, which the response read will report.
-    let _ = send.finish();
-    Ok(())
+    call.finish().await
+}
+
+/// Opens a call: sends the stream header and `request` on a new bidirectional stream and
+/// hands back the stream, so the caller can read interim answers ([`OpenCall::answer`])
+/// and send the body as it comes ([`OpenCall::send`]) before [`OpenCall::finish`] reads
+/// the response. Response frames are capped at `max_response_len` bytes.
+pub async fn open_call<Req: Serialize>(
+    conn: &quinn::Connection,
+    request: &Req,
+    max_response_len: usize,
+) -> Result<OpenCall, RpcError> {
+    let (send, recv) = conn.open_bi().await.map_err(RpcError::Open)?;
+    let mut call = OpenCall {
+        send,
+        recv: Some(recv),
+        max_response_len,
+        failed: None,
+    };
+    // Header and request in one write: one packet for small requests.
+    let frames = encode_frame(&StreamHeader::Rpc {
+        version: PROTOCOL_VERSION,
+    })
+    .and_then(|mut f| {
+        f.extend(encode_frame(request)?);
+        Ok(f)
+    })
+    .map_err(|e| RpcError::Send(e.into()))?;
+    if let Err(e) = call.send.write_all(&frames).await {
+        call.failed = Some(e.into());
+        // Anything but a stop leaves no answer to read.
+        if !matches!(call.failed, Some(StreamError::Stopped { .. })) {
+            let e = call.failed.take().unwrap_or(StreamError::ClosedStream);
+            call.abort(codes::INTERNAL);
+            return Err(RpcError::Send(e));
+        }
+    }
+    Ok(call)
+}
+
+/// A call in progress: the request is sent, the body and the answer are not (see
+/// [`open_call`]). Dropping it before [`OpenCall::finish`] resets the stream with
+/// [`codes::ABANDONED`] (quinn would otherwise finish it, and the peer would take a cut-off
+/// body for a whole one).
+#[derive(Debug)]
+pub struct OpenCall {
+    send: SendStream,
+    /// `None` once [`OpenCall::finish`] has taken it (or the call was abandoned).
+    recv: Option<RecvStream>,
+    max_response_len: usize,
+    /// Why sending stopped, if it did; [`OpenCall::finish`] reports it.
+    failed: Option<StreamError>,
+}
+
+impl OpenCall {
+    /// Sends the next part of the body without copying it. False once the peer stopped
+    /// reading or the stream failed: stop sending and call [`OpenCall::finish`], which
+    /// returns the peer's answer (a refusal, or an answer that needed no more bytes) or
+    /// the failure.
+    pub async fn send(&mut self, bytes: Bytes) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        let written = self.send.write_chunk(bytes).await;
+        self.sent(written)
+    }
+
+    /// [`OpenCall::send`] for bytes the caller keeps (they are copied).
+    async fn send_slice(&mut self, bytes: &[u8]) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        let written = self.send.write_all(bytes).await;
+        self.sent(written)
+    }
+
+    /// Records a write's failure, if it failed; whether sending may go on.
+    fn sent(&mut self, written: Result<(), quinn::WriteError>) -> bool {
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed = Some(e.into());
+                false
+            }
+        }
+    }
+
+    /// Reads one answer frame before the body is done (an RPC that answers in two steps,
+    /// such as "send the body" and then the outcome). `Ok(None)`: the peer finished
+    /// without one.
+    pub async fn answer<Resp: DeserializeOwned>(&mut self) -> Result<Option<Resp>, RpcError> {
+        let Some(recv) = self.recv.as_mut() else {
+            return Err(RpcError::Response(StreamError::ClosedStream));
+        };
+        match read_frame::<Resp>(recv, self.max_response_len).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if let Some(code) = e.reply_code() {
+                    let _ = recv.stop(code);
+                }
+                Err(RpcError::Response(e))
+            }
+        }
+    }
+
+    /// Gives up: resets the stream with `code` (the body's source failed), so the peer
+    /// keeps nothing of it.
+    pub fn abort(mut self, code: VarInt) {
+        self.close(code);
+    }
+
+    fn close(&mut self, code: VarInt) {
+        if let Some(mut recv) = self.recv.take() {
+            abort(&mut self.send, &mut recv, code);
+        }
+    }
+
+    /// Ends the body and reads the response. Returns it with the receive stream, which
+    /// carries the response body if the response announced one.
+    pub async fn finish<Resp: DeserializeOwned>(mut self) -> Result<(Resp, RecvStream), RpcError> {
+        match self.failed.take() {
+            None => {
+                // Already closed means stopped or reset, which the response read reports.
+                let _ = self.send.finish();
+            }
+            // The peer stopped reading: it may have answered (a refusal, or a response
+            // that did not need the whole body). Its answer says more than the stop.
+            Some(e @ StreamError::Stopped { .. }) => {
+                let answer = self.answer::<Resp>().await;
+                return match (answer, self.recv.take()) {
+                    (Ok(Some(resp)), Some(recv)) => Ok((resp, recv)),
+                    (Ok(_), _) => Err(RpcError::Send(e)),
+                    (Err(e), _) => Err(e),
+                };
+            }
+            Some(e) => {
+                self.close(codes::INTERNAL);
+                return Err(RpcError::Send(e));
+            }
+        }
+        let answer = self.answer::<Resp>().await?;
+        match (answer, self.recv.take()) {
+            (Some(resp), Some(recv)) => Ok((resp, recv)),
+            _ => Err(RpcError::NoResponse),
+        }
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.close(codes::ABANDONED);
+    }
 }
 
 /// Both halves of a bidirectional stream the peer opened, after its header (and, for an

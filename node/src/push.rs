@@ -1,0 +1,117 @@
+//! The proxy's blob writes: a pushed blob into its owning origins with the streaming ingest
+//! (`Request::Ingest`, served by [`crate::origin::ingest`]), in ring order.
+//!
+//! - [`put_file`]: a staged upload session's file. An owner that fails, before or during
+//!   the body, is followed by the next: the file is still here to send again.
+//! - [`put_stream`]: a request body as the client sends it. An owner that fails before it
+//!   asks for the body (down, busy, not an owner, or its queue unusable) is followed by the
+//!   next, with nothing of the body consumed; once the body flows it belongs to that owner,
+//!   and its failure fails the upload ([`RegistryError::Unavailable`]: sending it again
+//!   works). An owner from before the streaming ingest declines the stream
+//!   ([`RegistryError::Unsupported`], the body untouched): the gateway stages it and
+//!   comes back through [`put_file`], which sends it the resumable upload.
+//!
+//! The proxy does not hash: the origin checks the digest in its one pass over the bytes
+//! and a mismatch comes back as [`RegistryError::DigestInvalid`], nothing stored. `Ok`
+//! means the origin answered `Uploaded`: the blob is verified, fsynced in its store, pinned,
+//! and its write-back queued.
+
+use std::path::Path;
+
+use kraken_client::ingest::{
+    IngestCall, IngestRequest, Opened, SendAllError, ingest_file, predates_ingest,
+};
+use kraken_membership::Role;
+use kraken_registry_gateway::registry::{RegistryError, UploadBody};
+use kraken_storage::Digest;
+
+use crate::client::{CallError, Cluster};
+use crate::proto::ErrorKind;
+
+/// Stores `len` bytes of the file at `path` as blob `digest` of namespace `repo`.
+pub async fn put_file(
+    cluster: &Cluster,
+    repo: &str,
+    digest: &Digest,
+    path: &Path,
+    len: u64,
+) -> Result<(), RegistryError> {
+    let ingest = request(repo, digest, len);
+    let mut last = RegistryError::Unavailable("no live origin".into());
+    for owner in cluster.owners_of_digest(Role::Origin, digest, 0) {
+        match ingest_file(cluster, owner.quic_addr, ingest, path).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.try_next() => {
+                tracing::debug!(owner = %owner.id, error = %e, "owner failed; trying the next");
+                last = RegistryError::Unavailable(e.to_string());
+            }
+            Err(e) => return Err(push_error(e)),
+        }
+    }
+    Err(last)
+}
+
+/// Stores blob `digest` of namespace `repo`, exactly `len` bytes, from `body` as it
+/// arrives. Nothing is taken from `body` before an owner asks for it.
+pub async fn put_stream(
+    cluster: &Cluster,
+    repo: &str,
+    digest: &Digest,
+    len: u64,
+    body: &mut UploadBody,
+) -> Result<(), RegistryError> {
+    let ingest = request(repo, digest, len);
+    let mut last = RegistryError::Unavailable("no live origin".into());
+    for owner in cluster.owners_of_digest(Role::Origin, digest, 0) {
+        let call = match IngestCall::open(cluster, owner.quic_addr, ingest).await {
+            Ok(Opened::Proceed(call)) => call,
+            Ok(Opened::Present { .. }) => return Ok(()),
+            // Nothing of the body is taken: the gateway stages it and calls put_file,
+            // which falls back to the resumable upload.
+            Err(e) if predates_ingest(&e) => {
+                return Err(RegistryError::Unsupported(format!(
+                    "origin {} predates the streaming ingest",
+                    owner.id
+                )));
+            }
+            Err(e) if e.try_next() => {
+                tracing::debug!(owner = %owner.id, error = %e, "owner failed; trying the next");
+                last = RegistryError::Unavailable(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(push_error(e)),
+        };
+        return match call.send_all(body).await {
+            Ok(_) => Ok(()),
+            Err(SendAllError::Call(e)) => Err(push_error(e)),
+            // The gateway knows why from the body itself.
+            Err(SendAllError::Source(e)) => Err(RegistryError::Unavailable(format!(
+                "the upload's body failed: {e}"
+            ))),
+        };
+    }
+    Err(last)
+}
+
+fn request<'a>(repo: &'a str, digest: &'a Digest, len: u64) -> IngestRequest<'a> {
+    IngestRequest {
+        namespace: repo,
+        digest,
+        length: len,
+        replica: false,
+        persisted: false,
+    }
+}
+
+/// What a failed ingest means to the gateway: the content is wrong, sending again may work,
+/// or neither.
+fn push_error(e: CallError) -> RegistryError {
+    match e.remote() {
+        Some(r) if r.kind == ErrorKind::DigestMismatch => {
+            RegistryError::DigestInvalid(r.message.clone())
+        }
+        Some(r) if r.kind == ErrorKind::BadRequest => RegistryError::Internal(r.message.clone()),
+        _ if e.try_next() => RegistryError::Unavailable(e.to_string()),
+        _ => RegistryError::Internal(e.to_string()),
+    }
+}
