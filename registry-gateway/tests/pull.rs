@@ -218,6 +218,25 @@ async fn blobs_get_head_and_ranges() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&r, "content-range").as_deref(), Some("bytes */5000"));
+    assert_eq!(error_code(r).await, "RANGE_INVALID");
+
+    // A suffix: the last bytes.
+    let r = s
+        .client
+        .get(&url)
+        .header("range", "bytes=-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        header(&r, "content-range").as_deref(),
+        Some("bytes 4993-4999/5000")
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[4993..]);
+
+    // Every GET above was one read_blob and no stat_blob; each HEAD one stat_blob.
+    assert_eq!(reg.blob_lookups(), (2, 5));
 
     // A malformed Range is ignored.
     let r = s
