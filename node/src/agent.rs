@@ -5,8 +5,9 @@
 //! announces, every piece is verified as it arrives (along the digest's sha256 chain, or
 //! with BLAKE3 for metainfo without one), and the whole blob is the digest's when it is
 //! committed to the CAS. Concurrent pulls of one digest share one pull and one download:
-//! `Pull` RPCs and registry reads alike, which stream the blob as it arrives. The completed blob keeps seeding until the swarm's seeding TTI, and stays in
-//! the CAS until the quota/TTI eviction removes it.
+//! `Pull` RPCs and registry reads alike, which stream the blob as it arrives. The
+//! completed blob keeps seeding until the swarm's seeding TTI, and stays in the CAS until
+//! the quota/TTI eviction removes it.
 //!
 //! Every pull leaves a [`PullReport`] (bytes by peer kind and by peer, time, retries, bad
 //! pieces) for `krakenctl pull-report`.

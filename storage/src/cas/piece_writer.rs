@@ -15,7 +15,7 @@
 //! states (version 2, every default piece length), else its BLAKE3 hash from the
 //! metainfo. Both come from the same metainfo, so BLAKE3 on top of the chain proves
 //! nothing more about the bytes; it cost a second pass over every byte received (about
-//! 0.2 CPU-s per GiB here, see docs/performance.md). BLAKE3 still tells who is to blame:
+//! 0.25 CPU-s per GiB here, see docs/performance.md). BLAKE3 still tells who is to blame:
 //! a piece that breaks the chain is hashed with BLAKE3 then, from the bytes kept or read
 //! back from the file. If that fails too the peer sent bad bytes
 //! ([`PieceError::HashMismatch`]); if it passes, the metainfo's hashes and chaining states

@@ -22,8 +22,7 @@
 //!   partial file on the blocking pool (direct I/O where the filesystem allows), so a
 //!   piece is never held in memory whole (unless a streaming reader waits for it), the
 //!   runtime's threads never wait on the disk, and only a verified piece is marked
-//!   present. One writer per piece at a
-//!   time; a second copy (endgame) is refused at once. Every `flush_every_pieces` pieces
+//!   present. One writer per piece at a time; a second copy (endgame) is refused at once. Every `flush_every_pieces` pieces
 //!   the progress is saved (an fsync, then the bitfield) by a `FlushJob` on the blocking
 //!   pool, one at a time, so the task never waits on the disk.
 //! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
@@ -43,10 +42,11 @@
 //! streamed, in order, before it is complete ([`BlobWatch::read_range`]). A streamed piece
 //! is trusted by its proof from the metainfo (its place in the digest's sha256 chain, or
 //! its BLAKE3 hash); the whole blob is known to be the digest's at the commit, whose
-//! outcome the watch reports too. A reader's position steers the swarm: the pieces just ahead of it are asked for
-//! first and kept in memory for it as they land, within [`ExchangeConfig::stream_window`]
-//! per reader and [`ExchangeConfig::stream_memory`] in all (`window`), so it never reads
-//! back from the disk a piece just written there with direct I/O.
+//! outcome the watch reports too. A reader's position steers the swarm: the pieces just
+//! ahead of it are asked for first and kept in memory for it as they land, within
+//! [`ExchangeConfig::stream_window`] per reader and [`ExchangeConfig::stream_memory`] in
+//! all (`window`), so it never reads back from the disk a piece just written there with
+//! direct I/O.
 //!
 //! Backpressure: each blob task reads its inputs from a bounded channel
 //! ([`INPUT_QUEUE`]). Session readers, piece receivers and stream handlers wait when it is
