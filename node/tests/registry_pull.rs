@@ -100,11 +100,13 @@ async fn a_registry_get_streams_the_blob_while_it_downloads_and_counts_as_the_pu
         )),
         "{text}"
     );
-    let counters = role.exchange().counters();
-    let memory = counters
-        .streamed_from_memory
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(memory > 0, "pieces reached the clients from memory");
+    let memory: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kraken_streamed_pieces_total{from=\"memory\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(memory > 0, "pieces reached the clients from memory: {text}");
     assert_eq!(
         role.exchange().stream_memory_used(),
         0,
