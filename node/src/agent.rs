@@ -2,10 +2,12 @@
 //!
 //! A pull resolves the blob's metainfo through the digest's tracker (which asks the owning
 //! origins), then runs the blob's swarm in the [`PieceExchange`]: peers come from
-//! announces, every piece is verified with BLAKE3 as it arrives, and the final sha256 is
-//! checked when the blob is committed to the CAS. Concurrent pulls of one digest share one
-//! download. The completed blob keeps seeding until the swarm's seeding TTI, and stays in
-//! the CAS until the quota/TTI eviction removes it.
+//! announces, every piece is verified as it arrives (along the digest's sha256 chain, or
+//! with BLAKE3 for metainfo without one), and the whole blob is the digest's when it is
+//! committed to the CAS. Concurrent pulls of one digest share one pull and one download:
+//! `Pull` RPCs and registry reads alike, which stream the blob as it arrives. The
+//! completed blob keeps seeding until the swarm's seeding TTI, and stays in the CAS until
+//! the quota/TTI eviction removes it.
 //!
 //! Every pull leaves a [`PullReport`] (bytes by peer kind and by peer, time, retries, bad
 //! pieces) for `krakenctl pull-report`.
@@ -18,8 +20,8 @@ use kraken_client::metainfo::MetainfoQuery;
 use kraken_membership::Role;
 use kraken_storage::cas::Cas;
 use kraken_storage::{Digest, Metainfo};
-use kraken_transport::exchange::{BlobWatch, Handout, PieceExchange, Tracker};
-use kraken_transport::swarm::PeerInfo;
+use kraken_transport::exchange::{BlobWatch, DownloadReport, Handout, PieceExchange, Tracker};
+use kraken_transport::swarm::{PeerInfo, SwarmStats};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -132,6 +134,28 @@ impl Tracker for RingTracker {
 
 type PullOutcome = Option<Result<PullReport, RemoteError>>;
 
+/// One pull of a digest, shared by every caller: the `Pull` RPCs that wait for it and the
+/// registry reads that stream it.
+#[derive(Clone)]
+struct SharedPull {
+    /// The download's watch once it runs, or why it could not start.
+    started: watch::Receiver<Option<Result<BlobWatch, RemoteError>>>,
+    /// The pull's report once it is over.
+    outcome: watch::Receiver<PullOutcome>,
+}
+
+/// The bytes `range` of `watch`'s blob (which must lie inside it), in order, each piece
+/// as soon as it is verified.
+pub fn read_range(
+    watch: BlobWatch,
+    range: std::ops::Range<u64>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, RemoteError>> + Send + 'static {
+    use futures::StreamExt;
+    watch
+        .read_range(range)
+        .map(|r| r.map_err(|e| RemoteError::new(ErrorKind::Unavailable, e.to_string())))
+}
+
 /// The agent role. Cheap to clone.
 #[derive(Clone)]
 pub struct Agent {
@@ -143,7 +167,7 @@ struct Inner {
     exchange: PieceExchange<RingTracker>,
     config: AgentConfig,
     metrics: Arc<Metrics>,
-    pulls: Mutex<HashMap<Digest, watch::Receiver<PullOutcome>>>,
+    pulls: Mutex<HashMap<Digest, SharedPull>>,
     reports: Mutex<BoundedMap<Digest, PullReport>>,
 }
 
@@ -237,45 +261,10 @@ impl Agent {
     }
 
     /// Downloads `digest` (if it is not local) and reports where its bytes came from.
-    /// Concurrent calls for one digest share one pull.
+    /// Concurrent calls for one digest, and registry reads of it, share one pull.
     pub async fn pull(&self, namespace: &str, digest: &Digest) -> Result<PullReport, RemoteError> {
-        let mut rx = {
-            let mut pulls = self
-                .inner
-                .pulls
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match pulls.get(digest) {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    pulls.insert(*digest, rx.clone());
-                    let (agent, namespace, digest) = (self.clone(), namespace.to_string(), *digest);
-                    crate::spawn(async move {
-                        let limit = Duration::from_secs(agent.inner.config.pull_timeout_secs);
-                        let result =
-                            match tokio::time::timeout(limit, agent.pull_once(&namespace, &digest))
-                                .await
-                            {
-                                Ok(r) => r,
-                                Err(_) => Err(RemoteError::new(
-                                    ErrorKind::Unavailable,
-                                    format!("pull of {digest} did not finish within {limit:?}"),
-                                )),
-                            };
-                        agent
-                            .inner
-                            .pulls
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&digest);
-                        tx.send_replace(Some(result));
-                    });
-                    rx
-                }
-            }
-        };
-        match rx.wait_for(Option::is_some).await {
+        let mut outcome = self.join(namespace, digest).outcome;
+        match outcome.wait_for(Option::is_some).await {
             Ok(outcome) => outcome
                 .clone()
                 .unwrap_or_else(|| Err(RemoteError::new(ErrorKind::Internal, "no outcome"))),
@@ -283,55 +272,120 @@ impl Agent {
         }
     }
 
-    #[tracing::instrument(name = "pull", skip_all)]
-    async fn pull_once(&self, namespace: &str, digest: &Digest) -> Result<PullReport, RemoteError> {
-        let started = Instant::now();
-        let metainfo = self.metainfo(namespace, digest).await?;
-        let length = metainfo.length();
-        let report = self.inner.exchange.download(metainfo).await;
-        match report {
-            Ok(report) => {
-                self.inner.metrics.pull_done(&report, started.elapsed());
-                let pull = PullReport::from_stats(
-                    *digest,
-                    length,
-                    started.elapsed(),
-                    report.already_present,
-                    &report.stats,
-                );
-                tracing::info!(
-                    length,
-                    elapsed_ms = pull.elapsed_ms,
-                    from_agents = pull.bytes_from_agents,
-                    from_origins = pull.bytes_from_origins,
-                    "pulled"
-                );
-                self.keep_report(&pull);
-                Ok(pull)
-            }
-            Err(e) => {
-                self.inner.metrics.pull_failed();
-                Err(RemoteError::new(ErrorKind::Unavailable, e.to_string()))
-            }
+    /// The running pull of `digest`, or a new one.
+    fn join(&self, namespace: &str, digest: &Digest) -> SharedPull {
+        let mut pulls = self
+            .inner
+            .pulls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(pull) = pulls.get(digest) {
+            return pull.clone();
         }
+        let (started_tx, started) = watch::channel(None);
+        let (outcome_tx, outcome) = watch::channel(None);
+        let pull = SharedPull { started, outcome };
+        pulls.insert(*digest, pull.clone());
+        let (agent, namespace, digest) = (self.clone(), namespace.to_string(), *digest);
+        crate::spawn(async move {
+            let limit = Duration::from_secs(agent.inner.config.pull_timeout_secs);
+            let pull = agent.pull_once(&namespace, &digest, &started_tx);
+            let result = match tokio::time::timeout(limit, pull).await {
+                Ok(r) => r,
+                Err(_) => Err(RemoteError::new(
+                    ErrorKind::Unavailable,
+                    format!("pull of {digest} did not finish within {limit:?}"),
+                )),
+            };
+            agent
+                .inner
+                .pulls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&digest);
+            if let Err(e) = &result {
+                // Readers still waiting for the download to start learn why it did not.
+                started_tx.send_if_modified(|s| s.is_none() && s.replace(Err(e.clone())).is_none());
+            }
+            outcome_tx.send_replace(Some(result));
+        });
+        pull
     }
 
-    /// Starts (or joins) the download of `digest` and returns a watch over its pieces, for
-    /// streaming the blob before it completes.
+    /// One pull: the download's metainfo (none asked for when the blob is local or its
+    /// download already runs: the exchange has it), the download, then the metrics, the
+    /// report and the log line. `started` gets the download's watch as soon as it runs.
+    #[tracing::instrument(name = "pull", skip_all)]
+    async fn pull_once(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        started: &watch::Sender<Option<Result<BlobWatch, RemoteError>>>,
+    ) -> Result<PullReport, RemoteError> {
+        let begun = Instant::now();
+        let already_present = self.cas().contains(digest).unwrap_or(false);
+        let mut watch = match self.inner.exchange.watch(digest) {
+            Some(w) => w,
+            None => {
+                let metainfo = self.metainfo(namespace, digest).await?;
+                self.inner
+                    .exchange
+                    .start_download(metainfo)
+                    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
+            }
+        };
+        let length = watch.metainfo().length();
+        started.send_replace(Some(Ok(watch.clone())));
+        let stats = match watch.finished().await {
+            // A blob that was here already: nothing moved for this pull.
+            Ok(_) if already_present => SwarmStats::default(),
+            Ok(stats) => stats,
+            Err(e) => {
+                self.inner.metrics.pull_failed();
+                return Err(RemoteError::new(ErrorKind::Unavailable, e.to_string()));
+            }
+        };
+        let elapsed = begun.elapsed();
+        let report = DownloadReport {
+            stats,
+            elapsed,
+            already_present,
+        };
+        self.inner.metrics.pull_done(&report, elapsed);
+        let pull = PullReport::from_stats(*digest, length, elapsed, already_present, &report.stats);
+        tracing::info!(
+            length,
+            elapsed_ms = pull.elapsed_ms,
+            from_agents = pull.bytes_from_agents,
+            from_origins = pull.bytes_from_origins,
+            "pulled"
+        );
+        self.keep_report(&pull);
+        Ok(pull)
+    }
+
+    /// A watch over the pieces of `digest`, for streaming the blob before it completes: a
+    /// complete local blob's at once, else that of the blob's pull, started or joined (see
+    /// [`Agent::pull`]), once its download runs.
     pub async fn stream(&self, namespace: &str, digest: &Digest) -> Result<BlobWatch, RemoteError> {
-        if let Some(w) = self.inner.exchange.watch(digest) {
+        if self.cas().contains(digest).unwrap_or(false)
+            && let Some(w) = self.inner.exchange.watch(digest)
+        {
             return Ok(w);
         }
-        let metainfo = self.metainfo(namespace, digest).await?;
-        self.inner
-            .exchange
-            .start_download(metainfo)
-            .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))
+        let mut started = self.join(namespace, digest).started;
+        match started.wait_for(Option::is_some).await {
+            Ok(s) => s
+                .clone()
+                .unwrap_or_else(|| Err(RemoteError::new(ErrorKind::Internal, "no watch"))),
+            Err(_) => Err(RemoteError::new(ErrorKind::Internal, "the pull task ended")),
+        }
     }
 
     /// The bytes `range` of the blob (all of it if `None`), in order, as soon as each piece
-    /// arrives: a registry client can start receiving before the download completes. The
-    /// stream ends with an error if the download fails or the range is past the end.
+    /// arrives: a registry client can start receiving before the download completes. Fails
+    /// at once if the range is past the end; the stream ends with an error if the download
+    /// fails.
     pub async fn read_stream(
         &self,
         namespace: &str,
@@ -342,8 +396,7 @@ impl Agent {
         RemoteError,
     > {
         let watch = self.stream(namespace, digest).await?;
-        let meta = watch.metainfo().clone();
-        let len = meta.length();
+        let len = watch.metainfo().length();
         let range = range.unwrap_or(0..len);
         if range.start > range.end || range.end > len {
             return Err(RemoteError::new(
@@ -351,30 +404,7 @@ impl Agent {
                 format!("range {range:?} is outside {digest} ({len} bytes)"),
             ));
         }
-        let piece_len = u64::from(meta.piece_length());
-        let first = range.start / piece_len;
-        let state = (watch, first, range);
-        Ok(futures::stream::try_unfold(
-            state,
-            move |(mut watch, index, range)| async move {
-                let start = index * piece_len;
-                if start >= range.end || range.is_empty() {
-                    return Ok(None);
-                }
-                let piece =
-                    kraken_storage::PieceIndex(u32::try_from(index).map_err(|_| {
-                        RemoteError::new(ErrorKind::Internal, "piece index overflow")
-                    })?);
-                let failed = |e: kraken_transport::exchange::ExchangeError| {
-                    RemoteError::new(ErrorKind::Unavailable, e.to_string())
-                };
-                watch.wait_piece(piece).await.map_err(failed)?;
-                let bytes = watch.read_piece(piece).await.map_err(failed)?;
-                let from = range.start.saturating_sub(start) as usize;
-                let to = (range.end - start).min(bytes.len() as u64) as usize;
-                Ok(Some((bytes.slice(from..to), (watch, index + 1, range))))
-            },
-        ))
+        Ok(read_range(watch, range))
     }
 
     /// The blob's metainfo: local if the blob is, else from its tracker (waiting while an

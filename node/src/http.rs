@@ -117,7 +117,10 @@ fn gauges(roles: &Roles, cluster: &Cluster) -> Gauges {
     if let Some(a) = &roles.agent {
         gauges.store_bytes = Some(a.cas().used_bytes());
         gauges.active_swarms = a.exchange().active_blobs();
-        gauges.pieces = pieces(a.exchange().counters());
+        let c = a.exchange().counters();
+        gauges.pieces = pieces(c);
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        gauges.streamed = Some((get(&c.streamed_from_memory), get(&c.streamed_from_disk)));
     }
     if let Some(t) = &roles.tracker {
         gauges.tracked_blobs = Some(t.tracked_blobs());

@@ -280,6 +280,9 @@ pub struct Gauges {
     pub tracked_blobs: Option<usize>,
     /// Piece traffic: (pieces in, bytes in, pieces out, bytes out, bad pieces).
     pub pieces: Option<(u64, u64, u64, u64, u64)>,
+    /// Pieces registry clients streamed from a running download: (taken from memory as
+    /// they landed, read back from the disk).
+    pub streamed: Option<(u64, u64)>,
 }
 
 /// Where the gauges come from at each scrape.
@@ -404,6 +407,20 @@ impl Gauges {
                 counts.map(|(d, n)| (d, ConstCounter::new(n))),
             )?;
         }
+        if let Some((memory, disk)) = self.streamed {
+            let streamed = (
+                "kraken_streamed_pieces",
+                "Pieces clients streamed from a running download, by where they were read.",
+                MetricType::Counter,
+            );
+            let counts = [("memory", memory), ("disk", disk)];
+            family(
+                e,
+                streamed,
+                "from",
+                counts.map(|(d, n)| (d, ConstCounter::new(n))),
+            )?;
+        }
         Ok(())
     }
 }
@@ -433,6 +450,7 @@ mod tests {
             writeback_depth: Some(3),
             ring_sizes: vec![("origin", 3), ("tracker", 1)],
             pieces: Some((1, 2, 3, 4, 5)),
+            streamed: Some((6, 7)),
             ..Gauges::default()
         });
         m.collect_gauges(&source);
@@ -456,6 +474,8 @@ mod tests {
             "kraken_pieces_total{direction=\"in\"} 1",
             "kraken_pieces_total{direction=\"bad\"} 5",
             "kraken_piece_bytes_total{direction=\"out\"} 4",
+            "kraken_streamed_pieces_total{from=\"memory\"} 6",
+            "kraken_streamed_pieces_total{from=\"disk\"} 7",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

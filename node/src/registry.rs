@@ -22,7 +22,7 @@ use futures::StreamExt;
 use kraken_client::download::Download;
 use kraken_membership::Role;
 use kraken_registry_gateway::registry::{
-    BlobBody, LocalBlob, Page, Registry, RegistryError, UploadBody,
+    BlobBody, ByteRange, LocalBlob, Page, Registry, RegistryError, UploadBody, resolve_range,
 };
 use kraken_storage::cas::CasError;
 use kraken_storage::{Digest, Metainfo};
@@ -75,6 +75,7 @@ impl ClusterRegistry {
         }
     }
 
+    /// The blob's metainfo: the agent's (local, or from the tracker) or the origins'.
     async fn metainfo(&self, repo: &str, digest: &Digest) -> Result<Metainfo, RegistryError> {
         if let Some(agent) = &self.agent {
             return agent
@@ -248,30 +249,34 @@ impl ClusterRegistry {
         }
     }
 
-    /// The blob from the cluster (the agent's download, or the origins).
+    /// The blob from the cluster (the agent's download, or the origins), with `range`
+    /// resolved against its length once the blob is found: one metainfo lookup at most
+    /// (none on an agent that holds the blob or is downloading it already).
     async fn cluster_read(
         &self,
         repo: &str,
         digest: &Digest,
-        range: Option<Range<u64>>,
+        range: Option<ByteRange>,
     ) -> Result<BlobBody, RegistryError> {
-        let meta = self.metainfo(repo, digest).await?;
-        let total = meta.length();
-        let range = range.unwrap_or(0..total);
-        if range.start > range.end || range.end > total {
-            return Err(RegistryError::RangeNotSatisfiable(format!(
-                "{range:?} of a {total}-byte blob"
-            )));
-        }
-        let stream = match &self.agent {
-            Some(agent) => agent
-                .read_stream(repo, digest, Some(range.clone()))
+        if let Some(agent) = &self.agent {
+            let watch = agent
+                .stream(repo, digest)
                 .await
-                .map_err(|e| blob_error(e, digest))?
+                .map_err(|e| blob_error(e, digest))?;
+            let total = watch.metainfo().length();
+            let range = resolve_range(range, total)?;
+            let stream = crate::agent::read_range(watch, range.clone())
                 .map(|r| r.map_err(|e| RegistryError::Unavailable(e.message)))
-                .boxed(),
-            None => self.origin_stream(digest, range.clone()).await?,
-        };
+                .boxed();
+            return Ok(BlobBody {
+                total,
+                range,
+                stream,
+            });
+        }
+        let total = self.metainfo(repo, digest).await?.length();
+        let range = resolve_range(range, total)?;
+        let stream = self.origin_stream(digest, range.clone()).await?;
         Ok(BlobBody {
             total,
             range,
@@ -306,9 +311,9 @@ impl Registry for ClusterRegistry {
         &self,
         repo: &str,
         digest: &Digest,
-        range: Option<Range<u64>>,
+        range: Option<ByteRange>,
     ) -> Result<BlobBody, RegistryError> {
-        match self.cluster_read(repo, digest, range.clone()).await {
+        match self.cluster_read(repo, digest, range).await {
             Err(RegistryError::BlobUnknown(_)) if let Some((u, base)) = self.upstream(repo) => {
                 u.read(&base, repo, digest, range).await
             }

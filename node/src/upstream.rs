@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kraken_registry_gateway::registry::{BlobBody, RegistryError};
+use kraken_registry_gateway::registry::{BlobBody, ByteRange, RegistryError, resolve_range};
 use kraken_storage::{Digest, DigestHasher};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -266,7 +266,7 @@ impl Upstreams {
         base: &str,
         repo: &str,
         digest: &Digest,
-        range: Option<Range<u64>>,
+        range: Option<ByteRange>,
     ) -> Result<BlobBody, RegistryError> {
         // Registries serve manifests only under /manifests; try blobs first.
         let mut response = None;
@@ -295,12 +295,7 @@ impl Upstreams {
         let total = response.content_length().ok_or_else(|| {
             RegistryError::Unavailable(format!("upstream {url}: no Content-Length"))
         })?;
-        let range = range.unwrap_or(0..total);
-        if range.start > range.end || range.end > total {
-            return Err(RegistryError::RangeNotSatisfiable(format!(
-                "{range:?} of {total} bytes"
-            )));
-        }
+        let range = resolve_range(range, total)?;
         let state = Verify {
             response: Some(response),
             hasher: Some(DigestHasher::new(digest.algorithm())),

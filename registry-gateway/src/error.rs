@@ -7,7 +7,7 @@
 //! The body is always `{"errors":[{"code":…,"message":…,"detail":…}]}`.
 
 use axum::body::Body;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, IntoHeaderName};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, IntoHeaderName};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -227,7 +227,10 @@ impl From<RegistryError> for ApiError {
                     .with_detail(json!({ "blobs": m }))
             }
             RegistryError::DigestInvalid(m) => ApiError::new(ErrorCode::DigestInvalid, m),
-            RegistryError::RangeNotSatisfiable(m) => ApiError::new(ErrorCode::RangeInvalid, m),
+            e @ RegistryError::RangeNotSatisfiable { total } => {
+                ApiError::new(ErrorCode::RangeInvalid, e.to_string())
+                    .with_header(CONTENT_RANGE, &format!("bytes */{total}"))
+            }
             RegistryError::Unsupported(m) => ApiError::new(ErrorCode::Unsupported, m),
             RegistryError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m)
                 .with_header(axum::http::header::RETRY_AFTER, "5"),

@@ -4,14 +4,16 @@
 //!   (several ranges, other units, garbage) is `None`, and RFC 9110 lets a server ignore
 //!   such a header and send the whole blob. [`ByteRange::resolve`] turns it into a
 //!   half-open range over a blob of known length, or `None` when it is unsatisfiable (416).
+//!   The gateway hands the unresolved range to `Registry::read_blob`, which knows the
+//!   length once it has found the blob: one lookup and one check per request.
 //! - [`parse_chunk_range`] reads an upload chunk's `Content-Range: a-b` (inclusive; a
 //!   leading `bytes ` and a trailing `/total` are tolerated).
 
 use std::ops::Range;
 
-/// One range of a `Range: bytes=…` header.
+/// One range of a `Range: bytes=…` header, not yet resolved against a blob's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ByteRange {
+pub enum ByteRange {
     /// `a-b`, both inclusive.
     FromTo(u64, u64),
     /// `a-`: from `a` to the end.
@@ -30,7 +32,7 @@ fn number(s: &str) -> Option<u64> {
 
 impl ByteRange {
     /// Parses a `Range` header value; `None` if it is not a single byte range.
-    pub(crate) fn parse(value: &str) -> Option<ByteRange> {
+    pub fn parse(value: &str) -> Option<ByteRange> {
         let spec = value.trim().strip_prefix("bytes=")?;
         if spec.contains(',') {
             return None;
@@ -49,7 +51,7 @@ impl ByteRange {
 
     /// The half-open range this selects in a blob of `total` bytes; `None` if
     /// unsatisfiable.
-    pub(crate) fn resolve(self, total: u64) -> Option<Range<u64>> {
+    pub fn resolve(self, total: u64) -> Option<Range<u64>> {
         match self {
             ByteRange::FromTo(a, b) => (a < total).then(|| a..b.saturating_add(1).min(total)),
             ByteRange::From(a) => (a < total).then_some(a..total),

@@ -11,6 +11,10 @@
 //!
 //! Every method says what it means by its errors through [`RegistryError`], which the
 //! gateway maps onto the specification's error codes and statuses.
+//!
+//! A blob `GET` is one call, [`Registry::read_blob`], given the client's range as it came
+//! ([`ByteRange`]): the implementation finds the blob once and resolves the range against
+//! its length once ([`resolve_range`]). `HEAD` asks [`Registry::stat_blob`].
 
 use std::future::Future;
 use std::ops::Range;
@@ -20,6 +24,8 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::Stream;
 use kraken_storage::Digest;
+
+pub use crate::range::ByteRange;
 
 /// A body of bytes arriving over time.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
@@ -93,6 +99,17 @@ impl std::fmt::Debug for LocalBlob {
     }
 }
 
+/// The bytes `range` selects in a blob of `total` bytes (all of them without a range), or
+/// [`RegistryError::RangeNotSatisfiable`].
+pub fn resolve_range(range: Option<ByteRange>, total: u64) -> Result<Range<u64>, RegistryError> {
+    match range {
+        None => Ok(0..total),
+        Some(r) => r
+            .resolve(total)
+            .ok_or(RegistryError::RangeNotSatisfiable { total }),
+    }
+}
+
 /// A page of names (tags or repositories), sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
@@ -120,9 +137,13 @@ pub enum RegistryError {
     /// Bytes do not match their digest.
     #[error("digest did not match content: {0}")]
     DigestInvalid(String),
-    /// The range cannot be served.
-    #[error("range not satisfiable: {0}")]
-    RangeNotSatisfiable(String),
+    /// The range selects no byte of the blob; the gateway answers 416 with
+    /// `Content-Range: bytes */<total>`.
+    #[error("range not satisfiable for a {total}-byte blob")]
+    RangeNotSatisfiable {
+        /// The blob's length.
+        total: u64,
+    },
     /// The cluster does not support this operation.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -150,14 +171,16 @@ pub trait Registry: Send + Sync + 'static {
         digest: &Digest,
     ) -> impl Future<Output = Result<u64, RegistryError>> + Send;
 
-    /// The blob's bytes, or those in `range` (end exclusive). Bytes may start flowing
-    /// before the cluster has the whole blob locally; every byte is verified before it is
-    /// yielded.
+    /// The blob's bytes, or those `range` selects, resolved against the blob's length
+    /// with [`resolve_range`] once the blob is found ([`RegistryError::RangeNotSatisfiable`]
+    /// when it selects nothing); [`BlobBody::range`] says which bytes follow. Bytes may
+    /// start flowing before the cluster has the whole blob locally; every byte is verified
+    /// before it is yielded.
     fn read_blob(
         &self,
         repo: &str,
         digest: &Digest,
-        range: Option<Range<u64>>,
+        range: Option<ByteRange>,
     ) -> impl Future<Output = Result<BlobBody, RegistryError>> + Send;
 
     /// The blob, if this host holds it complete and verified on its own disk (an agent's
@@ -232,4 +255,21 @@ pub trait Registry: Send + Sync + 'static {
         repo: &str,
         tag: &str,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_resolves_once_against_the_length_or_names_it() {
+        assert_eq!(resolve_range(None, 10), Ok(0..10));
+        assert_eq!(resolve_range(None, 0), Ok(0..0));
+        assert_eq!(resolve_range(Some(ByteRange::Suffix(3)), 10), Ok(7..10));
+        assert_eq!(resolve_range(Some(ByteRange::FromTo(2, 4)), 10), Ok(2..5));
+        assert_eq!(
+            resolve_range(Some(ByteRange::From(10)), 10),
+            Err(RegistryError::RangeNotSatisfiable { total: 10 })
+        );
+    }
 }

@@ -141,6 +141,16 @@ async fn oversized_or_non_json_manifests_are_refused() {
     s.stop().await;
 }
 
+/// A `GET` of `url` with `Range: range`.
+async fn get_range(s: &Server, url: &str, range: &str) -> reqwest::Response {
+    s.client
+        .get(url)
+        .header("range", range)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn blobs_get_head_and_ranges() {
     let tmp = tempfile::tempdir().unwrap();
@@ -167,13 +177,7 @@ async fn blobs_get_head_and_ranges() {
     assert_eq!(header(&r, "docker-content-digest"), Some(d.to_string()));
     assert!(r.bytes().await.unwrap().is_empty());
 
-    let r = s
-        .client
-        .get(&url)
-        .header("range", "bytes=10-1999")
-        .send()
-        .await
-        .unwrap();
+    let r = get_range(&s, &url, "bytes=10-1999").await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         header(&r, "content-range").as_deref(),
@@ -182,13 +186,7 @@ async fn blobs_get_head_and_ranges() {
     assert_eq!(header(&r, "content-length"), Some("1990".into()));
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[10..2000]);
 
-    let r = s
-        .client
-        .get(&url)
-        .header("range", "bytes=4990-")
-        .send()
-        .await
-        .unwrap();
+    let r = get_range(&s, &url, "bytes=4990-").await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         header(&r, "content-range").as_deref(),
@@ -209,24 +207,25 @@ async fn blobs_get_head_and_ranges() {
         Some("bytes 0-0/5000")
     );
 
-    let r = s
-        .client
-        .get(&url)
-        .header("range", "bytes=5000-")
-        .send()
-        .await
-        .unwrap();
+    let r = get_range(&s, &url, "bytes=5000-").await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&r, "content-range").as_deref(), Some("bytes */5000"));
+    assert_eq!(error_code(r).await, "RANGE_INVALID");
+
+    // A suffix: the last bytes.
+    let r = get_range(&s, &url, "bytes=-7").await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        header(&r, "content-range").as_deref(),
+        Some("bytes 4993-4999/5000")
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[4993..]);
+
+    // Every GET above was one read_blob and no stat_blob; each HEAD one stat_blob.
+    assert_eq!(reg.blob_lookups(), (2, 5));
 
     // A malformed Range is ignored.
-    let r = s
-        .client
-        .get(&url)
-        .header("range", "bytes=1-2,5-6")
-        .send()
-        .await
-        .unwrap();
+    let r = get_range(&s, &url, "bytes=1-2,5-6").await;
     assert_eq!(r.status(), StatusCode::OK);
 
     let missing = Digest::sha256_of(b"missing");

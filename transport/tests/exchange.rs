@@ -316,6 +316,9 @@ async fn a_peer_serving_corrupt_pieces_is_caught_and_the_download_completes() {
     let rotten = node(&cluster, "rotten", PeerKind::Agent, &tracker);
     let data = pattern(8 << 20, 3);
     let meta = seed(&origin, &data);
+    // Pieces are proven by the digest's sha256 chain alone (no BLAKE3 pass on receipt):
+    // the chain must catch the corrupt ones, and blame their sender.
+    assert!(meta.has_chain());
     within(60, "the first download", rotten.ex.download(meta.clone()))
         .await
         .unwrap();
@@ -448,22 +451,28 @@ fn limited(ingress: Option<u64>, egress: Option<u64>) -> ExchangeConfig {
         swarm: swarm_config(),
         ingress: ingress.map(limiter),
         egress: egress.map(limiter),
-        piece_latency: None,
+        ..exchange_config()
     }
+}
+
+/// An origin, and an agent whose ingress is limited to 8 MiB/s.
+fn origin_and_slow_agent(cluster: &Cluster, tracker: &SharedTracker) -> (Node, Node) {
+    let origin = node(cluster, "origin", PeerKind::Origin, tracker);
+    let agent = node_with(
+        cluster,
+        "agent",
+        PeerKind::Agent,
+        tracker,
+        limited(Some(8 << 20), None),
+    );
+    (origin, agent)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingress_limit_slows_a_download_that_still_completes() {
     let cluster = cluster();
     let tracker = SharedTracker::default();
-    let origin = node(&cluster, "origin", PeerKind::Origin, &tracker);
-    let agent = node_with(
-        &cluster,
-        "agent",
-        PeerKind::Agent,
-        &tracker,
-        limited(Some(8 << 20), None),
-    );
+    let (origin, agent) = origin_and_slow_agent(&cluster, &tracker);
     let data = pattern(16 << 20, 5);
     let meta = seed(&origin, &data);
 
@@ -514,15 +523,8 @@ async fn an_egress_limit_on_the_seeder_slows_a_download_that_still_completes() {
 async fn a_leecher_streams_pieces_in_order_while_downloading() {
     let cluster = cluster();
     let tracker = SharedTracker::default();
-    let origin = node(&cluster, "origin", PeerKind::Origin, &tracker);
     // Throttled, so that the stream visibly overlaps the download (~2 s).
-    let agent = node_with(
-        &cluster,
-        "agent",
-        PeerKind::Agent,
-        &tracker,
-        limited(Some(8 << 20), None),
-    );
+    let (origin, agent) = origin_and_slow_agent(&cluster, &tracker);
     let data = pattern(16 << 20, 7);
     let meta = seed(&origin, &data);
     let digest = *meta.digest();
@@ -581,6 +583,80 @@ async fn a_leecher_streams_pieces_in_order_while_downloading() {
          the follower saw {} states",
         seen.len()
     );
+}
+
+/// Where the exchange's streaming readers took their pieces from: (memory, disk).
+fn streamed(node: &Node) -> (u64, u64) {
+    let c = node.ex.counters();
+    (
+        c.streamed_from_memory
+            .load(std::sync::atomic::Ordering::Relaxed),
+        c.streamed_from_disk
+            .load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_a_running_download_get_their_range_in_order_from_memory() {
+    use futures::TryStreamExt;
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    // Throttled, so that the readers overlap the download (~2 s).
+    let (origin, agent) = origin_and_slow_agent(&cluster, &tracker);
+    let data = pattern(16 << 20, 21);
+    let meta = seed(&origin, &data);
+    let total = meta.piece_count();
+    let mut watch = agent.ex.start_download(meta.clone()).unwrap();
+    // Registered before any piece arrives: its window (the whole blob here, 32 MiB) is
+    // asked for in order and every piece reaches it from memory.
+    let whole = watch.clone().read_range(0..meta.length());
+    let whole = tokio::spawn(async move {
+        let mut first_at = None;
+        let chunks: Vec<bytes::Bytes> = whole
+            .inspect_ok(|_| {
+                first_at.get_or_insert_with(Instant::now);
+            })
+            .try_collect()
+            .await
+            .unwrap();
+        (chunks.concat(), first_at.unwrap())
+    });
+    // A range from the middle, asked for once the download is under way.
+    let mut pieces = watch.pieces();
+    within(30, "the first pieces", async {
+        while pieces.borrow_and_update().count_ones() < 4 {
+            pieces.changed().await.unwrap();
+        }
+    })
+    .await;
+    let range = 5_000_001..11_000_000u64;
+    let part: Vec<bytes::Bytes> = within(
+        60,
+        "the range",
+        watch.clone().read_range(range.clone()).try_collect(),
+    )
+    .await
+    .unwrap();
+    let (whole, first_at) = within(60, "the whole blob", whole).await.unwrap();
+    let done_at = Instant::now();
+    within(60, "the commit", watch.finished()).await.unwrap();
+    assert!(whole == data[..], "the stream is the blob, in order");
+    assert!(part.concat() == data[range.start as usize..range.end as usize]);
+    assert!(
+        done_at.duration_since(first_at) > Duration::from_millis(500),
+        "the first bytes came long before the last"
+    );
+    let (memory, disk) = streamed(&agent);
+    assert!(
+        memory >= u64::from(total),
+        "the whole-blob reader took every piece from memory: {memory} from memory, {disk} from disk"
+    );
+    assert_eq!(
+        agent.ex.stream_memory_used(),
+        0,
+        "the readers left: nothing kept"
+    );
+    assert!(read_back(&agent, meta.digest()) == data[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,6 +165,7 @@ fn exchange_config(config: &NodeConfig, kind: PeerKind) -> Result<ExchangeConfig
         egress: rate(egress)?,
         ingress: rate(ingress)?,
         piece_latency: None,
+        ..ExchangeConfig::default()
     })
 }
 

@@ -15,10 +15,9 @@ use super::{Ctx, Reply, respond, set};
 use crate::blobserve::redirect::to_blob_server;
 use crate::error::{ApiError, ErrorCode};
 use crate::media::{OCI_INDEX, content_type_of};
-use crate::range::ByteRange;
 use crate::reference::{Reference, check_name, check_tag, parse_digest};
 use crate::referrers::{empty_index, filter_index, referrers_tag};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{ByteRange, Registry, RegistryError, resolve_range};
 use crate::server::Gateway;
 
 /// `Docker-Content-Digest`.
@@ -54,6 +53,10 @@ pub(crate) async fn manifest<R: Registry>(
 }
 
 /// `GET|HEAD /v2/<name>/blobs/<digest>`, with `Range` support.
+///
+/// A `GET` is one [`Registry::read_blob`] call with the range as the client sent it: the
+/// cluster finds the blob once and resolves the range against its length once. A `HEAD`
+/// asks only [`Registry::stat_blob`].
 pub(crate) async fn blob<R: Registry>(
     gw: &Gateway<R>,
     ctx: &Ctx,
@@ -67,69 +70,26 @@ pub(crate) async fn blob<R: Registry>(
         return Ok(redirect);
     }
     let asked = ctx.header(RANGE).and_then(ByteRange::parse);
-    let unsatisfiable = |total: u64| {
-        ApiError::new(
-            ErrorCode::RangeInvalid,
-            format!("range not satisfiable for a {total}-byte blob"),
-        )
-        .with_header(CONTENT_RANGE, &format!("bytes */{total}"))
-    };
-    // The range to read, resolved against the blob's length when one was asked.
-    let range = match asked {
-        Some(r) => {
-            let total = gw
-                .registry
-                .stat_blob(name, &digest)
-                .await
-                .map_err(ApiError::from_blob)?;
-            Some((r.resolve(total).ok_or_else(|| unsatisfiable(total))?, total))
-        }
-        None => None,
-    };
-    let (status, start, end, total, stream) = if ctx.head {
-        let (r, total) = match range {
-            Some(rt) => rt,
-            None => {
-                let total = gw
-                    .registry
-                    .stat_blob(name, &digest)
-                    .await
-                    .map_err(ApiError::from_blob)?;
-                (0..total, total)
-            }
-        };
-        let status = if asked.is_some() {
-            StatusCode::PARTIAL_CONTENT
-        } else {
-            StatusCode::OK
-        };
-        (status, r.start, r.end, total, None)
+    let (range, total, stream) = if ctx.head {
+        let total = gw
+            .registry
+            .stat_blob(name, &digest)
+            .await
+            .map_err(ApiError::from_blob)?;
+        (resolve_range(asked, total)?, total, None)
     } else {
         let body = gw
             .registry
-            .read_blob(name, &digest, range.as_ref().map(|(r, _)| r.clone()))
+            .read_blob(name, &digest, asked)
             .await
-            .map_err(|e| match e {
-                RegistryError::RangeNotSatisfiable(_) => range
-                    .as_ref()
-                    .map_or_else(|| ApiError::from(e), |(_, t)| unsatisfiable(*t)),
-                other => ApiError::from_blob(other),
-            })?;
-        let partial = asked.is_some() || body.range != (0..body.total);
-        let status = if partial {
-            StatusCode::PARTIAL_CONTENT
-        } else {
-            StatusCode::OK
-        };
-        (
-            status,
-            body.range.start,
-            body.range.end,
-            body.total,
-            Some(body.stream),
-        )
+            .map_err(ApiError::from_blob)?;
+        (body.range, body.total, Some(body.stream))
     };
-    let len = end.saturating_sub(start);
+    let status = if asked.is_some() || range != (0..total) {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
     let body = match stream {
         Some(s) => Body::from_stream(s.inspect(|item| {
             if let Err(e) = item {
@@ -141,7 +101,11 @@ pub(crate) async fn blob<R: Registry>(
     let mut r = Response::new(body);
     *r.status_mut() = status;
     set(&mut r, CONTENT_TYPE, "application/octet-stream");
-    set(&mut r, CONTENT_LENGTH, &len.to_string());
+    set(
+        &mut r,
+        CONTENT_LENGTH,
+        &(range.end - range.start).to_string(),
+    );
     set(&mut r, ACCEPT_RANGES, "bytes");
     set(&mut r, DIGEST_HEADER, &digest.to_string());
     set(&mut r, ETAG, &format!("\"{digest}\""));
@@ -149,7 +113,11 @@ pub(crate) async fn blob<R: Registry>(
         set(
             &mut r,
             CONTENT_RANGE,
-            &format!("bytes {start}-{}/{total}", end.saturating_sub(1)),
+            &format!(
+                "bytes {}-{}/{total}",
+                range.start,
+                range.end.saturating_sub(1)
+            ),
         );
     }
     Ok(r)

@@ -3,14 +3,13 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use kraken_registry_gateway::registry::{
-    BlobBody, LocalBlob, Page, Registry, RegistryError, UploadBody,
+    BlobBody, ByteRange, LocalBlob, Page, Registry, RegistryError, UploadBody, resolve_range,
 };
 use kraken_registry_gateway::{GatewayConfig, serve};
 use kraken_storage::Digest;
@@ -29,6 +28,8 @@ struct State {
     tags: BTreeMap<(String, String), Digest>,
     put_blob_calls: usize,
     streamed_puts: usize,
+    stat_blob_calls: usize,
+    read_blob_calls: usize,
 }
 
 /// Blobs and tags in a `HashMap`; tags check their manifest's references like the
@@ -131,6 +132,12 @@ impl MemRegistry {
         s.blobs.insert(*digest, Bytes::from(bytes));
         Ok(())
     }
+
+    /// `stat_blob` and `read_blob` calls so far.
+    pub fn blob_lookups(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.stat_blob_calls, st.read_blob_calls)
+    }
 }
 
 fn referenced(manifest: &Value) -> Vec<String> {
@@ -160,6 +167,7 @@ impl Registry for MemRegistry {
     }
 
     async fn stat_blob(&self, _repo: &str, digest: &Digest) -> Result<u64, RegistryError> {
+        self.state.lock().unwrap().stat_blob_calls += 1;
         self.blob(digest)
             .map(|b| b.len() as u64)
             .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))
@@ -169,16 +177,14 @@ impl Registry for MemRegistry {
         &self,
         _repo: &str,
         digest: &Digest,
-        range: Option<Range<u64>>,
+        range: Option<ByteRange>,
     ) -> Result<BlobBody, RegistryError> {
+        self.state.lock().unwrap().read_blob_calls += 1;
         let bytes = self
             .blob(digest)
             .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))?;
         let total = bytes.len() as u64;
-        let range = range.unwrap_or(0..total);
-        if range.start > range.end || range.end > total {
-            return Err(RegistryError::RangeNotSatisfiable(format!("{range:?}")));
-        }
+        let range = resolve_range(range, total)?;
         let slice = bytes.slice(range.start as usize..range.end as usize);
         // Several chunks, as a real cluster stream would yield.
         let chunks: Vec<Result<Bytes, RegistryError>> = (0..slice.len())

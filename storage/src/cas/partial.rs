@@ -240,7 +240,11 @@ impl PartialBlob {
         self.file
             .write_all_at(bytes, range.start)
             .map_err(CasError::io("write piece to", &self.path))?;
-        self.mark_stored(VerifiedPiece { index, chained })?;
+        self.mark_stored(VerifiedPiece {
+            index,
+            chained,
+            bytes: None,
+        })?;
         Ok(())
     }
 

@@ -1,14 +1,31 @@
 //! Piece writers: a piece streamed into a partial blob's file while it is hashed.
 //!
 //! A [`PieceWriter`] gathers a piece's bytes in aligned batches of [`WRITE_BATCH`], hashes
-//! each batch (BLAKE3, and the digest's sha256 chain when checked) and writes it at its
-//! offset; [`PieceWriter::finish`] checks the hashes and hands the proof, a
-//! [`VerifiedPiece`], to the partial blob. Writers write with direct I/O where the
-//! filesystem allows (`CasConfig::direct_writes`): a download's bytes go to the disk
-//! without first being copied into fresh page-cache pages, which cost about as much CPU as
-//! hashing them. The fsync of a flush or commit covers them as it covers the page cache.
-//! The page cache is filled when, and if, the blob is read. A refused direct write sends
-//! that batch, and every later one of the blob, through the page cache instead.
+//! each batch and writes it at its offset; [`PieceWriter::finish`] checks the piece and
+//! hands the proof, a [`VerifiedPiece`], to the partial blob. Writers write with direct
+//! I/O where the filesystem allows (`CasConfig::direct_writes`): a download's bytes go to
+//! the disk without first being copied into fresh page-cache pages, which cost about as
+//! much CPU as hashing them. The fsync of a flush or commit covers them as it covers the
+//! page cache. The page cache is filled when, and if, the blob is read. A refused direct
+//! write sends that batch, and every later one of the blob, through the page cache
+//! instead.
+//!
+//! **One hash per check.** A piece is proven by one hash: its place in the digest's
+//! sha256 chain when the partial blob checks the digest and the metainfo has chaining
+//! states (version 2, every default piece length), else its BLAKE3 hash from the
+//! metainfo. Both come from the same metainfo, so BLAKE3 on top of the chain proves
+//! nothing more about the bytes; it cost a second pass over every byte received (about
+//! 0.25 CPU-s per GiB here, see docs/performance.md). BLAKE3 still tells who is to blame:
+//! a piece that breaks the chain is hashed with BLAKE3 then, from the bytes kept or read
+//! back from the file. If that fails too the peer sent bad bytes
+//! ([`PieceError::HashMismatch`]); if it passes, the metainfo's hashes and chaining states
+//! disagree, and the metainfo is at fault ([`PieceError::ChainMismatch`]). That costs a
+//! read only for a bad piece.
+//!
+//! **Bytes for readers.** A writer told to [`PieceWriter::keep_bytes`] hands each written
+//! batch over whole instead of reusing its buffer, and the verified piece carries them
+//! ([`VerifiedPiece::take_bytes`]): a reader streaming the blob gets the piece from memory,
+//! not from the disk it was just written to with direct I/O.
 //!
 //! A writer that outlives its download (the partial blob was committed, aborted or
 //! dropped) writes nothing: each batch's write holds the blob's writers open, and closing
@@ -21,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use bytes::Bytes;
+
 use super::CasError;
 use crate::bitfield::PieceIndex;
 use crate::chain::ChainHasher;
@@ -28,9 +47,10 @@ use crate::metainfo::{Metainfo, PieceError};
 
 /// Streams one piece into a partial blob's file, hashing as it goes.
 ///
-/// Bytes gather in an aligned batch of [`WRITE_BATCH`]; each full batch is hashed (BLAKE3,
-/// and sha256 when checked) in one pass and written at its offset, bypassing the page cache
-/// when the store allows ([`CasConfig::direct_writes`](super::CasConfig::direct_writes)).
+/// Bytes gather in an aligned batch of [`WRITE_BATCH`]; each full batch is hashed (along
+/// the sha256 chain when checked, else BLAKE3: see the module docs) and written at its
+/// offset, bypassing the page cache when the store allows
+/// ([`CasConfig::direct_writes`](super::CasConfig::direct_writes)).
 /// The hashing is CPU work and the write is disk work: an async caller can hash on its own
 /// thread ([`PieceWriter::hash_gathered`]) and send only the write to a blocking thread.
 pub struct PieceWriter {
@@ -44,9 +64,19 @@ pub struct PieceWriter {
     batch: AlignedBatch,
     /// How much of `batch` is hashed already (see [`PieceWriter::hash_gathered`]).
     hashed: usize,
-    hasher: blake3::Hasher,
-    /// The piece's place in the digest's sha256 chain, when checked.
-    chain: Option<ChainHasher>,
+    /// The one hash that proves the piece.
+    proof: Proof,
+    /// The batches written so far, kept for a reader ([`PieceWriter::keep_bytes`]).
+    kept: Option<Vec<Bytes>>,
+}
+
+/// What a [`PieceWriter`] hashes its bytes with (see the module docs).
+enum Proof {
+    /// The piece's place in the digest's sha256 chain.
+    Chain(ChainHasher),
+    /// The piece's BLAKE3 hash from the metainfo: without chaining states, or when the
+    /// digest is not checked. Boxed: a BLAKE3 hasher is about 2 KiB.
+    Blake3(Box<blake3::Hasher>),
 }
 
 /// Bytes a [`PieceWriter`] gathers before it hashes and writes them: large enough that the
@@ -154,20 +184,41 @@ impl AlignedBatch {
     fn clear(&mut self) {
         self.raw.truncate(self.start);
     }
+
+    /// The gathered bytes, without a copy (the buffer goes with them).
+    fn into_bytes(self) -> Bytes {
+        Bytes::from(self.raw).slice(self.start..)
+    }
 }
 
 /// Proof that a piece's bytes are on disk and matched their hash.
-#[derive(Debug)]
 pub struct VerifiedPiece {
     pub(super) index: PieceIndex,
-    /// Whether the digest's sha256 chain was checked too.
+    /// Whether the digest's sha256 chain was checked (else the piece's BLAKE3 hash was).
     pub(super) chained: bool,
+    /// The piece's bytes, in order, if its writer kept them.
+    pub(super) bytes: Option<Vec<Bytes>>,
+}
+
+impl std::fmt::Debug for VerifiedPiece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedPiece")
+            .field("index", &self.index)
+            .field("chained", &self.chained)
+            .field("kept", &self.bytes.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl VerifiedPiece {
     /// The piece.
     pub fn index(&self) -> PieceIndex {
         self.index
+    }
+
+    /// The piece's bytes, in order, if its writer kept them ([`PieceWriter::keep_bytes`]).
+    pub fn take_bytes(&mut self) -> Option<Vec<Bytes>> {
+        self.bytes.take()
     }
 }
 
@@ -189,11 +240,27 @@ impl PieceWriter {
             start: range.start,
             len,
             written: 0,
-            batch: AlignedBatch::new(usize::try_from(len).unwrap_or(WRITE_BATCH).min(WRITE_BATCH)),
+            batch: AlignedBatch::new(Self::batch_len(len)),
             hashed: 0,
-            hasher: blake3::Hasher::new(),
-            chain,
+            proof: match chain {
+                Some(chain) => Proof::Chain(chain),
+                None => Proof::Blake3(Box::default()),
+            },
+            kept: None,
         }
+    }
+
+    fn batch_len(piece_len: u64) -> usize {
+        usize::try_from(piece_len)
+            .unwrap_or(WRITE_BATCH)
+            .min(WRITE_BATCH)
+    }
+
+    /// Keeps the piece's bytes for [`VerifiedPiece::take_bytes`]: each batch's buffer goes
+    /// with its bytes once written, and a fresh one gathers the next. Costs the piece's
+    /// length in memory until the bytes are dropped.
+    pub fn keep_bytes(&mut self) {
+        self.kept.get_or_insert_with(Vec::new);
     }
 
     /// The piece being written.
@@ -243,9 +310,11 @@ impl PieceWriter {
         if bytes.is_empty() {
             return;
         }
-        self.hasher.update(bytes);
-        if let Some(chain) = self.chain.as_mut() {
-            chain.update(bytes);
+        match &mut self.proof {
+            Proof::Chain(chain) => chain.update(bytes),
+            Proof::Blake3(hasher) => {
+                hasher.update(bytes);
+            }
         }
         self.hashed = self.batch.len();
     }
@@ -293,13 +362,22 @@ impl PieceWriter {
             .map_err(CasError::io("write piece to", &self.target.path))?;
         drop(open);
         self.written += bytes.len() as u64;
-        self.batch.clear();
+        match self.kept.as_mut() {
+            Some(kept) => {
+                let next = AlignedBatch::new(Self::batch_len(self.len - self.written));
+                kept.push(std::mem::replace(&mut self.batch, next).into_bytes());
+            }
+            None => self.batch.clear(),
+        }
         self.hashed = 0;
         Ok(())
     }
 
     /// Writes what is gathered, then checks length and hash; the proof goes to
     /// [`PartialBlob::mark_stored`](super::PartialBlob::mark_stored). Blocks on the disk.
+    /// A piece that breaks the sha256 chain is [`PieceError::HashMismatch`] if its BLAKE3
+    /// hash is wrong too (the sender's fault), else [`PieceError::ChainMismatch`] (the
+    /// metainfo's).
     pub fn finish(mut self) -> Result<VerifiedPiece, CasError> {
         self.write_batch()?;
         if self.written != self.len {
@@ -310,16 +388,58 @@ impl PieceWriter {
             }
             .into());
         }
-        let hash = crate::metainfo::PieceHash(*self.hasher.finalize().as_bytes());
-        self.metainfo.check_piece_hash(self.index, &hash)?;
-        let chained = self.chain.is_some();
-        if let Some(chain) = self.chain {
-            self.metainfo.check_piece_chain(self.index, chain)?;
+        // A default chain in its place costs nothing; `self` is needed whole for the blame.
+        let proof = std::mem::replace(&mut self.proof, Proof::Chain(ChainHasher::default()));
+        let chained = matches!(proof, Proof::Chain(_));
+        match proof {
+            Proof::Chain(chain) => {
+                if let Err(broken) = self.metainfo.check_piece_chain(self.index, chain) {
+                    return Err(self.blame(broken));
+                }
+            }
+            Proof::Blake3(hasher) => {
+                let hash = crate::metainfo::PieceHash(*hasher.finalize().as_bytes());
+                self.metainfo.check_piece_hash(self.index, &hash)?;
+            }
         }
         Ok(VerifiedPiece {
             index: self.index,
             chained,
+            bytes: self.kept.take(),
         })
+    }
+
+    /// Who broke the chain: the bytes, if they fail their BLAKE3 hash too (hashed from the
+    /// bytes kept, or read back from the file), else the metainfo (`broken`).
+    fn blame(&self, broken: PieceError) -> CasError {
+        let mut hasher = blake3::Hasher::new();
+        if let Some(kept) = &self.kept {
+            kept.iter().for_each(|b| {
+                hasher.update(b);
+            });
+        } else {
+            let mut buf = vec![0u8; Self::batch_len(self.len)];
+            let mut at = 0;
+            while at < self.len {
+                let n = buf
+                    .len()
+                    .min(usize::try_from(self.len - at).unwrap_or(usize::MAX));
+                if let Err(e) = self
+                    .target
+                    .file
+                    .read_exact_at(&mut buf[..n], self.start + at)
+                {
+                    return CasError::io("read back", &self.target.path)(e);
+                }
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+        }
+        let hash = crate::metainfo::PieceHash(*hasher.finalize().as_bytes());
+        match self.metainfo.check_piece_hash(self.index, &hash) {
+            Err(bad_bytes) => bad_bytes.into(),
+            Ok(()) => broken.into(),
+        }
     }
 }
 
@@ -505,6 +625,79 @@ mod tests {
         next.write_piece(PieceIndex(1), piece(&blob, 1)).unwrap();
         next.commit().unwrap();
         assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
+    }
+
+    #[test]
+    fn a_corrupt_piece_breaks_the_chain_and_is_blamed_on_its_sender_without_a_blake3_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cas, meta, blob) = partial(dir.path(), 3);
+        assert!(meta.has_chain());
+        let mut p = cas.start_partial(&meta).unwrap();
+        let mut bad = piece(&blob, 1).to_vec();
+        bad[40_000] ^= 0x10;
+        // Kept in memory for a reader, or not (then read back for the blame): one bad
+        // byte fails the piece, and as the sender's fault, not the metainfo's.
+        for keep in [false, true] {
+            let mut w = p.piece_writer(PieceIndex(1)).unwrap();
+            assert!(
+                matches!(w.proof, Proof::Chain(_)),
+                "the sha256 chain alone proves a good piece: no BLAKE3 pass"
+            );
+            if keep {
+                w.keep_bytes();
+            }
+            w.write(&bad).unwrap();
+            let err = w.finish().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CasError::Piece(PieceError::HashMismatch {
+                        index: PieceIndex(1)
+                    })
+                ),
+                "kept {keep}: {err}"
+            );
+        }
+        assert_eq!(p.bitfield().count_ones(), 0, "nothing bad counted");
+        // The honest piece passes, and a kept one hands its bytes over in order.
+        let mut w = p.piece_writer(PieceIndex(1)).unwrap();
+        w.keep_bytes();
+        w.write(piece(&blob, 1)).unwrap();
+        let mut verified = w.finish().unwrap();
+        assert!(verified.chained);
+        let kept = verified.take_bytes().unwrap();
+        assert!(kept.concat() == piece(&blob, 1));
+        assert!(p.mark_stored(verified).unwrap());
+        for i in [0, 2] {
+            p.write_piece(PieceIndex(i), piece(&blob, i)).unwrap();
+        }
+        p.commit().unwrap();
+        assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
+    }
+
+    #[test]
+    fn without_the_digest_check_a_piece_is_proven_by_its_blake3_hash() {
+        let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_, meta, blob) = partial(other.path(), 2);
+        let cas = Cas::open(CasConfig {
+            piece_lengths: PieceLengthTable::uniform(64 * 1024),
+            verify_digest_on_commit: false,
+            ..CasConfig::at(dir.path())
+        })
+        .unwrap();
+        let p = cas.start_partial(&meta).unwrap();
+        let mut w = p.piece_writer(PieceIndex(0)).unwrap();
+        assert!(matches!(w.proof, Proof::Blake3(_)));
+        let mut bad = piece(&blob, 0).to_vec();
+        bad[7] ^= 1;
+        w.write(&bad).unwrap();
+        assert!(matches!(
+            w.finish(),
+            Err(CasError::Piece(PieceError::HashMismatch { .. }))
+        ));
+        let mut w = p.piece_writer(PieceIndex(0)).unwrap();
+        w.write(piece(&blob, 0)).unwrap();
+        assert!(!w.finish().unwrap().chained);
     }
 
     /// The filesystem `path` is on is ext4, which takes aligned direct writes and refuses

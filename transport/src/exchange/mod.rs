@@ -17,11 +17,12 @@
 //!   stream, given up at the swarm's deadline. `upload_slots` bounds how many are in
 //!   flight, so memory is bounded too.
 //! - Pieces arrive through [`PieceExchange::accept_piece`]: the bytes gather in batches of
-//!   a `PieceWriter`; each batch is hashed on the runtime's thread and written to its
-//!   offset in the partial file on the blocking pool (direct I/O where the filesystem
-//!   allows), so a piece is never held in memory whole, the runtime's threads never wait
-//!   on the disk, and only a verified piece is marked present. One writer per piece at a
-//!   time; a second copy (endgame) is refused at once. Every `flush_every_pieces` pieces
+//!   a `PieceWriter`; each batch is hashed once (along the sha256 chain, or with BLAKE3
+//!   without one: see `receive`) on the runtime's thread and written to its offset in the
+//!   partial file on the blocking pool (direct I/O where the filesystem allows), so a
+//!   piece is never held in memory whole (unless a streaming reader waits for it), the
+//!   runtime's threads never wait on the disk, and only a verified piece is marked
+//!   present. One writer per piece at a time; a second copy (endgame) is refused at once. Every `flush_every_pieces` pieces
 //!   the progress is saved (an fsync, then the bitfield) by a `FlushJob` on the blocking
 //!   pool, one at a time, so the task never waits on the disk.
 //! - `Announce` calls the [`Tracker`]; `Commit` completes the blob in the CAS.
@@ -38,9 +39,14 @@
 //! and [`PieceExchange::watch`] looks at one already running (or complete); both give a
 //! [`BlobWatch`], which follows the set of verified, stored pieces as the blob task marks
 //! them and reads any of them while the rest are still on their way — so a blob can be
-//! streamed, in order, before it is complete. A streamed piece is trusted by its BLAKE3
-//! hash from the metainfo; the whole blob's sha256 is checked at the commit, whose outcome
-//! the watch reports too.
+//! streamed, in order, before it is complete ([`BlobWatch::read_range`]). A streamed piece
+//! is trusted by its proof from the metainfo (its place in the digest's sha256 chain, or
+//! its BLAKE3 hash); the whole blob is known to be the digest's at the commit, whose
+//! outcome the watch reports too. A reader's position steers the swarm: the pieces just
+//! ahead of it are asked for first and kept in memory for it as they land, within
+//! [`ExchangeConfig::stream_window`] per reader and [`ExchangeConfig::stream_memory`] in
+//! all (`window`), so it never reads back from the disk a piece just written there with
+//! direct I/O.
 //!
 //! Backpressure: each blob task reads its inputs from a bounded channel
 //! ([`INPUT_QUEUE`]). Session readers, piece receivers and stream handlers wait when it is
@@ -52,18 +58,21 @@
 //! and writer in a `session` span carrying the peer, and each piece moved in a `send` or
 //! `receive` span carrying the peer and the piece.
 //!
-//! Modules: `tracker` (the [`Tracker`] trait), `error`, `watch` ([`BlobWatch`]), `accept`
-//! (streams peers open), `task` (the per-blob event loop), `session` (session streams),
-//! `upload` and `receive` (piece streams).
+//! Modules: `tracker` (the [`Tracker`] trait), `error`, `watch` ([`BlobWatch`]), `stream`
+//! (reading a range in order), `window` (streaming readers and the pieces kept for them),
+//! `accept` (streams peers open), `task` (the per-blob event loop), `session` (session
+//! streams), `upload` and `receive` (piece streams).
 
 mod accept;
 mod error;
 mod receive;
 mod session;
+mod stream;
 mod task;
 mod tracker;
 mod upload;
 mod watch;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +92,7 @@ use crate::limit::RateLimiter;
 use crate::quic::ConnectionPool;
 use crate::swarm::{PeerInfo, Swarm, SwarmConfig, SwarmStats};
 use task::{BlobTask, Input, Store};
+use window::{StreamMemory, Streaming};
 
 /// Inputs a blob task buffers before its feeders wait.
 pub const INPUT_QUEUE: usize = 1024;
@@ -104,8 +114,9 @@ pub struct DownloadReport {
 /// Settings of a [`PieceExchange`].
 ///
 /// The default is tuned for a node with the network to itself: the default swarm
-/// settings and no bandwidth limits.
-#[derive(Debug, Clone, Default)]
+/// settings, no bandwidth limits, and streaming readers with 32 MiB windows within a
+/// 64 MiB budget.
+#[derive(Debug, Clone)]
 pub struct ExchangeConfig {
     /// The scheduler's settings, shared by every blob.
     pub swarm: SwarmConfig,
@@ -122,6 +133,27 @@ pub struct ExchangeConfig {
     /// Told how long each verified piece took, from our request to the piece stored
     /// (for a latency histogram); `None` (the default) measures nothing.
     pub piece_latency: Option<PieceLatencyObserver>,
+    /// Bytes of a streaming reader's window: the pieces from the one it waits for that
+    /// the swarm asks for first and that are kept in memory for it as they arrive (at
+    /// least one piece). Default: 32 MiB (8 pieces of 4 MiB, 2 of 16 MiB).
+    pub stream_window: u64,
+    /// Most piece bytes kept in memory for streaming readers, over every blob; a piece
+    /// that finds it spent goes to the disk only, and its reader reads it from there.
+    /// Default: 64 MiB.
+    pub stream_memory: u64,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        ExchangeConfig {
+            swarm: SwarmConfig::default(),
+            egress: None,
+            ingress: None,
+            piece_latency: None,
+            stream_window: 32 << 20,
+            stream_memory: 64 << 20,
+        }
+    }
 }
 
 /// Receives the latency of every piece this node requested and stored: from the request
@@ -160,10 +192,15 @@ pub struct ExchangeCounters {
     pub bytes_sent: AtomicU64,
     /// Pieces that failed verification.
     pub bad_pieces: AtomicU64,
+    /// Pieces a reader streaming a running download took from memory, as they landed.
+    pub streamed_from_memory: AtomicU64,
+    /// Pieces a reader streaming a running download read back from the CAS (outside its
+    /// window, or past the memory budget).
+    pub streamed_from_disk: AtomicU64,
 }
 
 impl ExchangeCounters {
-    fn add(counter: &AtomicU64, n: u64) {
+    pub(super) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 }
@@ -191,6 +228,8 @@ struct Inner<T> {
     /// Turns true when the node shuts down: every blob task stops.
     closed: channel::Sender<bool>,
     counters: Arc<ExchangeCounters>,
+    /// Piece bytes kept for streaming readers, over every blob.
+    stream_memory: StreamMemory,
 }
 
 /// The registry's entry for a running blob task: how to reach it and watch it.
@@ -203,6 +242,8 @@ struct BlobHandle {
     pieces: channel::Receiver<Arc<Bitfield>>,
     /// Reads the blob's file through its own descriptor (valid across the commit's rename).
     source: Arc<PieceSource>,
+    /// The blob's streaming readers and the pieces kept for them.
+    streaming: Arc<Streaming>,
 }
 
 impl<T: Tracker> PieceExchange<T> {
@@ -221,10 +262,11 @@ impl<T: Tracker> PieceExchange<T> {
                 cas,
                 tracker,
                 me,
-                config,
                 blobs: Mutex::new(HashMap::new()),
                 closed: channel::channel(false).0,
                 counters: Arc::default(),
+                stream_memory: StreamMemory::new(config.stream_memory),
+                config,
             }),
         })
     }
@@ -243,6 +285,12 @@ impl<T: Tracker> PieceExchange<T> {
     /// Piece traffic counters.
     pub fn counters(&self) -> &ExchangeCounters {
         &self.inner.counters
+    }
+
+    /// Piece bytes held in memory for streaming readers now, over every blob (at most
+    /// [`ExchangeConfig::stream_memory`]).
+    pub fn stream_memory_used(&self) -> u64 {
+        self.inner.stream_memory.used()
     }
 
     /// Blobs with a running task (downloading or seeding).
@@ -371,6 +419,12 @@ impl<T: Tracker> PieceExchange<T> {
             Instant::now(),
         )?;
         let source = Arc::new(store.piece_source()?);
+        let window = self.inner.config.stream_window / u64::from(metainfo.piece_length());
+        let streaming = Arc::new(Streaming::new(
+            u32::try_from(window).unwrap_or(u32::MAX),
+            metainfo.piece_count(),
+            self.inner.counters.clone(),
+        ));
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let (done_tx, done) = channel::channel(None);
         if store.is_complete() {
@@ -382,10 +436,12 @@ impl<T: Tracker> PieceExchange<T> {
             metainfo: metainfo.clone(),
             pieces,
             source,
+            streaming,
         };
         blobs.insert(digest, handle.clone());
         drop(blobs);
-        let task = BlobTask::new(self.clone(), swarm, store, (tx, rx), done_tx, pieces_tx);
+        let watchers = (done_tx, pieces_tx, handle.streaming.clone());
+        let task = BlobTask::new(self.clone(), swarm, store, (tx, rx), watchers);
         let span = tracing::info_span!("blob", %digest);
         tokio::spawn(task.run().instrument(span));
         Ok(handle)

@@ -1,12 +1,30 @@
 //! Downloads: a piece stream we asked for is received into the partial blob in batches,
 //! each hashed on the runtime's thread and written on the blocking pool, and verified
 //! before it counts; what went wrong is told apart by whose fault it was
-//! ([`PieceFault`]).
+//! ([`PieceFault`]). A piece inside a streaming reader's window keeps its batches in
+//! memory for the reader (see `window`).
+//!
+//! **One hash per check.** Each byte received is hashed once: along the digest's sha256
+//! chain when the metainfo has chaining states (version 2, the default) and the store
+//! checks the digest, else with the piece's BLAKE3 hash (version 1 metainfo, or
+//! `verify_digest_on_commit` off). BLAKE3 on top of the chain used to be a second pass
+//! over every byte, and it proved nothing the chain does not: both come from the same
+//! metainfo, and a piece that continues the chain is the blob's piece (a second preimage
+//! of SHA-256's compression function otherwise), as a piece matching its BLAKE3 hash is.
+//! What BLAKE3 added was blame: whether a piece that fails is the sender's doing (bad
+//! bytes: blacklist the peer) or the metainfo's (its hashes and chaining states disagree:
+//! stop, no peer can help). The writer now asks BLAKE3 only when the chain breaks,
+//! reading the piece back then (`PieceWriter::finish`), so blame costs a read per bad
+//! piece instead of a hash pass per good one: about 0.25 CPU-s per GiB received, 6 % of
+//! the exchange's profile (docs/performance.md). Origins still compute every piece's
+//! BLAKE3 hash at ingest; it stays in the metainfo for version 1 readers and for blame.
 
 use std::time::Instant;
 
 use bytes::Buf;
 use kraken_storage::cas::{CasError, PieceWriter, VerifiedPiece};
+
+use super::window::{KeptPiece, Reservation};
 use kraken_storage::{PieceError, PieceIndex};
 use quinn::RecvStream;
 use tokio::sync::mpsc;
@@ -42,6 +60,13 @@ impl PieceFault {
     }
 }
 
+/// A verified, stored piece, and its bytes when they were kept for a streaming reader.
+#[derive(Debug)]
+pub(super) struct Received {
+    pub(super) verified: VerifiedPiece,
+    pub(super) kept: Option<KeptPiece>,
+}
+
 impl<T: Tracker> BlobTask<T> {
     /// A peer opened a piece stream: taken if we asked it for the piece and nobody else is
     /// writing it, refused otherwise (as a bad piece if its length is wrong).
@@ -61,10 +86,19 @@ impl<T: Tracker> BlobTask<T> {
             }
             _ => None,
         };
-        let Some(writer) = writer else {
+        let Some(mut writer) = writer else {
             self.refuse_piece(peer, header, recv, size == Some(header.len), wanted);
             return;
         };
+        // A piece a reader waits for just ahead is kept in memory for it, within budget.
+        let keep = if self.streaming.wants(index) {
+            self.ex.inner.stream_memory.reserve(u64::from(header.len))
+        } else {
+            None
+        };
+        if keep.is_some() {
+            writer.keep_bytes();
+        }
         self.receiving.insert(index);
         // The request stops waiting in the peer's queue; its transfer clock starts now.
         self.swarm.handle_piece_started(Instant::now(), peer, index);
@@ -75,6 +109,7 @@ impl<T: Tracker> BlobTask<T> {
             limiter: self.ex.inner.config.ingress.clone(),
             deadline: tokio::time::Instant::now() + self.swarm.piece_timeout(index),
             blob: self.tx.clone(),
+            keep,
         };
         // `run` opens its span here, inside the blob's.
         tokio::spawn(receiver.run(peer, index));
@@ -114,6 +149,8 @@ struct Receiver {
     deadline: tokio::time::Instant,
     /// The blob task's inputs: closed once the task is gone.
     blob: mpsc::Sender<Input>,
+    /// The budget for the piece's bytes, when they are kept for a reader.
+    keep: Option<Reservation>,
 }
 
 impl Receiver {
@@ -136,6 +173,17 @@ impl Receiver {
         }
         let secs = started.elapsed().as_secs_f64();
         tracing::debug!(secs, ok = result.is_ok(), "piece received");
+        let keep = self.keep;
+        let result = result.map(|mut verified| {
+            let kept = verified
+                .take_bytes()
+                .zip(keep)
+                .map(|(chunks, reservation)| KeptPiece {
+                    chunks,
+                    _reservation: reservation,
+                });
+            Received { verified, kept }
+        });
         let _ = self
             .blob
             .send(Input::PieceDone {

@@ -8,14 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kraken_storage::cas::{BlobReader, CasError, PartialBlob, PieceSource, VerifiedPiece};
+use kraken_storage::cas::{BlobReader, CasError, PartialBlob, PieceSource};
 use kraken_storage::{Bitfield, Digest, Metainfo, PieceIndex};
 use quinn::RecvStream;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::receive::PieceFault;
+use super::receive::{PieceFault, Received};
 use super::session::Session;
+use super::window::Streaming;
 use super::{DoneState, ExchangeCounters, Handout, PieceExchange, StopReason, Tracker};
 use crate::quic::{BiStream, PeerConnection};
 use crate::swarm::{
@@ -55,7 +56,7 @@ pub(super) enum Input {
     PieceDone {
         peer: PeerId,
         index: PieceIndex,
-        result: Result<VerifiedPiece, PieceFault>,
+        result: Result<Received, PieceFault>,
     },
     /// An upload ended, sent (`ok`) or not.
     PieceSent {
@@ -109,19 +110,25 @@ pub(super) struct BlobTask<T: Tracker> {
     done: watch::Sender<DoneState>,
     /// Verified, stored pieces, for [`BlobWatch`](super::BlobWatch)es.
     pieces: watch::Sender<Arc<Bitfield>>,
+    /// The blob's streaming readers and the pieces kept in memory for them.
+    pub(super) streaming: Arc<Streaming>,
     closed: watch::Receiver<bool>,
 }
 
 impl<T: Tracker> BlobTask<T> {
     /// A task for `swarm`'s blob, stored in `store`, reading `channel`'s inputs and
-    /// reporting to the watchers through `done` and `pieces`.
+    /// serving its watchers: their outcome (`done`), the stored pieces (`pieces`) and the
+    /// streaming readers (`streaming`).
     pub(super) fn new(
         ex: PieceExchange<T>,
         swarm: Swarm,
         store: Store,
         channel: (mpsc::Sender<Input>, mpsc::Receiver<Input>),
-        done: watch::Sender<DoneState>,
-        pieces: watch::Sender<Arc<Bitfield>>,
+        (done, pieces, streaming): (
+            watch::Sender<DoneState>,
+            watch::Sender<Arc<Bitfield>>,
+            Arc<Streaming>,
+        ),
     ) -> Self {
         let metainfo = swarm.metainfo().clone();
         let closed = ex.inner.closed.subscribe();
@@ -141,6 +148,7 @@ impl<T: Tracker> BlobTask<T> {
             next_sid: 0,
             done,
             pieces,
+            streaming,
             closed,
         }
     }
@@ -197,6 +205,10 @@ impl<T: Tracker> BlobTask<T> {
                 input = self.rx.recv() => input,
                 () = sleep => {
                     self.swarm.handle_timeout(Instant::now());
+                    continue;
+                }
+                () = self.streaming.moved() => {
+                    self.swarm.set_streaming(Instant::now(), self.streaming.windows());
                     continue;
                 }
                 _ = self.closed.changed() => continue,
@@ -368,11 +380,11 @@ impl<T: Tracker> BlobTask<T> {
         now: Instant,
         peer: PeerId,
         index: PieceIndex,
-        result: Result<VerifiedPiece, PieceFault>,
+        result: Result<Received, PieceFault>,
     ) -> Result<(), StopReason> {
         self.receiving.remove(&index);
         match result {
-            Ok(verified) => {
+            Ok(Received { verified, kept }) => {
                 if let Some(Store::Partial(p)) = self.store.as_mut() {
                     let fresh = p.record_stored(verified);
                     self.flush_if_due()?;
@@ -382,6 +394,10 @@ impl<T: Tracker> BlobTask<T> {
                         let size = self.metainfo.piece_size(index).unwrap_or(0);
                         ExchangeCounters::add(&c.pieces_received, 1);
                         ExchangeCounters::add(&c.bytes_received, u64::from(size));
+                        // In memory before the readers hear of the piece.
+                        if let Some(kept) = kept {
+                            self.streaming.keep(index, kept);
+                        }
                         // Copies the bitfield only while a watcher holds the last one.
                         self.pieces.send_modify(|b| {
                             Arc::make_mut(b).set(index);

@@ -7,12 +7,13 @@ use kraken_storage::cas::{BlobReader, CasError, PieceSource};
 use kraken_storage::{Bitfield, Digest, Metainfo, PieceError, PieceIndex};
 use tokio::sync::watch;
 
+use super::window::Streaming;
 use super::{BlobHandle, DoneState, ExchangeError, StopReason};
 use crate::swarm::SwarmStats;
 
 /// A view of one blob's download, to stream the blob before it is complete.
 ///
-/// It follows the set of pieces that are verified (BLAKE3, against the metainfo) and
+/// It follows the set of pieces that are verified (against the metainfo) and
 /// stored, as the blob task marks them, and the task's [`DoneState`]; it reads any stored
 /// piece through its own file descriptor, which stays valid when the finished download is
 /// renamed into the CAS. Cheap to clone; a watch does not keep the download going or
@@ -30,6 +31,8 @@ pub struct BlobWatch {
     pieces: watch::Receiver<Arc<Bitfield>>,
     done: watch::Receiver<DoneState>,
     source: Arc<PieceSource>,
+    /// The blob's streaming readers (watches of a running task).
+    pub(super) streaming: Option<Arc<Streaming>>,
     /// Keeps a complete blob from eviction while watched (watches made without a task).
     _pin: Option<Arc<BlobReader>>,
 }
@@ -54,6 +57,7 @@ impl BlobWatch {
             pieces: h.pieces,
             done: h.done,
             source: h.source,
+            streaming: Some(h.streaming),
             _pin: None,
         }
     }
@@ -72,6 +76,7 @@ impl BlobWatch {
             pieces,
             done,
             source,
+            streaming: None,
             _pin: Some(Arc::new(reader)),
         })
     }
@@ -226,6 +231,7 @@ mod tests {
             metainfo,
             pieces,
             done,
+            streaming: None,
             _pin: None,
         };
         (watch, pieces_tx, done_tx)

@@ -18,7 +18,8 @@
 //!   (`handle_second_session`). A peer that does not read what we send (the driver's
 //!   queue for it is full) is dropped. A complete node does not dial.
 //! - **Requests**: rarest piece first among those the peer has and nobody is fetching,
-//!   ties broken at random (seeded), up to a pipeline per peer (3 to agents, 5 to origins).
+//!   ties broken at random (seeded), up to a pipeline per peer (3 to agents, 5 to origins);
+//!   while a reader streams the blob, the pieces just ahead of it come first (`streaming`).
 //!   Origins are asked only for pieces no connected agent has (`spare_origins`), so the
 //!   swarm, not the origin, carries the copies.
 //!   A request waits in the peer's upload queue until the peer starts sending it
@@ -43,7 +44,8 @@
 //! config, so the same inputs give the same outputs on every platform.
 //!
 //! Modules: `events` (the inputs and outputs above), `peers` (sessions: dialling,
-//! accepting, dropping), `schedule` (requests: what to ask of whom), `requests` (one
+//! accepting, dropping), `schedule` (requests: what to ask of whom), `streaming` (the
+//! windows of readers streaming the blob, asked for first), `requests` (one
 //! peer's outstanding requests and their deadlines), `serve` (upload slots), `blacklist`,
 //! `timers` (expiry and `poll_timeout`), `stats`, `config`, and [`handout`] (the
 //! tracker's side: which peers to hand out).
@@ -57,9 +59,11 @@ mod requests;
 mod schedule;
 mod serve;
 mod stats;
+mod streaming;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,6 +140,9 @@ pub struct Swarm {
     agent_availability: Vec<u32>,
     /// Per missing piece being fetched: from whom.
     inflight: Vec<Vec<PeerId>>,
+    /// The pieces readers stream next, one window per reader, sorted (see `streaming`);
+    /// empty when nobody streams.
+    streaming: Vec<Range<u32>>,
     uploads_active: usize,
     /// Per piece: uploads of it started so far (saturating).
     sent: Vec<u16>,
@@ -198,6 +205,7 @@ impl Swarm {
             blacklist_next: None,
             peer_deadline: None,
             inflight: vec![Vec::new(); pieces],
+            streaming: Vec::new(),
             uploads_active: 0,
             sent: vec![0; pieces],
             serve_cursor: None,

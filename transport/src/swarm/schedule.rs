@@ -1,6 +1,6 @@
-//! Requests: which piece to ask of whom (rarest first, origins spared, the endgame's
-//! second copies), how many at once (the pipeline), and what a delivery or a refusal
-//! changes. When a request gives up is `requests`' business.
+//! Requests: which piece to ask of whom (readers' streaming windows, then rarest first,
+//! origins spared, the endgame's second copies), how many at once (the pipeline), and what
+//! a delivery or a refusal changes. When a request gives up is `requests`' business.
 
 use std::time::{Duration, Instant};
 
@@ -259,10 +259,17 @@ impl Swarm {
         Some(self.availability[i] + if fetchers > 0 { 1 << 24 } else { 0 })
     }
 
-    /// Rarest piece `peer` has that we lack and nobody is fetching (in the endgame: that
-    /// this peer is not fetching and at most one other is); random among equals.
+    /// The first piece of a reader's streaming window that `peer` has, we lack and nobody
+    /// fetches; else the rarest piece `peer` has that we lack and nobody is fetching (in
+    /// the endgame: that this peer is not fetching and at most one other is), random among
+    /// equals.
     pub(super) fn pick_piece(&mut self, peer: PeerId, endgame: bool) -> Option<PieceIndex> {
         let p = self.peers.get(&peer)?;
+        if !self.streaming.is_empty()
+            && let Some(index) = self.pick_streamed(p, endgame)
+        {
+            return Some(index);
+        }
         let theirs = p.bitfield.as_ref()?;
         let mut best: Option<(u32, PieceIndex)> = None;
         let mut ties = 0u32;

@@ -1,0 +1,115 @@
+//! A registry client's `GET` of a blob on an agent is that agent's pull: the bytes stream
+//! in order while the blob downloads (ranges too), and the pull is counted in the metrics
+//! and reported (`krakenctl pull-report`) as a `Pull` RPC's would be.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kraken_node::config::NodeRole;
+use kraken_node::proto::{Request, Response};
+use support::{TestCluster, blob_file};
+
+fn http() -> reqwest::Client {
+    // Workspace builds give reqwest's rustls no default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()[name].to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_get_streams_the_blob_while_it_downloads_and_counts_as_the_pull() {
+    const LEN: u64 = 24 << 20;
+    let mut c = TestCluster::new();
+    c.add("origin-1", NodeRole::Origin).await;
+    c.add("tracker-1", NodeRole::Tracker).await;
+    // Throttled, so that the clients overlap the download (~3 s).
+    let mut config = c.config("agent-1", NodeRole::Agent);
+    config.agent.ingress_bytes_per_sec = 8 << 20;
+    let agent = c.start(config).await;
+    c.converge(1).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 31);
+    let data = std::fs::read(&path).unwrap();
+    c.upload(&path, &digest, LEN).await;
+    let role = c.node(agent).roles().agent.clone().unwrap();
+    let url = format!(
+        "http://{}/v2/library/app/blobs/{digest}",
+        c.node(agent).registry_addr().unwrap()
+    );
+    let h = http();
+
+    // The whole blob: its first bytes arrive while the download runs.
+    let mut whole = h.get(&url).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(header(&whole, "content-length"), LEN.to_string());
+    let first = whole.chunk().await.unwrap().unwrap();
+    assert!(
+        !role.cas().contains(&digest).unwrap(),
+        "the first bytes came before the download completed"
+    );
+    // A range from the middle, asked for mid-download: the same download serves it.
+    let ranged = h
+        .get(&url)
+        .header("range", "bytes=10000000-15999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(
+        header(&ranged, "content-range"),
+        format!("bytes 10000000-15999999/{LEN}")
+    );
+    let part = ranged.bytes().await.unwrap();
+    assert!(part == data[10_000_000..16_000_000], "the range's bytes");
+    let mut body = first.to_vec();
+    while let Some(chunk) = whole.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    assert!(body == data, "the blob's bytes, in order");
+
+    // One pull, counted and reported like a `Pull` RPC's (the report lands at the commit,
+    // just after the last byte went out).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let asked = c
+            .client()
+            .call_within(
+                c.node(agent).quic_addr(),
+                &Request::PullReport { digest },
+                Duration::from_secs(10),
+            )
+            .await;
+        match asked {
+            Ok(Response::Pull(r)) => break r,
+            other => assert!(Instant::now() < deadline, "no pull report: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!report.already_present);
+    assert_eq!(report.length, LEN);
+    assert_eq!(report.bytes_from_origins + report.bytes_from_agents, LEN);
+    let text = c.node(agent).metrics().render();
+    assert!(text.contains("kraken_pulls_total 1\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "kraken_bytes_received_total{{kind=\"origin\"}} {LEN}\n"
+        )),
+        "{text}"
+    );
+    let memory: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kraken_streamed_pieces_total{from=\"memory\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(memory > 0, "pieces reached the clients from memory: {text}");
+    assert_eq!(
+        role.exchange().stream_memory_used(),
+        0,
+        "nothing kept after"
+    );
+}
