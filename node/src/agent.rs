@@ -364,6 +364,19 @@ impl Agent {
         Ok(pull)
     }
 
+    /// Counts a blob sent to a registry client straight from the store (the blob server's
+    /// warm path) as a pull that moved nothing, as a `Pull` of a local blob is; its report
+    /// of the download that brought the blob stays.
+    pub fn served_locally(&self, digest: &Digest) {
+        let report = DownloadReport {
+            stats: SwarmStats::default(),
+            elapsed: Duration::ZERO,
+            already_present: true,
+        };
+        self.inner.metrics.pull_done(&report, Duration::ZERO);
+        tracing::debug!(%digest, "served from the store");
+    }
+
     /// A watch over the pieces of `digest`, for streaming the blob before it completes: a
     /// complete local blob's at once, else that of the blob's pull, started or joined (see
     /// [`Agent::pull`]), once its download runs.

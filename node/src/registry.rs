@@ -321,10 +321,19 @@ impl Registry for ClusterRegistry {
         }
     }
 
+    /// Agents: whether their store holds the blob complete. Proxies hold nothing.
+    async fn holds_local_blob(&self, digest: &Digest) -> bool {
+        self.agent
+            .as_ref()
+            .is_some_and(|a| a.cas().contains(digest).unwrap_or(false))
+    }
+
     /// Agents: the blob if their store holds it complete, held open (the store neither
-    /// evicts nor deletes it meanwhile). Proxies hold nothing.
+    /// evicts nor deletes it meanwhile), counted as a pull of a local blob. Proxies hold
+    /// nothing.
     async fn local_blob(&self, digest: &Digest) -> Option<LocalBlob> {
-        let reader = match self.agent.as_ref()?.cas().reader(digest) {
+        let agent = self.agent.as_ref()?;
+        let reader = match agent.cas().reader(digest) {
             Ok(reader) => reader,
             Err(CasError::NotFound(_)) => return None,
             Err(e) => {
@@ -333,6 +342,7 @@ impl Registry for ClusterRegistry {
             }
         };
         let file = reader.file().try_clone().ok()?;
+        agent.served_locally(digest);
         Some(LocalBlob::new(file, reader.len(), reader))
     }
 

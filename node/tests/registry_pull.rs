@@ -1,6 +1,7 @@
 //! A registry client's `GET` of a blob on an agent is that agent's pull: the bytes stream
 //! in order while the blob downloads (ranges too), and the pull is counted in the metrics
-//! and reported (`krakenctl pull-report`) as a `Pull` RPC's would be.
+//! and reported (`krakenctl pull-report`) as a `Pull` RPC's would be; a warm `GET` is
+//! counted as a pull of a local blob.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -112,4 +113,20 @@ async fn a_registry_get_streams_the_blob_while_it_downloads_and_counts_as_the_pu
         0,
         "nothing kept after"
     );
+
+    // Again, now that the agent holds it: the blob server sends it from the store (one
+    // redirect, followed), counted as a pull that moved nothing; the download's report stays.
+    let warm = h.get(&url).send().await.unwrap();
+    assert_eq!(warm.status(), 200);
+    assert_ne!(warm.url().as_str(), url, "served by the blob server");
+    assert!(warm.bytes().await.unwrap() == data, "the warm blob's bytes");
+    let text = c.node(agent).metrics().render();
+    assert!(text.contains("kraken_pulls_total 2\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "kraken_bytes_received_total{{kind=\"origin\"}} {LEN}\n"
+        )),
+        "{text}"
+    );
+    assert!(!role.report(&digest).unwrap().already_present);
 }

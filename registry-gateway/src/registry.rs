@@ -183,10 +183,19 @@ pub trait Registry: Send + Sync + 'static {
         range: Option<ByteRange>,
     ) -> impl Future<Output = Result<BlobBody, RegistryError>> + Send;
 
+    /// Whether this host holds `digest` complete and verified on its own disk: the
+    /// registry API's blob `GET` redirects to the blob server only then. Only asks; the
+    /// blob server opens the blob with [`Registry::local_blob`] when it sends it. `false`
+    /// by default.
+    fn holds_local_blob(&self, digest: &Digest) -> impl Future<Output = bool> + Send {
+        let _ = digest;
+        async { false }
+    }
+
     /// The blob, if this host holds it complete and verified on its own disk (an agent's
-    /// store); `None` otherwise, and by default. The blob server sends these bytes
-    /// straight from the file without checking them again, and the blob `GET` redirects
-    /// there only when this answers `Some`.
+    /// store); `None` otherwise, and by default. The blob server calls it once per request
+    /// it sends from the file (without checking the bytes again): an implementation may
+    /// count each call as a blob served locally.
     fn local_blob(&self, digest: &Digest) -> impl Future<Output = Option<LocalBlob>> + Send {
         let _ = digest;
         async { None }

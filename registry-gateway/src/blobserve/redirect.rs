@@ -36,9 +36,11 @@ pub(crate) async fn to_blob_server<R: Registry>(
     if ctx.head || ctx.query(STAY).is_some() {
         return None;
     }
-    // Only asked, not held: the blob server opens it again (and falls back here if it is
-    // gone by then).
-    gw.registry.local_blob(digest).await?;
+    // Only asked, not opened: the blob server opens it (and sends the client back here if
+    // it is gone by then).
+    if !gw.registry.holds_local_blob(digest).await {
+        return None;
+    }
     let authority = authority(server, ctx.header(HOST));
     Some(redirect(&format!(
         "http://{authority}/v2/{name}/blobs/{digest}"

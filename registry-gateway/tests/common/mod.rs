@@ -302,6 +302,12 @@ impl Registry for MemRegistry {
         Ok(())
     }
 
+    async fn holds_local_blob(&self, digest: &Digest) -> bool {
+        self.cas
+            .get()
+            .is_some_and(|c| c.contains(digest).unwrap_or(false))
+    }
+
     async fn local_blob(&self, digest: &Digest) -> Option<LocalBlob> {
         let reader = self.cas.get()?.reader(digest).ok()?;
         let file = reader.file().try_clone().ok()?;
