@@ -1,8 +1,10 @@
 //! The client both systems are measured with: one `curl` process per HTTP request (the
 //! same binary, the same options for both), and the Docker Registry v2 push and pull
 //! sequences built from them. Each request's time is curl's own `time_total`; its CPU
-//! is read from this process's reaped-children counters around it. Downloads go to a
-//! pipe and are hashed here as they arrive, so no copy lands on the disk.
+//! is read from this process's reaped-children counters around it. Timed downloads go to
+//! `/dev/null` (curl counts their bytes): hashing them on the way would make the client,
+//! not the server, the limit of a fast download. Their bytes are checked by an untimed
+//! `GET` of the same URL, whose body goes to a pipe and is hashed here as it arrives.
 //!
 //! Also a few lines of plain HTTP/1.1 over a TCP socket for the bench's own polling
 //! (readiness, `/metrics`), which must not show up as client work.
@@ -29,6 +31,8 @@ pub struct ClientCost {
     pub cpu_s: f64,
     /// Seconds to the first byte of the response body (downloads only).
     pub ttfb_s: Option<f64>,
+    /// Bytes of response bodies curl received.
+    pub downloaded: u64,
 }
 
 impl ClientCost {
@@ -36,6 +40,7 @@ impl ClientCost {
         self.secs += other.secs;
         self.cpu_s += other.cpu_s;
         self.ttfb_s = self.ttfb_s.or(other.ttfb_s);
+        self.downloaded += other.downloaded;
     }
 }
 
@@ -47,7 +52,8 @@ struct Answer {
 }
 
 /// Marks curl's `--write-out` line on stderr, after any error message.
-const WRITE_OUT: &str = "%{stderr}\n@@ %{http_code} %{time_total} %{time_starttransfer}\n";
+const WRITE_OUT: &str =
+    "%{stderr}\n@@ %{http_code} %{time_total} %{time_starttransfer} %{size_download}\n";
 
 /// CPU seconds of the children this process has reaped.
 pub fn reaped_children_cpu() -> f64 {
@@ -97,7 +103,7 @@ fn curl<T>(
         bail!("curl {what}: {}", why.join(" ").trim());
     }
     let got = got.with_context(|| format!("reading the answer of {what}"))?;
-    let [code, total, first] = fields[..] else {
+    let [code, total, first, size] = fields[..] else {
         bail!("curl {what} printed no timing: {err:?}");
     };
     let secs: f64 = total.parse().context("time_total")?;
@@ -106,6 +112,7 @@ fn curl<T>(
         secs,
         cpu_s,
         ttfb_s: (code == "200" || code == "206").then_some(first),
+        downloaded: size.parse().context("size_download")?,
     };
     Ok((got, cost))
 }
@@ -225,6 +232,26 @@ pub fn get_blob(
         Digest::of_reader(DigestAlgorithm::Sha256, out)
     })?;
     Ok((digest, len, cost))
+}
+
+/// A timed `GET` of a blob (following redirects, optionally of the inclusive byte range
+/// `first..=last`) into `/dev/null`: its cost, or an error if it was not `want_len` bytes.
+/// Check the bytes with [`get_checked`], untimed.
+pub fn get_timed(
+    url: &str,
+    range: Option<(u64, u64)>,
+    want_len: u64,
+) -> anyhow::Result<ClientCost> {
+    let mut args = os(&["-L", "-o", "/dev/null"]);
+    if let Some((first, last)) = range {
+        args.extend(os(&["-r", &format!("{first}-{last}")]));
+    }
+    args.push(url.into());
+    let ((), cost) = curl(args, want_len, |_| Ok(()))?;
+    if cost.downloaded != want_len {
+        bail!("GET {url}: {} bytes, expected {want_len}", cost.downloaded);
+    }
+    Ok(cost)
 }
 
 /// `GET` of a blob whose bytes must hash to `want`: its cost, or an error naming what came.

@@ -182,6 +182,7 @@ impl Skopeo {
             secs,
             cpu_s: reaped_children_cpu() - cpu0,
             ttfb_s: None,
+            downloaded: 0,
         })
     }
 }

@@ -10,6 +10,7 @@
 //! | `push` | `POST` + `PUT ?digest=` with the blob | the same on the proxy | caches dropped |
 //! | `push-chunked` | `POST` + N `PATCH` + `PUT ?digest=` (a second blob) | proxy | caches dropped |
 //! | `cold-pull` | `GET` | `GET` on agent 1 (blob only on origins) | settled, caches dropped |
+//! | `exchange` | — | agent 1's own download during `cold-pull` (its pull histogram); ratio: the `GET` ÷ it | — |
 //! | `second-agent` | — | `GET` on agent 2 right after agent 1 | nothing |
 //! | `warm-pull` | `GET` | `GET` on agent 1 | one untimed `GET` on each |
 //! | `range` | ranged `GET` from the middle | the same on agent 1 | nothing (still warm) |
@@ -39,7 +40,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use kraken_storage::Digest;
 
-use self::curl::{ClientCost, get_checked, push_chunked, push_monolithic};
+use self::curl::{ClientCost, get_checked, get_timed, push_chunked, push_monolithic};
 use self::image::{Layout, Skopeo, verify_layers, write_layout};
 use self::janitor::ScratchDir;
 use self::report::{BenchSetup, Measurement, RegistryReport, Row, Sample};
@@ -539,24 +540,31 @@ impl Bench<'_> {
         let url = |base: &str| format!("{base}/v2/{BLOB_REPO}/blobs/{}", blob.digest);
         let reg = url(&sys.registry.base);
         let (a1, a2) = (url(&sys.kraken.agents[0]), url(&sys.kraken.agents[1]));
-        let get = |u: &str| get_checked(u, None, &blob.digest, blob.len);
+        // Timed into /dev/null; every URL's bytes are checked by an untimed GET after.
+        let get = |u: &str| get_timed(u, None, blob.len);
+        let check = |u: &str| get_checked(u, None, &blob.digest, blob.len).map(drop);
         if self.has(Step::ColdPull) {
             self.cold_pulls(sys, turn, [&reg, &a1, &a2], &get)?;
-        } else if self.has(Step::WarmPull) || self.has(Step::Range) {
-            // Agent 1 must hold the blob.
-            get(&a1)?;
+            if self.has(Step::SecondAgent) {
+                check(&a2)?;
+            }
         }
+        // Checks what the cold pulls delivered and warms both for `warm-pull`; agent 1
+        // gets the blob here if `cold-pull` did not run.
+        check(&reg)?;
+        check(&a1)?;
         if self.has(Step::WarmPull) {
-            get(&reg)?;
-            get(&a1)?;
             self.pair(sys, (Row::WarmPull, turn, Prep::Warm), [&reg, &a1], &get)?;
         }
         if self.has(Step::Range) {
             let (first, last) = blob.range;
             let len = last - first + 1;
-            let ranged = |u: &str| get_checked(u, Some(blob.range), &blob.range_digest, len);
+            let ranged = |u: &str| get_timed(u, Some(blob.range), len);
             let step = (Row::Range, turn, Prep::RightAfter);
             self.pair(sys, step, [&reg, &a1], &ranged)?;
+            for u in [&reg, &a1] {
+                get_checked(u, Some(blob.range), &blob.range_digest, len)?;
+            }
         }
         Ok(())
     }
@@ -580,6 +588,9 @@ impl Bench<'_> {
                 Box::new(|| get(reg)),
             )?);
         }
+        // A `kraken` that does not count registry GETs as pulls (older builds) gets no
+        // `exchange` row.
+        let pulls = sys.kraken.agent1_pulls().ok();
         let k1 = self.measure(
             sys,
             Sys::Kraken,
@@ -587,6 +598,13 @@ impl Bench<'_> {
             &what("agent 1"),
             Box::new(|| get(a1)),
         )?;
+        // The agent commits just after the last byte went to the client.
+        let exchange = pulls.and_then(|before| {
+            sys.kraken
+                .agent1_pull_after(before, Duration::from_secs(10))
+                .map_err(|e| eprintln!("kraken-bench: no exchange row this round: {e:#}"))
+                .ok()
+        });
         let k2 = if self.has(Step::SecondAgent) {
             let w = format!("round {}, second-agent", turn.round);
             Some(self.measure(sys, Sys::Kraken, Prep::RightAfter, &w, Box::new(|| get(a2)))?)
@@ -604,10 +622,31 @@ impl Bench<'_> {
             )?,
         };
         self.record(Row::ColdPull, turn, Some(r), k1, r.secs);
+        if let Some(exchange) = exchange {
+            self.record_exchange(turn, exchange, k1.secs);
+        }
         if let Some(k2) = k2 {
             self.record(Row::SecondAgent, turn, None, k2, r.secs);
         }
         Ok(())
+    }
+
+    /// Agent 1's own download time of the blob its cold `GET` took `get_secs`.
+    fn record_exchange(&mut self, turn: Turn, exchange: f64, get_secs: f64) {
+        self.measurements.push(Measurement {
+            row: Row::Exchange,
+            round: turn.round,
+            kraken_first: turn.kraken_first,
+            registry: None,
+            kraken: Sample {
+                secs: exchange,
+                ttfb_s: None,
+                server_cpu_s: 0.0,
+                client_cpu_s: 0.0,
+                idle_cpu_s: 0.0,
+            },
+            ratio: (exchange > 0.0).then(|| get_secs / exchange),
+        });
     }
 
     /// `image`: the same layout pushed to each system with skopeo, then pulled from each

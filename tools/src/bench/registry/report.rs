@@ -17,6 +17,10 @@ pub enum Row {
     PushChunked,
     /// First `GET` (kraken: agent 1, the blob only on origins).
     ColdPull,
+    /// Agent 1's own download of the blob during `cold-pull` (the agent's pull time, from
+    /// its metainfo lookup to its commit); the ratio is agent 1's `GET` ÷ this: what the
+    /// registry gateway adds to the exchange.
+    Exchange,
     /// `GET` on agent 2 right after (compared with the registry's cold `GET`).
     SecondAgent,
     /// `GET` again, both warmed by one untimed `GET` (kraken: agent 1).
@@ -31,10 +35,11 @@ pub enum Row {
 
 impl Row {
     /// Every row, in the order they are measured and printed.
-    pub const ALL: [Row; 8] = [
+    pub const ALL: [Row; 9] = [
         Row::Push,
         Row::PushChunked,
         Row::ColdPull,
+        Row::Exchange,
         Row::SecondAgent,
         Row::WarmPull,
         Row::Range,
@@ -48,6 +53,7 @@ impl Row {
             Row::Push => "push",
             Row::PushChunked => "push-chunked",
             Row::ColdPull => "cold-pull",
+            Row::Exchange => "exchange",
             Row::SecondAgent => "second-agent",
             Row::WarmPull => "warm-pull",
             Row::Range => "range",
@@ -85,7 +91,8 @@ pub struct Measurement {
     pub registry: Option<Sample>,
     /// kraken.
     pub kraken: Sample,
-    /// kraken's time ÷ the registry's (for `second-agent`, ÷ the registry's cold `GET`).
+    /// kraken's time ÷ the registry's (for `second-agent`, ÷ the registry's cold `GET`;
+    /// for `exchange`, agent 1's cold `GET` ÷ its download).
     pub ratio: Option<f64>,
 }
 
@@ -289,6 +296,7 @@ impl RegistryReport {
         for r in &self.summary {
             let registry = match r.row {
                 Row::SecondAgent => "(cold-pull's)".to_string(),
+                Row::Exchange => "(GET ÷ exchange)".to_string(),
                 _ => show(&r.registry_s, 2),
             };
             let client = format!(

@@ -129,6 +129,17 @@ pub struct KrakenDev {
     pub agents: Vec<String>,
     /// Every node's HTTP endpoint (`/metrics`).
     metrics: Vec<SocketAddr>,
+    /// Agent 1's HTTP endpoint: its pull histogram times its own download.
+    agent1_http: SocketAddr,
+}
+
+/// An agent's pulls so far: `kraken_pull_duration_seconds`' count and sum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PullClock {
+    /// Pulls finished.
+    pub count: f64,
+    /// Their seconds, summed.
+    pub secs: f64,
 }
 
 /// How the cluster settled.
@@ -224,12 +235,52 @@ impl KrakenDev {
                 agents.len()
             );
         }
+        let mut agent_nodes: Vec<_> = file
+            .nodes
+            .iter()
+            .filter(|n| n.registry.is_some() && n.roles.iter().any(|r| r == "agent"))
+            .collect();
+        agent_nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let agent1_http = agent_nodes
+            .first()
+            .and_then(|n| n.http)
+            .context("cluster.json names no HTTP address for agent 1")?;
         Ok(KrakenDev {
             proc,
             proxy,
             agents,
             metrics: file.nodes.iter().filter_map(|n| n.http).collect(),
+            agent1_http,
         })
+    }
+
+    /// Agent 1's pulls so far (each timed by the agent from its metainfo lookup to its
+    /// commit: the exchange's own time for the blob).
+    pub fn agent1_pulls(&self) -> anyhow::Result<PullClock> {
+        let (_, body) = http_get(self.agent1_http, "/metrics")?;
+        let read = |name: &str| {
+            gauge(&body, name).with_context(|| format!("agent 1's /metrics has no {name}"))
+        };
+        Ok(PullClock {
+            count: read("kraken_pull_duration_seconds_count")?,
+            secs: read("kraken_pull_duration_seconds_sum")?,
+        })
+    }
+
+    /// Agent 1's next pull after `before`, once its count moved (at most `limit`): the
+    /// seconds of the pulls since.
+    pub fn agent1_pull_after(&self, before: PullClock, limit: Duration) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let now = self.agent1_pulls()?;
+            if now.count > before.count {
+                return Ok(now.secs - before.secs);
+            }
+            if Instant::now() > deadline {
+                bail!("agent 1 recorded no finished pull within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// CPU seconds the whole cluster has used.
