@@ -6,7 +6,6 @@ use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::header::CONTENT_RANGE;
 use axum::http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -19,10 +18,10 @@ use super::request::{Head, Refused, Verb, read_head};
 use super::response::{self, Small};
 use super::send::{SendError, send_blob};
 use crate::access::{Served, clip_path};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::range::ByteRange;
 use crate::reference::{check_name, parse_digest};
-use crate::registry::{LocalBlob, Registry};
+use crate::registry::{LocalBlob, Registry, resolve_range};
 use crate::route::Route;
 
 /// Whether the connection is served, or only answered once with a redirect back to the
@@ -225,10 +224,9 @@ async fn answer<R: Registry>(server: &Server<R>, head: &Head, mode: Mode, close:
     };
     let total = blob.len();
     let asked = head.range.as_deref().and_then(ByteRange::parse);
-    let range = match asked.map(|r| r.resolve(total)) {
-        None => 0..total,
-        Some(Some(range)) => range,
-        Some(None) => return error(unsatisfiable(total)).await,
+    let range = match resolve_range(asked, total) {
+        Ok(range) => range,
+        Err(e) => return error(e.into()).await,
     };
     let status = if asked.is_some() {
         StatusCode::PARTIAL_CONTENT
@@ -250,13 +248,4 @@ async fn answer<R: Registry>(server: &Server<R>, head: &Head, mode: Mode, close:
         blob,
         range,
     }
-}
-
-/// 416 for a range that selects nothing of a `total`-byte blob.
-fn unsatisfiable(total: u64) -> ApiError {
-    ApiError::new(
-        ErrorCode::RangeInvalid,
-        format!("range not satisfiable for a {total}-byte blob"),
-    )
-    .with_header(CONTENT_RANGE, &format!("bytes */{total}"))
 }
