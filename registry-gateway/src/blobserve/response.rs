@@ -19,12 +19,10 @@ use kraken_storage::Digest;
 
 use crate::access::API_VERSION_HEADER;
 use crate::error::ApiError;
+use crate::handlers::pull::DIGEST_HEADER;
 
 /// The largest body of a small answer (an error's JSON is far smaller).
 const MAX_SMALL_BODY: usize = 64 << 10;
-
-/// `Docker-Content-Digest`.
-const DIGEST_HEADER: HeaderName = HeaderName::from_static("docker-content-digest");
 
 /// A status line and fields, ready for the wire.
 pub(crate) fn head(status: StatusCode, fields: &HeaderMap, close: bool) -> Vec<u8> {
@@ -67,7 +65,7 @@ pub(crate) fn blob_fields(
     fields.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let digest = digest.to_string();
     if let Ok(v) = HeaderValue::from_str(&digest) {
-        fields.insert(DIGEST_HEADER, v);
+        fields.insert(HeaderName::from_static(DIGEST_HEADER), v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         fields.insert(ETAG, v);

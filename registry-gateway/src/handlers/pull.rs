@@ -3,9 +3,7 @@
 
 use axum::body::Body;
 use axum::http::StatusCode;
-use axum::http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE,
-};
+use axum::http::header::{ETAG, LINK, RANGE};
 use axum::response::Response;
 use futures::StreamExt;
 use serde_json::json;
@@ -13,6 +11,7 @@ use serde_json::json;
 use super::manifests::read_manifest;
 use super::{Ctx, Reply, respond, set};
 use crate::blobserve::redirect::to_blob_server;
+use crate::blobserve::response::blob_fields;
 use crate::error::{ApiError, ErrorCode};
 use crate::media::{OCI_INDEX, content_type_of};
 use crate::reference::{Reference, check_name, check_tag, parse_digest};
@@ -100,26 +99,9 @@ pub(crate) async fn blob<R: Registry>(
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    set(&mut r, CONTENT_TYPE, "application/octet-stream");
-    set(
-        &mut r,
-        CONTENT_LENGTH,
-        &(range.end - range.start).to_string(),
-    );
-    set(&mut r, ACCEPT_RANGES, "bytes");
-    set(&mut r, DIGEST_HEADER, &digest.to_string());
-    set(&mut r, ETAG, &format!("\"{digest}\""));
-    if status == StatusCode::PARTIAL_CONTENT {
-        set(
-            &mut r,
-            CONTENT_RANGE,
-            &format!(
-                "bytes {}-{}/{total}",
-                range.start,
-                range.end.saturating_sub(1)
-            ),
-        );
-    }
+    // The same fields as the blob server's answer.
+    let partial = status == StatusCode::PARTIAL_CONTENT;
+    *r.headers_mut() = blob_fields(&digest, &range, total, partial);
     Ok(r)
 }
 
