@@ -79,7 +79,6 @@ pub struct IngestCall {
     call: OpenCall,
     addr: SocketAddr,
     length: u64,
-    sent: u64,
 }
 
 impl IngestCall {
@@ -106,7 +105,6 @@ impl IngestCall {
                     call,
                     addr,
                     length: ingest.length,
-                    sent: 0,
                 })),
                 Some(Response::Uploaded { length }) => Ok(Opened::Present { length }),
                 Some(other) => Err(CallError::unexpected(addr, other)),
@@ -122,13 +120,7 @@ impl IngestCall {
     /// Sends the next bytes of the body. False once the origin stopped reading or the
     /// stream failed: call [`IngestCall::finish`] for its answer or the failure.
     pub async fn send(&mut self, bytes: Bytes) -> bool {
-        self.sent += bytes.len() as u64;
         self.call.send(bytes).await
-    }
-
-    /// Bytes handed to [`IngestCall::send`] so far.
-    pub fn sent(&self) -> u64 {
-        self.sent
     }
 
     /// Gives up because the body's source failed: the origin stores nothing.
