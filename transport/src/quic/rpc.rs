@@ -210,13 +210,13 @@ pub async fn open_call<Req: Serialize>(
     })
     .map_err(|e| RpcError::Send(e.into()))?;
     if let Err(e) = call.send.write_all(&frames).await {
-        call.failed = Some(e.into());
+        let e = StreamError::from(e);
         // Anything but a stop leaves no answer to read.
-        if !matches!(call.failed, Some(StreamError::Stopped { .. })) {
-            let e = call.failed.take().unwrap_or(StreamError::ClosedStream);
+        if !matches!(e, StreamError::Stopped { .. }) {
             call.abort(codes::INTERNAL);
             return Err(RpcError::Send(e));
         }
+        call.failed = Some(e);
     }
     Ok(call)
 }
