@@ -63,8 +63,8 @@ impl StreamFailure {
 
 /// What became of a body offered to the cluster as a stream.
 pub(crate) enum Streamed {
-    /// Stored: this many bytes were received.
-    Stored(u64),
+    /// Stored (the bytes received are counted in the upload metrics).
+    Stored,
     /// The cluster cannot take a stream (an origin from before the streaming ingest) and
     /// read none of it: here is the body back, to be staged and sent with `put_blob`.
     Declined(Body),
@@ -101,7 +101,8 @@ pub(crate) async fn stream_blob<R: Registry>(
             break;
         }
     }
-    Ok(Streamed::Stored(body.received))
+    gw.config.metrics.add_upload_bytes(body.received);
+    Ok(Streamed::Stored)
 }
 
 /// A request body as the cluster reads it: exactly `len` bytes, or an error.

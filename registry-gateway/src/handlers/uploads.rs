@@ -116,10 +116,8 @@ pub(crate) async fn start<R: Registry>(
     {
         let started = Instant::now();
         match stream_blob(gw, name, digest, len, body).await {
-            Ok(Streamed::Stored(received)) => {
-                let metrics = &gw.config.metrics;
-                metrics.add_upload_bytes(received);
-                metrics.upload_done(started.elapsed());
+            Ok(Streamed::Stored) => {
+                gw.config.metrics.upload_done(started.elapsed());
                 return Ok(created(name, digest));
             }
             Ok(Streamed::Declined(unread)) => body = unread,
@@ -249,10 +247,7 @@ pub(crate) async fn finish<R: Registry>(
         && let Some(len) = whole_body_length(ctx)
     {
         match stream_blob(gw, name, &digest, len, body).await {
-            Ok(Streamed::Stored(received)) => {
-                gw.config.metrics.add_upload_bytes(received);
-                return finished(session, name, &digest).await;
-            }
+            Ok(Streamed::Stored) => return finished(session, name, &digest).await,
             Ok(Streamed::Declined(unread)) => body = unread,
             Err(e) => {
                 if !e.retryable() {
