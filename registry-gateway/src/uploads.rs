@@ -386,7 +386,7 @@ impl Session {
                 return Err(UploadError::Unknown);
             }
             (Ok(_), Err(e)) => return Err(e.into()),
-            (Ok(n), Ok(_)) => n,
+            (Ok(n), Ok(())) => n,
         };
         if n > 0 {
             let meta = Meta {
@@ -469,17 +469,17 @@ async fn feed(
 
 /// The blocking side of [`Session::append`]: writes the chunks from `rx` at `start` in
 /// `path` and, on [`Write::Commit`], fsyncs them; without it (the body failed) or on any
-/// error, cuts the file back to `start`. Returns the bytes written.
+/// error, cuts the file back to `start`. The bytes are counted by the feeder.
 fn write_at_end(
     path: &Path,
     start: u64,
     mut rx: tokio::sync::mpsc::Receiver<Write>,
-) -> io::Result<u64> {
+) -> io::Result<()> {
     let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
     file.set_len(start)?;
     file.seek(io::SeekFrom::Start(start))?;
     let file = &file;
-    let written = std::thread::scope(|s| {
+    let committed = std::thread::scope(|s| {
         // Flushing as we go overlaps the disk's work with receiving. Requests coalesce:
         // at most one pending. Errors resurface at the final, checked fsync.
         let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -489,13 +489,11 @@ fn write_at_end(
             }
         });
         let mut out = file;
-        let mut written = 0u64;
         let mut unflushed = 0usize;
         while let Some(write) = rx.blocking_recv() {
             match write {
                 Write::Chunk(bytes) => {
                     out.write_all(&bytes)?;
-                    written += bytes.len() as u64;
                     unflushed += bytes.len();
                     if unflushed >= FLUSH_EVERY {
                         let _ = flush_tx.try_send(());
@@ -504,18 +502,15 @@ fn write_at_end(
                 }
                 Write::Commit => {
                     file.sync_data()?;
-                    return Ok(Some(written));
+                    return Ok(true);
                 }
             }
         }
-        Ok(None)
+        Ok(false)
     });
-    match written {
-        Ok(Some(n)) => Ok(n),
-        Ok(None) => {
-            file.set_len(start)?;
-            Ok(0)
-        }
+    match committed {
+        Ok(true) => Ok(()),
+        Ok(false) => file.set_len(start),
         Err(e) => {
             let _ = file.set_len(start);
             Err(e)
