@@ -70,7 +70,10 @@ impl Origin {
             .router
             .route(namespace)
             .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
-        let mut stream = backend.get(digest, None).await.map_err(backend_error)?;
+        let mut stream = backend
+            .read(namespace, digest)
+            .await
+            .map_err(backend_error)?;
         let length = stream.len();
         let (mut tx, reader) = channel_reader();
         let cas = self.inner.cas.clone();

@@ -159,6 +159,7 @@ impl BackendConfig {
                 }
                 require_url("webhdfs", &hdfs.endpoint)?;
             }
+            ServiceConfig::Registry(registry) => registry.validate()?,
         }
         Ok(())
     }
@@ -195,6 +196,9 @@ pub enum ServiceConfig {
     Gcs(GcsServiceConfig),
     /// HDFS over the WebHDFS REST API (`[webhdfs]`); needs the `webhdfs` feature.
     Webhdfs(WebhdfsServiceConfig),
+    /// An OCI distribution registry (`[registry]`), read-only: the upstream of a
+    /// pull-through cache (Docker Hub, GHCR, a private registry).
+    Registry(RegistryServiceConfig),
 }
 
 impl ServiceConfig {
@@ -206,6 +210,7 @@ impl ServiceConfig {
             ServiceConfig::S3(_) => "s3",
             ServiceConfig::Gcs(_) => "gcs",
             ServiceConfig::Webhdfs(_) => "webhdfs",
+            ServiceConfig::Registry(_) => "registry",
         }
     }
 }
@@ -368,6 +373,120 @@ impl fmt::Debug for WebhdfsServiceConfig {
     }
 }
 
+/// Default of [`RegistryServiceConfig::tag_cache_secs`]: five minutes.
+pub const DEFAULT_TAG_CACHE_SECS: u64 = 300;
+/// Default of [`RegistryServiceConfig::tag_stale_secs`]: one day.
+pub const DEFAULT_TAG_STALE_SECS: u64 = 24 * 60 * 60;
+
+/// `[registry]`: an OCI distribution registry read through as a pull-through cache.
+///
+/// ```toml
+/// [[backends]]
+/// namespace = "docker\\.io/.+"
+/// backend.registry = { url = "https://registry-1.docker.io", strip_prefix = "docker.io/" }
+/// ```
+///
+/// Read-only: blobs and manifests of matching repositories are read from the upstream
+/// (verified against their digests) and tags resolved there; nothing is ever written to
+/// it, and pushes into a repository routed here are refused. Credentials: none
+/// (anonymous, with Docker Hub's anonymous bearer-token flow answered), `username` with
+/// `password` or `password_file` (basic, or exchanged for a bearer token when the registry
+/// asks for one), or a ready bearer `token` / `token_file`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryServiceConfig {
+    /// Base URL, `http(s)://host[:port]`, without `/v2`.
+    pub url: String,
+    /// Removed from the front of a repository name before asking the upstream, so
+    /// `docker.io/library/ubuntu` in the cluster is `library/ubuntu` upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+    /// User for basic credentials (and for the token exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password of `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// File holding the password of `username` (read at start; trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// A bearer token sent as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// File holding a bearer token (read at start; trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// How long a tag → digest answer from the upstream is used before asking again.
+    #[serde(default = "default_tag_cache_secs")]
+    pub tag_cache_secs: u64,
+    /// How long after its last confirmation a tag still resolves to its last known digest
+    /// while the upstream is unreachable.
+    #[serde(default = "default_tag_stale_secs")]
+    pub tag_stale_secs: u64,
+}
+
+fn default_tag_cache_secs() -> u64 {
+    DEFAULT_TAG_CACHE_SECS
+}
+
+fn default_tag_stale_secs() -> u64 {
+    DEFAULT_TAG_STALE_SECS
+}
+
+impl RegistryServiceConfig {
+    /// An anonymous upstream at `url` with default tag caching.
+    pub fn new(url: impl Into<String>) -> Self {
+        RegistryServiceConfig {
+            url: url.into(),
+            strip_prefix: None,
+            username: None,
+            password: None,
+            password_file: None,
+            token: None,
+            token_file: None,
+            tag_cache_secs: DEFAULT_TAG_CACHE_SECS,
+            tag_stale_secs: DEFAULT_TAG_STALE_SECS,
+        }
+    }
+
+    fn validate(&self) -> Result<(), BackendError> {
+        let config = |msg: &str| Err(BackendError::Config(format!("registry: {msg}")));
+        require_url("registry", &self.url)?;
+        if self.password.is_some() && self.password_file.is_some() {
+            return config("give password or password_file, not both");
+        }
+        if (self.password.is_some() || self.password_file.is_some()) != self.username.is_some() {
+            return config("username and password (or password_file) must be given together");
+        }
+        if self.token.is_some() && self.token_file.is_some() {
+            return config("give token or token_file, not both");
+        }
+        if self.username.is_some() && (self.token.is_some() || self.token_file.is_some()) {
+            return config("give basic credentials or a token, not both");
+        }
+        if self.tag_stale_secs < self.tag_cache_secs {
+            return config("tag_stale_secs must be at least tag_cache_secs");
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RegistryServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryServiceConfig")
+            .field("url", &self.url)
+            .field("strip_prefix", &self.strip_prefix)
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("password_file", &self.password_file)
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .field("tag_cache_secs", &self.tag_cache_secs)
+            .field("tag_stale_secs", &self.tag_stale_secs)
+            .finish()
+    }
+}
+
 fn redacted(secret: &Option<String>) -> Option<&'static str> {
     secret.as_ref().map(|_| "<redacted>")
 }
@@ -392,6 +511,8 @@ struct RawBackendConfig {
     gcs: Option<GcsServiceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     webhdfs: Option<WebhdfsServiceConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registry: Option<RegistryServiceConfig>,
 }
 
 fn default_chunk() -> usize {
@@ -406,7 +527,7 @@ fn default_concurrency() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceSectionError {
     /// It names none.
-    #[error("no service section: add one of [fs], [memory], [s3], [gcs], [webhdfs]")]
+    #[error("no service section: add one of [fs], [memory], [s3], [gcs], [webhdfs], [registry]")]
     Missing,
     /// It names several (these).
     #[error("a backend has exactly one service section, found {}", .0.join(", "))]
@@ -433,6 +554,9 @@ impl TryFrom<RawBackendConfig> for BackendConfig {
         if let Some(c) = raw.webhdfs {
             services.push(ServiceConfig::Webhdfs(c));
         }
+        if let Some(c) = raw.registry {
+            services.push(ServiceConfig::Registry(c));
+        }
         if services.len() > 1 {
             let names = services.iter().map(ServiceConfig::name).collect();
             return Err(ServiceSectionError::Several(names));
@@ -458,6 +582,7 @@ impl From<BackendConfig> for RawBackendConfig {
             s3: None,
             gcs: None,
             webhdfs: None,
+            registry: None,
         };
         match config.service {
             ServiceConfig::Fs(c) => raw.fs = Some(c),
@@ -465,6 +590,7 @@ impl From<BackendConfig> for RawBackendConfig {
             ServiceConfig::S3(c) => raw.s3 = Some(c),
             ServiceConfig::Gcs(c) => raw.gcs = Some(c),
             ServiceConfig::Webhdfs(c) => raw.webhdfs = Some(c),
+            ServiceConfig::Registry(c) => raw.registry = Some(c),
         }
         raw
     }

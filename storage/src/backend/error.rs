@@ -145,6 +145,70 @@ pub enum BackendError {
         source: Box<opendal::Error>,
     },
 
+    /// The backend is an upstream registry, read-only by design: it cannot `op`
+    /// (writes, deletes, listing blobs).
+    #[error("backend {backend:?} is an upstream registry and cannot {op}")]
+    Unsupported {
+        /// Backend name.
+        backend: String,
+        /// The operation refused.
+        op: &'static str,
+    },
+
+    /// The upstream registry refused our credentials (HTTP 401 or 403).
+    #[error("upstream registry {backend:?} refused access: {message}")]
+    UpstreamUnauthorized {
+        /// Backend name.
+        backend: String,
+        /// The upstream's own error message.
+        message: String,
+    },
+
+    /// The upstream registry does not know the repository (HTTP 404 `NAME_UNKNOWN`).
+    #[error("upstream registry {backend:?} has no repository {repository:?}: {message}")]
+    UpstreamNameUnknown {
+        /// Backend name.
+        backend: String,
+        /// The repository as asked upstream.
+        repository: String,
+        /// The upstream's own error message.
+        message: String,
+    },
+
+    /// The upstream registry rate-limited us (HTTP 429); retrying later may succeed.
+    #[error("upstream registry {backend:?} rate-limited us: {message}")]
+    UpstreamTooManyRequests {
+        /// Backend name.
+        backend: String,
+        /// The upstream's own error message.
+        message: String,
+    },
+
+    /// The upstream registry could not be reached, or the connection failed mid-way.
+    #[error("upstream registry {backend:?} is unreachable during {op}")]
+    UpstreamHttp {
+        /// Backend name.
+        backend: String,
+        /// The operation (`stat`, `read`, `resolve tag`, `token`).
+        op: &'static str,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// The upstream registry answered with a status we do not expect for `op`.
+    #[error("upstream registry {backend:?} answered {status} during {op}: {message}")]
+    UpstreamStatus {
+        /// Backend name.
+        backend: String,
+        /// The operation.
+        op: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The upstream's own error message (or the start of its body).
+        message: String,
+    },
+
     /// Any other backend failure (permission denied, unexpected response …); retrying
     /// the same request is unlikely to help.
     #[error("backend {backend:?} failed during {op}")]
@@ -221,7 +285,13 @@ impl BackendError {
 
     /// Whether retrying the same operation later may succeed (the backend was unavailable).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BackendError::Unavailable { .. })
+        match self {
+            BackendError::Unavailable { .. }
+            | BackendError::UpstreamTooManyRequests { .. }
+            | BackendError::UpstreamHttp { .. } => true,
+            BackendError::UpstreamStatus { status, .. } => *status >= 500,
+            _ => false,
+        }
     }
 
     /// Maps an OpenDAL error from operation `op` on `backend`. `digest` is the blob the

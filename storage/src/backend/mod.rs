@@ -27,6 +27,7 @@
 pub mod config;
 pub mod error;
 pub mod layout;
+pub mod registry;
 pub mod router;
 pub mod tags;
 pub mod writeback;
@@ -48,11 +49,12 @@ use tokio::io::AsyncReadExt;
 use crate::Digest;
 
 pub use config::{
-    BackendConfig, FsServiceConfig, GcsServiceConfig, MemoryServiceConfig, S3ServiceConfig,
-    ServiceConfig, ServiceSectionError, WebhdfsServiceConfig,
+    BackendConfig, FsServiceConfig, GcsServiceConfig, MemoryServiceConfig, RegistryServiceConfig,
+    S3ServiceConfig, ServiceConfig, ServiceSectionError, WebhdfsServiceConfig,
 };
 pub use error::{BackendError, RouteProblem};
 pub use layout::KeyLayout;
+pub use registry::RegistryStore;
 pub use router::{NamespaceRouter, RouteConfig, RouterConfig};
 pub use writeback::{BlobWriteBack, UploadOutcome, WriteBackError, WriteBackHooks, upload_blob};
 
@@ -88,10 +90,17 @@ pub fn default_http_client() -> Result<reqwest::Client, BackendError> {
 pub struct Backend {
     name: Arc<str>,
     service: &'static str,
-    op: Operator,
+    store: Store,
     layout: KeyLayout,
     write_chunk_size: usize,
     write_concurrency: usize,
+}
+
+/// What a backend talks to: a blob store through OpenDAL, or an upstream registry.
+#[derive(Clone)]
+enum Store {
+    Dal(Operator),
+    Registry(RegistryStore),
 }
 
 impl fmt::Debug for Backend {
@@ -118,14 +127,18 @@ impl Backend {
     ) -> Result<Backend, BackendError> {
         let name: Arc<str> = name.into().into();
         config.validate()?;
-        let op = build_operator(&config.service)
-            .map_err(|e| BackendError::from_opendal(&name, "init", None, e))?;
-        let transport = HttpTransporter::new(ReqwestTransport::new(http));
-        let op = op.with_context(OperationContext::new().with_http_transport(transport));
+        let store = if let ServiceConfig::Registry(registry) = &config.service {
+            Store::Registry(RegistryStore::new(name.clone(), registry, http)?)
+        } else {
+            let op = build_operator(&config.service)
+                .map_err(|e| BackendError::from_opendal(&name, "init", None, e))?;
+            let transport = HttpTransporter::new(ReqwestTransport::new(http));
+            Store::Dal(op.with_context(OperationContext::new().with_http_transport(transport)))
+        };
         Ok(Backend {
             name,
             service: config.service.name(),
-            op,
+            store,
             layout: config.layout,
             write_chunk_size: config.write_chunk_size,
             write_concurrency: config.write_concurrency,
@@ -142,6 +155,54 @@ impl Backend {
         self.service
     }
 
+    /// Whether this backend is an upstream registry: read-only, addressed by repository,
+    /// the source of its repositories' tags.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.store, Store::Registry(_))
+    }
+
+    /// The upstream registry behind this backend, if it is one.
+    pub fn registry(&self) -> Option<&RegistryStore> {
+        match &self.store {
+            Store::Registry(r) => Some(r),
+            Store::Dal(_) => None,
+        }
+    }
+
+    /// The OpenDAL operator, or [`BackendError::Unsupported`] for an upstream registry.
+    fn op(&self, op: &'static str) -> Result<&Operator, BackendError> {
+        match &self.store {
+            Store::Dal(o) => Ok(o),
+            Store::Registry(_) => Err(BackendError::Unsupported {
+                backend: self.name.to_string(),
+                op,
+            }),
+        }
+    }
+
+    /// The length of blob `digest` of repository `namespace`, or `None` if the backend
+    /// does not have it. Blob stores ignore the namespace (they are content-addressed);
+    /// an upstream registry is asked for the blob in that repository.
+    pub async fn stat_in(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, BackendError> {
+        match &self.store {
+            Store::Dal(_) => self.stat(digest).await,
+            Store::Registry(r) => r.stat(namespace, digest).await,
+        }
+    }
+
+    /// Streams the whole blob `digest` of repository `namespace` (see [`Backend::stat_in`]
+    /// for what the namespace means). The read-through path of origins.
+    pub async fn read(&self, namespace: &str, digest: &Digest) -> Result<BlobStream, BackendError> {
+        match &self.store {
+            Store::Dal(_) => self.get(digest, None).await,
+            Store::Registry(r) => r.get(namespace, digest).await,
+        }
+    }
+
     /// The key layout.
     pub fn layout(&self) -> KeyLayout {
         self.layout
@@ -154,7 +215,7 @@ impl Backend {
 
     /// The blob's length, or `None` if the backend does not have it.
     pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, BackendError> {
-        match self.op.stat(&self.key(digest)).await {
+        match self.op("stat")?.stat(&self.key(digest)).await {
             Ok(meta) => Ok(Some(meta.content_length())),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.error("stat", Some(digest), e)),
@@ -180,8 +241,8 @@ impl Backend {
         range: Option<Range<u64>>,
     ) -> Result<BlobStream, BackendError> {
         let key = self.key(digest);
-        let len = self
-            .op
+        let op = self.op("read")?;
+        let len = op
             .stat(&key)
             .await
             .map_err(|e| self.error("stat", Some(digest), e))?
@@ -200,8 +261,7 @@ impl Backend {
         let inner = if expected == 0 {
             None
         } else {
-            let reader = self
-                .op
+            let reader = op
                 .reader(&key)
                 .await
                 .map_err(|e| self.error("read", Some(digest), e))?;
@@ -258,7 +318,7 @@ impl Backend {
 
     /// Removes the blob. Removing a missing blob succeeds.
     pub async fn delete(&self, digest: &Digest) -> Result<(), BackendError> {
-        self.op
+        self.op("delete")?
             .delete(&self.key(digest))
             .await
             .map_err(|e| self.error("delete", None, e))
@@ -270,7 +330,7 @@ impl Backend {
         &self,
     ) -> Result<BoxStream<'static, Result<Digest, BackendError>>, BackendError> {
         let lister = match self
-            .op
+            .op("list")?
             .lister_with(self.layout.prefix())
             .recursive(true)
             .await
@@ -306,7 +366,7 @@ impl Backend {
         S: Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> + Send,
     {
         let mut writer = self
-            .op
+            .op("write")?
             .writer_with(&self.key(digest))
             .chunk(self.write_chunk_size)
             .concurrent(self.write_concurrency)
@@ -494,6 +554,22 @@ pub struct BlobStream {
 }
 
 impl BlobStream {
+    /// A stream of `expected` bytes of `digest` from `backend`, checked for length.
+    pub(crate) fn new(
+        backend: Arc<str>,
+        digest: Digest,
+        expected: u64,
+        inner: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Self {
+        BlobStream {
+            inner: (expected > 0).then_some(inner),
+            backend,
+            digest,
+            expected,
+            seen: 0,
+        }
+    }
+
     /// Number of bytes the stream yields (the range's length).
     pub fn len(&self) -> u64 {
         self.expected

@@ -41,7 +41,7 @@ impl Backend {
         tag: &str,
         digest: &Digest,
     ) -> Result<(), BackendError> {
-        self.op
+        self.op("write tag")?
             .write(&tag_key(repo, tag), digest.to_string().into_bytes())
             .await
             .map(|_| ())
@@ -50,16 +50,21 @@ impl Backend {
 
     /// Removes `repo:tag`'s link (removing a missing one succeeds).
     pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), BackendError> {
-        self.op
+        self.op("delete tag")?
             .delete(&tag_key(repo, tag))
             .await
             .map_err(|e| self.error("delete tag", None, e))
     }
 
-    /// The digest `repo:tag` points at, or `None`.
+    /// The digest `repo:tag` points at, or `None`. An upstream registry is asked (a `HEAD`
+    /// of the manifest first).
     pub async fn get_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, BackendError> {
+        if let Some(registry) = self.registry() {
+            return registry.resolve_tag(repo, tag).await;
+        }
         let key = tag_key(repo, tag);
-        match self.op.stat(&key).await {
+        let op = self.op("read tag")?;
+        match op.stat(&key).await {
             Ok(meta) if meta.content_length() > MAX_LINK_LEN => {
                 return Err(BackendError::TagLinkTooLong {
                     key,
@@ -70,7 +75,7 @@ impl Backend {
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.error("stat tag", None, e)),
         }
-        let bytes = match self.op.read(&key).await {
+        let bytes = match op.read(&key).await {
             Ok(b) => b.to_vec(),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.error("read tag", None, e)),
@@ -84,8 +89,17 @@ impl Backend {
 
     /// Every tag in the backend as `(repo, tag, digest)`, in listing order. Unreadable
     /// links are skipped with a warning.
+    /// An upstream registry lists none: its tags are resolved on demand.
     pub async fn list_tags(&self) -> Result<Vec<(String, String, Digest)>, BackendError> {
-        let mut lister = match self.op.lister_with(REPOSITORIES).recursive(true).await {
+        if self.is_read_only() {
+            return Ok(Vec::new());
+        }
+        let mut lister = match self
+            .op("list tags")?
+            .lister_with(REPOSITORIES)
+            .recursive(true)
+            .await
+        {
             Ok(l) => l,
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.error("list tags", None, e)),
