@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kraken_membership::Role;
-use kraken_storage::backend::{BackendConfig, FsServiceConfig, RouteConfig, ServiceConfig};
+use kraken_storage::backend::{
+    BackendConfig, FsServiceConfig, RegistryServiceConfig, RouteConfig, ServiceConfig,
+};
 use kraken_storage::{Digest, DigestAlgorithm};
 use kraken_transport::quic::NodeIdentity;
 use kraken_transport::quic::tls::dev::DevCa;
@@ -33,6 +35,70 @@ pub struct DevOptions {
     pub agents: usize,
     /// Number of origins.
     pub origins: usize,
+    /// Upstream registries the cluster mirrors (pull-through, through the swarm).
+    pub upstreams: Vec<DevUpstream>,
+}
+
+/// One upstream registry of a dev cluster (`--upstream` / `--upstream-ns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevUpstream {
+    /// The registry host that containerd names in `?ns=` (`docker.io`), mirrored under
+    /// `<host>/…`; `None` mirrors every repository not routed elsewhere.
+    pub ns: Option<String>,
+    /// The registry's base URL.
+    pub url: String,
+}
+
+impl DevUpstream {
+    /// Parses `--upstream-ns`'s `<host>=<URL>`.
+    pub fn parse_ns(arg: &str) -> Result<DevUpstream, String> {
+        let (ns, url) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("expected <host>=<URL>, got {arg:?}"))?;
+        if ns.is_empty() || ns.contains('/') {
+            return Err(format!("{ns:?} is not a registry host"));
+        }
+        Ok(DevUpstream {
+            ns: Some(ns.to_string()),
+            url: url.to_string(),
+        })
+    }
+
+    /// The `[[backends]]` route that mirrors this upstream.
+    fn route(&self) -> RouteConfig {
+        let mut registry = RegistryServiceConfig::new(self.url.clone());
+        let namespace = match &self.ns {
+            Some(ns) => {
+                registry.strip_prefix = Some(format!("{ns}/"));
+                format!("{}/.+", regex::escape(ns))
+            }
+            None => ".*".to_string(),
+        };
+        RouteConfig {
+            name: Some(match &self.ns {
+                Some(ns) => format!("upstream-{ns}"),
+                None => "upstream".to_string(),
+            }),
+            namespace,
+            backend: BackendConfig::new(ServiceConfig::Registry(registry)),
+        }
+    }
+}
+
+/// The routes of origins and the build-index: upstreams by `ns` first, then either the
+/// catch-all upstream or the local filesystem backend.
+fn dev_routes(opts: &DevOptions, backend_root: &Path) -> Vec<RouteConfig> {
+    let mut routes: Vec<RouteConfig> = opts
+        .upstreams
+        .iter()
+        .filter(|u| u.ns.is_some())
+        .map(DevUpstream::route)
+        .collect();
+    match opts.upstreams.iter().find(|u| u.ns.is_none()) {
+        Some(all) => routes.push(all.route()),
+        None => routes.push(dev_backend(backend_root)),
+    }
+    routes
 }
 
 /// A running dev cluster.
@@ -99,7 +165,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     for i in 1..=opts.origins {
         let name = format!("origin-{i}");
         let mut c = base_config(opts, &name, vec![NodeRole::Origin], &ca_dir);
-        c.backends = vec![dev_backend(&backend_root)];
+        c.backends = dev_routes(opts, &backend_root);
         c.origin.repair_delay_ms = 500;
         c.gossip.seeds = seed.iter().map(ToString::to_string).collect();
         let id = identity(&ca, &ca_dir, &name)?;
@@ -115,7 +181,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     let name = "build-index-1";
     let mut c = base_config(opts, name, vec![NodeRole::BuildIndex], &ca_dir);
     c.gossip.seeds = seed.iter().map(ToString::to_string).collect();
-    c.backends = vec![dev_backend(&backend_root)];
+    c.backends = dev_routes(opts, &backend_root);
     let id = identity(&ca, &ca_dir, name)?;
     nodes.push(Node::start_with(c, id, ca.cluster_ca()).await?);
     let view_seed = nodes[0].quic_addr().to_string();

@@ -68,6 +68,42 @@ struct DevArgs {
     /// Exit after the demo instead of serving.
     #[arg(long)]
     exit_after_demo: bool,
+    /// Mirror this registry (`http(s)://host[:port]`) as the upstream of every
+    /// repository: pulls of what the cluster lacks come from it and travel the swarm.
+    /// Repositories routed to an upstream are read-only (pushes are refused).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Mirror a registry for containerd's `?ns=<host>` requests, as `<host>=<URL>`
+    /// (repeatable), e.g. `docker.io=https://registry-1.docker.io`.
+    #[arg(long, value_name = "HOST=URL", value_parser = dev::DevUpstream::parse_ns)]
+    upstream_ns: Vec<dev::DevUpstream>,
+}
+
+/// What the dev cluster mirrors, and how to pull through it.
+fn print_upstreams(cluster: &dev::DevCluster, upstreams: &[dev::DevUpstream]) {
+    let Some(agent) = cluster.file.nodes.iter().find_map(|n| {
+        n.roles
+            .iter()
+            .any(|r| r == "agent")
+            .then_some(n.registry)
+            .flatten()
+    }) else {
+        return;
+    };
+    for u in upstreams {
+        match &u.ns {
+            Some(ns) => println!(
+                "mirroring {} for ?ns={ns} (repositories {ns}/...): e.g. \
+                 ctr image pull --hosts-dir <dir with {ns}/hosts.toml → http://{agent}> {ns}/<repo>:<tag>",
+                u.url
+            ),
+            None => println!(
+                "mirroring {} for every repository: e.g. \
+                 skopeo copy --src-tls-verify=false docker://{agent}/<repo>:<tag> dir:/tmp/image",
+                u.url
+            ),
+        }
+    }
 }
 
 fn parse_role(s: &str) -> Result<NodeRole, String> {
@@ -140,10 +176,16 @@ async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
     init_logs(log_json);
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let mut upstreams = args.upstream_ns.clone();
+    upstreams.extend(args.upstream.iter().map(|url| dev::DevUpstream {
+        ns: None,
+        url: url.clone(),
+    }));
     let cluster = dev::start(&DevOptions {
         data_dir: data_dir.clone(),
         agents: args.agents,
         origins: 3,
+        upstreams: upstreams.clone(),
     })
     .await?;
     for n in &cluster.file.nodes {
@@ -161,6 +203,7 @@ async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
     }
     println!("cluster file: {}", data_dir.join("cluster.json").display());
     println!("(agents serve the registry API for pulls, the proxy for pushes)");
+    print_upstreams(&cluster, &upstreams);
     println!("ready");
     if args.demo {
         dev::demo(&cluster, args.demo_mib << 20).await?;

@@ -10,82 +10,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use kraken_node::config::NodeRole;
 use support::TestCluster;
-
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is not installed (CI installs it)"
-        );
-        eprintln!("SKIPPED: {tool} is not installed");
-    }
-    found
-}
-
-/// Runs a command on a blocking thread (the cluster keeps serving meanwhile); panics with
-/// its output if it fails.
-async fn run(cmd: &str, args: Vec<String>) -> String {
-    let cmd = cmd.to_string();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(&cmd).args(&args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd} {}: {}\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-    .await
-    .unwrap()
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(ToString::to_string).collect()
-}
-
-/// An OCI layout at `dir` with image `v1`: two layers of random bytes.
-async fn build_image(dir: &Path) {
-    let layout = dir.join("img");
-    let l = layout.to_str().unwrap().to_string();
-    run("umoci", s(&["init", "--layout", &l])).await;
-    run("umoci", s(&["new", "--image", &format!("{l}:v1")])).await;
-    for (i, size) in [(1, 3_000_000), (2, 1_500_000)] {
-        let file = dir.join(format!("payload{i}"));
-        let data: Vec<u8> = (0..size)
-            .map(|j: u32| (j.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
-            .collect();
-        std::fs::write(&file, data).unwrap();
-        run(
-            "umoci",
-            vec![
-                "insert".into(),
-                "--image".into(),
-                format!("{l}:v1"),
-                file.to_str().unwrap().into(),
-                format!("/data/payload{i}"),
-            ],
-        )
-        .await;
-    }
-}
-
-fn blobs_of(layout: &Path) -> std::collections::BTreeSet<String> {
-    std::fs::read_dir(layout.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
+use support::tools::{blobs_of, build_image, have, run, start_containerd};
 
 /// Origin, tracker, build-index, two agents and a proxy, all seeing the build-index.
 async fn registry_cluster() -> (TestCluster, [usize; 4]) {
@@ -239,51 +168,6 @@ fn blob_redirects(c: &TestCluster, agent: usize) -> u64 {
             l.strip_prefix("kraken_gateway_requests_total{method=\"GET\",status=\"3xx\"} ")
         })
         .map_or(0, |v| v.parse().unwrap())
-}
-
-/// A private containerd daemon (its own root, state and socket), stopped on drop.
-struct Containerd {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_containerd(dir: &Path) -> Containerd {
-    let socket = dir.join("containerd.sock");
-    let config = dir.join("containerd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\naddress = \"{sock}\"\n[ttrpc]\naddress = \"{sock}.ttrpc\"\n",
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = socket.display(),
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-    let child = Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "containerd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Containerd { child, socket }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,7 @@ impl Fixture {
             data_dir: dir.path().join("dev"),
             agents: 2,
             origins: 3,
+            upstreams: Vec::new(),
         })
         .await
         .unwrap();

@@ -15,6 +15,8 @@ use kraken_storage::backend::{BackendConfig, FsServiceConfig, RouteConfig, Servi
 use kraken_transport::quic::tls::dev::DevCa;
 use tempfile::TempDir;
 
+pub mod tools;
+
 pub struct TestCluster {
     pub dir: TempDir,
     pub ca: DevCa,
