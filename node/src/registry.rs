@@ -59,11 +59,9 @@ impl ClusterRegistry {
         self
     }
 
-    /// The upstream for `repo`, if pass-through is configured for it.
-    fn upstream(&self, repo: &str) -> Option<(&Upstreams, String)> {
-        let u = self.upstreams.as_ref()?;
-        let base = u.route(repo)?.to_string();
-        Some((u, base))
+    /// The upstreams, if pass-through is configured for `repo`.
+    fn upstream(&self, repo: &str) -> Option<&Upstreams> {
+        self.upstreams.as_ref().filter(|u| u.route(repo).is_some())
     }
 
     /// Pushes to (and reads from) the origins directly.
@@ -289,9 +287,9 @@ impl Registry for ClusterRegistry {
     async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Digest, RegistryError> {
         match self.cluster_tag(repo, tag).await {
             Err(RegistryError::TagUnknown(_) | RegistryError::Unavailable(_))
-                if let Some((u, base)) = self.upstream(repo) =>
+                if let Some(u) = self.upstream(repo) =>
             {
-                u.resolve_tag(&base, repo, tag).await
+                u.resolve_tag(repo, tag).await
             }
             other => other,
         }
@@ -300,8 +298,8 @@ impl Registry for ClusterRegistry {
     async fn stat_blob(&self, repo: &str, digest: &Digest) -> Result<u64, RegistryError> {
         match self.metainfo(repo, digest).await {
             Ok(m) => Ok(m.length()),
-            Err(RegistryError::BlobUnknown(_)) if let Some((u, base)) = self.upstream(repo) => {
-                u.stat(&base, repo, digest).await
+            Err(RegistryError::BlobUnknown(_)) if let Some(u) = self.upstream(repo) => {
+                u.stat(repo, digest).await
             }
             Err(e) => Err(e),
         }
@@ -314,8 +312,8 @@ impl Registry for ClusterRegistry {
         range: Option<ByteRange>,
     ) -> Result<BlobBody, RegistryError> {
         match self.cluster_read(repo, digest, range).await {
-            Err(RegistryError::BlobUnknown(_)) if let Some((u, base)) = self.upstream(repo) => {
-                u.read(&base, repo, digest, range).await
+            Err(RegistryError::BlobUnknown(_)) if let Some(u) = self.upstream(repo) => {
+                u.read(repo, digest, range).await
             }
             other => other,
         }

@@ -1,47 +1,105 @@
-//! Pass-through to upstream registries for images the cluster does not have.
+//! Direct pass-through to upstream registries, for repositories that must not be cached.
 //!
-//! An agent's registry API may front Docker Hub or a private registry: `[[registry.upstreams]]`
-//! maps a namespace regex (over the repository name, first match wins) to a registry URL.
-//! When the cluster does not know a tag or blob of a matching repository, the agent asks
-//! the upstream with the distribution API and streams the answer through, checking every
-//! byte against the digest (a mismatch ends the stream with an error, so a client never
-//! takes a bad blob for a good one). Bearer-token challenges (Docker Hub's anonymous token
-//! flow) are answered. Nothing fetched this way enters the cluster: push an image through
-//! the proxy to have it distributed P2P.
+//! An agent's registry API may front a registry directly: `[[registry.upstreams]]` maps a
+//! namespace regex (over the repository name, first match wins) to a registry URL, with
+//! `cache = false` said explicitly. When the cluster does not know a tag or blob of a
+//! matching repository, the agent asks the upstream and streams the answer through,
+//! checking every byte against the digest (a mismatch ends the stream with an error, so a
+//! client never takes a bad blob for a good one). Nothing fetched this way enters the
+//! cluster. To have an upstream's images travel the swarm instead, route its repositories
+//! to a `[[backends]]` `registry` backend on origins and the build-index.
+//!
+//! The HTTP side (authentication, token cache, status mapping) is the storage crate's
+//! [`RegistryStore`], the same client the origins' pull-through cache uses.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use kraken_registry_gateway::registry::{BlobBody, ByteRange, RegistryError, resolve_range};
+use kraken_storage::backend::{BackendError, BlobStream, RegistryServiceConfig, RegistryStore};
 use kraken_storage::{Digest, DigestHasher};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-/// One `[[registry.upstreams]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One `[[registry.upstreams]]` entry. `Debug` redacts the secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Regex over the repository name (anchored).
     pub namespace: String,
     /// Base URL of the registry, e.g. `https://registry-1.docker.io`.
     pub url: String,
+    /// Must be `false`: this entry passes through without caching. (Caching through the
+    /// swarm is a `[[backends]]` `registry` route on origins and the build-index.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
+    /// User for basic credentials (and for the token exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password of `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// File holding the password of `username` (read at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// A bearer token sent as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// File holding a bearer token (read at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
-/// Every manifest type the gateway serves, for `Accept`.
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+impl UpstreamConfig {
+    /// An anonymous pass-through entry (`cache = false`).
+    pub fn pass_through(namespace: impl Into<String>, url: impl Into<String>) -> Self {
+        UpstreamConfig {
+            namespace: namespace.into(),
+            url: url.into(),
+            cache: Some(false),
+            username: None,
+            password: None,
+            password_file: None,
+            token: None,
+            token_file: None,
+        }
+    }
+
+    /// The registry client's config for this entry.
+    fn registry(&self) -> RegistryServiceConfig {
+        let mut c = RegistryServiceConfig::new(self.url.clone());
+        c.username.clone_from(&self.username);
+        c.password.clone_from(&self.password);
+        c.password_file.clone_from(&self.password_file);
+        c.token.clone_from(&self.token);
+        c.token_file.clone_from(&self.token_file);
+        c
+    }
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The registry config's Debug redacts the secrets.
+        f.debug_struct("UpstreamConfig")
+            .field("namespace", &self.namespace)
+            .field("cache", &self.cache)
+            .field("registry", &self.registry())
+            .finish()
+    }
+}
 
 /// The configured upstreams.
 #[derive(Clone)]
 pub struct Upstreams {
-    routes: Vec<(Regex, String)>,
-    http: reqwest::Client,
+    routes: Arc<[(Regex, RegistryStore)]>,
 }
 
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.routes.iter().map(|(r, u)| (r.as_str(), u)))
+            .entries(self.routes.iter().map(|(r, u)| (r.as_str(), u.url())))
             .finish()
     }
 }
@@ -57,247 +115,152 @@ pub enum UpstreamError {
         /// The regex parser's complaint.
         source: regex::Error,
     },
-    /// An entry's URL is not http(s).
-    #[error("registry.upstreams[{index}]: url must start with http:// or https://")]
-    Url {
+    /// An entry does not say `cache = false`: direct pass-through must be chosen
+    /// explicitly, since caching through the swarm is what most upstreams want.
+    #[error(
+        "registry.upstreams[{index}]: set `cache = false` to pass this upstream through \
+         uncached, or cache it through the swarm with a [[backends]] `registry` route \
+         (backend.registry = {{ url = ... }}) on origins and the build-index"
+    )]
+    CacheNotFalse {
         /// The entry's position in the list.
         index: usize,
     },
+    /// An entry's URL or credentials are invalid, or a credential file cannot be read.
+    #[error("registry.upstreams[{index}]: {source}")]
+    Registry {
+        /// The entry's position in the list.
+        index: usize,
+        /// The registry client's complaint.
+        source: BackendError,
+    },
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
-    Client(#[from] kraken_storage::backend::BackendError),
+    Client(#[from] BackendError),
 }
 
-/// Checks the entries: regexes compile, URLs are http(s).
+/// Checks the entries: regexes compile, `cache = false`, URLs are http(s), credentials
+/// are consistent. Credential files are read when the upstreams are built.
 pub fn validate(configs: &[UpstreamConfig]) -> Result<(), UpstreamError> {
-    routes(configs).map(drop)
+    for (index, c) in configs.iter().enumerate() {
+        namespace(index, c)?;
+    }
+    Ok(())
 }
 
-/// Each entry's compiled namespace and its URL without a trailing slash.
-fn routes(configs: &[UpstreamConfig]) -> Result<Vec<(Regex, String)>, UpstreamError> {
-    configs
-        .iter()
-        .enumerate()
-        .map(|(index, c)| {
-            let re = Regex::new(&format!("^(?:{})$", c.namespace))
-                .map_err(|source| UpstreamError::Namespace { index, source })?;
-            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
-                return Err(UpstreamError::Url { index });
-            }
-            Ok((re, c.url.trim_end_matches('/').to_string()))
-        })
-        .collect()
+/// An entry's checked, compiled namespace.
+fn namespace(index: usize, c: &UpstreamConfig) -> Result<Regex, UpstreamError> {
+    let re = Regex::new(&format!("^(?:{})$", c.namespace))
+        .map_err(|source| UpstreamError::Namespace { index, source })?;
+    if c.cache != Some(false) {
+        return Err(UpstreamError::CacheNotFalse { index });
+    }
+    c.registry()
+        .validate()
+        .map_err(|source| UpstreamError::Registry { index, source })?;
+    Ok(re)
+}
+
+/// What a pass-through failure is to the registry API's client.
+fn registry_error(err: BackendError) -> RegistryError {
+    match err {
+        BackendError::NotFound { digest, .. } => {
+            RegistryError::BlobUnknown(format!("{digest} (upstream too)"))
+        }
+        BackendError::UpstreamNameUnknown {
+            repository,
+            message,
+            ..
+        } => RegistryError::NameUnknown(format!("{repository} (upstream: {message})")),
+        other => RegistryError::Unavailable(error_chain(&other)),
+    }
+}
+
+/// `err` and its sources, `: `-separated.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl Upstreams {
-    /// Upstreams from config (validated).
+    /// Upstreams from config (validated); reads credential files.
     pub fn new(configs: &[UpstreamConfig]) -> Result<Self, UpstreamError> {
-        let routes = routes(configs)?;
         let http = kraken_storage::backend::default_http_client()?;
-        Ok(Upstreams { routes, http })
+        let routes = configs
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let re = namespace(index, c)?;
+                let name = format!("registry.upstreams[{index}]");
+                let store = RegistryStore::new(name.into(), &c.registry(), http.clone())
+                    .map_err(|source| UpstreamError::Registry { index, source })?;
+                Ok((re, store))
+            })
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
+        Ok(Upstreams {
+            routes: routes.into(),
+        })
     }
 
-    /// The upstream URL for `repo`, if one is configured.
-    pub fn route(&self, repo: &str) -> Option<&str> {
+    /// The upstream for `repo`, if one is configured.
+    pub fn route(&self, repo: &str) -> Option<&RegistryStore> {
         self.routes
             .iter()
             .find(|(re, _)| re.is_match(repo))
-            .map(|(_, u)| u.as_str())
+            .map(|(_, store)| store)
     }
 
-    /// A request, answering one bearer challenge if the registry asks for a token.
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        url: &str,
-        range: Option<&Range<u64>>,
-    ) -> Result<reqwest::Response, RegistryError> {
-        let build = |token: Option<&str>| {
-            let mut r = self
-                .http
-                .request(method.clone(), url)
-                .header("accept", ACCEPT);
-            if let Some(t) = token {
-                r = r.header("authorization", format!("Bearer {t}"));
-            }
-            if let Some(range) = range
-                && range.end > range.start
-            {
-                r = r.header("range", format!("bytes={}-{}", range.start, range.end - 1));
-            }
-            r
-        };
-        let unavailable =
-            |e: reqwest::Error| RegistryError::Unavailable(format!("upstream {url}: {e}"));
-        let first = build(None).send().await.map_err(unavailable)?;
-        if first.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Ok(first);
-        }
-        let challenge = first
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let Some(token) = self.token(&challenge).await? else {
-            return Ok(first);
-        };
-        build(Some(&token)).send().await.map_err(unavailable)
-    }
-
-    /// An anonymous token for a `Bearer realm=…,service=…,scope=…` challenge.
-    async fn token(&self, challenge: &str) -> Result<Option<String>, RegistryError> {
-        let Some(params) = challenge.strip_prefix("Bearer ") else {
-            return Ok(None);
-        };
-        let mut realm = None;
-        let mut query = Vec::new();
-        for part in params.split(',') {
-            let Some((k, v)) = part.trim().split_once('=') else {
-                continue;
-            };
-            let v = v.trim_matches('"').to_string();
-            match k {
-                "realm" => realm = Some(v),
-                "service" | "scope" => query.push((k.to_string(), v)),
-                _ => {}
-            }
-        }
-        let Some(realm) = realm else { return Ok(None) };
-        #[derive(Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let url = reqwest::Url::parse_with_params(&realm, &query)
-            .map_err(|e| RegistryError::Unavailable(format!("token realm {realm}: {e}")))?;
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| RegistryError::Unavailable(format!("token from {realm}: {e}")))?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| RegistryError::Unavailable(format!("token from {realm}: {e}")))?;
-        let t: Token = serde_json::from_slice(&body)
-            .map_err(|e| RegistryError::Unavailable(format!("token from {realm}: {e}")))?;
-        Ok(t.token.or(t.access_token))
+    /// The upstream for `repo`, or the error for a repository none routes.
+    fn store(&self, repo: &str) -> Result<&RegistryStore, RegistryError> {
+        self.route(repo)
+            .ok_or_else(|| RegistryError::NameUnknown(format!("{repo} (no upstream)")))
     }
 
     /// The digest `repo:tag` points at upstream.
-    pub async fn resolve_tag(
-        &self,
-        base: &str,
-        repo: &str,
-        tag: &str,
-    ) -> Result<Digest, RegistryError> {
-        let url = format!("{base}/v2/{repo}/manifests/{tag}");
-        let r = self.send(reqwest::Method::GET, &url, None).await?;
-        match r.status().as_u16() {
-            200 => {}
-            404 => {
-                return Err(RegistryError::TagUnknown(format!(
-                    "{repo}:{tag} (upstream too)"
-                )));
-            }
-            s => {
-                return Err(RegistryError::Unavailable(format!(
-                    "upstream {url}: HTTP {s}"
-                )));
-            }
+    pub async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Digest, RegistryError> {
+        match self.store(repo)?.resolve_tag(repo, tag).await {
+            Ok(Some(digest)) => Ok(digest),
+            Ok(None) => Err(RegistryError::TagUnknown(format!(
+                "{repo}:{tag} (upstream too)"
+            ))),
+            Err(e) => Err(registry_error(e)),
         }
-        let header = r
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok());
-        let body = r
-            .bytes()
-            .await
-            .map_err(|e| RegistryError::Unavailable(format!("upstream {url}: {e}")))?;
-        let actual = Digest::sha256_of(&body);
-        if header.is_some_and(|h| h != actual) {
-            return Err(RegistryError::DigestInvalid(format!(
-                "upstream {url} sent a manifest that does not match its Docker-Content-Digest"
-            )));
-        }
-        Ok(actual)
     }
 
     /// The length of blob (or manifest) `digest` upstream.
-    pub async fn stat(
-        &self,
-        base: &str,
-        repo: &str,
-        digest: &Digest,
-    ) -> Result<u64, RegistryError> {
-        for kind in ["blobs", "manifests"] {
-            let url = format!("{base}/v2/{repo}/{kind}/{digest}");
-            let r = self.send(reqwest::Method::HEAD, &url, None).await?;
-            match r.status().as_u16() {
-                200 => {
-                    return r
-                        .headers()
-                        .get("content-length")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
-                        .ok_or_else(|| {
-                            RegistryError::Unavailable(format!("upstream {url}: no Content-Length"))
-                        });
-                }
-                404 => continue,
-                s => {
-                    return Err(RegistryError::Unavailable(format!(
-                        "upstream {url}: HTTP {s}"
-                    )));
-                }
-            }
+    pub async fn stat(&self, repo: &str, digest: &Digest) -> Result<u64, RegistryError> {
+        match self.store(repo)?.stat(repo, digest).await {
+            Ok(Some(len)) => Ok(len),
+            Ok(None) => Err(RegistryError::BlobUnknown(format!(
+                "{digest} (upstream too)"
+            ))),
+            Err(e) => Err(registry_error(e)),
         }
-        Err(RegistryError::BlobUnknown(format!(
-            "{digest} (upstream too)"
-        )))
     }
 
     /// The blob (or manifest) `digest` from upstream, streamed and checked.
     pub async fn read(
         &self,
-        base: &str,
         repo: &str,
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobBody, RegistryError> {
-        // Registries serve manifests only under /manifests; try blobs first.
-        let mut response = None;
-        for kind in ["blobs", "manifests"] {
-            let url = format!("{base}/v2/{repo}/{kind}/{digest}");
-            // Ranges are applied here, over the whole verified stream.
-            let r = self.send(reqwest::Method::GET, &url, None).await?;
-            match r.status().as_u16() {
-                200 => {
-                    response = Some((url, r));
-                    break;
-                }
-                404 => continue,
-                s => {
-                    return Err(RegistryError::Unavailable(format!(
-                        "upstream {url}: HTTP {s}"
-                    )));
-                }
-            }
-        }
-        let Some((url, response)) = response else {
-            return Err(RegistryError::BlobUnknown(format!(
-                "{digest} (upstream too)"
-            )));
-        };
-        let total = response.content_length().ok_or_else(|| {
-            RegistryError::Unavailable(format!("upstream {url}: no Content-Length"))
-        })?;
+        // The whole blob is read (and hashed); the range is cut from the verified stream.
+        let body = self
+            .store(repo)?
+            .get(repo, digest)
+            .await
+            .map_err(registry_error)?;
+        let total = body.len();
         let range = resolve_range(range, total)?;
         let state = Verify {
-            response: Some(response),
+            body: Some(body),
             hasher: Some(DigestHasher::new(digest.algorithm())),
             digest: *digest,
             seen: 0,
@@ -319,7 +282,7 @@ impl Upstreams {
 /// Reads the whole upstream body, hashing it, and yields the part in `range`. The last
 /// chunk is released only after the digest checks out.
 struct Verify {
-    response: Option<reqwest::Response>,
+    body: Option<BlobStream>,
     hasher: Option<DigestHasher>,
     digest: Digest,
     seen: u64,
@@ -330,8 +293,8 @@ struct Verify {
 impl Verify {
     async fn next(&mut self) -> Option<Result<Bytes, RegistryError>> {
         loop {
-            let response = self.response.as_mut()?;
-            match response.chunk().await {
+            let body = self.body.as_mut()?;
+            match body.next().await.transpose() {
                 Ok(Some(chunk)) => {
                     let start = self.seen;
                     self.seen += chunk.len() as u64;
@@ -353,12 +316,12 @@ impl Verify {
                     }
                 }
                 Ok(None) => {
-                    self.response = None;
+                    self.body = None;
                     return self.finish().map(Err);
                 }
                 Err(e) => {
-                    self.response = None;
-                    return Some(Err(RegistryError::Unavailable(format!("upstream: {e}"))));
+                    self.body = None;
+                    return Some(Err(RegistryError::Unavailable(error_chain(&e))));
                 }
             }
         }
@@ -367,7 +330,7 @@ impl Verify {
     /// Checks length and digest once; `Some` is the error to end the stream with.
     fn finish(&mut self) -> Option<RegistryError> {
         let hasher = self.hasher.take()?;
-        self.response = None;
+        self.body = None;
         if self.seen != self.total {
             return Some(RegistryError::Unavailable(format!(
                 "upstream sent {} of {} bytes",
@@ -386,10 +349,7 @@ mod tests {
     use super::*;
 
     fn entry(namespace: &str, url: &str) -> UpstreamConfig {
-        UpstreamConfig {
-            namespace: namespace.into(),
-            url: url.into(),
-        }
+        UpstreamConfig::pass_through(namespace, url)
     }
 
     #[test]
@@ -406,14 +366,62 @@ mod tests {
             "{err}"
         );
         let err = validate(&[entry(".*", "ftp://x"), good.clone()]).unwrap_err();
-        assert!(matches!(err, UpstreamError::Url { index: 0 }), "{err:?}");
+        assert!(
+            matches!(err, UpstreamError::Registry { index: 0, .. }),
+            "{err:?}"
+        );
+        let mut half = entry(".*", "https://x");
+        half.password = Some("pw-only".into());
+        let err = validate(&[half]).unwrap_err();
+        assert!(err.to_string().contains("username"), "{err}");
 
         let upstreams = Upstreams::new(&[good]).unwrap();
         // Anchored, and the trailing slash dropped.
         assert_eq!(
-            upstreams.route("library/alpine"),
+            upstreams.route("library/alpine").map(|s| s.url()),
             Some("https://registry-1.docker.io")
         );
-        assert_eq!(upstreams.route("x/library/alpine"), None);
+        assert!(upstreams.route("x/library/alpine").is_none());
+    }
+
+    #[test]
+    fn pass_through_must_be_chosen_with_cache_false() {
+        for cache in [None, Some(true)] {
+            let mut e = entry("library/.*", "https://registry-1.docker.io");
+            e.cache = cache;
+            let err = validate(&[entry(".*", "https://x"), e]).unwrap_err();
+            assert!(
+                matches!(err, UpstreamError::CacheNotFalse { index: 1 }),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains("cache = false") && text.contains("[[backends]]"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_redacts_secrets_and_missing_files_are_named() {
+        let mut e = entry(".*", "https://x");
+        e.username = Some("ci".into());
+        e.password = Some("pw-secret-9".into());
+        let debug = format!("{e:?}");
+        assert!(
+            debug.contains("ci") && !debug.contains("pw-secret-9"),
+            "{debug}"
+        );
+        let upstreams = Upstreams::new(&[e]).unwrap();
+        assert!(!format!("{upstreams:?}").contains("pw-secret-9"));
+
+        let mut e = entry(".*", "https://x");
+        e.token_file = Some("/nonexistent/kraken-token".into());
+        validate(std::slice::from_ref(&e)).unwrap();
+        let err = Upstreams::new(&[e]).unwrap_err();
+        assert!(
+            error_chain(&err).contains("/nonexistent/kraken-token"),
+            "{err}"
+        );
     }
 }

@@ -479,10 +479,10 @@ async fn an_agent_passes_through_to_an_upstream_registry_for_what_its_cluster_la
     b.add("b-tracker", NodeRole::Tracker).await;
     b.add("b-bi", NodeRole::BuildIndex).await;
     let mut config = b.config("b-agent", NodeRole::Agent);
-    config.registry.upstreams = vec![kraken_node::upstream::UpstreamConfig {
-        namespace: "library/.*".into(),
-        url: format!("http://{upstream}"),
-    }];
+    config.registry.upstreams = vec![kraken_node::upstream::UpstreamConfig::pass_through(
+        "library/.*",
+        format!("http://{upstream}"),
+    )];
     let agent = b.start(config).await;
     b.converge(1).await;
     let pull = b.node(agent).registry_addr().unwrap();

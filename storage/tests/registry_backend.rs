@@ -291,6 +291,11 @@ async fn upstream_answers_are_mapped() {
             content_length: false,
             ..Reply::new(200, body.clone())
         },
+        // The connection ends 90 bytes short.
+        t if t.starts_with("/v2/cut/") => Reply {
+            content_length: false,
+            ..Reply::new(200, body.clone()).header("content-length", "100")
+        },
         // No Docker-Content-Digest: the client hashes the manifest itself.
         "/v2/plain/manifests/v1" => Reply::new(200, "{}"),
         _ => Reply::new(500, "<html>oops</html>"),
@@ -328,6 +333,17 @@ async fn upstream_answers_are_mapped() {
         "{err:?}"
     );
     assert!(err.to_string().contains("Content-Length"), "{err}");
+    let stream = store.get("cut", &digest).await.unwrap();
+    let err = stream
+        .map_ok(|b| b.to_vec())
+        .try_concat()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BackendError::UpstreamHttp { op: "read", .. }),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
     assert_eq!(
         store.resolve_tag("plain", "v1").await.unwrap(),
         Some(Digest::sha256_of(b"{}"))

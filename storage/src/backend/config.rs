@@ -449,7 +449,8 @@ impl RegistryServiceConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), BackendError> {
+    /// Checks the URL, that credentials come in consistent sets, and the tag times.
+    pub fn validate(&self) -> Result<(), BackendError> {
         let config = |msg: &str| Err(BackendError::Config(format!("registry: {msg}")));
         require_url("registry", &self.url)?;
         if self.password.is_some() && self.password_file.is_some() {

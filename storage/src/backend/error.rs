@@ -360,14 +360,25 @@ impl BackendError {
         }
     }
 
-    /// Maps an `io::Error` coming out of an OpenDAL stream adapter, recovering the OpenDAL
-    /// error inside it when there is one.
+    /// Maps an `io::Error` coming out of a blob stream, recovering the error inside it
+    /// when there is one: OpenDAL's, or the HTTP client's of an upstream registry (a
+    /// connection lost mid-body is [`BackendError::UpstreamHttp`], worth a retry).
     pub(crate) fn from_opendal_io(
         backend: &str,
         op: &'static str,
         digest: Option<&Digest>,
         err: std::io::Error,
     ) -> Self {
+        let err = match err.downcast::<reqwest::Error>() {
+            Ok(source) => {
+                return BackendError::UpstreamHttp {
+                    backend: backend.to_string(),
+                    op,
+                    source,
+                };
+            }
+            Err(err) => err,
+        };
         let kind = err.kind();
         let err = match err.into_inner() {
             Some(inner) => match inner.downcast::<opendal::Error>() {

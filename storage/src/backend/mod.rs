@@ -9,6 +9,8 @@
 //! - [`router`]: [`NamespaceRouter`], the ordered `[[backends]]` list that picks a backend
 //!   for a namespace (`library/ubuntu`, …) by regex, first match wins.
 //! - [`error`]: [`BackendError`], the one error type of all of the above.
+//! - [`registry`]: [`RegistryStore`], an upstream OCI distribution registry read through
+//!   (read-only: blobs, manifests by digest, tags), with its authentication and token cache.
 //! - [`tags`]: repository tags as Docker-registry link files (build-index write-through).
 //! - [`writeback`]: the upload path from the local CAS to a backend, and
 //!   [`BlobWriteBack`], the job the queue's executor runs to drain the durable write-back

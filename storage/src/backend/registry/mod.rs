@@ -8,8 +8,8 @@
 //! HEADs against its pull limit). Repository names lose the configured `strip_prefix` on
 //! the way out.
 //!
-//! Modules: [`auth`] (credentials, challenges, the token cache), [`errors`] (upstream
-//! statuses mapped to [`BackendError`]), [`request`] (one request, answering the
+//! Modules: `auth` (credentials, challenges, the token cache), `errors` (upstream
+//! statuses mapped to [`BackendError`]), `request` (one request, answering the
 //! registry's challenge).
 //!
 //! Credentials: anonymous (answering bearer challenges with an anonymous token), basic,
