@@ -31,6 +31,14 @@ async fn cluster() -> TestCluster {
     c.add("tracker-1", NodeRole::Tracker).await;
     c.add("bi-1", NodeRole::BuildIndex).await;
     c.converge(3).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.client().view().ring(Role::BuildIndex).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no build-index in the view"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c
 }
 
@@ -270,4 +278,145 @@ async fn a_missing_blob_fails_alone_and_an_unknown_tag_fails_clearly() {
     .await
     .unwrap();
     assert_eq!((s.blobs_held, s.failures.len()), (3, 1));
+}
+
+const TOKEN: &str = "s3cret-notify";
+
+/// Adds two proxies: one accepting notifications with [`TOKEN`] (under `prefix`), one
+/// without a token. Returns their registry URLs.
+async fn proxies(c: &mut TestCluster, prefix: &str) -> (String, String) {
+    let mut with = c.config("proxy-1", NodeRole::Proxy);
+    with.registry.notifications.token = Some(TOKEN.into());
+    with.registry.notifications.prefix = prefix.into();
+    let with = c.start(with).await;
+    let without = c.add("proxy-2", NodeRole::Proxy).await;
+    c.converge(3).await;
+    let url = |i: usize| format!("http://{}", c.node(i).registry_addr().unwrap());
+    (url(with), url(without))
+}
+
+async fn post(url: &str, token: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, String) {
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header(
+            "content-type",
+            "application/vnd.docker.distribution.events.v1+json",
+        )
+        .body(body);
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Waits until every blob of `digests` is held by an origin.
+async fn wait_held(c: &TestCluster, digests: &[Digest]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while digests.iter().any(|d| holders(c, d) == 0) {
+        assert!(std::time::Instant::now() < deadline, "not preheated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn envelope(action: &str, media_type: &str, repo: &str, digest: &Digest, tag: &str) -> String {
+    format!(
+        r#"{{"events":[{{"id":"e1","timestamp":"2024-01-01T00:00:00Z","action":"{action}","target":{{"mediaType":"{media_type}","size":1,"digest":"{digest}","length":1,"repository":"{repo}","url":"http://r/v2/{repo}/manifests/{digest}","tag":"{tag}"}},"request":{{"id":"r","addr":"1.2.3.4","host":"registry:5000","method":"PUT","useragent":"docker"}},"actor":{{}},"source":{{"addr":"r:5000","instanceID":"i"}}}}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_notifications_preheat_what_they_name_and_refuse_everything_else() {
+    let mut c = cluster().await;
+    let image = two_platform_image(&c).await;
+    let (proxy, untokened) = proxies(&mut c, "").await;
+    let hook = format!("{proxy}/kraken/v1/notifications");
+    let harbor = format!("{proxy}/kraken/v1/webhooks/harbor");
+    let push = envelope("push", OCI_INDEX, REPO, &image.index, "multi");
+
+    // Not served without a token; refused without the right one; bounded; parsed.
+    let (status, _) = post(
+        &format!("{untokened}/kraken/v1/notifications"),
+        Some(TOKEN),
+        push.clone(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(post(&hook, None, push.clone()).await.0, 401);
+    assert_eq!(
+        post(&hook, Some("s3cret-notifz"), push.clone()).await.0,
+        401
+    );
+    assert_eq!(
+        post(&hook, Some(TOKEN), vec![b' '; (1 << 20) + 1]).await.0,
+        413
+    );
+    let malformed = ["", "{", "[]", "\u{0}\u{ff}"];
+    let distribution_only = [
+        r#"{"events":7}"#,
+        r#"{"events":[{"action":"push","target":{"digest":5}}]}"#,
+    ];
+    let harbor_only = [
+        r#"{"type":5}"#,
+        r#"{"type":"PUSH_ARTIFACT","event_data":{"resources":7}}"#,
+    ];
+    for (url, extra) in [(&hook, distribution_only), (&harbor, harbor_only)] {
+        for bad in malformed.iter().chain(&extra) {
+            let (status, body) = post(url, Some(TOKEN), *bad).await;
+            assert_eq!(status, 400, "{url} {bad:?}: {body}");
+        }
+    }
+
+    // Pulls, deletes and layer pushes are ignored: nothing is fetched.
+    let pull = envelope("pull", OCI_INDEX, REPO, &image.index, "multi");
+    let (status, body) = post(&hook, Some(TOKEN), pull).await;
+    assert_eq!(
+        (status, body.trim()),
+        (202, r#"{"dropped":0,"ignored":0,"queued":0}"#)
+    );
+    let layer = envelope(
+        "push",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        REPO,
+        &image.shared,
+        "",
+    );
+    assert_eq!(post(&hook, Some(TOKEN), layer).await.0, 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(holders(&c, &image.index), 0);
+    assert_eq!(holders(&c, &image.shared), 0);
+
+    // A push of the index preheats all of it, in the background.
+    let (status, body) = post(&hook, Some(TOKEN), push).await;
+    assert_eq!(
+        (status, body.trim()),
+        (202, r#"{"dropped":0,"ignored":0,"queued":1}"#)
+    );
+    let mut all = vec![image.index, image.shared];
+    all.extend(image.amd64.iter().chain(&image.arm64));
+    wait_held(&c, &all).await;
+    let metrics = c.node(c.nodes.len() - 2).metrics().render();
+    assert!(
+        metrics.contains("kraken_preheats_started_total 1"),
+        "{metrics}"
+    );
+
+    // Harbor's push webhook names a tag of another image.
+    let b = backend(&c);
+    let config = put(&c, &b, "h-config", b"{\"harbor\":1}").await;
+    let layer = put(&c, &b, "h-layer", &[9u8; 4000]).await;
+    let m = put(&c, &b, "h-manifest", &manifest(&config, &[layer])).await;
+    b.put_tag("proj/app", "v1", &m).await.unwrap();
+    let webhook = r#"{"type":"PUSH_ARTIFACT","occur_at":1700000000,"operator":"ci","event_data":{"resources":[{"digest":"","tag":"v1","resource_url":"harbor/proj/app:v1"}],"repository":{"date_created":1,"name":"app","namespace":"proj","repo_full_name":"proj/app","repo_type":"private"}}}"#;
+    let (status, body) = post(&harbor, Some(TOKEN), webhook).await;
+    assert_eq!(
+        (status, body.trim()),
+        (202, r#"{"dropped":0,"ignored":0,"queued":1}"#)
+    );
+    wait_held(&c, &[m, config, layer]).await;
+    let metrics = c.node(c.nodes.len() - 2).metrics().render();
+    assert!(
+        metrics.contains("kraken_preheats_done_total 2"),
+        "{metrics}"
+    );
 }
