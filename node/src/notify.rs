@@ -450,6 +450,22 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
 mod tests {
     use super::*;
     use kraken_storage::Digest;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a sender posts, the parsers answer with images or an error.
+        #[test]
+        fn arbitrary_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(e) = serde_json::from_slice::<Envelope>(&bytes) {
+                for (repo, digest, tag) in distribution_images(e) {
+                    let _ = image_ref("p/", repo, digest, tag);
+                }
+            }
+            if let Ok(e) = serde_json::from_slice::<HarborEvent>(&bytes) {
+                let _ = harbor_images(e);
+            }
+        }
+    }
 
     #[test]
     fn only_manifest_pushes_of_distribution_count() {
