@@ -114,6 +114,10 @@ pub enum Command {
         /// Only this platform's manifest of an index: `os/arch` or `os/arch/variant`.
         #[arg(long, value_name = "OS/ARCH")]
         platform: Option<String>,
+        /// Then have these agents pull every warmed blob through the swarm: names or
+        /// HOST:PORT, comma-separated, or `all` (every agent cluster.json names).
+        #[arg(long, value_name = "AGENTS", value_delimiter = ',')]
+        agents: Vec<String>,
     },
 }
 
@@ -301,6 +305,7 @@ enum Checked {
     Preheat(
         Vec<kraken_client::preheat::ImageRef>,
         Option<kraken_client::preheat::PlatformFilter>,
+        Vec<String>,
     ),
 }
 
@@ -356,9 +361,13 @@ impl Checked {
             },
             Command::Repos => Checked::Repos,
             Command::Replication => Checked::Replication,
-            Command::Preheat { images, platform } => {
+            Command::Preheat {
+                images,
+                platform,
+                agents,
+            } => {
                 let (images, platform) = preheat::parse_args(&images, platform.as_deref())?;
-                Checked::Preheat(images, platform)
+                Checked::Preheat(images, platform, agents)
             }
         })
     }
@@ -397,7 +406,9 @@ async fn dispatch(
         Checked::TagHistory(repo, tag) => build_index::tag_history(client, &repo, &tag, mode).await,
         Checked::Repos => build_index::repos(client, mode).await,
         Checked::Replication => build_index::replication(client, mode).await,
-        Checked::Preheat(images, platform) => preheat::run(client, &images, platform, mode).await,
+        Checked::Preheat(images, platform, agents) => {
+            preheat::run(client, &images, platform, &agents, mode).await
+        }
     }
 }
 

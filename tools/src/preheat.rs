@@ -6,7 +6,12 @@
 //! finishes (on a terminal, and always with `--json` off) and a summary per image, or one
 //! JSON document with every image. A blob that failed makes the command fail (exit 1)
 //! after every image was tried; an unknown tag is exit 5.
+//!
+//! With `--agents NAME,…` (or `all`: every agent `cluster.json` names), each of those
+//! agents then pulls every blob the walk warmed through the swarm (`Pull`), so a rollout
+//! finds them on the hosts; agents do not gossip, so they are named, not discovered.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use kraken_client::preheat::{
@@ -19,6 +24,7 @@ use crate::cli::OutputMode;
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::{bytes, emit, emit_json, millis};
+use crate::transfer::agent_pull;
 
 /// One blob in the JSON output.
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +66,23 @@ pub struct ImageReport {
     pub error: Option<String>,
     /// Every blob.
     pub blobs: Vec<BlobLine>,
+    /// What each `--agents` agent prefetched.
+    pub agents: Vec<AgentPrefetch>,
+}
+
+/// One agent's prefetch of an image's blobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentPrefetch {
+    /// As named on the command line.
+    pub agent: String,
+    /// Blobs it now holds.
+    pub blobs: u64,
+    /// Bytes it got from other agents.
+    pub bytes_from_agents: u64,
+    /// Bytes it got from origins.
+    pub bytes_from_origins: u64,
+    /// Why it stopped, if it did.
+    pub error: Option<String>,
 }
 
 /// Parses the arguments of `preheat` (exit 4 on a bad one).
@@ -81,8 +104,10 @@ pub async fn run(
     client: &Client,
     images: &[ImageRef],
     platform: Option<PlatformFilter>,
+    agents: &[String],
     mode: OutputMode,
 ) -> Result<(), CtlError> {
+    let agents = agent_addrs(client, agents).await?;
     let config = PreheatConfig {
         platform,
         ..PreheatConfig::default()
@@ -100,9 +125,20 @@ pub async fn run(
             }
         })
         .await;
-        let report = image_report(image, outcome, blobs, &mut worst);
+        let mut report = image_report(image, outcome, blobs, &mut worst);
         if !mode.json {
             emit(&format!("{}\n", summary_line(&report)))?;
+        }
+        if report.error.is_none() {
+            report.agents = prefetch(client, &agents, image, &report.blobs).await;
+        }
+        for a in &report.agents {
+            if !mode.json {
+                emit(&format!("{}\n", agent_line(a)))?;
+            }
+            if let Some(e) = &a.error {
+                worst.get_or_insert(CtlError::Failed(format!("{}: {e}", a.agent)));
+            }
         }
         reports.push(report);
     }
@@ -190,6 +226,7 @@ fn image_report(
         elapsed_ms: 0,
         error: None,
         blobs,
+        agents: Vec::new(),
     };
     match outcome {
         Ok(s) => {
@@ -218,6 +255,88 @@ fn image_report(
         }
     }
     report
+}
+
+/// The agents `--agents` names (`all`: every agent cluster.json knows), with addresses.
+async fn agent_addrs(
+    client: &Client,
+    names: &[String],
+) -> Result<Vec<(String, SocketAddr)>, CtlError> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(client
+            .known_nodes()
+            .iter()
+            .filter(|n| n.roles.iter().any(|r| r == "agent"))
+            .map(|n| (n.name.clone(), n.quic))
+            .collect());
+    }
+    let mut out = Vec::new();
+    for name in names {
+        out.push((name.clone(), client.node_addr(name).await?));
+    }
+    Ok(out)
+}
+
+/// Each agent pulls every blob the walk warmed, one after another; agents run at once.
+async fn prefetch(
+    client: &Client,
+    agents: &[(String, SocketAddr)],
+    image: &ImageRef,
+    blobs: &[BlobLine],
+) -> Vec<AgentPrefetch> {
+    let warmed: Vec<Digest> = blobs
+        .iter()
+        .filter(|b| b.error.is_none())
+        .map(|b| b.digest)
+        .collect();
+    let pulls = agents
+        .iter()
+        .map(|(agent, addr)| prefetch_one(client, agent, *addr, &image.repo, &warmed));
+    futures::future::join_all(pulls).await
+}
+
+/// One agent pulls `warmed` in order, stopping at the first failure.
+async fn prefetch_one(
+    client: &Client,
+    agent: &str,
+    addr: SocketAddr,
+    namespace: &str,
+    warmed: &[Digest],
+) -> AgentPrefetch {
+    let mut done = AgentPrefetch {
+        agent: agent.to_string(),
+        blobs: 0,
+        bytes_from_agents: 0,
+        bytes_from_origins: 0,
+        error: None,
+    };
+    for digest in warmed {
+        match agent_pull(client, addr, namespace, digest).await {
+            Ok(r) => {
+                done.blobs += 1;
+                done.bytes_from_agents += r.bytes_from_agents;
+                done.bytes_from_origins += r.bytes_from_origins;
+            }
+            Err(e) => {
+                done.error = Some(format!("{digest}: {e}"));
+                break;
+            }
+        }
+    }
+    done
+}
+
+fn agent_line(a: &AgentPrefetch) -> String {
+    match &a.error {
+        Some(e) => format!("agent {}: FAILED after {} blobs: {e}", a.agent, a.blobs),
+        None => format!(
+            "agent {}: {} blobs held ({} from agents, {} from origins)",
+            a.agent,
+            a.blobs,
+            bytes(a.bytes_from_agents),
+            bytes(a.bytes_from_origins)
+        ),
+    }
 }
 
 fn ms(d: Duration) -> u64 {

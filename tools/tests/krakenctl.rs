@@ -472,6 +472,27 @@ async fn push_stat_pull_and_report_a_blob() {
     assert_eq!(json[0]["blobs"][0]["role"], "root", "{json}");
     let text = f.ctl(&["preheat", &image]).await.ok().stdout;
     assert!(text.contains(&format!("{image}: 1 blobs in")), "{text}");
+    // --agents: the named agents pull what was warmed through the swarm.
+    let json = f
+        .ctl(&["preheat", &image, "--agents", "all", "--json"])
+        .await
+        .ok()
+        .json();
+    let agents = json[0]["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2, "{json}");
+    assert!(
+        agents
+            .iter()
+            .all(|a| a["blobs"] == 1 && a["error"].is_null()),
+        "{json}"
+    );
+    let text = f
+        .ctl(&["preheat", &image, "--agents", "agent-2"])
+        .await
+        .ok()
+        .stdout;
+    assert!(text.contains("agent agent-2: 1 blobs held"), "{text}");
+    f.ctl(&["pull-report", &d, "--agent", "agent-1"]).await.ok();
     // A blob neither the origins nor the backend have: exit 1, after saying which.
     let missing = format!("default@{}", Digest::sha256_of(b"nowhere"));
     let run = f.ctl(&["preheat", &missing]).await;
