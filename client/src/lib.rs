@@ -17,6 +17,8 @@
 //! - [`upload`]: the resumable upload's client ([`upload::push_file`]).
 //! - [`ingest`]: the streaming ingest's client: a whole blob into an origin's store in one
 //!   pass, from a file or as it arrives ([`ingest::ingest_file`], [`ingest::IngestCall`]).
+//! - [`preheat`]: walking an image (tag, manifest or index, children, layers) so its owning
+//!   origins hold every blob, reading what they lack through from their backends.
 //! - [`cluster_file`]: `cluster.json`, the file `kraken dev` writes for tools.
 
 pub mod cluster;
@@ -24,6 +26,7 @@ pub mod cluster_file;
 pub mod download;
 pub mod ingest;
 pub mod metainfo;
+pub mod preheat;
 pub mod proto;
 pub mod upload;
 

@@ -177,6 +177,18 @@ pub enum Request {
         /// The sender's copy is already in the backend: no write-back needed.
         persisted: bool,
     },
+    /// Origin: hold `digest` (reading it through from the backend routed by `namespace`
+    /// if this owner lacks it, holding the request open up to `wait_ms`), and say what it
+    /// references if it is a manifest or an index: preheating walks an image with it.
+    /// A node that does not own the blob answers `WrongNode`.
+    Warm {
+        /// Routes the read-through.
+        namespace: String,
+        /// The blob.
+        digest: Digest,
+        /// How long to wait for a read-through before answering [`Response::Pending`].
+        wait_ms: u64,
+    },
 }
 
 impl Request {
@@ -204,6 +216,7 @@ impl Request {
             Request::ReplicationStatus => "ReplicationStatus",
             Request::DeleteTag { .. } => "DeleteTag",
             Request::Ingest { .. } => "Ingest",
+            Request::Warm { .. } => "Warm",
         }
     }
 
@@ -221,7 +234,8 @@ impl Request {
             | Request::Pull { digest, .. }
             | Request::PullReport { digest, .. }
             | Request::PutTag { digest, .. }
-            | Request::Ingest { digest, .. } => Some(digest),
+            | Request::Ingest { digest, .. }
+            | Request::Warm { digest, .. } => Some(digest),
             _ => None,
         }
     }
@@ -308,11 +322,71 @@ pub enum Response {
     },
     /// The interim answer to [`Request::Ingest`]: the origin takes the blob; send the body.
     Proceed,
+    /// Answer to [`Request::Warm`]: the owner holds the blob.
+    Warmed(Warmed),
 }
 
 /// The largest metainfo a node sends or accepts: the largest the format allows (a header
 /// and 64 bytes for each of at most `MAX_PIECES` pieces, 16 MiB + 96 bytes).
 pub const MAX_METAINFO_LEN: u64 = kraken_storage::metainfo::MAX_ENCODED_LEN as u64;
+
+/// What an owner holds after a [`Request::Warm`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warmed {
+    /// The blob's length.
+    pub length: u64,
+    /// This request read it through from the backend (false: the owner already held it).
+    /// A caller that was answered [`Response::Pending`] before knows it was fetched.
+    pub fetched: bool,
+    /// What the blob references when it is a manifest or an index (nothing for a layer,
+    /// a config or a document the cluster does not recognise as a manifest).
+    pub references: Vec<WarmRef>,
+}
+
+/// One blob a warmed manifest or index references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmRef {
+    /// The blob.
+    pub digest: Digest,
+    /// Its role in the document.
+    pub kind: RefKind,
+    /// For an index's child: the platform the index names for it, if any.
+    pub platform: Option<Platform>,
+}
+
+/// The role of a [`WarmRef`] in the document that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefKind {
+    /// A child manifest of an index.
+    Manifest,
+    /// An image's config.
+    Config,
+    /// An image's layer.
+    Layer,
+    /// The manifest an OCI 1.1 `subject` field names.
+    Subject,
+}
+
+/// The platform of an index entry (`os/architecture[/variant]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    /// `linux`, `windows`, …
+    pub os: String,
+    /// `amd64`, `arm64`, …
+    pub architecture: String,
+    /// `v7`, `v8`, … where the index names one.
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
 
 /// Pending replications to one destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -558,9 +632,21 @@ mod tests {
         assert_eq!(tag(&Response::TagDeleted), 18);
         assert_eq!(tag(&Response::MetainfoFollows { len: 1 }), 19);
         assert_eq!(tag(&Response::Proceed), 20);
+        let warmed = Warmed {
+            length: 1,
+            fetched: false,
+            references: Vec::new(),
+        };
+        assert_eq!(tag(&Response::Warmed(warmed)), 21);
         // Requests likewise: `Ingest` came after `DeleteTag` (19).
         let tag = |r: &Request| postcard::to_allocvec(r).unwrap()[0];
         assert_eq!(tag(&samples()[4]), 20);
+        let warm = Request::Warm {
+            namespace: "ns".into(),
+            digest: Digest::sha256_of(b"x"),
+            wait_ms: 1,
+        };
+        assert_eq!(tag(&warm), 21);
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub enum ConfigError {
     /// `[[registry.upstreams]]` cannot work.
     #[error("invalid configuration: {0}")]
     Upstreams(#[from] crate::upstream::UpstreamError),
+    /// `[registry.notifications]` cannot work.
+    #[error("invalid configuration: {0}")]
+    Notifications(#[from] crate::notify::NotificationsError),
 }
 
 /// A role a node process can run.
@@ -319,6 +322,9 @@ pub struct RegistrySection {
     /// The blob server's TCP address (default: `listen`'s IP, a port the OS picks; the
     /// redirect names whatever was bound).
     pub blob_listen: Option<SocketAddr>,
+    /// Proxies: `[registry.notifications]`, preheating what a registry's push notifications
+    /// and Harbor webhooks name (off without a token).
+    pub notifications: crate::notify::NotificationsConfig,
 }
 
 impl RegistrySection {
@@ -347,6 +353,7 @@ impl Default for RegistrySection {
             upstreams: Vec::new(),
             blob_server: true,
             blob_listen: None,
+            notifications: crate::notify::NotificationsConfig::default(),
         }
     }
 }
@@ -443,6 +450,7 @@ impl NodeConfig {
             );
         }
         crate::upstream::validate(&self.registry.upstreams)?;
+        self.registry.notifications.validate()?;
         if self.registry.tls_cert.is_some() != self.registry.tls_key.is_some() {
             return bad("registry.tls_cert and registry.tls_key go together".into());
         }

@@ -16,6 +16,7 @@
 //! both from the `kraken-client` crate that `krakenctl` shares,
 //! [`service`] (routing incoming streams to roles), [`view`] (agents' view refresh),
 //! [`registry`] (the registry gateway over the cluster) and [`push`] (its blob writes),
+//! [`notify`] (push notifications on the proxy, preheated through `kraken_client::preheat`),
 //! [`config`] (the TOML file), [`node`] (start and stop), [`http`] and [`metrics`]
 //! (health, readiness, Prometheus), [`dev`] (`kraken dev`: a whole cluster in one process).
 
@@ -29,6 +30,7 @@ pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod origin;
 pub mod push;
 pub mod registry;

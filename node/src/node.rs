@@ -133,7 +133,7 @@ impl Node {
             &config,
             &roles,
             &cluster,
-            gateway_metrics.clone(),
+            (gateway_metrics.clone(), &metrics),
             stop_rx.clone(),
         )
         .await?;

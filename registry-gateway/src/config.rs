@@ -39,6 +39,10 @@ pub struct GatewayConfig {
     /// the blob. Plain HTTP only (the redirect names `http://`): [`crate::serve_tls`]
     /// ignores it and streams every blob.
     pub blob_server: Option<SocketAddr>,
+    /// More routes served beside the registry API (the node's push notification
+    /// endpoints), with their own state; they pass through the same access log and
+    /// metrics. The registry API answers every path they do not name.
+    pub routes: Option<axum::Router>,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +59,7 @@ impl Default for GatewayConfig {
             upload_ttl: DEFAULT_UPLOAD_TTL,
             metrics: GatewayMetrics::default(),
             blob_server: None,
+            routes: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Building the axum router and serving it on a TCP listener.
 //!
-//! The router has no axum routes: one fallback handler ([`crate::handlers::dispatch`])
-//! parses every path itself (names contain slashes), wrapped by the access layer
+//! The registry API has no axum routes: one fallback handler ([`crate::handlers::dispatch`])
+//! parses every path itself (names contain slashes); [`GatewayConfig::routes`] adds the
+//! embedder's own beside it. Everything is wrapped by the access layer
 //! ([`crate::access`]) that adds the API version header, logs and counts.
 
 use std::future::Future;
@@ -44,6 +45,7 @@ pub fn router<R: Registry>(
 ) -> Result<Router, GatewayError> {
     config.validate()?;
     let metrics: GatewayMetrics = config.metrics.clone();
+    let routes = config.routes.clone();
     let uploads = if config.push {
         Some(UploadStore::open(
             config.uploads_dir.clone(),
@@ -59,16 +61,20 @@ pub fn router<R: Registry>(
         uploads,
         referrers_lock: tokio::sync::Mutex::new(()),
     });
-    Ok(Router::new()
+    let api = Router::new()
         .fallback(crate::handlers::dispatch::<R>)
-        .with_state(gateway)
-        .layer(axum::middleware::from_fn_with_state(
-            crate::access::Access {
-                metrics,
-                parent: tracing::Span::current(),
-            },
-            crate::access::observe,
-        )))
+        .with_state(gateway);
+    let app = match routes {
+        Some(routes) => routes.merge(api),
+        None => api,
+    };
+    Ok(app.layer(axum::middleware::from_fn_with_state(
+        crate::access::Access {
+            metrics,
+            parent: tracing::Span::current(),
+        },
+        crate::access::observe,
+    )))
 }
 
 /// Serves the registry API on `listener` until `shutdown` completes (then finishes the

@@ -15,7 +15,7 @@ use kraken_storage::Digest;
 use crate::client::Client;
 use crate::error::{CtlError, EXIT_CODES_HELP};
 use crate::settings::{ConnectArgs, Settings};
-use crate::{blob, build_index, members, pull_report, ring, transfer, writeback};
+use crate::{blob, build_index, members, preheat, pull_report, ring, transfer, writeback};
 
 /// `krakenctl`: inspect and operate a kraken cluster over QUIC.
 #[derive(Debug, Parser)]
@@ -104,6 +104,21 @@ pub enum Command {
     Repos,
     /// Pending tag replications per destination (needs a build-index).
     Replication,
+    /// Make the owning origins hold images (manifest or index, children, layers), reading
+    /// what they lack through from their backends; one line per blob and a summary.
+    /// Exit 1 if any blob failed, 5 for an unknown tag.
+    Preheat {
+        /// `repo:tag` or `repo@sha256:<hex>`, one or more.
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+        /// Only this platform's manifest of an index: `os/arch` or `os/arch/variant`.
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        /// Then have these agents pull every warmed blob through the swarm: names or
+        /// HOST:PORT, comma-separated, or `all` (every agent cluster.json names).
+        #[arg(long, value_name = "AGENTS", value_delimiter = ',')]
+        agents: Vec<String>,
+    },
 }
 
 /// `krakenctl blob …`.
@@ -287,6 +302,11 @@ enum Checked {
     TagHistory(String, String),
     Repos,
     Replication,
+    Preheat(
+        Vec<kraken_client::preheat::ImageRef>,
+        Option<kraken_client::preheat::PlatformFilter>,
+        Vec<String>,
+    ),
 }
 
 impl Checked {
@@ -341,6 +361,14 @@ impl Checked {
             },
             Command::Repos => Checked::Repos,
             Command::Replication => Checked::Replication,
+            Command::Preheat {
+                images,
+                platform,
+                agents,
+            } => {
+                let (images, platform) = preheat::parse_args(&images, platform.as_deref())?;
+                Checked::Preheat(images, platform, agents)
+            }
         })
     }
 }
@@ -378,6 +406,9 @@ async fn dispatch(
         Checked::TagHistory(repo, tag) => build_index::tag_history(client, &repo, &tag, mode).await,
         Checked::Repos => build_index::repos(client, mode).await,
         Checked::Replication => build_index::replication(client, mode).await,
+        Checked::Preheat(images, platform, agents) => {
+            preheat::run(client, &images, platform, &agents, mode).await
+        }
     }
 }
 

@@ -17,7 +17,8 @@
 //! - Commands: [`members`] (the view, with health), [`ring`] (owners of a digest or tag),
 //!   [`blob`] (`blob stat`, `blob peers`), [`transfer`] (`push`, `pull`), [`pull_report`],
 //!   [`writeback`], and [`build_index`] (`tag get|put|ls|history`, `repos`,
-//!   `replication`; exit 6 in a cluster without build-index nodes).
+//!   `replication`; exit 6 in a cluster without build-index nodes), [`preheat`] (owning
+//!   origins fetch images from their backends).
 //! - [`output`] (tables, sizes, stdout that tolerates a closed pipe), [`progress`]
 //!   (indicatif on a terminal, silence in a pipe), [`error`] (exit codes).
 //!
@@ -44,6 +45,7 @@ pub mod client;
 pub mod error;
 pub mod members;
 pub mod output;
+pub mod preheat;
 pub mod progress;
 pub mod pull_report;
 pub mod ring;

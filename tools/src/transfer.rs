@@ -35,6 +35,28 @@ use crate::progress::Progress;
 /// Longest an agent may take to pull a blob for `pull --agent`.
 pub const AGENT_PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Asks the agent at `addr` to pull `digest` through the swarm (if it lacks it); its
+/// report of the pull.
+pub async fn agent_pull(
+    client: &Client,
+    addr: std::net::SocketAddr,
+    namespace: &str,
+    digest: &Digest,
+) -> Result<PullReport, CallError> {
+    let request = Request::Pull {
+        namespace: namespace.to_string(),
+        digest: *digest,
+    };
+    match client
+        .cluster()
+        .call_within(addr, &request, AGENT_PULL_TIMEOUT)
+        .await?
+    {
+        Response::Pull(r) => Ok(r),
+        other => Err(CallError::unexpected(addr, other)),
+    }
+}
+
 /// A file ready to push: its path, length and digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashedFile {
@@ -304,22 +326,9 @@ pub async fn pull(
                 .cloned()
                 .unwrap_or_else(|| addr.to_string());
             let spinner = Progress::spinner(format!("{name} is pulling {digest}"));
-            let request = Request::Pull {
-                namespace: namespace.to_string(),
-                digest: *digest,
-            };
-            let answer = client
-                .cluster()
-                .call_within(addr, &request, AGENT_PULL_TIMEOUT)
-                .await;
+            let answer = agent_pull(client, addr, namespace, digest).await;
             spinner.finish();
-            let report = match answer {
-                Ok(Response::Pull(r)) => r,
-                Ok(other) => {
-                    return Err(CtlError::from_call(&CallError::unexpected(addr, other)));
-                }
-                Err(e) => return Err(CtlError::from_call(&e)),
-            };
+            let report = answer.map_err(|e| CtlError::from_call(&e))?;
             let n = download(client, addr, &name, digest, output)
                 .await
                 .map_err(|e| CtlError::from_download(&e))?;

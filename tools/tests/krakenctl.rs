@@ -30,6 +30,12 @@ impl Run {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 
+    /// Fails unless it exited with `code` with one stderr line, whatever it printed before.
+    fn failed_with_output(&self, code: u8) {
+        assert_eq!(self.code, i32::from(code), "{self:?}");
+        assert_eq!(self.stderr.lines().count(), 1, "{self:?}");
+    }
+
     /// Fails unless it exited with `code` and said so in exactly one stderr line.
     fn failed_with(&self, code: u8) {
         assert_eq!(self.code, i32::from(code), "{self:?}");
@@ -446,6 +452,9 @@ async fn push_stat_pull_and_report_a_blob() {
         f.ctl(&["tag", "put", "library/app:v2", &missing])
             .await
             .failed_with(exit::NOT_FOUND);
+        f.ctl(&["preheat", "library/app:nope"])
+            .await
+            .failed_with_output(exit::NOT_FOUND);
         // A repository name the build-index rejects: exit 4.
         f.ctl(&["tag", "get", "Library/App:v1"])
             .await
@@ -455,6 +464,42 @@ async fn push_stat_pull_and_report_a_blob() {
     // Pushing again is idempotent and prints the same digest.
     let out = f.ctl(&["push", path.to_str().unwrap()]).await.ok().stdout;
     assert_eq!(out, format!("{d}\n"));
+
+    // preheat by digest: the owners hold it already (a plain blob references nothing).
+    let image = format!("default@{d}");
+    let json = f.ctl(&["preheat", &image, "--json"]).await.ok().json();
+    assert_eq!(json[0]["blobs_held"], 1, "{json}");
+    assert_eq!(json[0]["blobs_fetched"], 0, "{json}");
+    assert_eq!(json[0]["blobs"][0]["role"], "root", "{json}");
+    let text = f.ctl(&["preheat", &image]).await.ok().stdout;
+    assert!(text.contains(&format!("{image}: 1 blobs in")), "{text}");
+    // --agents: the named agents pull what was warmed through the swarm.
+    let json = f
+        .ctl(&["preheat", &image, "--agents", "all", "--json"])
+        .await
+        .ok()
+        .json();
+    let agents = json[0]["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2, "{json}");
+    assert!(
+        agents
+            .iter()
+            .all(|a| a["blobs"] == 1 && a["error"].is_null()),
+        "{json}"
+    );
+    let text = f
+        .ctl(&["preheat", &image, "--agents", "agent-2"])
+        .await
+        .ok()
+        .stdout;
+    assert!(text.contains("agent agent-2: 1 blobs held"), "{text}");
+    f.ctl(&["pull-report", &d, "--agent", "agent-1"]).await.ok();
+    // A blob neither the origins nor the backend have: exit 1, after saying which.
+    let missing = format!("default@{}", Digest::sha256_of(b"nowhere"));
+    let run = f.ctl(&["preheat", &missing]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("FAILED"), "{run:?}");
+    assert!(run.stderr.starts_with("krakenctl: "), "{run:?}");
 
     f.cluster.shutdown().await;
 }
@@ -514,6 +559,8 @@ async fn arguments_are_checked_before_dialling() {
         &["tag", "get", "repo:"],
         &["pull", "sha256:0", "-o", "x"],
         &["push", "/no/such/file"],
+        &["preheat", "no-reference"],
+        &["preheat", "repo:v1", "--platform", "linux"],
     ] {
         krakenctl(dir.path(), &with(args))
             .await

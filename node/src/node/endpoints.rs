@@ -1,5 +1,6 @@
 //! A node's TCP endpoints: the HTTP endpoint (health, readiness, metrics), the registry
-//! API (agents: pull; proxies: push) and, on agents, its zero-copy blob server.
+//! API (agents: pull; proxies: push, and push notifications) and, on agents, its zero-copy
+//! blob server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use super::StartError;
 use crate::client::Cluster;
 use crate::config::{NodeConfig, NodeRole, RegistrySection};
 use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::notify;
 use crate::registry::ClusterRegistry;
 use crate::service::Roles;
 use crate::upstream::Upstreams;
@@ -41,7 +44,7 @@ pub(super) async fn start_registry(
     config: &NodeConfig,
     roles: &Roles,
     cluster: &Cluster,
-    metrics: GatewayMetrics,
+    (metrics, node_metrics): (GatewayMetrics, &Metrics),
     stop: watch::Receiver<bool>,
 ) -> Result<Option<SocketAddr>, StartError> {
     let Some(registry) = registry(config, roles, cluster)? else {
@@ -49,6 +52,12 @@ pub(super) async fn start_registry(
     };
     let section = &config.registry;
     let proxy = config.has(NodeRole::Proxy);
+    let routes = if proxy {
+        notify::routes(&section.notifications, cluster.clone(), node_metrics)
+            .map_err(StartError::Notifications)?
+    } else {
+        None
+    };
     let gateway = GatewayConfig {
         push: proxy,
         uploads_dir: section
@@ -59,6 +68,7 @@ pub(super) async fn start_registry(
         auth: push_auth(section),
         page_limit: section.page_limit,
         metrics: metrics.clone(),
+        routes,
         ..GatewayConfig::default()
     };
     let (listener, bound) = bind_registry(section.listen).await?;

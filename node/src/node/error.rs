@@ -87,6 +87,9 @@ pub enum StartError {
     /// The registry API refused its settings.
     #[error("registry: {0}")]
     Registry(#[source] GatewayError),
+    /// The push notification endpoints could not be set up (their token file).
+    #[error("registry notifications: {0}")]
+    Notifications(#[source] crate::notify::NotificationsError),
     /// The registry API could not be bound.
     #[error("binding the registry API on {addr}: {source}")]
     BindRegistry {

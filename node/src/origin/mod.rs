@@ -10,6 +10,8 @@
 //! - [`readthrough`]: a request for an owned blob the origin lacks reads it from the
 //!   backend once, however many callers ask at once; callers wait on the fetch.
 //! - [`writeback`]: the executor that drains the queue to the backends.
+//! - [`warm`]: the warm RPC preheating walks images with: hold a blob (reading it through
+//!   if missing) and list what it references if it is a manifest.
 //! - [`replicate`]: copying blobs to the other owners after an upload, and repair when the
 //!   ring changes, so that losing origins loses nothing acknowledged.
 //!
@@ -20,6 +22,7 @@ pub mod ingest;
 pub mod readthrough;
 pub mod replicate;
 pub mod upload;
+pub mod warm;
 pub mod writeback;
 
 use std::collections::HashMap;
@@ -298,6 +301,14 @@ impl Origin {
                 Some(self.ingest(ingest, stream).await)
             }
             Request::WriteBackStatus => done(self.writeback_status()),
+            Request::Warm {
+                namespace,
+                digest,
+                wait_ms,
+            } => done(
+                self.warm(namespace, digest, Duration::from_millis(*wait_ms))
+                    .await,
+            ),
             _ => None,
         }
     }

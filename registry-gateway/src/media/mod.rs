@@ -8,14 +8,18 @@
 //!   manifest);
 //! - `Manifest::parse` (`push`), for pushes: the checks a pushed manifest must pass;
 //! - [`references`] (`references`), for the build index: the blobs and child manifests a
-//!   tag depends on.
+//!   tag depends on;
+//! - [`children`] (`children`), for preheat: the same references with their roles and
+//!   the platforms of an index's entries.
 
+mod children;
 mod push;
 mod references;
 
 use kraken_storage::{Digest, DigestError};
 use serde_json::{Map, Value};
 
+pub use children::{Child, ChildPlatform, ChildRole, children};
 pub(crate) use push::Manifest;
 pub use references::{References, references};
 
