@@ -138,10 +138,7 @@ pub(crate) async fn dispatch<R: Registry>(
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();
-    let mirrored = match mirror_route(&mut route, query.get("ns").map(String::as_str)) {
-        Ok(m) => m,
-        Err(e) => return e.into_response(),
-    };
+    let mirrored = mirror_route(&mut route, query.get("ns").map(String::as_str));
     let method = parts.method.clone();
     let has_body = parts.headers.contains_key(TRANSFER_ENCODING)
         || parts
@@ -153,58 +150,12 @@ pub(crate) async fn dispatch<R: Registry>(
         query,
         head: method == Method::HEAD,
     };
-    let gw = gw.as_ref();
-    let read = method == Method::GET || method == Method::HEAD;
-    let result = match route {
-        Route::Base if read => base(gw, &ctx),
-        Route::Base => Err(ApiError::method_not_allowed("GET, HEAD")),
-        Route::Catalog if read => pull::catalog(gw, &ctx).await,
-        Route::Catalog => Err(ApiError::method_not_allowed("GET, HEAD")),
-        Route::Tags { name } if read => pull::tags(gw, &ctx, &name).await,
-        Route::Tags { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
-        Route::Manifest { name, reference } => match method {
-            Method::GET | Method::HEAD => pull::manifest(gw, &ctx, &name, &reference).await,
-            Method::PUT => match write_gate(gw, &ctx) {
-                Ok(()) => manifest_push::put(gw, &ctx, &name, &reference, body).await,
-                Err(e) => Err(e),
-            },
-            Method::DELETE => match write_gate(gw, &ctx) {
-                Ok(()) => manifest_push::delete(gw, &name, &reference).await,
-                Err(e) => Err(e),
-            },
-            _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
-        },
-        Route::Blob { name, digest } => match method {
-            Method::GET | Method::HEAD => pull::blob(gw, &ctx, &name, &digest).await,
-            Method::DELETE => write_gate(gw, &ctx).and_then(|()| {
-                Err(ApiError::new(
-                    crate::error::ErrorCode::Unsupported,
-                    "blobs are deleted by the cluster's retention, not by clients",
-                ))
-            }),
-            _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
-        },
-        Route::UploadStart { name } => match method {
-            Method::POST => match write_gate(gw, &ctx) {
-                Ok(()) => uploads::start(gw, &ctx, &name, body).await,
-                Err(e) => Err(e),
-            },
-            _ => Err(ApiError::method_not_allowed("POST")),
-        },
-        Route::Upload { name, id } => match write_gate(gw, &ctx) {
-            Err(e) => Err(e),
-            Ok(()) => match method {
-                Method::GET => uploads::status(gw, &name, &id).await,
-                Method::PATCH => uploads::patch(gw, &ctx, &name, &id, body).await,
-                Method::PUT => uploads::finish(gw, &ctx, &name, &id, body).await,
-                Method::DELETE => uploads::cancel(gw, &name, &id).await,
-                _ => Err(ApiError::method_not_allowed("GET, PATCH, PUT, DELETE")),
-            },
-        },
-        Route::Referrers { name, digest } if read => {
-            pull::referrers(gw, &ctx, &name, &digest).await
-        }
-        Route::Referrers { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
+    let (result, mirrored) = match mirrored {
+        Ok(mirrored) => (
+            handle(gw.as_ref(), &ctx, method, route, body).await,
+            mirrored,
+        ),
+        Err(e) => (Err(e), None),
     };
     let mut response = result.unwrap_or_else(|e| {
         let mut r = e.into_response();
@@ -233,6 +184,66 @@ pub(crate) async fn dispatch<R: Registry>(
         }
     }
     response
+}
+
+/// The handler of (method, route).
+async fn handle<R: Registry>(
+    gw: &Gateway<R>,
+    ctx: &Ctx,
+    method: Method,
+    route: Route,
+    body: Body,
+) -> Reply {
+    let read = method == Method::GET || method == Method::HEAD;
+    match route {
+        Route::Base if read => base(gw, ctx),
+        Route::Base => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Catalog if read => pull::catalog(gw, ctx).await,
+        Route::Catalog => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Tags { name } if read => pull::tags(gw, ctx, &name).await,
+        Route::Tags { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Manifest { name, reference } => match method {
+            Method::GET | Method::HEAD => pull::manifest(gw, ctx, &name, &reference).await,
+            Method::PUT => match write_gate(gw, ctx) {
+                Ok(()) => manifest_push::put(gw, ctx, &name, &reference, body).await,
+                Err(e) => Err(e),
+            },
+            Method::DELETE => match write_gate(gw, ctx) {
+                Ok(()) => manifest_push::delete(gw, &name, &reference).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
+        },
+        Route::Blob { name, digest } => match method {
+            Method::GET | Method::HEAD => pull::blob(gw, ctx, &name, &digest).await,
+            Method::DELETE => write_gate(gw, ctx).and_then(|()| {
+                Err(ApiError::new(
+                    crate::error::ErrorCode::Unsupported,
+                    "blobs are deleted by the cluster's retention, not by clients",
+                ))
+            }),
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
+        },
+        Route::UploadStart { name } => match method {
+            Method::POST => match write_gate(gw, ctx) {
+                Ok(()) => uploads::start(gw, ctx, &name, body).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        Route::Upload { name, id } => match write_gate(gw, ctx) {
+            Err(e) => Err(e),
+            Ok(()) => match method {
+                Method::GET => uploads::status(gw, &name, &id).await,
+                Method::PATCH => uploads::patch(gw, ctx, &name, &id, body).await,
+                Method::PUT => uploads::finish(gw, ctx, &name, &id, body).await,
+                Method::DELETE => uploads::cancel(gw, &name, &id).await,
+                _ => Err(ApiError::method_not_allowed("GET, PATCH, PUT, DELETE")),
+            },
+        },
+        Route::Referrers { name, digest } if read => pull::referrers(gw, ctx, &name, &digest).await,
+        Route::Referrers { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
+    }
 }
 
 /// Maps the route's repository for containerd's `ns` (see [`crate::mirror`]); 400
