@@ -440,6 +440,17 @@ pub enum ErrorKind {
     Unavailable,
     /// The node failed.
     Internal,
+    /// An upstream registry refused the cluster's credentials (its HTTP 401 or 403); the
+    /// message is the upstream's. Added after `Internal`: nodes from before cannot decode it.
+    Unauthorized,
+    /// An upstream registry does not know the repository (its `NAME_UNKNOWN`); the message
+    /// is the upstream's.
+    NameUnknown,
+    /// An upstream registry rate-limited the cluster (its HTTP 429); retry later. The
+    /// message is the upstream's.
+    TooManyRequests,
+    /// The write is refused: the repository mirrors a read-only upstream registry.
+    Denied,
 }
 
 /// What a node is (answer to [`Request::Ping`]).
@@ -647,6 +658,33 @@ mod tests {
             wait_ms: 1,
         };
         assert_eq!(tag(&warm), 21);
+        // Error kinds likewise: the upstream ones came after `Internal` (6).
+        let tag = |k: ErrorKind| postcard::to_allocvec(&k).unwrap()[0];
+        assert_eq!(tag(ErrorKind::Internal), 6);
+        assert_eq!(tag(ErrorKind::Unauthorized), 7);
+        assert_eq!(tag(ErrorKind::NameUnknown), 8);
+        assert_eq!(tag(ErrorKind::TooManyRequests), 9);
+        assert_eq!(tag(ErrorKind::Denied), 10);
+    }
+
+    #[test]
+    fn upstream_errors_round_trip_with_their_message() {
+        for kind in [
+            ErrorKind::Unauthorized,
+            ErrorKind::NameUnknown,
+            ErrorKind::TooManyRequests,
+            ErrorKind::Denied,
+        ] {
+            let r = Response::Error(RemoteError::new(kind, "upstream said no"));
+            let frame = encode_frame(&r).unwrap();
+            let back: Response = decode_payload(&frame[4..]).unwrap();
+            match back {
+                Response::Error(e) => {
+                    assert_eq!(e, RemoteError::new(kind, "upstream said no"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

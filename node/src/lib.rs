@@ -10,7 +10,10 @@
 //! - [`agent`]: pulls through the swarm with one download per digest however many callers,
 //!   streaming before completion, bandwidth limits, and a report of where the bytes came from.
 //! - [`buildindex`]: durable tags with dependency checks, write-through to backends, and a
-//!   durable replication queue to the other owners and to remote clusters.
+//!   durable replication queue to the other owners and to remote clusters; tags of
+//!   repositories that mirror an upstream registry resolve there, cached.
+//! - [`mirror`]: what the roles share about repositories routed to an upstream registry:
+//!   writes refused, the upstream's refusals carried to the client.
 //!
 //! Around them: [`proto`] (the RPC messages) and [`client`] (calls with owner failover),
 //! both from the `kraken-client` crate that `krakenctl` shares,
@@ -29,6 +32,7 @@ pub mod dev;
 pub mod fetch;
 pub mod http;
 pub mod metrics;
+pub mod mirror;
 pub mod node;
 pub mod notify;
 pub mod origin;

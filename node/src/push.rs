@@ -107,11 +107,31 @@ fn request<'a>(repo: &'a str, digest: &'a Digest, len: u64) -> IngestRequest<'a>
 /// or neither.
 fn push_error(e: CallError) -> RegistryError {
     match e.remote() {
+        Some(r) if let Some(refused) = crate::registry::upstream_refusal(r) => refused,
         Some(r) if r.kind == ErrorKind::DigestMismatch => {
             RegistryError::DigestInvalid(r.message.clone())
         }
         Some(r) if r.kind == ErrorKind::BadRequest => RegistryError::Internal(r.message.clone()),
         _ if e.try_next() => RegistryError::Unavailable(e.to_string()),
         _ => RegistryError::Internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::RemoteError;
+
+    #[test]
+    fn a_push_into_a_mirror_is_denied_with_the_reason() {
+        let e = CallError::Remote {
+            addr: "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+            source: RemoteError::new(ErrorKind::Denied, "repository r mirrors u and is read-only"),
+        };
+        assert!(!e.try_next(), "no other owner would take it");
+        assert_eq!(
+            push_error(e),
+            RegistryError::Denied("repository r mirrors u and is read-only".into())
+        );
     }
 }

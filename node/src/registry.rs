@@ -169,6 +169,7 @@ impl ClusterRegistry {
                 }
                 Err(e) => {
                     last = match e.remote() {
+                        Some(r) if let Some(refused) = upstream_refusal(r) => refused,
                         Some(r) if r.kind == ErrorKind::NotFound => {
                             RegistryError::BlobUnknown(digest.to_string())
                         }
@@ -193,7 +194,24 @@ impl ClusterRegistry {
     }
 }
 
+/// What a refusal that came from an upstream registry (or a write to a mirror of one)
+/// means to the gateway, with the upstream's message: 401 `UNAUTHORIZED`, 404
+/// `NAME_UNKNOWN`, 429 `TOOMANYREQUESTS`, 403 `DENIED`. `None` for every other kind.
+pub(crate) fn upstream_refusal(e: &RemoteError) -> Option<RegistryError> {
+    let message = e.message.clone();
+    Some(match e.kind {
+        ErrorKind::Unauthorized => RegistryError::Unauthorized(message),
+        ErrorKind::NameUnknown => RegistryError::NameUnknown(message),
+        ErrorKind::TooManyRequests => RegistryError::TooManyRequests(message),
+        ErrorKind::Denied => RegistryError::Denied(message),
+        _ => return None,
+    })
+}
+
 fn blob_error(e: RemoteError, digest: &Digest) -> RegistryError {
+    if let Some(refused) = upstream_refusal(&e) {
+        return refused;
+    }
     match e.kind {
         ErrorKind::NotFound => RegistryError::BlobUnknown(digest.to_string()),
         ErrorKind::DigestMismatch => RegistryError::DigestInvalid(e.message),
@@ -204,6 +222,9 @@ fn blob_error(e: RemoteError, digest: &Digest) -> RegistryError {
 }
 
 fn tag_error(e: CallError, repo: &str, tag: &str) -> RegistryError {
+    if let Some(refused) = e.remote().and_then(upstream_refusal) {
+        return refused;
+    }
     match e.remote() {
         Some(r) if r.kind == ErrorKind::NotFound => {
             RegistryError::TagUnknown(format!("{repo}:{tag}"))
@@ -421,6 +442,7 @@ impl Registry for ClusterRegistry {
                 "no live build-index node".into(),
             )),
             Err(e) => match e.remote() {
+                Some(r) if let Some(refused) = upstream_refusal(r) => Err(refused),
                 Some(r) if r.kind == ErrorKind::NotFound => {
                     Err(RegistryError::ManifestBlobUnknown(r.message.clone()))
                 }
@@ -454,5 +476,49 @@ impl Registry for ClusterRegistry {
             )),
             Err(e) => Err(tag_error(e, repo, tag)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(kind: ErrorKind) -> CallError {
+        CallError::Remote {
+            addr: "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+            source: RemoteError::new(kind, "the upstream's own words"),
+        }
+    }
+
+    #[test]
+    fn upstream_refusals_reach_the_gateway_with_the_upstreams_message() {
+        let words = || "the upstream's own words".to_string();
+        let digest = Digest::sha256_of(b"x");
+        for (kind, expected) in [
+            (
+                ErrorKind::Unauthorized,
+                RegistryError::Unauthorized(words()),
+            ),
+            (ErrorKind::NameUnknown, RegistryError::NameUnknown(words())),
+            (
+                ErrorKind::TooManyRequests,
+                RegistryError::TooManyRequests(words()),
+            ),
+            (ErrorKind::Denied, RegistryError::Denied(words())),
+        ] {
+            let e = RemoteError::new(kind, words());
+            assert_eq!(blob_error(e.clone(), &digest), expected, "{kind:?}");
+            assert_eq!(tag_error(remote(kind), "r", "t"), expected, "{kind:?}");
+        }
+        // The others keep their meaning: a missing tag is MANIFEST_UNKNOWN's TagUnknown.
+        assert_eq!(
+            tag_error(remote(ErrorKind::NotFound), "r", "t"),
+            RegistryError::TagUnknown("r:t".into())
+        );
+        assert_eq!(
+            blob_error(RemoteError::new(ErrorKind::NotFound, "x"), &digest),
+            RegistryError::BlobUnknown(digest.to_string())
+        );
+        assert!(upstream_refusal(&RemoteError::new(ErrorKind::Unavailable, "x")).is_none());
     }
 }

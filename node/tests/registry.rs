@@ -45,7 +45,8 @@ async fn registry_cluster() -> (TestCluster, [usize; 4]) {
 }
 
 /// Builds the image and pushes it as `library/app:v1` through the proxy with skopeo.
-async fn push_image(c: &TestCluster, proxy: usize) -> std::path::PathBuf {
+/// Pushes the test image to the proxy as `<repo>:v1`.
+async fn push_image(c: &TestCluster, proxy: usize, repo: &str) -> std::path::PathBuf {
     let dir = c.dir.path().join("images");
     std::fs::create_dir_all(&dir).unwrap();
     build_image(&dir).await;
@@ -57,7 +58,7 @@ async fn push_image(c: &TestCluster, proxy: usize) -> std::path::PathBuf {
             "copy".into(),
             "--dest-tls-verify=false".into(),
             src,
-            format!("docker://{push}/library/app:v1"),
+            format!("docker://{push}/{repo}:v1"),
         ],
     )
     .await;
@@ -70,7 +71,7 @@ async fn skopeo_pushes_through_the_proxy_and_pulls_through_agents() {
         return;
     }
     let (mut c, [bi, a1, a2, proxy]) = registry_cluster().await;
-    let dir = push_image(&c, proxy).await;
+    let dir = push_image(&c, proxy, "library/app").await;
     let pull1 = c.node(a1).registry_addr().unwrap();
     let pull2 = c.node(a2).registry_addr().unwrap();
 
@@ -176,7 +177,9 @@ async fn containerd_pulls_through_an_agent_as_its_registry_mirror() {
         return;
     }
     let (c, [_, a1, _, proxy]) = registry_cluster().await;
-    push_image(&c, proxy).await;
+    // containerd asks the mirror with `?ns=docker.io`: the cluster repository is
+    // `docker.io/library/app`.
+    push_image(&c, proxy, "docker.io/library/app").await;
     let mirror = c.node(a1).registry_addr().unwrap();
 
     // The documented hosts.toml: docker.io is mirrored by the local agent.
@@ -470,7 +473,7 @@ async fn an_agent_passes_through_to_an_upstream_registry_for_what_its_cluster_la
     }
     // Cluster A has the image and serves it on its proxy: the "upstream" registry.
     let (a, [_, _, _, proxy]) = registry_cluster().await;
-    push_image(&a, proxy).await;
+    push_image(&a, proxy, "library/app").await;
     let upstream = a.node(proxy).registry_addr().unwrap();
 
     // Cluster B is empty; its agent passes `library/*` through to A.

@@ -74,7 +74,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
-            ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
@@ -235,6 +235,10 @@ impl From<RegistryError> for ApiError {
             RegistryError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m)
                 .with_header(axum::http::header::RETRY_AFTER, "5"),
             RegistryError::Internal(m) => ApiError::new(ErrorCode::Unknown, m),
+            RegistryError::Unauthorized(m) => ApiError::new(ErrorCode::Unauthorized, m),
+            RegistryError::Denied(m) => ApiError::new(ErrorCode::Denied, m),
+            RegistryError::TooManyRequests(m) => ApiError::new(ErrorCode::TooManyRequests, m)
+                .with_header(axum::http::header::RETRY_AFTER, "5"),
         }
     }
 }
@@ -272,7 +276,8 @@ mod tests {
             ErrorCode::Unsupported.status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
-        assert_eq!(ErrorCode::TooManyRequests.as_str(), "TOO_MANY_REQUESTS");
+        // The specification spells it without underscores.
+        assert_eq!(ErrorCode::TooManyRequests.as_str(), "TOOMANYREQUESTS");
     }
 
     #[test]
@@ -280,6 +285,37 @@ mod tests {
         let r = ApiError::from(RegistryError::Unavailable("x".into())).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.headers().contains_key(axum::http::header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn upstream_refusals_keep_their_code_status_and_message() {
+        for (e, status, code) in [
+            (
+                RegistryError::Unauthorized("upstream: bad credentials".into()),
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+            ),
+            (
+                RegistryError::Denied("upstream: bad credentials".into()),
+                StatusCode::FORBIDDEN,
+                "DENIED",
+            ),
+            (
+                RegistryError::TooManyRequests("upstream: bad credentials".into()),
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+            ),
+            (
+                RegistryError::NameUnknown("upstream: bad credentials".into()),
+                StatusCode::NOT_FOUND,
+                "NAME_UNKNOWN",
+            ),
+        ] {
+            let e = ApiError::from(e);
+            assert_eq!(e.0.status, status);
+            assert_eq!(e.code().as_str(), code);
+            assert_eq!(e.0.message, "upstream: bad credentials");
+        }
     }
 
     #[test]

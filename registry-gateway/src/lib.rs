@@ -12,6 +12,8 @@
 //!   must look like, what a stored one is served as, and what it references (the
 //!   build index follows those).
 //! - [`error`]: the specification's error codes and JSON error bodies.
+//! - [`mirror`]: containerd's mirror requests (`?ns=<registry>`): the cluster repository
+//!   a name maps to, with Docker Hub's rules.
 //! - `config`: [`GatewayConfig`], [`GatewayError`]; `auth`: [`PushAuth`] for writes;
 //!   `metrics`: [`GatewayMetrics`] (registered into the process's prometheus-client
 //!   registry).
@@ -27,7 +29,10 @@
 //! # The API served
 //!
 //! Every response carries `Docker-Distribution-API-Version: registry/2.0`; unknown query
-//! parameters (containerd's `ns`) are ignored.
+//! parameters are ignored. containerd's `ns` (the registry a mirror is asked for) maps
+//! every `/v2/<name>/…` request to repository `<ns>/<name>` before the [`registry::Registry`]
+//! sees it (see [`mirror`]; a bad `ns` is 400 `NAME_INVALID`), and `Location`s name the
+//! client's own path with the same `ns`.
 //!
 //! | request | answer |
 //! |---|---|
@@ -52,6 +57,7 @@ pub mod error;
 mod handlers;
 pub mod media;
 mod metrics;
+pub mod mirror;
 pub mod names;
 mod range;
 mod reference;

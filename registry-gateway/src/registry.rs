@@ -150,6 +150,18 @@ pub enum RegistryError {
     /// The cluster is (partly) unreachable; retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The upstream registry the repository mirrors refused the cluster's credentials
+    /// (401 `UNAUTHORIZED`, with the upstream's message).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The write is not allowed: the repository mirrors a read-only upstream (403
+    /// `DENIED`).
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The upstream registry the repository mirrors rate-limited the cluster (429
+    /// `TOOMANYREQUESTS`, with the upstream's message).
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
     /// Anything else.
     #[error("internal error: {0}")]
     Internal(String),

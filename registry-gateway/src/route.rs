@@ -102,6 +102,21 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The repository name the route names, if any (every `/v2/<name>/…` endpoint).
+    pub(crate) fn name_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags { name }
+            | Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::UploadStart { name }
+            | Route::Upload { name, .. }
+            | Route::Referrers { name, .. } => Some(name),
+        }
+    }
+}
+
 /// Decodes `%XX` escapes; `None` for a broken escape or bytes that are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
@@ -196,6 +211,24 @@ mod tests {
                 digest: s("sha256:00")
             })
         );
+    }
+
+    #[test]
+    fn every_repository_endpoint_exposes_its_name() {
+        for p in [
+            "/v2/a/tags/list",
+            "/v2/a/manifests/x",
+            "/v2/a/blobs/d",
+            "/v2/a/blobs/uploads/",
+            "/v2/a/blobs/uploads/id",
+            "/v2/a/referrers/d",
+        ] {
+            let mut route = Route::parse(p).unwrap();
+            *route.name_mut().unwrap() = s("b");
+            assert_eq!(route.name_mut().map(|n| n.as_str()), Some("b"), "{p}");
+        }
+        assert_eq!(Route::Base.name_mut(), None);
+        assert_eq!(Route::Catalog.name_mut(), None);
     }
 
     #[test]

@@ -50,7 +50,8 @@ async fn manifests_by_tag_and_digest_for_all_media_types() {
     ];
     for (i, (bytes, _)) in cases.iter().enumerate() {
         let d = reg.insert_blob(bytes);
-        reg.tag("library/app", &format!("t{i}"), d);
+        // containerd's `ns` names the registry: the repository is `docker.io/library/app`.
+        reg.tag("docker.io/library/app", &format!("t{i}"), d);
     }
     let s = Server::start(reg.clone(), pull_config(&uploads_dir(&tmp))).await;
     for (i, (bytes, media)) in cases.iter().enumerate() {

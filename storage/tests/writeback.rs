@@ -211,3 +211,39 @@ async fn unroutable_blobs_fail_and_missing_ones_wait_or_are_dropped() {
     assert_eq!(left[0], ("library/a", "upload still arriving"));
     assert_eq!(left[1].0, "unrouted/b");
 }
+
+#[tokio::test]
+async fn items_for_a_read_only_upstream_leave_the_queue_and_their_blob_stays_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(CasConfig::at(dir.path().join("cas"))).unwrap();
+    let queue = WriteBackQueue::open(&dir.path().join("q.redb"), queue_config()).unwrap();
+    let config = RouterConfig::from_toml_str(
+        r#"
+        [[backends]]
+        namespace = "docker\\.io/.+"
+        backend.registry = { url = "http://127.0.0.1:1", strip_prefix = "docker.io/" }
+        "#,
+    )
+    .unwrap();
+    let router = NamespaceRouter::new(&config, default_http_client().unwrap()).unwrap();
+    let now = SystemTime::now();
+    let bytes = test_data(1_000, 9);
+    let digest = Digest::sha256_of(&bytes);
+    cas.ingest_pinned(&digest, Some(1_000), &bytes[..]).unwrap();
+    queue.enqueue("docker.io/library/x", &digest, now).unwrap();
+    let node = Node::default();
+    let clock = Arc::new(Mutex::new(now));
+
+    let report = executor(&queue, &router, &cas, &node, &clock)
+        .pass()
+        .await
+        .unwrap();
+    // Not retried forever: it leaves the queue at once, and nothing failed.
+    assert_eq!(report.dropped, 1, "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(queue.list().unwrap().is_empty());
+    assert_eq!(node.failed.load(Ordering::SeqCst), 0);
+    // Written nowhere: the blob is kept from eviction.
+    let info = cas.info(&digest).unwrap().unwrap();
+    assert!(info.pinned && !info.persisted, "{info:?}");
+}

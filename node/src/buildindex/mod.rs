@@ -7,6 +7,10 @@
 //! - [`replicate`]: the durable replication queue and its executor: every stored tag is
 //!   written through to the backend, copied to the tag's other build-index owners, and sent
 //!   to each remote cluster whose rule matches, with per-destination retry and backoff.
+//! - `upstream`: tags of repositories that mirror an upstream registry, resolved there
+//!   (single flight, `flight`), cached by the pure policy of [`tagcache`], with the last
+//!   known digest answered while the upstream is down; the manifest is read through into
+//!   the origins. `PutTag` and `DeleteTag` on such a repository are refused (`Denied`).
 //!
 //! A tag is owned by the build-index ring (rendezvous over live build-index nodes,
 //! `replicas` owners). `PutTag` on an owner checks that the digest and, recursively, every
@@ -16,8 +20,11 @@
 //! a tag reads it back from the backend, and a node that starts with an empty table imports
 //! every tag from its backends, so a wiped build-index recovers.
 
+mod flight;
 pub mod replicate;
 pub mod store;
+pub mod tagcache;
+mod upstream;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -189,6 +196,7 @@ struct Inner {
     rules: Vec<(RemoteRule, Regex)>,
     tmp_dir: PathBuf,
     wake: Notify,
+    upstream: upstream::UpstreamTags,
 }
 
 /// What a build-index is built from.
@@ -240,6 +248,7 @@ impl BuildIndex {
                 rules,
                 tmp_dir,
                 wake: Notify::new(),
+                upstream: upstream::UpstreamTags::default(),
             }),
         })
     }
@@ -360,6 +369,8 @@ impl BuildIndex {
     /// node among the tag's owners.
     fn check_tag_write(&self, repo: &str, tag: &str, replica: bool) -> Result<(), RemoteError> {
         Self::check_names(repo, tag)?;
+        // A mirror's tags are the upstream's: never set or removed here, replicas included.
+        crate::mirror::refuse_writes(&self.inner.router, repo)?;
         if !replica && !self.is_owner(repo, tag) {
             return Err(RemoteError::new(
                 ErrorKind::WrongNode,
@@ -432,6 +443,11 @@ impl BuildIndex {
 
     async fn get_tag(&self, repo: &str, tag: &str) -> Result<Response, RemoteError> {
         Self::check_names(repo, tag)?;
+        if let Ok(backend) = self.inner.router.route(repo)
+            && let Some(upstream) = backend.registry()
+        {
+            return self.upstream_tag(repo, tag, backend, upstream).await;
+        }
         if let Some(e) = self.inner.store.get(repo, tag).map_err(internal)? {
             return Ok(Response::Tag {
                 digest: e.digest,
@@ -465,7 +481,7 @@ impl BuildIndex {
                 ErrorKind::NotFound,
                 format!("tag {repo}:{tag} is unknown"),
             )),
-            Err(e) => Err(RemoteError::new(ErrorKind::Unavailable, e.to_string())),
+            Err(e) => Err(crate::mirror::backend_error(&e)),
         }
     }
 

@@ -6,12 +6,14 @@
 //! longer or shorter than declared, or does not hash to the digest stores nothing (the
 //! temp file goes), and the sender starts again from byte 0.
 //!
-//! Order, as for the resumable upload: the upload lock of the digest is taken (one upload
-//! of a digest at a time, and the write-back executor waits for it); a blob already here
-//! is answered at once; otherwise the write-back is queued (durable) **before**
-//! [`Response::Proceed`] asks for the body, so an origin that cannot queue refuses before a
-//! byte is spent; the body is ingested; and only once the blob is fsynced in the store and
-//! pinned is [`Response::Uploaded`] sent, and replication to the other owners started.
+//! Order, as for the resumable upload: a blob too large, or new to a repository that
+//! mirrors a read-only upstream registry, is refused at once; the upload lock of the
+//! digest is taken (one upload of a digest at a time, and the write-back executor waits
+//! for it); a blob already here is answered at once; otherwise the write-back is queued
+//! (durable) **before** [`Response::Proceed`] asks for the body, so an origin that cannot
+//! queue refuses before a byte is spent; the body is ingested; and only once the blob is
+//! fsynced in the store and pinned is [`Response::Uploaded`] sent, and replication to the
+//! other owners started.
 //!
 //! The stream's chunks (one per packet) cross to the blocking ingest in batches through
 //! [`crate::bridge`], without a copy; the ingest copies them once into its buffers.
@@ -54,7 +56,7 @@ impl Origin {
         stream: &mut BiStream,
     ) -> (Response, StreamOutcome) {
         let started = Instant::now();
-        if let Err(e) = self.within_limit(req.length) {
+        if let Err(e) = self.admit(&req) {
             return refuse(stream, e);
         }
         let lock = self.upload_lock(&req.digest);

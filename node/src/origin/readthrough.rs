@@ -7,13 +7,13 @@
 
 use futures::StreamExt;
 use kraken_storage::Digest;
-use kraken_storage::backend::BackendError;
 use kraken_storage::cas::CasError;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::{Origin, internal};
 use crate::bridge::channel_reader;
+use crate::mirror::backend_error;
 use crate::proto::{ErrorKind, RemoteError};
 
 /// The outcome callers of a read-through wait on.
@@ -73,7 +73,7 @@ impl Origin {
         let mut stream = backend
             .read(namespace, digest)
             .await
-            .map_err(backend_error)?;
+            .map_err(|e| backend_error(&e))?;
         let length = stream.len();
         let (mut tx, reader) = channel_reader();
         let cas = self.inner.cas.clone();
@@ -126,13 +126,5 @@ impl Origin {
             )),
             Err(e) => Err(internal(e)),
         }
-    }
-}
-
-fn backend_error(e: BackendError) -> RemoteError {
-    if matches!(e, BackendError::NotFound { .. }) {
-        RemoteError::new(ErrorKind::NotFound, e.to_string())
-    } else {
-        RemoteError::new(ErrorKind::Unavailable, e.to_string())
     }
 }

@@ -1,8 +1,9 @@
 //! The resumable upload: the origin's side, and the client's (from `kraken_client`).
 //!
-//! Server ([`Origin::upload`]): bytes land in `uploads/<digest>` (appended at the offset the
-//! client names, which must be where the staged file ends) and are fsynced when the body
-//! ends, cleanly or not, so a client can ask [`crate::proto::Request::UploadStatus`] and
+//! Server ([`Origin::upload`]): a new blob for a repository that mirrors a read-only
+//! upstream registry is refused before anything is staged; otherwise bytes land in
+//! `uploads/<digest>` (appended at the offset the client names, which must be where the
+//! staged file ends) and are fsynced when the body ends, cleanly or not, so a client can ask [`crate::proto::Request::UploadStatus`] and
 //! resume. Once the staged file is whole, the write-back is queued (durable), the CAS
 //! ingests the file (sha256 checked, blob pinned), and only then is the upload
 //! acknowledged. A crash between queueing and ingest leaves a queue item without a blob and
@@ -82,7 +83,7 @@ impl Origin {
                 StreamOutcome::Done,
             )
         };
-        if let Err(e) = self.within_limit(req.length) {
+        if let Err(e) = self.admit(&req) {
             return (Response::Error(e), StreamOutcome::Done);
         }
         if req.offset > req.length {
@@ -182,8 +183,20 @@ impl Origin {
         result
     }
 
+    /// Refuses a blob this origin must not take: larger than its limit, or a new blob for
+    /// a repository that mirrors a read-only upstream registry. A copy of a blob the
+    /// backend already holds (`persisted`: a read-through blob replicated or repaired to
+    /// another owner) is no write into the upstream and is taken.
+    pub(super) fn admit(&self, req: &UploadRequest) -> Result<(), RemoteError> {
+        self.within_limit(req.length)?;
+        if req.persisted {
+            return Ok(());
+        }
+        crate::mirror::refuse_writes(&self.inner.router, &req.namespace)
+    }
+
     /// Refuses a blob larger than this origin takes.
-    pub(super) fn within_limit(&self, length: u64) -> Result<(), RemoteError> {
+    fn within_limit(&self, length: u64) -> Result<(), RemoteError> {
         let max = self.inner.config.max_blob_size;
         if length > max {
             return Err(RemoteError::new(

@@ -7,6 +7,8 @@
 //! - [`manifests`]: reading and writing manifest bytes through the cluster.
 //!
 //! Writes pass [`write_gate`] first: 405 when push is off, 401 without credentials.
+//! Before any handler, `?ns=` maps the route's repository ([`crate::mirror`]), and after
+//! it a `Location` under that repository is rewritten to the client's own path.
 
 pub(crate) mod manifest_push;
 pub(crate) mod manifests;
@@ -19,11 +21,15 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, TRANSFER_ENCODING};
+use axum::http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, LOCATION, TRANSFER_ENCODING,
+};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+use crate::mirror::Mirrored;
+use crate::reference::check_name;
 use crate::registry::Registry;
 use crate::route::Route;
 use crate::server::Gateway;
@@ -35,7 +41,8 @@ pub(crate) type Reply = Result<Response, ApiError>;
 pub(crate) struct Ctx {
     /// Request headers.
     pub(crate) headers: HeaderMap,
-    /// Query parameters (the last of repeated ones; unknown ones such as `ns` ignored).
+    /// Query parameters (the last of repeated ones; `ns` has been applied to the route's
+    /// name already).
     pub(crate) query: HashMap<String, String>,
     /// Whether this is a HEAD (no body in the answer).
     pub(crate) head: bool,
@@ -125,12 +132,13 @@ pub(crate) async fn dispatch<R: Registry>(
 ) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
-    let Some(route) = Route::parse(path) else {
+    let Some(mut route) = Route::parse(path) else {
         return ApiError::not_found(path).into_response();
     };
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();
+    let mirrored = mirror_route(&mut route, query.get("ns").map(String::as_str));
     let method = parts.method.clone();
     let has_body = parts.headers.contains_key(TRANSFER_ENCODING)
         || parts
@@ -142,60 +150,14 @@ pub(crate) async fn dispatch<R: Registry>(
         query,
         head: method == Method::HEAD,
     };
-    let gw = gw.as_ref();
-    let read = method == Method::GET || method == Method::HEAD;
-    let result = match route {
-        Route::Base if read => base(gw, &ctx),
-        Route::Base => Err(ApiError::method_not_allowed("GET, HEAD")),
-        Route::Catalog if read => pull::catalog(gw, &ctx).await,
-        Route::Catalog => Err(ApiError::method_not_allowed("GET, HEAD")),
-        Route::Tags { name } if read => pull::tags(gw, &ctx, &name).await,
-        Route::Tags { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
-        Route::Manifest { name, reference } => match method {
-            Method::GET | Method::HEAD => pull::manifest(gw, &ctx, &name, &reference).await,
-            Method::PUT => match write_gate(gw, &ctx) {
-                Ok(()) => manifest_push::put(gw, &ctx, &name, &reference, body).await,
-                Err(e) => Err(e),
-            },
-            Method::DELETE => match write_gate(gw, &ctx) {
-                Ok(()) => manifest_push::delete(gw, &name, &reference).await,
-                Err(e) => Err(e),
-            },
-            _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
-        },
-        Route::Blob { name, digest } => match method {
-            Method::GET | Method::HEAD => pull::blob(gw, &ctx, &name, &digest).await,
-            Method::DELETE => write_gate(gw, &ctx).and_then(|()| {
-                Err(ApiError::new(
-                    crate::error::ErrorCode::Unsupported,
-                    "blobs are deleted by the cluster's retention, not by clients",
-                ))
-            }),
-            _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
-        },
-        Route::UploadStart { name } => match method {
-            Method::POST => match write_gate(gw, &ctx) {
-                Ok(()) => uploads::start(gw, &ctx, &name, body).await,
-                Err(e) => Err(e),
-            },
-            _ => Err(ApiError::method_not_allowed("POST")),
-        },
-        Route::Upload { name, id } => match write_gate(gw, &ctx) {
-            Err(e) => Err(e),
-            Ok(()) => match method {
-                Method::GET => uploads::status(gw, &name, &id).await,
-                Method::PATCH => uploads::patch(gw, &ctx, &name, &id, body).await,
-                Method::PUT => uploads::finish(gw, &ctx, &name, &id, body).await,
-                Method::DELETE => uploads::cancel(gw, &name, &id).await,
-                _ => Err(ApiError::method_not_allowed("GET, PATCH, PUT, DELETE")),
-            },
-        },
-        Route::Referrers { name, digest } if read => {
-            pull::referrers(gw, &ctx, &name, &digest).await
-        }
-        Route::Referrers { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
+    let (result, mirrored) = match mirrored {
+        Ok(mirrored) => (
+            handle(gw.as_ref(), &ctx, method, route, body).await,
+            mirrored,
+        ),
+        Err(e) => (Err(e), None),
     };
-    result.unwrap_or_else(|e| {
+    let mut response = result.unwrap_or_else(|e| {
         let mut r = e.into_response();
         // An error may leave the request body unread (a 413 stops reading at the limit),
         // and then the server closes the connection after answering. Saying so keeps the
@@ -211,5 +173,90 @@ pub(crate) async fn dispatch<R: Registry>(
             *r.body_mut() = Body::empty();
         }
         r
-    })
+    });
+    if let Some(m) = &mirrored {
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok());
+        if let Some(rewritten) = location.and_then(|l| m.location(l)) {
+            set(&mut response, LOCATION, &rewritten);
+        }
+    }
+    response
+}
+
+/// The handler of (method, route).
+async fn handle<R: Registry>(
+    gw: &Gateway<R>,
+    ctx: &Ctx,
+    method: Method,
+    route: Route,
+    body: Body,
+) -> Reply {
+    let read = method == Method::GET || method == Method::HEAD;
+    match route {
+        Route::Base if read => base(gw, ctx),
+        Route::Base => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Catalog if read => pull::catalog(gw, ctx).await,
+        Route::Catalog => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Tags { name } if read => pull::tags(gw, ctx, &name).await,
+        Route::Tags { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
+        Route::Manifest { name, reference } => match method {
+            Method::GET | Method::HEAD => pull::manifest(gw, ctx, &name, &reference).await,
+            Method::PUT => match write_gate(gw, ctx) {
+                Ok(()) => manifest_push::put(gw, ctx, &name, &reference, body).await,
+                Err(e) => Err(e),
+            },
+            Method::DELETE => match write_gate(gw, ctx) {
+                Ok(()) => manifest_push::delete(gw, &name, &reference).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
+        },
+        Route::Blob { name, digest } => match method {
+            Method::GET | Method::HEAD => pull::blob(gw, ctx, &name, &digest).await,
+            Method::DELETE => write_gate(gw, ctx).and_then(|()| {
+                Err(ApiError::new(
+                    crate::error::ErrorCode::Unsupported,
+                    "blobs are deleted by the cluster's retention, not by clients",
+                ))
+            }),
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
+        },
+        Route::UploadStart { name } => match method {
+            Method::POST => match write_gate(gw, ctx) {
+                Ok(()) => uploads::start(gw, ctx, &name, body).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        Route::Upload { name, id } => match write_gate(gw, ctx) {
+            Err(e) => Err(e),
+            Ok(()) => match method {
+                Method::GET => uploads::status(gw, &name, &id).await,
+                Method::PATCH => uploads::patch(gw, ctx, &name, &id, body).await,
+                Method::PUT => uploads::finish(gw, ctx, &name, &id, body).await,
+                Method::DELETE => uploads::cancel(gw, &name, &id).await,
+                _ => Err(ApiError::method_not_allowed("GET, PATCH, PUT, DELETE")),
+            },
+        },
+        Route::Referrers { name, digest } if read => pull::referrers(gw, ctx, &name, &digest).await,
+        Route::Referrers { .. } => Err(ApiError::method_not_allowed("GET, HEAD")),
+    }
+}
+
+/// Maps the route's repository for containerd's `ns` (see [`crate::mirror`]); 400
+/// `NAME_INVALID` for a bad `ns`. Routes without a repository ignore it.
+fn mirror_route(route: &mut Route, ns: Option<&str>) -> Result<Option<Mirrored>, ApiError> {
+    let Some(name) = route.name_mut() else {
+        return Ok(None);
+    };
+    let mirrored = Mirrored::new(ns, name)
+        .map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.to_string()))?;
+    if let Some(m) = &mirrored {
+        check_name(m.cluster())?;
+        *name = m.cluster().to_string();
+    }
+    Ok(mirrored)
 }

@@ -8,6 +8,9 @@
 //! by namespace, upload, then mark the blob persisted and unpinned in the CAS; a failure
 //! leaves the item to the queue's backoff, so a backend outage only delays the queue.
 //!
+//! An item whose namespace routes to an upstream registry (read-only) has nothing to be
+//! written to: it leaves the queue, its blob still pinned.
+//!
 //! An item whose blob is not in the CAS either belongs to an upload still arriving (its
 //! bytes are being received, staged for a resume or committed: it waits) or is the orphan
 //! of an upload that crashed between queueing and ingest and was never acknowledged (it is
@@ -110,6 +113,16 @@ impl<H: WriteBackHooks> Job for BlobWriteBack<'_, H> {
             return Ok(Step::Drop);
         }
         let backend = self.router.route(&item.namespace)?;
+        if backend.is_read_only() {
+            // An upstream registry takes no writes, and retrying would never change that.
+            // Its read-through blobs are persisted and never queued; an item here was
+            // queued before the route became a mirror. The blob stays pinned: it may be
+            // nowhere else.
+            tracing::warn!(digest = %item.digest, namespace = %item.namespace,
+                backend = backend.name(),
+                "dropping a write-back into a read-only upstream registry; the blob stays pinned");
+            return Ok(Step::Drop);
+        }
         let outcome = upload_blob(backend, self.cas, &item.digest).await?;
         // Pinned at upload so that it could not be evicted before it was safe.
         self.cas.set_persisted(&item.digest, true)?;
