@@ -42,24 +42,24 @@ pub struct DevOptions {
 /// One upstream registry of a dev cluster (`--upstream` / `--upstream-ns`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevUpstream {
-    /// The registry host that containerd names in `?ns=` (`docker.io`), mirrored under
-    /// `<host>/…`; `None` mirrors every repository not routed elsewhere.
+    /// The cluster's prefix for the registry containerd names in `?ns=` (`docker.io`;
+    /// `localhost_5000` for `localhost:5000`), mirrored under `<prefix>/…`; `None` mirrors
+    /// every repository not routed elsewhere.
     pub ns: Option<String>,
     /// The registry's base URL.
     pub url: String,
 }
 
 impl DevUpstream {
-    /// Parses `--upstream-ns`'s `<host>=<URL>`.
+    /// Parses `--upstream-ns`'s `<host>=<URL>`; the host as containerd names it.
     pub fn parse_ns(arg: &str) -> Result<DevUpstream, String> {
         let (ns, url) = arg
             .split_once('=')
             .ok_or_else(|| format!("expected <host>=<URL>, got {arg:?}"))?;
-        if ns.is_empty() || ns.contains('/') {
-            return Err(format!("{ns:?} is not a registry host"));
-        }
+        // The cluster's name for the registry: aliases folded, a port joined with `_`.
+        let ns = kraken_registry_gateway::mirror::prefix(ns).map_err(|e| e.to_string())?;
         Ok(DevUpstream {
-            ns: Some(ns.to_string()),
+            ns: Some(ns),
             url: url.to_string(),
         })
     }
@@ -375,4 +375,50 @@ pub fn write_demo_blob(path: &Path, size: u64) -> anyhow::Result<Digest> {
     out.flush()?;
     let (digest, _) = Digest::of_reader(DigestAlgorithm::Sha256, std::fs::File::open(path)?)?;
     Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_ns_routes_the_clusters_name_for_the_registry() {
+        let hub = DevUpstream::parse_ns("index.docker.io=https://registry-1.docker.io").unwrap();
+        assert_eq!(hub.ns.as_deref(), Some("docker.io"));
+        let route = hub.route();
+        assert_eq!(route.namespace, "docker\\.io/.+");
+        let ServiceConfig::Registry(r) = &route.backend.service else {
+            panic!("{route:?}");
+        };
+        assert_eq!(r.strip_prefix.as_deref(), Some("docker.io/"));
+        let local = DevUpstream::parse_ns("localhost:5000=http://127.0.0.1:5000").unwrap();
+        assert_eq!(local.ns.as_deref(), Some("localhost_5000"));
+        assert!(DevUpstream::parse_ns("no-url").is_err());
+        assert!(DevUpstream::parse_ns("a/b=http://x").is_err());
+    }
+
+    #[test]
+    fn upstreams_by_ns_come_before_the_catch_all() {
+        let opts = DevOptions {
+            data_dir: "/tmp/unused".into(),
+            agents: 1,
+            origins: 1,
+            upstreams: vec![
+                DevUpstream {
+                    ns: None,
+                    url: "http://all".into(),
+                },
+                DevUpstream::parse_ns("ghcr.io=https://ghcr.io").unwrap(),
+            ],
+        };
+        let routes = dev_routes(&opts, Path::new("/tmp/unused"));
+        let names: Vec<_> = routes.iter().map(|r| r.namespace.as_str()).collect();
+        assert_eq!(names, ["ghcr\\.io/.+", ".*"]);
+        let plain = DevOptions {
+            upstreams: Vec::new(),
+            ..opts
+        };
+        let routes = dev_routes(&plain, Path::new("/tmp/unused"));
+        assert_eq!(routes[0].backend.service.name(), "fs");
+    }
 }

@@ -172,6 +172,12 @@ fn registry_error(err: BackendError) -> RegistryError {
             message,
             ..
         } => RegistryError::NameUnknown(format!("{repository} (upstream: {message})")),
+        BackendError::UpstreamUnauthorized { message, .. } => {
+            RegistryError::Unauthorized(format!("upstream: {message}"))
+        }
+        BackendError::UpstreamTooManyRequests { message, .. } => {
+            RegistryError::TooManyRequests(format!("upstream: {message}"))
+        }
         other => RegistryError::Unavailable(error_chain(&other)),
     }
 }
@@ -350,6 +356,27 @@ mod tests {
 
     fn entry(namespace: &str, url: &str) -> UpstreamConfig {
         UpstreamConfig::pass_through(namespace, url)
+    }
+
+    #[test]
+    fn upstream_refusals_keep_their_meaning_and_message() {
+        let backend = || "hub".to_string();
+        let e = registry_error(BackendError::UpstreamUnauthorized {
+            backend: backend(),
+            message: "log in".into(),
+        });
+        assert!(
+            matches!(&e, RegistryError::Unauthorized(m) if m.contains("log in")),
+            "{e:?}"
+        );
+        let e = registry_error(BackendError::UpstreamTooManyRequests {
+            backend: backend(),
+            message: "pull rate limit".into(),
+        });
+        assert!(
+            matches!(&e, RegistryError::TooManyRequests(m) if m.contains("pull rate limit")),
+            "{e:?}"
+        );
     }
 
     #[test]
