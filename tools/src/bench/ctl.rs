@@ -4,9 +4,10 @@
 //!
 //! - `wait-view`: until the seed's cluster view holds the expected origins and tracker.
 //! - `push FILE`: uploads a blob to its origin owner ([`crate::transfer::push_to_owner`]).
-//! - `pull`: asks every given agent at once to pull a blob (`Request::Pull`) and reports,
-//!   per agent, the seconds from the common start to its answer and its `PullReport`. An
-//!   agent that fails (killed, restarting) is asked again until `--retry-secs` run out.
+//! - `pull`: asks every given agent at once to pull a blob (`Request::Pull`, in the
+//!   `default` namespace or `--namespace`) and reports, per agent, the seconds from the
+//!   common start to its answer and its `PullReport`. An agent that fails (killed,
+//!   restarting) is asked again until `--retry-secs` run out.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ pub enum CtlCommand {
         /// The blob.
         #[arg(long)]
         digest: String,
+        /// Its namespace (the repository an upstream registry holds it in).
+        #[arg(long, default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
         /// Agents' QUIC addresses.
         #[arg(long = "agent", required = true)]
         agents: Vec<SocketAddr>,
@@ -149,6 +153,7 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Pull {
             digest,
+            namespace,
             agents,
             retry_secs,
             timeout_secs,
@@ -157,9 +162,10 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
             let client = Client::connect(&settings, timeout).await?;
             let start = Instant::now();
             let retry = Duration::from_secs(retry_secs);
+            let request = Request::Pull { namespace, digest };
             let pulls = agents
                 .iter()
-                .map(|a| pull_one(&client, *a, digest, start, retry, timeout_secs));
+                .map(|a| pull_one(&client, *a, &request, start, retry, timeout_secs));
             let results = futures::future::join_all(pulls).await;
             println!("{}", serde_json::to_string(&results)?);
             client.close().await;
@@ -171,20 +177,16 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
 async fn pull_one(
     client: &Client,
     agent: SocketAddr,
-    digest: Digest,
+    request: &Request,
     start: Instant,
     retry: Duration,
     timeout_secs: u64,
 ) -> AgentPull {
-    let request = Request::Pull {
-        namespace: DEFAULT_NAMESPACE.to_string(),
-        digest,
-    };
     let mut errors = Vec::new();
     loop {
         let answer = client
             .cluster()
-            .call_within(agent, &request, Duration::from_secs(timeout_secs))
+            .call_within(agent, request, Duration::from_secs(timeout_secs))
             .await;
         match answer {
             Ok(Response::Pull(report)) => {
