@@ -209,6 +209,34 @@ pub enum BackendError {
         message: String,
     },
 
+    /// The upstream registry answered with success, but not with something usable
+    /// (no `Content-Length`, an oversized manifest, a malformed digest or token answer).
+    #[error("upstream registry {backend:?} answered {op} badly: {problem}")]
+    UpstreamBadResponse {
+        /// Backend name.
+        backend: String,
+        /// The operation.
+        op: &'static str,
+        /// What is wrong with the answer.
+        #[source]
+        problem: super::registry::BadResponse,
+    },
+
+    /// A credential file named in the config (`password_file`, `token_file`) cannot be
+    /// read. The message names the file, never its content.
+    #[error("invalid backend config: backend {backend:?}: cannot read {field} {path:?}")]
+    SecretFile {
+        /// Backend name.
+        backend: String,
+        /// The config field naming the file.
+        field: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Any other backend failure (permission denied, unexpected response …); retrying
     /// the same request is unlikely to help.
     #[error("backend {backend:?} failed during {op}")]
