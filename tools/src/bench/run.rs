@@ -358,7 +358,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         tls: cluster.client_tls.clone(),
         seed: SocketAddr::from((net.host_addr(1), 7600)),
     };
-    wait_view(&ctl, &plan)?;
+    wait_view(&ctl, &plan, &cluster)?;
     if upstream.is_none() {
         push(&ctl, &plan, &blob)?;
     }
@@ -475,13 +475,17 @@ fn write_and_plan(
     Ok((blob, plan))
 }
 
-/// Waits for the origins to be in the view.
-fn wait_view(ctl: &Ctl<'_>, plan: &Plan) -> anyhow::Result<()> {
-    let _: serde_json::Value = ctl.call(&[
+/// Waits for the origins and a tracker to be in the seed's view and every agent's.
+fn wait_view(ctl: &Ctl<'_>, plan: &Plan, cluster: &Cluster) -> anyhow::Result<()> {
+    let mut args = vec![
         "wait-view".into(),
         "--origins".into(),
         plan.origins.to_string(),
-    ])?;
+    ];
+    for agent in cluster.agent_addrs() {
+        args.extend(["--agent".into(), agent.to_string()]);
+    }
+    let _: serde_json::Value = ctl.call(&args)?;
     Ok(())
 }
 
