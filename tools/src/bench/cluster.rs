@@ -38,6 +38,9 @@ pub struct ClusterConfig {
     pub upload_slots: Option<usize>,
     /// Origins' upload slots; `None` keeps the node's default.
     pub origin_upload_slots: Option<usize>,
+    /// The base URL of an upstream registry the origins and the build-index read through
+    /// (`[[backends]]` with `registry`), instead of a filesystem backend of their own.
+    pub upstream: Option<String>,
 }
 
 /// The TLS files of the control client.
@@ -108,10 +111,15 @@ fn gossip(listen: SocketAddr, seeds: &[SocketAddr]) -> String {
     )
 }
 
-fn backend(root: &Path) -> String {
+/// The one `[[backends]]` entry, for every namespace: the upstream registry at `upstream`
+/// if there is one, else a filesystem under `root`.
+fn backend(root: &Path, upstream: Option<&str>) -> String {
+    let (name, service) = match upstream {
+        Some(url) => ("upstream", format!("registry]\nurl = {url:?}")),
+        None => ("fs", format!("fs]\nroot = {}", q(root))),
+    };
     format!(
-        "[[backends]]\nnamespace = \".*\"\nname = \"fs\"\n\n[backends.backend.fs]\nroot = {}\n\n",
-        q(root)
+        "[[backends]]\nnamespace = \".*\"\nname = \"{name}\"\n\n[backends.backend.{service}\n\n"
     )
 }
 
@@ -168,6 +176,12 @@ impl<'a> Layout<'a> {
         )
     }
 
+    /// `name`'s `[[backends]]` entry.
+    fn backend(&self, name: &str) -> String {
+        let root = self.config.work_dir.join("backend").join(name);
+        backend(&root, self.config.upstream.as_deref())
+    }
+
     /// Issues `name`'s certificate, writes `config` as its TOML and starts it on `host`.
     fn launch(
         &self,
@@ -197,7 +211,7 @@ impl<'a> Layout<'a> {
                 "[store.piece_lengths]\nentries = [{{ min_blob_size = 0, piece_length = {len} }}]\n"
             );
         }
-        text += &backend(&self.config.work_dir.join("backend").join(&name));
+        text += &self.backend(&name);
         if let Some(slots) = self.config.origin_upload_slots {
             let _ = writeln!(text, "[origin.swarm]\nupload_slots = {slots}\n");
         }
@@ -217,7 +231,7 @@ impl<'a> Layout<'a> {
         let mut text = self.common(name, "build-index", 1, BUILD_INDEX_PORT);
         text += &gossip(self.addr(1, BUILD_INDEX_PORT + 1), &self.ring_gossip);
         text += "[build_index]\nreplicas = 1\n\n";
-        text += &backend(&self.config.work_dir.join("backend").join(name));
+        text += &self.backend(name);
         self.launch(name, "build-index", 1, &text)
     }
 
@@ -316,5 +330,40 @@ impl Cluster {
         for p in &mut self.origins {
             p.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kraken_storage::backend::{RouterConfig, ServiceConfig};
+
+    use super::*;
+
+    /// The entries parse as the node reads them, and route every namespace.
+    #[test]
+    fn backend_entries_parse_as_filesystem_or_upstream_registry() {
+        let parse = |text: &str| -> RouterConfig {
+            let config: RouterConfig = toml::from_str(text).expect(text);
+            config.validate().expect(text);
+            config
+        };
+        let fs = parse(&backend(Path::new("/b/origin-1"), None));
+        let upstream = parse(&backend(
+            Path::new("/b/origin-1"),
+            Some("http://127.0.0.1:5000"),
+        ));
+        for (config, want) in [(&fs, "fs"), (&upstream, "upstream")] {
+            assert_eq!(config.backends.len(), 1);
+            assert_eq!(config.backends[0].namespace, ".*");
+            assert_eq!(config.backends[0].name.as_deref(), Some(want));
+        }
+        assert!(matches!(
+            &fs.backends[0].backend.service,
+            ServiceConfig::Fs(f) if f.root == "/b/origin-1"
+        ));
+        assert!(matches!(
+            &upstream.backends[0].backend.service,
+            ServiceConfig::Registry(r) if r.url == "http://127.0.0.1:5000"
+        ));
     }
 }

@@ -2,11 +2,14 @@
 //! (`ip netns exec <prefix>-ctl kraken-bench ctl …`), since the harness itself in the root
 //! namespace cannot reach the test hosts. Each command prints one JSON value on stdout.
 //!
-//! - `wait-view`: until the seed's cluster view holds the expected origins and tracker.
+//! - `wait-view`: until the seed's cluster view holds the expected origins and tracker,
+//!   and so does every `--agent`'s (an agent asked to pull before it knows a tracker
+//!   fails; a push gives them time to learn, a blob read through from upstream does not).
 //! - `push FILE`: uploads a blob to its origin owner ([`crate::transfer::push_to_owner`]).
-//! - `pull`: asks every given agent at once to pull a blob (`Request::Pull`) and reports,
-//!   per agent, the seconds from the common start to its answer and its `PullReport`. An
-//!   agent that fails (killed, restarting) is asked again until `--retry-secs` run out.
+//! - `pull`: asks every given agent at once to pull a blob (`Request::Pull`, in the
+//!   `default` namespace or `--namespace`) and reports, per agent, the seconds from the
+//!   common start to its answer and its `PullReport`. An agent that fails (killed,
+//!   restarting) is asked again until `--retry-secs` run out.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kraken_client::proto::{DEFAULT_NAMESPACE, PullReport, Request, Response};
-use kraken_membership::Role;
+use kraken_membership::{ClusterView, Role};
 use kraken_storage::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +53,9 @@ pub enum CtlCommand {
         /// Origins expected.
         #[arg(long)]
         origins: usize,
+        /// Agents whose own views must hold them too.
+        #[arg(long = "agent")]
+        agents: Vec<SocketAddr>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 30)]
         secs: u64,
@@ -64,6 +70,9 @@ pub enum CtlCommand {
         /// The blob.
         #[arg(long)]
         digest: String,
+        /// Its namespace (the repository an upstream registry holds it in).
+        #[arg(long, default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
         /// Agents' QUIC addresses.
         #[arg(long = "agent", required = true)]
         agents: Vec<SocketAddr>,
@@ -109,16 +118,23 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
     };
     let timeout = Duration::from_secs(5);
     match args.command {
-        CtlCommand::WaitView { origins, secs } => {
+        CtlCommand::WaitView {
+            origins,
+            agents,
+            secs,
+        } => {
             let deadline = Instant::now() + Duration::from_secs(secs);
             loop {
                 let seen = match Client::connect(&settings, timeout).await {
                     Ok(c) => {
-                        let view = c.view();
-                        let o = view.members_of(Role::Origin).filter(|m| m.ready).count();
-                        let t = view.members_of(Role::Tracker).filter(|m| m.ready).count();
+                        let mut seen = ready_counts(&c.view());
+                        for agent in &agents {
+                            let view = agent_view(&c, *agent, timeout).await;
+                            let (o, t) = view.as_ref().map_or((0, 0), ready_counts);
+                            seen = (seen.0.min(o), seen.1.min(t));
+                        }
                         c.close().await;
-                        (o, t)
+                        seen
                     }
                     Err(_) => (0, 0),
                 };
@@ -149,6 +165,7 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Pull {
             digest,
+            namespace,
             agents,
             retry_secs,
             timeout_secs,
@@ -157,9 +174,10 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
             let client = Client::connect(&settings, timeout).await?;
             let start = Instant::now();
             let retry = Duration::from_secs(retry_secs);
+            let request = Request::Pull { namespace, digest };
             let pulls = agents
                 .iter()
-                .map(|a| pull_one(&client, *a, digest, start, retry, timeout_secs));
+                .map(|a| pull_one(&client, *a, &request, start, retry, timeout_secs));
             let results = futures::future::join_all(pulls).await;
             println!("{}", serde_json::to_string(&results)?);
             client.close().await;
@@ -171,20 +189,16 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
 async fn pull_one(
     client: &Client,
     agent: SocketAddr,
-    digest: Digest,
+    request: &Request,
     start: Instant,
     retry: Duration,
     timeout_secs: u64,
 ) -> AgentPull {
-    let request = Request::Pull {
-        namespace: DEFAULT_NAMESPACE.to_string(),
-        digest,
-    };
     let mut errors = Vec::new();
     loop {
         let answer = client
             .cluster()
-            .call_within(agent, &request, Duration::from_secs(timeout_secs))
+            .call_within(agent, request, Duration::from_secs(timeout_secs))
             .await;
         match answer {
             Ok(Response::Pull(report)) => {
@@ -207,6 +221,24 @@ async fn pull_one(
             };
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Ready origins and ready trackers in `view`.
+fn ready_counts(view: &ClusterView) -> (usize, usize) {
+    let ready = |role| view.members_of(role).filter(|m| m.ready).count();
+    (ready(Role::Origin), ready(Role::Tracker))
+}
+
+/// `agent`'s own cluster view, if it has one and answers.
+async fn agent_view(client: &Client, agent: SocketAddr, timeout: Duration) -> Option<ClusterView> {
+    match client
+        .cluster()
+        .call_within(agent, &Request::ClusterView, timeout)
+        .await
+    {
+        Ok(Response::View(bytes)) => ClusterView::decode(&bytes).ok(),
+        _ => None,
     }
 }
 

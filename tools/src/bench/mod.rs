@@ -3,9 +3,9 @@
 //!
 //! A run builds N test hosts as network namespaces on a bridge (each with its own address
 //! and a `tc tbf` rate limit both ways), starts origins, a tracker, a build-index and
-//! agents as separate `kraken` processes inside them, pushes a blob, has every agent pull
-//! it at once, checks every stored copy against the digest, and tears everything down
-//! even on failure. Then the same hosts fetch the same blob from one plain HTTP server,
+//! agents as separate `kraken` processes inside them, pushes a blob (or puts it into an
+//! upstream registry the origin reads through), has every agent pull it at once, checks
+//! every stored copy against the digest, and tears everything down even on failure. Then the same hosts fetch the same blob from one plain HTTP server,
 //! and `simnet` simulates the setup. Needs root, `ip`, `tc`, `python3` and `curl`.
 //!
 //! - [`netns`]: the shaped network ([`netns::Testnet`], removed on drop; `down_all`).
@@ -19,6 +19,8 @@
 //! - [`data`]: seeded pseudo-random blobs and stored-gzip layers, written fast.
 //! - [`registry`]: `kraken-bench registry`, the registry edge (push, pulls, an image
 //!   through skopeo) against Debian's docker-registry on loopback, no namespaces.
+//! - [`upstream`]: `run --source upstream`, the blob read through by the origin from a
+//!   docker-registry on its host instead of pushed; the registry's egress.
 //!
 //! # What is measured
 //!
@@ -39,3 +41,4 @@ pub mod registry;
 pub mod report;
 pub mod run;
 pub mod simnet;
+pub mod upstream;

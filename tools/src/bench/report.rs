@@ -102,6 +102,17 @@ pub struct SimFigure {
     pub cdf: Vec<[f64; 2]>,
 }
 
+/// What the upstream registry served, when the blob came from one (`--source upstream`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamFigure {
+    /// `docker-registry --version`.
+    pub registry_version: String,
+    /// Bytes it sent for `GET`s of the blob (its access log).
+    pub served_bytes: u64,
+    /// The same in copies of the blob.
+    pub served_blobs: f64,
+}
+
 /// The setup of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Setup {
@@ -130,6 +141,9 @@ pub struct Targets {
     pub speedup_at_least_5x: Option<bool>,
     /// Simulated and measured max completion within 15%, when simnet ran.
     pub simnet_within_15pct: Option<bool>,
+    /// The upstream registry served ≤ 1.1 × blob, when the blob came from one.
+    #[serde(default)]
+    pub upstream_egress_within_1_1x: Option<bool>,
 }
 
 /// Everything a run reports.
@@ -147,6 +161,9 @@ pub struct RunReport {
     pub speedup: Option<f64>,
     /// simnet's figure.
     pub simnet: Option<SimFigure>,
+    /// What the upstream registry served, when the blob came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamFigure>,
     /// What the fault run showed, in words.
     pub fault_notes: Vec<String>,
     /// The targets.
@@ -209,6 +226,7 @@ impl RunReport {
                 .simnet
                 .as_ref()
                 .map(|s| (s.measured_over_simulated_max - 1.0).abs() <= 0.15),
+            upstream_egress_within_1_1x: self.upstream.as_ref().map(|u| u.served_blobs <= 1.1),
         };
     }
 
@@ -219,7 +237,7 @@ impl RunReport {
         let mib = st.blob_bytes as f64 / (1 << 20) as f64;
         let _ = writeln!(
             s,
-            "setup: {} origin(s) + {} agents, {} each way, blob {mib:.0} MiB{}{}",
+            "setup: {} origin(s) + {} agents, {} each way, blob {mib:.0} MiB{}{}{}",
             st.origins,
             st.agents,
             st.rate_mbit
@@ -229,6 +247,10 @@ impl RunReport {
             st.fault
                 .as_ref()
                 .map_or(String::new(), |f| format!(", fault {f}")),
+            self.upstream.as_ref().map_or(String::new(), |u| format!(
+                ", from an upstream docker-registry {}",
+                u.registry_version
+            )),
         );
         let b = &self.bound;
         let _ = writeln!(
@@ -284,6 +306,13 @@ impl RunReport {
         if let Some(x) = self.speedup {
             let _ = writeln!(s, "speed-up over plain HTTP (max completion): {x:.1}×");
         }
+        if let Some(u) = &self.upstream {
+            let _ = writeln!(
+                s,
+                "upstream egress: {} bytes = {:.3}×F (GETs of the blob in its access log)",
+                u.served_bytes, u.served_blobs
+            );
+        }
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -307,7 +336,7 @@ impl RunReport {
         }
         let t = &self.targets;
         let yn = |b: bool| if b { "yes" } else { "NO" };
-        let _ = writeln!(
+        let _ = write!(
             s,
             "targets: max ≤ 1.3·T_min {}; origin egress ≤ 2×F {}; ≥5× baseline {}; simnet within 15% {}",
             yn(t.max_within_1_3_t_min),
@@ -315,6 +344,10 @@ impl RunReport {
             t.speedup_at_least_5x.map_or("-", yn),
             t.simnet_within_15pct.map_or("-", yn),
         );
+        if let Some(ok) = t.upstream_egress_within_1_1x {
+            let _ = write!(s, "; upstream egress ≤ 1.1×F {}", yn(ok));
+        }
+        s.push('\n');
         s
     }
 }

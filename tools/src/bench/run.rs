@@ -1,6 +1,8 @@
-//! One benchmark run, start to finish: network up, cluster up, blob pushed, every agent
-//! pulls at once (with a fault, if asked), bytes checked on disk, then the plain-HTTP
-//! baseline on the same hosts, then the simulator on the same setup, and the report.
+//! One benchmark run, start to finish: network up, cluster up, blob pushed (or, with
+//! `--source upstream`, put into a registry the origin reads through: [`super::upstream`]),
+//! every agent pulls at once (with a fault, if asked), bytes checked on disk, then the
+//! plain-HTTP baseline on the same hosts, then the simulator on the same setup, and the
+//! report.
 //!
 //! Teardown is by ownership: [`Testnet`], [`Cluster`] and [`WorkDir`] clean up on drop, so
 //! an error or panic anywhere still removes namespaces, processes and files.
@@ -12,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use kraken_client::proto::DEFAULT_NAMESPACE;
 use kraken_storage::{Digest, DigestAlgorithm, PieceLengthTable};
 
 use super::baseline;
@@ -19,8 +22,11 @@ use super::cluster::{ClientTls, Cluster, ClusterConfig};
 use super::ctl::AgentPull;
 use super::data::write_random;
 use super::netns::{NetConfig, Rate, Testnet, check_prerequisites};
-use super::report::{Bound, HostResult, PhaseReport, RunReport, Setup, SimFigure, Targets};
+use super::report::{
+    Bound, HostResult, PhaseReport, RunReport, Setup, SimFigure, Targets, UpstreamFigure,
+};
 use super::simnet::{SimSetup, simulate};
+use super::upstream::{UPSTREAM_REPO, Upstream};
 
 /// A fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +48,17 @@ impl Fault {
             Fault::AgentRestart => "agent-restart",
         }
     }
+}
+
+/// Where the origins get the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Source {
+    /// Pushed to its origin before the pulls.
+    #[default]
+    Push,
+    /// Read through by the origin, on the first pull, from a docker-registry on the
+    /// origin's host that holds it (one origin).
+    Upstream,
 }
 
 /// `kraken-bench run` options.
@@ -71,6 +88,12 @@ pub struct RunArgs {
     /// Fault to inject.
     #[arg(long, value_enum)]
     pub fault: Option<Fault>,
+    /// Where the origin gets the blob.
+    #[arg(long, value_enum, default_value_t = Source::Push)]
+    pub source: Source,
+    /// The docker-registry binary (`--source upstream`).
+    #[arg(long, env = "DOCKER_REGISTRY_BIN", default_value = "docker-registry")]
+    pub registry: PathBuf,
     /// Skip the plain-HTTP baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -114,6 +137,8 @@ impl RunArgs {
             upload_slots: None,
             origin_upload_slots: None,
             fault: None,
+            source: Source::Push,
+            registry: "docker-registry".into(),
             no_baseline: false,
             no_simnet: true,
             json: false,
@@ -212,14 +237,21 @@ impl Ctl<'_> {
         })
     }
 
-    /// `pull --digest DIGEST --agent A…` plus `extra`: the agents' pulls, in order.
+    /// `pull --digest DIGEST --namespace NS --agent A…` plus `extra`: the agents' pulls,
+    /// in order.
     fn pull(
         &self,
-        digest: &Digest,
+        plan: &Plan,
         agents: impl IntoIterator<Item = SocketAddr>,
         extra: &[String],
     ) -> anyhow::Result<Vec<AgentPull>> {
-        let mut args = vec!["pull".into(), "--digest".into(), digest.to_string()];
+        let mut args = vec![
+            "pull".into(),
+            "--digest".into(),
+            plan.digest.to_string(),
+            "--namespace".into(),
+            plan.namespace.into(),
+        ];
         for agent in agents {
             args.extend(["--agent".into(), agent.to_string()]);
         }
@@ -261,6 +293,8 @@ struct Plan {
     /// The piece length asked for (`None`: the node's table).
     piece_length: Option<u64>,
     digest: Digest,
+    /// The namespace agents pull it in (the upstream's repository, if it comes from one).
+    namespace: &'static str,
     bound: Bound,
     /// When a kill fault strikes, after the pulls start.
     fault_at: Duration,
@@ -296,6 +330,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         hosts: origins + args.agents,
         rate: Some(args.rate),
     })?;
+    let upstream = match args.source {
+        Source::Push => None,
+        Source::Upstream => Some(Upstream::start(
+            &args.registry,
+            &net.host_ns(1),
+            &work.path.join("upstream"),
+            &blob,
+            &plan.digest,
+        )?),
+    };
     let mut cluster = Cluster::start(
         &net,
         &ClusterConfig {
@@ -306,6 +350,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             piece_length: plan.piece_length,
             upload_slots: args.upload_slots,
             origin_upload_slots: args.origin_upload_slots,
+            upstream: upstream.as_ref().map(|u| u.url().to_string()),
         },
     )?;
     let ctl = Ctl {
@@ -313,10 +358,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         tls: cluster.client_tls.clone(),
         seed: SocketAddr::from((net.host_addr(1), 7600)),
     };
-    push(&ctl, &plan, &blob)?;
+    wait_view(&ctl, &plan, &cluster)?;
+    if upstream.is_none() {
+        push(&ctl, &plan, &blob)?;
+    }
     let mut notes = Vec::new();
     let measured = pull_corrupt_agent_first(args, &ctl, &cluster, &plan, &mut notes)?;
     let kraken_phase = distribute(args, &ctl, &mut cluster, &plan, &measured, &mut notes)?;
+    let upstream = upstream.map(|u| upstream_figure(u, &plan)).transpose()?;
     cluster.stop();
     drop(cluster);
 
@@ -333,7 +382,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     } else {
         Some(simnet_phase(args, &plan, &work.path, &kraken_phase)?)
     };
-    report(args, plan, kraken_phase, baseline, simnet, notes)
+    let phases = Phases {
+        kraken: kraken_phase,
+        baseline,
+        simnet,
+        upstream,
+    };
+    report(args, plan, phases, notes)
+}
+
+/// What the upstream served during the run; stops it.
+fn upstream_figure(upstream: Upstream, plan: &Plan) -> anyhow::Result<UpstreamFigure> {
+    let served = upstream.served(&plan.digest)?;
+    let figure = UpstreamFigure {
+        registry_version: upstream.version.clone(),
+        served_bytes: served,
+        served_blobs: served as f64 / plan.blob_len as f64,
+    };
+    upstream.stop();
+    Ok(figure)
 }
 
 /// Rejects runs that cannot work; returns the number of origins.
@@ -347,6 +414,9 @@ fn check_args(args: &RunArgs) -> anyhow::Result<usize> {
     }
     if args.fault == Some(Fault::CorruptAgent) && args.agents < 3 {
         bail!("corrupt-agent needs at least 3 agents");
+    }
+    if args.source == Source::Upstream && origins > 1 {
+        bail!("--source upstream runs the registry on the one origin's host: use 1 origin");
     }
     Ok(origins)
 }
@@ -395,19 +465,32 @@ fn write_and_plan(
         blob_len,
         piece_length: args.piece_kib.map(|k| k << 10),
         digest,
+        namespace: match args.source {
+            Source::Push => DEFAULT_NAMESPACE,
+            Source::Upstream => UPSTREAM_REPO,
+        },
         bound,
         fault_at,
     };
     Ok((blob, plan))
 }
 
-/// Waits for the origins to be in the view, then pushes the blob.
-fn push(ctl: &Ctl<'_>, plan: &Plan, blob: &Path) -> anyhow::Result<()> {
-    let _: serde_json::Value = ctl.call(&[
+/// Waits for the origins and a tracker to be in the seed's view and every agent's.
+fn wait_view(ctl: &Ctl<'_>, plan: &Plan, cluster: &Cluster) -> anyhow::Result<()> {
+    let mut args = vec![
         "wait-view".into(),
         "--origins".into(),
         plan.origins.to_string(),
-    ])?;
+    ];
+    for agent in cluster.agent_addrs() {
+        args.extend(["--agent".into(), agent.to_string()]);
+    }
+    let _: serde_json::Value = ctl.call(&args)?;
+    Ok(())
+}
+
+/// Pushes the blob to its origin.
+fn push(ctl: &Ctl<'_>, plan: &Plan, blob: &Path) -> anyhow::Result<()> {
     let pushed: serde_json::Value = ctl.call(&["push".into(), blob.display().to_string()])?;
     let digest = plan.digest;
     if pushed["digest"].as_str() != Some(digest.to_string().as_str()) {
@@ -431,7 +514,7 @@ fn pull_corrupt_agent_first(
     }
     let bad = args.agents - 1;
     measured.retain(|&i| i != bad);
-    let first = ctl.pull(&plan.digest, [cluster.agents[bad].quic], &[])?;
+    let first = ctl.pull(plan, [cluster.agents[bad].quic], &[])?;
     if first.first().and_then(|p| p.secs).is_none() {
         bail!("the agent to corrupt could not pull first: {first:?}");
     }
@@ -473,7 +556,7 @@ fn distribute(
         let fault = args
             .fault
             .and_then(|f| strike(s, f, cluster, plan.fault_at));
-        let r = ctl.pull(&plan.digest, agents, &extra);
+        let r = ctl.pull(plan, agents, &extra);
         if let Some(Ok(n)) = fault.map(|h| h.join()) {
             notes.push(n);
         }
@@ -620,15 +703,27 @@ fn simnet_phase(
     })
 }
 
+/// What each phase of a run measured.
+struct Phases {
+    kraken: PhaseReport,
+    baseline: Option<PhaseReport>,
+    simnet: Option<SimFigure>,
+    upstream: Option<UpstreamFigure>,
+}
+
 /// The report of the phases, with its targets checked, and the SVG if asked.
 fn report(
     args: &RunArgs,
     plan: Plan,
-    kraken: PhaseReport,
-    baseline: Option<PhaseReport>,
-    simnet: Option<SimFigure>,
+    phases: Phases,
     notes: Vec<String>,
 ) -> anyhow::Result<RunReport> {
+    let Phases {
+        kraken,
+        baseline,
+        simnet,
+        upstream,
+    } = phases;
     let mut report = RunReport {
         setup: Setup {
             agents: args.agents,
@@ -643,12 +738,14 @@ fn report(
         baseline,
         speedup: None,
         simnet,
+        upstream,
         fault_notes: notes,
         targets: Targets {
             max_within_1_3_t_min: false,
             origin_egress_within_2x: false,
             speedup_at_least_5x: None,
             simnet_within_15pct: None,
+            upstream_egress_within_1_1x: None,
         },
     };
     report.finish();

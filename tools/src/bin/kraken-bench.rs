@@ -1,7 +1,8 @@
 //! `kraken-bench`: multi-host benchmarks of kraken on shaped network namespaces (see the
 //! `kraken_tools::bench` module docs).
 //!
-//! - `kraken-bench run --agents 10 --rate 100mbit --size-mib 200 [--fault …] [--json]`
+//! - `kraken-bench run --agents 10 --rate 100mbit --size-mib 200 [--fault …]
+//!   [--source push|upstream] [--json]`
 //! - `kraken-bench smoke`: 1 origin + 2 agents, 20 MiB; fails unless every copy is
 //!   byte-identical.
 //! - `kraken-bench down [--prefix kb]`: removes what a crashed run left.

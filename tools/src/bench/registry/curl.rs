@@ -68,14 +68,41 @@ fn max_time(bytes: u64) -> String {
     (120 + (bytes >> 23)).to_string()
 }
 
-/// Runs curl with `args` (after the common options); `body` consumes its stdout.
+/// Where curl runs: in this process's network namespace, or in a named one (`ip netns
+/// exec NS curl …`: `ip` execs curl, so the child is curl itself and its CPU time counts
+/// the same).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Site<'a> {
+    /// Here.
+    #[default]
+    Here,
+    /// Inside this network namespace.
+    Netns(&'a str),
+}
+
+impl Site<'_> {
+    /// `program` as a command run at this site.
+    pub fn command(self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match self {
+            Site::Here => Command::new(program),
+            Site::Netns(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(program);
+                cmd
+            }
+        }
+    }
+}
+
+/// Runs curl at `site` with `args` (after the common options); `body` consumes its stdout.
 fn curl<T>(
+    site: Site<'_>,
     args: Vec<OsString>,
     bytes: u64,
     body: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
 ) -> anyhow::Result<(T, ClientCost)> {
     let cpu0 = reaped_children_cpu();
-    let mut cmd = Command::new("curl");
+    let mut cmd = site.command("curl");
     cmd.args(["-sS", "--fail", "--connect-timeout", "10", "--max-time"])
         .arg(max_time(bytes))
         // No `Expect: 100-continue` round trip before an upload body, for either system.
@@ -118,10 +145,10 @@ fn curl<T>(
 }
 
 /// A request whose response body is discarded; its headers are kept.
-fn request(args: Vec<OsString>, bytes: u64) -> anyhow::Result<Answer> {
+fn request(site: Site<'_>, args: Vec<OsString>, bytes: u64) -> anyhow::Result<Answer> {
     let mut all = os(&["-D", "-", "-o", "/dev/null"]);
     all.extend(args);
-    let (headers, cost) = curl(all, bytes, |out| {
+    let (headers, cost) = curl(site, all, bytes, |out| {
         let mut s = String::new();
         out.read_to_string(&mut s)?;
         Ok(s)
@@ -156,9 +183,10 @@ fn with_digest(url: &str, digest: &Digest) -> String {
 }
 
 /// `POST /v2/<repo>/blobs/uploads/`: the new session's absolute location.
-fn start_upload(base: &str, repo: &str) -> anyhow::Result<(String, ClientCost)> {
+fn start_upload(site: Site<'_>, base: &str, repo: &str) -> anyhow::Result<(String, ClientCost)> {
     let url = format!("{base}/v2/{repo}/blobs/uploads/");
     let a = request(
+        site,
         os(&["-X", "POST", "-H", "Content-Length: 0", url.as_str()]),
         0,
     )?;
@@ -176,12 +204,23 @@ pub fn push_monolithic(
     file: &Path,
     digest: &Digest,
 ) -> anyhow::Result<ClientCost> {
-    let (loc, mut cost) = start_upload(base, repo)?;
+    push_monolithic_at(Site::Here, base, repo, file, digest)
+}
+
+/// [`push_monolithic`] with curl running at `site`.
+pub fn push_monolithic_at(
+    site: Site<'_>,
+    base: &str,
+    repo: &str,
+    file: &Path,
+    digest: &Digest,
+) -> anyhow::Result<ClientCost> {
+    let (loc, mut cost) = start_upload(site, base, repo)?;
     let len = file.metadata()?.len();
     let mut args = octet_stream();
     args.extend([OsString::from("-T"), file.into()]);
     args.push(with_digest(&loc, digest).into());
-    cost.add(request(args, len)?.cost);
+    cost.add(request(site, args, len)?.cost);
     Ok(cost)
 }
 
@@ -193,7 +232,7 @@ pub fn push_chunked(
     parts: &[&Path],
     digest: &Digest,
 ) -> anyhow::Result<ClientCost> {
-    let (mut loc, mut cost) = start_upload(base, repo)?;
+    let (mut loc, mut cost) = start_upload(Site::Here, base, repo)?;
     let mut offset = 0u64;
     for part in parts {
         let len = part.metadata()?.len();
@@ -202,13 +241,14 @@ pub fn push_chunked(
         args.extend(os(&["-X", "PATCH", "-H", &range, "-T"]));
         args.push(part.into());
         args.push(loc.clone().into());
-        let a = request(args, len)?;
+        let a = request(Site::Here, args, len)?;
         cost.add(a.cost);
         loc = location(&a.headers, base)?;
         offset += len;
     }
     let put = with_digest(&loc, digest);
     let a = request(
+        Site::Here,
         os(&["-X", "PUT", "-H", "Content-Length: 0", put.as_str()]),
         0,
     )?;
@@ -228,7 +268,7 @@ pub fn get_blob(
         args.extend(os(&["-r", &format!("{first}-{last}")]));
     }
     args.push(url.into());
-    let ((digest, len), cost) = curl(args, expect_len, |out| {
+    let ((digest, len), cost) = curl(Site::Here, args, expect_len, |out| {
         Digest::of_reader(DigestAlgorithm::Sha256, out)
     })?;
     Ok((digest, len, cost))
@@ -247,7 +287,7 @@ pub fn get_timed(
         args.extend(os(&["-r", &format!("{first}-{last}")]));
     }
     args.push(url.into());
-    let ((), cost) = curl(args, want_len, |_| Ok(()))?;
+    let ((), cost) = curl(Site::Here, args, want_len, |_| Ok(()))?;
     if cost.downloaded != want_len {
         bail!("GET {url}: {} bytes, expected {want_len}", cost.downloaded);
     }

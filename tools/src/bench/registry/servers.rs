@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use kraken_client::cluster_file::ClusterFile;
 
-use super::curl::http_get;
+use super::curl::{Site, http_get};
 use super::janitor::Tracked;
 use crate::bench::procs::cpu_secs_of;
 
@@ -24,7 +24,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the bench looks at a starting or settling server.
 const POLL: Duration = Duration::from_millis(250);
 
-/// `docker-registry serve` on a loopback port, with its storage in a directory.
+/// `docker-registry serve` on a loopback port (here, or in a test host's namespace), with
+/// its storage in a directory.
 #[derive(Debug)]
 pub struct DockerRegistry {
     proc: Tracked,
@@ -32,6 +33,21 @@ pub struct DockerRegistry {
     pub base: String,
     /// Its address.
     pub addr: SocketAddr,
+    /// Its log (stdout and stderr: the access log, when on, goes to stdout).
+    pub log: PathBuf,
+}
+
+/// Where and how a [`DockerRegistry`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryPlace {
+    /// The network namespace it runs in (`None`: this process's). Its loopback there is
+    /// its address, so only that namespace reaches it.
+    pub netns: Option<String>,
+    /// Its port on 127.0.0.1 (`None`: a free one; only here, since a free port can only be
+    /// found in this process's namespace).
+    pub port: Option<u16>,
+    /// Write the access log (one line per request, with the bytes sent).
+    pub access_log: bool,
 }
 
 /// A free loopback port (bound and released: the server binds it a moment later).
@@ -39,32 +55,64 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The config: filesystem storage under `root`, `addr`, no access log, deletes on, no
-/// auth (the packaged config's htpasswd is left out on purpose).
-pub fn registry_config(root: &Path, addr: SocketAddr) -> String {
+/// The config: filesystem storage under `root`, `addr`, the access log off unless asked
+/// for, deletes on, no auth (the packaged config's htpasswd is left out on purpose).
+pub fn registry_config(root: &Path, addr: SocketAddr, access_log: bool) -> String {
     format!(
         "version: 0.1\n\
-         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         log:\n  level: warn\n  accesslog:\n    disabled: {}\n\
          storage:\n  cache:\n    blobdescriptor: inmemory\n  \
          filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
          http:\n  addr: {addr}\n",
+        !access_log,
         root.display()
     )
 }
 
+/// Whether `GET base/v2/` answers 200 at `site` (a plain socket here, curl elsewhere).
+fn answers(site: Site<'_>, addr: SocketAddr) -> bool {
+    match site {
+        Site::Here => matches!(http_get(addr, "/v2/"), Ok((200, _))),
+        Site::Netns(_) => site
+            .command("curl")
+            .args(["-sf", "-o", "/dev/null", "--max-time", "2"])
+            .arg(format!("http://{addr}/v2/"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+    }
+}
+
 impl DockerRegistry {
-    /// Starts `bin serve` with its config, storage and log in `dir`; waits until `GET /v2/`
-    /// answers.
+    /// Starts `bin serve` on a free loopback port here, with its config, storage and log
+    /// in `dir`; waits until `GET /v2/` answers.
     pub fn start(bin: &Path, dir: &Path) -> anyhow::Result<DockerRegistry> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        Self::start_at(bin, dir, &RegistryPlace::default())
+    }
+
+    /// [`DockerRegistry::start`] at `place`.
+    pub fn start_at(
+        bin: &Path,
+        dir: &Path,
+        place: &RegistryPlace,
+    ) -> anyhow::Result<DockerRegistry> {
+        let port = match (place.port, &place.netns) {
+            (Some(p), _) => p,
+            (None, None) => free_port()?,
+            (None, Some(ns)) => bail!("a registry in namespace {ns} needs a port"),
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage)?;
         let config = dir.join("config.yml");
-        std::fs::write(&config, registry_config(&storage, addr))?;
+        std::fs::write(&config, registry_config(&storage, addr, place.access_log))?;
         let log_path = dir.join("registry.log");
         let log = std::fs::File::create(&log_path)?;
+        let site = place.netns.as_deref().map_or(Site::Here, Site::Netns);
         let mut proc = Tracked::spawn(
-            Command::new(bin)
+            site.command(bin)
                 .arg("serve")
                 .arg(&config)
                 .stdin(Stdio::null())
@@ -72,10 +120,7 @@ impl DockerRegistry {
                 .stderr(log),
         )?;
         let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok((200, _)) = http_get(addr, "/v2/") {
-                break;
-            }
+        while !answers(site, addr) {
             if proc.exited() || Instant::now() > deadline {
                 bail!(
                     "docker-registry did not answer on {addr}: {}",
@@ -90,6 +135,7 @@ impl DockerRegistry {
             proc,
             base: format!("http://{addr}"),
             addr,
+            log: log_path,
         })
     }
 
@@ -372,12 +418,14 @@ mod tests {
     }
 
     #[test]
-    fn the_registry_config_has_no_auth_and_no_access_log() {
-        let c = registry_config(Path::new("/s"), "127.0.0.1:5000".parse().unwrap());
+    fn the_registry_config_has_no_auth_and_an_access_log_only_when_asked() {
+        let c = registry_config(Path::new("/s"), "127.0.0.1:5000".parse().unwrap(), false);
         assert!(c.contains("rootdirectory: /s\n"));
         assert!(c.contains("addr: 127.0.0.1:5000\n"));
         assert!(c.contains("accesslog:\n    disabled: true"));
         assert!(c.contains("delete:\n    enabled: true"));
         assert!(!c.contains("htpasswd"));
+        let logged = registry_config(Path::new("/s"), "127.0.0.1:5000".parse().unwrap(), true);
+        assert!(logged.contains("accesslog:\n    disabled: false"));
     }
 }
