@@ -228,23 +228,42 @@ async fn drain(
         counters.started.inc();
         crate::spawn(async move {
             let _permit = permit;
-            let config = PreheatConfig::default();
-            match preheat(&cluster, &image, &config, |_| {}).await {
-                Ok(s) if s.failures.is_empty() => {
-                    counters.done.inc();
-                    tracing::info!(%image, blobs = s.blobs(), fetched = s.bytes_fetched, "preheated");
-                }
-                Ok(s) => {
-                    counters.failed.inc();
-                    let first = &s.failures[0];
-                    tracing::warn!(%image, failed = s.failures.len(), digest = %first.digest, error = %first.error, "preheat incomplete");
-                }
-                Err(e) => {
-                    counters.failed.inc();
-                    tracing::warn!(%image, error = %e, "preheat failed");
-                }
-            }
+            preheat_with_retries(&cluster, &image, &counters).await;
         });
+    }
+}
+
+/// Attempts one notified preheat gets before it is counted failed.
+const PREHEAT_ATTEMPTS: u32 = 5;
+/// Wait before the second attempt; doubled before each further one (1 + 2 + 4 + 8 s).
+const PREHEAT_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Preheats `image`, trying again after a failure: the sender got its 202 already and will
+/// not send the event again, and most failures are transient (a build-index or origin not
+/// yet in view, an upstream hiccup). Warming again what is held costs one RPC per blob.
+async fn preheat_with_retries(cluster: &Cluster, image: &ImageRef, counters: &Counters) {
+    let config = PreheatConfig::default();
+    let mut wait = PREHEAT_RETRY_BASE;
+    for attempt in 1..=PREHEAT_ATTEMPTS {
+        let last = attempt == PREHEAT_ATTEMPTS;
+        match preheat(cluster, image, &config, |_| {}).await {
+            Ok(s) if s.failures.is_empty() => {
+                counters.done.inc();
+                tracing::info!(%image, blobs = s.blobs(), fetched = s.bytes_fetched, attempt, "preheated");
+                return;
+            }
+            Ok(s) => {
+                let first = &s.failures[0];
+                tracing::warn!(%image, failed = s.failures.len(), digest = %first.digest, error = %first.error, attempt, last, "preheat incomplete");
+            }
+            Err(e) => tracing::warn!(%image, error = %e, attempt, last, "preheat failed"),
+        }
+        if last {
+            counters.failed.inc();
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
     }
 }
 

@@ -21,7 +21,7 @@ use kraken_node::config::NodeRole;
 use kraken_storage::Digest;
 use kraken_storage::backend::{BackendConfig, RegistryServiceConfig, RouteConfig, ServiceConfig};
 use support::TestCluster;
-use support::tools::{blobs_of, build_image, have, run, s, start_containerd};
+use support::tools::{blobs_of, build_image, build_image_with, have, run, s, start_containerd};
 
 /// `docker-registry serve` on a free loopback port, its access log in a file.
 struct Upstream {
@@ -157,10 +157,14 @@ async fn mirror_cluster(
     (c, ids)
 }
 
-/// Builds the test image in `dir` and pushes it to `upstream` as `library/app:<tag>`.
-async fn push_upstream(dir: &Path, upstream: &Upstream, tag: &str) -> PathBuf {
+/// Layers of the usual test image, in bytes before compression.
+const SMALL: &[u32] = &[3_000_000, 1_500_000];
+
+/// Builds a test image with layers of `sizes` in `dir` and pushes it to `upstream` as
+/// `library/app:<tag>`.
+async fn push_upstream(dir: &Path, upstream: &Upstream, tag: &str, sizes: &[u32]) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    build_image(dir).await;
+    build_image_with(dir, sizes).await;
     run(
         "skopeo",
         vec![
@@ -212,7 +216,14 @@ async fn four_agents_pull_an_upstream_image_that_the_upstream_serves_once() {
     }
     let work = tempfile::tempdir().unwrap();
     let upstream = Upstream::start(&work.path().join("upstream"), None);
-    let source = push_upstream(&work.path().join("image"), &upstream, "v1").await;
+    // A 24 MiB layer: enough pieces for four concurrent pulls to trade among agents.
+    let source = push_upstream(
+        &work.path().join("image"),
+        &upstream,
+        "v1",
+        &[24 << 20, 1 << 20],
+    )
+    .await;
     let blobs = blobs_of(&source);
     let (c, agents) = mirror_cluster(&RegistryServiceConfig::new(upstream.url()), 4).await;
 
@@ -250,49 +261,52 @@ async fn four_agents_pull_an_upstream_image_that_the_upstream_serves_once() {
                 .into_iter()
                 .filter_map(move |b| agent.report(&format!("sha256:{b}").parse().unwrap()))
         })
-        .map(|r| r.bytes_from_agents + r.bytes_from_origins)
+        .map(|r| r.bytes_from_agents)
         .sum();
+    eprintln!("bytes from agents: {from_agents}");
     assert!(from_agents > 0, "pull reports show no swarm bytes");
 
-    // containerd mirrors docker.io through agent 1 (`?ns=docker.io`): the same blobs, no
-    // new upstream GET.
+    // containerd mirrors docker.io through each agent (`?ns=docker.io`, repository
+    // docker.io/library/app): the same blobs, and no new upstream GET.
     if have("containerd") && have("ctr") {
-        let mirror = c.node(agents[0]).registry_addr().unwrap();
-        let hosts = work.path().join("certs.d");
-        std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
-        std::fs::write(
-            hosts.join("docker.io/hosts.toml"),
-            format!(
-                "server = \"https://registry-1.docker.io\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )
-        .unwrap();
-        let ctrd_dir = work.path().join("containerd");
-        std::fs::create_dir_all(&ctrd_dir).unwrap();
-        let containerd = tokio::task::spawn_blocking(move || start_containerd(&ctrd_dir))
-            .await
+        for (n, &a) in agents.iter().enumerate() {
+            let mirror = c.node(a).registry_addr().unwrap();
+            let hosts = work.path().join(format!("certs.d-{n}"));
+            std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
+            std::fs::write(
+                hosts.join("docker.io/hosts.toml"),
+                format!(
+                    "server = \"https://registry-1.docker.io\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                ),
+            )
             .unwrap();
-        let sock = containerd.socket.display().to_string();
-        run(
-            "ctr",
-            s(&[
-                "--address",
-                &sock,
-                "images",
-                "pull",
-                "--hosts-dir",
-                &hosts.display().to_string(),
-                "docker.io/library/app:v1",
-            ]),
-        )
-        .await;
-        let listed = run("ctr", s(&["--address", &sock, "content", "ls"])).await;
-        for blob in blobs_of(&outs[0]) {
-            assert!(
-                listed.contains(&blob),
-                "{blob} not in containerd:\n{listed}"
-            );
-            assert_eq!(upstream.gets_of(&blob), 1, "GETs of {blob} upstream");
+            let ctrd_dir = work.path().join(format!("containerd-{n}"));
+            std::fs::create_dir_all(&ctrd_dir).unwrap();
+            let containerd = tokio::task::spawn_blocking(move || start_containerd(&ctrd_dir))
+                .await
+                .unwrap();
+            let sock = containerd.socket.display().to_string();
+            run(
+                "ctr",
+                s(&[
+                    "--address",
+                    &sock,
+                    "images",
+                    "pull",
+                    "--hosts-dir",
+                    &hosts.display().to_string(),
+                    "docker.io/library/app:v1",
+                ]),
+            )
+            .await;
+            let listed = run("ctr", s(&["--address", &sock, "content", "ls"])).await;
+            for blob in blobs_of(&outs[0]) {
+                assert!(
+                    listed.contains(&blob),
+                    "{blob} not in containerd {n}:\n{listed}"
+                );
+                assert_eq!(upstream.gets_of(&blob), 1, "GETs of {blob} upstream");
+            }
         }
     }
 }
@@ -304,7 +318,7 @@ async fn a_moved_tag_is_seen_after_the_cache_time_and_survives_the_upstream_goin
     }
     let work = tempfile::tempdir().unwrap();
     let mut upstream = Upstream::start(&work.path().join("upstream"), None);
-    let first = push_upstream(&work.path().join("one"), &upstream, "v1").await;
+    let first = push_upstream(&work.path().join("one"), &upstream, "v1", SMALL).await;
     let mut registry = RegistryServiceConfig::new(upstream.url());
     registry.tag_cache_secs = 1;
     registry.tag_stale_secs = 3600;
@@ -430,7 +444,7 @@ async fn a_tampered_upstream_blob_is_refused_and_stored_nowhere() {
     }
     let work = tempfile::tempdir().unwrap();
     let upstream = Upstream::start(&work.path().join("upstream"), None);
-    let source = push_upstream(&work.path().join("image"), &upstream, "v1").await;
+    let source = push_upstream(&work.path().join("image"), &upstream, "v1", SMALL).await;
     let proxy = tampering_proxy(upstream.addr).await;
     let (c, agents) =
         mirror_cluster(&RegistryServiceConfig::new(format!("http://{proxy}")), 1).await;
@@ -604,7 +618,7 @@ async fn a_preheated_image_pulls_with_the_upstream_stopped() {
     }
     let work = tempfile::tempdir().unwrap();
     let mut upstream = Upstream::start(&work.path().join("upstream"), None);
-    let source = push_upstream(&work.path().join("image"), &upstream, "v1").await;
+    let source = push_upstream(&work.path().join("image"), &upstream, "v1", SMALL).await;
     let (c, agents) = mirror_cluster(&RegistryServiceConfig::new(upstream.url()), 2).await;
 
     let image = "library/app:v1".parse().unwrap();
@@ -643,4 +657,136 @@ async fn a_preheated_image_pulls_with_the_upstream_stopped() {
         let pulled = blobs_of(&out);
         assert_eq!(pulled, blobs.iter().cloned().collect(), "agent {n}");
     }
+}
+
+/// Adds to the layout at `img` (which holds `v1`) a second platform's manifest (`v1` with
+/// another config) and an OCI index over both, tagged `multi`.
+async fn add_index(img: &Path) {
+    run(
+        "umoci",
+        s(&[
+            "config",
+            "--image",
+            &format!("{}:v1", img.display()),
+            "--tag",
+            "arm",
+            "--config.label",
+            "platform=arm64",
+        ]),
+    )
+    .await;
+    let layout_index = img.join("index.json");
+    let mut layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&layout_index).unwrap()).unwrap();
+    let tagged = |name: &str| {
+        layout["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let child = |m: serde_json::Value, arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m["digest"],
+            "size": m["size"],
+            "platform": { "architecture": arch, "os": "linux" },
+        })
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [child(tagged("v1"), "amd64"), child(tagged("arm"), "arm64")],
+    }))
+    .unwrap();
+    let digest = Digest::sha256_of(&index);
+    std::fs::write(img.join("blobs/sha256").join(digest.hex()), &index).unwrap();
+    layout["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest.to_string(),
+            "size": index.len(),
+            "annotations": { "org.opencontainers.image.ref.name": "multi" },
+        }));
+    std::fs::write(&layout_index, serde_json::to_vec(&layout).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_arch_index_and_its_children_travel_the_mirror() {
+    if !have("skopeo") || !have("umoci") || !have("docker-registry") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(&work.path().join("upstream"), None);
+    let dir = work.path().join("image");
+    std::fs::create_dir_all(&dir).unwrap();
+    build_image(&dir).await;
+    let img = dir.join("img");
+    add_index(&img).await;
+    run(
+        "skopeo",
+        vec![
+            "copy".into(),
+            "--all".into(),
+            "--dest-tls-verify=false".into(),
+            format!("oci:{}:multi", img.display()),
+            format!("docker://{}/library/multi:v1", upstream.addr),
+        ],
+    )
+    .await;
+    let (c, agents) = mirror_cluster(&RegistryServiceConfig::new(upstream.url()), 2).await;
+
+    // One platform through agent 1, everything through agent 2.
+    let arm = work.path().join("arm");
+    run(
+        "skopeo",
+        vec![
+            "--override-arch".into(),
+            "arm64".into(),
+            "copy".into(),
+            "--src-tls-verify=false".into(),
+            format!(
+                "docker://{}/library/multi:v1",
+                c.node(agents[0]).registry_addr().unwrap()
+            ),
+            format!("oci:{}:v1", arm.display()),
+        ],
+    )
+    .await;
+    let all = work.path().join("all");
+    run(
+        "skopeo",
+        vec![
+            "copy".into(),
+            "--all".into(),
+            "--src-tls-verify=false".into(),
+            format!(
+                "docker://{}/library/multi:v1",
+                c.node(agents[1]).registry_addr().unwrap()
+            ),
+            format!("oci:{}:v1", all.display()),
+        ],
+    )
+    .await;
+    let source = blobs_of(&img);
+    let pulled = blobs_of(&all);
+    // The index, two manifests, two configs, two layers.
+    assert!(pulled.is_subset(&source) && pulled.len() == 7, "{pulled:?}");
+    for blob in &pulled {
+        assert_eq!(
+            std::fs::read(all.join("blobs/sha256").join(blob)).unwrap(),
+            std::fs::read(img.join("blobs/sha256").join(blob)).unwrap(),
+            "{blob} differs"
+        );
+        assert_eq!(upstream.gets_of(blob), 1, "GETs of {blob} upstream");
+    }
+    let arm_blobs = blobs_of(&arm);
+    assert!(
+        arm_blobs.is_subset(&pulled) && arm_blobs.len() == 4,
+        "{arm_blobs:?}"
+    );
 }

@@ -48,11 +48,16 @@ pub fn s(v: &[&str]) -> Vec<String> {
 
 /// An OCI layout at `dir` with image `v1`: two layers of random bytes.
 pub async fn build_image(dir: &Path) {
+    build_image_with(dir, &[3_000_000, 1_500_000]).await;
+}
+
+/// [`build_image`] with one layer per entry of `sizes` (bytes before compression).
+pub async fn build_image_with(dir: &Path, sizes: &[u32]) {
     let layout = dir.join("img");
     let l = layout.to_str().unwrap().to_string();
     run("umoci", s(&["init", "--layout", &l])).await;
     run("umoci", s(&["new", "--image", &format!("{l}:v1")])).await;
-    for (i, size) in [(1, 3_000_000), (2, 1_500_000)] {
+    for (i, &size) in (1u8..).zip(sizes) {
         let file = dir.join(format!("payload{i}"));
         let data: Vec<u8> = (0..size)
             .map(|j: u32| (j.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
