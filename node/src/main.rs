@@ -92,11 +92,15 @@ fn print_upstreams(cluster: &dev::DevCluster, upstreams: &[dev::DevUpstream]) {
     };
     for u in upstreams {
         match &u.ns {
-            Some(ns) => println!(
-                "mirroring {} for ?ns={ns} (repositories {ns}/...): e.g. \
-                 ctr image pull --hosts-dir <dir with {ns}/hosts.toml → http://{agent}> {ns}/<repo>:<tag>",
-                u.url
-            ),
+            Some(ns) => {
+                // The cluster joins a port with `_`; containerd names the host with `:`.
+                let host = ns.replacen('_', ":", 1);
+                println!(
+                    "mirroring {} for ?ns={host} (repositories {ns}/...): e.g. \
+                     ctr image pull --hosts-dir <dir with {host}/hosts.toml → http://{agent}> {host}/<repo>:<tag>",
+                    u.url
+                )
+            }
             None => println!(
                 "mirroring {} for every repository: e.g. \
                  skopeo copy --src-tls-verify=false docker://{agent}/<repo>:<tag> dir:/tmp/image",

@@ -82,7 +82,8 @@ impl CtlError {
     }
 
     /// Classifies a failed call: unreachable nodes and timeouts are
-    /// [`CtlError::Unreachable`], `NotFound` answers [`CtlError::NotFound`], bad-request
+    /// [`CtlError::Unreachable`], `NotFound` and `NameUnknown` (an upstream registry lacks
+    /// the repository) answers [`CtlError::NotFound`], bad-request
     /// answers and unreadable local files [`CtlError::BadArgument`], the rest
     /// [`CtlError::Failed`].
     pub fn from_call(e: &CallError) -> Self {
@@ -92,7 +93,10 @@ impl CtlError {
             }
             CallError::File { .. } => CtlError::BadArgument(e.to_string()),
             CallError::Remote { addr, source } => match source.kind {
-                ErrorKind::NotFound => CtlError::NotFound(format!("{addr}: {}", source.message)),
+                // An upstream registry without the repository is as missing as a blob.
+                ErrorKind::NotFound | ErrorKind::NameUnknown => {
+                    CtlError::NotFound(format!("{addr}: {}", source.message))
+                }
                 ErrorKind::BadRequest => {
                     CtlError::BadArgument(format!("{addr} answered: {}", source.message))
                 }
@@ -161,6 +165,11 @@ mod tests {
             source: RemoteError::new(ErrorKind::NotFound, "gone"),
         };
         assert_eq!(CtlError::from_call(&not_found).exit_code(), exit::NOT_FOUND);
+        let no_repo = CallError::Remote {
+            addr,
+            source: RemoteError::new(ErrorKind::NameUnknown, "upstream: repository unknown"),
+        };
+        assert_eq!(CtlError::from_call(&no_repo).exit_code(), exit::NOT_FOUND);
         let internal = CallError::Remote {
             addr,
             source: RemoteError::new(ErrorKind::Internal, "oops"),
