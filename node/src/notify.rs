@@ -30,12 +30,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use kraken_client::preheat::{ImageRef, PreheatConfig, Reference, preheat};
+use kraken_client::preheat::{ImageRef, PreheatConfig, PreheatError, Reference, preheat};
 use kraken_registry_gateway::media::Kind;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::client::Cluster;
 use crate::metrics::Metrics;
@@ -224,11 +224,10 @@ async fn drain(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (cluster, counters) = (cluster.clone(), counters.clone());
+        let (cluster, counters, permits) = (cluster.clone(), counters.clone(), permits.clone());
         counters.started.inc();
         crate::spawn(async move {
-            let _permit = permit;
-            preheat_with_retries(&cluster, &image, &counters).await;
+            preheat_with_retries(&cluster, &image, &counters, permit, &permits).await;
         });
     }
 }
@@ -241,11 +240,29 @@ const PREHEAT_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(1
 /// Preheats `image`, trying again after a failure: the sender got its 202 already and will
 /// not send the event again, and most failures are transient (a build-index or origin not
 /// yet in view, an upstream hiccup). Warming again what is held costs one RPC per blob.
-async fn preheat_with_retries(cluster: &Cluster, image: &ImageRef, counters: &Counters) {
+///
+/// Each attempt holds one of the `max_in_flight` permits (`permit` is the first one); the
+/// wait between attempts does not, so events failing against a dead upstream do not hold
+/// back the healthy ones behind them. An unknown tag is final: it is not asked again.
+async fn preheat_with_retries(
+    cluster: &Cluster,
+    image: &ImageRef,
+    counters: &Counters,
+    permit: OwnedSemaphorePermit,
+    permits: &Arc<Semaphore>,
+) {
     let config = PreheatConfig::default();
+    let mut permit = Some(permit);
     let mut wait = PREHEAT_RETRY_BASE;
     for attempt in 1..=PREHEAT_ATTEMPTS {
-        let last = attempt == PREHEAT_ATTEMPTS;
+        let held = match permit.take() {
+            Some(p) => p,
+            None => match permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return, // The node is stopping.
+            },
+        };
+        let mut last = attempt == PREHEAT_ATTEMPTS;
         match preheat(cluster, image, &config, |_| {}).await {
             Ok(s) if s.failures.is_empty() => {
                 counters.done.inc();
@@ -256,12 +273,16 @@ async fn preheat_with_retries(cluster: &Cluster, image: &ImageRef, counters: &Co
                 let first = &s.failures[0];
                 tracing::warn!(%image, failed = s.failures.len(), digest = %first.digest, error = %first.error, attempt, last, "preheat incomplete");
             }
-            Err(e) => tracing::warn!(%image, error = %e, attempt, last, "preheat failed"),
+            Err(e) => {
+                last |= matches!(e, PreheatError::UnknownTag { .. });
+                tracing::warn!(%image, error = %e, attempt, last, "preheat failed");
+            }
         }
         if last {
             counters.failed.inc();
             return;
         }
+        drop(held);
         tokio::time::sleep(wait).await;
         wait *= 2;
     }

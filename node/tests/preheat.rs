@@ -427,4 +427,28 @@ async fn push_notifications_preheat_what_they_name_and_refuse_everything_else() 
         metrics.contains("kraken_preheats_done_total 2"),
         "{metrics}"
     );
+
+    // A tag nobody has is final at once: counted failed, not retried for half a minute.
+    let unknown = envelope("push", OCI_INDEX, REPO, &image.index, "never-pushed").replace(
+        &format!("\"digest\":\"{}\"", image.index),
+        "\"digest\":\"\"",
+    );
+    let (status, body) = post(&hook, Some(TOKEN), unknown).await;
+    assert_eq!(
+        (status, body.trim()),
+        (202, r#"{"dropped":0,"ignored":0,"queued":1}"#)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while !c
+        .node(c.nodes.len() - 2)
+        .metrics()
+        .render()
+        .contains("kraken_preheats_failed_total 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unknown tag was retried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
