@@ -30,6 +30,7 @@ pub mod buildindex;
 pub mod config;
 pub mod dev;
 pub mod fetch;
+mod flight;
 pub mod http;
 pub mod metrics;
 pub mod mirror;

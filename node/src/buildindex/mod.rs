@@ -20,7 +20,6 @@
 //! a tag reads it back from the backend, and a node that starts with an empty table imports
 //! every tag from its backends, so a wiped build-index recovers.
 
-mod flight;
 pub mod replicate;
 pub mod store;
 pub mod tagcache;

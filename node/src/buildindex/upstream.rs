@@ -22,11 +22,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kraken_storage::Digest;
 use kraken_storage::backend::{Backend, BackendError, RegistryStore};
 
-use super::flight::Flights;
 use super::store::TagEntry;
 use super::tagcache::{Fallback, TagCache, Ttl};
 use super::{BuildIndex, internal};
 use crate::fetch::origin_metainfo;
+use crate::flight::Flights;
 use crate::mirror::backend_error;
 use crate::proto::{ErrorKind, RemoteError, Response};
 

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::client::{Cluster, ORIGIN_REPLICAS};
+use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::proto::{
     BlobStat, ErrorKind, MAX_METAINFO_WAIT, QueuedItem, RemoteError, Request, Response,
@@ -155,7 +156,7 @@ struct Inner {
     /// One upload of a digest at a time.
     upload_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Read-throughs in flight: waiters watch for the outcome.
-    fetches: Mutex<HashMap<Digest, readthrough::FetchOutcome>>,
+    fetches: Arc<Flights<Digest, Result<(), RemoteError>>>,
     /// When each blob was last read through from the backend (for pull attribution).
     read_throughs: Mutex<HashMap<Digest, SystemTime>>,
     writeback_wake: Notify,
@@ -200,7 +201,7 @@ impl Origin {
                 config: parts.config,
                 metrics: parts.metrics,
                 upload_locks: Mutex::new(HashMap::new()),
-                fetches: Mutex::new(HashMap::new()),
+                fetches: Arc::default(),
                 read_throughs: Mutex::new(HashMap::new()),
                 writeback_wake: Notify::new(),
             }),

@@ -1,7 +1,7 @@
 //! Read-through: an owned blob the origin lacks is fetched from the backend once.
 //!
 //! The first caller starts a fetch task and every caller (the first included) waits on a
-//! watch channel for its outcome, so a thousand agents asking at once cause one backend
+//! watch channel for its outcome (`crate::flight`), so a thousand agents asking at once cause one backend
 //! read, and each hears the moment the blob is ready. The blob streams from the backend
 //! into the CAS ingest (sha256 checked, metainfo generated) without a temp copy in memory.
 
@@ -22,42 +22,26 @@ pub type FetchOutcome = watch::Receiver<Option<Result<(), RemoteError>>>;
 impl Origin {
     /// Joins the read-through of `digest`, starting it if none is running.
     pub fn read_through(&self, namespace: &str, digest: &Digest) -> FetchOutcome {
-        let mut fetches = self
-            .inner
-            .fetches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(rx) = fetches.get(digest) {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(None);
-        fetches.insert(*digest, rx.clone());
-        drop(fetches);
         let (origin, namespace, digest) = (self.clone(), namespace.to_string(), *digest);
-        let span = tracing::info_span!("read_through", %digest, %namespace);
-        let reading = async move {
-            let result = origin.fetch_from_backend(&namespace, &digest).await;
-            match &result {
-                Ok(()) => tracing::info!("read through from the backend"),
-                // Absent from the backend is an answer (registry clients probe blobs before
-                // pushing them), not a fault.
-                Err(e) if e.kind == ErrorKind::NotFound => {
-                    tracing::debug!("not in the backend either");
+        self.inner.fetches.join(digest, move || {
+            let span = tracing::info_span!("read_through", %digest, %namespace);
+            async move {
+                let result = origin.fetch_from_backend(&namespace, &digest).await;
+                match &result {
+                    Ok(()) => tracing::info!("read through from the backend"),
+                    // Absent from the backend is an answer (registry clients probe blobs
+                    // before pushing them), not a fault.
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        tracing::debug!("not in the backend either");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "read-through failed"),
                 }
-                Err(e) => tracing::warn!(error = %e, "read-through failed"),
+                // The fetch is forgotten before the waiters hear, so a failure is retried
+                // by the next request.
+                result
             }
-            // Forget the fetch before telling the waiters, so a failure can be retried by
-            // the next request.
-            origin
-                .inner
-                .fetches
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&digest);
-            tx.send_replace(Some(result));
-        };
-        crate::spawn(reading.instrument(span));
-        rx
+            .instrument(span)
+        })
     }
 
     async fn fetch_from_backend(

@@ -1,4 +1,5 @@
-//! Single flight: concurrent callers of one key share one run of the work.
+//! Single flight: concurrent callers of one key share one run of the work (an origin's
+//! read-through of a digest, a build-index owner's upstream lookup of a tag).
 //!
 //! The first caller starts the work as its own task (so a caller that gives up does not
 //! cancel it for the others); every caller waits on a watch channel for the outcome. The
@@ -12,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// Work in flight by key.
-pub(super) struct Flights<K, T> {
+pub(crate) struct Flights<K, T> {
     running: Mutex<HashMap<K, watch::Receiver<Option<T>>>>,
 }
 
@@ -31,7 +32,7 @@ where
 {
     /// The outcome of `key`'s work: joins the run in flight, or starts `work` (as a task)
     /// if none is. `None` only if the task died without an outcome (it panicked).
-    pub(super) async fn run<F>(
+    pub(crate) async fn run<F>(
         self: &std::sync::Arc<Self>,
         key: K,
         work: impl FnOnce() -> F,
@@ -39,28 +40,37 @@ where
     where
         F: Future<Output = T> + Send + 'static,
     {
-        let mut rx = {
-            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-            match running.get(&key) {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    running.insert(key.clone(), rx.clone());
-                    let (flights, work) = (self.clone(), work());
-                    crate::spawn(async move {
-                        let outcome = work.await;
-                        flights
-                            .running
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&key);
-                        tx.send_replace(Some(outcome));
-                    });
-                    rx
-                }
-            }
-        };
+        let mut rx = self.join(key, work);
         rx.wait_for(Option::is_some).await.ok()?.clone()
+    }
+
+    /// Like [`Flights::run`], but hands back the channel the outcome arrives on, for a
+    /// caller that waits with a deadline of its own.
+    pub(crate) fn join<F>(
+        self: &std::sync::Arc<Self>,
+        key: K,
+        work: impl FnOnce() -> F,
+    ) -> watch::Receiver<Option<T>>
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = running.get(&key) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        running.insert(key.clone(), rx.clone());
+        let (flights, work) = (self.clone(), work());
+        crate::spawn(async move {
+            let outcome = work.await;
+            flights
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+            tx.send_replace(Some(outcome));
+        });
+        rx
     }
 }
 
