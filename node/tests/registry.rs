@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use kraken_node::config::NodeRole;
 use support::TestCluster;
-use support::tools::{blobs_of, build_image, have, run, start_containerd};
+use support::tools::{
+    blobs_of, build_image, docker_io_mirror, have, http, run, skopeo_pull, start_containerd,
+};
 
 /// Origin, tracker, build-index, two agents and a proxy, all seeing the build-index.
 async fn registry_cluster() -> (TestCluster, [usize; 4]) {
@@ -147,20 +149,6 @@ async fn skopeo_pushes_through_the_proxy_and_pulls_through_agents() {
     assert_eq!(blobs_of(&out2), pulled);
 }
 
-/// `skopeo copy` of `src` (plain HTTP) into the OCI layout `out`, tag `v1`.
-async fn skopeo_pull(src: String, out: &Path) {
-    run(
-        "skopeo",
-        vec![
-            "copy".into(),
-            "--src-tls-verify=false".into(),
-            src,
-            format!("oci:{}:v1", out.display()),
-        ],
-    )
-    .await;
-}
-
 /// Blob GETs the agent's registry API redirected to its blob server (3xx GETs).
 fn blob_redirects(c: &TestCluster, agent: usize) -> u64 {
     let text = c.node(agent).metrics().render();
@@ -183,15 +171,7 @@ async fn containerd_pulls_through_an_agent_as_its_registry_mirror() {
     let mirror = c.node(a1).registry_addr().unwrap();
 
     // The documented hosts.toml: docker.io is mirrored by the local agent.
-    let hosts = c.dir.path().join("certs.d");
-    std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
-    std::fs::write(
-        hosts.join("docker.io/hosts.toml"),
-        format!(
-            "server = \"https://registry-1.docker.io\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-        ),
-    )
-    .unwrap();
+    let hosts = docker_io_mirror(&c.dir.path().join("certs.d"), mirror);
     let ctrd_dir = c.dir.path().join("containerd");
     std::fs::create_dir_all(&ctrd_dir).unwrap();
     let containerd = tokio::task::spawn_blocking(move || start_containerd(&ctrd_dir))
@@ -251,12 +231,6 @@ async fn containerd_pulls_through_an_agent_as_its_registry_mirror() {
         now >= redirected + 3,
         "config and layers redirected: {redirected} -> {now}"
     );
-}
-
-fn http() -> reqwest::Client {
-    // Workspace builds give reqwest's rustls no default provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
 }
 
 /// The spec's error code of a response, checked with its status.

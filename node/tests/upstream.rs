@@ -21,7 +21,10 @@ use kraken_node::config::NodeRole;
 use kraken_storage::Digest;
 use kraken_storage::backend::{BackendConfig, RegistryServiceConfig, RouteConfig, ServiceConfig};
 use support::TestCluster;
-use support::tools::{blobs_of, build_image, build_image_with, have, run, s, start_containerd};
+use support::tools::{
+    blobs_of, build_image, build_image_with, docker_io_mirror, have, http, run, s, skopeo_pull,
+    start_containerd,
+};
 
 /// `docker-registry serve` on a free loopback port, its access log in a file.
 struct Upstream {
@@ -178,24 +181,6 @@ async fn push_upstream(dir: &Path, upstream: &Upstream, tag: &str, sizes: &[u32]
     dir.join("img")
 }
 
-async fn skopeo_pull(from: SocketAddr, image: &str, out: &Path) {
-    run(
-        "skopeo",
-        vec![
-            "copy".into(),
-            "--src-tls-verify=false".into(),
-            format!("docker://{from}/{image}"),
-            format!("oci:{}:v1", out.display()),
-        ],
-    )
-    .await;
-}
-
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 /// The status and the first error code of a registry answer.
 async fn answer(r: reqwest::Response) -> (u16, String, String) {
     let status = r.status().as_u16();
@@ -232,7 +217,7 @@ async fn four_agents_pull_an_upstream_image_that_the_upstream_serves_once() {
         let out = work.path().join(format!("out-{n}"));
         let from = c.node(a).registry_addr().unwrap();
         async move {
-            skopeo_pull(from, "library/app:v1", &out).await;
+            skopeo_pull(format!("docker://{from}/library/app:v1"), &out).await;
             out
         }
     });
@@ -271,15 +256,7 @@ async fn four_agents_pull_an_upstream_image_that_the_upstream_serves_once() {
     if have("containerd") && have("ctr") {
         for (n, &a) in agents.iter().enumerate() {
             let mirror = c.node(a).registry_addr().unwrap();
-            let hosts = work.path().join(format!("certs.d-{n}"));
-            std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
-            std::fs::write(
-                hosts.join("docker.io/hosts.toml"),
-                format!(
-                    "server = \"https://registry-1.docker.io\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-                ),
-            )
-            .unwrap();
+            let hosts = docker_io_mirror(&work.path().join(format!("certs.d-{n}")), mirror);
             let ctrd_dir = work.path().join(format!("containerd-{n}"));
             std::fs::create_dir_all(&ctrd_dir).unwrap();
             let containerd = tokio::task::spawn_blocking(move || start_containerd(&ctrd_dir))
@@ -387,11 +364,19 @@ async fn a_moved_tag_is_seen_after_the_cache_time_and_survives_the_upstream_goin
 
     // Upstream gone: the tag still resolves to the last known digest, and the image
     // already in the cluster still pulls.
-    skopeo_pull(agent, "library/app:v1", &work.path().join("before")).await;
+    skopeo_pull(
+        format!("docker://{agent}/library/app:v1"),
+        &work.path().join("before"),
+    )
+    .await;
     upstream.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(head("v1").await, moved);
-    skopeo_pull(agent, "library/app:v1", &work.path().join("after")).await;
+    skopeo_pull(
+        format!("docker://{agent}/library/app:v1"),
+        &work.path().join("after"),
+    )
+    .await;
     // Something the cluster never held fails with the spec's answer, not a hang.
     let r = http()
         .get(format!("http://{agent}/v2/library/app/manifests/never"))
@@ -577,7 +562,11 @@ async fn credentials_open_a_locked_upstream_and_refusals_reach_the_client_as_the
         assert!(Instant::now() < deadline, "{status} {code} {message}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    skopeo_pull(agent, "authed/library/app:v1", &work.path().join("out")).await;
+    skopeo_pull(
+        format!("docker://{agent}/authed/library/app:v1"),
+        &work.path().join("out"),
+    )
+    .await;
     let pulled = blobs_of(&work.path().join("out"));
     assert!(
         pulled.is_subset(&blobs_of(&image.join("img"))) && pulled.len() == 4,
@@ -653,7 +642,14 @@ async fn a_preheated_image_pulls_with_the_upstream_stopped() {
     upstream.stop();
     for (n, &a) in agents.iter().enumerate() {
         let out = work.path().join(format!("out-{n}"));
-        skopeo_pull(c.node(a).registry_addr().unwrap(), "library/app:v1", &out).await;
+        skopeo_pull(
+            format!(
+                "docker://{}/library/app:v1",
+                c.node(a).registry_addr().unwrap()
+            ),
+            &out,
+        )
+        .await;
         let pulled = blobs_of(&out);
         assert_eq!(pulled, blobs.iter().cloned().collect(), "agent {n}");
     }

@@ -128,3 +128,38 @@ pub fn start_containerd(dir: &Path) -> Containerd {
     }
     Containerd { child, socket }
 }
+
+/// `skopeo copy` of `src` (plain HTTP) into the OCI layout `out`, tag `v1`.
+pub async fn skopeo_pull(src: String, out: &Path) {
+    run(
+        "skopeo",
+        vec![
+            "copy".into(),
+            "--src-tls-verify=false".into(),
+            src,
+            format!("oci:{}:v1", out.display()),
+        ],
+    )
+    .await;
+}
+
+/// A plain HTTP client for asserting on registry answers.
+pub fn http() -> reqwest::Client {
+    // Workspace builds give reqwest's rustls no default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// The documented containerd `hosts.toml` under `dir`: docker.io mirrored by the registry
+/// at `mirror` (plain HTTP). Returns the directory to pass as `--hosts-dir`.
+pub fn docker_io_mirror(dir: &Path, mirror: std::net::SocketAddr) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("docker.io")).unwrap();
+    std::fs::write(
+        dir.join("docker.io/hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
