@@ -182,22 +182,9 @@ impl Backend {
         }
     }
 
-    /// The length of blob `digest` of repository `namespace`, or `None` if the backend
-    /// does not have it. Blob stores ignore the namespace (they are content-addressed);
-    /// an upstream registry is asked for the blob in that repository.
-    pub async fn stat_in(
-        &self,
-        namespace: &str,
-        digest: &Digest,
-    ) -> Result<Option<u64>, BackendError> {
-        match &self.store {
-            Store::Dal(_) => self.stat(digest).await,
-            Store::Registry(r) => r.stat(namespace, digest).await,
-        }
-    }
-
-    /// Streams the whole blob `digest` of repository `namespace` (see [`Backend::stat_in`]
-    /// for what the namespace means). The read-through path of origins.
+    /// Streams the whole blob `digest` of repository `namespace`. Blob stores ignore the
+    /// namespace (they are content-addressed); an upstream registry is asked for the blob
+    /// in that repository. The read-through path of origins.
     pub async fn read(&self, namespace: &str, digest: &Digest) -> Result<BlobStream, BackendError> {
         match &self.store {
             Store::Dal(_) => self.get(digest, None).await,
