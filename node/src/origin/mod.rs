@@ -331,25 +331,16 @@ impl Origin {
                 ),
             ));
         }
-        let mut rx = self.read_through(namespace, digest);
-        let outcome = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
-        match outcome {
-            Err(_) => Response::Pending,
-            Ok(Err(_)) => Response::Error(RemoteError::new(
+        if let Err(answer) = self.read_through_within(namespace, digest, wait).await {
+            return answer;
+        }
+        match self.local_metainfo(digest) {
+            Ok(Some(bytes)) => Response::Metainfo(bytes),
+            Ok(None) => Response::Error(RemoteError::new(
                 ErrorKind::Internal,
-                "read-through task ended without a result",
+                format!("{digest} was fetched but is gone again"),
             )),
-            Ok(Ok(result)) => match result.clone() {
-                Some(Ok(())) | None => match self.local_metainfo(digest) {
-                    Ok(Some(bytes)) => Response::Metainfo(bytes),
-                    Ok(None) => Response::Error(RemoteError::new(
-                        ErrorKind::Internal,
-                        format!("{digest} was fetched but is gone again"),
-                    )),
-                    Err(e) => Response::Error(e),
-                },
-                Some(Err(e)) => Response::Error(e),
-            },
+            Err(e) => Response::Error(e),
         }
     }
 

@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 use super::{Origin, internal};
 use crate::bridge::channel_reader;
 use crate::mirror::backend_error;
-use crate::proto::{ErrorKind, RemoteError};
+use crate::proto::{ErrorKind, RemoteError, Response};
 
 /// The outcome callers of a read-through wait on.
 pub type FetchOutcome = watch::Receiver<Option<Result<(), RemoteError>>>;
@@ -42,6 +42,29 @@ impl Origin {
             }
             .instrument(span)
         })
+    }
+
+    /// Joins (or starts) the read-through of `digest` and waits for it up to `wait`:
+    /// `Ok(())` once it succeeded, else the answer to give the caller (`Pending` while it
+    /// runs on, or its error).
+    pub(super) async fn read_through_within(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        wait: std::time::Duration,
+    ) -> Result<(), Response> {
+        let mut rx = self.read_through(namespace, digest);
+        match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Err(_) => Err(Response::Pending),
+            Ok(Err(_)) => Err(Response::Error(RemoteError::new(
+                ErrorKind::Internal,
+                "read-through task ended without a result",
+            ))),
+            Ok(Ok(outcome)) => match &*outcome {
+                Some(Err(e)) => Err(Response::Error(e.clone())),
+                Some(Ok(())) | None => Ok(()),
+            },
+        }
     }
 
     async fn fetch_from_backend(

@@ -28,23 +28,12 @@ impl Origin {
             Ok(held) => held,
             Err(e) => return Response::Error(internal(e)),
         };
-        if !held {
-            let mut rx = self.read_through(namespace, digest);
-            let wait = wait.min(MAX_METAINFO_WAIT);
-            match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
-                Err(_) => return Response::Pending,
-                Ok(Err(_)) => {
-                    return Response::Error(RemoteError::new(
-                        ErrorKind::Internal,
-                        "read-through task ended without a result",
-                    ));
-                }
-                Ok(Ok(result)) => {
-                    if let Some(Err(e)) = result.clone() {
-                        return Response::Error(e);
-                    }
-                }
-            }
+        if !held
+            && let Err(answer) = self
+                .read_through_within(namespace, digest, wait.min(MAX_METAINFO_WAIT))
+                .await
+        {
+            return answer;
         }
         match self.warmed(digest, !held).await {
             Ok(warmed) => Response::Warmed(warmed),
