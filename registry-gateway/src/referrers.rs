@@ -94,6 +94,7 @@ mod tests {
             subject: None,
             artifact_type: Some(t.into()),
             annotations: None,
+            required: Vec::new(),
         }
     }
 

@@ -393,23 +393,6 @@ async fn unknown_cancelled_and_foreign_upload_ids() {
     s.stop().await;
 }
 
-/// Pushes `bytes` as a manifest; returns the response.
-async fn put_manifest(
-    s: &Server,
-    repo: &str,
-    reference: &str,
-    ct: &str,
-    bytes: &[u8],
-) -> reqwest::Response {
-    s.client
-        .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
-        .header("content-type", ct)
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn manifest_put_by_tag_and_by_digest() {
     let tmp = tempfile::tempdir().unwrap();

@@ -15,7 +15,8 @@
 //! A tag is owned by the build-index ring (rendezvous over live build-index nodes,
 //! `replicas` owners). `PutTag` on an owner checks that the digest and, recursively, every
 //! blob and child manifest it references exist in the origins (an owner reads missing blobs
-//! through from its backend), queues the tag's replications, stores it, and only then
+//! through from its backend; a `subject` and a foreign layer with `urls` are no
+//! dependencies: see `media::references`), queues the tag's replications, stores it, and only then
 //! answers; a missing dependency is an error that names it. `GetTag` on an owner that lacks
 //! a tag reads it back from the backend, and a node that starts with an empty table imports
 //! every tag from its backends, so a wiped build-index recovers.

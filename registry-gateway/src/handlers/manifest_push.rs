@@ -1,10 +1,12 @@
 //! Manifest writes: `PUT /v2/<name>/manifests/<reference>` and `DELETE` of a tag.
 //!
 //! A PUT reads the body (at most `max_manifest_len`, else 413), validates it
-//! ([`Manifest::parse`]), checks its sha256 against a digest reference, stores it as a
-//! blob, points the tag at it (the cluster checks that everything it references exists:
-//! `MANIFEST_BLOB_UNKNOWN` otherwise), and, when it has a `subject`, lists it in that
-//! subject's referrers index and answers with `OCI-Subject`.
+//! ([`Manifest::parse`]), checks its sha256 against a digest reference, checks that every
+//! blob and child manifest it needs exists with the size it claims
+//! ([`check_required`]: by tag and by digest alike, and before anything is stored, so a
+//! refused manifest leaves nothing behind), stores it as a blob, points the tag at it (the
+//! build index checks the whole closure again), and, when it has a `subject` (which need
+//! not exist), lists it among that subject's referrers and answers with `OCI-Subject`.
 
 use axum::body::Body;
 use axum::http::StatusCode;
@@ -12,6 +14,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use futures::StreamExt;
 use kraken_storage::Digest;
 
+use super::manifest_check::check_required;
 use super::manifests::{add_to_referrers, store_manifest};
 use super::pull::DIGEST_HEADER;
 use super::{Ctx, Reply, empty, set};
@@ -78,6 +81,7 @@ pub(crate) async fn put<R: Registry>(
             format!("manifest has digest {digest}, not {d}"),
         ));
     }
+    check_required(gw, name, &manifest.required).await?;
     store_manifest(gw, name, &digest, &bytes).await?;
     if let Reference::Tag(tag) = &reference {
         gw.registry.put_tag(name, tag, &digest).await?;

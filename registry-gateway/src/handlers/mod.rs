@@ -4,12 +4,14 @@
 //! - [`uploads`]: blob upload sessions (start, mount, chunks, status, finish, cancel).
 //! - [`upload_stream`]: monolithic uploads streamed to the cluster as they arrive.
 //! - [`manifest_push`]: manifest PUT (with referrers upkeep) and tag DELETE.
+//! - [`manifest_check`]: what must exist before a pushed manifest is stored.
 //! - [`manifests`]: reading and writing manifest bytes through the cluster.
 //!
 //! Writes pass [`write_gate`] first: 405 when push is off, 401 without credentials.
 //! Before any handler, `?ns=` maps the route's repository ([`crate::mirror`]), and after
 //! it a `Location` under that repository is rewritten to the client's own path.
 
+pub(crate) mod manifest_check;
 pub(crate) mod manifest_push;
 pub(crate) mod manifests;
 pub(crate) mod pull;

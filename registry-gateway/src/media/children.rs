@@ -72,20 +72,14 @@ pub fn children(bytes: &[u8]) -> Result<Option<Vec<Child>>, ManifestError> {
         }
         Kind::Index => {
             let entries = doc.get("manifests").and_then(Value::as_array);
-            for (i, digest) in refs.manifests.iter().enumerate() {
+            for (i, digest) in refs.manifests.into_iter().enumerate() {
                 let platform = entries.and_then(|e| e.get(i)).and_then(platform_of);
-                out.push(child(*digest, ChildRole::Manifest, platform));
+                out.push(child(digest, ChildRole::Manifest, platform));
             }
         }
     }
-    if let Some(subject) = refs.manifests.last()
-        && doc.get("subject").is_some_and(|s| !s.is_null())
-    {
-        if refs.kind == Kind::Index {
-            // The subject came last in `manifests`: it is not an entry.
-            out.pop();
-        }
-        out.push(child(*subject, ChildRole::Subject, None));
+    if let Some(subject) = refs.subject {
+        out.push(child(subject, ChildRole::Subject, None));
     }
     Ok(Some(out))
 }

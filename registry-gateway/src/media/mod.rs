@@ -10,11 +10,14 @@
 //! - [`references`] (`references`), for the build index: the blobs and child manifests a
 //!   tag depends on;
 //! - [`children`] (`children`), for preheat: the same references with their roles and
-//!   the platforms of an index's entries.
+//!   the platforms of an index's entries;
+//! - `required`, for pushes: the descriptors whose blobs must exist before a manifest is
+//!   stored, with the sizes they claim.
 
 mod children;
 mod push;
 mod references;
+mod required;
 
 use kraken_storage::{Digest, DigestError};
 use serde_json::{Map, Value};
@@ -22,6 +25,7 @@ use serde_json::{Map, Value};
 pub use children::{Child, ChildPlatform, ChildRole, children};
 pub(crate) use push::Manifest;
 pub use references::{References, references};
+pub(crate) use required::Required;
 
 /// Docker image manifest, schema 2.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -33,6 +37,24 @@ pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.man
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The media types of non-distributable ("foreign") layers: OCI's (deprecated but still
+/// written) and Docker's.
+pub const FOREIGN_LAYERS: [&str; 5] = [
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar",
+];
+
+/// Whether `media_type` is a non-distributable layer's: with `urls`, such a layer is
+/// fetched from there, so neither a push nor a tag needs the cluster to hold it.
+pub fn is_foreign(media_type: &str) -> bool {
+    FOREIGN_LAYERS
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(media_type))
+}
 
 /// The largest manifest read by default (registries cap them at 4 MiB too): the gateway's
 /// default push limit and the build index's limit for following references.

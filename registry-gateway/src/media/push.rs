@@ -7,6 +7,7 @@
 use kraken_storage::Digest;
 use serde_json::{Map, Value};
 
+use super::required::{Required, required};
 use super::{DOCKER_MANIFEST, Document, Kind, ManifestError, is_media_type, parse_digest};
 
 /// What the gateway needs to know about a pushed manifest.
@@ -20,6 +21,8 @@ pub(crate) struct Manifest {
     pub(crate) artifact_type: Option<String>,
     /// `annotations`, if an object.
     pub(crate) annotations: Option<Map<String, Value>>,
+    /// The blobs and child manifests that must exist before it is stored.
+    pub(crate) required: Vec<Required>,
 }
 
 /// The essence (`type/subtype`, lower case) of a `Content-Type` value.
@@ -158,6 +161,7 @@ impl Manifest {
             Some(_) => return Err(field("annotations", "not an object")),
         };
         Ok(Manifest {
+            required: required(&doc, &media_type),
             media_type,
             subject,
             artifact_type: artifact_type.or(config_type),

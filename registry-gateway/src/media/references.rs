@@ -20,11 +20,13 @@ pub struct References {
     pub kind: Kind,
     /// The media type it declares (or was recognised as).
     pub media_type: String,
-    /// Blobs (config, layers) that must exist.
+    /// Blobs (config, layers but foreign ones with `urls`) that must exist.
     pub blobs: Vec<Digest>,
-    /// Manifests (children of an index, and the `subject`) that must exist, and whose own
-    /// references must exist too.
+    /// Manifests (children of an index) that must exist, and whose own references must
+    /// exist too.
     pub manifests: Vec<Digest>,
+    /// The manifest the OCI 1.1 `subject` names: not a dependency (it need not exist).
+    pub subject: Option<Digest>,
 }
 
 /// The fields references are read from, each checked for its type: absent and `null` are
@@ -33,6 +35,7 @@ struct Outline<'a> {
     schema_version: Option<u64>,
     media_type: Option<&'a str>,
     config: Option<&'a str>,
+    /// Layers' digests, without the foreign layers that carry `urls`.
     layers: Option<Vec<&'a str>>,
     manifests: Option<Vec<&'a str>>,
     subject: Option<&'a str>,
@@ -59,6 +62,29 @@ fn digests_of(v: &Value) -> Option<Vec<&str>> {
     v.as_array()?.iter().map(digest_of).collect()
 }
 
+/// Whether a layer descriptor is a foreign layer with `urls` (see [`super::is_foreign`]).
+fn is_external(v: &Value) -> bool {
+    v.get("mediaType")
+        .and_then(Value::as_str)
+        .is_some_and(super::is_foreign)
+        && v.get("urls")
+            .and_then(Value::as_array)
+            .is_some_and(|u| !u.is_empty())
+}
+
+/// The digests of the layers the cluster must hold.
+fn layer_digests_of(v: &Value) -> Option<Vec<&str>> {
+    let all = digests_of(v)?;
+    let layers = v.as_array()?;
+    Some(
+        all.into_iter()
+            .zip(layers)
+            .filter(|(_, l)| !is_external(l))
+            .map(|(d, _)| d)
+            .collect(),
+    )
+}
+
 impl<'a> Outline<'a> {
     fn read(doc: &'a Document) -> Option<Outline<'a>> {
         Some(Outline {
@@ -67,7 +93,7 @@ impl<'a> Outline<'a> {
             })?,
             media_type: optional(doc.get("mediaType"), Value::as_str)?,
             config: optional(doc.get("config"), digest_of)?,
-            layers: optional(doc.get("layers"), digests_of)?,
+            layers: optional(doc.get("layers"), layer_digests_of)?,
             manifests: optional(doc.get("manifests"), digests_of)?,
             subject: optional(doc.get("subject"), digest_of)?,
         })
@@ -118,9 +144,10 @@ pub fn references(bytes: &[u8]) -> Result<Option<References>, ManifestError> {
             }
         }
     }
-    if let Some(s) = outline.subject {
-        manifests.push(parse_digest("subject", s)?);
-    }
+    let subject = outline
+        .subject
+        .map(|s| parse_digest("subject", s))
+        .transpose()?;
     Ok(Some(References {
         kind,
         media_type: outline
@@ -128,6 +155,7 @@ pub fn references(bytes: &[u8]) -> Result<Option<References>, ManifestError> {
             .map_or_else(|| kind.oci_default().to_string(), str::to_string),
         blobs,
         manifests,
+        subject,
     }))
 }
 
@@ -160,7 +188,9 @@ mod tests {
         );
         let r = references(i.as_bytes()).unwrap().unwrap();
         assert_eq!(r.kind, Kind::Index);
-        assert_eq!(r.manifests.len(), 2);
+        // The subject is reported apart: it is no dependency.
+        assert_eq!(r.manifests, [Digest::sha256_of(&[4])]);
+        assert_eq!(r.subject, Some(Digest::sha256_of(&[5])));
 
         // No mediaType: recognised by shape.
         let bare = format!(
@@ -175,6 +205,29 @@ mod tests {
         );
         let r = references(bare.as_bytes()).unwrap().unwrap();
         assert_eq!((r.kind, r.media_type.as_str()), (Kind::Index, OCI_INDEX));
+    }
+
+    #[test]
+    fn foreign_layers_with_urls_are_no_dependencies() {
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}},"layers":[
+              {{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip","digest":"{}","urls":["https://example.com/l"]}},
+              {{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{}"}},
+              {{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","urls":["https://example.com/l"]}}]}}"#,
+            d(1),
+            d(2),
+            d(3),
+            d(4)
+        );
+        let r = references(m.as_bytes()).unwrap().unwrap();
+        let want: Vec<Digest> = [1u8, 3, 4]
+            .iter()
+            .map(|n| Digest::sha256_of(&[*n]))
+            .collect();
+        // Without urls a foreign layer has nowhere else to come from; a distributable
+        // layer with urls is still the cluster's.
+        assert_eq!(r.blobs, want);
+        assert_eq!(r.subject, None);
     }
 
     #[test]

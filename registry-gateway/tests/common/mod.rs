@@ -140,24 +140,12 @@ impl MemRegistry {
     }
 }
 
-fn referenced(manifest: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(d) = manifest.pointer("/config/digest").and_then(Value::as_str) {
-        out.push(d.to_string());
+/// What a tag on `manifest` depends on, by the build index's rules (one level).
+fn referenced(manifest: &[u8]) -> Vec<Digest> {
+    match kraken_registry_gateway::media::references(manifest) {
+        Ok(Some(r)) => r.blobs.into_iter().chain(r.manifests).collect(),
+        _ => Vec::new(),
     }
-    for key in ["layers", "manifests"] {
-        for item in manifest
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(d) = item.get("digest").and_then(Value::as_str) {
-                out.push(d.to_string());
-            }
-        }
-    }
-    out
 }
 
 impl Registry for MemRegistry {
@@ -286,14 +274,10 @@ impl Registry for MemRegistry {
             .blobs
             .get(digest)
             .ok_or_else(|| RegistryError::ManifestBlobUnknown(digest.to_string()))?;
-        let value: Value =
-            serde_json::from_slice(manifest).map_err(|e| RegistryError::Internal(e.to_string()))?;
-        let missing: Vec<String> = referenced(&value)
+        let missing: Vec<String> = referenced(manifest)
             .into_iter()
-            .filter(|d| {
-                d.parse::<Digest>()
-                    .map_or(true, |d| !s.blobs.contains_key(&d))
-            })
+            .filter(|d| !s.blobs.contains_key(d))
+            .map(|d| d.to_string())
             .collect();
         if !missing.is_empty() {
             return Err(RegistryError::ManifestBlobUnknown(missing.join(", ")));
@@ -412,6 +396,23 @@ pub fn header(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
         .get(name)
         .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// Pushes `bytes` as a manifest; returns the response.
+pub async fn put_manifest(
+    s: &Server,
+    repo: &str,
+    reference: &str,
+    ct: &str,
+    bytes: &[u8],
+) -> reqwest::Response {
+    s.client
+        .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("content-type", ct)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap()
 }
 
 /// An image manifest of `media_type` over a config and one layer already in `registry`.
