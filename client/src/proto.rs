@@ -189,6 +189,38 @@ pub enum Request {
         /// How long to wait for a read-through before answering [`Response::Pending`].
         wait_ms: u64,
     },
+    /// Build-index: list the manifest `digest` of `repo` among the referrers of `subject`
+    /// (durable before [`Response::ReferrerPut`]). Sent to the first live owner of
+    /// `(repo, subject)`, which copies it to the other live owners (`replica`).
+    PutReferrer {
+        /// Repository name.
+        repo: String,
+        /// The manifest the referrer's `subject` names.
+        subject: Digest,
+        /// The referrer manifest.
+        digest: Digest,
+        /// Its descriptor as the referrers API lists it (a JSON object).
+        descriptor: String,
+        /// Sent by another owner: do not copy further.
+        replica: bool,
+    },
+    /// Build-index: the referrers of `subject` in `repo` this node holds
+    /// ([`Response::Referrers`]).
+    Referrers {
+        /// Repository name.
+        repo: String,
+        /// The subject.
+        subject: Digest,
+    },
+    /// Build-index: forget the referrer `digest` of `subject` in `repo` (absent is fine).
+    DeleteReferrer {
+        /// Repository name.
+        repo: String,
+        /// The subject.
+        subject: Digest,
+        /// The referrer manifest.
+        digest: Digest,
+    },
 }
 
 impl Request {
@@ -217,6 +249,9 @@ impl Request {
             Request::DeleteTag { .. } => "DeleteTag",
             Request::Ingest { .. } => "Ingest",
             Request::Warm { .. } => "Warm",
+            Request::PutReferrer { .. } => "PutReferrer",
+            Request::Referrers { .. } => "Referrers",
+            Request::DeleteReferrer { .. } => "DeleteReferrer",
         }
     }
 
@@ -324,6 +359,12 @@ pub enum Response {
     Proceed,
     /// Answer to [`Request::Warm`]: the owner holds the blob.
     Warmed(Warmed),
+    /// Answer to [`Request::PutReferrer`]: stored durably on this node.
+    ReferrerPut,
+    /// Answer to [`Request::Referrers`]: descriptors (JSON objects), by referrer digest.
+    Referrers(Vec<String>),
+    /// Answer to [`Request::DeleteReferrer`].
+    ReferrerDeleted,
 }
 
 /// The largest metainfo a node sends or accepts: the largest the format allows (a header

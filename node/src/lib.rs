@@ -18,7 +18,8 @@
 //! Around them: [`proto`] (the RPC messages) and [`client`] (calls with owner failover),
 //! both from the `kraken-client` crate that `krakenctl` shares,
 //! [`service`] (routing incoming streams to roles), [`view`] (agents' view refresh),
-//! [`registry`] (the registry gateway over the cluster) and [`push`] (its blob writes),
+//! [`registry`] (the registry gateway over the cluster), [`push`] (its blob writes) and
+//! `referrers` (its referrers calls to the build-index),
 //! [`notify`] (push notifications on the proxy, preheated through `kraken_client::preheat`),
 //! [`config`] (the TOML file), [`node`] (start and stop), [`http`] and [`metrics`]
 //! (health, readiness, Prometheus), [`dev`] (`kraken dev`: a whole cluster in one process).
@@ -38,6 +39,7 @@ pub mod node;
 pub mod notify;
 pub mod origin;
 pub mod push;
+mod referrers;
 pub mod registry;
 pub mod serve;
 pub mod service;

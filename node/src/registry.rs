@@ -88,13 +88,7 @@ impl ClusterRegistry {
 
     /// Every live build-index node (tags are spread over them by owner).
     fn build_index_nodes(&self) -> Vec<std::net::SocketAddr> {
-        let view = self.cluster.view();
-        view.ring(Role::BuildIndex)
-            .members()
-            .iter()
-            .filter(|m| !view.is_suspected(&m.id))
-            .map(|m| m.quic_addr)
-            .collect()
+        crate::referrers::live_build_index(&self.cluster)
     }
 
     /// Asks every build-index node for a page and merges them.
@@ -476,6 +470,31 @@ impl Registry for ClusterRegistry {
             )),
             Err(e) => Err(tag_error(e, repo, tag)),
         }
+    }
+
+    async fn put_referrer(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &str,
+    ) -> Result<(), RegistryError> {
+        self.pushing()?;
+        crate::referrers::put(&self.cluster, repo, subject, referrer, descriptor).await
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<String>, RegistryError> {
+        crate::referrers::list(&self.cluster, repo, subject).await
+    }
+
+    async fn delete_referrer(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), RegistryError> {
+        self.pushing()?;
+        crate::referrers::delete(&self.cluster, repo, subject, referrer).await
     }
 }
 

@@ -23,7 +23,7 @@
 //! - `route`: which endpoint a path names (parsed from the right, names have slashes);
 //!   `reference`: validation of names, tags and digests; `range`: `Range` and
 //!   `Content-Range`; `uploads`: durable upload sessions on disk; `referrers`: the
-//!   referrers index kept by the OCI "referrers tag schema".
+//!   referrers API's index, built from the list the cluster keeps.
 //! - `handlers`: the request handlers; `access`: version header, access log, metrics.
 //!
 //! # The API served

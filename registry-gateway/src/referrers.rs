@@ -1,18 +1,18 @@
-//! The referrers index, kept with the OCI "referrers tag schema".
+//! The referrers API's answer: an OCI index of the manifests that name a `subject`.
 //!
-//! The cluster knows blobs and tags only, so the gateway keeps the list of manifests that
-//! name a given `subject` as an OCI index stored like any manifest and tagged
-//! `sha256-<hex of the subject>` in the same repository. A manifest PUT with a `subject`
-//! adds its descriptor ([`add_referrer`]); `GET /v2/<name>/referrers/<digest>` serves the
-//! index, filtered by `artifactType` when asked ([`filter_index`]). Indexes are rebuilt
-//! from their parsed form, so a broken stored one is replaced rather than propagated.
+//! The cluster keeps the list (`Registry::put_referrer` on a manifest PUT with a
+//! `subject`, `Registry::referrers` to read it); this module makes the descriptors it lists
+//! ([`descriptor`]) and the index served from them, filtered by `artifactType` when asked
+//! ([`index_of`]). No `sha256-<hex>` "referrers tag schema" tag is created any more (they
+//! showed in `tags/list`, `_catalog` and `crane ls`); one left by an older version is still
+//! read ([`legacy_entries`]) and merged into the answer.
 
 use kraken_storage::Digest;
 use serde_json::{Map, Value, json};
 
 use crate::media::{Manifest, OCI_INDEX};
 
-/// The tag under which `subject`'s referrers index lives.
+/// The tag under which older versions kept `subject`'s referrers index.
 pub(crate) fn referrers_tag(subject: &Digest) -> String {
     format!("{}-{}", subject.algorithm().name(), subject.hex())
 }
@@ -35,10 +35,11 @@ pub(crate) fn descriptor(manifest: &Manifest, digest: &Digest, size: u64) -> Val
     Value::Object(d)
 }
 
-/// The descriptors listed in a stored index (empty if it is not one).
-fn entries(index: Option<&[u8]>) -> Vec<Value> {
-    index
-        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+/// The descriptors listed in an index kept by an older version under [`referrers_tag`]
+/// (empty if it is not one).
+pub(crate) fn legacy_entries(index: &[u8]) -> Vec<Value> {
+    serde_json::from_slice::<Value>(index)
+        .ok()
         .and_then(|v| v.get("manifests").and_then(Value::as_array).cloned())
         .unwrap_or_default()
         .into_iter()
@@ -46,42 +47,37 @@ fn entries(index: Option<&[u8]>) -> Vec<Value> {
         .collect()
 }
 
-/// An index listing `manifests`.
-fn index_of(manifests: Vec<Value>) -> Vec<u8> {
-    json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": manifests,
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// An index with no referrers.
-pub(crate) fn empty_index() -> Vec<u8> {
-    index_of(Vec::new())
-}
-
-/// The index with `descriptor` added; `None` if it is already listed.
-pub(crate) fn add_referrer(existing: Option<&[u8]>, descriptor: Value) -> Option<Vec<u8>> {
-    let mut list = entries(existing);
-    let digest = descriptor.get("digest").cloned();
-    if list.iter().any(|d| d.get("digest") == digest.as_ref()) {
-        return None;
+/// The descriptors the cluster lists (JSON objects with a `digest`; anything else is
+/// skipped), then those of `legacy` it does not list.
+pub(crate) fn merge(listed: &[String], legacy: Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = listed
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|d| d.get("digest").and_then(Value::as_str).is_some())
+        .collect();
+    for d in legacy {
+        if !out.iter().any(|o| o.get("digest") == d.get("digest")) {
+            out.push(d);
+        }
     }
-    list.push(descriptor);
-    Some(index_of(list))
+    out
 }
 
-/// The stored index, normalised, keeping only descriptors of `artifact_type` when given.
-pub(crate) fn filter_index(stored: &[u8], artifact_type: Option<&str>) -> Vec<u8> {
-    let list = entries(Some(stored))
+/// The index listing `descriptors`, only those of `artifact_type` when given.
+pub(crate) fn index_of(descriptors: Vec<Value>, artifact_type: Option<&str>) -> Vec<u8> {
+    let list: Vec<Value> = descriptors
         .into_iter()
         .filter(|d| {
             artifact_type.is_none_or(|t| d.get("artifactType").and_then(Value::as_str) == Some(t))
         })
         .collect();
-    index_of(list)
+    json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": list,
+    })
+    .to_string()
+    .into_bytes()
 }
 
 #[cfg(test)]
@@ -99,37 +95,35 @@ mod tests {
     }
 
     #[test]
-    fn adds_without_duplicates_and_filters() {
+    fn merges_without_duplicates_and_filters() {
         let d1 = Digest::sha256_of(b"1");
         let d2 = Digest::sha256_of(b"2");
-        let idx = add_referrer(None, descriptor(&manifest("application/x.sig"), &d1, 10)).unwrap();
-        assert!(
-            add_referrer(
-                Some(&idx),
-                descriptor(&manifest("application/x.sig"), &d1, 10)
-            )
-            .is_none()
-        );
-        let idx = add_referrer(
-            Some(&idx),
-            descriptor(&manifest("application/x.sbom"), &d2, 20),
-        )
-        .unwrap();
-        let all: Value = serde_json::from_slice(&filter_index(&idx, None)).unwrap();
-        assert_eq!(all["manifests"].as_array().unwrap().len(), 2);
+        let listed = vec![
+            descriptor(&manifest("application/x.sig"), &d1, 10).to_string(),
+            "not json".to_string(),
+        ];
+        let legacy = legacy_entries(&index_of(
+            vec![
+                descriptor(&manifest("application/x.sig"), &d1, 10),
+                descriptor(&manifest("application/x.sbom"), &d2, 20),
+            ],
+            None,
+        ));
+        let all = merge(&listed, legacy);
+        assert_eq!(all.len(), 2);
+        let v: Value = serde_json::from_slice(&index_of(all.clone(), None)).unwrap();
+        assert_eq!(v["manifests"].as_array().unwrap().len(), 2);
+        assert_eq!(v["mediaType"], OCI_INDEX);
         let sigs: Value =
-            serde_json::from_slice(&filter_index(&idx, Some("application/x.sig"))).unwrap();
+            serde_json::from_slice(&index_of(all, Some("application/x.sig"))).unwrap();
         assert_eq!(sigs["manifests"].as_array().unwrap().len(), 1);
         assert_eq!(sigs["manifests"][0]["digest"], d1.to_string());
-        assert_eq!(sigs["mediaType"], OCI_INDEX);
     }
 
     #[test]
-    fn tag_schema_and_garbage() {
+    fn legacy_tag_schema_and_garbage() {
         let d = Digest::sha256_of(b"x");
         assert_eq!(referrers_tag(&d), format!("sha256-{}", d.hex()));
-        crate::names::validate_tag(&referrers_tag(&d)).unwrap();
-        let e: Value = serde_json::from_slice(&filter_index(b"garbage", None)).unwrap();
-        assert_eq!(e["manifests"].as_array().unwrap().len(), 0);
+        assert!(legacy_entries(b"garbage").is_empty());
     }
 }

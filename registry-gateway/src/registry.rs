@@ -276,6 +276,34 @@ pub trait Registry: Send + Sync + 'static {
         repo: &str,
         tag: &str,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Lists the manifest `referrer` of `repo` among the referrers of `subject` (which need
+    /// not exist), described by `descriptor` (a JSON object, as the referrers API lists
+    /// it). Durable when this returns `Ok`; listing it again replaces the descriptor.
+    fn put_referrer(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &str,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// The descriptors (JSON objects) of the referrers of `subject` in `repo`, each once,
+    /// sorted by referrer digest; empty when there are none.
+    fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+    ) -> impl Future<Output = Result<Vec<String>, RegistryError>> + Send;
+
+    /// Forgets the referrer `referrer` of `subject` in `repo` (`Ok` if it was not listed):
+    /// what deleting the referrer manifest does.
+    fn delete_referrer(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 }
 
 #[cfg(test)]

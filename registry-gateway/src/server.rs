@@ -25,8 +25,6 @@ pub(crate) struct Gateway<R> {
     pub(crate) config: GatewayConfig,
     /// Upload sessions (only when push is on: agents never touch the disk).
     uploads: Option<UploadStore>,
-    /// Serialises referrers index updates made through this gateway.
-    pub(crate) referrers_lock: tokio::sync::Mutex<()>,
 }
 
 impl<R> Gateway<R> {
@@ -59,7 +57,6 @@ pub fn router<R: Registry>(
         registry,
         config,
         uploads,
-        referrers_lock: tokio::sync::Mutex::new(()),
     });
     let api = Router::new()
         .fallback(crate::handlers::dispatch::<R>)

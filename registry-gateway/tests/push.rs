@@ -499,7 +499,7 @@ fn referrer(subject: &[u8], artifact_type: &str, config: &kraken_storage::Digest
 }
 
 #[tokio::test]
-async fn referrers_are_kept_by_the_tag_schema() {
+async fn referrers_are_listed_without_fallback_tags() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
     let subject = image_manifest(&s.registry, Some(OCI_MANIFEST), "subject");
@@ -532,11 +532,10 @@ async fn referrers_are_kept_by_the_tag_schema() {
         assert_eq!(r.status(), StatusCode::CREATED);
         assert_eq!(header(&r, "oci-subject"), Some(sd.to_string()));
     }
-    // The tag schema: sha256-<hex> points at the index.
-    assert!(
-        s.registry
-            .tag_of("app", &format!("sha256-{}", sd.hex()))
-            .is_some()
+    // No "referrers tag schema" tag: the only tag is the one pushed.
+    assert_eq!(
+        s.registry.all_tags(),
+        [("app".to_string(), "v1".to_string())]
     );
 
     let r = s

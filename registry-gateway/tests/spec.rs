@@ -203,3 +203,38 @@ async fn foreign_layers_with_urls_need_not_exist_by_tag_or_by_digest() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_fallback_tag_left_by_an_older_version_is_merged_into_the_referrers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
+    let config = s.registry.insert_blob(b"{}");
+    let subject = Digest::sha256_of(b"subject");
+    let old = referrer_of(subject, config, "application/vnd.example.old");
+    let old_d = s.registry.insert_blob(&old);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": old_d.to_string(), "size": old.len(),
+                       "artifactType": "application/vnd.example.old"}],
+    }))
+    .unwrap();
+    let index_d = s.registry.insert_blob(&index);
+    s.registry
+        .tag("app", &format!("sha256-{}", subject.hex()), index_d);
+    let new = referrer_of(subject, config, "application/vnd.example.new");
+    let r = put_manifest(&s, "app", "new", OCI_MANIFEST, &new).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v = json_of(get(&s, &format!("/v2/app/referrers/{subject}"), None).await).await;
+    let mut types: Vec<&str> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["artifactType"].as_str().unwrap())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        ["application/vnd.example.new", "application/vnd.example.old"]
+    );
+    s.stop().await;
+}

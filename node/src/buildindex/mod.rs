@@ -1,6 +1,8 @@
 //! The build-index role: durable tags (`repo:tag → digest`) and their replication.
 //!
 //! - [`store`]: the redb tag table with history.
+//! - [`referrers`]: the redb referrers table (`(repo, subject, referrer) → descriptor`)
+//!   behind the OCI referrers API.
 //! - what a manifest references (Docker schema2, manifest list, OCI manifest and index,
 //!   OCI 1.1 `subject`) is read by the gateway's manifest parser,
 //!   [`kraken_registry_gateway::media::references`].
@@ -21,6 +23,7 @@
 //! a tag reads it back from the backend, and a node that starts with an empty table imports
 //! every tag from its backends, so a wiped build-index recovers.
 
+pub mod referrers;
 pub mod replicate;
 pub mod store;
 pub mod tagcache;
@@ -172,6 +175,9 @@ pub enum OpenError {
     /// The tag table could not be opened.
     #[error("opening the tag table: {0}")]
     Tags(#[from] store::StoreError),
+    /// The referrers table could not be opened.
+    #[error("opening the referrers table: {0}")]
+    Referrers(#[source] store::StoreError),
     /// The replication queue could not be opened.
     #[error("opening the replication queue: {0}")]
     Queue(#[from] kraken_storage::queue::QueueError),
@@ -190,6 +196,7 @@ struct Inner {
     me: NodeId,
     cluster: Cluster,
     store: TagStore,
+    referrers: referrers::ReferrerStore,
     router: NamespaceRouter,
     queue: WriteBackQueue,
     config: BuildIndexConfig,
@@ -205,7 +212,8 @@ pub struct BuildIndexParts {
     pub me: NodeId,
     /// Calls to other nodes.
     pub cluster: Cluster,
-    /// Where its state lives (`tags.redb`, `replication.redb`, temp files).
+    /// Where its state lives (`tags.redb`, `referrers.redb`, `replication.redb`, temp
+    /// files).
     pub data_dir: PathBuf,
     /// Backends by repository.
     pub router: NamespaceRouter,
@@ -230,6 +238,8 @@ impl BuildIndex {
         let _ = std::fs::remove_dir_all(&tmp_dir);
         create(&tmp_dir)?;
         let store = TagStore::open(&parts.data_dir.join("tags.redb"))?;
+        let referrers = referrers::ReferrerStore::open(&parts.data_dir.join("referrers.redb"))
+            .map_err(OpenError::Referrers)?;
         let queue = WriteBackQueue::open(&parts.data_dir.join("replication.redb"), parts.queue)?;
         let rules = parts
             .config
@@ -242,6 +252,7 @@ impl BuildIndex {
                 me: parts.me,
                 cluster: parts.cluster,
                 store,
+                referrers,
                 router: parts.router,
                 queue,
                 config: parts.config,
@@ -323,6 +334,22 @@ impl BuildIndex {
             Request::TagHistory { repo, tag } => self.history(repo, tag),
             Request::ReplicationStatus => self.replication_status(),
             Request::DeleteTag { repo, tag, replica } => self.delete_tag(repo, tag, *replica).await,
+            Request::PutReferrer {
+                repo,
+                subject,
+                digest,
+                descriptor,
+                replica,
+            } => {
+                self.put_referrer(repo, subject, digest, descriptor, *replica)
+                    .await
+            }
+            Request::Referrers { repo, subject } => self.referrers(repo, subject),
+            Request::DeleteReferrer {
+                repo,
+                subject,
+                digest,
+            } => self.delete_referrer(repo, subject, digest),
             _ => return None,
         };
         Some(answer.unwrap_or_else(Response::Error))

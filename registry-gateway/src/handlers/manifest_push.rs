@@ -15,12 +15,13 @@ use futures::StreamExt;
 use kraken_storage::Digest;
 
 use super::manifest_check::check_required;
-use super::manifests::{add_to_referrers, store_manifest};
+use super::manifests::store_manifest;
 use super::pull::DIGEST_HEADER;
 use super::{Ctx, Reply, empty, set};
 use crate::error::{ApiError, ErrorCode};
 use crate::media::Manifest;
 use crate::reference::{Reference, check_name};
+use crate::referrers::descriptor;
 use crate::registry::Registry;
 use crate::server::Gateway;
 
@@ -87,7 +88,10 @@ pub(crate) async fn put<R: Registry>(
         gw.registry.put_tag(name, tag, &digest).await?;
     }
     if let Some(subject) = &manifest.subject {
-        add_to_referrers(gw, name, subject, &manifest, &digest, bytes.len() as u64).await?;
+        let listed = descriptor(&manifest, &digest, bytes.len() as u64).to_string();
+        gw.registry
+            .put_referrer(name, subject, &digest, &listed)
+            .await?;
     }
     let mut r = empty(StatusCode::CREATED);
     set(&mut r, LOCATION, &format!("/v2/{name}/manifests/{digest}"));

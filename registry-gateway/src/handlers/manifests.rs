@@ -2,14 +2,12 @@
 //!
 //! [`read_manifest`] reads one whole, refusing more than the configured limit and checking
 //! the bytes against their digest; [`store_manifest`] stages bytes in a file and hands it
-//! to `put_blob`; [`add_to_referrers`] keeps the referrers index of a subject.
+//! to `put_blob`.
 
 use futures::StreamExt;
 use kraken_storage::Digest;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::media::Manifest;
-use crate::referrers::{add_referrer, descriptor, referrers_tag};
 use crate::registry::{Registry, RegistryError};
 use crate::server::Gateway;
 
@@ -64,37 +62,6 @@ pub(crate) async fn store_manifest<R: Registry>(
         .map_err(|e| ApiError::new(ErrorCode::Unknown, format!("staging manifest: {e}")))?;
     gw.registry
         .put_blob(repo, digest, staged.path(), bytes.len() as u64)
-        .await
-        .map_err(ApiError::from)
-}
-
-/// Lists the manifest `digest` (`size` bytes) in the referrers index of its subject.
-pub(crate) async fn add_to_referrers<R: Registry>(
-    gw: &Gateway<R>,
-    repo: &str,
-    subject: &Digest,
-    manifest: &Manifest,
-    digest: &Digest,
-    size: u64,
-) -> Result<(), ApiError> {
-    let _serial = gw.referrers_lock.lock().await;
-    let tag = referrers_tag(subject);
-    let existing = match gw.registry.resolve_tag(repo, &tag).await {
-        Ok(index) => match read_manifest(gw, repo, &index).await {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.code() == ErrorCode::ManifestUnknown => None,
-            Err(e) => return Err(e),
-        },
-        Err(RegistryError::TagUnknown(_) | RegistryError::NameUnknown(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let Some(index) = add_referrer(existing.as_deref(), descriptor(manifest, digest, size)) else {
-        return Ok(());
-    };
-    let index_digest = Digest::sha256_of(&index);
-    store_manifest(gw, repo, &index_digest, &index).await?;
-    gw.registry
-        .put_tag(repo, &tag, &index_digest)
         .await
         .map_err(ApiError::from)
 }

@@ -15,7 +15,7 @@ use crate::blobserve::response::blob_fields;
 use crate::error::{ApiError, ErrorCode};
 use crate::media::{OCI_INDEX, content_type_of};
 use crate::reference::{Reference, check_name, check_tag, parse_digest};
-use crate::referrers::{empty_index, filter_index, referrers_tag};
+use crate::referrers::{index_of, legacy_entries, merge, referrers_tag};
 use crate::registry::{ByteRange, Registry, RegistryError, resolve_range};
 use crate::server::Gateway;
 
@@ -188,23 +188,21 @@ pub(crate) async fn referrers<R: Registry>(
     check_name(name)?;
     let subject = parse_digest(digest)?;
     let artifact_type = ctx.query("artifactType").filter(|t| !t.is_empty());
-    let stored = match gw
+    let listed = gw.registry.referrers(name, &subject).await?;
+    let legacy = match gw
         .registry
         .resolve_tag(name, &referrers_tag(&subject))
         .await
     {
         Ok(index) => match read_manifest(gw, name, &index).await {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.code() == ErrorCode::ManifestUnknown => None,
+            Ok(bytes) => legacy_entries(&bytes),
+            Err(e) if e.code() == ErrorCode::ManifestUnknown => Vec::new(),
             Err(e) => return Err(e),
         },
-        Err(RegistryError::TagUnknown(_) | RegistryError::NameUnknown(_)) => None,
+        Err(RegistryError::TagUnknown(_) | RegistryError::NameUnknown(_)) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    let body = match &stored {
-        Some(bytes) => filter_index(bytes, artifact_type),
-        None => empty_index(),
-    };
+    let body = index_of(merge(&listed, legacy), artifact_type);
     let mut r = respond(StatusCode::OK, body, Some(OCI_INDEX), ctx.head);
     if artifact_type.is_some() {
         set(&mut r, "oci-filters-applied", "artifactType");

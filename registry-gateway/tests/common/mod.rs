@@ -26,6 +26,7 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 struct State {
     blobs: HashMap<Digest, Bytes>,
     tags: BTreeMap<(String, String), Digest>,
+    referrers: BTreeMap<(String, Digest, Digest), String>,
     put_blob_calls: usize,
     streamed_puts: usize,
     stat_blob_calls: usize,
@@ -105,6 +106,11 @@ impl MemRegistry {
             .tags
             .get(&(repo.into(), tag.into()))
             .copied()
+    }
+
+    /// Every tag of every repository.
+    pub fn all_tags(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().tags.keys().cloned().collect()
     }
 
     pub fn blob_count(&self) -> usize {
@@ -309,6 +315,44 @@ impl Registry for MemRegistry {
             .remove(&(repo.to_string(), tag.to_string()))
             .map(|_| ())
             .ok_or_else(|| RegistryError::TagUnknown(format!("{repo}:{tag}")))
+    }
+
+    async fn put_referrer(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &str,
+    ) -> Result<(), RegistryError> {
+        self.state
+            .lock()
+            .unwrap()
+            .referrers
+            .insert((repo.into(), *subject, *referrer), descriptor.into());
+        Ok(())
+    }
+
+    async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<String>, RegistryError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.referrers
+            .iter()
+            .filter(|((r, sub, _), _)| r == repo && sub == subject)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+
+    async fn delete_referrer(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), RegistryError> {
+        self.state
+            .lock()
+            .unwrap()
+            .referrers
+            .remove(&(repo.to_string(), *subject, *referrer));
+        Ok(())
     }
 }
 
