@@ -238,3 +238,83 @@ async fn a_fallback_tag_left_by_an_older_version_is_merged_into_the_referrers() 
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn manifests_are_negotiated_by_accept_like_distribution() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
+    let oci = image_manifest(&s.registry, Some(OCI_MANIFEST), "oci");
+    let docker = image_manifest(&s.registry, Some(DOCKER_MANIFEST), "docker");
+    let arm = image_manifest(&s.registry, Some(DOCKER_MANIFEST), "arm");
+    let (oci_d, docker_d, arm_d) = (
+        s.registry.insert_blob(&oci),
+        s.registry.insert_blob(&docker),
+        s.registry.insert_blob(&arm),
+    );
+    let list = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": DOCKER_LIST,
+        "manifests": [
+            {"mediaType": DOCKER_MANIFEST, "digest": arm_d.to_string(), "size": arm.len(),
+             "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": DOCKER_MANIFEST, "digest": docker_d.to_string(), "size": docker.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}}],
+    }))
+    .unwrap();
+    let list_d = s.registry.insert_blob(&list);
+    s.registry.tag("app", "oci", oci_d);
+    s.registry.tag("app", "list", list_d);
+
+    // No Accept, wildcards and generic types take anything (curl keeps working).
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/*"),
+        Some("application/json"),
+    ] {
+        let r = get(&s, "/v2/app/manifests/oci", accept).await;
+        assert_eq!(r.status(), StatusCode::OK, "{accept:?}");
+        assert_eq!(header(&r, "content-type").as_deref(), Some(OCI_MANIFEST));
+    }
+    // An OCI manifest to a client that lists only Docker types: unknown, GET and HEAD.
+    let r = get(&s, "/v2/app/manifests/oci", Some(DOCKER_MANIFEST)).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    let r = s
+        .client
+        .head(s.url(&format!("/v2/app/manifests/{oci_d}")))
+        .header("accept", DOCKER_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let accept_both = format!("{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0.5");
+    let r = get(&s, "/v2/app/manifests/oci", Some(&accept_both)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // A Docker list by tag to a client that takes no lists: its linux/amd64 entry.
+    let r = get(&s, "/v2/app/manifests/list", Some(DOCKER_MANIFEST)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-type").as_deref(), Some(DOCKER_MANIFEST));
+    assert_eq!(
+        header(&r, "docker-content-digest"),
+        Some(docker_d.to_string())
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), docker.as_slice());
+    // By digest the answer must match the digest: unknown.
+    let r = get(
+        &s,
+        &format!("/v2/app/manifests/{list_d}"),
+        Some(DOCKER_MANIFEST),
+    )
+    .await;
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    // A client of OCI types only gets neither the list nor its Docker entry.
+    let r = get(&s, "/v2/app/manifests/list", Some(OCI_MANIFEST)).await;
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    let r = get(&s, "/v2/app/manifests/list", Some(DOCKER_LIST)).await;
+    assert_eq!(
+        header(&r, "docker-content-digest"),
+        Some(list_d.to_string())
+    );
+    s.stop().await;
+}

@@ -11,7 +11,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::registry::{Registry, RegistryError};
 use crate::server::Gateway;
 
-/// Reads the manifest `digest` of `repo` whole (at most `max_manifest_len` bytes).
+/// Reads the manifest `digest` of `repo` whole (at most `max_manifest_len` bytes; a larger
+/// blob is 404 `MANIFEST_UNKNOWN`).
 pub(crate) async fn read_manifest<R: Registry>(
     gw: &Gateway<R>,
     repo: &str,
@@ -23,10 +24,12 @@ pub(crate) async fn read_manifest<R: Registry>(
         .read_blob(repo, digest, None)
         .await
         .map_err(ApiError::from_manifest)?;
+    // Larger than any manifest: a blob asked for through the manifests endpoint, which
+    // is unknown as a manifest (distribution answers 404 too), not an invalid request.
     let too_big = || {
         ApiError::new(
-            ErrorCode::ManifestInvalid,
-            format!("{digest} is larger than the {max}-byte manifest limit"),
+            ErrorCode::ManifestUnknown,
+            format!("{digest} is larger than the {max}-byte manifest limit: not a manifest"),
         )
     };
     if body.total > max {

@@ -6,6 +6,7 @@
 //! - [`manifest_push`]: manifest PUT (with referrers upkeep) and tag DELETE.
 //! - [`manifest_check`]: what must exist before a pushed manifest is stored.
 //! - [`manifests`]: reading and writing manifest bytes through the cluster.
+//! - [`negotiate`]: `Accept` negotiation for manifest pulls.
 //!
 //! Writes pass [`write_gate`] first: 405 when push is off, 401 without credentials.
 //! Before any handler, `?ns=` maps the route's repository ([`crate::mirror`]), and after
@@ -14,6 +15,7 @@
 pub(crate) mod manifest_check;
 pub(crate) mod manifest_push;
 pub(crate) mod manifests;
+pub(crate) mod negotiate;
 pub(crate) mod pull;
 pub(crate) mod upload_stream;
 pub(crate) mod uploads;

@@ -6,14 +6,16 @@ use axum::http::StatusCode;
 use axum::http::header::{ETAG, LINK, RANGE};
 use axum::response::Response;
 use futures::StreamExt;
+use kraken_storage::Digest;
 use serde_json::json;
 
 use super::manifests::read_manifest;
+use super::negotiate::{Accept, default_platform_child};
 use super::{Ctx, Reply, respond, set};
 use crate::blobserve::redirect::to_blob_server;
 use crate::blobserve::response::blob_fields;
 use crate::error::{ApiError, ErrorCode};
-use crate::media::{OCI_INDEX, content_type_of};
+use crate::media::{DOCKER_MANIFEST_LIST, OCI_INDEX, content_type_of};
 use crate::reference::{Reference, check_name, check_tag, parse_digest};
 use crate::referrers::{index_of, legacy_entries, merge, referrers_tag};
 use crate::registry::{ByteRange, Registry, RegistryError, resolve_range};
@@ -22,7 +24,32 @@ use crate::server::Gateway;
 /// `Docker-Content-Digest`.
 pub(crate) const DIGEST_HEADER: &str = "docker-content-digest";
 
-/// `GET|HEAD /v2/<name>/manifests/<reference>`.
+/// The manifest `digest` of `name` and the type it is served with; 404 `MANIFEST_UNKNOWN`
+/// for a blob that is no manifest.
+async fn load<R: Registry>(
+    gw: &Gateway<R>,
+    name: &str,
+    digest: &Digest,
+) -> Result<(Vec<u8>, String), ApiError> {
+    let bytes = read_manifest(gw, name, digest).await?;
+    let content_type = content_type_of(&bytes).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ManifestUnknown,
+            format!("{digest} is not a manifest"),
+        )
+    })?;
+    Ok((bytes, content_type))
+}
+
+fn not_accepted(content_type: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ManifestUnknown,
+        format!("the manifest is a {content_type}, which the Accept header does not list"),
+    )
+}
+
+/// `GET|HEAD /v2/<name>/manifests/<reference>`, negotiated by `Accept` (see
+/// [`super::negotiate`]).
 pub(crate) async fn manifest<R: Registry>(
     gw: &Gateway<R>,
     ctx: &Ctx,
@@ -30,7 +57,9 @@ pub(crate) async fn manifest<R: Registry>(
     reference: &str,
 ) -> Reply {
     check_name(name)?;
-    let digest = match Reference::parse(reference)? {
+    let reference = Reference::parse(reference)?;
+    let by_tag = matches!(reference, Reference::Tag(_));
+    let mut digest = match reference {
         Reference::Tag(tag) => gw
             .registry
             .resolve_tag(name, &tag)
@@ -38,13 +67,21 @@ pub(crate) async fn manifest<R: Registry>(
             .map_err(ApiError::from_manifest)?,
         Reference::Digest(d) => d,
     };
-    let bytes = read_manifest(gw, name, &digest).await?;
-    let content_type = content_type_of(&bytes).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ManifestUnknown,
-            format!("{digest} is not a manifest"),
-        )
-    })?;
+    let (mut bytes, mut content_type) = load(gw, name, &digest).await?;
+    let accept = Accept::of(ctx);
+    if !accept.accepts(&content_type) {
+        // Distribution's fallback for old clients: a list by tag becomes its
+        // linux/amd64 entry.
+        let child = (by_tag && content_type == DOCKER_MANIFEST_LIST)
+            .then(|| default_platform_child(&bytes))
+            .flatten()
+            .ok_or_else(|| not_accepted(&content_type))?;
+        (bytes, content_type) = load(gw, name, &child).await?;
+        if !accept.accepts(&content_type) {
+            return Err(not_accepted(&content_type));
+        }
+        digest = child;
+    }
     let mut r = respond(StatusCode::OK, bytes, Some(&content_type), ctx.head);
     set(&mut r, DIGEST_HEADER, &digest.to_string());
     set(&mut r, ETAG, &format!("\"{digest}\""));
