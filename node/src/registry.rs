@@ -91,12 +91,13 @@ impl ClusterRegistry {
         crate::referrers::live_build_index(&self.cluster)
     }
 
-    /// Asks every build-index node for a page and merges them.
+    /// Asks every build-index node for a page and merges them; the flag says whether any
+    /// node answered with a list (an empty one included) rather than `NotFound`.
     async fn gather(
         &self,
         make: impl Fn(u32) -> Request,
         limit: usize,
-    ) -> Result<Page, RegistryError> {
+    ) -> Result<(Page, bool), RegistryError> {
         let nodes = self.build_index_nodes();
         if nodes.is_empty() {
             return Err(RegistryError::Unavailable(
@@ -111,11 +112,13 @@ impl ClusterRegistry {
         .await;
         let mut all = BTreeSet::new();
         let mut reached = 0;
+        let mut listed = false;
         let mut last_error = None;
         for a in answers {
             match a {
                 Ok(Response::Names { names, .. }) => {
                     reached += 1;
+                    listed = true;
                     all.extend(names);
                 }
                 Ok(other) => last_error = Some(RegistryError::Internal(format!("{other:?}"))),
@@ -132,10 +135,11 @@ impl ClusterRegistry {
             );
         }
         let more = all.len() > limit;
-        Ok(Page {
+        let page = Page {
             names: all.into_iter().take(limit).collect(),
             more,
-        })
+        };
+        Ok((page, listed))
     }
 
     /// `range` of the blob from its origins, in ring order, as it arrives. A whole blob is
@@ -365,7 +369,7 @@ impl Registry for ClusterRegistry {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, RegistryError> {
-        let page = self
+        let (page, listed) = self
             .gather(
                 |n| Request::ListTags {
                     repo: repo.into(),
@@ -375,7 +379,9 @@ impl Registry for ClusterRegistry {
                 limit,
             )
             .await?;
-        if page.names.is_empty() && after.is_none() {
+        // Every node said `NotFound`: no such repository (one whose tags were all deleted
+        // answers an empty list).
+        if !listed && after.is_none() {
             return Err(RegistryError::NameUnknown(repo.to_string()));
         }
         Ok(page)
@@ -390,6 +396,7 @@ impl Registry for ClusterRegistry {
             limit,
         )
         .await
+        .map(|(page, _)| page)
     }
 
     async fn put_blob(

@@ -167,6 +167,39 @@ async fn pushes_are_checked_before_storing_and_referrers_need_no_tags() {
     let tags = json_get(&h, &format!("{pull}/v2/app/tags/list")).await;
     assert_eq!(tags["tags"], json!(["foreign", "sig"]));
 
+    // Deleting every tag leaves the repository known, with an empty list (distribution
+    // keeps it too); an unknown one is 404 NAME_UNKNOWN.
+    for tag in ["foreign", "sig"] {
+        let r = h
+            .delete(format!("{push}/v2/app/manifests/{tag}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    // The other owner forgets them once its queued deletion runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = h
+            .get(format!("{pull}/v2/app/tags/list"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let tags: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        if tags["tags"] == json!([]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{tags}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = h
+        .get(format!("{pull}/v2/nothing/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (404, "NAME_UNKNOWN".into()));
+
     // Both build-index nodes own it: with either gone, it is still listed.
     c.kill(bi1);
     assert_eq!(referrers(pull.clone()).await.len(), 1);

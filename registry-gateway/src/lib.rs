@@ -37,14 +37,17 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /v2/` | 200 `{}` |
-//! | `GET,HEAD /v2/<name>/manifests/<tag or digest>` | the manifest, typed by its `mediaType` |
+//! | `GET,HEAD /v2/<name>/manifests/<tag or digest>` | the manifest, typed by its `mediaType`, if `Accept` allows it |
 //! | `GET,HEAD /v2/<name>/blobs/<digest>` | the blob, streamed; `Range` gives 206 or 416; a `GET` of a blob complete on this host is `307` to the blob server when one runs ([`GatewayConfig::blob_server`]) |
 //! | `GET /v2/<name>/tags/list`, `GET /v2/_catalog` | pages (`n`, `last`, `Link`) |
-//! | `GET /v2/<name>/referrers/<digest>` | an OCI index (empty when none) |
+//! | `GET /v2/<name>/referrers/<digest>` | an OCI index from the cluster's referrers list (empty when none) |
 //! | `POST /v2/<name>/blobs/uploads/` | session (202), monolithic `?digest=` or mount (201) |
 //! | `PATCH`/`PUT`/`GET`/`DELETE` on an upload | chunk / finish / progress / cancel |
-//! | `PUT /v2/<name>/manifests/<ref>` | 201; keeps referrers for a `subject` |
+//! | `PUT /v2/<name>/manifests/<ref>` | 201 once what it references exists; lists a `subject`'s referrer |
 //! | `DELETE /v2/<name>/manifests/<tag>` | the cluster's `delete_tag` |
+//!
+//! `docs/registry.md` lists the choices the specification leaves and where the gateway
+//! differs from distribution.
 //!
 //! Writes answer 405 `UNSUPPORTED` when [`GatewayConfig::push`] is off and 401 without the
 //! configured credentials.

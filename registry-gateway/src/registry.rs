@@ -214,7 +214,7 @@ pub trait Registry: Send + Sync + 'static {
     }
 
     /// A page of `repo`'s tags after `after` ([`RegistryError::NameUnknown`] if the
-    /// repository has none).
+    /// repository is unknown; one whose tags were all deleted has an empty list).
     fn list_tags(
         &self,
         repo: &str,

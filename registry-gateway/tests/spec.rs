@@ -318,3 +318,34 @@ async fn manifests_are_negotiated_by_accept_like_distribution() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn odd_requests_get_the_answers_documented() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
+    // No such endpoint: 404 (distribution answers a plain-text 404; ours has a JSON body).
+    let r = get(&s, "/v2/app/nonsense", None).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "UNSUPPORTED");
+    // A repository whose last tag was deleted: an empty list, not NAME_UNKNOWN.
+    let m = image_manifest(&s.registry, Some(OCI_MANIFEST), "last");
+    assert_eq!(
+        put_manifest(&s, "app", "only", OCI_MANIFEST, &m)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let r = s
+        .client
+        .delete(s.url("/v2/app/manifests/only"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = get(&s, "/v2/app/tags/list", None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(json_of(r).await["tags"], json!([]));
+    let r = get(&s, "/v2/never/tags/list", None).await;
+    assert_eq!(error_code(r).await, "NAME_UNKNOWN");
+    s.stop().await;
+}

@@ -529,7 +529,11 @@ impl BuildIndex {
             .store
             .list_tags(repo, after, n + 1)
             .map_err(internal)?;
-        if names.is_empty() && after.is_none() {
+        // A repository whose tags were all deleted stays known: an empty list.
+        if names.is_empty()
+            && after.is_none()
+            && !self.inner.store.had_tags(repo).map_err(internal)?
+        {
             return Err(RemoteError::new(
                 ErrorKind::NotFound,
                 format!("repository {repo} has no tags"),

@@ -149,6 +149,15 @@ impl TagStore {
         Ok(txn.open_table(TOMBSTONES)?.get((repo, tag))?.is_some())
     }
 
+    /// Whether a tag of `repo` was ever deleted here: a repository whose last tag was
+    /// deleted is still known (its tag list is empty, not unknown).
+    pub fn had_tags(&self, repo: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        let tombstones = txn.open_table(TOMBSTONES)?;
+        let mut range = tombstones.range((repo, "")..(repo, AFTER_TAGS))?;
+        Ok(range.next().transpose()?.is_some())
+    }
+
     /// What `repo:tag` points at.
     pub fn get(&self, repo: &str, tag: &str) -> Result<Option<TagEntry>, StoreError> {
         let txn = self.db.begin_read()?;

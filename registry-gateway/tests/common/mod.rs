@@ -27,6 +27,8 @@ struct State {
     blobs: HashMap<Digest, Bytes>,
     tags: BTreeMap<(String, String), Digest>,
     referrers: BTreeMap<(String, Digest, Digest), String>,
+    /// Repositories a tag was deleted from: known, even with no tag left.
+    emptied: BTreeSet<String>,
     put_blob_calls: usize,
     streamed_puts: usize,
     stat_blob_calls: usize,
@@ -205,7 +207,7 @@ impl Registry for MemRegistry {
             .filter(|(r, _)| r == repo)
             .map(|(_, t)| t.clone())
             .collect();
-        if all.is_empty() {
+        if all.is_empty() && !s.emptied.contains(repo) {
             return Err(RegistryError::NameUnknown(repo.into()));
         }
         let rest: Vec<String> = all
@@ -308,13 +310,12 @@ impl Registry for MemRegistry {
         if self.tags_immutable {
             return Err(RegistryError::Unsupported("tags are immutable".into()));
         }
-        self.state
-            .lock()
-            .unwrap()
-            .tags
+        let mut s = self.state.lock().unwrap();
+        s.tags
             .remove(&(repo.to_string(), tag.to_string()))
-            .map(|_| ())
-            .ok_or_else(|| RegistryError::TagUnknown(format!("{repo}:{tag}")))
+            .ok_or_else(|| RegistryError::TagUnknown(format!("{repo}:{tag}")))?;
+        s.emptied.insert(repo.to_string());
+        Ok(())
     }
 
     async fn put_referrer(
