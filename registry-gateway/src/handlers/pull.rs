@@ -215,6 +215,32 @@ pub(crate) async fn catalog<R: Registry>(gw: &Gateway<R>, ctx: &Ctx) -> Reply {
     Ok(r)
 }
 
+/// The referrers an older version kept in a `sha256-<hex>` tag, best effort: the table is
+/// the list, so a failure to read the old tag only logs.
+async fn legacy_referrers<R: Registry>(
+    gw: &Gateway<R>,
+    name: &str,
+    subject: &Digest,
+) -> Vec<serde_json::Value> {
+    let index = match gw.registry.resolve_tag(name, &referrers_tag(subject)).await {
+        Ok(index) => index,
+        Err(RegistryError::TagUnknown(_) | RegistryError::NameUnknown(_)) => return Vec::new(),
+        Err(e) => {
+            tracing::warn!(%name, %subject, error = %e, "cannot read a legacy referrers tag");
+            return Vec::new();
+        }
+    };
+    match read_manifest(gw, name, &index).await {
+        Ok(bytes) => legacy_entries(&bytes),
+        Err(e) => {
+            if e.code() != ErrorCode::ManifestUnknown {
+                tracing::warn!(%name, %subject, "cannot read a legacy referrers index");
+            }
+            Vec::new()
+        }
+    }
+}
+
 /// `GET /v2/<name>/referrers/<digest>?artifactType=`.
 pub(crate) async fn referrers<R: Registry>(
     gw: &Gateway<R>,
@@ -226,19 +252,7 @@ pub(crate) async fn referrers<R: Registry>(
     let subject = parse_digest(digest)?;
     let artifact_type = ctx.query("artifactType").filter(|t| !t.is_empty());
     let listed = gw.registry.referrers(name, &subject).await?;
-    let legacy = match gw
-        .registry
-        .resolve_tag(name, &referrers_tag(&subject))
-        .await
-    {
-        Ok(index) => match read_manifest(gw, name, &index).await {
-            Ok(bytes) => legacy_entries(&bytes),
-            Err(e) if e.code() == ErrorCode::ManifestUnknown => Vec::new(),
-            Err(e) => return Err(e),
-        },
-        Err(RegistryError::TagUnknown(_) | RegistryError::NameUnknown(_)) => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
+    let legacy = legacy_referrers(gw, name, &subject).await;
     let body = index_of(merge(&listed, legacy), artifact_type);
     let mut r = respond(StatusCode::OK, body, Some(OCI_INDEX), ctx.head);
     if artifact_type.is_some() {
