@@ -307,6 +307,11 @@ impl BuildIndex {
         &self.inner.store
     }
 
+    /// The referrers table.
+    pub fn referrers_table(&self) -> &referrers::ReferrerStore {
+        &self.inner.referrers
+    }
+
     /// The replication queue.
     pub fn queue(&self) -> &WriteBackQueue {
         &self.inner.queue

@@ -87,6 +87,25 @@ impl ReferrerStore {
         Ok(out)
     }
 
+    /// Every entry held here as `(repo, subject, referrer)`, sorted: what garbage
+    /// collection walks to keep the referrers of a live manifest (pushed by digest, they
+    /// are reachable from no tag).
+    pub fn all(&self) -> Result<Vec<(String, Digest, Digest)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REFERRERS)?;
+        let mut out = Vec::new();
+        for entry in table.range::<(&str, &str, &str)>(..)? {
+            let (key, _) = entry?;
+            let (repo, subject, referrer) = key.value();
+            let parse = |d: &str| {
+                d.parse::<Digest>()
+                    .map_err(|_| StoreError::Corrupt(format!("{repo} {subject} {referrer}")))
+            };
+            out.push((repo.to_string(), parse(subject)?, parse(referrer)?));
+        }
+        Ok(out)
+    }
+
     /// Forgets `referrer` under `subject` in `repo`; true if it was listed.
     pub fn delete(
         &self,
@@ -220,5 +239,14 @@ mod tests {
             Some(vec!["{\"a\":2}".to_string()])
         );
         assert_eq!(store.list("other", &s1).map(|l| l.len()).ok(), Some(1));
+        let mut all = store.all().unwrap();
+        let mut want = vec![
+            ("app".to_string(), s1, r2),
+            ("app".to_string(), s2, r1),
+            ("other".to_string(), s1, r1),
+        ];
+        all.sort_by_key(|(r, s, d)| (r.clone(), s.to_string(), d.to_string()));
+        want.sort_by_key(|(r, s, d)| (r.clone(), s.to_string(), d.to_string()));
+        assert_eq!(all, want);
     }
 }
