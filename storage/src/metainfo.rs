@@ -941,3 +941,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// The encodings (and so the ids) of existing sha256 metainfos must never change:
+    /// nodes compare ids, and stores hold encoded metainfos.
+    #[test]
+    fn sha256_encodings_are_pinned() {
+        let data: Vec<u8> = (0..600 * 1024u32).map(|i| (i % 253) as u8).collect();
+        let chained = Metainfo::from_bytes(&data, &PieceLengthTable::default()).unwrap();
+        let bare = Metainfo::new(
+            *chained.digest(),
+            chained.length(),
+            chained.piece_length(),
+            chained.piece_hashes().to_vec(),
+        )
+        .unwrap();
+        let enc = chained.encode();
+        assert_eq!(enc.len(), 1 + 33 + 3 + 3 + 1 + 3 * 32 + 1 + 2 * 32);
+        assert_eq!(
+            hex::encode(&enc[..48]),
+            "0200733217b5843ea68c4b6859300d64b3657aca5976debbdfd058a263999e52086180c02580801003c90b63e13ef8c7"
+        );
+        assert_eq!(
+            chained.id().to_string(),
+            "60cd042096954bdd21887c29fd83889504d2b6a5861aa9650caf78e902932cc5"
+        );
+        assert_eq!(
+            bare.id().to_string(),
+            "a09601221f66740446145ffdfabdb8ab6fe053db3cc043c49ab34086086118c3"
+        );
+    }
+}
