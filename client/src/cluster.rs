@@ -140,7 +140,7 @@ async fn read_metainfo_body(recv: &mut RecvStream, len: u64) -> Result<Vec<u8>, 
     if len > MAX_METAINFO_LEN {
         return Err(MetainfoBodyError::TooLong);
     }
-    // Checked above: `len` is at most MAX_METAINFO_LEN (about 16 MiB): it fits in memory.
+    // Checked above: `len` is at most MAX_METAINFO_LEN (about 24 MiB): it fits in memory.
     let bytes = recv.read_to_end(len as usize).await?;
     if bytes.len() as u64 != len {
         return Err(MetainfoBodyError::Short(bytes.len()));

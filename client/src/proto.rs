@@ -368,7 +368,8 @@ pub enum Response {
 }
 
 /// The largest metainfo a node sends or accepts: the largest the format allows (a header
-/// and 64 bytes for each of at most `MAX_PIECES` pieces, 16 MiB + 96 bytes).
+/// and up to 96 bytes, a BLAKE3 hash and a sha512 chaining state, for each of at most
+/// `MAX_PIECES` pieces: 24 MiB + 160 bytes).
 pub const MAX_METAINFO_LEN: u64 = kraken_storage::metainfo::MAX_ENCODED_LEN as u64;
 
 /// What an owner holds after a [`Request::Warm`].

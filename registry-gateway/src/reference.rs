@@ -1,5 +1,5 @@
 //! Path parameters, validated before anything reaches the cluster: repository names (by
-//! [`crate::names`]), digests (sha256 only) and manifest references (a tag or a digest).
+//! [`crate::names`]), digests (sha256 or sha512) and manifest references (a tag or a digest).
 
 use kraken_storage::Digest;
 

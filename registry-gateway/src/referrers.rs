@@ -12,9 +12,16 @@ use serde_json::{Map, Value, json};
 
 use crate::media::{Manifest, OCI_INDEX};
 
-/// The tag under which older versions kept `subject`'s referrers index.
+/// The tag under which older versions kept `subject`'s referrers index (`<algorithm>-<hex>`,
+/// the hex cut to 64 characters as the referrers tag schema says: a whole sha512 would make
+/// a 135-character tag, past the 128 a tag may have).
 pub(crate) fn referrers_tag(subject: &Digest) -> String {
-    format!("{}-{}", subject.algorithm().name(), subject.hex())
+    let hex = subject.hex();
+    format!(
+        "{}-{}",
+        subject.algorithm().name(),
+        &hex[..hex.len().min(64)]
+    )
 }
 
 /// The descriptor of a referrer manifest, as listed in the index.
@@ -125,5 +132,9 @@ mod tests {
         let d = Digest::sha256_of(b"x");
         assert_eq!(referrers_tag(&d), format!("sha256-{}", d.hex()));
         assert!(legacy_entries(b"garbage").is_empty());
+        let d = Digest::of(kraken_storage::DigestAlgorithm::Sha512, b"x");
+        let tag = referrers_tag(&d);
+        assert_eq!(tag, format!("sha512-{}", &d.hex()[..64]));
+        crate::names::validate_tag(&tag).unwrap();
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use kraken_storage::cas::{Cas, CasConfig};
 use kraken_storage::chain::ChainRecorder;
-use kraken_storage::{Digest, PieceHasher};
+use kraken_storage::{Digest, DigestAlgorithm, PieceHasher};
 use sha2::Digest as _;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -68,7 +68,7 @@ fn main() {
     // ingest computes now): its cost over plain sha256 is the batching into blocks.
     let chain = best(runs, || {
         let t = Instant::now();
-        let mut r = ChainRecorder::new(4 << 20).unwrap();
+        let mut r = ChainRecorder::new(DigestAlgorithm::Sha256, 4 << 20).unwrap();
         for chunk in data.chunks(1 << 20) {
             r.update(chunk);
         }

@@ -3,8 +3,8 @@
 //! Modules, bottom up:
 //! - [`digest`]: `Digest`, the registry's name for a blob (`sha256:<hex>`), strictly parsed.
 //! - [`bitfield`]: `PieceIndex` and the `Bitfield` of pieces a node holds.
-//! - [`chain`]: sha256's chaining states at piece boundaries, so a blob's digest is checked
-//!   piece by piece, in any order, as pieces arrive.
+//! - [`chain`]: sha256's and sha512's chaining states at piece boundaries, so a blob's
+//!   digest is checked piece by piece, in any order, as pieces arrive.
 //! - [`metainfo`]: `Metainfo` (length, piece length, one BLAKE3 hash per piece, the chaining
 //!   states), the piece length table, piece verification and the compact postcard encoding
 //!   with its own id.

@@ -1,18 +1,21 @@
 //! `Metainfo`: what a peer needs to download and verify a blob piece by piece.
 //!
 //! A metainfo names the blob (`Digest`), its length, its piece length and one BLAKE3 hash
-//! per piece. Only origins produce it (they hold the whole blob and have checked its sha256);
+//! per piece. Only origins produce it (they hold the whole blob and have checked its digest);
 //! agents receive it over authenticated QUIC and verify each piece against it, so a piece
 //! can be checked on arrival without waiting for the whole blob.
 //!
-//! When pieces are whole sha256 blocks (every default piece length is), it also carries
-//! sha256's chaining state at the start of each piece after the first (see [`crate::chain`]):
+//! When pieces are whole blocks of the digest's algorithm (every default piece length is,
+//! for sha256 and sha512 alike), it also carries the algorithm's chaining state at the start
+//! of each piece after the first (see [`crate::chain`]):
 //! a receiver then checks the blob's digest piece by piece as pieces arrive, instead of
 //! re-hashing the whole blob after the last one.
 //!
 //! Encoding: postcard of a versioned struct, at most [`MAX_ENCODED_LEN`] bytes: version 2
 //! with chaining states, version 1 (what nodes before them speak) without, so a metainfo
-//! without states keeps its encoding and its id across the upgrade. Decoding checks
+//! without states keeps its encoding and its id across the upgrade. A chaining state is
+//! its raw bytes (32 for sha256, 64 for sha512; the digest, encoded before the states,
+//! says which), so sha256 metainfos kept their encoding when sha512 came. Decoding checks
 //! everything a malicious peer could get wrong (version, piece length bounds, piece count
 //! against the length, the number of chaining states and the pieces' block alignment,
 //! trailing bytes) and never panics. [`Metainfo::id`] is the BLAKE3 hash of the encoding,
@@ -25,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bitfield::PieceIndex;
 use crate::chain::{self, ChainHasher, ChainRecorder, ChainState};
-use crate::digest::Digest;
+use crate::digest::{Bytes64, Digest, DigestAlgorithm};
 
 /// Current encoding version.
 pub const METAINFO_VERSION: u8 = 2;
@@ -38,8 +41,8 @@ pub const MAX_PIECE_LENGTH: u32 = 64 * 1024 * 1024;
 /// Most pieces one blob may have (1 TiB at 4 MiB pieces).
 pub const MAX_PIECES: u32 = 1 << 18;
 /// Upper bound of an encoded metainfo, checked before decoding (a BLAKE3 hash and a
-/// chaining state per piece, and the fixed fields).
-pub const MAX_ENCODED_LEN: usize = 96 + 64 * MAX_PIECES as usize;
+/// chaining state of up to 64 bytes per piece, and the fixed fields).
+pub const MAX_ENCODED_LEN: usize = 160 + 96 * MAX_PIECES as usize;
 
 const KIB: u32 = 1024;
 const MIB: u32 = 1024 * KIB;
@@ -131,8 +134,9 @@ pub enum MetainfoError {
     BadTable(String),
     /// Chaining states that cannot belong to this layout.
     #[error(
-        "a metainfo of {pieces} pieces of {piece_length} bytes carries {actual} sha256 \
-         chaining states (expected {} or none, and pieces of whole 64-byte blocks)",
+        "a metainfo of {pieces} pieces of {piece_length} bytes carries {actual} \
+         chaining states (expected {} or none, of the digest's algorithm, and pieces of \
+         whole blocks of it)",
         pieces.saturating_sub(1)
     )]
     ChainMismatch {
@@ -172,10 +176,11 @@ pub enum PieceError {
         /// Piece.
         index: PieceIndex,
     },
-    /// The bytes match the piece's BLAKE3 hash but do not continue the blob's sha256 chain:
+    /// The bytes match the piece's BLAKE3 hash but do not continue the chain of the blob's
+    /// digest:
     /// the metainfo is inconsistent (its hashes or its chaining states do not describe the
     /// blob its digest names). Not the sender's fault.
-    #[error("{index} matches its BLAKE3 hash but not the sha256 chain of the blob's digest")]
+    #[error("{index} matches its BLAKE3 hash but not the hash chain of the blob's digest")]
     ChainMismatch {
         /// Piece.
         index: PieceIndex,
@@ -280,26 +285,34 @@ impl PieceLengthTable {
     }
 }
 
-/// Length, piece length, per-piece BLAKE3 hashes and sha256 chaining states of one blob.
+/// Length, piece length, per-piece BLAKE3 hashes and chaining states of one blob.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Metainfo {
     digest: Digest,
     length: u64,
     piece_length: u32,
     pieces: Vec<PieceHash>,
-    /// sha256's chaining state at the start of pieces `1..`, or empty.
+    /// The digest algorithm's chaining state at the start of pieces `1..`, or empty.
     chain: Vec<ChainState>,
 }
 
-/// The encoded form; kept separate so decoding always goes through validation.
+/// The encoded form; kept separate so decoding always goes through validation. `S` is a
+/// chaining state's bytes: `[u8; 32]` for a sha256 digest, [`Bytes64`] for sha512.
 #[derive(Clone, Serialize, Deserialize)]
-struct MetainfoWire {
+struct MetainfoWire<S> {
     version: u8,
     digest: Digest,
     length: u64,
     piece_length: u32,
     pieces: Vec<PieceHash>,
-    chain: Vec<ChainState>,
+    chain: Vec<S>,
+}
+
+/// The fields every version starts with, read first to pick the chaining states' size.
+#[derive(Deserialize)]
+struct WireHead {
+    version: u8,
+    digest: Digest,
 }
 
 /// Version 1's encoding: no chaining states.
@@ -312,27 +325,56 @@ struct MetainfoWireV1 {
     pieces: Vec<PieceHash>,
 }
 
-impl TryFrom<MetainfoWire> for Metainfo {
+impl<S: Into<ChainState>> TryFrom<MetainfoWire<S>> for Metainfo {
     type Error = MetainfoError;
 
-    fn try_from(w: MetainfoWire) -> Result<Self, Self::Error> {
+    fn try_from(w: MetainfoWire<S>) -> Result<Self, Self::Error> {
         if w.version != METAINFO_VERSION {
             return Err(MetainfoError::UnsupportedVersion(w.version));
         }
-        Metainfo::new(w.digest, w.length, w.piece_length, w.pieces)?.with_chain(w.chain)
+        let chain = w.chain.into_iter().map(Into::into).collect();
+        Metainfo::new(w.digest, w.length, w.piece_length, w.pieces)?.with_chain(chain)
     }
 }
 
-impl From<Metainfo> for MetainfoWire {
-    fn from(m: Metainfo) -> Self {
+impl From<[u8; 32]> for ChainState {
+    fn from(bytes: [u8; 32]) -> Self {
+        ChainState::Sha256(bytes)
+    }
+}
+
+impl From<Bytes64> for ChainState {
+    fn from(bytes: Bytes64) -> Self {
+        ChainState::Sha512(bytes.0)
+    }
+}
+
+impl<S> MetainfoWire<S> {
+    /// The wire form of `m`, its states taken by `state` (`None`: not this size).
+    fn of(m: &Metainfo, state: impl Fn(&ChainState) -> Option<S>) -> Self {
         MetainfoWire {
             version: METAINFO_VERSION,
             digest: m.digest,
             length: m.length,
             piece_length: m.piece_length,
-            pieces: m.pieces,
-            chain: m.chain,
+            pieces: m.pieces.clone(),
+            // A metainfo's states are all of its digest's algorithm (`with_chain`).
+            chain: m.chain.iter().filter_map(state).collect(),
         }
+    }
+}
+
+fn state_32(s: &ChainState) -> Option<[u8; 32]> {
+    match s {
+        ChainState::Sha256(b) => Some(*b),
+        ChainState::Sha512(_) => None,
+    }
+}
+
+fn state_64(s: &ChainState) -> Option<Bytes64> {
+    match s {
+        ChainState::Sha512(b) => Some(Bytes64(*b)),
+        ChainState::Sha256(_) => None,
     }
 }
 
@@ -368,11 +410,15 @@ impl Metainfo {
         })
     }
 
-    /// Adds sha256's chaining state at the start of every piece after the first (as
-    /// [`ChainRecorder`] records them); empty means none. Rejects a count that does not
-    /// fit the pieces, and states for pieces that are not whole sha256 blocks.
+    /// Adds the digest algorithm's chaining state at the start of every piece after the
+    /// first (as [`ChainRecorder`] records them); empty means none. Rejects a count that
+    /// does not fit the pieces, states of another algorithm, and states for pieces that are
+    /// not whole blocks of the algorithm.
     pub fn with_chain(mut self, chain: Vec<ChainState>) -> Result<Self, MetainfoError> {
-        let fits = chain.len() == self.pieces.len().saturating_sub(1) && self.chain_capable();
+        let algorithm = self.digest.algorithm();
+        let fits = chain.len() == self.pieces.len().saturating_sub(1)
+            && self.chain_capable()
+            && chain.iter().all(|s| s.algorithm() == algorithm);
         if !chain.is_empty() && !fits {
             return Err(MetainfoError::ChainMismatch {
                 pieces: self.piece_count(),
@@ -384,26 +430,35 @@ impl Metainfo {
         Ok(self)
     }
 
-    /// Hashes a blob held in memory (tests, small blobs). The digest is computed, not trusted.
+    /// Hashes a blob held in memory (tests, small blobs) with sha256. The digest is
+    /// computed, not trusted.
     pub fn from_bytes(data: &[u8], table: &PieceLengthTable) -> Result<Self, MetainfoError> {
+        Metainfo::from_bytes_as(DigestAlgorithm::Sha256, data, table)
+    }
+
+    /// Hashes a blob held in memory with `algorithm`. The digest is computed, not trusted.
+    pub fn from_bytes_as(
+        algorithm: DigestAlgorithm,
+        data: &[u8],
+        table: &PieceLengthTable,
+    ) -> Result<Self, MetainfoError> {
         let piece_length = table.piece_length_for(data.len() as u64);
         check_layout(data.len() as u64, piece_length)?;
         let pieces = data
             .chunks(piece_length as usize)
             .map(PieceHash::of)
             .collect();
-        let (digest, chain) = match ChainRecorder::new(piece_length) {
+        let (digest, chain) = match ChainRecorder::new(algorithm, piece_length) {
             Some(mut r) => {
                 r.update(data);
-                let (sha256, chain) = r.finish();
-                (Digest::Sha256(sha256), chain)
+                r.finish()
             }
-            None => (Digest::sha256_of(data), Vec::new()),
+            None => (Digest::of(algorithm, data), Vec::new()),
         };
         Metainfo::new(digest, data.len() as u64, piece_length, pieces)?.with_chain(chain)
     }
 
-    /// sha256's chaining state at the start of each piece after the first; empty without.
+    /// The chaining state at the start of each piece after the first; empty without.
     pub fn chain(&self) -> &[ChainState] {
         &self.chain
     }
@@ -413,14 +468,13 @@ impl Metainfo {
         !self.chain.is_empty() || (self.pieces.len() == 1 && self.chain_capable())
     }
 
-    /// Whether this layout admits chaining states at all: sha256 pieces of whole blocks.
+    /// Whether this layout admits chaining states at all: pieces of whole blocks of the
+    /// digest's algorithm.
     fn chain_capable(&self) -> bool {
-        match self.digest {
-            Digest::Sha256(_) => u64::from(self.piece_length).is_multiple_of(chain::BLOCK),
-        }
+        u64::from(self.piece_length).is_multiple_of(chain::block_len(self.digest.algorithm()))
     }
 
-    /// A sha256 hasher positioned at the start of piece `index`, to be fed its bytes and
+    /// A hasher of the digest's algorithm positioned at the start of piece `index`, to be fed its bytes and
     /// handed to [`Metainfo::check_piece_chain`]; `None` without chaining states.
     pub fn piece_chain(&self, index: PieceIndex) -> Option<ChainHasher> {
         if !self.has_chain() || index.0 >= self.piece_count() {
@@ -428,13 +482,13 @@ impl Metainfo {
         }
         let start = u64::from(index.0) * u64::from(self.piece_length);
         let state = match index.0 {
-            0 => ChainState::INITIAL,
+            0 => ChainState::initial(self.digest.algorithm()),
             i => *self.chain.get(i as usize - 1)?,
         };
         Some(ChainHasher::resume(state, start))
     }
 
-    /// Checks that `bytes`, the whole of piece `index`, continue the blob's sha256 chain
+    /// Checks that `bytes`, the whole of piece `index`, continue the digest's hash chain
     /// (for pieces held in memory; see [`Metainfo::check_piece_chain`]).
     pub fn verify_piece_chain(&self, index: PieceIndex, bytes: &[u8]) -> Result<(), PieceError> {
         self.checked_piece_range(index)?;
@@ -446,7 +500,7 @@ impl Metainfo {
     }
 
     /// Checks that piece `index`, fed whole to `hasher` (from [`Metainfo::piece_chain`]),
-    /// continues the blob's sha256 chain: it ends at the next piece's recorded state, or,
+    /// continues the digest's hash chain: it ends at the next piece's recorded state, or,
     /// for the last piece, at the digest. Without chaining states nothing can pass.
     pub fn check_piece_chain(
         &self,
@@ -466,8 +520,7 @@ impl Metainfo {
             });
         }
         let ok = if index.0 + 1 == self.piece_count() {
-            let Digest::Sha256(want) = self.digest;
-            hasher.finalize() == want
+            hasher.finalize() == self.digest
         } else {
             hasher.state().as_ref() == self.chain.get(index.0 as usize)
         };
@@ -574,7 +627,11 @@ impl Metainfo {
             };
             return postcard::to_allocvec(&v1).unwrap_or_default();
         }
-        postcard::to_allocvec(&MetainfoWire::from(self.clone())).unwrap_or_default()
+        match self.digest.algorithm() {
+            DigestAlgorithm::Sha256 => postcard::to_allocvec(&MetainfoWire::of(self, state_32)),
+            DigestAlgorithm::Sha512 => postcard::to_allocvec(&MetainfoWire::of(self, state_64)),
+        }
+        .unwrap_or_default()
     }
 
     /// Decodes and validates untrusted bytes.
@@ -598,7 +655,15 @@ impl Metainfo {
             let w: MetainfoWireV1 = take(bytes)?;
             return Metainfo::new(w.digest, w.length, w.piece_length, w.pieces);
         }
-        Metainfo::try_from(take::<MetainfoWire>(bytes)?)
+        let (head, _) =
+            postcard::take_from_bytes::<WireHead>(bytes).map_err(MetainfoError::Malformed)?;
+        if head.version != METAINFO_VERSION {
+            return Err(MetainfoError::UnsupportedVersion(head.version));
+        }
+        match head.digest.algorithm() {
+            DigestAlgorithm::Sha256 => Metainfo::try_from(take::<MetainfoWire<[u8; 32]>>(bytes)?),
+            DigestAlgorithm::Sha512 => Metainfo::try_from(take::<MetainfoWire<Bytes64>>(bytes)?),
+        }
     }
 
     /// BLAKE3 of the encoding.
@@ -776,10 +841,10 @@ mod tests {
         for chunk in data.chunks(77_777) {
             h.update(chunk);
         }
-        let mut chain = ChainRecorder::new(want.piece_length()).unwrap();
+        let mut chain = ChainRecorder::new(DigestAlgorithm::Sha256, want.piece_length()).unwrap();
         chain.update(&data);
         let (sha256, states) = chain.finish();
-        let got = h.finish(Digest::Sha256(sha256)).unwrap();
+        let got = h.finish(sha256).unwrap();
         assert!(!got.has_chain());
         let got = got.with_chain(states).unwrap();
         assert_eq!(got, want);
@@ -793,14 +858,14 @@ mod tests {
         assert_eq!(Metainfo::decode(&enc).unwrap(), m);
         enc.push(0);
         assert_eq!(Metainfo::decode(&enc), Err(MetainfoError::TrailingBytes(1)));
-        let mut wire = MetainfoWire::from(m.clone());
+        let mut wire = MetainfoWire::of(&m, state_32);
         wire.version = 9;
         let enc = postcard::to_allocvec(&wire).unwrap();
         assert_eq!(
             Metainfo::decode(&enc),
             Err(MetainfoError::UnsupportedVersion(9))
         );
-        let mut wire = MetainfoWire::from(m);
+        let mut wire = MetainfoWire::of(&m, state_32);
         wire.pieces.push(PieceHash([0; 32]));
         let enc = postcard::to_allocvec(&wire).unwrap();
         assert!(matches!(
@@ -868,7 +933,9 @@ mod tests {
         let m = Metainfo::from_bytes(&data, &table()).unwrap();
         let bare = || Metainfo::new(*m.digest(), m.length(), m.piece_length(), m.pieces.clone());
         assert!(matches!(
-            bare().unwrap().with_chain(vec![ChainState([0; 32])]),
+            bare()
+                .unwrap()
+                .with_chain(vec![ChainState::Sha256([0; 32])]),
             Err(MetainfoError::ChainMismatch { actual: 1, .. })
         ));
         // Pieces that split sha256 blocks carry no chain.
@@ -887,7 +954,7 @@ mod tests {
         assert_eq!(old, bare().unwrap());
         assert!(!old.has_chain());
         // A chain of the wrong length in a version 2 encoding is refused.
-        let mut wire = MetainfoWire::from(m.clone());
+        let mut wire = MetainfoWire::of(&m, state_32);
         wire.chain.pop();
         assert!(matches!(
             Metainfo::decode(&postcard::to_allocvec(&wire).unwrap()),
@@ -901,7 +968,7 @@ mod tests {
         assert!(
             bare()
                 .unwrap()
-                .check_piece_chain(PieceIndex(0), ChainHasher::new())
+                .check_piece_chain(PieceIndex(0), ChainHasher::default())
                 .is_err()
         );
         // A single piece needs no states: its sha256 is the digest.
@@ -912,7 +979,94 @@ mod tests {
         one.check_piece_chain(PieceIndex(0), h).unwrap();
     }
 
+    #[test]
+    fn sha512_pieces_check_the_digest_one_by_one() {
+        let data: Vec<u8> = (0..600 * 1024u32).map(|i| (i % 247) as u8).collect();
+        let m = Metainfo::from_bytes_as(DigestAlgorithm::Sha512, &data, &table()).unwrap();
+        assert_eq!(*m.digest(), Digest::of(DigestAlgorithm::Sha512, &data));
+        assert!(m.has_chain());
+        assert_eq!(m.chain().len(), 2);
+        assert!(m.chain().iter().all(|s| s.as_bytes().len() == 64));
+        let piece = |i: u32| {
+            let r = m.piece_range(PieceIndex(i)).unwrap();
+            &data[r.start as usize..r.end as usize]
+        };
+        for i in [1, 2, 0] {
+            m.verify_piece(PieceIndex(i), piece(i)).unwrap();
+            m.verify_piece_chain(PieceIndex(i), piece(i)).unwrap();
+        }
+        // A corrupted piece is refused by its BLAKE3 hash and by the sha512 chain; the last
+        // piece is checked against the digest itself.
+        for i in [0, 2] {
+            let mut bad = piece(i).to_vec();
+            bad[7] ^= 0x40;
+            let index = PieceIndex(i);
+            assert_eq!(
+                m.verify_piece(index, &bad),
+                Err(PieceError::HashMismatch { index })
+            );
+            assert_eq!(
+                m.verify_piece_chain(index, &bad),
+                Err(PieceError::ChainMismatch { index })
+            );
+        }
+        // The encoding carries 64-byte states and round-trips, id included.
+        let enc = m.encode();
+        assert_eq!(enc[0], METAINFO_VERSION);
+        assert_eq!(enc.len(), 1 + 65 + 3 + 3 + 1 + 3 * 32 + 1 + 2 * 64);
+        let back = Metainfo::decode(&enc).unwrap();
+        assert_eq!((back.id(), &back), (m.id(), &m));
+        // Truncated states do not decode; nor do sha256 states under a sha512 digest.
+        assert!(Metainfo::decode(&enc[..enc.len() - 1]).is_err());
+        let bare = || Metainfo::new(*m.digest(), m.length(), m.piece_length(), m.pieces.clone());
+        assert!(matches!(
+            bare()
+                .unwrap()
+                .with_chain(vec![ChainState::Sha256([0; 32]); 2]),
+            Err(MetainfoError::ChainMismatch { actual: 2, .. })
+        ));
+        let mixed = MetainfoWire::<[u8; 32]> {
+            chain: vec![[0; 32]; 4],
+            ..MetainfoWire::of(&bare().unwrap(), state_32)
+        };
+        assert!(Metainfo::decode(&postcard::to_allocvec(&mixed).unwrap()).is_err());
+        // Without states a sha512 metainfo is version 1 too.
+        assert_eq!(bare().unwrap().encode()[0], 1);
+        let v1 = Metainfo::decode(&bare().unwrap().encode()).unwrap();
+        assert_eq!(v1, bare().unwrap());
+    }
+
+    #[test]
+    fn sha512_needs_pieces_of_whole_128_byte_blocks() {
+        // 16 KiB + 64 is whole sha256 blocks but not sha512's.
+        let odd = PieceLengthTable::uniform(16 * 1024 + 64);
+        let data = vec![5u8; 40_000];
+        let s256 = Metainfo::from_bytes(&data, &odd).unwrap();
+        assert!(!s256.chain().is_empty());
+        let s512 = Metainfo::from_bytes_as(DigestAlgorithm::Sha512, &data, &odd).unwrap();
+        assert!(s512.chain().is_empty() && !s512.has_chain());
+        assert_eq!(*s512.digest(), Digest::of(DigestAlgorithm::Sha512, &data));
+        assert!(s512.piece_chain(PieceIndex(0)).is_none());
+        assert!(
+            s512.verify_piece_chain(PieceIndex(0), &data[..16 * 1024 + 64])
+                .is_err()
+        );
+    }
+
     proptest! {
+        #[test]
+        fn sha512_round_trips(data in proptest::collection::vec(any::<u8>(), 0..70_000), pl in 16u32..64) {
+            let table = PieceLengthTable::uniform(pl * 1024);
+            let m = Metainfo::from_bytes_as(DigestAlgorithm::Sha512, &data, &table).unwrap();
+            let back = Metainfo::decode(&m.encode()).unwrap();
+            prop_assert_eq!(back.id(), m.id());
+            prop_assert_eq!(&back, &m);
+            for i in 0..m.piece_count() {
+                let r = m.piece_range(PieceIndex(i)).unwrap();
+                prop_assert!(m.verify_piece_chain(PieceIndex(i), &data[r.start as usize..r.end as usize]).is_ok());
+            }
+        }
+
         #[test]
         fn round_trips(data in proptest::collection::vec(any::<u8>(), 0..70_000), pl in 16u32..64) {
             let table = PieceLengthTable { entries: vec![PieceLengthEntry { min_blob_size: 0, piece_length: pl * 1024 }] };
@@ -939,5 +1093,39 @@ mod tests {
                 prop_assert_eq!(d.piece_count() as u64, piece_count(d.length(), d.piece_length()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// The encodings (and so the ids) of existing sha256 metainfos must never change:
+    /// nodes compare ids, and stores hold encoded metainfos.
+    #[test]
+    fn sha256_encodings_are_pinned() {
+        let data: Vec<u8> = (0..600 * 1024u32).map(|i| (i % 253) as u8).collect();
+        let chained = Metainfo::from_bytes(&data, &PieceLengthTable::default()).unwrap();
+        let bare = Metainfo::new(
+            *chained.digest(),
+            chained.length(),
+            chained.piece_length(),
+            chained.piece_hashes().to_vec(),
+        )
+        .unwrap();
+        let enc = chained.encode();
+        assert_eq!(enc.len(), 1 + 33 + 3 + 3 + 1 + 3 * 32 + 1 + 2 * 32);
+        assert_eq!(
+            hex::encode(&enc[..48]),
+            "0200733217b5843ea68c4b6859300d64b3657aca5976debbdfd058a263999e52086180c02580801003c90b63e13ef8c7"
+        );
+        assert_eq!(
+            chained.id().to_string(),
+            "60cd042096954bdd21887c29fd83889504d2b6a5861aa9650caf78e902932cc5"
+        );
+        assert_eq!(
+            bare.id().to_string(),
+            "a09601221f66740446145ffdfabdb8ab6fe053db3cc043c49ab34086086118c3"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::io::{self, Read};
 use std::time::{Duration, SystemTime};
 
 use kraken_storage::cas::{BlobState, Cas, CasConfig, CasError};
-use kraken_storage::{Digest, Metainfo, PieceIndex, PieceLengthTable};
+use kraken_storage::{Digest, DigestAlgorithm, Metainfo, PieceIndex, PieceLengthTable};
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -119,6 +119,78 @@ fn second_ingest_does_not_read_the_source() {
     cas.ingest(&digest, Some(1000), &blob[..]).unwrap();
     let got = cas.ingest(&digest, Some(1000), FailingReader(0)).unwrap();
     assert!(got.already_present);
+}
+
+/// sha512 blobs live beside sha256 ones: ingested and checked with sha512 (chaining
+/// states included), downloaded piece by piece with each piece checked against the sha512
+/// chain, at their own path and key, and still there after a restart.
+#[test]
+fn sha512_blobs_ingest_download_and_reopen_beside_sha256_ones() {
+    const SHA512: DigestAlgorithm = DigestAlgorithm::Sha512;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = data(1_000_000, 12);
+    let d256 = Digest::sha256_of(&blob);
+    let d512 = Digest::of(SHA512, &blob);
+    {
+        let cas = Cas::open(config(dir.path())).unwrap();
+        cas.ingest(&d256, Some(blob.len() as u64), &blob[..])
+            .unwrap();
+        let got = cas
+            .ingest(&d512, Some(blob.len() as u64), &blob[..])
+            .unwrap();
+        let want = Metainfo::from_bytes_as(SHA512, &blob, &small_pieces()).unwrap();
+        assert_eq!(got.metainfo, want);
+        assert!(got.metainfo.has_chain() && got.metainfo.chain().len() == 15);
+        // Unknown length: the second pass computes the same sha512 chain.
+        let other = data(300_000, 13);
+        let d = Digest::of(SHA512, &other);
+        let got = cas.ingest(&d, None, &other[..]).unwrap();
+        assert_eq!(
+            got.metainfo,
+            Metainfo::from_bytes_as(SHA512, &other, &small_pieces()).unwrap()
+        );
+        // A sha512 digest of other bytes stores nothing.
+        let wrong = Digest::of(SHA512, b"not these bytes");
+        let err = cas
+            .ingest(&wrong, Some(blob.len() as u64), &blob[..])
+            .unwrap_err();
+        assert!(matches!(err, CasError::DigestMismatch { .. }), "{err}");
+        assert!(err.to_string().contains(&d512.to_string()), "{err}");
+        assert!(!cas.contains(&wrong).unwrap());
+        // Both blobs, each at its own path.
+        for d in [d256, d512] {
+            let path = cas.blob_path(&d);
+            assert!(path.is_file() && path.ends_with(d.hex()), "{path:?}");
+        }
+        assert_ne!(cas.blob_path(&d256), cas.blob_path(&d512));
+    }
+    let cas = Cas::open(config(dir.path())).unwrap();
+    assert_eq!(cas.startup_sweep(), &Default::default());
+    for d in [d256, d512] {
+        assert_eq!(cas.reader(&d).unwrap().read_all().unwrap(), blob);
+        assert_eq!(cas.metainfo(&d).unwrap().unwrap().digest(), &d);
+    }
+
+    // A download of a sha512 blob: a corrupted piece is refused, good ones pass the chain.
+    let dl = tempfile::tempdir().unwrap();
+    let cas = Cas::open(config(dl.path())).unwrap();
+    let meta = Metainfo::from_bytes_as(SHA512, &blob, &small_pieces()).unwrap();
+    let mut p = cas.start_partial(&meta).unwrap();
+    let piece = |i: u32| {
+        let r = meta.piece_range(PieceIndex(i)).unwrap();
+        &blob[r.start as usize..r.end as usize]
+    };
+    let mut bad = piece(4).to_vec();
+    bad[9] ^= 1;
+    assert!(matches!(
+        p.write_piece(PieceIndex(4), &bad),
+        Err(CasError::Piece(_))
+    ));
+    for i in (0..meta.piece_count()).rev() {
+        assert!(p.write_piece(PieceIndex(i), piece(i)).unwrap());
+    }
+    p.commit().unwrap();
+    assert_eq!(cas.reader(&d512).unwrap().read_all().unwrap(), blob);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kraken_client::proto::DEFAULT_NAMESPACE;
-use kraken_storage::Digest;
+use kraken_storage::{Digest, DigestAlgorithm};
 
 use crate::client::Client;
 use crate::error::{CtlError, EXIT_CODES_HELP};
@@ -68,6 +68,9 @@ pub enum Command {
         /// Routes the write-back to a backend.
         #[arg(long, default_value = DEFAULT_NAMESPACE)]
         namespace: String,
+        /// The digest algorithm the blob is named by: sha256 or sha512.
+        #[arg(long, default_value = "sha256")]
+        algorithm: DigestAlgorithm,
     },
     /// Download a blob into a file (verified before it is renamed into place).
     Pull {
@@ -194,13 +197,13 @@ pub fn parse_digest(s: &str) -> Result<Digest, CtlError> {
 /// A `ring` key: a blob or a tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RingKey {
-    /// `sha256:<hex>`.
+    /// `sha256:<hex>` or `sha512:<hex>`.
     Digest(Digest),
     /// `repo:tag`.
     Tag(String),
 }
 
-/// Parses `sha256:<hex>` (anything starting with a digest algorithm must be a valid digest)
+/// Parses `sha256:<hex>` or `sha512:<hex>` (anything starting with a digest algorithm must be a valid digest)
 /// or `repo:tag`.
 pub fn parse_ring_key(s: &str) -> Result<RingKey, CtlError> {
     let algorithm = s.split_once(':').map(|(a, _)| a);
@@ -265,7 +268,9 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let command = Checked::new(cli.command)?;
     let settings = Settings::resolve(&cli.connect)?;
     let push_prepared = match &command {
-        Checked::Push { file, .. } => Some(transfer::hash_file(file).await?),
+        Checked::Push {
+            file, algorithm, ..
+        } => Some(transfer::hash_file(file, *algorithm).await?),
         _ => None,
     };
     let client = Client::connect(&settings, cli.timeout).await?;
@@ -284,6 +289,7 @@ enum Checked {
     Push {
         file: PathBuf,
         namespace: String,
+        algorithm: DigestAlgorithm,
     },
     Pull {
         digest: Digest,
@@ -320,7 +326,15 @@ impl Checked {
             Command::Blob {
                 command: BlobCommand::Peers { digest },
             } => Checked::BlobPeers(parse_digest(&digest)?),
-            Command::Push { file, namespace } => Checked::Push { file, namespace },
+            Command::Push {
+                file,
+                namespace,
+                algorithm,
+            } => Checked::Push {
+                file,
+                namespace,
+                algorithm,
+            },
             Command::Pull {
                 digest,
                 output,

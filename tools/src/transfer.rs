@@ -1,9 +1,10 @@
 //! `krakenctl push` and `krakenctl pull`: a blob into and out of the cluster.
 //!
-//! Push hashes the file (sha256, with a progress bar on a terminal), then uploads it with
-//! `kraken_client`'s resumable `push_file` to the digest's first origin owner that accepts
-//! it (the origin replicates to the other owners and queues the write-back). It prints the
-//! digest — only the digest when stdout is not a terminal.
+//! Push hashes the file (sha256, or sha512 with `--algorithm sha512`; with a progress bar
+//! on a terminal), then uploads it with `kraken_client`'s resumable `push_file` to the
+//! digest's first origin owner that accepts it (the origin replicates to the other owners
+//! and queues the write-back). It prints the digest — only the digest when stdout is not a
+//! terminal.
 //!
 //! Pull without `--agent` downloads from the origins (`Download`): owners first, then the
 //! other origins; if none holds the blob, the owners are asked for its metainfo, which
@@ -64,12 +65,13 @@ pub struct HashedFile {
     pub path: PathBuf,
     /// Its length.
     pub length: u64,
-    /// Its sha256.
+    /// Its digest.
     pub digest: Digest,
 }
 
-/// Hashes `path` (sha256) with a progress bar on a terminal. An unreadable file is exit 4.
-pub async fn hash_file(path: &Path) -> Result<HashedFile, CtlError> {
+/// Hashes `path` with `algorithm`, with a progress bar on a terminal. An unreadable file is
+/// exit 4.
+pub async fn hash_file(path: &Path, algorithm: DigestAlgorithm) -> Result<HashedFile, CtlError> {
     let bad = |e: std::io::Error| CtlError::BadArgument(format!("{}: {e}", path.display()));
     let meta = std::fs::metadata(path).map_err(bad)?;
     if !meta.is_file() {
@@ -84,7 +86,7 @@ pub async fn hash_file(path: &Path) -> Result<HashedFile, CtlError> {
     let bar = progress.bar();
     let (digest, _) = tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&owned)?;
-        Digest::of_reader(DigestAlgorithm::Sha256, bar.wrap_read(file))
+        Digest::of_reader(algorithm, bar.wrap_read(file))
     })
     .await
     .map_err(|e| CtlError::Failed(format!("hashing failed: {e}")))?

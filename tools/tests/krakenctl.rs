@@ -272,6 +272,38 @@ async fn members_ring_and_build_index_commands() {
     f.cluster.shutdown().await;
 }
 
+/// `push --algorithm sha512` names the blob by its sha512; stat, ring and pull (through an
+/// agent, P2P) take the sha512 digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_pull_a_blob_by_its_sha512() {
+    let f = Fixture::start().await;
+    let (path, _) = blob_file(f.dir.path(), "blob512", 1 << 20, 7);
+    let bytes = std::fs::read(&path).unwrap();
+    let d = Digest::of(kraken_storage::DigestAlgorithm::Sha512, &bytes).to_string();
+    let file = path.to_str().unwrap();
+    let out = f
+        .ctl(&["push", file, "--algorithm", "sha512"])
+        .await
+        .ok()
+        .stdout;
+    assert_eq!(out, format!("{d}\n"));
+    f.ctl_until(&["blob", "stat", &d], Duration::from_secs(30), |r| {
+        r.code == 0 && r.stdout.contains("held by       3 of 3 origins")
+    })
+    .await;
+    let ring = f.ctl(&["ring", &d]).await.ok().stdout;
+    assert_eq!(ring.lines().filter(|l| l.starts_with("origin ")).count(), 3);
+    let out_path = f.dir.path().join("pulled512");
+    let agent = f.quic_of("agent-1");
+    let to = out_path.to_str().unwrap();
+    f.ctl(&["pull", &d, "-o", to, "--agent", &agent]).await.ok();
+    assert_eq!(std::fs::read(&out_path).unwrap(), bytes);
+    // An algorithm the cluster does not know is a usage error; nothing is pushed.
+    let run = f.ctl(&["push", file, "--algorithm", "md5"]).await;
+    assert_eq!(run.code, i32::from(exit::USAGE), "{run:?}");
+    f.cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_stat_pull_and_report_a_blob() {
     const LEN: usize = 3 << 20;

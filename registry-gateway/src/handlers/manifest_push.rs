@@ -1,7 +1,8 @@
 //! Manifest writes: `PUT /v2/<name>/manifests/<reference>` and `DELETE` of a tag.
 //!
 //! A PUT reads the body (at most `max_manifest_len`, else 413), validates it
-//! ([`Manifest::parse`]), checks its sha256 against a digest reference, checks that every
+//! ([`Manifest::parse`]), hashes it with a digest reference's algorithm (sha256 for a
+//! tag) and checks it against the reference, checks that every
 //! blob and child manifest it needs exists with the size it claims
 //! ([`check_required`]: by tag and by digest alike, and before anything is stored, so a
 //! refused manifest leaves nothing behind), stores it as a blob, points the tag at it (the
@@ -12,7 +13,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use futures::StreamExt;
-use kraken_storage::Digest;
+use kraken_storage::{Digest, DigestAlgorithm};
 
 use super::manifest_check::check_required;
 use super::manifests::store_manifest;
@@ -73,7 +74,11 @@ pub(crate) async fn put<R: Registry>(
     let bytes = read_body(body, max).await?;
     let manifest = Manifest::parse(&bytes, ctx.header(CONTENT_TYPE))
         .map_err(|e| ApiError::new(ErrorCode::ManifestInvalid, e.to_string()))?;
-    let digest = Digest::sha256_of(&bytes);
+    let algorithm = match &reference {
+        Reference::Digest(d) => d.algorithm(),
+        Reference::Tag(_) => DigestAlgorithm::default(),
+    };
+    let digest = Digest::of(algorithm, &bytes);
     if let Reference::Digest(d) = &reference
         && *d != digest
     {

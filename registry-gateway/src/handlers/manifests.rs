@@ -44,7 +44,7 @@ pub(crate) async fn read_manifest<R: Registry>(
         }
         bytes.extend_from_slice(&chunk);
     }
-    if Digest::sha256_of(&bytes) != *digest {
+    if !digest.matches(&bytes) {
         return Err(ApiError::from(RegistryError::Internal(format!(
             "the cluster returned bytes that do not match {digest}"
         ))));

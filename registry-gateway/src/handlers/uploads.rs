@@ -22,9 +22,10 @@
 //! retry the `PUT`.
 //!
 //! **When 201 is sent** (either path): the first owning origin that took the blob holds it
-//! verified (sha256 and length), fsynced in its store and pinned, and its write-back to the
-//! backend was committed to its redb queue before the body was asked for. Copies to the
-//! blob's other owners follow asynchronously, each queueing its own write-back. A `202` to a
+//! verified (its digest, hashed with the digest's algorithm, and its length), fsynced in
+//! its store and pinned, and its write-back to the backend was committed to its redb queue
+//! before the body was asked for. Copies to the blob's other owners follow asynchronously,
+//! each queueing its own write-back. A `202` to a
 //! `PATCH` means the chunk is fsynced in the session on the gateway's disk and counted in
 //! its `meta.json`.
 

@@ -39,10 +39,10 @@ pub struct CasConfig {
     /// A partial blob fsyncs its file and persists its bitfield after this many pieces
     /// (and always on completion); pieces after the last flush are re-fetched after a crash.
     pub flush_every_pieces: u32,
-    /// Check a downloaded blob's sha256 against its digest, not only each piece's BLAKE3
+    /// Check a downloaded blob's hash against its digest, not only each piece's BLAKE3
     /// hash against the origin's metainfo: an independent check that a metainfo describes
-    /// the blob its digest names. With sha256 chaining states in the metainfo each piece is
-    /// checked as it is stored (one sha256 pass in all, spread over the download, nothing
+    /// the blob its digest names. With chaining states in the metainfo each piece is
+    /// checked as it is stored (one hash pass in all, spread over the download, nothing
     /// left at commit); without them the whole blob is re-read and hashed at commit.
     pub verify_digest_on_commit: bool,
     /// Write downloaded pieces with direct I/O, past the page cache, where the filesystem

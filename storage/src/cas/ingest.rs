@@ -1,8 +1,8 @@
 //! Verified ingest of a whole blob from a byte stream.
 //!
 //! One pass over the bytes on two cores: the calling thread reads the source and computes
-//! sha256, recording its chaining state at every piece boundary for the metainfo (see
-//! [`crate::chain`]); a scoped worker thread computes the BLAKE3 piece hashes and writes
+//! the digest with the expected digest's algorithm (sha256 or sha512), recording its
+//! chaining state at every piece boundary for the metainfo (see [`crate::chain`]); a scoped worker thread computes the BLAKE3 piece hashes and writes
 //! the temp file. Chunks travel between them in a small pool of reused buffers, so nothing
 //! is copied twice and memory stays at `BUFFERS × CHUNK` whatever the blob size. A third
 //! thread flushes written data to disk every `SYNC_EVERY` bytes, so the final fsync is
@@ -230,38 +230,33 @@ enum Limit {
     Quota { max: u64, capacity: u64 },
 }
 
-/// sha256 of the whole stream, with the chaining states at piece boundaries when the piece
-/// length is known and a whole number of blocks.
-enum Sha256Pass {
+/// The expected digest's algorithm over the whole stream, with the chaining states at piece
+/// boundaries when the piece length is known and a whole number of blocks.
+enum DigestPass {
     Chain(ChainRecorder),
     Plain(DigestHasher),
 }
 
-impl Sha256Pass {
+impl DigestPass {
     fn new(expected: &Digest, piece_length: Option<u32>) -> Self {
-        let chain = match expected {
-            Digest::Sha256(_) => piece_length.and_then(ChainRecorder::new),
-        };
+        let chain = piece_length.and_then(|p| ChainRecorder::new(expected.algorithm(), p));
         match chain {
-            Some(r) => Sha256Pass::Chain(r),
-            None => Sha256Pass::Plain(expected.hasher()),
+            Some(r) => DigestPass::Chain(r),
+            None => DigestPass::Plain(expected.hasher()),
         }
     }
 
     fn update(&mut self, bytes: &[u8]) {
         match self {
-            Sha256Pass::Chain(r) => r.update(bytes),
-            Sha256Pass::Plain(h) => h.update(bytes),
+            DigestPass::Chain(r) => r.update(bytes),
+            DigestPass::Plain(h) => h.update(bytes),
         }
     }
 
     fn finish(self) -> (Digest, Vec<ChainState>) {
         match self {
-            Sha256Pass::Chain(r) => {
-                let (sha256, chain) = r.finish();
-                (Digest::Sha256(sha256), chain)
-            }
-            Sha256Pass::Plain(h) => (h.finish(), Vec::new()),
+            DigestPass::Chain(r) => r.finish(),
+            DigestPass::Plain(h) => (h.finish(), Vec::new()),
         }
     }
 }
@@ -275,7 +270,7 @@ struct Pass {
     chain: Vec<ChainState>,
 }
 
-/// Reads `source` to the end: sha256 here, BLAKE3 pieces and the file write on a worker.
+/// Reads `source` to the end: the digest here, BLAKE3 pieces and the file write on a worker.
 fn hash_and_write(
     source: &mut impl Read,
     tmp: &TempFile,
@@ -320,7 +315,7 @@ fn hash_and_write(
             Ok(hasher)
         });
 
-        let mut sha = Sha256Pass::new(&expected, piece_length);
+        let mut sha = DigestPass::new(&expected, piece_length);
         let mut total = 0u64;
         let read_result = loop {
             // Fails only when the worker has stopped; its own error is reported below.
@@ -400,7 +395,7 @@ fn fill(source: &mut impl Read, buf: &mut [u8], total: &mut u64) -> io::Result<u
 }
 
 /// Second pass for ingests whose length was unknown up front (the chaining states need the
-/// piece length, so sha256 runs again too; every production ingest knows its length).
+/// piece length, so the digest runs again too; every production ingest knows its length).
 fn hash_pieces_from_file(
     file: &File,
     path: &Path,
@@ -409,9 +404,7 @@ fn hash_pieces_from_file(
     piece_length: u32,
 ) -> Result<Metainfo, CasError> {
     let mut hasher = PieceHasher::new(piece_length);
-    let mut chain = match digest {
-        Digest::Sha256(_) => ChainRecorder::new(piece_length),
-    };
+    let mut chain = ChainRecorder::new(digest.algorithm(), piece_length);
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0;
     while offset < length {
@@ -428,13 +421,13 @@ fn hash_pieces_from_file(
     let Some(chain) = chain else {
         return Ok(metainfo);
     };
-    // The file was checked against the digest in the first pass; a different sha256 now
+    // The file was checked against the digest in the first pass; a different hash now
     // means it changed under us.
-    let (sha256, states) = chain.finish();
-    if Digest::Sha256(sha256) != digest {
+    let (again, states) = chain.finish();
+    if again != digest {
         return Err(CasError::DigestMismatch {
             expected: digest,
-            actual: Digest::Sha256(sha256),
+            actual: again,
         });
     }
     Ok(metainfo.with_chain(states)?)

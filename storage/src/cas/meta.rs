@@ -1,8 +1,9 @@
 //! The CAS's redb metadata: table definitions and the per-blob record.
 //!
-//! Keys are digest strings (`sha256:<hex>`). A blob is visible to readers only while its
-//! record says `Complete`; partial downloads keep their bitfield in a table of their own so
-//! a progress update rewrites a few bytes, not the whole record.
+//! Keys are digest strings (`sha256:<hex>`, `sha512:<hex>`: the algorithm keeps them
+//! apart). A blob is visible to readers only while its record says `Complete`; partial
+//! downloads keep their bitfield in a table of their own so a progress update rewrites a
+//! few bytes, not the whole record.
 
 use std::time::SystemTime;
 

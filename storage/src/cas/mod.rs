@@ -266,6 +266,8 @@ impl Inner {
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
+        // The file is named by the hex alone, as before sha512 came, so existing stores
+        // open unchanged; a sha512 name (128 characters) can never equal a sha256 one (64).
         let hex = digest.hex();
         self.blobs_dir.join(&hex[..2]).join(hex)
     }

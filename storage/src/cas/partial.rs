@@ -6,9 +6,9 @@
 //! after its hash matched. The bitfield is persisted every `flush_every_pieces` pieces,
 //! after an fsync of the file, so it never claims bytes that a crash could lose: inline by
 //! [`PartialBlob::mark_stored`], or by a [`FlushJob`] that a downloader which must not wait
-//! on the disk runs on another thread. The sha256 digest is verified too (unless
+//! on the disk runs on another thread. The digest is verified too (unless
 //! `verify_digest_on_commit` is off): piece by piece as pieces are stored when the metainfo
-//! carries sha256 chaining states ([`crate::chain`]), otherwise by re-hashing the whole
+//! carries chaining states ([`crate::chain`]), otherwise by re-hashing the whole
 //! file at commit. Then the file is renamed into `blobs/`.
 //!
 //! Piece writers, and their direct I/O, are in [`super::piece_writer`].
@@ -37,7 +37,7 @@ pub struct PartialBlob {
     cas: Cas,
     metainfo: Arc<Metainfo>,
     bitfield: Bitfield,
-    /// Pieces checked against the digest's sha256 chain by this handle. Pieces resumed
+    /// Pieces checked against the digest's hash chain by this handle. Pieces resumed
     /// from before a restart (or stored with the check off) are not in it, and commit
     /// checks them by reading them back.
     chained: Bitfield,
@@ -222,7 +222,7 @@ impl PartialBlob {
 
     /// Stores a piece whose BLAKE3 hash the caller already checked while receiving it
     /// (e.g. with [`crate::metainfo::Metainfo::check_piece_hash`] on a streaming hasher).
-    /// Its place in the digest's sha256 chain is checked here (see [`PartialBlob::commit`]).
+    /// Its place in the digest's hash chain is checked here (see [`PartialBlob::commit`]).
     pub fn write_verified(&mut self, index: PieceIndex, bytes: &[u8]) -> Result<(), CasError> {
         let range = self.metainfo.checked_piece_range(index)?;
         if bytes.len() as u64 != range.end - range.start {
@@ -274,7 +274,7 @@ impl PartialBlob {
         ))
     }
 
-    /// A sha256 hasher for piece `index`'s place in the digest's chain, when the digest is
+    /// A hasher for piece `index`'s place in the digest's chain, when the digest is
     /// to be verified and the metainfo makes that possible piece by piece.
     fn chain_from(&self, index: PieceIndex) -> Option<ChainHasher> {
         self.checks_chain()
@@ -282,7 +282,7 @@ impl PartialBlob {
             .flatten()
     }
 
-    /// Whether stored pieces are checked against the digest's sha256 chain.
+    /// Whether stored pieces are checked against the digest's hash chain.
     fn checks_chain(&self) -> bool {
         self.cas.config().verify_digest_on_commit && self.metainfo.has_chain()
     }
@@ -483,7 +483,7 @@ impl PartialBlob {
         Ok(())
     }
 
-    /// Checks the pieces this handle did not check against the digest's sha256 chain.
+    /// Checks the pieces this handle did not check against the digest's hash chain.
     fn check_unchained_pieces(&self) -> Result<(), CasError> {
         let mut buf = Vec::new();
         for i in 0..self.metainfo.piece_count() {

@@ -157,7 +157,7 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Push { file } => {
             let client = Client::connect(&settings, timeout).await?;
-            let hashed = hash_file(&file).await?;
+            let hashed = hash_file(&file, kraken_storage::DigestAlgorithm::Sha256).await?;
             let report = push_to_owner(&client, &hashed, DEFAULT_NAMESPACE).await?;
             println!("{}", serde_json::to_string(&report)?);
             client.close().await;

@@ -43,7 +43,7 @@ pub enum StopReason {
     /// resumable.
     #[error("the exchange was closed")]
     Closed,
-    /// A piece matched its BLAKE3 hash but broke the sha256 chain of the blob's digest:
+    /// A piece matched its BLAKE3 hash but broke the hash chain of the blob's digest:
     /// the metainfo does not describe the blob, and no peer can help.
     #[error("the metainfo does not describe the blob: {0}")]
     Metainfo(#[source] PieceError),

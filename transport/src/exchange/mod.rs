@@ -17,7 +17,7 @@
 //!   stream, given up at the swarm's deadline. `upload_slots` bounds how many are in
 //!   flight, so memory is bounded too.
 //! - Pieces arrive through [`PieceExchange::accept_piece`]: the bytes gather in batches of
-//!   a `PieceWriter`; each batch is hashed once (along the sha256 chain, or with BLAKE3
+//!   a `PieceWriter`; each batch is hashed once (along the hash chain, or with BLAKE3
 //!   without one: see `receive`) on the runtime's thread and written to its offset in the
 //!   partial file on the blocking pool (direct I/O where the filesystem allows), so a
 //!   piece is never held in memory whole (unless a streaming reader waits for it), the
@@ -40,7 +40,7 @@
 //! [`BlobWatch`], which follows the set of verified, stored pieces as the blob task marks
 //! them and reads any of them while the rest are still on their way — so a blob can be
 //! streamed, in order, before it is complete ([`BlobWatch::read_range`]). A streamed piece
-//! is trusted by its proof from the metainfo (its place in the digest's sha256 chain, or
+//! is trusted by its proof from the metainfo (its place in the digest's hash chain, or
 //! its BLAKE3 hash); the whole blob is known to be the digest's at the commit, whose
 //! outcome the watch reports too. A reader's position steers the swarm: the pieces just
 //! ahead of it are asked for first and kept in memory for it as they land, within

@@ -4,7 +4,7 @@
 //! ([`PieceFault`]). A piece inside a streaming reader's window keeps its batches in
 //! memory for the reader (see `window`).
 //!
-//! **One hash per check.** Each byte received is hashed once: along the digest's sha256
+//! **One hash per check.** Each byte received is hashed once: along the digest's hash
 //! chain when the metainfo has chaining states (version 2, the default) and the store
 //! checks the digest, else with the piece's BLAKE3 hash (version 1 metainfo, or
 //! `verify_digest_on_commit` off). BLAKE3 on top of the chain used to be a second pass
@@ -43,13 +43,13 @@ pub(super) enum PieceFault {
     Peer,
     /// The stream or the disk failed; not the peer's fault.
     Other,
-    /// The piece matched the metainfo's BLAKE3 hash but not the sha256 chain of the
+    /// The piece matched the metainfo's BLAKE3 hash but not the hash chain of the
     /// blob's digest: the metainfo does not describe this blob, and no peer can help.
     Metainfo(PieceError),
 }
 
 impl PieceFault {
-    /// A piece error (wrong size, wrong hash) is the peer's doing, except a broken sha256
+    /// A piece error (wrong size, wrong hash) is the peer's doing, except a broken hash
     /// chain, which is the metainfo's; anything else is ours.
     fn of(e: CasError) -> Self {
         match e {

@@ -19,7 +19,7 @@ use crate::swarm::SwarmStats;
 /// renamed into the CAS. Cheap to clone; a watch does not keep the download going or
 /// stop it. Made by [`PieceExchange::start_download`] and [`PieceExchange::watch`].
 ///
-/// Bytes read through a watch are each piece's verified bytes; the whole blob's sha256
+/// Bytes read through a watch are each piece's verified bytes; the whole blob's digest
 /// is checked only at the commit, whose outcome [`BlobWatch::finished`] reports.
 ///
 /// [`PieceExchange::start_download`]: super::PieceExchange::start_download
