@@ -228,6 +228,8 @@ impl BuildIndex {
         digest: &Digest,
         replica: bool,
     ) -> Result<Response, RemoteError> {
+        // A mirror's repositories link nothing and delete nothing: say so (403 `DENIED`).
+        crate::mirror::refuse_writes(&self.inner.router, repo)?;
         let store = &self.inner.digests;
         let mut was_linked = store.unlink(repo, digest).map_err(internal)?;
         let mut remaining: BTreeSet<String> = store
