@@ -145,3 +145,22 @@ async fn a_guarded_purge_keeps_a_blob_used_since_the_guard() {
     assert_eq!(origins_holding(&c, &digest), 0);
     assert!(!backend(&c).exists(&digest).await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_right_after_a_push_leaves_nothing_for_the_write_back_to_restore() {
+    let (c, _) = cluster().await;
+    let (path, digest) = blob_file(c.dir.path(), "fresh", 8 << 20, 3);
+    c.upload(&path, &digest, 8 << 20).await;
+    // At once: the write-back may be under way, or queued.
+    let report = purge(c.client(), &digest, None).await.unwrap();
+    assert!(report.purged, "{report:?}");
+    until("every write-back queue drains", || {
+        c.origins().iter().all(|&i| {
+            let origin = c.node(i).roles().origin.clone().unwrap();
+            origin.queue().is_empty().unwrap()
+        })
+    })
+    .await;
+    assert!(!backend(&c).exists(&digest).await.unwrap());
+    assert_eq!(origins_holding(&c, &digest), 0);
+}
