@@ -14,6 +14,9 @@
 //!   repositories that mirror an upstream registry resolve there, cached.
 //! - [`mirror`]: what the roles share about repositories routed to an upstream registry:
 //!   writes refused, the upstream's refusals carried to the client.
+//! - [`purge`]: removing one blob from the whole cluster (origins' stores and backends,
+//!   trackers, a build-index tombstone), the primitive under registry `DELETE` and garbage
+//!   collection; [`tombstones`]: agents polling those tombstones and evicting their copies.
 //!
 //! Around them: [`proto`] (the RPC messages) and [`client`] (calls with owner failover),
 //! both from the `kraken-client` crate that `krakenctl` shares,
@@ -38,11 +41,13 @@ pub mod mirror;
 pub mod node;
 pub mod notify;
 pub mod origin;
+pub mod purge;
 pub mod push;
 mod referrers;
 pub mod registry;
 pub mod serve;
 pub mod service;
+pub mod tombstones;
 pub mod tracker;
 pub mod upstream;
 pub mod view;

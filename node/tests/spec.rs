@@ -152,6 +152,24 @@ async fn pushes_are_checked_before_storing_and_referrers_need_no_tags() {
     assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
     assert_eq!(r.headers()["oci-subject"], subject.to_string().as_str());
 
+    // A second referrer, pushed by digest, leaves the list when its manifest is deleted.
+    let sig2 = image(
+        config,
+        json!([{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 100_000}]),
+        Some(subject),
+    );
+    let sig2_d = Digest::sha256_of(&serde_json::to_vec(&sig2).unwrap());
+    let r = put(&h, &push, &format!("/v2/app/manifests/{sig2_d}"), &sig2).await;
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    let listed = json_get(&h, &format!("{pull}/v2/app/referrers/{subject}")).await;
+    assert_eq!(listed["manifests"].as_array().unwrap().len(), 2);
+    let r = h
+        .delete(format!("{push}/v2/app/manifests/{sig2_d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
+
     // Listed through the agent, and no fallback tag appeared.
     let referrers = |base: String| {
         let h = h.clone();

@@ -3,6 +3,9 @@
 //! - [`store`]: the redb tag table with history.
 //! - [`referrers`]: the redb referrers table (`(repo, subject, referrer) → descriptor`)
 //!   behind the OCI referrers API.
+//! - [`digests`] and `links`: which repositories link each blob (pushes, mounts, stored
+//!   manifests' closures) and the tombstones of purged blobs agents poll, each on the
+//!   digest's build-index owners.
 //! - what a manifest references (Docker schema2, manifest list, OCI manifest and index,
 //!   OCI 1.1 `subject`) is read by the gateway's manifest parser,
 //!   [`kraken_registry_gateway::media::references`].
@@ -23,6 +26,8 @@
 //! a tag reads it back from the backend, and a node that starts with an empty table imports
 //! every tag from its backends, so a wiped build-index recovers.
 
+pub mod digests;
+mod links;
 pub mod referrers;
 pub mod replicate;
 pub mod store;
@@ -66,6 +71,10 @@ pub struct BuildIndexConfig {
     pub replication_poll_ms: u64,
     /// Remote clusters that receive matching tags (and their blobs).
     pub remotes: Vec<RemoteRule>,
+    /// How long tombstones of purged blobs are kept for agents to poll, in seconds
+    /// (default 7 days: an agent offline longer may serve a deleted blob it still holds
+    /// until its own eviction drops it).
+    pub tombstone_retention_secs: u64,
 }
 
 /// One `[[build_index.remotes]]` rule.
@@ -90,6 +99,7 @@ impl Default for BuildIndexConfig {
             replication_concurrency: 4,
             replication_poll_ms: 1000,
             remotes: Vec::new(),
+            tombstone_retention_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -172,7 +182,7 @@ pub enum OpenError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The tag table could not be opened.
+    /// The tag table (or the links and tombstones table) could not be opened.
     #[error("opening the tag table: {0}")]
     Tags(#[from] store::StoreError),
     /// The referrers table could not be opened.
@@ -197,6 +207,7 @@ struct Inner {
     cluster: Cluster,
     store: TagStore,
     referrers: referrers::ReferrerStore,
+    digests: digests::DigestStore,
     router: NamespaceRouter,
     queue: WriteBackQueue,
     config: BuildIndexConfig,
@@ -240,6 +251,7 @@ impl BuildIndex {
         let store = TagStore::open(&parts.data_dir.join("tags.redb"))?;
         let referrers = referrers::ReferrerStore::open(&parts.data_dir.join("referrers.redb"))
             .map_err(OpenError::Referrers)?;
+        let digests = digests::DigestStore::open(&parts.data_dir.join("digests.redb"))?;
         let queue = WriteBackQueue::open(&parts.data_dir.join("replication.redb"), parts.queue)?;
         let rules = parts
             .config
@@ -253,6 +265,7 @@ impl BuildIndex {
                 cluster: parts.cluster,
                 store,
                 referrers,
+                digests,
                 router: parts.router,
                 queue,
                 config: parts.config,
@@ -312,6 +325,11 @@ impl BuildIndex {
         &self.inner.referrers
     }
 
+    /// The links and blob tombstones.
+    pub fn digests(&self) -> &digests::DigestStore {
+        &self.inner.digests
+    }
+
     /// The replication queue.
     pub fn queue(&self) -> &WriteBackQueue {
         &self.inner.queue
@@ -355,7 +373,7 @@ impl BuildIndex {
                 subject,
                 digest,
             } => self.delete_referrer(repo, subject, digest),
-            _ => return None,
+            other => self.handle_blob_request(other).await?,
         };
         Some(answer.unwrap_or_else(Response::Error))
     }
@@ -378,8 +396,18 @@ impl BuildIndex {
         replica: bool,
     ) -> Result<Response, RemoteError> {
         self.check_tag_write(repo, tag, replica)?;
-        if !replica && self.inner.config.check_dependencies {
-            self.closure(repo, digest).await?;
+        if !replica {
+            // The repository links the manifest and all it reaches (see `links`).
+            let linked: Vec<Digest> = match self.inner.config.check_dependencies {
+                true => self
+                    .closure(repo, digest)
+                    .await?
+                    .into_iter()
+                    .map(|(d, _)| d)
+                    .collect(),
+                false => vec![*digest],
+            };
+            self.link_blobs(repo, &linked, false).await?;
         }
         // The replications are queued (durably) before the tag is stored and acknowledged;
         // the executor drops items whose tag has moved on.

@@ -12,6 +12,8 @@
 //! - [`writeback`]: the executor that drains the queue to the backends.
 //! - [`warm`]: the warm RPC preheating walks images with: hold a blob (reading it through
 //!   if missing) and list what it references if it is a manifest.
+//! - `purge`: one stage of a cluster-wide purge (`Request::PurgeBlob`): the blob leaves
+//!   the store, guarded by its last use, then the writable backends.
 //! - [`replicate`]: copying blobs to the other owners after an upload, and repair when the
 //!   ring changes, so that losing origins loses nothing acknowledged.
 //!
@@ -19,6 +21,7 @@
 //! not announce (trackers add owning origins to every handout from the ring).
 
 pub mod ingest;
+mod purge;
 pub mod readthrough;
 pub mod replicate;
 pub mod upload;
@@ -159,6 +162,8 @@ struct Inner {
     fetches: Arc<Flights<Digest, Result<(), RemoteError>>>,
     /// When each blob was last read through from the backend (for pull attribution).
     read_throughs: Mutex<HashMap<Digest, SystemTime>>,
+    /// Blobs purged here lately: replica copies of them are refused (see `purge`).
+    purged: Mutex<HashMap<Digest, std::time::Instant>>,
     writeback_wake: Notify,
 }
 
@@ -203,6 +208,7 @@ impl Origin {
                 upload_locks: Mutex::new(HashMap::new()),
                 fetches: Arc::default(),
                 read_throughs: Mutex::new(HashMap::new()),
+                purged: Mutex::new(HashMap::new()),
                 writeback_wake: Notify::new(),
             }),
         })
@@ -310,6 +316,11 @@ impl Origin {
                 self.warm(namespace, digest, Duration::from_millis(*wait_ms))
                     .await,
             ),
+            Request::PurgeBlob {
+                digest,
+                unused_since_ms,
+                stage,
+            } => done(self.purge(digest, *unused_since_ms, *stage).await),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@
 //! - [`upload_stream`]: monolithic uploads streamed to the cluster as they arrive.
 //! - [`manifest_push`]: manifest PUT (with referrers upkeep) and tag DELETE.
 //! - [`manifest_check`]: what must exist before a pushed manifest is stored.
+//! - [`delete`]: manifest DELETE by digest and blob DELETE.
 //! - [`manifests`]: reading and writing manifest bytes through the cluster.
 //! - [`negotiate`]: `Accept` negotiation for manifest pulls.
 //!
@@ -12,6 +13,7 @@
 //! Before any handler, `?ns=` maps the route's repository ([`crate::mirror`]), and after
 //! it a `Location` under that repository is rewritten to the client's own path.
 
+pub(crate) mod delete;
 pub(crate) mod manifest_check;
 pub(crate) mod manifest_push;
 pub(crate) mod manifests;
@@ -220,12 +222,10 @@ async fn handle<R: Registry>(
         },
         Route::Blob { name, digest } => match method {
             Method::GET | Method::HEAD => pull::blob(gw, ctx, &name, &digest).await,
-            Method::DELETE => write_gate(gw, ctx).and_then(|()| {
-                Err(ApiError::new(
-                    crate::error::ErrorCode::Unsupported,
-                    "blobs are deleted by the cluster's retention, not by clients",
-                ))
-            }),
+            Method::DELETE => match write_gate(gw, ctx) {
+                Ok(()) => delete::blob(gw, &name, &digest).await,
+                Err(e) => Err(e),
+            },
             _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
         },
         Route::UploadStart { name } => match method {

@@ -29,6 +29,8 @@ struct State {
     referrers: BTreeMap<(String, Digest, Digest), String>,
     /// Repositories a tag was deleted from: known, even with no tag left.
     emptied: BTreeSet<String>,
+    /// (digest, repository) links, as the build-index keeps them.
+    links: BTreeSet<(Digest, String)>,
     put_blob_calls: usize,
     streamed_puts: usize,
     stat_blob_calls: usize,
@@ -115,6 +117,20 @@ impl MemRegistry {
         self.state.lock().unwrap().tags.keys().cloned().collect()
     }
 
+    /// Whether `repo` links `d`.
+    pub fn links(&self, repo: &str, d: &Digest) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .links
+            .contains(&(*d, repo.to_string()))
+    }
+
+    /// Links `d` to `repo`, as a push to it would.
+    pub fn link(&self, repo: &str, d: Digest) {
+        self.state.lock().unwrap().links.insert((d, repo.into()));
+    }
+
     pub fn blob_count(&self) -> usize {
         self.state.lock().unwrap().blobs.len()
     }
@@ -131,14 +147,34 @@ impl MemRegistry {
 
     /// Stores `bytes` as `digest`, as an origin would: only if they are `len` bytes that
     /// hash to it.
-    fn store(&self, digest: &Digest, len: u64, bytes: Vec<u8>) -> Result<(), RegistryError> {
+    fn store(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        len: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), RegistryError> {
         let mut s = self.state.lock().unwrap();
         s.put_blob_calls += 1;
         if bytes.len() as u64 != len || !digest.matches(&bytes) {
             return Err(RegistryError::DigestInvalid(digest.to_string()));
         }
         s.blobs.insert(*digest, Bytes::from(bytes));
+        s.links.insert((*digest, repo.to_string()));
         Ok(())
+    }
+
+    /// Removes `repo`'s link to `digest` (`None` if it had none), and the blob when no
+    /// repository links it any more.
+    fn unlink(&self, repo: &str, digest: &Digest) -> Option<()> {
+        let mut s = self.state.lock().unwrap();
+        if !s.links.remove(&(*digest, repo.to_string())) {
+            return None;
+        }
+        if !s.links.iter().any(|(d, _)| d == digest) {
+            s.blobs.remove(digest);
+        }
+        Some(())
     }
 
     /// `stat_blob` and `read_blob` calls so far.
@@ -235,7 +271,7 @@ impl Registry for MemRegistry {
 
     async fn put_blob(
         &self,
-        _repo: &str,
+        repo: &str,
         digest: &Digest,
         path: &Path,
         len: u64,
@@ -244,12 +280,12 @@ impl Registry for MemRegistry {
             return Err(RegistryError::Unavailable("origins unreachable".into()));
         }
         let bytes = std::fs::read(path).map_err(|e| RegistryError::Internal(e.to_string()))?;
-        self.store(digest, len, bytes)
+        self.store(repo, digest, len, bytes)
     }
 
     async fn put_blob_stream(
         &self,
-        _repo: &str,
+        repo: &str,
         digest: &Digest,
         len: u64,
         body: &mut UploadBody,
@@ -273,7 +309,7 @@ impl Registry for MemRegistry {
                 return Err(RegistryError::Unavailable("the origin died".into()));
             }
         }
-        self.store(digest, len, bytes)
+        self.store(repo, digest, len, bytes)
     }
 
     async fn put_tag(&self, repo: &str, tag: &str, digest: &Digest) -> Result<(), RegistryError> {
@@ -282,8 +318,9 @@ impl Registry for MemRegistry {
             .blobs
             .get(digest)
             .ok_or_else(|| RegistryError::ManifestBlobUnknown(digest.to_string()))?;
-        let missing: Vec<String> = referenced(manifest)
-            .into_iter()
+        let reached = referenced(manifest);
+        let missing: Vec<String> = reached
+            .iter()
             .filter(|d| !s.blobs.contains_key(d))
             .map(|d| d.to_string())
             .collect();
@@ -291,7 +328,52 @@ impl Registry for MemRegistry {
             return Err(RegistryError::ManifestBlobUnknown(missing.join(", ")));
         }
         s.tags.insert((repo.into(), tag.into()), *digest);
+        for d in reached.into_iter().chain([*digest]) {
+            s.links.insert((d, repo.into()));
+        }
         Ok(())
+    }
+
+    async fn link_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        let mut s = self.state.lock().unwrap();
+        let reached: Vec<Digest> = match s.blobs.get(digest) {
+            Some(m) => referenced(m),
+            None => return Err(RegistryError::ManifestBlobUnknown(digest.to_string())),
+        };
+        for d in reached.into_iter().chain([*digest]) {
+            s.links.insert((d, repo.into()));
+        }
+        Ok(())
+    }
+
+    async fn mount_blob(
+        &self,
+        repo: &str,
+        from: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let mut s = self.state.lock().unwrap();
+        if !s.links.contains(&(*digest, from.to_string())) {
+            return Ok(false);
+        }
+        s.links.insert((*digest, repo.into()));
+        Ok(true)
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        self.unlink(repo, digest)
+            .ok_or_else(|| RegistryError::TagUnknown(format!("{repo}@{digest}")))?;
+        self.state
+            .lock()
+            .unwrap()
+            .tags
+            .retain(|(r, _), d| r != repo || d != digest);
+        Ok(())
+    }
+
+    async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        self.unlink(repo, digest)
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))
     }
 
     async fn holds_local_blob(&self, digest: &Digest) -> bool {
