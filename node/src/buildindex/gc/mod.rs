@@ -55,6 +55,17 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Mark and plan; store and delete nothing.
+    DryRun,
+    /// Mark, plan, store the plan, sweep (or resume a stored plan).
+    Full,
+    /// Mark, plan, store the plan (or find one stored), and stop.
+    PlanOnly,
+}
+
 fn ended(r: &GcReport) -> bool {
     matches!(r.phase, GcPhase::Done | GcPhase::Interrupted)
 }
@@ -103,8 +114,16 @@ impl BuildIndex {
             ));
         }
         let grace = grace_ms.unwrap_or(self.inner.config.gc_grace_secs.saturating_mul(1000));
-        let rx = self.start_gc(dry_run, grace);
+        let mode = if dry_run { Mode::DryRun } else { Mode::Full };
+        let rx = self.start_gc(mode, grace);
         Ok(Response::Gc(wait_for(rx, wait).await))
+    }
+
+    /// Marks, plans and stores the plan, and stops there: the next run sweeps it. What a
+    /// run that crashed right after planning leaves; tests put a push in between.
+    pub async fn gc_plan_only(&self, grace_ms: u64) -> GcReport {
+        let rx = self.start_gc(Mode::PlanOnly, grace_ms);
+        wait_for(rx, Duration::from_secs(86_400)).await
     }
 
     /// The report of run `run_id`, waiting up to `wait` for it to end.
@@ -119,8 +138,8 @@ impl BuildIndex {
         }
     }
 
-    /// The run in progress, or a new one (resuming a stored plan unless `dry_run`).
-    pub fn start_gc(&self, dry_run: bool, grace_ms: u64) -> watch::Receiver<GcReport> {
+    /// The run in progress, or a new one (resuming a stored plan unless a dry run).
+    fn start_gc(&self, mode: Mode, grace_ms: u64) -> watch::Receiver<GcReport> {
         let mut current = self.inner.gc.current();
         if let Some(rx) = current.as_ref()
             && !ended(&rx.borrow())
@@ -130,7 +149,7 @@ impl BuildIndex {
         let start = now_ms();
         let report = GcReport {
             run_id: start,
-            dry_run,
+            dry_run: mode == Mode::DryRun,
             resumed: false,
             phase: GcPhase::Marking,
             cutoff_ms: start.saturating_sub(grace_ms),
@@ -146,16 +165,14 @@ impl BuildIndex {
         let (tx, rx) = watch::channel(report);
         *current = Some(rx.clone());
         let bi = self.clone();
-        crate::spawn(async move { bi.run_gc(tx).await });
+        crate::spawn(async move { bi.run_gc(tx, mode).await });
         rx
     }
 
-    async fn run_gc(&self, tx: watch::Sender<GcReport>) {
-        let dry_run = tx.borrow().dry_run;
-        let stored = if dry_run {
-            Ok(None)
-        } else {
-            self.inner.gc.journal.load()
+    async fn run_gc(&self, tx: watch::Sender<GcReport>, mode: Mode) {
+        let stored = match mode {
+            Mode::DryRun => Ok(None),
+            Mode::Full | Mode::PlanOnly => self.inner.gc.journal.load(),
         };
         match stored {
             Ok(Some((run, entries))) => {
@@ -168,16 +185,20 @@ impl BuildIndex {
                     r.kept_recent = run.kept_recent;
                     r.planned = entries.iter().map(|(d, e)| (*d, e.length)).collect();
                 });
-                self.sweep_plan(&tx, &entries).await;
-            }
-            Ok(None) => {
-                if let Err(e) = self.mark_and_plan(&tx).await {
-                    tx.send_modify(|r| {
-                        r.errors.push(e.message);
-                        r.phase = GcPhase::Interrupted;
-                    });
+                if mode == Mode::PlanOnly {
+                    tx.send_modify(|r| r.phase = GcPhase::Done);
+                } else {
+                    self.sweep_plan(&tx, &entries).await;
                 }
             }
+            Ok(None) => match self.mark_and_plan(&tx, mode).await {
+                Ok(Some(entries)) => self.sweep_plan(&tx, &entries).await,
+                Ok(None) => tx.send_modify(|r| r.phase = GcPhase::Done),
+                Err(e) => tx.send_modify(|r| {
+                    r.errors.push(e.message);
+                    r.phase = GcPhase::Interrupted;
+                }),
+            },
             Err(e) => tx.send_modify(|r| {
                 r.errors.push(e.to_string());
                 r.phase = GcPhase::Interrupted;
@@ -193,7 +214,12 @@ impl BuildIndex {
         );
     }
 
-    async fn mark_and_plan(&self, tx: &watch::Sender<GcReport>) -> Result<(), RemoteError> {
+    /// Marks and plans; stores the plan and returns its entries for a run that sweeps.
+    async fn mark_and_plan(
+        &self,
+        tx: &watch::Sender<GcReport>,
+        mode: Mode,
+    ) -> Result<Option<Vec<(Digest, journal::Entry)>>, RemoteError> {
         let source = OriginSource(&self.inner.cluster);
         let roots = inventory::roots(self).await?;
         tx.send_modify(|r| r.roots = roots.len() as u64);
@@ -211,18 +237,14 @@ impl BuildIndex {
         mark::mark_referrers(&source, DEFAULT_NAMESPACE, &subjects, &mut marked).await?;
         let cutoff = tx.borrow().cutoff_ms;
         let planned = plan::plan(&inv, &marked, cutoff);
-        let dry_run = tx.borrow().dry_run;
         tx.send_modify(|r| {
             r.marked = marked.len() as u64;
             r.kept_recent = planned.kept_recent;
             r.planned = planned.sweep.clone();
             r.errors.extend(errors);
-            if dry_run {
-                r.phase = GcPhase::Done;
-            }
         });
-        if dry_run {
-            return Ok(());
+        if mode == Mode::DryRun {
+            return Ok(None);
         }
         let r = tx.borrow().clone();
         let record = RunRecord {
@@ -237,10 +259,11 @@ impl BuildIndex {
             .journal
             .store(&record, &planned.sweep)
             .map_err(super::internal)?;
+        if mode == Mode::PlanOnly {
+            return Ok(None);
+        }
         let entries = self.inner.gc.journal.load().map_err(super::internal)?;
-        let entries = entries.map(|(_, e)| e).unwrap_or_default();
-        self.sweep_plan(tx, &entries).await;
-        Ok(())
+        Ok(Some(entries.map(|(_, e)| e).unwrap_or_default()))
     }
 
     async fn sweep_plan(&self, tx: &watch::Sender<GcReport>, entries: &[(Digest, journal::Entry)]) {
@@ -284,7 +307,7 @@ impl BuildIndex {
         }
         if self.inner.gc.has_plan() {
             tracing::info!("resuming the interrupted garbage collection");
-            self.start_gc(false, grace);
+            self.start_gc(Mode::Full, grace);
         }
         if interval == 0 {
             return;
@@ -295,7 +318,7 @@ impl BuildIndex {
                 _ = stop.changed() => return,
             }
             if gc_owner(&self.inner.cluster).is_some_and(|o| o.id == self.inner.me) {
-                self.start_gc(false, grace);
+                self.start_gc(Mode::Full, grace);
             }
         }
     }
