@@ -230,6 +230,92 @@ pub enum Request {
         /// How long to hold the request open.
         wait_ms: u64,
     },
+    /// Origin: one stage of purging a blob (see [`PurgeStage`]). Idempotent: a blob the
+    /// origin lacks is already purged. Answered by [`Response::Purged`].
+    PurgeBlob {
+        /// The blob.
+        digest: Digest,
+        /// Keep the blob where it was written or used at or after this time (ms since the
+        /// epoch): how garbage collection never races a push. `None`: remove it anyway.
+        unused_since_ms: Option<u64>,
+        /// Which copies go.
+        stage: PurgeStage,
+    },
+    /// Tracker: forget the blob's peers and its cached metainfo (it was purged).
+    ForgetBlob {
+        /// The blob.
+        digest: Digest,
+    },
+    /// Build-index: record, durably, that `digest` was purged at `deleted_ms` (agents
+    /// poll these tombstones and evict their copies). An owner forwards it to the digest's
+    /// other build-index owners unless `replica`.
+    RecordTombstone {
+        /// The blob.
+        digest: Digest,
+        /// When it was purged (ms since the epoch).
+        deleted_ms: u64,
+        /// Sent by another owner: store it, do not forward.
+        replica: bool,
+    },
+    /// Build-index: the blob tombstones this node holds recorded at or after `since_ms`,
+    /// oldest first, at most `limit`. Answered by [`Response::Tombstones`].
+    Tombstones {
+        /// Inclusive lower bound (ms since the epoch, this node's clock).
+        since_ms: u64,
+        /// Page size (capped by the node).
+        limit: u32,
+    },
+    /// Build-index: `repo` links `digests` (it pushed them, mounted them, or a manifest it
+    /// stored reaches them). The node stores the digests it owns and forwards the rest, one
+    /// call per owner, unless `replica`. Answered by [`Response::Linked`].
+    LinkBlobs {
+        /// Repository name.
+        repo: String,
+        /// The blobs and manifests.
+        digests: Vec<Digest>,
+        /// Sent by another owner: store them all, do not forward.
+        replica: bool,
+    },
+    /// Build-index: link the closure of manifest `digest` (itself, and every blob and child
+    /// manifest it reaches) to `repo`, as a manifest PUT by digest does.
+    LinkManifest {
+        /// Repository name.
+        repo: String,
+        /// The manifest.
+        digest: Digest,
+    },
+    /// Build-index: which repositories link `digest` (this node's records; with
+    /// `gather`, the union over the digest's live owners). Answered by
+    /// [`Response::Linkers`].
+    Linkers {
+        /// The blob.
+        digest: Digest,
+        /// Ask the other owners too and answer the union.
+        gather: bool,
+    },
+    /// Build-index: remove `repo`'s link to `digest` here and (unless `replica`) on the
+    /// digest's other live owners. Answered by [`Response::Unlinked`].
+    UnlinkBlob {
+        /// Repository name.
+        repo: String,
+        /// The blob.
+        digest: Digest,
+        /// Sent by another owner: remove it here only.
+        replica: bool,
+    },
+}
+
+/// The stages of a purge (see `kraken_node::purge`). The purge asks every origin for
+/// [`PurgeStage::Store`] first and goes on to [`PurgeStage::Backends`] only when none kept
+/// its copy, so a backend never loses a blob an origin still means to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PurgeStage {
+    /// Remove the origin's own copy (its store), unless the guard keeps it.
+    Store,
+    /// Remove the blob from every writable backend of the origin's routes (read-only
+    /// mirrors of registries are skipped). An origin that holds a copy again (a push
+    /// came in since the first stage) keeps the backends' and answers kept.
+    Backends,
 }
 
 /// The key whose build-index owner runs garbage collection (one run cluster-wide).
@@ -266,6 +352,14 @@ impl Request {
             Request::ListTagTable { .. } => "ListTagTable",
             Request::Gc { .. } => "Gc",
             Request::GcStatus { .. } => "GcStatus",
+            Request::PurgeBlob { .. } => "PurgeBlob",
+            Request::ForgetBlob { .. } => "ForgetBlob",
+            Request::RecordTombstone { .. } => "RecordTombstone",
+            Request::Tombstones { .. } => "Tombstones",
+            Request::LinkBlobs { .. } => "LinkBlobs",
+            Request::LinkManifest { .. } => "LinkManifest",
+            Request::Linkers { .. } => "Linkers",
+            Request::UnlinkBlob { .. } => "UnlinkBlob",
         }
     }
 
@@ -284,7 +378,13 @@ impl Request {
             | Request::PullReport { digest, .. }
             | Request::PutTag { digest, .. }
             | Request::Ingest { digest, .. }
-            | Request::Warm { digest, .. } => Some(digest),
+            | Request::Warm { digest, .. }
+            | Request::PurgeBlob { digest, .. }
+            | Request::ForgetBlob { digest }
+            | Request::RecordTombstone { digest, .. }
+            | Request::LinkManifest { digest, .. }
+            | Request::Linkers { digest, .. }
+            | Request::UnlinkBlob { digest, .. } => Some(digest),
             _ => None,
         }
     }
@@ -394,6 +494,34 @@ pub enum Response {
     },
     /// Answer to [`Request::Gc`] and [`Request::GcStatus`].
     Gc(GcReport),
+    /// Answer to [`Request::PurgeBlob`].
+    Purged(Purged),
+    /// Answer to [`Request::ForgetBlob`].
+    Forgotten,
+    /// Answer to [`Request::RecordTombstone`]: stored durably on this node.
+    TombstoneRecorded,
+    /// Answer to [`Request::Tombstones`].
+    Tombstones {
+        /// (digest, deleted_ms), oldest first.
+        entries: Vec<(Digest, u64)>,
+        /// More follow: ask again from the last `deleted_ms`.
+        more: bool,
+    },
+    /// Answer to [`Request::LinkBlobs`] and [`Request::LinkManifest`]: how many links
+    /// were stored (on at least one owner each).
+    Linked {
+        /// Digests linked.
+        count: u64,
+    },
+    /// Answer to [`Request::Linkers`]: the repositories linking the digest, sorted.
+    Linkers(Vec<String>),
+    /// Answer to [`Request::UnlinkBlob`].
+    Unlinked {
+        /// Some owner held the link.
+        was_linked: bool,
+        /// The repositories that still link the digest (union over the owners reached).
+        remaining: Vec<String>,
+    },
 }
 
 /// One blob of an origin's store, as [`Request::ListBlobs`] lists it.
@@ -454,6 +582,18 @@ pub struct GcReport {
     pub kept_at_sweep: u64,
     /// What went wrong (a node down, a manifest unreadable); non-empty: the plan is kept.
     pub errors: Vec<String>,
+}
+
+/// What an origin did in one [`Request::PurgeBlob`] stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    /// The origin keeps its copy: written or used at this time (ms since the epoch), at or
+    /// after the guard (or, in the backends stage, a copy came back since the first).
+    pub kept_ms: Option<u64>,
+    /// Bytes removed from the origin's store.
+    pub freed_bytes: u64,
+    /// Backends the blob was removed from (by name), in the backends stage.
+    pub backends: Vec<String>,
 }
 
 /// The largest metainfo a node sends or accepts: the largest the format allows (a header

@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub egress_bytes_per_sec: u64,
     /// Piece download rate limit in bytes per second (0: none).
     pub ingress_bytes_per_sec: u64,
+    /// How often the agent polls the build-index nodes for tombstones of deleted blobs and
+    /// evicts its copies, in seconds (see [`crate::tombstones`]).
+    pub tombstone_poll_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -55,6 +58,7 @@ impl Default for AgentConfig {
             evict_interval_secs: 60,
             egress_bytes_per_sec: 0,
             ingress_bytes_per_sec: 0,
+            tombstone_poll_secs: 10,
         }
     }
 }
@@ -62,7 +66,10 @@ impl Default for AgentConfig {
 impl AgentConfig {
     /// Rejects settings that cannot work.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
-        if self.pull_timeout_secs == 0 || self.evict_interval_secs == 0 {
+        if self.pull_timeout_secs == 0
+            || self.evict_interval_secs == 0
+            || self.tombstone_poll_secs == 0
+        {
             return Err(AgentConfigError::ZeroInterval);
         }
         Ok(())
@@ -72,7 +79,7 @@ impl AgentConfig {
 /// Why an [`AgentConfig`] cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentConfigError {
-    /// `pull_timeout_secs` or `evict_interval_secs` is 0.
+    /// `pull_timeout_secs`, `evict_interval_secs` or `tombstone_poll_secs` is 0.
     #[error("agent timeouts and intervals must be above 0")]
     ZeroInterval,
 }
@@ -192,8 +199,9 @@ impl Agent {
         }
     }
 
-    /// Starts periodic eviction; stops when `stop` turns true.
+    /// Starts periodic eviction and the tombstone poll; they stop when `stop` turns true.
     pub fn spawn_background(&self, mut stop: watch::Receiver<bool>) {
+        crate::spawn(crate::tombstones::follow(self.clone(), stop.clone()));
         let agent = self.clone();
         crate::spawn(async move {
             let every = Duration::from_secs(agent.inner.config.evict_interval_secs);
@@ -217,6 +225,16 @@ impl Agent {
     /// The local store.
     pub fn cas(&self) -> &Cas {
         self.inner.exchange.cas()
+    }
+
+    /// Calls to other nodes.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &AgentConfig {
+        &self.inner.config
     }
 
     /// The piece exchange (sessions and pieces from peers go here).

@@ -39,6 +39,14 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
         self.map.get(key).map(|(v, _)| v)
     }
 
+    /// Removes `key`'s entry, if any.
+    pub fn remove(&mut self, key: &K) {
+        if let Some((_, b)) = self.map.remove(key) {
+            self.bytes -= b;
+            self.order.retain(|k| k != key);
+        }
+    }
+
     /// Sets `key` to `value` (counted as no bytes), dropping the oldest entries beyond the
     /// cap.
     pub fn insert(&mut self, key: K, value: V) {
@@ -67,6 +75,19 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_key_frees_its_bytes_and_its_place() {
+        let mut m = BoundedMap::with_byte_budget(2, 100);
+        m.insert_sized(1, "a", 60);
+        m.remove(&1);
+        m.insert_sized(2, "b", 60);
+        m.insert_sized(3, "c", 40);
+        assert_eq!(
+            (m.get(&1), m.get(&2), m.get(&3)),
+            (None, Some(&"b"), Some(&"c"))
+        );
+    }
 
     #[test]
     fn the_oldest_key_goes_first() {

@@ -88,13 +88,7 @@ impl ClusterRegistry {
 
     /// Every live build-index node (tags are spread over them by owner).
     fn build_index_nodes(&self) -> Vec<std::net::SocketAddr> {
-        let view = self.cluster.view();
-        view.ring(Role::BuildIndex)
-            .members()
-            .iter()
-            .filter(|m| !view.is_suspected(&m.id))
-            .map(|m| m.quic_addr)
-            .collect()
+        crate::purge::live(&self.cluster, Role::BuildIndex)
     }
 
     /// Asks every build-index node for a page and merges them.

@@ -8,6 +8,7 @@
 //!   are learned by connecting to them once), then random incomplete peers — and the
 //!   interval to announce at. Under load the interval grows (proportionally to the
 //!   announce rate over `target_announces_per_sec`) instead of requests failing.
+//! - **ForgetBlob**: a purged blob's peers and cached metainfo are dropped at once.
 //! - **Metainfo**: asked of the owning origins in ring order (an owner that lacks the blob
 //!   reads it through from its backend; the tracker passes `Pending` on), then cached.
 //!
@@ -187,6 +188,12 @@ impl TrackerRole {
             } => self.announce(digest, peer.clone()).await,
             Request::Metainfo { namespace, digest } => self.metainfo(namespace, digest).await,
             Request::Peers { digest } => self.peers(digest),
+            Request::ForgetBlob { digest } => {
+                let mut st = self.state();
+                st.store.forget(digest);
+                st.metainfo.remove(digest);
+                Response::Forgotten
+            }
             _ => return None,
         })
     }

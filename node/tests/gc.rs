@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kraken_membership::Role;
 use kraken_node::buildindex::BuildIndex;
 use kraken_node::config::NodeRole;
+use kraken_node::node::Node;
 use kraken_node::proto::{GcPhase, GcReport, Request, Response};
 use kraken_storage::Digest;
 use kraken_storage::backend::{Backend, default_http_client};
@@ -203,7 +204,6 @@ fn planned(r: &GcReport) -> BTreeSet<Digest> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the purge primitive (branch i23-delete)"]
 async fn gc_deletes_exactly_the_blobs_only_an_untagged_image_reached() {
     let g = Gc::new().await;
     let shared = g.blob(&[7u8; 20_000]).await;
@@ -246,7 +246,6 @@ async fn gc_deletes_exactly_the_blobs_only_an_untagged_image_reached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the purge primitive (branch i23-delete)"]
 async fn a_push_racing_a_gc_keeps_every_byte_it_needs() {
     let g = Gc::new().await;
     let layer = g.blob(&[3u8; 9_000]).await;
@@ -274,7 +273,6 @@ async fn a_push_racing_a_gc_keeps_every_byte_it_needs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the purge primitive (branch i23-delete)"]
 async fn a_plan_left_by_a_crash_is_swept_when_the_build_index_restarts() {
     let mut g = Gc::new().await;
     let layer = g.blob(&[4u8; 3_000]).await;
@@ -284,8 +282,18 @@ async fn a_plan_left_by_a_crash_is_swept_when_the_build_index_restarts() {
 
     // kill -9 between the plan and the sweep; the node starts again on the same data.
     g.c.kill(g.bi);
-    let config = g.c.config("bi-1", NodeRole::BuildIndex);
-    g.bi = g.c.start(config).await;
+    let mut config = g.c.config("bi-1", NodeRole::BuildIndex);
+    // An in-process node's tasks may keep its databases open after the kill: restart on
+    // a copy of its files as the kill left them on disk.
+    let copy = g.c.dir.path().join("bi-1-restarted");
+    copy_dir(&config.node.data_dir, &copy);
+    config.node.data_dir = copy;
+    let identity = g.c.ca.issue_node_cert("bi-1").unwrap();
+    let node = Node::start_with(config, identity, g.c.ca.cluster_ca())
+        .await
+        .unwrap();
+    g.c.nodes.push(Some(node));
+    g.bi = g.c.nodes.len() - 1;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -303,5 +311,18 @@ async fn a_plan_left_by_a_crash_is_swept_when_the_build_index_restarts() {
             "{left} planned blobs were never swept"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }

@@ -48,7 +48,7 @@ pub mod cas;
 #[cfg(feature = "local")]
 pub mod queue;
 #[cfg(feature = "local")]
-mod time;
+pub mod time;
 
 #[cfg(feature = "backends")]
 pub mod backend;

@@ -2,11 +2,18 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub(crate) fn to_ms(t: SystemTime) -> u64 {
+/// Now, in ms since the epoch.
+pub fn now_ms() -> u64 {
+    to_ms(SystemTime::now())
+}
+
+/// `t` in ms since the epoch (0 before it, `u64::MAX` far after).
+pub fn to_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-pub(crate) fn from_ms(ms: u64) -> SystemTime {
+/// The time `ms` ms after the epoch.
+pub fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }

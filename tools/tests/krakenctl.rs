@@ -579,7 +579,6 @@ async fn arguments_are_checked_before_dialling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the purge primitive (branch i23-delete)"]
 async fn gc_dry_run_reports_and_gc_deletes_only_untagged_blobs() {
     let f = Fixture::start().await;
     let (kept_path, kept) = blob_file(f.dir.path(), "kept", 10_000, 1);

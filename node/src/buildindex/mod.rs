@@ -1,6 +1,9 @@
 //! The build-index role: durable tags (`repo:tag → digest`) and their replication.
 //!
 //! - [`store`]: the redb tag table with history.
+//! - [`digests`] and `links`: which repositories link each blob (pushes, mounts, stored
+//!   manifests' closures) and the tombstones of purged blobs agents poll, each on the
+//!   digest's build-index owners.
 //! - what a manifest references (Docker schema2, manifest list, OCI manifest and index,
 //!   OCI 1.1 `subject`) is read by the gateway's manifest parser,
 //!   [`kraken_registry_gateway::media::references`].
@@ -22,7 +25,9 @@
 //! a tag reads it back from the backend, and a node that starts with an empty table imports
 //! every tag from its backends, so a wiped build-index recovers.
 
+pub mod digests;
 pub mod gc;
+mod links;
 pub mod replicate;
 pub mod store;
 pub mod tagcache;
@@ -72,6 +77,10 @@ pub struct BuildIndexConfig {
     /// Garbage collection keeps unreachable blobs used within this many seconds before it
     /// started (uploads of a push in progress, blobs just read).
     pub gc_grace_secs: u64,
+    /// How long tombstones of purged blobs are kept for agents to poll, in seconds
+    /// (default 7 days: an agent offline longer may serve a deleted blob it still holds
+    /// until its own eviction drops it).
+    pub tombstone_retention_secs: u64,
 }
 
 /// One `[[build_index.remotes]]` rule.
@@ -98,6 +107,7 @@ impl Default for BuildIndexConfig {
             remotes: Vec::new(),
             gc_interval_secs: 0,
             gc_grace_secs: 3600,
+            tombstone_retention_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -180,7 +190,7 @@ pub enum OpenError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The tag table could not be opened.
+    /// The tag table (or the links and tombstones table) could not be opened.
     #[error("opening the tag table: {0}")]
     Tags(#[from] store::StoreError),
     /// The replication queue could not be opened.
@@ -204,6 +214,7 @@ struct Inner {
     me: NodeId,
     cluster: Cluster,
     store: TagStore,
+    digests: digests::DigestStore,
     router: NamespaceRouter,
     queue: WriteBackQueue,
     config: BuildIndexConfig,
@@ -245,6 +256,7 @@ impl BuildIndex {
         let _ = std::fs::remove_dir_all(&tmp_dir);
         create(&tmp_dir)?;
         let store = TagStore::open(&parts.data_dir.join("tags.redb"))?;
+        let digests = digests::DigestStore::open(&parts.data_dir.join("digests.redb"))?;
         let queue = WriteBackQueue::open(&parts.data_dir.join("replication.redb"), parts.queue)?;
         let journal = gc::journal::Journal::open(&parts.data_dir.join("gc.redb"))?;
         let rules = parts
@@ -258,6 +270,7 @@ impl BuildIndex {
                 me: parts.me,
                 cluster: parts.cluster,
                 store,
+                digests,
                 router: parts.router,
                 queue,
                 config: parts.config,
@@ -314,6 +327,11 @@ impl BuildIndex {
         &self.inner.store
     }
 
+    /// The links and blob tombstones.
+    pub fn digests(&self) -> &digests::DigestStore {
+        &self.inner.digests
+    }
+
     /// The replication queue.
     pub fn queue(&self) -> &WriteBackQueue {
         &self.inner.queue
@@ -354,7 +372,7 @@ impl BuildIndex {
                 self.gc_status(*run_id, Duration::from_millis(*wait_ms))
                     .await
             }
-            _ => return None,
+            other => self.handle_blob_request(other).await?,
         };
         Some(answer.unwrap_or_else(Response::Error))
     }
@@ -377,14 +395,20 @@ impl BuildIndex {
         replica: bool,
     ) -> Result<Response, RemoteError> {
         self.check_tag_write(repo, tag, replica)?;
-        if !replica && self.inner.config.check_dependencies {
-            let deps = self.closure(repo, digest).await?;
+        if !replica {
+            // The repository links the manifest and all it reaches (see `links`).
+            let linked: Vec<Digest> = match self.inner.config.check_dependencies {
+                true => self
+                    .closure(repo, digest)
+                    .await?
+                    .into_iter()
+                    .map(|(d, _)| d)
+                    .collect(),
+                false => vec![*digest],
+            };
             // A garbage collection that started before this push keeps what it touches.
-            gc::touch(
-                &self.inner.cluster,
-                deps.into_iter().map(|(d, _)| d).collect(),
-            )
-            .await;
+            gc::touch(&self.inner.cluster, linked.clone()).await;
+            self.link_blobs(repo, &linked, false).await?;
         }
         // The replications are queued (durably) before the tag is stored and acknowledged;
         // the executor drops items whose tag has moved on.

@@ -14,6 +14,8 @@
 //!   if missing) and list what it references if it is a manifest.
 //! - [`inventory`]: garbage collection's questions: a page of the store, and a touch of
 //!   the blobs a tag depends on.
+//! - `purge`: one stage of a cluster-wide purge (`Request::PurgeBlob`): the blob leaves
+//!   the store, guarded by its last use, then the writable backends.
 //! - [`replicate`]: copying blobs to the other owners after an upload, and repair when the
 //!   ring changes, so that losing origins loses nothing acknowledged.
 //!
@@ -22,6 +24,7 @@
 
 pub mod ingest;
 pub mod inventory;
+mod purge;
 pub mod readthrough;
 pub mod replicate;
 pub mod upload;
@@ -315,6 +318,11 @@ impl Origin {
             ),
             Request::ListBlobs { after, limit } => done(self.list_blobs(after.as_ref(), *limit)),
             Request::TouchBlobs { digests } => done(self.touch_blobs(digests)),
+            Request::PurgeBlob {
+                digest,
+                unused_since_ms,
+                stage,
+            } => done(self.purge(digest, *unused_since_ms, *stage).await),
             _ => None,
         }
     }

@@ -266,6 +266,8 @@ impl Origin {
                         format!("{} is {} bytes, not {}", req.digest, info.size, req.length),
                     ));
                 }
+                // A use: a purge guarded by the last use (garbage collection) keeps it.
+                self.inner.cas.touch(&req.digest);
                 self.ensure_durable(req)?;
                 Ok(Some(Response::Uploaded { length: info.size }))
             }

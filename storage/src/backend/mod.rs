@@ -305,12 +305,15 @@ impl Backend {
             .await
     }
 
-    /// Removes the blob. Removing a missing blob succeeds.
+    /// Removes the blob. Removing a missing blob succeeds, also when another deleter
+    /// removes it at the same moment (some services see it vanish mid-delete).
     pub async fn delete(&self, digest: &Digest) -> Result<(), BackendError> {
-        self.op("delete")?
-            .delete(&self.key(digest))
-            .await
-            .map_err(|e| self.error("delete", None, e))
+        match self.op("delete")?.delete(&self.key(digest)).await {
+            Err(e) if e.kind() != opendal::ErrorKind::NotFound => {
+                Err(self.error("delete", None, e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Every blob in the backend under this layout, in the service's listing order.

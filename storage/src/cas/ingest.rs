@@ -18,7 +18,7 @@ use std::sync::mpsc::sync_channel;
 use std::thread;
 use std::time::SystemTime;
 
-use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
+use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO, to_ms};
 use super::{BlobInfo, Cas, CasError, sync_dir};
 use crate::chain::{ChainRecorder, ChainState};
 use crate::digest::{Digest, DigestHasher};
@@ -138,6 +138,9 @@ impl Cas {
 
     fn existing(&self, digest: &Digest) -> Result<Option<Ingested>, CasError> {
         let inner = self.inner();
+        // The look-up and the touch under one lock: a purge guarded by the last use sees
+        // this use, or removed the blob before it (then this is no longer `existing`).
+        let mut state = inner.lock();
         let Some(record) = inner.record(digest)? else {
             return Ok(None);
         };
@@ -147,7 +150,8 @@ impl Cas {
         let metainfo = inner
             .metainfo(digest)?
             .ok_or_else(|| CasError::CorruptRecord(format!("{digest} (no metainfo)")))?;
-        inner.touch(digest);
+        state.access.insert(*digest, to_ms(SystemTime::now()));
+        drop(state);
         Ok(Some(Ingested {
             info: record.info(*digest),
             metainfo,

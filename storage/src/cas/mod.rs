@@ -16,7 +16,8 @@
 //! Modules: [`config`] (quota and eviction settings), `error`, `meta` (redb tables),
 //! `ingest` (verified streaming ingest), [`partial`] (piece-by-piece downloads),
 //! [`piece_writer`] (a piece streamed into place while hashed, with direct I/O),
-//! [`reader`] (whole, ranged and per-piece reads), `evict` (the eviction planner).
+//! [`reader`] (whole, ranged and per-piece reads), `evict` (the eviction planner),
+//! `purge` (deleting a blob on purpose, guarded by its last use).
 //!
 //! The API is synchronous (std files, redb); async callers run it on a blocking pool.
 //! Lock order: the in-memory state mutex may be taken before a redb write transaction,
@@ -29,6 +30,7 @@ mod ingest;
 mod meta;
 pub mod partial;
 pub mod piece_writer;
+mod purge;
 pub mod reader;
 #[cfg(test)]
 mod test_blobs;
@@ -47,6 +49,7 @@ pub use ingest::Ingested;
 pub use meta::{BlobInfo, BlobState};
 pub use partial::{FlushJob, PartialBlob, PieceSource};
 pub use piece_writer::{PieceWriter, VerifiedPiece};
+pub use purge::PurgeOutcome;
 pub use reader::BlobReader;
 
 use crate::digest::Digest;
@@ -82,6 +85,9 @@ struct State {
     writers: HashSet<Digest>,
     /// Last-access times not yet written to redb (written on eviction and on drop).
     access: BTreeMap<Digest, u64>,
+    /// Purged blobs whose record is gone but whose file open readers still use: the file
+    /// (this many bytes) goes when the last reader does.
+    doomed: HashMap<Digest, u64>,
 }
 
 /// What the startup sweep cleaned up.
@@ -235,12 +241,6 @@ impl Cas {
             }
         }
         Ok(out)
-    }
-
-    /// Records that a blob was used now (a tag's dependency check), as a read does: the
-    /// guard that keeps garbage collection from deleting a blob a push is about to need.
-    pub fn touch(&self, digest: &Digest) {
-        self.inner.touch(digest);
     }
 
     /// Pins or unpins a blob; pinned blobs are never evicted or deleted.

@@ -149,11 +149,15 @@ impl BlobReader {
 
 impl Drop for BlobReader {
     fn drop(&mut self) {
-        let mut state = self.cas.inner().lock();
+        let inner = self.cas.inner();
+        let mut state = inner.lock();
         if let Some(n) = state.readers.get_mut(&self.digest) {
             *n -= 1;
             if *n == 0 {
                 state.readers.remove(&self.digest);
+                if state.doomed.contains_key(&self.digest) {
+                    inner.finish_purge(&mut state, &self.digest);
+                }
             }
         }
     }

@@ -65,6 +65,9 @@ pub enum StopReason {
     /// The task went away without saying why.
     #[error("the blob task ended")]
     Ended,
+    /// The blob was deleted from the cluster ([`super::PieceExchange::stop`]).
+    #[error("the blob was deleted")]
+    Deleted,
     /// The task ended, leaving the piece a watcher waited for missing.
     #[error("the blob task ended before {0} arrived")]
     EndedBefore(PieceIndex),

@@ -364,6 +364,16 @@ impl<T: Tracker> PieceExchange<T> {
         Ok(())
     }
 
+    /// Stops the blob's task, if one runs (the blob was deleted): it seeds and downloads
+    /// no more, its watchers see [`StopReason::Deleted`], and a later pull starts afresh.
+    pub async fn stop(&self, digest: &Digest) {
+        let handle = self.lock().remove(digest);
+        if let Some(h) = handle {
+            // A task that already ended has closed its channel: nothing to stop.
+            let _ = h.tx.send(Input::Stop).await;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Digest, BlobHandle>> {
         self.inner
             .blobs

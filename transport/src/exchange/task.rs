@@ -66,6 +66,8 @@ pub(super) enum Input {
     },
     /// A flush of the partial blob's progress ended.
     Flushed(Result<(), StopReason>),
+    /// The blob was deleted from the cluster: stop seeding and downloading it.
+    Stop,
 }
 
 /// The blob's bytes: still arriving, or complete in the CAS.
@@ -370,6 +372,7 @@ impl<T: Tracker> BlobTask<T> {
                 self.swarm.handle_piece_sent(now, peer, index, ok);
             }
             Input::Flushed(result) => self.on_flushed(result)?,
+            Input::Stop => return Err(StopReason::Deleted),
         }
         Ok(())
     }

@@ -279,6 +279,11 @@ impl PeerStore {
         })
     }
 
+    /// Forgets every announce of `digest` (the blob was deleted).
+    pub fn forget(&mut self, digest: &Digest) {
+        self.blobs.remove(digest);
+    }
+
     /// Forgets expired announces everywhere; returns how many blobs still have peers.
     /// (Handouts drop the expired peers they meet; this bounds the memory of the rest.)
     pub fn prune(&mut self, now: Instant) -> usize {

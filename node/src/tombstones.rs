@@ -1,0 +1,110 @@
+//! Agents follow the tombstones of purged blobs (see [`crate::purge`]).
+//!
+//! Every `tombstone_poll_secs` (and once at start) an agent asks every live build-index
+//! node for the tombstones recorded since its cursor for that node (the node's own clock;
+//! the bound is inclusive, and evicting again is harmless), and evicts each blob it holds:
+//! its swarm task stops (no more seeding, announces or downloads of it) and its store
+//! drops the blob; a copy being read goes when its readers finish. From then on the
+//! agent's registry answers a `GET` of the blob from the cluster, which no longer has it:
+//! 404. A blob that cannot go yet (a partial download still closing) is tried again at the
+//! next poll. Cursors live in memory: a restarted agent reads every tombstone still
+//! retained, which also evicts what it held across the restart.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kraken_membership::Role;
+use kraken_storage::Digest;
+use kraken_storage::cas::PurgeOutcome;
+use tokio::sync::watch;
+
+use crate::agent::Agent;
+use crate::proto::{Request, Response};
+
+/// Tombstones asked for in one call.
+const PAGE: u32 = 1000;
+
+/// Polls and evicts until `stop` turns true.
+pub async fn follow(agent: Agent, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(agent.config().tombstone_poll_secs);
+    let mut follower = Follower::default();
+    loop {
+        follower.poll(&agent).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The poll's state: a cursor per build-index node, and blobs to evict again.
+#[derive(Debug, Default)]
+pub struct Follower {
+    cursors: HashMap<SocketAddr, u64>,
+    retry: BTreeSet<Digest>,
+}
+
+impl Follower {
+    /// One poll of every live build-index node; evicts what the new tombstones name.
+    pub async fn poll(&mut self, agent: &Agent) {
+        let mut due: BTreeSet<Digest> = std::mem::take(&mut self.retry);
+        let cluster = agent.cluster();
+        for addr in crate::purge::live(cluster, Role::BuildIndex) {
+            let cursor = self.cursors.entry(addr).or_insert(0);
+            loop {
+                let request = Request::Tombstones {
+                    since_ms: *cursor,
+                    limit: PAGE,
+                };
+                let (entries, more) = match cluster.call(addr, &request).await {
+                    Ok(Response::Tombstones { entries, more }) => (entries, more),
+                    Ok(other) => {
+                        tracing::warn!(%addr, ?other, "unexpected answer to a tombstone poll");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "tombstone poll failed; next time");
+                        break;
+                    }
+                };
+                let before = *cursor;
+                for (digest, ms) in entries {
+                    due.insert(digest);
+                    *cursor = (*cursor).max(ms);
+                }
+                // A full page of one millisecond would not move the cursor: stop there.
+                if !more || *cursor == before {
+                    break;
+                }
+            }
+        }
+        for digest in due {
+            if !evict(agent, &digest).await {
+                self.retry.insert(digest);
+            }
+        }
+    }
+}
+
+/// Stops the blob's swarm and drops it from the store; false if it must be tried again.
+async fn evict(agent: &Agent, digest: &Digest) -> bool {
+    agent.exchange().stop(digest).await;
+    let cas = agent.cas().clone();
+    let d = *digest;
+    match tokio::task::spawn_blocking(move || cas.purge(&d, None)).await {
+        Ok(Ok(PurgeOutcome::Removed { freed_bytes, .. })) => {
+            tracing::info!(%digest, freed_bytes, "evicted a deleted blob");
+            true
+        }
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::info!(%digest, error = %e, "cannot evict a deleted blob yet");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "eviction task failed");
+            false
+        }
+    }
+}
