@@ -66,6 +66,22 @@ impl Gc {
         Gc { c, bi, backend }
     }
 
+    /// Starts node `name` again after a kill. An in-process node's tasks may keep its
+    /// databases open after the kill: it restarts on a copy of its files as the kill left
+    /// them on disk.
+    async fn restart(&mut self, name: &str, role: NodeRole) -> usize {
+        let mut config = self.c.config(name, role);
+        let copy = self.c.dir.path().join(format!("{name}-restarted"));
+        copy_dir(&config.node.data_dir, &copy);
+        config.node.data_dir = copy;
+        let identity = self.c.ca.issue_node_cert(name).unwrap();
+        let node = Node::start_with(config, identity, self.c.ca.cluster_ca())
+            .await
+            .unwrap();
+        self.c.nodes.push(Some(node));
+        self.c.nodes.len() - 1
+    }
+
     fn build_index(&self) -> &BuildIndex {
         self.c.node(self.bi).roles().build_index.as_ref().unwrap()
     }
@@ -282,18 +298,7 @@ async fn a_plan_left_by_a_crash_is_swept_when_the_build_index_restarts() {
 
     // kill -9 between the plan and the sweep; the node starts again on the same data.
     g.c.kill(g.bi);
-    let mut config = g.c.config("bi-1", NodeRole::BuildIndex);
-    // An in-process node's tasks may keep its databases open after the kill: restart on
-    // a copy of its files as the kill left them on disk.
-    let copy = g.c.dir.path().join("bi-1-restarted");
-    copy_dir(&config.node.data_dir, &copy);
-    config.node.data_dir = copy;
-    let identity = g.c.ca.issue_node_cert("bi-1").unwrap();
-    let node = Node::start_with(config, identity, g.c.ca.cluster_ca())
-        .await
-        .unwrap();
-    g.c.nodes.push(Some(node));
-    g.bi = g.c.nodes.len() - 1;
+    g.bi = g.restart("bi-1", NodeRole::BuildIndex).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -325,4 +330,32 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_stopped_by_a_failing_backend_is_finished_by_the_next_run() {
+    let g = Gc::new().await;
+    let layer = g.blob(&[5u8; 4_000]).await;
+    let e = g.image("e", &[layer], None).await;
+
+    // The backend fails (its root is not a directory): every purge stops at its backend
+    // stage, the run reports it and keeps the plan.
+    let aside = g.c.dir.path().join("backend-aside");
+    std::fs::rename(&g.c.backend_root, &aside).unwrap();
+    std::fs::write(&g.c.backend_root, b"not a directory").unwrap();
+    let run = g.gc(false).await;
+    assert_eq!(run.phase, GcPhase::Interrupted, "{run:?}");
+    assert_eq!(planned(&run), e.all(), "{run:?}");
+    assert_eq!(run.errors.len(), e.all().len(), "{run:?}");
+    assert_eq!(run.purged, 0, "{run:?}");
+
+    // Back to normal: the next run resumes the plan (same cutoff) and finishes it.
+    std::fs::remove_file(&g.c.backend_root).unwrap();
+    std::fs::rename(&aside, &g.c.backend_root).unwrap();
+    let done = g.gc(false).await;
+    assert!(done.resumed && done.errors.is_empty(), "{done:?}");
+    assert_eq!((done.run_id, done.cutoff_ms), (run.run_id, run.cutoff_ms));
+    assert_eq!(done.phase, GcPhase::Done, "{done:?}");
+    assert_eq!(done.purged, e.all().len() as u64, "{done:?}");
+    g.assert_gone(&e.all()).await;
 }
