@@ -572,16 +572,44 @@ pub struct GcReport {
     pub marked: u64,
     /// Unreachable blobs kept because they were used after the cutoff.
     pub kept_recent: u64,
-    /// Unreachable blobs to delete (or deleted), with their lengths, ordered by digest.
+    /// Unreachable blobs to delete (or deleted), with their lengths, ordered by digest: the
+    /// first [`GcReport::LIST_LIMIT`] (an answer is one frame).
     pub planned: Vec<(Digest, u64)>,
+    /// How many blobs the plan holds.
+    pub planned_count: u64,
+    /// Their bytes (each blob's length once).
+    pub planned_bytes: u64,
     /// Planned blobs purged so far.
     pub purged: u64,
     /// Bytes those freed (the largest known copy of each).
     pub freed_bytes: u64,
     /// Planned blobs an origin kept at sweep time (used after the cutoff: a push raced).
     pub kept_at_sweep: u64,
-    /// What went wrong (a node down, a manifest unreadable); non-empty: the plan is kept.
+    /// What went wrong (a node down, a manifest unreadable): the first
+    /// [`GcReport::LIST_LIMIT`].
     pub errors: Vec<String>,
+    /// How many things went wrong.
+    pub error_count: u64,
+}
+
+impl GcReport {
+    /// Most planned digests and errors one report lists (the counts cover them all).
+    pub const LIST_LIMIT: usize = 1000;
+
+    /// Records the plan: its size, and the first [`Self::LIST_LIMIT`] entries.
+    pub fn set_planned(&mut self, all: &[(Digest, u64)]) {
+        self.planned_count = all.len() as u64;
+        self.planned_bytes = all.iter().map(|(_, n)| n).sum();
+        self.planned = all.iter().take(Self::LIST_LIMIT).copied().collect();
+    }
+
+    /// Records an error.
+    pub fn add_error(&mut self, error: String) {
+        self.error_count += 1;
+        if self.errors.len() < Self::LIST_LIMIT {
+            self.errors.push(error);
+        }
+    }
 }
 
 /// What an origin did in one [`Request::PurgeBlob`] stage.

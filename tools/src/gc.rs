@@ -99,7 +99,7 @@ pub async fn run(
     if report.phase == GcPhase::Interrupted {
         return Err(CtlError::Failed(format!(
             "garbage collection stopped with {} error(s); the next `krakenctl gc` resumes it",
-            report.errors.len()
+            report.error_count
         )));
     }
     Ok(())
@@ -115,7 +115,7 @@ fn phase_line(r: &GcReport) -> String {
         GcPhase::Sweeping => format!(
             "sweeping: {}/{} blobs, {} freed",
             r.purged + r.kept_at_sweep,
-            r.planned.len(),
+            r.planned_count,
             bytes(r.freed_bytes)
         ),
         GcPhase::Done | GcPhase::Interrupted => "done".into(),
@@ -131,7 +131,6 @@ pub fn render(r: &GcReport) -> String {
         "garbage collection {}{what}{resumed}: {} tags, {} digests reachable\n",
         r.run_id, r.roots, r.marked
     ));
-    let total: u64 = r.planned.iter().map(|(_, n)| n).sum();
     if !r.planned.is_empty() {
         let mut t = Table::new(["DIGEST", "SIZE"]);
         for (d, n) in &r.planned {
@@ -139,17 +138,21 @@ pub fn render(r: &GcReport) -> String {
         }
         out.push_str(&t.render());
     }
+    let unlisted = r.planned_count.saturating_sub(r.planned.len() as u64);
+    if unlisted > 0 {
+        out.push_str(&format!("… and {unlisted} more\n"));
+    }
     if r.dry_run {
         out.push_str(&format!(
             "would delete {} blobs, {}\n",
-            r.planned.len(),
-            bytes(total)
+            r.planned_count,
+            bytes(r.planned_bytes)
         ));
     } else {
         out.push_str(&format!(
             "deleted {} of {} blobs, freed {}\n",
             r.purged,
-            r.planned.len(),
+            r.planned_count,
             bytes(r.freed_bytes)
         ));
     }
@@ -160,6 +163,10 @@ pub fn render(r: &GcReport) -> String {
     out.push('\n');
     for e in &r.errors {
         out.push_str(&format!("error: {e}\n"));
+    }
+    let unlisted = r.error_count.saturating_sub(r.errors.len() as u64);
+    if unlisted > 0 {
+        out.push_str(&format!("… and {unlisted} more errors\n"));
     }
     out
 }

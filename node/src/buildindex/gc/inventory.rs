@@ -21,8 +21,9 @@ use crate::buildindex::BuildIndex;
 use crate::fetch::call_error;
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
 
-/// Page size asked of the nodes.
-const PAGE: u32 = 1000;
+/// Page size asked of the nodes: a page of tags with the longest names still fits one
+/// frame (256 KiB).
+const PAGE: u32 = 200;
 
 /// Longest one page may take.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -157,10 +157,13 @@ impl BuildIndex {
             marked: 0,
             kept_recent: 0,
             planned: Vec::new(),
+            planned_count: 0,
+            planned_bytes: 0,
             purged: 0,
             freed_bytes: 0,
             kept_at_sweep: 0,
             errors: Vec::new(),
+            error_count: 0,
         };
         let (tx, rx) = watch::channel(report);
         *current = Some(rx.clone());
@@ -183,7 +186,8 @@ impl BuildIndex {
                     r.roots = run.roots;
                     r.marked = run.marked;
                     r.kept_recent = run.kept_recent;
-                    r.planned = entries.iter().map(|(d, e)| (*d, e.length)).collect();
+                    let all: Vec<_> = entries.iter().map(|(d, e)| (*d, e.length)).collect();
+                    r.set_planned(&all);
                 });
                 if mode == Mode::PlanOnly {
                     tx.send_modify(|r| r.phase = GcPhase::Done);
@@ -195,21 +199,21 @@ impl BuildIndex {
                 Ok(Some(entries)) => self.sweep_plan(&tx, &entries).await,
                 Ok(None) => tx.send_modify(|r| r.phase = GcPhase::Done),
                 Err(e) => tx.send_modify(|r| {
-                    r.errors.push(e.message);
+                    r.add_error(e.message);
                     r.phase = GcPhase::Interrupted;
                 }),
             },
             Err(e) => tx.send_modify(|r| {
-                r.errors.push(e.to_string());
+                r.add_error(e.to_string());
                 r.phase = GcPhase::Interrupted;
             }),
         }
         let r = tx.borrow().clone();
         tracing::info!(
             run = r.run_id, dry_run = r.dry_run, resumed = r.resumed, phase = ?r.phase,
-            roots = r.roots, marked = r.marked, planned = r.planned.len(), purged = r.purged,
+            roots = r.roots, marked = r.marked, planned = r.planned_count, purged = r.purged,
             freed_bytes = r.freed_bytes, kept_recent = r.kept_recent,
-            kept_at_sweep = r.kept_at_sweep, errors = r.errors.len(),
+            kept_at_sweep = r.kept_at_sweep, errors = r.error_count,
             "garbage collection ended"
         );
     }
@@ -240,8 +244,10 @@ impl BuildIndex {
         tx.send_modify(|r| {
             r.marked = marked.len() as u64;
             r.kept_recent = planned.kept_recent;
-            r.planned = planned.sweep.clone();
-            r.errors.extend(errors);
+            r.set_planned(&planned.sweep);
+            for e in errors {
+                r.add_error(e);
+            }
         });
         if mode == Mode::DryRun {
             return Ok(None);
@@ -284,7 +290,7 @@ impl BuildIndex {
         if pending == 0
             && let Err(e) = self.inner.gc.journal.clear()
         {
-            report.errors.push(e.to_string());
+            report.add_error(e.to_string());
         }
         report.phase = if pending == 0 {
             GcPhase::Done

@@ -31,7 +31,7 @@ pub trait Purger {
 }
 
 /// Purges every pending entry of `entries` (the journal's plan), updating `report` (and
-/// calling `progress` with it) after each; failures are recorded in `report.errors` and
+/// calling `progress` with it) after each; failures are recorded in the report's errors and
 /// leave their entry pending. Returns the entries still pending.
 pub async fn sweep(
     purger: &impl Purger,
@@ -66,7 +66,7 @@ pub async fn sweep(
                 EntryState::Kept
             }
             Err(e) => {
-                report.errors.push(format!("purging {digest}: {e}"));
+                report.add_error(format!("purging {digest}: {e}"));
                 pending += 1;
                 continue;
             }
@@ -77,7 +77,7 @@ pub async fn sweep(
         };
         if let Err(e) = journal.set(digest, next) {
             // The purge is idempotent: a resumed sweep purges it again.
-            report.errors.push(format!("recording {digest}: {e}"));
+            report.add_error(format!("recording {digest}: {e}"));
         }
         progress(report);
     }
@@ -127,10 +127,13 @@ mod tests {
             marked: 0,
             kept_recent: 0,
             planned: Vec::new(),
+            planned_count: 0,
+            planned_bytes: 0,
             purged: 0,
             freed_bytes: 0,
             kept_at_sweep: 0,
             errors: Vec::new(),
+            error_count: 0,
         }
     }
 
