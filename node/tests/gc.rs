@@ -45,12 +45,19 @@ fn descriptor(media_type: &str, d: &Digest) -> serde_json::Value {
 
 impl Gc {
     async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A cluster whose build-index config `tune` changed.
+    async fn with(tune: impl FnOnce(&mut kraken_node::buildindex::BuildIndexConfig)) -> Self {
         let mut c = TestCluster::new();
         for i in 1..=3 {
             c.add(&format!("origin-{i}"), NodeRole::Origin).await;
         }
         c.add("tracker-1", NodeRole::Tracker).await;
-        let bi = c.add("bi-1", NodeRole::BuildIndex).await;
+        let mut config = c.config("bi-1", NodeRole::BuildIndex);
+        tune(&mut config.build_index);
+        let bi = c.start(config).await;
         c.converge(3).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         while c.client().view().ring(Role::BuildIndex).is_empty() {
@@ -364,4 +371,26 @@ async fn a_sweep_stopped_by_a_failing_backend_is_finished_by_the_next_run() {
     assert_eq!(done.phase, GcPhase::Done, "{done:?}");
     assert_eq!(done.purged, e.all().len() as u64, "{done:?}");
     g.assert_gone(&e.all()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_collection_sweeps_without_being_asked() {
+    let g = Gc::with(|bi| {
+        bi.gc_interval_secs = 1;
+        // Long enough that a run between the upload and the tag below keeps the blob.
+        bi.gc_grace_secs = 2;
+    })
+    .await;
+    let kept = g.blob(b"tagged").await;
+    g.tag("v1", &kept).await;
+    let gone = g.blob(b"untagged").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while g.held(&gone).await != (0, false) {
+        assert!(
+            Instant::now() < deadline,
+            "the schedule never collected {gone}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    g.assert_held(&[kept].into()).await;
 }
