@@ -147,7 +147,7 @@ impl BuildIndex {
             return rx.clone();
         }
         let start = now_ms();
-        let report = GcReport {
+        let mut report = GcReport {
             run_id: start,
             dry_run: mode == Mode::DryRun,
             resumed: false,
@@ -165,30 +165,36 @@ impl BuildIndex {
             errors: Vec::new(),
             error_count: 0,
         };
-        let (tx, rx) = watch::channel(report);
-        *current = Some(rx.clone());
-        let bi = self.clone();
-        crate::spawn(async move { bi.run_gc(tx, mode).await });
-        rx
-    }
-
-    async fn run_gc(&self, tx: watch::Sender<GcReport>, mode: Mode) {
+        // Read before the first answer, so a resumed run answers with its own id at once.
         let stored = match mode {
             Mode::DryRun => Ok(None),
             Mode::Full | Mode::PlanOnly => self.inner.gc.journal.load(),
         };
+        if let Ok(Some((run, entries))) = &stored {
+            report.resumed = true;
+            report.run_id = run.run_id;
+            report.cutoff_ms = run.cutoff_ms;
+            report.roots = run.roots;
+            report.marked = run.marked;
+            report.kept_recent = run.kept_recent;
+            let all: Vec<_> = entries.iter().map(|(d, e)| (*d, e.length)).collect();
+            report.set_planned(&all);
+        }
+        let (tx, rx) = watch::channel(report);
+        *current = Some(rx.clone());
+        let bi = self.clone();
+        crate::spawn(async move { bi.run_gc(tx, mode, stored).await });
+        rx
+    }
+
+    async fn run_gc(
+        &self,
+        tx: watch::Sender<GcReport>,
+        mode: Mode,
+        stored: Result<Option<journal::StoredPlan>, journal::JournalError>,
+    ) {
         match stored {
-            Ok(Some((run, entries))) => {
-                tx.send_modify(|r| {
-                    r.resumed = true;
-                    r.run_id = run.run_id;
-                    r.cutoff_ms = run.cutoff_ms;
-                    r.roots = run.roots;
-                    r.marked = run.marked;
-                    r.kept_recent = run.kept_recent;
-                    let all: Vec<_> = entries.iter().map(|(d, e)| (*d, e.length)).collect();
-                    r.set_planned(&all);
-                });
+            Ok(Some((_, entries))) => {
                 if mode == Mode::PlanOnly {
                     tx.send_modify(|r| r.phase = GcPhase::Done);
                 } else {
