@@ -14,6 +14,9 @@
 //!   repositories that mirror an upstream registry resolve there, cached.
 //! - [`mirror`]: what the roles share about repositories routed to an upstream registry:
 //!   writes refused, the upstream's refusals carried to the client.
+//! - [`purge`]: removing one blob from the whole cluster (origins' stores and backends,
+//!   trackers, a build-index tombstone), the primitive under registry `DELETE` and garbage
+//!   collection; [`tombstones`]: agents polling those tombstones and evicting their copies.
 //!
 //! Around them: [`proto`] (the RPC messages) and [`client`] (calls with owner failover),
 //! both from the `kraken-client` crate that `krakenctl` shares,

@@ -10,6 +10,8 @@
 //!   verifies them), and tags go to the build-index, which checks that every blob a
 //!   manifest references exists.
 //!
+//! Repository links, mounts and deletion: [`links`].
+//!
 //! Tag listings and the catalog are gathered from every live build-index node and merged
 //! (each node holds the tags it owns), so they are complete however large the ring.
 
@@ -33,6 +35,8 @@ use crate::client::{CallError, Cluster};
 use crate::fetch::origin_metainfo;
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
 use crate::upstream::Upstreams;
+
+mod links;
 
 /// The registry of an agent or a proxy.
 #[derive(Clone)]
@@ -400,7 +404,8 @@ impl Registry for ClusterRegistry {
         len: u64,
     ) -> Result<(), RegistryError> {
         self.pushing()?;
-        crate::push::put_file(&self.cluster, repo, digest, path, len).await
+        crate::push::put_file(&self.cluster, repo, digest, path, len).await?;
+        self.link(repo, &[*digest]).await
     }
 
     async fn put_blob_stream(
@@ -411,7 +416,8 @@ impl Registry for ClusterRegistry {
         body: &mut UploadBody,
     ) -> Result<(), RegistryError> {
         self.pushing()?;
-        crate::push::put_stream(&self.cluster, repo, digest, len, body).await
+        crate::push::put_stream(&self.cluster, repo, digest, len, body).await?;
+        self.link(repo, &[*digest]).await
     }
 
     async fn put_tag(&self, repo: &str, tag: &str, digest: &Digest) -> Result<(), RegistryError> {
@@ -470,6 +476,29 @@ impl Registry for ClusterRegistry {
             )),
             Err(e) => Err(tag_error(e, repo, tag)),
         }
+    }
+
+    async fn link_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        self.link_closure(repo, digest).await
+    }
+
+    async fn mount_blob(
+        &self,
+        repo: &str,
+        from: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        self.mount(repo, from, digest).await
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        let unknown = RegistryError::TagUnknown(format!("{repo}@{digest}"));
+        self.delete_digest(repo, digest, true, unknown).await
+    }
+
+    async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        let unknown = RegistryError::BlobUnknown(digest.to_string());
+        self.delete_digest(repo, digest, false, unknown).await
     }
 }
 

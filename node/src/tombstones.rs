@@ -2,7 +2,9 @@
 //!
 //! Every `tombstone_poll_secs` (and once at start) an agent asks every live build-index
 //! node for the tombstones recorded since its cursor for that node (the node's own clock;
-//! the bound is inclusive, and evicting again is harmless), and evicts each blob it holds:
+//! the bound is inclusive, so the cursor remembers the digests it saw at its own
+//! millisecond and skips them: a blob pushed again after its deletion is not evicted at
+//! every poll), and evicts each blob it holds:
 //! its swarm task stops (no more seeding, announces or downloads of it) and its store
 //! drops the blob; a copy being read goes when its readers finish. From then on the
 //! agent's registry answers a `GET` of the blob from the cluster, which no longer has it:
@@ -41,8 +43,31 @@ pub async fn follow(agent: Agent, mut stop: watch::Receiver<bool>) {
 /// The poll's state: a cursor per build-index node, and blobs to evict again.
 #[derive(Debug, Default)]
 pub struct Follower {
-    cursors: HashMap<SocketAddr, u64>,
+    cursors: HashMap<SocketAddr, Cursor>,
     retry: BTreeSet<Digest>,
+}
+
+/// Where the poll of one node stands: the newest tombstone time seen, and the digests
+/// seen at exactly that time (the next poll starts there, inclusive).
+#[derive(Debug, Default)]
+struct Cursor {
+    ms: u64,
+    seen: BTreeSet<Digest>,
+}
+
+impl Cursor {
+    /// Takes in a tombstone; true when it is new.
+    fn advance(&mut self, digest: Digest, ms: u64) -> bool {
+        if ms < self.ms || (ms == self.ms && self.seen.contains(&digest)) {
+            return false;
+        }
+        if ms > self.ms {
+            self.ms = ms;
+            self.seen.clear();
+        }
+        self.seen.insert(digest);
+        true
+    }
 }
 
 impl Follower {
@@ -51,10 +76,10 @@ impl Follower {
         let mut due: BTreeSet<Digest> = std::mem::take(&mut self.retry);
         let cluster = agent.cluster();
         for addr in crate::purge::live(cluster, Role::BuildIndex) {
-            let cursor = self.cursors.entry(addr).or_insert(0);
+            let cursor = self.cursors.entry(addr).or_default();
             loop {
                 let request = Request::Tombstones {
-                    since_ms: *cursor,
+                    since_ms: cursor.ms,
                     limit: PAGE,
                 };
                 let (entries, more) = match cluster.call(addr, &request).await {
@@ -68,13 +93,14 @@ impl Follower {
                         break;
                     }
                 };
-                let before = *cursor;
+                let before = cursor.ms;
                 for (digest, ms) in entries {
-                    due.insert(digest);
-                    *cursor = (*cursor).max(ms);
+                    if cursor.advance(digest, ms) {
+                        due.insert(digest);
+                    }
                 }
                 // A full page of one millisecond would not move the cursor: stop there.
-                if !more || *cursor == before {
+                if !more || cursor.ms == before {
                     break;
                 }
             }
@@ -106,5 +132,23 @@ async fn evict(agent: &Agent, digest: &Digest) -> bool {
             tracing::warn!(%digest, error = %e, "eviction task failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_takes_each_tombstone_once() {
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        let mut c = Cursor::default();
+        assert!(c.advance(a, 10));
+        // The next poll starts at 10 again: `a` is not news, `b` at 10 is.
+        assert!(!c.advance(a, 10));
+        assert!(c.advance(b, 10));
+        assert!(c.advance(a, 11));
+        assert!(!c.advance(b, 10));
+        assert!(!c.advance(a, 11));
     }
 }

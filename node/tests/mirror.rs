@@ -138,6 +138,17 @@ async fn writes_into_a_mirror_are_denied_everywhere_and_tags_come_from_the_upstr
     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(body["errors"][0]["code"], "DENIED");
     assert_eq!(body["errors"][0]["message"], denied.as_str());
+    // Deletes too, of a manifest or a blob.
+    for path in ["manifests", "blobs"] {
+        let r = reqwest::Client::new()
+            .delete(format!(
+                "http://{registry}/v2/x/{path}/{digest}?ns=docker.io"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN, "{path}");
+    }
 
     // Tags: the upstream is down and nothing is known: unavailable, not "unknown".
     let get = Request::GetTag {

@@ -138,10 +138,50 @@ async fn a_guarded_purge_keeps_a_blob_used_since_the_guard() {
     assert_eq!(origins_holding(&c, &digest), 2);
     assert!(backend(&c).exists(&digest).await.unwrap());
 
+    // Read from one origin after a later guard: that origin keeps its copy (the other's
+    // goes), and so does the backend.
+    let guard = now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let reader = c.node(c.origins()[0]).quic_addr();
+    let read = Request::Download {
+        digest,
+        offset: 0,
+        len: 1,
+    };
+    assert!(matches!(
+        c.client().call(reader, &read).await.unwrap(),
+        Response::Content { .. }
+    ));
+    let report = purge(c.client(), &digest, Some(guard)).await.unwrap();
+    assert!(!report.purged, "{report:?}");
+    assert_eq!(report.kept.len(), 1, "{report:?}");
+    assert_eq!(report.kept[0].0, reader);
+    assert_eq!(origins_holding(&c, &digest), 1);
+    assert!(backend(&c).exists(&digest).await.unwrap());
+
     // Not used since a later guard: it goes.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let report = purge(c.client(), &digest, Some(now_ms())).await.unwrap();
     assert!(report.purged, "{report:?}");
     assert_eq!(origins_holding(&c, &digest), 0);
     assert!(!backend(&c).exists(&digest).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_right_after_a_push_leaves_nothing_for_the_write_back_to_restore() {
+    let (c, _) = cluster().await;
+    let (path, digest) = blob_file(c.dir.path(), "fresh", 8 << 20, 3);
+    c.upload(&path, &digest, 8 << 20).await;
+    // At once: the write-back may be under way, or queued.
+    let report = purge(c.client(), &digest, None).await.unwrap();
+    assert!(report.purged, "{report:?}");
+    until("every write-back queue drains", || {
+        c.origins().iter().all(|&i| {
+            let origin = c.node(i).roles().origin.clone().unwrap();
+            origin.queue().is_empty().unwrap()
+        })
+    })
+    .await;
+    assert!(!backend(&c).exists(&digest).await.unwrap());
+    assert_eq!(origins_holding(&c, &digest), 0);
 }

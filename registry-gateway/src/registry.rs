@@ -125,7 +125,8 @@ pub enum RegistryError {
     /// No such blob (or manifest, when read as a blob).
     #[error("blob unknown: {0}")]
     BlobUnknown(String),
-    /// No such tag.
+    /// No such tag (or, for a delete by digest, no such manifest in the repository):
+    /// `MANIFEST_UNKNOWN`.
     #[error("manifest unknown: {0}")]
     TagUnknown(String),
     /// No such repository.
@@ -276,6 +277,61 @@ pub trait Registry: Send + Sync + 'static {
         repo: &str,
         tag: &str,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Links manifest `digest` (stored already) and every blob and child manifest it
+    /// reaches to `repo`: what a manifest `PUT` by digest calls after storing it (a `PUT`
+    /// by tag links through [`Registry::put_tag`]). [`RegistryError::ManifestBlobUnknown`]
+    /// names what is missing. Nothing by default.
+    fn link_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send {
+        let _ = (repo, digest);
+        async { Ok(()) }
+    }
+
+    /// A cross-repository mount: `Ok(true)` when `from` links blob `digest` (it is now
+    /// linked to `repo` too: 201), `Ok(false)` when it does not, or `from` does not exist
+    /// (the gateway starts an upload session: 202). `Ok(false)` by default.
+    fn mount_blob(
+        &self,
+        repo: &str,
+        from: &str,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send {
+        let _ = (repo, from, digest);
+        async { Ok(false) }
+    }
+
+    /// Deletes manifest `digest` from `repo`: the repository's tags pointing at it, its
+    /// referrer entry, its link; the manifest leaves the cluster when no repository links
+    /// it any more. [`RegistryError::TagUnknown`] (`MANIFEST_UNKNOWN`) when `repo` does not
+    /// link it; [`RegistryError::Unsupported`] by default.
+    fn delete_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send {
+        let _ = (repo, digest);
+        async {
+            Err(RegistryError::Unsupported(
+                "manifests cannot be deleted".into(),
+            ))
+        }
+    }
+
+    /// Deletes blob `digest` from `repo` (its link; the blob leaves the cluster when no
+    /// repository links it any more). [`RegistryError::BlobUnknown`] when `repo` does not
+    /// link it; [`RegistryError::Unsupported`] by default.
+    fn delete_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send {
+        let _ = (repo, digest);
+        async { Err(RegistryError::Unsupported("blobs cannot be deleted".into())) }
+    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,11 @@ use kraken_storage::time::now_ms;
 use super::{BuildIndex, internal};
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
 
-/// Largest page of tombstones one answer carries.
-const MAX_TOMBSTONES: u32 = 10_000;
+/// Largest page of tombstones one answer carries (well within a 256 KiB frame).
+const MAX_TOMBSTONES: u32 = 2_000;
+
+/// Digests per `LinkBlobs` call between owners (well within a 256 KiB frame).
+const LINK_BATCH: usize = 1_000;
 
 impl BuildIndex {
     /// Serves the blob RPCs; `None` for every other request.
@@ -155,7 +158,13 @@ impl BuildIndex {
                 .map_err(internal)?;
             stored.extend(mine);
         }
-        let calls = by_owner.into_iter().map(|(addr, ds)| {
+        // One call per owner, in batches a frame holds.
+        let batches = by_owner.into_iter().flat_map(|(addr, ds)| {
+            ds.chunks(LINK_BATCH)
+                .map(|c| (addr, c.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let calls = batches.map(|(addr, ds)| {
             let request = Request::LinkBlobs {
                 repo: repo.to_string(),
                 digests: ds.clone(),
@@ -228,6 +237,8 @@ impl BuildIndex {
         digest: &Digest,
         replica: bool,
     ) -> Result<Response, RemoteError> {
+        // A mirror's repositories link nothing and delete nothing: say so (403 `DENIED`).
+        crate::mirror::refuse_writes(&self.inner.router, repo)?;
         let store = &self.inner.digests;
         let mut was_linked = store.unlink(repo, digest).map_err(internal)?;
         let mut remaining: BTreeSet<String> = store

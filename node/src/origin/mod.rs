@@ -165,6 +165,8 @@ struct Inner {
     fetches: Arc<Flights<Digest, Result<(), RemoteError>>>,
     /// When each blob was last read through from the backend (for pull attribution).
     read_throughs: Mutex<HashMap<Digest, SystemTime>>,
+    /// Blobs purged here lately: replica copies of them are refused (see `purge`).
+    purged: Mutex<HashMap<Digest, std::time::Instant>>,
     writeback_wake: Notify,
 }
 
@@ -209,6 +211,7 @@ impl Origin {
                 upload_locks: Mutex::new(HashMap::new()),
                 fetches: Arc::default(),
                 read_throughs: Mutex::new(HashMap::new()),
+                purged: Mutex::new(HashMap::new()),
                 writeback_wake: Notify::new(),
             }),
         })

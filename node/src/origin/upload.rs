@@ -183,12 +183,14 @@ impl Origin {
         result
     }
 
-    /// Refuses a blob this origin must not take: larger than its limit, or a new blob for
-    /// a repository that mirrors a read-only upstream registry. A copy of a blob the
+    /// Refuses a blob this origin must not take: larger than its limit, a replica of a
+    /// blob purged here lately, or a new blob for a repository that mirrors a read-only
+    /// upstream registry. A copy of a blob the
     /// backend already holds (`persisted`: a read-through blob replicated or repaired to
     /// another owner) is no write into the upstream and is taken.
     pub(super) fn admit(&self, req: &UploadRequest) -> Result<(), RemoteError> {
         self.within_limit(req.length)?;
+        self.admit_after_purge(req)?;
         if req.persisted {
             return Ok(());
         }
@@ -236,6 +238,12 @@ impl Origin {
                 .await
                 .map_err(internal)?;
         match ingested {
+            Ok(_) if let Err(refused) = self.admit_after_purge(req) => {
+                // The blob was purged here while this replica arrived: it must not stay.
+                let (cas, digest) = (self.inner.cas.clone(), req.digest);
+                let _ = tokio::task::spawn_blocking(move || cas.purge(&digest, None)).await;
+                Err(refused)
+            }
             Ok(_) => {
                 if req.persisted {
                     let cas = &self.inner.cas;

@@ -1,4 +1,5 @@
-//! Manifest writes: `PUT /v2/<name>/manifests/<reference>` and `DELETE` of a tag.
+//! Manifest writes: `PUT /v2/<name>/manifests/<reference>` and `DELETE` of a tag (of a
+//! digest: [`super::delete`]).
 //!
 //! A PUT reads the body (at most `max_manifest_len`, else 413), validates it
 //! ([`Manifest::parse`]), checks its sha256 against a digest reference, stores it as a
@@ -79,8 +80,10 @@ pub(crate) async fn put<R: Registry>(
         ));
     }
     store_manifest(gw, name, &digest, &bytes).await?;
-    if let Reference::Tag(tag) = &reference {
-        gw.registry.put_tag(name, tag, &digest).await?;
+    match &reference {
+        Reference::Tag(tag) => gw.registry.put_tag(name, tag, &digest).await?,
+        // The repository links the manifest and all it reaches (by tag: through put_tag).
+        Reference::Digest(_) => gw.registry.link_manifest(name, &digest).await?,
     }
     if let Some(subject) = &manifest.subject {
         add_to_referrers(gw, name, subject, &manifest, &digest, bytes.len() as u64).await?;
@@ -94,14 +97,11 @@ pub(crate) async fn put<R: Registry>(
     Ok(r)
 }
 
-/// `DELETE /v2/<name>/manifests/<tag>` (by digest: 405 `UNSUPPORTED`).
+/// `DELETE /v2/<name>/manifests/<tag or digest>` (by digest: see [`super::delete`]).
 pub(crate) async fn delete<R: Registry>(gw: &Gateway<R>, name: &str, reference: &str) -> Reply {
     check_name(name)?;
     match Reference::parse(reference)? {
-        Reference::Digest(_) => Err(ApiError::new(
-            ErrorCode::Unsupported,
-            "manifests are deleted by the cluster's retention; delete a tag instead",
-        )),
+        Reference::Digest(digest) => super::delete::manifest(gw, name, &digest).await,
         Reference::Tag(tag) => {
             gw.registry.delete_tag(name, &tag).await?;
             Ok(empty(StatusCode::ACCEPTED))

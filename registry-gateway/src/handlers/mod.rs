@@ -4,12 +4,14 @@
 //! - [`uploads`]: blob upload sessions (start, mount, chunks, status, finish, cancel).
 //! - [`upload_stream`]: monolithic uploads streamed to the cluster as they arrive.
 //! - [`manifest_push`]: manifest PUT (with referrers upkeep) and tag DELETE.
+//! - [`delete`]: manifest DELETE by digest and blob DELETE.
 //! - [`manifests`]: reading and writing manifest bytes through the cluster.
 //!
 //! Writes pass [`write_gate`] first: 405 when push is off, 401 without credentials.
 //! Before any handler, `?ns=` maps the route's repository ([`crate::mirror`]), and after
 //! it a `Location` under that repository is rewritten to the client's own path.
 
+pub(crate) mod delete;
 pub(crate) mod manifest_push;
 pub(crate) mod manifests;
 pub(crate) mod pull;
@@ -216,12 +218,10 @@ async fn handle<R: Registry>(
         },
         Route::Blob { name, digest } => match method {
             Method::GET | Method::HEAD => pull::blob(gw, ctx, &name, &digest).await,
-            Method::DELETE => write_gate(gw, ctx).and_then(|()| {
-                Err(ApiError::new(
-                    crate::error::ErrorCode::Unsupported,
-                    "blobs are deleted by the cluster's retention, not by clients",
-                ))
-            }),
+            Method::DELETE => match write_gate(gw, ctx) {
+                Ok(()) => delete::blob(gw, &name, &digest).await,
+                Err(e) => Err(e),
+            },
             _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
         },
         Route::UploadStart { name } => match method {

@@ -89,7 +89,8 @@ fn created(name: &str, digest: &Digest) -> axum::response::Response {
     r
 }
 
-/// `POST /v2/<name>/blobs/uploads/` with optional `?digest=` or `?mount=&from=`.
+/// `POST /v2/<name>/blobs/uploads/` with optional `?digest=` or `?mount=&from=` (201
+/// only when `from` links the blob, see [`Registry::mount_blob`]).
 pub(crate) async fn start<R: Registry>(
     gw: &Gateway<R>,
     ctx: &Ctx,
@@ -99,14 +100,15 @@ pub(crate) async fn start<R: Registry>(
     check_name(name)?;
     if let Some(mount) = ctx.query("mount") {
         let digest = parse_digest(mount)?;
+        // Only a repository that links the blob lends it; otherwise (and without `from`)
+        // a normal upload starts, as the specification says.
         if let Some(from) = ctx.query("from") {
             check_name(from)?;
-        }
-        match gw.registry.stat_blob(name, &digest).await {
-            Ok(_) => return Ok(created(name, &digest)),
-            // Not here: fall back to a normal upload, as the specification says.
-            Err(RegistryError::BlobUnknown(_) | RegistryError::NameUnknown(_)) => {}
-            Err(e) => return Err(e.into()),
+            match gw.registry.mount_blob(name, from, &digest).await {
+                Ok(true) => return Ok(created(name, &digest)),
+                Ok(false) | Err(RegistryError::BlobUnknown(_) | RegistryError::NameUnknown(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     let monolithic = ctx.query("digest").map(parse_digest).transpose()?;

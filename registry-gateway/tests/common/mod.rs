@@ -26,6 +26,8 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 struct State {
     blobs: HashMap<Digest, Bytes>,
     tags: BTreeMap<(String, String), Digest>,
+    /// (digest, repository) links, as the build-index keeps them.
+    links: BTreeSet<(Digest, String)>,
     put_blob_calls: usize,
     streamed_puts: usize,
     stat_blob_calls: usize,
@@ -107,6 +109,20 @@ impl MemRegistry {
             .copied()
     }
 
+    /// Whether `repo` links `d`.
+    pub fn links(&self, repo: &str, d: &Digest) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .links
+            .contains(&(*d, repo.to_string()))
+    }
+
+    /// Links `d` to `repo`, as a push to it would.
+    pub fn link(&self, repo: &str, d: Digest) {
+        self.state.lock().unwrap().links.insert((d, repo.into()));
+    }
+
     pub fn blob_count(&self) -> usize {
         self.state.lock().unwrap().blobs.len()
     }
@@ -123,14 +139,34 @@ impl MemRegistry {
 
     /// Stores `bytes` as `digest`, as an origin would: only if they are `len` bytes that
     /// hash to it.
-    fn store(&self, digest: &Digest, len: u64, bytes: Vec<u8>) -> Result<(), RegistryError> {
+    fn store(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        len: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), RegistryError> {
         let mut s = self.state.lock().unwrap();
         s.put_blob_calls += 1;
         if bytes.len() as u64 != len || Digest::sha256_of(&bytes) != *digest {
             return Err(RegistryError::DigestInvalid(digest.to_string()));
         }
         s.blobs.insert(*digest, Bytes::from(bytes));
+        s.links.insert((*digest, repo.to_string()));
         Ok(())
+    }
+
+    /// Removes `repo`'s link to `digest` (`None` if it had none), and the blob when no
+    /// repository links it any more.
+    fn unlink(&self, repo: &str, digest: &Digest) -> Option<()> {
+        let mut s = self.state.lock().unwrap();
+        if !s.links.remove(&(*digest, repo.to_string())) {
+            return None;
+        }
+        if !s.links.iter().any(|(d, _)| d == digest) {
+            s.blobs.remove(digest);
+        }
+        Some(())
     }
 
     /// `stat_blob` and `read_blob` calls so far.
@@ -239,7 +275,7 @@ impl Registry for MemRegistry {
 
     async fn put_blob(
         &self,
-        _repo: &str,
+        repo: &str,
         digest: &Digest,
         path: &Path,
         len: u64,
@@ -248,12 +284,12 @@ impl Registry for MemRegistry {
             return Err(RegistryError::Unavailable("origins unreachable".into()));
         }
         let bytes = std::fs::read(path).map_err(|e| RegistryError::Internal(e.to_string()))?;
-        self.store(digest, len, bytes)
+        self.store(repo, digest, len, bytes)
     }
 
     async fn put_blob_stream(
         &self,
-        _repo: &str,
+        repo: &str,
         digest: &Digest,
         len: u64,
         body: &mut UploadBody,
@@ -277,7 +313,7 @@ impl Registry for MemRegistry {
                 return Err(RegistryError::Unavailable("the origin died".into()));
             }
         }
-        self.store(digest, len, bytes)
+        self.store(repo, digest, len, bytes)
     }
 
     async fn put_tag(&self, repo: &str, tag: &str, digest: &Digest) -> Result<(), RegistryError> {
@@ -298,8 +334,62 @@ impl Registry for MemRegistry {
         if !missing.is_empty() {
             return Err(RegistryError::ManifestBlobUnknown(missing.join(", ")));
         }
+        let reached: Vec<Digest> = referenced(&value)
+            .into_iter()
+            .filter_map(|d| d.parse().ok())
+            .collect();
         s.tags.insert((repo.into(), tag.into()), *digest);
+        for d in reached.into_iter().chain([*digest]) {
+            s.links.insert((d, repo.into()));
+        }
         Ok(())
+    }
+
+    async fn link_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        let mut s = self.state.lock().unwrap();
+        let reached: Vec<Digest> = match s.blobs.get(digest) {
+            Some(m) => serde_json::from_slice::<Value>(m)
+                .map(|v| referenced(&v))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|d| d.parse().ok())
+                .collect(),
+            None => return Err(RegistryError::ManifestBlobUnknown(digest.to_string())),
+        };
+        for d in reached.into_iter().chain([*digest]) {
+            s.links.insert((d, repo.into()));
+        }
+        Ok(())
+    }
+
+    async fn mount_blob(
+        &self,
+        repo: &str,
+        from: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let mut s = self.state.lock().unwrap();
+        if !s.links.contains(&(*digest, from.to_string())) {
+            return Ok(false);
+        }
+        s.links.insert((*digest, repo.into()));
+        Ok(true)
+    }
+
+    async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        self.unlink(repo, digest)
+            .ok_or_else(|| RegistryError::TagUnknown(format!("{repo}@{digest}")))?;
+        self.state
+            .lock()
+            .unwrap()
+            .tags
+            .retain(|(r, _), d| r != repo || d != digest);
+        Ok(())
+    }
+
+    async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        self.unlink(repo, digest)
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))
     }
 
     async fn holds_local_blob(&self, digest: &Digest) -> bool {

@@ -105,7 +105,9 @@ impl Inner {
         match self.record(digest) {
             Ok(None) => {
                 let path = self.blob_path(digest);
-                if let Err(e) = std::fs::remove_file(&path) {
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
                     // No record points at it: the sweep deletes it at the next open.
                     tracing::warn!(path = %path.display(), error = %e, "cas: could not delete a purged file");
                 }

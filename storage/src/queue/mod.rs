@@ -336,6 +336,15 @@ impl WriteBackQueue {
         Ok(self.len()? == 0)
     }
 
+    /// Whether a worker holds an unexpired lease on the item `(namespace, digest)` now: its
+    /// write-back may be under way.
+    pub fn is_leased(&self, namespace: &str, digest: &Digest) -> bool {
+        let now_ms = to_ms(SystemTime::now());
+        lock(&self.leases)
+            .get(&(namespace.to_string(), *digest))
+            .is_some_and(|(expiry, _)| *expiry > now_ms)
+    }
+
     /// Every queued item, by namespace and digest.
     pub fn list(&self) -> Result<Vec<WriteBackItem>, QueueError> {
         let txn = self.db.begin_read()?;
