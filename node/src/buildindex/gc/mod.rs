@@ -234,8 +234,16 @@ impl BuildIndex {
         let roots = inventory::roots(self).await?;
         tx.send_modify(|r| r.roots = roots.len() as u64);
         let mut marked = BTreeSet::new();
-        for (repo, _, digest) in &roots {
-            mark::mark_from(&source, repo, *digest, &mut marked).await?;
+        for (repo, tag, digest) in &roots {
+            match mark::mark_from(&source, repo, *digest, &mut marked).await {
+                Ok(()) => {}
+                // A mirror's blobs are a cache of its upstream (which may be down): what
+                // goes is fetched again. Anything else unread could be a live image's.
+                Err(e) if self.mirrors_upstream(repo) => tx.send_modify(|r| {
+                    r.add_error(format!("{repo}:{tag} (a mirror) not walked: {}", e.message));
+                }),
+                Err(e) => return Err(e),
+            }
         }
         tx.send_modify(|r| {
             r.marked = marked.len() as u64;
@@ -304,6 +312,13 @@ impl BuildIndex {
             GcPhase::Interrupted
         };
         tx.send_replace(report);
+    }
+
+    fn mirrors_upstream(&self, repo: &str) -> bool {
+        self.inner
+            .router
+            .route(repo)
+            .is_ok_and(|b| b.registry().is_some())
     }
 
     /// Resumes a stored plan once the node starts, then runs a collection every
