@@ -221,6 +221,47 @@ pub enum Request {
         /// The referrer manifest.
         digest: Digest,
     },
+    /// Origin: a page of the complete blobs its store holds, ordered by digest (garbage
+    /// collection's inventory).
+    ListBlobs {
+        /// Start after this digest.
+        after: Option<Digest>,
+        /// Page size (capped by the node).
+        limit: u32,
+    },
+    /// Origin: record that these blobs were used now, for those it holds (a tag's
+    /// dependency check: garbage collection keeps blobs used after it started).
+    TouchBlobs {
+        /// The blobs.
+        digests: Vec<Digest>,
+    },
+    /// Build-index: a page of its whole tag table (every repository's tags, with their
+    /// digests), ordered by `(repo, tag)`: garbage collection's roots.
+    ListTagTable {
+        /// Start after this `(repo, tag)`.
+        after: Option<(String, String)>,
+        /// Page size (capped by the node).
+        limit: u32,
+    },
+    /// Build-index, on the owner of [`GC_KEY`]: run a garbage collection (or resume the
+    /// interrupted one, or join the one running), waiting up to `wait_ms` for it to end.
+    Gc {
+        /// Mark and plan only: delete nothing, store no plan.
+        dry_run: bool,
+        /// Blobs used within this many ms before the run started are kept (`None`: the
+        /// node's `gc_grace_secs`).
+        grace_ms: Option<u64>,
+        /// How long to hold the request open; the answer says whether the run ended.
+        wait_ms: u64,
+    },
+    /// Build-index: the report of run `run_id` (running or the last one that ended),
+    /// waiting up to `wait_ms` for it to end.
+    GcStatus {
+        /// The run.
+        run_id: u64,
+        /// How long to hold the request open.
+        wait_ms: u64,
+    },
     /// Origin: one stage of purging a blob (see [`PurgeStage`]). Idempotent: a blob the
     /// origin lacks is already purged. Answered by [`Response::Purged`].
     PurgeBlob {
@@ -309,6 +350,9 @@ pub enum PurgeStage {
     Backends,
 }
 
+/// The key whose build-index owner runs garbage collection (one run cluster-wide).
+pub const GC_KEY: &str = "kraken:gc";
+
 impl Request {
     /// The request's kind, for logs and spans (`"Upload"`, `"Metainfo"`, …).
     pub fn name(&self) -> &'static str {
@@ -338,6 +382,11 @@ impl Request {
             Request::PutReferrer { .. } => "PutReferrer",
             Request::Referrers { .. } => "Referrers",
             Request::DeleteReferrer { .. } => "DeleteReferrer",
+            Request::ListBlobs { .. } => "ListBlobs",
+            Request::TouchBlobs { .. } => "TouchBlobs",
+            Request::ListTagTable { .. } => "ListTagTable",
+            Request::Gc { .. } => "Gc",
+            Request::GcStatus { .. } => "GcStatus",
             Request::PurgeBlob { .. } => "PurgeBlob",
             Request::ForgetBlob { .. } => "ForgetBlob",
             Request::RecordTombstone { .. } => "RecordTombstone",
@@ -465,6 +514,27 @@ pub enum Response {
     Referrers(Vec<String>),
     /// Answer to [`Request::DeleteReferrer`].
     ReferrerDeleted,
+    /// Answer to [`Request::ListBlobs`].
+    Blobs {
+        /// The page.
+        blobs: Vec<BlobEntry>,
+        /// Pass as `after` for the next page; `None` on the last.
+        next: Option<Digest>,
+    },
+    /// Answer to [`Request::TouchBlobs`]: how many of them this origin holds.
+    Touched {
+        /// Blobs held (and touched).
+        held: u64,
+    },
+    /// Answer to [`Request::ListTagTable`].
+    TagTable {
+        /// The page: `(repo, tag, digest)`.
+        rows: Vec<(String, String, Digest)>,
+        /// Pass as `after` for the next page; `None` on the last.
+        next: Option<(String, String)>,
+    },
+    /// Answer to [`Request::Gc`] and [`Request::GcStatus`].
+    Gc(GcReport),
     /// Answer to [`Request::PurgeBlob`].
     Purged(Purged),
     /// Answer to [`Request::ForgetBlob`].
@@ -493,6 +563,94 @@ pub enum Response {
         /// The repositories that still link the digest (union over the owners reached).
         remaining: Vec<String>,
     },
+}
+
+/// One blob of an origin's store, as [`Request::ListBlobs`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobEntry {
+    /// The blob.
+    pub digest: Digest,
+    /// Its length.
+    pub length: u64,
+    /// When it was last read or written, ms since the epoch.
+    pub last_used_ms: u64,
+    /// The `subject` it names, if it is a manifest with one (a referrer): read by the
+    /// origin from its file, so listing does not count as a use.
+    pub subject: Option<Digest>,
+}
+
+/// Where a garbage collection run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GcPhase {
+    /// Listing tags and following manifests.
+    Marking,
+    /// Listing what origins and backends hold.
+    Inventory,
+    /// Purging the planned blobs.
+    Sweeping,
+    /// Ended: every planned blob was purged or kept (or it was a dry run).
+    Done,
+    /// Ended with errors: the plan is kept and the next run resumes it.
+    Interrupted,
+}
+
+/// A garbage collection run's report (also its progress while it runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// The run (ms since the epoch when it started, unique on its node).
+    pub run_id: u64,
+    /// Nothing was deleted and no plan was stored.
+    pub dry_run: bool,
+    /// This run resumed a plan an earlier run had stored.
+    pub resumed: bool,
+    /// Where it is.
+    pub phase: GcPhase,
+    /// Blobs not used since this time (ms since the epoch) may go: start minus grace.
+    pub cutoff_ms: u64,
+    /// Tags read (roots).
+    pub roots: u64,
+    /// Digests reachable from a tag.
+    pub marked: u64,
+    /// Unreachable blobs kept because they were used after the cutoff.
+    pub kept_recent: u64,
+    /// Unreachable blobs to delete (or deleted), with their lengths, ordered by digest: the
+    /// first [`GcReport::LIST_LIMIT`] (an answer is one frame).
+    pub planned: Vec<(Digest, u64)>,
+    /// How many blobs the plan holds.
+    pub planned_count: u64,
+    /// Their bytes (each blob's length once).
+    pub planned_bytes: u64,
+    /// Planned blobs purged so far.
+    pub purged: u64,
+    /// Bytes those freed (the largest known copy of each).
+    pub freed_bytes: u64,
+    /// Planned blobs an origin kept at sweep time (used after the cutoff: a push raced).
+    pub kept_at_sweep: u64,
+    /// What went wrong (a node down, a manifest unreadable): the first
+    /// [`GcReport::LIST_LIMIT`].
+    pub errors: Vec<String>,
+    /// How many things went wrong.
+    pub error_count: u64,
+}
+
+impl GcReport {
+    /// Most planned digests and errors one report lists (the counts cover them all).
+    pub const LIST_LIMIT: usize = 1000;
+
+    /// Records the plan: its size, and the first [`Self::LIST_LIMIT`] entries.
+    pub fn set_planned(&mut self, all: &[(Digest, u64)]) {
+        self.planned_count = all.len() as u64;
+        self.planned_bytes = all.iter().map(|(_, n)| n).sum();
+        self.planned = all.iter().take(Self::LIST_LIMIT).copied().collect();
+    }
+
+    /// Records an error.
+    pub fn add_error(&mut self, error: String) {
+        self.error_count += 1;
+        if self.errors.len() < Self::LIST_LIMIT {
+            self.errors.push(error);
+        }
+    }
 }
 
 /// What an origin did in one [`Request::PurgeBlob`] stage.

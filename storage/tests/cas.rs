@@ -868,3 +868,37 @@ fn flush_jobs_run_anywhere_and_an_older_one_never_undoes_a_newer_one() {
         .collect();
     assert_eq!(have, [0, 1, 2, 3]);
 }
+
+#[test]
+fn list_page_walks_every_blob_in_digest_order_with_fresh_access_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(config(dir.path())).unwrap();
+    let mut digests: Vec<Digest> = (0..5u64)
+        .map(|i| {
+            let blob = data(1000 + i as usize, 100 + i);
+            let digest = Digest::sha256_of(&blob);
+            cas.ingest(&digest, None, &blob[..]).unwrap();
+            digest
+        })
+        .collect();
+    digests.sort_by_key(Digest::to_string);
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = cas.list_page(after.as_ref(), 2).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|i| i.digest);
+        seen.extend(page.into_iter().map(|i| i.digest));
+    }
+    assert_eq!(seen, digests);
+
+    // A touch is seen by the next page before it is flushed.
+    let before = cas.list_page(None, 1).unwrap()[0].last_access;
+    std::thread::sleep(Duration::from_millis(5));
+    cas.touch(&digests[0]);
+    let after_touch = cas.list_page(None, 1).unwrap()[0].last_access;
+    assert!(after_touch > before, "{after_touch:?} > {before:?}");
+}

@@ -15,7 +15,7 @@ use kraken_storage::{Digest, DigestAlgorithm};
 use crate::client::Client;
 use crate::error::{CtlError, EXIT_CODES_HELP};
 use crate::settings::{ConnectArgs, Settings};
-use crate::{blob, build_index, members, preheat, pull_report, ring, transfer, writeback};
+use crate::{blob, build_index, gc, members, preheat, pull_report, ring, transfer, writeback};
 
 /// `krakenctl`: inspect and operate a kraken cluster over QUIC.
 #[derive(Debug, Parser)]
@@ -107,6 +107,19 @@ pub enum Command {
     Repos,
     /// Pending tag replications per destination (needs a build-index).
     Replication,
+    /// Garbage collection: delete every blob no tag reaches (through manifests, index
+    /// children, subjects and referrers) and nobody used within the grace period, from the
+    /// origins and the writable backends; print what was (or would be) deleted and the
+    /// bytes freed. Exit 1 if the run stopped with errors (the next run resumes it).
+    Gc {
+        /// Mark and plan only: delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreachable blobs used this recently (default: the build-index's
+        /// `gc_grace_secs`, 1h): seconds, or 90s, 30m, 2h, 1d.
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+    },
     /// Make the owning origins hold images (manifest or index, children, layers), reading
     /// what they lack through from their backends; one line per blob and a summary.
     /// Exit 1 if any blob failed, 5 for an unknown tag.
@@ -308,6 +321,10 @@ enum Checked {
     TagHistory(String, String),
     Repos,
     Replication,
+    Gc {
+        dry_run: bool,
+        grace: Option<Duration>,
+    },
     Preheat(
         Vec<kraken_client::preheat::ImageRef>,
         Option<kraken_client::preheat::PlatformFilter>,
@@ -375,6 +392,10 @@ impl Checked {
             },
             Command::Repos => Checked::Repos,
             Command::Replication => Checked::Replication,
+            Command::Gc { dry_run, grace } => Checked::Gc {
+                dry_run,
+                grace: grace.as_deref().map(gc::parse_grace).transpose()?,
+            },
             Command::Preheat {
                 images,
                 platform,
@@ -420,6 +441,7 @@ async fn dispatch(
         Checked::TagHistory(repo, tag) => build_index::tag_history(client, &repo, &tag, mode).await,
         Checked::Repos => build_index::repos(client, mode).await,
         Checked::Replication => build_index::replication(client, mode).await,
+        Checked::Gc { dry_run, grace } => gc::run(client, dry_run, grace, mode).await,
         Checked::Preheat(images, platform, agents) => {
             preheat::run(client, &images, platform, &agents, mode).await
         }

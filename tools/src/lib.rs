@@ -18,7 +18,7 @@
 //!   [`blob`] (`blob stat`, `blob peers`), [`transfer`] (`push`, `pull`), [`pull_report`],
 //!   [`writeback`], and [`build_index`] (`tag get|put|ls|history`, `repos`,
 //!   `replication`; exit 6 in a cluster without build-index nodes), [`preheat`] (owning
-//!   origins fetch images from their backends).
+//!   origins fetch images from their backends), [`gc`] (garbage collection).
 //! - [`output`] (tables, sizes, stdout that tolerates a closed pipe), [`progress`]
 //!   (indicatif on a terminal, silence in a pipe), [`error`] (exit codes).
 //!
@@ -43,6 +43,7 @@ pub mod build_index;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod gc;
 pub mod members;
 pub mod output;
 pub mod preheat;

@@ -609,3 +609,46 @@ async fn arguments_are_checked_before_dialling() {
     assert!(help.contains("Exit codes:"), "{help}");
     assert!(help.contains("6  not available in this cluster"), "{help}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_dry_run_reports_and_gc_deletes_only_untagged_blobs() {
+    let f = Fixture::start().await;
+    let (kept_path, kept) = blob_file(f.dir.path(), "kept", 10_000, 1);
+    let (gone_path, gone) = blob_file(f.dir.path(), "gone", 20_000, 2);
+    for path in [&kept_path, &gone_path] {
+        f.ctl(&["push", path.to_str().unwrap()]).await.ok();
+    }
+    for d in [kept, gone] {
+        f.ctl_until(
+            &["blob", "stat", &d.to_string()],
+            Duration::from_secs(30),
+            |r| r.code == 0 && r.stdout.contains("backend       persisted"),
+        )
+        .await;
+    }
+    f.ctl(&["tag", "put", "app:v1", &kept.to_string()])
+        .await
+        .ok();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // A dry run names the untagged blob and its size, and deletes nothing.
+    let dry = f
+        .ctl(&["gc", "--dry-run", "--grace", "0"])
+        .await
+        .ok()
+        .stdout;
+    assert!(row(&dry, &gone.to_string()).contains("19.53 KiB"), "{dry}");
+    assert!(!dry.contains(&kept.to_string()), "{dry}");
+    assert!(dry.contains("would delete 1 blobs"), "{dry}");
+    f.ctl(&["blob", "stat", &gone.to_string()]).await.ok();
+
+    let json = f.ctl(&["gc", "--grace", "0", "--json"]).await.ok().json();
+    assert_eq!(json["phase"], "Done", "{json}");
+    assert_eq!(json["purged"], 1, "{json}");
+    assert_eq!(json["freed_bytes"], 20_000, "{json}");
+    assert_eq!(json["planned"][0][0], gone.to_string(), "{json}");
+    f.ctl(&["blob", "stat", &gone.to_string()])
+        .await
+        .failed_with(exit::NOT_FOUND);
+    f.ctl(&["blob", "stat", &kept.to_string()]).await.ok();
+}

@@ -12,6 +12,8 @@
 //! - [`replicate`]: the durable replication queue and its executor: every stored tag is
 //!   written through to the backend, copied to the tag's other build-index owners, and sent
 //!   to each remote cluster whose rule matches, with per-destination retry and backoff.
+//! - [`gc`]: garbage collection (mark from every tag, plan, journaled sweep) and its
+//!   schedule.
 //! - `upstream`: tags of repositories that mirror an upstream registry, resolved there
 //!   (single flight, `flight`), cached by the pure policy of [`tagcache`], with the last
 //!   known digest answered while the upstream is down; the manifest is read through into
@@ -27,6 +29,7 @@
 //! every tag from its backends, so a wiped build-index recovers.
 
 pub mod digests;
+pub mod gc;
 mod links;
 pub mod referrers;
 pub mod replicate;
@@ -37,6 +40,7 @@ mod upstream;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kraken_membership::NodeId;
 use kraken_registry_gateway::media;
@@ -71,6 +75,12 @@ pub struct BuildIndexConfig {
     pub replication_poll_ms: u64,
     /// Remote clusters that receive matching tags (and their blobs).
     pub remotes: Vec<RemoteRule>,
+    /// Run a garbage collection this often, in seconds, on the node that owns it (0: never;
+    /// `krakenctl gc` runs one on demand).
+    pub gc_interval_secs: u64,
+    /// Garbage collection keeps unreachable blobs used within this many seconds before it
+    /// started (uploads of a push in progress, blobs just read).
+    pub gc_grace_secs: u64,
     /// How long tombstones of purged blobs are kept for agents to poll, in seconds
     /// (default 7 days: an agent offline longer may serve a deleted blob it still holds
     /// until its own eviction drops it).
@@ -99,6 +109,8 @@ impl Default for BuildIndexConfig {
             replication_concurrency: 4,
             replication_poll_ms: 1000,
             remotes: Vec::new(),
+            gc_interval_secs: 0,
+            gc_grace_secs: 3600,
             tombstone_retention_secs: 7 * 24 * 3600,
         }
     }
@@ -191,6 +203,9 @@ pub enum OpenError {
     /// The replication queue could not be opened.
     #[error("opening the replication queue: {0}")]
     Queue(#[from] kraken_storage::queue::QueueError),
+    /// The garbage collection journal could not be opened.
+    #[error("opening the garbage collection journal: {0}")]
+    Gc(#[from] gc::journal::JournalError),
     /// A remote rule does not compile (settings not validated).
     #[error(transparent)]
     Config(#[from] BuildIndexConfigError),
@@ -215,6 +230,7 @@ struct Inner {
     tmp_dir: PathBuf,
     wake: Notify,
     upstream: upstream::UpstreamTags,
+    gc: gc::Collector,
 }
 
 /// What a build-index is built from.
@@ -253,6 +269,7 @@ impl BuildIndex {
             .map_err(OpenError::Referrers)?;
         let digests = digests::DigestStore::open(&parts.data_dir.join("digests.redb"))?;
         let queue = WriteBackQueue::open(&parts.data_dir.join("replication.redb"), parts.queue)?;
+        let journal = gc::journal::Journal::open(&parts.data_dir.join("gc.redb"))?;
         let rules = parts
             .config
             .remotes
@@ -273,6 +290,7 @@ impl BuildIndex {
                 tmp_dir,
                 wake: Notify::new(),
                 upstream: upstream::UpstreamTags::default(),
+                gc: gc::Collector::open(journal),
             }),
         })
     }
@@ -280,6 +298,7 @@ impl BuildIndex {
     /// Imports tags from the backends if the table is empty, then starts the replication
     /// executor (until `stop`).
     pub fn spawn_background(&self, stop: watch::Receiver<bool>) {
+        crate::spawn(self.clone().gc_schedule(stop.clone()));
         let bi = self.clone();
         crate::spawn(async move {
             if bi.inner.store.is_empty().unwrap_or(false) {
@@ -373,6 +392,19 @@ impl BuildIndex {
                 subject,
                 digest,
             } => self.delete_referrer(repo, subject, digest),
+            Request::ListTagTable { after, limit } => self.list_tag_table(after.as_ref(), *limit),
+            Request::Gc {
+                dry_run,
+                grace_ms,
+                wait_ms,
+            } => {
+                self.gc(*dry_run, *grace_ms, Duration::from_millis(*wait_ms))
+                    .await
+            }
+            Request::GcStatus { run_id, wait_ms } => {
+                self.gc_status(*run_id, Duration::from_millis(*wait_ms))
+                    .await
+            }
             other => self.handle_blob_request(other).await?,
         };
         Some(answer.unwrap_or_else(Response::Error))
@@ -407,6 +439,8 @@ impl BuildIndex {
                     .collect(),
                 false => vec![*digest],
             };
+            // A garbage collection that started before this push keeps what it touches.
+            gc::touch(&self.inner.cluster, linked.clone()).await;
             self.link_blobs(repo, &linked, false).await?;
         }
         // The replications are queued (durably) before the tag is stored and acknowledged;
@@ -591,6 +625,23 @@ impl BuildIndex {
             names.last().cloned().unwrap_or_default()
         });
         Ok(Response::Names { names, next })
+    }
+
+    fn list_tag_table(
+        &self,
+        after: Option<&(String, String)>,
+        limit: u32,
+    ) -> Result<Response, RemoteError> {
+        let n = self.page(limit);
+        let after = after.map(|(r, t)| (r.as_str(), t.as_str()));
+        let mut rows = self.inner.store.list_all(after, n + 1).map_err(internal)?;
+        let next = (rows.len() > n).then(|| {
+            rows.truncate(n);
+            rows.last()
+                .map(|(r, t, _)| (r.clone(), t.clone()))
+                .unwrap_or_default()
+        });
+        Ok(Response::TagTable { rows, next })
     }
 
     fn history(&self, repo: &str, tag: &str) -> Result<Response, RemoteError> {

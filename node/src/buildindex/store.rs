@@ -213,6 +213,32 @@ impl TagStore {
         Ok(out)
     }
 
+    /// Up to `limit` rows `(repo, tag, digest)` of the whole table in order, after
+    /// `(repo, tag)` if given: garbage collection's roots.
+    pub fn list_all(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, Digest)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let tags = txn.open_table(TAGS)?;
+        let range = match after {
+            Some(key) => tags.range::<(&str, &str)>((
+                std::ops::Bound::Excluded(key),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => tags.range::<(&str, &str)>(..)?,
+        };
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (k, v) = entry?;
+            let (repo, tag) = k.value();
+            let e = decode(tag, v.value())?;
+            out.push((repo.to_string(), tag.to_string(), e.digest));
+        }
+        Ok(out)
+    }
+
     /// Every digest `repo:tag` has pointed at, oldest first, with when.
     pub fn history(&self, repo: &str, tag: &str) -> Result<Vec<TagEntry>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -235,6 +261,21 @@ impl TagStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_all_pages_through_every_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TagStore::open(&dir.path().join("t.redb")).unwrap();
+        let d = Digest::sha256_of(b"1");
+        for (repo, tag) in [("b", "x"), ("a", "2"), ("a", "1"), ("c", "z")] {
+            s.put(repo, tag, &d).unwrap();
+        }
+        let first = s.list_all(None, 3).unwrap();
+        let keys: Vec<_> = first.iter().map(|(r, t, _)| format!("{r}:{t}")).collect();
+        assert_eq!(keys, ["a:1", "a:2", "b:x"]);
+        let rest = s.list_all(Some(("b", "x")), 3).unwrap();
+        assert_eq!(rest, vec![("c".to_string(), "z".to_string(), d)]);
+    }
 
     #[test]
     fn put_get_list_history() {

@@ -12,6 +12,8 @@
 //! - [`writeback`]: the executor that drains the queue to the backends.
 //! - [`warm`]: the warm RPC preheating walks images with: hold a blob (reading it through
 //!   if missing) and list what it references if it is a manifest.
+//! - [`inventory`]: garbage collection's questions: a page of the store, and a touch of
+//!   the blobs a tag depends on.
 //! - `purge`: one stage of a cluster-wide purge (`Request::PurgeBlob`): the blob leaves
 //!   the store, guarded by its last use, then the writable backends.
 //! - [`replicate`]: copying blobs to the other owners after an upload, and repair when the
@@ -21,6 +23,7 @@
 //! not announce (trackers add owning origins to every handout from the ring).
 
 pub mod ingest;
+pub mod inventory;
 mod purge;
 pub mod readthrough;
 pub mod replicate;
@@ -316,6 +319,8 @@ impl Origin {
                 self.warm(namespace, digest, Duration::from_millis(*wait_ms))
                     .await,
             ),
+            Request::ListBlobs { after, limit } => done(self.list_blobs(after.as_ref(), *limit)),
+            Request::TouchBlobs { digests } => done(self.touch_blobs(digests)),
             Request::PurgeBlob {
                 digest,
                 unused_since_ms,

@@ -210,6 +210,39 @@ impl Cas {
         Ok(out)
     }
 
+    /// Up to `limit` blobs whose digest string sorts after `after`, ordered by digest, with
+    /// last-access times not yet flushed included: a page of an inventory (garbage
+    /// collection lists an origin's store with it).
+    pub fn list_page(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<BlobInfo>, CasError> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(BLOBS)?;
+        let start = after.map(Digest::to_string);
+        let range = match &start {
+            Some(key) => table.range::<&str>((
+                std::ops::Bound::Excluded(key.as_str()),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => table.range::<&str>(..)?,
+        };
+        let mut out = Vec::new();
+        for item in range.take(limit) {
+            let (k, v) = item?;
+            let (digest, record) = decode_entry(k.value(), v.value())?;
+            out.push(record.info(digest));
+        }
+        let pending = &self.inner.lock().access;
+        for info in &mut out {
+            if let Some(ms) = pending.get(&info.digest) {
+                info.last_access = info.last_access.max(meta::from_ms(*ms));
+            }
+        }
+        Ok(out)
+    }
+
     /// Pins or unpins a blob; pinned blobs are never evicted or deleted.
     pub fn set_pinned(&self, digest: &Digest, pinned: bool) -> Result<(), CasError> {
         self.inner.update_record(digest, |r| r.pinned = pinned)
