@@ -80,12 +80,29 @@ impl DigestStore {
         Ok(out)
     }
 
-    /// Records that `digest` was purged at `deleted_ms`.
+    /// Records that `digest` was purged at `deleted_ms`, and drops the links recorded until
+    /// then (in one transaction): a purged blob is linked by no repository, or a mount from
+    /// one would answer 201 for bytes that are gone. A link recorded later is a push of the
+    /// blob again, and stays.
     pub fn add_tombstone(&self, digest: &Digest, deleted_ms: u64) -> Result<(), StoreError> {
         let key = digest.to_string();
         let txn = self.db.begin_write()?;
         txn.open_table(BLOB_TOMBSTONES)?
             .insert((deleted_ms, key.as_str()), ())?;
+        {
+            let mut links = txn.open_table(LINKS)?;
+            // Repository names are ASCII: "\u{7f}" sorts after every one of them.
+            let mut stale = Vec::new();
+            for entry in links.range((key.as_str(), "")..(key.as_str(), "\u{7f}"))? {
+                let (k, at) = entry?;
+                if at.value() <= deleted_ms {
+                    stale.push(k.value().1.to_string());
+                }
+            }
+            for repo in &stale {
+                links.remove((key.as_str(), repo.as_str()))?;
+            }
+        }
         txn.commit()?;
         Ok(())
     }
@@ -153,6 +170,10 @@ mod tests {
 
         s.add_tombstone(&a, 10).unwrap();
         s.add_tombstone(&b, 20).unwrap();
+        // A purge drops the links recorded until then, not a later one (a push again).
+        s.link("three", &[b], 25).unwrap();
+        assert_eq!(s.linkers(&a).unwrap(), Vec::<String>::new());
+        assert_eq!(s.linkers(&b).unwrap(), ["three"]);
         assert_eq!(
             s.tombstones(0, 10).unwrap(),
             (vec![(a, 10), (b, 20)], false)

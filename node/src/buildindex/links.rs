@@ -195,6 +195,8 @@ impl BuildIndex {
             .into_iter()
             .map(|(d, _)| d)
             .collect();
+        // As for a tag: a garbage collection that started before this push keeps them.
+        super::gc::touch(&self.inner.cluster, closure.clone()).await;
         self.link_blobs(repo, &closure, false).await
     }
 
