@@ -205,7 +205,7 @@ pub enum OpenError {
     Queue(#[from] kraken_storage::queue::QueueError),
     /// The garbage collection journal could not be opened.
     #[error("opening the garbage collection journal: {0}")]
-    Gc(#[from] gc::journal::JournalError),
+    Gc(#[source] store::StoreError),
     /// A remote rule does not compile (settings not validated).
     #[error(transparent)]
     Config(#[from] BuildIndexConfigError),
@@ -269,7 +269,8 @@ impl BuildIndex {
             .map_err(OpenError::Referrers)?;
         let digests = digests::DigestStore::open(&parts.data_dir.join("digests.redb"))?;
         let queue = WriteBackQueue::open(&parts.data_dir.join("replication.redb"), parts.queue)?;
-        let journal = gc::journal::Journal::open(&parts.data_dir.join("gc.redb"))?;
+        let journal =
+            gc::journal::Journal::open(&parts.data_dir.join("gc.redb")).map_err(OpenError::Gc)?;
         let rules = parts
             .config
             .remotes

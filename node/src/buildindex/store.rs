@@ -20,14 +20,15 @@ const TOMBSTONES: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new(
 /// repository's tags.
 const AFTER_TAGS: &str = "\u{7f}";
 
-/// Why the store failed.
+/// Why a build-index table (tags, links and tombstones, referrers, the gc journal)
+/// failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed.
-    #[error("tag database: {0}")]
+    #[error("build-index database: {0}")]
     Db(#[from] redb::Error),
     /// A record does not decode.
-    #[error("corrupt tag record for {0}")]
+    #[error("corrupt build-index record {0}")]
     Corrupt(String),
 }
 

@@ -15,33 +15,8 @@ const RUN: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("gc_run");
 const PLAN: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("gc_plan");
 const RUN_KEY: &str = "current";
 
-/// Why the journal failed.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    /// The database failed.
-    #[error("gc journal: {0}")]
-    Db(#[from] redb::Error),
-    /// A record does not decode.
-    #[error("corrupt gc journal record {0}")]
-    Corrupt(String),
-}
-
-macro_rules! db_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for JournalError {
-            fn from(e: $t) -> Self {
-                JournalError::Db(e.into())
-            }
-        }
-    )*};
-}
-db_from!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+/// Why the journal failed: the build-index's database error.
+pub use crate::buildindex::store::StoreError as JournalError;
 
 /// What a run decided before sweeping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

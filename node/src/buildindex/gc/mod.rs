@@ -147,24 +147,12 @@ impl BuildIndex {
             return rx.clone();
         }
         let start = now_ms();
-        let mut report = GcReport {
-            run_id: start,
-            dry_run: mode == Mode::DryRun,
-            resumed: false,
-            phase: GcPhase::Marking,
-            cutoff_ms: start.saturating_sub(grace_ms),
-            roots: 0,
-            marked: 0,
-            kept_recent: 0,
-            planned: Vec::new(),
-            planned_count: 0,
-            planned_bytes: 0,
-            purged: 0,
-            freed_bytes: 0,
-            kept_at_sweep: 0,
-            errors: Vec::new(),
-            error_count: 0,
-        };
+        let mut report = GcReport::new(
+            start,
+            mode == Mode::DryRun,
+            GcPhase::Marking,
+            start.saturating_sub(grace_ms),
+        );
         // Read before the first answer, so a resumed run answers with its own id at once.
         let stored = match mode {
             Mode::DryRun => Ok(None),

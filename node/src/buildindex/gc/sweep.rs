@@ -117,24 +117,7 @@ mod tests {
     }
 
     fn report() -> GcReport {
-        GcReport {
-            run_id: 1,
-            dry_run: false,
-            resumed: false,
-            phase: GcPhase::Sweeping,
-            cutoff_ms: 50,
-            roots: 0,
-            marked: 0,
-            kept_recent: 0,
-            planned: Vec::new(),
-            planned_count: 0,
-            planned_bytes: 0,
-            purged: 0,
-            freed_bytes: 0,
-            kept_at_sweep: 0,
-            errors: Vec::new(),
-            error_count: 0,
-        }
+        GcReport::new(1, false, GcPhase::Sweeping, 50)
     }
 
     #[tokio::test]
