@@ -327,6 +327,20 @@ async fn wait_held(c: &TestCluster, digests: &[Digest]) {
     }
 }
 
+/// Waits (8 s at most) until the proxy's metrics show `line`: counters move after the work
+/// they count is visible elsewhere.
+async fn wait_metric(c: &TestCluster, line: &str, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let metrics = c.node(c.nodes.len() - 2).metrics().render();
+        if metrics.contains(line) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn envelope(action: &str, media_type: &str, repo: &str, digest: &Digest, tag: &str) -> String {
     format!(
         r#"{{"events":[{{"id":"e1","timestamp":"2024-01-01T00:00:00Z","action":"{action}","target":{{"mediaType":"{media_type}","size":1,"digest":"{digest}","length":1,"repository":"{repo}","url":"http://r/v2/{repo}/manifests/{digest}","tag":"{tag}"}},"request":{{"id":"r","addr":"1.2.3.4","host":"registry:5000","method":"PUT","useragent":"docker"}},"actor":{{}},"source":{{"addr":"r:5000","instanceID":"i"}}}}]}}"#
@@ -403,11 +417,12 @@ async fn push_notifications_preheat_what_they_name_and_refuse_everything_else() 
     let mut all = vec![image.index, image.shared];
     all.extend(image.amd64.iter().chain(&image.arm64));
     wait_held(&c, &all).await;
-    let metrics = c.node(c.nodes.len() - 2).metrics().render();
-    assert!(
-        metrics.contains("kraken_preheats_started_total 1"),
-        "{metrics}"
-    );
+    wait_metric(
+        &c,
+        "kraken_preheats_started_total 1",
+        "the index's preheat did not start",
+    )
+    .await;
 
     // Harbor's push webhook names a tag of another image.
     let b = backend(&c);
@@ -422,11 +437,13 @@ async fn push_notifications_preheat_what_they_name_and_refuse_everything_else() 
         (202, r#"{"dropped":0,"ignored":0,"queued":1}"#)
     );
     wait_held(&c, &[m, config, layer]).await;
-    let metrics = c.node(c.nodes.len() - 2).metrics().render();
-    assert!(
-        metrics.contains("kraken_preheats_done_total 2"),
-        "{metrics}"
-    );
+    // The blobs are held a moment before the preheat task counts itself done.
+    wait_metric(
+        &c,
+        "kraken_preheats_done_total 2",
+        "the preheats did not finish",
+    )
+    .await;
 
     // A tag nobody has is final at once: counted failed, not retried for half a minute.
     let unknown = envelope("push", OCI_INDEX, REPO, &image.index, "never-pushed").replace(
@@ -438,17 +455,10 @@ async fn push_notifications_preheat_what_they_name_and_refuse_everything_else() 
         (status, body.trim()),
         (202, r#"{"dropped":0,"ignored":0,"queued":1}"#)
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
-    while !c
-        .node(c.nodes.len() - 2)
-        .metrics()
-        .render()
-        .contains("kraken_preheats_failed_total 1")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the unknown tag was retried"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        &c,
+        "kraken_preheats_failed_total 1",
+        "the unknown tag was retried",
+    )
+    .await;
 }
