@@ -1,6 +1,7 @@
 //! Agents follow the tombstones of purged blobs (see [`crate::purge`]).
 //!
-//! Every `tombstone_poll_secs` (and once at start) an agent asks every live build-index
+//! Every `tombstone_poll_secs` (give or take a fifth, at random, so a fleet does not poll in
+//! lockstep; and once at start) an agent asks every live build-index
 //! node for the tombstones recorded since its cursor for that node (the node's own clock;
 //! the bound is inclusive, so the cursor remembers the digests it saw at its own
 //! millisecond and skips them: a blob pushed again after its deletion is not evicted at
@@ -34,10 +35,16 @@ pub async fn follow(agent: Agent, mut stop: watch::Receiver<bool>) {
     loop {
         follower.poll(&agent).await;
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(jittered(every)) => {}
             _ = stop.changed() => return,
         }
     }
+}
+
+/// `every`, give or take a fifth at random: thousands of agents started together (a fleet
+/// rollout) must not poll the build-index in lockstep.
+fn jittered(every: Duration) -> Duration {
+    every.mul_f64(rand::random_range(0.8..1.2))
 }
 
 /// The poll's state: a cursor per build-index node, and blobs to evict again.
@@ -138,6 +145,19 @@ async fn evict(agent: &Agent, digest: &Digest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polls_are_spread_around_the_interval() {
+        let every = Duration::from_secs(10);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(every)).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= every.mul_f64(0.8) && *w < every.mul_f64(1.2))
+        );
+        // Not all the same: the point is that agents drift apart.
+        assert!(waits.iter().any(|w| *w != waits[0]));
+    }
 
     #[test]
     fn a_cursor_takes_each_tombstone_once() {
