@@ -194,22 +194,7 @@ impl Gc {
 
     /// How many origins, and whether the backend, hold `digest`.
     async fn held(&self, digest: &Digest) -> (usize, bool) {
-        let origins = self
-            .c
-            .origins()
-            .iter()
-            .filter(|&&i| {
-                self.c
-                    .node(i)
-                    .roles()
-                    .origin
-                    .as_ref()
-                    .unwrap()
-                    .cas()
-                    .contains(digest)
-                    .unwrap()
-            })
-            .count();
+        let origins = self.c.origins_holding(digest);
         (origins, self.backend.exists(digest).await.unwrap())
     }
 

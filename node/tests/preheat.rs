@@ -127,17 +127,6 @@ async fn two_platform_image(c: &TestCluster) -> Image {
     }
 }
 
-/// Which origins hold `digest`.
-fn holders(c: &TestCluster, digest: &Digest) -> usize {
-    c.origins()
-        .iter()
-        .filter(|&&i| {
-            let o = c.node(i).roles().origin.as_ref().unwrap();
-            o.cas().contains(digest).unwrap()
-        })
-        .count()
-}
-
 async fn run(
     c: &TestCluster,
     image: &str,
@@ -186,10 +175,10 @@ async fn preheat_reads_an_image_through_once_and_respects_the_platform_filter() 
     // Held (by the owner that read it through, and by co-owners a repair pass copied it
     // to: the backend read above counts each blob once).
     for d in image.arm64.iter().chain([&image.shared, &image.index]) {
-        assert!(holders(&c, d) >= 1, "{d} is held");
+        assert!(c.origins_holding(d) >= 1, "{d} is held");
     }
     for d in &image.amd64 {
-        assert_eq!(holders(&c, d), 0, "{d} (amd64) was not asked for");
+        assert_eq!(c.origins_holding(d), 0, "{d} (amd64) was not asked for");
     }
     assert_eq!(events.len(), 10, "a start and an end per blob: {events:?}");
     let read: u64 = c
@@ -207,7 +196,7 @@ async fn preheat_reads_an_image_through_once_and_respects_the_platform_filter() 
     let s = summary.unwrap();
     assert_eq!((s.blobs_fetched, s.blobs_held, s.skipped), (3, 5, 0));
     for d in &image.amd64 {
-        assert!(holders(&c, d) >= 1);
+        assert!(c.origins_holding(d) >= 1);
     }
 
     // Owners hold each blob (the first in ring order reads it through unless it was slow
@@ -261,7 +250,7 @@ async fn a_missing_blob_fails_alone_and_an_unknown_tag_fails_clearly() {
         other => panic!("{other}"),
     };
     assert_eq!(remote, ErrorKind::NotFound);
-    assert!(holders(&c, &present) >= 1);
+    assert!(c.origins_holding(&present) >= 1);
 
     let (summary, _) = run(&c, &format!("{REPO}:nope"), None).await;
     match summary {
@@ -321,7 +310,7 @@ async fn post(url: &str, token: Option<&str>, body: impl Into<reqwest::Body>) ->
 /// Waits until every blob of `digests` is held by an origin.
 async fn wait_held(c: &TestCluster, digests: &[Digest]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while digests.iter().any(|d| holders(c, d) == 0) {
+    while digests.iter().any(|d| c.origins_holding(d) == 0) {
         assert!(std::time::Instant::now() < deadline, "not preheated");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -405,8 +394,8 @@ async fn push_notifications_preheat_what_they_name_and_refuse_everything_else() 
     );
     assert_eq!(post(&hook, Some(TOKEN), layer).await.0, 202);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(holders(&c, &image.index), 0);
-    assert_eq!(holders(&c, &image.shared), 0);
+    assert_eq!(c.origins_holding(&image.index), 0);
+    assert_eq!(c.origins_holding(&image.shared), 0);
 
     // A push of the index preheats all of it, in the background.
     let (status, body) = post(&hook, Some(TOKEN), push).await;

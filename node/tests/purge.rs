@@ -54,16 +54,6 @@ fn backend(c: &TestCluster) -> Backend {
     .unwrap()
 }
 
-fn origins_holding(c: &TestCluster, digest: &Digest) -> usize {
-    c.origins()
-        .iter()
-        .filter(|&&i| {
-            let origin = c.node(i).roles().origin.clone().unwrap();
-            origin.cas().contains(digest).unwrap()
-        })
-        .count()
-}
-
 /// Uploads a blob, waits for both origins and the backend to hold it, and has the agent
 /// pull it.
 async fn stored_everywhere(c: &TestCluster, agent: usize, seed: u64) -> Digest {
@@ -91,7 +81,7 @@ async fn a_purge_removes_a_blob_from_origins_backend_trackers_and_agents() {
     assert!(report.purged, "{report:?}");
     assert_eq!(report.freed_bytes, 2 * (3 << 20), "{report:?}");
     assert_eq!(report.backends, ["test-fs"]);
-    assert_eq!(origins_holding(&c, &digest), 0);
+    assert_eq!(c.origins_holding(&digest), 0);
     assert!(!backend(&c).exists(&digest).await.unwrap());
 
     // The tracker forgot the agent as a peer.
@@ -135,7 +125,7 @@ async fn a_guarded_purge_keeps_a_blob_used_since_the_guard() {
     assert!(!report.purged, "{report:?}");
     assert_eq!(report.kept.len(), 2, "{report:?}");
     assert_eq!(report.freed_bytes, 0);
-    assert_eq!(origins_holding(&c, &digest), 2);
+    assert_eq!(c.origins_holding(&digest), 2);
     assert!(backend(&c).exists(&digest).await.unwrap());
 
     // Read from one origin after a later guard: that origin keeps its copy (the other's
@@ -156,14 +146,14 @@ async fn a_guarded_purge_keeps_a_blob_used_since_the_guard() {
     assert!(!report.purged, "{report:?}");
     assert_eq!(report.kept.len(), 1, "{report:?}");
     assert_eq!(report.kept[0].0, reader);
-    assert_eq!(origins_holding(&c, &digest), 1);
+    assert_eq!(c.origins_holding(&digest), 1);
     assert!(backend(&c).exists(&digest).await.unwrap());
 
     // Not used since a later guard: it goes.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let report = purge(c.client(), &digest, Some(now_ms())).await.unwrap();
     assert!(report.purged, "{report:?}");
-    assert_eq!(origins_holding(&c, &digest), 0);
+    assert_eq!(c.origins_holding(&digest), 0);
     assert!(!backend(&c).exists(&digest).await.unwrap());
 }
 
@@ -183,5 +173,5 @@ async fn a_purge_right_after_a_push_leaves_nothing_for_the_write_back_to_restore
     })
     .await;
     assert!(!backend(&c).exists(&digest).await.unwrap());
-    assert_eq!(origins_holding(&c, &digest), 0);
+    assert_eq!(c.origins_holding(&digest), 0);
 }

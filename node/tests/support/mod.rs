@@ -192,24 +192,22 @@ impl TestCluster {
         .unwrap();
     }
 
+    /// How many origins hold the blob complete in their stores.
+    pub fn origins_holding(&self, digest: &Digest) -> usize {
+        self.origins()
+            .iter()
+            .filter(|&&i| {
+                let origin = self.node(i).roles().origin.as_ref().unwrap();
+                origin.cas().contains(digest).unwrap()
+            })
+            .count()
+    }
+
     /// Waits until `n` origins hold the blob.
     pub async fn wait_replicated(&self, digest: &Digest, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let held = self
-                .origins()
-                .iter()
-                .filter(|&&i| {
-                    self.node(i)
-                        .roles()
-                        .origin
-                        .as_ref()
-                        .unwrap()
-                        .cas()
-                        .contains(digest)
-                        .unwrap()
-                })
-                .count();
+            let held = self.origins_holding(digest);
             if held >= n {
                 return;
             }
