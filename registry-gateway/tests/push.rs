@@ -9,23 +9,6 @@ use kraken_storage::Digest;
 use reqwest::StatusCode;
 use serde_json::json;
 
-/// Starts an upload; returns its absolute location.
-async fn start_upload(s: &Server, repo: &str) -> String {
-    let r = s
-        .client
-        .post(s.url(&format!("/v2/{repo}/blobs/uploads/")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(header(&r, "range").as_deref(), Some("0-0"));
-    let loc = header(&r, "location").unwrap();
-    let uuid = header(&r, "docker-upload-uuid").unwrap();
-    assert!(loc.ends_with(&uuid), "{loc} {uuid}");
-    assert!(loc.starts_with(&format!("/v2/{repo}/blobs/uploads/")));
-    s.url(&loc)
-}
-
 #[tokio::test]
 async fn chunked_upload_with_patch_status_and_put() {
     let tmp = tempfile::tempdir().unwrap();

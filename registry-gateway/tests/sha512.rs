@@ -36,13 +36,7 @@ async fn sha512_blobs_upload_and_read_back() {
     // Chunked.
     let chunked = vec![7u8; 70_000];
     let chunked_digest = Digest::of(SHA512, &chunked);
-    let r = s
-        .client
-        .post(s.url("/v2/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = s.url(&header(&r, "location").unwrap());
+    let loc = start_upload(&s, "app").await;
     let r = s
         .client
         .patch(&loc)
@@ -103,14 +97,7 @@ async fn a_wrong_sha512_digest_is_digest_invalid_and_stores_nothing() {
     assert!(!s.registry.has_blob(&wrong) && !s.registry.has_blob(&sha256));
     // A manifest whose sha512 is not the reference's.
     let manifest = image_manifest(&s.registry, Some(OCI_MANIFEST), "wrong");
-    let r = s
-        .client
-        .put(s.url(&format!("/v2/app/manifests/{wrong}")))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = put_manifest(&s, "app", &wrong.to_string(), OCI_MANIFEST, &manifest).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     assert!(!s.registry.has_blob(&Digest::of(SHA512, &manifest)));
@@ -132,14 +119,7 @@ async fn manifests_by_sha512_digest_and_referrers_of_a_sha512_subject() {
     let s = Server::start(MemRegistry::new(), push_config(&uploads_dir(&tmp))).await;
     let manifest = image_manifest(&s.registry, Some(OCI_MANIFEST), "by-sha512");
     let digest = Digest::of(SHA512, &manifest);
-    let r = s
-        .client
-        .put(s.url(&format!("/v2/app/manifests/{digest}")))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = put_manifest(&s, "app", &digest.to_string(), OCI_MANIFEST, &manifest).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(
         header(&r, "docker-content-digest"),
@@ -171,14 +151,7 @@ async fn manifests_by_sha512_digest_and_referrers_of_a_sha512_subject() {
         }
     }
     // By tag the same bytes are named by their sha256, the default.
-    let r = s
-        .client
-        .put(s.url("/v2/app/manifests/v1"))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = put_manifest(&s, "app", "v1", OCI_MANIFEST, &manifest).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let sha256 = Digest::sha256_of(&manifest);
     assert_eq!(
@@ -194,14 +167,7 @@ async fn manifests_by_sha512_digest_and_referrers_of_a_sha512_subject() {
         json!({"mediaType": OCI_MANIFEST, "digest": digest.to_string(), "size": manifest.len()});
     let referrer = serde_json::to_vec(&referrer).unwrap();
     let rd = Digest::of(SHA512, &referrer);
-    let r = s
-        .client
-        .put(s.url(&format!("/v2/app/manifests/{rd}")))
-        .header("content-type", OCI_MANIFEST)
-        .body(referrer.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = put_manifest(&s, "app", &rd.to_string(), OCI_MANIFEST, &referrer).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(header(&r, "oci-subject"), Some(digest.to_string()));
     let r = s

@@ -525,6 +525,23 @@ pub fn header(r: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_string())
 }
 
+/// Starts an upload; returns its absolute location.
+pub async fn start_upload(s: &Server, repo: &str) -> String {
+    let r = s
+        .client
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    assert_eq!(header(&r, "range").as_deref(), Some("0-0"));
+    let loc = header(&r, "location").unwrap();
+    let uuid = header(&r, "docker-upload-uuid").unwrap();
+    assert!(loc.ends_with(&uuid), "{loc} {uuid}");
+    assert!(loc.starts_with(&format!("/v2/{repo}/blobs/uploads/")));
+    s.url(&loc)
+}
+
 /// Pushes `bytes` as a manifest; returns the response.
 pub async fn put_manifest(
     s: &Server,
