@@ -213,6 +213,18 @@ impl Cluster {
         owners
     }
 
+    /// The QUIC addresses of the `role` ring's members the view does not suspect: whom a
+    /// call that must reach every live member of a role (a purge, a listing) asks.
+    pub fn live_addrs(&self, role: Role) -> Vec<SocketAddr> {
+        let view = self.view.borrow();
+        view.ring(role)
+            .members()
+            .iter()
+            .filter(|m| !view.is_suspected(&m.id))
+            .map(|m| m.quic_addr)
+            .collect()
+    }
+
     /// The owners of `key` (raw bytes) on the `role` ring; see [`Self::owners_of_digest`].
     pub fn owners_of_key(&self, role: Role, key: &[u8], replicas: usize) -> Vec<Member> {
         let view = self.view.borrow();

@@ -89,7 +89,7 @@ pub async fn purge(
     digest: &Digest,
     unused_since_ms: Option<u64>,
 ) -> Result<PurgeReport, PurgeError> {
-    let origins = live(cluster, Role::Origin);
+    let origins = cluster.live_addrs(Role::Origin);
     if origins.is_empty() {
         return Err(PurgeError::NoOrigins(*digest));
     }
@@ -152,17 +152,6 @@ pub async fn purge(
     Ok(report)
 }
 
-/// The addresses of the `role` ring's members the view does not suspect.
-pub(crate) fn live(cluster: &Cluster, role: Role) -> Vec<SocketAddr> {
-    let view = cluster.view();
-    view.ring(role)
-        .members()
-        .iter()
-        .filter(|m| !view.is_suspected(&m.id))
-        .map(|m| m.quic_addr)
-        .collect()
-}
-
 /// One purge stage on every origin at once; every one must answer.
 async fn stage_on_all(
     cluster: &Cluster,
@@ -201,7 +190,7 @@ async fn stage_on_all(
 /// forgets the peers when their announces expire.
 async fn forget_on_trackers(cluster: &Cluster, digest: &Digest) {
     let request = Request::ForgetBlob { digest: *digest };
-    let trackers = live(cluster, Role::Tracker);
+    let trackers = cluster.live_addrs(Role::Tracker);
     let calls = trackers.iter().map(|addr| {
         let request = &request;
         async move { (*addr, cluster.call(*addr, request).await) }

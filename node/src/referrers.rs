@@ -18,17 +18,6 @@ use crate::buildindex::referrers::owners_of_referrers;
 use crate::client::{CallError, Cluster};
 use crate::proto::{ErrorKind, Request, Response};
 
-/// Every live build-index node (tags and referrers are spread over them by owner).
-pub(crate) fn live_build_index(cluster: &Cluster) -> Vec<std::net::SocketAddr> {
-    let view = cluster.view();
-    view.ring(Role::BuildIndex)
-        .members()
-        .iter()
-        .filter(|m| !view.is_suspected(&m.id))
-        .map(|m| m.quic_addr)
-        .collect()
-}
-
 fn call_error(e: &CallError) -> RegistryError {
     match e.remote() {
         Some(r) if let Some(refused) = crate::registry::upstream_refusal(r) => refused,
@@ -72,7 +61,7 @@ pub(crate) async fn list(
     repo: &str,
     subject: &Digest,
 ) -> Result<Vec<String>, RegistryError> {
-    let nodes = live_build_index(cluster);
+    let nodes = cluster.live_addrs(Role::BuildIndex);
     if nodes.is_empty() {
         return Err(RegistryError::Unavailable(
             "no live build-index node".into(),
@@ -117,7 +106,7 @@ pub(crate) async fn delete(
     subject: &Digest,
     referrer: &Digest,
 ) -> Result<(), RegistryError> {
-    let nodes = live_build_index(cluster);
+    let nodes = cluster.live_addrs(Role::BuildIndex);
     let request = Request::DeleteReferrer {
         repo: repo.into(),
         subject: *subject,

@@ -92,7 +92,7 @@ impl ClusterRegistry {
 
     /// Every live build-index node (tags are spread over them by owner).
     fn build_index_nodes(&self) -> Vec<std::net::SocketAddr> {
-        crate::referrers::live_build_index(&self.cluster)
+        self.cluster.live_addrs(Role::BuildIndex)
     }
 
     /// Asks every build-index node for a page and merges them; the flag says whether any

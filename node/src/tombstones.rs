@@ -82,7 +82,7 @@ impl Follower {
     pub async fn poll(&mut self, agent: &Agent) {
         let mut due: BTreeSet<Digest> = std::mem::take(&mut self.retry);
         let cluster = agent.cluster();
-        for addr in crate::purge::live(cluster, Role::BuildIndex) {
+        for addr in cluster.live_addrs(Role::BuildIndex) {
             let cursor = self.cursors.entry(addr).or_default();
             loop {
                 let request = Request::Tombstones {

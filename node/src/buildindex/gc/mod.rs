@@ -343,14 +343,7 @@ impl BuildIndex {
 /// check): a collection whose cutoff is earlier keeps them. Best effort: an origin that
 /// does not answer is logged (the purge keeps a blob any other origin was touched on).
 pub async fn touch(cluster: &crate::client::Cluster, digests: Vec<Digest>) {
-    let view = cluster.view();
-    let origins: Vec<_> = view
-        .ring(Role::Origin)
-        .members()
-        .iter()
-        .filter(|m| !view.is_suspected(&m.id))
-        .map(|m| m.quic_addr)
-        .collect();
+    let origins = cluster.live_addrs(Role::Origin);
     let request = crate::proto::Request::TouchBlobs { digests };
     let calls = origins.iter().map(|addr| cluster.call(*addr, &request));
     for (addr, result) in origins.iter().zip(futures::future::join_all(calls).await) {
