@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kraken_membership::Role;
 use kraken_storage::backend::RouterConfig;
@@ -271,6 +272,8 @@ pub struct HttpSection {
     pub enabled: bool,
     /// TCP address.
     pub listen: SocketAddr,
+    /// `[http.limits]`: connections and timeouts.
+    pub limits: ListenerLimits,
 }
 
 impl Default for HttpSection {
@@ -278,6 +281,59 @@ impl Default for HttpSection {
         HttpSection {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 7602)),
+            limits: ListenerLimits::default(),
+        }
+    }
+}
+
+/// `[http.limits]` and `[registry.limits]`: what one HTTP listener holds for its clients
+/// (see `kraken_registry_gateway::HttpLimits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Connections served at once; past it a new one is answered `503` and closed.
+    pub max_connections: usize,
+    /// Longest time from a request head's first byte to its end, ms.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in progress and nothing received (or a response
+    /// the client does not read) for this long is closed, ms.
+    pub idle_timeout_ms: u64,
+    /// Longest wait for the next bytes of a request body, ms.
+    pub body_read_timeout_ms: u64,
+    /// Slowest request body accepted, bytes per second of waiting (after the first
+    /// `body_read_timeout_ms` of waiting); 0: no minimum.
+    pub body_min_rate: u64,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits::from(&kraken_registry_gateway::HttpLimits::default())
+    }
+}
+
+impl From<&kraken_registry_gateway::HttpLimits> for ListenerLimits {
+    fn from(l: &kraken_registry_gateway::HttpLimits) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        ListenerLimits {
+            max_connections: l.max_connections,
+            header_read_timeout_ms: ms(l.header_read_timeout),
+            idle_timeout_ms: ms(l.idle_timeout),
+            body_read_timeout_ms: ms(l.body_read_timeout),
+            body_min_rate: l.body_min_rate,
+        }
+    }
+}
+
+impl ListenerLimits {
+    /// The listener's limits.
+    pub fn http_limits(&self) -> kraken_registry_gateway::HttpLimits {
+        kraken_registry_gateway::HttpLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            body_min_rate: self.body_min_rate,
+            ..kraken_registry_gateway::HttpLimits::default()
         }
     }
 }
@@ -325,9 +381,41 @@ pub struct RegistrySection {
     /// Proxies: `[registry.notifications]`, preheating what a registry's push notifications
     /// and Harbor webhooks name (off without a token).
     pub notifications: crate::notify::NotificationsConfig,
+    /// Proxies: serve pushes without credentials (no `push_tokens`, no `push_users`) on
+    /// an address beyond loopback. Off: such a proxy refuses to start.
+    pub allow_anonymous_push: bool,
+    /// Proxies: open upload sessions, all clients together; past it `429`.
+    pub max_upload_sessions: u64,
+    /// Proxies: open upload sessions of one client address.
+    pub max_upload_sessions_per_client: u64,
+    /// Proxies: bytes staged in upload sessions, all clients together.
+    pub max_staged_bytes: u64,
+    /// Proxies: bytes staged in the upload sessions of one client address.
+    pub max_staged_bytes_per_client: u64,
+    /// Proxies: an upload session that received no byte this long after it started is
+    /// removed, seconds.
+    pub empty_upload_ttl_secs: u64,
+    /// `[registry.limits]`: connections and timeouts of the registry API's listener.
+    pub limits: ListenerLimits,
 }
 
 impl RegistrySection {
+    /// The caps on upload sessions.
+    pub fn upload_limits(&self) -> kraken_registry_gateway::UploadLimits {
+        kraken_registry_gateway::UploadLimits {
+            max_sessions: self.max_upload_sessions,
+            max_sessions_per_client: self.max_upload_sessions_per_client,
+            max_staged_bytes: self.max_staged_bytes,
+            max_staged_bytes_per_client: self.max_staged_bytes_per_client,
+            empty_ttl: Duration::from_secs(self.empty_upload_ttl_secs),
+        }
+    }
+
+    /// Whether pushes need credentials.
+    pub fn push_authenticated(&self) -> bool {
+        !self.push_tokens.is_empty() || !self.push_users.is_empty()
+    }
+
     /// Where the blob server listens, if this node runs one: agents with a plain-HTTP
     /// registry API and `blob_server` on.
     pub fn blob_address(&self) -> Option<SocketAddr> {
@@ -340,6 +428,7 @@ impl RegistrySection {
 
 impl Default for RegistrySection {
     fn default() -> Self {
+        let uploads = kraken_registry_gateway::UploadLimits::default();
         RegistrySection {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
@@ -354,6 +443,13 @@ impl Default for RegistrySection {
             blob_server: true,
             blob_listen: None,
             notifications: crate::notify::NotificationsConfig::default(),
+            allow_anonymous_push: false,
+            max_upload_sessions: uploads.max_sessions,
+            max_upload_sessions_per_client: uploads.max_sessions_per_client,
+            max_staged_bytes: uploads.max_staged_bytes,
+            max_staged_bytes_per_client: uploads.max_staged_bytes_per_client,
+            empty_upload_ttl_secs: uploads.empty_ttl.as_secs(),
+            limits: ListenerLimits::default(),
         }
     }
 }
@@ -469,6 +565,26 @@ impl NodeConfig {
         }
         if self.registry.page_limit == 0 || self.registry.max_manifest_len == 0 {
             return bad("registry.page_limit and registry.max_manifest_len must be above 0".into());
+        }
+        if let Err(e) = self.http.limits.http_limits().validate() {
+            return bad(format!("http.limits: {e}"));
+        }
+        if let Err(e) = self.registry.limits.http_limits().validate() {
+            return bad(format!("registry.limits: {e}"));
+        }
+        let r = &self.registry;
+        if self.has(NodeRole::Proxy)
+            && r.enabled
+            && !r.push_authenticated()
+            && !r.allow_anonymous_push
+            && !r.listen.ip().is_loopback()
+        {
+            return bad(format!(
+                "the proxy's registry API listens on {} (not loopback) with no push_tokens \
+                 and no push_users: anyone reaching it could push, overwrite tags and \
+                 delete; configure credentials or set registry.allow_anonymous_push = true",
+                r.listen
+            ));
         }
         if self.has(NodeRole::Proxy) && self.view.seeds.is_empty() && !self.is_ring_node() {
             return bad("a proxy needs view.seeds: the QUIC address of any ring node".into());
@@ -615,6 +731,39 @@ mod tests {
 
         let e = toml::from_str::<NodeConfig>("[node]\nnmae = \"x\"").unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn a_proxy_beyond_loopback_without_push_credentials_is_refused_unless_allowed() {
+        let proxy = || {
+            let mut c = minimal();
+            c.node.roles = vec![NodeRole::Proxy];
+            c.backends.clear();
+            c.view.seeds = vec!["10.0.0.1:7600".into()];
+            c.registry.listen = "0.0.0.0:5000".parse().unwrap();
+            c
+        };
+        let e = proxy().validate().unwrap_err().to_string();
+        assert!(e.contains("registry.allow_anonymous_push"), "{e}");
+        let mut c = proxy();
+        c.registry.allow_anonymous_push = true;
+        c.validate().unwrap();
+        let mut c = proxy();
+        c.registry.push_tokens = vec!["t".into()];
+        c.validate().unwrap();
+        let mut c = proxy();
+        c.registry.listen = "127.0.0.1:5000".parse().unwrap();
+        c.validate().unwrap();
+
+        let mut c = proxy();
+        c.registry.allow_anonymous_push = true;
+        c.registry.limits.max_connections = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("registry.limits: max_connections"), "{e}");
+        let mut c = minimal();
+        c.http.limits.idle_timeout_ms = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("http.limits: idle_timeout"), "{e}");
     }
 
     #[test]

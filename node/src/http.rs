@@ -1,6 +1,8 @@
 //! The node's small HTTP endpoint: `/health` (the process is up), `/ready` (it can serve:
 //! it sees the rings it needs), and Prometheus `/metrics` (the process's one registry, with
 //! the gauges read from the roles and the cluster view at each scrape while it serves).
+//! Connections are served within `[http.limits]` by the registry gateway's listener
+//! (capped, with head, idle and body timeouts; counted as `kraken_http_connections_*`).
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use kraken_membership::Role;
+use kraken_registry_gateway::{HttpLimits, ListenerMetrics, serve_router};
 use tokio::sync::watch;
 
 use crate::client::Cluster;
@@ -27,6 +30,8 @@ pub struct HttpState {
     pub cluster: Cluster,
     /// Whether the node gossips.
     pub ring_node: bool,
+    /// The listener's limits (`[http.limits]`).
+    pub limits: HttpLimits,
 }
 
 /// Serves until `stop` turns true.
@@ -42,6 +47,11 @@ pub async fn serve(
         Arc::new(move || gauges(&roles, &cluster))
     };
     state.metrics.collect_gauges(&gauges);
+    let connections = ListenerMetrics::new();
+    state
+        .metrics
+        .register(|r| connections.register(r, "kraken_http"));
+    let limits = state.limits.clone();
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
@@ -50,10 +60,7 @@ pub async fn serve(
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    if let Err(e) = serve_router(listener, app, limits, connections, "http", shutdown).await {
         tracing::error!(error = %e, "HTTP server failed");
     }
     drop(gauges);

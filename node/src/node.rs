@@ -146,6 +146,7 @@ impl Node {
                 roles: roles.clone(),
                 cluster: cluster.clone(),
                 ring_node: joined.membership.is_some(),
+                limits: config.http.limits.http_limits(),
             };
             endpoints::serve_http(listener, state, stop_rx);
         }

@@ -17,6 +17,10 @@
 //! - `config`: [`GatewayConfig`], [`GatewayError`]; `auth`: [`PushAuth`] for writes;
 //!   `metrics`: [`GatewayMetrics`] (registered into the process's prometheus-client
 //!   registry).
+//! - `listen`: every HTTP listener's connection handling ([`serve_router`]): a cap on
+//!   connections (`503` past it), head, idle and body timeouts, a minimum body rate, all
+//!   in [`HttpLimits`], counted in [`ListenerMetrics`]; `loglimit`: [`LogLimiter`], one
+//!   log line per kind of problem per interval.
 //! - `server`: [`router`] and [`serve`]; `tls`: [`serve_tls`]; `blobserve`:
 //!   [`serve_blobs`], the zero-copy blob server blob `GET`s are redirected to when the
 //!   blob is complete on this host.
@@ -58,6 +62,8 @@ mod blobserve;
 mod config;
 pub mod error;
 mod handlers;
+mod listen;
+mod loglimit;
 pub mod media;
 mod metrics;
 pub mod mirror;
@@ -75,8 +81,14 @@ pub use auth::{AuthConfigError, BasicCredential, PushAuth};
 pub use blobserve::fuzzing::decode_blob_request;
 pub use blobserve::{BlobServerConfig, DEFAULT_BLOB_MAX_CONNECTIONS, serve_blobs};
 pub use config::{
-    DEFAULT_MAX_MANIFEST_LEN, DEFAULT_PAGE_LIMIT, DEFAULT_UPLOAD_TTL, GatewayConfig, GatewayError,
+    DEFAULT_EMPTY_UPLOAD_TTL, DEFAULT_MAX_MANIFEST_LEN, DEFAULT_PAGE_LIMIT, DEFAULT_UPLOAD_TTL,
+    GatewayConfig, GatewayError, UploadLimits,
 };
+pub use listen::{
+    DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, HttpLimits, ListenerMetrics, serve_router,
+};
+pub use loglimit::{DEFAULT_LOG_INTERVAL, LogLimiter};
 pub use metrics::GatewayMetrics;
 pub use server::{router, serve};
 pub use tls::{serve_tls, tls_config_from_pem};

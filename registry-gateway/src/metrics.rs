@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::listen::ListenerMetrics;
 use axum::http::{Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +32,7 @@ pub struct GatewayMetrics {
     upload_bytes: Counter,
     in_flight: Gauge,
     upload_duration: Histogram,
+    connections: ListenerMetrics,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -54,6 +56,7 @@ impl Default for GatewayMetrics {
             in_flight: Gauge::default(),
             // 10 ms to about 5.5 minutes, doubling.
             upload_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            connections: ListenerMetrics::default(),
         }
     }
 }
@@ -104,6 +107,12 @@ impl GatewayMetrics {
             Unit::Seconds,
             self.upload_duration.clone(),
         );
+        self.connections.register(registry, "kraken_gateway");
+    }
+
+    /// The registry listener's connection counts (`kraken_gateway_connections_*`).
+    pub fn connections(&self) -> &ListenerMetrics {
+        &self.connections
     }
 
     /// Counts a finished request and the body bytes sent for it.

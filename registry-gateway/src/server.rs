@@ -3,7 +3,8 @@
 //! The registry API has no axum routes: one fallback handler ([`crate::handlers::dispatch`])
 //! parses every path itself (names contain slashes); [`GatewayConfig::routes`] adds the
 //! embedder's own beside it. Everything is wrapped by the access layer
-//! ([`crate::access`]) that adds the API version header, logs and counts.
+//! ([`crate::access`]) that adds the API version header, logs and counts. Connections are
+//! served by `listen` (limits on connections, heads, idle time and bodies).
 
 use std::future::Future;
 use std::io;
@@ -13,6 +14,7 @@ use axum::Router;
 
 use crate::config::{GatewayConfig, GatewayError};
 use crate::error::ApiError;
+use crate::listen::serve_app;
 use crate::metrics::GatewayMetrics;
 use crate::registry::Registry;
 use crate::uploads::UploadStore;
@@ -48,6 +50,7 @@ pub fn router<R: Registry>(
         Some(UploadStore::open(
             config.uploads_dir.clone(),
             config.upload_ttl,
+            config.upload_limits.clone(),
             metrics.clone(),
         )?)
     } else {
@@ -75,15 +78,18 @@ pub fn router<R: Registry>(
 }
 
 /// Serves the registry API on `listener` until `shutdown` completes (then finishes the
-/// requests in flight).
+/// requests in flight), within [`GatewayConfig::http`] (see `listen`). Refuses to start
+/// a push-enabled gateway without credentials beyond loopback
+/// ([`GatewayConfig::check_exposure`]).
 pub async fn serve<R: Registry>(
     listener: tokio::net::TcpListener,
     registry: Arc<R>,
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    config.check_exposure(addr).map_err(io::Error::other)?;
+    let (limits, metrics) = (config.http.clone(), config.metrics.connections().clone());
     let app = router(registry, config).map_err(io::Error::other)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_app(listener, app, limits, metrics, None, "registry", shutdown).await
 }

@@ -12,12 +12,21 @@
 //!   half-created one is never seen. `.staging/` also holds the gateway's temporary
 //!   manifest files and is emptied at start.
 //! - One writer at a time per session (an async lock); status reads take no lock.
-//! - Sessions idle longer than the TTL are forgotten on access and swept at start and
-//!   then every few minutes when sessions are created.
+//! - Sessions idle longer than the TTL, and sessions that received no byte within the
+//!   empty TTL of their start, are forgotten on access and swept at start and then every
+//!   few minutes (at least twice per empty TTL) when sessions are created.
+//! - Caps ([`UploadLimits`]): open sessions and staged bytes, per client address (the one
+//!   that started the session, kept in `meta.json`) and in total, counted with atomics
+//!   (recounted from `meta.json` at start); past one, a new session or a chunk is refused
+//!   with [`UploadError::TooMany`] and, for a chunk, nothing of it is kept. A session
+//!   leaves the counts when it is removed (finished, cancelled, expired): a removal first
+//!   renames the directory into `.staging/`, so exactly one remover counts it.
 
 use std::collections::HashMap;
 use std::io::{self, Seek as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +36,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::config::GatewayError;
+use crate::config::{GatewayError, UploadLimits};
 use crate::metrics::GatewayMetrics;
 
 const DATA: &str = "data";
@@ -71,6 +80,154 @@ struct Meta {
     /// before it was kept: their duration is unknown).
     #[serde(default)]
     created_unix_ms: u64,
+    /// The client address that started the session (charged for it); absent in sessions
+    /// written before it was kept (charged to `0.0.0.0`).
+    #[serde(default)]
+    client: Option<IpAddr>,
+}
+
+impl Meta {
+    /// Whether the session is past `ttl` since its last byte, or past `empty_ttl` since
+    /// its start without a byte.
+    fn expired(&self, ttl: Duration, empty_ttl: Duration) -> bool {
+        let now = now_unix();
+        if now.saturating_sub(self.updated_unix) > ttl.as_secs() {
+            return true;
+        }
+        if self.received > 0 {
+            return false;
+        }
+        let empty_ms = u64::try_from(empty_ttl.as_millis()).unwrap_or(u64::MAX);
+        if self.created_unix_ms > 0 {
+            now_unix_ms().saturating_sub(self.created_unix_ms) > empty_ms
+        } else {
+            now.saturating_sub(self.updated_unix) > empty_ttl.as_secs()
+        }
+    }
+
+    fn client(&self) -> IpAddr {
+        self.client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+/// Sessions and staged bytes, of one client or of all.
+#[derive(Debug, Default)]
+struct Counts {
+    sessions: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Takes `n` from `counter`, never below zero.
+fn take(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
+
+/// Adds `n` to `counter` unless that passes `max`.
+fn add_within(counter: &AtomicU64, n: u64, max: u64) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            v.checked_add(n).filter(|t| *t <= max)
+        })
+        .is_ok()
+}
+
+/// The counts against [`UploadLimits`].
+#[derive(Debug)]
+struct Usage {
+    limits: UploadLimits,
+    total: Counts,
+    clients: Mutex<HashMap<IpAddr, Arc<Counts>>>,
+}
+
+impl Usage {
+    fn new(limits: UploadLimits) -> Self {
+        Usage {
+            limits,
+            total: Counts::default(),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The counts of `client` (kept while anything holds or counts them).
+    fn client(&self, client: IpAddr) -> Arc<Counts> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&client) {
+            return c.clone();
+        }
+        if clients.len() >= 4096 {
+            clients.retain(|_, c| {
+                Arc::strong_count(c) > 1
+                    || c.sessions.load(Ordering::Relaxed) > 0
+                    || c.bytes.load(Ordering::Relaxed) > 0
+            });
+        }
+        let c = Arc::new(Counts::default());
+        clients.insert(client, c.clone());
+        c
+    }
+
+    /// Counts a new session of `client`, unless a cap refuses it.
+    fn add_session(&self, client: &Counts, ip: IpAddr) -> Result<(), UploadError> {
+        let l = &self.limits;
+        if !add_within(&self.total.sessions, 1, l.max_sessions) {
+            return Err(UploadError::TooMany(format!(
+                "the gateway holds its maximum of {} open upload sessions",
+                l.max_sessions
+            )));
+        }
+        if !add_within(&client.sessions, 1, l.max_sessions_per_client) {
+            take(&self.total.sessions, 1);
+            return Err(UploadError::TooMany(format!(
+                "client {ip} holds its maximum of {} open upload sessions",
+                l.max_sessions_per_client
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts `n` more staged bytes of `client`, unless a cap refuses them.
+    fn add_bytes(&self, client: &Counts, ip: IpAddr, n: u64) -> Result<(), UploadError> {
+        let l = &self.limits;
+        if !add_within(&self.total.bytes, n, l.max_staged_bytes) {
+            return Err(UploadError::TooMany(format!(
+                "the gateway stages its maximum of {} bytes of uploads",
+                l.max_staged_bytes
+            )));
+        }
+        if !add_within(&client.bytes, n, l.max_staged_bytes_per_client) {
+            take(&self.total.bytes, n);
+            return Err(UploadError::TooMany(format!(
+                "client {ip} stages its maximum of {} bytes of uploads",
+                l.max_staged_bytes_per_client
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forgets `sessions` sessions and `bytes` bytes of `client`.
+    fn release(&self, client: &Counts, sessions: u64, bytes: u64) {
+        take(&self.total.sessions, sessions);
+        take(&client.sessions, sessions);
+        take(&self.total.bytes, bytes);
+        take(&client.bytes, bytes);
+    }
+
+    /// Forgets a removed session.
+    fn forget(&self, meta: &Meta) {
+        let client = self.client(meta.client());
+        self.release(&client, 1, meta.received);
+    }
+
+    /// Counts a session found at start, whatever the caps.
+    fn recount(&self, meta: &Meta) {
+        let client = self.client(meta.client());
+        for c in [&self.total, &*client] {
+            c.sessions.fetch_add(1, Ordering::Relaxed);
+            c.bytes.fetch_add(meta.received, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Why a session operation failed.
@@ -93,6 +250,9 @@ pub(crate) enum UploadError {
     /// The disk failed.
     #[error("upload storage: {0}")]
     Io(#[from] io::Error),
+    /// A cap on sessions or staged bytes ([`UploadLimits`]) refuses more.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 fn since_epoch() -> Duration {
@@ -129,10 +289,28 @@ fn read_meta_sync(dir: &Path) -> Option<Meta> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Removes session directory `dir` (under `root`) by first renaming it into the staging
+/// area: `true` only for the caller whose rename took it (it accounts for the session).
+fn claim_and_remove_sync(root: &Path, dir: &Path) -> io::Result<bool> {
+    let grave = root
+        .join(STAGING)
+        .join(format!("gone-{}", UploadId::random().as_str()));
+    match std::fs::rename(dir, &grave) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    std::fs::remove_dir_all(&grave)?;
+    Ok(true)
+}
+
 /// All upload sessions under one directory.
 pub(crate) struct UploadStore {
     dir: PathBuf,
     ttl: Duration,
+    empty_ttl: Duration,
+    sweep_every: Duration,
+    usage: Arc<Usage>,
     metrics: GatewayMetrics,
     locks: Mutex<HashMap<UploadId, Weak<tokio::sync::Mutex<()>>>>,
     last_sweep: Mutex<Instant>,
@@ -147,11 +325,12 @@ impl std::fmt::Debug for UploadStore {
 }
 
 impl UploadStore {
-    /// Opens (creating) the directory, empties its staging area and sweeps expired
-    /// sessions.
+    /// Opens (creating) the directory, empties its staging area, sweeps expired sessions
+    /// and counts the others against `limits`.
     pub(crate) fn open(
         dir: PathBuf,
         ttl: Duration,
+        limits: UploadLimits,
         metrics: GatewayMetrics,
     ) -> Result<Self, GatewayError> {
         let fail = |source| GatewayError::UploadsDir {
@@ -163,14 +342,25 @@ impl UploadStore {
             std::fs::remove_dir_all(&staging).map_err(fail)?;
         }
         std::fs::create_dir_all(&staging).map_err(fail)?;
+        let empty_ttl = limits.empty_ttl;
         let store = UploadStore {
             dir: dir.clone(),
             ttl,
+            empty_ttl,
+            sweep_every: SWEEP_EVERY.min(empty_ttl / 2),
+            usage: Arc::new(Usage::new(limits)),
             metrics,
             locks: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(Instant::now()),
         };
-        sweep_sync(&dir, ttl, &HashMap::new()).map_err(fail)?;
+        sweep_sync(&dir, ttl, empty_ttl, &HashMap::new()).map_err(fail)?;
+        for entry in std::fs::read_dir(&dir).map_err(fail)? {
+            let entry = entry.map_err(fail)?;
+            let is_session = entry.file_name().to_str().and_then(UploadId::parse);
+            if let Some(meta) = is_session.and_then(|_| read_meta_sync(&entry.path())) {
+                store.usage.recount(&meta);
+            }
+        }
         Ok(store)
     }
 
@@ -196,9 +386,17 @@ impl UploadStore {
         l
     }
 
-    /// Starts a session for `repo`, already locked by the caller.
-    pub(crate) async fn create(&self, repo: &str) -> Result<Session, UploadError> {
+    /// Starts a session for `repo`, charged to `client`, already locked by the caller.
+    pub(crate) async fn create(&self, repo: &str, client: IpAddr) -> Result<Session, UploadError> {
         self.maybe_sweep();
+        let counts = self.usage.client(client);
+        self.usage.add_session(&counts, client)?;
+        let charged = Charged {
+            usage: self.usage.clone(),
+            counts,
+            ip: client,
+            session: true,
+        };
         let id = UploadId::random();
         let guard = self.lock_for(&id).lock_owned().await;
         let meta = Meta {
@@ -206,6 +404,7 @@ impl UploadStore {
             received: 0,
             updated_unix: now_unix(),
             created_unix_ms: now_unix_ms(),
+            client: Some(client),
         };
         let staged = self.staging_dir().join(format!("session-{}", id.as_str()));
         let dir = self.session_dir(&id);
@@ -226,8 +425,10 @@ impl UploadStore {
         Ok(Session {
             id,
             dir,
+            root: self.dir.clone(),
             meta,
             metrics: self.metrics.clone(),
+            charged: charged.keep(),
             _guard: guard,
         })
     }
@@ -245,8 +446,14 @@ impl UploadStore {
         if meta.repo != repo {
             return Err(UploadError::Unknown);
         }
-        if now_unix().saturating_sub(meta.updated_unix) > self.ttl.as_secs() {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
+        if meta.expired(self.ttl, self.empty_ttl) {
+            let (root, usage, m) = (self.dir.clone(), self.usage.clone(), meta.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(true) = claim_and_remove_sync(&root, &dir) {
+                    usage.forget(&m);
+                }
+            })
+            .await;
             return Err(UploadError::Unknown);
         }
         Ok(meta)
@@ -268,9 +475,17 @@ impl UploadStore {
         let id = UploadId::parse(id).ok_or(UploadError::Unknown)?;
         let guard = self.lock_for(&id).lock_owned().await;
         let meta = self.load(repo, &id).await?;
+        let ip = meta.client();
         Ok(Session {
             dir: self.session_dir(&id),
+            root: self.dir.clone(),
             id,
+            charged: Charged {
+                usage: self.usage.clone(),
+                counts: self.usage.client(ip),
+                ip,
+                session: false,
+            },
             meta,
             metrics: self.metrics.clone(),
             _guard: guard,
@@ -289,28 +504,32 @@ impl UploadStore {
     fn maybe_sweep(&self) {
         {
             let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
-            if last.elapsed() < SWEEP_EVERY {
+            if last.elapsed() < self.sweep_every {
                 return;
             }
             *last = Instant::now();
         }
         let busy = self.locks.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (dir, ttl) = (self.dir.clone(), self.ttl);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = sweep_sync(&dir, ttl, &busy) {
+        let (dir, ttl, empty_ttl) = (self.dir.clone(), self.ttl, self.empty_ttl);
+        let usage = self.usage.clone();
+        tokio::task::spawn_blocking(move || match sweep_sync(&dir, ttl, empty_ttl, &busy) {
+            Ok(gone) => gone.iter().for_each(|m| usage.forget(m)),
+            Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "sweeping upload sessions failed");
             }
         });
     }
 }
 
-/// Deletes expired or broken sessions that nobody is writing to.
+/// Deletes expired or broken sessions that nobody is writing to; the metadata of the
+/// sessions it removed (to be forgotten by the counts).
 fn sweep_sync(
     dir: &Path,
     ttl: Duration,
+    empty_ttl: Duration,
     busy: &HashMap<UploadId, Weak<tokio::sync::Mutex<()>>>,
-) -> io::Result<()> {
-    let now = now_unix();
+) -> io::Result<Vec<Meta>> {
+    let mut gone = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -320,23 +539,52 @@ fn sweep_sync(
         if busy.get(&id).is_some_and(|w| w.strong_count() > 0) {
             continue;
         }
-        let expired = match read_meta_sync(&entry.path()) {
-            Some(meta) => now.saturating_sub(meta.updated_unix) > ttl.as_secs(),
-            None => true,
-        };
-        if expired {
-            tracing::info!(id = id.as_str(), "removing expired upload session");
-            std::fs::remove_dir_all(entry.path())?;
+        let meta = read_meta_sync(&entry.path());
+        if meta.as_ref().is_none_or(|m| m.expired(ttl, empty_ttl)) {
+            tracing::debug!(id = id.as_str(), "removing expired upload session");
+            if claim_and_remove_sync(dir, &entry.path())?
+                && let Some(meta) = meta
+            {
+                gone.push(meta);
+            }
         }
     }
-    Ok(())
+    Ok(gone)
+}
+
+/// A session's claim on the counts: its client's, and whether it holds a session slot
+/// not yet written to disk (released if the session is never made).
+struct Charged {
+    usage: Arc<Usage>,
+    counts: Arc<Counts>,
+    ip: IpAddr,
+    session: bool,
+}
+
+impl Charged {
+    /// The session exists on disk: from now on its removal releases its slot.
+    fn keep(mut self) -> Self {
+        self.session = false;
+        self
+    }
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        if self.session {
+            self.usage.release(&self.counts, 1, 0);
+        }
+    }
 }
 
 /// A session opened for writing; holds its lock until dropped.
 pub(crate) struct Session {
     id: UploadId,
     dir: PathBuf,
+    /// The uploads directory.
+    root: PathBuf,
     meta: Meta,
+    charged: Charged,
     metrics: GatewayMetrics,
     _guard: OwnedMutexGuard<()>,
 }
@@ -373,13 +621,21 @@ impl Session {
         let (tx, rx) = tokio::sync::mpsc::channel(WRITE_AHEAD);
         let path = self.data_path();
         let writer = tokio::task::spawn_blocking(move || write_at_end(&path, start, rx));
-        let fed = feed(body, expected, &tx).await;
+        let mut fed_bytes = 0;
+        let fed = feed(body, expected, &tx, &self.charged, &mut fed_bytes).await;
         if fed.is_ok() {
             // The writer is gone only if it failed, which it reports below.
             let _ = tx.send(Write::Commit).await;
         }
         drop(tx);
-        let written = writer.await.map_err(joined)?;
+        let written = writer.await;
+        // What was charged for chunks not kept is released.
+        let kept = matches!((&fed, &written), (Ok(_), Ok(Ok(()))));
+        if !kept {
+            let c = &self.charged;
+            c.usage.release(&c.counts, 0, fed_bytes);
+        }
+        let written = written.map_err(joined)?;
         let n = match (fed, written) {
             (Err(e), _) => return Err(e),
             (Ok(_), Err(e)) if e.kind() == io::ErrorKind::NotFound => {
@@ -395,9 +651,16 @@ impl Session {
                 ..self.meta.clone()
             };
             let (dir, m) = (self.dir.clone(), meta.clone());
-            tokio::task::spawn_blocking(move || write_meta_sync(&dir, &m))
+            let counted = tokio::task::spawn_blocking(move || write_meta_sync(&dir, &m))
                 .await
-                .map_err(joined)??;
+                .map_err(joined)
+                .and_then(|r| r);
+            if let Err(e) = counted {
+                // The chunk is not counted in `meta.json`: not charged either.
+                let c = &self.charged;
+                c.usage.release(&c.counts, 0, n);
+                return Err(e.into());
+            }
             self.meta = meta;
             self.metrics.add_upload_bytes(n);
         }
@@ -414,12 +677,17 @@ impl Session {
         self.remove().await
     }
 
-    /// Deletes the session and its bytes.
+    /// Deletes the session and its bytes (and releases them from the counts).
     pub(crate) async fn remove(self) -> io::Result<()> {
-        match tokio::fs::remove_dir_all(&self.dir).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let (root, dir) = (self.root.clone(), self.dir.clone());
+        let removed = tokio::task::spawn_blocking(move || claim_and_remove_sync(&root, &dir))
+            .await
+            .map_err(joined)??;
+        if removed {
+            let c = &self.charged;
+            c.usage.release(&c.counts, 1, self.meta.received);
         }
+        Ok(())
     }
 }
 
@@ -432,12 +700,15 @@ enum Write {
     Commit,
 }
 
-/// Sends `body` to the writer, refusing more than `limit` bytes (and, with a limit, fewer);
-/// returns the count.
+/// Sends `body` to the writer, refusing more than `limit` bytes (and, with a limit, fewer)
+/// and bytes past the staged-byte caps; returns the count. `charged` counts the bytes
+/// charged to the caps, whatever the outcome.
 async fn feed(
     body: Body,
     limit: Option<u64>,
     tx: &tokio::sync::mpsc::Sender<Write>,
+    charge: &Charged,
+    charged: &mut u64,
 ) -> Result<u64, UploadError> {
     let mut stream = body.into_data_stream();
     let mut n: u64 = 0;
@@ -453,6 +724,10 @@ async fn feed(
             });
         }
         n = next;
+        charge
+            .usage
+            .add_bytes(&charge.counts, charge.ip, chunk.len() as u64)?;
+        *charged += chunk.len() as u64;
         if tx.send(Write::Chunk(chunk)).await.is_err() {
             // The writer failed; it says why.
             break;
@@ -561,9 +836,8 @@ mod tests {
     #[tokio::test]
     async fn sessions_survive_reopen_and_cut_failed_chunks() {
         let tmp = tempfile::tempdir().unwrap();
-        let store =
-            UploadStore::open(tmp.path().into(), DEFAULT_TTL, GatewayMetrics::new()).unwrap();
-        let mut s = store.create("repo").await.unwrap();
+        let store = store_at(tmp.path(), limits());
+        let mut s = store.create("repo", CLIENT).await.unwrap();
         assert_eq!(s.append(Body::from("hello "), None).await.unwrap(), 6);
         // Wrong length: refused, nothing kept.
         assert!(matches!(
@@ -575,8 +849,7 @@ mod tests {
         drop(s);
         drop(store);
 
-        let store =
-            UploadStore::open(tmp.path().into(), DEFAULT_TTL, GatewayMetrics::new()).unwrap();
+        let store = store_at(tmp.path(), limits());
         assert_eq!(store.status("repo", &id).await.unwrap().1, 6);
         assert!(matches!(
             store.status("other", &id).await,
@@ -606,8 +879,9 @@ mod tests {
     async fn completed_sessions_count_their_duration_when_known() {
         let tmp = tempfile::tempdir().unwrap();
         let metrics = GatewayMetrics::new();
-        let store = UploadStore::open(tmp.path().into(), DEFAULT_TTL, metrics.clone()).unwrap();
-        let mut s = store.create("repo").await.unwrap();
+        let store =
+            UploadStore::open(tmp.path().into(), DEFAULT_TTL, limits(), metrics.clone()).unwrap();
+        let mut s = store.create("repo", CLIENT).await.unwrap();
         s.append(Body::from("x"), None).await.unwrap();
         let id = s.id().as_str().to_string();
         drop(s);
@@ -622,7 +896,7 @@ mod tests {
         ));
 
         // A session written before the start time was kept: completed, not counted.
-        let s = store.create("repo").await.unwrap();
+        let s = store.create("repo", CLIENT).await.unwrap();
         let id = s.id().as_str().to_string();
         drop(s);
         let dir = tmp.path().join(&id);
@@ -642,10 +916,14 @@ mod tests {
         let store = UploadStore::open(
             tmp.path().into(),
             Duration::from_secs(1),
+            UploadLimits {
+                empty_ttl: Duration::from_secs(1),
+                ..limits()
+            },
             GatewayMetrics::new(),
         )
         .unwrap();
-        let s = store.create("repo").await.unwrap();
+        let s = store.create("repo", CLIENT).await.unwrap();
         let id = s.id().as_str().to_string();
         drop(s);
         // Age the session by rewriting its metadata.
@@ -661,4 +939,106 @@ mod tests {
     }
 
     const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn limits() -> UploadLimits {
+        UploadLimits::default()
+    }
+
+    fn store_at(dir: &Path, limits: UploadLimits) -> UploadStore {
+        UploadStore::open(dir.into(), DEFAULT_TTL, limits, GatewayMetrics::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn caps_count_sessions_and_bytes_per_client_and_in_total() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = UploadLimits {
+            max_sessions: 3,
+            max_sessions_per_client: 2,
+            max_staged_bytes: 10,
+            max_staged_bytes_per_client: 6,
+            ..limits()
+        };
+        let open = || store_at(tmp.path(), limits.clone());
+        let store = open();
+        let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let third = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+        let mut a = store.create("repo", CLIENT).await.unwrap();
+        let b = store.create("repo", CLIENT).await.unwrap();
+        // Per client: a third session of CLIENT is refused; another client's is not.
+        assert!(matches!(
+            store.create("repo", CLIENT).await,
+            Err(UploadError::TooMany(m)) if m.contains("127.0.0.1")
+        ));
+        let mut c = store.create("repo", other).await.unwrap();
+        // In total: 3 sessions.
+        assert!(matches!(
+            store.create("repo", third).await,
+            Err(UploadError::TooMany(_))
+        ));
+        // Bytes per client: 6; a chunk past it is refused whole and not counted.
+        a.append(Body::from("12345"), None).await.unwrap();
+        assert!(matches!(
+            a.append(Body::from("67"), None).await,
+            Err(UploadError::TooMany(_))
+        ));
+        assert_eq!(a.received(), 5);
+        assert_eq!(std::fs::read(a.data_path()).unwrap(), b"12345");
+        a.append(Body::from("6"), None).await.unwrap();
+        // Bytes in total: 10 (6 of CLIENT's, so 4 left for the other).
+        c.append(Body::from("1234"), None).await.unwrap();
+        assert!(matches!(
+            c.append(Body::from("5"), None).await,
+            Err(UploadError::TooMany(_))
+        ));
+        let (a_id, c_id) = (a.id().clone(), c.id().clone());
+        drop((a, c));
+        // Reopened, the counts are recounted from disk.
+        drop(store);
+        let store = open();
+        assert!(matches!(
+            store.create("repo", third).await,
+            Err(UploadError::TooMany(_))
+        ));
+        // Removing a session frees its slot and its bytes.
+        let a = store.open_session("repo", a_id.as_str()).await.unwrap();
+        a.remove().await.unwrap();
+        let mut c = store.open_session("repo", c_id.as_str()).await.unwrap();
+        c.append(Body::from("56"), None).await.unwrap();
+        let d = store.create("repo", third).await.unwrap();
+        drop((b, c, d));
+    }
+
+    #[tokio::test]
+    async fn empty_sessions_expire_early_and_free_their_slot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = UploadLimits {
+            max_sessions: 1,
+            max_sessions_per_client: 1,
+            empty_ttl: Duration::from_millis(200),
+            ..limits()
+        };
+        let store = store_at(tmp.path(), limits);
+        let s = store.create("repo", CLIENT).await.unwrap();
+        let id = s.id().as_str().to_string();
+        drop(s);
+        assert!(store.status("repo", &id).await.is_ok());
+        assert!(matches!(
+            store.create("repo", CLIENT).await,
+            Err(UploadError::TooMany(_))
+        ));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(matches!(
+            store.status("repo", &id).await,
+            Err(UploadError::Unknown)
+        ));
+        assert!(!tmp.path().join(&id).exists());
+        // A session with bytes is not "empty".
+        let mut s = store.create("repo", CLIENT).await.unwrap();
+        s.append(Body::from("x"), None).await.unwrap();
+        let id = s.id().as_str().to_string();
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(store.status("repo", &id).await.unwrap().1, 1);
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use common::*;
-use kraken_registry_gateway::{BasicCredential, GatewayConfig, GatewayMetrics, PushAuth, router};
+use kraken_registry_gateway::{GatewayConfig, GatewayMetrics, PushAuth, router};
 use kraken_storage::Digest;
 use proptest::prelude::*;
 use reqwest::StatusCode;
@@ -52,20 +52,6 @@ async fn push_routes_are_405_on_a_read_only_gateway() {
     s.stop().await;
     // A read-only gateway never touches its uploads directory.
     assert!(!uploads_dir(&tmp).exists());
-}
-
-fn auth_config(dir: &std::path::Path) -> GatewayConfig {
-    GatewayConfig {
-        auth: Some(PushAuth {
-            bearer_tokens: vec!["tok3n".into()],
-            basic: vec![BasicCredential {
-                username: "ci".into(),
-                password: "hunter2".into(),
-            }],
-            realm: "kraken".into(),
-        }),
-        ..push_config(dir)
-    }
 }
 
 #[tokio::test]

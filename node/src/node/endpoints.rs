@@ -69,6 +69,9 @@ pub(super) async fn start_registry(
         page_limit: section.page_limit,
         metrics: metrics.clone(),
         routes,
+        http: section.limits.http_limits(),
+        upload_limits: section.upload_limits(),
+        allow_anonymous_push: section.allow_anonymous_push,
         ..GatewayConfig::default()
     };
     let (listener, bound) = bind_registry(section.listen).await?;
@@ -95,6 +98,9 @@ pub(super) async fn start_registry(
     };
     // Fail at start on a bad setting rather than in the serving task.
     gateway.validate().map_err(StartError::Registry)?;
+    gateway
+        .check_exposure(bound)
+        .map_err(StartError::Registry)?;
     if let Some((blob_listener, blob_addr)) = blobs {
         let config = BlobServerConfig::new(bound, metrics);
         start_blob_server(blob_listener, registry.clone(), config, stop);

@@ -23,10 +23,11 @@ pub(crate) mod upload_stream;
 pub(crate) mod uploads;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, LOCATION, TRANSFER_ENCODING,
 };
@@ -52,6 +53,9 @@ pub(crate) struct Ctx {
     pub(crate) query: HashMap<String, String>,
     /// Whether this is a HEAD (no body in the answer).
     pub(crate) head: bool,
+    /// The client's address (`0.0.0.0` when the router is served without one): upload
+    /// sessions are charged to it.
+    pub(crate) client: IpAddr,
 }
 
 impl Ctx {
@@ -151,10 +155,15 @@ pub(crate) async fn dispatch<R: Registry>(
             .headers
             .get(CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let ctx = Ctx {
         headers: parts.headers,
         query,
         head: method == Method::HEAD,
+        client,
     };
     let (result, mirrored) = match mirrored {
         Ok(mirrored) => (

@@ -105,6 +105,7 @@ mod tests {
             headers,
             query: Default::default(),
             head: false,
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 

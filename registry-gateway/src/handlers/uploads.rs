@@ -59,12 +59,20 @@ pub(crate) fn upload_error(e: UploadError, name: &str, id: &str) -> ApiError {
             ErrorCode::BlobUploadUnknown,
             format!("upload {id} of {name} is unknown or expired"),
         ),
-        UploadError::Body(e) => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string()),
+        UploadError::Body(e) => match crate::listen::body_timeout(&e) {
+            // The session keeps what it had acknowledged: the client may resume there.
+            Some(why) => ApiError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("{why}; upload {id} keeps the bytes acknowledged before this request"),
+            ),
+            None => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string()),
+        },
         UploadError::Length { expected, got } => ApiError::new(
             ErrorCode::SizeInvalid,
             format!("chunk length {got} does not match its Content-Range ({expected} bytes)"),
         ),
         UploadError::Io(e) => ApiError::new(ErrorCode::Unknown, format!("upload storage: {e}")),
+        UploadError::TooMany(why) => ApiError::new(ErrorCode::TooManyRequests, why),
     }
 }
 
@@ -129,7 +137,7 @@ pub(crate) async fn start<R: Registry>(
     }
     let mut session = gw
         .uploads()?
-        .create(name)
+        .create(name, ctx.client)
         .await
         .map_err(|e| upload_error(e, name, "new"))?;
     let id = session.id().as_str().to_string();

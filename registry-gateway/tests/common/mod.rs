@@ -491,6 +491,22 @@ pub fn push_config(dir: &Path) -> GatewayConfig {
     }
 }
 
+/// A push-enabled config over `dir` whose writes need bearer token `tok3n` or Basic user
+/// `ci` with password `hunter2`.
+pub fn auth_config(dir: &Path) -> GatewayConfig {
+    GatewayConfig {
+        auth: Some(kraken_registry_gateway::PushAuth {
+            bearer_tokens: vec!["tok3n".into()],
+            basic: vec![kraken_registry_gateway::BasicCredential {
+                username: "ci".into(),
+                password: "hunter2".into(),
+            }],
+            realm: "kraken".into(),
+        }),
+        ..push_config(dir)
+    }
+}
+
 /// A read-only config over `dir`.
 pub fn pull_config(dir: &Path) -> GatewayConfig {
     GatewayConfig {
