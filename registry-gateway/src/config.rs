@@ -64,7 +64,8 @@ pub struct GatewayConfig {
     pub uploads_dir: PathBuf,
     /// Largest manifest accepted on PUT or served on GET.
     pub max_manifest_len: u64,
-    /// Credentials required for writes; `None` lets anyone push.
+    /// Credentials required for writes (deletes included); `None` lets anyone push, which
+    /// [`crate::serve`] allows beyond loopback only with [`Self::allow_anonymous_push`].
     pub auth: Option<PushAuth>,
     /// Default and largest `n` of tag listings and the catalog.
     pub page_limit: usize,

@@ -53,8 +53,13 @@
 //! `docs/registry.md` lists the choices the specification leaves and where the gateway
 //! differs from distribution.
 //!
-//! Writes answer 405 `UNSUPPORTED` when [`GatewayConfig::push`] is off and 401 without the
-//! configured credentials.
+//! Writes (uploads, manifest PUT, every DELETE) answer 405 `UNSUPPORTED` when
+//! [`GatewayConfig::push`] is off and 401 without the configured credentials; a push-enabled
+//! gateway without credentials serves only on loopback unless
+//! [`GatewayConfig::allow_anonymous_push`]. Upload sessions and their staged bytes are capped
+//! per client address and in total ([`UploadLimits`], 429 `TOOMANYREQUESTS`), and every
+//! connection is served within [`HttpLimits`] (`docs/registry.md`, "Connections, uploads
+//! and exposure").
 
 mod access;
 mod auth;

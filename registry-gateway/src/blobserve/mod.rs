@@ -125,6 +125,7 @@ pub async fn serve_blobs<R: Registry>(
         parent: tracing::Span::current(),
     });
     let (stop, stopped) = watch::channel(false);
+    let log = crate::loglimit::LogLimiter::default();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -134,7 +135,9 @@ pub async fn serve_blobs<R: Registry>(
                 Err(e) => {
                     // Out of descriptors or a connection reset before accept: wait a
                     // little rather than spin, and go on.
-                    tracing::warn!(error = %e, "blob server: accept failed");
+                    if let Some(suppressed) = log.allow("accept_failed") {
+                        tracing::warn!(error = %e, suppressed, "blob server: accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
