@@ -373,6 +373,12 @@ impl UploadStore {
         self.dir.join(STAGING)
     }
 
+    /// Whether a writer holds (or waits for) session `id`'s lock.
+    fn busy(&self, id: &UploadId) -> bool {
+        let locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.get(id).is_some_and(|w| w.strong_count() > 0)
+    }
+
     fn lock_for(&self, id: &UploadId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = locks.get(id).and_then(Weak::upgrade) {
@@ -433,8 +439,10 @@ impl UploadStore {
         })
     }
 
-    /// Reads a session's metadata, checking its repository and age.
-    async fn load(&self, repo: &str, id: &UploadId) -> Result<Meta, UploadError> {
+    /// Reads a session's metadata, checking its repository and age. Without `locked` (a
+    /// status read), a session someone is writing to is never expired here: its first
+    /// chunk may still be arriving.
+    async fn load(&self, repo: &str, id: &UploadId, locked: bool) -> Result<Meta, UploadError> {
         let dir = self.session_dir(id);
         let meta = tokio::task::spawn_blocking({
             let dir = dir.clone();
@@ -446,7 +454,7 @@ impl UploadStore {
         if meta.repo != repo {
             return Err(UploadError::Unknown);
         }
-        if meta.expired(self.ttl, self.empty_ttl) {
+        if meta.expired(self.ttl, self.empty_ttl) && (locked || !self.busy(id)) {
             let (root, usage, m) = (self.dir.clone(), self.usage.clone(), meta.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 if let Ok(true) = claim_and_remove_sync(&root, &dir) {
@@ -466,7 +474,7 @@ impl UploadStore {
         id: &str,
     ) -> Result<(UploadId, u64), UploadError> {
         let id = UploadId::parse(id).ok_or(UploadError::Unknown)?;
-        let meta = self.load(repo, &id).await?;
+        let meta = self.load(repo, &id, false).await?;
         Ok((id, meta.received))
     }
 
@@ -474,7 +482,7 @@ impl UploadStore {
     pub(crate) async fn open_session(&self, repo: &str, id: &str) -> Result<Session, UploadError> {
         let id = UploadId::parse(id).ok_or(UploadError::Unknown)?;
         let guard = self.lock_for(&id).lock_owned().await;
-        let meta = self.load(repo, &id).await?;
+        let meta = self.load(repo, &id, true).await?;
         let ip = meta.client();
         Ok(Session {
             dir: self.session_dir(&id),
@@ -1027,7 +1035,12 @@ mod tests {
             store.create("repo", CLIENT).await,
             Err(UploadError::TooMany(_))
         ));
+        // Past its empty TTL while a writer holds it (a first chunk still arriving): a
+        // status read leaves it alone.
+        let writing = store.open_session("repo", &id).await.unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(store.status("repo", &id).await.unwrap().1, 0);
+        drop(writing);
         assert!(matches!(
             store.status("repo", &id).await,
             Err(UploadError::Unknown)
