@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use kraken_membership::Role;
+use kraken_membership::{GossipCounters, Role};
 use tokio::sync::watch;
 
 use crate::client::Cluster;
@@ -27,6 +27,8 @@ pub struct HttpState {
     pub cluster: Cluster,
     /// Whether the node gossips.
     pub ring_node: bool,
+    /// What gossip refused (ring nodes), for `/metrics`.
+    pub gossip: Option<Arc<GossipCounters>>,
 }
 
 /// Serves until `stop` turns true.
@@ -39,7 +41,12 @@ pub async fn serve(
     // reads are not kept alive by the metrics they hold.
     let gauges: GaugeSource = {
         let (roles, cluster) = (state.roles.clone(), state.cluster.clone());
-        Arc::new(move || gauges(&roles, &cluster))
+        let gossip = state.gossip.clone();
+        Arc::new(move || {
+            let mut g = gauges(&roles, &cluster);
+            g.gossip = gossip.as_ref().map(|c| c.snapshot());
+            g
+        })
     };
     state.metrics.collect_gauges(&gauges);
     let app = Router::new()

@@ -103,8 +103,8 @@ impl Node {
             &config,
             cluster_id,
             node_id.clone(),
-            advertise,
-            http_addr,
+            (advertise, http_addr),
+            (&identity, &ca),
             &pool,
             stop_rx.clone(),
         )
@@ -146,6 +146,7 @@ impl Node {
                 roles: roles.clone(),
                 cluster: cluster.clone(),
                 ring_node: joined.membership.is_some(),
+                gossip: joined.membership.as_ref().map(Membership::counters),
             };
             endpoints::serve_http(listener, state, stop_rx);
         }
