@@ -464,6 +464,8 @@ impl Gauges {
 
 #[cfg(test)]
 mod tests {
+    use kraken_membership::RejectReason;
+
     use super::*;
 
     fn report(from_agents: u64, from_origins: u64) -> DownloadReport {
@@ -488,11 +490,22 @@ mod tests {
             ring_sizes: vec![("origin", 3), ("tracker", 1)],
             pieces: Some((1, 2, 3, 4, 5)),
             streamed: Some((6, 7)),
+            gossip: Some(GossipStats {
+                rejected: vec![(RejectReason::Unsigned, 8), (RejectReason::BadSignature, 9)],
+                garbage_datagrams: 10,
+                wrong_cluster_datagrams: 11,
+                clamped_weights: 12,
+            }),
             ..Gauges::default()
         });
         m.collect_gauges(&source);
         let text = m.render();
         for line in [
+            "kraken_gossip_rejected_members_total{reason=\"unsigned\"} 8",
+            "kraken_gossip_rejected_members_total{reason=\"bad-signature\"} 9",
+            "kraken_gossip_dropped_datagrams_total{kind=\"garbage\"} 10",
+            "kraken_gossip_dropped_datagrams_total{kind=\"wrong-cluster\"} 11",
+            "kraken_gossip_clamped_weights_total 12",
             "kraken_upload_bytes_total 42",
             "kraken_announces_total 1",
             "kraken_pulls_total 1",
