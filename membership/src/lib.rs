@@ -30,7 +30,8 @@
 //! and a dead node); the peer answers with what the sender lacks, and the sender with what
 //! the peer lacks. Each node publishes its member record as key-values (node id and
 //! generation are chitchat's node identity; roles, QUIC and HTTP addresses, version,
-//! readiness and weight are keys). Heartbeats feed chitchat's phi-accrual failure detector;
+//! readiness and weight are keys), with its certificate and its signature over the record
+//! (see Security below); a node enters others' views only once that verifies. Heartbeats feed chitchat's phi-accrual failure detector;
 //! a node it holds dead stays in the view, marked suspected and still on its rings, for
 //! `dead_node_grace_period`, then leaves. A restarted node gossips under a higher
 //! generation and replaces its old self in every view at once. Nodes that are not ready

@@ -8,8 +8,7 @@
 //! (same id, higher generation) replaces its old self at once.
 //!
 //! Only authenticated members enter the view: every node publishes its record signed with
-//! the key of its cluster certificate, beside that certificate
-//! ([`MemberAuth`](crate::auth::MemberAuth)), and a
+//! the key of its cluster certificate, beside that certificate ([`MemberAuth`]), and a
 //! gossiped node is admitted once its record verifies (see `admit`). What was refused is
 //! counted ([`Membership::counters`]) and logged at most once per node and reason a minute.
 //!
