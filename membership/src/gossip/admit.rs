@@ -491,6 +491,36 @@ mod tests {
         assert_eq!(a.admit(now, &live, &me())[&newer.id].generation, 6);
     }
 
+    proptest::proptest! {
+        /// Whatever an attacker writes into the keys (absent, arbitrary text, or a valid
+        /// record's value), admission neither panics nor admits it unsigned.
+        #[test]
+        fn arbitrary_keys_never_panic_or_get_in(
+            picks in proptest::collection::vec((0u8..3, ".{0,60}"), 8),
+        ) {
+            let (mut a, _, counters) = admission(10);
+            let m = member("x", 1);
+            let valid = state(&m, "x");
+            let names = [keys::CERT, keys::SIG, keys::ROLES, keys::QUIC, keys::HTTP,
+                keys::VERSION, keys::READY, keys::WEIGHT];
+            let mut s = NodeState::for_test();
+            let mut all_valid = true;
+            for (key, (pick, text)) in names.iter().zip(&picks) {
+                match pick {
+                    0 => all_valid = false,
+                    1 => {
+                        s.set(*key, text);
+                        all_valid &= valid.get(key) == Some(text.as_str());
+                    }
+                    _ => s.set(*key, valid.get(key).unwrap()),
+                }
+            }
+            let out = a.admit(Instant::now(), &BTreeMap::from([(cid(&m), s)]), &me());
+            proptest::prop_assert_eq!(out.contains_key(&m.id), all_valid);
+            proptest::prop_assert!(counters.snapshot().rejected_total() <= 1);
+        }
+    }
+
     #[test]
     fn claimed_weight_is_clamped_and_this_node_is_always_itself() {
         let (mut a, _, counters) = admission(4);
