@@ -238,6 +238,8 @@ pub struct Membership {
     stop_tx: watch::Sender<bool>,
     view_task: JoinHandle<()>,
     self_member: Arc<Mutex<Member>>,
+    /// Serializes record updates, so the published keys and signature always match.
+    publishing: tokio::sync::Mutex<()>,
     auth: Arc<dyn MemberAuth>,
     counters: Arc<GossipCounters>,
     gossip_addr: SocketAddr,
@@ -373,6 +375,7 @@ impl Membership {
             stop_tx,
             view_task,
             self_member,
+            publishing: tokio::sync::Mutex::new(()),
             auth,
             counters,
             gossip_addr,
@@ -430,6 +433,7 @@ impl Membership {
     /// Changes this node's record and publishes the changed key with the record's new
     /// signature (in one step, so peers see both together).
     async fn update_self(&self, change: impl FnOnce(&mut Member), key: &str, value: String) {
+        let _one_at_a_time = self.publishing.lock().await;
         let member = {
             let mut me = self
                 .self_member
