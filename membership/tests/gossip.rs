@@ -6,6 +6,8 @@
 #![cfg(feature = "gossip")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,12 +19,20 @@ use kraken_membership::{
     RoleSet,
 };
 use kraken_storage::Digest;
+use kraken_transport::quic::tls::MemberCertAuth;
+use support::{auth_for, ca};
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, timeout, timeout_at};
 
 const ROUND: Duration = Duration::from_millis(100);
 /// Generous bound for anything gossip must achieve; typical times are printed.
 const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Starts `m` with a fresh certificate for its node id.
+async fn start(cfg: MembershipConfig, m: Member) -> Result<Membership, MembershipError> {
+    let auth = auth_for(m.id.as_str());
+    Membership::start(cfg, m, auth).await
+}
 
 fn config(cluster: &str, seeds: Vec<String>) -> MembershipConfig {
     MembershipConfig {
@@ -149,14 +159,14 @@ async fn start_on_port(mut cfg: MembershipConfig, m: Member, port: u16) -> Membe
     cfg.gossip_listen_addr.set_port(port);
     let until = Instant::now() + Duration::from_secs(3);
     loop {
-        match Membership::start(cfg.clone(), m.clone()).await {
+        match start(cfg.clone(), m.clone()).await {
             Ok(node) => return node,
             Err(MembershipError::Start(_)) if Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(_) => {
                 cfg.gossip_listen_addr.set_port(0);
-                return Membership::start(cfg, m).await.unwrap();
+                return start(cfg, m).await.unwrap();
             }
         }
     }
@@ -165,7 +175,7 @@ async fn start_on_port(mut cfg: MembershipConfig, m: Member, port: u16) -> Membe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_join_through_one_seed_heal_after_a_kill_and_readmit_a_restart() {
     let t0 = Instant::now();
-    let seed = Membership::start(config("test", vec![]), member("node-0", 1, &roles_of(0)))
+    let seed = start(config("test", vec![]), member("node-0", 1, &roles_of(0)))
         .await
         .unwrap();
     let seed_port = seed.gossip_addr().port();
@@ -177,7 +187,7 @@ async fn five_nodes_join_through_one_seed_heal_after_a_kill_and_readmit_a_restar
         } else {
             format!("localhost:{seed_port}")
         };
-        let node = Membership::start(
+        let node = start(
             config("test", vec![seed_addr]),
             member(&format!("node-{i}"), 1, &roles_of(i)),
         )
@@ -261,24 +271,24 @@ async fn five_nodes_join_through_one_seed_heal_after_a_kill_and_readmit_a_restar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_another_cluster_is_not_admitted() {
-    let a0 = Membership::start(config("alpha", vec![]), member("a0", 1, &[Role::Origin]))
+    let a0 = start(config("alpha", vec![]), member("a0", 1, &[Role::Origin]))
         .await
         .unwrap();
     let seed = vec![a0.gossip_addr().to_string()];
-    let a1 = Membership::start(
+    let a1 = start(
         config("alpha", seed.clone()),
         member("a1", 1, &[Role::Origin]),
     )
     .await
     .unwrap();
-    let foreign = Membership::start(
+    let foreign = start(
         config("beta", seed.clone()),
         member("foreign", 1, &[Role::Origin, Role::Tracker]),
     )
     .await
     .unwrap();
     // A legitimate node joins after the foreign one has been knocking on the same seed.
-    let late = Membership::start(config("alpha", seed), member("late", 1, &[Role::Origin]))
+    let late = start(config("alpha", seed), member("late", 1, &[Role::Origin]))
         .await
         .unwrap();
     let expected: BTreeMap<String, u64> = [("a0", 1), ("a1", 1), ("late", 1)]
@@ -301,6 +311,9 @@ async fn a_node_of_another_cluster_is_not_admitted() {
     }
     let fv = foreign.view();
     assert_eq!(fv.len(), 1, "foreign node learned the cluster: {fv:?}");
+    // Counted on both sides: the seed refused its Syns, it got "bad cluster" answers.
+    assert!(a0.counters().snapshot().wrong_cluster_datagrams > 0);
+    assert!(foreign.counters().snapshot().wrong_cluster_datagrams > 0);
     assert_eq!(fv.cluster_id().as_str(), "beta");
 }
 
@@ -320,20 +333,69 @@ impl Garbage {
     }
 }
 
+/// The WARN lines of the process that matter to the garbage test: chitchat's own line per
+/// bad datagram (which must never reach the process's subscriber) and gossip's summary.
+#[derive(Default)]
+struct WarnCounter {
+    chitchat_per_datagram: std::sync::atomic::AtomicU64,
+    summaries: std::sync::atomic::AtomicU64,
+}
+
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for &'static WarnCounter {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        meta.is_event() && *meta.level() <= tracing::Level::WARN
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        if m.0 == "invalid-chitchat-payload" {
+            self.chitchat_per_datagram.fetch_add(1, Ordering::SeqCst);
+        } else if m.0.starts_with("dropped gossip datagrams") {
+            self.summaries.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_datagrams_do_not_disturb_the_cluster() {
-    let n0 = Membership::start(config("test", vec![]), member("n0", 1, &[Role::Origin]))
+    // Every WARN of the process, from every thread, is seen here.
+    let warns: &'static WarnCounter = Box::leak(Box::default());
+    tracing::subscriber::set_global_default(warns).expect("the only test that sets one");
+    let n0 = start(config("test", vec![]), member("n0", 1, &[Role::Origin]))
         .await
         .unwrap();
     let target = n0.gossip_addr();
     let seed = vec![target.to_string()];
-    let n1 = Membership::start(
+    let n1 = start(
         config("test", seed.clone()),
         member("n1", 1, &[Role::Origin]),
     )
     .await
     .unwrap();
-    let n2 = Membership::start(
+    let n2 = start(
         config("test", seed.clone()),
         member("n2", 1, &[Role::Origin]),
     )
@@ -354,7 +416,7 @@ async fn garbage_datagrams_do_not_disturb_the_cluster() {
     // us a Syn; replaying it to n0 makes n0 answer with a SynAck. The probe is killed before
     // it can join.
     let sniffer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let probe = Membership::start(
+    let probe = start(
         config("test", vec![sniffer.local_addr().unwrap().to_string()]),
         member("probe", 1, &[Role::Origin]),
     )
@@ -445,7 +507,7 @@ async fn garbage_datagrams_do_not_disturb_the_cluster() {
 
     // The cluster still works: a newcomer joins through the node that took most garbage,
     // and everyone agrees on the four members.
-    let n3 = Membership::start(config("test", seed), member("n3", 1, &[Role::Origin]))
+    let n3 = start(config("test", seed), member("n3", 1, &[Role::Origin]))
         .await
         .unwrap();
     let mut expected4 = expected.clone();
@@ -473,22 +535,50 @@ async fn garbage_datagrams_do_not_disturb_the_cluster() {
     for w in watchers {
         w.abort();
     }
-    println!("{sent} garbage datagrams sent; cluster undisturbed");
+    // Every garbage datagram is counted (the truncated real messages and the bad headers
+    // do not decode either); a little loss in the kernel's buffers is tolerated.
+    let counted = || {
+        [&n0, &n1, &n2]
+            .iter()
+            .map(|n| n.counters().snapshot().garbage_datagrams)
+            .sum::<u64>()
+    };
+    let until = Instant::now() + DEADLINE;
+    while counted() < sent as u64 * 9 / 10 {
+        assert!(
+            Instant::now() < until,
+            "{} of {sent} garbage datagrams counted",
+            counted()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and logged once per node (at most once a minute), never once per datagram.
+    let per_datagram = warns.chitchat_per_datagram.load(Ordering::SeqCst);
+    let summaries = warns.summaries.load(Ordering::SeqCst);
+    assert_eq!(per_datagram, 0, "chitchat's per-datagram WARN got through");
+    assert!(
+        (1..=3).contains(&summaries),
+        "{summaries} summary lines for three nodes"
+    );
+    println!(
+        "{sent} garbage datagrams sent, {} counted, {summaries} WARN lines; cluster undisturbed",
+        counted()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_weight_and_graceful_leave_propagate() {
-    let n0 = Membership::start(config("test", vec![]), member("n0", 1, &[Role::Origin]))
+    let n0 = start(config("test", vec![]), member("n0", 1, &[Role::Origin]))
         .await
         .unwrap();
     let seed = vec![n0.gossip_addr().to_string()];
-    let n1 = Membership::start(
+    let n1 = start(
         config("test", seed.clone()),
         member("n1", 1, &[Role::Origin]),
     )
     .await
     .unwrap();
-    let n2 = Membership::start(config("test", seed), member("n2", 1, &[Role::Origin]))
+    let n2 = start(config("test", seed), member("n2", 1, &[Role::Origin]))
         .await
         .unwrap();
     let expected: BTreeMap<String, u64> = [("n0", 1), ("n1", 1), ("n2", 1)]
@@ -572,20 +662,32 @@ async fn start_rejects_bad_input() {
     let mut cfg = config("test", vec![]);
     cfg.seeds = vec!["no-port".into()];
     assert!(matches!(
-        Membership::start(cfg, ok.clone()).await,
+        start(cfg, ok.clone()).await,
         Err(MembershipError::Config(_))
     ));
     let mut no_roles = ok.clone();
     no_roles.roles = RoleSet::EMPTY;
     assert!(matches!(
-        Membership::start(config("test", vec![]), no_roles).await,
+        start(config("test", vec![]), no_roles).await,
         Err(MembershipError::Member(_))
     ));
     // A fixed port that is taken.
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut cfg = config("test", vec![]);
     cfg.gossip_listen_addr = taken.local_addr().unwrap();
-    let err = Membership::start(cfg, ok).await.unwrap_err();
+    let err = start(cfg, ok.clone()).await.unwrap_err();
     assert!(matches!(err, MembershipError::Start(_)), "{err}");
     assert!(err.to_string().contains("bind"), "{err}");
+    // A certificate that does not name the node id: refused, naming both.
+    let identity = ca().issue_node_cert("someone-else").unwrap();
+    let auth = Arc::new(MemberCertAuth::new(&identity, &ca().cluster_ca()).unwrap());
+    let err = Membership::start(config("test", vec![]), ok, auth)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MembershipError::SelfRecord(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("someone-else") && text.contains("n0"),
+        "{text}"
+    );
 }

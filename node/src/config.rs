@@ -232,6 +232,9 @@ pub struct GossipSection {
     pub seeds: Vec<String>,
     /// Gossip round interval, ms.
     pub interval_ms: u64,
+    /// Highest ring weight a gossiped member may claim; higher claims are lowered to it
+    /// (default 10).
+    pub max_member_weight: u32,
 }
 
 impl Default for GossipSection {
@@ -241,6 +244,7 @@ impl Default for GossipSection {
             advertise: None,
             seeds: Vec::new(),
             interval_ms: 1000,
+            max_member_weight: kraken_membership::gossip::DEFAULT_MAX_MEMBER_WEIGHT,
         }
     }
 }
@@ -597,6 +601,9 @@ impl NodeConfig {
         }
         if self.is_ring_node() && self.gossip.interval_ms == 0 {
             return bad("gossip.interval_ms must be above 0".into());
+        }
+        if self.is_ring_node() && self.gossip.max_member_weight == 0 {
+            return bad("gossip.max_member_weight must be above 0".into());
         }
         if self.is_ring_node()
             && self.gossip.listen.ip().is_unspecified()

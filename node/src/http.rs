@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use kraken_membership::Role;
+use kraken_membership::{GossipCounters, Role};
 use kraken_registry_gateway::{HttpLimits, ListenerMetrics, serve_router};
 use tokio::sync::watch;
 
@@ -32,6 +32,8 @@ pub struct HttpState {
     pub ring_node: bool,
     /// The listener's limits (`[http.limits]`).
     pub limits: HttpLimits,
+    /// What gossip refused (ring nodes), for `/metrics`.
+    pub gossip: Option<Arc<GossipCounters>>,
 }
 
 /// Serves until `stop` turns true.
@@ -44,7 +46,12 @@ pub async fn serve(
     // reads are not kept alive by the metrics they hold.
     let gauges: GaugeSource = {
         let (roles, cluster) = (state.roles.clone(), state.cluster.clone());
-        Arc::new(move || gauges(&roles, &cluster))
+        let gossip = state.gossip.clone();
+        Arc::new(move || {
+            let mut g = gauges(&roles, &cluster);
+            g.gossip = gossip.as_ref().map(|c| c.snapshot());
+            g
+        })
     };
     state.metrics.collect_gauges(&gauges);
     let connections = ListenerMetrics::new();

@@ -13,6 +13,7 @@
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use kraken_membership::GossipStats;
 use kraken_transport::exchange::DownloadReport;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -283,6 +284,8 @@ pub struct Gauges {
     /// Pieces registry clients streamed from a running download: (taken from memory as
     /// they landed, read back from the disk).
     pub streamed: Option<(u64, u64)>,
+    /// What gossip refused (ring nodes).
+    pub gossip: Option<GossipStats>,
 }
 
 /// Where the gauges come from at each scrape.
@@ -421,12 +424,48 @@ impl Gauges {
                 counts.map(|(d, n)| (d, ConstCounter::new(n))),
             )?;
         }
+        if let Some(g) = &self.gossip {
+            let rejected = (
+                "kraken_gossip_rejected_members",
+                "Gossiped member records refused (each distinct record once), by reason.",
+                MetricType::Counter,
+            );
+            let counts = g
+                .rejected
+                .iter()
+                .map(|(r, n)| (r.as_str(), ConstCounter::new(*n)));
+            family(e, rejected, "reason", counts)?;
+            let dropped = (
+                "kraken_gossip_dropped_datagrams",
+                "Datagrams on the gossip port dropped: not chitchat (garbage) or for another cluster.",
+                MetricType::Counter,
+            );
+            let counts = [
+                ("garbage", g.garbage_datagrams),
+                ("wrong-cluster", g.wrong_cluster_datagrams),
+            ];
+            family(
+                e,
+                dropped,
+                "kind",
+                counts.map(|(k, n)| (k, ConstCounter::new(n))),
+            )?;
+            let clamped = (
+                "kraken_gossip_clamped_weights",
+                "Members whose claimed ring weight was lowered to gossip.max_member_weight.",
+                MetricType::Counter,
+            );
+            ConstCounter::new(g.clamped_weights)
+                .encode(e.encode_descriptor(clamped.0, clamped.1, None, clamped.2)?)?;
+        }
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use kraken_membership::RejectReason;
+
     use super::*;
 
     fn report(from_agents: u64, from_origins: u64) -> DownloadReport {
@@ -451,11 +490,22 @@ mod tests {
             ring_sizes: vec![("origin", 3), ("tracker", 1)],
             pieces: Some((1, 2, 3, 4, 5)),
             streamed: Some((6, 7)),
+            gossip: Some(GossipStats {
+                rejected: vec![(RejectReason::Unsigned, 8), (RejectReason::BadSignature, 9)],
+                garbage_datagrams: 10,
+                wrong_cluster_datagrams: 11,
+                clamped_weights: 12,
+            }),
             ..Gauges::default()
         });
         m.collect_gauges(&source);
         let text = m.render();
         for line in [
+            "kraken_gossip_rejected_members_total{reason=\"unsigned\"} 8",
+            "kraken_gossip_rejected_members_total{reason=\"bad-signature\"} 9",
+            "kraken_gossip_dropped_datagrams_total{kind=\"garbage\"} 10",
+            "kraken_gossip_dropped_datagrams_total{kind=\"wrong-cluster\"} 11",
+            "kraken_gossip_clamped_weights_total 12",
             "kraken_upload_bytes_total 42",
             "kraken_announces_total 1",
             "kraken_pulls_total 1",

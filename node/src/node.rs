@@ -103,8 +103,8 @@ impl Node {
             &config,
             cluster_id,
             node_id.clone(),
-            advertise,
-            http_addr,
+            (advertise, http_addr),
+            (&identity, &ca),
             &pool,
             stop_rx.clone(),
         )
@@ -147,6 +147,7 @@ impl Node {
                 cluster: cluster.clone(),
                 ring_node: joined.membership.is_some(),
                 limits: config.http.limits.http_limits(),
+                gossip: joined.membership.as_ref().map(Membership::counters),
             };
             endpoints::serve_http(listener, state, stop_rx);
         }

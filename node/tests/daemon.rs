@@ -257,6 +257,10 @@ fn example_tunables_are_the_defaults() {
         assert_eq!(c.node.cluster_id, defaults.node.cluster_id, "{file}");
         assert_eq!(c.node.data_dir, defaults.node.data_dir, "{file}");
         assert_eq!(c.gossip.interval_ms, defaults.gossip.interval_ms, "{file}");
+        assert_eq!(
+            c.gossip.max_member_weight, defaults.gossip.max_member_weight,
+            "{file}"
+        );
         assert_eq!(c.view.refresh_secs, defaults.view.refresh_secs, "{file}");
         assert_eq!(c.swarm, defaults.swarm, "{file}");
         if role != NodeRole::Tracker {

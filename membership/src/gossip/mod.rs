@@ -7,17 +7,29 @@
 //! [`MembershipConfig::dead_node_grace_period`] after it holds them dead, and a restarted node
 //! (same id, higher generation) replaces its old self at once.
 //!
-//! Modules: `keys` (member ⇄ key-values), `tracker` (live sets → views, grace periods).
+//! Only authenticated members enter the view: every node publishes its record signed with
+//! the key of its cluster certificate, beside that certificate ([`MemberAuth`]), and a
+//! gossiped node is admitted once its record verifies (see `admit`). What was refused is
+//! counted ([`Membership::counters`]) and logged at most once per node and reason a minute.
+//!
+//! Modules: `keys` (member ⇄ key-values),
+//! `admit` (which gossiped states are members), `guard` (the UDP transport that counts and
+//! rate-limits what it drops), `stats` (counters, rate-limited logs), `tracker` (live sets
+//! → views, grace periods).
 
+mod admit;
+mod guard;
 mod keys;
+mod stats;
 mod tracker;
+
+pub use stats::{GossipCounters, GossipStats, LOG_INTERVAL};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
     spawn_chitchat,
@@ -28,8 +40,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::ConfigError;
-use crate::member::{Member, MemberError, NodeId};
+use crate::auth::{self, MemberAuth, RecordError, SignError};
+use crate::member::{Member, MemberError};
 use crate::view::{ClusterId, ClusterView};
+use admit::Admission;
+use guard::GuardedTransport;
 use tracker::ViewTracker;
 
 /// Ring nodes beyond which gossip is outside what this crate supports (see the crate docs):
@@ -62,6 +77,13 @@ pub enum MembershipError {
     /// The gossip task ended with an error.
     #[error("gossip stopped with an error: {0}")]
     Shutdown(String),
+    /// This node's record could not be signed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// This node's own signed record does not verify (e.g. its certificate does not name
+    /// its node id, or does not chain to the cluster CA).
+    #[error("this node's own member record does not verify: {0}")]
+    SelfRecord(#[source] RecordError),
 }
 
 /// Gossip settings of a ring node.
@@ -105,6 +127,9 @@ pub struct MembershipConfig {
     /// Deleted chitchat keys are garbage-collected after this long.
     #[serde(with = "millis")]
     pub marked_for_deletion_grace_period: Duration,
+    /// Highest ring weight a member may claim; a higher claim is lowered to this (and
+    /// logged once per member), so no member can own more than this share of keys.
+    pub max_member_weight: u32,
 }
 
 impl Default for MembershipConfig {
@@ -121,9 +146,14 @@ impl Default for MembershipConfig {
             dead_node_grace_period: Duration::from_secs(10),
             forget_dead_node_after: Duration::from_secs(3600),
             marked_for_deletion_grace_period: Duration::from_secs(3600),
+            max_member_weight: DEFAULT_MAX_MEMBER_WEIGHT,
         }
     }
 }
+
+/// Default [`MembershipConfig::max_member_weight`]: a member may own up to ten times the
+/// keys of a member of weight 1.
+pub const DEFAULT_MAX_MEMBER_WEIGHT: u32 = 10;
 
 impl MembershipConfig {
     /// Rejects settings that cannot work.
@@ -157,6 +187,9 @@ impl MembershipConfig {
                 "forget_dead_node_after ({:?}) must be above 0 and at least dead_node_grace_period ({:?})",
                 self.forget_dead_node_after, self.dead_node_grace_period
             ));
+        }
+        if self.max_member_weight == 0 {
+            return bad("max_member_weight must be at least 1".into());
         }
         match self.gossip_advertise_addr {
             Some(a) if a.ip().is_unspecified() => {
@@ -205,22 +238,31 @@ pub struct Membership {
     stop_tx: watch::Sender<bool>,
     view_task: JoinHandle<()>,
     self_member: Arc<Mutex<Member>>,
+    /// Serializes record updates, so the published keys and signature always match.
+    publishing: tokio::sync::Mutex<()>,
+    auth: Arc<dyn MemberAuth>,
+    counters: Arc<GossipCounters>,
     gossip_addr: SocketAddr,
     cluster_id: ClusterId,
     gossip_interval: Duration,
 }
 
 impl Membership {
-    /// Starts gossiping as `self_member` and joins through `config.seeds`.
+    /// Starts gossiping as `self_member` and joins through `config.seeds`. `auth` signs
+    /// this node's record and verifies everyone else's (see [`MemberAuth`]); a node whose
+    /// own signed record does not verify (its certificate does not name `self_member.id`,
+    /// or does not chain to the cluster CA) refuses to start.
     ///
     /// `self_member.generation` must grow on every restart of the node. Must be called
     /// within a tokio runtime.
     pub async fn start(
         config: MembershipConfig,
         self_member: Member,
+        auth: Arc<dyn MemberAuth>,
     ) -> Result<Membership, MembershipError> {
         config.validate()?;
         self_member.validate()?;
+        let counters = Arc::new(GossipCounters::default());
         let pick_port = config.gossip_listen_addr.port() == 0;
         let attempts = if pick_port { PORT_ATTEMPTS } else { 1 };
         let mut last_error = String::new();
@@ -235,6 +277,8 @@ impl Membership {
                 Some(a) => a,
                 None => listen_addr,
             };
+            let chain = auth.certificate_chain();
+            let signature = sign_self(&*auth, &config.cluster_id, advertise_addr, &self_member)?;
             let chitchat_id = ChitchatId::new(
                 self_member.id.as_str(),
                 self_member.generation,
@@ -260,15 +304,27 @@ impl Membership {
                 // this crate, so all of them decode it.
                 protocol_version: ProtocolVersion::V1,
             };
+            let transport = GuardedTransport {
+                cluster_id: config.cluster_id.as_str().to_owned(),
+                counters: counters.clone(),
+            };
             match spawn_chitchat(
                 chitchat_config,
-                keys::to_key_values(&self_member),
-                &UdpTransport,
+                keys::to_key_values(&self_member, &chain, &signature),
+                &transport,
             )
             .await
             {
                 Ok(handle) => {
-                    return Ok(Membership::run(handle, &config, self_member, advertise_addr).await);
+                    return Ok(Membership::run(
+                        handle,
+                        &config,
+                        self_member,
+                        advertise_addr,
+                        auth,
+                        counters,
+                    )
+                    .await);
                 }
                 Err(e) => {
                     debug!(error = %format!("{e:#}"), %listen_addr, "gossip start failed");
@@ -284,6 +340,8 @@ impl Membership {
         config: &MembershipConfig,
         self_member: Member,
         gossip_addr: SocketAddr,
+        auth: Arc<dyn MemberAuth>,
+        counters: Arc<GossipCounters>,
     ) -> Membership {
         let live_rx = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
         let tracker = ViewTracker::new(
@@ -291,10 +349,23 @@ impl Membership {
             config.dead_node_grace_period,
             BTreeMap::from([(self_member.id.clone(), self_member.clone())]),
         );
+        let admission = Admission::new(
+            config.cluster_id.clone(),
+            config.max_member_weight,
+            auth.clone(),
+            counters.clone(),
+        );
         let (view_tx, view_rx) = watch::channel(tracker.view());
         let (stop_tx, stop_rx) = watch::channel(false);
         let self_member = Arc::new(Mutex::new(self_member));
-        let maintaining = maintain_view(tracker, live_rx, view_tx, stop_rx, self_member.clone());
+        let maintaining = maintain_view(
+            tracker,
+            admission,
+            live_rx,
+            view_tx,
+            stop_rx,
+            self_member.clone(),
+        );
         // In the caller's span (a node's): tokio tasks inherit none.
         let view_task = tokio::spawn(tracing::Instrument::in_current_span(maintaining));
         info!(%gossip_addr, cluster = %config.cluster_id, seeds = ?config.seeds, "gossip started");
@@ -304,10 +375,18 @@ impl Membership {
             stop_tx,
             view_task,
             self_member,
+            publishing: tokio::sync::Mutex::new(()),
+            auth,
+            counters,
             gossip_addr,
             cluster_id: config.cluster_id.clone(),
             gossip_interval: config.gossip_interval,
         }
+    }
+
+    /// What gossip refused so far (shared: it keeps counting).
+    pub fn counters(&self) -> Arc<GossipCounters> {
+        self.counters.clone()
     }
 
     /// The address other nodes gossip to (the bound port when started with port 0).
@@ -351,16 +430,33 @@ impl Membership {
             .await;
     }
 
+    /// Changes this node's record and publishes the changed key with the record's new
+    /// signature (in one step, so peers see both together).
     async fn update_self(&self, change: impl FnOnce(&mut Member), key: &str, value: String) {
-        change(
-            &mut self
+        let _one_at_a_time = self.publishing.lock().await;
+        let member = {
+            let mut me = self
                 .self_member
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+                .unwrap_or_else(PoisonError::into_inner);
+            change(&mut me);
+            me.clone()
+        };
+        let signature = match sign_self(&*self.auth, &self.cluster_id, self.gossip_addr, &member) {
+            Ok(s) => keys::encode_signature(&s),
+            Err(e) => {
+                // Peers keep this node's last verified record.
+                warn!(error = %e, key, "cannot sign the updated member record; not published");
+                return;
+            }
+        };
         if let Some(handle) = &self.handle {
             handle
-                .with_chitchat(|c| c.self_node_state().set(key, &value))
+                .with_chitchat(|c| {
+                    let state = c.self_node_state();
+                    state.set(key, &value);
+                    state.set(keys::SIG, &signature);
+                })
                 .await;
         }
     }
@@ -373,13 +469,25 @@ impl Membership {
         let Some(handle) = self.handle.take() else {
             return Ok(());
         };
-        self.self_member
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ready = false;
+        let member = {
+            let mut me = self
+                .self_member
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            me.ready = false;
+            me.clone()
+        };
+        let signature = sign_self(&*self.auth, &self.cluster_id, self.gossip_addr, &member)
+            .map(|s| keys::encode_signature(&s));
         let peers: Vec<SocketAddr> = handle
             .with_chitchat(|c| {
-                c.self_node_state().set(keys::READY, "false");
+                if let Ok(signature) = &signature {
+                    // Unsigned, "not ready" would not verify: peers then wait for failure
+                    // detection instead.
+                    let state = c.self_node_state();
+                    state.set(keys::READY, "false");
+                    state.set(keys::SIG, signature);
+                }
                 let me = c.self_chitchat_id().clone();
                 c.live_nodes()
                     .filter(|id| **id != me)
@@ -429,9 +537,24 @@ fn free_udp_port(addr: SocketAddr) -> Result<SocketAddr, MembershipError> {
         .map_err(|source| MembershipError::Bind { addr, source })
 }
 
+/// Signs this node's record, and checks that it verifies as peers will check it.
+fn sign_self(
+    auth: &dyn MemberAuth,
+    cluster: &ClusterId,
+    gossip_addr: SocketAddr,
+    me: &Member,
+) -> Result<Vec<u8>, MembershipError> {
+    let bytes = auth::signed_record(cluster, gossip_addr, me);
+    let signature = auth.sign(&bytes)?;
+    auth.verify(&auth.certificate_chain(), &bytes, &signature, &me.id)
+        .map_err(MembershipError::SelfRecord)?;
+    Ok(signature)
+}
+
 /// Follows chitchat's live set and publishes views until stopped.
 async fn maintain_view(
     mut tracker: ViewTracker,
+    mut admission: Admission,
     mut live_rx: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
     view_tx: watch::Sender<ClusterView>,
     mut stop_rx: watch::Receiver<bool>,
@@ -450,8 +573,9 @@ async fn maintain_view(
                     return;
                 }
                 let me = self_member.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                let live = live_members(&live_rx.borrow_and_update(), me);
-                tracker.update(Instant::now(), live)
+                let now = Instant::now();
+                let live = admission.admit(now, &live_rx.borrow_and_update(), &me);
+                tracker.update(now, live)
             }
             () = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
                 tracker.handle_timeout(Instant::now())
@@ -476,30 +600,6 @@ async fn maintain_view(
             view_tx.send_replace(view);
         }
     }
-}
-
-/// The members among chitchat's live nodes: one per id (highest generation), with complete
-/// and valid keys; this node is always itself.
-fn live_members(live: &BTreeMap<ChitchatId, NodeState>, me: Member) -> BTreeMap<NodeId, Member> {
-    let mut out: BTreeMap<NodeId, Member> = BTreeMap::new();
-    for (id, state) in live {
-        match keys::from_node_state(id, state) {
-            Ok(m) if m.id == me.id => {}
-            Ok(m) => {
-                if out
-                    .get(&m.id)
-                    .is_none_or(|old| old.generation < m.generation)
-                {
-                    out.insert(m.id.clone(), m);
-                }
-            }
-            Err(e) => {
-                debug!(node = ?id, error = ?e, "skipping gossip node without a valid member record")
-            }
-        }
-    }
-    out.insert(me.id.clone(), me);
-    out
 }
 
 #[cfg(test)]
@@ -576,6 +676,13 @@ mod tests {
                 "seed",
                 MembershipConfig {
                     seeds: vec!["no-port".into()],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_member_weight",
+                MembershipConfig {
+                    max_member_weight: 0,
                     ..ok.clone()
                 },
             ),

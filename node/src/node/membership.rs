@@ -2,13 +2,14 @@
 //! the view from seeds.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kraken_membership::{
     ClusterId, ClusterView, Member, Membership, MembershipConfig, NodeId, RoleSet,
     ViewRefreshConfig,
 };
-use kraken_transport::quic::ConnectionPool;
+use kraken_transport::quic::{ClusterCa, ConnectionPool, MemberCertAuth, NodeIdentity};
 use tokio::sync::watch;
 
 use super::StartError;
@@ -23,20 +24,23 @@ pub(super) struct Joined {
     pub view: watch::Receiver<ClusterView>,
 }
 
-/// Joins gossip (ring nodes) or starts refreshing the view from `view.seeds` (until
-/// `stop`).
+/// Joins gossip (ring nodes, at the QUIC `advertise` and `http_addr` addresses, signing
+/// with `tls`'s identity) or starts refreshing the view from `view.seeds` (until `stop`).
 pub(super) async fn join(
     config: &NodeConfig,
     cluster_id: ClusterId,
     node_id: NodeId,
-    advertise: SocketAddr,
-    http_addr: Option<SocketAddr>,
+    (advertise, http_addr): (SocketAddr, Option<SocketAddr>),
+    tls: (&NodeIdentity, &ClusterCa),
     pool: &ConnectionPool,
     stop: watch::Receiver<bool>,
 ) -> Result<Joined, StartError> {
     if config.is_ring_node() {
         let member = member(config, node_id, advertise, http_addr);
-        let membership = join_gossip(config, cluster_id, member).await?;
+        // Signs this node's gossiped record and verifies the others' (see
+        // kraken_membership::auth).
+        let auth = MemberCertAuth::new(tls.0, tls.1)?;
+        let membership = join_gossip(config, cluster_id, member, Arc::new(auth)).await?;
         let view = membership.watch();
         return Ok(Joined {
             membership: Some(membership),
@@ -70,10 +74,13 @@ fn member(
     member
 }
 
+/// Joins gossip; members are admitted only with a record signed by a certificate of the
+/// cluster CA that names them (`auth`).
 async fn join_gossip(
     config: &NodeConfig,
     cluster_id: ClusterId,
     member: Member,
+    auth: Arc<MemberCertAuth>,
 ) -> Result<Membership, StartError> {
     let mconfig = MembershipConfig {
         cluster_id,
@@ -81,9 +88,10 @@ async fn join_gossip(
         gossip_advertise_addr: config.gossip.advertise,
         seeds: config.gossip.seeds.clone(),
         gossip_interval: Duration::from_millis(config.gossip.interval_ms),
+        max_member_weight: config.gossip.max_member_weight,
         ..MembershipConfig::default()
     };
-    Membership::start(mconfig, member)
+    Membership::start(mconfig, member, auth)
         .await
         .map_err(StartError::JoinGossip)
 }

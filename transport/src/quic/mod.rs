@@ -53,4 +53,6 @@ pub use rpc::{
     call_with_limit, open_call, serve,
 };
 pub use stream::{StreamError, read_frame, read_message, write_frame};
-pub use tls::{ClusterCa, NodeIdentity, TlsError, peer_id_of_cert, peer_id_of_connection};
+pub use tls::{
+    ClusterCa, MemberCertAuth, NodeIdentity, TlsError, peer_id_of_cert, peer_id_of_connection,
+};

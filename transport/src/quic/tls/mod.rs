@@ -21,11 +21,17 @@
 //! explicitly; nothing relies on a process-wide default, so a second provider compiled into
 //! the binary (aws-lc-rs via another crate) cannot make these calls panic.
 //!
+//! **Member records.** Gossip is not TLS; ring nodes sign their gossiped member record with
+//! the same identity and verify each other's against the same CA ([`MemberCertAuth`]).
+//!
 //! Files are PEM: certificates as `CERTIFICATE` blocks (end entity first), keys as PKCS#8,
 //! SEC1 or PKCS#1 blocks.
 
 pub mod dev;
+mod records;
 mod verify;
+
+pub use records::MemberCertAuth;
 
 use std::fmt;
 use std::io;
