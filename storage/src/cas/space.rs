@@ -42,7 +42,7 @@ use super::{Cas, CasError, Inner, State};
 
 /// Free space a metadata (redb) write needs: below it, the store refuses to write
 /// metadata (see [`Inner::begin_write`]).
-pub const METADATA_HEADROOM: u64 = 2 << 20;
+pub const METADATA_HEADROOM: u64 = 1 << 20;
 
 /// Longest a reservation trusts the last look at the file system.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
@@ -112,7 +112,10 @@ impl Inner {
             return Err(CasError::Io {
                 op: "write metadata under",
                 path: self.config.root.clone(),
-                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("no space left on device (less than {METADATA_HEADROOM} bytes free)"),
+                ),
             });
         }
         Ok(self.db.begin_write()?)
