@@ -1,5 +1,6 @@
 //! The node's small HTTP endpoint: `/health` (the process is up), `/ready` (it can serve:
-//! it sees the rings it needs), and Prometheus `/metrics` (the process's one registry, with
+//! it sees the rings it needs, and its store, if it has one, can take new blobs: see
+//! `kraken_storage::cas::space`), and Prometheus `/metrics` (the process's one registry, with
 //! the gauges read from the roles and the cluster view at each scrape while it serves).
 //! Connections are served within `[http.limits]` by the registry gateway's listener
 //! (capped, with head, idle and body timeouts; counted as `kraken_http_connections_*`).
@@ -84,16 +85,35 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     if state.roles.agent.is_some() && view.ring(Role::Tracker).is_empty() {
         missing.push("tracker");
     }
-    if missing.is_empty() {
+    let mut reasons = Vec::new();
+    if !missing.is_empty() {
+        reasons.push(format!(
+            "no live {} in the cluster view",
+            missing.join(", ")
+        ));
+    }
+    if let Some(cas) = store(&state.roles) {
+        match tokio::task::spawn_blocking(move || cas.space()).await {
+            Ok(space) => reasons.extend(space.cannot_store),
+            Err(e) => reasons.push(format!("checking the store's space failed: {e}")),
+        }
+    }
+    if reasons.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: no live {} in the cluster view\n",
-                missing.join(", ")
-            ),
+            format!("not ready: {}\n", reasons.join("; ")),
         )
+    }
+}
+
+/// The node's blob store (origins and agents).
+fn store(roles: &Roles) -> Option<kraken_storage::cas::Cas> {
+    match (&roles.origin, &roles.agent) {
+        (Some(o), _) => Some(o.cas().clone()),
+        (_, Some(a)) => Some(a.cas().clone()),
+        _ => None,
     }
 }
 
@@ -136,6 +156,7 @@ fn gauges(roles: &Roles, cluster: &Cluster) -> Gauges {
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         gauges.streamed = Some((get(&c.streamed_from_memory), get(&c.streamed_from_disk)));
     }
+    gauges.store_space = store(roles).map(|cas| cas.space());
     if let Some(t) = &roles.tracker {
         gauges.tracked_blobs = Some(t.tracked_blobs());
     }

@@ -277,6 +277,8 @@ pub struct Gauges {
     pub active_swarms: usize,
     /// Bytes in the local store.
     pub store_bytes: Option<u64>,
+    /// The local store's quota and its file system's space (origins and agents).
+    pub store_space: Option<kraken_storage::cas::SpaceStatus>,
     /// Peers known to the tracker.
     pub tracked_blobs: Option<usize>,
     /// Piece traffic: (pieces in, bytes in, pieces out, bytes out, bad pieces).
@@ -365,6 +367,38 @@ impl Gauges {
             "Bytes in the local store.",
             self.store_bytes,
         )?;
+        if let Some(space) = &self.store_space {
+            gauge(
+                e,
+                "kraken_store_capacity_bytes",
+                "The store's quota in force: the configured one clamped to its file system.",
+                Some(space.effective_bytes),
+            )?;
+            gauge(
+                e,
+                "kraken_store_configured_capacity_bytes",
+                "The store's configured quota.",
+                Some(space.configured_bytes),
+            )?;
+            gauge(
+                e,
+                "kraken_store_fs_available_bytes",
+                "Bytes free on the store's file system.",
+                Some(space.fs_available_bytes),
+            )?;
+            gauge(
+                e,
+                "kraken_store_disk_full_errors",
+                "Writes to the store that failed because the disk was full, since start.",
+                Some(space.disk_full_errors),
+            )?;
+            gauge(
+                e,
+                "kraken_store_can_store",
+                "1 if the store can take new blobs, 0 if its file system is (nearly) full.",
+                Some(u64::from(space.cannot_store.is_none())),
+            )?;
+        }
         let tracked = self.tracked_blobs.map(|t| t as u64);
         gauge(
             e,

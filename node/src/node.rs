@@ -1,6 +1,7 @@
 //! Starting and stopping one node: every role of a config, wired together.
 //!
-//! [`Node::start`] binds the QUIC endpoint, joins gossip (ring nodes) or starts reading the
+//! [`Node::start`] locks the data directory (one process at a time: see
+//! `kraken_storage::dirlock`), binds the QUIC endpoint, joins gossip (ring nodes) or starts reading the
 //! cluster view from seeds (agents), opens the store, builds the roles, starts serving
 //! streams and the HTTP endpoint, and only then publishes itself as ready (so it owns no
 //! keys before it can serve them). [`Node::shutdown`] leaves gracefully; [`Node::kill`]
@@ -23,13 +24,14 @@ use std::time::Duration;
 
 use kraken_membership::{ClusterId, Membership, NodeId};
 use kraken_registry_gateway::GatewayMetrics;
+use kraken_storage::dirlock::DirLock;
 use kraken_transport::quic::{ClusterCa, Endpoint, NodeIdentity};
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
 pub use self::error::StartError;
 use crate::client::Cluster;
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, NodeRole};
 use crate::http::HttpState;
 use crate::metrics::Metrics;
 use crate::proto::NodeInfo;
@@ -46,6 +48,8 @@ pub struct Node {
     http_addr: Option<SocketAddr>,
     registry_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
+    /// Held while the node runs: no second process opens its state under it.
+    _locks: Vec<DirLock>,
 }
 
 impl std::fmt::Debug for Node {
@@ -87,6 +91,8 @@ impl Node {
         ca: ClusterCa,
     ) -> Result<Node, StartError> {
         config.validate()?;
+        // Before anything opens a database there.
+        let locks = lock_dirs(&config)?;
         // Every counter of the process, made here.
         let metrics = Arc::new(Metrics::default());
         let gateway_metrics = GatewayMetrics::new();
@@ -166,6 +172,7 @@ impl Node {
             http_addr,
             registry_addr,
             metrics,
+            _locks: locks,
         })
     }
 
@@ -250,6 +257,28 @@ impl Node {
     }
 }
 
+/// Locks the directories the node keeps state in: the data directory, and the store's
+/// root when it lies outside it. A tracker alone keeps nothing on disk and locks nothing.
+fn lock_dirs(config: &NodeConfig) -> Result<Vec<DirLock>, StartError> {
+    let stateful = [
+        NodeRole::Origin,
+        NodeRole::Agent,
+        NodeRole::BuildIndex,
+        NodeRole::Proxy,
+    ];
+    if !stateful.iter().any(|r| config.has(*r)) {
+        return Ok(Vec::new());
+    }
+    let data_dir = &config.node.data_dir;
+    let mut locks = vec![DirLock::acquire(data_dir).map_err(StartError::LockDataDir)?];
+    let store = config.store_config().root;
+    if (config.has(NodeRole::Origin) || config.has(NodeRole::Agent)) && !store.starts_with(data_dir)
+    {
+        locks.push(DirLock::acquire(&store).map_err(StartError::LockDataDir)?);
+    }
+    Ok(locks)
+}
+
 /// What the node says about itself when pinged.
 fn node_info(config: &NodeConfig) -> NodeInfo {
     NodeInfo {
@@ -322,11 +351,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_data_directory_in_use_is_named_before_any_database_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = agent_config(dir.path());
+        let held = DirLock::acquire(&config.node.data_dir).unwrap();
+        let err = start(dir.path(), config.clone()).await;
+        assert!(matches!(err, StartError::LockDataDir(_)), "{err:?}");
+        let text = err.to_string();
+        let want = format!(
+            "locking the data directory: data directory {} is in use by another kraken \
+             process (pid {})",
+            config.node.data_dir.display(),
+            std::process::id()
+        );
+        assert!(text.starts_with(&want), "{text}");
+        assert!(
+            !config.node.data_dir.join("cas").exists(),
+            "the store was not touched"
+        );
+        drop(held);
+        // Free again: the node starts.
+        let ca = DevCa::create(&dir.path().join("ca-2")).unwrap();
+        let identity = ca.issue_node_cert(&config.node.name).unwrap();
+        let node = Node::start_with(config, identity, ca.cluster_ca())
+            .await
+            .unwrap();
+        node.kill();
+    }
+
+    #[tokio::test]
     async fn a_store_that_cannot_be_opened_is_named_as_opening_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let config = agent_config(dir.path());
-        // A file where the data directory should be: nothing can be created under it.
-        std::fs::write(&config.node.data_dir, b"not a directory").unwrap();
+        // A file where the store's directory should be: nothing can be created under it.
+        std::fs::create_dir_all(&config.node.data_dir).unwrap();
+        std::fs::write(config.node.data_dir.join("cas"), b"not a directory").unwrap();
         let err = start(dir.path(), config).await;
         assert!(matches!(err, StartError::OpenStore(_)), "{err:?}");
         let text = err.to_string();

@@ -358,10 +358,9 @@ fn examples_write_out_every_key_of_their_sections() {
 // ---------------------------------------------------------------------------------------
 // Bad config files on the command line
 
-/// Runs `kraken origin --config <origin.toml edited by `edit`>` and returns its stderr
-/// after checking it exits non-zero. The TLS paths point at real dev certificates and the
-/// addresses at loopback port 0, so only the edit can stop the node.
-fn refused(dir: &Path, name: &str, edit: impl Fn(&str) -> String) -> String {
+/// Writes `<dir>/<name>.toml`: `origin.toml` with the TLS paths at real dev certificates,
+/// the data directory under `dir` and the addresses at loopback port 0, edited by `edit`.
+fn origin_config(dir: &Path, name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
     let ca_dir = dir.join("ca");
     if !ca_dir.join("ca.crt").exists() {
         let ca = DevCa::create(&ca_dir).unwrap();
@@ -377,10 +376,20 @@ fn refused(dir: &Path, name: &str, edit: impl Fn(&str) -> String) -> String {
         .replace("0.0.0.0:7601", "127.0.0.1:0")
         .replace("0.0.0.0:7602", "127.0.0.1:0")
         .replace("advertise = \"10.0.0.11:7601\"\n", "");
-    let edited = edit(&text);
-    assert_ne!(edited, text, "{name}: the edit changed nothing");
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, edited).unwrap();
+    std::fs::write(&path, edit(&text)).unwrap();
+    path
+}
+
+/// Runs `kraken origin --config <origin.toml edited by `edit`>` and returns its stderr
+/// after checking it exits non-zero. The TLS paths point at real dev certificates and the
+/// addresses at loopback port 0, so only the edit can stop the node.
+fn refused(dir: &Path, name: &str, edit: impl Fn(&str) -> String) -> String {
+    let path = origin_config(dir, name, |t| {
+        let edited = edit(t);
+        assert_ne!(edited, t, "{name}: the edit changed nothing");
+        edited
+    });
     let path = path.to_str().unwrap();
     let mut d = Daemon::spawn(
         &["origin", "--config", path],
@@ -430,6 +439,38 @@ fn an_invalid_value_stops_the_daemon_with_a_one_line_error_naming_the_key() {
         t.replace("replicas = 3\n", "replicas = \"three\"\n")
     });
     assert_one_line_naming("string-replicas", &stderr, "replicas");
+}
+
+#[test]
+fn a_second_process_on_a_data_directory_in_use_is_refused_naming_the_pid_until_the_first_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = origin_config(dir.path(), "origin", str::to_string);
+    let config = config.to_str().unwrap();
+    let spawn = |n: u32| {
+        let stderr = dir.path().join(format!("origin-{n}.stderr"));
+        Daemon::spawn(&["origin", "--config", config], stderr)
+    };
+    let mut first = spawn(1);
+    first.wait_for_line("ready", Duration::from_secs(60));
+
+    let mut second = spawn(2);
+    let status = second.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "the second process exited with {status}");
+    let stderr = std::fs::read_to_string(&second.stderr).unwrap();
+    let data = dir.path().join("data");
+    let want = format!(
+        "data directory {} is in use by another kraken process (pid {})",
+        data.display(),
+        first.child.id()
+    );
+    assert!(stderr.contains(&want), "{want:?} not in {stderr:?}");
+    assert_one_line_naming("second", &stderr, "data directory");
+
+    // The lock dies with its process, however it dies: a restart after SIGKILL starts.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let mut third = spawn(3);
+    third.wait_for_line("ready", Duration::from_secs(60));
 }
 
 // ---------------------------------------------------------------------------------------

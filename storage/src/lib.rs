@@ -11,6 +11,8 @@
 //! - `cas` (feature `local`): blobs as files under `<root>/blobs/<2 hex>/<hex>` with metadata
 //!   in redb; verified ingest, resumable partial downloads, ranged and per-piece readers,
 //!   quota eviction and a crash-safe startup sweep.
+//! - `dirlock` (feature `local`): `DirLock`, one process at a time on a data directory,
+//!   with a message naming the holder's pid.
 //! - `queue` (feature `local`): the durable write-back queue (redb) an origin drains to its
 //!   backend, with exponential backoff and jitter; `queue::executor` (feature `executor`)
 //!   is the loop that drains such a queue, for any job (blob write-back, tag replication).
@@ -45,6 +47,8 @@ pub mod metainfo;
 
 #[cfg(feature = "local")]
 pub mod cas;
+#[cfg(feature = "local")]
+pub mod dirlock;
 #[cfg(feature = "local")]
 pub mod queue;
 #[cfg(feature = "local")]

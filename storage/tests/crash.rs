@@ -252,37 +252,63 @@ fn full_disk_is_an_error_not_a_corrupt_entry() {
     let root = disk.path().join("cas");
     let cas = Cas::open(config(&root)).unwrap();
 
+    // The quota is clamped to the disk: a blob bigger than it is refused before a byte is
+    // written.
+    assert!(cas.capacity_bytes() < 6 << 20, "{:?}", cas.space());
     let big = data(8 << 20, 1);
     let digest = Digest::sha256_of(&big);
     let err = cas
         .ingest(&digest, Some(big.len() as u64), &big[..])
         .unwrap_err();
-    assert!(matches!(err, CasError::Io { op: "write", .. }), "{err}");
-    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(matches!(err, CasError::NoSpace { .. }), "{err}");
     assert!(!cas.contains(&digest).unwrap());
     assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
 
-    // A download that runs out of disk keeps only the pieces that were written.
-    let meta = Metainfo::from_bytes(&big, &cas.config().piece_lengths).unwrap();
+    // A download that runs out of disk (another writer filled it) keeps only the pieces
+    // that were written, and its abort gives the space back.
+    let blob = data(4 << 20, 3);
+    let meta = Metainfo::from_bytes(&blob, &cas.config().piece_lengths).unwrap();
     let mut p = cas.start_partial(&meta).unwrap();
-    let mut failed = None;
-    for i in 0..meta.piece_count() {
+    let piece = |i: u32| {
         let r = meta.piece_range(PieceIndex(i)).unwrap();
-        if let Err(e) = p.write_piece(PieceIndex(i), &big[r.start as usize..r.end as usize]) {
+        &blob[r.start as usize..r.end as usize]
+    };
+    let half = meta.piece_count() / 2;
+    for i in 0..half {
+        p.write_piece(PieceIndex(i), piece(i)).unwrap();
+    }
+    let ballast = fill(disk.path());
+    let mut failed = None;
+    for i in half..meta.piece_count() {
+        if let Err(e) = p.write_piece(PieceIndex(i), piece(i)) {
             failed = Some((i, e));
             break;
         }
     }
-    let (at, err) = failed.expect("an 8 MiB download cannot fit on a 6 MiB disk");
-    assert!(matches!(err, CasError::Io { .. }), "{err}");
+    let (at, err) = failed.expect("the disk is full");
+    assert!(err.is_disk_full(), "{err}");
+    assert!(err.to_string().contains("No space left"), "{err}");
     assert!(!p.bitfield().get(PieceIndex(at)));
     p.abort().unwrap();
+    assert_eq!(cas.used_bytes(), 0);
+    assert_eq!(fs::read_dir(root.join("partial")).unwrap().count(), 0);
 
-    // The store still works for what fits.
+    // The store still works for what fits once the other writer's file is gone.
+    fs::remove_file(ballast).unwrap();
     let small = data(100_000, 2);
     let d = Digest::sha256_of(&small);
     cas.ingest(&d, Some(100_000), &small[..]).unwrap();
     assert_eq!(cas.reader(&d).unwrap().read_all().unwrap(), small);
+}
+
+/// Fills the file system holding `dir` with a file of zeros; returns the file.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("ballast");
+    let mut file = fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while file.write(&chunk).is_ok_and(|n| n > 0) {}
+    path
 }
 
 #[test]

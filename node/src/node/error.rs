@@ -6,6 +6,7 @@ use kraken_membership::{MemberError, MembershipError, ViewError};
 use kraken_registry_gateway::GatewayError;
 use kraken_storage::backend::BackendError;
 use kraken_storage::cas::CasError;
+use kraken_storage::dirlock::DirLockError;
 use kraken_storage::queue::QueueError;
 use kraken_transport::exchange::ExchangeError;
 use kraken_transport::limit::LimitError;
@@ -22,6 +23,10 @@ pub enum StartError {
     /// Bad settings.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The data directory (or the store's, when it lies elsewhere) is in use by another
+    /// process, or cannot be locked.
+    #[error("locking the data directory: {0}")]
+    LockDataDir(#[source] DirLockError),
     /// The node's certificate, key or CA could not be loaded.
     #[error("loading the node's certificates: {0}")]
     Tls(#[from] TlsError),

@@ -10,9 +10,10 @@ use crate::metainfo::PieceLengthTable;
 
 /// Configuration of a local CAS.
 ///
-/// The defaults suit an agent with a dedicated cache disk: a 100 GiB quota, blobs idle for
-/// a week expire, and above 90% of the quota idle blobs expire after an hour and LRU
-/// eviction frees space down to 80%.
+/// The defaults suit an agent with a dedicated cache disk: a 100 GiB quota (clamped to what
+/// the file system holds, less a reserve of 1 GiB or 5% of it: see [`super::space`]),
+/// blobs idle for a week expire, and above 90% of the quota idle blobs expire after an
+/// hour and LRU eviction frees space down to 80%.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CasConfig {
@@ -50,6 +51,18 @@ pub struct CasConfig {
     /// pages, and writing them back later, was the largest CPU cost of a download after
     /// the QUIC stack itself; a direct write hands the batch to the disk as it is.
     pub direct_writes: bool,
+    /// Bytes of the store's file system left free for everything else: the quota in
+    /// force is `capacity_bytes` clamped to what the store has on disk plus what the file
+    /// system has free, less this reserve (or less `fs_reserve_fraction` of the file
+    /// system, if that is smaller). A store whose file system has less than the reserve
+    /// free is not ready. Default 1 GiB.
+    pub fs_reserve_bytes: u64,
+    /// The reserve as a fraction of the file system's size, for file systems too small for
+    /// `fs_reserve_bytes` (the smaller of the two applies). Default 0.05.
+    pub fs_reserve_fraction: f64,
+    /// How long a store whose write failed with "no space left on device" reports itself
+    /// not ready, in seconds, however much space the failure freed. Default 30.
+    pub disk_full_hold_secs: u64,
 }
 
 impl Default for CasConfig {
@@ -66,6 +79,9 @@ impl Default for CasConfig {
             flush_every_pieces: 16,
             verify_digest_on_commit: true,
             direct_writes: true,
+            fs_reserve_bytes: 1 << 30,
+            fs_reserve_fraction: 0.05,
+            disk_full_hold_secs: 30,
         }
     }
 }
@@ -89,6 +105,12 @@ impl CasConfig {
             return bad(format!(
                 "need 0 < low_water ({}) <= high_water ({}) <= 1",
                 self.low_water, self.high_water
+            ));
+        }
+        if !(0.0..0.5).contains(&self.fs_reserve_fraction) {
+            return bad(format!(
+                "fs_reserve_fraction ({}) must be at least 0 and below 0.5",
+                self.fs_reserve_fraction
             ));
         }
         if self.flush_every_pieces == 0 {

@@ -125,6 +125,17 @@ pub enum CasError {
 }
 
 impl CasError {
+    /// True if the local disk is full (ENOSPC) or its quota is spent (EDQUOT): no other
+    /// peer, and no retry before space is freed, can help.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            CasError::Io { source, .. } => source,
+            CasError::Metadata(redb::Error::Io(source)) => source,
+            _ => return false,
+        };
+        is_disk_full(io)
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| CasError::Io { op, path, source }
@@ -132,3 +143,13 @@ impl CasError {
 }
 
 from_redb_errors!(CasError::Metadata);
+
+/// ENOSPC or EDQUOT.
+pub(crate) fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || e.raw_os_error().is_some_and(|c| {
+        c == rustix::io::Errno::NOSPC.raw_os_error() || c == rustix::io::Errno::DQUOT.raw_os_error()
+    })
+}

@@ -54,6 +54,7 @@ impl Cas {
         source: impl Read,
     ) -> Result<Ingested, CasError> {
         self.ingest_inner(expected, length, source, false)
+            .map_err(|e| self.check_disk_full(e))
     }
 
     /// Like [`Cas::ingest`], and the blob is pinned in the same transaction that makes it
@@ -66,6 +67,7 @@ impl Cas {
         source: impl Read,
     ) -> Result<Ingested, CasError> {
         self.ingest_inner(expected, length, source, true)
+            .map_err(|e| self.check_disk_full(e))
     }
 
     fn ingest_inner(
@@ -91,7 +93,7 @@ impl Cas {
             Some(n) => Limit::Exact(n),
             None => Limit::Quota {
                 max: inner.max_new_blob(),
-                capacity: inner.config.capacity_bytes,
+                capacity: inner.capacity(&inner.lock()),
             },
         };
         let Pass {
@@ -194,7 +196,7 @@ impl Cas {
             if new_shard {
                 sync_dir(&inner.blobs_dir)?;
             }
-            let txn = inner.db.begin_write()?;
+            let txn = inner.begin_write()?;
             {
                 txn.open_table(BLOBS)?
                     .insert(key.as_str(), record.encode().as_slice())?;

@@ -32,6 +32,7 @@ pub mod partial;
 pub mod piece_writer;
 mod purge;
 pub mod reader;
+pub mod space;
 #[cfg(test)]
 mod test_blobs;
 
@@ -51,6 +52,7 @@ pub use partial::{FlushJob, PartialBlob, PieceSource};
 pub use piece_writer::{PieceWriter, VerifiedPiece};
 pub use purge::PurgeOutcome;
 pub use reader::BlobReader;
+pub use space::SpaceStatus;
 
 use crate::digest::Digest;
 use crate::metainfo::Metainfo;
@@ -88,6 +90,8 @@ struct State {
     /// Purged blobs whose record is gone but whose file open readers still use: the file
     /// (this many bytes) goes when the last reader does.
     doomed: HashMap<Digest, u64>,
+    /// The effective quota and the disk-full marks (see [`space`]).
+    space: space::SpaceState,
 }
 
 /// What the startup sweep cleaned up.
@@ -143,7 +147,11 @@ impl Cas {
         };
         let (sweep, used) = inner.sweep()?;
         inner.sweep = sweep;
-        inner.lock().used = used;
+        {
+            let mut state = inner.lock();
+            state.used = used;
+            inner.refresh_space(&mut state, std::time::Duration::ZERO);
+        }
         if inner.sweep != SweepReport::default() {
             tracing::warn!(root = %root.display(), report = ?inner.sweep, "cas: cleaned up after an unclean shutdown");
         }
@@ -284,6 +292,8 @@ impl Cas {
     /// Runs the eviction policy as if the time were `now` (tests, simulations).
     pub fn evict_at(&self, now: SystemTime) -> Result<EvictionReport, CasError> {
         let mut state = self.inner.lock();
+        self.inner
+            .refresh_space(&mut state, std::time::Duration::ZERO);
         self.inner.evict_locked(&mut state, 0, to_ms(now))
     }
 
@@ -343,7 +353,7 @@ impl Inner {
     ) -> Result<(), CasError> {
         // Under the state lock: an eviction planned from a snapshot must not miss a pin.
         let _state = self.lock();
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(BLOBS)?;
             let key = digest.to_string();
@@ -377,7 +387,8 @@ impl Inner {
     /// Like [`Inner::reserve`] for callers that already hold the lock; the caller must
     /// release the bytes (or turn them into `used`) itself.
     fn reserve_locked(&self, state: &mut State, need: u64) -> Result<(), CasError> {
-        let capacity = self.config.capacity_bytes;
+        self.refresh_space(state, space::REFRESH_EVERY);
+        let capacity = self.capacity(state);
         // `need` may come from an untrusted Content-Length: no unchecked arithmetic on it.
         let taken = state.used.saturating_add(state.reserved);
         if need <= capacity && taken.saturating_add(need) > capacity {
@@ -403,8 +414,9 @@ impl Inner {
     /// The most one new blob could get, evicting everything evictable: an upper bound for
     /// streams of unknown length.
     fn max_new_blob(&self) -> u64 {
-        let state = self.lock();
-        self.config.capacity_bytes.saturating_sub(state.reserved)
+        let mut state = self.lock();
+        self.refresh_space(&mut state, space::REFRESH_EVERY);
+        self.capacity(&state).saturating_sub(state.reserved)
     }
 
     fn evict_locked(
@@ -436,7 +448,7 @@ impl Inner {
         }
         let c = &self.config;
         let policy = evict::Policy {
-            capacity: c.capacity_bytes,
+            capacity: self.capacity(state),
             tti: c.tti,
             ttl: c.ttl,
             high_water: c.high_water,
@@ -462,12 +474,30 @@ impl Inner {
     }
 
     /// Removes records first, then files: a crash in between leaves orphan files, which the
-    /// sweep deletes, never a record pointing at nothing.
+    /// sweep deletes, never a record pointing at nothing. On a full disk the files are
+    /// emptied and go first, so the metadata write finds room (see [`Inner::begin_write`]);
+    /// a crash in between then leaves records without files, which the sweep deletes too.
     fn remove(&self, state: &mut State, victims: &[(Digest, BlobRecord)]) -> Result<u64, CasError> {
         if victims.is_empty() {
             return Ok(0);
         }
-        let txn = self.db.begin_write()?;
+        let path_of = |digest: &Digest, record: &BlobRecord| match record.state {
+            BlobState::Complete => self.blob_path(digest),
+            BlobState::Partial => self.partial_path(digest),
+        };
+        if !self.metadata_headroom() {
+            for (digest, record) in victims {
+                // Emptied first: an unlinked file keeps its blocks while any handle on it
+                // is open (a download's piece sources), and nobody reads a victim.
+                let path = path_of(digest, record);
+                let _ = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(0));
+                let _ = fs::remove_file(&path);
+            }
+        }
+        let txn = self.begin_write()?;
         {
             let mut blobs = txn.open_table(BLOBS)?;
             let mut metainfo = txn.open_table(METAINFO)?;
@@ -482,11 +512,10 @@ impl Inner {
         txn.commit()?;
         let mut freed = 0;
         for (digest, record) in victims {
-            let path = match record.state {
-                BlobState::Complete => self.blob_path(digest),
-                BlobState::Partial => self.partial_path(digest),
-            };
-            if let Err(e) = fs::remove_file(&path) {
+            let path = path_of(digest, record);
+            if let Err(e) = fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
                 // The record is gone, so the sweep will delete the file at the next open.
                 tracing::warn!(path = %path.display(), error = %e, "cas: could not delete evicted file");
             }
@@ -501,7 +530,7 @@ impl Inner {
         if state.access.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(BLOBS)?;
             for (digest, ms) in &state.access {
@@ -560,7 +589,7 @@ impl Inner {
             }
         }
         if !dangling.is_empty() {
-            let txn = self.db.begin_write()?;
+            let txn = self.begin_write()?;
             {
                 let mut blobs = txn.open_table(BLOBS)?;
                 let mut metainfo = txn.open_table(METAINFO)?;

@@ -117,7 +117,7 @@ impl Cas {
             sync_dir(&inner.partial_dir)?;
             let bitfield = Bitfield::new(metainfo.piece_count());
             let record = BlobRecord::new(BlobState::Partial, length, SystemTime::now());
-            let txn = inner.db.begin_write()?;
+            let txn = inner.begin_write()?;
             {
                 txn.open_table(BLOBS)?
                     .insert(key.as_str(), record.encode().as_slice())?;
@@ -428,7 +428,7 @@ impl PartialBlob {
             sync_dir(&shard)?;
             sync_dir(&inner.partial_dir)?;
             let key = digest.to_string();
-            let txn = inner.db.begin_write()?;
+            let txn = inner.begin_write()?;
             let record = {
                 let mut blobs = txn.open_table(BLOBS)?;
                 let mut record = match blobs.get(key.as_str())? {
@@ -463,7 +463,8 @@ impl PartialBlob {
         Ok(record.info(digest))
     }
 
-    /// Abandons the download and deletes its progress.
+    /// Abandons the download and deletes its progress: the file, its record, and its
+    /// share of the quota.
     pub fn abort(mut self) -> Result<(), CasError> {
         self.finished = true;
         self.discard()
@@ -573,7 +574,7 @@ impl FlushJob {
             return Ok(());
         }
         let inner = self.cas.inner();
-        let txn = inner.db.begin_write()?;
+        let txn = inner.begin_write()?;
         txn.open_table(BITFIELDS)?
             .insert(self.digest.to_string().as_str(), self.bitfield.as_slice())?;
         txn.commit()?;

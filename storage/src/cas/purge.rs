@@ -84,7 +84,7 @@ impl Cas {
 impl Inner {
     /// Deletes the blob's records in one transaction.
     fn forget_record(&self, digest: &Digest) -> Result<(), CasError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let key = digest.to_string();
             txn.open_table(BLOBS)?.remove(key.as_str())?;

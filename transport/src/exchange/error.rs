@@ -71,9 +71,24 @@ pub enum StopReason {
     /// The task ended, leaving the piece a watcher waited for missing.
     #[error("the blob task ended before {0} arrived")]
     EndedBefore(PieceIndex),
+    /// Writing a piece to the local store failed (the disk is full, an I/O error). A
+    /// download stopped by a full disk is discarded, so its space is free again.
+    #[error("writing to the local store: {0}")]
+    Storage(#[source] Arc<CasError>),
 }
 
 impl StopReason {
+    /// True if the local disk filled up (or its quota was spent): the download was
+    /// discarded, and retrying before space is freed cannot help.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StopReason::Storage(e) | StopReason::Flush(e) | StopReason::Commit(e) => {
+                e.is_disk_full()
+            }
+            _ => false,
+        }
+    }
+
     /// A flush or commit that did not run to its end on the blocking pool.
     pub(super) fn blocking(work: &'static str, e: JoinError) -> Self {
         StopReason::Blocking {

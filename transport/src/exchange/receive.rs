@@ -19,6 +19,7 @@
 //! the exchange's profile (docs/performance.md). Origins still compute every piece's
 //! BLAKE3 hash at ingest; it stays in the metainfo for version 1 readers and for blame.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Buf;
@@ -41,8 +42,11 @@ use crate::wire::{PeerId, PieceHeader};
 pub(super) enum PieceFault {
     /// The peer sent bad bytes.
     Peer,
-    /// The stream or the disk failed; not the peer's fault.
+    /// The stream failed, or the download closed; not the peer's fault.
     Other,
+    /// Writing to the local store failed (the disk is full, an I/O error): not the peer's
+    /// fault, and no peer can help.
+    Storage(Arc<CasError>),
     /// The piece matched the metainfo's BLAKE3 hash but not the hash chain of the
     /// blob's digest: the metainfo does not describe this blob, and no peer can help.
     Metainfo(PieceError),
@@ -50,11 +54,13 @@ pub(super) enum PieceFault {
 
 impl PieceFault {
     /// A piece error (wrong size, wrong hash) is the peer's doing, except a broken hash
-    /// chain, which is the metainfo's; anything else is ours.
+    /// chain, which is the metainfo's; a failed write is our disk's; anything else is
+    /// ours too.
     fn of(e: CasError) -> Self {
         match e {
             CasError::Piece(e @ PieceError::ChainMismatch { .. }) => PieceFault::Metainfo(e),
             CasError::Piece(_) => PieceFault::Peer,
+            e @ CasError::Io { .. } => PieceFault::Storage(Arc::new(e)),
             _ => PieceFault::Other,
         }
     }
@@ -285,7 +291,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bad_piece_is_the_peers_fault_a_broken_chain_the_metainfos_the_rest_ours() {
+    fn a_bad_piece_is_the_peers_fault_a_broken_chain_the_metainfos_a_failed_write_the_disks() {
         let index = PieceIndex(3);
         let hash = CasError::Piece(PieceError::HashMismatch { index });
         assert!(matches!(PieceFault::of(hash), PieceFault::Peer));
@@ -306,9 +312,11 @@ mod tests {
         let disk = CasError::Io {
             op: "write",
             path: "piece".into(),
-            source: std::io::Error::other("disk gone"),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
         };
-        assert!(matches!(PieceFault::of(disk), PieceFault::Other));
+        assert!(matches!(PieceFault::of(disk), PieceFault::Storage(e) if e.is_disk_full()));
+        let closed = CasError::DownloadClosed(Digest::sha256_of(b"x"));
+        assert!(matches!(PieceFault::of(closed), PieceFault::Other));
         let missing = CasError::NotFound(Digest::sha256_of(b"x"));
         assert!(matches!(PieceFault::of(missing), PieceFault::Other));
     }

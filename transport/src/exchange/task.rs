@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kraken_storage::cas::{BlobReader, CasError, PartialBlob, PieceSource};
+use kraken_storage::cas::{BlobReader, BlobState, CasError, PartialBlob, PieceSource};
 use kraken_storage::{Bitfield, Digest, Metainfo, PieceIndex};
 use quinn::RecvStream;
 use tokio::sync::{mpsc, watch};
@@ -176,6 +176,11 @@ impl<T: Tracker> BlobTask<T> {
         for (_, s) in self.sessions.drain() {
             s.reader.abort();
         }
+        if let Err(reason) = &outcome
+            && reason.is_disk_full()
+        {
+            self.release_on_full_disk().await;
+        }
         // The partial blob saves its progress and frees the digest before the handle goes:
         // a download started again the moment this one is gone must find it free.
         drop(self.store.take());
@@ -185,6 +190,55 @@ impl<T: Tracker> BlobTask<T> {
             .is_some_and(|h| h.tx.same_channel(&self.tx))
         {
             blobs.remove(&self.digest);
+        }
+    }
+
+    /// A download stopped by a full disk is discarded, not kept to resume: its file, its
+    /// record and its share of the quota are released, so the space goes to the blobs
+    /// that fit. The store is told, so it reports itself unable to store for a while.
+    async fn release_on_full_disk(&mut self) {
+        let cas = self.ex.inner.cas.clone();
+        cas.note_disk_full();
+        let partial = self.store.take_if(|s| !s.is_complete());
+        let digest = self.digest;
+        let discard = move || {
+            // Dropped here (its file closed) whether or not the abort went through.
+            let aborted = match partial {
+                Some(Store::Partial(p)) => p.abort(),
+                _ => Ok(()),
+            };
+            if aborted.is_ok()
+                && !cas
+                    .info(&digest)?
+                    .is_some_and(|i| i.state == BlobState::Partial)
+            {
+                return Ok(());
+            }
+            // The record stayed: the disk was too full to write metadata until the file's
+            // blocks came back, which an unlinked file gives only once its last handle
+            // closes (piece writers and readers end within moments). So is a record left by
+            // a failed commit, which dropped its handle, saving its progress.
+            let mut tries = 0;
+            loop {
+                let result = match cas.info(&digest)? {
+                    Some(info) if info.state == BlobState::Partial => cas.delete(&digest),
+                    _ => Ok(()),
+                };
+                tries += 1;
+                if result.is_ok() || tries == 20 {
+                    return result;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        };
+        match tokio::task::spawn_blocking(discard).await {
+            Ok(Ok(())) => tracing::info!("disk full: the partial download was discarded"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "disk full: discarding the partial download failed")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "disk full: discarding the partial download failed")
+            }
         }
     }
 
@@ -416,6 +470,8 @@ impl<T: Tracker> BlobTask<T> {
                     .handle_piece_received(now, peer, index, PieceOutcome::Corrupt);
             }
             Err(PieceFault::Other) => {}
+            // Our disk failed: no peer can help, and waiting would hang the pull.
+            Err(PieceFault::Storage(e)) => return Err(StopReason::Storage(e)),
             // What committing would have found at the end: give up now.
             Err(PieceFault::Metainfo(e)) => return Err(StopReason::Metainfo(e)),
         }
