@@ -74,7 +74,8 @@ pub struct CampaignArgs {
     /// Fault kinds to leave out (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub without: Vec<faults::FaultName>,
-    /// Longest wait, in seconds, for the final checks (a healed cluster catching up).
+    /// Longest wait, in seconds, for one final check to hold (a healed cluster catching
+    /// up); each check has its own.
     #[arg(long, default_value_t = 300)]
     pub check_secs: u64,
     /// The `kraken` binary [default: next to this one].
