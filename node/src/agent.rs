@@ -395,11 +395,63 @@ impl Agent {
         tracing::debug!(%digest, "served from the store");
     }
 
+    /// Whether the store's complete copy of `digest` still hashes to `digest`, read whole
+    /// before a registry client is sent it from the store (both the blob server's
+    /// `sendfile` path and the registry API's streaming path). A copy that does not (bit
+    /// rot, a stray write: the pieces were checked when they arrived, not since) is
+    /// evicted as a deleted blob is: its swarm stopped, its record dropped; the read that
+    /// asked then downloads a fresh copy from the swarm. `true` when the store does not
+    /// hold the blob complete: there is nothing to check.
+    ///
+    /// It costs one hash pass over the file per local read (the page cache usually holds
+    /// it): the price of never handing a client a wrong byte.
+    pub async fn verify_local(&self, digest: &Digest) -> bool {
+        let cas = self.cas().clone();
+        let d = *digest;
+        let check = tokio::task::spawn_blocking(move || -> Option<Digest> {
+            let reader = cas.reader(&d).ok()?;
+            let mut hasher = d.hasher();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut offset = 0u64;
+            while offset < reader.len() {
+                let n = reader.read_at(offset, &mut buf).ok()?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
+            Some(hasher.finish())
+        })
+        .await;
+        let actual = match check {
+            Ok(Some(actual)) => actual,
+            // Not held complete (or unreadable, which the read itself reports).
+            _ => return true,
+        };
+        if actual == *digest {
+            return true;
+        }
+        tracing::warn!(
+            %digest,
+            %actual,
+            "the store's copy does not match its digest; evicting it and downloading it again"
+        );
+        self.exchange().stop(digest).await;
+        let cas = self.cas().clone();
+        let d = *digest;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cas.purge(&d, None)).await {
+            tracing::warn!(%digest, error = %e, "cannot evict a corrupt blob");
+        }
+        false
+    }
+
     /// A watch over the pieces of `digest`, for streaming the blob before it completes: a
     /// complete local blob's at once, else that of the blob's pull, started or joined (see
     /// [`Agent::pull`]), once its download runs.
     pub async fn stream(&self, namespace: &str, digest: &Digest) -> Result<BlobWatch, RemoteError> {
         if self.cas().contains(digest).unwrap_or(false)
+            && self.verify_local(digest).await
             && let Some(w) = self.inner.exchange.watch(digest)
         {
             return Ok(w);

@@ -349,11 +349,16 @@ impl Registry for ClusterRegistry {
             .is_some_and(|a| a.cas().contains(digest).unwrap_or(false))
     }
 
-    /// Agents: the blob if their store holds it complete, held open (the store neither
-    /// evicts nor deletes it meanwhile), counted as a pull of a local blob. Proxies hold
-    /// nothing.
+    /// Agents: the blob if their store holds it complete and it still matches its digest
+    /// ([`crate::agent::Agent::verify_local`]), held open (the store neither evicts nor
+    /// deletes it meanwhile), counted as a pull of a local blob. Proxies hold nothing.
     async fn local_blob(&self, digest: &Digest) -> Option<LocalBlob> {
         let agent = self.agent.as_ref()?;
+        // A corrupt copy is evicted here; the blob server then sends the client back to
+        // the registry API, which downloads a fresh one.
+        if !agent.verify_local(digest).await {
+            return None;
+        }
         let reader = match agent.cas().reader(digest) {
             Ok(reader) => reader,
             Err(CasError::NotFound(_)) => return None,

@@ -130,3 +130,55 @@ async fn a_registry_get_streams_the_blob_while_it_downloads_and_counts_as_the_pu
     );
     assert!(!role.report(&digest).unwrap().already_present);
 }
+
+/// Found by the fault campaign (`kraken-bench campaign`, its "corrupt" fault): a byte flipped
+/// in an agent's stored copy of a blob was sent to registry clients as it was, by the blob
+/// server's `sendfile` path, and made the blob's manifest unreadable there (500) for good.
+/// Now a local read checks the copy first, evicts one that no longer matches its digest and
+/// downloads a fresh one: the client gets the right bytes, and the store holds them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_copy_is_never_sent_to_a_client_and_is_downloaded_again() {
+    const LEN: u64 = 3 << 20;
+    let mut c = TestCluster::new();
+    c.add("origin-1", NodeRole::Origin).await;
+    c.add("tracker-1", NodeRole::Tracker).await;
+    let agent = c.add("agent-1", NodeRole::Agent).await;
+    c.converge(1).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 77);
+    let data = std::fs::read(&path).unwrap();
+    c.upload(&path, &digest, LEN).await;
+    let url = format!(
+        "http://{}/v2/library/app/blobs/{digest}",
+        c.node(agent).registry_addr().unwrap()
+    );
+    let h = http();
+    let first = h.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.bytes().await.unwrap(), data);
+    let cas = c.node(agent).roles().agent.as_ref().unwrap().cas().clone();
+    // The download commits just after the last byte streams out.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cas.contains(&digest).unwrap() {
+        assert!(Instant::now() < deadline, "the blob was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Rot one byte in the middle of the stored copy.
+    let file = cas.blob_path(&digest);
+    let mut stored = std::fs::read(&file).unwrap();
+    stored[(LEN / 2) as usize] ^= 0xff;
+    std::fs::write(&file, &stored).unwrap();
+
+    // Warm path (the blob server), then the registry API's streaming path: right bytes.
+    for _ in 0..2 {
+        let again = h.get(&url).send().await.unwrap();
+        assert_eq!(again.status(), 200);
+        let body = again.bytes().await.unwrap();
+        assert!(body == data, "a client was sent the corrupt copy");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cas.contains(&digest).unwrap() {
+        assert!(Instant::now() < deadline, "the fresh copy was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.stored_digest(agent, &digest), digest);
+}

@@ -37,12 +37,18 @@ impl SplitMix64 {
     }
 
     /// The next 64 bits.
-    fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0; the modulo bias is below 2^-40 for the small `n` the
+    /// harnesses draw).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
     }
 
     /// Fills `buf` with the next bytes of the stream: one byte stream however it is cut
@@ -278,6 +284,29 @@ impl Crc32 {
     pub fn finish(&self) -> u32 {
         !self.crc
     }
+}
+
+/// Flips every bit of the byte at each of `offsets` (those below the file's length) of
+/// `path`, in place, and syncs it: stored data rotting on disk. The number flipped.
+pub fn flip_bytes(path: &Path, offsets: impl IntoIterator<Item = u64>) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut flipped = 0;
+    for at in offsets.into_iter().take_while(|&at| at < len) {
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut b)?;
+        b[0] ^= 0xff;
+        f.seek(SeekFrom::Start(at))?;
+        f.write_all(&b)?;
+        flipped += 1;
+    }
+    f.sync_all()?;
+    Ok(flipped)
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@
 //! - [`data`]: seeded pseudo-random blobs and stored-gzip layers, written fast.
 //! - [`registry`]: `kraken-bench registry`, the registry edge (push, pulls, an image
 //!   through skopeo) against Debian's docker-registry on loopback, no namespaces.
+//! - [`campaign`]: `kraken-bench campaign`, a fault campaign on loopback: pushes and pulls
+//!   while processes are killed, a disk filled, the backend stopped and pieces corrupted;
+//!   then the invariants (nothing acknowledged lost, no wrong byte, no panic).
 //! - [`upstream`]: `run --source upstream`, the blob read through by the origin from a
 //!   docker-registry on its host instead of pushed; the registry's egress.
 //!
@@ -32,6 +35,7 @@
 //! delivered. `T_min` uses the nominal link rates.
 
 pub mod baseline;
+pub mod campaign;
 pub mod cluster;
 pub mod ctl;
 pub mod data;

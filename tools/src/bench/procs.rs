@@ -25,7 +25,7 @@ const USER_HZ: f64 = 100.0;
 pub struct NodeProc {
     /// Node name, e.g. `agent-3`.
     pub name: String,
-    /// The namespace it runs in.
+    /// The namespace it runs in; empty: this process's (loopback, no `ip netns exec`).
     pub ns: String,
     /// Its QUIC address as printed.
     pub quic: SocketAddr,
@@ -41,7 +41,8 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
-    /// Starts `kraken <role> --config <config>` in `ns` and waits for `ready`.
+    /// Starts `kraken <role> --config <config>` in `ns` (here if empty) and waits for
+    /// `ready`.
     pub fn start(
         kraken: &Path,
         ns: &str,
@@ -71,9 +72,15 @@ impl NodeProc {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(&self.kraken)
+        // An empty namespace runs it here, on this host's loopback (the campaign).
+        let mut cmd = if self.ns.is_empty() {
+            Command::new(&self.kraken)
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &self.ns]).arg(&self.kraken);
+            c
+        };
+        let mut child = cmd
             .arg(&self.role)
             .arg("--config")
             .arg(&self.config)
@@ -128,6 +135,18 @@ impl NodeProc {
         self.cpu_before + self.pid().and_then(cpu_secs_of).unwrap_or(0.0)
     }
 
+    /// Whether it is running (started and not killed or stopped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Its exit status if it exited by itself (it is then no longer running).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -140,6 +159,15 @@ impl NodeProc {
     /// Starts it again with the same config (same data dir and address).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
+        self.spawn()
+    }
+
+    /// Starts it again after [`NodeProc::kill`] or a failed restart (a no-op while it
+    /// runs).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
         self.spawn()
     }
 

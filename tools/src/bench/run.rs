@@ -7,7 +7,6 @@
 //! Teardown is by ownership: [`Testnet`], [`Cluster`] and [`WorkDir`] clean up on drop, so
 //! an error or panic anywhere still removes namespaces, processes and files.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -262,27 +261,12 @@ impl Ctl<'_> {
 
 /// Flips one byte in every `stride` bytes of `path`, in place.
 fn corrupt_file(path: &Path, stride: u64) -> anyhow::Result<u64> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let len = f.metadata()?.len();
-    let mut flipped = 0;
-    let mut at = stride / 2;
-    while at < len {
-        let mut b = [0u8; 1];
-        f.seek(SeekFrom::Start(at))?;
-        f.read_exact(&mut b)?;
-        b[0] ^= 0xff;
-        f.seek(SeekFrom::Start(at))?;
-        f.write_all(&b)?;
-        flipped += 1;
-        at += stride;
-    }
-    f.sync_all()?;
-    Ok(flipped)
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .len();
+    let offsets = (stride / 2..len).step_by(stride.max(1) as usize);
+    crate::bench::data::flip_bytes(path, offsets)
+        .with_context(|| format!("cannot corrupt {}", path.display()))
 }
 
 /// The shape of one run, fixed before anything starts.

@@ -8,6 +8,8 @@
 //! - `kraken-bench down [--prefix kb]`: removes what a crashed run left.
 //! - `kraken-bench registry [--mib 1024] [--rounds 5] [--steps …] [--json-out FILE]`:
 //!   the registry edge against Debian's docker-registry on loopback (no namespaces).
+//! - `kraken-bench campaign [--duration 600] [--seed N]`: the fault campaign on loopback
+//!   (separate processes, moto as S3); non-zero exit on any violated invariant.
 //! - `kraken-bench ctl …`: the control client the harness runs inside the control
 //!   namespace (internal).
 
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use kraken_tools::bench::campaign::{self, CampaignArgs};
 use kraken_tools::bench::ctl::{self, CtlArgs};
 use kraken_tools::bench::netns::down_all;
 use kraken_tools::bench::registry::{self, RegistryArgs};
@@ -42,6 +45,9 @@ enum Command {
     /// The registry edge against docker-registry 2.8: pushes, cold, second-agent, warm
     /// and ranged pulls with curl, an image with skopeo; interleaved rounds, ratios.
     Registry(RegistryArgs),
+    /// A fault campaign: pushes and pulls while nodes are killed, a disk fills, the
+    /// backend stops and pieces rot; then checks that nothing acknowledged was lost.
+    Campaign(CampaignArgs),
     /// Remove namespaces and processes a crashed run left behind.
     Down {
         /// Namespace prefix.
@@ -93,6 +99,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Command::Campaign(args) => {
+            let report = campaign::run(&args)?;
+            print!("{}", report.text());
+            if !report.passed() {
+                bail!(
+                    "campaign failed: {} violations (seed {})",
+                    report.violations.len(),
+                    report.seed
+                );
             }
             Ok(())
         }

@@ -338,7 +338,12 @@ impl<T: Tracker> BlobTask<T> {
                 Ok(h) => {
                     let _ = tx.send(Input::Handout(h)).await;
                 }
-                Err(e) => tracing::warn!(error = %e, "announce failed; will retry"),
+                Err(e) => match ex.inner.announce_warn.allow(std::time::Instant::now()) {
+                    Some(held_back) => {
+                        tracing::warn!(error = %e, held_back, "announce failed; will retry");
+                    }
+                    None => tracing::debug!(error = %e, "announce failed; will retry"),
+                },
             }
         };
         tokio::spawn(announce.in_current_span());
