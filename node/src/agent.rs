@@ -30,6 +30,7 @@ use crate::client::{CallError, Cluster};
 use crate::fetch::metainfo_error;
 use crate::metrics::Metrics;
 use crate::proto::{ErrorKind, PullReport, RemoteError, Request, Response};
+use crate::verified::{FileStamp, VerifiedCopies};
 
 /// Settings of the agent role (`[agent]` in a node's config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +177,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     pulls: Mutex<HashMap<Digest, SharedPull>>,
     reports: Mutex<BoundedMap<Digest, PullReport>>,
+    /// Stored copies checked against their digests since their files last changed.
+    verified: VerifiedCopies,
 }
 
 impl Agent {
@@ -195,6 +198,7 @@ impl Agent {
                 metrics,
                 pulls: Mutex::new(HashMap::new()),
                 reports: Mutex::new(BoundedMap::new(reports_kept)),
+                verified: VerifiedCopies::default(),
             }),
         }
     }
@@ -357,7 +361,14 @@ impl Agent {
         let stats = match watch.finished().await {
             // A blob that was here already: nothing moved for this pull.
             Ok(_) if already_present => SwarmStats::default(),
-            Ok(stats) => stats,
+            Ok(stats) => {
+                // Every piece was checked as it arrived: the file as it stands now is the
+                // blob, so its first local read need not hash it again.
+                if let Some(stamp) = FileStamp::of(&self.cas().blob_path(digest)) {
+                    self.inner.verified.verified(*digest, stamp);
+                }
+                stats
+            }
             Err(e) => {
                 self.inner.metrics.pull_failed();
                 return Err(RemoteError::new(ErrorKind::Unavailable, e.to_string()));
@@ -395,17 +406,25 @@ impl Agent {
         tracing::debug!(%digest, "served from the store");
     }
 
-    /// Whether the store's complete copy of `digest` still hashes to `digest`, read whole
+    /// Whether the store's complete copy of `digest` still hashes to `digest`, checked
     /// before a registry client is sent it from the store (both the blob server's
-    /// `sendfile` path and the registry API's streaming path). A copy that does not (bit
-    /// rot, a stray write: the pieces were checked when they arrived, not since) is
-    /// evicted as a deleted blob is: its swarm stopped, its record dropped; the read that
-    /// asked then downloads a fresh copy from the swarm. `true` when the store does not
-    /// hold the blob complete: there is nothing to check.
-    ///
-    /// It costs one hash pass over the file per local read (the page cache usually holds
-    /// it): the price of never handing a client a wrong byte.
+    /// `sendfile` path and the registry API's streaming path). A copy is hashed only when
+    /// its file changed since it was last found good (see [`crate::verified`]); a download
+    /// that just completed counts as checked. A copy that does not match (a stray write,
+    /// a corrupting disk: the pieces were checked when they arrived, not since) is evicted
+    /// as a deleted blob is: its swarm stopped, its record dropped; the read that asked
+    /// then downloads a fresh copy from the swarm. `true` when the store does not hold the
+    /// blob complete: there is nothing to check.
     pub async fn verify_local(&self, digest: &Digest) -> bool {
+        let path = self.cas().blob_path(digest);
+        let Some(stamp) = FileStamp::of(&path) else {
+            // Not held complete (or unreadable, which the read itself reports).
+            return true;
+        };
+        if self.inner.verified.is_verified(digest, &stamp) {
+            return true;
+        }
+        self.inner.verified.count_hash();
         let cas = self.cas().clone();
         let d = *digest;
         let check = tokio::task::spawn_blocking(move || -> Option<Digest> {
@@ -430,8 +449,12 @@ impl Agent {
             _ => return true,
         };
         if actual == *digest {
+            // The stamp taken before hashing: a write during the hash moves it, and the
+            // next read hashes again.
+            self.inner.verified.verified(*digest, stamp);
             return true;
         }
+        self.inner.verified.forget(digest);
         tracing::warn!(
             %digest,
             %actual,
@@ -444,6 +467,12 @@ impl Agent {
             tracing::warn!(%digest, error = %e, "cannot evict a corrupt blob");
         }
         false
+    }
+
+    /// How many stored copies [`Agent::verify_local`] hashed whole (copies not known good
+    /// since their files last changed).
+    pub fn copies_hashed(&self) -> u64 {
+        self.inner.verified.hashes()
     }
 
     /// A watch over the pieces of `digest`, for streaming the blob before it completes: a

@@ -14,6 +14,8 @@
 //!   repositories that mirror an upstream registry resolve there, cached.
 //! - [`mirror`]: what the roles share about repositories routed to an upstream registry:
 //!   writes refused, the upstream's refusals carried to the client.
+//!   [`verified`] remembers which stored copies were checked against their digests since
+//!   their files last changed, so warm reads hash a copy once, not every time.
 //! - [`purge`]: removing one blob from the whole cluster (origins' stores and backends,
 //!   trackers, a build-index tombstone), the primitive under registry `DELETE` and garbage
 //!   collection; [`tombstones`]: agents polling those tombstones and evicting their copies.
@@ -50,6 +52,7 @@ pub mod service;
 pub mod tombstones;
 pub mod tracker;
 pub mod upstream;
+pub mod verified;
 pub mod view;
 
 pub use config::{NodeConfig, NodeRole};

@@ -162,6 +162,17 @@ async fn a_corrupt_stored_copy_is_never_sent_to_a_client_and_is_downloaded_again
         assert!(Instant::now() < deadline, "the blob was never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Warm reads of a copy that just downloaded, or was checked since its file last
+    // changed, do not hash it again (at most once, should a read beat the download's
+    // completion to the record).
+    let role = c.node(agent).roles().agent.as_ref().unwrap().clone();
+    for _ in 0..3 {
+        let warm = h.get(&url).send().await.unwrap();
+        assert_eq!(warm.bytes().await.unwrap(), data);
+    }
+    let hashed = role.copies_hashed();
+    assert!(hashed <= 1, "warm reads hashed the copy {hashed} times");
+
     // Rot one byte in the middle of the stored copy.
     let file = cas.blob_path(&digest);
     let mut stored = std::fs::read(&file).unwrap();
@@ -180,5 +191,9 @@ async fn a_corrupt_stored_copy_is_never_sent_to_a_client_and_is_downloaded_again
         assert!(Instant::now() < deadline, "the fresh copy was never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        role.copies_hashed() > hashed,
+        "the changed copy was not hashed"
+    );
     assert_eq!(c.stored_digest(agent, &digest), digest);
 }
