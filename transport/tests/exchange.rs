@@ -794,8 +794,9 @@ async fn releasing_seeders_stops_the_least_recently_used_unwatched_ones_first() 
     let len = 1u64 << 20;
     let mut digests = Vec::new();
     for n in 0..3u8 {
-        digests.push(*seed(&agent, &pattern(len as usize, 10 + n)).digest());
-        // Distinct last-access times (milliseconds), so the LRU order is the seeding order.
+        digests.push(*seed(&agent, &pattern(len as usize, 11 + 2 * n)).digest());
+        // Distinct blobs (the pattern uses odd seeds), with distinct last-access times
+        // (milliseconds), so the LRU order is the seeding order.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (oldest, middle, newest) = (digests[0], digests[1], digests[2]);
