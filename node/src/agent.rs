@@ -7,7 +7,11 @@
 //! committed to the CAS. Concurrent pulls of one digest share one pull and one download:
 //! `Pull` RPCs and registry reads alike, which stream the blob as it arrives. The
 //! completed blob keeps seeding until the swarm's seeding TTI, and stays in the CAS until
-//! the quota/TTI eviction removes it.
+//! the quota/TTI eviction removes it. A seeding blob is held open by its swarm, so eviction
+//! skips it: a download the store refuses for want of space, once it evicted every blob
+//! nobody has open, stops idle seeders (least recently used first, enough for the
+//! shortfall: [`PieceExchange::release_seeders`]) and asks again before the pull fails.
+//! The policy lives in the exchange, the retry here; the store knows of neither.
 //!
 //! Every pull leaves a [`PullReport`] (bytes by peer kind and by peer, time, retries, bad
 //! pieces) for `krakenctl pull-report`.
@@ -18,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use kraken_client::metainfo::MetainfoQuery;
 use kraken_membership::Role;
-use kraken_storage::cas::Cas;
+use kraken_storage::cas::{Cas, CasError};
 use kraken_storage::{Digest, Metainfo};
-use kraken_transport::exchange::{BlobWatch, DownloadReport, Handout, PieceExchange, Tracker};
+use kraken_transport::exchange::{
+    BlobWatch, DownloadReport, ExchangeError, Handout, PieceExchange, Tracker,
+};
 use kraken_transport::swarm::{PeerInfo, SwarmStats};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -31,6 +37,9 @@ use crate::fetch::metainfo_error;
 use crate::metrics::Metrics;
 use crate::proto::{ErrorKind, PullReport, RemoteError, Request, Response};
 use crate::verified::{FileStamp, VerifiedCopies};
+
+/// Rounds of stopping idle seeders a pull refused for want of space gets before it fails.
+const RELEASE_ROUNDS: u32 = 3;
 
 /// Settings of the agent role (`[agent]` in a node's config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,10 +359,7 @@ impl Agent {
             Some(w) => w,
             None => {
                 let metainfo = self.metainfo(namespace, digest).await?;
-                self.inner
-                    .exchange
-                    .start_download(metainfo)
-                    .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?
+                self.start_download(metainfo).await?
             }
         };
         let length = watch.metainfo().length();
@@ -391,6 +397,33 @@ impl Agent {
         );
         self.keep_report(&pull);
         Ok(pull)
+    }
+
+    /// Starts the download. A store too full for it, once it evicted every blob nobody has
+    /// open, has its idle seeders stopped (least recently used first, enough to cover the
+    /// shortfall: see [`PieceExchange::release_seeders`]) and is asked again, a few rounds
+    /// at most, before the pull fails with the store's "no space" error: every blob pulled
+    /// in the last `seed_tti_secs` is held open by its swarm, and would otherwise keep a
+    /// small store refusing pulls although only idle seeding holds it.
+    ///
+    /// [`PieceExchange::release_seeders`]: kraken_transport::exchange::PieceExchange::release_seeders
+    async fn start_download(&self, metainfo: Metainfo) -> Result<BlobWatch, RemoteError> {
+        let mut rounds = 0;
+        loop {
+            let shortfall = match self.inner.exchange.start_download(metainfo.clone()) {
+                Ok(w) => return Ok(w),
+                Err(ExchangeError::Cas(CasError::NoSpace {
+                    needed, available, ..
+                })) if rounds < RELEASE_ROUNDS => needed.saturating_sub(available),
+                Err(e) => return Err(RemoteError::new(ErrorKind::Internal, e.to_string())),
+            };
+            rounds += 1;
+            let released = self.inner.exchange.release_seeders(shortfall).await;
+            if released.blobs == 0 {
+                // Nothing left to release: ask once more for the store's own error.
+                rounds = RELEASE_ROUNDS;
+            }
+        }
     }
 
     /// Counts a blob sent to a registry client straight from the store (the blob server's

@@ -155,6 +155,7 @@ fn gauges(roles: &Roles, cluster: &Cluster) -> Gauges {
         gauges.pieces = pieces(c);
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         gauges.streamed = Some((get(&c.streamed_from_memory), get(&c.streamed_from_disk)));
+        gauges.seeders_released = Some(get(&c.seeders_released));
     }
     gauges.store_space = store(roles).map(|cas| cas.space());
     if let Some(t) = &roles.tracker {

@@ -286,6 +286,8 @@ pub struct Gauges {
     /// Pieces registry clients streamed from a running download: (taken from memory as
     /// they landed, read back from the disk).
     pub streamed: Option<(u64, u64)>,
+    /// Swarms of complete blobs stopped so that a pull could have their space (agents).
+    pub seeders_released: Option<u64>,
     /// What gossip refused (ring nodes).
     pub gossip: Option<GossipStats>,
 }
@@ -458,6 +460,14 @@ impl Gauges {
                 counts.map(|(d, n)| (d, ConstCounter::new(n))),
             )?;
         }
+        if let Some(n) = self.seeders_released {
+            ConstCounter::new(n).encode(e.encode_descriptor(
+                "kraken_seeders_released",
+                "Swarms of complete blobs stopped before their seeding TTI to free store space.",
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
         if let Some(g) = &self.gossip {
             let rejected = (
                 "kraken_gossip_rejected_members",
@@ -524,6 +534,7 @@ mod tests {
             ring_sizes: vec![("origin", 3), ("tracker", 1)],
             pieces: Some((1, 2, 3, 4, 5)),
             streamed: Some((6, 7)),
+            seeders_released: Some(2),
             gossip: Some(GossipStats {
                 rejected: vec![(RejectReason::Unsigned, 8), (RejectReason::BadSignature, 9)],
                 garbage_datagrams: 10,
@@ -560,6 +571,7 @@ mod tests {
             "kraken_piece_bytes_total{direction=\"out\"} 4",
             "kraken_streamed_pieces_total{from=\"memory\"} 6",
             "kraken_streamed_pieces_total{from=\"disk\"} 7",
+            "kraken_seeders_released_total 2",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -785,3 +785,56 @@ async fn a_download_stopped_midway_resumes_from_its_saved_progress() {
         .unwrap();
     assert!(read_back(&second, &digest) == data[..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_seeders_stops_the_least_recently_used_unwatched_ones_first() {
+    let cluster = cluster();
+    let tracker = SharedTracker::default();
+    let agent = node(&cluster, "agent", PeerKind::Agent, &tracker);
+    let len = 1u64 << 20;
+    let mut digests = Vec::new();
+    for n in 0..3u8 {
+        digests.push(*seed(&agent, &pattern(len as usize, 11 + 2 * n)).digest());
+        // Distinct blobs (the pattern uses odd seeds), with distinct last-access times
+        // (milliseconds), so the LRU order is the seeding order.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (oldest, middle, newest) = (digests[0], digests[1], digests[2]);
+    assert_eq!(agent.ex.active_blobs(), 3);
+    // A registry client streaming the oldest: its swarm stays.
+    let watched = agent.ex.watch(&oldest).unwrap();
+
+    let r = within(10, "release", agent.ex.release_seeders(1)).await;
+    assert_eq!((r.blobs, r.bytes), (1, len), "one blob covers one byte");
+    assert_eq!(agent.ex.active_blobs(), 2);
+    // Its swarm closed the blob: the store may evict it now.
+    let purged = agent.ex.cas().purge(&middle, None).unwrap();
+    assert_eq!(
+        purged,
+        kraken_storage::cas::PurgeOutcome::Removed {
+            freed_bytes: len,
+            deferred: false
+        },
+        "nobody holds the released blob open"
+    );
+
+    let r = within(10, "release", agent.ex.release_seeders(u64::MAX)).await;
+    assert_eq!(
+        (r.blobs, r.bytes),
+        (1, len),
+        "only the unwatched newest is left"
+    );
+    assert!(agent.ex.cas().contains(&newest).unwrap());
+    assert_eq!(agent.ex.active_blobs(), 1);
+
+    drop(watched);
+    let r = within(10, "release", agent.ex.release_seeders(u64::MAX)).await;
+    assert_eq!(r.blobs, 1, "the oldest, no longer watched");
+    assert_eq!(agent.ex.active_blobs(), 0);
+    let released = agent
+        .ex
+        .counters()
+        .seeders_released
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(released, 3);
+}

@@ -9,7 +9,10 @@
 //!    `aggressive_tti` applies and LRU frees space down to the low-water mark, so a busy
 //!    cache does not evict one blob per new arrival.
 //!
-//! Pinned blobs and blobs with open readers or writers are never candidates.
+//! Pinned blobs and blobs with open readers or writers are never candidates. A swarm
+//! seeding a blob holds a reader of it; when a reservation fails because only such blobs
+//! are left, the store returns `NoSpace` and the agent stops idle seeders (the exchange's
+//! `release_seeders`) and retries: the store knows nothing of swarms.
 
 use std::time::Duration;
 

@@ -75,6 +75,10 @@ pub enum StopReason {
     /// download stopped by a full disk is discarded, so its space is free again.
     #[error("writing to the local store: {0}")]
     Storage(#[source] Arc<CasError>),
+    /// The blob was complete and only seeding; its swarm was stopped to free space in the
+    /// store for a new download ([`super::PieceExchange::release_seeders`]).
+    #[error("seeding stopped to free space in the store")]
+    Released,
 }
 
 impl StopReason {

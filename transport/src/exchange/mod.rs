@@ -54,6 +54,13 @@
 //! the sender; nothing queues without bound. The blob task itself never waits on its own
 //! queue: what it would tell itself it handles on the spot.
 //!
+//! Space: a blob task holds its blob open (a `PartialBlob`, then a `BlobReader` while it
+//! seeds), so the store never evicts it. [`PieceExchange::release_seeders`] stops the
+//! tasks of complete blobs nobody downloads or watches, least recently used first, and
+//! waits until they closed their blobs; the agent calls it when the store refuses a
+//! download for want of space, then asks again (the CAS stays independent of the
+//! exchange). The stopped swarms are counted in [`ExchangeCounters::seeders_released`].
+//!
 //! Logs: each blob task runs in a `blob` span carrying the digest, each session's reader
 //! and writer in a `session` span carrying the peer, and each piece moved in a `send` or
 //! `receive` span carrying the peer and the piece.
@@ -197,12 +204,27 @@ pub struct ExchangeCounters {
     /// Pieces a reader streaming a running download read back from the CAS (outside its
     /// window, or past the memory budget).
     pub streamed_from_disk: AtomicU64,
+    /// Swarms of complete blobs stopped to free space in the store
+    /// ([`PieceExchange::release_seeders`]).
+    pub seeders_released: AtomicU64,
 }
 
 impl ExchangeCounters {
     pub(super) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// Longest [`PieceExchange::release_seeders`] waits for a stopped seeder's task to end.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// What [`PieceExchange::release_seeders`] stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleasedSeeders {
+    /// Swarms stopped.
+    pub blobs: u64,
+    /// Their blobs' bytes.
+    pub bytes: u64,
 }
 
 /// Drives the swarms of every blob this node downloads or seeds. Cheap to clone.
@@ -413,6 +435,85 @@ impl<T: Tracker> PieceExchange<T> {
             // A task that already ended has closed its channel: nothing to stop.
             let _ = h.tx.send(Input::Stop).await;
         }
+    }
+
+    /// Stops the swarms of complete blobs that only seed, least recently used first, until
+    /// their sizes add up to `bytes` (or none is left), and returns once their tasks have
+    /// ended and closed the blob, so that the store may evict them. Never a download in
+    /// progress, nor a blob someone watches (a registry client streaming it: its
+    /// [`BlobWatch`] shares the task). A blob that a client reads from the store itself
+    /// holds that client's own reader, so it stays until the client is done.
+    ///
+    /// A pull that the store refuses for want of space calls this with the shortfall and
+    /// tries again: without it, every blob pulled in the last `seed_tti` stays open, and a
+    /// small store refuses new pulls although nothing but idle seeding holds its blobs.
+    pub async fn release_seeders(&self, bytes: u64) -> ReleasedSeeders {
+        let idle: Vec<(Digest, BlobHandle)> = self
+            .lock()
+            .iter()
+            .filter(|(_, h)| {
+                !h.tx.is_closed()
+                    && matches!(*h.done.borrow(), Some(Ok(_)))
+                    // The registry's entry and the task: any more is a watcher.
+                    && Arc::strong_count(&h.streaming) <= 2
+            })
+            .map(|(d, h)| (*d, h.clone()))
+            .collect();
+        if idle.is_empty() {
+            return ReleasedSeeders::default();
+        }
+        let cas = self.inner.cas.clone();
+        let digests: Vec<Digest> = idle.iter().map(|(d, _)| *d).collect();
+        let infos = tokio::task::spawn_blocking(move || {
+            digests
+                .iter()
+                .map(|d| cas.info(d).ok().flatten())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut ranked: Vec<(std::time::SystemTime, Digest, u64, BlobHandle)> = idle
+            .into_iter()
+            .zip(infos)
+            .filter_map(|((d, h), info)| info.map(|i| (i.last_access, d, i.size, h)))
+            .collect();
+        ranked.sort_by_key(|(at, d, _, _)| (*at, *d));
+        let mut released = ReleasedSeeders::default();
+        let mut stopped = Vec::new();
+        for (_, digest, size, handle) in ranked {
+            if released.bytes >= bytes {
+                break;
+            }
+            {
+                let mut blobs = self.lock();
+                // Still the same, still unwatched: a watch may have come since.
+                if !blobs.get(&digest).is_some_and(|h| {
+                    h.tx.same_channel(&handle.tx) && Arc::strong_count(&h.streaming) <= 3
+                }) {
+                    continue;
+                }
+                blobs.remove(&digest);
+            }
+            if handle.tx.send(Input::Release).await.is_ok() {
+                released.blobs += 1;
+                released.bytes = released.bytes.saturating_add(size);
+                stopped.push(handle.tx);
+            }
+        }
+        // The task drops its reader, then its channel: closed means the blob is free.
+        for tx in stopped {
+            let _ = tokio::time::timeout(RELEASE_WAIT, tx.closed()).await;
+        }
+        if released.blobs > 0 {
+            ExchangeCounters::add(&self.inner.counters.seeders_released, released.blobs);
+            tracing::info!(
+                count = released.blobs,
+                bytes = released.bytes,
+                wanted = bytes,
+                "stopped seeding blobs to free space in the store"
+            );
+        }
+        released
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Digest, BlobHandle>> {

@@ -68,6 +68,9 @@ pub(super) enum Input {
     Flushed(Result<(), StopReason>),
     /// The blob was deleted from the cluster: stop seeding and downloading it.
     Stop,
+    /// The store needs the space of this complete blob: stop seeding it
+    /// ([`PieceExchange::release_seeders`]).
+    Release,
 }
 
 /// The blob's bytes: still arriving, or complete in the CAS.
@@ -161,6 +164,8 @@ impl<T: Tracker> BlobTask<T> {
         if let Err(reason) = &outcome {
             if *self.closed.borrow() {
                 tracing::debug!(%reason, "blob task stopped");
+            } else if matches!(reason, StopReason::Released) {
+                tracing::info!(%reason, "blob task stopped");
             } else {
                 tracing::warn!(%reason, "blob task stopped");
             }
@@ -432,6 +437,7 @@ impl<T: Tracker> BlobTask<T> {
             }
             Input::Flushed(result) => self.on_flushed(result)?,
             Input::Stop => return Err(StopReason::Deleted),
+            Input::Release => return Err(StopReason::Released),
         }
         Ok(())
     }
