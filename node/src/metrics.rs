@@ -396,6 +396,12 @@ impl Gauges {
             )?;
             gauge(
                 e,
+                "kraken_store_metadata_reopens",
+                "Times the store's metadata database was reopened after a failed write poisoned it, since start.",
+                Some(space.metadata_reopens),
+            )?;
+            gauge(
+                e,
                 "kraken_store_can_store",
                 "1 if the store can take new blobs, 0 if its file system is (nearly) full.",
                 Some(u64::from(space.cannot_store.is_none())),

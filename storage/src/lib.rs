@@ -52,6 +52,8 @@ pub mod dirlock;
 #[cfg(feature = "local")]
 pub mod queue;
 #[cfg(feature = "local")]
+pub mod redb_handle;
+#[cfg(feature = "local")]
 pub mod time;
 
 #[cfg(feature = "backends")]

@@ -301,6 +301,74 @@ fn full_disk_is_an_error_not_a_corrupt_entry() {
     assert_eq!(cas.reader(&d).unwrap().read_all().unwrap(), small);
 }
 
+#[test]
+fn a_metadata_commit_that_fails_on_a_full_disk_does_not_break_the_store() {
+    let Some(disk) = SmallDisk::mount("8m") else {
+        return;
+    };
+    let root = disk.path().join("cas");
+    // No headroom check before metadata writes and no reserve: the commit itself meets
+    // the full disk, which poisons redb's handle ("Previous I/O error occurred").
+    let cas = Cas::open(CasConfig {
+        metadata_headroom_bytes: 0,
+        fs_reserve_bytes: 0,
+        disk_full_hold_secs: 0,
+        ..config(&root)
+    })
+    .unwrap();
+    let blob = data(200_000, 4);
+    let digest = Digest::sha256_of(&blob);
+    cas.ingest(&digest, Some(blob.len() as u64), &blob[..])
+        .unwrap();
+
+    let ballast = fill(disk.path());
+    let mut failed = None;
+    for i in 0..500 {
+        if let Err(e) = cas.set_pinned(&digest, i % 2 == 0) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = failed.expect("a metadata commit fails on the full disk");
+    assert!(err.is_disk_full(), "{err}");
+    // While the disk is still full the store either reopened already or says it cannot
+    // store; it never claims it can while its database is down.
+    if cas.info(&digest).is_err() {
+        assert!(cas.space().cannot_store.is_some(), "{:?}", cas.space());
+    }
+
+    // Space comes back: everything works again without reopening the store by hand.
+    fs::remove_file(ballast).unwrap();
+    let info = cas
+        .info(&digest)
+        .unwrap()
+        .expect("the blob's record survived");
+    assert_eq!(info.size, blob.len() as u64);
+    assert_eq!(cas.reader(&digest).unwrap().read_all().unwrap(), blob);
+    cas.set_pinned(&digest, false).unwrap();
+    let space = cas.space();
+    assert!(space.metadata_reopens >= 1, "{space:?}");
+    assert_eq!(space.cannot_store, None, "{space:?}");
+
+    let other = data(100_000, 5);
+    let d = Digest::sha256_of(&other);
+    cas.ingest(&d, Some(other.len() as u64), &other[..])
+        .unwrap();
+    assert_eq!(cas.reader(&d).unwrap().read_all().unwrap(), other);
+    cas.set_pinned(&d, true).unwrap();
+
+    let later = std::time::SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+    let report = cas.evict_at(later).unwrap();
+    assert!(report.evicted.contains(&digest), "{report:?}");
+    assert!(!cas.contains(&digest).unwrap());
+
+    // And the store reopens cleanly afterwards.
+    drop(cas);
+    let cas = Cas::open(config(&root)).unwrap();
+    assert!(cas.contains(&d).unwrap());
+    assert!(!cas.contains(&digest).unwrap());
+}
+
 /// Fills the file system holding `dir` with a file of zeros; returns the file.
 fn fill(dir: &Path) -> PathBuf {
     use std::io::Write;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::CasError;
+use super::space;
 use crate::metainfo::PieceLengthTable;
 
 /// Configuration of a local CAS.
@@ -63,6 +64,11 @@ pub struct CasConfig {
     /// How long a store whose write failed with "no space left on device" reports itself
     /// not ready, in seconds, however much space the failure freed. Default 30.
     pub disk_full_hold_secs: u64,
+    /// Bytes the file system must have free for the store to start a metadata (redb)
+    /// write; below it the write fails as on a full disk, before redb is touched (a
+    /// metadata database whose commit failed is reopened, which costs a repair). Default
+    /// 1 MiB.
+    pub metadata_headroom_bytes: u64,
 }
 
 impl Default for CasConfig {
@@ -82,6 +88,7 @@ impl Default for CasConfig {
             fs_reserve_bytes: 1 << 30,
             fs_reserve_fraction: 0.05,
             disk_full_hold_secs: 30,
+            metadata_headroom_bytes: space::METADATA_HEADROOM,
         }
     }
 }

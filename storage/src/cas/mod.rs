@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 pub use config::CasConfig;
 pub use error::CasError;
@@ -56,6 +56,7 @@ pub use space::SpaceStatus;
 
 use crate::digest::Digest;
 use crate::metainfo::Metainfo;
+use crate::redb_handle::ReopeningDb;
 use meta::{BITFIELDS, BLOBS, BlobRecord, METAINFO, to_ms};
 
 /// The local store. Cheap to clone; all clones share one database and quota.
@@ -66,7 +67,7 @@ pub struct Cas {
 
 pub(crate) struct Inner {
     config: CasConfig,
-    db: Database,
+    db: ReopeningDb,
     blobs_dir: PathBuf,
     partial_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -128,7 +129,7 @@ impl Cas {
             fs::create_dir_all(dir).map_err(CasError::io("create directory", dir))?;
         }
         let db_path = root.join("meta.redb");
-        let db = Database::create(&db_path)?;
+        let db = ReopeningDb::create(&db_path, "cas metadata")?;
         {
             let txn = db.begin_write()?;
             txn.open_table(BLOBS)?;

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
 use super::piece_writer::{DirectFile, PieceWriter, VerifiedPiece, WriterTarget};

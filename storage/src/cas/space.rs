@@ -21,17 +21,21 @@
 //! ends).
 //!
 //! Metadata: a redb commit that fails for want of space leaves the database refusing
-//! every later transaction until it is reopened. So no metadata write starts while the
-//! file system has less than [`METADATA_HEADROOM`] free (it fails as a full disk would),
-//! and deletions on a full disk remove files before their records, to make room first.
+//! every later transaction until it is reopened; the store reopens it by itself at the
+//! next transaction (see [`crate::redb_handle`]), which costs a repair. To make that rare,
+//! no metadata write starts while the file system has less than
+//! [`CasConfig::metadata_headroom_bytes`] (default [`METADATA_HEADROOM`]) free (it fails as
+//! a full disk would), and deletions on a full disk remove files before their records, to
+//! make room first.
 //!
 //! Readiness ([`Cas::space`]): a store cannot take new blobs while the file system has
-//! less than `reserve` free, and for [`CasConfig::disk_full_hold_secs`] after a write failed
-//! with ENOSPC (or EDQUOT).
+//! less than `reserve` free, for [`CasConfig::disk_full_hold_secs`] after a write failed
+//! with ENOSPC (or EDQUOT), and while its metadata database could not be reopened.
 //!
 //! [`CasConfig::fs_reserve_bytes`]: super::CasConfig::fs_reserve_bytes
 //! [`CasConfig::fs_reserve_fraction`]: super::CasConfig::fs_reserve_fraction
 //! [`CasConfig::disk_full_hold_secs`]: super::CasConfig::disk_full_hold_secs
+//! [`CasConfig::metadata_headroom_bytes`]: super::CasConfig::metadata_headroom_bytes
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -40,8 +44,9 @@ use std::time::{Duration, Instant};
 
 use super::{Cas, CasError, Inner, State};
 
-/// Free space a metadata (redb) write needs: below it, the store refuses to write
-/// metadata (see [`Inner::begin_write`]).
+/// Free space a metadata (redb) write needs by default
+/// ([`CasConfig::metadata_headroom_bytes`](super::CasConfig::metadata_headroom_bytes)):
+/// below it, the store refuses to write metadata (see [`Inner::begin_write`]).
 pub const METADATA_HEADROOM: u64 = 1 << 20;
 
 /// Longest a reservation trusts the last look at the file system.
@@ -63,6 +68,8 @@ pub struct SpaceStatus {
     pub reserve_bytes: u64,
     /// Writes that failed because the disk was full, since the store opened.
     pub disk_full_errors: u64,
+    /// Times the metadata database was reopened after a failed write poisoned it.
+    pub metadata_reopens: u64,
     /// Why the store cannot take new blobs now; `None` when it can.
     pub cannot_store: Option<String>,
 }
@@ -98,15 +105,16 @@ pub(crate) struct SpaceState {
 }
 
 impl Inner {
-    /// Whether the file system has [`METADATA_HEADROOM`] free (or cannot be measured).
+    /// Whether the file system has `metadata_headroom_bytes` free (or cannot be measured).
     pub(crate) fn metadata_headroom(&self) -> bool {
-        fs_space(&self.config.root).map_or(true, |fs| fs.available >= METADATA_HEADROOM)
+        let headroom = self.config.metadata_headroom_bytes;
+        fs_space(&self.config.root).map_or(true, |fs| fs.available >= headroom)
     }
 
     /// A metadata write transaction, refused with a "no space left on device" error
-    /// before redb is touched when the file system has less than [`METADATA_HEADROOM`]
+    /// before redb is touched when the file system has less than `metadata_headroom_bytes`
     /// free: a redb commit that fails on a full disk leaves the database refusing every
-    /// later transaction until it is reopened, and the store would serve nothing more.
+    /// later transaction until it is reopened (which the store does, at a repair's cost).
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, CasError> {
         if !self.metadata_headroom() {
             return Err(CasError::Io {
@@ -114,7 +122,10 @@ impl Inner {
                 path: self.config.root.clone(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::StorageFull,
-                    format!("no space left on device (less than {METADATA_HEADROOM} bytes free)"),
+                    format!(
+                        "no space left on device (less than {} bytes free)",
+                        self.config.metadata_headroom_bytes
+                    ),
                 ),
             });
         }
@@ -222,7 +233,9 @@ impl Cas {
         };
         let reserve = inner.reserve_for(total);
         let hold = Duration::from_secs(inner.config.disk_full_hold_secs);
+        let metadata_down = inner.db.unavailable();
         let cannot_store = match (&fs, state.space.disk_full_at) {
+            _ if metadata_down.is_some() => metadata_down,
             (Err(e), _) => Some(format!("the store's file system cannot be measured: {e}")),
             (Ok(_), Some(at)) if at.elapsed() < hold => Some(format!(
                 "a write to the store failed {}s ago: no space left on device ({available} bytes free)",
@@ -240,6 +253,7 @@ impl Cas {
             fs_total_bytes: total,
             reserve_bytes: reserve,
             disk_full_errors: state.space.disk_full_errors,
+            metadata_reopens: inner.db.reopens(),
             cannot_store,
         }
     }

@@ -14,6 +14,10 @@
 //! Tables: `writeback_items` maps `(namespace, digest)` to the item's record;
 //! `writeback_due` indexes `(next_attempt_ms, namespace, digest)` so taking due items reads
 //! only the front of the index.
+//!
+//! The database reopens itself after a failed write poisoned it (a commit on a full disk):
+//! see [`crate::redb_handle`]. An enqueue whose commit failed reports its error; the next
+//! operation reopens and works.
 
 #[cfg(feature = "executor")]
 pub mod executor;
@@ -26,8 +30,10 @@ use std::time::{Duration, SystemTime};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use crate::redb_handle::ReopeningDb;
 
 use crate::digest::Digest;
 use crate::time::{from_ms, to_ms};
@@ -161,7 +167,7 @@ pub struct QueueStats {
 
 /// The durable write-back queue.
 pub struct WriteBackQueue {
-    db: Database,
+    db: ReopeningDb,
     config: QueueConfig,
     rng: Mutex<SmallRng>,
     /// `(namespace, digest)` → (lease expiry in ms, lease token).
@@ -173,7 +179,7 @@ impl WriteBackQueue {
     /// Opens or creates the queue database at `path`.
     pub fn open(path: &Path, config: QueueConfig) -> Result<Self, QueueError> {
         config.validate()?;
-        let db = Database::create(path)?;
+        let db = ReopeningDb::create(path, "write-back queue")?;
         let txn = db.begin_write()?;
         txn.open_table(ITEMS)?;
         txn.open_table(DUE)?;
