@@ -3,6 +3,7 @@
 //! a clear error; a disk that fills mid-pull (another writer) fails the pull within
 //! seconds, releases the partial blob and makes the agent unready with the reason, while
 //! it keeps serving the blobs it holds; once space is back it is ready and pulls again.
+//! A build-index table whose commit failed on a full disk works again once space is back.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -10,6 +11,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kraken_node::buildindex::store::TagStore;
 use kraken_node::config::NodeRole;
 use support::small_fs::SmallFs;
 use support::{TestCluster, blob_file};
@@ -200,4 +202,30 @@ async fn an_agent_on_a_full_disk_fails_pulls_at_once_releases_them_and_says_it_i
     get_blob(&blob_url(&after), &after_bytes).await;
     drop(c);
     drop(fs);
+}
+
+/// redb latches a commit that failed for want of space ("Previous I/O error occurred") until
+/// the database is reopened: the build-index tables reopen themselves, so tags work again
+/// once space is back, without a restart.
+#[test]
+fn a_build_index_table_works_again_after_a_commit_failed_on_a_full_disk() {
+    let fs = match SmallFs::mount(8 << 20) {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let store = TagStore::open(&fs.path().join("tags.redb")).unwrap();
+    let digest: kraken_storage::Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+    store.put("app", "before", &digest).unwrap();
+    let ballast = fs.fill("ballast");
+    let long = "x".repeat(120);
+    let failed = (0..20_000).any(|i| store.put("app", &format!("{long}-{i}"), &digest).is_err());
+    assert!(failed, "tags never ran out of space");
+    std::fs::remove_file(&ballast).unwrap();
+
+    store.put("app", "after", &digest).unwrap();
+    assert_eq!(store.get("app", "after").unwrap().unwrap().digest, digest);
+    assert_eq!(store.get("app", "before").unwrap().unwrap().digest, digest);
 }

@@ -13,7 +13,8 @@
 use std::path::Path;
 
 use kraken_storage::Digest;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use kraken_storage::redb_handle::ReopeningDb;
+use redb::{ReadableTable, TableDefinition};
 
 use super::store::StoreError;
 
@@ -23,13 +24,15 @@ const BLOB_TOMBSTONES: TableDefinition<'_, (u64, &str), ()> =
 
 /// Links and blob tombstones.
 pub struct DigestStore {
-    db: Database,
+    /// Reopens itself after a commit failed on a full disk (see
+    /// `kraken_storage::redb_handle`).
+    db: ReopeningDb,
 }
 
 impl DigestStore {
     /// Opens or creates the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        let db = ReopeningDb::create(path, "build-index links")?;
         let txn = db.begin_write()?;
         txn.open_table(LINKS)?;
         txn.open_table(BLOB_TOMBSTONES)?;

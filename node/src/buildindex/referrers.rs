@@ -17,7 +17,8 @@ use std::path::Path;
 
 use kraken_membership::Member;
 use kraken_storage::Digest;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use kraken_storage::redb_handle::ReopeningDb;
+use redb::TableDefinition;
 
 use crate::client::Cluster;
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
@@ -43,13 +44,15 @@ pub fn owners_of_referrers(
 
 /// The referrers table.
 pub struct ReferrerStore {
-    db: Database,
+    /// Reopens itself after a commit failed on a full disk (see
+    /// `kraken_storage::redb_handle`).
+    db: ReopeningDb,
 }
 
 impl ReferrerStore {
     /// Opens or creates the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        let db = ReopeningDb::create(path, "build-index referrers")?;
         let txn = db.begin_write()?;
         txn.open_table(REFERRERS)?;
         txn.commit()?;

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kraken_storage::Digest;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use kraken_storage::redb_handle::ReopeningDb;
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const TAGS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("tags");
@@ -66,7 +67,9 @@ pub struct TagEntry {
 
 /// The tag table.
 pub struct TagStore {
-    db: Database,
+    /// Reopens itself after a commit failed on a full disk (see
+    /// `kraken_storage::redb_handle`).
+    db: ReopeningDb,
 }
 
 fn now_ms() -> u64 {
@@ -90,7 +93,7 @@ fn decode(key: &str, bytes: &[u8]) -> Result<TagEntry, StoreError> {
 impl TagStore {
     /// Opens or creates the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        let db = ReopeningDb::create(path, "build-index tags")?;
         let txn = db.begin_write()?;
         txn.open_table(TAGS)?;
         txn.open_table(HISTORY)?;

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use kraken_storage::Digest;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use kraken_storage::redb_handle::ReopeningDb;
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// The run the plan belongs to, under [`RUN_KEY`].
@@ -58,13 +59,15 @@ pub type StoredPlan = (RunRecord, Vec<(Digest, Entry)>);
 
 /// The plan table.
 pub struct Journal {
-    db: Database,
+    /// Reopens itself after a commit failed on a full disk (see
+    /// `kraken_storage::redb_handle`).
+    db: ReopeningDb,
 }
 
 impl Journal {
     /// Opens or creates the journal at `path`.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let db = Database::create(path)?;
+        let db = ReopeningDb::create(path, "gc journal")?;
         let txn = db.begin_write()?;
         txn.open_table(RUN)?;
         txn.open_table(PLAN)?;
