@@ -14,8 +14,12 @@ use kraken_transport::swarm::{PeerInfo, SwarmStats};
 use serde::{Deserialize, Serialize};
 
 mod collect;
+mod replicas;
 
 pub use collect::{BlobEntry, GC_KEY, GcPhase, GcReport, PurgeStage, Purged};
+pub use replicas::{
+    BucketSum, MAX_DIGEST_PAGE, MAX_REPORTED_DIGESTS, RepairReport, ReplicaStatus, SUMMARY_BUCKETS,
+};
 
 /// The namespace used when a caller names none (`krakenctl push` without `--namespace`).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -339,6 +343,38 @@ pub enum Request {
         /// Sent by another owner: remove it here only.
         replica: bool,
     },
+    /// Origin (anti-entropy): the summary, per bucket of the digest space, of the complete
+    /// blobs it holds whose owners include both it and origin `with`. Answered by
+    /// [`Response::ReplicaSummary`] ([`SUMMARY_BUCKETS`] entries).
+    ReplicaSummary {
+        /// The asking origin's node id.
+        with: String,
+    },
+    /// Origin (anti-entropy): a page of those blobs whose bucket is in `buckets`, ordered
+    /// by digest. Answered by [`Response::ReplicaDigests`].
+    ReplicaDigests {
+        /// The asking origin's node id.
+        with: String,
+        /// The buckets (first byte of the hash).
+        buckets: Vec<u8>,
+        /// Start after this digest.
+        after: Option<Digest>,
+        /// Page size (capped at [`MAX_DIGEST_PAGE`]).
+        limit: u32,
+    },
+    /// Origin: run an anti-entropy pass now (`digest` `None`), or bring one digest to each
+    /// of its owners (pushed by the origins that hold it; read through from the backend
+    /// routed by `namespace` by its first answering owner if no origin does). Answered by
+    /// [`Response::Repaired`].
+    Repair {
+        /// The blob, or every blob this origin holds.
+        digest: Option<Digest>,
+        /// Routes a read-through.
+        namespace: String,
+    },
+    /// Origin: what its last anti-entropy pass found. Answered by
+    /// [`Response::ReplicaStatus`].
+    ReplicaStatus,
 }
 
 impl Request {
@@ -383,6 +419,10 @@ impl Request {
             Request::LinkManifest { .. } => "LinkManifest",
             Request::Linkers { .. } => "Linkers",
             Request::UnlinkBlob { .. } => "UnlinkBlob",
+            Request::ReplicaSummary { .. } => "ReplicaSummary",
+            Request::ReplicaDigests { .. } => "ReplicaDigests",
+            Request::Repair { .. } => "Repair",
+            Request::ReplicaStatus => "ReplicaStatus",
         }
     }
 
@@ -408,6 +448,7 @@ impl Request {
             | Request::LinkManifest { digest, .. }
             | Request::Linkers { digest, .. }
             | Request::UnlinkBlob { digest, .. } => Some(digest),
+            Request::Repair { digest, .. } => digest.as_ref(),
             _ => None,
         }
     }
@@ -551,6 +592,19 @@ pub enum Response {
         /// The repositories that still link the digest (union over the owners reached).
         remaining: Vec<String>,
     },
+    /// Answer to [`Request::ReplicaSummary`]: one entry per bucket.
+    ReplicaSummary(Vec<BucketSum>),
+    /// Answer to [`Request::ReplicaDigests`].
+    ReplicaDigests {
+        /// The page.
+        digests: Vec<Digest>,
+        /// Pass as `after` for the next page; `None` on the last.
+        next: Option<Digest>,
+    },
+    /// Answer to [`Request::Repair`].
+    Repaired(RepairReport),
+    /// Answer to [`Request::ReplicaStatus`].
+    ReplicaStatus(ReplicaStatus),
 }
 
 /// The largest metainfo a node sends or accepts: the largest the format allows (a header
@@ -913,6 +967,47 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn replica_messages_round_trip_and_their_largest_answers_fit_a_frame() {
+        let digest = Digest::of(kraken_storage::DigestAlgorithm::Sha512, b"x");
+        for r in [
+            Request::ReplicaSummary {
+                with: "origin-1".into(),
+            },
+            Request::ReplicaDigests {
+                with: "origin-1".into(),
+                buckets: (0..=u8::MAX).collect(),
+                after: Some(digest),
+                limit: MAX_DIGEST_PAGE,
+            },
+            Request::Repair {
+                digest: Some(digest),
+                namespace: "library/ubuntu".into(),
+            },
+            Request::ReplicaStatus,
+        ] {
+            let frame = encode_frame(&r).unwrap();
+            let back: Request = decode_payload(&frame[4..]).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{r:?}"));
+        }
+        let full = BucketSum {
+            count: u32::MAX,
+            hash: [0xff; 32],
+        };
+        encode_frame(&Response::ReplicaSummary(vec![full; SUMMARY_BUCKETS])).unwrap();
+        let page = Response::ReplicaDigests {
+            digests: vec![digest; MAX_DIGEST_PAGE as usize],
+            next: Some(digest),
+        };
+        encode_frame(&page).unwrap();
+        let report = RepairReport {
+            short: vec![digest; MAX_REPORTED_DIGESTS],
+            unreachable: vec!["origin-1".into(); 300],
+            ..RepairReport::default()
+        };
+        encode_frame(&Response::Repaired(report)).unwrap();
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! `stat` asks every origin of the view (not only the owners: after a ring change a former
 //! owner may still hold the blob) what it holds: present or not, persisted to the backend
-//! or still queued for write-back, size, piece length, metainfo id. When no reachable
+//! or still queued for write-back, size, piece length, metainfo id; and how many of the
+//! blob's owners hold it (`under-replicated` when some lack it). When no reachable
 //! origin holds the blob it fails with exit 5 (`not found: no origin holds …`); a blob
 //! that is only in the backend counts as not held (origins read it through on the next
 //! pull). `peers` asks the tracker that owns the digest (failing over in ring order) which
@@ -11,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use kraken_client::cluster::ORIGIN_REPLICAS;
 use kraken_client::proto::{BlobStat, PeerRecord, Request, Response};
 use kraken_membership::Role;
 use kraken_storage::Digest;
@@ -35,6 +37,12 @@ pub struct StatReport {
     pub metainfo_id: Option<String>,
     /// Origins that hold it completely.
     pub holders: usize,
+    /// Its owners on the origin ring.
+    pub owners: usize,
+    /// Of those, the ones that hold it.
+    pub owners_holding: usize,
+    /// Some owner lacks it (or did not answer).
+    pub under_replicated: bool,
     /// `persisted` (some holder wrote it to the backend), `queued` (waiting for
     /// write-back) or `no`.
     pub backend: String,
@@ -90,6 +98,16 @@ pub async fn collect_stat(client: &Client, digest: &Digest) -> Result<StatReport
         .filter(|s| s.present)
         .collect();
     let first = held.first();
+    let owner_ids = client
+        .cluster()
+        .owners_of_digest(Role::Origin, digest, ORIGIN_REPLICAS);
+    let owners_holding = owner_ids
+        .iter()
+        .filter(|o| {
+            rows.iter()
+                .any(|r| r.name == o.id.as_str() && r.stat.as_ref().is_some_and(|s| s.present))
+        })
+        .count();
     let backend = if held.iter().any(|s| s.persisted) {
         "persisted"
     } else if rows
@@ -107,6 +125,9 @@ pub async fn collect_stat(client: &Client, digest: &Digest) -> Result<StatReport
         piece_length: first.and_then(|s| s.piece_length),
         metainfo_id: first.and_then(|s| s.metainfo_id.clone()),
         holders: held.len(),
+        owners: owner_ids.len(),
+        owners_holding,
+        under_replicated: owners_holding < owner_ids.len(),
         backend: backend.to_string(),
         origins: rows,
     })
@@ -130,6 +151,16 @@ pub fn render_stat(r: &StatReport) -> String {
         r.holders,
         r.origins.len(),
         reachable
+    ));
+    out.push_str(&format!(
+        "owners hold   {} of {}{}\n",
+        r.owners_holding,
+        r.owners,
+        if r.under_replicated {
+            " (under-replicated)"
+        } else {
+            ""
+        }
     ));
     out.push_str(&format!("backend       {}\n\n", r.backend));
     let mut t = Table::new([

@@ -15,7 +15,9 @@ use kraken_storage::{Digest, DigestAlgorithm};
 use crate::client::Client;
 use crate::error::{CtlError, EXIT_CODES_HELP};
 use crate::settings::{ConnectArgs, Settings};
-use crate::{blob, build_index, gc, members, preheat, pull_report, ring, transfer, writeback};
+use crate::{
+    blob, build_index, gc, members, preheat, pull_report, repair, ring, transfer, writeback,
+};
 
 /// `krakenctl`: inspect and operate a kraken cluster over QUIC.
 #[derive(Debug, Parser)]
@@ -97,6 +99,19 @@ pub enum Command {
     },
     /// Write-back queue depth and oldest item of every origin.
     Writeback,
+    /// Every origin compares what it holds with its co-owners now and copies what an owner
+    /// lacks (an anti-entropy pass); with --digest, that blob only, read through from the
+    /// backend if no origin holds it. Prints per origin what was found short, copied and
+    /// failed. Exit 1 if copies failed or blobs are still short, 3 if an origin did not
+    /// answer, 5 for a digest neither the origins nor the backend hold.
+    Repair {
+        /// Only this blob.
+        #[arg(long)]
+        digest: Option<String>,
+        /// Routes a read-through (with --digest).
+        #[arg(long, default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
     /// Tags: get, put, list, history (needs a build-index).
     Tag {
         /// What to do.
@@ -315,6 +330,7 @@ enum Checked {
         agent: String,
     },
     Writeback,
+    Repair(Option<Digest>, String),
     TagGet(String, String),
     TagPut(String, String, Digest),
     TagLs(String),
@@ -368,6 +384,9 @@ impl Checked {
                 agent,
             },
             Command::Writeback => Checked::Writeback,
+            Command::Repair { digest, namespace } => {
+                Checked::Repair(digest.as_deref().map(parse_digest).transpose()?, namespace)
+            }
             Command::Tag { command } => match command {
                 TagCommand::Get { tag } => {
                     let (repo, tag) = split_tag(&tag)?;
@@ -433,6 +452,7 @@ async fn dispatch(
             pull_report::run(client, &digest, &agent, mode).await
         }
         Checked::Writeback => writeback::run(client, mode).await,
+        Checked::Repair(digest, namespace) => repair::run(client, digest, &namespace, mode).await,
         Checked::TagGet(repo, tag) => build_index::tag_get(client, &repo, &tag, mode).await,
         Checked::TagPut(repo, tag, digest) => {
             build_index::tag_put(client, &repo, &tag, &digest, mode).await

@@ -16,7 +16,8 @@
 //!   fetched view; pings and peer naming.
 //! - Commands: [`members`] (the view, with health), [`ring`] (owners of a digest or tag),
 //!   [`blob`] (`blob stat`, `blob peers`), [`transfer`] (`push`, `pull`), [`pull_report`],
-//!   [`writeback`], and [`build_index`] (`tag get|put|ls|history`, `repos`,
+//!   [`writeback`], [`repair`] (an anti-entropy pass now on every origin), and
+//!   [`build_index`] (`tag get|put|ls|history`, `repos`,
 //!   `replication`; exit 6 in a cluster without build-index nodes), [`preheat`] (owning
 //!   origins fetch images from their backends), [`gc`] (garbage collection).
 //! - [`output`] (tables, sizes, stdout that tolerates a closed pipe), [`progress`]
@@ -49,6 +50,7 @@ pub mod output;
 pub mod preheat;
 pub mod progress;
 pub mod pull_report;
+pub mod repair;
 pub mod ring;
 pub mod settings;
 pub mod transfer;

@@ -4,12 +4,16 @@
 //! the `cluster.json` given with `--cluster` for nodes the view lacks — agents, which never
 //! gossip and so are never in a view. With only `--seed`, agents are not listed.
 //!
+//! Origins also say how many of the blobs they hold their last anti-entropy pass left
+//! short of an owner (`UNDER-REPL`; `-` before their first pass or when they do not say).
+//!
 //! Health: `unreachable` (no answer to a ping within 2 s), else `suspected` (the failure
 //! detector of the seed holds it dead), else `not-ready` (starting or leaving; owns
 //! nothing), else `ok`.
 
 use std::net::SocketAddr;
 
+use kraken_client::proto::{Request, Response};
 use kraken_membership::{Member, Role};
 use serde::Serialize;
 
@@ -58,6 +62,8 @@ pub struct MemberRow {
     pub source: String,
     /// Why a ping failed.
     pub error: Option<String>,
+    /// Origins: blobs held there that the last anti-entropy pass left short of an owner.
+    pub under_replicated: Option<u64>,
 }
 
 fn role_rank(roles: &[String]) -> usize {
@@ -102,6 +108,7 @@ pub async fn collect(client: &Client) -> MembersReport {
             health: String::new(),
             source: "view".into(),
             error: None,
+            under_replicated: None,
         })
         .collect();
     for n in client.known_nodes() {
@@ -121,10 +128,19 @@ pub async fn collect(client: &Client) -> MembersReport {
             health: String::new(),
             source: "cluster-file".into(),
             error: None,
+            under_replicated: None,
         });
     }
     let pings = rows.iter().map(|r| client.ping(r.quic));
-    let answers = futures::future::join_all(pings).await;
+    let statuses = rows.iter().map(|r| replica_status(client, r));
+    let (answers, statuses) = futures::future::join(
+        futures::future::join_all(pings),
+        futures::future::join_all(statuses),
+    )
+    .await;
+    for (row, status) in rows.iter_mut().zip(statuses) {
+        row.under_replicated = status;
+    }
     for (row, answer) in rows.iter_mut().zip(answers) {
         match answer {
             Ok(info) => {
@@ -150,10 +166,32 @@ pub async fn collect(client: &Client) -> MembersReport {
     }
 }
 
+/// An origin's under-replicated count from its last anti-entropy pass (`None` for other
+/// nodes, an origin that has not run one yet, or no answer).
+async fn replica_status(client: &Client, row: &MemberRow) -> Option<u64> {
+    if !row.roles.iter().any(|r| r == Role::Origin.as_str()) {
+        return None;
+    }
+    match client.call(row.quic, &Request::ReplicaStatus).await {
+        Ok(Response::ReplicaStatus(s)) if s.last_pass_secs_ago.is_some() => {
+            Some(s.under_replicated)
+        }
+        _ => None,
+    }
+}
+
 /// The report as text: a summary line, then one row per node.
 pub fn render(report: &MembersReport) -> String {
     let mut t = Table::new([
-        "NAME", "ROLES", "QUIC", "HTTP", "GEN", "VERSION", "HEALTH", "SOURCE",
+        "NAME",
+        "ROLES",
+        "QUIC",
+        "HTTP",
+        "GEN",
+        "VERSION",
+        "HEALTH",
+        "UNDER-REPL",
+        "SOURCE",
     ]);
     let dash = || "-".to_string();
     for m in &report.members {
@@ -165,6 +203,7 @@ pub fn render(report: &MembersReport) -> String {
             m.generation.map_or_else(dash, |g| g.to_string()),
             m.version.clone().unwrap_or_else(dash),
             m.health.clone(),
+            m.under_replicated.map_or_else(dash, |n| n.to_string()),
             m.source.clone(),
         ]);
     }

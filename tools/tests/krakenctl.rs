@@ -652,3 +652,84 @@ async fn gc_dry_run_reports_and_gc_deletes_only_untagged_blobs() {
         .failed_with(exit::NOT_FOUND);
     f.ctl(&["blob", "stat", &kept.to_string()]).await.ok();
 }
+
+/// Deletes `origin`'s copy of `digest` in the dev cluster (as a lost disk would).
+async fn lose_copy(f: &Fixture, origin: &str, digest: &Digest) {
+    let node = f.cluster.origins().find(|n| n.name() == origin).unwrap();
+    let cas = node.roles().origin.as_ref().unwrap().cas().clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        cas.set_pinned(digest, false).unwrap();
+        match cas.delete(digest) {
+            Ok(()) => return,
+            Err(e) => assert!(Instant::now() < deadline, "cannot delete: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_finds_and_fixes_an_under_replicated_blob_and_says_when_all_is_well() {
+    let f = Fixture::start().await;
+    let (path, digest) = blob_file(f.dir.path(), "blob", 200_000, 7);
+    let d = digest.to_string();
+    f.ctl(&["push", path.to_str().unwrap()]).await.ok();
+    f.ctl_until(&["blob", "stat", &d], Duration::from_secs(30), |r| {
+        r.code == 0 && r.stdout.contains("owners hold   3 of 3\n")
+    })
+    .await;
+
+    // A healthy cluster: nothing to do, exit 0.
+    let healthy = f.ctl(&["repair"]).await.ok().stdout;
+    assert!(healthy.contains("nothing to repair"), "{healthy}");
+    for origin in ["origin-1", "origin-2", "origin-3"] {
+        // ORIGIN BLOBS SHORT COPIED FETCHED FAILED STILL-SHORT
+        let cells: Vec<&str> = row(&healthy, origin).split_whitespace().collect();
+        assert_eq!(cells[2..7], ["0", "0", "0", "0", "0"], "{healthy}");
+    }
+
+    // origin-2 loses its copy: blob stat says so, repair copies it back.
+    lose_copy(&f, "origin-2", &digest).await;
+    let stat = f.ctl(&["blob", "stat", &d]).await.ok().stdout;
+    assert!(
+        stat.contains("owners hold   2 of 3 (under-replicated)"),
+        "{stat}"
+    );
+    let json = f.ctl(&["blob", "stat", &d, "--json"]).await.ok().json();
+    assert_eq!(json["under_replicated"], true);
+    let fixed = f.ctl(&["repair", "--json"]).await.ok().json();
+    // Two holders offer it, one copy lands (a pass a late ring change started may race it).
+    assert!(fixed["totals"]["copied"].as_u64().unwrap() <= 1, "{fixed}");
+    assert_eq!(fixed["totals"]["still_short"], 0, "{fixed}");
+    assert!(
+        fixed["totals"]["found_short"].as_u64().unwrap() >= 1,
+        "{fixed}"
+    );
+    let stat = f.ctl(&["blob", "stat", &d]).await.ok().stdout;
+    assert!(stat.contains("owners hold   3 of 3\n"), "{stat}");
+
+    // The same for one digest.
+    lose_copy(&f, "origin-3", &digest).await;
+    let one = f.ctl(&["repair", "--digest", &d]).await.ok().stdout;
+    assert!(one.contains("0 failed; 0 blobs still short"), "{one}");
+    let stat = f.ctl(&["blob", "stat", &d]).await.ok().stdout;
+    assert!(stat.contains("owners hold   3 of 3\n"), "{stat}");
+    let again = f.ctl(&["repair", "--digest", &d]).await.ok().stdout;
+    assert!(again.contains("nothing to repair"), "{again}");
+
+    // members shows what each origin's last pass left short.
+    let members = f.ctl(&["members"]).await.ok().stdout;
+    assert!(members.contains("UNDER-REPL"), "{members}");
+    let cells: Vec<&str> = row(&members, "origin-1").split_whitespace().collect();
+    assert_eq!(cells[cells.len() - 2], "0", "{members}");
+
+    // A digest nobody has, not even the backend: exit 5, one line.
+    let unknown = Digest::sha256_of(b"never pushed").to_string();
+    f.ctl(&["repair", "--digest", &unknown])
+        .await
+        .failed_with(exit::NOT_FOUND);
+    // A bad digest is refused before dialling.
+    f.ctl(&["repair", "--digest", "sha256:nope"])
+        .await
+        .failed_with(exit::BAD_ARGUMENT);
+}

@@ -16,12 +16,17 @@
 //!   the blobs a tag depends on.
 //! - `purge`: one stage of a cluster-wide purge (`Request::PurgeBlob`): the blob leaves
 //!   the store, guarded by its last use, then the writable backends.
-//! - [`replicate`]: copying blobs to the other owners after an upload, and repair when the
-//!   ring changes, so that losing origins loses nothing acknowledged.
+//! - [`replicate`]: copying blobs to the other owners after an upload, and the push every
+//!   copy between origins goes by.
+//! - [`antientropy`]: origins compare what they hold with their co-owners (a summary per
+//!   bucket of the digest space), periodically and after any ring change, and copy what
+//!   an owner lacks, so that losing origins loses nothing acknowledged and every blob
+//!   returns to its replica count; `krakenctl repair` runs a pass now.
 //!
 //! Origins serve pieces to any authenticated peer through their [`PieceExchange`]; they do
 //! not announce (trackers add owning origins to every handout from the ring).
 
+pub mod antientropy;
 pub mod ingest;
 pub mod inventory;
 mod purge;
@@ -66,10 +71,14 @@ pub struct OriginConfig {
     pub writeback_concurrency: usize,
     /// How often the write-back executor looks for due items when not woken, in ms.
     pub writeback_poll_ms: u64,
-    /// Blobs copied to new owners at once during repair.
+    /// Co-owners compared, and blobs copied, at once by an anti-entropy pass.
     pub repair_concurrency: usize,
-    /// Delay after a ring change before repair starts (changes often come in bursts), ms.
+    /// Delay after a change of the origin ring before an anti-entropy pass starts (changes
+    /// often come in bursts), ms.
     pub repair_delay_ms: u64,
+    /// Seconds between anti-entropy passes (0: only at start, after ring changes and on
+    /// `krakenctl repair`).
+    pub anti_entropy_interval_secs: u64,
     /// Largest blob accepted by upload, in bytes.
     pub max_blob_size: u64,
     /// Piece upload (seeding) rate limit in bytes per second (0: none).
@@ -90,6 +99,7 @@ impl Default for OriginConfig {
             writeback_poll_ms: 1000,
             repair_concurrency: 4,
             repair_delay_ms: 1000,
+            anti_entropy_interval_secs: 60,
             max_blob_size: 1 << 40,
             egress_bytes_per_sec: 0,
             ingress_bytes_per_sec: 0,
@@ -110,7 +120,22 @@ pub enum OriginConfigError {
     /// `writeback_poll_ms` is 0: the executor would spin.
     #[error("origin.writeback_poll_ms must be above 0")]
     ZeroPoll,
+    /// `anti_entropy_interval_secs` is above a day: blobs would stay short of copies for
+    /// longer than any operator expects.
+    #[error(
+        "origin.anti_entropy_interval_secs must be at most {MAX_ANTI_ENTROPY_INTERVAL_SECS} (0 disables periodic passes)"
+    )]
+    AntiEntropyInterval,
+    /// `repair_delay_ms` is above an hour: ring changes would go unrepaired that long.
+    #[error("origin.repair_delay_ms must be at most {MAX_REPAIR_DELAY_MS}")]
+    RepairDelay,
 }
+
+/// Largest `anti_entropy_interval_secs`: a day.
+pub const MAX_ANTI_ENTROPY_INTERVAL_SECS: u64 = 86_400;
+
+/// Largest `repair_delay_ms`: an hour.
+pub const MAX_REPAIR_DELAY_MS: u64 = 3_600_000;
 
 impl OriginConfig {
     /// Rejects settings that cannot work.
@@ -123,6 +148,12 @@ impl OriginConfig {
         }
         if self.writeback_poll_ms == 0 {
             return Err(OriginConfigError::ZeroPoll);
+        }
+        if self.anti_entropy_interval_secs > MAX_ANTI_ENTROPY_INTERVAL_SECS {
+            return Err(OriginConfigError::AntiEntropyInterval);
+        }
+        if self.repair_delay_ms > MAX_REPAIR_DELAY_MS {
+            return Err(OriginConfigError::RepairDelay);
         }
         Ok(())
     }
@@ -168,6 +199,8 @@ struct Inner {
     /// Blobs purged here lately: replica copies of them are refused (see `purge`).
     purged: Mutex<HashMap<Digest, std::time::Instant>>,
     writeback_wake: Notify,
+    /// Anti-entropy passes and what the last one left.
+    antientropy: antientropy::AntiEntropy,
 }
 
 /// What an origin is built from.
@@ -197,6 +230,7 @@ impl Origin {
     /// and repair.
     pub fn new(parts: OriginParts) -> std::io::Result<Self> {
         std::fs::create_dir_all(&parts.uploads_dir)?;
+        let antientropy = antientropy::AntiEntropy::new(&parts.metrics);
         Ok(Origin {
             inner: Arc::new(Inner {
                 me: parts.me,
@@ -213,15 +247,15 @@ impl Origin {
                 read_throughs: Mutex::new(HashMap::new()),
                 purged: Mutex::new(HashMap::new()),
                 writeback_wake: Notify::new(),
+                antientropy,
             }),
         })
     }
 
-    /// Starts the write-back executor and the repair watcher; they stop when `stop`
-    /// turns true.
+    /// Starts the write-back executor and anti-entropy; they stop when `stop` turns true.
     pub fn spawn_background(&self, stop: watch::Receiver<bool>) {
         crate::spawn(writeback::run(self.clone(), stop.clone()));
-        crate::spawn(replicate::watch_ring(self.clone(), stop));
+        crate::spawn(antientropy::run(self.clone(), stop));
     }
 
     /// The local store.
@@ -326,6 +360,20 @@ impl Origin {
                 unused_since_ms,
                 stage,
             } => done(self.purge(digest, *unused_since_ms, *stage).await),
+            Request::ReplicaSummary { with } => done(self.replica_summary(with).await),
+            Request::ReplicaDigests {
+                with,
+                buckets,
+                after,
+                limit,
+            } => done(
+                self.replica_digests(with, buckets, after.as_ref(), *limit)
+                    .await,
+            ),
+            Request::Repair { digest, namespace } => {
+                done(self.repair(digest.as_ref(), namespace).await)
+            }
+            Request::ReplicaStatus => done(self.replica_status()),
             _ => None,
         }
     }
@@ -454,4 +502,34 @@ impl Origin {
 /// An internal error as a remote error.
 pub(crate) fn internal(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anti_entropy_settings_that_cannot_work_are_refused() {
+        let ok = OriginConfig::default();
+        assert_eq!(ok.anti_entropy_interval_secs, 60);
+        assert_eq!(ok.validate(), Ok(()));
+        let off = OriginConfig {
+            anti_entropy_interval_secs: 0,
+            ..OriginConfig::default()
+        };
+        assert_eq!(off.validate(), Ok(()));
+        let forever = OriginConfig {
+            anti_entropy_interval_secs: MAX_ANTI_ENTROPY_INTERVAL_SECS + 1,
+            ..OriginConfig::default()
+        };
+        assert_eq!(
+            forever.validate(),
+            Err(OriginConfigError::AntiEntropyInterval)
+        );
+        let late = OriginConfig {
+            repair_delay_ms: MAX_REPAIR_DELAY_MS + 1,
+            ..OriginConfig::default()
+        };
+        assert_eq!(late.validate(), Err(OriginConfigError::RepairDelay));
+    }
 }

@@ -20,7 +20,8 @@
 //! refuses **replica** copies of the blob (the sender gives up after its retries). A
 //! client's own push of it again (not a replica) is taken and lifts the refusal; its
 //! replicas to owners that purged the blob within that window are refused too, so a blob
-//! pushed again minutes after its deletion may hold fewer copies until the next repair.
+//! pushed again minutes after its deletion may hold fewer copies until the next
+//! anti-entropy pass after the refusal ends.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
