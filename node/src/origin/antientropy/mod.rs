@@ -16,8 +16,10 @@
 //! compared, and copies made, at once.
 //!
 //! **Cost.** In steady state, one small RPC per co-owner (about 9 KiB of summary), and
-//! one scan of the local store with an owner computation per blob on each side of it.
-//! Lists and copies cost only where something differs.
+//! on each side a scan of the local store and, when the store or the ring changed since
+//! the last one, an owner computation per blob (about 3.4 µs per blob with 10 origins,
+//! 1.6 µs with 3; the ledger is cached by ring and listing). Lists and copies cost only
+//! where something differs.
 //!
 //! **When** ([`schedule`]): at start, every `[origin] anti_entropy_interval_secs` (60 s;
 //! 0: only on ring changes and `krakenctl repair`), and `repair_delay_ms` after any
@@ -43,7 +45,7 @@ pub mod summary;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kraken_membership::{ClusterView, NodeId, Role};
@@ -78,6 +80,9 @@ impl RingSignature {
     }
 }
 
+/// What a cached ledger was built from: the ring, and a hash of the store's listing.
+type LedgerKey = (RingSignature, [u8; 32]);
+
 /// The anti-entropy counters and gauge in the node's registry.
 #[derive(Debug, Clone, Default)]
 struct AeMetrics {
@@ -96,6 +101,8 @@ pub(super) struct AntiEntropy {
     handed_off: Mutex<(RingSignature, HashSet<Digest>)>,
     /// The last pass: when it ended and what it left.
     last: Mutex<Option<(Instant, ReplicaStatus)>>,
+    /// The last ledger built, by ring and by a hash of the store listing it came from.
+    ledger: Mutex<Option<(LedgerKey, Arc<ledger::Ledger>)>>,
     metrics: AeMetrics,
 }
 
@@ -130,6 +137,7 @@ impl AntiEntropy {
             pass_lock: tokio::sync::Mutex::new(()),
             handed_off: Mutex::new((RingSignature::default(), HashSet::new())),
             last: Mutex::new(None),
+            ledger: Mutex::new(None),
             metrics: m,
         }
     }

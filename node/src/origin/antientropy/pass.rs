@@ -3,11 +3,11 @@
 //! listing requests. The decisions are [`super::ledger`]'s and [`super::summary`]'s.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use futures::StreamExt;
-use kraken_membership::{Member, NodeId, Ring, Role};
+use kraken_membership::{ClusterView, Member, NodeId, Ring, Role};
 use kraken_storage::Digest;
 use kraken_storage::cas::BlobState;
 
@@ -28,26 +28,46 @@ struct PeerAnswer {
 }
 
 impl Origin {
-    /// The ledger of the complete local blobs on `ring` (a store scan and an owner
-    /// computation per blob, off the async threads).
-    async fn ledger(&self, ring: Ring) -> Result<Ledger, RemoteError> {
-        let (cas, me, replicas) = (
-            self.inner.cas.clone(),
-            self.inner.me.clone(),
-            self.inner.config.replicas,
-        );
+    /// The ledger of the complete local blobs on `view`'s origin ring: a store scan,
+    /// and an owner computation per blob unless the last ledger was built from the same
+    /// ring and the same listing (co-owners asking one after another, or each page of a
+    /// listing, then cost only the scan). Both off the async threads.
+    async fn ledger(&self, view: &ClusterView) -> Result<Arc<Ledger>, RemoteError> {
+        let signature = RingSignature::of(view);
+        let ring = view.ring(Role::Origin);
+        let origin = self.clone();
         tokio::task::spawn_blocking(move || {
-            let blobs = cas
+            let inner = &origin.inner;
+            let mut listing = blake3::Hasher::new();
+            let blobs: Vec<LocalBlob> = inner
+                .cas
                 .list()
                 .map_err(internal)?
                 .into_iter()
                 .filter(|b| b.state == BlobState::Complete)
-                .map(|b| LocalBlob {
-                    digest: b.digest,
-                    persisted: b.persisted,
+                .map(|b| {
+                    listing.update(b.digest.hash_bytes());
+                    listing.update(&[u8::from(b.persisted)]);
+                    LocalBlob {
+                        digest: b.digest,
+                        persisted: b.persisted,
+                    }
                 })
                 .collect();
-            Ok(Ledger::new(&me, &ring, replicas, blobs))
+            let key = (signature, *listing.finalize().as_bytes());
+            let mut cached = inner
+                .antientropy
+                .ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((k, ledger)) = &*cached
+                && *k == key
+            {
+                return Ok(ledger.clone());
+            }
+            let ledger = Arc::new(Ledger::new(&inner.me, &ring, inner.config.replicas, blobs));
+            *cached = Some((key, ledger.clone()));
+            Ok(ledger)
         })
         .await
         .map_err(internal)?
@@ -57,13 +77,17 @@ impl Origin {
         self.inner.cluster.view().ring(Role::Origin)
     }
 
+    fn view(&self) -> ClusterView {
+        self.inner.cluster.view()
+    }
+
     /// Answers `Request::ReplicaSummary`.
     pub(in crate::origin) async fn replica_summary(&self, with: &str) -> Response {
         let peer = match peer_id(with) {
             Ok(p) => p,
             Err(e) => return Response::Error(e),
         };
-        match self.ledger(self.ring()).await {
+        match self.ledger(&self.view()).await {
             Ok(ledger) => Response::ReplicaSummary(ledger.summary(&peer)),
             Err(e) => Response::Error(e),
         }
@@ -82,7 +106,7 @@ impl Origin {
             Err(e) => return Response::Error(e),
         };
         let limit = limit.clamp(1, MAX_DIGEST_PAGE) as usize;
-        match self.ledger(self.ring()).await {
+        match self.ledger(&self.view()).await {
             Ok(ledger) => {
                 let (digests, next) = ledger.shared_page(&peer, buckets, after, limit);
                 Response::ReplicaDigests { digests, next }
@@ -160,8 +184,9 @@ impl Origin {
             .map(|m| (m.id.clone(), m.clone()))
             .collect();
         let mut report = RepairReport::default();
-        let mut ledger = match self.ledger(ring).await {
-            Ok(l) => l,
+        let mut ledger = match self.ledger(&view).await {
+            // A copy: the pass marks what peers hold in its own.
+            Ok(l) => Ledger::clone(&l),
             Err(e) => {
                 tracing::error!(error = %e, "anti-entropy: cannot list the store");
                 report.failed = 1;
