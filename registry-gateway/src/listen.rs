@@ -12,6 +12,8 @@
 //! - **Idle**: a connection with no request in progress and no byte received for
 //!   [`HttpLimits::idle_timeout`] is closed (idle keep-alive), and so is one whose client
 //!   stopped reading a response for that long (a write blocked that long).
+//! - **Buffers**: a connection queues at most [`CONNECTION_BUFFER`] bytes of a response
+//!   ahead of its socket, and reads request heads of at most that much (longer: `431`).
 //! - **Bodies**: request bodies are read through [`PacedBody`]: when the server waits
 //!   for the client's next bytes, it waits at most [`HttpLimits::body_read_timeout`], and
 //!   a body whose bytes come slower than [`HttpLimits::body_min_rate`] (averaged over the
@@ -66,6 +68,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default slowest request body accepted, bytes per second of waiting.
 pub const DEFAULT_BODY_MIN_RATE: u64 = 1024;
+/// Bytes of response a connection queues ahead of its socket (and the longest request
+/// head it reads). hyper's default (about 400 KiB) let every connection of a slow client
+/// hold that much of a blob; with this, a thousand connections streaming a blob hold a
+/// few tens of MiB between them. Larger buffers would not make one connection faster: the
+/// socket's own buffer is the kernel's, and the body's chunks are written as they come.
+pub(crate) const CONNECTION_BUFFER: usize = 64 * 1024;
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refusals (503 answers past the cap) being written at once; past them a refused
@@ -406,7 +414,10 @@ async fn connection<S>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Heads and idle time are watched below (hyper's own head timeout would also close
     // a connection idle between requests).
-    builder.timer(TokioTimer::new()).header_read_timeout(None);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(CONNECTION_BUFFER);
     let conn = watcher.watch(builder.serve_connection(io, service));
     tokio::select! {
         served = conn => {

@@ -564,7 +564,11 @@ async fn trickling_and_idle_connections_are_closed_on_time() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_sent_back_to_the_registry_api() {
-    let p = Pair::start(|c| c.max_connections = 2).await;
+    let p = Pair::start(|c| {
+        c.max_connections = 2;
+        c.max_redirects = 2;
+    })
+    .await;
     let data = bytes_of(70_000, 17);
     let d = p.put_local(&data);
     let request = format!("GET /v2/app/blobs/{d} HTTP/1.1\r\nHost: localhost:1\r\n\r\n");

@@ -1,7 +1,7 @@
 //! `kraken-bench campaign`, short: separate `kraken` processes on loopback and moto, 90 s
-//! of pushes and pulls under random kills of every role, a stopped backend and corrupted
-//! stored blobs; every invariant must hold. (The disk-full fault is left out for now: see
-//! the test.) Needs moto's server
+//! of pushes and pulls under random kills of every role (origins mid-push), a stopped
+//! backend, a full disk and corrupted stored blobs; every invariant must hold, the
+//! replica check among them. Needs moto's server
 //! (`KRAKEN_MOTO_SERVER`, the workspace's `.venv`, or on PATH) and builds the `kraken`
 //! binary if missing: prints SKIPPED without moto, except under CI (`CI` set), where it
 //! must run.
@@ -14,6 +14,11 @@ use std::process::Command;
 use support::{have, kraken_binary};
 
 const TEST: &str = "campaign";
+
+/// Faults left out until the origins repair them: a corrupt origin copy needs the
+/// scrubber, and blobs a transient origin took need anti-entropy to get back to their
+/// replica count. Drop it (and its `--without`) once both are in.
+const NOT_YET: &str = "corrupt-origin,transient-origin";
 
 /// moto's server: `KRAKEN_MOTO_SERVER`, the workspace's `.venv`, else `moto_server` on PATH
 /// (SKIPPED without it, a failure under CI).
@@ -49,7 +54,10 @@ fn a_short_campaign_loses_nothing_acknowledged_and_returns_no_wrong_byte() {
             "64",
             "--check-secs",
             "300",
+            "--converge-timeout-secs",
+            "120",
         ])
+        .args(["--without", NOT_YET])
         .arg("--work-dir")
         .arg(work.path().join("run"))
         .arg("--json-out")
@@ -77,6 +85,18 @@ fn a_short_campaign_loses_nothing_acknowledged_and_returns_no_wrong_byte() {
         .map(|k| k[1].as_u64().unwrap())
         .sum();
     assert!(kills > 0, "no process was killed:\n{stdout}");
+    let origin_kills = report["faults"]["kills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k[0] == "origin")
+        .and_then(|k| k[1].as_u64())
+        .unwrap();
+    let mid_push = report["faults"]["origin_kills_mid_push"].as_u64().unwrap();
+    assert!(
+        origin_kills == 0 || mid_push > 0,
+        "no origin kill landed mid-push:\n{stdout}"
+    );
     let held: u64 = report["checks"]["held"]
         .as_object()
         .unwrap()

@@ -102,7 +102,9 @@ pub(super) async fn start_registry(
         .check_exposure(bound)
         .map_err(StartError::Registry)?;
     if let Some((blob_listener, blob_addr)) = blobs {
-        let config = BlobServerConfig::new(bound, metrics);
+        let mut config = BlobServerConfig::new(bound, metrics);
+        // Every connection the registry API admits may be redirected here at once.
+        config.max_redirects = section.limits.max_connections;
         start_blob_server(blob_listener, registry.clone(), config, stop);
         tracing::info!(addr = %blob_addr, "blob server listening");
     }

@@ -20,7 +20,8 @@
 //! for [`BlobServerConfig::send_timeout`] is cut off.
 //!
 //! A blob this host does not (or no longer) hold, and every request on a connection
-//! beyond [`BlobServerConfig::max_connections`], is sent back to the registry API
+//! beyond [`BlobServerConfig::max_connections`] (up to
+//! [`BlobServerConfig::max_redirects`] more), is sent back to the registry API
 //! ([`redirect`]), which streams it as before: a blob evicted between the two requests
 //! costs a round trip, never a failed pull. A blob being sent is held by its
 //! [`LocalBlob`], whose reader keeps the store from evicting or deleting it; a file that
@@ -65,9 +66,13 @@ pub struct BlobServerConfig {
     /// The registry API's address: requests for blobs this host lacks go back there.
     pub registry: SocketAddr,
     /// Connections served at once. Those beyond get their first request sent back to the
-    /// registry API and are closed; beyond twice this many, new connections are closed
-    /// unanswered.
+    /// registry API and are closed.
     pub max_connections: usize,
+    /// Connections beyond `max_connections` that are sent back (each costs a head of at
+    /// most 8 KiB for a moment); beyond these, new connections are closed unanswered.
+    /// Default: the registry API's own connection cap, so that a burst of clients the
+    /// registry API admitted and redirected here all get an answer.
+    pub max_redirects: usize,
     /// How long a request head may take from its first byte.
     pub header_timeout: Duration,
     /// How long a kept-alive connection waits for its next request.
@@ -80,11 +85,13 @@ pub struct BlobServerConfig {
 
 impl BlobServerConfig {
     /// The defaults, sending what this host lacks back to the registry API at `registry`:
-    /// 128 connections, 10 s for a head, 30 s idle, 120 s without progress.
+    /// 128 connections, 1,024 more sent back, 10 s for a head, 30 s idle, 120 s without
+    /// progress.
     pub fn new(registry: SocketAddr, metrics: GatewayMetrics) -> Self {
         BlobServerConfig {
             registry,
             max_connections: DEFAULT_BLOB_MAX_CONNECTIONS,
+            max_redirects: crate::listen::DEFAULT_MAX_CONNECTIONS,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(120),
@@ -114,7 +121,7 @@ pub async fn serve_blobs<R: Registry>(
 ) -> io::Result<()> {
     let cap = config.max_connections.max(1);
     let served = Arc::new(Semaphore::new(cap));
-    let overflow = Arc::new(Semaphore::new(cap));
+    let overflow = Arc::new(Semaphore::new(config.max_redirects.max(1)));
     let server = Arc::new(Server {
         deadlines: Deadlines {
             header: config.header_timeout,

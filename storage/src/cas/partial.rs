@@ -616,7 +616,21 @@ impl PieceSource {
     /// Reads one piece (positioned reads: safe to share across threads), straight into
     /// fresh memory: zeroing a buffer first cost a seeder a memset of every byte it serves.
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
-        let range = self.metainfo.checked_piece_range(index)?;
+        self.read_piece_part(index, 0..u64::MAX)
+    }
+
+    /// Reads bytes `part` of one piece (offsets within the piece, cut at its end), so
+    /// that a reader streaming a piece to a slow client holds a small buffer, not the
+    /// piece.
+    pub fn read_piece_part(
+        &self,
+        index: PieceIndex,
+        part: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, CasError> {
+        let piece = self.metainfo.checked_piece_range(index)?;
+        let piece_len = piece.end - piece.start;
+        let from = part.start.min(piece_len);
+        let range = piece.start + from..piece.start + part.end.clamp(from, piece_len);
         let len = (range.end - range.start) as usize;
         let mut buf = Vec::with_capacity(len);
         while buf.len() < len {
@@ -668,6 +682,30 @@ mod tests {
                 "commit: {commit}"
             );
         }
+    }
+
+    #[test]
+    fn parts_of_a_piece_read_back_cut_at_the_pieces_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cas, meta, blob) = partial(dir.path(), 2);
+        let mut p = cas.start_partial(&meta).unwrap();
+        p.write_piece(PieceIndex(1), piece(&blob, 1)).unwrap();
+        let source = p.piece_source().unwrap();
+        let whole = piece(&blob, 1);
+        assert_eq!(source.read_piece(PieceIndex(1)).unwrap(), whole);
+        let part = source.read_piece_part(PieceIndex(1), 100..4196).unwrap();
+        assert_eq!(part, &whole[100..4196]);
+        let tail = source
+            .read_piece_part(PieceIndex(1), 65_000..70_000)
+            .unwrap();
+        assert_eq!(tail, &whole[65_000..]);
+        assert!(
+            source
+                .read_piece_part(PieceIndex(1), 70_000..80_000)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(source.read_piece_part(PieceIndex(2), 0..10).is_err());
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! first, and those arrive in memory, so the reader takes them from there as they land;
 //! any other piece it reads from the CAS. Every byte it yields belongs to a verified
 //! piece.
+//!
+//! Memory per reader is small and does not grow with the piece length: a piece from
+//! memory is shared (every reader yields slices of the same bytes), and a piece from the
+//! CAS is read [`DISK_CHUNK`] bytes at a time, each read only when the consumer asks for
+//! the next chunk. A reader waiting for a piece holds no buffer at all. With a consumer
+//! that bounds what it queues (the registry API's HTTP connections), a thousand readers of
+//! one blob cost a few tens of MiB, not a piece each.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -16,6 +23,10 @@ use kraken_storage::PieceIndex;
 use super::window::ReaderSlot;
 use super::{BlobWatch, ExchangeError};
 
+/// Bytes read from the CAS at once when a piece is not in memory: what one reader holds
+/// of such a piece until its consumer takes it.
+pub(crate) const DISK_CHUNK: u64 = 32 * 1024;
+
 /// Where a [`BlobWatch::read_range`] stream is.
 struct RangeReader {
     watch: BlobWatch,
@@ -24,8 +35,11 @@ struct RangeReader {
     range: Range<u64>,
     /// The next piece to read.
     next: u32,
-    /// What is left of the piece read last.
+    /// What is left of the piece read last from memory.
     ready: VecDeque<Bytes>,
+    /// What is left to read from the CAS of a piece that was not in memory: the piece and
+    /// the offsets within it.
+    from_disk: Option<(PieceIndex, Range<u64>)>,
 }
 
 impl BlobWatch {
@@ -54,6 +68,7 @@ impl BlobWatch {
             range,
             next: first,
             ready: VecDeque::new(),
+            from_disk: None,
         };
         futures::stream::try_unfold(reader, |mut r| async move {
             match r.next_chunk().await? {
@@ -70,6 +85,17 @@ impl RangeReader {
             if let Some(chunk) = self.ready.pop_front() {
                 return Ok(Some(chunk));
             }
+            if let Some((index, left)) = self.from_disk.take() {
+                let end = left.end.min(left.start + DISK_CHUNK);
+                let chunk = self.watch.read_piece_part(index, left.start..end).await?;
+                if end < left.end {
+                    self.from_disk = Some((index, end..left.end));
+                }
+                if !chunk.is_empty() {
+                    return Ok(Some(chunk));
+                }
+                continue;
+            }
             let piece_len = u64::from(self.watch.metainfo().piece_length());
             let start = u64::from(self.next) * piece_len;
             if start >= self.range.end {
@@ -85,13 +111,14 @@ impl RangeReader {
             if let Some(slot) = &self.slot {
                 slot.streaming().count_streamed(kept.is_some());
             }
-            let chunks = match kept {
-                Some(chunks) => chunks,
-                None => vec![self.watch.read_piece(index).await?],
-            };
             // The part of the piece inside the range.
             let from = self.range.start.saturating_sub(start);
             let to = (self.range.end - start).min(piece_len);
+            self.next += 1;
+            let Some(chunks) = kept else {
+                self.from_disk = Some((index, from..to));
+                continue;
+            };
             let mut at = 0u64;
             for chunk in chunks {
                 let len = chunk.len() as u64;
@@ -102,7 +129,46 @@ impl RangeReader {
                 }
                 at += len;
             }
-            self.next += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+    use kraken_storage::cas::{Cas, CasConfig};
+    use kraken_storage::{Digest, PieceLengthTable};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn pieces_from_the_cas_stream_in_small_chunks_with_the_exact_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let piece = 4 * DISK_CHUNK as usize + 1000;
+        let cas = Cas::open(CasConfig {
+            piece_lengths: PieceLengthTable::uniform(piece as u32),
+            ..CasConfig::at(dir.path())
+        })
+        .unwrap();
+        let data: Vec<u8> = (0..3 * piece + 77).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::sha256_of(&data);
+        cas.ingest(&digest, Some(data.len() as u64), &data[..])
+            .unwrap();
+        let len = data.len() as u64;
+        for range in [
+            0..len,
+            1..len - 1,
+            5..6,
+            piece as u64 - 3..2 * piece as u64 + 9,
+        ] {
+            let w = BlobWatch::of_complete(digest, cas.reader(&digest).unwrap()).unwrap();
+            let chunks: Vec<Bytes> = w.read_range(range.clone()).try_collect().await.unwrap();
+            assert!(
+                chunks
+                    .iter()
+                    .all(|c| !c.is_empty() && c.len() as u64 <= DISK_CHUNK)
+            );
+            assert!(chunks.concat() == data[range.start as usize..range.end as usize]);
         }
     }
 }

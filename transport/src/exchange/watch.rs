@@ -156,6 +156,16 @@ impl BlobWatch {
     /// Reads piece `index`, verified and stored (see [`BlobWatch::wait_piece`]), on the
     /// blocking pool. A piece not stored yet is `CasError::MissingPiece`.
     pub async fn read_piece(&self, index: PieceIndex) -> Result<Bytes, ExchangeError> {
+        self.read_piece_part(index, 0..u64::MAX).await
+    }
+
+    /// Reads bytes `part` of piece `index` (offsets within the piece, cut at its end), as
+    /// [`BlobWatch::read_piece`] does the whole piece.
+    pub async fn read_piece_part(
+        &self,
+        index: PieceIndex,
+        part: std::ops::Range<u64>,
+    ) -> Result<Bytes, ExchangeError> {
         self.check_index(index)?;
         if !self.is_stored(index) {
             return Err(CasError::MissingPiece {
@@ -165,7 +175,8 @@ impl BlobWatch {
             .into());
         }
         let source = self.source.clone();
-        let bytes = tokio::task::spawn_blocking(move || source.read_piece(index)).await??;
+        let bytes =
+            tokio::task::spawn_blocking(move || source.read_piece_part(index, part)).await??;
         Ok(Bytes::from(bytes))
     }
 

@@ -4,10 +4,15 @@
 //!
 //! | fault | inject | heal |
 //! |---|---|---|
-//! | kill `role` | SIGKILL one node of the role | start it again (same config, data, ports) |
+//! | kill `role` | SIGKILL one node of the role (an origin: while a push is under way) | start it again (same config, data, ports) |
 //! | disk full | fill the tmpfs under an agent's data dir with a ballast file | remove it |
 //! | backend down | SIGSTOP moto | SIGCONT |
 //! | corrupt | flip a byte in a complete blob of an agent's CAS | — (the node must cope) |
+//! | corrupt origin | flip a byte in a complete blob of an origin's CAS | — (the origins must find and restore it) |
+//! | transient origin | start an extra origin with empty data; it joins the ring and takes pushes | SIGKILL it and wipe its data: it leaves for good (the next one is a fresh member under the same name) |
+//!
+//! An origin kill waits (up to [`MID_PUSH_WAIT`]) for a push to be under way, so that it
+//! lands mid-push; the timeline says whether it did.
 //!
 //! "Backend down" stops moto rather than killing it: moto keeps its objects in memory, so
 //! a restarted moto would be an empty backend (data loss no real S3 outage has), while a
@@ -18,13 +23,19 @@
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::nodes::{Cluster, Role};
 use crate::bench::data::{SplitMix64, flip_bytes};
+use crate::bench::procs::NodeProc;
 
 /// Faults active at once, at most.
 pub const MAX_ACTIVE: usize = 2;
+
+/// Longest an origin kill waits for a push to be under way.
+pub const MID_PUSH_WAIT: Duration = Duration::from_secs(3);
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +48,10 @@ pub enum Kind {
     BackendDown,
     /// Corrupt a stored blob on an agent.
     Corrupt,
+    /// Corrupt a stored blob on an origin.
+    CorruptOrigin,
+    /// Start an extra origin, later kill it and wipe its data.
+    TransientOrigin,
 }
 
 /// A kind of fault as the command line names it (`--without`).
@@ -58,6 +73,10 @@ pub enum FaultName {
     BackendDown,
     /// Flip a byte of a stored blob on an agent.
     Corrupt,
+    /// Flip a byte of a stored blob on an origin.
+    CorruptOrigin,
+    /// An extra origin joins, takes pushes, is killed and leaves.
+    TransientOrigin,
 }
 
 impl FaultName {
@@ -71,6 +90,8 @@ impl FaultName {
             FaultName::DiskFull => Kind::DiskFull,
             FaultName::BackendDown => Kind::BackendDown,
             FaultName::Corrupt => Kind::Corrupt,
+            FaultName::CorruptOrigin => Kind::CorruptOrigin,
+            FaultName::TransientOrigin => Kind::TransientOrigin,
         }
     }
 }
@@ -82,6 +103,8 @@ impl fmt::Display for Kind {
             Kind::DiskFull => f.write_str("disk full"),
             Kind::BackendDown => f.write_str("backend down"),
             Kind::Corrupt => f.write_str("corrupt"),
+            Kind::CorruptOrigin => f.write_str("corrupt origin"),
+            Kind::TransientOrigin => f.write_str("transient origin"),
         }
     }
 }
@@ -92,6 +115,8 @@ enum Target {
     Node(usize),
     Ballast(PathBuf),
     Moto,
+    /// The running transient origin.
+    Transient(Box<NodeProc>),
 }
 
 /// A fault in force.
@@ -120,8 +145,14 @@ pub struct FaultCounts {
     pub disk_full: u64,
     /// Backend outages.
     pub backend_down: u64,
-    /// Corrupted blobs.
+    /// Corrupted blobs on agents.
     pub corrupt: u64,
+    /// Corrupted blobs on origins.
+    pub corrupt_origin: u64,
+    /// Transient origins that joined and left.
+    pub transient_origins: u64,
+    /// Origin kills that landed while a push was under way.
+    pub origin_kills_mid_push: u64,
     /// Restarts that failed (retried until one worked).
     pub failed_restarts: u64,
 }
@@ -141,6 +172,8 @@ pub struct Injector {
     pub gap_s: (u64, u64),
     /// Seconds a fault lasts, drawn from this range.
     pub hold_s: (u64, u64),
+    /// Pushes under way (the workload's count), for origin kills mid-push.
+    pub pushes_in_flight: Arc<AtomicUsize>,
 }
 
 impl Injector {
@@ -148,8 +181,12 @@ impl Injector {
     /// the kinds in `without`.
     pub fn new(cluster: &Cluster, seed: u64, start: Instant, without: &[FaultName]) -> Injector {
         let mut kinds: Vec<Kind> = Role::ALL.iter().map(|r| Kind::Kill(*r)).collect();
-        kinds.push(Kind::BackendDown);
-        kinds.push(Kind::Corrupt);
+        kinds.extend([
+            Kind::BackendDown,
+            Kind::Corrupt,
+            Kind::CorruptOrigin,
+            Kind::TransientOrigin,
+        ]);
         if cluster.disk_agent().is_some() {
             kinds.push(Kind::DiskFull);
         }
@@ -169,6 +206,7 @@ impl Injector {
             },
             gap_s: (3, 10),
             hold_s: (2, 10),
+            pushes_in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -231,8 +269,8 @@ impl Injector {
         Ok(())
     }
 
-    fn heal(&mut self, cluster: &mut Cluster, a: Active) -> Result<(), Active> {
-        match &a.target {
+    fn heal(&mut self, cluster: &mut Cluster, mut a: Active) -> Result<(), Active> {
+        match &mut a.target {
             Target::Node(i) => {
                 let name = cluster.nodes[*i].proc.name.clone();
                 let started = Instant::now();
@@ -254,12 +292,19 @@ impl Injector {
                 }
             }
             Target::Ballast(path) => {
-                let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(&*path);
                 self.log(format!("heal {}: removed {}", a.kind, path.display()));
             }
             Target::Moto => {
                 cluster.moto.resume();
                 self.log(format!("heal {}: moto resumed (SIGCONT)", a.kind));
+            }
+            Target::Transient(proc) => {
+                cluster.transient.remove(proc);
+                self.log(format!(
+                    "heal {}: SIGKILL {} and wipe its data; it leaves the ring",
+                    a.kind, cluster.transient.name
+                ));
             }
         }
         Ok(())
@@ -287,13 +332,18 @@ impl Injector {
                     return;
                 }
                 let i = nodes[self.rng.below(nodes.len() as u64) as usize];
+                let mid_push = role == Role::Origin && self.wait_for_a_push();
                 cluster.nodes[i].proc.kill();
                 if let Some(c) = self.counts.kills.iter_mut().find(|(r, _)| r == role.name()) {
                     c.1 += 1;
                 }
+                if mid_push {
+                    self.counts.origin_kills_mid_push += 1;
+                }
                 let name = cluster.nodes[i].proc.name.clone();
                 self.log(format!(
-                    "{kind}: SIGKILL {name} for {:.1} s",
+                    "{kind}: SIGKILL {name}{} for {:.1} s",
+                    if mid_push { " mid-push" } else { "" },
                     hold.as_secs_f64()
                 ));
                 Target::Node(i)
@@ -323,28 +373,35 @@ impl Injector {
                 Target::Ballast(path)
             }
             Kind::Corrupt => {
-                let agents: Vec<usize> = cluster.of(Role::Agent).map(|(i, _)| i).collect();
-                let i = agents[self.rng.below(agents.len() as u64) as usize];
-                let name = cluster.nodes[i].proc.name.clone();
-                let blobs = stored_blobs(&cluster.nodes[i].data.join("cas").join("blobs"));
-                if blobs.is_empty() {
-                    return;
-                }
-                let path = &blobs[self.rng.below(blobs.len() as u64) as usize];
-                match flip_byte(path, &mut self.rng) {
-                    Ok(at) => {
-                        self.counts.corrupt += 1;
-                        let blob = path.file_name().unwrap_or_default().to_string_lossy();
-                        self.log(format!(
-                            "{kind}: flipped byte {at} of {name}'s copy of sha256:{blob}"
-                        ));
-                    }
-                    Err(e) => self.log(format!(
-                        "{kind}: {name}: cannot corrupt {}: {e}",
-                        path.display()
-                    )),
+                if self.corrupt(cluster, kind, Role::Agent) {
+                    self.counts.corrupt += 1;
                 }
                 return;
+            }
+            Kind::CorruptOrigin => {
+                if self.corrupt(cluster, kind, Role::Origin) {
+                    self.counts.corrupt_origin += 1;
+                }
+                return;
+            }
+            Kind::TransientOrigin => {
+                let started = Instant::now();
+                let name = cluster.transient.name.clone();
+                match cluster.transient.start(&cluster.kraken) {
+                    Ok(proc) => {
+                        self.counts.transient_origins += 1;
+                        self.log(format!(
+                            "{kind}: {name} joins with empty data (ready in {:.1} s) for {:.1} s",
+                            started.elapsed().as_secs_f64(),
+                            hold.as_secs_f64()
+                        ));
+                        Target::Transient(Box::new(proc))
+                    }
+                    Err(e) => {
+                        self.log(format!("{kind}: {name} did not start: {e:#}"));
+                        return;
+                    }
+                }
             }
         };
         self.active.push(Active {
@@ -352,6 +409,54 @@ impl Injector {
             target,
             heal_at,
         });
+    }
+}
+
+impl Injector {
+    /// Waits up to [`MID_PUSH_WAIT`] for a push to be under way; whether one is.
+    fn wait_for_a_push(&self) -> bool {
+        let deadline = Instant::now() + MID_PUSH_WAIT;
+        loop {
+            if self.pushes_in_flight.load(Ordering::SeqCst) > 0 {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Flips a byte of a random complete blob of a random node of `role`; whether one
+    /// was flipped.
+    fn corrupt(&mut self, cluster: &Cluster, kind: Kind, role: Role) -> bool {
+        let nodes: Vec<usize> = cluster.of(role).map(|(i, _)| i).collect();
+        if nodes.is_empty() {
+            return false;
+        }
+        let i = nodes[self.rng.below(nodes.len() as u64) as usize];
+        let name = cluster.nodes[i].proc.name.clone();
+        let blobs = stored_blobs(&cluster.nodes[i].data.join("cas").join("blobs"));
+        if blobs.is_empty() {
+            return false;
+        }
+        let path = &blobs[self.rng.below(blobs.len() as u64) as usize];
+        match flip_byte(path, &mut self.rng) {
+            Ok(at) => {
+                let blob = path.file_name().unwrap_or_default().to_string_lossy();
+                self.log(format!(
+                    "{kind}: flipped byte {at} of {name}'s copy of sha256:{blob}"
+                ));
+                true
+            }
+            Err(e) => {
+                self.log(format!(
+                    "{kind}: {name}: cannot corrupt {}: {e}",
+                    path.display()
+                ));
+                false
+            }
+        }
     }
 }
 
@@ -373,7 +478,7 @@ fn fill(path: &Path) -> u64 {
 }
 
 /// Complete blobs in a CAS's `blobs/<xx>/<hex>` tree.
-fn stored_blobs(root: &Path) -> Vec<PathBuf> {
+pub fn stored_blobs(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(shards) = std::fs::read_dir(root) else {
         return out;

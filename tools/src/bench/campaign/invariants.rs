@@ -10,8 +10,11 @@
 //!    digest (or to a later push whose `PUT` failed without an answer and may have landed).
 //! 3. The backend (S3 on moto, read directly) holds every acknowledged blob and manifest,
 //!    byte-identical, once the write-back queues drain.
-//! 4. No process panicked (`panicked` in any node's log).
-//! 5. No pull returned a wrong byte (during the run: recorded by the workload; here: any
+//! 4. Every acknowledged blob and manifest is held by `min(replicas, live origins)`
+//!    origins with the right bytes, and no origin holds a wrong copy ([`super::replicas`]:
+//!    origin CAS files read and hashed here), within `--converge-timeout-secs`.
+//! 5. No process panicked (`panicked` in any node's log).
+//! 6. No pull returned a wrong byte (during the run: recorded by the workload; here: any
 //!    complete answer with other bytes).
 
 use std::collections::BTreeMap;
@@ -43,8 +46,14 @@ impl Checks {
     }
 }
 
-/// Runs every check; each polls for at most `limit`.
-pub fn check_all(cluster: &Cluster, ledger: &Shared, limit: Duration) -> Checks {
+/// Runs every check; each polls for at most `limit`, the replica check for at most
+/// `converge`.
+pub fn check_all(
+    cluster: &Cluster,
+    ledger: &Shared,
+    limit: Duration,
+    converge: Duration,
+) -> Checks {
     let start = Instant::now();
     let (images, latest) = {
         let l = locked(ledger);
@@ -109,6 +118,14 @@ pub fn check_all(cluster: &Cluster, ledger: &Shared, limit: Duration) -> Checks 
     for (d, len) in want.values() {
         match in_backend(cluster, d, *len, Instant::now() + limit) {
             Ok(()) => checks.held("acked blob in the backend"),
+            Err(e) => checks.violations.push(e),
+        }
+    }
+    for r in super::replicas::check(cluster, &want, converge) {
+        match r {
+            Ok(()) => {
+                checks.held("acked blob at its replica count on the origins, every copy right")
+            }
             Err(e) => checks.violations.push(e),
         }
     }

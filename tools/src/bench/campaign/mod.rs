@@ -7,7 +7,7 @@
 //! - [`nodes`]: moto and the kraken processes, their configs and ports, the tmpfs agent.
 //! - [`workload`]: pushers, pullers and the [`workload::Ledger`] of what was acknowledged.
 //! - [`faults`]: the fault injector and its timeline.
-//! - [`invariants`]: the final checks.
+//! - [`invariants`]: the final checks; [`replicas`]: the replica check among them.
 //! - [`report`]: what it did and found.
 //! - [`http`]: the blocking HTTP/1.1 client pushes, pulls and S3 reads use.
 //!
@@ -19,6 +19,7 @@ pub mod faults;
 pub mod http;
 pub mod invariants;
 pub mod nodes;
+pub mod replicas;
 pub mod report;
 pub mod workload;
 
@@ -78,6 +79,11 @@ pub struct CampaignArgs {
     /// up); each check has its own.
     #[arg(long, default_value_t = 300)]
     pub check_secs: u64,
+    /// Longest wait, in seconds, after everything is healed, for every acknowledged blob
+    /// to be held, byte-correct, by as many origins as its replica count asks (at most the
+    /// live origins), and for no origin to hold a bad copy.
+    #[arg(long, default_value_t = 120)]
+    pub converge_timeout_secs: u64,
     /// The `kraken` binary [default: next to this one].
     #[arg(long, env = "KRAKEN_BIN")]
     pub kraken: Option<PathBuf>,
@@ -200,6 +206,7 @@ fn campaign(
             seed: seed.wrapping_add(1 + p as u64),
             max_layer: args.max_layer_kib << 10,
             pause: Duration::from_millis(200),
+            in_flight: injector.pushes_in_flight.clone(),
         };
         let (l, s) = (ledger.clone(), stop.clone());
         workers.push(std::thread::spawn(move || pusher.run(&l, &s)));
@@ -260,7 +267,12 @@ fn campaign(
         }
     }
     injector.log("every fault healed; checking invariants".into());
-    let checks = invariants::check_all(cluster, &ledger, Duration::from_secs(args.check_secs));
+    let checks = invariants::check_all(
+        cluster,
+        &ledger,
+        Duration::from_secs(args.check_secs),
+        Duration::from_secs(args.converge_timeout_secs),
+    );
     injector.log(format!("checks done in {:.0} s", checks.secs));
     let l = locked(&ledger);
     let mut violations = l.violations.clone();

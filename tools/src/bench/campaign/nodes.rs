@@ -274,6 +274,12 @@ pub struct Cluster {
     pub moto: Moto,
     /// Why the disk-full fault cannot run, if it cannot.
     pub no_disk_fault: Option<String>,
+    /// The extra origin of the transient-member fault (not running until injected).
+    pub transient: TransientOrigin,
+    /// The `kraken` binary.
+    pub kraken: PathBuf,
+    /// `[origin] replicas` of the origins.
+    pub replicas: usize,
 }
 
 /// What the configs need to know about the whole cluster.
@@ -335,13 +341,7 @@ impl Plan<'_> {
             );
         }
         match role {
-            Role::Origin => {
-                let _ = writeln!(
-                    s,
-                    "[origin]\nreplicas = {}\nrepair_delay_ms = 500\n\n[origin.swarm]\nannounce_interval_secs = 1\n",
-                    self.shape.origins
-                );
-            }
+            Role::Origin => s.push_str(&origin_section(self.shape.origins)),
             Role::Tracker => {
                 s.push_str("[tracker]\nannounce_interval_ms = 1000\npeer_ttl_secs = 20\n\n");
             }
@@ -366,6 +366,48 @@ impl Plan<'_> {
             );
         }
         s
+    }
+}
+
+/// The `[origin]` section of every origin's config (the transient one's too).
+///
+/// The campaign's origin tunables live here, in one place: the replica count (every
+/// origin holds every blob, so a killed one leaves a replica) and a short repair delay.
+/// Anti-entropy and scrubbing settings go here too, short enough that a campaign of
+/// minutes sees them run (`anti_entropy_interval_secs`, `scrub_bytes_per_sec`).
+fn origin_section(replicas: usize) -> String {
+    format!(
+        "[origin]\nreplicas = {replicas}\nrepair_delay_ms = 500\n\n\
+         [origin.swarm]\nannounce_interval_secs = 1\n\n"
+    )
+}
+
+/// An origin that is not started with the cluster: the transient-member fault starts it
+/// (joining the ring while pushes go on), kills it and wipes its data (it leaves for
+/// good; the next one, under the same name, is a fresh member replacing it).
+#[derive(Debug)]
+pub struct TransientOrigin {
+    /// Its name (`origin-transient`).
+    pub name: String,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+    /// Its data directory (removed when it leaves).
+    pub data: PathBuf,
+}
+
+impl TransientOrigin {
+    /// Starts it (with empty data) and waits until it is ready.
+    pub fn start(&self, kraken: &Path) -> anyhow::Result<NodeProc> {
+        let _ = std::fs::remove_dir_all(&self.data);
+        NodeProc::start(kraken, "", &self.name, "origin", &self.config, &self.log)
+    }
+
+    /// Kills it (SIGKILL) and removes its data: it does not come back.
+    pub fn remove(&self, proc: &mut NodeProc) {
+        proc.kill();
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }
 
@@ -422,6 +464,7 @@ impl Cluster {
             .iter()
             .map(|_| Ports::pick(&mut picker))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let transient_ports = Ports::pick(&mut picker)?;
         drop(picker);
         let moto = Moto::start(moto_bin, loopback(moto_port), work.join("moto.log"))?;
         let ring: Vec<Ports> = specs
@@ -439,10 +482,32 @@ impl Cluster {
             ring_gossip: ring.iter().map(|p| p.gossip).collect(),
             ring_quic: ring.iter().map(|p| p.quic).collect(),
         };
+        // The transient origin seeds from the ring; the ring does not list it (it joins).
+        let transient = {
+            let name = "origin-transient".to_string();
+            let data = work.join("data").join(&name);
+            plan.ca
+                .write_node_cert(&name)
+                .with_context(|| format!("cannot issue a certificate for {name}"))?;
+            let config = work.join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                plan.config(&name, Role::Origin, transient_ports, &data),
+            )?;
+            TransientOrigin {
+                log: work.join(format!("{name}.log")),
+                name,
+                config,
+                data,
+            }
+        };
         let mut cluster = Cluster {
             nodes: Vec::new(),
             moto,
             no_disk_fault: None,
+            transient,
+            kraken: kraken.to_path_buf(),
+            replicas: shape.origins,
         };
         if shape.disk_mib == 0 {
             cluster.no_disk_fault = Some("--disk-mib 0".into());

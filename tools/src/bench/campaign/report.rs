@@ -63,8 +63,15 @@ impl CampaignReport {
         let _ = writeln!(s, "  kills: {}", kills.join(", "));
         let _ = writeln!(
             s,
-            "  disk full {}, backend down {}, corrupt {}, failed restarts {}",
-            f.disk_full, f.backend_down, f.corrupt, f.failed_restarts
+            "  origin kills mid-push {}, disk full {}, backend down {}, corrupt (agent) {}, \
+             corrupt origin {}, transient origins {}, failed restarts {}",
+            f.origin_kills_mid_push,
+            f.disk_full,
+            f.backend_down,
+            f.corrupt,
+            f.corrupt_origin,
+            f.transient_origins,
+            f.failed_restarts
         );
         let w = &self.workload;
         let _ = writeln!(s, "\nworkload:");

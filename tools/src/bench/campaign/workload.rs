@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -240,6 +240,8 @@ pub struct Pusher {
     pub max_layer: u64,
     /// Pause between pushes.
     pub pause: Duration,
+    /// Pushes under way, all pushers together (the origin-kill fault waits for one).
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 impl Pusher {
@@ -249,9 +251,11 @@ impl Pusher {
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             n += 1;
-            match self.push(&mut rng, n, ledger, stop) {
-                Ok(()) => {}
-                Err(_) => lock(ledger).counts.pushes_failed += 1,
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            let pushed = self.push(&mut rng, n, ledger, stop);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if pushed.is_err() {
+                lock(ledger).counts.pushes_failed += 1;
             }
             std::thread::sleep(self.pause);
         }
