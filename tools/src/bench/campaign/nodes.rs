@@ -377,7 +377,7 @@ impl Plan<'_> {
 /// minutes sees them run (`anti_entropy_interval_secs`, `scrub_bytes_per_sec`).
 fn origin_section(replicas: usize) -> String {
     format!(
-        "[origin]\nreplicas = {replicas}\nrepair_delay_ms = 500\n\n\
+        "[origin]\nreplicas = {replicas}\nrepair_delay_ms = 500\nanti_entropy_interval_secs = 5\n\n\
          [origin.swarm]\nannounce_interval_secs = 1\n\n"
     )
 }
