@@ -339,6 +339,21 @@ pub enum Request {
         /// Sent by another owner: remove it here only.
         replica: bool,
     },
+    /// Origin: a peer received a piece of `digest` from this origin that failed
+    /// verification; the origin re-checks its copy soon (ahead of its background scrub)
+    /// and quarantines and restores it if it is corrupt. Fire-and-forget: answered by
+    /// [`Response::SuspectNoted`] at once, before the check.
+    SuspectBlob {
+        /// The blob.
+        digest: Digest,
+    },
+    /// Origin: re-verify one stored blob (`Some`), or every one (`None`), now and without
+    /// the background scrub's rate limit, quarantining and restoring what is corrupt.
+    /// Answered by [`Response::Scrubbed`] once done.
+    Scrub {
+        /// The blob, or `None` for the whole store.
+        digest: Option<Digest>,
+    },
 }
 
 impl Request {
@@ -383,6 +398,8 @@ impl Request {
             Request::LinkManifest { .. } => "LinkManifest",
             Request::Linkers { .. } => "Linkers",
             Request::UnlinkBlob { .. } => "UnlinkBlob",
+            Request::SuspectBlob { .. } => "SuspectBlob",
+            Request::Scrub { .. } => "Scrub",
         }
     }
 
@@ -407,7 +424,11 @@ impl Request {
             | Request::RecordTombstone { digest, .. }
             | Request::LinkManifest { digest, .. }
             | Request::Linkers { digest, .. }
-            | Request::UnlinkBlob { digest, .. } => Some(digest),
+            | Request::UnlinkBlob { digest, .. }
+            | Request::SuspectBlob { digest }
+            | Request::Scrub {
+                digest: Some(digest),
+            } => Some(digest),
             _ => None,
         }
     }
@@ -551,6 +572,40 @@ pub enum Response {
         /// The repositories that still link the digest (union over the owners reached).
         remaining: Vec<String>,
     },
+    /// Answer to [`Request::SuspectBlob`]: the report was heard.
+    SuspectNoted {
+        /// A check was queued (false: the blob is not held here, was checked lately, is
+        /// queued already, or the queue is full).
+        queued: bool,
+    },
+    /// Answer to [`Request::Scrub`].
+    Scrubbed(ScrubReport),
+}
+
+/// What a scrub of an origin's store found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubReport {
+    /// Blobs re-verified.
+    pub checked: u64,
+    /// Bytes read to do it.
+    pub bytes: u64,
+    /// Copies found corrupt (and quarantined).
+    pub corrupt: u64,
+    /// Corrupt copies replaced by a correct one (from another origin or the backend).
+    pub restored: u64,
+    /// Corrupt copies that could not be restored, and blobs that could not be read.
+    pub failed: u64,
+}
+
+impl ScrubReport {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ScrubReport) {
+        self.checked += other.checked;
+        self.bytes += other.bytes;
+        self.corrupt += other.corrupt;
+        self.restored += other.restored;
+        self.failed += other.failed;
+    }
 }
 
 /// The largest metainfo a node sends or accepts: the largest the format allows (a header
