@@ -979,6 +979,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn scrub_requests_and_their_report_round_trip() {
+        let digest = Digest::sha256_of(b"x");
+        for r in [
+            Request::SuspectBlob { digest },
+            Request::Scrub {
+                digest: Some(digest),
+            },
+            Request::Scrub { digest: None },
+        ] {
+            let frame = encode_frame(&r).unwrap();
+            let back: Request = decode_payload(&frame[4..]).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{r:?}"));
+        }
+        assert_eq!(Request::Scrub { digest: None }.digest(), None);
+        assert_eq!(Request::SuspectBlob { digest }.name(), "SuspectBlob");
+        let report = ScrubReport {
+            checked: 3,
+            bytes: 1 << 40,
+            corrupt: 2,
+            restored: 1,
+            failed: 1,
+        };
+        let frame = encode_frame(&Response::Scrubbed(report)).unwrap();
+        match decode_payload::<Response>(&frame[4..]).unwrap() {
+            Response::Scrubbed(back) => assert_eq!(back, report),
+            other => panic!("{other:?}"),
+        }
+    }
+
     proptest! {
         /// Untrusted bytes never panic the decoders, whatever they hold.
         #[test]

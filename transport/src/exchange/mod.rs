@@ -35,6 +35,10 @@
 //! Clones of a limiter share one bucket: the same limiter in every exchange of a node caps
 //! the node as a whole.
 //!
+//! Bad pieces: [`ExchangeConfig::bad_piece`] is told of every piece that failed
+//! verification, with the peer that sent it and, for a handed-out peer, its address and
+//! kind (an agent uses it to tell an origin its copy may be corrupt).
+//!
 //! Watching: [`PieceExchange::start_download`] starts a download without waiting for it
 //! and [`PieceExchange::watch`] looks at one already running (or complete); both give a
 //! [`BlobWatch`], which follows the set of verified, stored pieces as the blob task marks
