@@ -466,13 +466,14 @@ impl Origin {
             .find(|i| i.digest == *digest)
             .map_or_else(|| DEFAULT_NAMESPACE.to_string(), |i| i.namespace);
         self.set_quarantined(digest, true);
-        // No more pieces from it: its seeding task goes (and with it, its reader).
-        self.inner.exchange.stop(digest).await;
         let d = *digest;
         let moved = tokio::task::spawn_blocking(move || cas.quarantine(&d, QUARANTINE_KEEP_BYTES))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
+        // The record went first, so no new seeding task can open the copy; the running
+        // one goes now (and with it, its reader): no more pieces from it.
+        self.inner.exchange.stop(digest).await;
         match moved {
             Ok(Quarantined::SetAside(aside)) => {
                 tracing::warn!(aside = %aside.display(), "corrupt copy quarantined");
