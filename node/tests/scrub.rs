@@ -148,6 +148,30 @@ async fn a_flipped_byte_is_found_by_the_background_walk_and_restored_from_a_co_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walk_never_reads_faster_than_its_rate() {
+    const RATE: u64 = 8 << 20;
+    let started = Instant::now();
+    let c = cluster(1, RATE).await;
+    upload(&c, "blob", 9).await;
+    let o = c.origins()[0];
+    let bytes = || c.node(o).metrics().scrub().bytes.get();
+    wait_until("three passes read", Duration::from_secs(20), || {
+        bytes() >= 3 * LEN
+    })
+    .await;
+    // The bucket starts full (1 MiB at this rate) and each step takes at most 1 MiB on
+    // credit: anything beyond that took its time at the rate.
+    let read = bytes();
+    let least = Duration::from_secs_f64((read - (2 << 20)) as f64 / RATE as f64);
+    assert!(
+        started.elapsed() >= least,
+        "{read} bytes in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(scrub_counts(&c, o), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_corrupt_copies_are_both_restored_from_the_third() {
     let c = cluster(3, 256 << 20).await;
     let (_, digest) = upload(&c, "blob", 2).await;

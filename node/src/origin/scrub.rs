@@ -291,23 +291,23 @@ impl Origin {
     /// Queues a prompt check of `digest` (a peer got a bad piece of it from here, or its
     /// write-back did not match); answers at once.
     pub(crate) fn suspect(&self, digest: &Digest) -> Response {
-        let held = self.inner.cas.contains(digest).unwrap_or(false);
-        let offer = if held {
-            let s = self.scrub_state();
-            s.suspects
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .offer(*digest, Instant::now())
-        } else {
-            Offer::Full
-        };
+        if !self.inner.cas.contains(digest).unwrap_or(false) {
+            tracing::debug!(%digest, "suspect report about a blob not held here");
+            return Response::SuspectNoted { queued: false };
+        }
+        let offer = self
+            .scrub_state()
+            .suspects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .offer(*digest, Instant::now());
         let queued = offer == Offer::Queued;
         if queued {
             tracing::warn!(%digest, "blob reported as possibly corrupt; checking it");
             self.inner.metrics.scrub().suspects.inc();
             self.scrub_state().wake.notify_one();
         } else {
-            tracing::debug!(%digest, held, ?offer, "suspect report not queued");
+            tracing::debug!(%digest, ?offer, "suspect report not queued");
         }
         Response::SuspectNoted { queued }
     }
