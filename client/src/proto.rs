@@ -375,6 +375,21 @@ pub enum Request {
     /// Origin: what its last anti-entropy pass found. Answered by
     /// [`Response::ReplicaStatus`].
     ReplicaStatus,
+    /// Origin: a peer received a piece of `digest` from this origin that failed
+    /// verification; the origin re-checks its copy soon (ahead of its background scrub)
+    /// and quarantines and restores it if it is corrupt. Fire-and-forget: answered by
+    /// [`Response::SuspectNoted`] at once, before the check.
+    SuspectBlob {
+        /// The blob.
+        digest: Digest,
+    },
+    /// Origin: re-verify one stored blob (`Some`), or every one (`None`), now and without
+    /// the background scrub's rate limit, quarantining and restoring what is corrupt.
+    /// Answered by [`Response::Scrubbed`] once done.
+    Scrub {
+        /// The blob, or `None` for the whole store.
+        digest: Option<Digest>,
+    },
 }
 
 impl Request {
@@ -423,6 +438,8 @@ impl Request {
             Request::ReplicaDigests { .. } => "ReplicaDigests",
             Request::Repair { .. } => "Repair",
             Request::ReplicaStatus => "ReplicaStatus",
+            Request::SuspectBlob { .. } => "SuspectBlob",
+            Request::Scrub { .. } => "Scrub",
         }
     }
 
@@ -447,7 +464,11 @@ impl Request {
             | Request::RecordTombstone { digest, .. }
             | Request::LinkManifest { digest, .. }
             | Request::Linkers { digest, .. }
-            | Request::UnlinkBlob { digest, .. } => Some(digest),
+            | Request::UnlinkBlob { digest, .. }
+            | Request::SuspectBlob { digest }
+            | Request::Scrub {
+                digest: Some(digest),
+            } => Some(digest),
             Request::Repair { digest, .. } => digest.as_ref(),
             _ => None,
         }
@@ -605,6 +626,40 @@ pub enum Response {
     Repaired(RepairReport),
     /// Answer to [`Request::ReplicaStatus`].
     ReplicaStatus(ReplicaStatus),
+    /// Answer to [`Request::SuspectBlob`]: the report was heard.
+    SuspectNoted {
+        /// A check was queued (false: the blob is not held here, was checked lately, is
+        /// queued already, or the queue is full).
+        queued: bool,
+    },
+    /// Answer to [`Request::Scrub`].
+    Scrubbed(ScrubReport),
+}
+
+/// What a scrub of an origin's store found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubReport {
+    /// Blobs re-verified.
+    pub checked: u64,
+    /// Bytes read to do it.
+    pub bytes: u64,
+    /// Copies found corrupt (and quarantined).
+    pub corrupt: u64,
+    /// Corrupt copies replaced by a correct one (from another origin or the backend).
+    pub restored: u64,
+    /// Corrupt copies that could not be restored, and blobs that could not be read.
+    pub failed: u64,
+}
+
+impl ScrubReport {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ScrubReport) {
+        self.checked += other.checked;
+        self.bytes += other.bytes;
+        self.corrupt += other.corrupt;
+        self.restored += other.restored;
+        self.failed += other.failed;
+    }
 }
 
 /// The largest metainfo a node sends or accepts: the largest the format allows (a header
@@ -1016,6 +1071,36 @@ mod tests {
             let frame = encode_frame(&r).unwrap();
             let back: Request = decode_payload(&frame[4..]).unwrap();
             assert_eq!(format!("{back:?}"), format!("{r:?}"));
+        }
+    }
+
+    #[test]
+    fn scrub_requests_and_their_report_round_trip() {
+        let digest = Digest::sha256_of(b"x");
+        for r in [
+            Request::SuspectBlob { digest },
+            Request::Scrub {
+                digest: Some(digest),
+            },
+            Request::Scrub { digest: None },
+        ] {
+            let frame = encode_frame(&r).unwrap();
+            let back: Request = decode_payload(&frame[4..]).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{r:?}"));
+        }
+        assert_eq!(Request::Scrub { digest: None }.digest(), None);
+        assert_eq!(Request::SuspectBlob { digest }.name(), "SuspectBlob");
+        let report = ScrubReport {
+            checked: 3,
+            bytes: 1 << 40,
+            corrupt: 2,
+            restored: 1,
+            failed: 1,
+        };
+        let frame = encode_frame(&Response::Scrubbed(report)).unwrap();
+        match decode_payload::<Response>(&frame[4..]).unwrap() {
+            Response::Scrubbed(back) => assert_eq!(back, report),
+            other => panic!("{other:?}"),
         }
     }
 

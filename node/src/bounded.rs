@@ -1,5 +1,7 @@
 //! A map that keeps at most a fixed number of entries (and, if asked, bytes), forgetting the
-//! oldest first: the tracker's metainfo cache and the agent's pull reports.
+//! oldest first: the tracker's metainfo cache and the agent's pull reports; and
+//! [`Cooldown`] on top of it, at most one event per key per interval (bad-piece reports
+//! and the checks they cause).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -72,9 +74,57 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
     }
 }
 
+/// Lets an event for a key through at most once per `every`, remembering the last
+/// `cap` keys: a key forgotten early only lets its next event through early, and memory
+/// stays bounded whatever keys come.
+#[derive(Debug)]
+pub struct Cooldown<K> {
+    last: BoundedMap<K, std::time::Instant>,
+    every: std::time::Duration,
+}
+
+impl<K: Hash + Eq + Clone> Cooldown<K> {
+    /// At most one event per key per `every`, over the last `cap` keys.
+    pub fn new(cap: usize, every: std::time::Duration) -> Self {
+        Cooldown {
+            last: BoundedMap::new(cap),
+            every,
+        }
+    }
+
+    /// Whether an event for `key` may go now; if so, it is recorded.
+    pub fn allow(&mut self, key: K, now: std::time::Instant) -> bool {
+        if let Some(at) = self.last.get(&key)
+            && now.saturating_duration_since(*at) < self.every
+        {
+            return false;
+        }
+        // Removed first: the key moves to the back, last to be forgotten.
+        self.last.remove(&key);
+        self.last.insert(key, now);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cooldown_lets_one_event_per_key_through_per_interval() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut c = Cooldown::new(2, s(10));
+        assert!(c.allow("a", t0));
+        assert!(!c.allow("a", t0 + s(9)));
+        assert!(c.allow("b", t0 + s(1)));
+        assert!(c.allow("a", t0 + s(10)));
+        assert!(!c.allow("a", t0 + s(11)));
+        // A third key pushes out the oldest ("b"), whose next event then goes early.
+        assert!(c.allow("c", t0 + s(12)));
+        assert!(c.allow("b", t0 + s(12)));
+        assert!(!c.allow("c", t0 + s(13)));
+    }
 
     #[test]
     fn a_removed_key_frees_its_bytes_and_its_place() {

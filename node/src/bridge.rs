@@ -68,6 +68,36 @@ impl BatchSender {
     }
 }
 
+/// Sends every chunk of `stream` through `tx`, then ends the stream, or fails it with the
+/// stream's first error (the ingest reading the other end then stores nothing). Returns
+/// the bytes sent; stops early, quietly, if the reader is gone (it says why itself).
+pub async fn feed<S, E>(mut stream: S, mut tx: BatchSender) -> u64
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use futures::StreamExt as _;
+    let mut fed = 0u64;
+    loop {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                fed += chunk.len() as u64;
+                if tx.push(chunk).await.is_err() {
+                    return fed;
+                }
+            }
+            Some(Err(e)) => {
+                tx.fail(io::Error::other(e)).await;
+                return fed;
+            }
+            None => {
+                let _ = tx.finish().await;
+                return fed;
+            }
+        }
+    }
+}
+
 /// A blocking reader over batches of chunks sent on a channel. An `Err` fails the read;
 /// the channel closing ends the stream.
 #[derive(Debug)]

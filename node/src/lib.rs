@@ -4,11 +4,12 @@
 //!
 //! - [`origin`]: ring-owned seeding, streaming ingest and resumable uploads, read-through
 //!   from backends (single flight), the durable write-back executor, replication and
-//!   ring-change repair.
+//!   ring-change repair, scrubbing (re-verifying stored blobs, quarantine and restore).
 //! - [`tracker`]: announces and handouts (transport's pure `PeerStore`), metainfo from the
 //!   owning origins, an announce interval that grows under load.
 //! - [`agent`]: pulls through the swarm with one download per digest however many callers,
-//!   streaming before completion, bandwidth limits, and a report of where the bytes came from.
+//!   streaming before completion, bandwidth limits, and a report of where the bytes came from;
+//!   [`bad_pieces`]: telling an origin that sent a bad piece to check its copy.
 //! - [`buildindex`]: durable tags with dependency checks, write-through to backends, and a
 //!   durable replication queue to the other owners and to remote clusters; tags of
 //!   repositories that mirror an upstream registry resolve there, cached.
@@ -30,6 +31,7 @@
 //! (health, readiness, Prometheus), [`dev`] (`kraken dev`: a whole cluster in one process).
 
 pub mod agent;
+pub mod bad_pieces;
 pub mod bounded;
 pub mod bridge;
 pub mod buildindex;

@@ -54,6 +54,8 @@ pub struct Metrics {
     writeback_failures: Counter,
     announces: Counter,
     rpcs: Counter,
+    scrub: ScrubCounters,
+    bad_piece_reports: Counter,
     pull_duration: Histogram,
     upload_duration: Histogram,
     piece_latency: Histogram,
@@ -139,6 +141,12 @@ impl Metrics {
         );
         let announces = counter(&mut r, "kraken_announces", "Announces served");
         let rpcs = counter(&mut r, "kraken_rpcs", "RPCs served");
+        let scrub = ScrubCounters::new(&mut r);
+        let bad_piece_reports = counter(
+            &mut r,
+            "kraken_bad_piece_reports",
+            "Bad pieces from an origin reported to that origin (agents; deduplicated)",
+        );
         let pull_duration = seconds(
             &mut r,
             "kraken_pull_duration",
@@ -173,6 +181,8 @@ impl Metrics {
             writeback_failures,
             announces,
             rpcs,
+            scrub,
+            bad_piece_reports,
             pull_duration,
             upload_duration,
             piece_latency,
@@ -242,6 +252,16 @@ impl Metrics {
         self.rpcs.inc();
     }
 
+    /// The origin's scrubbing counters.
+    pub fn scrub(&self) -> &ScrubCounters {
+        &self.scrub
+    }
+
+    /// An agent told an origin about a bad piece it sent.
+    pub fn bad_piece_reported(&self) {
+        self.bad_piece_reports.inc();
+    }
+
     /// Registers more metrics into the process's registry (at start, not per request).
     pub fn register(&self, f: impl FnOnce(&mut Registry)) {
         f(&mut self.registry.lock().unwrap_or_else(PoisonError::into_inner));
@@ -263,6 +283,53 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         text
+    }
+}
+
+/// What an origin's scrubbing did (`kraken_origin_scrub_*`).
+#[derive(Debug)]
+pub struct ScrubCounters {
+    /// Bytes re-read and hashed.
+    pub bytes: Counter,
+    /// Blobs re-verified.
+    pub blobs: Counter,
+    /// Copies found corrupt and quarantined.
+    pub corrupt: Counter,
+    /// Corrupt copies replaced by a correct one.
+    pub restored: Counter,
+    /// Corrupt copies no correct copy could replace.
+    pub restore_failures: Counter,
+    /// Suspect reports (from peers and the write-back) queued for a prompt check.
+    pub suspects: Counter,
+}
+
+impl ScrubCounters {
+    fn new(r: &mut Registry) -> Self {
+        let mut c = |name: &str, help: &str| counter(r, name, help);
+        ScrubCounters {
+            bytes: c("kraken_origin_scrub_bytes", "Bytes re-read by scrubbing"),
+            blobs: c(
+                "kraken_origin_scrub_blobs",
+                "Blobs re-verified by scrubbing",
+            ),
+            corrupt: c(
+                "kraken_origin_scrub_corrupt",
+                "Stored copies found corrupt and quarantined",
+            ),
+            restored: c(
+                "kraken_origin_scrub_restored",
+                "Quarantined copies restored from another origin or the backend",
+            ),
+            restore_failures: c(
+                "kraken_origin_scrub_restore_failures",
+                "Quarantined copies that no correct copy could replace",
+            ),
+            suspects: c(
+                "kraken_origin_scrub_suspects",
+                "Suspect reports queued for a prompt check (bad pieces peers received, \
+                 write-backs whose bytes did not match)",
+            ),
+        }
     }
 }
 

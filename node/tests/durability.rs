@@ -14,46 +14,9 @@ use kraken_membership::{ClusterId, ClusterView};
 use kraken_node::client::Cluster;
 use kraken_node::config::NodeRole;
 use kraken_node::proto::{Request, Response};
-use kraken_storage::Digest;
-use kraken_storage::backend::{Backend, default_http_client};
 use kraken_transport::quic::{ConnectionPool, Endpoint, PoolConfig, QuicConfig};
+use support::outage::{backend_root, bring_back, take_down, wait_in_backend};
 use support::{TestCluster, blob_file, fs_backend};
-
-/// A filesystem backend root under `dir`, created (backends check their root at start).
-fn backend_root(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("outage").join("backend");
-    std::fs::create_dir_all(&root).unwrap();
-    root
-}
-
-/// Takes the backend down: its directory is replaced by a regular file, so every write
-/// fails (ENOTDIR), as a real outage would fail them.
-fn take_down(root: &Path) {
-    let parent = root.parent().unwrap();
-    std::fs::rename(parent, parent.with_extension("away")).unwrap();
-    std::fs::write(parent, b"not a directory").unwrap();
-}
-
-fn bring_back(root: &Path) {
-    let parent = root.parent().unwrap();
-    std::fs::remove_file(parent).unwrap();
-    std::fs::rename(parent.with_extension("away"), parent).unwrap();
-}
-
-async fn wait_in_backend(root: &Path, digest: &Digest, limit: Duration) {
-    let backend = Backend::new("check", &fs_backend(root), default_http_client().unwrap()).unwrap();
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(_)) = backend.stat(digest).await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{digest} never reached the backend"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_succeed_while_the_backend_is_down_and_are_flushed_when_it_returns() {

@@ -1,6 +1,9 @@
-//! `krakenctl repair [--digest D]`: every origin of the view runs an anti-entropy pass now
-//! (or brings one digest to each of its owners) and says what it found and fixed.
+//! `krakenctl repair [--digest D]`: every origin of the view scrubs its store now (or its
+//! copy of one digest: re-verified, a corrupt copy quarantined and restored), then runs an
+//! anti-entropy pass (or brings the digest to each of its owners), and says what it found
+//! and fixed.
 //!
+//! Scrubbing comes first so that the copies anti-entropy counts and sends are known good.
 //! All origins are asked at once and each answers when its pass ends (a pass waits for
 //! one already running there). The table (or JSON) lists each origin's blobs checked,
 //! blobs found short of an owner, copies made, blobs read through from the backend,
@@ -13,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kraken_client::cluster::CallError;
-use kraken_client::proto::{ErrorKind, RepairReport, Request, Response};
+use kraken_client::proto::{ErrorKind, RepairReport, Request, Response, ScrubReport};
 use kraken_storage::Digest;
 use serde::Serialize;
 
@@ -37,7 +40,9 @@ pub struct RepairRow {
     /// It answered `NotFound` (`--digest`: no origin and no backend holds the blob).
     #[serde(skip)]
     pub not_found: bool,
-    /// Its report.
+    /// What its scrub found (`None` if it gave no answer; see `error`).
+    pub scrub: Option<ScrubReport>,
+    /// Its anti-entropy report.
     pub report: Option<RepairReport>,
 }
 
@@ -72,6 +77,8 @@ pub struct Totals {
     pub unanswered: u64,
     /// Co-owners some origin could not compare with.
     pub unreachable_peers: Vec<String>,
+    /// What the scrubs found, summed.
+    pub scrub: ScrubReport,
 }
 
 /// Sums `rows`. A blob short on several holders counts once when the reports name it
@@ -82,6 +89,9 @@ pub fn totals(rows: &[RepairRow]) -> Totals {
     let mut unnamed_still = 0;
     let mut peers = BTreeSet::new();
     for row in rows {
+        if let Some(scrub) = &row.scrub {
+            t.scrub.add(scrub);
+        }
         let Some(r) = &row.report else {
             t.unanswered += 1;
             continue;
@@ -115,22 +125,36 @@ pub async fn collect(
         namespace: namespace.to_string(),
     };
     let calls = origins.iter().map(|m| {
-        client
-            .cluster()
-            .call_within(m.quic_addr, &request, REPAIR_WAIT)
+        let cluster = client.cluster();
+        let request = &request;
+        async move {
+            let scrub = cluster
+                .call_within(m.quic_addr, &Request::Scrub { digest }, REPAIR_WAIT)
+                .await;
+            let repair = cluster.call_within(m.quic_addr, request, REPAIR_WAIT).await;
+            (scrub, repair)
+        }
     });
     let answers = futures::future::join_all(calls).await;
     let rows: Vec<RepairRow> = origins
         .iter()
         .zip(answers)
-        .map(|(m, answer)| {
+        .map(|(m, (scrub, answer))| {
             let mut row = RepairRow {
                 origin: m.id.as_str().to_string(),
                 quic: m.quic_addr,
                 error: None,
                 not_found: false,
+                scrub: None,
                 report: None,
             };
+            match scrub {
+                Ok(Response::Scrubbed(r)) => row.scrub = Some(r),
+                Ok(other) => {
+                    row.error = Some(CallError::unexpected(m.quic_addr, other).to_string())
+                }
+                Err(e) => row.error = Some(format!("scrub: {e}")),
+            }
             match answer {
                 Ok(Response::Repaired(r)) => row.report = Some(r),
                 Ok(other) => {
@@ -156,6 +180,9 @@ pub async fn collect(
 pub fn render(s: &RepairSummary) -> String {
     let mut t = Table::new([
         "ORIGIN",
+        "SCRUBBED",
+        "CORRUPT",
+        "RESTORED",
         "BLOBS",
         "SHORT",
         "COPIED",
@@ -168,20 +195,28 @@ pub fn render(s: &RepairSummary) -> String {
         match &row.report {
             Some(r) => t.row([
                 row.origin.clone(),
+                scrub_cell(row, |s| s.checked),
+                scrub_cell(row, |s| s.corrupt),
+                scrub_cell(row, |s| s.restored),
                 r.blobs.to_string(),
                 r.under_replicated.to_string(),
                 r.copied.to_string(),
                 r.fetched.to_string(),
                 r.failed.to_string(),
                 r.remaining.to_string(),
-                if r.unreachable.is_empty() {
-                    String::new()
-                } else {
-                    format!("could not compare with {}", r.unreachable.join(","))
+                match (&row.error, r.unreachable.is_empty()) {
+                    (Some(e), _) => e.clone(),
+                    (None, true) => String::new(),
+                    (None, false) => {
+                        format!("could not compare with {}", r.unreachable.join(","))
+                    }
                 },
             ]),
             None => t.row([
                 row.origin.clone(),
+                scrub_cell(row, |s| s.checked),
+                scrub_cell(row, |s| s.corrupt),
+                scrub_cell(row, |s| s.restored),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -195,7 +230,15 @@ pub fn render(s: &RepairSummary) -> String {
     let x = &s.totals;
     let mut out = t.render();
     out.push_str(&format!(
-        "\nfound {} blobs short, copied {} ({}), read {} through from the backend, {} failed; {} blobs still short of an owner\n",
+        "\nscrubbed {} blobs ({}): {} corrupt, {} restored, {} failed\n",
+        x.scrub.checked,
+        bytes(x.scrub.bytes),
+        x.scrub.corrupt,
+        x.scrub.restored,
+        x.scrub.failed
+    ));
+    out.push_str(&format!(
+        "found {} blobs short, copied {} ({}), read {} through from the backend, {} failed; {} blobs still short of an owner\n",
         x.found_short,
         x.copied,
         bytes(x.copied_bytes),
@@ -203,7 +246,15 @@ pub fn render(s: &RepairSummary) -> String {
         x.failed,
         x.still_short
     ));
-    if x.copied == 0 && x.fetched == 0 && x.failed == 0 && x.still_short == 0 && x.unanswered == 0 {
+    if x.copied == 0
+        && x.fetched == 0
+        && x.failed == 0
+        && x.still_short == 0
+        && x.unanswered == 0
+        && x.scrub.corrupt == 0
+        && x.scrub.failed == 0
+        && s.origins.iter().all(|r| r.scrub.is_some())
+    {
         out.push_str("nothing to repair: every blob is on each of its owners\n");
     }
     out
@@ -225,13 +276,27 @@ pub fn outcome(s: &RepairSummary) -> Result<(), CtlError> {
             s.origins.len()
         )));
     }
-    if x.failed > 0 || x.still_short > 0 {
+    if let Some(row) = s.origins.iter().find(|r| r.scrub.is_none()) {
+        return Err(CtlError::Unreachable(format!(
+            "{} did not scrub: {}",
+            row.origin,
+            row.error.as_deref().unwrap_or("no answer")
+        )));
+    }
+    if x.failed > 0 || x.still_short > 0 || x.scrub.failed > 0 {
         return Err(CtlError::Failed(format!(
-            "{} copies failed, {} blobs still short of an owner",
-            x.failed, x.still_short
+            "{} copies failed, {} blobs still short of an owner, {} corrupt copies not restored",
+            x.failed, x.still_short, x.scrub.failed
         )));
     }
     Ok(())
+}
+
+/// One scrub count of `row`, or `-` when its scrub gave no answer.
+fn scrub_cell(row: &RepairRow, count: impl Fn(&ScrubReport) -> u64) -> String {
+    row.scrub
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |s| count(s).to_string())
 }
 
 /// `krakenctl repair`.
@@ -274,6 +339,7 @@ mod tests {
             quic: "127.0.0.1:1".parse().unwrap(),
             error: report.is_none().then(|| "timed out".to_string()),
             not_found: false,
+            scrub: report.as_ref().map(|_| ScrubReport::default()),
             report,
         }
     }

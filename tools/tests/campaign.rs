@@ -15,11 +15,6 @@ use support::{have, kraken_binary};
 
 const TEST: &str = "campaign";
 
-/// Faults left out until the origins repair them: a corrupt origin copy needs the
-/// scrubber, and blobs a transient origin took need anti-entropy to get back to their
-/// replica count. Drop it (and its `--without`) once both are in.
-const NOT_YET: &str = "corrupt-origin,transient-origin";
-
 /// moto's server: `KRAKEN_MOTO_SERVER`, the workspace's `.venv`, else `moto_server` on PATH
 /// (SKIPPED without it, a failure under CI).
 fn moto() -> Option<PathBuf> {
@@ -57,7 +52,6 @@ fn a_short_campaign_loses_nothing_acknowledged_and_returns_no_wrong_byte() {
             "--converge-timeout-secs",
             "120",
         ])
-        .args(["--without", NOT_YET])
         .arg("--work-dir")
         .arg(work.path().join("run"))
         .arg("--json-out")

@@ -683,10 +683,38 @@ async fn repair_finds_and_fixes_an_under_replicated_blob_and_says_when_all_is_we
     let healthy = f.ctl(&["repair"]).await.ok().stdout;
     assert!(healthy.contains("nothing to repair"), "{healthy}");
     for origin in ["origin-1", "origin-2", "origin-3"] {
-        // ORIGIN BLOBS SHORT COPIED FETCHED FAILED STILL-SHORT
+        // ORIGIN SCRUBBED CORRUPT RESTORED BLOBS SHORT COPIED FETCHED FAILED STILL-SHORT
         let cells: Vec<&str> = row(&healthy, origin).split_whitespace().collect();
-        assert_eq!(cells[2..7], ["0", "0", "0", "0", "0"], "{healthy}");
+        assert_eq!(cells[1..4], ["1", "0", "0"], "{healthy}");
+        assert_eq!(cells[5..10], ["0", "0", "0", "0", "0"], "{healthy}");
     }
+
+    // origin-1's copy rots: repair's scrub finds it, quarantines it and restores it.
+    let node = f
+        .cluster
+        .origins()
+        .find(|n| n.name() == "origin-1")
+        .unwrap();
+    let file = node
+        .roles()
+        .origin
+        .as_ref()
+        .unwrap()
+        .cas()
+        .blob_path(&digest);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[1234] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let scrubbed = f.ctl(&["repair", "--json"]).await.ok().json();
+    assert_eq!(scrubbed["totals"]["scrub"]["corrupt"], 1, "{scrubbed}");
+    assert_eq!(scrubbed["totals"]["scrub"]["restored"], 1, "{scrubbed}");
+    assert_eq!(scrubbed["totals"]["still_short"], 0, "{scrubbed}");
+    bytes[1234] ^= 0x40;
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "the restored copy is the blob"
+    );
 
     // origin-2 loses its copy: blob stat says so, repair copies it back.
     lose_copy(&f, "origin-2", &digest).await;

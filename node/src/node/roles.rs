@@ -8,7 +8,9 @@ use kraken_membership::NodeId;
 use kraken_storage::backend::{NamespaceRouter, RouterConfig, default_http_client};
 use kraken_storage::cas::Cas;
 use kraken_storage::queue::WriteBackQueue;
-use kraken_transport::exchange::{ExchangeConfig, PieceExchange, PieceLatencyObserver, Tracker};
+use kraken_transport::exchange::{
+    BadPieceObserver, ExchangeConfig, PieceExchange, PieceLatencyObserver, Tracker,
+};
 use kraken_transport::limit::RateLimiter;
 use kraken_transport::quic::ConnectionPool;
 use kraken_transport::swarm::{PeerInfo, PeerKind};
@@ -77,7 +79,7 @@ async fn open_store(config: &NodeConfig) -> Result<Cas, StartError> {
 }
 
 fn origin(w: &Wiring<'_>, cas: Cas) -> Result<Origin, StartError> {
-    let exchange = exchange(w, cas.clone(), NoAnnounce, PeerKind::Origin)?;
+    let exchange = exchange(w, cas.clone(), NoAnnounce, PeerKind::Origin, None)?;
     let router = backend_router(w.config)?;
     let queue = WriteBackQueue::open(
         &w.config.node.data_dir.join("writeback.redb"),
@@ -92,6 +94,7 @@ fn origin(w: &Wiring<'_>, cas: Cas) -> Result<Origin, StartError> {
         queue,
         exchange,
         uploads_dir: w.config.node.data_dir.join("uploads"),
+        scrub_state: w.config.node.data_dir.join("scrub.state"),
         config: w.config.origin.clone(),
         metrics: w.metrics.clone(),
     })
@@ -102,7 +105,14 @@ fn origin(w: &Wiring<'_>, cas: Cas) -> Result<Origin, StartError> {
 
 fn agent(w: &Wiring<'_>, cas: Cas) -> Result<Agent, StartError> {
     let tracker = RingTracker::new(w.cluster.clone());
-    let exchange = exchange(w, cas, tracker, PeerKind::Agent)?;
+    let (observer, reports) = crate::bad_pieces::channel();
+    let exchange = exchange(w, cas, tracker, PeerKind::Agent, Some(observer))?;
+    crate::spawn(crate::bad_pieces::run(
+        w.cluster.clone(),
+        reports,
+        w.metrics.clone(),
+        w.stop.clone(),
+    ));
     let agent = Agent::new(
         w.cluster.clone(),
         exchange,
@@ -128,12 +138,14 @@ fn build_index(w: &Wiring<'_>) -> Result<BuildIndex, StartError> {
     Ok(bi)
 }
 
-/// The piece exchange of an origin (seeds complete blobs) or an agent (starts empty).
+/// The piece exchange of an origin (seeds complete blobs) or an agent (starts empty, and
+/// hands bad pieces to `bad_piece`).
 fn exchange<T: Tracker>(
     w: &Wiring<'_>,
     cas: Cas,
     tracker: T,
     kind: PeerKind,
+    bad_piece: Option<BadPieceObserver>,
 ) -> Result<PieceExchange<T>, StartError> {
     let me = PeerInfo {
         id: w.peer_id,
@@ -146,6 +158,7 @@ fn exchange<T: Tracker>(
     config.piece_latency = Some(PieceLatencyObserver::new(move |latency| {
         metrics.observe_piece_latency(latency);
     }));
+    config.bad_piece = bad_piece;
     PieceExchange::new(w.pool.clone(), cas, tracker, me, config).map_err(StartError::Exchange)
 }
 

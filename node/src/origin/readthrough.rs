@@ -5,14 +5,13 @@
 //! read, and each hears the moment the blob is ready. The blob streams from the backend
 //! into the CAS ingest (sha256 checked, metainfo generated) without a temp copy in memory.
 
-use futures::StreamExt;
 use kraken_storage::Digest;
 use kraken_storage::cas::CasError;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::{Origin, internal};
-use crate::bridge::channel_reader;
+use crate::bridge::{channel_reader, feed};
 use crate::mirror::backend_error;
 use crate::proto::{ErrorKind, RemoteError, Response};
 
@@ -77,35 +76,17 @@ impl Origin {
             .router
             .route(namespace)
             .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
-        let mut stream = backend
+        let stream = backend
             .read(namespace, digest)
             .await
             .map_err(|e| backend_error(&e))?;
         let length = stream.len();
-        let (mut tx, reader) = channel_reader();
+        let (tx, reader) = channel_reader();
         let cas = self.inner.cas.clone();
         let digest_copy = *digest;
         let ingest =
             tokio::task::spawn_blocking(move || cas.ingest(&digest_copy, Some(length), reader));
-        let mut fed = 0u64;
-        loop {
-            match stream.next().await {
-                Some(Ok(chunk)) => {
-                    fed += chunk.len() as u64;
-                    if tx.push(chunk).await.is_err() {
-                        break; // The ingest stopped; it will say why.
-                    }
-                }
-                Some(Err(e)) => {
-                    tx.fail(std::io::Error::other(e)).await;
-                    break;
-                }
-                None => {
-                    let _ = tx.finish().await;
-                    break;
-                }
-            }
-        }
+        let fed = feed(stream, tx).await;
         let ingested = ingest.await.map_err(internal)?;
         match ingested {
             Ok(_) => {

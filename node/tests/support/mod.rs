@@ -15,6 +15,7 @@ use kraken_storage::backend::{BackendConfig, FsServiceConfig, RouteConfig, Servi
 use kraken_transport::quic::tls::dev::DevCa;
 use tempfile::TempDir;
 
+pub mod outage;
 pub mod small_fs;
 pub mod tools;
 

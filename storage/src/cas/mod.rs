@@ -4,6 +4,8 @@
 //! - `blobs/<2 hex>/<hex>`: complete, verified blobs (immutable once there);
 //! - `partial/<hex>`: sparse files of downloads in progress, pieces written at their offsets;
 //! - `tmp/`: ingest temp files, emptied at every open;
+//! - `quarantine/`: corrupt copies an origin's scrubber set aside, within a byte budget
+//!   ([`scrub`]);
 //! - `meta.redb`: records ([`BlobInfo`]), metainfo, and bitfields of partial blobs.
 //!
 //! Invariants, which the startup sweep restores after a crash:
@@ -17,7 +19,8 @@
 //! `ingest` (verified streaming ingest), [`partial`] (piece-by-piece downloads),
 //! [`piece_writer`] (a piece streamed into place while hashed, with direct I/O),
 //! [`reader`] (whole, ranged and per-piece reads), `evict` (the eviction planner),
-//! `purge` (deleting a blob on purpose, guarded by its last use).
+//! `purge` (deleting a blob on purpose, guarded by its last use), [`scrub`] (re-verifying
+//! a stored blob, and quarantining a corrupt one).
 //!
 //! The API is synchronous (std files, redb); async callers run it on a blocking pool.
 //! Lock order: the in-memory state mutex may be taken before a redb write transaction,
@@ -32,6 +35,7 @@ pub mod partial;
 pub mod piece_writer;
 mod purge;
 pub mod reader;
+pub mod scrub;
 pub mod space;
 #[cfg(test)]
 mod test_blobs;
@@ -52,6 +56,7 @@ pub use partial::{FlushJob, PartialBlob, PieceSource};
 pub use piece_writer::{PieceWriter, VerifiedPiece};
 pub use purge::PurgeOutcome;
 pub use reader::BlobReader;
+pub use scrub::{Corruption, Quarantined, Verdict, Verifier};
 pub use space::SpaceStatus;
 
 use crate::digest::Digest;

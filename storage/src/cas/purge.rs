@@ -83,7 +83,7 @@ impl Cas {
 
 impl Inner {
     /// Deletes the blob's records in one transaction.
-    fn forget_record(&self, digest: &Digest) -> Result<(), CasError> {
+    pub(super) fn forget_record(&self, digest: &Digest) -> Result<(), CasError> {
         let txn = self.begin_write()?;
         {
             let key = digest.to_string();

@@ -35,6 +35,10 @@
 //! Clones of a limiter share one bucket: the same limiter in every exchange of a node caps
 //! the node as a whole.
 //!
+//! Bad pieces: [`ExchangeConfig::bad_piece`] is told of every piece that failed
+//! verification, with the peer that sent it and, for a handed-out peer, its address and
+//! kind (an agent uses it to tell an origin its copy may be corrupt).
+//!
 //! Watching: [`PieceExchange::start_download`] starts a download without waiting for it
 //! and [`PieceExchange::watch`] looks at one already running (or complete); both give a
 //! [`BlobWatch`], which follows the set of verified, stored pieces as the blob task marks
@@ -140,6 +144,10 @@ pub struct ExchangeConfig {
     /// Told how long each verified piece took, from our request to the piece stored
     /// (for a latency histogram); `None` (the default) measures nothing.
     pub piece_latency: Option<PieceLatencyObserver>,
+    /// Told of every piece that failed verification, with the peer that sent it (so a
+    /// node can tell an origin that its copy looks corrupt); `None` (the default) tells
+    /// no one.
+    pub bad_piece: Option<BadPieceObserver>,
     /// Bytes of a streaming reader's window: the pieces from the one it waits for that
     /// the swarm asks for first and that are kept in memory for it as they arrive (at
     /// least one piece). Default: 32 MiB (8 pieces of 4 MiB, 2 of 16 MiB).
@@ -157,6 +165,7 @@ impl Default for ExchangeConfig {
             egress: None,
             ingress: None,
             piece_latency: None,
+            bad_piece: None,
             stream_window: 32 << 20,
             stream_memory: 64 << 20,
         }
@@ -183,6 +192,42 @@ impl PieceLatencyObserver {
 impl std::fmt::Debug for PieceLatencyObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PieceLatencyObserver")
+    }
+}
+
+/// A piece that failed verification, and who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadPiece {
+    /// The blob.
+    pub digest: Digest,
+    /// The piece.
+    pub index: kraken_storage::PieceIndex,
+    /// The peer that sent it.
+    pub peer: crate::wire::PeerId,
+    /// Where the peer is dialled and what it is, when it was handed out to us (peers that
+    /// dialled us are not).
+    pub from: Option<(std::net::SocketAddr, crate::swarm::PeerKind)>,
+}
+
+/// Receives every [`BadPiece`]. Called on the blob's task, so it must be cheap (a
+/// `try_send` into a bounded channel).
+#[derive(Clone)]
+pub struct BadPieceObserver(Arc<dyn Fn(BadPiece) + Send + Sync>);
+
+impl BadPieceObserver {
+    /// An observer calling `f`.
+    pub fn new(f: impl Fn(BadPiece) + Send + Sync + 'static) -> Self {
+        BadPieceObserver(Arc::new(f))
+    }
+
+    pub(super) fn observe(&self, bad: BadPiece) {
+        (self.0)(bad);
+    }
+}
+
+impl std::fmt::Debug for BadPieceObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BadPieceObserver")
     }
 }
 

@@ -313,6 +313,14 @@ impl<T: Tracker> BlobTask<T> {
             SwarmEvent::SeedingExpired => return true,
             SwarmEvent::BadPiece { from, index } => {
                 tracing::warn!(peer = %from, %index, "bad piece");
+                if let Some(observer) = &self.ex.inner.config.bad_piece {
+                    observer.observe(super::BadPiece {
+                        digest: self.digest,
+                        index,
+                        peer: from,
+                        from: self.known.get(&from).copied(),
+                    });
+                }
             }
             SwarmEvent::RequestTimedOut { peer, index } => {
                 tracing::debug!(%peer, %index, "request timed out");
