@@ -78,13 +78,9 @@ pub async fn put_stream(
     spill_dir: Option<&Path>,
 ) -> Result<(), RegistryError> {
     let ingest = request(repo, digest, len);
-    let mut spill = spill_dir.and_then(|dir| match Spill::create(dir) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot create a push spill; an owner failing mid-body will fail the upload");
-            None
-        }
-    });
+    // Made when the first owner asks for the body (not for a blob an owner has).
+    let mut spill: Option<Spill> = None;
+    let mut spill_dir = spill_dir;
     let mut taken = 0u64;
     let mut last = RegistryError::Unavailable("no live origin".into());
     for owner in cluster.owners_of_digest(Role::Origin, digest, 0) {
@@ -106,6 +102,11 @@ pub async fn put_stream(
             }
             Err(e) => return Err(push_error(e)),
         };
+        if let Some(dir) = spill_dir.take() {
+            spill = Spill::create(dir)
+                .inspect_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "cannot create a push spill; an owner failing mid-body will fail the upload"))
+                .ok();
+        }
         let e = match send_body(call, body, spill.as_mut(), taken).await {
             Ok(()) => return Ok(()),
             Err(SendAllError::Call(e)) => e,

@@ -157,7 +157,10 @@ fn registry(
     }
     let registry = match &roles.agent {
         Some(agent) if !proxy => ClusterRegistry::agent(agent.clone(), cluster.clone()),
-        _ => ClusterRegistry::proxy(cluster.clone()).with_spill_dir(uploads_dir(config)),
+        _ if section.spill_pushes => {
+            ClusterRegistry::proxy(cluster.clone()).with_spill_dir(uploads_dir(config))
+        }
+        _ => ClusterRegistry::proxy(cluster.clone()),
     };
     if section.upstreams.is_empty() || proxy {
         return Ok(Some(Arc::new(registry)));
