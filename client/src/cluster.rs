@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use kraken_membership::{ClusterView, Member, Role};
 use kraken_storage::Digest;
-use kraken_transport::quic::{ConnectionPool, PoolError, RequestBody, RpcError, call};
+use kraken_transport::quic::{
+    ConnectionPool, OpenCall, PoolError, RequestBody, RpcError, call, open_call,
+};
+use kraken_transport::wire::MAX_FRAME_LEN;
 use quinn::RecvStream;
 use tokio::sync::watch;
 
@@ -60,6 +63,15 @@ pub enum CallError {
         /// Where.
         addr: SocketAddr,
         /// The limit.
+        after: Duration,
+    },
+    /// A body's send (or the wait for its verdict) made no progress and the node did not
+    /// answer a ping: it is taken for dead (see [`crate::stall`]).
+    #[error("{addr} stalled for {after:?} and does not answer a ping")]
+    Stalled {
+        /// Where.
+        addr: SocketAddr,
+        /// How long nothing moved before it was given up.
         after: Duration,
     },
     /// The ring has no live member of the role.
@@ -162,6 +174,10 @@ pub struct Cluster {
     view: watch::Receiver<ClusterView>,
     /// Limit for calls that move no bulk bytes.
     pub call_timeout: Duration,
+    /// How long a send of a blob to a node may make no progress before the node is asked
+    /// whether it is alive ([`crate::stall`]); default
+    /// [`crate::stall::DEFAULT_STALL_TIMEOUT`].
+    pub stall_timeout: Duration,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -179,6 +195,7 @@ impl Cluster {
             pool,
             view,
             call_timeout: Duration::from_secs(10),
+            stall_timeout: crate::stall::DEFAULT_STALL_TIMEOUT,
         }
     }
 
@@ -211,6 +228,14 @@ impl Cluster {
             .collect();
         owners.sort_by_key(|m| view.is_suspected(&m.id));
         owners
+    }
+
+    /// Whether the view suspects the member at QUIC address `addr` of being dead.
+    pub fn suspects(&self, addr: SocketAddr) -> bool {
+        let view = self.view.borrow();
+        view.members()
+            .values()
+            .any(|m| m.quic_addr == addr && view.is_suspected(&m.id))
     }
 
     /// The QUIC addresses of the `role` ring's members the view does not suspect: whom a
@@ -261,6 +286,24 @@ impl Cluster {
             }
             other => Ok((other, recv)),
         }
+    }
+
+    /// Opens a call to `addr` whose body the caller sends as it comes
+    /// ([`kraken_transport::quic::open_call`]), with response frames of up to
+    /// [`MAX_FRAME_LEN`] bytes.
+    pub async fn open_call(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+    ) -> Result<OpenCall, CallError> {
+        let conn = self
+            .pool
+            .get_or_connect(addr)
+            .await
+            .map_err(|source| CallError::Connect { addr, source })?;
+        open_call(conn.connection(), request, MAX_FRAME_LEN)
+            .await
+            .map_err(|source| CallError::Rpc { addr, source })
     }
 
     /// A call without bodies, limited to [`Self::call_timeout`].

@@ -11,20 +11,28 @@
 //!
 //! Unlike the resumable upload ([`crate::upload`]), nothing is staged on the origin: a body
 //! that breaks off stores nothing, and the sender starts again from byte 0.
+//!
+//! Every step (the first answer, each write of the body, the verdict) runs under the stall
+//! watchdog ([`crate::stall`]): an origin that makes no progress and answers no ping fails
+//! the call with [`CallError::Stalled`] within seconds, so the caller moves to the next
+//! owner long before QUIC's idle timeout.
 
-use std::io::{self, Read as _};
+use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kraken_storage::Digest;
-use kraken_transport::quic::{OpenCall, RpcError, codes, open_call};
-use kraken_transport::wire::MAX_FRAME_LEN;
+use kraken_transport::quic::{OpenCall, RpcError, codes};
 use tokio::sync::mpsc;
 
 use crate::cluster::{CallError, Cluster};
 use crate::proto::{Request, Response};
+use crate::stall;
 use crate::upload::{Pushed, push_file};
 
 /// Bytes read from a file per chunk sent.
@@ -79,11 +87,16 @@ pub struct IngestCall {
     call: OpenCall,
     addr: SocketAddr,
     length: u64,
+    /// Whom the stall watchdog asks about the origin.
+    stall: Box<Cluster>,
+    /// Set once a send stalled and the origin was given up.
+    stalled: Option<Box<CallError>>,
 }
 
 impl IngestCall {
     /// Sends the request to the origin at `addr` and waits (at most the cluster's call
-    /// timeout) for its first answer.
+    /// timeout, and less when the origin stalls and answers no ping: [`crate::stall`]) for
+    /// its first answer.
     pub async fn open(
         cluster: &Cluster,
         addr: SocketAddr,
@@ -91,36 +104,41 @@ impl IngestCall {
     ) -> Result<Opened, CallError> {
         let limit = cluster.call_timeout;
         let opening = async {
-            let conn = cluster
-                .pool()
-                .get_or_connect(addr)
-                .await
-                .map_err(|source| CallError::Connect { addr, source })?;
             let rpc = |source| CallError::Rpc { addr, source };
-            let mut call = open_call(conn.connection(), &ingest.request(), MAX_FRAME_LEN)
-                .await
-                .map_err(rpc)?;
+            let mut call = cluster.open_call(addr, &ingest.request()).await?;
             match call.answer::<Response>().await.map_err(rpc)? {
                 Some(Response::Proceed) => Ok(Opened::Proceed(IngestCall {
                     call,
                     addr,
                     length: ingest.length,
+                    stall: Box::new(cluster.clone()),
+                    stalled: None,
                 })),
                 Some(Response::Uploaded { length }) => Ok(Opened::Present { length }),
                 Some(other) => Err(CallError::unexpected(addr, other)),
                 None => Err(rpc(RpcError::NoResponse)),
             }
         };
-        match tokio::time::timeout(limit, opening).await {
-            Ok(r) => r,
+        match tokio::time::timeout(limit, stall::guard(cluster, addr, opening)).await {
+            Ok(r) => r?,
             Err(_) => Err(CallError::Timeout { addr, after: limit }),
         }
     }
 
-    /// Sends the next bytes of the body. False once the origin stopped reading or the
-    /// stream failed: call [`IngestCall::finish`] for its answer or the failure.
+    /// Sends the next bytes of the body. False once the origin stopped reading, the
+    /// stream failed or the origin stalled and answers no ping ([`crate::stall`]): call
+    /// [`IngestCall::finish`] for its answer or the failure.
     pub async fn send(&mut self, bytes: Bytes) -> bool {
-        self.call.send(bytes).await
+        if self.stalled.is_some() {
+            return false;
+        }
+        match stall::guard(&self.stall, self.addr, self.call.send(bytes)).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.stalled = Some(Box::new(e));
+                false
+            }
+        }
     }
 
     /// Gives up because the body's source failed: the origin stores nothing.
@@ -152,12 +170,16 @@ impl IngestCall {
     }
 
     /// Ends the body and waits for the origin's verdict; returns the blob's length.
+    /// An origin that stalls and answers no ping meanwhile fails it with
+    /// [`CallError::Stalled`] (the stream is reset: it stores nothing).
     pub async fn finish(self) -> Result<u64, CallError> {
         let addr = self.addr;
-        let (response, _) = self
-            .call
-            .finish::<Response>()
-            .await
+        if let Some(e) = self.stalled {
+            self.call.abort(codes::ABANDONED);
+            return Err(*e);
+        }
+        let (response, _) = stall::guard(&self.stall, addr, self.call.finish::<Response>())
+            .await?
             .map_err(|source| CallError::Rpc { addr, source })?;
         match response {
             Response::Uploaded { length } if length == self.length => Ok(length),
@@ -230,33 +252,40 @@ pub enum SendAllError {
 /// `length` ends in an [`io::ErrorKind::UnexpectedEof`] error. Dropping the receiver stops
 /// the reading.
 pub fn read_file(path: PathBuf, length: u64) -> mpsc::Receiver<io::Result<Bytes>> {
+    read_range(move || std::fs::File::open(&path).map(Arc::new), 0..length)
+}
+
+/// Bytes `range` of the file `open` returns, as [`read_file`] reads them, with positional
+/// reads (the file's offset is left alone, so a file another handle appends to can be
+/// read back).
+pub fn read_range<F>(open: F, range: Range<u64>) -> mpsc::Receiver<io::Result<Bytes>>
+where
+    F: FnOnce() -> io::Result<Arc<std::fs::File>> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let reading = move || {
-        let mut file = match std::fs::File::open(&path) {
+        let file = match open() {
             Ok(f) => f,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
         };
-        let mut left = length;
-        while left > 0 {
-            let want = usize::try_from(left).map_or(FILE_CHUNK, |l| l.min(FILE_CHUNK));
-            // Read into spare capacity: nothing is zeroed first.
-            let mut buf = Vec::with_capacity(want);
-            let chunk = match (&mut file).take(want as u64).read_to_end(&mut buf) {
-                Ok(n) if n == want => Ok(Bytes::from(buf)),
-                Ok(n) => Err(io::Error::new(
+        let mut at = range.start;
+        while at < range.end {
+            let want = usize::try_from(range.end - at).map_or(FILE_CHUNK, |l| l.min(FILE_CHUNK));
+            let chunk = read_at(&file, at, want).map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("the file ended {} bytes short", left - n as u64),
-                )),
-                Err(e) => Err(e),
-            };
+                    format!("the file ended {} bytes short", range.end - at),
+                ),
+                _ => e,
+            });
             let failed = chunk.is_err();
             if tx.blocking_send(chunk).is_err() || failed {
                 return;
             }
-            left -= want as u64;
+            at += want as u64;
         }
     };
     if let Err(e) = std::thread::Builder::new()
@@ -269,6 +298,14 @@ pub fn read_file(path: PathBuf, length: u64) -> mpsc::Receiver<io::Result<Bytes>
         return rx;
     }
     rx
+}
+
+/// `want` bytes of `file` from offset `at`; [`io::ErrorKind::UnexpectedEof`] if it ends
+/// first.
+fn read_at(file: &std::fs::File, at: u64, want: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; want];
+    file.read_exact_at(&mut buf, at)?;
+    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@
 //! - [`upload`]: the resumable upload's client ([`upload::push_file`]).
 //! - [`ingest`]: the streaming ingest's client: a whole blob into an origin's store in one
 //!   pass, from a file or as it arrives ([`ingest::ingest_file`], [`ingest::IngestCall`]).
+//! - [`stall`]: the stall watchdog of blob sends: a receiver that makes no progress and
+//!   answers no ping is given up within seconds, so a push moves to the next owner.
 //! - [`preheat`]: walking an image (tag, manifest or index, children, layers) so its owning
 //!   origins hold every blob, reading what they lack through from their backends.
 //! - [`cluster_file`]: `cluster.json`, the file `kraken dev` writes for tools.
@@ -28,6 +30,7 @@ pub mod ingest;
 pub mod metainfo;
 pub mod preheat;
 pub mod proto;
+pub mod stall;
 pub mod upload;
 
 #[cfg(test)]

@@ -1,17 +1,20 @@
 //! The resumable upload's client: [`push_file`] asks the origin how much of the blob it
-//! already holds, then sends the rest of the file. The origin's side (staging, verifying,
+//! already holds, then sends the rest of the file. An origin that stalls and answers no
+//! ping is given up within seconds ([`crate::stall`]): the caller moves on to the next
+//! owner. The origin's side (staging, verifying,
 //! queueing the write-back before it answers) is in the node crate.
 
-use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use kraken_storage::Digest;
-use kraken_transport::quic::RequestBody;
-use tokio::io::AsyncSeekExt;
+use kraken_transport::quic::codes;
 
 use crate::cluster::{CallError, Cluster};
+use crate::ingest::read_range;
 use crate::proto::{ErrorKind, RemoteError, Request, Response};
+use crate::stall;
 
 /// What [`push_file`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +38,12 @@ pub async fn push_file(
     replica: bool,
     persisted: bool,
 ) -> Result<Pushed, CallError> {
-    let offset = match cluster
-        .call(addr, &Request::UploadStatus { digest: *digest })
-        .await?
+    let offset = match stall::guard(
+        cluster,
+        addr,
+        cluster.call(addr, &Request::UploadStatus { digest: *digest }),
+    )
+    .await??
     {
         Response::UploadOffset(n) => n,
         other => return Err(CallError::unexpected(addr, other)),
@@ -52,13 +58,6 @@ pub async fn push_file(
             ),
         });
     }
-    let io = |source| CallError::File {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-    file.seek(SeekFrom::Start(offset)).await.map_err(io)?;
-    let mut body = tokio::io::AsyncReadExt::take(file, length.saturating_sub(offset));
     let request = Request::Upload {
         namespace: namespace.to_string(),
         digest: *digest,
@@ -67,9 +66,32 @@ pub async fn push_file(
         replica,
         persisted,
     };
-    let (response, _) = cluster
-        .call_stream(addr, &request, RequestBody::Reader(&mut body))
-        .await?;
+    let rpc = |source| CallError::Rpc { addr, source };
+    let mut call = stall::guard(cluster, addr, cluster.open_call(addr, &request)).await??;
+    let open = {
+        let path = path.to_path_buf();
+        move || std::fs::File::open(&path).map(Arc::new)
+    };
+    let mut chunks = read_range(open, offset..length);
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(source) => {
+                call.abort(codes::ABANDONED);
+                return Err(CallError::File {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        // A stall resets the stream (the origin keeps what it staged, to resume from).
+        if !stall::guard(cluster, addr, call.send(chunk)).await? {
+            break;
+        }
+    }
+    let (response, _) = stall::guard(cluster, addr, call.finish::<Response>())
+        .await?
+        .map_err(rpc)?;
     match response {
         Response::Uploaded { length } => Ok(Pushed {
             sent: length.saturating_sub(offset),

@@ -388,6 +388,12 @@ pub struct RegistrySection {
     /// Proxies: serve pushes without credentials (no `push_tokens`, no `push_users`) on
     /// an address beyond loopback. Off: such a proxy refuses to start.
     pub allow_anonymous_push: bool,
+    /// Proxies: spill what a streamed (monolithic) push has taken of its body to an
+    /// unnamed, unsynced file in `uploads_dir`, so that the push moves to the next owner
+    /// when its origin dies mid-body. Off: such a push fails (503) and the client sends it
+    /// again. Costs one sequential write of each pushed byte to the proxy's disk (mostly
+    /// page cache).
+    pub spill_pushes: bool,
     /// Proxies: open upload sessions, all clients together; past it `429`.
     pub max_upload_sessions: u64,
     /// Proxies: open upload sessions of one client address.
@@ -448,6 +454,7 @@ impl Default for RegistrySection {
             blob_listen: None,
             notifications: crate::notify::NotificationsConfig::default(),
             allow_anonymous_push: false,
+            spill_pushes: true,
             max_upload_sessions: uploads.max_sessions,
             max_upload_sessions_per_client: uploads.max_sessions_per_client,
             max_staged_bytes: uploads.max_staged_bytes,

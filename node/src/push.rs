@@ -5,11 +5,21 @@
 //!   the body, is followed by the next: the file is still here to send again.
 //! - [`put_stream`]: a request body as the client sends it. An owner that fails before it
 //!   asks for the body (down, busy, not an owner, or its queue unusable) is followed by the
-//!   next, with nothing of the body consumed; once the body flows it belongs to that owner,
-//!   and its failure fails the upload ([`RegistryError::Unavailable`]: sending it again
-//!   works). An owner from before the streaming ingest declines the stream
-//!   ([`RegistryError::Unsupported`], the body untouched): the gateway stages it and
-//!   comes back through [`put_file`], which sends it the resumable upload.
+//!   next, with nothing of the body consumed. Once the body flows, what is taken from it is
+//!   also spilled to an unsynced file in the proxy's uploads directory ([`spill`]): an
+//!   owner that fails mid-body is followed by the next, which gets the spilled prefix and
+//!   then the rest of the live body; the client's request stays open throughout. Without a
+//!   spill (none configured, or it cannot be written) such a failure fails the upload
+//!   ([`RegistryError::Unavailable`]: sending it again works). An owner from before the
+//!   streaming ingest declines the stream ([`RegistryError::Unsupported`], the body
+//!   untouched): the gateway stages it and comes back through [`put_file`], which sends it
+//!   the resumable upload.
+//!
+//! An owner fails when it refuses in a way the next owner may not (down, busy, not an
+//! owner), or when a send to it stalls and it answers no ping: the stall watchdog
+//! (`kraken_client::stall`) gives a dead owner up after at most two stall times
+//! (2 s each by default), long before QUIC's idle timeout, and never gives up on one that
+//! answers (a slow disk, a long fsync).
 //!
 //! The proxy does not hash: the origin checks the digest in its one pass over the bytes
 //! and a mismatch comes back as [`RegistryError::DigestInvalid`], nothing stored. `Ok`
@@ -18,6 +28,7 @@
 
 use std::path::Path;
 
+use futures::StreamExt as _;
 use kraken_client::ingest::{
     IngestCall, IngestRequest, Opened, SendAllError, ingest_file, predates_ingest,
 };
@@ -26,6 +37,9 @@ use kraken_registry_gateway::registry::{RegistryError, UploadBody};
 use kraken_storage::Digest;
 
 use crate::client::{CallError, Cluster};
+use spill::Spill;
+
+mod spill;
 use crate::proto::ErrorKind;
 
 /// Stores `len` bytes of the file at `path` as blob `digest` of namespace `repo`.
@@ -52,15 +66,22 @@ pub async fn put_file(
 }
 
 /// Stores blob `digest` of namespace `repo`, exactly `len` bytes, from `body` as it
-/// arrives. Nothing is taken from `body` before an owner asks for it.
+/// arrives. Nothing is taken from `body` before an owner asks for it. With a `spill_dir`,
+/// what was taken is spilled there ([`spill`]), so an owner that fails mid-body is
+/// followed by the next with no help from the client.
 pub async fn put_stream(
     cluster: &Cluster,
     repo: &str,
     digest: &Digest,
     len: u64,
     body: &mut UploadBody,
+    spill_dir: Option<&Path>,
 ) -> Result<(), RegistryError> {
     let ingest = request(repo, digest, len);
+    // Made when the first owner asks for the body (not for a blob an owner has).
+    let mut spill: Option<Spill> = None;
+    let mut spill_dir = spill_dir;
+    let mut taken = 0u64;
     let mut last = RegistryError::Unavailable("no live origin".into());
     for owner in cluster.owners_of_digest(Role::Origin, digest, 0) {
         let call = match IngestCall::open(cluster, owner.quic_addr, ingest).await {
@@ -68,7 +89,7 @@ pub async fn put_stream(
             Ok(Opened::Present { .. }) => return Ok(()),
             // Nothing of the body is taken: the gateway stages it and calls put_file,
             // which falls back to the resumable upload.
-            Err(e) if predates_ingest(&e) => {
+            Err(e) if predates_ingest(&e) && taken == 0 => {
                 return Err(RegistryError::Unsupported(format!(
                     "origin {} predates the streaming ingest",
                     owner.id
@@ -81,16 +102,85 @@ pub async fn put_stream(
             }
             Err(e) => return Err(push_error(e)),
         };
-        return match call.send_all(body).await {
-            Ok(_) => Ok(()),
-            Err(SendAllError::Call(e)) => Err(push_error(e)),
+        if let Some(dir) = spill_dir.take() {
+            spill = Spill::create(dir)
+                .inspect_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "cannot create a push spill; an owner failing mid-body will fail the upload"))
+                .ok();
+        }
+        let e = match send_body(call, body, spill.as_mut(), taken).await {
+            Ok(()) => return Ok(()),
+            Err(SendAllError::Call(e)) => e,
             // The gateway knows why from the body itself.
-            Err(SendAllError::Source(e)) => Err(RegistryError::Unavailable(format!(
-                "the upload's body failed: {e}"
-            ))),
+            Err(SendAllError::Source(e)) => {
+                return Err(RegistryError::Unavailable(format!(
+                    "the upload's body failed: {e}"
+                )));
+            }
         };
+        if !e.try_next() {
+            return Err(push_error(e));
+        }
+        // Whatever was taken must be in the spill to go on.
+        taken = match &mut spill {
+            Some(s) => match s.flushed().await {
+                Ok(n) => n,
+                Err(spilled) => {
+                    return Err(RegistryError::Unavailable(format!(
+                        "{e}; the spill cannot resume it: {spilled}"
+                    )));
+                }
+            },
+            None => return Err(push_error(e)),
+        };
+        tracing::info!(owner = %owner.id, error = %e, resumed = taken, "owner failed mid-body; the push moves to the next owner");
+        last = RegistryError::Unavailable(e.to_string());
     }
     Err(last)
+}
+
+/// Sends one owner the body: the `taken` bytes already spilled, then the rest of `body`
+/// (spilled as it is taken), and waits for its verdict.
+async fn send_body(
+    mut call: IngestCall,
+    body: &mut UploadBody,
+    mut spill: Option<&mut Spill>,
+    taken: u64,
+) -> Result<(), SendAllError> {
+    if let Some(s) = spill.as_deref_mut()
+        && taken > 0
+    {
+        let mut prefix = s.prefix(taken);
+        while let Some(chunk) = prefix.recv().await {
+            match chunk {
+                Ok(bytes) => {
+                    if !call.send(bytes).await {
+                        return Ok(call.finish().await.map(drop)?);
+                    }
+                }
+                Err(e) => {
+                    call.abort();
+                    return Err(SendAllError::Source(e));
+                }
+            }
+        }
+    }
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                if let Some(s) = spill.as_deref_mut() {
+                    s.keep(&bytes).await;
+                }
+                if !call.send(bytes).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                call.abort();
+                return Err(SendAllError::Source(e));
+            }
+        }
+    }
+    Ok(call.finish().await.map(drop)?)
 }
 
 fn request<'a>(repo: &'a str, digest: &'a Digest, len: u64) -> IngestRequest<'a> {

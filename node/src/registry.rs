@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -44,6 +44,8 @@ pub struct ClusterRegistry {
     cluster: Cluster,
     agent: Option<Agent>,
     upstreams: Option<Upstreams>,
+    /// Where a streamed push spills what it took, to move to another owner mid-body.
+    spill_dir: Option<PathBuf>,
 }
 
 impl ClusterRegistry {
@@ -53,6 +55,7 @@ impl ClusterRegistry {
             cluster,
             agent: Some(agent),
             upstreams: None,
+            spill_dir: None,
         }
     }
 
@@ -74,7 +77,15 @@ impl ClusterRegistry {
             cluster,
             agent: None,
             upstreams: None,
+            spill_dir: None,
         }
+    }
+
+    /// Spills streamed pushes into `dir` (the proxy's uploads directory) so that they
+    /// survive an owner failing mid-body ([`crate::push::put_stream`]).
+    pub fn with_spill_dir(mut self, dir: PathBuf) -> Self {
+        self.spill_dir = Some(dir);
+        self
     }
 
     /// The blob's metainfo: the agent's (local, or from the tracker) or the origins'.
@@ -428,7 +439,15 @@ impl Registry for ClusterRegistry {
         body: &mut UploadBody,
     ) -> Result<(), RegistryError> {
         self.pushing()?;
-        crate::push::put_stream(&self.cluster, repo, digest, len, body).await?;
+        crate::push::put_stream(
+            &self.cluster,
+            repo,
+            digest,
+            len,
+            body,
+            self.spill_dir.as_deref(),
+        )
+        .await?;
         self.link(repo, &[*digest]).await
     }
 

@@ -4,18 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kraken_membership::{ClusterId, ClusterView};
-use kraken_node::client::Cluster;
 use kraken_node::config::NodeRole;
 use kraken_node::proto::{Request, Response};
-use kraken_transport::quic::{ConnectionPool, Endpoint, PoolConfig, QuicConfig};
 use support::outage::{backend_root, bring_back, take_down, wait_in_backend};
+use support::process::KrakenProcess;
 use support::{TestCluster, blob_file, fs_backend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,43 +60,8 @@ async fn uploads_succeed_while_the_backend_is_down_and_are_flushed_when_it_retur
     assert!(info.persisted && !info.pinned, "{info:?}");
 }
 
-/// A `kraken origin` child process.
-struct OriginProcess {
-    child: Child,
-    quic: SocketAddr,
-}
-
-fn spawn_origin(config: &Path) -> OriginProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kraken"))
-        .args(["origin", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut quic = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("quic ") {
-            quic = Some(a.parse().unwrap());
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    OriginProcess {
-        child,
-        quic: quic.expect("the origin printed no address"),
-    }
-}
-
-impl Drop for OriginProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn spawn_origin(config: &Path) -> KrakenProcess {
+    KrakenProcess::spawn("origin", config, Stdio::inherit())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,16 +108,7 @@ backend = {{ fs = {{ root = "{root}" }} }}
     .unwrap();
 
     // A plain client: its own endpoint and certificate, calling by address.
-    let identity = c.ca.issue_node_cert("tester").unwrap();
-    let endpoint = Endpoint::bind(
-        &QuicConfig::bind_to(SocketAddr::from(([127, 0, 0, 1], 0))),
-        &identity,
-        &c.ca.cluster_ca(),
-    )
-    .unwrap();
-    let pool = ConnectionPool::new(endpoint, PoolConfig::default(), |_| {}).unwrap();
-    let view = ClusterView::new(ClusterId::new("test").unwrap(), []).unwrap();
-    let client = Cluster::new(pool, tokio::sync::watch::channel(view).1);
+    let client = c.plain_client();
 
     let mut origin = spawn_origin(&config);
     take_down(&root);
@@ -182,8 +134,7 @@ backend = {{ fs = {{ root = "{root}" }} }}
         other => panic!("{other:?}"),
     }
     // SIGKILL: no chance to flush anything that was not already durable.
-    origin.child.kill().unwrap();
-    origin.child.wait().unwrap();
+    origin.kill9();
     drop(origin);
     bring_back(&root);
 

@@ -9,14 +9,14 @@ mod support;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 use kraken_storage::Digest;
 use kraken_storage::backend::{
-    Backend, BlobWriteBack, NamespaceRouter, RouteConfig, RouterConfig, UploadOutcome,
-    WriteBackError, WriteBackHooks, default_http_client, upload_blob,
+    Backend, BackendConfig, BlobWriteBack, NamespaceRouter, RouteConfig, RouterConfig,
+    UploadOutcome, WriteBackError, WriteBackHooks, default_http_client, upload_blob,
 };
 use kraken_storage::cas::{Cas, CasConfig};
 use kraken_storage::queue::executor::Executor;
@@ -24,11 +24,15 @@ use kraken_storage::queue::{QueueConfig, WriteBackItem, WriteBackQueue};
 use support::{Moto, test_data};
 
 fn router(moto: &Moto) -> NamespaceRouter {
+    router_to(moto.backend_config())
+}
+
+fn router_to(backend: BackendConfig) -> NamespaceRouter {
     let config = RouterConfig {
         backends: vec![RouteConfig {
             namespace: "library/.*".into(),
             name: Some("moto".into()),
-            backend: moto.backend_config(),
+            backend,
         }],
     };
     NamespaceRouter::new(&config, default_http_client().unwrap()).unwrap()
@@ -246,4 +250,57 @@ async fn items_for_a_read_only_upstream_leave_the_queue_and_their_blob_stays_pin
     // Written nowhere: the blob is kept from eviction.
     let info = cas.info(&digest).unwrap().unwrap();
     assert!(info.pinned && !info.persisted, "{info:?}");
+}
+
+/// A hung backend (moto stopped: connections accepted, nothing answered) fails a
+/// write-back attempt within the backend's timeouts, not the HTTP client's read timeout;
+/// the item stays queued and drains once the backend answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_fails_an_attempt_within_its_timeouts_and_drains_after() {
+    const TIMEOUT_SECS: u64 = 2;
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(CasConfig::at(dir.path().join("cas"))).unwrap();
+    let queue = WriteBackQueue::open(&dir.path().join("writeback.redb"), queue_config()).unwrap();
+    let blob = test_data(1 << 20, 9);
+    let digest = Digest::sha256_of(&blob);
+    cas.ingest(&digest, Some(blob.len() as u64), &blob[..])
+        .unwrap();
+    cas.set_pinned(&digest, true).unwrap();
+    let t0 = SystemTime::now();
+    queue.enqueue("library/hung", &digest, t0).unwrap();
+    let mut backend = moto.backend_config();
+    backend.op_timeout_secs = TIMEOUT_SECS;
+    backend.io_timeout_secs = TIMEOUT_SECS;
+    let router = router_to(backend);
+    let node = Node::default();
+    let clock = Arc::new(Mutex::new(t0));
+    let executor = executor(&queue, &router, &cas, &node, &clock);
+
+    moto.pause();
+    let started = Instant::now();
+    let report = executor.pass().await.unwrap();
+    let took = started.elapsed();
+    moto.resume();
+    eprintln!("a write-back attempt against the hung backend failed after {took:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    // A stat and an upload may each use their whole timeout; 15 s (the HTTP read
+    // timeout) or 60 s (before this bound) would fail here.
+    assert!(
+        took < Duration::from_secs(2 * TIMEOUT_SECS + 3),
+        "the attempt took {took:?}"
+    );
+    assert_eq!(queue.len().unwrap(), 1, "the item stays queued");
+    assert!(cas.info(&digest).unwrap().unwrap().pinned);
+
+    // Answering again: the item drains on its next attempt.
+    *clock.lock().unwrap() = t0 + Duration::from_secs(5);
+    let report = executor.pass().await.unwrap();
+    assert_eq!(report.done, 1, "{report:?}");
+    assert!(queue.is_empty().unwrap());
+    let backend = router.route("library/hung").unwrap();
+    assert_eq!(
+        Digest::sha256_of(&backend_bytes(backend, &digest).await),
+        digest
+    );
 }

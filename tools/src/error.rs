@@ -88,7 +88,7 @@ impl CtlError {
     /// [`CtlError::Failed`].
     pub fn from_call(e: &CallError) -> Self {
         match e {
-            CallError::Connect { .. } | CallError::Timeout { .. } => {
+            CallError::Connect { .. } | CallError::Timeout { .. } | CallError::Stalled { .. } => {
                 CtlError::Unreachable(e.to_string())
             }
             CallError::File { .. } => CtlError::BadArgument(e.to_string()),

@@ -3,6 +3,7 @@
 //! blob server.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use kraken_registry_gateway::{
@@ -60,10 +61,7 @@ pub(super) async fn start_registry(
     };
     let gateway = GatewayConfig {
         push: proxy,
-        uploads_dir: section
-            .uploads_dir
-            .clone()
-            .unwrap_or_else(|| config.node.data_dir.join("registry-uploads")),
+        uploads_dir: uploads_dir(config),
         max_manifest_len: section.max_manifest_len,
         auth: push_auth(section),
         page_limit: section.page_limit,
@@ -161,6 +159,9 @@ fn registry(
     }
     let registry = match &roles.agent {
         Some(agent) if !proxy => ClusterRegistry::agent(agent.clone(), cluster.clone()),
+        _ if section.spill_pushes => {
+            ClusterRegistry::proxy(cluster.clone()).with_spill_dir(uploads_dir(config))
+        }
         _ => ClusterRegistry::proxy(cluster.clone()),
     };
     if section.upstreams.is_empty() || proxy {
@@ -168,6 +169,15 @@ fn registry(
     }
     let upstreams = Upstreams::new(&section.upstreams).map_err(StartError::Upstreams)?;
     Ok(Some(Arc::new(registry.with_upstreams(upstreams))))
+}
+
+/// Where the registry API keeps upload sessions (and a proxy spills streamed pushes).
+fn uploads_dir(config: &NodeConfig) -> PathBuf {
+    config
+        .registry
+        .uploads_dir
+        .clone()
+        .unwrap_or_else(|| config.node.data_dir.join("registry-uploads"))
 }
 
 /// The push credentials, if any are configured.

@@ -16,6 +16,7 @@ use kraken_transport::quic::tls::dev::DevCa;
 use tempfile::TempDir;
 
 pub mod outage;
+pub mod process;
 pub mod small_fs;
 pub mod tools;
 
@@ -64,6 +65,23 @@ impl TestCluster {
             nodes: Vec::new(),
             seed: None,
         }
+    }
+
+    /// A plain client of cluster `test`: its own endpoint and certificate from this CA, an
+    /// empty view (it calls nodes by address).
+    pub fn plain_client(&self) -> Cluster {
+        use kraken_membership::{ClusterId, ClusterView};
+        use kraken_transport::quic::{ConnectionPool, Endpoint, PoolConfig, QuicConfig};
+        let identity = self.ca.issue_node_cert("tester").unwrap();
+        let endpoint = Endpoint::bind(
+            &QuicConfig::bind_to(SocketAddr::from(([127, 0, 0, 1], 0))),
+            &identity,
+            &self.ca.cluster_ca(),
+        )
+        .unwrap();
+        let pool = ConnectionPool::new(endpoint, PoolConfig::default(), |_| {}).unwrap();
+        let view = ClusterView::new(ClusterId::new("test").unwrap(), []).unwrap();
+        Cluster::new(pool, tokio::sync::watch::channel(view).1)
     }
 
     pub fn config(&self, name: &str, role: NodeRole) -> NodeConfig {

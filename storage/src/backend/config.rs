@@ -5,6 +5,8 @@
 //! layout = "docker"            # or "plain"; see `KeyLayout`
 //! write_chunk_size = 8388608   # bytes per multipart part / buffered write
 //! write_concurrency = 2        # parts in flight per upload
+//! op_timeout_secs = 10         # bound on each stat, delete, ... (not s3/gcs bodies)
+//! io_timeout_secs = 10         # bound on each read or write call of a body, a listing page
 //!
 //! [s3]                         # exactly one of [fs], [memory], [s3], [gcs], [webhdfs]
 //! bucket = "registry"
@@ -34,6 +36,16 @@ pub const S3_MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 pub const MAX_WRITE_CHUNK_SIZE: usize = 512 * 1024 * 1024;
 /// Upper bound on `write_concurrency`.
 pub const MAX_WRITE_CONCURRENCY: usize = 64;
+/// Default of `op_timeout_secs`: 10 s. A healthy object store answers a stat or a delete
+/// in tens of milliseconds and its slow tail within a second or two; a backend silent for
+/// 10 s is hung, and the write-back queue retries the item later.
+pub const DEFAULT_OP_TIMEOUT_SECS: u64 = 10;
+/// Default of `io_timeout_secs`: 10 s. Each call on a body (a read of the next bytes, a
+/// write of a part, the final commit) must finish within it; with 8 MiB parts that asks
+/// for at least ~1 MB/s to the backend. Raise it for slower links or larger parts.
+pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 10;
+/// Upper bound on both timeouts (an hour): past it, a hung backend is never noticed.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
 
 /// One storage backend: which service, how keys are laid out, how uploads are chunked.
 ///
@@ -52,6 +64,14 @@ pub struct BackendConfig {
     /// Parts one upload sends concurrently. Memory per upload is about
     /// `write_chunk_size * write_concurrency`. Default 2.
     pub write_concurrency: usize,
+    /// Seconds any operation that moves no body (stat, delete, opening a reader, a
+    /// multipart's creation) may take before it fails as timed out. Default
+    /// [`DEFAULT_OP_TIMEOUT_SECS`]; 1..=[`MAX_TIMEOUT_SECS`].
+    pub op_timeout_secs: u64,
+    /// Seconds each call on a body (one read, one part written, the final commit, one
+    /// listing page) may take. Default [`DEFAULT_IO_TIMEOUT_SECS`];
+    /// 1..=[`MAX_TIMEOUT_SECS`].
+    pub io_timeout_secs: u64,
 }
 
 impl Default for BackendConfig {
@@ -68,6 +88,8 @@ impl BackendConfig {
             layout: KeyLayout::default(),
             write_chunk_size: DEFAULT_WRITE_CHUNK_SIZE,
             write_concurrency: DEFAULT_WRITE_CONCURRENCY,
+            op_timeout_secs: DEFAULT_OP_TIMEOUT_SECS,
+            io_timeout_secs: DEFAULT_IO_TIMEOUT_SECS,
         }
     }
 
@@ -94,6 +116,16 @@ impl BackendConfig {
                 "write_concurrency must be between 1 and {MAX_WRITE_CONCURRENCY}, got {}",
                 self.write_concurrency
             ));
+        }
+        for (key, secs) in [
+            ("op_timeout_secs", self.op_timeout_secs),
+            ("io_timeout_secs", self.io_timeout_secs),
+        ] {
+            if secs == 0 || secs > MAX_TIMEOUT_SECS {
+                return config(format!(
+                    "{key} must be between 1 and {MAX_TIMEOUT_SECS} seconds, got {secs}"
+                ));
+            }
         }
         match &self.service {
             ServiceConfig::Fs(fs) => {
@@ -502,6 +534,10 @@ struct RawBackendConfig {
     write_chunk_size: usize,
     #[serde(default = "default_concurrency")]
     write_concurrency: usize,
+    #[serde(default = "default_op_timeout")]
+    op_timeout_secs: u64,
+    #[serde(default = "default_io_timeout")]
+    io_timeout_secs: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fs: Option<FsServiceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -522,6 +558,14 @@ fn default_chunk() -> usize {
 
 fn default_concurrency() -> usize {
     DEFAULT_WRITE_CONCURRENCY
+}
+
+fn default_op_timeout() -> u64 {
+    DEFAULT_OP_TIMEOUT_SECS
+}
+
+fn default_io_timeout() -> u64 {
+    DEFAULT_IO_TIMEOUT_SECS
 }
 
 /// Why a backend's TOML does not name exactly one storage service.
@@ -568,6 +612,8 @@ impl TryFrom<RawBackendConfig> for BackendConfig {
             layout: raw.layout,
             write_chunk_size: raw.write_chunk_size,
             write_concurrency: raw.write_concurrency,
+            op_timeout_secs: raw.op_timeout_secs,
+            io_timeout_secs: raw.io_timeout_secs,
         })
     }
 }
@@ -578,6 +624,8 @@ impl From<BackendConfig> for RawBackendConfig {
             layout: config.layout,
             write_chunk_size: config.write_chunk_size,
             write_concurrency: config.write_concurrency,
+            op_timeout_secs: config.op_timeout_secs,
+            io_timeout_secs: config.io_timeout_secs,
             fs: None,
             memory: None,
             s3: None,
@@ -611,6 +659,8 @@ mod tests {
         assert_eq!(c.layout, KeyLayout::Docker);
         assert_eq!(c.write_chunk_size, DEFAULT_WRITE_CHUNK_SIZE);
         assert_eq!(c.write_concurrency, DEFAULT_WRITE_CONCURRENCY);
+        assert_eq!(c.op_timeout_secs, DEFAULT_OP_TIMEOUT_SECS);
+        assert_eq!(c.io_timeout_secs, DEFAULT_IO_TIMEOUT_SECS);
         assert_eq!(c.service, ServiceConfig::S3(S3ServiceConfig::new("b")));
     }
 
@@ -620,6 +670,8 @@ mod tests {
             layout = "plain"
             write_chunk_size = 16777216
             write_concurrency = 4
+            op_timeout_secs = 3
+            io_timeout_secs = 30
             [s3]
             bucket = "b"
             region = "eu-west-1"
@@ -632,6 +684,7 @@ mod tests {
         let c = parse(text).expect("full s3 parses");
         assert_eq!(c.layout, KeyLayout::Plain);
         assert_eq!(c.write_concurrency, 4);
+        assert_eq!((c.op_timeout_secs, c.io_timeout_secs), (3, 30));
         let ServiceConfig::S3(s3) = &c.service else {
             panic!("not s3: {c:?}");
         };
@@ -661,6 +714,14 @@ mod tests {
             ("[azblob]\ncontainer = \"x\"", "unknown field `azblob`"),
             ("[s3]\nregion = \"x\"", "missing field `bucket`"),
             ("[s3]\nbucket = \" \"", "s3: bucket must not be empty"),
+            (
+                "op_timeout_secs = 0\n[s3]\nbucket = \"b\"",
+                "op_timeout_secs must be between 1 and 3600 seconds, got 0",
+            ),
+            (
+                "io_timeout_secs = 3601\n[s3]\nbucket = \"b\"",
+                "io_timeout_secs must be between 1 and 3600 seconds, got 3601",
+            ),
             (
                 "[s3]\nbucket = \"b\"\nbukcet = \"c\"",
                 "unknown field `bukcet`",

@@ -63,8 +63,10 @@ pub use writeback::{BlobWriteBack, UploadOutcome, WriteBackError, WriteBackHooks
 /// Connect timeout of [`default_http_client`].
 pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-read timeout of [`default_http_client`]: the longest a request may go without
-/// receiving a byte. There is no total timeout, since blobs can be gigabytes.
-pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// receiving a byte. There is no total timeout, since blobs can be gigabytes. Blob stores
+/// are bounded more tightly by each backend's `op_timeout_secs` and `io_timeout_secs`
+/// (OpenDAL's timeout layer); this is the bound of upstream registries, and a backstop.
+pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Size of each read from a local file in [`Backend::put_file`].
 const FILE_READ_SIZE: usize = 1024 * 1024;
@@ -133,7 +135,15 @@ impl Backend {
             Store::Registry(RegistryStore::new(name.clone(), registry, http)?)
         } else {
             let op = build_operator(&config.service)
-                .map_err(|e| BackendError::from_opendal(&name, "init", None, e))?;
+                .map_err(|e| BackendError::from_opendal(&name, "init", None, e))?
+                // Every operation is bounded, so a hung backend (connections accepted,
+                // nothing answered) costs seconds per attempt, not the HTTP client's read
+                // timeout per request.
+                .layer(
+                    opendal::layers::TimeoutLayer::new()
+                        .with_timeout(Duration::from_secs(config.op_timeout_secs))
+                        .with_io_timeout(Duration::from_secs(config.io_timeout_secs)),
+                );
             let transport = HttpTransporter::new(ReqwestTransport::new(http));
             Store::Dal(op.with_context(OperationContext::new().with_http_transport(transport)))
         };

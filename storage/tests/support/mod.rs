@@ -68,6 +68,27 @@ impl Moto {
         }
     }
 
+    /// SIGSTOP: moto stops answering while its sockets stay open (the kernel still
+    /// accepts connections), as a hung backend does.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a paused moto answers again.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {sig} failed");
+        }
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
