@@ -509,6 +509,18 @@ impl Origin {
         }
     }
 
+    /// The namespace `digest`'s write-back is queued under, if it is queued (it routes a
+    /// copy's write-back and read-through to the right backend).
+    pub(crate) fn queued_namespace(&self, digest: &Digest) -> Option<String> {
+        self.inner
+            .queue
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|i| i.digest == *digest)
+            .map(|i| i.namespace)
+    }
+
     /// Whether an upload of `digest` is being received or committed right now.
     pub(crate) fn is_uploading(&self, digest: &Digest) -> bool {
         self.inner

@@ -458,13 +458,8 @@ impl Origin {
             Err(e) => return Err(e.to_string()),
         };
         let namespace = self
-            .inner
-            .queue
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|i| i.digest == *digest)
-            .map_or_else(|| DEFAULT_NAMESPACE.to_string(), |i| i.namespace);
+            .queued_namespace(digest)
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         self.set_quarantined(digest, true);
         let d = *digest;
         let moved = tokio::task::spawn_blocking(move || cas.quarantine(&d, QUARANTINE_KEEP_BYTES))

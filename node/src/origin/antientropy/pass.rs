@@ -426,13 +426,8 @@ impl Origin {
             .map_err(internal)?
             .is_some_and(|i| i.persisted);
         let namespace = self
-            .inner
-            .queue
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|i| i.digest == *digest)
-            .map_or_else(|| namespace.to_string(), |i| i.namespace);
+            .queued_namespace(digest)
+            .unwrap_or_else(|| namespace.to_string());
         let pushes = lacking
             .iter()
             .map(|owner| self.push(owner, &namespace, digest, persisted));
