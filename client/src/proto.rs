@@ -116,7 +116,9 @@ pub enum Request {
         digest: Digest,
     },
     /// Build-index: point `repo:tag` at `digest` (after checking that the digest and
-    /// everything it references exist in the origins, unless `replica`).
+    /// everything it references exist in the origins, unless `replica`). Answered
+    /// [`Response::TagPut`]; a replica older than the receiver's own setting is refused
+    /// with [`Response::Tag`], that setting, for the sender to adopt.
     PutTag {
         /// Repository name.
         repo: String,
@@ -126,6 +128,9 @@ pub enum Request {
         digest: Digest,
         /// Sent by another owner: store it, do not re-check or re-replicate to owners.
         replica: bool,
+        /// For a replica: when the owner that took the client's put set the tag (ms since
+        /// the epoch); the later setting wins. Ignored otherwise (0).
+        set_ms: u64,
     },
     /// Build-index: what `repo:tag` points at.
     GetTag {

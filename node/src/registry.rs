@@ -462,6 +462,7 @@ impl Registry for ClusterRegistry {
             tag: tag.into(),
             digest: *digest,
             replica: false,
+            set_ms: 0,
         };
         match self
             .ask_build_index(repo, tag, &request, Duration::from_secs(120))

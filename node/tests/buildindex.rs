@@ -67,6 +67,7 @@ async fn put_tag(
         tag: tag.into(),
         digest: *digest,
         replica: false,
+        set_ms: 0,
     };
     match client
         .call_first(&owners, Role::BuildIndex, &request, Duration::from_secs(60))
@@ -115,8 +116,9 @@ async fn list(c: &TestCluster, node: usize, request: Request) -> (Vec<String>, O
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tags_are_checked_replicated_listed_and_recovered_from_the_backend() {
+/// An origin, a tracker and two build-index nodes (`bi-1`, `bi-2`: their indexes), both
+/// on the ring.
+async fn two_build_indexes() -> (TestCluster, usize, usize) {
     let mut c = TestCluster::new();
     c.add("origin-1", NodeRole::Origin).await;
     c.add("tracker-1", NodeRole::Tracker).await;
@@ -127,6 +129,12 @@ async fn tags_are_checked_replicated_listed_and_recovered_from_the_backend() {
         c.client().view().ring(Role::BuildIndex).len() == 2
     })
     .await;
+    (c, b1, b2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_checked_replicated_listed_and_recovered_from_the_backend() {
+    let (mut c, b1, b2) = two_build_indexes().await;
 
     let config = blob(&c, "config", br#"{"architecture":"amd64"}"#).await;
     let l1 = blob(&c, "l1", &[1u8; 5000]).await;
@@ -595,4 +603,93 @@ async fn another_owner_finishes_the_replication_when_the_source_node_is_lost() {
         get_tag_at(&b, b_bi, "library/app", "v2").await == Some(manifest)
     })
     .await;
+}
+
+/// Starts build-index `name` again after a kill, on a copy of `data` as the kill left it
+/// (an in-process node's tasks may keep its databases open); its index and data dir.
+async fn restart_build_index(
+    c: &mut TestCluster,
+    name: &str,
+    data: &std::path::Path,
+    round: u32,
+) -> (usize, std::path::PathBuf) {
+    let mut config = c.config(name, NodeRole::BuildIndex);
+    let copy = c.dir.path().join(format!("{name}-restart-{round}"));
+    support::copy_dir(data, &copy);
+    config.node.data_dir = copy.clone();
+    (c.start(config).await, copy)
+}
+
+/// The build-index ring as node `n` sees it.
+fn ring_names(c: &TestCluster, n: usize) -> Vec<String> {
+    c.node(n)
+        .cluster()
+        .view()
+        .ring(Role::BuildIndex)
+        .members()
+        .iter()
+        .map(|m| m.id.as_str().to_string())
+        .collect()
+}
+
+/// A node that comes back with a replication queued from before it went down (the other
+/// owner was down when the tag was set) must not set the tag back on the other owner,
+/// which took a later setting meanwhile: the later setting wins, and the node that was
+/// away adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_queued_before_a_crash_never_sets_a_tag_back() {
+    let (mut c, b1, b2) = two_build_indexes().await;
+    let data1 = c.config("bi-1", NodeRole::BuildIndex).node.data_dir;
+    let data2 = c.config("bi-2", NodeRole::BuildIndex).node.data_dir;
+    let layer = blob(&c, "layer", &[4u8; 3000]).await;
+    let old = blob(&c, "old", &image_manifest(&layer, &[layer], None)).await;
+    let new = blob(&c, "new", &image_manifest(&layer, &[layer, layer], None)).await;
+
+    // bi-2 is down (still on the ring) when the tag is set on bi-1: bi-1 queues the
+    // replication to bi-2, and dies before it is carried.
+    c.kill(b2);
+    put_tag(&c, "team/app", "latest", &old).await.unwrap();
+    assert_eq!(get_tag_at(&c, b1, "team/app", "latest").await, Some(old));
+    c.kill(b1);
+
+    // bi-2 comes back; once bi-1 has left the ring, the tag is set again, on bi-2.
+    let (b2, _) = restart_build_index(&mut c, "bi-2", &data2, 1).await;
+    eventually("bi-1 off bi-2's ring", Duration::from_secs(40), || async {
+        ring_names(&c, b2) == ["bi-2"]
+    })
+    .await;
+    eventually(
+        "bi-2 alone on the client's ring",
+        Duration::from_secs(20),
+        || async {
+            let view = c.client().view();
+            let ring = view.ring(Role::BuildIndex);
+            ring.len() == 1 && ring.members()[0].id.as_str() == "bi-2"
+        },
+    )
+    .await;
+    put_tag(&c, "team/app", "latest", &new).await.unwrap();
+    assert_eq!(get_tag_at(&c, b2, "team/app", "latest").await, Some(new));
+
+    // bi-1 comes back with its stale replication queued: bi-2 keeps the later setting,
+    // and bi-1 adopts it.
+    let (b1, _) = restart_build_index(&mut c, "bi-1", &data1, 1).await;
+    eventually(
+        "both owners at the later setting",
+        Duration::from_secs(30),
+        || async {
+            get_tag_at(&c, b1, "team/app", "latest").await == Some(new)
+                && get_tag_at(&c, b2, "team/app", "latest").await == Some(new)
+        },
+    )
+    .await;
+    // And they stay there once bi-1's queue has drained.
+    eventually("bi-1's queue drained", Duration::from_secs(30), || async {
+        let bi = c.node(b1).roles().build_index.as_ref().unwrap();
+        bi.queue().list().unwrap().is_empty()
+    })
+    .await;
+    for n in [b1, b2] {
+        assert_eq!(get_tag_at(&c, n, "team/app", "latest").await, Some(new));
+    }
 }

@@ -79,7 +79,7 @@ impl Gc {
     async fn restart(&mut self, name: &str, role: NodeRole) -> usize {
         let mut config = self.c.config(name, role);
         let copy = self.c.dir.path().join(format!("{name}-restarted"));
-        copy_dir(&config.node.data_dir, &copy);
+        support::copy_dir(&config.node.data_dir, &copy);
         config.node.data_dir = copy;
         let identity = self.c.ca.issue_node_cert(name).unwrap();
         let node = Node::start_with(config, identity, self.c.ca.cluster_ca())
@@ -159,6 +159,7 @@ impl Gc {
             tag: tag.into(),
             digest: *digest,
             replica: false,
+            set_ms: 0,
         };
         assert!(matches!(self.call(request).await, Response::TagPut { .. }));
     }
@@ -314,19 +315,6 @@ async fn a_plan_left_by_a_crash_is_swept_when_the_build_index_restarts() {
         }
         assert!(Instant::now() < deadline, "never swept: {left:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 

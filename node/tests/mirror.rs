@@ -83,6 +83,7 @@ async fn writes_into_a_mirror_are_denied_everywhere_and_tags_come_from_the_upstr
             tag: "v1".into(),
             digest,
             replica,
+            set_ms: 0,
         };
         let e = ask(&c, bi, &put).await.unwrap_err();
         assert_eq!(e, RemoteError::new(ErrorKind::Denied, denied.clone()));

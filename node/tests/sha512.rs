@@ -132,6 +132,7 @@ async fn put_tag(c: &TestCluster, repo: &str, tag: &str, digest: &Digest) {
         tag: tag.into(),
         digest: *digest,
         replica: false,
+        set_ms: 0,
     };
     let answer = client
         .call_first(&owners, Role::BuildIndex, &request, Duration::from_secs(60))

@@ -149,6 +149,7 @@ pub async fn tag_put(
         tag: tag.to_string(),
         digest: *digest,
         replica: false,
+        set_ms: 0,
     };
     let changed = match client
         .cluster()

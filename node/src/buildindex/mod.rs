@@ -24,9 +24,14 @@
 //! blob and child manifest it references exist in the origins (an owner reads missing blobs
 //! through from its backend; a `subject` and a foreign layer with `urls` are no
 //! dependencies: see `media::references`), queues the tag's replications, stores it, and only then
-//! answers; a missing dependency is an error that names it. `GetTag` on an owner that lacks
-//! a tag reads it back from the backend, and a node that starts with an empty table imports
-//! every tag from its backends, so a wiped build-index recovers.
+//! answers; a missing dependency is an error that names it. A setting is stamped with the
+//! time the owner that took it set it (later than the setting it replaces); replicas keep
+//! that stamp, and an owner refuses a replica older than its own setting, answering that
+//! setting, which the sender adopts: the later setting wins on every owner (the larger
+//! digest on a tie), however late a queued replication arrives. `GetTag` on an owner that
+//! lacks a tag reads it back from the backend, and a node that starts with an empty table
+//! imports every tag from its backends, so a wiped build-index recovers (a tag read from
+//! a backend is stamped 0: any owner's setting replaces it).
 
 pub mod digests;
 pub mod gc;
@@ -319,7 +324,10 @@ impl BuildIndex {
                         if self.inner.store.is_deleted(&repo, &tag).unwrap_or(false) {
                             continue;
                         }
-                        if self.inner.store.put(&repo, &tag, &digest).is_ok() {
+                        if matches!(
+                            self.inner.store.put_from_backend(&repo, &tag, &digest),
+                            Ok(true)
+                        ) {
                             imported += 1;
                         }
                     }
@@ -368,7 +376,11 @@ impl BuildIndex {
                 tag,
                 digest,
                 replica,
-            } => self.put_tag(repo, tag, digest, *replica).await,
+                set_ms,
+            } => {
+                let from = replica.then_some(*set_ms);
+                self.put_tag(repo, tag, digest, from).await
+            }
             Request::GetTag { repo, tag } => self.get_tag(repo, tag).await,
             Request::ListTags { repo, after, limit } => {
                 self.list_tags(repo, after.as_deref(), *limit)
@@ -420,15 +432,25 @@ impl BuildIndex {
         self.owners(repo, tag).iter().any(|m| m.id == self.inner.me)
     }
 
-    /// Stores `repo:tag → digest` after checking its dependencies (unless `replica`).
+    /// Stores `repo:tag → digest` after checking its dependencies: a client's put, or,
+    /// with `replica` (the time the other owner set it), a replica, stored only if it is
+    /// later than the setting here, which is answered instead (`Tag`).
     pub async fn put_tag(
         &self,
         repo: &str,
         tag: &str,
         digest: &Digest,
-        replica: bool,
+        replica: Option<u64>,
     ) -> Result<Response, RemoteError> {
+        let set_ms = replica;
+        let replica = set_ms.is_some();
         self.check_tag_write(repo, tag, replica)?;
+        if let Some(set_ms) = set_ms
+            && let Some(newer) = self.newer_setting(repo, tag, digest, set_ms)?
+        {
+            tracing::info!(%repo, %tag, set_ms, "replica older than the setting here: refused");
+            return Ok(newer);
+        }
         if !replica {
             // The repository links the manifest and all it reaches (see `links`).
             let linked: Vec<Digest> = match self.inner.config.check_dependencies {
@@ -447,17 +469,60 @@ impl BuildIndex {
         // The replications are queued (durably) before the tag is stored and acknowledged;
         // the executor drops items whose tag has moved on.
         let now = std::time::SystemTime::now();
-        for dest in self.destinations(repo, tag, replica) {
+        let destinations = self.destinations(repo, tag, replica);
+        for dest in &destinations {
             self.inner
                 .queue
-                .enqueue(&replicate::item_key(&dest, repo, tag), digest, now)
+                .enqueue(&replicate::item_key(dest, repo, tag), digest, now)
                 .map_err(internal)?;
         }
-        let changed = self.inner.store.put(repo, tag, digest).map_err(internal)?;
+        let changed = match set_ms {
+            None => self.inner.store.put(repo, tag, digest).map_err(internal)?,
+            Some(set_ms) => match self
+                .inner
+                .store
+                .put_replica(repo, tag, digest, set_ms)
+                .map_err(internal)?
+            {
+                store::ReplicaPut::Stored { changed } => changed,
+                store::ReplicaPut::Newer(e) => {
+                    // A later setting landed meanwhile: its queued replications (replaced
+                    // above by this item's) go out again.
+                    for dest in &destinations {
+                        self.inner
+                            .queue
+                            .enqueue(&replicate::item_key(dest, repo, tag), &e.digest, now)
+                            .map_err(internal)?;
+                    }
+                    return Ok(Response::Tag {
+                        digest: e.digest,
+                        updated_ms: e.updated_ms,
+                    });
+                }
+            },
+        };
         self.inner.wake.notify_one();
         // The digest is in the request's span.
         tracing::info!(%repo, %tag, replica, changed, "tag stored");
         Ok(Response::TagPut { changed })
+    }
+
+    /// The setting of `repo:tag` here, as a `Tag` answer, if it is later than a replica
+    /// of `digest` set at `set_ms`.
+    fn newer_setting(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        set_ms: u64,
+    ) -> Result<Option<Response>, RemoteError> {
+        let here = self.inner.store.get(repo, tag).map_err(internal)?;
+        Ok(here
+            .filter(|e| e.digest != *digest && !store::replaces(digest, set_ms, e))
+            .map(|e| Response::Tag {
+                digest: e.digest,
+                updated_ms: e.updated_ms,
+            }))
     }
 
     /// A tag write (put or delete) needs valid names and, unless it is a replica, this
@@ -563,13 +628,17 @@ impl BuildIndex {
             .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))?;
         match backend.get_tag(repo, tag).await {
             Ok(Some(digest)) => {
-                self.inner.store.put(repo, tag, &digest).map_err(internal)?;
-                let updated_ms = self
+                self.inner
+                    .store
+                    .put_from_backend(repo, tag, &digest)
+                    .map_err(internal)?;
+                // An owner's setting that landed meanwhile is the answer.
+                let (digest, updated_ms) = self
                     .inner
                     .store
                     .get(repo, tag)
                     .map_err(internal)?
-                    .map_or(0, |e| e.updated_ms);
+                    .map_or((digest, 0), |e| (e.digest, e.updated_ms));
                 Ok(Response::Tag { digest, updated_ms })
             }
             Ok(None) => Err(RemoteError::new(

@@ -5,7 +5,10 @@
 //! and acknowledged, so nothing acknowledged is lost across restarts. Destinations:
 //!
 //! - `backend`: the tag's link file in the backend routed by repository (write-through);
-//! - `owner:<node>`: another build-index owner of the tag (`PutTag` as a replica);
+//! - `owner:<node>`: another build-index owner of the tag (`PutTag` as a replica, with the
+//!   setting's stamp; an owner holding a later setting answers it, and it is adopted here).
+//!   An owner missing from this node's view is retried a while before the item is
+//!   dropped: a node that just restarted has not heard of the others yet;
 //! - `remote:<rule>`: a remote cluster. Its view is read from the rule's seed; every blob
 //!   the tag depends on that the remote origins lack is copied (read from our origins into
 //!   a temp file, uploaded with the resumable upload to the remote's owning origin), then
@@ -129,7 +132,7 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
         .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
     if dest == DELETE_BACKEND || dest.starts_with(DELETE_OWNER) {
         return match deletion_step(current.as_ref(), &item.digest, item.enqueued, item.attempts) {
-            DeletionStep::Carry => delete_elsewhere(bi, dest, repo, tag).await,
+            DeletionStep::Carry => delete_elsewhere(bi, dest, repo, tag, item.attempts).await,
             DeletionStep::SetAgain => {
                 Ok(Outcome::Dropped("the tag was set again after its deletion"))
             }
@@ -139,8 +142,8 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
             )),
         };
     }
-    match put_step(current.as_ref(), &item.digest, item.enqueued, item.attempts) {
-        PutStep::Carry => {}
+    let set_ms = match put_step(current.as_ref(), &item.digest, item.enqueued, item.attempts) {
+        PutStep::Carry => current.as_ref().map_or(0, |e| e.updated_ms),
         PutStep::MovedOn => {
             return Ok(Outcome::Dropped(
                 "the tag has moved on (or was never stored)",
@@ -152,7 +155,7 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
                 "the tag has not been stored on this node yet",
             ));
         }
-    }
+    };
     if dest == BACKEND {
         backend(bi, repo)?
             .put_tag(repo, tag, &item.digest)
@@ -166,11 +169,29 @@ async fn replicate_one(bi: &BuildIndex, item: &WriteBackItem) -> Result<Outcome,
             tag: tag.into(),
             digest: item.digest,
             replica: true,
+            set_ms,
         };
-        return tell_owner(bi, owner, &request, |r| {
-            matches!(r, Response::TagPut { .. })
+        // An owner that holds a later setting (one this node missed while it was down)
+        // answers it instead: adopt it, so that this node stops answering the older one.
+        let mut adopted = None;
+        let outcome = tell_owner(bi, owner, item.attempts, &request, |r| match r {
+            Response::TagPut { .. } => true,
+            Response::Tag { digest, updated_ms } => {
+                adopted = Some((*digest, *updated_ms));
+                true
+            }
+            _ => false,
         })
-        .await;
+        .await?;
+        if let Some((digest, updated_ms)) = adopted {
+            let stored = inner
+                .store
+                .put_replica(repo, tag, &digest, updated_ms)
+                .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
+            tracing::info!(%repo, %tag, %owner, %digest, ?stored,
+                "another owner holds a later setting of the tag: adopted it");
+        }
+        return Ok(outcome);
     }
     if let Some(name) = dest.strip_prefix(REMOTE) {
         let Some((rule, _)) = inner.rules.iter().find(|(r, _)| r.name == name) else {
@@ -261,6 +282,7 @@ async fn delete_elsewhere(
     dest: &str,
     repo: &str,
     tag: &str,
+    attempts: u32,
 ) -> Result<Outcome, RemoteError> {
     if dest == DELETE_BACKEND {
         backend(bi, repo)?
@@ -275,7 +297,10 @@ async fn delete_elsewhere(
         replica: true,
     };
     let owner = dest.trim_start_matches(DELETE_OWNER);
-    tell_owner(bi, owner, &request, |r| matches!(r, Response::TagDeleted)).await
+    tell_owner(bi, owner, attempts, &request, |r| {
+        matches!(r, Response::TagDeleted)
+    })
+    .await
 }
 
 /// The backend that holds `repo`'s tags.
@@ -289,13 +314,27 @@ fn backend<'a>(
         .map_err(|e| RemoteError::new(ErrorKind::BadRequest, e.to_string()))
 }
 
+/// Attempts of an item for an owner missing from this node's view before it is taken as
+/// gone for good (about 17 minutes with the default backoff).
+const OWNER_PATIENCE: u32 = 10;
+
+/// Whether an item for an owner missing from the view is dropped after `attempts`: not
+/// at once, since a node that just started has not heard of the others yet (its
+/// replications queued before a crash would be lost), and an owner that was away longer
+/// than the ring's grace period comes back.
+fn drop_for_missing_owner(attempts: u32) -> bool {
+    attempts >= OWNER_PATIENCE
+}
+
 /// Sends `request` to the build-index node `owner`; done when it answers as `ok` says. An
-/// owner that left the cluster drops the item.
+/// owner missing from the view is retried, and the item dropped only after
+/// [`OWNER_PATIENCE`] attempts (the owner left the cluster).
 async fn tell_owner(
     bi: &BuildIndex,
     owner: &str,
+    attempts: u32,
     request: &Request,
-    ok: impl Fn(&Response) -> bool,
+    mut ok: impl FnMut(&Response) -> bool,
 ) -> Result<Outcome, RemoteError> {
     let view = bi.inner.cluster.view();
     let Some(member) = view
@@ -303,7 +342,13 @@ async fn tell_owner(
         .values()
         .find(|m| m.id.as_str() == owner && m.has_role(Role::BuildIndex))
     else {
-        return Ok(Outcome::Dropped("the owner left the cluster"));
+        if drop_for_missing_owner(attempts) {
+            return Ok(Outcome::Dropped("the owner left the cluster"));
+        }
+        return Err(RemoteError::new(
+            ErrorKind::Unavailable,
+            format!("build-index {owner} is not in this node's view"),
+        ));
     };
     match bi.inner.cluster.call(member.quic_addr, request).await {
         Ok(answer) if ok(&answer) => Ok(Outcome::Done),
@@ -365,6 +410,7 @@ async fn replicate_remote(
         tag: tag.into(),
         digest: *digest,
         replica: false,
+        set_ms: 0,
     };
     let limit = Duration::from_secs(120);
     match remote
@@ -497,6 +543,14 @@ mod tests {
         // Never forever.
         assert_eq!(put_step(None, &queued_digest, queued, 5), PutStep::MovedOn);
         assert_eq!(step(other, 4_000, 5), PutStep::MovedOn);
+    }
+
+    #[test]
+    fn an_owner_missing_from_the_view_is_waited_for_before_it_counts_as_gone() {
+        // A node that just started has not heard of the others yet.
+        assert!(!drop_for_missing_owner(0));
+        assert!(!drop_for_missing_owner(OWNER_PATIENCE - 1));
+        assert!(drop_for_missing_owner(OWNER_PATIENCE));
     }
 
     #[test]

@@ -90,6 +90,56 @@ fn decode(key: &str, bytes: &[u8]) -> Result<TagEntry, StoreError> {
     })
 }
 
+/// What [`TagStore::put_replica`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaPut {
+    /// Stored (`changed` false if the tag already pointed there).
+    Stored {
+        /// Whether the tag moved.
+        changed: bool,
+    },
+    /// Refused: this node holds a later setting, returned.
+    Newer(TagEntry),
+}
+
+/// Whether a setting of `digest` at `set_ms` replaces `current` (another digest): the later
+/// setting wins, the larger digest on a tie, the same way on every node.
+pub fn replaces(digest: &Digest, set_ms: u64, current: &TagEntry) -> bool {
+    (set_ms, digest.to_string()) > (current.updated_ms, current.digest.to_string())
+}
+
+fn current(
+    tags: &redb::Table<'_, (&'static str, &'static str), &'static [u8]>,
+    repo: &str,
+    tag: &str,
+) -> Result<Option<TagEntry>, StoreError> {
+    match tags.get((repo, tag))? {
+        // An unreadable record is replaced, as before stamps were compared.
+        Some(v) => Ok(decode(tag, v.value()).ok()),
+        None => Ok(None),
+    }
+}
+
+/// Writes the tag's row and its history entry.
+fn write(
+    txn: &redb::WriteTransaction,
+    tags: &mut redb::Table<'_, (&'static str, &'static str), &'static [u8]>,
+    repo: &str,
+    tag: &str,
+    digest: &Digest,
+    ms: u64,
+) -> Result<(), StoreError> {
+    let record = postcard::to_allocvec(&Record {
+        digest: digest.to_string(),
+        updated_ms: ms,
+    })
+    .unwrap_or_default();
+    tags.insert((repo, tag), record.as_slice())?;
+    txn.open_table(HISTORY)?
+        .insert((repo, tag, ms), record.as_slice())?;
+    Ok(())
+}
+
 impl TagStore {
     /// Opens or creates the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -102,33 +152,80 @@ impl TagStore {
         Ok(TagStore { db })
     }
 
-    /// Points `repo:tag` at `digest`, durably. Returns false if it already did.
+    /// Points `repo:tag` at `digest`, durably (a client's put, taken by this owner).
+    /// Returns false if it already did. The setting is stamped now, and always later than
+    /// the setting it replaces (whatever this node's clock did), so that it wins over
+    /// every older setting wherever replication carries it ([`TagStore::put_replica`]).
     pub fn put(&self, repo: &str, tag: &str, digest: &Digest) -> Result<bool, StoreError> {
-        let ms = now_ms();
-        let record = postcard::to_allocvec(&Record {
-            digest: digest.to_string(),
-            updated_ms: ms,
-        })
-        .unwrap_or_default();
         let txn = self.db.begin_write()?;
         let changed = {
             let mut tags = txn.open_table(TAGS)?;
-            let same = match tags.get((repo, tag))? {
-                Some(v) => decode(tag, v.value())
-                    .map(|e| e.digest == *digest)
-                    .unwrap_or(false),
-                None => false,
-            };
+            let old = current(&tags, repo, tag)?;
             txn.open_table(TOMBSTONES)?.remove((repo, tag))?;
-            if !same {
-                tags.insert((repo, tag), record.as_slice())?;
-                txn.open_table(HISTORY)?
-                    .insert((repo, tag, ms), record.as_slice())?;
+            match old {
+                Some(e) if e.digest == *digest => false,
+                old => {
+                    let ms = now_ms().max(old.map_or(0, |e| e.updated_ms.saturating_add(1)));
+                    write(&txn, &mut tags, repo, tag, digest, ms)?;
+                    true
+                }
             }
-            !same
         };
         txn.commit()?;
         Ok(changed)
+    }
+
+    /// Stores a setting another owner took at `set_ms` (its stamp, kept here), unless this
+    /// node holds a later one: the later setting wins (the larger digest on a tie), so a
+    /// replication that arrives late, or from a node that was down while the tag moved on,
+    /// never sets a tag back.
+    pub fn put_replica(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        set_ms: u64,
+    ) -> Result<ReplicaPut, StoreError> {
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            let mut tags = txn.open_table(TAGS)?;
+            match current(&tags, repo, tag)? {
+                Some(e) if e.digest == *digest => ReplicaPut::Stored { changed: false },
+                Some(e) if !replaces(digest, set_ms, &e) => ReplicaPut::Newer(e),
+                _ => {
+                    txn.open_table(TOMBSTONES)?.remove((repo, tag))?;
+                    write(&txn, &mut tags, repo, tag, digest, set_ms)?;
+                    ReplicaPut::Stored { changed: true }
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// Stores a tag read from a backend, unless the tag is here already. Its stamp is 0:
+    /// when it was set is unknown, and any owner's setting replaces it (a backend's copy
+    /// may lag behind the owners while its write-back is queued).
+    pub fn put_from_backend(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let stored = {
+            let mut tags = txn.open_table(TAGS)?;
+            match current(&tags, repo, tag)? {
+                Some(_) => false,
+                None => {
+                    txn.open_table(TOMBSTONES)?.remove((repo, tag))?;
+                    write(&txn, &mut tags, repo, tag, digest, 0)?;
+                    true
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(stored)
     }
 
     /// Deletes `repo:tag` durably, leaving a tombstone; returns what it pointed at.
@@ -279,6 +376,74 @@ mod tests {
         assert_eq!(keys, ["a:1", "a:2", "b:x"]);
         let rest = s.list_all(Some(("b", "x")), 3).unwrap();
         assert_eq!(rest, vec![("c".to_string(), "z".to_string(), d)]);
+    }
+
+    #[test]
+    fn the_later_setting_wins_wherever_it_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TagStore::open(&dir.path().join("t.redb")).unwrap();
+        let (d1, d2) = (Digest::sha256_of(b"1"), Digest::sha256_of(b"2"));
+        let at = |ms| TagEntry {
+            digest: d2,
+            updated_ms: ms,
+        };
+        // A replica keeps the stamp of the owner that took the put.
+        assert_eq!(
+            s.put_replica("r", "t", &d2, 2_000).unwrap(),
+            ReplicaPut::Stored { changed: true }
+        );
+        assert_eq!(s.get("r", "t").unwrap(), Some(at(2_000)));
+        // An older setting arriving late is refused with the later one.
+        assert_eq!(
+            s.put_replica("r", "t", &d1, 1_000).unwrap(),
+            ReplicaPut::Newer(at(2_000))
+        );
+        assert_eq!(
+            s.put_replica("r", "t", &d2, 1_000).unwrap(),
+            ReplicaPut::Stored { changed: false }
+        );
+        // On a tie the larger digest wins, on every node alike.
+        let (small, large) = if d1.to_string() < d2.to_string() {
+            (d1, d2)
+        } else {
+            (d2, d1)
+        };
+        assert!(replaces(
+            &large,
+            5,
+            &TagEntry {
+                digest: small,
+                updated_ms: 5
+            }
+        ));
+        assert!(!replaces(
+            &small,
+            5,
+            &TagEntry {
+                digest: large,
+                updated_ms: 5
+            }
+        ));
+        // A later one is taken.
+        assert_eq!(
+            s.put_replica("r", "t", &d1, 3_000).unwrap(),
+            ReplicaPut::Stored { changed: true }
+        );
+        assert_eq!(s.get("r", "t").unwrap().unwrap().digest, d1);
+        // A client's put is stamped later than what it replaces, even with a clock behind.
+        let far = now_ms() + 60_000;
+        s.put_replica("r", "t", &d2, far).unwrap();
+        assert!(s.put("r", "t", &d1).unwrap());
+        let e = s.get("r", "t").unwrap().unwrap();
+        assert_eq!((e.digest, e.updated_ms), (d1, far + 1));
+        // A backend's copy never replaces a tag, and any setting replaces it.
+        assert!(!s.put_from_backend("r", "t", &d2).unwrap());
+        assert!(s.put_from_backend("r", "u", &d2).unwrap());
+        assert_eq!(s.get("r", "u").unwrap().unwrap().updated_ms, 0);
+        assert_eq!(
+            s.put_replica("r", "u", &d1, 1).unwrap(),
+            ReplicaPut::Stored { changed: true }
+        );
     }
 
     #[test]

@@ -280,3 +280,17 @@ pub fn blob_file(dir: &Path, name: &str, len: u64, seed: u64) -> (PathBuf, Diges
     std::fs::write(&path, &data).unwrap();
     (path, Digest::sha256_of(&data))
 }
+
+/// Copies a directory tree (a killed in-process node's data, to restart it on).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
