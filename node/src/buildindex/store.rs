@@ -5,10 +5,10 @@
 //! it returns (redb's durable commit), so an acknowledged tag survives kill -9.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kraken_storage::Digest;
 use kraken_storage::redb_handle::ReopeningDb;
+use kraken_storage::time::now_ms;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -70,12 +70,6 @@ pub struct TagStore {
     /// Reopens itself after a commit failed on a full disk (see
     /// `kraken_storage::redb_handle`).
     db: ReopeningDb,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<TagEntry, StoreError> {

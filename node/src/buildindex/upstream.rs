@@ -17,10 +17,10 @@
 //! [`tagcache`]: super::tagcache
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kraken_storage::Digest;
 use kraken_storage::backend::{Backend, BackendError, RegistryStore};
+use kraken_storage::time::now_ms;
 
 use super::store::TagEntry;
 use super::tagcache::{Fallback, TagCache, Ttl};
@@ -48,12 +48,6 @@ enum Failure {
 pub(super) struct UpstreamTags {
     cache: Mutex<TagCache>,
     flights: Arc<Flights<(String, String), Asked>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What a caller answers, once the upstream was asked (or not).

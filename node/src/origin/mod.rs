@@ -466,12 +466,7 @@ impl Origin {
             Ok(r) => r,
             Err(e) => return Response::Error(internal(e)),
         };
-        let queued = self
-            .inner
-            .queue
-            .list()
-            .map(|items| items.iter().any(|i| i.digest == *digest))
-            .unwrap_or(false);
+        let queued = self.queued_namespace(digest).is_some();
         Response::BlobStat(BlobStat {
             present: complete,
             length: info.as_ref().filter(|_| complete).map(|i| i.size),

@@ -38,12 +38,13 @@
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use kraken_client::download::{Download, DownloadError};
 use kraken_membership::Member;
 use kraken_storage::Digest;
 use kraken_storage::cas::{BlobState, CasError, Quarantined, Verdict, Verifier};
+use kraken_storage::time::now_ms;
 use kraken_transport::limit::RateLimiter;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument as _;
@@ -673,12 +674,6 @@ fn unreadable(why: String) -> Verdict {
         short: None,
         digest_matches: false,
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The scrubber: suspects first, then the background walk; until `stop`.

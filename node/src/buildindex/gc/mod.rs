@@ -32,6 +32,7 @@ use kraken_membership::Role;
 use kraken_membership::ring::tag_key;
 use kraken_registry_gateway::media;
 use kraken_storage::Digest;
+use kraken_storage::time::now_ms;
 use tokio::sync::watch;
 
 use super::BuildIndex;
@@ -47,12 +48,6 @@ use mark::ManifestSource;
 pub struct Collector {
     journal: Journal,
     current: Mutex<Option<watch::Receiver<GcReport>>>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What a run does.
