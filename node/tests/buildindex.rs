@@ -60,7 +60,16 @@ async fn put_tag(
     tag: &str,
     digest: &Digest,
 ) -> Result<bool, kraken_node::proto::RemoteError> {
-    let client = c.client();
+    put_tag_through(c.client(), repo, tag, digest).await
+}
+
+/// Sets a tag on its owners as `client`'s view of the ring names them.
+async fn put_tag_through(
+    client: &kraken_node::client::Cluster,
+    repo: &str,
+    tag: &str,
+    digest: &Digest,
+) -> Result<bool, kraken_node::proto::RemoteError> {
     let owners = kraken_node::buildindex::owners_of_tag(client, repo, tag, 0);
     let request = Request::PutTag {
         repo: repo.into(),
@@ -654,13 +663,18 @@ async fn a_replication_queued_before_a_crash_never_sets_a_tag_back() {
 
     // bi-2 comes back; once bi-1 has left the ring, the tag is set again, on bi-2.
     let (b2, _) = restart_build_index(&mut c, "bi-2", &data2, 1).await;
-    eventually("bi-1 off bi-2's ring", Duration::from_secs(40), || async {
-        ring_names(&c, b2) == ["bi-2"]
-    })
+    // bi-2 must know the cluster (a fresh view holds nobody else, bi-1 included) and have
+    // seen bi-1 leave; so must the tracker, which saw bi-1 die. On a loaded machine the
+    // failure detectors take a while: the limits are generous.
+    eventually(
+        "bi-2 knows the cluster",
+        Duration::from_secs(60),
+        || async { c.node(b2).cluster().view().ring(Role::Origin).len() == 1 },
+    )
     .await;
     eventually(
-        "bi-2 alone on the client's ring",
-        Duration::from_secs(20),
+        "bi-1 off the tracker's ring",
+        Duration::from_secs(60),
         || async {
             let view = c.client().view();
             let ring = view.ring(Role::BuildIndex);
@@ -668,7 +682,14 @@ async fn a_replication_queued_before_a_crash_never_sets_a_tag_back() {
         },
     )
     .await;
-    put_tag(&c, "team/app", "latest", &new).await.unwrap();
+    eventually("bi-1 off bi-2's ring", Duration::from_secs(60), || async {
+        ring_names(&c, b2) == ["bi-2"]
+    })
+    .await;
+    // Set through bi-2's own view, the one that decides whom bi-2 replicates to.
+    put_tag_through(c.node(b2).cluster(), "team/app", "latest", &new)
+        .await
+        .unwrap();
     assert_eq!(get_tag_at(&c, b2, "team/app", "latest").await, Some(new));
 
     // bi-1 comes back with its stale replication queued: bi-2 keeps the later setting,
