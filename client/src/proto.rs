@@ -7,6 +7,7 @@
 //! answers too: [`Response::Error`] carries a [`RemoteError`] whose kind a caller can act
 //! on (try the next owner, retry later, give up).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use kraken_storage::Digest;
@@ -395,6 +396,15 @@ pub enum Request {
         /// The blob, or `None` for the whole store.
         digest: Option<Digest>,
     },
+    /// Agent or origin: where this node's DHT listens, so that the caller can join the DHT
+    /// through it (bootstrap through membership). Answered by [`Response::DhtContact`].
+    DhtContact,
+    /// Agent or origin: the providers of `digest` this node's DHT finds now
+    /// (`krakenctl blob peers --dht`). Answered by [`Response::DhtProviders`].
+    DhtProviders {
+        /// The blob.
+        digest: Digest,
+    },
 }
 
 impl Request {
@@ -445,6 +455,8 @@ impl Request {
             Request::ReplicaStatus => "ReplicaStatus",
             Request::SuspectBlob { .. } => "SuspectBlob",
             Request::Scrub { .. } => "Scrub",
+            Request::DhtContact => "DhtContact",
+            Request::DhtProviders { .. } => "DhtProviders",
         }
     }
 
@@ -471,6 +483,7 @@ impl Request {
             | Request::Linkers { digest, .. }
             | Request::UnlinkBlob { digest, .. }
             | Request::SuspectBlob { digest }
+            | Request::DhtProviders { digest }
             | Request::Scrub {
                 digest: Some(digest),
             } => Some(digest),
@@ -639,6 +652,26 @@ pub enum Response {
     },
     /// Answer to [`Request::Scrub`].
     Scrubbed(ScrubReport),
+    /// Answer to [`Request::DhtContact`]: the node's DHT peer id and the address its DHT
+    /// listens at (`None` when it runs no DHT).
+    DhtContact {
+        /// The libp2p peer id, as text.
+        dht_peer: Option<String>,
+        /// Where to dial it (the node's advertised host, the DHT listener's port).
+        addr: Option<SocketAddr>,
+    },
+    /// Answer to [`Request::DhtProviders`].
+    DhtProviders(Vec<DhtProvider>),
+}
+
+/// One provider a DHT lookup found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhtProvider {
+    /// Its kraken peer id, QUIC address and kind, as its signed card says (`complete` is
+    /// not known from the DHT: false).
+    pub peer: PeerInfo,
+    /// The DHT peer id that published the record.
+    pub dht_peer: String,
 }
 
 /// What a scrub of an origin's store found and did.

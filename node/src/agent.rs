@@ -1,8 +1,9 @@
 //! The agent role: downloads blobs through the swarm for its host, and seeds them.
 //!
 //! A pull resolves the blob's metainfo through the digest's tracker (which asks the owning
-//! origins), then runs the blob's swarm in the [`PieceExchange`]: peers come from
-//! announces, every piece is verified as it arrives (along the digest's sha256 chain, or
+//! origins; the origins themselves in dht mode or when no tracker answers), then runs the
+//! blob's swarm in the [`PieceExchange`]: peers come from announces (to the trackers, the
+//! DHT or both: [`crate::discovery`]), every piece is verified as it arrives (along the digest's sha256 chain, or
 //! with BLAKE3 for metainfo without one), and the whole blob is the digest's when it is
 //! committed to the CAS. Concurrent pulls of one digest share one pull and one download:
 //! `Pull` RPCs and registry reads alike, which stream the blob as it arrives. The
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kraken_client::metainfo::MetainfoQuery;
+use kraken_client::metainfo::{MetainfoQuery, MetainfoQueryError};
 use kraken_membership::Role;
 use kraken_storage::cas::{Cas, CasError};
 use kraken_storage::{Digest, Metainfo};
@@ -33,6 +34,7 @@ use tokio::sync::watch;
 
 use crate::bounded::BoundedMap;
 use crate::client::{CallError, Cluster};
+use crate::discovery::{DiscoveringTracker, Discovery, Mode};
 use crate::fetch::metainfo_error;
 use crate::metrics::Metrics;
 use crate::proto::{ErrorKind, PullReport, RemoteError, Request, Response};
@@ -181,9 +183,12 @@ pub struct Agent {
 
 struct Inner {
     cluster: Cluster,
-    exchange: PieceExchange<RingTracker>,
+    exchange: PieceExchange<DiscoveringTracker>,
     config: AgentConfig,
     metrics: Arc<Metrics>,
+    /// The exchange's tracker (the policy's state) and the DHT: digests stop being
+    /// provided here when they leave the store.
+    tracker: DiscoveringTracker,
     pulls: Mutex<HashMap<Digest, SharedPull>>,
     reports: Mutex<BoundedMap<Digest, PullReport>>,
     /// Stored copies checked against their digests since their files last changed.
@@ -194,9 +199,10 @@ impl Agent {
     /// An agent over its exchange.
     pub fn new(
         cluster: Cluster,
-        exchange: PieceExchange<RingTracker>,
+        exchange: PieceExchange<DiscoveringTracker>,
         config: AgentConfig,
         metrics: Arc<Metrics>,
+        tracker: DiscoveringTracker,
     ) -> Self {
         let reports_kept = config.reports_kept;
         Agent {
@@ -205,6 +211,7 @@ impl Agent {
                 exchange,
                 config,
                 metrics,
+                tracker,
                 pulls: Mutex::new(HashMap::new()),
                 reports: Mutex::new(BoundedMap::new(reports_kept)),
                 verified: VerifiedCopies::default(),
@@ -227,6 +234,9 @@ impl Agent {
                 match tokio::task::spawn_blocking(move || cas.evict()).await {
                     Ok(Ok(r)) if !r.evicted.is_empty() => {
                         tracing::info!(evicted = r.evicted.len(), "evicted blobs");
+                        for digest in &r.evicted {
+                            agent.forget(digest);
+                        }
                     }
                     Ok(Err(e)) => tracing::warn!(error = %e, "eviction failed"),
                     _ => {}
@@ -251,8 +261,23 @@ impl Agent {
     }
 
     /// The piece exchange (sessions and pieces from peers go here).
-    pub fn exchange(&self) -> &PieceExchange<RingTracker> {
+    pub fn exchange(&self) -> &PieceExchange<DiscoveringTracker> {
         &self.inner.exchange
+    }
+
+    /// The exchange's tracker: where announces go (trackers, DHT, both).
+    pub fn tracker(&self) -> &DiscoveringTracker {
+        &self.inner.tracker
+    }
+
+    /// The node's DHT.
+    pub fn discovery(&self) -> &Discovery {
+        self.inner.tracker.discovery()
+    }
+
+    /// `digest` left the store (evicted, deleted) or its download failed: stop providing it.
+    pub fn forget(&self, digest: &Digest) {
+        self.discovery().forget(digest);
     }
 
     /// Serves one agent request; `None` if the request is not an agent's.
@@ -377,6 +402,10 @@ impl Agent {
             }
             Err(e) => {
                 self.inner.metrics.pull_failed();
+                // The failed download's pieces are dropped with it.
+                if !self.cas().contains(digest).unwrap_or(false) {
+                    self.forget(digest);
+                }
                 return Err(RemoteError::new(ErrorKind::Unavailable, e.to_string()));
             }
         };
@@ -499,6 +528,7 @@ impl Agent {
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cas.purge(&d, None)).await {
             tracing::warn!(%digest, error = %e, "cannot evict a corrupt blob");
         }
+        self.forget(digest);
         false
     }
 
@@ -553,7 +583,8 @@ impl Agent {
     }
 
     /// The blob's metainfo: local if the blob is, else from its tracker (waiting while an
-    /// origin reads it through from a backend).
+    /// origin reads it through from a backend), or from the owning origins in dht mode and
+    /// when no tracker answers.
     pub async fn metainfo(
         &self,
         namespace: &str,
@@ -565,10 +596,24 @@ impl Agent {
         {
             return Ok(m);
         }
+        let cluster = &self.inner.cluster;
+        // Without trackers (dht mode), the owning origins answer themselves.
+        if self.discovery().config().mode == Mode::Dht {
+            return crate::fetch::origin_metainfo(cluster, namespace, digest).await;
+        }
         let deadline = Instant::now() + Duration::from_secs(self.inner.config.pull_timeout_secs);
-        MetainfoQuery::trackers(namespace, digest)
-            .run(&self.inner.cluster, deadline)
+        match MetainfoQuery::trackers(namespace, digest)
+            .run(cluster, deadline)
             .await
-            .map_err(metainfo_error)
+        {
+            Ok(m) => Ok(m),
+            // No tracker answered at all (an answer, even an error, is the tracker's word):
+            // the owning origins stand in, as the DHT stands in for the announces.
+            Err(MetainfoQueryError::Call(e)) if e.remote().is_none() => {
+                tracing::debug!(%digest, error = %e, "no tracker answered; asking the origins");
+                crate::fetch::origin_metainfo(cluster, namespace, digest).await
+            }
+            Err(e) => Err(metainfo_error(e)),
+        }
     }
 }

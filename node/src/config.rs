@@ -159,6 +159,8 @@ pub struct NodeConfig {
     pub writeback_queue: QueueConfig,
     /// `[[backends]]` (origins): namespace regex → backend, first match wins.
     pub backends: Vec<kraken_storage::backend::RouteConfig>,
+    /// `[discovery]` (agents and origins): trackers, the DHT, or both.
+    pub discovery: crate::discovery::DiscoveryConfig,
 }
 
 /// `[node]`.
@@ -668,6 +670,11 @@ impl NodeConfig {
         }
         if self.has(NodeRole::Agent) {
             self.agent.validate()?;
+        }
+        if self.has(NodeRole::Agent) || self.has(NodeRole::Origin) {
+            self.discovery
+                .validate()
+                .map_err(|e| ConfigError::section("discovery", e))?;
         }
         Ok(())
     }

@@ -161,5 +161,9 @@ fn gauges(roles: &Roles, cluster: &Cluster) -> Gauges {
     if let Some(t) = &roles.tracker {
         gauges.tracked_blobs = Some(t.tracked_blobs());
     }
+    gauges.dht = roles
+        .discovery
+        .as_ref()
+        .map(crate::discovery::Discovery::gauges);
     gauges
 }

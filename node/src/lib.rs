@@ -27,6 +27,7 @@
 //! [`registry`] (the registry gateway over the cluster), [`push`] (its blob writes) and
 //! `referrers` (its referrers calls to the build-index),
 //! [`notify`] (push notifications on the proxy, preheated through `kraken_client::preheat`),
+//! [`discovery`] (where agents find peers: trackers, the Kademlia DHT, or both),
 //! [`config`] (the TOML file), [`node`] (start and stop), [`http`] and [`metrics`]
 //! (health, readiness, Prometheus), [`dev`] (`kraken dev`: a whole cluster in one process).
 
@@ -37,6 +38,7 @@ pub mod bridge;
 pub mod buildindex;
 pub mod config;
 pub mod dev;
+pub mod discovery;
 pub mod fetch;
 mod flight;
 pub mod http;

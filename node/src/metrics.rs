@@ -55,6 +55,7 @@ pub struct Metrics {
     announces: Counter,
     rpcs: Counter,
     scrub: ScrubCounters,
+    dht: DhtCounters,
     bad_piece_reports: Counter,
     pull_duration: Histogram,
     upload_duration: Histogram,
@@ -142,6 +143,7 @@ impl Metrics {
         let announces = counter(&mut r, "kraken_announces", "Announces served");
         let rpcs = counter(&mut r, "kraken_rpcs", "RPCs served");
         let scrub = ScrubCounters::new(&mut r);
+        let dht = DhtCounters::new(&mut r);
         let bad_piece_reports = counter(
             &mut r,
             "kraken_bad_piece_reports",
@@ -182,6 +184,7 @@ impl Metrics {
             announces,
             rpcs,
             scrub,
+            dht,
             bad_piece_reports,
             pull_duration,
             upload_duration,
@@ -255,6 +258,11 @@ impl Metrics {
     /// The origin's scrubbing counters.
     pub fn scrub(&self) -> &ScrubCounters {
         &self.scrub
+    }
+
+    /// The discovery counters (DHT lookups, fallbacks, liars).
+    pub fn dht(&self) -> &DhtCounters {
+        &self.dht
     }
 
     /// An agent told an origin about a bad piece it sent.
@@ -333,6 +341,75 @@ impl ScrubCounters {
     }
 }
 
+/// What discovery did (`kraken_dht_*`, `kraken_discovery_*`); the DHT's own state is read
+/// at scrape time ([`Gauges::dht`]).
+#[derive(Debug)]
+pub struct DhtCounters {
+    lookups: Counter,
+    lookup_failures: Counter,
+    lookup_duration: Histogram,
+    fallbacks: Counter,
+    liars: Counter,
+}
+
+impl DhtCounters {
+    fn new(r: &mut Registry) -> Self {
+        DhtCounters {
+            lookups: counter(r, "kraken_dht_lookups", "DHT provider lookups started"),
+            lookup_failures: counter(
+                r,
+                "kraken_dht_lookup_failures",
+                "DHT provider lookups that failed (timed out, rate-limited, no route)",
+            ),
+            lookup_duration: seconds(
+                r,
+                "kraken_dht_lookup_duration",
+                "Time a DHT provider lookup took",
+                piece_buckets(),
+            ),
+            fallbacks: counter(
+                r,
+                "kraken_discovery_fallbacks",
+                "Times tracker mode fell back to the DHT because every tracker tried failed",
+            ),
+            liars: counter(
+                r,
+                "kraken_dht_liars",
+                "DHT providers whose address answered as another peer, reported and blacklisted",
+            ),
+        }
+    }
+
+    /// A provider lookup took `elapsed` and succeeded or not.
+    pub fn lookup(&self, elapsed: Duration, ok: bool) {
+        self.lookups.inc();
+        if !ok {
+            self.lookup_failures.inc();
+        }
+        self.lookup_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Tracker mode fell back to the DHT.
+    pub fn fallback(&self) {
+        self.fallbacks.inc();
+    }
+
+    /// A lying provider was reported.
+    pub fn liar(&self) {
+        self.liars.inc();
+    }
+
+    /// Lying providers reported since start.
+    pub fn liars(&self) -> u64 {
+        self.liars.get()
+    }
+
+    /// Fallbacks since start.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.get()
+    }
+}
+
 /// Values read at scrape time from where they live.
 #[derive(Debug, Default, Clone)]
 pub struct Gauges {
@@ -357,6 +434,8 @@ pub struct Gauges {
     pub seeders_released: Option<u64>,
     /// What gossip refused (ring nodes).
     pub gossip: Option<GossipStats>,
+    /// The DHT's state (agents and origins).
+    pub dht: Option<kraken_dht::DhtStats>,
 }
 
 /// Where the gauges come from at each scrape.
@@ -574,6 +653,56 @@ impl Gauges {
             );
             ConstCounter::new(g.clamped_weights)
                 .encode(e.encode_descriptor(clamped.0, clamped.1, None, clamped.2)?)?;
+        }
+        if let Some(d) = &self.dht {
+            let held = (
+                "kraken_dht_records_held",
+                "Records this node's DHT store holds, by kind: signed cards, provider keys of other nodes.",
+                MetricType::Gauge,
+            );
+            let counts = [("card", d.records_held), ("provider", d.provider_keys_held)];
+            family(
+                e,
+                held,
+                "kind",
+                counts.map(|(k, n)| (k, ConstGauge::new(n))),
+            )?;
+            gauge(
+                e,
+                "kraken_dht_keys_provided",
+                "Blob digests this node provides to the DHT.",
+                Some(d.keys_provided),
+            )?;
+            gauge(
+                e,
+                "kraken_dht_blacklisted_peers",
+                "DHT peers blacklisted for lying records.",
+                Some(d.liars),
+            )?;
+            gauge(
+                e,
+                "kraken_dht_routing_peers",
+                "Peers in the DHT's routing table.",
+                Some(d.routing_peers),
+            )?;
+            let dropped = (
+                "kraken_dht_dropped_messages",
+                "Inbound DHT records dropped, by reason.",
+                MetricType::Counter,
+            );
+            let counts = [
+                ("malformed", d.dropped_malformed),
+                ("rate-limited", d.dropped_rate_limited),
+                ("blacklisted", d.dropped_blacklisted),
+                ("store-full", d.refused_store_full),
+                ("provide-queue-full", d.provides_dropped),
+            ];
+            family(
+                e,
+                dropped,
+                "reason",
+                counts.map(|(k, n)| (k, ConstCounter::new(n))),
+            )?;
         }
         Ok(())
     }

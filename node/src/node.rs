@@ -120,6 +120,7 @@ impl Node {
             config: &config,
             node_id,
             peer_id: identity.peer_id,
+            tls: (&identity, &ca),
             advertise,
             pool,
             cluster: cluster.clone(),
@@ -238,6 +239,9 @@ impl Node {
         }
         self.stop.send_replace(true);
         self.close_exchanges();
+        if let Some(d) = &self.roles.discovery {
+            d.shutdown().await;
+        }
         if let Some(agent) = &self.roles.agent {
             let _ = agent.cas().flush_access_times();
         }
@@ -251,6 +255,10 @@ impl Node {
     pub fn kill(mut self) {
         self.stop.send_replace(true);
         self.close_exchanges();
+        // The DHT goes too (a dead process answers no lookups); it stops in the background.
+        if let Some(d) = self.roles.discovery.clone() {
+            tokio::spawn(async move { d.shutdown().await });
+        }
         self.cluster.pool().close();
         self.endpoint.close();
         drop(self.membership.take());

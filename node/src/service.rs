@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::agent::Agent;
 use crate::buildindex::BuildIndex;
+use crate::discovery::Discovery;
 use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::proto::{ErrorKind, NodeInfo, RemoteError, Request, Response};
@@ -31,6 +32,8 @@ pub struct Roles {
     pub agent: Option<Agent>,
     /// Build-index, if this node is one.
     pub build_index: Option<BuildIndex>,
+    /// The DHT and the discovery settings (agents and origins).
+    pub discovery: Option<Discovery>,
 }
 
 /// Serves every stream peers open to this node.
@@ -67,6 +70,25 @@ impl NodeService {
         let done = |r| (r, StreamOutcome::Done);
         match &request {
             Request::Ping => return done(Response::Pong(self.info.clone())),
+            Request::DhtContact => {
+                let (dht_peer, addr) = match &self.roles.discovery {
+                    Some(d) => {
+                        let (peer, addr) = d.contact();
+                        (Some(peer), Some(addr))
+                    }
+                    None => (None, None),
+                };
+                return done(Response::DhtContact { dht_peer, addr });
+            }
+            Request::DhtProviders { digest } => {
+                return done(match &self.roles.discovery {
+                    Some(d) => match d.providers(*digest).await {
+                        Ok(found) => Response::DhtProviders(found),
+                        Err(e) => Response::Error(RemoteError::new(ErrorKind::Unavailable, e)),
+                    },
+                    None => wrong_node(format!("{} runs no DHT", self.info.name)),
+                });
+            }
             Request::ClusterView => {
                 return done(match &self.view {
                     Some(v) if !v.borrow().is_empty() => Response::View(v.borrow().encode()),

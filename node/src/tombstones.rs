@@ -123,6 +123,7 @@ impl Follower {
 /// Stops the blob's swarm and drops it from the store; false if it must be tried again.
 async fn evict(agent: &Agent, digest: &Digest) -> bool {
     agent.exchange().stop(digest).await;
+    agent.forget(digest);
     let cas = agent.cas().clone();
     let d = *digest;
     match tokio::task::spawn_blocking(move || cas.purge(&d, None)).await {

@@ -16,7 +16,8 @@ use crate::client::Client;
 use crate::error::{CtlError, EXIT_CODES_HELP};
 use crate::settings::{ConnectArgs, Settings};
 use crate::{
-    blob, build_index, gc, members, preheat, pull_report, repair, ring, transfer, writeback,
+    blob, blob_dht, build_index, gc, members, preheat, pull_report, repair, ring, transfer,
+    writeback,
 };
 
 /// `krakenctl`: inspect and operate a kraken cluster over QUIC.
@@ -161,10 +162,18 @@ pub enum BlobCommand {
         /// The blob.
         digest: String,
     },
-    /// What the tracker knows of a blob's peers: complete or not, last announce.
+    /// What the tracker knows of a blob's peers: complete or not, last announce. With
+    /// `--dht`: the providers one node's DHT finds instead.
     Peers {
         /// The blob.
         digest: String,
+        /// Ask a node's DHT for the blob's providers instead of the tracker.
+        #[arg(long)]
+        dht: bool,
+        /// With `--dht`: the agent or origin whose DHT looks them up (HOST:PORT or a node
+        /// name from cluster.json); default: the blob's first owning origin that answers.
+        #[arg(long, value_name = "ADDR", requires = "dht")]
+        node: Option<String>,
     },
 }
 
@@ -314,6 +323,7 @@ enum Checked {
     Ring(RingKey),
     BlobStat(Digest),
     BlobPeers(Digest),
+    BlobDhtPeers(Digest, Option<String>),
     Push {
         file: PathBuf,
         namespace: String,
@@ -357,8 +367,11 @@ impl Checked {
                 command: BlobCommand::Stat { digest },
             } => Checked::BlobStat(parse_digest(&digest)?),
             Command::Blob {
-                command: BlobCommand::Peers { digest },
-            } => Checked::BlobPeers(parse_digest(&digest)?),
+                command: BlobCommand::Peers { digest, dht, node },
+            } => match dht {
+                true => Checked::BlobDhtPeers(parse_digest(&digest)?, node),
+                false => Checked::BlobPeers(parse_digest(&digest)?),
+            },
             Command::Push {
                 file,
                 namespace,
@@ -438,6 +451,9 @@ async fn dispatch(
         Checked::Ring(key) => ring::run(client, &key, mode),
         Checked::BlobStat(digest) => blob::stat(client, &digest, mode).await,
         Checked::BlobPeers(digest) => blob::peers(client, &digest, mode).await,
+        Checked::BlobDhtPeers(digest, node) => {
+            blob_dht::run(client, &digest, node.as_deref(), mode).await
+        }
         Checked::Push { namespace, .. } => match push_prepared {
             Some(file) => transfer::push(client, &file, &namespace, mode).await,
             None => Err(CtlError::Failed("the file was not hashed".into())),

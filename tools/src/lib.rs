@@ -15,7 +15,7 @@
 //! - [`client`]: the QUIC endpoint, connection pool and `kraken_client` `Cluster` over the
 //!   fetched view; pings and peer naming.
 //! - Commands: [`members`] (the view, with health), [`ring`] (owners of a digest or tag),
-//!   [`blob`] (`blob stat`, `blob peers`), [`transfer`] (`push`, `pull`), [`pull_report`],
+//!   [`blob`] (`blob stat`, `blob peers`), [`blob_dht`] (`blob peers --dht`), [`transfer`] (`push`, `pull`), [`pull_report`],
 //!   [`writeback`], [`repair`] (an anti-entropy pass now on every origin), and
 //!   [`build_index`] (`tag get|put|ls|history`, `repos`,
 //!   `replication`; exit 6 in a cluster without build-index nodes), [`preheat`] (owning
@@ -40,6 +40,7 @@
 
 pub mod bench;
 pub mod blob;
+pub mod blob_dht;
 pub mod build_index;
 pub mod cli;
 pub mod client;

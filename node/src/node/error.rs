@@ -65,6 +65,9 @@ pub enum StartError {
     /// The task opening the blob store did not finish.
     #[error("opening the store: {0}")]
     OpenStoreTask(#[source] tokio::task::JoinError),
+    /// The DHT did not start (agents and origins): its identity file, its listener.
+    #[error("starting the DHT: {0}")]
+    Dht(#[source] kraken_dht::DhtError),
     /// A bandwidth limit could not be made.
     #[error("rate limit: {0}")]
     RateLimit(#[source] LimitError),

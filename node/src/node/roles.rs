@@ -12,16 +12,17 @@ use kraken_transport::exchange::{
     BadPieceObserver, ExchangeConfig, PieceExchange, PieceLatencyObserver, Tracker,
 };
 use kraken_transport::limit::RateLimiter;
-use kraken_transport::quic::ConnectionPool;
+use kraken_transport::quic::{ClusterCa, ConnectionPool, NodeIdentity};
 use kraken_transport::swarm::{PeerInfo, PeerKind};
 use kraken_transport::wire::PeerId;
 use tokio::sync::watch;
 
 use super::StartError;
-use crate::agent::{Agent, RingTracker};
+use crate::agent::Agent;
 use crate::buildindex::{BuildIndex, BuildIndexParts};
 use crate::client::Cluster;
 use crate::config::{NodeConfig, NodeRole};
+use crate::discovery::{DiscoveringTracker, Discovery};
 use crate::metrics::Metrics;
 use crate::origin::{NoAnnounce, Origin, OriginParts};
 use crate::service::Roles;
@@ -35,6 +36,8 @@ pub(super) struct Wiring<'a> {
     pub node_id: NodeId,
     /// This node's peer id (from its certificate).
     pub peer_id: PeerId,
+    /// Its certificate and key, and the cluster CA (the DHT signs its card with them).
+    pub tls: (&'a NodeIdentity, &'a ClusterCa),
     /// The QUIC address peers dial.
     pub advertise: SocketAddr,
     /// Connections to peers.
@@ -52,9 +55,12 @@ pub(super) async fn build(w: &Wiring<'_>) -> Result<Roles, StartError> {
     let mut roles = Roles::default();
     // Validation keeps origins and agents apart: each owns the store.
     if w.config.has(NodeRole::Origin) {
+        roles.discovery = Some(discovery(w, PeerKind::Origin).await?);
         roles.origin = Some(origin(w, open_store(w.config).await?)?);
     } else if w.config.has(NodeRole::Agent) {
-        roles.agent = Some(agent(w, open_store(w.config).await?)?);
+        let discovery = discovery(w, PeerKind::Agent).await?;
+        roles.discovery = Some(discovery.clone());
+        roles.agent = Some(agent(w, open_store(w.config).await?, discovery)?);
     }
     if w.config.has(NodeRole::BuildIndex) {
         roles.build_index = Some(build_index(w)?);
@@ -67,6 +73,27 @@ pub(super) async fn build(w: &Wiring<'_>) -> Result<Roles, StartError> {
         ));
     }
     Ok(roles)
+}
+
+/// The node's DHT (every agent and origin runs it, in every discovery mode), bootstrapped
+/// from the origins of the view.
+async fn discovery(w: &Wiring<'_>, kind: PeerKind) -> Result<Discovery, StartError> {
+    let discovery = Discovery::start(
+        &w.config.discovery,
+        (&w.config.node.data_dir, w.config.quic.listen),
+        (w.peer_id, w.advertise, kind),
+        w.tls,
+        w.metrics.clone(),
+    )
+    .await
+    .map_err(StartError::Dht)?;
+    crate::spawn(crate::discovery::bootstrap::follow(
+        discovery.clone(),
+        w.cluster.clone(),
+        w.advertise,
+        w.stop.clone(),
+    ));
+    Ok(discovery)
 }
 
 async fn open_store(config: &NodeConfig) -> Result<Cas, StartError> {
@@ -103,10 +130,10 @@ fn origin(w: &Wiring<'_>, cas: Cas) -> Result<Origin, StartError> {
     Ok(origin)
 }
 
-fn agent(w: &Wiring<'_>, cas: Cas) -> Result<Agent, StartError> {
-    let tracker = RingTracker::new(w.cluster.clone());
+fn agent(w: &Wiring<'_>, cas: Cas, discovery: Discovery) -> Result<Agent, StartError> {
+    let tracker = DiscoveringTracker::new(w.cluster.clone(), discovery.clone());
     let (observer, reports) = crate::bad_pieces::channel();
-    let exchange = exchange(w, cas, tracker, PeerKind::Agent, Some(observer))?;
+    let exchange = exchange(w, cas, tracker.clone(), PeerKind::Agent, Some(observer))?;
     crate::spawn(crate::bad_pieces::run(
         w.cluster.clone(),
         reports,
@@ -118,6 +145,7 @@ fn agent(w: &Wiring<'_>, cas: Cas) -> Result<Agent, StartError> {
         exchange,
         w.config.agent.clone(),
         w.metrics.clone(),
+        tracker,
     );
     agent.spawn_background(w.stop.clone());
     Ok(agent)
