@@ -27,7 +27,7 @@ pub struct DiscoveryConfig {
     /// Longest one provider lookup may take, ms.
     pub dht_lookup_timeout_ms: u64,
     /// UDP address of the DHT's libp2p QUIC listener (port 0: any free port). Default:
-    /// `quic.listen`'s host, port `quic.listen`'s + 2 (7602 next to QUIC's 7600 and gossip's
+    /// `quic.listen`'s host, port `quic.listen`'s + 3 (7603 next to QUIC's 7600, gossip's
     /// 7601), or any free port when QUIC's is 0. Peers reach it at the node's advertised
     /// QUIC host with this port.
     pub dht_listen: Option<SocketAddr>,
@@ -48,8 +48,8 @@ pub struct DiscoveryConfig {
     pub dht_inbound_per_sec: u32,
 }
 
-/// How far above the QUIC port the DHT listens by default (7600 → 7602).
-pub const DHT_PORT_OFFSET: u16 = 2;
+/// How far above the QUIC port the DHT listens by default (7600 → 7603: gossip has 7601, the HTTP endpoint TCP 7602).
+pub const DHT_PORT_OFFSET: u16 = 3;
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
@@ -165,7 +165,7 @@ mod tests {
         let d = DiscoveryConfig::default();
         assert_eq!(
             d.dht_listen("0.0.0.0:7600".parse().unwrap()),
-            "0.0.0.0:7602".parse().unwrap()
+            "0.0.0.0:7603".parse().unwrap()
         );
         assert_eq!(
             d.dht_listen("127.0.0.1:0".parse().unwrap()),
