@@ -274,6 +274,7 @@ fn example_tunables_are_the_defaults() {
         match role {
             NodeRole::Origin => {
                 assert_eq!(c.origin, OriginConfig::default());
+                assert_eq!(c.discovery, defaults.discovery);
                 assert_eq!(json(&c.writeback_queue), json(&QueueConfig::default()));
                 for route in &c.backends {
                     let d =
@@ -282,7 +283,10 @@ fn example_tunables_are_the_defaults() {
                 }
             }
             NodeRole::Tracker => assert_eq!(c.tracker, TrackerConfig::default()),
-            NodeRole::Agent => assert_eq!(c.agent, AgentConfig::default()),
+            NodeRole::Agent => {
+                assert_eq!(c.agent, AgentConfig::default());
+                assert_eq!(c.discovery, defaults.discovery);
+            }
             NodeRole::BuildIndex => {
                 let d = kraken_node::buildindex::BuildIndexConfig {
                     remotes: c.build_index.remotes.clone(),
@@ -327,10 +331,20 @@ fn examples_write_out_every_key_of_their_sections() {
     let by_role: [(&str, &[&str]); 5] = [
         (
             "origin.toml",
-            &["gossip", "store", "origin", "writeback_queue", "backends"],
+            &[
+                "gossip",
+                "store",
+                "origin",
+                "writeback_queue",
+                "backends",
+                "discovery",
+            ],
         ),
         ("tracker.toml", &["gossip", "tracker"]),
-        ("agent.toml", &["store", "swarm", "agent", "registry"]),
+        (
+            "agent.toml",
+            &["store", "swarm", "agent", "registry", "discovery"],
+        ),
         ("proxy.toml", &["view", "registry"]),
         (
             "build-index.toml",

@@ -282,18 +282,16 @@ impl Tracker for DiscoveringTracker {
         }
         let plan = self.policy().plan(Instant::now());
         match plan {
-            Plan::TrackersThenDht => match self.ask_trackers(digest, me.clone(), have_bytes).await
-            {
-                Ok(handout) => Ok(handout),
-                Err(trackers) => self
-                    .ask_dht(digest, &me)
-                    .await
-                    .map_err(|dht| DiscoveryError::Both { trackers, dht }),
-            },
-            Plan::Dht => self
-                .ask_dht(digest, &me)
-                .await
-                .map_err(DiscoveryError::Dht),
+            Plan::TrackersThenDht => {
+                match self.ask_trackers(digest, me.clone(), have_bytes).await {
+                    Ok(handout) => Ok(handout),
+                    Err(trackers) => self
+                        .ask_dht(digest, &me)
+                        .await
+                        .map_err(|dht| DiscoveryError::Both { trackers, dht }),
+                }
+            }
+            Plan::Dht => self.ask_dht(digest, &me).await.map_err(DiscoveryError::Dht),
             Plan::Both => {
                 let (trackers, dht) = tokio::join!(
                     self.ask_trackers(digest, me.clone(), have_bytes),
