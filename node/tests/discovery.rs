@@ -36,8 +36,14 @@ fn config(c: &TestCluster, name: &str, role: NodeRole, mode: Mode) -> NodeConfig
     config.discovery.mode = mode;
     config.discovery.dht_interval_ms = 300;
     config.discovery.tracker_retry_secs = 2;
+    // Origins send as a loaded origin does, slower than loopback: otherwise the agents take
+    // the whole blob from them before the first DHT lookup could name another agent.
+    config.origin.egress_bytes_per_sec = ORIGIN_EGRESS;
     config
 }
+
+/// Each origin's upload rate: 3 origins send 12 MiB/s together.
+const ORIGIN_EGRESS: u64 = 4 << 20;
 
 async fn start(c: &mut TestCluster, name: &str, role: NodeRole, mode: Mode) -> usize {
     let config = config(c, name, role, mode);
@@ -314,9 +320,14 @@ async fn agents_killed_and_restarted_during_a_dht_distribution_all_finish() {
         })
     })
     .await;
+    // They come back as new hosts with empty disks (a killed in-process node's store stays
+    // open until its last task ends).
     let configs: Vec<NodeConfig> = doomed
         .iter()
-        .map(|&a| config(&c, c.node(a).name(), NodeRole::Agent, Mode::Dht))
+        .map(|&a| {
+            let name = format!("{}-again", c.node(a).name());
+            config(&c, &name, NodeRole::Agent, Mode::Dht)
+        })
         .collect();
     for &a in &doomed {
         c.kill(a);
