@@ -191,6 +191,23 @@ async fn a_dht_cluster_without_trackers_pushes_and_pulls() {
     // Every agent provides what it holds: a lookup from any node finds them.
     let found = dht_providers(&c, agents[0], &digest).await;
     assert!(!found.is_empty(), "the agents provide the blob");
+    // The DHT's state is in the agent's metrics.
+    let http = c.node(agents[0]).http_addr().unwrap();
+    let metrics = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "kraken_dht_keys_provided 1",
+        "kraken_dht_lookups_total ",
+        "kraken_dht_lookup_duration_seconds_count ",
+        "kraken_discovery_fallbacks_total 0",
+        "kraken_dht_dropped_messages_total{reason=\"malformed\"} 0",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
 }
 
 /// What node `i`'s DHT finds for `digest` (`Request::DhtProviders`), polled until the

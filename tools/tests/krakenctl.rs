@@ -417,6 +417,28 @@ async fn push_stat_pull_and_report_a_blob() {
     assert_eq!(peer["name"], "agent-1");
     assert_eq!(peer["kind"], "agent");
 
+    // blob peers --dht: agent-1 provides the blob it holds; the owning origin's DHT (the
+    // default node asked) and another origin's find it.
+    let dht = f
+        .ctl_until(
+            &["blob", "peers", &d, "--dht"],
+            Duration::from_secs(20),
+            |r| r.code == 0 && r.stdout.lines().any(|l| l.starts_with("agent-1 ")),
+        )
+        .await
+        .stdout;
+    assert!(row(&dht, "agent-1").contains(&agent), "{dht}");
+    assert!(dht.contains("(its DHT)"), "{dht}");
+    let json = f
+        .ctl(&["blob", "peers", &d, "--dht", "--node", "origin-2", "--json"])
+        .await
+        .ok()
+        .json();
+    let provider = &json["providers"].as_array().unwrap()[0];
+    assert_eq!(provider["name"], "agent-1");
+    assert_eq!(provider["kind"], "agent");
+    assert!(!provider["dht_peer"].as_str().unwrap().is_empty());
+
     // pull straight from the origins.
     let direct = f.dir.path().join("direct");
     f.ctl(&["pull", &d, "-o", direct.to_str().unwrap()])
