@@ -14,10 +14,7 @@ use kraken_storage::Digest;
 use kraken_transport::quic::{ClusterCa, MemberCertAuth, NodeIdentity};
 use libp2p::core::ConnectedPoint;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
-use libp2p::kad::{
-    self, GetProvidersOk, GetRecordOk, InboundRequest, ProviderRecord, QueryId, QueryResult,
-    Quorum, Record, RecordKey, StoreInserts,
-};
+use libp2p::kad::{self, InboundRequest, QueryId, Quorum, Record, RecordKey, StoreInserts};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId as DhtPeerId, StreamProtocol, Swarm, SwarmBuilder};
@@ -25,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::card::{self, Card};
 use crate::limits::{KeyedBuckets, TokenBucket};
-use crate::stats::{StatsCells, add, bump, set};
-use crate::{DhtConfig, DhtError, LocalCard, MAX_PACKET_BYTES, Provider, digest_of_key};
+use crate::stats::{StatsCells, bump, set};
+use crate::{DhtConfig, DhtError, LocalCard, MAX_PACKET_BYTES, Provider};
 
 /// The Kademlia protocol of kraken clusters (never a public DHT's).
 pub const PROTOCOL: &str = "/kraken/kad/1";
@@ -42,6 +39,11 @@ const MAX_BLACKLIST: usize = 10_000;
 const MAX_LIMITED_PEERS: usize = 4_096;
 /// How long the listener may take to report its address.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+mod inbound;
+mod lookup;
+
+use lookup::Lookup;
 
 /// What a [`Dht`](crate::Dht) handle asks of the driver.
 pub(crate) enum Command {
@@ -73,21 +75,6 @@ enum Owner {
     Lookup(u64),
     /// The card of a provider.
     Card(DhtPeerId),
-}
-
-/// A `find_providers` in progress.
-struct Lookup {
-    query: QueryId,
-    limit: usize,
-    started: Instant,
-    deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<Provider>, DhtError>>,
-    found: Vec<Provider>,
-    seen: HashSet<DhtPeerId>,
-    /// Providers whose card is being fetched.
-    pending: HashSet<DhtPeerId>,
-    /// The provider query is over.
-    providers_done: bool,
 }
 
 pub(crate) async fn start(
@@ -372,146 +359,6 @@ impl Driver {
         }
     }
 
-    fn find_providers(
-        &mut self,
-        digest: Digest,
-        limit: usize,
-        timeout: Duration,
-        reply: oneshot::Sender<Result<Vec<Provider>, DhtError>>,
-        now: Instant,
-    ) {
-        bump(&self.stats.lookups);
-        if !self.query_bucket.try_take(now) {
-            bump(&self.stats.lookup_failures);
-            let _ = reply.send(Err(DhtError::RateLimited));
-            return;
-        }
-        let key = RecordKey::new(&crate::provider_key(&digest));
-        let query = self.kad().get_providers(key);
-        let id = self.next_lookup;
-        self.next_lookup += 1;
-        self.owners.insert(query, Owner::Lookup(id));
-        self.lookups.insert(
-            id,
-            Lookup {
-                query,
-                limit,
-                started: now,
-                deadline: now + timeout,
-                reply,
-                found: Vec::new(),
-                seen: HashSet::new(),
-                pending: HashSet::new(),
-                providers_done: false,
-            },
-        );
-    }
-
-    /// A provider record of lookup `id` names `peer`: answer from a fresh cached card or
-    /// fetch the card.
-    fn offer_provider(&mut self, id: u64, peer: DhtPeerId) {
-        if peer == self.local || self.blacklist.contains(&peer) {
-            return;
-        }
-        let cached = self.fresh_card(&peer).map(provider_of);
-        let Some(lookup) = self.lookups.get_mut(&id) else {
-            return;
-        };
-        if !lookup.seen.insert(peer) {
-            return;
-        }
-        if let Some(provider) = cached {
-            lookup.found.push(provider);
-            return;
-        }
-        lookup.pending.insert(peer);
-        let waiters = self.card_waiters.entry(peer).or_default();
-        waiters.push(id);
-        if waiters.len() == 1 {
-            let query = self
-                .kad()
-                .get_record(RecordKey::new(&card::card_key(&peer)));
-            self.owners.insert(query, Owner::Card(peer));
-        }
-    }
-
-    fn fresh_card(&self, peer: &DhtPeerId) -> Option<Card> {
-        let card = self.cards.get(peer)?;
-        (now_ms().saturating_sub(card.issued_ms) <= self.max_card_age_ms).then(|| card.clone())
-    }
-
-    fn cache_card(&mut self, card: Card) {
-        if self.cards.len() >= self.config.max_records && !self.cards.contains_key(&card.dht_peer) {
-            let now = now_ms();
-            let max_age = self.max_card_age_ms;
-            self.cards
-                .retain(|_, c| now.saturating_sub(c.issued_ms) <= max_age);
-            if self.cards.len() >= self.config.max_records {
-                let victim = self.cards.keys().next().copied();
-                if let Some(victim) = victim {
-                    self.cards.remove(&victim);
-                }
-            }
-        }
-        self.cards.insert(card.dht_peer, card);
-    }
-
-    /// The card fetch of `peer` is over, with a verified card or none.
-    fn card_done(&mut self, peer: DhtPeerId, card: Option<Card>, now: Instant) {
-        for id in self.card_waiters.remove(&peer).unwrap_or_default() {
-            if let Some(lookup) = self.lookups.get_mut(&id) {
-                lookup.pending.remove(&peer);
-                if let Some(card) = &card
-                    && !self.blacklist.contains(&peer)
-                {
-                    lookup.found.push(provider_of(card.clone()));
-                }
-            }
-            self.check_lookup(id, now);
-        }
-    }
-
-    /// Answers lookup `id` if it has enough providers, is over, or is past its deadline.
-    fn check_lookup(&mut self, id: u64, now: Instant) {
-        let Some(lookup) = self.lookups.get(&id) else {
-            return;
-        };
-        let enough = lookup.found.len() >= lookup.limit;
-        let over = lookup.providers_done && lookup.pending.is_empty();
-        let late = now >= lookup.deadline;
-        if !(enough || over || late || lookup.reply.is_closed()) {
-            return;
-        }
-        let Some(mut lookup) = self.lookups.remove(&id) else {
-            return;
-        };
-        if self.owners.remove(&lookup.query).is_some()
-            && let Some(mut query) = self.kad().query_mut(&lookup.query)
-        {
-            query.finish();
-        }
-        for peer in &lookup.pending {
-            if let Some(waiters) = self.card_waiters.get_mut(peer) {
-                waiters.retain(|w| *w != id);
-            }
-        }
-        lookup.found.truncate(lookup.limit);
-        let answer = if lookup.found.is_empty() && late && !over {
-            bump(&self.stats.lookup_failures);
-            Err(DhtError::Timeout)
-        } else {
-            let latency = now.saturating_duration_since(lookup.started);
-            add(
-                &self.stats.lookup_latency_us_sum,
-                u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            );
-            bump(&self.stats.lookup_latency_count);
-            add(&self.stats.providers_found, lookup.found.len() as u64);
-            Ok(lookup.found)
-        };
-        let _ = lookup.reply.send(answer);
-    }
-
     fn on_swarm_event(&mut self, event: SwarmEvent<kad::Event>, now: Instant) {
         match event {
             SwarmEvent::Behaviour(event) => self.on_kad_event(event, now),
@@ -562,173 +409,6 @@ impl Driver {
                 id, result, step, ..
             } => self.on_query_progress(id, result, step.last, now),
             _ => {}
-        }
-    }
-
-    /// Admits an inbound store from `source`: not blacklisted, within its rate.
-    fn admit(&mut self, source: DhtPeerId, now: Instant) -> bool {
-        if self.blacklist.contains(&source) {
-            bump(&self.stats.dropped_blacklisted);
-            return false;
-        }
-        if !self.inbound.try_take(&source, now) {
-            bump(&self.stats.dropped_rate_limited);
-            return false;
-        }
-        true
-    }
-
-    fn on_inbound_provider(&mut self, record: ProviderRecord, now: Instant) {
-        let source = record.provider;
-        if !self.admit(source, now) {
-            return;
-        }
-        if digest_of_key(record.key.as_ref()).is_none() {
-            bump(&self.stats.dropped_malformed);
-            self.blacklist(source, "provided a key that is not a blob digest");
-            return;
-        }
-        let max_per_key = self.config.max_providers_per_key;
-        let max_keys = self.config.max_provider_keys;
-        let store = self.swarm.behaviour_mut().store_mut();
-        let held = store.providers(&record.key);
-        let refreshing = held.iter().any(|p| p.provider == source);
-        let full = if held.is_empty() {
-            self.remote_keys.len() >= max_keys
-        } else {
-            !refreshing && held.len() >= max_per_key
-        };
-        let key = record.key.clone();
-        if full || store.add_provider(record).is_err() {
-            bump(&self.stats.refused_store_full);
-            return;
-        }
-        self.remote_keys.insert(key);
-        set(&self.stats.provider_keys_held, self.remote_keys.len());
-    }
-
-    fn on_inbound_record(&mut self, source: DhtPeerId, mut record: Record, now: Instant) {
-        if !self.admit(source, now) {
-            return;
-        }
-        let Some(owner) = card::card_owner(record.key.as_ref()) else {
-            bump(&self.stats.dropped_malformed);
-            self.blacklist(source, "stored a value that is not a card");
-            return;
-        };
-        if owner != source {
-            // Only owners publish cards (caching and re-replication are off): not proof
-            // of a lie by itself, but nothing to keep.
-            bump(&self.stats.dropped_malformed);
-            return;
-        }
-        let card = match card::decode_and_verify(
-            &record.value,
-            &owner,
-            &self.auth,
-            now_ms(),
-            self.max_card_age_ms,
-        ) {
-            Ok(card) => card,
-            Err(e) => {
-                bump(&self.stats.dropped_malformed);
-                tracing::warn!(peer = %source, error = %e, "dht: refused a card");
-                self.blacklist(source, "published a card that does not verify");
-                return;
-            }
-        };
-        let store = self.swarm.behaviour_mut().store_mut();
-        let newer = store.get(&record.key).is_none_or(|held| {
-            card::decode_and_verify(&held.value, &owner, &self.auth, now_ms(), u64::MAX)
-                .map_or(true, |held| held.issued_ms <= card.issued_ms)
-        });
-        if !newer {
-            return;
-        }
-        let expires = now + self.config.provider_ttl;
-        record.expires = Some(record.expires.map_or(expires, |e| e.min(expires)));
-        record.publisher = Some(source);
-        if store.put(record).is_err() {
-            bump(&self.stats.refused_store_full);
-            return;
-        }
-        self.cache_card(card);
-    }
-
-    fn on_query_progress(&mut self, id: QueryId, result: QueryResult, last: bool, now: Instant) {
-        match (self.owners.get(&id), result) {
-            (Some(Owner::Lookup(lookup)), QueryResult::GetProviders(result)) => {
-                let lookup = *lookup;
-                match result {
-                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                        for peer in providers {
-                            self.offer_provider(lookup, peer);
-                        }
-                    }
-                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => {
-                        self.providers_done(lookup)
-                    }
-                }
-                if last {
-                    self.owners.remove(&id);
-                    self.providers_done(lookup);
-                }
-                self.check_lookup(lookup, now);
-            }
-            (Some(Owner::Card(peer)), QueryResult::GetRecord(result)) => {
-                let peer = *peer;
-                let mut done = last;
-                match result {
-                    Ok(GetRecordOk::FoundRecord(found)) => {
-                        match card::decode_and_verify(
-                            &found.record.value,
-                            &peer,
-                            &self.auth,
-                            now_ms(),
-                            self.max_card_age_ms,
-                        ) {
-                            Ok(card) => {
-                                self.cache_card(card.clone());
-                                self.card_done(peer, Some(card), now);
-                                if let Some(mut query) = self.kad().query_mut(&id) {
-                                    query.finish();
-                                }
-                                done = true;
-                            }
-                            Err(e) => {
-                                bump(&self.stats.dropped_malformed);
-                                // Honest nodes store only verified cards: whoever served
-                                // this one lies (the owner itself, if it served it).
-                                if let Some(from) = found.peer {
-                                    tracing::warn!(%peer, %from, error = %e, "dht: bad card");
-                                    self.blacklist(from, "served a card that does not verify");
-                                }
-                            }
-                        }
-                    }
-                    Ok(GetRecordOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => {
-                        done = true;
-                    }
-                }
-                if done {
-                    self.owners.remove(&id);
-                    self.card_done(peer, None, now);
-                }
-            }
-            (None, QueryResult::PutRecord(Err(e))) => {
-                tracing::debug!(error = %e, "dht: card publication incomplete");
-            }
-            _ => {
-                if last {
-                    self.owners.remove(&id);
-                }
-            }
-        }
-    }
-
-    fn providers_done(&mut self, lookup: u64) {
-        if let Some(lookup) = self.lookups.get_mut(&lookup) {
-            lookup.providers_done = true;
         }
     }
 
@@ -838,14 +518,5 @@ impl Driver {
         let records = store.records().count();
         set(&self.stats.records_held, records);
         set(&self.stats.provider_keys_held, self.remote_keys.len());
-    }
-}
-
-fn provider_of(card: Card) -> Provider {
-    Provider {
-        peer: card.kraken_peer,
-        addr: card.addr,
-        kind: card.kind,
-        dht_peer: card.dht_peer.to_base58(),
     }
 }

@@ -6,7 +6,9 @@
 //! - [`card`]: signed cards binding a DHT identity to a kraken identity (pure).
 //! - [`limits`]: token buckets (pure).
 //! - `identity`: the persisted libp2p key.
-//! - `driver`: the task owning the libp2p swarm; every [`Dht`] handle talks to it.
+//! - `driver`: the task owning the libp2p swarm; every [`Dht`] handle talks to it. Its
+//!   `lookup` submodule resolves providers to verified cards, `inbound` filters what
+//!   others store here.
 //! - `stats`: [`DhtStats`].
 //!
 //! # Design
