@@ -165,6 +165,7 @@ pub(crate) async fn start(
         inbox,
         provided: HashSet::new(),
         queued_provides: VecDeque::new(),
+        unannounced: Vec::new(),
         lookups: HashMap::new(),
         next_lookup: 0,
         owners: HashMap::new(),
@@ -240,6 +241,8 @@ struct Driver {
     provided: HashSet<Digest>,
     /// Provides waiting for the rate limit.
     queued_provides: VecDeque<Digest>,
+    /// Provides started while no peer was known (stored here only).
+    unannounced: Vec<Digest>,
     lookups: HashMap<u64, Lookup>,
     next_lookup: u64,
     owners: HashMap<QueryId, Owner>,
@@ -346,6 +349,10 @@ impl Driver {
     }
 
     fn start_queued_provides(&mut self, now: Instant) {
+        if self.queued_provides.is_empty() {
+            return;
+        }
+        let alone = self.routing_peers() == 0;
         while !self.queued_provides.is_empty() && self.query_bucket.try_take(now) {
             let Some(digest) = self.queued_provides.pop_front() else {
                 break;
@@ -355,6 +362,10 @@ impl Driver {
                 tracing::warn!(%digest, error = %e, "dht: cannot provide (store full)");
                 self.provided.remove(&digest);
                 bump(&self.stats.refused_store_full);
+            } else if alone && self.unannounced.len() < MAX_QUEUED_PROVIDES {
+                // Stored here only: announce it again once there are peers rather than
+                // a republish interval later (beyond the bound, the interval it is).
+                self.unannounced.push(digest);
             }
         }
     }
@@ -475,6 +486,16 @@ impl Driver {
         // `k` peers when it last did (its card may sit nowhere but here).
         let peers = self.routing_peers();
         set(&self.stats.routing_peers, peers);
+        if peers > 0 && !self.unannounced.is_empty() {
+            for digest in std::mem::take(&mut self.unannounced) {
+                if self.provided.contains(&digest)
+                    && self.queued_provides.len() < MAX_QUEUED_PROVIDES
+                {
+                    self.queued_provides.push_back(digest);
+                }
+            }
+            self.start_queued_provides(now);
+        }
         let due = match self.card_published {
             None => true,
             Some((at, with)) => {

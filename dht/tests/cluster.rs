@@ -445,3 +445,55 @@ async fn store_bounds_and_rate_limits_hold() {
     assert_eq!(stats.lookups, 2);
     assert!(stats.lookup_failures >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_provided_before_bootstrap_is_announced_and_a_reported_liar_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::create(&dir.path().join("ca")).unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let name = format!("node-{i}");
+        nodes.push(start_node(&ca, config(dir.path(), &name), &name, PeerKind::Agent).await);
+    }
+    // Provided while alone: stored locally only, not yet announced.
+    let digest = Digest::sha256_of(b"early");
+    nodes[2].dht.provide(digest);
+    eventually(Duration::from_secs(5), "the provide to start", || async {
+        (nodes[2].dht.stats().keys_provided == 1).then_some(())
+    })
+    .await;
+    let seeds = vec![seed(&nodes[0])];
+    for node in &nodes {
+        node.dht.add_bootstrap(seeds.clone());
+    }
+    // Announced (stored at the others) well before the 20 s republish interval of this
+    // configuration, and found.
+    eventually(Duration::from_secs(8), "the announcement", || async {
+        (nodes[0].dht.stats().provider_keys_held == 1
+            && nodes[1].dht.stats().provider_keys_held == 1)
+            .then_some(())
+    })
+    .await;
+    let finder = &nodes[1];
+    eventually(Duration::from_secs(8), "the early provider", || async {
+        let found = find(finder, digest).await;
+        found
+            .iter()
+            .any(|p| p.peer == nodes[2].identity.peer_id)
+            .then_some(())
+    })
+    .await;
+
+    // The node's handshake found the card's address lying: reported, it is gone.
+    let liar = nodes[2].dht.dht_peer_id();
+    finder.dht.report_liar(&liar);
+    finder.dht.report_liar("not a peer id");
+    eventually(
+        Duration::from_secs(5),
+        "the liar to be blacklisted",
+        || async { (finder.dht.blacklisted().await == vec![liar.clone()]).then_some(()) },
+    )
+    .await;
+    assert!(find(finder, digest).await.is_empty());
+    assert_eq!(finder.dht.stats().liars, 1);
+}
