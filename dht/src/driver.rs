@@ -145,8 +145,19 @@ pub(crate) async fn start(
     })
     .await
     .map_err(|_| DhtError::Transport("the listener reported no address".into()))??;
-    // Nodes sit on a LAN: the listen address is the address others dial.
-    swarm.add_external_address(multiaddr(listen_addr));
+    // Nodes sit on a LAN: the listen address is the address others dial. Listening on an
+    // unspecified address reports one address per interface (the rest reach the driver);
+    // loopback is then no address for others, and the bound address is the unspecified
+    // one with the actual port.
+    let listen_addr = if config.listen.ip().is_unspecified() {
+        if !listen_addr.ip().is_loopback() {
+            swarm.add_external_address(multiaddr(listen_addr));
+        }
+        SocketAddr::new(config.listen.ip(), listen_addr.port())
+    } else {
+        swarm.add_external_address(multiaddr(listen_addr));
+        listen_addr
+    };
 
     let stats = Arc::new(StatsCells::default());
     let (commands, inbox) = mpsc::unbounded_channel();

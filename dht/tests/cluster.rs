@@ -444,6 +444,30 @@ async fn store_bounds_and_rate_limits_hold() {
     let stats = slow.stats();
     assert_eq!(stats.lookups, 2);
     assert!(stats.lookup_failures >= 1);
+
+    // Provides over the rate wait in a bounded queue; beyond it they are dropped (and a
+    // later `provide` of the same digest tries again).
+    for i in 0..5_000u32 {
+        slow.provide(Digest::sha256_of(&i.to_be_bytes()));
+    }
+    eventually(Duration::from_secs(5), "the queue to overflow", || async {
+        let stats = slow.stats();
+        (stats.provides_dropped >= 800).then_some(stats)
+    })
+    .await;
+    assert!(slow.stats().keys_provided <= 4_200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unspecified_listen_address_reports_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::create(&dir.path().join("ca")).unwrap();
+    let mut c = config(dir.path(), "any");
+    c.listen = "0.0.0.0:0".parse().unwrap();
+    let node = start_node(&ca, c, "any", PeerKind::Agent).await;
+    let addr = node.dht.listen_addr();
+    assert!(addr.ip().is_unspecified() && addr.port() != 0, "{addr}");
+    node.dht.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
