@@ -206,11 +206,12 @@ async fn rogue(
 ) -> (String, tokio::task::JoinHandle<()>) {
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let id = keypair.public().to_peer_id();
-    let mut behaviour = kad::Behaviour::with_config(
-        id,
-        kad::store::MemoryStore::new(id),
-        kad::Config::new(StreamProtocol::new(PROTOCOL)),
-    );
+    let mut behaviour = kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), {
+        let mut config = kad::Config::new(StreamProtocol::new(PROTOCOL));
+        // Sends what honest nodes refuse to read (they take 16 KiB at most).
+        config.set_max_packet_size(1 << 20);
+        config
+    });
     behaviour.set_mode(Some(kad::Mode::Server));
     for (peer, addr) in seeds {
         behaviour.add_address(&peer.parse().unwrap(), quic_addr(*addr));
@@ -260,6 +261,10 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+fn found_only_honest(found: &[Provider], honest: &Node) -> bool {
+    found.iter().all(|p| p.peer == honest.identity.peer_id)
 }
 
 fn sum(c: &Cluster, f: impl Fn(&DhtStats) -> u64) -> u64 {
@@ -347,6 +352,10 @@ async fn nodes_with_bad_cards_or_garbage_records_yield_nothing_and_are_blacklist
     )
     .await;
 
+    // 5. An oversized message: a 60 KB value, past the 16 KiB the honest nodes' Kademlia
+    //    codec reads; the stream is dropped before any record exists.
+    let huge = rogue(&seeds, |_| vec![7; 60_000], vec![blob.clone()]).await;
+
     let rogues = [&replay.0, &bad_sig.0, &foreign_ca.0, &garbage.0];
     let finder = &c.nodes[5];
     // Only the honest provider ever comes back.
@@ -355,10 +364,7 @@ async fn nodes_with_bad_cards_or_garbage_records_yield_nothing_and_are_blacklist
         (!found.is_empty()).then_some(found)
     })
     .await;
-    assert!(
-        found.iter().all(|p| p.peer == honest.identity.peer_id),
-        "{found:?}"
-    );
+    assert!(found_only_honest(&found, honest), "{found:?}");
 
     // Every rogue ends blacklisted by some honest node (the ones it tried to store its
     // card at), and the drops are counted.
@@ -378,12 +384,7 @@ async fn nodes_with_bad_cards_or_garbage_records_yield_nothing_and_are_blacklist
     assert!(sum(&c, |s| s.dropped_malformed) >= 4);
 
     // The finder still gets only the honest provider, and the cluster still works.
-    assert!(
-        find(finder, digest)
-            .await
-            .iter()
-            .all(|p| p.peer == honest.identity.peer_id)
-    );
+    assert!(found_only_honest(&find(finder, digest).await, honest));
     let other = Digest::sha256_of(b"after the attack");
     c.nodes[2].dht.provide(other);
     eventually(Duration::from_secs(10), "a fresh provider", || async {
@@ -394,7 +395,15 @@ async fn nodes_with_bad_cards_or_garbage_records_yield_nothing_and_are_blacklist
             .then_some(())
     })
     .await;
-    for (_, task) in [replay, bad_sig, foreign_ca, garbage] {
+    // No honest node holds more than the honest nodes' cards.
+    for node in &c.nodes {
+        assert!(node.dht.stats().records_held <= 6, "{:?}", node.dht.stats());
+    }
+    assert!(
+        found_only_honest(&find(finder, digest).await, honest),
+        "the oversized rogue yields nothing"
+    );
+    for (_, task) in [replay, bad_sig, foreign_ca, garbage, huge] {
         task.abort();
     }
 }

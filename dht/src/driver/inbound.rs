@@ -107,6 +107,8 @@ impl Driver {
             bump(&self.stats.refused_store_full);
             return;
         }
+        // Cards arrive about once per node and republish interval: counting is cheap.
+        set(&self.stats.records_held, store.records().count());
         self.cache_card(card);
     }
 }
