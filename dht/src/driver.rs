@@ -483,6 +483,20 @@ impl Driver {
         self.card_published = Some((now, peers));
     }
 
+    /// Queues again the keys provided while no peer was known, once a bootstrap is over
+    /// (not at the first peer: the routing table is filled by then).
+    pub(super) fn announce_unannounced(&mut self, now: Instant) {
+        if self.unannounced.is_empty() || self.routing_peers() == 0 {
+            return;
+        }
+        for digest in std::mem::take(&mut self.unannounced) {
+            if self.provided.contains(&digest) && self.queued_provides.len() < MAX_QUEUED_PROVIDES {
+                self.queued_provides.push_back(digest);
+            }
+        }
+        self.start_queued_provides(now);
+    }
+
     fn routing_peers(&mut self) -> usize {
         self.kad().kbuckets().map(|b| b.num_entries()).sum()
     }
@@ -497,16 +511,6 @@ impl Driver {
         // `k` peers when it last did (its card may sit nowhere but here).
         let peers = self.routing_peers();
         set(&self.stats.routing_peers, peers);
-        if peers > 0 && !self.unannounced.is_empty() {
-            for digest in std::mem::take(&mut self.unannounced) {
-                if self.provided.contains(&digest)
-                    && self.queued_provides.len() < MAX_QUEUED_PROVIDES
-                {
-                    self.queued_provides.push_back(digest);
-                }
-            }
-            self.start_queued_provides(now);
-        }
         let due = match self.card_published {
             None => true,
             Some((at, with)) => {

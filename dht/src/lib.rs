@@ -237,8 +237,8 @@ impl Dht {
     /// Provides `digest` from now on (republished every interval). Idempotent. Provides
     /// start at most [`DhtConfig::queries_per_sec`] a second; up to 4,096 wait, and one
     /// beyond is dropped (counted in [`DhtStats::provides_dropped`]; calling `provide`
-    /// again later retries it). A key provided while no peer is known is announced as soon
-    /// as one is.
+    /// again later retries it). A key provided while no peer is known is announced when the
+    /// first bootstrap with peers is over.
     pub fn provide(&self, digest: Digest) {
         self.send(driver::Command::Provide(digest));
     }

@@ -502,9 +502,8 @@ async fn a_key_provided_before_bootstrap_is_announced_and_a_reported_liar_is_dro
     // Announced (stored at the others) well before the 20 s republish interval of this
     // configuration, and found.
     eventually(Duration::from_secs(8), "the announcement", || async {
-        (nodes[0].dht.stats().provider_keys_held == 1
-            && nodes[1].dht.stats().provider_keys_held == 1)
-            .then_some(())
+        // Node 0 (the seed) holds it whatever order the others joined in.
+        (nodes[0].dht.stats().provider_keys_held == 1).then_some(())
     })
     .await;
     let finder = &nodes[1];

@@ -237,6 +237,7 @@ impl Driver {
                     self.card_done(peer, None, now);
                 }
             }
+            (None, QueryResult::Bootstrap(_)) if last => self.announce_unannounced(now),
             (None, QueryResult::PutRecord(Err(e))) => {
                 tracing::debug!(error = %e, "dht: card publication incomplete");
             }
