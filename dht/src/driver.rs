@@ -389,6 +389,8 @@ impl Driver {
             } => {
                 if self.blacklist.contains(&peer_id) {
                     bump(&self.stats.dropped_blacklisted);
+                    // Kademlia routes to peers it dialled itself; never hand out a liar.
+                    self.kad().remove_peer(&peer_id);
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                 } else if let ConnectedPoint::Listener { send_back_addr, .. } = endpoint {
                     // libp2p's QUIC transport dials from its listening socket, so the
