@@ -24,7 +24,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::sign::SigningKey;
 
-use super::{ClusterCa, NodeIdentity, TlsError, provider};
+use super::{ClusterCa, NodeIdentity, TlsError, peer_id_of_cert, provider};
+use crate::wire::PeerId;
 
 /// Schemes this node signs with, in order of preference (the key picks the one it can), and
 /// the only ones accepted (all allowed in TLS 1.3).
@@ -92,6 +93,53 @@ impl MemberCertAuth {
         )
         .map_err(|e| untrusted(&e))
     }
+
+    /// Checks `signature` (two bytes of scheme, then the signature) over `message` with
+    /// `cert`'s key, under one of `SIGN_SCHEMES` only.
+    fn verify_signature(
+        &self,
+        cert: &webpki::EndEntityCert<'_>,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), RecordError> {
+        let bad = |what: &str| RecordError::BadSignature(what.to_owned());
+        let (scheme, sig) = match signature {
+            [a, b, sig @ ..] => (SignatureScheme::from(u16::from_be_bytes([*a, *b])), sig),
+            _ => return Err(bad("too short")),
+        };
+        if !SIGN_SCHEMES.contains(&scheme) {
+            return Err(bad("signature scheme not allowed"));
+        }
+        let alg = self
+            .provider
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(s, _)| *s == scheme)
+            .and_then(|(_, algs)| algs.first())
+            .ok_or_else(|| bad("unsupported signature scheme"))?;
+        cert.verify_signature(*alg, message, sig)
+            .map_err(|e| RecordError::BadSignature(e.to_string()))
+    }
+
+    /// Verifies a message signed by any member of the cluster and says who signed it: the
+    /// chain must verify against the cluster CA and the signature with its end entity's
+    /// key (as [`MemberAuth::verify`] does, without a node name), and the answer is that
+    /// end entity's [`PeerId`] ([`peer_id_of_cert`]). The DHT's signed cards use this to
+    /// bind a DHT identity to a kraken peer id.
+    pub fn verify_signer(
+        &self,
+        chain: &[Vec<u8>],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<PeerId, RecordError> {
+        self.verify_chain(chain)?;
+        let der = CertificateDer::from(chain[0].as_slice());
+        let cert = webpki::EndEntityCert::try_from(&der)
+            .map_err(|e| RecordError::UntrustedCertificate(e.to_string()))?;
+        self.verify_signature(&cert, message, signature)?;
+        peer_id_of_cert(&der).map_err(|e| RecordError::UntrustedCertificate(e.to_string()))
+    }
 }
 
 impl MemberAuth for MemberCertAuth {
@@ -122,24 +170,7 @@ impl MemberAuth for MemberCertAuth {
         let der = CertificateDer::from(chain[0].as_slice());
         let cert = webpki::EndEntityCert::try_from(&der)
             .map_err(|e| RecordError::UntrustedCertificate(e.to_string()))?;
-        let bad = |what: &str| RecordError::BadSignature(what.to_owned());
-        let (scheme, sig) = match signature {
-            [a, b, sig @ ..] => (SignatureScheme::from(u16::from_be_bytes([*a, *b])), sig),
-            _ => return Err(bad("too short")),
-        };
-        if !SIGN_SCHEMES.contains(&scheme) {
-            return Err(bad("signature scheme not allowed"));
-        }
-        let alg = self
-            .provider
-            .signature_verification_algorithms
-            .mapping
-            .iter()
-            .find(|(s, _)| *s == scheme)
-            .and_then(|(_, algs)| algs.first())
-            .ok_or_else(|| bad("unsupported signature scheme"))?;
-        cert.verify_signature(*alg, message, sig)
-            .map_err(|e| RecordError::BadSignature(e.to_string()))?;
+        self.verify_signature(&cert, message, signature)?;
         let claimed = node_id.as_str();
         let named = match claimed.parse::<IpAddr>() {
             Ok(ip) => cert
@@ -259,6 +290,31 @@ mod tests {
                 Err(RecordError::UntrustedCertificate(_))
             ));
         }
+    }
+
+    #[test]
+    fn verify_signer_names_the_signing_member_and_rejects_strangers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::create(dir.path()).unwrap();
+        let node = ca.issue_node_cert("agent-1").unwrap();
+        let auth = MemberCertAuth::new(&node, &ca.cluster_ca()).unwrap();
+        let chain = auth.certificate_chain();
+        let sig = auth.sign(b"card").unwrap();
+        assert_eq!(auth.verify_signer(&chain, b"card", &sig), Ok(node.peer_id));
+        assert!(matches!(
+            auth.verify_signer(&chain, b"other", &sig),
+            Err(RecordError::BadSignature(_))
+        ));
+        let foreign_dir = tempfile::tempdir().unwrap();
+        let foreign_ca = DevCa::create(foreign_dir.path()).unwrap();
+        let intruder = foreign_ca.issue_node_cert("agent-1").unwrap();
+        let intruder_auth = MemberCertAuth::new(&intruder, &foreign_ca.cluster_ca()).unwrap();
+        let intruder_sig = intruder_auth.sign(b"card").unwrap();
+        assert!(matches!(
+            auth.verify_signer(&intruder_auth.certificate_chain(), b"card", &intruder_sig),
+            Err(RecordError::UntrustedCertificate(_))
+        ));
+        assert!(auth.verify_signer(&[], b"card", &sig).is_err());
     }
 
     #[test]
