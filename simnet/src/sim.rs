@@ -18,7 +18,9 @@
 //!
 //! Modelled: connection set-up (one round trip), one-way latency per message and per
 //! delivered piece, fair bandwidth sharing per host, the tracker's handout (the real
-//! `PeerStore`), announces failing during tracker outages, hosts dying (peers notice after
+//! `PeerStore`) or, with `discovery = "dht"`, provider lookups and provides in the DHT
+//! model ([`crate::dht`]; announces then go to no tracker), announces failing during
+//! tracker outages, hosts dying (peers notice after
 //! `dead_peer_detect_ms`; dials to a dead host fail after the same delay), corrupt
 //! senders. Not modelled: control messages use no bandwidth, no congestion control or slow
 //! start (a flow gets its fair share at once), no packet loss, no disk, no CPU; origins
