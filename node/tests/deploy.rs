@@ -4,6 +4,11 @@
 //!
 //! `verify` checks that `ExecStart`'s binary exists, so the units are checked as copies
 //! whose `/usr/local/bin/kraken` is the `kraken` binary this test was built with.
+//!
+//! The node config templates of `deploy/kubernetes/base/config/`, with their placeholders
+//! filled in as the pods' init container fills them, parse and validate with the node's
+//! own config parser. (`.ci/run` validates the manifests themselves against the API
+//! schemas with `deploy/kubernetes/validate.py`.)
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -80,5 +85,78 @@ fn every_role_has_a_unit_that_systemd_verifies_and_that_is_hardened() {
     for copy in &copies {
         let (ok, text) = systemd_analyze(&["security", "--offline=yes", "--threshold=20", copy]);
         assert!(ok, "{copy} is exposed more than 2.0:\n{text}");
+    }
+}
+
+/// What the init containers of `deploy/kubernetes/base` put in place of each placeholder
+/// (the downward API's values for one pod).
+fn render_template(text: &str, role: &str) -> String {
+    let name = if role == "agent" {
+        "node-a"
+    } else {
+        &format!("{role}-0")
+    };
+    text.replace("@NAME@", name)
+        .replace("@POD_IP@", "10.244.1.7")
+        .replace("@HOST_IP@", "10.0.0.101")
+        .replace("@NAMESPACE@", "kraken")
+}
+
+#[test]
+fn every_kubernetes_config_template_parses_and_validates() {
+    use kraken_node::config::NodeConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let templates = repo().join("deploy/kubernetes/base/config");
+    let kustomization =
+        std::fs::read_to_string(repo().join("deploy/kubernetes/base/kustomization.yaml")).unwrap();
+    for role in ROLES {
+        let file = format!("{role}.toml");
+        assert!(
+            kustomization.contains(&format!("config/{file}")),
+            "the kustomization's ConfigMap lacks {file}"
+        );
+        let text = std::fs::read_to_string(templates.join(&file)).unwrap();
+        let rendered = render_template(&text, role);
+        assert!(
+            !rendered.contains('@'),
+            "{file}: a placeholder the init container does not fill"
+        );
+        let path = dir.path().join(&file);
+        std::fs::write(&path, rendered).unwrap();
+        let c = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        c.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(c.node.roles.len(), 1, "{file}");
+        let named = serde_json::to_value(c.node.roles[0]).unwrap();
+        assert_eq!(named.as_str(), Some(role), "{file}");
+        // The paths the pods mount: the rendered config, the pod's own certificate, the CA.
+        assert_eq!(c.tls.ca.to_str(), Some("/etc/kraken/ca/ca.crt"), "{file}");
+        assert_eq!(
+            c.tls.cert.to_str(),
+            Some("/etc/kraken/tls/node.crt"),
+            "{file}"
+        );
+        assert_eq!(
+            c.tls.key.to_str(),
+            Some("/etc/kraken/tls/node.key"),
+            "{file}"
+        );
+        assert_eq!(
+            c.http.address().map(|a| a.port()),
+            Some(7602),
+            "{file}: the probes' port"
+        );
+        if c.is_ring_node() {
+            assert_eq!(
+                c.gossip.seeds,
+                vec!["kraken-ring.kraken.svc.cluster.local:7601".to_string()],
+                "{file}: ring nodes seed from the headless Service"
+            );
+        } else {
+            assert_eq!(
+                c.view.seeds,
+                vec!["kraken-ring.kraken.svc.cluster.local:7600".to_string()],
+                "{file}"
+            );
+        }
     }
 }
