@@ -36,6 +36,7 @@ pub mod bad_pieces;
 pub mod bounded;
 pub mod bridge;
 pub mod buildindex;
+pub mod certs;
 pub mod config;
 pub mod dev;
 pub mod discovery;

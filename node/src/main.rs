@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kraken_node::certs;
 use kraken_node::config::{NodeConfig, NodeRole};
 use kraken_node::dev::{self, DevOptions};
 use kraken_node::node::Node;
@@ -39,6 +40,56 @@ enum Command {
     Run(RunArgs),
     /// Start a whole cluster on loopback in this process.
     Dev(DevArgs),
+    /// The cluster CA (`kraken ca init --dir DIR`).
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Node and admin certificates signed by the cluster CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a cluster CA: DIR/ca.crt (for every node) and DIR/ca.key (mode 0600, kept
+    /// off the nodes). Refuses to overwrite an existing CA.
+    Init {
+        /// The directory to create the CA in.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = certs::DEFAULT_CA_DAYS)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Sign a certificate for a node (or, with `--role admin`, for krakenctl) and write
+    /// OUT/NAME.crt and OUT/NAME.key (mode 0600). Refuses to overwrite either.
+    Issue {
+        /// The CA directory (`kraken ca init --dir`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's `[node] name` (its common name and first SAN).
+        #[arg(long)]
+        name: String,
+        /// origin, agent, tracker, build-index, proxy or admin.
+        #[arg(long)]
+        role: String,
+        /// More subject alternative names, DNS names or IP addresses (repeatable).
+        #[arg(long)]
+        san: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = certs::DEFAULT_CERT_DAYS)]
+        days: u32,
+        /// The directory to write the certificate and key to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Renew: certify this existing key again (the node keeps its peer id); only
+        /// OUT/NAME.crt is written.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -59,6 +110,12 @@ struct DevArgs {
     /// Number of agents.
     #[arg(long, default_value_t = 3)]
     agents: usize,
+    /// First port of the cluster's listeners: node k (origins, tracker, build-index,
+    /// agents, proxy) listens at base+10k (QUIC), +1 (gossip), +2 (HTTP), +3 (registry
+    /// API), +4 (an agent's blob server), on 127.0.0.1. A restart keeps every address.
+    /// 0 lets the OS pick (new ports on every start).
+    #[arg(long, default_value_t = dev::DEFAULT_BASE_PORT)]
+    base_port: u16,
     /// Upload a generated blob, pull it through every agent and show where bytes came from.
     #[arg(long)]
     demo: bool,
@@ -190,6 +247,7 @@ async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
         agents: args.agents,
         origins: 3,
         upstreams: upstreams.clone(),
+        base_port: args.base_port,
     })
     .await?;
     for n in &cluster.file.nodes {
@@ -206,7 +264,7 @@ async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
         );
     }
     println!("cluster file: {}", data_dir.join("cluster.json").display());
-    println!("(agents serve the registry API for pulls, the proxy for pushes)");
+    println!("{}", dev::registry_guide(&cluster.file));
     print_upstreams(&cluster, &upstreams);
     println!("ready");
     if args.demo {
@@ -232,6 +290,58 @@ fn main() -> ExitCode {
     }
 }
 
+/// `kraken ca init`.
+fn run_ca(command: CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Init { dir, days } => {
+            let cert = certs::init_ca(&dir, days)?;
+            println!(
+                "created a cluster CA in {} (valid until {}): give {} to every node; keep ca.key \
+                 (mode 0600) off the nodes",
+                dir.display(),
+                certs::date_in(days),
+                cert.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `kraken cert issue`.
+fn run_cert(command: CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::Issue {
+            ca,
+            name,
+            role,
+            san,
+            days,
+            out,
+            key,
+        } => {
+            let role = certs::CertRole::parse(&role)?;
+            let issued = certs::issue(&certs::IssueOptions {
+                ca,
+                name: name.clone(),
+                role,
+                sans: san,
+                days,
+                out,
+                key,
+            })?;
+            println!(
+                "issued {} ({}, valid until {}): {} with key {}",
+                name,
+                role.name(),
+                certs::date_in(days),
+                issued.cert.display(),
+                issued.key.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -246,6 +356,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Proxy(a) => run_node(Some(NodeRole::Proxy), a, cli.log_json).await,
             Command::Run(a) => run_node(None, a, cli.log_json).await,
             Command::Dev(a) => run_dev(a, cli.log_json).await,
+            Command::Ca(c) => run_ca(c),
+            Command::Cert(c) => run_cert(c),
         }
     })
 }

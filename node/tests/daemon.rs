@@ -2,7 +2,9 @@
 //! and write out every key of their sections with its default; bad config files stop the
 //! daemon with an error naming the key; `kraken dev` starts a loopback cluster, writes
 //! `cluster.json`, answers on its HTTP endpoints and exits cleanly on SIGTERM; and
-//! `kraken dev --demo --exit-after-demo` pulls a blob through every agent and exits.
+//! `kraken dev --demo --exit-after-demo` pulls a blob through every agent's registry API and
+//! exits; a restarted `kraken dev` keeps every address, and a second one on its data
+//! directory is refused.
 #![allow(clippy::unwrap_used)]
 
 use std::fs::File;
@@ -496,7 +498,15 @@ fn kraken_dev_serves_http_writes_its_cluster_file_and_exits_on_sigterm() {
     let data = dir.path().join("dev");
     let logs = dir.path().join("dev.stderr");
     let mut d = Daemon::spawn(
-        &["dev", "--data-dir", data.to_str().unwrap(), "--agents", "2"],
+        &[
+            "dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--agents",
+            "2",
+            "--base-port",
+            "0",
+        ],
         logs,
     );
     d.wait_for_line("ready", Duration::from_secs(60));
@@ -601,6 +611,8 @@ fn kraken_dev_demo_pulls_through_every_agent_and_exits() {
             data.to_str().unwrap(),
             "--agents",
             "2",
+            "--base-port",
+            "0",
             "--demo",
             "--demo-mib",
             "8",
@@ -628,16 +640,152 @@ fn kraken_dev_demo_pulls_through_every_agent_and_exits() {
         .filter(|l| l.contains("from agents") && l.contains("from origins"))
         .count();
     assert_eq!(reports, 2, "{}", d.context());
-    // One pull can be followed through a node's log: the node, the connection, the
-    // request and the blob are spans around every line. No colour codes in a file.
+    // Each agent's bytes came through its registry API and were checked against the digest.
+    assert!(
+        d.stdout
+            .iter()
+            .filter(|l| l.contains(": GET http://") && l.contains("sha256 verified"))
+            .count()
+            == 2
+            && d.stdout
+                .iter()
+                .any(|l| l.starts_with("every byte verified: 2 agents")),
+        "{}",
+        d.context()
+    );
+    // One pull can be followed through a node's log: the node, the HTTP request and the
+    // pull are spans around every line. No colour codes in a file.
     let stderr = std::fs::read_to_string(&d.stderr).unwrap();
     let pulled = stderr
         .lines()
         .find(|l| l.contains("node{name=agent-1}") && l.contains(" pulled "))
         .unwrap_or_else(|| panic!("no pull logged by agent-1\n{}", d.context()));
     assert!(
-        pulled.contains(":conn{peer=") && pulled.contains(":rpc{request=\"Pull\" digest=sha256:"),
+        pulled.contains(":request{method=GET path=/v2/kraken-dev/demo/blobs/sha256:")
+            && pulled.contains("}:pull: "),
         "{pulled}"
     );
     assert!(!stderr.contains('\u{1b}'), "colour codes in a log file");
+}
+
+/// A base port whose `nodes` × 10 ports are free on loopback now (TCP and UDP), for a test
+/// that needs `kraken dev`'s fixed layout. Another process may take one before the test
+/// binds it; the range is picked at random among thousands to make that unlikely.
+fn free_base_port(nodes: u16) -> u16 {
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+    let span = nodes * 10;
+    for attempt in 0..500u64 {
+        let slot = (seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(attempt * 7919))
+            % 3000;
+        let base = 20000 + u16::try_from(slot).unwrap() * 10;
+        let free = (base..base + span).all(|port| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no free range of {span} ports on loopback");
+}
+
+#[test]
+fn kraken_dev_restarted_on_its_data_dir_keeps_every_address_and_refuses_a_second_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    // Three origins, a tracker, a build-index, one agent, a proxy.
+    let base = free_base_port(7);
+    let base_arg = base.to_string();
+    let args = [
+        "dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--agents",
+        "1",
+        "--base-port",
+        &base_arg,
+    ];
+    let read_file = || -> ClusterFile {
+        serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap()
+    };
+    let mut first = Daemon::spawn(&args, dir.path().join("dev-1.stderr"));
+    first.wait_for_line("ready", Duration::from_secs(60));
+    let before = read_file();
+    assert_eq!(before.nodes.len(), 7, "{before:?}");
+    for (k, n) in before.nodes.iter().enumerate() {
+        let at = |offset: usize| {
+            SocketAddr::from((
+                [127, 0, 0, 1],
+                base + u16::try_from(10 * k + offset).unwrap(),
+            ))
+        };
+        assert_eq!(n.quic, at(0), "{}", n.name);
+        assert_eq!(n.http, Some(at(2)), "{}", n.name);
+        if let Some(gossip) = n.gossip {
+            assert_eq!(gossip, at(1), "{}", n.name);
+        }
+        if let Some(registry) = n.registry {
+            assert_eq!(registry, at(3), "{}", n.name);
+        }
+    }
+    // It names where to push and pull.
+    let proxy = before.nodes.iter().find(|n| n.name == "proxy-1").unwrap();
+    let agent = before.nodes.iter().find(|n| n.name == "agent-1").unwrap();
+    let want = format!(
+        "push to the proxy at {}; pull from any agent: agent-1 {}",
+        proxy.registry.unwrap(),
+        agent.registry.unwrap()
+    );
+    assert!(
+        first.stdout.iter().any(|l| l.contains(&want)),
+        "{want:?} not printed\n{}",
+        first.context()
+    );
+
+    // A second instance on the same data directory is refused, naming the first.
+    let mut second = Daemon::spawn(&args, dir.path().join("dev-2.stderr"));
+    let status = second.wait_exit(Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "the second instance exited with {status}"
+    );
+    let stderr = std::fs::read_to_string(&second.stderr).unwrap();
+    let want = format!(
+        "another kraken dev (pid {}) holds {}",
+        first.child.id(),
+        std::fs::canonicalize(&data).unwrap().display()
+    );
+    assert!(stderr.contains(&want), "{want:?} not in {stderr:?}");
+    assert_one_line_naming("second", &stderr, "another kraken dev");
+
+    // Restarted, it listens where it did.
+    let pid = first.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        first.context()
+    );
+    let mut third = Daemon::spawn(&args, dir.path().join("dev-3.stderr"));
+    third.wait_for_line("ready", Duration::from_secs(60));
+    let after = read_file();
+    let addresses = |f: &ClusterFile| -> Vec<_> {
+        f.nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.quic, n.gossip, n.http, n.registry))
+            .collect()
+    };
+    assert_eq!(addresses(&after), addresses(&before));
 }

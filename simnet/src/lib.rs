@@ -5,6 +5,8 @@
 //! Modules:
 //! - [`scenario`]: what to simulate, as TOML (hosts, bandwidths, latency, arrivals, faults),
 //!   with documented defaults and `validate()`.
+//! - [`dht`]: the DHT discovery model (lookup delay, the provider store a lookup reads,
+//!   provides and their republishing), next to the tracker's handout.
 //! - [`net`]: the bandwidth model: piece transfers as fluid flows sharing each host's
 //!   uplink and downlink fairly, recomputed as flows start and end.
 //! - [`queue`]: the event queue, a radix heap over `(time, seq)` keys.
@@ -28,6 +30,7 @@
 //! and a scenario is one blob (a multi-layer image is modelled as one blob of the total
 //! size). Every run is reproducible from its seed, which every report carries.
 
+pub mod dht;
 pub mod net;
 pub mod queue;
 pub mod report;

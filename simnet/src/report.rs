@@ -146,6 +146,10 @@ pub struct EventCounts {
     pub handouts: u64,
     /// Announces lost to tracker outages.
     pub failed_announces: u64,
+    /// DHT provider lookups (`discovery = "dht"`).
+    pub dht_lookups: u64,
+    /// DHT provider records stored.
+    pub dht_provides: u64,
     /// Requests that timed out.
     pub request_timeouts: u64,
     /// Peers blacklisted.
@@ -163,6 +167,8 @@ pub struct EventCounts {
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
+    /// How agents found peers: `"tracker"` or `"dht"`.
+    pub discovery: &'static str,
     /// The seed of this run.
     pub seed: u64,
     /// Agents in the scenario.
@@ -276,6 +282,7 @@ pub fn build(
     let uploaded_by_agents: u64 = agents.iter().map(|h| h.bytes_up).sum();
     Report {
         scenario: scenario.name.clone(),
+        discovery: scenario.discovery.as_str(),
         seed,
         agents: agents.len(),
         origins: origins.len(),
@@ -315,6 +322,8 @@ pub fn build(
             events: c.events,
             handouts: c.handouts,
             failed_announces: c.failed_announces,
+            dht_lookups: c.dht_lookups,
+            dht_provides: c.dht_provides,
             request_timeouts: c.request_timeouts,
             blacklistings: c.blacklistings,
             connections: c.connections,
@@ -411,6 +420,12 @@ impl Report {
             k.disconnects,
             k.refused
         ));
+        if self.discovery != "tracker" {
+            line(format!(
+                "discovery {}  lookups {}  provides {}",
+                self.discovery, k.dht_lookups, k.dht_provides
+            ));
+        }
         out
     }
 

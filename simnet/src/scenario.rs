@@ -8,6 +8,7 @@
 //! ```toml
 //! name = "example"
 //! seed = 7                       # overridden by `simnet --seed`
+//! discovery = "tracker"          # or "dht": provider lookups instead of announces
 //!
 //! [blob]
 //! size_bytes = 1_000_000_000
@@ -44,6 +45,17 @@
 //! pattern = "poisson"            # "all-at-once" | "waves" | "poisson"
 //! rate_per_s = 500.0
 //!
+//! [dht]                          # used when discovery = "dht"; see `crate::dht`
+//! k = 20
+//! alpha = 3
+//! store_max_providers = 20
+//! answer = "first"               # or "random"
+//! lookup = { model = "kademlia" }   # or { model = "uniform", min_ms = 5.0, max_ms = 50.0 }
+//! record_ttl_s = 172_800.0
+//! republish_interval_s = 43_200.0
+//! relookup_interval_s = 2.0
+//! provide_after_pieces = 1       # 0: provide on arrival
+//!
 //! [faults]
 //! corrupt_fraction = 0.01        # agents whose every upload fails verification
 //! kill_origins = [{ at_s = 5.0, origin = 0 }]
@@ -60,6 +72,7 @@ use kraken_transport::swarm::handout::HandoutConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
+use crate::dht::{DhtConfig, Discovery};
 
 /// A whole scenario. See the module docs for the file format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +90,10 @@ pub struct Scenario {
     pub origins: HostConfig,
     /// The trackers.
     pub trackers: TrackersConfig,
+    /// How agents find peers: `"tracker"` (the default) or `"dht"`.
+    pub discovery: Discovery,
+    /// The DHT's settings, used when `discovery = "dht"`.
+    pub dht: DhtConfig,
     /// Link latency and failure detection.
     pub network: NetworkConfig,
     /// When agents start pulling.
@@ -105,6 +122,8 @@ impl Default for Scenario {
             agents: HostConfig::default_agents(),
             origins: HostConfig::default_origins(),
             trackers: TrackersConfig::default(),
+            discovery: Discovery::Tracker,
+            dht: DhtConfig::default(),
             network: NetworkConfig::default(),
             arrival: Arrival::default(),
             swarm: SwarmConfig::default(),
@@ -157,6 +176,7 @@ impl Scenario {
             .handout
             .validate()
             .map_err(SimError::Handout)?;
+        self.dht.validate().map_err(SimError::Invalid)?;
         match self.arrival {
             Arrival::AllAtOnce => {}
             Arrival::Waves { waves, interval_s } => {
@@ -489,6 +509,39 @@ mod tests {
         assert!(matches!(
             Scenario::from_toml("[trackers]\nmax_peers = 0"),
             Err(SimError::Handout(_))
+        ));
+    }
+
+    #[test]
+    fn discovery_and_dht_table_parse_and_are_checked() {
+        let s = Scenario::from_toml(
+            "discovery = \"dht\"\n[dht]\nk = 8\nrelookup_interval_s = 1.0\n\
+             lookup = { model = \"uniform\", min_ms = 5.0, max_ms = 50.0 }\n",
+        )
+        .unwrap();
+        assert_eq!(s.discovery, Discovery::Dht);
+        assert_eq!(s.dht.k, 8);
+        assert_eq!(s.dht.relookup_interval_s, 1.0);
+        assert_eq!(
+            s.dht.lookup,
+            crate::dht::LookupDelay::Uniform {
+                min_ms: 5.0,
+                max_ms: 50.0
+            }
+        );
+        assert_eq!(s.dht.alpha, DhtConfig::default().alpha);
+        assert_eq!(Scenario::default().discovery, Discovery::Tracker);
+        assert!(matches!(
+            Scenario::from_toml("discovery = \"gossip\""),
+            Err(SimError::Parse(_))
+        ));
+        assert!(matches!(
+            Scenario::from_toml("[dht]\nalpha = 0"),
+            Err(SimError::Invalid(_))
+        ));
+        assert!(matches!(
+            Scenario::from_toml("[dht]\nlookup_ms = 3"),
+            Err(SimError::Parse(_))
         ));
     }
 

@@ -18,7 +18,9 @@
 //!
 //! Modelled: connection set-up (one round trip), one-way latency per message and per
 //! delivered piece, fair bandwidth sharing per host, the tracker's handout (the real
-//! `PeerStore`), announces failing during tracker outages, hosts dying (peers notice after
+//! `PeerStore`) or, with `discovery = "dht"`, provider lookups and provides in the DHT
+//! model ([`crate::dht`]; announces then go to no tracker), announces failing during
+//! tracker outages, hosts dying (peers notice after
 //! `dead_peer_detect_ms`; dials to a dead host fail after the same delay), corrupt
 //! senders. Not modelled: control messages use no bandwidth, no congestion control or slow
 //! start (a flow gets its fair share at once), no packet loss, no disk, no CPU; origins
@@ -37,6 +39,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::SimError;
+use crate::dht::{self, Discovery, ProviderStore};
 use crate::net::{Completion, NANOS_PER_SEC, Nanos, Network};
 use crate::queue::{Key, RadixQueue};
 use crate::report::{self, Report};
@@ -106,6 +109,10 @@ pub struct Counters {
     pub useful_from_agents: u64,
     /// Announces that found every tracker down.
     pub failed_announces: u64,
+    /// DHT provider lookups started (`discovery = "dht"`).
+    pub dht_lookups: u64,
+    /// DHT provider records stored (first provides and republishes).
+    pub dht_provides: u64,
     /// Handouts served.
     pub handouts: u64,
     /// Requests that timed out.
@@ -127,6 +134,8 @@ struct Host {
     timer: Option<Nanos>,
     /// The last inbound session and when it opened (to count refusals).
     session_opened: Option<(u32, Nanos)>,
+    /// It has started providing the blob in the DHT.
+    providing: bool,
     record: HostRecord,
 }
 
@@ -157,6 +166,8 @@ pub struct Simulation {
     origins: u32,
     net: Network,
     tracker: PeerStore,
+    /// The blob's provider records (`discovery = "dht"`).
+    providers: ProviderStore,
     live_origins: Vec<PeerInfo>,
     metainfo: Arc<Metainfo>,
     rng: ChaCha8Rng,
@@ -228,6 +239,7 @@ impl Simulation {
             origins: scenario.origins.count as u32,
             net: Network::new(),
             tracker,
+            providers: ProviderStore::new(sc.dht.store_max_providers),
             live_origins: Vec::new(),
             metainfo: Arc::new(metainfo),
             outstanding: 0,
@@ -316,6 +328,7 @@ impl Simulation {
             alive: true,
             timer: None,
             session_opened: None,
+            providing: false,
             record: HostRecord {
                 kind,
                 corrupt,
@@ -361,6 +374,8 @@ impl Simulation {
             Ok(s) => host.swarm = Some(s),
             Err(e) => panic!("swarm config rejected after validation: {e}"),
         }
+        // With `provide_after_pieces = 0`, on arrival.
+        self.maybe_provide(h);
         self.pump(h);
     }
 
@@ -380,6 +395,43 @@ impl Simulation {
         let h = mix(self.seed ^ mix((u64::from(lo) << 32) | u64::from(hi)));
         let u = (h >> 11) as f64 / (1u64 << 53) as f64;
         millis(net.latency_ms + u * net.latency_jitter_ms)
+    }
+
+    /// One DHT lookup's delay, drawn from the run's RNG.
+    fn dht_delay(&mut self) -> Nanos {
+        let net = &self.scenario.network;
+        dht::lookup_delay(
+            &self.scenario.dht,
+            self.hosts.len(),
+            net.latency_ms,
+            net.latency_jitter_ms,
+            &mut self.rng,
+        )
+    }
+
+    /// Starts agent `h`'s provides once it holds `provide_after_pieces` pieces (with
+    /// `discovery = "dht"`; origins are added from the ring instead).
+    fn maybe_provide(&mut self, h: u32) {
+        let host = &self.hosts[h as usize];
+        let held = host.swarm.as_ref().map_or(0, |s| s.bitfield().count_ones());
+        if self.scenario.discovery == Discovery::Dht
+            && host.alive
+            && !host.providing
+            && host.info.kind == PeerKind::Agent
+            && held >= self.scenario.dht.provide_after_pieces
+        {
+            self.hosts[h as usize].providing = true;
+            self.provide(h);
+        }
+    }
+
+    /// Host `h` provides the blob: its record is stored one lookup delay from now, and it
+    /// republishes every `republish_interval_s` while it lives.
+    fn provide(&mut self, h: u32) {
+        let at = self.now + self.dht_delay();
+        self.schedule(at, Ev::DhtStored(h));
+        let next = self.now + secs(self.scenario.dht.republish_interval_s);
+        self.schedule(next, Ev::DhtRepublish(h));
     }
 
     fn tracker_down(&self) -> bool {
@@ -517,6 +569,15 @@ impl Simulation {
 
     fn swarm_event(&mut self, h: u32, ev: SwarmEvent) {
         match ev {
+            // A complete host needs no peers (it provides already): no lookup.
+            SwarmEvent::Announce { complete: true, .. }
+                if self.scenario.discovery == Discovery::Dht => {}
+            SwarmEvent::Announce { .. } if self.scenario.discovery == Discovery::Dht => {
+                self.counters.dht_lookups += 1;
+                let at = self.now + self.dht_delay();
+                self.schedule(at, Ev::DhtAnswer(h));
+            }
+            SwarmEvent::PieceStored { .. } => self.maybe_provide(h),
             SwarmEvent::Announce { .. } => {
                 if self.tracker_down() {
                     self.counters.failed_announces += 1;

@@ -171,3 +171,53 @@ fn the_piece_log_has_a_start_and_an_arrival_per_transfer() {
     let last: u64 = arrivals.last().unwrap()[1].parse().unwrap();
     assert!((last as f64 / 1e9 - r.completion_s.max).abs() < 1e-6);
 }
+
+/// `busy()` without corrupt senders, finding peers through the DHT model.
+fn dht(churn: f64) -> Scenario {
+    let mut s = busy();
+    s.name = "dht".into();
+    s.faults.corrupt_fraction = 0.0;
+    s.faults.churn_fraction = churn;
+    s.faults.churn_window_s = 2.0;
+    s.discovery = kraken_simnet::dht::Discovery::Dht;
+    s
+}
+
+#[test]
+fn dht_discovery_completes_without_any_tracker_and_is_deterministic() {
+    let mut s = dht(0.1);
+    // Every tracker down for the whole run: DHT discovery does not use them.
+    s.faults.tracker_outages = vec![TrackerOutage {
+        start_s: 0.0,
+        duration_s: 3600.0,
+    }];
+    let r = run(&s, 5);
+    assert_eq!(r.to_json(), run(&s, 5).to_json());
+    assert_eq!(r.discovery, "dht");
+    assert_eq!(r.completed + r.died, 40, "{}", r.summary());
+    assert_eq!(r.unfinished, 0);
+    let k = &r.counts;
+    assert_eq!((k.handouts, k.failed_announces), (0, 0));
+    assert!(k.dht_lookups >= 40, "{}", r.summary());
+    // Agents provide once each (the 12 h republish is far off), those that lived long
+    // enough to hold a piece.
+    assert!(k.dht_provides <= 40 && k.dht_provides >= r.completed as u64);
+    assert!(r.bytes.useful_from_agents > 0, "{}", r.summary());
+}
+
+#[test]
+fn agents_that_never_provide_are_never_found() {
+    // More pieces than the blob has: nobody provides, so agents know only the origins.
+    let mut s = dht(0.0);
+    s.dht.provide_after_pieces = 1_000;
+    let r = run(&s, 1);
+    assert_eq!(r.completed, 40, "{}", r.summary());
+    assert_eq!(r.counts.dht_provides, 0);
+    assert_eq!(r.bytes.useful_from_agents, 0, "{}", r.summary());
+    assert!(r.origin_egress_blobs >= 40.0, "{}", r.summary());
+    // Providing on arrival lets agents find each other from the first lookup.
+    s.dht.provide_after_pieces = 0;
+    let r = run(&s, 1);
+    assert_eq!(r.counts.dht_provides, 40);
+    assert!(r.bytes.useful_from_agents > 0);
+}

@@ -90,6 +90,7 @@ impl Fixture {
             agents: 2,
             origins: 3,
             upstreams: Vec::new(),
+            base_port: 0,
         })
         .await
         .unwrap();

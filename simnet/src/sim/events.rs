@@ -9,7 +9,12 @@ use kraken_storage::PieceIndex;
 use kraken_transport::swarm::{PeerEvent, PeerKind, PieceOutcome};
 use kraken_transport::wire::PeerMessage;
 
-use super::{Host, Simulation, millis};
+use std::time::Duration;
+
+use kraken_transport::swarm::PeerInfo;
+use rand::seq::SliceRandom;
+
+use super::{Host, Simulation, millis, secs};
 use crate::net::{Completion, Nanos};
 
 /// Something that happens to hosts at a virtual time.
@@ -45,6 +50,12 @@ pub(super) enum Ev {
     },
     /// A host dies.
     Kill(u32),
+    /// A host's DHT provider lookup answers.
+    DhtAnswer(u32),
+    /// A host's provider record reaches the store.
+    DhtStored(u32),
+    /// A host republishes its provider record.
+    DhtRepublish(u32),
 }
 
 impl Simulation {
@@ -88,6 +99,17 @@ impl Simulation {
                 corrupt,
             } => self.on_piece_arrive(from, to, index, size, corrupt),
             Ev::Kill(h) => self.kill(h),
+            Ev::DhtAnswer(h) => self.on_dht_answer(h),
+            Ev::DhtStored(h) => {
+                let ttl = secs(self.scenario.dht.record_ttl_s);
+                self.providers.put(self.now, h, self.now + ttl);
+                self.counters.dht_provides += 1;
+            }
+            Ev::DhtRepublish(h) => {
+                if self.hosts[h as usize].alive {
+                    self.provide(h);
+                }
+            }
         }
     }
 
@@ -124,6 +146,37 @@ impl Simulation {
         );
         swarm.handle_handout(now, list, None);
         self.counters.handouts += 1;
+        self.pump(h);
+    }
+
+    /// A DHT lookup answers: the providers it found and the blob's origins (from the
+    /// ring, as the tracker adds them), and the re-lookup interval as the next announce's.
+    fn on_dht_answer(&mut self, h: u32) {
+        let now = self.instant();
+        let host = &self.hosts[h as usize];
+        if !host.alive || host.swarm.is_none() {
+            return;
+        }
+        let dht = &self.scenario.dht;
+        let found = self
+            .providers
+            .lookup(self.now, dht.k, dht.answer, h, &mut self.rng);
+        let mut origins: Vec<PeerInfo> = self
+            .live_origins
+            .iter()
+            .filter(|o| o.id != host.info.id)
+            .cloned()
+            .collect();
+        origins.shuffle(&mut self.rng);
+        let list: Vec<PeerInfo> = found
+            .into_iter()
+            .map(|p| self.hosts[p as usize].info.clone())
+            .chain(origins)
+            .collect();
+        let interval = Duration::from_secs_f64(dht.relookup_interval_s);
+        if let Some(s) = self.hosts[h as usize].swarm.as_mut() {
+            s.handle_handout(now, list, Some(interval));
+        }
         self.pump(h);
     }
 

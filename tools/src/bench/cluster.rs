@@ -3,6 +3,11 @@
 //!
 //! Layout: origins on hosts `1..=origins`; the tracker and the build-index run as their own
 //! processes on host 1 (they move no bulk bytes); agents on the hosts after the origins.
+//! With `--discovery dht` there is no tracker process at all (nor is it a gossip or view
+//! seed): a DHT-only cluster must work without one, and a tracker left running would hide
+//! a dependence on it. `--discovery tracker|both|dht` writes `[discovery] mode` into the
+//! origins' and agents' configs (the nodes that run the swarm); without the flag no
+//! `[discovery]` section is written, the node's default (`tracker`).
 //! Ports are fixed per role (every host has its own address): origin 7600/7601 (QUIC,
 //! gossip), tracker 7610/7611, build-index 7620/7621, agent 7600. HTTP and the registry
 //! gateway are off: the harness drives nodes over QUIC.
@@ -41,6 +46,43 @@ pub struct ClusterConfig {
     /// The base URL of an upstream registry the origins and the build-index read through
     /// (`[[backends]]` with `registry`), instead of a filesystem backend of their own.
     pub upstream: Option<String>,
+    /// The origins' and agents' `[discovery] mode`; `None` writes no section (the node's
+    /// default, `tracker`).
+    pub discovery: Option<Discovery>,
+}
+
+/// How nodes find peers: a node's `[discovery] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Discovery {
+    /// Trackers' handouts; the DHT only while every tracker is unreachable.
+    Tracker,
+    /// The DHT only: the cluster runs no tracker.
+    Dht,
+    /// Trackers' handouts and DHT providers, merged.
+    Both,
+}
+
+impl Discovery {
+    /// The mode's name in a node's config and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Discovery::Tracker => "tracker",
+            Discovery::Dht => "dht",
+            Discovery::Both => "both",
+        }
+    }
+
+    /// Whether a cluster in `mode` starts a tracker (`None`: the node's default, tracker).
+    pub fn runs_tracker(mode: Option<Discovery>) -> bool {
+        mode != Some(Discovery::Dht)
+    }
+}
+
+/// The `[discovery]` section for `mode`; empty for `None` (the node's default applies).
+fn discovery_section(mode: Option<Discovery>) -> String {
+    mode.map_or(String::new(), |m| {
+        format!("[discovery]\nmode = \"{}\"\n\n", m.name())
+    })
 }
 
 /// The TLS files of the control client.
@@ -59,8 +101,8 @@ pub struct ClientTls {
 pub struct Cluster {
     /// Origins, in host order.
     pub origins: Vec<NodeProc>,
-    /// The tracker.
-    pub tracker: NodeProc,
+    /// The tracker; none with `--discovery dht`.
+    pub tracker: Option<NodeProc>,
     /// The build-index.
     pub build_index: NodeProc,
     /// Agents, in host order.
@@ -131,8 +173,10 @@ struct Layout<'a> {
     /// Certificates (and the dev CA).
     tls: PathBuf,
     ca: DevCa,
-    /// Gossip addresses of every ring node (origins, tracker, build-index).
+    /// Gossip addresses of every ring node (origins, tracker if any, build-index).
     ring_gossip: Vec<SocketAddr>,
+    /// Whether a tracker runs.
+    runs_tracker: bool,
 }
 
 impl<'a> Layout<'a> {
@@ -146,13 +190,15 @@ impl<'a> Layout<'a> {
             tls,
             ca,
             ring_gossip: Vec::new(),
+            runs_tracker: Discovery::runs_tracker(config.discovery),
         };
+        let tracker = layout
+            .runs_tracker
+            .then(|| layout.addr(1, TRACKER_PORT + 1));
         layout.ring_gossip = (1..=config.origins)
             .map(|h| layout.addr(h, ORIGIN_PORT + 1))
-            .chain([
-                layout.addr(1, TRACKER_PORT + 1),
-                layout.addr(1, BUILD_INDEX_PORT + 1),
-            ])
+            .chain(tracker)
+            .chain([layout.addr(1, BUILD_INDEX_PORT + 1)])
             .collect();
         Ok(layout)
     }
@@ -203,6 +249,12 @@ impl<'a> Layout<'a> {
 
     fn origin(&self, h: usize) -> anyhow::Result<NodeProc> {
         let name = format!("origin-{h}");
+        self.launch(&name, "origin", h, &self.origin_config(h))
+    }
+
+    /// Origin `h`'s config text.
+    fn origin_config(&self, h: usize) -> String {
+        let name = format!("origin-{h}");
         let mut text = self.common(&name, "origin", h, ORIGIN_PORT);
         text += &gossip(self.addr(h, ORIGIN_PORT + 1), &self.ring_gossip);
         if let Some(len) = self.config.piece_length {
@@ -215,7 +267,8 @@ impl<'a> Layout<'a> {
         if let Some(slots) = self.config.origin_upload_slots {
             let _ = writeln!(text, "[origin.swarm]\nupload_slots = {slots}\n");
         }
-        self.launch(&name, "origin", h, &text)
+        text += &discovery_section(self.config.discovery);
+        text
     }
 
     fn tracker(&self) -> anyhow::Result<NodeProc> {
@@ -239,10 +292,17 @@ impl<'a> Layout<'a> {
     /// origins and the tracker.
     fn agent(&self, i: usize) -> anyhow::Result<NodeProc> {
         let h = self.config.origins + i;
+        self.launch(&format!("agent-{i}"), "agent", h, &self.agent_config(i))
+    }
+
+    /// Agent `i`'s config text.
+    fn agent_config(&self, i: usize) -> String {
+        let h = self.config.origins + i;
         let name = format!("agent-{i}");
+        let tracker = self.runs_tracker.then(|| self.addr(1, TRACKER_PORT));
         let seeds: Vec<String> = (1..=self.config.origins)
             .map(|o| self.addr(o, ORIGIN_PORT))
-            .chain([self.addr(1, TRACKER_PORT)])
+            .chain(tracker)
             .map(|s| format!("\"{s}\""))
             .collect();
         let mut text = self.common(&name, "agent", h, AGENT_PORT);
@@ -255,7 +315,8 @@ impl<'a> Layout<'a> {
             let _ = writeln!(text, "upload_slots = {slots}");
         }
         text.push('\n');
-        self.launch(&name, "agent", h, &text)
+        text += &discovery_section(self.config.discovery);
+        text
     }
 }
 
@@ -266,7 +327,7 @@ impl Cluster {
         let origins = (1..=config.origins)
             .map(|h| layout.origin(h))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let tracker = layout.tracker()?;
+        let tracker = layout.runs_tracker.then(|| layout.tracker()).transpose()?;
         let build_index = layout.build_index()?;
         let agents = (1..=config.agents)
             .map(|i| layout.agent(i))
@@ -297,7 +358,8 @@ impl Cluster {
     pub fn all(&self) -> impl Iterator<Item = &NodeProc> {
         self.origins
             .iter()
-            .chain([&self.tracker, &self.build_index])
+            .chain(self.tracker.as_ref())
+            .chain([&self.build_index])
             .chain(&self.agents)
     }
 
@@ -326,7 +388,9 @@ impl Cluster {
             p.stop();
         }
         self.build_index.stop();
-        self.tracker.stop();
+        if let Some(t) = &mut self.tracker {
+            t.stop();
+        }
         for p in &mut self.origins {
             p.stop();
         }
@@ -338,6 +402,65 @@ mod tests {
     use kraken_storage::backend::{RouterConfig, ServiceConfig};
 
     use super::*;
+    use crate::bench::netns::NetConfig;
+
+    /// `--discovery` reaches the origins' and agents' configs as `[discovery] mode` (and
+    /// nothing without it); `dht` leaves the tracker out of the gossip and view seeds.
+    #[test]
+    fn discovery_mode_is_written_and_dht_clusters_name_no_tracker() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Testnet::planned(NetConfig {
+            hosts: 4,
+            ..NetConfig::default()
+        });
+        let modes = [
+            None,
+            Some(Discovery::Tracker),
+            Some(Discovery::Dht),
+            Some(Discovery::Both),
+        ];
+        for (i, mode) in modes.into_iter().enumerate() {
+            let config = ClusterConfig {
+                kraken: "kraken".into(),
+                work_dir: dir.path().join(i.to_string()),
+                origins: 1,
+                agents: 3,
+                piece_length: None,
+                upload_slots: Some(4),
+                origin_upload_slots: None,
+                upstream: None,
+                discovery: mode,
+            };
+            let layout = Layout::new(&net, &config).unwrap();
+            let (origin, agent) = (layout.origin_config(1), layout.agent_config(2));
+            for text in [&origin, &agent] {
+                let v: toml::Value = toml::from_str(text).expect(text);
+                let written = v.get("discovery").map(|d| d["mode"].as_str());
+                assert_eq!(written, mode.map(|m| Some(m.name())), "{text}");
+                // The section does not swallow the keys before it.
+                assert!(v.get("quic").is_some(), "{text}");
+            }
+            let agent: toml::Value = toml::from_str(&agent).unwrap();
+            assert_eq!(agent["swarm"]["upload_slots"].as_integer(), Some(4));
+            let tracker = Discovery::runs_tracker(mode);
+            assert_eq!(tracker, mode != Some(Discovery::Dht));
+            // The tracker runs on host 1: QUIC 7610 (a view seed), gossip 7611.
+            assert_eq!(
+                agent["view"]["seeds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s.as_str() == Some("10.78.0.1:7610")),
+                tracker,
+                "{mode:?}"
+            );
+            assert_eq!(origin.contains("10.78.0.1:7611"), tracker, "{origin}");
+            assert!(
+                origin.contains("10.78.0.1:7621"),
+                "build-index seeds either way"
+            );
+        }
+    }
 
     /// The entries parse as the node reads them, and route every namespace.
     #[test]

@@ -2,7 +2,7 @@
 //! (`ip netns exec <prefix>-ctl kraken-bench ctl …`), since the harness itself in the root
 //! namespace cannot reach the test hosts. Each command prints one JSON value on stdout.
 //!
-//! - `wait-view`: until the seed's cluster view holds the expected origins and tracker,
+//! - `wait-view`: until the seed's cluster view holds the expected origins and trackers,
 //!   and so does every `--agent`'s (an agent asked to pull before it knows a tracker
 //!   fails; a push gives them time to learn, a blob read through from upstream does not).
 //! - `push FILE`: uploads a blob to its origin owner ([`crate::transfer::push_to_owner`]).
@@ -48,11 +48,14 @@ pub struct CtlArgs {
 /// `kraken-bench ctl …` commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum CtlCommand {
-    /// Wait until the view holds this many origins and at least one tracker.
+    /// Wait until the view holds this many origins and trackers.
     WaitView {
         /// Origins expected.
         #[arg(long)]
         origins: usize,
+        /// Trackers expected (0 for a DHT-only cluster, which runs none).
+        #[arg(long, default_value_t = 1)]
+        trackers: usize,
         /// Agents whose own views must hold them too.
         #[arg(long = "agent")]
         agents: Vec<SocketAddr>,
@@ -120,6 +123,7 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
     match args.command {
         CtlCommand::WaitView {
             origins,
+            trackers,
             agents,
             secs,
         } => {
@@ -138,7 +142,7 @@ async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
                     }
                     Err(_) => (0, 0),
                 };
-                if seen.0 >= origins && seen.1 >= 1 {
+                if seen.0 >= origins && seen.1 >= trackers {
                     println!(
                         "{}",
                         serde_json::json!({"origins": seen.0, "trackers": seen.1})

@@ -170,6 +170,13 @@ impl Testnet {
         Ok(net)
     }
 
+    /// The network `config` would build, not built: names and addresses only, for tests
+    /// of what is written about it.
+    #[cfg(test)]
+    pub(crate) fn planned(config: NetConfig) -> Testnet {
+        Testnet { config, up: false }
+    }
+
     fn build(&mut self) -> anyhow::Result<()> {
         let sw = self.switch_ns();
         sh("ip", &["netns", "add", &sw])?;

@@ -128,6 +128,10 @@ pub struct Setup {
     pub piece_length: Option<u64>,
     /// Fault injected.
     pub fault: Option<String>,
+    /// `--discovery` (the nodes' `[discovery] mode`); `None`: not set, the node's default
+    /// (tracker).
+    #[serde(default)]
+    pub discovery: Option<String>,
 }
 
 /// Pass/fail of the targets.
@@ -144,6 +148,19 @@ pub struct Targets {
     /// The upstream registry served ≤ 1.1 × blob, when the blob came from one.
     #[serde(default)]
     pub upstream_egress_within_1_1x: Option<bool>,
+}
+
+impl Targets {
+    /// Every target failed or not applicable, before [`RunReport::finish`] checks them.
+    pub fn unchecked() -> Targets {
+        Targets {
+            max_within_1_3_t_min: false,
+            origin_egress_within_2x: false,
+            speedup_at_least_5x: None,
+            simnet_within_15pct: None,
+            upstream_egress_within_1_1x: None,
+        }
+    }
 }
 
 /// Everything a run reports.
@@ -237,7 +254,7 @@ impl RunReport {
         let mib = st.blob_bytes as f64 / (1 << 20) as f64;
         let _ = writeln!(
             s,
-            "setup: {} origin(s) + {} agents, {} each way, blob {mib:.0} MiB{}{}{}",
+            "setup: {} origin(s) + {} agents, {} each way, blob {mib:.0} MiB{}{}{}, discovery {}",
             st.origins,
             st.agents,
             st.rate_mbit
@@ -251,6 +268,7 @@ impl RunReport {
                 ", from an upstream docker-registry {}",
                 u.registry_version
             )),
+            st.discovery.as_deref().unwrap_or("tracker (default)"),
         );
         let b = &self.bound;
         let _ = writeln!(
@@ -362,6 +380,43 @@ mod tests {
         let b = Bound::compute(125e6, 12.5e6, 12.5e6, 10, 125e6);
         assert!((b.t_min_s - 10.0).abs() < 1e-9);
         assert!((b.aggregate_term_s - 125e7 / 137.5e6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn table_names_the_discovery_mode() {
+        let bound = Bound::compute(125e6, 12.5e6, 12.5e6, 10, 125e6);
+        let t_min = bound.t_min_s;
+        let mut report = RunReport {
+            setup: Setup {
+                agents: 10,
+                origins: 1,
+                rate_mbit: Some(100.0),
+                blob_bytes: 125_000_000,
+                piece_length: None,
+                fault: None,
+                discovery: Some("dht".into()),
+            },
+            bound,
+            kraken: PhaseReport::summarize(Vec::new(), t_min, 125_000_000, 0, 0.0),
+            baseline: None,
+            speedup: None,
+            simnet: None,
+            upstream: None,
+            fault_notes: Vec::new(),
+            targets: Targets::unchecked(),
+        };
+        assert!(
+            report.table().contains(", discovery dht\n"),
+            "{}",
+            report.table()
+        );
+        report.setup.discovery = None;
+        assert!(report.table().contains(", discovery tracker (default)\n"));
+        // Reports written before the flag read back as "not set".
+        let mut json = serde_json::to_value(&report).unwrap();
+        json["setup"].as_object_mut().unwrap().remove("discovery");
+        let back: RunReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.setup.discovery, None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use kraken_client::proto::DEFAULT_NAMESPACE;
 use kraken_storage::{Digest, DigestAlgorithm, PieceLengthTable};
 
 use super::baseline;
-use super::cluster::{ClientTls, Cluster, ClusterConfig};
+use super::cluster::{ClientTls, Cluster, ClusterConfig, Discovery};
 use super::ctl::AgentPull;
 use super::data::write_random;
 use super::netns::{NetConfig, Rate, Testnet, check_prerequisites};
@@ -90,6 +90,11 @@ pub struct RunArgs {
     /// Where the origin gets the blob.
     #[arg(long, value_enum, default_value_t = Source::Push)]
     pub source: Source,
+    /// How nodes find peers: written as `[discovery] mode` into the origins' and agents'
+    /// configs; `dht` starts no tracker [default: no `[discovery]` section, the node's
+    /// default, tracker].
+    #[arg(long, value_enum)]
+    pub discovery: Option<Discovery>,
     /// The docker-registry binary (`--source upstream`).
     #[arg(long, env = "DOCKER_REGISTRY_BIN", default_value = "docker-registry")]
     pub registry: PathBuf,
@@ -137,6 +142,7 @@ impl RunArgs {
             origin_upload_slots: None,
             fault: None,
             source: Source::Push,
+            discovery: None,
             registry: "docker-registry".into(),
             no_baseline: false,
             no_simnet: true,
@@ -335,6 +341,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             upload_slots: args.upload_slots,
             origin_upload_slots: args.origin_upload_slots,
             upstream: upstream.as_ref().map(|u| u.url().to_string()),
+            discovery: args.discovery,
         },
     )?;
     let ctl = Ctl {
@@ -459,12 +466,15 @@ fn write_and_plan(
     Ok((blob, plan))
 }
 
-/// Waits for the origins and a tracker to be in the seed's view and every agent's.
+/// Waits for the origins and the tracker (if one runs) to be in the seed's view and every
+/// agent's.
 fn wait_view(ctl: &Ctl<'_>, plan: &Plan, cluster: &Cluster) -> anyhow::Result<()> {
     let mut args = vec![
         "wait-view".into(),
         "--origins".into(),
         plan.origins.to_string(),
+        "--trackers".into(),
+        usize::from(cluster.tracker.is_some()).to_string(),
     ];
     for agent in cluster.agent_addrs() {
         args.extend(["--agent".into(), agent.to_string()]);
@@ -675,6 +685,7 @@ fn simnet_phase(
         corrupt_agents: usize::from(args.fault == Some(Fault::CorruptAgent)),
         upload_slots: args.upload_slots,
         origin_upload_slots: args.origin_upload_slots,
+        discovery: args.discovery,
     };
     let sim = simulate(&bin, &setup, work)?;
     let k = &kraken.completion_s;
@@ -716,6 +727,7 @@ fn report(
             blob_bytes: plan.blob_len,
             piece_length: Some(plan.piece_length()),
             fault: args.fault.map(|f| f.name().to_string()),
+            discovery: args.discovery.map(|d| d.name().to_string()),
         },
         bound: plan.bound,
         kraken,
@@ -724,13 +736,7 @@ fn report(
         simnet,
         upstream,
         fault_notes: notes,
-        targets: Targets {
-            max_within_1_3_t_min: false,
-            origin_egress_within_2x: false,
-            speedup_at_least_5x: None,
-            simnet_within_15pct: None,
-            upstream_egress_within_1_1x: None,
-        },
+        targets: Targets::unchecked(),
     };
     report.finish();
     if let Some(path) = &args.svg {
@@ -743,4 +749,34 @@ fn report(
 /// The piece length the origins pick for `blob` bytes by default: the node's table.
 pub fn default_piece_length(blob: u64) -> u64 {
     u64::from(PieceLengthTable::default().piece_length_for(blob))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn discovery_flag_parses_and_defaults_to_none() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["kraken-bench"], args].concat());
+        assert_eq!(parse(&[]).unwrap().run.discovery, None);
+        for (arg, want) in [
+            ("tracker", Discovery::Tracker),
+            ("dht", Discovery::Dht),
+            ("both", Discovery::Both),
+        ] {
+            let cli = parse(&["--discovery", arg]).unwrap();
+            assert_eq!(cli.run.discovery, Some(want));
+            assert_eq!(want.name(), arg);
+        }
+        assert!(parse(&["--discovery", "gossip"]).is_err());
+        assert_eq!(RunArgs::smoke().discovery, None);
+    }
 }

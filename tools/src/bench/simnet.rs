@@ -14,6 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+use super::cluster::Discovery;
 use super::report::Dist;
 
 /// A setup to simulate.
@@ -37,18 +38,29 @@ pub struct SimSetup {
     pub upload_slots: Option<usize>,
     /// Origins' upload slots, when the run set them.
     pub origin_upload_slots: Option<usize>,
+    /// The run's `--discovery`: `dht` is simulated as DHT discovery (`simnet::dht`);
+    /// `tracker`, `both` and `None` as the trackers' handout (simnet has no merged mode).
+    pub discovery: Option<Discovery>,
 }
 
 /// The scenario TOML for `setup`.
 pub fn scenario(setup: &SimSetup) -> String {
     let mb_s = setup.rate_bytes_per_sec / 1e6;
     let mut s = format!(
-        "name = \"kraken-bench\"\nseed = 1\n\n[blob]\nsize_bytes = {}\npiece_length = {}\n\n\
+        "name = \"kraken-bench\"\nseed = 1\ndiscovery = \"{}\"\n\n[blob]\nsize_bytes = {}\npiece_length = {}\n\n\
          [agents]\ncount = {}\nupload_mb_s = {mb_s}\ndownload_mb_s = {mb_s}\n\n\
          [origins]\ncount = {}\nupload_mb_s = {mb_s}\ndownload_mb_s = {mb_s}\n\n\
          [trackers]\ncount = 1\n\n[network]\nlatency_ms = 0.1\nlatency_jitter_ms = 0.05\n\n\
          [arrival]\npattern = \"all-at-once\"\n\n",
-        setup.blob_bytes, setup.piece_length, setup.agents, setup.origins
+        if setup.discovery == Some(Discovery::Dht) {
+            "dht"
+        } else {
+            "tracker"
+        },
+        setup.blob_bytes,
+        setup.piece_length,
+        setup.agents,
+        setup.origins
     );
     for (table, slots) in [
         ("swarm", setup.upload_slots),
@@ -130,11 +142,40 @@ mod tests {
             corrupt_agents: 0,
             upload_slots: None,
             origin_upload_slots: Some(4),
+            discovery: None,
         });
         assert!(s.contains("count = 10\nupload_mb_s = 12.5"));
         assert!(s.contains("kill_origins = [{ at_s = 3, origin = 0 }]"));
         assert!(!s.contains("corrupt_fraction"));
         assert!(s.contains("[origin_swarm]\nupload_slots = 4\n"));
         assert!(!s.contains("[swarm]"));
+        assert!(s.contains("\ndiscovery = \"tracker\"\n"));
+        // The simulator reads it as the node would run it.
+        let parsed = kraken_simnet::Scenario::from_toml(&s).unwrap();
+        assert_eq!(parsed.discovery, kraken_simnet::dht::Discovery::Tracker);
+    }
+
+    #[test]
+    fn dht_runs_are_simulated_with_dht_discovery_and_both_as_tracker() {
+        for (mode, want) in [
+            (Discovery::Dht, kraken_simnet::dht::Discovery::Dht),
+            (Discovery::Both, kraken_simnet::dht::Discovery::Tracker),
+            (Discovery::Tracker, kraken_simnet::dht::Discovery::Tracker),
+        ] {
+            let s = scenario(&SimSetup {
+                agents: 10,
+                origins: 1,
+                rate_bytes_per_sec: 12.5e6,
+                blob_bytes: 1 << 20,
+                piece_length: 1 << 18,
+                kill_origin_at_s: None,
+                corrupt_agents: 0,
+                upload_slots: None,
+                origin_upload_slots: None,
+                discovery: Some(mode),
+            });
+            let parsed = kraken_simnet::Scenario::from_toml(&s).unwrap();
+            assert_eq!(parsed.discovery, want, "{mode:?}");
+        }
     }
 }
