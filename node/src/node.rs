@@ -256,8 +256,11 @@ impl Node {
         self.stop.send_replace(true);
         self.close_exchanges();
         // The DHT goes too (a dead process answers no lookups); it stops in the background.
-        if let Some(d) = self.roles.discovery.clone() {
-            tokio::spawn(async move { d.shutdown().await });
+        if let (Some(d), Ok(rt)) = (
+            self.roles.discovery.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            rt.spawn(async move { d.shutdown().await });
         }
         self.cluster.pool().close();
         self.endpoint.close();
