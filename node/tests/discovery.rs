@@ -371,3 +371,30 @@ async fn agents_killed_and_restarted_during_a_dht_distribution_all_finish() {
         assert_eq!(c.stored_digest(a, &digest), digest);
     }
 }
+
+/// `both` mode: announces go to the tracker and the DHT at once and the handouts merge;
+/// pulls complete and the agents provide what they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_mode_pulls_through_merged_handouts() {
+    let mut c = TestCluster::new();
+    start(&mut c, "origin-1", NodeRole::Origin, Mode::Both).await;
+    start(&mut c, "tracker-1", NodeRole::Tracker, Mode::Both).await;
+    for i in 1..=3 {
+        start(&mut c, &format!("agent-{i}"), NodeRole::Agent, Mode::Both).await;
+    }
+    c.converge(1).await;
+    let digest = push(&c, 1, 5).await;
+    let agents = c.agents();
+    pull_all(&c, &agents, &digest).await;
+    let found = dht_providers(&c, c.origins()[0], &digest).await;
+    assert!(
+        !found.is_empty(),
+        "the agents provide the blob in both mode"
+    );
+    assert!(
+        agents
+            .iter()
+            .all(|&a| !agent(&c, a).tracker().fallen_back()),
+        "both mode never falls back"
+    );
+}
