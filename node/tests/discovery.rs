@@ -135,6 +135,7 @@ async fn with_every_tracker_dead_the_dht_carries_the_swarm() {
     let agents = c.agents();
     let reports = pull_all(&c, &agents, &digest).await;
     let (from_origins, from_agents) = sources(&reports);
+    println!("trackers dead: {from_agents} bytes from agents, {from_origins} from origins");
     assert!(
         from_agents > from_origins,
         "most bytes from agents: {from_agents} from agents, {from_origins} from origins"
