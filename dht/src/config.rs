@@ -41,10 +41,11 @@ pub struct DhtConfig {
     /// 400 KB; `max_provider_records` bounds the sum.
     pub max_providers_per_key: usize,
     /// Other nodes' provider records held at most, all keys together. Default 131,072:
-    /// about 400 B each (peer id, expiry, up to 4 addresses, the key's share and the
-    /// maps' overhead), so the provider store stays near 50 MB however peers behave.
-    /// When reached, a newcomer takes the place of a random record of the key holding
-    /// the most. This node's own records are not counted (bounded by
+    /// about 400 B each (a 120 B entry of peer id, expiry and address list, its
+    /// addresses, about 70 B each and at most 4, and spare list capacity; up to about
+    /// 530 B with 4 addresses), so the provider store stays near 50 MB (at most ~70 MB)
+    /// however peers behave. When reached, a newcomer takes the place of a random record
+    /// of the key holding the most. This node's own records are not counted (bounded by
     /// `max_provider_keys`) and never evicted.
     pub max_provider_records: usize,
     /// Outgoing lookups and provides started per second (token bucket, burst of one

@@ -57,8 +57,8 @@
 //!   max_providers_per_key) · k / n` (each node holds its share of the `k` copies), about
 //!   400 B each (peer id, expiry, at most 4 addresses of at most 64 B, the key's share
 //!   and map overhead); bounded by `max_provider_records · 400 B` (131,072 · 400 B ≈
-//!   52 MB) however peers behave, plus this node's own records (at most
-//!   `max_provider_keys`, about 200 B each). Cards: at most `max_records` of about 1 KB.
+//!   52 MB; ~70 MB if every record carried 4 addresses) however peers behave, plus this
+//!   node's own records (at most `max_provider_keys`, about 200 B each). Cards: at most `max_records` of about 1 KB.
 //! - The provider store (module `store`) keeps up to `max_providers_per_key` (1,024)
 //!   providers per key; a newcomer to a full key replaces a random one, and every
 //!   `GET_PROVIDERS` is answered with a fresh uniform random sample of `k` (20), so

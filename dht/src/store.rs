@@ -640,6 +640,18 @@ mod tests {
     }
 
     #[test]
+    fn a_held_record_is_as_small_as_the_memory_bound_assumes() {
+        // `DhtConfig::max_provider_records` assumes about 400 B a record: this struct
+        // (peer id, expiry, address list), one to four addresses of about 70 B each on the
+        // heap (an `Arc`'d byte vector), and the list's spare capacity.
+        assert!(
+            std::mem::size_of::<Held>() <= 128,
+            "{}",
+            std::mem::size_of::<Held>()
+        );
+    }
+
+    #[test]
     fn the_kademlia_store_delegates_records_and_samples_providers() {
         let me = PeerId::random();
         let mut s = Store::new(me, MemoryStoreConfig::default(), bounds(10, 256, 1000));
