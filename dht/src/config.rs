@@ -27,13 +27,27 @@ pub struct DhtConfig {
     /// Value records (cards) held at most. Default 16,384: one card per node of a 10,000
     /// node cluster would fit even if all were stored here (they are spread over `k`).
     pub max_records: usize,
-    /// Provider keys (digests) held at most, this node's own included. Default 16,384:
-    /// a node holds about `k / n` of the cluster's keys, so this is far above need; at
-    /// worst (20 providers a key, about 250 B each) 80 MB, see the crate docs.
+    /// Provider keys (digests) held at most for other nodes, and provided by this node
+    /// at most (each). Default 16,384: a node holds about `k / n` of the cluster's keys,
+    /// so this is far above need.
     pub max_provider_keys: usize,
-    /// Providers kept per key. Default 20 (`k`): more than a lookup needs to start a
-    /// download; the swarm learns the others from its peers.
+    /// Other nodes' providers kept per key. Default 1,024. When a key is full, a
+    /// newcomer replaces a random held provider (fresh providers are the ones still
+    /// downloading), and each `GET_PROVIDERS` is answered with a fresh random 20 of them,
+    /// so finders are spread over the swarm instead of all handed the same 20. The more a
+    /// store holds, the more peers a swarm's finders are spread over: in simnet at 2,000
+    /// hosts pulling at once, the slowest finishes at 3.6 × T_min with 256 per key, 2.45
+    /// × with 1,024 and 2.2 × keeping all (see docs/performance.md). A full key costs about
+    /// 400 KB; `max_provider_records` bounds the sum.
     pub max_providers_per_key: usize,
+    /// Other nodes' provider records held at most, all keys together. Default 131,072:
+    /// about 400 B each (a 120 B entry of peer id, expiry and address list, its
+    /// addresses, about 70 B each and at most 4, and spare list capacity; up to about
+    /// 530 B with 4 addresses), so the provider store stays near 50 MB (at most ~70 MB)
+    /// however peers behave. When reached, a newcomer takes the place of a random record
+    /// of the key holding the most. This node's own records are not counted (bounded by
+    /// `max_provider_keys`) and never evicted.
+    pub max_provider_records: usize,
     /// Outgoing lookups and provides started per second (token bucket, burst of one
     /// second). Excess provides wait in a bounded queue; excess lookups fail at once with
     /// [`DhtError::RateLimited`](crate::DhtError::RateLimited). Default 50.
@@ -53,7 +67,8 @@ impl Default for DhtConfig {
             republish_interval: Duration::from_secs(3600),
             max_records: 16_384,
             max_provider_keys: 16_384,
-            max_providers_per_key: 20,
+            max_providers_per_key: 1_024,
+            max_provider_records: 131_072,
             queries_per_sec: 50,
             inbound_per_sec: 100,
         }
@@ -103,6 +118,7 @@ impl DhtConfig {
             ("max_records", self.max_records),
             ("max_provider_keys", self.max_provider_keys),
             ("max_providers_per_key", self.max_providers_per_key),
+            ("max_provider_records", self.max_provider_records),
             ("queries_per_sec", self.queries_per_sec as usize),
             ("inbound_per_sec", self.inbound_per_sec as usize),
         ] {
@@ -144,6 +160,10 @@ mod tests {
         assert_eq!(
             bad(|c| c.max_provider_keys = 0),
             DhtConfigError::ZeroBound("max_provider_keys")
+        );
+        assert_eq!(
+            bad(|c| c.max_provider_records = 0),
+            DhtConfigError::ZeroBound("max_provider_records")
         );
         assert_eq!(
             bad(|c| c.queries_per_sec = 0),

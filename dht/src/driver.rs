@@ -13,7 +13,7 @@ use futures::StreamExt;
 use kraken_storage::Digest;
 use kraken_transport::quic::{ClusterCa, MemberCertAuth, NodeIdentity};
 use libp2p::core::ConnectedPoint;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
+use libp2p::kad::store::{MemoryStoreConfig, RecordStore};
 use libp2p::kad::{self, InboundRequest, QueryId, Quorum, Record, RecordKey, StoreInserts};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::card::{self, Card};
 use crate::limits::{KeyedBuckets, TokenBucket};
 use crate::stats::{StatsCells, bump, set};
+use crate::store::{Bounds, Store};
 use crate::{DhtConfig, DhtError, LocalCard, MAX_PACKET_BYTES, Provider};
 
 /// The Kademlia protocol of kraken clusters (never a public DHT's).
@@ -104,13 +105,19 @@ pub(crate) async fn start(
         .set_caching(kad::Caching::Disabled)
         .set_max_packet_size(MAX_PACKET_BYTES)
         .set_query_timeout(Duration::from_secs(10));
-    let store = MemoryStore::with_config(
+    let store = Store::new(
         local,
         MemoryStoreConfig {
             max_records: config.max_records,
             max_value_bytes: card::MAX_CARD_BYTES + 1,
-            max_providers_per_key: config.max_providers_per_key,
-            max_provided_keys: config.max_provider_keys,
+            // Unused: provider records live in the store's own table.
+            ..MemoryStoreConfig::default()
+        },
+        Bounds {
+            max_keys: config.max_provider_keys,
+            max_per_key: config.max_providers_per_key,
+            max_total: config.max_provider_records,
+            answer: K,
         },
     );
     let mut behaviour = kad::Behaviour::with_config(local, store, kad_config);
@@ -184,7 +191,6 @@ pub(crate) async fn start(
         cards: HashMap::new(),
         blacklist: HashSet::new(),
         blacklist_order: VecDeque::new(),
-        remote_keys: HashSet::new(),
         card_published: None,
         next_sweep: now,
     };
@@ -234,7 +240,7 @@ fn now_ms() -> u64 {
 }
 
 struct Driver {
-    swarm: Swarm<kad::Behaviour<MemoryStore>>,
+    swarm: Swarm<kad::Behaviour<Store>>,
     local: DhtPeerId,
     auth: MemberCertAuth,
     me: LocalCard,
@@ -263,8 +269,6 @@ struct Driver {
     cards: HashMap<DhtPeerId, Card>,
     blacklist: HashSet<DhtPeerId>,
     blacklist_order: VecDeque<DhtPeerId>,
-    /// Provider keys stored for other nodes.
-    remote_keys: HashSet<RecordKey>,
     /// When this node's card was last published, and to how many routing peers.
     card_published: Option<(Instant, usize)>,
     next_sweep: Instant,
@@ -293,7 +297,7 @@ impl Driver {
         }
     }
 
-    fn kad(&mut self) -> &mut kad::Behaviour<MemoryStore> {
+    fn kad(&mut self) -> &mut kad::Behaviour<Store> {
         self.swarm.behaviour_mut()
     }
 
@@ -448,14 +452,13 @@ impl Driver {
             self.blacklist.remove(&old);
         }
         self.cards.remove(&peer);
-        let keys: Vec<RecordKey> = self.remote_keys.iter().cloned().collect();
         let kad = self.swarm.behaviour_mut();
         kad.remove_peer(&peer);
         let store = kad.store_mut();
         store.remove(&RecordKey::new(&card::card_key(&peer)));
-        for key in keys {
-            store.remove_provider(&key, &peer);
-        }
+        store.providers_mut().remove_everywhere(&peer);
+        let keys = store.providers_mut().other_keys();
+        set(&self.stats.provider_keys_held, keys);
         let _ = self.swarm.disconnect_peer_id(peer);
         set(&self.stats.liars, self.blacklist.len());
     }
@@ -534,27 +537,14 @@ impl Driver {
     /// Drops expired records and provider records (Kademlia drops them only when asked
     /// for them) and updates the store gauges.
     fn sweep(&mut self, now: Instant) {
-        let keys: Vec<RecordKey> = self.remote_keys.iter().cloned().collect();
-        let local = self.local;
         let store = self.swarm.behaviour_mut().store_mut();
-        store.retain(|_, r| !r.is_expired(now));
-        let mut kept = HashSet::new();
-        for key in keys {
-            let mut remote = false;
-            for p in store.providers(&key) {
-                if p.is_expired(now) {
-                    store.remove_provider(&key, &p.provider);
-                } else if p.provider != local {
-                    remote = true;
-                }
-            }
-            if remote {
-                kept.insert(key);
-            }
-        }
-        self.remote_keys = kept;
+        store.retain_records(|_, r| !r.is_expired(now));
+        let expired = store.providers_mut().remove_expired(now);
         let records = store.records().count();
+        let keys = store.providers_mut().other_keys();
+        let providers = store.providers_mut().other_records();
+        tracing::debug!(expired, keys, providers, "dht: provider store swept");
         set(&self.stats.records_held, records);
-        set(&self.stats.provider_keys_held, self.remote_keys.len());
+        set(&self.stats.provider_keys_held, keys);
     }
 }

@@ -9,6 +9,8 @@
 //! - `driver`: the task owning the libp2p swarm; every [`Dht`] handle talks to it. Its
 //!   `lookup` submodule resolves providers to verified cards, `inbound` filters what
 //!   others store here.
+//! - `store`: the record store Kademlia runs on: cards in libp2p's `MemoryStore`,
+//!   provider records in a bounded table of our own answering with random samples.
 //! - `stats`: [`DhtStats`].
 //!
 //! # Design
@@ -51,10 +53,18 @@
 //!   messages, `L` ≈ α·log₂(n/k) lookup requests of about 1.3 KB answered (20 peers) plus
 //!   `k` `ADD_PROVIDER` of about 200 B: about `N · 20 KB` per hour at n = 1,000 (1,000 keys:
 //!   20 MB/h, 5.6 KB/s), plus one card (about 1 KB) to `k` nodes per interval.
-//! - Memory of the store: provider records held at a node ≈ `Σ_keys min(providers, 20) ·
-//!   k / n` (each node holds its share of the `k` copies), about 250 B each; bounded by
-//!   `max_provider_keys · max_providers_per_key · 250 B` (16,384 · 20 · 250 B ≈ 80 MB)
-//!   however peers behave. Cards: at most `max_records` of about 1 KB.
+//! - Memory of the store: provider records held at a node ≈ `Σ_keys min(providers,
+//!   max_providers_per_key) · k / n` (each node holds its share of the `k` copies), about
+//!   400 B each (peer id, expiry, at most 4 addresses of at most 64 B, the key's share
+//!   and map overhead); bounded by `max_provider_records · 400 B` (131,072 · 400 B ≈
+//!   52 MB; ~70 MB if every record carried 4 addresses) however peers behave, plus this
+//!   node's own records (at most `max_provider_keys`, about 200 B each). Cards: at most `max_records` of about 1 KB.
+//! - The provider store (module `store`) keeps up to `max_providers_per_key` (1,024)
+//!   providers per key; a newcomer to a full key replaces a random one, and every
+//!   `GET_PROVIDERS` is answered with a fresh uniform random sample of `k` (20), so
+//!   finders of a hot blob are spread over its swarm. An answer of 20 providers with
+//!   their (bounded) addresses and 20 closer peers stays under 13 KB, below
+//!   [`MAX_PACKET_BYTES`].
 //! - Rate limits: [`DhtConfig::queries_per_sec`] bounds the lookups and provides a node
 //!   starts (a node can republish at most `queries_per_sec · republish` keys per interval:
 //!   180,000 at the defaults), [`DhtConfig::inbound_per_sec`] the stores one peer may make
@@ -67,6 +77,7 @@ mod driver;
 mod identity;
 pub mod limits;
 mod stats;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -110,8 +110,24 @@ async fn eventually<T, F: Future<Output = Option<T>>>(
     }
 }
 
+/// Waits until every node of `c` routes to at least `peers` others.
+async fn routed(c: &Cluster, peers: u64) {
+    eventually(Duration::from_secs(10), "routing", || async {
+        c.nodes
+            .iter()
+            .all(|n| n.dht.stats().routing_peers >= peers)
+            .then_some(())
+    })
+    .await;
+}
+
 async fn find(node: &Node, digest: Digest) -> Vec<Provider> {
-    match node.dht.find_providers(digest, 10, LOOKUP).await {
+    find_some(node, digest, 10).await
+}
+
+/// Up to `limit` providers of `digest` (none when the lookup times out).
+async fn find_some(node: &Node, digest: Digest, limit: usize) -> Vec<Provider> {
+    match node.dht.find_providers(digest, limit, LOOKUP).await {
         Ok(found) => found,
         Err(DhtError::Timeout) => Vec::new(),
         Err(e) => panic!("lookup failed: {e}"),
@@ -420,13 +436,7 @@ async fn store_bounds_and_rate_limits_hold() {
     })
     .await;
     // Wait for the routing tables to fill before providing.
-    eventually(Duration::from_secs(10), "routing", || async {
-        c.nodes
-            .iter()
-            .all(|n| n.dht.stats().routing_peers >= 3)
-            .then_some(())
-    })
-    .await;
+    routed(&c, 3).await;
     let digests: Vec<Digest> = (0..8u8).map(|i| Digest::sha256_of(&[i])).collect();
     for d in &digests {
         c.nodes[0].dht.provide(*d);
@@ -528,4 +538,74 @@ async fn a_key_provided_before_bootstrap_is_announced_and_a_reported_liar_is_dro
     .await;
     assert!(find(finder, digest).await.is_empty());
     assert_eq!(finder.dht.stats().liars, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_takes_newcomers_and_finders_get_different_samples() {
+    use std::collections::HashSet;
+    // 15 nodes (under k = 20: every node stores every provider record of the key), each
+    // keeping at most 4 providers per key; 12 providers in two waves of 6; nodes 13 and
+    // 14 look up. libp2p-kad's stock store would keep 4 of the first wave only and answer
+    // every lookup with them.
+    const CAP: usize = 4;
+    let c = cluster(15, |_, c| c.max_providers_per_key = CAP).await;
+    routed(&c, 4).await;
+    let digest = Digest::sha256_of(b"hot layer");
+    let peer_of = |i: usize| c.nodes[i].identity.peer_id;
+    let finders = [&c.nodes[13], &c.nodes[14]];
+
+    for i in 1..=6 {
+        c.nodes[i].dht.provide(digest);
+    }
+    let first_wave: HashSet<_> = (1..=6).map(peer_of).collect();
+    // The stores fill (4 of the 6 each) as the first wave is stored everywhere; wait
+    // until lookups have seen 5 of them.
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < 5 {
+        assert!(Instant::now() < deadline, "first wave: only {seen:?}");
+        seen.extend(
+            find_some(finders[0], digest, 12)
+                .await
+                .into_iter()
+                .map(|p| p.peer),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.is_subset(&first_wave));
+
+    for i in 7..=12 {
+        c.nodes[i].dht.provide(digest);
+    }
+    let second_wave: HashSet<_> = (7..=12).map(peer_of).collect();
+    // Newcomers replace random held providers, so both finders find some; lookups of 3
+    // hand out more providers than any one store holds, and the two finders' answers
+    // differ.
+    let mut found_by = [HashSet::new(), HashSet::new()];
+    let mut differed = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (a, b) = tokio::join!(
+            find_some(finders[0], digest, 3),
+            find_some(finders[1], digest, 3)
+        );
+        let ids = |found: Vec<Provider>| found.into_iter().map(|p| p.peer).collect::<HashSet<_>>();
+        let (a, b) = (ids(a), ids(b));
+        differed |= !a.is_empty() && !b.is_empty() && a != b;
+        found_by[0].extend(a);
+        found_by[1].extend(b);
+        let newcomers = found_by.iter().all(|f| !f.is_disjoint(&second_wave));
+        let handed_out = found_by[0].union(&found_by[1]).count();
+        if newcomers && handed_out > CAP && differed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "newcomers {newcomers}, {handed_out} handed out, differed {differed}"
+        );
+        // Polling, within the finders' 50 lookups a second.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all: HashSet<_> = first_wave.union(&second_wave).copied().collect();
+    assert!(found_by[0].union(&found_by[1]).all(|p| all.contains(p)));
 }

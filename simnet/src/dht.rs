@@ -15,14 +15,15 @@
 //!   then stores), expires `record_ttl_s` after it was stored, and is republished every
 //!   `republish_interval_s` while the host lives. A dead host stops republishing; its
 //!   record lingers until it expires (dials to it fail, as they would).
-//! - **The store**: each key's store keeps at most `store_max_providers` records, first
-//!   come first kept: a new provider is ignored while the store is full (libp2p-kad
-//!   0.48's `MemoryStore`, the version libp2p 0.56 uses, against Sybil floods); a slot
-//!   frees only when a record expires.
+//! - **The store**: each key's store keeps at most `store_max_providers` records. When
+//!   it is full ([`WhenFull`]), a new provider is either ignored, first come first kept
+//!   (libp2p-kad 0.48's `MemoryStore`, the version libp2p 0.56 uses, against Sybil
+//!   floods; a slot frees only when a record expires), or replaces a random held record
+//!   (`kraken-dht`'s own store). Expired records always go first.
 //! - **Lookup answers**: at most `k` of the held providers ([`Answer`]): the first `k`
 //!   held, the same for every asker (libp2p-kad answers `GET_PROVIDERS` with the store's
-//!   providers in order, cut at the replication factor), or a random sample (a store of
-//!   our own could answer so).
+//!   providers in order, cut at the replication factor), or a random sample, a fresh one
+//!   per lookup (`kraken-dht`'s own store).
 //!
 //! Not modelled: routing-table churn, per-node store differences (every node among the
 //! `k` closest holds the same records), DHT traffic's bandwidth, lookups that fail.
@@ -66,6 +67,8 @@ pub struct DhtConfig {
     /// Most provider records a store keeps per key. Default: 20 (libp2p-kad's
     /// `MemoryStoreConfig::max_providers_per_key`).
     pub store_max_providers: usize,
+    /// What a full store does with a new provider. Default: `"ignore"` (libp2p-kad's).
+    pub when_full: WhenFull,
     /// Which `k` of the held providers a lookup returns. Default: `"first"`
     /// (libp2p-kad's).
     pub answer: Answer,
@@ -91,6 +94,7 @@ impl Default for DhtConfig {
             k: 20,
             alpha: 3,
             store_max_providers: 20,
+            when_full: WhenFull::Ignore,
             answer: Answer::First,
             lookup: LookupDelay::Kademlia,
             record_ttl_s: 172_800.0,
@@ -121,6 +125,17 @@ impl DhtConfig {
         }
         Ok(())
     }
+}
+
+/// What a full provider store does with a new provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Ignores it: first come, first kept (libp2p-kad's `MemoryStore`).
+    #[default]
+    Ignore,
+    /// Stores it in place of a random held record (`kraken-dht`'s store).
+    ReplaceRandom,
 }
 
 /// Which of the held providers a lookup returns.
@@ -187,14 +202,17 @@ struct Record {
 #[derive(Debug, Clone)]
 pub struct ProviderStore {
     max: usize,
+    when_full: WhenFull,
     records: Vec<Record>,
 }
 
 impl ProviderStore {
-    /// An empty store keeping at most `max` records.
-    pub fn new(max: usize) -> Self {
+    /// An empty store keeping at most `max` records, doing `when_full` with a newcomer
+    /// once it holds them.
+    pub fn new(max: usize, when_full: WhenFull) -> Self {
         ProviderStore {
             max: max.max(1),
+            when_full,
             records: Vec::new(),
         }
     }
@@ -214,17 +232,26 @@ impl ProviderStore {
     }
 
     /// Stores (or refreshes, in place) `host`'s record at `now`, expiring at `expires`. A
-    /// new provider is ignored while the store is full. Returns whether the record is held.
-    pub fn put(&mut self, now: Nanos, host: u32, expires: Nanos) -> bool {
+    /// new provider is ignored while the store is full, or replaces a random held record
+    /// (see [`WhenFull`]). Returns whether the record is held.
+    pub fn put(&mut self, now: Nanos, host: u32, expires: Nanos, rng: &mut impl Rng) -> bool {
         self.expire(now);
         if let Some(r) = self.records.iter_mut().find(|r| r.host == host) {
             r.expires = expires;
             return true;
         }
+        let record = Record { host, expires };
         if self.records.len() >= self.max {
-            return false;
+            match self.when_full {
+                WhenFull::Ignore => return false,
+                WhenFull::ReplaceRandom => {
+                    let victim = rng.random_range(0..self.records.len());
+                    self.records[victim] = record;
+                    return true;
+                }
+            }
         }
-        self.records.push(Record { host, expires });
+        self.records.push(record);
         true
     }
 
@@ -307,33 +334,64 @@ mod tests {
 
     #[test]
     fn a_full_store_ignores_newcomers_until_a_record_expires() {
-        let mut s = ProviderStore::new(3);
-        assert!(s.put(0, 10, 100));
-        assert!(s.put(0, 11, 200));
-        assert!(s.put(0, 12, 200));
-        assert!(!s.put(0, 13, 200), "full: first come, first kept");
-        // A refresh of a held record is not a new one, and keeps its place.
-        assert!(s.put(0, 10, 300));
-        assert_eq!(s.len(), 3);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut s = ProviderStore::new(3, WhenFull::Ignore);
+        assert!(s.put(0, 10, 100, &mut rng));
+        assert!(s.put(0, 11, 200, &mut rng));
+        assert!(s.put(0, 12, 200, &mut rng));
+        assert!(!s.put(0, 13, 200, &mut rng), "full: first come, first kept");
+        // A refresh of a held record is not a new one, and keeps its place.
+        assert!(s.put(0, 10, 300, &mut rng));
+        assert_eq!(s.len(), 3);
         let mut got = s.lookup(0, 20, Answer::First, u32::MAX, &mut rng);
         got.sort_unstable();
         assert_eq!(got, vec![10, 11, 12]);
         // 11 and 12 expire at 200: two slots free up.
-        assert!(s.put(250, 13, 400));
+        assert!(s.put(250, 13, 400, &mut rng));
         let mut got = s.lookup(250, 20, Answer::First, u32::MAX, &mut rng);
         got.sort_unstable();
         assert_eq!(got, vec![10, 13]);
-        assert!(ProviderStore::new(1).is_empty());
+        assert!(ProviderStore::new(1, WhenFull::Ignore).is_empty());
+    }
+
+    #[test]
+    fn a_replacing_store_takes_every_newcomer_in_place_of_a_random_record() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut s = ProviderStore::new(3, WhenFull::ReplaceRandom);
+        for h in 0..3 {
+            assert!(s.put(0, h, 100, &mut rng));
+        }
+        // Every newcomer is held; the store stays at its bound; the victim is random, so
+        // a record older than the last three newcomers sometimes survives (never so with
+        // FIFO eviction).
+        let mut older_survived = false;
+        for h in 3..40 {
+            assert!(s.put(0, h, 100, &mut rng));
+            assert_eq!(s.len(), 3);
+            let held = s.lookup(0, 20, Answer::First, u32::MAX, &mut rng);
+            assert!(held.contains(&h), "{h} not held: {held:?}");
+            older_survived |= held.iter().any(|o| *o + 3 <= h);
+        }
+        assert!(older_survived);
+        // Expired records go before any live one.
+        assert!(s.put(0, 100, 50, &mut rng));
+        let mut before = s.lookup(0, 20, Answer::First, u32::MAX, &mut rng);
+        before.retain(|h| *h != 100);
+        before.push(101);
+        before.sort_unstable();
+        assert!(s.put(60, 101, 200, &mut rng));
+        let mut after = s.lookup(60, 20, Answer::First, u32::MAX, &mut rng);
+        after.sort_unstable();
+        assert_eq!(after, before);
     }
 
     #[test]
     fn first_answers_are_the_same_for_everyone_random_ones_vary() {
-        let mut s = ProviderStore::new(100);
-        for h in 0..50u32 {
-            s.put(0, h, 1_000);
-        }
         let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut s = ProviderStore::new(100, WhenFull::Ignore);
+        for h in 0..50u32 {
+            s.put(0, h, 1_000, &mut rng);
+        }
         let sorted = |mut v: Vec<u32>| {
             v.sort_unstable();
             v

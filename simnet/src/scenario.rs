@@ -49,6 +49,7 @@
 //! k = 20
 //! alpha = 3
 //! store_max_providers = 20
+//! when_full = "ignore"           # or "replace-random"
 //! answer = "first"               # or "random"
 //! lookup = { model = "kademlia" }   # or { model = "uniform", min_ms = 5.0, max_ms = 50.0 }
 //! record_ttl_s = 172_800.0

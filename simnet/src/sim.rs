@@ -239,7 +239,7 @@ impl Simulation {
             origins: scenario.origins.count as u32,
             net: Network::new(),
             tracker,
-            providers: ProviderStore::new(sc.dht.store_max_providers),
+            providers: ProviderStore::new(sc.dht.store_max_providers, sc.dht.when_full),
             live_origins: Vec::new(),
             metainfo: Arc::new(metainfo),
             outstanding: 0,

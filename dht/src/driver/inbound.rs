@@ -38,23 +38,15 @@ impl Driver {
             self.blacklist(source, "provided a key that is not a blob digest");
             return;
         }
-        let max_per_key = self.config.max_providers_per_key;
-        let max_keys = self.config.max_provider_keys;
+        // The store applies its bounds: a full key takes the newcomer in place of a
+        // random provider; only a new key beyond `max_provider_keys` is refused.
         let store = self.swarm.behaviour_mut().store_mut();
-        let held = store.providers(&record.key);
-        let refreshing = held.iter().any(|p| p.provider == source);
-        let full = if held.is_empty() {
-            self.remote_keys.len() >= max_keys
-        } else {
-            !refreshing && held.len() >= max_per_key
-        };
-        let key = record.key.clone();
-        if full || store.add_provider(record).is_err() {
+        if store.add_provider(record).is_err() {
             bump(&self.stats.refused_store_full);
             return;
         }
-        self.remote_keys.insert(key);
-        set(&self.stats.provider_keys_held, self.remote_keys.len());
+        let keys = store.providers_mut().other_keys();
+        set(&self.stats.provider_keys_held, keys);
     }
 
     pub(super) fn on_inbound_record(

@@ -39,8 +39,12 @@ pub struct DiscoveryConfig {
     pub dht_max_records: usize,
     /// Most digests one node's store holds provider records of.
     pub dht_max_provider_keys: usize,
-    /// Most providers one node's store keeps per digest.
+    /// Most providers one node's store keeps per digest (others' records; a full digest
+    /// takes a newcomer in place of a random held provider).
     pub dht_max_providers_per_key: usize,
+    /// Most provider records of other nodes one node's store holds in all (about 400 B
+    /// each).
+    pub dht_max_provider_records: usize,
     /// Most DHT queries this node starts per second (lookups and publishes).
     pub dht_queries_per_sec: u32,
     /// Most inbound DHT store requests this node handles per second from one remote peer;
@@ -65,7 +69,8 @@ impl Default for DiscoveryConfig {
             dht_republish_secs: 3600,
             dht_max_records: 16_384,
             dht_max_provider_keys: 65_536,
-            dht_max_providers_per_key: 20,
+            dht_max_providers_per_key: 1024,
+            dht_max_provider_records: 131_072,
             dht_queries_per_sec: 50,
             dht_inbound_per_sec: 100,
         }
@@ -109,6 +114,10 @@ impl DiscoveryConfig {
             (
                 "dht_max_providers_per_key",
                 self.dht_max_providers_per_key == 0,
+            ),
+            (
+                "dht_max_provider_records",
+                self.dht_max_provider_records == 0,
             ),
             ("dht_queries_per_sec", self.dht_queries_per_sec == 0),
             ("dht_inbound_per_sec", self.dht_inbound_per_sec == 0),

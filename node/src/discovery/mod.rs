@@ -157,6 +157,7 @@ impl DiscoveryConfig {
             max_records: self.dht_max_records,
             max_provider_keys: self.dht_max_provider_keys,
             max_providers_per_key: self.dht_max_providers_per_key,
+            max_provider_records: self.dht_max_provider_records,
             queries_per_sec: self.dht_queries_per_sec,
             inbound_per_sec: self.dht_inbound_per_sec,
             ..DhtConfig::default()

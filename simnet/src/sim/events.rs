@@ -102,7 +102,8 @@ impl Simulation {
             Ev::DhtAnswer(h) => self.on_dht_answer(h),
             Ev::DhtStored(h) => {
                 let ttl = secs(self.scenario.dht.record_ttl_s);
-                self.providers.put(self.now, h, self.now + ttl);
+                self.providers
+                    .put(self.now, h, self.now + ttl, &mut self.rng);
                 self.counters.dht_provides += 1;
             }
             Ev::DhtRepublish(h) => {
