@@ -86,6 +86,13 @@ pub struct DhtConfig {
     /// An agent provides the blob once it holds this many verified pieces; 0 provides on
     /// arrival, before it has anything to serve. Default: 1.
     pub provide_after_pieces: u32,
+    /// A lookup that found fewer providers than this is followed by the next one after
+    /// `thin_relookup_interval_s` instead (the node: half its `dht_max_peers`, 15).
+    /// Default: 0 (off).
+    pub thin_below: usize,
+    /// The re-lookup interval after a thin lookup, seconds (the node: a quarter of its
+    /// interval, 0.5). Default: 0.5.
+    pub thin_relookup_interval_s: f64,
 }
 
 impl Default for DhtConfig {
@@ -101,6 +108,8 @@ impl Default for DhtConfig {
             republish_interval_s: 43_200.0,
             relookup_interval_s: 2.0,
             provide_after_pieces: 1,
+            thin_below: 0,
+            thin_relookup_interval_s: 0.5,
         }
     }
 }
@@ -111,8 +120,14 @@ impl DhtConfig {
         if self.k == 0 || self.alpha == 0 || self.store_max_providers == 0 {
             return Err("dht: k, alpha and store_max_providers must be at least 1".into());
         }
-        if !(self.record_ttl_s > 0.0 && self.relookup_interval_s > 0.0) {
-            return Err("dht: record_ttl_s and relookup_interval_s must be above 0".into());
+        if !(self.record_ttl_s > 0.0
+            && self.relookup_interval_s > 0.0
+            && self.thin_relookup_interval_s > 0.0)
+        {
+            return Err(
+                "dht: record_ttl_s, relookup_interval_s and thin_relookup_interval_s must be above 0"
+                    .into(),
+            );
         }
         if !(self.republish_interval_s > 0.0 && self.republish_interval_s < self.record_ttl_s) {
             // A record republished no sooner than it expires vanishes for a while.

@@ -143,10 +143,25 @@ impl Policy {
 }
 
 /// The announce interval of a DHT-sourced handout: short while the blob is incomplete (new
-/// providers appear as other downloads gain pieces; a lookup is cheap next to a stalled
-/// download), long once it is complete (a seeder only needs to be found, not to find).
-pub fn dht_interval(complete: bool, incomplete: Duration, complete_every: Duration) -> Duration {
-    if complete { complete_every } else { incomplete }
+/// providers appear as other downloads start; a lookup is cheap next to a stalled
+/// download), and a quarter of that while the lookup found fewer than half of `cap`
+/// providers (a swarm that is just starting: every agent provides as it starts, and the
+/// sooner they find each other the less the origins send twice); long once it is complete
+/// (a seeder only needs to be found, not to find).
+pub fn dht_interval(
+    complete: bool,
+    found: usize,
+    cap: usize,
+    incomplete: Duration,
+    complete_every: Duration,
+) -> Duration {
+    if complete {
+        complete_every
+    } else if found < cap.div_ceil(2) {
+        incomplete / 4
+    } else {
+        incomplete
+    }
 }
 
 /// A DHT-sourced handout: the providers shuffled (a lookup returns them in XOR-distance
@@ -342,7 +357,10 @@ mod tests {
     fn the_dht_interval_is_short_while_incomplete_and_long_once_complete() {
         let short = Duration::from_secs(2);
         let long = Duration::from_secs(30);
-        assert_eq!(dht_interval(false, short, long), short);
-        assert_eq!(dht_interval(true, short, long), long);
+        // A thin handout: look again sooner.
+        assert_eq!(dht_interval(false, 3, 30, short, long), short / 4);
+        assert_eq!(dht_interval(false, 14, 30, short, long), short / 4);
+        assert_eq!(dht_interval(false, 15, 30, short, long), short);
+        assert_eq!(dht_interval(true, 0, 30, short, long), long);
     }
 }

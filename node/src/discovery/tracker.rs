@@ -1,10 +1,15 @@
 //! [`DiscoveringTracker`]: the agent exchange's `Tracker`, answering each announce from the
 //! tracker ring, the DHT, or both, as [`Policy`] decides.
 //!
-//! Each announce also provides the digest to the DHT once the agent holds a verified piece
-//! of it (`have_bytes > 0`) or the whole blob: any piece held is tradeable, and
-//! rarest-first makes early holders' pieces distinct, so waiting for a larger share would
-//! only delay in-flight sharing. Providing is idempotent in the DHT.
+//! Each announce also provides the digest to the DHT, from the first one on, before the
+//! agent holds any piece: a download holds its first verified piece within about one
+//! piece time, and connected peers learn of each piece as it lands (HAVE), so what a
+//! provider is worth to a finder is the pieces it is about to hold. This is what a
+//! tracker's handout gives too (it lists peers that hold nothing yet). Waiting for the
+//! first piece cost one re-lookup interval of discovery: with 1 origin + 10 agents at
+//! 100 Mbit/s (`kraken-bench run --discovery dht`) every agent finished about 2.7 s
+//! later, 1.35 × T_min instead of 1.16 ×, the origin meanwhile serving everyone alone.
+//! Providing is idempotent in the DHT; a download that fails stops providing.
 //!
 //! A DHT-sourced peer is dialled (through the node's connection pool, so the swarm then
 //! reuses the connection) expecting the peer id its signed card names before it is handed
@@ -139,16 +144,20 @@ impl DiscoveringTracker {
     /// lookup still hands out the origins; it is an error only when there are none.
     async fn ask_dht(&self, digest: Digest, me: &PeerInfo) -> Result<Handout, String> {
         let c = self.inner.discovery.config();
-        let interval = policy::dht_interval(
-            me.complete,
-            Duration::from_millis(c.dht_interval_ms),
-            Duration::from_secs(c.dht_complete_interval_secs),
-        );
+        let interval = |found: usize| {
+            policy::dht_interval(
+                me.complete,
+                found,
+                c.dht_max_peers,
+                Duration::from_millis(c.dht_interval_ms),
+                Duration::from_secs(c.dht_complete_interval_secs),
+            )
+        };
         let origins = self.origins(&digest).await;
         if me.complete {
             return Ok(Handout {
                 peers: Vec::new(),
-                interval: Some(interval),
+                interval: Some(interval(0)),
             });
         }
         let providers = match self.lookup(digest).await {
@@ -160,10 +169,11 @@ impl DiscoveringTracker {
             }
         };
         let checked = self.check(providers).await;
+        let found = checked.len();
         let peers = policy::dht_handout(checked, origins, me.id, c.dht_max_peers, &mut rand::rng());
         Ok(Handout {
             peers,
-            interval: Some(interval),
+            interval: Some(interval(found)),
         })
     }
 
@@ -277,9 +287,8 @@ impl Tracker for DiscoveringTracker {
         me: PeerInfo,
         have_bytes: u64,
     ) -> Result<Handout, DiscoveryError> {
-        if have_bytes > 0 || me.complete {
-            self.inner.discovery.dht().provide(digest);
-        }
+        // From the first announce: see the module docs for why not after a share.
+        self.inner.discovery.dht().provide(digest);
         let plan = self.policy().plan(Instant::now());
         match plan {
             Plan::TrackersThenDht => {

@@ -169,12 +169,17 @@ impl Simulation {
             .cloned()
             .collect();
         origins.shuffle(&mut self.rng);
+        let thin = found.len() < dht.thin_below;
         let list: Vec<PeerInfo> = found
             .into_iter()
             .map(|p| self.hosts[p as usize].info.clone())
             .chain(origins)
             .collect();
-        let interval = Duration::from_secs_f64(dht.relookup_interval_s);
+        let interval = Duration::from_secs_f64(if thin {
+            dht.thin_relookup_interval_s
+        } else {
+            dht.relookup_interval_s
+        });
         if let Some(s) = self.hosts[h as usize].swarm.as_mut() {
             s.handle_handout(now, list, Some(interval));
         }
