@@ -189,18 +189,9 @@ pub fn date_in(days: u32) -> String {
     civil_date(now / 86_400 + u64::from(days))
 }
 
-/// The proleptic Gregorian date of a day number since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
+/// The date of a day number since 1970-01-01 as `YYYY-MM-DD`.
 fn civil_date(days: u64) -> String {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = kraken_storage::time::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}")
 }
 
