@@ -929,21 +929,17 @@ impl PullReport {
         already_present: bool,
         stats: &SwarmStats,
     ) -> Self {
-        let kind = |k| match k {
-            kraken_transport::swarm::PeerKind::Agent => "agent".to_string(),
-            kraken_transport::swarm::PeerKind::Origin => "origin".to_string(),
-        };
         let sources = stats
             .per_peer
             .iter()
             .filter(|(_, s)| s.downloaded > 0)
-            .map(|(id, s)| (hex::encode(id.0), kind(s.kind), s.downloaded))
+            .map(|(id, s)| (hex::encode(id.0), s.kind.name().to_string(), s.downloaded))
             .collect();
         let bad_peers = stats
             .per_peer
             .iter()
             .filter(|(_, s)| s.bad_pieces > 0)
-            .map(|(id, s)| (hex::encode(id.0), kind(s.kind), s.bad_pieces))
+            .map(|(id, s)| (hex::encode(id.0), s.kind.name().to_string(), s.bad_pieces))
             .collect();
         PullReport {
             digest,

@@ -16,7 +16,6 @@ use kraken_client::cluster::ORIGIN_REPLICAS;
 use kraken_client::proto::{BlobStat, PeerRecord, Request, Response};
 use kraken_membership::Role;
 use kraken_storage::Digest;
-use kraken_transport::swarm::PeerKind;
 use serde::Serialize;
 
 use crate::cli::OutputMode;
@@ -264,30 +263,20 @@ pub async fn collect_peers(client: &Client, digest: &Digest) -> Result<PeersRepo
     if owners.is_empty() {
         return Err(CtlError::Failed("no tracker in the cluster view".into()));
     }
+    let addrs: Vec<SocketAddr> = owners.iter().map(|o| o.quic_addr).collect();
     let request = Request::Peers { digest: *digest };
-    let mut last = None;
-    let mut answer = None;
-    for owner in &owners {
-        match client.call(owner.quic_addr, &request).await {
-            Ok(Response::Peers(p)) => {
-                answer = Some((owner.id.as_str().to_string(), p));
-                break;
-            }
-            Ok(other) => {
-                return Err(CtlError::from_call(
-                    &kraken_client::cluster::CallError::unexpected(owner.quic_addr, other),
-                ));
-            }
-            Err(e) if e.try_next() => last = Some(e),
-            Err(e) => return Err(CtlError::from_call(&e)),
-        }
-    }
-    let Some((tracker, records)) = answer else {
-        return Err(last.map_or_else(
-            || CtlError::Failed("no tracker answered".into()),
-            |e| CtlError::from_call(&e),
+    let (addr, answer) = client
+        .call_in_turn(&addrs, &request, "no tracker answered")
+        .await?;
+    let Response::Peers(records) = answer else {
+        return Err(CtlError::from_call(
+            &kraken_client::cluster::CallError::unexpected(addr, answer),
         ));
     };
+    let tracker = owners
+        .iter()
+        .find(|o| o.quic_addr == addr)
+        .map_or_else(|| addr.to_string(), |o| o.id.as_str().to_string());
     let names = name_peers(client, &records).await;
     let peers = records
         .into_iter()
@@ -295,11 +284,7 @@ pub async fn collect_peers(client: &Client, digest: &Digest) -> Result<PeersRepo
             name: names.get(&r.peer.addr).cloned(),
             peer_id: hex::encode(r.peer.id.0),
             addr: r.peer.addr,
-            kind: match r.peer.kind {
-                PeerKind::Agent => "agent",
-                PeerKind::Origin => "origin",
-            }
-            .to_string(),
+            kind: r.peer.kind.name().to_string(),
             complete: r.peer.complete,
             last_announce_ms: r.last_announce_ms,
         })

@@ -9,7 +9,6 @@ use kraken_client::cluster::{CallError, ORIGIN_REPLICAS};
 use kraken_client::proto::{DhtProvider, Request, Response};
 use kraken_membership::Role;
 use kraken_storage::Digest;
-use kraken_transport::swarm::PeerKind;
 use serde::Serialize;
 
 use crate::cli::OutputMode;
@@ -64,21 +63,13 @@ pub async fn collect(
         ));
     }
     let request = Request::DhtProviders { digest: *digest };
-    let mut last = None;
-    for addr in candidates {
-        match client.call(addr, &request).await {
-            Ok(Response::DhtProviders(found)) => {
-                return Ok(report(client, *digest, addr, found));
-            }
-            Ok(other) => return Err(CtlError::from_call(&CallError::unexpected(addr, other))),
-            Err(e) if e.try_next() => last = Some(e),
-            Err(e) => return Err(CtlError::from_call(&e)),
-        }
+    match client
+        .call_in_turn(&candidates, &request, "no node answered")
+        .await?
+    {
+        (addr, Response::DhtProviders(found)) => Ok(report(client, *digest, addr, found)),
+        (addr, other) => Err(CtlError::from_call(&CallError::unexpected(addr, other))),
     }
-    Err(last.map_or_else(
-        || CtlError::Failed("no node answered".into()),
-        |e| CtlError::from_call(&e),
-    ))
 }
 
 fn report(
@@ -94,11 +85,7 @@ fn report(
             name: names.get(&p.peer.addr).cloned(),
             peer_id: hex::encode(p.peer.id.0),
             addr: p.peer.addr,
-            kind: match p.peer.kind {
-                PeerKind::Agent => "agent",
-                PeerKind::Origin => "origin",
-            }
-            .to_string(),
+            kind: p.peer.kind.name().to_string(),
             dht_peer: p.dht_peer,
         })
         .collect();

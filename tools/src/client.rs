@@ -208,6 +208,29 @@ impl Client {
         self.cluster.call_within(addr, request, self.timeout).await
     }
 
+    /// Asks `addrs` in turn until one answers: its address and answer. A failure that
+    /// another node may not share moves on to the next; any other stops. `none` is the
+    /// error when `addrs` is empty or no failure was kept.
+    pub async fn call_in_turn(
+        &self,
+        addrs: &[SocketAddr],
+        request: &Request,
+        none: &str,
+    ) -> Result<(SocketAddr, Response), CtlError> {
+        let mut last = None;
+        for &addr in addrs {
+            match self.call(addr, request).await {
+                Ok(answer) => return Ok((addr, answer)),
+                Err(e) if e.try_next() => last = Some(e),
+                Err(e) => return Err(CtlError::from_call(&e)),
+            }
+        }
+        Err(last.map_or_else(
+            || CtlError::Failed(none.into()),
+            |e| CtlError::from_call(&e),
+        ))
+    }
+
     /// Pings `addr`: its name, roles and version, or why not.
     pub async fn ping(&self, addr: SocketAddr) -> Result<NodeInfo, CallError> {
         match self

@@ -20,6 +20,16 @@ pub enum PeerKind {
     Origin,
 }
 
+impl PeerKind {
+    /// `agent` or `origin`, as reports and tools print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerKind::Agent => "agent",
+            PeerKind::Origin => "origin",
+        }
+    }
+}
+
 /// A peer as the tracker hands it out.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerInfo {
