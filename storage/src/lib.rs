@@ -44,6 +44,8 @@ pub mod bitfield;
 pub mod chain;
 pub mod digest;
 pub mod metainfo;
+// Plain std: wall-clock ms and calendar dates, for every crate (not only local stores).
+pub mod time;
 
 #[cfg(feature = "local")]
 pub mod cas;
@@ -53,8 +55,6 @@ pub mod dirlock;
 pub mod queue;
 #[cfg(feature = "local")]
 pub mod redb_handle;
-#[cfg(feature = "local")]
-pub mod time;
 
 #[cfg(feature = "backends")]
 pub mod backend;
