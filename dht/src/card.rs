@@ -150,6 +150,14 @@ pub fn encode(card: &Card, auth: &MemberCertAuth) -> Result<Vec<u8>, CardError> 
     Ok(bytes)
 }
 
+/// The issue time of a card this node verified when it stored it, read without verifying
+/// it again; `None` if the bytes are not a card.
+pub(crate) fn issued_ms_of_stored(bytes: &[u8]) -> Option<u64> {
+    let wire: WireCard = postcard::from_bytes(bytes).ok()?;
+    let body: WireBody = postcard::from_bytes(&wire.body).ok()?;
+    Some(body.issued_ms)
+}
+
 /// Decodes untrusted bytes and verifies them as the card of `expected` (the DHT peer whose
 /// provider record or card key led here): size, version, chain against the cluster CA,
 /// signature, kraken peer id equal to the signer's, DHT peer equal to `expected`, and an

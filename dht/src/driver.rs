@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use kraken_storage::time::now_ms;
 
 use futures::StreamExt;
 use kraken_storage::Digest;
@@ -230,13 +232,6 @@ fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(millis)
-        .unwrap_or(0)
 }
 
 struct Driver {

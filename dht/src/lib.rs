@@ -98,14 +98,17 @@ pub use stats::DhtStats;
 /// Largest Kademlia message accepted (a card is at most [`card::MAX_CARD_BYTES`]).
 pub const MAX_PACKET_BYTES: usize = 16 * 1024;
 
+/// What a provider key starts with.
+const PROVIDER_KEY_PREFIX: &str = "kraken-blob/";
+
 /// The Kademlia key of a blob's provider records: `kraken-blob/<digest>`.
 pub fn provider_key(digest: &Digest) -> Vec<u8> {
-    format!("kraken-blob/{digest}").into_bytes()
+    format!("{PROVIDER_KEY_PREFIX}{digest}").into_bytes()
 }
 
 /// The digest a provider key names, if it is one.
 pub fn digest_of_key(key: &[u8]) -> Option<Digest> {
-    let rest = key.strip_prefix(b"kraken-blob/")?;
+    let rest = key.strip_prefix(PROVIDER_KEY_PREFIX.as_bytes())?;
     std::str::from_utf8(rest).ok()?.parse().ok()
 }
 

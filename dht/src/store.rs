@@ -220,10 +220,15 @@ impl ProviderTable {
 
     /// Drops other nodes' expired records; how many.
     pub(crate) fn remove_expired(&mut self, now: Instant) -> usize {
+        self.retain_others(|h| !h.expired(now))
+    }
+
+    /// Keeps the records of other nodes that `keep` accepts; how many went.
+    fn retain_others(&mut self, keep: impl Fn(&Held) -> bool) -> usize {
         let before = self.total;
         let mut total = 0;
         self.others.retain(|_, list| {
-            list.retain(|h| !h.expired(now));
+            list.retain(&keep);
             total += list.len();
             !list.is_empty()
         });
@@ -251,13 +256,7 @@ impl ProviderTable {
 
     /// Removes every record of `provider` (a blacklisted peer).
     pub(crate) fn remove_everywhere(&mut self, provider: &PeerId) {
-        let mut total = 0;
-        self.others.retain(|_, list| {
-            list.retain(|h| h.provider != *provider);
-            total += list.len();
-            !list.is_empty()
-        });
-        self.total = total;
+        self.retain_others(|h| h.provider != *provider);
     }
 
     /// A uniform random sample of at most `answer` unexpired providers of `key` at `now`,

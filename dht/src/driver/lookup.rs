@@ -10,7 +10,9 @@ use libp2p::PeerId as DhtPeerId;
 use libp2p::kad::{GetProvidersOk, GetRecordOk, QueryId, QueryResult, RecordKey};
 use tokio::sync::oneshot;
 
-use super::{Driver, Owner, now_ms};
+use kraken_storage::time::now_ms;
+
+use super::{Driver, Owner};
 use crate::card::{self, Card};
 use crate::stats::{add, bump};
 use crate::{DhtError, Provider};
@@ -200,6 +202,7 @@ impl Driver {
             (Some(Owner::Card(peer)), QueryResult::GetRecord(result)) => {
                 let peer = *peer;
                 let mut done = last;
+                let mut verified = None;
                 match result {
                     Ok(GetRecordOk::FoundRecord(found)) => {
                         match card::decode_and_verify(
@@ -211,7 +214,7 @@ impl Driver {
                         ) {
                             Ok(card) => {
                                 self.cache_card(card.clone());
-                                self.card_done(peer, Some(card), now);
+                                verified = Some(card);
                                 if let Some(mut query) = self.kad().query_mut(&id) {
                                     query.finish();
                                 }
@@ -234,7 +237,7 @@ impl Driver {
                 }
                 if done {
                     self.owners.remove(&id);
-                    self.card_done(peer, None, now);
+                    self.card_done(peer, verified, now);
                 }
             }
             (None, QueryResult::Bootstrap(_)) if last => self.announce_unannounced(now),
