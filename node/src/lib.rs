@@ -48,6 +48,7 @@ pub mod mirror;
 pub mod node;
 pub mod notify;
 pub mod origin;
+pub mod origin_peers;
 pub mod purge;
 pub mod push;
 mod referrers;

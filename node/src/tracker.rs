@@ -14,12 +14,10 @@
 //!
 //! State is soft: a restarted tracker relearns its peers within one announce interval.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kraken_membership::{Member, Role};
+use kraken_membership::Role;
 use kraken_storage::{Digest, Metainfo};
 use kraken_transport::swarm::handout::{HandoutConfig, PeerStore};
 use kraken_transport::swarm::{PeerInfo, PeerKind};
@@ -30,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::bounded::BoundedMap;
 use crate::client::{CallError, Cluster};
 use crate::metrics::Metrics;
+use crate::origin_peers::OriginPeers;
 use crate::proto::{ErrorKind, PeerRecord, RemoteError, Request, Response};
 
 /// Settings of the tracker role (`[tracker]` in a node's config).
@@ -131,14 +130,13 @@ struct Inner {
     cluster: Cluster,
     config: TrackerConfig,
     metrics: Arc<Metrics>,
+    origins: OriginPeers,
     state: Mutex<State>,
 }
 
 struct State {
     store: PeerStore,
     rng: SmallRng,
-    /// Origin peer ids by address, learned by connecting.
-    origin_ids: HashMap<SocketAddr, PeerInfo>,
     metainfo: BoundedMap<Digest, Arc<Vec<u8>>>,
     /// Announces in the current one-second window, and the window's start.
     window: (Instant, u64),
@@ -159,10 +157,10 @@ impl TrackerRole {
                 cluster,
                 config,
                 metrics,
+                origins: OriginPeers::default(),
                 state: Mutex::new(State {
                     store,
                     rng: SmallRng::from_os_rng(),
-                    origin_ids: HashMap::new(),
                     metainfo: cache,
                     window: (Instant::now(), 0),
                     last_rate: 0,
@@ -212,7 +210,7 @@ impl TrackerRole {
             ));
         }
         self.inner.metrics.announce();
-        let origins = self.origin_peers(digest).await;
+        let origins = self.inner.origins.of(&self.inner.cluster, digest).await;
         let now = Instant::now();
         let mut st = self.state();
         st.store.announce(now, *digest, peer.clone());
@@ -233,57 +231,6 @@ impl TrackerRole {
         }
         *count += 1;
         c.interval_at_rate(st.last_rate.max(*count))
-    }
-
-    /// The digest's owning origins as peers, learning ids by connecting when needed.
-    async fn origin_peers(&self, digest: &Digest) -> Vec<PeerInfo> {
-        let owners = self.inner.cluster.owners_of_digest(
-            Role::Origin,
-            digest,
-            crate::client::ORIGIN_REPLICAS,
-        );
-        let known: Vec<Option<PeerInfo>> = {
-            let st = self.state();
-            owners
-                .iter()
-                .map(|m| st.origin_ids.get(&m.quic_addr).cloned())
-                .collect()
-        };
-        let mut out = Vec::with_capacity(owners.len());
-        let missing: Vec<&Member> = owners
-            .iter()
-            .zip(&known)
-            .filter(|(_, k)| k.is_none())
-            .map(|(m, _)| m)
-            .collect();
-        out.extend(known.into_iter().flatten());
-        if !missing.is_empty() {
-            let pool = self.inner.cluster.pool();
-            let dials = missing.iter().map(|m| async move {
-                let conn =
-                    tokio::time::timeout(Duration::from_secs(2), pool.get_or_connect(m.quic_addr))
-                        .await
-                        .ok()?
-                        .ok()?;
-                Some(PeerInfo {
-                    id: conn.peer_id(),
-                    addr: m.quic_addr,
-                    kind: PeerKind::Origin,
-                    complete: true,
-                })
-            });
-            let learned: Vec<PeerInfo> = futures::future::join_all(dials)
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
-            let mut st = self.state();
-            for p in &learned {
-                st.origin_ids.insert(p.addr, p.clone());
-            }
-            out.extend(learned);
-        }
-        out
     }
 
     async fn metainfo(&self, namespace: &str, digest: &Digest) -> Response {

@@ -72,9 +72,7 @@ pub async fn follow(
 
 /// `origin`'s DHT contact, if it answers with one.
 async fn ask(cluster: &Cluster, origin: SocketAddr) -> (SocketAddr, Option<(String, SocketAddr)>) {
-    let answer = cluster
-        .call_within(origin, &Request::DhtContact, cluster.call_timeout)
-        .await;
+    let answer = cluster.call(origin, &Request::DhtContact).await;
     let contact = match answer {
         Ok(Response::DhtContact {
             dht_peer: Some(peer),

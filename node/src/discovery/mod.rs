@@ -26,7 +26,7 @@ pub mod tracker;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use kraken_dht::{Dht, DhtConfig, DhtError, DhtStats, LocalCard};
+use kraken_dht::{Dht, DhtConfig, DhtError, DhtStats, LocalCard, Provider};
 use kraken_storage::Digest;
 use kraken_transport::quic::{ClusterCa, NodeIdentity};
 use kraken_transport::swarm::{PeerInfo, PeerKind};
@@ -109,26 +109,24 @@ impl Discovery {
     /// The providers of `digest` the DHT finds now, as the lookup returned them (unchecked:
     /// `krakenctl blob peers --dht` shows what the DHT says).
     pub async fn providers(&self, digest: Digest) -> Result<Vec<DhtProvider>, String> {
-        let c = &self.inner.config;
-        let timeout = std::time::Duration::from_millis(c.dht_lookup_timeout_ms);
-        let found = self
-            .inner
-            .dht
-            .find_providers(digest, c.dht_max_peers, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let found = self.find(digest, self.inner.config.dht_max_peers).await?;
         Ok(found
             .into_iter()
             .map(|p| DhtProvider {
-                peer: PeerInfo {
-                    id: p.peer,
-                    addr: p.addr,
-                    kind: p.kind,
-                    complete: false,
-                },
+                peer: provider_peer(&p),
                 dht_peer: p.dht_peer,
             })
             .collect())
+    }
+
+    /// At most `limit` providers of `digest`, within `dht_lookup_timeout_ms`.
+    pub async fn find(&self, digest: Digest, limit: usize) -> Result<Vec<Provider>, String> {
+        let timeout = std::time::Duration::from_millis(self.inner.config.dht_lookup_timeout_ms);
+        self.inner
+            .dht
+            .find_providers(digest, limit, timeout)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The DHT's counters and gauges, for the metrics.
@@ -162,5 +160,15 @@ impl DiscoveryConfig {
             inbound_per_sec: self.dht_inbound_per_sec,
             ..DhtConfig::default()
         }
+    }
+}
+
+/// A provider as a swarm peer (incomplete as far as anyone knows: records do not say).
+pub fn provider_peer(p: &Provider) -> PeerInfo {
+    PeerInfo {
+        id: p.peer,
+        addr: p.addr,
+        kind: p.kind,
+        complete: false,
     }
 }

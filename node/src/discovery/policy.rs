@@ -84,11 +84,6 @@ impl Policy {
         }
     }
 
-    /// The mode.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// Whether tracker mode is fallen back to the DHT now.
     pub fn fallen_back(&self) -> bool {
         matches!(self.state, State::FallenBack { .. })

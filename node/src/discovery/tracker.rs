@@ -18,26 +18,22 @@
 //! reported to the DHT (`report_liar`), which blacklists the record's owner; the download
 //! goes on with the others.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kraken_dht::Provider;
-use kraken_membership::Role;
 use kraken_storage::Digest;
 use kraken_transport::exchange::{Handout, Tracker};
 use kraken_transport::quic::PoolError;
-use kraken_transport::swarm::{PeerInfo, PeerKind};
-use kraken_transport::wire::PeerId;
+use kraken_transport::swarm::PeerInfo;
 
 use super::Discovery;
 use super::policy::{self, Plan, Policy, Transition};
 use crate::agent::{AnnounceError, RingTracker};
 use crate::client::Cluster;
+use crate::origin_peers::OriginPeers;
 
-/// Longest the handshake check of one DHT-sourced peer, or the dial that learns an
-/// origin's peer id, may take.
+/// Longest the handshake check of one DHT-sourced peer may take.
 const DIAL_LIMIT: Duration = Duration::from_secs(2);
 
 /// Why an announce found no peers at all.
@@ -68,8 +64,9 @@ struct Inner {
     cluster: Cluster,
     discovery: Discovery,
     policy: Mutex<Policy>,
-    /// Owning origins' peer ids by QUIC address, learned by connecting once.
-    origin_ids: Mutex<HashMap<SocketAddr, PeerId>>,
+    /// The digests' owning origins, which provide nothing to the DHT: the ring says where
+    /// they are.
+    origins: OriginPeers,
 }
 
 impl DiscoveringTracker {
@@ -83,7 +80,7 @@ impl DiscoveringTracker {
                 cluster,
                 discovery,
                 policy: Mutex::new(policy),
-                origin_ids: Mutex::new(HashMap::new()),
+                origins: OriginPeers::default(),
             }),
         }
     }
@@ -153,13 +150,13 @@ impl DiscoveringTracker {
                 Duration::from_secs(c.dht_complete_interval_secs),
             )
         };
-        let origins = self.origins(&digest).await;
         if me.complete {
             return Ok(Handout {
                 peers: Vec::new(),
                 interval: Some(interval(0)),
             });
         }
+        let origins = self.inner.origins.of(&self.inner.cluster, &digest).await;
         let providers = match self.lookup(digest).await {
             Ok(p) => p,
             Err(e) if origins.is_empty() => return Err(e),
@@ -181,17 +178,7 @@ impl DiscoveringTracker {
     async fn lookup(&self, digest: Digest) -> Result<Vec<Provider>, String> {
         let c = self.inner.discovery.config();
         let begun = Instant::now();
-        let result = self
-            .inner
-            .discovery
-            .dht()
-            .find_providers(
-                digest,
-                c.dht_max_peers * 2,
-                Duration::from_millis(c.dht_lookup_timeout_ms),
-            )
-            .await
-            .map_err(|e| e.to_string());
+        let result = self.inner.discovery.find(digest, c.dht_max_peers * 2).await;
         self.inner
             .discovery
             .metrics()
@@ -208,12 +195,7 @@ impl DiscoveringTracker {
         let dials = providers.into_iter().map(|p| async move {
             let dialled = tokio::time::timeout(DIAL_LIMIT, pool.connect(p.addr, Some(p.peer))).await;
             match dialled {
-                Ok(Ok(_)) => Some(PeerInfo {
-                    id: p.peer,
-                    addr: p.addr,
-                    kind: p.kind,
-                    complete: false,
-                }),
+                Ok(Ok(_)) => Some(super::provider_peer(&p)),
                 Ok(Err(PoolError::PeerMismatch { actual, .. })) => {
                     tracing::warn!(dht_peer = %p.dht_peer, claimed = %p.peer, %actual,
                         addr = %p.addr, "a DHT provider's address answers as another peer: reporting it");
@@ -225,52 +207,6 @@ impl DiscoveringTracker {
             }
         });
         futures::future::join_all(dials)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
-    /// The digest's owning origins as peers (they provide nothing to the DHT: the ring
-    /// says where they are), their peer ids learned by connecting once.
-    async fn origins(&self, digest: &Digest) -> Vec<PeerInfo> {
-        let owners = self.inner.cluster.owners_of_digest(
-            Role::Origin,
-            digest,
-            crate::client::ORIGIN_REPLICAS,
-        );
-        let pool = self.inner.cluster.pool();
-        let peers = owners.iter().map(|m| async move {
-            let known = self
-                .inner
-                .origin_ids
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&m.quic_addr)
-                .copied();
-            let id = match known {
-                Some(id) => id,
-                None => {
-                    let conn = tokio::time::timeout(DIAL_LIMIT, pool.get_or_connect(m.quic_addr))
-                        .await
-                        .ok()?
-                        .ok()?;
-                    self.inner
-                        .origin_ids
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(m.quic_addr, conn.peer_id());
-                    conn.peer_id()
-                }
-            };
-            Some(PeerInfo {
-                id,
-                addr: m.quic_addr,
-                kind: PeerKind::Origin,
-                complete: true,
-            })
-        });
-        futures::future::join_all(peers)
             .await
             .into_iter()
             .flatten()
@@ -309,10 +245,13 @@ impl Tracker for DiscoveringTracker {
                 let cap = self.inner.discovery.config().dht_max_peers;
                 match (trackers, dht) {
                     // The tracker's handout whole, and up to `dht_max_peers` extras.
-                    (Ok(t), Ok(d)) => Ok(Handout {
-                        interval: t.interval.or(d.interval),
-                        peers: policy::merge(t.peers.clone(), d.peers, me.id, t.peers.len() + cap),
-                    }),
+                    (Ok(t), Ok(d)) => {
+                        let cap = t.peers.len() + cap;
+                        Ok(Handout {
+                            interval: t.interval.or(d.interval),
+                            peers: policy::merge(t.peers, d.peers, me.id, cap),
+                        })
+                    }
                     (Ok(t), Err(_)) => Ok(t),
                     (Err(_), Ok(d)) => Ok(d),
                     (Err(trackers), Err(dht)) => Err(DiscoveryError::Both { trackers, dht }),
