@@ -36,7 +36,7 @@ for tool in umoci ldd strip; do
 done
 for b in kraken krakenctl; do
     [ -x "$bin_dir/$b" ] || {
-        echo "build.sh: $bin_dir/$b is missing; build it with cargo build --release -p kraken-node -p kraken-client (or pass --binary-dir)" >&2
+        echo "build.sh: $bin_dir/$b is missing; build it with cargo build --release -p kraken-node --bin kraken -p kraken-tools --bin krakenctl (or pass --binary-dir)" >&2
         exit 1
     }
 done

@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         *) echo "podman-cluster.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-for tool in podman skopeo umoci containerd ctr curl sha256sum; do
+for tool in podman skopeo umoci containerd ctr curl; do
     command -v "$tool" >/dev/null || { echo "podman-cluster.sh: $tool is needed" >&2; exit 1; }
 done
 
@@ -99,7 +99,7 @@ img=localhost/kraken:test
 kraken() { "${P[@]}" run --rm --network none --user 0 -v "$work/tls:/tls" "$img" "$@"; }
 
 step "certificates (kraken ca init / cert issue, run from the image)"
-mkdir -p "$work/tls" "$work/ca"
+mkdir -p "$work/tls"
 kraken ca init --dir /tls/ca >/dev/null
 for r in "${roles[@]}"; do
     kraken cert issue --ca /tls/ca --name "$r-1" --role "$r" --out /tls/nodes >/dev/null

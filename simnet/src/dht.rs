@@ -204,7 +204,7 @@ pub fn lookup_delay(
             .sum(),
         LookupDelay::Uniform { min_ms, max_ms } => min_ms + rng.random::<f64>() * (max_ms - min_ms),
     };
-    (ms * 1e6).round() as Nanos
+    crate::sim::millis(ms)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

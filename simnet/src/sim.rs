@@ -55,7 +55,7 @@ fn secs(s: f64) -> Nanos {
     (s * NANOS_PER_SEC).round() as Nanos
 }
 
-fn millis(ms: f64) -> Nanos {
+pub(crate) fn millis(ms: f64) -> Nanos {
     (ms * 1e6).round() as Nanos
 }
 

@@ -134,8 +134,9 @@ pub struct Setup {
     pub discovery: Option<String>,
 }
 
-/// Pass/fail of the targets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Pass/fail of the targets; the default (every target failed or not applicable)
+/// is what a report holds before [`RunReport::finish`] checks them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Targets {
     /// max completion ≤ 1.3 × T_min.
     pub max_within_1_3_t_min: bool,
@@ -148,19 +149,6 @@ pub struct Targets {
     /// The upstream registry served ≤ 1.1 × blob, when the blob came from one.
     #[serde(default)]
     pub upstream_egress_within_1_1x: Option<bool>,
-}
-
-impl Targets {
-    /// Every target failed or not applicable, before [`RunReport::finish`] checks them.
-    pub fn unchecked() -> Targets {
-        Targets {
-            max_within_1_3_t_min: false,
-            origin_egress_within_2x: false,
-            speedup_at_least_5x: None,
-            simnet_within_15pct: None,
-            upstream_egress_within_1_1x: None,
-        }
-    }
 }
 
 /// Everything a run reports.
@@ -403,7 +391,7 @@ mod tests {
             simnet: None,
             upstream: None,
             fault_notes: Vec::new(),
-            targets: Targets::unchecked(),
+            targets: Targets::default(),
         };
         assert!(
             report.table().contains(", discovery dht\n"),

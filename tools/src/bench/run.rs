@@ -736,7 +736,7 @@ fn report(
         simnet,
         upstream,
         fault_notes: notes,
-        targets: Targets::unchecked(),
+        targets: Targets::default(),
     };
     report.finish();
     if let Some(path) = &args.svg {

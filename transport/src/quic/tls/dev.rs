@@ -251,16 +251,10 @@ impl DevCa {
         name: &str,
         sans: &[&str],
     ) -> Result<NodeIdentity, TlsError> {
-        let key =
-            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
-        let rest: Vec<&str> = sans.iter().copied().filter(|s| *s != name).collect();
-        self.sign(
-            &CertRequest {
-                sans: &rest,
-                ..CertRequest::node(name)
-            },
-            key,
-        )
+        self.issue(&CertRequest {
+            sans,
+            ..CertRequest::node(name)
+        })
     }
 
     /// A certificate as `request` asks, for a new key or the one it names.
