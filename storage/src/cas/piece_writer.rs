@@ -68,6 +68,9 @@ pub struct PieceWriter {
     proof: Proof,
     /// The batches written so far, kept for a reader ([`PieceWriter::keep_bytes`]).
     kept: Option<Vec<Bytes>>,
+    /// Write through the page cache even where direct I/O is on
+    /// ([`PieceWriter::read_soon`]).
+    cached: bool,
 }
 
 /// What a [`PieceWriter`] hashes its bytes with (see the module docs).
@@ -252,6 +255,7 @@ impl PieceWriter {
                 None => Proof::Blake3(Box::default()),
             },
             kept: None,
+            cached: false,
         }
     }
 
@@ -266,6 +270,14 @@ impl PieceWriter {
     /// length in memory until the bytes are dropped.
     pub fn keep_bytes(&mut self) {
         self.kept.get_or_insert_with(Vec::new);
+    }
+
+    /// The piece will be read soon (a reader streaming the blob is on its way to it, but
+    /// it is not kept in memory): its bytes go through the page cache, where that read
+    /// finds them, instead of past it with direct I/O, where the read would have to fetch
+    /// them back from the disk. Costs a copy into the page cache per batch.
+    pub fn read_soon(&mut self) {
+        self.cached = true;
     }
 
     /// The piece being written.
@@ -344,7 +356,7 @@ impl PieceWriter {
         }
         let at = self.start + self.written;
         let mut rest = bytes;
-        let direct = self.target.direct.as_ref().filter(|d| !d.refused());
+        let direct = (self.target.direct.as_ref()).filter(|d| !self.cached && !d.refused());
         if let Some(direct) = direct
             && at.is_multiple_of(DIRECT_ALIGN as u64)
         {
@@ -466,7 +478,8 @@ mod tests {
 
     #[test]
     fn direct_writes_land_every_byte_whatever_the_pieces_alignment() {
-        // Aligned pieces of one batch (direct but for the blob's short last piece); pieces
+        // Aligned pieces of one batch (direct but for the blob's short last piece, and for
+        // the pieces a reader will read soon, written through the page cache); pieces
         // on no block boundary (page cache); 18 KiB pieces (aligned starts, unaligned ends,
         // so a block is shared with the next piece); pieces of several batches, aligned and
         // not.
@@ -501,6 +514,10 @@ mod tests {
                 for i in 0..meta.piece_count() {
                     let r = meta.piece_range(PieceIndex(i)).unwrap();
                     let mut w = p.piece_writer(PieceIndex(i)).unwrap();
+                    // Every third piece goes through the page cache for a reader.
+                    if i % 3 == 1 {
+                        w.read_soon();
+                    }
                     // Chunks of odd sizes, as a network delivers them.
                     for chunk in blob[r.start as usize..r.end as usize].chunks(1_111) {
                         w.write(chunk).unwrap();

@@ -156,6 +156,13 @@ pub struct ExchangeConfig {
     /// that finds it spent goes to the disk only, and its reader reads it from there.
     /// Default: 64 MiB.
     pub stream_memory: u64,
+    /// Most bytes read from the CAS in large chunks for streaming readers, over every
+    /// blob. A reader reads a piece that is not in memory
+    /// [`READ_CHUNK`](stream::READ_CHUNK) bytes at a time while this has room (one thread
+    /// hop and one HTTP chunk per 512 KiB), else [`DISK_CHUNK`](stream::DISK_CHUNK) at a
+    /// time (so a thousand readers of one blob stay small); a chunk's bytes count until
+    /// its consumer drops them. Default: 16 MiB.
+    pub read_memory: u64,
 }
 
 impl Default for ExchangeConfig {
@@ -168,6 +175,7 @@ impl Default for ExchangeConfig {
             bad_piece: None,
             stream_window: 32 << 20,
             stream_memory: 64 << 20,
+            read_memory: 16 << 20,
         }
     }
 }
@@ -297,6 +305,8 @@ struct Inner<T> {
     counters: Arc<ExchangeCounters>,
     /// Piece bytes kept for streaming readers, over every blob.
     stream_memory: StreamMemory,
+    /// Chunks read from the CAS for streaming readers, over every blob.
+    read_memory: StreamMemory,
     /// Failed announces, warned about once per [`ANNOUNCE_WARN_EVERY`] over every blob.
     announce_warn: LogLimit,
 }
@@ -373,6 +383,7 @@ impl<T: Tracker> PieceExchange<T> {
                 closed: channel::channel(false).0,
                 counters: Arc::default(),
                 stream_memory: StreamMemory::new(config.stream_memory),
+                read_memory: StreamMemory::new(config.read_memory),
                 announce_warn: LogLimit::new(ANNOUNCE_WARN_EVERY),
                 config,
             }),
@@ -438,7 +449,7 @@ impl<T: Tracker> PieceExchange<T> {
             return Ok(w);
         }
         let handle = self.start(Arc::new(metainfo))?;
-        Ok(BlobWatch::of(handle))
+        Ok(BlobWatch::of(handle, self.inner.read_memory.clone()))
     }
 
     /// A [`BlobWatch`] on `digest` if its task is running (downloading or seeding) or the
@@ -447,10 +458,12 @@ impl<T: Tracker> PieceExchange<T> {
     /// the blob from eviction while the watch lives.
     pub fn watch(&self, digest: &Digest) -> Option<BlobWatch> {
         if let Some(h) = self.running(digest) {
-            return Some(BlobWatch::of(h));
+            return Some(BlobWatch::of(h, self.inner.read_memory.clone()));
         }
         let reader = self.inner.cas.reader(digest);
-        match reader.and_then(|r| BlobWatch::of_complete(*digest, r)) {
+        match reader
+            .and_then(|r| BlobWatch::of_complete(*digest, r, self.inner.read_memory.clone()))
+        {
             Ok(w) => Some(w),
             Err(CasError::NotFound(_)) => None,
             Err(e) => {

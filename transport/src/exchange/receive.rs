@@ -104,6 +104,11 @@ impl<T: Tracker> BlobTask<T> {
         };
         if keep.is_some() {
             writer.keep_bytes();
+        } else if self.streaming.ahead_of_a_reader(index) {
+            // Outside every window (or past the budget), but a reader gets there soon: a
+            // read back from the page cache costs a copy, one from the disk after a direct
+            // write a wait per chunk.
+            writer.read_soon();
         }
         self.receiving.insert(index);
         // The request stops waiting in the peer's queue; its transfer clock starts now.

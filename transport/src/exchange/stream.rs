@@ -8,10 +8,14 @@
 //!
 //! Memory per reader is small and does not grow with the piece length: a piece from
 //! memory is shared (every reader yields slices of the same bytes), and a piece from the
-//! CAS is read [`DISK_CHUNK`] bytes at a time, each read only when the consumer asks for
-//! the next chunk. A reader waiting for a piece holds no buffer at all. With a consumer
-//! that bounds what it queues (the registry API's HTTP connections), a thousand readers of
-//! one blob cost a few tens of MiB, not a piece each.
+//! CAS is read a chunk at a time, each read only when the consumer asks for the next
+//! chunk. A chunk is [`READ_CHUNK`] bytes while the exchange's read budget
+//! (`ExchangeConfig::read_memory`, over every blob) has room, else [`DISK_CHUNK`]: each
+//! read is a hop to a blocking thread and each chunk an HTTP write, which at 32 KiB cost
+//! a cold pull about a quarter of its time (measured: docs/performance.md), while a
+//! thousand readers at 512 KiB would hold 500 MiB. A reader waiting for a piece holds no
+//! buffer at all. With a consumer that bounds what it queues (the registry API's HTTP
+//! connections), a thousand readers of one blob cost a few tens of MiB, not a piece each.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -20,12 +24,29 @@ use bytes::Bytes;
 use futures::Stream;
 use kraken_storage::PieceIndex;
 
-use super::window::ReaderSlot;
+use super::window::{ReaderSlot, Reservation};
 use super::{BlobWatch, ExchangeError};
 
-/// Bytes read from the CAS at once when a piece is not in memory: what one reader holds
-/// of such a piece until its consumer takes it.
-pub(crate) const DISK_CHUNK: u64 = 32 * 1024;
+/// Bytes read from the CAS at once when a piece is not in memory and the read budget is
+/// spent: what one reader then holds of such a piece until its consumer takes it.
+pub const DISK_CHUNK: u64 = 32 * 1024;
+
+/// Bytes read from the CAS at once when a piece is not in memory, while the exchange's
+/// read budget has room.
+pub const READ_CHUNK: u64 = 512 * 1024;
+
+/// A chunk read from the CAS with the read budget it takes, given back when its last
+/// consumer drops it.
+struct BudgetedChunk {
+    bytes: Bytes,
+    _reservation: Reservation,
+}
+
+impl AsRef<[u8]> for BudgetedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
 
 /// Where a [`BlobWatch::read_range`] stream is.
 struct RangeReader {
@@ -86,8 +107,20 @@ impl RangeReader {
                 return Ok(Some(chunk));
             }
             if let Some((index, left)) = self.from_disk.take() {
-                let end = left.end.min(left.start + DISK_CHUNK);
-                let chunk = self.watch.read_piece_part(index, left.start..end).await?;
+                let large = READ_CHUNK.min(left.end - left.start);
+                let reservation = self.watch.read_memory.reserve(large);
+                let len = match reservation {
+                    Some(_) => large,
+                    None => DISK_CHUNK.min(left.end - left.start),
+                };
+                let end = left.start + len;
+                let mut chunk = self.watch.read_piece_part(index, left.start..end).await?;
+                if let Some(reservation) = reservation {
+                    chunk = Bytes::from_owner(BudgetedChunk {
+                        bytes: chunk,
+                        _reservation: reservation,
+                    });
+                }
                 if end < left.end {
                     self.from_disk = Some((index, end..left.end));
                 }
@@ -139,12 +172,11 @@ mod tests {
     use kraken_storage::cas::{Cas, CasConfig};
     use kraken_storage::{Digest, PieceLengthTable};
 
+    use super::super::window::StreamMemory;
     use super::*;
 
-    #[tokio::test]
-    async fn pieces_from_the_cas_stream_in_small_chunks_with_the_exact_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let piece = 4 * DISK_CHUNK as usize + 1000;
+    /// A complete blob of three and a bit pieces, each piece a few chunks long.
+    fn stored(dir: &tempfile::TempDir, piece: usize) -> (Cas, Digest, Vec<u8>) {
         let cas = Cas::open(CasConfig {
             piece_lengths: PieceLengthTable::uniform(piece as u32),
             ..CasConfig::at(dir.path())
@@ -154,15 +186,28 @@ mod tests {
         let digest = Digest::sha256_of(&data);
         cas.ingest(&digest, Some(data.len() as u64), &data[..])
             .unwrap();
+        (cas, digest, data)
+    }
+
+    async fn read(cas: &Cas, digest: Digest, budget: &StreamMemory, r: Range<u64>) -> Vec<Bytes> {
+        let w = BlobWatch::of_complete(digest, cas.reader(&digest).unwrap(), budget.clone());
+        w.unwrap().read_range(r).try_collect().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_the_budget_spent_pieces_from_the_cas_stream_in_small_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let piece = 4 * DISK_CHUNK as usize + 1000;
+        let (cas, digest, data) = stored(&dir, piece);
         let len = data.len() as u64;
+        let spent = StreamMemory::new(0);
         for range in [
             0..len,
             1..len - 1,
             5..6,
             piece as u64 - 3..2 * piece as u64 + 9,
         ] {
-            let w = BlobWatch::of_complete(digest, cas.reader(&digest).unwrap()).unwrap();
-            let chunks: Vec<Bytes> = w.read_range(range.clone()).try_collect().await.unwrap();
+            let chunks = read(&cas, digest, &spent, range.clone()).await;
             assert!(
                 chunks
                     .iter()
@@ -170,5 +215,38 @@ mod tests {
             );
             assert!(chunks.concat() == data[range.start as usize..range.end as usize]);
         }
+    }
+
+    #[tokio::test]
+    async fn large_chunks_take_the_read_budget_until_dropped_and_small_ones_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let piece = 2 * READ_CHUNK as usize + 1000;
+        let (cas, digest, data) = stored(&dir, piece);
+        let len = data.len() as u64;
+        // Room for exactly two large chunks.
+        let budget = StreamMemory::new(2 * READ_CHUNK);
+        let chunks = read(&cas, digest, &budget, 0..len).await;
+        assert!(chunks.concat() == data);
+        let large = chunks
+            .iter()
+            .filter(|c| c.len() as u64 > DISK_CHUNK)
+            .count();
+        assert_eq!(large, 2, "two large chunks while the budget lasts");
+        assert!(chunks.iter().all(|c| c.len() as u64 <= READ_CHUNK));
+        assert_eq!(budget.used(), 2 * READ_CHUNK, "held while the chunks live");
+        drop(chunks);
+        assert_eq!(budget.used(), 0, "given back when they are dropped");
+        // A consumer that drops each chunk as it goes reads everything in large chunks.
+        let w = BlobWatch::of_complete(digest, cas.reader(&digest).unwrap(), budget.clone());
+        let mut stream = std::pin::pin!(w.unwrap().read_range(0..len));
+        let mut at = 0;
+        while let Some(chunk) = stream.try_next().await.unwrap() {
+            let left = (piece as u64 - at % piece as u64).min(len - at);
+            assert_eq!(chunk.len() as u64, left.min(READ_CHUNK), "at {at}");
+            assert!(chunk[..] == data[at as usize..at as usize + chunk.len()]);
+            at += chunk.len() as u64;
+        }
+        assert_eq!(at, len);
+        assert_eq!(budget.used(), 0);
     }
 }

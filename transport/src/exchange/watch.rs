@@ -7,7 +7,7 @@ use kraken_storage::cas::{BlobReader, CasError, PieceSource};
 use kraken_storage::{Bitfield, Digest, Metainfo, PieceError, PieceIndex};
 use tokio::sync::watch;
 
-use super::window::Streaming;
+use super::window::{StreamMemory, Streaming};
 use super::{BlobHandle, DoneState, ExchangeError, StopReason};
 use crate::swarm::SwarmStats;
 
@@ -35,6 +35,8 @@ pub struct BlobWatch {
     pub(super) streaming: Option<Arc<Streaming>>,
     /// Keeps a complete blob from eviction while watched (watches made without a task).
     _pin: Option<Arc<BlobReader>>,
+    /// The exchange's budget for large chunks read from the CAS (see `stream`).
+    pub(super) read_memory: StreamMemory,
 }
 
 impl std::fmt::Debug for BlobWatch {
@@ -50,7 +52,7 @@ impl std::fmt::Debug for BlobWatch {
 
 impl BlobWatch {
     /// A watch on a running blob task.
-    pub(super) fn of(h: BlobHandle) -> Self {
+    pub(super) fn of(h: BlobHandle, read_memory: StreamMemory) -> Self {
         BlobWatch {
             digest: *h.metainfo.digest(),
             metainfo: h.metainfo,
@@ -59,12 +61,17 @@ impl BlobWatch {
             source: h.source,
             streaming: Some(h.streaming),
             _pin: None,
+            read_memory,
         }
     }
 
     /// A watch on a blob complete in the CAS, with no task: every piece present, the
     /// download done. It holds `reader`, which keeps the blob from eviction meanwhile.
-    pub(super) fn of_complete(digest: Digest, reader: BlobReader) -> Result<Self, CasError> {
+    pub(super) fn of_complete(
+        digest: Digest,
+        reader: BlobReader,
+        read_memory: StreamMemory,
+    ) -> Result<Self, CasError> {
         let source = Arc::new(reader.piece_source()?);
         let metainfo = reader.metainfo().clone();
         // The senders go at once: the receivers keep the final values.
@@ -78,6 +85,7 @@ impl BlobWatch {
             source,
             streaming: None,
             _pin: Some(Arc::new(reader)),
+            read_memory,
         })
     }
 
@@ -244,6 +252,7 @@ mod tests {
             done,
             streaming: None,
             _pin: None,
+            read_memory: StreamMemory::new(0),
         };
         (watch, pieces_tx, done_tx)
     }
@@ -263,7 +272,8 @@ mod tests {
         let digest = Digest::sha256_of(&data);
         cas.ingest(&digest, Some(data.len() as u64), &data[..])
             .unwrap();
-        let mut w = BlobWatch::of_complete(digest, cas.reader(&digest).unwrap()).unwrap();
+        let reader = cas.reader(&digest).unwrap();
+        let mut w = BlobWatch::of_complete(digest, reader, StreamMemory::new(0)).unwrap();
         assert_eq!(w.have().count_ones(), 4);
         assert!(matches!(w.outcome(), Some(Ok(_))));
         assert_eq!(w.finished().await.unwrap(), SwarmStats::default());

@@ -200,6 +200,13 @@ impl Streaming {
         !st.kept.contains_key(&index.0) && st.in_some_window(index.0, self.window)
     }
 
+    /// Whether piece `index` lies in a reader's range, at or past the piece it waits for:
+    /// a reader will read it, from the CAS if it is not kept.
+    pub(super) fn ahead_of_a_reader(&self, index: PieceIndex) -> bool {
+        let st = self.lock();
+        st.readers.values().any(|r| r.contains(&index.0))
+    }
+
     /// Keeps a verified piece's bytes for the readers whose window holds it; dropped at
     /// once (and its budget given back) if none does any more.
     pub(super) fn keep(&self, index: PieceIndex, piece: KeptPiece) {
