@@ -11,6 +11,8 @@
 //! - `cas` (feature `local`): blobs as files under `<root>/blobs/<2 hex>/<hex>` with metadata
 //!   in redb; verified ingest, resumable partial downloads, ranged and per-piece readers,
 //!   quota eviction and a crash-safe startup sweep.
+//! - `direct` (feature `local`): writes past the page cache (direct I/O) where the
+//!   filesystem takes them, for bytes written once and not read soon.
 //! - `dirlock` (feature `local`): `DirLock`, one process at a time on a data directory,
 //!   with a message naming the holder's pid.
 //! - `queue` (feature `local`): the durable write-back queue (redb) an origin drains to its
@@ -49,6 +51,8 @@ pub mod time;
 
 #[cfg(feature = "local")]
 pub mod cas;
+#[cfg(feature = "local")]
+pub mod direct;
 #[cfg(feature = "local")]
 pub mod dirlock;
 #[cfg(feature = "local")]

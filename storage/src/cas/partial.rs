@@ -25,10 +25,11 @@ use std::time::SystemTime;
 use redb::ReadableTable;
 
 use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
-use super::piece_writer::{DirectFile, PieceWriter, VerifiedPiece, WriterTarget};
+use super::piece_writer::{PieceWriter, VerifiedPiece, WriterTarget};
 use super::{BlobInfo, Cas, CasError, sync_dir};
 use crate::bitfield::{Bitfield, PieceIndex};
 use crate::chain::ChainHasher;
+use crate::direct::DirectFile;
 use crate::metainfo::{Metainfo, PieceError};
 
 /// A download in progress. Dropping it keeps the progress (flushed best-effort) for a
@@ -157,7 +158,7 @@ impl Cas {
 impl PartialBlob {
     fn new(cas: &Cas, metainfo: &Metainfo, bitfield: Bitfield, file: File, path: PathBuf) -> Self {
         let direct = match cas.config().direct_writes {
-            true => DirectFile::open(&path),
+            true => DirectFile::open(&path).map(Arc::new),
             false => None,
         };
         PartialBlob {

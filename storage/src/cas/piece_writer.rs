@@ -31,11 +31,10 @@
 //! dropped) writes nothing: each batch's write holds the blob's writers open, and closing
 //! them waits for it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -43,6 +42,7 @@ use bytes::Bytes;
 use super::CasError;
 use crate::bitfield::PieceIndex;
 use crate::chain::ChainHasher;
+use crate::direct::{self, AlignedBuf, DirectFile};
 use crate::metainfo::{Metainfo, PieceError};
 
 /// Streams one piece into a partial blob's file, hashing as it goes.
@@ -61,7 +61,7 @@ pub struct PieceWriter {
     len: u64,
     /// Bytes hashed and written.
     written: u64,
-    batch: AlignedBatch,
+    batch: AlignedBuf,
     /// How much of `batch` is hashed already (see [`PieceWriter::hash_gathered`]).
     hashed: usize,
     /// The one hash that proves the piece.
@@ -92,48 +92,6 @@ enum Proof {
 /// enough that many pieces in flight stay cheap.
 pub const WRITE_BATCH: usize = 512 * 1024;
 
-/// Direct I/O wants the buffer, the length and the file offset on multiples of the device's
-/// logical block; 4 KiB covers devices of 512 and of 4096 bytes.
-const DIRECT_ALIGN: usize = 4096;
-
-/// A partial blob's file opened for direct I/O, shared by its piece writers (positioned
-/// writes need no handle of their own).
-#[derive(Debug)]
-pub(super) struct DirectFile {
-    file: File,
-    /// Set once a direct write was refused: later batches go through the page cache.
-    refused: AtomicBool,
-}
-
-impl DirectFile {
-    /// Opens `path` for direct writes, or `None` where the filesystem refuses (tmpfs on
-    /// older kernels, some network and overlay filesystems): then the page cache takes
-    /// every write.
-    pub(super) fn open(path: &Path) -> Option<Arc<DirectFile>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let flags = rustix::fs::OFlags::DIRECT.bits();
-        match OpenOptions::new()
-            .write(true)
-            .custom_flags(flags as i32)
-            .open(path)
-        {
-            Ok(file) => Some(Arc::new(DirectFile {
-                file,
-                refused: AtomicBool::new(false),
-            })),
-            Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "cas: no direct I/O here, writing through the page cache");
-                None
-            }
-        }
-    }
-
-    /// Whether a direct write was refused (the blob's writers use the page cache now).
-    pub(super) fn refused(&self) -> bool {
-        self.refused.load(Ordering::Relaxed)
-    }
-}
-
 /// Where a partial blob's piece writers write: its file, and whether they still may.
 pub(super) struct WriterTarget {
     /// The partial file, through the page cache.
@@ -144,59 +102,6 @@ pub(super) struct WriterTarget {
     pub(super) open: Arc<RwLock<bool>>,
     /// The partial file's path, for errors.
     pub(super) path: PathBuf,
-}
-
-/// A write buffer that starts on a [`DIRECT_ALIGN`] boundary.
-struct AlignedBatch {
-    /// Padding up to the aligned start, then the gathered bytes; allocated once with room
-    /// for both and never grown, so the start stays aligned and nothing is zeroed first.
-    raw: Vec<u8>,
-    /// Where the aligned part of `raw` starts.
-    start: usize,
-    capacity: usize,
-}
-
-impl AlignedBatch {
-    fn new(capacity: usize) -> Self {
-        let mut raw: Vec<u8> = Vec::with_capacity(capacity + DIRECT_ALIGN);
-        // An unaligned start (never on real allocators) only costs the direct path: the
-        // kernel refuses the write and the writer falls back to the page cache.
-        let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-        raw.resize(start, 0);
-        AlignedBatch {
-            raw,
-            start,
-            capacity,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.raw.len() - self.start
-    }
-
-    /// Copies in as much of `bytes` as fits; returns how much.
-    fn fill(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.capacity - self.len());
-        self.raw.extend_from_slice(&bytes[..n]);
-        n
-    }
-
-    fn is_full(&self) -> bool {
-        self.len() == self.capacity
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.raw[self.start..]
-    }
-
-    fn clear(&mut self) {
-        self.raw.truncate(self.start);
-    }
-
-    /// The gathered bytes, without a copy (the buffer goes with them).
-    fn into_bytes(self) -> Bytes {
-        Bytes::from(self.raw).slice(self.start..)
-    }
 }
 
 /// Proof that a piece's bytes are on disk and matched their hash.
@@ -248,7 +153,7 @@ impl PieceWriter {
             start: range.start,
             len,
             written: 0,
-            batch: AlignedBatch::new(Self::batch_len(len)),
+            batch: AlignedBuf::new(Self::batch_len(len)),
             hashed: 0,
             proof: match chain {
                 Some(chain) => Proof::Chain(chain),
@@ -355,33 +260,14 @@ impl PieceWriter {
             return Err(CasError::DownloadClosed(*self.metainfo.digest()));
         }
         let at = self.start + self.written;
-        let mut rest = bytes;
-        let direct = (self.target.direct.as_ref()).filter(|d| !self.cached && !d.refused());
-        if let Some(direct) = direct
-            && at.is_multiple_of(DIRECT_ALIGN as u64)
-        {
-            let aligned = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-            match direct.file.write_all_at(&bytes[..aligned], at) {
-                Ok(()) => rest = &bytes[aligned..],
-                // The filesystem (or this buffer) does not do direct I/O after all: the
-                // page cache takes this batch, and every later one of the blob.
-                Err(e) if refuses_direct_io(&e) => {
-                    tracing::debug!(path = %self.target.path.display(), error = %e, "cas: direct write refused, writing through the page cache");
-                    direct.refused.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(CasError::io("write piece to", &self.target.path)(e)),
-            }
-        }
-        let rest_at = at + (bytes.len() - rest.len()) as u64;
-        self.target
-            .file
-            .write_all_at(rest, rest_at)
+        let direct = self.target.direct.as_deref().filter(|_| !self.cached);
+        direct::write_at(direct, &self.target.file, bytes, at)
             .map_err(CasError::io("write piece to", &self.target.path))?;
         drop(open);
         self.written += bytes.len() as u64;
         match self.kept.as_mut() {
             Some(kept) => {
-                let next = AlignedBatch::new(Self::batch_len(self.len - self.written));
+                let next = AlignedBuf::new(Self::batch_len(self.len - self.written));
                 kept.push(std::mem::replace(&mut self.batch, next).into_bytes());
             }
             None => self.batch.clear(),
@@ -458,15 +344,6 @@ impl PieceWriter {
             Ok(()) => broken.into(),
         }
     }
-}
-
-/// Whether a direct write failed because direct I/O is not possible here (alignment the
-/// device wants, or a filesystem that takes `O_DIRECT` at open but not at write), rather
-/// than because the disk failed.
-fn refuses_direct_io(e: &std::io::Error) -> bool {
-    use rustix::io::Errno;
-    let code = e.raw_os_error();
-    code == Some(Errno::INVAL.raw_os_error()) || code == Some(Errno::OPNOTSUPP.raw_os_error())
 }
 
 #[cfg(test)]
@@ -602,10 +479,7 @@ mod tests {
         let mut p = cas.start_partial(&meta).unwrap();
         let mut w = p.piece_writer(PieceIndex(0)).unwrap();
         // A buffer one byte off its alignment: ext4 refuses it for direct I/O (EINVAL).
-        let capacity = w.batch.capacity;
-        w.batch.raw = Vec::with_capacity(capacity + DIRECT_ALIGN + 1);
-        w.batch.start = w.batch.raw.as_ptr().align_offset(DIRECT_ALIGN) + 1;
-        w.batch.raw.resize(w.batch.start, 0);
+        w.batch = AlignedBuf::with_offset(w.batch.capacity(), 1);
         w.write(piece(&blob, 0)).unwrap();
         p.mark_stored(w.finish().unwrap()).unwrap();
         if on_ext4(dir.path()) {
@@ -616,17 +490,6 @@ mod tests {
         p.mark_stored(w.finish().unwrap()).unwrap();
         p.commit().unwrap();
         assert!(cas.reader(meta.digest()).unwrap().read_all().unwrap() == blob);
-    }
-
-    #[test]
-    fn only_a_refusal_of_direct_io_falls_back_a_failing_disk_fails() {
-        use rustix::io::Errno;
-        let err = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
-        assert!(refuses_direct_io(&err(Errno::INVAL)));
-        assert!(refuses_direct_io(&err(Errno::OPNOTSUPP)));
-        for e in [Errno::NOSPC, Errno::IO, Errno::DQUOT, Errno::ROFS] {
-            assert!(!refuses_direct_io(&err(e)), "{e}");
-        }
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! Writes past the page cache: direct I/O where the filesystem takes it, the page cache
+//! where it does not.
+//!
+//! Bytes written once and not read soon (a download's pieces, an ingested blob, a push's
+//! spill) cost about as much CPU to copy into fresh page-cache pages as to hash them. A
+//! direct write hands an aligned buffer to the disk as it is. The fsync of a flush or
+//! commit covers direct writes as it covers the page cache, so durability is unchanged.
+//!
+//! Direct I/O wants the buffer, the length and the file offset on multiples of the
+//! device's logical block ([`DIRECT_ALIGN`]). [`DirectFile::write_at`] writes the aligned
+//! part of a buffer directly and the rest (a short tail) through an ordinary handle of the
+//! same file. A filesystem that refuses direct I/O (tmpfs on older kernels, some network
+//! and overlay filesystems) refuses it once, and every later write goes through the page
+//! cache; a real I/O error is returned as it is.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+
+/// The alignment direct I/O wants of buffers, lengths and offsets: 4 KiB covers devices of
+/// 512 and of 4096 bytes.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A file opened a second time for direct writes, beside the ordinary handle that takes
+/// what direct I/O cannot. Positioned writes need no handle of their own, so one is shared.
+#[derive(Debug)]
+pub struct DirectFile {
+    file: File,
+    /// Set once a direct write was refused: later writes go through the page cache.
+    refused: AtomicBool,
+}
+
+impl DirectFile {
+    /// Opens `path` for direct writes, or `None` where the filesystem refuses.
+    pub fn open(path: &Path) -> Option<DirectFile> {
+        let flags = rustix::fs::OFlags::DIRECT.bits();
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(flags as i32)
+            .open(path)
+        {
+            Ok(file) => Some(DirectFile {
+                file,
+                refused: AtomicBool::new(false),
+            }),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "no direct I/O here, writing through the page cache");
+                None
+            }
+        }
+    }
+
+    /// Opens the file behind `file` again for direct writes (through `/proc/self/fd`, so
+    /// it works for a file with no name), or `None` where that is refused.
+    pub fn reopen(file: &File) -> Option<DirectFile> {
+        use std::os::fd::AsRawFd;
+        Self::open(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
+
+    /// Whether a direct write was refused: every write goes through the page cache now.
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Writes `bytes` at `at`: the aligned part directly when `at` and the buffer allow,
+    /// the rest through `fallback` (an ordinary handle of the same file).
+    pub fn write_at(&self, fallback: &File, bytes: &[u8], at: u64) -> io::Result<()> {
+        let mut rest = bytes;
+        if !self.refused() && at.is_multiple_of(DIRECT_ALIGN as u64) {
+            let aligned = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+            match self.file.write_all_at(&bytes[..aligned], at) {
+                Ok(()) => rest = &bytes[aligned..],
+                // The filesystem (or this buffer) does not do direct I/O after all: the
+                // page cache takes this write, and every later one.
+                Err(e) if refuses_direct_io(&e) => {
+                    tracing::debug!(error = %e, "direct write refused, writing through the page cache");
+                    self.refused.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let rest_at = at + (bytes.len() - rest.len()) as u64;
+        fallback.write_all_at(rest, rest_at)
+    }
+}
+
+/// Writes `bytes` at `at` through `direct` when there is one, else through `file`.
+pub fn write_at(direct: Option<&DirectFile>, file: &File, bytes: &[u8], at: u64) -> io::Result<()> {
+    match direct {
+        Some(d) => d.write_at(file, bytes, at),
+        None => file.write_all_at(bytes, at),
+    }
+}
+
+/// Whether a direct write failed because direct I/O is refused (`EINVAL`: alignment or
+/// no support; `EOPNOTSUPP`), not because the disk failed.
+fn refuses_direct_io(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let code = e.raw_os_error();
+    code == Some(Errno::INVAL.raw_os_error()) || code == Some(Errno::OPNOTSUPP.raw_os_error())
+}
+
+/// A write buffer that starts on a [`DIRECT_ALIGN`] boundary, of a fixed capacity.
+pub struct AlignedBuf {
+    /// Padding up to the aligned start, then room for `capacity` bytes: allocated and
+    /// zeroed once, never grown, so the start stays aligned.
+    raw: Vec<u8>,
+    /// Where the aligned part of `raw` starts.
+    start: usize,
+    /// Bytes gathered after `start`.
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// An empty buffer with room for `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self::with_offset(capacity, 0)
+    }
+
+    /// A buffer that starts `offset` bytes past an aligned address (tests: a buffer
+    /// direct I/O refuses).
+    pub(crate) fn with_offset(capacity: usize, offset: usize) -> Self {
+        let mut raw: Vec<u8> = Vec::with_capacity(capacity + DIRECT_ALIGN + offset);
+        // An unaligned start (never on real allocators) only costs the direct path: the
+        // kernel refuses the write and the writer falls back to the page cache.
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN) + offset;
+        raw.resize(start + capacity, 0);
+        AlignedBuf { raw, start, len: 0 }
+    }
+
+    /// Bytes gathered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most bytes it holds.
+    pub fn capacity(&self) -> usize {
+        self.raw.len() - self.start
+    }
+
+    /// Whether the buffer is full.
+    pub fn is_full(&self) -> bool {
+        self.len == self.capacity()
+    }
+
+    /// Copies in as much of `bytes` as fits; returns how much.
+    pub fn fill(&mut self, bytes: &[u8]) -> usize {
+        let at = self.start + self.len;
+        let n = bytes.len().min(self.raw.len() - at);
+        self.raw[at..at + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+        n
+    }
+
+    /// Reads into the free room from `source` once; returns what `read` returned.
+    pub fn read_from(&mut self, source: &mut impl io::Read) -> io::Result<usize> {
+        let at = self.start + self.len;
+        let n = source.read(&mut self.raw[at..])?;
+        self.len += n;
+        Ok(n)
+    }
+
+    /// The gathered bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    /// Forgets the gathered bytes (keeps the allocation).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The gathered bytes, without a copy (the buffer goes with them).
+    pub fn into_bytes(self) -> Bytes {
+        Bytes::from(self.raw).slice(self.start..self.start + self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_of_direct_io_falls_back_a_failing_disk_fails() {
+        use rustix::io::Errno;
+        let err = |e: Errno| io::Error::from_raw_os_error(e.raw_os_error());
+        assert!(refuses_direct_io(&err(Errno::INVAL)));
+        assert!(refuses_direct_io(&err(Errno::OPNOTSUPP)));
+        for e in [Errno::NOSPC, Errno::IO, Errno::DQUOT, Errno::ROFS] {
+            assert!(!refuses_direct_io(&err(e)), "{e}");
+        }
+    }
+
+    #[test]
+    fn writes_of_every_alignment_land_every_byte_also_in_an_unnamed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3 * DIRECT_ALIGN + 517)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for unnamed in [false, true] {
+            let file = if unnamed {
+                tempfile::tempfile_in(dir.path()).unwrap()
+            } else {
+                tempfile::NamedTempFile::new_in(dir.path())
+                    .unwrap()
+                    .into_file()
+            };
+            let direct = DirectFile::reopen(&file);
+            let mut buf = AlignedBuf::new(2 * DIRECT_ALIGN + 100);
+            let mut at = 0;
+            // A full aligned buffer, then ones of odd lengths at odd offsets.
+            for part in [2 * DIRECT_ALIGN + 100, DIRECT_ALIGN - 3, DIRECT_ALIGN + 420] {
+                let end = (at + part).min(data.len());
+                assert_eq!(buf.fill(&data[at..end]), end - at);
+                write_at(direct.as_ref(), &file, buf.bytes(), at as u64).unwrap();
+                buf.clear();
+                at = end;
+            }
+            let mut back = Vec::new();
+            (&file).read_to_end(&mut back).unwrap();
+            assert!(back == data[..at]);
+        }
+    }
+
+    #[test]
+    fn an_aligned_buffer_reads_into_its_room_and_hands_its_bytes_over() {
+        let mut buf = AlignedBuf::new(10);
+        assert_eq!(buf.bytes().as_ptr().align_offset(DIRECT_ALIGN), 0);
+        let mut source: &[u8] = b"hello, world";
+        assert_eq!(buf.read_from(&mut source).unwrap(), 10);
+        assert!(buf.is_full());
+        assert_eq!(buf.read_from(&mut source).unwrap(), 0);
+        assert_eq!(&buf.into_bytes()[..], b"hello, wor");
+    }
+}
