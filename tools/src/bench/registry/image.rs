@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::curl::{ClientCost, reaped_children_cpu};
 use super::janitor::Tracked;
-use crate::bench::data::{GzipLayer, write_stored_gzip};
+use crate::bench::data::{GzipLayer, read_once, write_stored_gzip};
 use crate::bench::run::hash_path;
 
 /// The tag every layout names its image by.
@@ -64,7 +64,9 @@ pub fn write_layout(
     let mut written = Vec::with_capacity(layers);
     for i in 0..layers {
         let layer = write_stored_gzip(&tmp, layer_len, seed.wrapping_add(i as u64))?;
-        std::fs::rename(&tmp, blob_path(dir, &layer.digest))?;
+        let path = blob_path(dir, &layer.digest);
+        std::fs::rename(&tmp, &path)?;
+        read_once(&path)?;
         written.push(layer);
     }
     let diff_ids: Vec<String> = written.iter().map(|l| l.diff_id.to_string()).collect();

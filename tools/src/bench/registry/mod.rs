@@ -45,7 +45,7 @@ use self::image::{Layout, Skopeo, verify_layers, write_layout};
 use self::janitor::ScratchDir;
 use self::report::{BenchSetup, Measurement, RegistryReport, Row, Sample};
 use self::servers::{DockerRegistry, KrakenDev, kraken_binary, registry_version};
-use crate::bench::data::{hash_range, write_random, write_random_parts};
+use crate::bench::data::{hash_range, read_once, write_random, write_random_parts};
 
 /// A step to run (`--steps`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -402,6 +402,7 @@ impl Bench<'_> {
         let len = self.args.size_mib << 20;
         let path = dir.join("blob");
         let digest = write_random(&path, len, seed(round, 0, 0))?;
+        read_once(&path)?;
         let (first, range_len) = range_of(len, self.args.range_mib << 20);
         let range_digest = hash_range(&path, first, range_len)?;
         Ok(Blob {
@@ -520,6 +521,9 @@ impl Bench<'_> {
         let sizes = (0..n).map(|i| len / n + u64::from(i < len % n));
         let parts: Vec<(&Path, u64)> = paths.iter().map(PathBuf::as_path).zip(sizes).collect();
         let digest = write_random_parts(&parts, seed(turn.round, 1, 0))?;
+        for path in &paths {
+            read_once(path)?;
+        }
         let files: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let push = |base: &str| push_chunked(base, BLOB_REPO, &files, &digest);
         let (reg, proxy) = (&sys.registry.base, &sys.kraken.proxy);
