@@ -157,11 +157,10 @@ pub struct ExchangeConfig {
     /// Default: 64 MiB.
     pub stream_memory: u64,
     /// Most bytes read from the CAS in large chunks for streaming readers, over every
-    /// blob. A reader reads a piece that is not in memory
-    /// [`READ_CHUNK`](stream::READ_CHUNK) bytes at a time while this has room (one thread
-    /// hop and one HTTP chunk per 512 KiB), else [`DISK_CHUNK`](stream::DISK_CHUNK) at a
-    /// time (so a thousand readers of one blob stay small); a chunk's bytes count until
-    /// its consumer drops them. Default: 16 MiB.
+    /// blob. A reader reads a piece that is not in memory 512 KiB at a time while this
+    /// has room (one thread hop and one HTTP chunk per 512 KiB), else 32 KiB at a time (so
+    /// a thousand readers of one blob stay small); a chunk's bytes count until its
+    /// consumer drops them. Default: 16 MiB.
     pub read_memory: u64,
 }
 

@@ -29,11 +29,11 @@ use super::{BlobWatch, ExchangeError};
 
 /// Bytes read from the CAS at once when a piece is not in memory and the read budget is
 /// spent: what one reader then holds of such a piece until its consumer takes it.
-pub const DISK_CHUNK: u64 = 32 * 1024;
+pub(crate) const DISK_CHUNK: u64 = 32 * 1024;
 
 /// Bytes read from the CAS at once when a piece is not in memory, while the exchange's
 /// read budget has room.
-pub const READ_CHUNK: u64 = 512 * 1024;
+pub(crate) const READ_CHUNK: u64 = 512 * 1024;
 
 /// A chunk read from the CAS with the read budget it takes, given back when its last
 /// consumer drops it.
