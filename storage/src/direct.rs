@@ -106,13 +106,12 @@ fn refuses_direct_io(e: &io::Error) -> bool {
 
 /// A write buffer that starts on a [`DIRECT_ALIGN`] boundary, of a fixed capacity.
 pub struct AlignedBuf {
-    /// Padding up to the aligned start, then room for `capacity` bytes: allocated and
-    /// zeroed once, never grown, so the start stays aligned.
+    /// Padding up to the aligned start, then the gathered bytes; allocated once with room
+    /// for both and never grown, so the start stays aligned and nothing is zeroed first.
     raw: Vec<u8>,
     /// Where the aligned part of `raw` starts.
     start: usize,
-    /// Bytes gathered after `start`.
-    len: usize,
+    capacity: usize,
 }
 
 impl AlignedBuf {
@@ -128,60 +127,54 @@ impl AlignedBuf {
         // An unaligned start (never on real allocators) only costs the direct path: the
         // kernel refuses the write and the writer falls back to the page cache.
         let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN) + offset;
-        raw.resize(start + capacity, 0);
-        AlignedBuf { raw, start, len: 0 }
+        raw.resize(start, 0);
+        AlignedBuf {
+            raw,
+            start,
+            capacity,
+        }
     }
 
     /// Bytes gathered.
     pub fn len(&self) -> usize {
-        self.len
+        self.raw.len() - self.start
     }
 
     /// Whether nothing is gathered.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The most bytes it holds.
     pub fn capacity(&self) -> usize {
-        self.raw.len() - self.start
+        self.capacity
     }
 
     /// Whether the buffer is full.
     pub fn is_full(&self) -> bool {
-        self.len == self.capacity()
+        self.len() == self.capacity
     }
 
     /// Copies in as much of `bytes` as fits; returns how much.
     pub fn fill(&mut self, bytes: &[u8]) -> usize {
-        let at = self.start + self.len;
-        let n = bytes.len().min(self.raw.len() - at);
-        self.raw[at..at + n].copy_from_slice(&bytes[..n]);
-        self.len += n;
+        let n = bytes.len().min(self.capacity - self.len());
+        self.raw.extend_from_slice(&bytes[..n]);
         n
-    }
-
-    /// Reads into the free room from `source` once; returns what `read` returned.
-    pub fn read_from(&mut self, source: &mut impl io::Read) -> io::Result<usize> {
-        let at = self.start + self.len;
-        let n = source.read(&mut self.raw[at..])?;
-        self.len += n;
-        Ok(n)
     }
 
     /// The gathered bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
+        &self.raw[self.start..]
     }
 
     /// Forgets the gathered bytes (keeps the allocation).
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.raw.truncate(self.start);
     }
 
     /// The gathered bytes, without a copy (the buffer goes with them).
     pub fn into_bytes(self) -> Bytes {
-        Bytes::from(self.raw).slice(self.start..self.start + self.len)
+        Bytes::from(self.raw).slice(self.start..)
     }
 }
 
@@ -234,13 +227,12 @@ mod tests {
     }
 
     #[test]
-    fn an_aligned_buffer_reads_into_its_room_and_hands_its_bytes_over() {
+    fn an_aligned_buffer_fills_to_its_capacity_and_hands_its_bytes_over() {
         let mut buf = AlignedBuf::new(10);
         assert_eq!(buf.bytes().as_ptr().align_offset(DIRECT_ALIGN), 0);
-        let mut source: &[u8] = b"hello, world";
-        assert_eq!(buf.read_from(&mut source).unwrap(), 10);
+        assert_eq!(buf.fill(b"hello, world"), 10);
         assert!(buf.is_full());
-        assert_eq!(buf.read_from(&mut source).unwrap(), 0);
+        assert_eq!(buf.fill(b"more"), 0);
         assert_eq!(&buf.into_bytes()[..], b"hello, wor");
     }
 }
