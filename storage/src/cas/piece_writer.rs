@@ -245,7 +245,7 @@ impl PieceWriter {
     /// them at their offset. Blocks on the disk. Fails with [`CasError::DownloadClosed`]
     /// once the partial blob is committed, aborted or dropped.
     pub fn write_batch(&mut self) -> Result<(), CasError> {
-        if self.batch.len() == 0 {
+        if self.batch.is_empty() {
             return Ok(());
         }
         self.hash_gathered();
