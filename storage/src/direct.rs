@@ -1,9 +1,10 @@
 //! Writes past the page cache: direct I/O where the filesystem takes it, the page cache
 //! where it does not.
 //!
-//! Bytes written once and not read soon (a download's pieces, an ingested blob, a push's
-//! spill) cost about as much CPU to copy into fresh page-cache pages as to hash them. A
-//! direct write hands an aligned buffer to the disk as it is. The fsync of a flush or
+//! Bytes written once and not read soon (a download's pieces, a push's spill) cost about
+//! as much CPU to copy into fresh page-cache pages as to hash them. A direct write hands an
+//! aligned buffer to the disk as it is. (An ingested blob is read again at once, by
+//! replication and write-back, so ingest keeps the page cache.) The fsync of a flush or
 //! commit covers direct writes as it covers the page cache, so durability is unchanged.
 //!
 //! Direct I/O wants the buffer, the length and the file offset on multiples of the
