@@ -1,10 +1,11 @@
 //! Writes past the page cache: direct I/O where the filesystem takes it, the page cache
 //! where it does not.
 //!
-//! Bytes written once and not read soon (a download's pieces, a push's spill) cost about
-//! as much CPU to copy into fresh page-cache pages as to hash them. A direct write hands an
-//! aligned buffer to the disk as it is. (An ingested blob is read again at once, by
-//! replication and write-back, so ingest keeps the page cache.) The fsync of a flush or
+//! Bytes written once and not read soon (a download's pieces, a push's spill, a pushed
+//! blob) cost about as much CPU to copy into fresh page-cache pages as to hash them. A
+//! direct write hands an aligned buffer to the disk as it is. A pushed blob is read again
+//! soon, by replication and write-back, but each of those is one pass that the disk
+//! serves, and an origin holds far more than its page cache. The fsync of a flush or
 //! commit covers direct writes as it covers the page cache, so durability is unchanged.
 //!
 //! Direct I/O wants the buffer, the length and the file offset on multiples of the
@@ -17,7 +18,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
@@ -31,6 +32,8 @@ pub const DIRECT_ALIGN: usize = 4096;
 #[derive(Debug)]
 pub struct DirectFile {
     file: File,
+    /// For the log line of a refusal.
+    path: PathBuf,
     /// Set once a direct write was refused: later writes go through the page cache.
     refused: AtomicBool,
 }
@@ -46,6 +49,7 @@ impl DirectFile {
         {
             Ok(file) => Some(DirectFile {
                 file,
+                path: path.to_path_buf(),
                 refused: AtomicBool::new(false),
             }),
             Err(e) => {
@@ -59,7 +63,13 @@ impl DirectFile {
     /// it works for a file with no name), or `None` where that is refused.
     pub fn reopen(file: &File) -> Option<DirectFile> {
         use std::os::fd::AsRawFd;
-        Self::open(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))
+        let proc = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let mut direct = Self::open(&proc)?;
+        // The file's own name for the logs (an unnamed file shows its directory).
+        if let Ok(named) = std::fs::read_link(&proc) {
+            direct.path = named;
+        }
+        Some(direct)
     }
 
     /// Whether a direct write was refused: every write goes through the page cache now.
@@ -78,7 +88,7 @@ impl DirectFile {
                 // The filesystem (or this buffer) does not do direct I/O after all: the
                 // page cache takes this write, and every later one.
                 Err(e) if refuses_direct_io(&e) => {
-                    tracing::debug!(error = %e, "direct write refused, writing through the page cache");
+                    tracing::debug!(path = %self.path.display(), error = %e, "direct write refused, writing through the page cache");
                     self.refused.store(true, Ordering::Relaxed);
                 }
                 Err(e) => return Err(e),
@@ -107,11 +117,16 @@ fn refuses_direct_io(e: &io::Error) -> bool {
 
 /// A write buffer that starts on a [`DIRECT_ALIGN`] boundary, of a fixed capacity.
 pub struct AlignedBuf {
-    /// Padding up to the aligned start, then the gathered bytes; allocated once with room
-    /// for both and never grown, so the start stays aligned and nothing is zeroed first.
+    /// Padding up to the aligned start, then the buffer's room; allocated once with room
+    /// for both and never grown, so the start stays aligned. Its length is how far the
+    /// room has been written (and so initialised) at least once: [`fill`](Self::fill)
+    /// appends past it without zeroing anything first, [`read_from`](Self::read_from)
+    /// zeroes the rest of the room once per buffer, and a cleared buffer reuses it all.
     raw: Vec<u8>,
     /// Where the aligned part of `raw` starts.
     start: usize,
+    /// Bytes gathered after `start`.
+    len: usize,
     capacity: usize,
 }
 
@@ -132,18 +147,19 @@ impl AlignedBuf {
         AlignedBuf {
             raw,
             start,
+            len: 0,
             capacity,
         }
     }
 
     /// Bytes gathered.
     pub fn len(&self) -> usize {
-        self.raw.len() - self.start
+        self.len
     }
 
     /// Whether nothing is gathered.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// The most bytes it holds.
@@ -153,29 +169,43 @@ impl AlignedBuf {
 
     /// Whether the buffer is full.
     pub fn is_full(&self) -> bool {
-        self.len() == self.capacity
+        self.len == self.capacity
     }
 
     /// Copies in as much of `bytes` as fits; returns how much.
     pub fn fill(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.capacity - self.len());
-        self.raw.extend_from_slice(&bytes[..n]);
+        let n = bytes.len().min(self.capacity - self.len);
+        let at = self.start + self.len;
+        let reused = (self.raw.len() - at).min(n);
+        self.raw[at..at + reused].copy_from_slice(&bytes[..reused]);
+        self.raw.extend_from_slice(&bytes[reused..n]);
+        self.len += n;
         n
+    }
+
+    /// Reads from `source` once into the free room; returns what `read` returned.
+    pub fn read_from(&mut self, source: &mut impl io::Read) -> io::Result<usize> {
+        // `read` wants initialised memory: the room is zeroed the first time only.
+        self.raw.resize(self.start + self.capacity, 0);
+        let at = self.start + self.len;
+        let n = source.read(&mut self.raw[at..])?;
+        self.len += n;
+        Ok(n)
     }
 
     /// The gathered bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.raw[self.start..]
+        &self.raw[self.start..self.start + self.len]
     }
 
-    /// Forgets the gathered bytes (keeps the allocation).
+    /// Forgets the gathered bytes (keeps the allocation, and what of it is initialised).
     pub fn clear(&mut self) {
-        self.raw.truncate(self.start);
+        self.len = 0;
     }
 
     /// The gathered bytes, without a copy (the buffer goes with them).
     pub fn into_bytes(self) -> Bytes {
-        Bytes::from(self.raw).slice(self.start..)
+        Bytes::from(self.raw).slice(self.start..self.start + self.len)
     }
 }
 
@@ -235,5 +265,23 @@ mod tests {
         assert!(buf.is_full());
         assert_eq!(buf.fill(b"more"), 0);
         assert_eq!(&buf.into_bytes()[..], b"hello, wor");
+    }
+
+    #[test]
+    fn a_cleared_buffer_reads_and_fills_again_without_stale_bytes() {
+        let mut buf = AlignedBuf::new(8);
+        let mut source: &[u8] = b"abcdefghij";
+        assert_eq!(buf.read_from(&mut source).unwrap(), 8);
+        assert!(buf.is_full());
+        assert_eq!(buf.read_from(&mut source).unwrap(), 0);
+        buf.clear();
+        assert_eq!(buf.read_from(&mut source).unwrap(), 2);
+        assert_eq!(buf.bytes(), b"ij");
+        // Filling over room that a read initialised, and past it after a short read.
+        assert_eq!(buf.fill(b"klmnopqrst"), 6);
+        assert_eq!(buf.bytes(), b"ijklmnop");
+        buf.clear();
+        assert_eq!(buf.fill(b"uv"), 2);
+        assert_eq!(&buf.into_bytes()[..], b"uv");
     }
 }

@@ -96,6 +96,53 @@ fn ingest_then_read_whole_ranges_and_pieces() {
     assert_eq!(back, blob);
 }
 
+/// Hands out its bytes at most `step` at a time, as a network body does.
+struct Dribble<'a> {
+    bytes: &'a [u8],
+    step: usize,
+}
+
+impl Read for Dribble<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn ingest_lands_every_byte_past_the_page_cache_or_through_it() {
+    // Several 1 MiB write buffers, each filled by many short reads, and a tail that is
+    // not a multiple of the direct-I/O block.
+    let blob = data(3 * 1024 * 1024 + 1234, 9);
+    let digest = Digest::sha256_of(&blob);
+    for direct_writes in [true, false] {
+        for length in [Some(blob.len() as u64), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let cas = Cas::open(CasConfig {
+                direct_writes,
+                ..config(dir.path())
+            })
+            .unwrap();
+            let source = Dribble {
+                bytes: &blob,
+                step: 7_000,
+            };
+            let got = cas.ingest(&digest, length, source).unwrap();
+            let case = format!("direct {direct_writes}, length {length:?}");
+            assert_eq!(
+                got.metainfo,
+                Metainfo::from_bytes(&blob, &small_pieces()).unwrap(),
+                "{case}"
+            );
+            let back = cas.reader(&digest).unwrap().read_all().unwrap();
+            assert!(back == blob, "{case}");
+            assert_eq!(tmp_files(dir.path()), 0, "{case}");
+        }
+    }
+}
+
 #[test]
 fn ingest_without_length_hashes_pieces_afterwards() {
     let dir = tempfile::tempdir().unwrap();

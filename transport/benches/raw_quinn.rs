@@ -23,7 +23,8 @@
 //! - `pieces`: this crate's piece protocol: 4 MiB pieces, each on its own stream via
 //!   `send_piece`, 8 in flight, each verified by `recv_piece` (BLAKE3) on arrival.
 //! - `exchange`: the whole piece exchange between two nodes in this process: the seeder's
-//!   CAS, `PieceExchange` sessions driven by the swarm, pieces streamed into the
+//!   CAS (its blob ingested, then read once, as replication does on an origin, so it is
+//!   sent from the page cache as `raw` sends from memory), `PieceExchange` sessions driven by the swarm, pieces streamed into the
 //!   leecher's CAS while hashed with BLAKE3 and checked along the digest's sha256 chain,
 //!   then the leecher's commit. The figure that matters; it also reports the download's
 //!   CPU time and the process's peak RSS, an upper bound for the leecher (the seeder
@@ -869,10 +870,15 @@ mod exchange_bench {
         Ok(metainfo)
     }
 
-    /// Ingests `len` bytes of the pattern into `cas` (as an origin does); their metainfo.
+    /// Ingests `len` bytes of the pattern into `cas` (as an origin does), then reads the
+    /// blob once, as replication to an origin's co-owners does after a push: ingest
+    /// writes past the page cache, and the seeder should send from the page cache as raw
+    /// quinn sends from memory, not measure the disk. Their metainfo.
     pub(super) fn ingest_pattern(cas: &Cas, len: u64) -> Result<Metainfo> {
         let digest = digest_of(len)?;
-        Ok(cas.ingest(&digest, Some(len), Pattern::new(len))?.metainfo)
+        let metainfo = cas.ingest(&digest, Some(len), Pattern::new(len))?.metainfo;
+        read_once(&cas.reader(&digest)?)?;
+        Ok(metainfo)
     }
 
     /// Where stores live: `KRAKEN_BENCH_DIR`, else the system temp dir.

@@ -47,12 +47,12 @@ pub struct CasConfig {
     /// checked as it is stored (one hash pass in all, spread over the download, nothing
     /// left at commit); without them the whole blob is re-read and hashed at commit.
     pub verify_digest_on_commit: bool,
-    /// Write downloaded pieces with direct I/O, past the page cache, where the filesystem
-    /// allows (else through it, as with `false`). Copying every byte into fresh page-cache
-    /// pages, and writing them back later, was the largest CPU cost of a download after
-    /// the QUIC stack itself; a direct write hands the batch to the disk as it is. A piece
-    /// that a streaming reader will read soon still goes through the page cache. Ingested
-    /// blobs (pushes) always do: replication and write-back read them again at once.
+    /// Write downloaded pieces and ingested blobs (pushes) with direct I/O, past the page
+    /// cache, where the filesystem allows (else through it, as with `false`). Copying every
+    /// byte into fresh page-cache pages, and writing them back later, was the largest CPU
+    /// cost of a download after the QUIC stack itself, and a fifth of a push's; a direct
+    /// write hands the batch to the disk as it is. A downloaded piece that a streaming
+    /// reader will read soon still goes through the page cache.
     pub direct_writes: bool,
     /// Bytes of the store's file system left free for everything else: the quota in
     /// force is `capacity_bytes` clamped to what the store has on disk plus what the file

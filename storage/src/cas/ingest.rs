@@ -2,15 +2,16 @@
 //!
 //! One pass over the bytes on two cores: the calling thread reads the source and computes
 //! the digest with the expected digest's algorithm (sha256 or sha512), recording its
-//! chaining state at every piece boundary for the metainfo (see [`crate::chain`]); a scoped worker thread computes the BLAKE3 piece hashes and writes
-//! the temp file. Chunks travel between them in a small pool of reused buffers, so nothing
-//! is copied twice and memory stays at `BUFFERS × CHUNK` whatever the blob size. A third
-//! thread flushes written data to disk every `SYNC_EVERY` bytes, so the final fsync is
-//! short. The blob becomes visible only after its digest and length match: fsync, rename
+//! chaining state at every piece boundary for the metainfo (see [`crate::chain`]); a scoped
+//! worker thread computes the BLAKE3 piece hashes and writes the temp file, with direct
+//! I/O where the store asks for it and the filesystem allows ([`crate::direct`]). Chunks
+//! travel between them in a small pool of reused buffers, so nothing is copied twice and
+//! memory stays at `BUFFERS × CHUNK` whatever the blob size. A third thread flushes
+//! written data to disk every `SYNC_EVERY` bytes, so the final fsync is short. The blob becomes visible only after its digest and length match: fsync, rename
 //! into `blobs/`, fsync the directory, then commit the record.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO, to_ms};
 use super::{BlobInfo, Cas, CasError, sync_dir};
 use crate::chain::{ChainRecorder, ChainState};
 use crate::digest::{Digest, DigestHasher};
+use crate::direct::{self, AlignedBuf, DirectFile};
 use crate::metainfo::{Metainfo, PieceHasher};
 
 const CHUNK: usize = 1 << 20;
@@ -87,7 +89,10 @@ impl Cas {
         let inner = self.inner();
         let reservation = length.map(|n| inner.reserve(n)).transpose()?;
         let piece_length = length.map(|n| inner.config.piece_lengths.piece_length_for(n));
-        let tmp = TempFile::create(&inner.tmp_dir, expected)?;
+        let mut tmp = TempFile::create(&inner.tmp_dir, expected)?;
+        if inner.config.direct_writes {
+            tmp.direct = DirectFile::open(&tmp.path);
+        }
 
         let limit = match length {
             Some(n) => Limit::Exact(n),
@@ -284,12 +289,13 @@ fn hash_and_write(
     limit: Limit,
     piece_length: Option<u32>,
 ) -> Result<Pass, CasError> {
-    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
-    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    let (full_tx, full_rx) = sync_channel::<AlignedBuf>(BUFFERS);
+    let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(BUFFERS);
     for _ in 0..BUFFERS {
-        let _ = empty_tx.send(vec![0u8; CHUNK]);
+        let _ = empty_tx.send(AlignedBuf::new(CHUNK));
     }
     let file = &tmp.file;
+    let direct = tmp.direct.as_ref();
 
     thread::scope(|s| {
         // Flushing to disk as we go overlaps the disk's work with hashing, so the fsync
@@ -303,18 +309,23 @@ fn hash_and_write(
         });
         let worker = s.spawn(move || -> io::Result<Option<PieceHasher>> {
             let mut hasher = piece_length.map(PieceHasher::new);
-            let mut out = file;
+            let mut at = 0u64;
             let mut unsynced = 0;
-            for (buf, n) in full_rx {
+            for mut buf in full_rx {
+                let n = buf.len();
                 if let Some(h) = hasher.as_mut() {
-                    h.update(&buf[..n]);
+                    h.update(buf.bytes());
                 }
-                out.write_all(&buf[..n])?;
+                // Past the page cache where the disk allows: the blob is read again only
+                // to be copied elsewhere, and a page-cache write costs a copy per byte.
+                direct::write_at(direct, file, buf.bytes(), at)?;
+                at += n as u64;
                 unsynced += n;
                 if unsynced >= SYNC_EVERY {
                     let _ = sync_tx.try_send(());
                     unsynced = 0;
                 }
+                buf.clear();
                 // The reader may have finished; a closed pool is fine.
                 let _ = empty_tx.send(buf);
             }
@@ -357,8 +368,8 @@ fn hash_and_write(
                 }
                 _ => {}
             }
-            sha.update(&buf[..n]);
-            if full_tx.send((buf, n)).is_err() {
+            sha.update(buf.bytes());
+            if full_tx.send(buf).is_err() {
                 break Ok(());
             }
         };
@@ -384,20 +395,16 @@ fn hash_and_write(
 
 /// Reads until `buf` is full or the source ends; returns the bytes read and adds them to
 /// `total` as they arrive, so an error reports exactly how far the stream got.
-fn fill(source: &mut impl Read, buf: &mut [u8], total: &mut u64) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]) {
+fn fill(source: &mut impl Read, buf: &mut AlignedBuf, total: &mut u64) -> io::Result<usize> {
+    while !buf.is_full() {
+        match buf.read_from(source) {
             Ok(0) => break,
-            Ok(n) => {
-                filled += n;
-                *total += n as u64;
-            }
+            Ok(n) => *total += n as u64,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(filled)
+    Ok(buf.len())
 }
 
 /// Second pass for ingests whose length was unknown up front (the chaining states need the
@@ -443,6 +450,9 @@ fn hash_pieces_from_file(
 pub(crate) struct TempFile {
     pub(crate) path: PathBuf,
     pub(crate) file: File,
+    /// The same file opened for direct writes, when the store asks for them and the
+    /// filesystem allows.
+    pub(crate) direct: Option<DirectFile>,
     armed: bool,
 }
 
@@ -460,6 +470,7 @@ impl TempFile {
         Ok(TempFile {
             path,
             file,
+            direct: None,
             armed: true,
         })
     }
