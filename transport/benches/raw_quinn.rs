@@ -24,11 +24,11 @@
 //!   `send_piece`, 8 in flight, each verified by `recv_piece` (BLAKE3) on arrival.
 //! - `exchange`: the whole piece exchange between two nodes in this process: the seeder's
 //!   CAS (its blob ingested, then read once, as replication does on an origin, so it is
-//!   sent from the page cache as `raw` sends from memory), `PieceExchange` sessions driven by the swarm, pieces streamed into the
-//!   leecher's CAS while hashed with BLAKE3 and checked along the digest's sha256 chain,
-//!   then the leecher's commit. The figure that matters; it also reports the download's
-//!   CPU time and the process's peak RSS, an upper bound for the leecher (the seeder
-//!   shares the process).
+//!   sent from the page cache as `raw` sends from memory), `PieceExchange` sessions
+//!   driven by the swarm, pieces streamed into the leecher's CAS while hashed with BLAKE3
+//!   and checked along the digest's sha256 chain, then the leecher's commit. The figure
+//!   that matters; it also reports the download's CPU time and the process's peak RSS,
+//!   an upper bound for the leecher (the seeder shares the process).
 //! - `exchange-trusting`: the same with the leecher's `verify_digest_on_commit` off: every
 //!   piece is still BLAKE3-verified on arrival, but the blob's sha256 is not checked.
 //! - `exchange-buffered`: the same with the leecher's `direct_writes` off: pieces are

@@ -7,8 +7,9 @@
 //! I/O where the store asks for it and the filesystem allows ([`crate::direct`]). Chunks
 //! travel between them in a small pool of reused buffers, so nothing is copied twice and
 //! memory stays at `BUFFERS × CHUNK` whatever the blob size. A third thread flushes
-//! written data to disk every `SYNC_EVERY` bytes, so the final fsync is short. The blob becomes visible only after its digest and length match: fsync, rename
-//! into `blobs/`, fsync the directory, then commit the record.
+//! written data to disk every `SYNC_EVERY` bytes, so the final fsync is short. The blob
+//! becomes visible only after its digest and length match: fsync, rename into `blobs/`,
+//! fsync the directory, then commit the record.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
