@@ -32,8 +32,6 @@ pub const DIRECT_ALIGN: usize = 4096;
 #[derive(Debug)]
 pub struct DirectFile {
     file: File,
-    /// For the log line of a refusal.
-    path: PathBuf,
     /// Set once a direct write was refused: later writes go through the page cache.
     refused: AtomicBool,
 }
@@ -49,7 +47,6 @@ impl DirectFile {
         {
             Ok(file) => Some(DirectFile {
                 file,
-                path: path.to_path_buf(),
                 refused: AtomicBool::new(false),
             }),
             Err(e) => {
@@ -63,13 +60,15 @@ impl DirectFile {
     /// it works for a file with no name), or `None` where that is refused.
     pub fn reopen(file: &File) -> Option<DirectFile> {
         use std::os::fd::AsRawFd;
-        let proc = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let mut direct = Self::open(&proc)?;
-        // The file's own name for the logs (an unnamed file shows its directory).
-        if let Ok(named) = std::fs::read_link(&proc) {
-            direct.path = named;
-        }
-        Some(direct)
+        Self::open(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
+
+    /// The file's name as the kernel knows it (an unnamed file shows its directory), for
+    /// the log: asked only when there is something to log.
+    fn name(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        let fd = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        std::fs::read_link(&fd).unwrap_or_else(|_| fd.into())
     }
 
     /// Whether a direct write was refused: every write goes through the page cache now.
@@ -88,7 +87,7 @@ impl DirectFile {
                 // The filesystem (or this buffer) does not do direct I/O after all: the
                 // page cache takes this write, and every later one.
                 Err(e) if refuses_direct_io(&e) => {
-                    tracing::debug!(path = %self.path.display(), error = %e, "direct write refused, writing through the page cache");
+                    tracing::debug!(path = %self.name().display(), error = %e, "direct write refused, writing through the page cache");
                     self.refused.store(true, Ordering::Relaxed);
                 }
                 Err(e) => return Err(e),
