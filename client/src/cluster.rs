@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kraken_membership::{ClusterView, Member, Role};
 use kraken_storage::Digest;
@@ -178,6 +178,8 @@ pub struct Cluster {
     /// whether it is alive ([`crate::stall`]); default
     /// [`crate::stall::DEFAULT_STALL_TIMEOUT`].
     pub stall_timeout: Duration,
+    /// Nodes the stall watchdog gave up on, and when ([`crate::stall`]); shared by clones.
+    stalled: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, Instant>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -196,7 +198,27 @@ impl Cluster {
             view,
             call_timeout: Duration::from_secs(10),
             stall_timeout: crate::stall::DEFAULT_STALL_TIMEOUT,
+            stalled: Default::default(),
         }
+    }
+
+    /// Records that the stall watchdog gave the node at `addr` up: for
+    /// [`crate::stall::STALLED_FOR`], sends to it fail at once ([`Cluster::stalled_lately`]),
+    /// so that a caller moving on from one dead node (a stage, then the push it falls back
+    /// to) does not wait for it twice.
+    pub fn mark_stalled(&self, addr: SocketAddr) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        stalled.retain(|_, at| at.elapsed() < crate::stall::STALLED_FOR);
+        stalled.insert(addr, Instant::now());
+    }
+
+    /// Whether the stall watchdog gave the node at `addr` up within the last
+    /// [`crate::stall::STALLED_FOR`].
+    pub fn stalled_lately(&self, addr: SocketAddr) -> bool {
+        let stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        stalled
+            .get(&addr)
+            .is_some_and(|at| at.elapsed() < crate::stall::STALLED_FOR)
     }
 
     /// The connection pool.

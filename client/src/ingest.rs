@@ -102,15 +102,31 @@ impl IngestCall {
         addr: SocketAddr,
         ingest: IngestRequest<'_>,
     ) -> Result<Opened, CallError> {
+        Self::open_request(cluster, addr, &ingest.request(), ingest.length).await
+    }
+
+    /// [`IngestCall::open`] for any request answered like [`Request::Ingest`] (first
+    /// [`Response::Proceed`]), with a body of `length` bytes.
+    pub(crate) async fn open_request(
+        cluster: &Cluster,
+        addr: SocketAddr,
+        request: &Request,
+        length: u64,
+    ) -> Result<Opened, CallError> {
+        if cluster.stalled_lately(addr) {
+            // Given up on moments ago (a stage to it stalled, say): on to the next owner.
+            let after = std::time::Duration::ZERO;
+            return Err(CallError::Stalled { addr, after });
+        }
         let limit = cluster.call_timeout;
         let opening = async {
             let rpc = |source| CallError::Rpc { addr, source };
-            let mut call = cluster.open_call(addr, &ingest.request()).await?;
+            let mut call = cluster.open_call(addr, request).await?;
             match call.answer::<Response>().await.map_err(rpc)? {
                 Some(Response::Proceed) => Ok(Opened::Proceed(IngestCall {
                     call,
                     addr,
-                    length: ingest.length,
+                    length,
                     stall: Box::new(cluster.clone()),
                     stalled: None,
                 })),
@@ -173,6 +189,15 @@ impl IngestCall {
     /// An origin that stalls and answers no ping meanwhile fails it with
     /// [`CallError::Stalled`] (the stream is reset: it stores nothing).
     pub async fn finish(self) -> Result<u64, CallError> {
+        let (addr, expected) = (self.addr, self.length);
+        match self.verdict().await? {
+            Response::Uploaded { length } if length == expected => Ok(length),
+            other => Err(CallError::unexpected(addr, other)),
+        }
+    }
+
+    /// Ends the body and returns the origin's answer, whatever it is (errors included).
+    pub(crate) async fn verdict(self) -> Result<Response, CallError> {
         let addr = self.addr;
         if let Some(e) = self.stalled {
             self.call.abort(codes::ABANDONED);
@@ -181,10 +206,7 @@ impl IngestCall {
         let (response, _) = stall::guard(&self.stall, addr, self.call.finish::<Response>())
             .await?
             .map_err(|source| CallError::Rpc { addr, source })?;
-        match response {
-            Response::Uploaded { length } if length == self.length => Ok(length),
-            other => Err(CallError::unexpected(addr, other)),
-        }
+        Ok(response)
     }
 }
 

@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod metainfo;
 pub mod preheat;
 pub mod proto;
+pub mod stage;
 pub mod stall;
 pub mod upload;
 

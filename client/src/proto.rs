@@ -405,6 +405,30 @@ pub enum Request {
         /// The blob.
         digest: Digest,
     },
+    /// Origin: hold the bytes of a blob whose digest is not known yet (a registry
+    /// client's chunked upload, sent on as its chunks arrive). The origin answers
+    /// [`Response::Proceed`] and reads the body to its end, hashing it with sha256, or
+    /// refuses at once; after the body, [`Response::Staged`] once the bytes are fsynced.
+    /// Nothing is stored until [`Request::CommitStaged`] names the digest; uncommitted
+    /// bytes are deleted after a while (and at restart).
+    Stage {
+        /// Routes the write-back, once committed.
+        namespace: String,
+    },
+    /// Origin: store the bytes [`Request::Stage`] left under `token` as blob `digest`,
+    /// as an ingest does (answered [`Response::Uploaded`]: verified, durable, pinned, its
+    /// write-back queued). `NotFound` when the token is unknown (expired, or the origin
+    /// restarted), `BadRequest` when the bytes hash to another digest (they are
+    /// deleted), `WrongNode` when this origin does not own `digest` (they are kept: the
+    /// sender sends the blob to an owner instead).
+    CommitStaged {
+        /// Routes the write-back.
+        namespace: String,
+        /// From [`Response::Staged`].
+        token: u64,
+        /// The blob the bytes must hash to.
+        digest: Digest,
+    },
 }
 
 impl Request {
@@ -457,6 +481,8 @@ impl Request {
             Request::Scrub { .. } => "Scrub",
             Request::DhtContact => "DhtContact",
             Request::DhtProviders { .. } => "DhtProviders",
+            Request::Stage { .. } => "Stage",
+            Request::CommitStaged { .. } => "CommitStaged",
         }
     }
 
@@ -484,6 +510,7 @@ impl Request {
             | Request::UnlinkBlob { digest, .. }
             | Request::SuspectBlob { digest }
             | Request::DhtProviders { digest }
+            | Request::CommitStaged { digest, .. }
             | Request::Scrub {
                 digest: Some(digest),
             } => Some(digest),
@@ -662,6 +689,15 @@ pub enum Response {
     },
     /// Answer to [`Request::DhtProviders`].
     DhtProviders(Vec<DhtProvider>),
+    /// Answer to [`Request::Stage`]: the bytes are fsynced and held under `token`.
+    Staged {
+        /// Names them to [`Request::CommitStaged`].
+        token: u64,
+        /// How many bytes came.
+        length: u64,
+        /// Their sha256 digest.
+        digest: Digest,
+    },
 }
 
 /// One provider a DHT lookup found.
@@ -1029,6 +1065,26 @@ mod tests {
             wait_ms: 1,
         };
         assert_eq!(tag(&warm), 21);
+        // The staged upload's came after `DhtProviders` (45; its answer 43).
+        let digest = Digest::sha256_of(b"x");
+        assert_eq!(tag(&Request::DhtProviders { digest }), 45);
+        let stage = Request::Stage {
+            namespace: "ns".into(),
+        };
+        let commit = Request::CommitStaged {
+            namespace: "ns".into(),
+            token: 1,
+            digest,
+        };
+        assert_eq!((tag(&stage), tag(&commit)), (46, 47));
+        let tag = |r: &Response| postcard::to_allocvec(r).unwrap()[0];
+        assert_eq!(tag(&Response::DhtProviders(Vec::new())), 43);
+        let staged = Response::Staged {
+            token: 1,
+            length: 2,
+            digest,
+        };
+        assert_eq!(tag(&staged), 44);
         // Error kinds likewise: the upstream ones came after `Internal` (6).
         let tag = |k: ErrorKind| postcard::to_allocvec(&k).unwrap()[0];
         assert_eq!(tag(ErrorKind::Internal), 6);

@@ -11,7 +11,9 @@
 //! unanswered. A node that answers the ping is slow, not dead (a busy disk, an fsync of a
 //! large blob, a congested path): the step keeps waiting, and is asked about again after
 //! each further stall time. A SIGKILLed or partitioned owner is thus given up after at
-//! most two stall times; a live one is never given up by this watchdog.
+//! most two stall times; a live one is never given up by this watchdog. A node given up is
+//! remembered for [`STALLED_FOR`]: a send to it that stalls then fails at the first stall
+//! time, without a ping, and a new ingest is not even opened to it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +27,11 @@ use crate::proto::{Request, Response};
 /// a write that moves nothing for 2 s already lost more than a second of a 10 Gbit/s link;
 /// a dead owner costs at most two of them (4 s) before the next owner is tried.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a node the watchdog gave up on is taken for dead by later sends
+/// ([`Cluster::mark_stalled`]): long enough for gossip to suspect it too, short enough
+/// that a node restarted at once is soon sent to again.
+pub const STALLED_FOR: Duration = Duration::from_secs(15);
 
 /// Whether the node answered a liveness probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,13 +84,17 @@ pub async fn guard<F: Future>(
     addr: SocketAddr,
     step: F,
 ) -> Result<F::Output, CallError> {
-    watch(addr, cluster.stall_timeout, step, || probe(cluster, addr)).await
+    let watched = watch(addr, cluster.stall_timeout, step, || probe(cluster, addr)).await;
+    if let Err(CallError::Stalled { .. }) = &watched {
+        cluster.mark_stalled(addr);
+    }
+    watched
 }
 
 /// Whether the node at `addr` is alive: not suspected by the view, and answering a ping
 /// within the stall time.
 pub async fn probe(cluster: &Cluster, addr: SocketAddr) -> Liveness {
-    if cluster.suspects(addr) {
+    if cluster.suspects(addr) || cluster.stalled_lately(addr) {
         return Liveness::Dead;
     }
     match cluster

@@ -396,6 +396,11 @@ pub struct RegistrySection {
     /// again. Costs one sequential write of each pushed byte to the proxy's disk (mostly
     /// page cache).
     pub spill_pushes: bool,
+    /// Proxies: pass a chunked push's bytes (skopeo's, podman's, docker's) on to an
+    /// origin while they arrive, as well as staging them in `uploads_dir`, so that the
+    /// closing `PUT` commits them there instead of sending the blob again. Costs nothing
+    /// when it cannot be used: the staged copy is sent as before.
+    pub pass_on_chunks: bool,
     /// Proxies: open upload sessions, all clients together; past it `429`.
     pub max_upload_sessions: u64,
     /// Proxies: open upload sessions of one client address.
@@ -457,6 +462,7 @@ impl Default for RegistrySection {
             notifications: crate::notify::NotificationsConfig::default(),
             allow_anonymous_push: false,
             spill_pushes: true,
+            pass_on_chunks: true,
             max_upload_sessions: uploads.max_sessions,
             max_upload_sessions_per_client: uploads.max_sessions_per_client,
             max_staged_bytes: uploads.max_staged_bytes,

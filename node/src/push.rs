@@ -15,6 +15,11 @@
 //!   untouched): the gateway stages it and comes back through [`put_file`], which sends it
 //!   the resumable upload.
 //!
+//! - [`stage`] and [`commit_staged`]: a chunked upload's bytes passed on to an origin as
+//!   they arrive, before the client names the digest, then stored under it there
+//!   ([`kraken_registry_gateway`]'s `pass_on`); the gateway's staged file stays the
+//!   fallback.
+//!
 //! An owner fails when it refuses in a way the next owner may not (down, busy, not an
 //! owner), or when a send to it stalls and it answers no ping: the stall watchdog
 //! (`kraken_client::stall`) gives a dead owner up after at most two stall times
@@ -32,8 +37,9 @@ use futures::StreamExt as _;
 use kraken_client::ingest::{
     IngestCall, IngestRequest, Opened, SendAllError, ingest_file, predates_ingest,
 };
+use kraken_client::stage::{self, StageCall};
 use kraken_membership::Role;
-use kraken_registry_gateway::registry::{RegistryError, UploadBody};
+use kraken_registry_gateway::registry::{RegistryError, StageChunks, StagedUpload, UploadBody};
 use kraken_storage::Digest;
 
 use crate::client::{CallError, Cluster};
@@ -181,6 +187,63 @@ async fn send_body(
         }
     }
     Ok(call.finish().await.map(drop)?)
+}
+
+/// Passes the chunks of an upload to `repo` on to an origin as they arrive
+/// ([`kraken_client::stage`]), before their digest is known. The origin is drawn at random
+/// (uploads spread over the ring; the digest will decide who owns the blob), and the next
+/// in ring order is asked when one refuses before taking a byte.
+pub async fn stage(
+    cluster: &Cluster,
+    repo: &str,
+    mut chunks: StageChunks,
+) -> Result<StagedUpload, RegistryError> {
+    let spot = Digest::Sha256(rand::random());
+    let mut last = RegistryError::Unavailable("no live origin".into());
+    for origin in cluster.owners_of_digest(Role::Origin, &spot, 0) {
+        let call = match StageCall::open(cluster, origin.quic_addr, repo).await {
+            Ok(call) => call,
+            Err(e) => {
+                tracing::debug!(origin = %origin.id, error = %e, "origin refused a stage; trying the next");
+                last = RegistryError::Unavailable(e.to_string());
+                continue;
+            }
+        };
+        let mut chunks = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
+        let staged = call
+            .send_all(&mut chunks)
+            .await
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        return Ok(StagedUpload {
+            node: staged.addr,
+            token: staged.token,
+            length: staged.length,
+            digest: staged.digest,
+        });
+    }
+    Err(last)
+}
+
+/// Stores what [`stage`] passed on as blob `digest` of `repo`. `Ok` means what [`put_file`]'s
+/// does: the origin holding the bytes owns `digest` and has the blob verified, fsynced,
+/// pinned and queued for write-back. An origin that does not own `digest` refuses (and
+/// the gateway sends its own copy to the owners).
+pub async fn commit_staged(
+    cluster: &Cluster,
+    repo: &str,
+    staged: &StagedUpload,
+    digest: &Digest,
+) -> Result<(), RegistryError> {
+    let held = stage::Staged {
+        addr: staged.node,
+        token: staged.token,
+        length: staged.length,
+        digest: staged.digest,
+    };
+    stage::commit(cluster, &held, repo, digest)
+        .await
+        .map(drop)
+        .map_err(push_error)
 }
 
 fn request<'a>(repo: &'a str, digest: &'a Digest, len: u64) -> IngestRequest<'a> {

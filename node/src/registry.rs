@@ -24,7 +24,8 @@ use futures::StreamExt;
 use kraken_client::download::Download;
 use kraken_membership::Role;
 use kraken_registry_gateway::registry::{
-    BlobBody, ByteRange, LocalBlob, Page, Registry, RegistryError, UploadBody, resolve_range,
+    BlobBody, ByteRange, LocalBlob, Page, Registry, RegistryError, StageChunks, StagedUpload,
+    UploadBody, resolve_range,
 };
 use kraken_storage::cas::CasError;
 use kraken_storage::{Digest, Metainfo};
@@ -448,6 +449,26 @@ impl Registry for ClusterRegistry {
             self.spill_dir.as_deref(),
         )
         .await?;
+        self.link(repo, &[*digest]).await
+    }
+
+    async fn stage_blob(
+        &self,
+        repo: &str,
+        chunks: StageChunks,
+    ) -> Result<StagedUpload, RegistryError> {
+        self.pushing()?;
+        crate::push::stage(&self.cluster, repo, chunks).await
+    }
+
+    async fn commit_staged(
+        &self,
+        repo: &str,
+        staged: &StagedUpload,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        self.pushing()?;
+        crate::push::commit_staged(&self.cluster, repo, staged, digest).await?;
         self.link(repo, &[*digest]).await
     }
 

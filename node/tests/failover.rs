@@ -106,7 +106,9 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn start() -> Fixture {
+    /// `pass_on`: the proxy's `pass_on_chunks` (a chunked push's bytes also go to an
+    /// origin as they arrive).
+    async fn start(pass_on: bool) -> Fixture {
         let c = TestCluster::new();
         let dir = c.dir.path().to_path_buf();
         let names = ["origin-1", "origin-2", "origin-3", "tracker-1", "proxy-1"];
@@ -160,7 +162,8 @@ impl Fixture {
         };
         let view_seeds: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.quic)).collect();
         let proxy_config = format!(
-            "{}[registry]\nenabled = true\nlisten = \"{registry}\"\n[view]\nseeds = [{}]\nrefresh_secs = 1\n",
+            "{}[registry]\nenabled = true\nlisten = \"{registry}\"\npass_on_chunks = {pass_on}\n\
+             [view]\nseeds = [{}]\nrefresh_secs = 1\n",
             common("proxy-1", "proxy"),
             view_seeds.join(", ")
         );
@@ -310,7 +313,7 @@ fn blob(c: &TestCluster, name: &str, seed: u64) -> (Vec<u8>, Digest) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monolithic_push_moves_to_the_next_owner_when_its_owner_is_killed_mid_body() {
-    let mut f = Fixture::start().await;
+    let mut f = Fixture::start(true).await;
     let (warm, warm_digest) = blob(&f.c, "warm", 1);
     let started = Instant::now();
     let status = push_monolithic(f.registry, &warm_digest, &warm, 0, async {}).await;
@@ -344,7 +347,8 @@ async fn a_monolithic_push_moves_to_the_next_owner_when_its_owner_is_killed_mid_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_push_moves_to_the_next_owner_when_its_owner_is_killed_mid_body() {
-    let mut f = Fixture::start().await;
+    // Without passing the chunks on, the final PUT sends the staged file.
+    let mut f = Fixture::start(false).await;
     let (data, digest) = blob(&f.c, "blob", 3);
     let owners = f.owners(&digest).await;
     let registry = f.registry;
@@ -392,11 +396,62 @@ async fn a_chunked_push_moves_to_the_next_owner_when_its_owner_is_killed_mid_bod
     f.wait_held(&owners[1..], &digest).await;
 }
 
+/// A chunked push whose bytes were passed on to an origin as they arrived: that origin
+/// is killed before the closing `PUT`, which then sends the proxy's own copy to the
+/// owners that live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_push_lands_from_the_proxys_copy_when_the_origin_holding_its_chunks_dies() {
+    let mut f = Fixture::start(true).await;
+    let (data, digest) = blob(&f.c, "blob", 5);
+    let registry = f.registry;
+    let post = format!(
+        "POST /v2/failover/passed/blobs/uploads/ HTTP/1.1\r\nHost: {registry}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (status, text) = http(registry, post, &[], 0, async {}).await;
+    assert_eq!(status, 202, "{text}");
+    let location = header(&text, "Location").to_string();
+    let patch = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {registry}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        data.len()
+    );
+    let (status, text) = http(registry, patch, &data, data.len(), async {}).await;
+    assert_eq!(status, 202, "{text}");
+    let location = header(&text, "Location").to_string();
+    let sep = if location.contains('?') { '&' } else { '?' };
+
+    // One origin holds (most of) the body in its temp directory, waiting for the digest:
+    // the last batch stays in its memory until the body ends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let holder = loop {
+        if let Some(i) = (0..3).find(|&i| incoming_bytes(&f.origins[i].data) >= LEN / 2) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no origin received the chunks");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    f.origins[holder].kill9();
+    let killed_at = Instant::now();
+    let put = format!(
+        "PUT {location}{sep}digest={digest} HTTP/1.1\r\nHost: {registry}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (status, text) = http(registry, put, &[], 0, async {}).await;
+    let after_kill = killed_at.elapsed();
+    eprintln!("chunked push passed on to a dead origin: {after_kill:?} from its SIGKILL to 201");
+    assert_eq!(status, 201, "{text}");
+    assert!(
+        after_kill < FAILOVER_BUDGET,
+        "the PUT took {after_kill:?} after the kill"
+    );
+    let live: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
+    f.wait_held(&live, &digest).await;
+}
+
 /// `krakenctl push`'s path: the resumable Upload RPC to each owner in turn
 /// (`kraken_client::upload::push_file`), the first killed mid-body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumable_upload_moves_to_the_next_owner_when_its_owner_is_killed_mid_body() {
-    let mut f = Fixture::start().await;
+    let mut f = Fixture::start(true).await;
     let (path, digest) = blob_file(f.c.dir.path(), "blob", LEN, 4);
     let owners = f.owners(&digest).await;
     let client = f.client.clone();

@@ -1,7 +1,8 @@
 //! The push path end to end: real origins, a tracker and a proxy in one process over real
 //! QUIC, pushes sent to the proxy's registry API. A monolithic push is streamed through the
 //! proxy into the owning origin's store (the streaming ingest); chunked pushes are staged
-//! on the proxy and sent on at the closing `PUT`. What a 201 promises (the blob verified
+//! on the proxy and passed on to an origin as they arrive, and the closing `PUT` commits
+//! them there. What a 201 promises (the blob verified
 //! and fsynced on an owning origin, its write-back queued) and what a failed push leaves
 //! behind (nothing: no blob, no temp file, no queue item) are checked on the origins.
 #![allow(clippy::unwrap_used)]
@@ -11,10 +12,12 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use kraken_client::ingest::{IngestCall, IngestRequest, Opened, ingest_file};
+use kraken_client::stage::{StageCall, Staged, commit};
 use kraken_membership::Role;
 use kraken_node::config::NodeRole;
-use kraken_node::proto::ErrorKind;
+use kraken_node::proto::{ErrorKind, Request, Response};
 use kraken_storage::Digest;
 use support::{TestCluster, blob_file};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -237,7 +240,7 @@ async fn a_client_that_disconnects_mid_body_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chunked_push_is_staged_on_the_proxy_and_its_put_lands_it() {
+async fn a_chunked_push_is_staged_on_the_proxy_passed_on_and_its_put_lands_it() {
     let (c, proxy) = push_cluster().await;
     let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 4);
     let data = std::fs::read(&path).unwrap();
@@ -275,6 +278,9 @@ async fn a_chunked_push_is_staged_on_the_proxy_and_its_put_lands_it() {
     acknowledged_durably(&c, &digest);
     assert_eq!(sessions(&c), 0);
     on_every_origin_intact(&c, &digest).await;
+    // The PUT committed what the PATCHes had passed on to an origin: the blob was not
+    // sent again.
+    assert_eq!(passed_on(&c, proxy).await, 1);
 
     // Chunks that do not hash to the digest: the origin's check refuses them (the proxy
     // does not hash), the session goes, and nothing is stored or queued. A prefix of a
@@ -300,6 +306,23 @@ async fn a_chunked_push_is_staged_on_the_proxy_and_its_put_lands_it() {
         assert_eq!(sessions(&c), 0);
     }
     nothing_left_behind(&c, &[claimed]).await;
+    assert_eq!(passed_on(&c, proxy).await, 1);
+}
+
+/// The proxy's count of chunked pushes stored from the bytes passed on as they arrived.
+async fn passed_on(c: &TestCluster, proxy: usize) -> u64 {
+    let http = c.node(proxy).http_addr().unwrap();
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kraken_gateway_passed_on_uploads_total "))
+        .unwrap_or_else(|| panic!("no passed-on count in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,4 +374,137 @@ async fn replicas_arrive_by_the_streaming_ingest() {
         .await
         .unwrap();
     assert_eq!((pushed.sent, pushed.length), (0, LEN));
+}
+
+/// Two origins that each own half the digests (one replica), and a tracker.
+async fn one_replica_cluster() -> TestCluster {
+    let mut c = TestCluster::new();
+    for name in ["origin-1", "origin-2"] {
+        let mut config = c.config(name, NodeRole::Origin);
+        config.origin.replicas = 1;
+        c.start(config).await;
+    }
+    c.add("tracker-1", NodeRole::Tracker).await;
+    c.converge(2).await;
+    c
+}
+
+/// Stages `data` on the origin at `addr`, in 1 MiB chunks.
+async fn stage(c: &TestCluster, addr: std::net::SocketAddr, data: &[u8]) -> Staged {
+    let call = StageCall::open(c.client(), addr, "library/app")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = data
+        .chunks(1 << 20)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    call.send_all(&mut futures::stream::iter(chunks))
+        .await
+        .unwrap()
+}
+
+fn remote_kind(e: &kraken_client::cluster::CallError) -> ErrorKind {
+    e.remote()
+        .unwrap_or_else(|| panic!("not a refusal: {e}"))
+        .kind
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_bytes_are_stored_only_under_their_digest_by_an_owner() {
+    let c = one_replica_cluster().await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 6);
+    let data = std::fs::read(&path).unwrap();
+    let owners = c.client().owners_of_digest(Role::Origin, &digest, 1);
+    let index = |addr| {
+        c.origins()
+            .into_iter()
+            .find(|&i| c.node(i).quic_addr() == addr)
+            .unwrap()
+    };
+    let owner = index(owners[0].quic_addr);
+    let other = c.origins().into_iter().find(|&i| i != owner).unwrap();
+    let tmp = |i| entries(&cas_tmp(origin(&c, i), &digest));
+
+    // The origin hashed what it holds: it says so, and a wrong digest deletes it.
+    let staged = stage(&c, c.node(owner).quic_addr(), &data).await;
+    assert_eq!((staged.length, staged.digest), (LEN, digest));
+    assert_eq!(tmp(owner), 1);
+    let wrong = Digest::sha256_of(b"other bytes");
+    let e = commit(c.client(), &staged, "library/app", &wrong)
+        .await
+        .unwrap_err();
+    assert_eq!(remote_kind(&e), ErrorKind::DigestMismatch, "{e}");
+    assert_eq!(tmp(owner), 0);
+    let e = commit(c.client(), &staged, "library/app", &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(remote_kind(&e), ErrorKind::NotFound, "{e}");
+
+    // An origin that does not own the digest refuses, and keeps nothing.
+    let staged = stage(&c, c.node(other).quic_addr(), &data).await;
+    let e = commit(c.client(), &staged, "library/app", &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(remote_kind(&e), ErrorKind::WrongNode, "{e}");
+    assert_eq!(tmp(other), 0);
+    assert!(!origin(&c, other).cas().contains(&digest).unwrap());
+
+    // The owner stores it as an ingest would: verified, pinned, queued for write-back.
+    let staged = stage(&c, c.node(owner).quic_addr(), &data).await;
+    let length = commit(c.client(), &staged, "library/app", &digest)
+        .await
+        .unwrap();
+    assert_eq!(length, LEN);
+    acknowledged_durably(&c, &digest);
+    assert_eq!(tmp(owner), 0);
+    let bytes = std::fs::read(origin(&c, owner).cas().blob_path(&digest)).unwrap();
+    assert_eq!(Digest::sha256_of(&bytes), digest);
+    let fresh = origin(&c, owner)
+        .cas()
+        .ingest(&digest, Some(LEN), &data[..])
+        .unwrap();
+    assert!(fresh.already_present);
+
+    // A stage whose body breaks off leaves nothing.
+    let call = StageCall::open(c.client(), c.node(owner).quic_addr(), "library/app")
+        .await
+        .unwrap();
+    let mut partial = futures::stream::iter(vec![bytes::Bytes::from(data[..3 << 20].to_vec())])
+        .chain(futures::stream::pending());
+    // Given up mid-body: the call is dropped, which resets its stream.
+    let sending = tokio::time::timeout(Duration::from_secs(1), call.send_all(&mut partial));
+    assert!(sending.await.is_err(), "the body never ends");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tmp(owner) > 0 {
+        assert!(Instant::now() < deadline, "a broken stage left a temp file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_stored_on_its_second_owner_is_found_through_the_first_at_once() {
+    let (c, _) = push_cluster().await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 7);
+    let data = std::fs::read(&path).unwrap();
+    let owners = c.client().owners_of_digest(Role::Origin, &digest, 0);
+    // A passed-on chunked push lands on whichever owner its chunks went to.
+    let staged = stage(&c, owners[1].quic_addr, &data).await;
+    commit(c.client(), &staged, "library/app", &digest)
+        .await
+        .unwrap();
+    // A read in ring order asks the first owner, which does not wait for its copy: it
+    // answers from the owner that holds the blob.
+    let ask = Request::OriginMetainfo {
+        namespace: "library/app".into(),
+        digest,
+        wait_ms: 0,
+    };
+    match c.client().call(owners[0].quic_addr, &ask).await.unwrap() {
+        Response::Metainfo(bytes) => {
+            let metainfo = kraken_storage::Metainfo::decode(&bytes).unwrap();
+            assert_eq!((metainfo.digest(), metainfo.length()), (&digest, LEN));
+        }
+        other => panic!("{other:?}"),
+    }
+    on_every_origin_intact(&c, &digest).await;
 }

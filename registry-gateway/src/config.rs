@@ -90,6 +90,9 @@ pub struct GatewayConfig {
     /// Whether a push-enabled gateway may serve beyond loopback without [`Self::auth`]:
     /// without it, [`crate::serve`] refuses to start there ([`GatewayError::AnonymousPush`]).
     pub allow_anonymous_push: bool,
+    /// Whether a chunked upload's bytes also go on to the cluster as they arrive, so that
+    /// its closing `PUT` need not send them again (see `pass_on`). Default on.
+    pub pass_on_chunks: bool,
 }
 
 impl Default for GatewayConfig {
@@ -110,6 +113,7 @@ impl Default for GatewayConfig {
             http: HttpLimits::default(),
             upload_limits: UploadLimits::default(),
             allow_anonymous_push: false,
+            pass_on_chunks: true,
         }
     }
 }

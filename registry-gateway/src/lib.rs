@@ -73,6 +73,7 @@ pub mod media;
 mod metrics;
 pub mod mirror;
 pub mod names;
+mod pass_on;
 mod range;
 mod reference;
 mod referrers;

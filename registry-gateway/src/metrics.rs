@@ -30,6 +30,7 @@ pub struct GatewayMetrics {
     by_method: [[Counter; CLASSES.len()]; METHODS.len()],
     response_bytes: Counter,
     upload_bytes: Counter,
+    passed_on: Counter,
     in_flight: Gauge,
     upload_duration: Histogram,
     connections: ListenerMetrics,
@@ -53,6 +54,7 @@ impl Default for GatewayMetrics {
             by_method,
             response_bytes: Counter::default(),
             upload_bytes: Counter::default(),
+            passed_on: Counter::default(),
             in_flight: Gauge::default(),
             // 10 ms to about 5.5 minutes, doubling.
             upload_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
@@ -96,6 +98,12 @@ impl GatewayMetrics {
             self.upload_bytes.clone(),
         );
         registry.register(
+            "kraken_gateway_passed_on_uploads",
+            "Chunked uploads whose bytes went on to an origin as they arrived and were \
+             stored there without being sent again",
+            self.passed_on.clone(),
+        );
+        registry.register(
             "kraken_gateway_requests_in_flight",
             "Requests being served (until their body is sent)",
             self.in_flight.clone(),
@@ -126,6 +134,11 @@ impl GatewayMetrics {
         self.upload_bytes.inc_by(n);
     }
 
+    /// A chunked upload was stored from the bytes passed on as they arrived.
+    pub(crate) fn passed_on(&self) {
+        self.passed_on.inc();
+    }
+
     /// An upload session completed, `elapsed` after it started.
     pub(crate) fn upload_done(&self, elapsed: Duration) {
         self.upload_duration.observe(elapsed.as_secs_f64());
@@ -150,6 +163,11 @@ impl GatewayMetrics {
     /// Bytes received into upload sessions.
     pub fn upload_bytes(&self) -> u64 {
         self.upload_bytes.get()
+    }
+
+    /// Chunked uploads stored from the bytes passed on to an origin as they arrived.
+    pub fn passed_on_uploads(&self) -> u64 {
+        self.passed_on.get()
     }
 
     /// The metrics alone in the Prometheus text format (tests; a process renders its one

@@ -168,6 +168,23 @@ pub enum RegistryError {
     Internal(String),
 }
 
+/// The chunks of an upload as [`Registry::stage_blob`] receives them.
+pub type StageChunks = tokio::sync::mpsc::Receiver<Bytes>;
+
+/// Bytes of an upload the cluster holds before their digest is named
+/// ([`Registry::stage_blob`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedUpload {
+    /// The node holding them.
+    pub node: std::net::SocketAddr,
+    /// Names them to that node.
+    pub token: u64,
+    /// How many bytes it holds.
+    pub length: u64,
+    /// Their sha256 digest, as the node computed it.
+    pub digest: Digest,
+}
+
 /// The cluster, as the gateway sees it. Implementations are cheap to share (`Arc`).
 pub trait Registry: Send + Sync + 'static {
     /// The digest `repo:tag` points at ([`RegistryError::TagUnknown`] if none).
@@ -260,6 +277,42 @@ pub trait Registry: Send + Sync + 'static {
         len: u64,
         body: &mut UploadBody,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Passes the bytes of a chunked upload to `repo` on to the cluster as they arrive,
+    /// before the client names their digest: `chunks` yields them in order and ends when
+    /// the client has sent its last. `Ok` once the cluster holds all of them durably, as
+    /// no blob yet: [`Registry::commit_staged`] names their digest. Any error (and the
+    /// default, [`RegistryError::Unsupported`]) costs nothing but time: the gateway keeps
+    /// its own copy of every chunk and sends it with [`Registry::put_blob`] instead.
+    fn stage_blob(
+        &self,
+        repo: &str,
+        chunks: StageChunks,
+    ) -> impl Future<Output = Result<StagedUpload, RegistryError>> + Send {
+        let _ = (repo, chunks);
+        async {
+            Err(RegistryError::Unsupported(
+                "the cluster takes no staged uploads".into(),
+            ))
+        }
+    }
+
+    /// Stores the bytes [`Registry::stage_blob`] passed on as blob `digest` of `repo`,
+    /// verified and durable as [`Registry::put_blob`]. Any error means nothing of it is
+    /// acknowledged: the gateway sends its own copy with [`Registry::put_blob`].
+    fn commit_staged(
+        &self,
+        repo: &str,
+        staged: &StagedUpload,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send {
+        let _ = (repo, staged, digest);
+        async {
+            Err(RegistryError::Unsupported(
+                "the cluster takes no staged uploads".into(),
+            ))
+        }
+    }
 
     /// Points `repo:tag` at `digest`; [`RegistryError::ManifestBlobUnknown`] names what is
     /// missing if the manifest references blobs the cluster lacks.

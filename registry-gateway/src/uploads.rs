@@ -38,6 +38,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::config::{GatewayError, UploadLimits};
 use crate::metrics::GatewayMetrics;
+use crate::pass_on::{Leg, Legs};
 
 const DATA: &str = "data";
 const META: &str = "meta.json";
@@ -292,16 +293,24 @@ fn read_meta_sync(dir: &Path) -> Option<Meta> {
 /// Removes session directory `dir` (under `root`) by first renaming it into the staging
 /// area: `true` only for the caller whose rename took it (it accounts for the session).
 fn claim_and_remove_sync(root: &Path, dir: &Path) -> io::Result<bool> {
+    let Some(grave) = claim_sync(root, dir)? else {
+        return Ok(false);
+    };
+    std::fs::remove_dir_all(&grave)?;
+    Ok(true)
+}
+
+/// Moves session directory `dir` into the staging area, where nobody sees it as a
+/// session; `None` if another remover got there first. The caller deletes it.
+fn claim_sync(root: &Path, dir: &Path) -> io::Result<Option<PathBuf>> {
     let grave = root
         .join(STAGING)
         .join(format!("gone-{}", UploadId::random().as_str()));
     match std::fs::rename(dir, &grave) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+        Ok(()) => Ok(Some(grave)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
-    std::fs::remove_dir_all(&grave)?;
-    Ok(true)
 }
 
 /// All upload sessions under one directory.
@@ -314,6 +323,8 @@ pub(crate) struct UploadStore {
     metrics: GatewayMetrics,
     locks: Mutex<HashMap<UploadId, Weak<tokio::sync::Mutex<()>>>>,
     last_sweep: Mutex<Instant>,
+    /// Sessions' bytes on their way to the cluster ([`crate::pass_on`]).
+    legs: Legs,
 }
 
 impl std::fmt::Debug for UploadStore {
@@ -352,6 +363,7 @@ impl UploadStore {
             metrics,
             locks: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(Instant::now()),
+            legs: Legs::default(),
         };
         sweep_sync(&dir, ttl, empty_ttl, &HashMap::new()).map_err(fail)?;
         for entry in std::fs::read_dir(&dir).map_err(fail)? {
@@ -362,6 +374,16 @@ impl UploadStore {
             }
         }
         Ok(store)
+    }
+
+    /// The sessions' legs ([`crate::pass_on`]).
+    pub(crate) fn legs(&self) -> &Legs {
+        &self.legs
+    }
+
+    /// How long a session lives without a byte.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     fn session_dir(&self, id: &UploadId) -> PathBuf {
@@ -620,17 +642,25 @@ impl Session {
     /// The bytes are written by one blocking thread in the chunks the body arrives in, with
     /// a flush to disk every [`FLUSH_EVERY`] bytes on another, so the one fsync at the end
     /// has little left to wait for.
+    ///
+    /// With a `leg` whose bytes are the session's so far, each chunk is also handed to it
+    /// as it arrives; the leg is dropped (set to `None`) if the chunk fails, or the leg
+    /// does ([`crate::pass_on`]).
     pub(crate) async fn append(
         &mut self,
         body: Body,
         expected: Option<u64>,
+        leg: &mut Option<Leg>,
     ) -> Result<u64, UploadError> {
         let start = self.meta.received;
+        if leg.as_ref().is_some_and(|l| l.sent() != start) {
+            *leg = None;
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(WRITE_AHEAD);
         let path = self.data_path();
         let writer = tokio::task::spawn_blocking(move || write_at_end(&path, start, rx));
         let mut fed_bytes = 0;
-        let fed = feed(body, expected, &tx, &self.charged, &mut fed_bytes).await;
+        let fed = feed(body, expected, &tx, leg, &self.charged, &mut fed_bytes).await;
         if fed.is_ok() {
             // The writer is gone only if it failed, which it reports below.
             let _ = tx.send(Write::Commit).await;
@@ -642,6 +672,10 @@ impl Session {
         if !kept {
             let c = &self.charged;
             c.usage.release(&c.counts, 0, fed_bytes);
+        }
+        if !kept {
+            // The leg holds bytes the session does not.
+            *leg = None;
         }
         let written = written.map_err(joined)?;
         let n = match (fed, written) {
@@ -665,6 +699,7 @@ impl Session {
                 .and_then(|r| r);
             if let Err(e) = counted {
                 // The chunk is not counted in `meta.json`: not charged either.
+                *leg = None;
                 let c = &self.charged;
                 c.usage.release(&c.counts, 0, n);
                 return Err(e.into());
@@ -685,15 +720,23 @@ impl Session {
         self.remove().await
     }
 
-    /// Deletes the session and its bytes (and releases them from the counts).
+    /// Deletes the session and its bytes (and releases them from the counts). The session
+    /// is gone when this returns; its bytes are deleted in the background (deleting a
+    /// large file takes a while, and the client waits for the answer this precedes), or
+    /// at the next start if the process dies first.
     pub(crate) async fn remove(self) -> io::Result<()> {
         let (root, dir) = (self.root.clone(), self.dir.clone());
-        let removed = tokio::task::spawn_blocking(move || claim_and_remove_sync(&root, &dir))
+        let claimed = tokio::task::spawn_blocking(move || claim_sync(&root, &dir))
             .await
             .map_err(joined)??;
-        if removed {
+        if let Some(grave) = claimed {
             let c = &self.charged;
             c.usage.release(&c.counts, 1, self.meta.received);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = std::fs::remove_dir_all(&grave) {
+                    tracing::warn!(path = %grave.display(), error = %e, "deleting a removed upload session");
+                }
+            });
         }
         Ok(())
     }
@@ -715,6 +758,7 @@ async fn feed(
     body: Body,
     limit: Option<u64>,
     tx: &tokio::sync::mpsc::Sender<Write>,
+    leg: &mut Option<Leg>,
     charge: &Charged,
     charged: &mut u64,
 ) -> Result<u64, UploadError> {
@@ -736,6 +780,12 @@ async fn feed(
             .usage
             .add_bytes(&charge.counts, charge.ip, chunk.len() as u64)?;
         *charged += chunk.len() as u64;
+        if let Some(l) = leg
+            && !l.send(chunk.clone()).await
+        {
+            tracing::debug!("the cluster stopped taking an upload's chunks; the PUT sends them");
+            *leg = None;
+        }
         if tx.send(Write::Chunk(chunk)).await.is_err() {
             // The writer failed; it says why.
             break;
@@ -846,10 +896,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = store_at(tmp.path(), limits());
         let mut s = store.create("repo", CLIENT).await.unwrap();
-        assert_eq!(s.append(Body::from("hello "), None).await.unwrap(), 6);
+        assert_eq!(
+            s.append(Body::from("hello "), None, &mut None)
+                .await
+                .unwrap(),
+            6
+        );
         // Wrong length: refused, nothing kept.
         assert!(matches!(
-            s.append(Body::from("xx"), Some(5)).await,
+            s.append(Body::from("xx"), Some(5), &mut None).await,
             Err(UploadError::Length { .. })
         ));
         assert_eq!(s.received(), 6);
@@ -864,12 +919,14 @@ mod tests {
             Err(UploadError::Unknown)
         ));
         let mut s = store.open_session("repo", &id).await.unwrap();
-        s.append(Body::from("world"), Some(5)).await.unwrap();
+        s.append(Body::from("world"), Some(5), &mut None)
+            .await
+            .unwrap();
         assert_eq!(s.received(), 11);
         assert_eq!(std::fs::read(s.data_path()).unwrap(), b"hello world");
         // A body shorter than its range: refused, nothing kept.
         assert!(matches!(
-            s.append(Body::from("ab"), Some(3)).await,
+            s.append(Body::from("ab"), Some(3), &mut None).await,
             Err(UploadError::Length {
                 expected: 3,
                 got: 2
@@ -890,7 +947,7 @@ mod tests {
         let store =
             UploadStore::open(tmp.path().into(), DEFAULT_TTL, limits(), metrics.clone()).unwrap();
         let mut s = store.create("repo", CLIENT).await.unwrap();
-        s.append(Body::from("x"), None).await.unwrap();
+        s.append(Body::from("x"), None, &mut None).await.unwrap();
         let id = s.id().as_str().to_string();
         drop(s);
         // Reopened (as by the PUT that finishes it), it still knows when it started.
@@ -985,18 +1042,20 @@ mod tests {
             Err(UploadError::TooMany(_))
         ));
         // Bytes per client: 6; a chunk past it is refused whole and not counted.
-        a.append(Body::from("12345"), None).await.unwrap();
+        a.append(Body::from("12345"), None, &mut None)
+            .await
+            .unwrap();
         assert!(matches!(
-            a.append(Body::from("67"), None).await,
+            a.append(Body::from("67"), None, &mut None).await,
             Err(UploadError::TooMany(_))
         ));
         assert_eq!(a.received(), 5);
         assert_eq!(std::fs::read(a.data_path()).unwrap(), b"12345");
-        a.append(Body::from("6"), None).await.unwrap();
+        a.append(Body::from("6"), None, &mut None).await.unwrap();
         // Bytes in total: 10 (6 of CLIENT's, so 4 left for the other).
-        c.append(Body::from("1234"), None).await.unwrap();
+        c.append(Body::from("1234"), None, &mut None).await.unwrap();
         assert!(matches!(
-            c.append(Body::from("5"), None).await,
+            c.append(Body::from("5"), None, &mut None).await,
             Err(UploadError::TooMany(_))
         ));
         let (a_id, c_id) = (a.id().clone(), c.id().clone());
@@ -1012,7 +1071,7 @@ mod tests {
         let a = store.open_session("repo", a_id.as_str()).await.unwrap();
         a.remove().await.unwrap();
         let mut c = store.open_session("repo", c_id.as_str()).await.unwrap();
-        c.append(Body::from("56"), None).await.unwrap();
+        c.append(Body::from("56"), None, &mut None).await.unwrap();
         let d = store.create("repo", third).await.unwrap();
         drop((b, c, d));
     }
@@ -1048,7 +1107,7 @@ mod tests {
         assert!(!tmp.path().join(&id).exists());
         // A session with bytes is not "empty".
         let mut s = store.create("repo", CLIENT).await.unwrap();
-        s.append(Body::from("x"), None).await.unwrap();
+        s.append(Body::from("x"), None, &mut None).await.unwrap();
         let id = s.id().as_str().to_string();
         drop(s);
         tokio::time::sleep(Duration::from_millis(250)).await;

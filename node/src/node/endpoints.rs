@@ -70,6 +70,7 @@ pub(super) async fn start_registry(
         http: section.limits.http_limits(),
         upload_limits: section.upload_limits(),
         allow_anonymous_push: section.allow_anonymous_push,
+        pass_on_chunks: section.pass_on_chunks,
         ..GatewayConfig::default()
     };
     let (listener, bound) = bind_registry(section.listen).await?;

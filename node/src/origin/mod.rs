@@ -3,6 +3,8 @@
 //! - [`ingest`]: the streaming ingest RPC (proxies and replication): a whole blob from the
 //!   stream straight into the CAS ingest, verified in the one pass that stores it, its
 //!   write-back queued in the durable queue **before** the body is even asked for.
+//! - [`stage`]: a registry client's chunked upload passed on by a proxy as it arrives,
+//!   held until the client names the digest, then committed as an ingest is.
 //! - [`upload`]: the resumable upload RPC (`krakenctl push`). Bytes are staged in a file
 //!   per digest (so an interrupted upload resumes where it stopped), verified by the CAS
 //!   ingest, and queued for write-back in the durable queue **before** the upload is
@@ -36,6 +38,7 @@ mod purge;
 pub mod readthrough;
 pub mod replicate;
 pub mod scrub;
+pub mod stage;
 pub mod upload;
 pub mod warm;
 pub mod writeback;
@@ -224,6 +227,8 @@ struct Inner {
     antientropy: antientropy::AntiEntropy,
     /// The scrubber's queue, limits and quarantined blobs.
     scrub: scrub::ScrubState,
+    /// Chunked uploads staged here before their digest is known.
+    stages: stage::Stages,
 }
 
 /// What an origin is built from.
@@ -275,6 +280,7 @@ impl Origin {
                 writeback_wake: Notify::new(),
                 antientropy,
                 scrub,
+                stages: stage::Stages::default(),
             }),
         })
     }
@@ -373,6 +379,12 @@ impl Origin {
                 };
                 Some(self.ingest(ingest, stream).await)
             }
+            Request::Stage { namespace } => Some(self.stage(namespace, stream).await),
+            Request::CommitStaged {
+                namespace,
+                token,
+                digest,
+            } => done(self.commit_stage(namespace, *token, digest).await),
             Request::WriteBackStatus => done(self.writeback_status()),
             Request::Warm {
                 namespace,
@@ -410,7 +422,7 @@ impl Origin {
     }
 
     /// The metainfo of `digest`, reading it through from the backend if this origin owns
-    /// it and lacks it.
+    /// it and lacks it (after waiting for an upload of it under way here).
     pub async fn metainfo(&self, namespace: &str, digest: &Digest, wait: Duration) -> Response {
         match self.local_metainfo(digest) {
             Ok(Some(bytes)) => return Response::Metainfo(bytes),
@@ -425,6 +437,18 @@ impl Origin {
                     self.inner.me
                 ),
             ));
+        }
+        // Another owner may have stored the blob first (a passed-on chunked push lands on
+        // any owner; this one may have been down): a copy on its way here is waited for,
+        // and one a co-owner holds is answered from, before the backend is asked, which
+        // may not have it yet.
+        if self.wait_for_upload(digest, wait).await
+            && let Ok(Some(bytes)) = self.local_metainfo(digest)
+        {
+            return Response::Metainfo(bytes);
+        }
+        if let Some(bytes) = self.co_owner_metainfo(namespace, digest).await {
+            return Response::Metainfo(bytes);
         }
         if let Err(answer) = self.read_through_within(namespace, digest, wait).await {
             return answer;
@@ -526,6 +550,44 @@ impl Origin {
             .is_some_and(|l| Arc::strong_count(l) > 1)
     }
 
+    /// The metainfo of `digest` from the first other owner that holds it (one `BlobStat`
+    /// per owner asked, then its metainfo); `None` if none does.
+    async fn co_owner_metainfo(&self, namespace: &str, digest: &Digest) -> Option<Vec<u8>> {
+        let cluster = &self.inner.cluster;
+        let stat = Request::BlobStat { digest: *digest };
+        let ask = Request::OriginMetainfo {
+            namespace: namespace.to_string(),
+            digest: *digest,
+            wait_ms: 0,
+        };
+        for owner in self.owners(digest) {
+            if owner.id == self.inner.me {
+                continue;
+            }
+            let addr = owner.quic_addr;
+            let held = cluster.call_within(addr, &stat, CO_OWNER_LIMIT).await;
+            if !matches!(held, Ok(Response::BlobStat(s)) if s.present) {
+                continue;
+            }
+            if let Ok(Response::Metainfo(bytes)) =
+                cluster.call_within(addr, &ask, CO_OWNER_LIMIT).await
+            {
+                return Some(bytes);
+            }
+        }
+        None
+    }
+
+    /// Waits, at most `wait`, for an upload of `digest` under way here to end; false if
+    /// there was none (or it did not end in time).
+    async fn wait_for_upload(&self, digest: &Digest, wait: Duration) -> bool {
+        let lock = self.upload_lock(digest);
+        if lock.try_lock().is_ok() {
+            return false;
+        }
+        tokio::time::timeout(wait, lock.lock()).await.is_ok()
+    }
+
     fn upload_lock(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .inner
@@ -536,6 +598,9 @@ impl Origin {
         locks.entry(*digest).or_default().clone()
     }
 }
+
+/// Longest an owner lacking a blob waits for each question to a co-owner about it.
+const CO_OWNER_LIMIT: Duration = Duration::from_secs(2);
 
 /// An internal error as a remote error.
 pub(crate) fn internal(e: impl std::fmt::Display) -> RemoteError {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use kraken_storage::Digest;
-use kraken_storage::cas::CasError;
+use kraken_storage::cas::{Cas, CasError};
 use kraken_transport::quic::{BiStream, StreamOutcome, codes};
 use tokio::io::AsyncWriteExt;
 
@@ -231,12 +231,25 @@ impl Origin {
         req: &UploadRequest,
         open: impl FnOnce() -> Result<R, CasError> + Send + 'static,
     ) -> Result<u64, RemoteError> {
-        let cas = self.inner.cas.clone();
         let (digest, length) = (req.digest, req.length);
-        let ingested =
-            tokio::task::spawn_blocking(move || cas.ingest_pinned(&digest, Some(length), open()?))
-                .await
-                .map_err(internal)?;
+        self.store_pinned(req, move |cas| {
+            cas.ingest_pinned(&digest, Some(length), open()?)
+        })
+        .await
+    }
+
+    /// What [`Origin::ingest_into_cas`] does after the bytes are read, for any way of
+    /// putting blob `req.digest` into the store pinned (`store`, run on a blocking
+    /// thread).
+    pub(super) async fn store_pinned(
+        &self,
+        req: &UploadRequest,
+        store: impl FnOnce(&Cas) -> Result<kraken_storage::cas::Ingested, CasError> + Send + 'static,
+    ) -> Result<u64, RemoteError> {
+        let cas = self.inner.cas.clone();
+        let ingested = tokio::task::spawn_blocking(move || store(&cas))
+            .await
+            .map_err(internal)?;
         match ingested {
             Ok(_) if let Err(refused) = self.admit_after_purge(req) => {
                 // The blob was purged here while this replica arrived: it must not stay.
@@ -252,7 +265,7 @@ impl Origin {
                 } else {
                     self.inner.writeback_wake.notify_one();
                 }
-                Ok(length)
+                Ok(req.length)
             }
             Err(e @ (CasError::DigestMismatch { .. } | CasError::LengthMismatch { .. })) => {
                 Err(RemoteError::new(ErrorKind::DigestMismatch, e.to_string()))
@@ -372,7 +385,7 @@ fn disk_error(e: std::io::Error) -> RemoteError {
     }
 }
 
-fn disk_error_cas(e: CasError) -> RemoteError {
+pub(super) fn disk_error_cas(e: CasError) -> RemoteError {
     match e {
         CasError::NoSpace { .. } => RemoteError::new(ErrorKind::Unavailable, e.to_string()),
         CasError::Io { ref source, .. } if source.raw_os_error() == Some(28) => {

@@ -14,12 +14,17 @@ pub struct KrakenProcess {
 }
 
 impl KrakenProcess {
-    /// Starts it and waits until it prints `ready`; its log goes to `stderr`.
+    /// Starts it and waits until it prints `ready`; its log goes to `stderr`, filtered by
+    /// `KRAKEN_TEST_LOG` when set (a `RUST_LOG` directive; by default warnings, and the
+    /// push path's fail-overs).
     pub fn spawn(role: &str, config: &Path, stderr: Stdio) -> KrakenProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kraken"))
             .args([role, "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn,kraken_node::push=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("KRAKEN_TEST_LOG").unwrap_or("warn,kraken_node::push=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -16,15 +16,20 @@
 //! - **Staged**: chunks (`PATCH`, a chunk with the `PUT`, a body without `Content-Length`)
 //!   are appended to the session's file and fsynced before they are acknowledged; the
 //!   closing `PUT ?digest=` sends the file to the owning origin (`put_blob`).
+//! - **Passed on**: a staged session's chunks also go to the cluster as they arrive
+//!   ([`crate::pass_on`], `Registry::stage_blob`), and the closing `PUT` has the cluster
+//!   store those bytes under the digest (`Registry::commit_staged`) instead of sending the
+//!   file. If that fails in any way but wrong content, the file is sent as above.
 //!
 //! A digest that does not match discards the session and stores nothing anywhere (400
 //! `DIGEST_INVALID`). If the cluster is unavailable the session is kept so the client can
 //! retry the `PUT`.
 //!
-//! **When 201 is sent** (either path): the first owning origin that took the blob holds it
+//! **When 201 is sent** (any path): the first owning origin that took the blob holds it
 //! verified (its digest, hashed with the digest's algorithm, and its length), fsynced in
 //! its store and pinned, and its write-back to the backend was committed to its redb queue
-//! before the body was asked for. Copies to the blob's other owners follow asynchronously,
+//! before the blob entered its store (for a streamed or staged body, before the body was
+//! even asked for). Copies to the blob's other owners follow asynchronously,
 //! each queueing its own write-back. A `202` to a
 //! `PATCH` means the chunk is fsynced in the session on the gateway's disk and counted in
 //! its `meta.json`.
@@ -39,6 +44,7 @@ use super::pull::DIGEST_HEADER;
 use super::upload_stream::{Streamed, stream_blob, stream_error, whole_body_length};
 use super::{Ctx, Reply, empty, set};
 use crate::error::{ApiError, ErrorCode};
+use crate::pass_on::Leg;
 use crate::range::{parse_chunk_range, upload_range_header};
 use crate::reference::{check_name, parse_digest};
 use crate::registry::{Registry, RegistryError};
@@ -143,12 +149,12 @@ pub(crate) async fn start<R: Registry>(
     let id = session.id().as_str().to_string();
     match monolithic {
         Some(digest) => {
-            if let Err(e) = session.append(body, None).await {
+            if let Err(e) = session.append(body, None, &mut None).await {
                 let _ = session.remove().await;
                 return Err(upload_error(e, name, &id));
             }
             // The client never saw this session's id: nothing to retry, so never keep it.
-            complete(gw, name, session, &digest, false).await
+            complete(gw, name, session, &digest, false, None).await
         }
         None => Ok(progress(StatusCode::ACCEPTED, name, &id, 0)),
     }
@@ -170,12 +176,28 @@ pub(crate) async fn status<R: Registry>(gw: &Gateway<R>, name: &str, id: &str) -
     ))
 }
 
-/// Writes the body at the session's end, honouring an optional `Content-Range`.
+/// The leg passing `session`'s bytes on to the cluster ([`crate::pass_on`]): its own,
+/// or a new one for a session that holds no byte yet.
+fn leg_for<R: Registry>(gw: &Gateway<R>, name: &str, session: &Session) -> Option<Leg> {
+    if !gw.config.pass_on_chunks {
+        return None;
+    }
+    let legs = gw.uploads().ok()?.legs();
+    match legs.take(session.id()) {
+        Some(leg) => Some(leg),
+        None if session.received() == 0 && legs.room() => Some(Leg::start(&gw.registry, name)),
+        None => None,
+    }
+}
+
+/// Writes the body at the session's end, honouring an optional `Content-Range`, and
+/// hands it to `leg` too.
 async fn write_chunk(
     ctx: &Ctx,
     name: &str,
     session: &mut Session,
     body: Body,
+    leg: &mut Option<Leg>,
 ) -> Result<(), ApiError> {
     let id = session.id().as_str().to_string();
     let expected = match ctx.header(CONTENT_RANGE) {
@@ -201,7 +223,7 @@ async fn write_chunk(
         }
     };
     session
-        .append(body, expected)
+        .append(body, expected, leg)
         .await
         .map(|_| ())
         .map_err(|e| upload_error(e, name, &id))
@@ -216,12 +238,18 @@ pub(crate) async fn patch<R: Registry>(
     body: Body,
 ) -> Reply {
     check_name(name)?;
-    let mut session = gw
-        .uploads()?
+    let uploads = gw.uploads()?;
+    let mut session = uploads
         .open_session(name, id)
         .await
         .map_err(|e| upload_error(e, name, id))?;
-    write_chunk(ctx, name, &mut session, body).await?;
+    let mut leg = leg_for(gw, name, &session);
+    write_chunk(ctx, name, &mut session, body, &mut leg).await?;
+    if let Some(leg) = leg {
+        uploads
+            .legs()
+            .keep(session.id().clone(), leg, uploads.ttl());
+    }
     Ok(progress(
         StatusCode::ACCEPTED,
         name,
@@ -257,6 +285,8 @@ pub(crate) async fn finish<R: Registry>(
     if session.received() == 0
         && let Some(len) = whole_body_length(ctx)
     {
+        // A leg of no bytes (an empty PATCH) has nothing to offer a streamed body.
+        drop(gw.uploads()?.legs().take(session.id()));
         match stream_blob(gw, name, &digest, len, body).await {
             Ok(Streamed::Stored) => return finished(session, name, &digest).await,
             Ok(Streamed::Declined(unread)) => body = unread,
@@ -268,19 +298,39 @@ pub(crate) async fn finish<R: Registry>(
             }
         }
     }
-    write_chunk(ctx, name, &mut session, body).await?;
-    complete(gw, name, session, &digest, true).await
+    let mut leg = leg_for(gw, name, &session);
+    write_chunk(ctx, name, &mut session, body, &mut leg).await?;
+    complete(gw, name, session, &digest, true, leg).await
 }
 
-/// Hands the staged bytes to the cluster, which verifies them against `digest`. When the
-/// cluster fails for a reason worth retrying, the session is kept if `keep_for_retry`.
+/// Stores the session's bytes as blob `digest`: from what its `leg` passed on when that
+/// works, else by handing the staged file to the cluster, which verifies it against
+/// `digest`. When the cluster fails for a reason worth retrying, the session is kept if
+/// `keep_for_retry`.
 async fn complete<R: Registry>(
     gw: &Gateway<R>,
     name: &str,
     session: Session,
     digest: &Digest,
     keep_for_retry: bool,
+    leg: Option<Leg>,
 ) -> Reply {
+    // The cluster hashes what a leg passes on with sha256 only.
+    if let Some(leg) = leg
+        && matches!(digest, Digest::Sha256(_))
+    {
+        match commit_leg(gw, name, &session, digest, leg).await {
+            LegOutcome::Stored => {
+                gw.config.metrics.passed_on();
+                return finished(session, name, digest).await;
+            }
+            LegOutcome::DigestInvalid(e) => {
+                discard(session).await;
+                return Err(e.into());
+            }
+            LegOutcome::Unused => {}
+        }
+    }
     match gw
         .registry
         .put_blob(name, digest, &session.data_path(), session.received())
@@ -292,6 +342,60 @@ async fn complete<R: Registry>(
         Err(e) => {
             discard(session).await;
             Err(e.into())
+        }
+    }
+}
+
+/// What became of the bytes a leg passed on.
+enum LegOutcome {
+    /// Stored as the blob.
+    Stored,
+    /// They do not hash to the digest the client named (they are the session's bytes:
+    /// the upload is wrong); nothing is stored.
+    DigestInvalid(RegistryError),
+    /// Anything else: the staged file is sent instead.
+    Unused,
+}
+
+/// Tries to store the session as blob `digest` from what `leg` passed on. Anything but a
+/// stored blob or wrong content (the leg failed, the commit failed or went to a node that
+/// does not own the digest) costs only the time it took: the staged file is sent
+/// instead, and the cluster checks it against the digest as always.
+async fn commit_leg<R: Registry>(
+    gw: &Gateway<R>,
+    name: &str,
+    session: &Session,
+    digest: &Digest,
+    leg: Leg,
+) -> LegOutcome {
+    let id = session.id().as_str();
+    let finishing = Instant::now();
+    let staged = match leg.finish().await {
+        Ok(staged) => staged,
+        Err(e) => {
+            tracing::debug!(id, error = %e, "the bytes passed on did not all arrive; sending the staged file");
+            return LegOutcome::Unused;
+        }
+    };
+    if staged.length != session.received() {
+        tracing::debug!(
+            id,
+            length = staged.length,
+            "the bytes passed on are not the upload's; sending the staged file"
+        );
+        return LegOutcome::Unused;
+    }
+    // Asked even when the digests differ: the cluster then drops the bytes at once, and
+    // its verdict on the session's very bytes is the one the staged file would get.
+    let committing = Instant::now();
+    let committed = gw.registry.commit_staged(name, &staged, digest).await;
+    tracing::debug!(id, finish = ?(committing - finishing), commit = ?committing.elapsed(), "passed-on upload committed");
+    match committed {
+        Ok(()) => LegOutcome::Stored,
+        Err(e @ RegistryError::DigestInvalid(_)) => LegOutcome::DigestInvalid(e),
+        Err(e) => {
+            tracing::debug!(id, error = %e, "the bytes passed on were not stored; sending the staged file");
+            LegOutcome::Unused
         }
     }
 }
@@ -316,11 +420,12 @@ async fn discard(session: Session) {
 /// `DELETE <location>`: cancel.
 pub(crate) async fn cancel<R: Registry>(gw: &Gateway<R>, name: &str, id: &str) -> Reply {
     check_name(name)?;
-    let session = gw
-        .uploads()?
+    let uploads = gw.uploads()?;
+    let session = uploads
         .open_session(name, id)
         .await
         .map_err(|e| upload_error(e, name, id))?;
+    drop(uploads.legs().take(session.id()));
     session
         .remove()
         .await

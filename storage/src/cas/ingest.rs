@@ -80,11 +80,7 @@ impl Cas {
         mut source: impl Read,
         pin: bool,
     ) -> Result<Ingested, CasError> {
-        if let Some(mut existing) = self.existing(expected)? {
-            if pin && !existing.info.pinned {
-                self.set_pinned(expected, true)?;
-                existing.info.pinned = true;
-            }
+        if let Some(existing) = self.existing_pinned(expected, pin)? {
             return Ok(existing);
         }
         let inner = self.inner();
@@ -107,7 +103,16 @@ impl Cas {
             length: total,
             pieces: hasher,
             chain,
-        } = hash_and_write(&mut source, &tmp, *expected, limit, piece_length)?;
+        } = hash_and_write(
+            &mut source,
+            &tmp,
+            *expected,
+            limit,
+            Hashes {
+                pieces: piece_length,
+                chain: piece_length,
+            },
+        )?;
         if let Some(expected_len) = length
             && total != expected_len
         {
@@ -144,6 +149,22 @@ impl Cas {
         self.commit_ingest(tmp, metainfo, pin)
     }
 
+    /// [`Cas::existing`], pinned first if `pin`.
+    pub(super) fn existing_pinned(
+        &self,
+        digest: &Digest,
+        pin: bool,
+    ) -> Result<Option<Ingested>, CasError> {
+        let Some(mut existing) = self.existing(digest)? else {
+            return Ok(None);
+        };
+        if pin && !existing.info.pinned {
+            self.set_pinned(digest, true)?;
+            existing.info.pinned = true;
+        }
+        Ok(Some(existing))
+    }
+
     fn existing(&self, digest: &Digest) -> Result<Option<Ingested>, CasError> {
         let inner = self.inner();
         // The look-up and the touch under one lock: a purge guarded by the last use sees
@@ -167,7 +188,7 @@ impl Cas {
         }))
     }
 
-    fn commit_ingest(
+    pub(super) fn commit_ingest(
         &self,
         mut tmp: TempFile,
         metainfo: Metainfo,
@@ -235,7 +256,7 @@ impl Cas {
 
 /// How long the stream may be.
 #[derive(Clone, Copy)]
-enum Limit {
+pub(super) enum Limit {
     /// The announced length: anything else is a length mismatch.
     Exact(u64),
     /// Unknown length: at most what the quota could ever give one blob.
@@ -250,8 +271,8 @@ enum DigestPass {
 }
 
 impl DigestPass {
-    fn new(expected: &Digest, piece_length: Option<u32>) -> Self {
-        let chain = piece_length.and_then(|p| ChainRecorder::new(expected.algorithm(), p));
+    fn new(expected: &Digest, chain_every: Option<u32>) -> Self {
+        let chain = chain_every.and_then(|p| ChainRecorder::new(expected.algorithm(), p));
         match chain {
             Some(r) => DigestPass::Chain(r),
             None => DigestPass::Plain(expected.hasher()),
@@ -274,22 +295,32 @@ impl DigestPass {
 }
 
 /// What one pass over an ingest's bytes computed.
-struct Pass {
-    digest: Digest,
-    length: u64,
+pub(super) struct Pass {
+    pub(super) digest: Digest,
+    pub(super) length: u64,
     /// The BLAKE3 piece hashes, when the piece length was known.
-    pieces: Option<PieceHasher>,
-    chain: Vec<ChainState>,
+    pub(super) pieces: Option<PieceHasher>,
+    pub(super) chain: Vec<ChainState>,
 }
 
-/// Reads `source` to the end: the digest here, BLAKE3 pieces and the file write on a worker.
-fn hash_and_write(
+/// What one pass computes besides the digest: BLAKE3 hashes of pieces of this length,
+/// and the digest's chaining states every this many bytes.
+#[derive(Clone, Copy)]
+pub(super) struct Hashes {
+    pub(super) pieces: Option<u32>,
+    pub(super) chain: Option<u32>,
+}
+
+/// Reads `source` to the end: the digest here, BLAKE3 pieces and the file write on a
+/// worker. `expected` gives the digest's algorithm (and names the blob in errors).
+pub(super) fn hash_and_write(
     source: &mut impl Read,
     tmp: &TempFile,
     expected: Digest,
     limit: Limit,
-    piece_length: Option<u32>,
+    hashes: Hashes,
 ) -> Result<Pass, CasError> {
+    let piece_length = hashes.pieces;
     let (full_tx, full_rx) = sync_channel::<AlignedBuf>(BUFFERS);
     let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(BUFFERS);
     for _ in 0..BUFFERS {
@@ -333,7 +364,7 @@ fn hash_and_write(
             Ok(hasher)
         });
 
-        let mut sha = DigestPass::new(&expected, piece_length);
+        let mut sha = DigestPass::new(&expected, hashes.chain);
         let mut total = 0u64;
         let read_result = loop {
             // Fails only when the worker has stopped; its own error is reported below.
@@ -410,7 +441,7 @@ fn fill(source: &mut impl Read, buf: &mut AlignedBuf, total: &mut u64) -> io::Re
 
 /// Second pass for ingests whose length was unknown up front (the chaining states need the
 /// piece length, so the digest runs again too; every production ingest knows its length).
-fn hash_pieces_from_file(
+pub(super) fn hash_pieces_from_file(
     file: &File,
     path: &Path,
     digest: Digest,
@@ -459,9 +490,14 @@ pub(crate) struct TempFile {
 
 impl TempFile {
     pub(crate) fn create(dir: &Path, digest: &Digest) -> Result<Self, CasError> {
+        Self::create_named(dir, &digest.hex())
+    }
+
+    /// A temp file whose name starts with `prefix` (and is unique in this process).
+    pub(crate) fn create_named(dir: &Path, prefix: &str) -> Result<Self, CasError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
+        let path = dir.join(format!("{prefix}.{}.{n}", std::process::id()));
         let file = OpenOptions::new()
             .read(true)
             .write(true)

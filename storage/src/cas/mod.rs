@@ -37,6 +37,7 @@ mod purge;
 pub mod reader;
 pub mod scrub;
 pub mod space;
+mod staging;
 #[cfg(test)]
 mod test_blobs;
 
@@ -58,6 +59,7 @@ pub use purge::PurgeOutcome;
 pub use reader::BlobReader;
 pub use scrub::{Corruption, Quarantined, Verdict, Verifier};
 pub use space::SpaceStatus;
+pub use staging::StagedBlob;
 
 use crate::digest::Digest;
 use crate::metainfo::Metainfo;

@@ -1,0 +1,270 @@
+//! Staged blobs: the origin's side of [`Request::Stage`](crate::proto::Request) and
+//! `CommitStaged`, with which a proxy passes on a registry client's chunked upload while
+//! the chunks arrive, before the client has named the digest.
+//!
+//! - **Stage**: refused at once (`TooManyRequests`) while [`MAX_STAGED`] stages are open
+//!   or waiting here; otherwise [`Response::Proceed`], and the body goes into
+//!   [`Cas::stage`](kraken_storage::cas::Cas::stage) through the bridge: sha256 as the
+//!   bytes land, through the page cache, fsynced at the end. A body that breaks off, goes
+//!   quiet for [`STAGE_IDLE`] or passes `max_blob_size` leaves nothing. The answer,
+//!   [`Response::Staged`], names the bytes by a random token; they wait for their commit
+//!   at most [`HOLD_FOR`], and no longer than this process (the store's temp directory is
+//!   emptied at start).
+//! - **Commit**: the token's bytes are taken (`NotFound` if it is unknown); a digest that
+//!   is not theirs is `DigestMismatch`, and a digest this origin does not own is
+//!   `WrongNode` (both delete them: the proxy still has its own copy of the upload). Then
+//!   it runs as an ingest does ([`super::ingest`]): the admission checks, the digest's
+//!   upload lock, a blob already here answered at once, the write-back queued durably
+//!   before the blob enters the store, then the store's commit (the BLAKE3 pieces in one
+//!   pass over the file, fsync, rename, record, pinned), and only then
+//!   [`Response::Uploaded`] and replication to the other owners.
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kraken_storage::Digest;
+use kraken_storage::cas::StagedBlob;
+use kraken_transport::quic::{BiStream, StreamOutcome, codes};
+use quinn::RecvStream;
+
+use super::upload::UploadRequest;
+use super::{Origin, internal};
+use crate::bridge::{BatchSender, channel_reader};
+use crate::proto::{ErrorKind, RemoteError, Response};
+
+/// Stages open or waiting for their commit on one origin, at most.
+pub const MAX_STAGED: usize = 64;
+/// Longest staged bytes wait for their commit.
+pub const HOLD_FOR: Duration = Duration::from_secs(600);
+/// Longest a stage's body may go without a byte (a registry client between two chunks).
+pub const STAGE_IDLE: Duration = Duration::from_secs(600);
+/// Chunks taken from the stream per read.
+const CHUNKS_PER_READ: usize = 32;
+
+/// Staged bytes waiting for their commit.
+struct Held {
+    blob: StagedBlob,
+    /// When the stage started (the upload's duration is counted from there).
+    started: Instant,
+    /// When the bytes were complete.
+    staged_at: Instant,
+}
+
+/// The stages of one origin.
+#[derive(Default)]
+pub(super) struct Stages {
+    held: std::sync::Mutex<HashMap<u64, Held>>,
+    /// Stages whose body is still coming.
+    open: AtomicUsize,
+}
+
+impl Stages {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deletes what waited too long; returns how many stages are open or waiting.
+    fn sweep(&self) -> usize {
+        let mut held = self.held();
+        held.retain(|_, h| h.staged_at.elapsed() < HOLD_FOR);
+        held.len() + self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a stage as open while it lives.
+struct OpenStage<'a>(&'a AtomicUsize);
+
+impl Drop for OpenStage<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Origin {
+    /// Serves a stage; see the module docs.
+    pub(super) async fn stage(
+        &self,
+        namespace: &str,
+        stream: &mut BiStream,
+    ) -> (Response, StreamOutcome) {
+        let started = Instant::now();
+        let stages = &self.inner.stages;
+        if stages.sweep() >= MAX_STAGED {
+            let _ = stream.recv.stop(codes::REFUSED);
+            let message = format!("{MAX_STAGED} staged uploads are open here already");
+            return error(ErrorKind::TooManyRequests, message);
+        }
+        if let Err(e) = crate::mirror::refuse_writes(&self.inner.router, namespace) {
+            let _ = stream.recv.stop(codes::REFUSED);
+            return (Response::Error(e), StreamOutcome::Done);
+        }
+        stages.open.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenStage(&stages.open);
+        if stream.respond(&Response::Proceed).await.is_err() {
+            return error(ErrorKind::Unavailable, "sender gone".into());
+        }
+        let (tx, reader) = channel_reader();
+        let cas = self.inner.cas.clone();
+        let max = self.inner.config.max_blob_size;
+        let staging = tokio::task::spawn_blocking(move || cas.stage(reader, max));
+        let (staged, pumped) = tokio::join!(staging, pump(&mut stream.recv, tx));
+        if let Err(why) = pumped {
+            let _ = stream.recv.stop(codes::REFUSED);
+            tracing::debug!(why, "a staged body broke off; nothing kept");
+            return error(ErrorKind::Unavailable, format!("body broke off: {why}"));
+        }
+        let blob = match staged.map_err(internal) {
+            Ok(Ok(blob)) => blob,
+            Ok(Err(e)) => {
+                let _ = stream.recv.stop(codes::REFUSED);
+                let e = super::upload::disk_error_cas(e);
+                return (Response::Error(e), StreamOutcome::Done);
+            }
+            Err(e) => return (Response::Error(e), StreamOutcome::Done),
+        };
+        let (length, digest) = (blob.length(), *blob.digest());
+        tracing::debug!(length, %digest, took = ?started.elapsed(), "upload staged");
+        let token = rand::random::<u64>();
+        let now = Instant::now();
+        stages.held().insert(
+            token,
+            Held {
+                blob,
+                started,
+                staged_at: now,
+            },
+        );
+        let answer = Response::Staged {
+            token,
+            length,
+            digest,
+        };
+        (answer, StreamOutcome::Done)
+    }
+
+    /// Serves a commit of staged bytes; see the module docs.
+    pub(super) async fn commit_stage(
+        &self,
+        namespace: &str,
+        token: u64,
+        digest: &Digest,
+    ) -> Response {
+        let stages = &self.inner.stages;
+        stages.sweep();
+        let Some(held) = stages.held().remove(&token) else {
+            return Response::Error(RemoteError::new(
+                ErrorKind::NotFound,
+                format!("no staged upload {token:016x} here (expired, or this origin restarted)"),
+            ));
+        };
+        if held.blob.digest() != digest {
+            return Response::Error(RemoteError::new(
+                ErrorKind::DigestMismatch,
+                format!("the staged bytes are {}, not {digest}", held.blob.digest()),
+            ));
+        }
+        if !self.is_owner(digest) {
+            return Response::Error(RemoteError::new(
+                ErrorKind::WrongNode,
+                format!("{} does not own {digest}", self.inner.me),
+            ));
+        }
+        let req = UploadRequest {
+            namespace: namespace.to_string(),
+            digest: *digest,
+            offset: 0,
+            length: held.blob.length(),
+            replica: false,
+            persisted: false,
+        };
+        if let Err(e) = self.admit(&req) {
+            return Response::Error(e);
+        }
+        let lock = self.upload_lock(digest);
+        let guard = lock.lock().await;
+        let answer = self.commit_locked(&req, held).await;
+        drop(guard);
+        if matches!(answer, Response::Error(_)) {
+            // The item queued for a blob that never came: dropped now, not at the next poll.
+            self.inner.writeback_wake.notify_one();
+        }
+        answer
+    }
+
+    /// [`Origin::commit_stage`] under the digest's upload lock.
+    async fn commit_locked(&self, req: &UploadRequest, held: Held) -> Response {
+        match self.present(req) {
+            Ok(Some(response)) => return response,
+            Ok(None) => {}
+            Err(e) => return Response::Error(e),
+        }
+        if let Err(e) = self.queue_write_back(req) {
+            return Response::Error(e);
+        }
+        let Held { blob, started, .. } = held;
+        let digest = req.digest;
+        let committing = Instant::now();
+        let stored = self
+            .store_pinned(req, move |cas| cas.commit_staged(blob, &digest, true))
+            .await;
+        match stored {
+            Ok(length) => {
+                tracing::debug!(%digest, length, commit = ?committing.elapsed(), since_start = ?started.elapsed(), "staged upload committed");
+                self.inner.metrics.add_upload_bytes(length);
+                self.inner.metrics.upload_done(started.elapsed());
+                // This owner may not be the first in ring order: until the copy arrives,
+                // an owner ahead answers reads from this one ([`Origin::metainfo`]).
+                self.spawn_replication(req.namespace.clone(), digest);
+                Response::Uploaded { length }
+            }
+            Err(e) => Response::Error(e),
+        }
+    }
+}
+
+fn error(kind: ErrorKind, message: String) -> (Response, StreamOutcome) {
+    (
+        Response::Error(RemoteError::new(kind, message)),
+        StreamOutcome::Done,
+    )
+}
+
+/// Moves the body from the stream to the staging until the stream ends; `Err` (and the
+/// staging's read fails, so that it keeps nothing) if it breaks or goes quiet for
+/// [`STAGE_IDLE`].
+async fn pump(recv: &mut RecvStream, mut tx: BatchSender) -> Result<(), String> {
+    let mut chunks: [Bytes; CHUNKS_PER_READ] = Default::default();
+    loop {
+        let read = tokio::time::timeout(STAGE_IDLE, recv.read_chunks(&mut chunks)).await;
+        let n = match read {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => {
+                // A staging that stopped reading says why itself.
+                let _ = tx.finish().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                tx.fail(std::io::Error::other(e.clone())).await;
+                return Err(e.to_string());
+            }
+            Err(_) => {
+                let why = format!("no byte for {} s", STAGE_IDLE.as_secs());
+                tx.fail(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    why.clone(),
+                ))
+                .await;
+                return Err(why);
+            }
+        };
+        for chunk in &mut chunks[..n] {
+            if tx.push(std::mem::take(chunk)).await.is_err() {
+                // The staging failed (too long, disk): it says why.
+                return Ok(());
+            }
+        }
+    }
+}
