@@ -417,10 +417,10 @@ pub enum Request {
     },
     /// Origin: store the bytes [`Request::Stage`] left under `token` as blob `digest`,
     /// as an ingest does (answered [`Response::Uploaded`]: verified, durable, pinned, its
-    /// write-back queued). `NotFound` when the token is unknown (expired, or the origin
-    /// restarted), `BadRequest` when the bytes hash to another digest (they are
-    /// deleted), `WrongNode` when this origin does not own `digest` (they are kept: the
-    /// sender sends the blob to an owner instead).
+    /// write-back queued, on this origin or, when it does not own `digest`, on the first
+    /// live owner it sends them to). `NotFound` when the token is unknown (expired, or the
+    /// origin restarted), `DigestMismatch` when the bytes hash to another digest (they are
+    /// deleted).
     CommitStaged {
         /// Routes the write-back.
         namespace: String,

@@ -95,10 +95,10 @@ impl StageCall {
     }
 }
 
-/// Stores what `staged` holds as blob `digest` of `namespace`; `Ok` once the origin
-/// holds it verified, fsynced, pinned and queued for write-back (an ingest's
-/// `Uploaded`). An origin that does not own `digest` answers `WrongNode`
-/// ([`CallError::remote`]) and keeps the bytes for nothing: they expire.
+/// Stores what `staged` holds as blob `digest` of `namespace`; `Ok` once an owning origin
+/// holds it verified, fsynced, pinned and queued for write-back (an ingest's `Uploaded`):
+/// the one holding the bytes, or, when it does not own `digest`, the first live owner it
+/// sends them to.
 pub async fn commit(
     cluster: &Cluster,
     staged: &Staged,

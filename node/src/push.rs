@@ -225,9 +225,8 @@ pub async fn stage(
 }
 
 /// Stores what [`stage`] passed on as blob `digest` of `repo`. `Ok` means what [`put_file`]'s
-/// does: the origin holding the bytes owns `digest` and has the blob verified, fsynced,
-/// pinned and queued for write-back. An origin that does not own `digest` refuses (and
-/// the gateway sends its own copy to the owners).
+/// does: an owning origin (the one holding the bytes, or the first live owner it sent
+/// them to) has the blob verified, fsynced, pinned and queued for write-back.
 pub async fn commit_staged(
     cluster: &Cluster,
     repo: &str,

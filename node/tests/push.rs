@@ -410,7 +410,7 @@ fn remote_kind(e: &kraken_client::cluster::CallError) -> ErrorKind {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn staged_bytes_are_stored_only_under_their_digest_by_an_owner() {
+async fn staged_bytes_are_stored_only_under_their_digest_and_on_an_owner() {
     let c = one_replica_cluster().await;
     let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 6);
     let data = std::fs::read(&path).unwrap();
@@ -440,14 +440,18 @@ async fn staged_bytes_are_stored_only_under_their_digest_by_an_owner() {
         .unwrap_err();
     assert_eq!(remote_kind(&e), ErrorKind::NotFound, "{e}");
 
-    // An origin that does not own the digest refuses, and keeps nothing.
+    // An origin that does not own the digest sends it on to the owner, and keeps nothing.
     let staged = stage(&c, c.node(other).quic_addr(), &data).await;
-    let e = commit(c.client(), &staged, "library/app", &digest)
+    let length = commit(c.client(), &staged, "library/app", &digest)
         .await
-        .unwrap_err();
-    assert_eq!(remote_kind(&e), ErrorKind::WrongNode, "{e}");
-    assert_eq!(tmp(other), 0);
+        .unwrap();
+    assert_eq!(length, LEN);
+    acknowledged_durably(&c, &digest);
+    assert!(origin(&c, owner).cas().contains(&digest).unwrap());
     assert!(!origin(&c, other).cas().contains(&digest).unwrap());
+    assert_eq!(tmp(other), 0);
+    origin(&c, owner).cas().purge(&digest, None).unwrap();
+    assert!(!origin(&c, owner).cas().contains(&digest).unwrap());
 
     // The owner stores it as an ingest would: verified, pinned, queued for write-back.
     let staged = stage(&c, c.node(owner).quic_addr(), &data).await;

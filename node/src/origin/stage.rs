@@ -11,9 +11,10 @@
 //!   at most [`HOLD_FOR`], and no longer than this process (the store's temp directory is
 //!   emptied at start).
 //! - **Commit**: the token's bytes are taken (`NotFound` if it is unknown); a digest that
-//!   is not theirs is `DigestMismatch`, and a digest this origin does not own is
-//!   `WrongNode` (both delete them: the proxy still has its own copy of the upload). Then
-//!   it runs as an ingest does ([`super::ingest`]): the admission checks, the digest's
+//!   is not theirs is `DigestMismatch` (they are deleted). A digest this origin does not
+//!   own is sent on to its first live owner with an ingest from the staged file (one copy
+//!   between origins, not a second one from the proxy), whose answer is the commit's.
+//!   Otherwise it runs as an ingest does ([`super::ingest`]): the admission checks, the digest's
 //!   upload lock, a blob already here answered at once, the write-back queued durably
 //!   before the blob enters the store, then the store's commit (the BLAKE3 pieces in one
 //!   pass over the file, fsync, rename, record, pinned), and only then
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kraken_client::ingest::{IngestRequest, ingest_file};
 use kraken_storage::Digest;
 use kraken_storage::cas::StagedBlob;
 use kraken_transport::quic::{BiStream, StreamOutcome, codes};
@@ -167,10 +169,7 @@ impl Origin {
             ));
         }
         if !self.is_owner(digest) {
-            return Response::Error(RemoteError::new(
-                ErrorKind::WrongNode,
-                format!("{} does not own {digest}", self.inner.me),
-            ));
+            return self.forward(namespace, held, digest).await;
         }
         let req = UploadRequest {
             namespace: namespace.to_string(),
@@ -222,6 +221,36 @@ impl Origin {
             }
             Err(e) => Response::Error(e),
         }
+    }
+}
+
+impl Origin {
+    /// Sends staged bytes of a digest this origin does not own to its first live owner
+    /// (then the next), as the proxy's own copy would have gone: one copy between origins
+    /// rather than a second one from the proxy. The owner's answer is the commit's.
+    async fn forward(&self, namespace: &str, held: Held, digest: &Digest) -> Response {
+        let ingest = IngestRequest {
+            namespace,
+            digest,
+            length: held.blob.length(),
+            replica: false,
+            persisted: false,
+        };
+        let mut last = RemoteError::new(ErrorKind::Unavailable, "no live owner");
+        for owner in self.owners(digest) {
+            let cluster = &self.inner.cluster;
+            match ingest_file(cluster, owner.quic_addr, ingest, held.blob.path()).await {
+                Ok(pushed) => {
+                    tracing::debug!(%digest, owner = %owner.id, "staged upload forwarded to its owner");
+                    return Response::Uploaded {
+                        length: pushed.length,
+                    };
+                }
+                Err(e) if e.try_next() => last = crate::fetch::call_error(e),
+                Err(e) => return Response::Error(crate::fetch::call_error(e)),
+            }
+        }
+        Response::Error(last)
     }
 }
 

@@ -60,6 +60,11 @@ impl StagedBlob {
     pub fn length(&self) -> u64 {
         self.length
     }
+
+    /// The file holding them (to read, not to move: it goes with this value).
+    pub fn path(&self) -> &std::path::Path {
+        &self.tmp.path
+    }
 }
 
 impl Cas {
