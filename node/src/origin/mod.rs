@@ -551,7 +551,8 @@ impl Origin {
     }
 
     /// The metainfo of `digest` from the first other owner that holds it (one `BlobStat`
-    /// per owner asked, then its metainfo); `None` if none does.
+    /// per owner asked, then its metainfo; owners the view suspects are not asked);
+    /// `None` if none does.
     async fn co_owner_metainfo(&self, namespace: &str, digest: &Digest) -> Option<Vec<u8>> {
         let cluster = &self.inner.cluster;
         let stat = Request::BlobStat { digest: *digest };
@@ -561,10 +562,11 @@ impl Origin {
             wait_ms: 0,
         };
         for owner in self.owners(digest) {
-            if owner.id == self.inner.me {
+            let addr = owner.quic_addr;
+            // A co-owner that is down would hold every miss up by the limit.
+            if owner.id == self.inner.me || cluster.suspects(addr) || cluster.stalled_lately(addr) {
                 continue;
             }
-            let addr = owner.quic_addr;
             let held = cluster.call_within(addr, &stat, CO_OWNER_LIMIT).await;
             if !matches!(held, Ok(Response::BlobStat(s)) if s.present) {
                 continue;
