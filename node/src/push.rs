@@ -56,16 +56,30 @@ pub async fn put_file(
     path: &Path,
     len: u64,
 ) -> Result<(), RegistryError> {
-    let ingest = request(repo, digest, len);
-    let mut last = RegistryError::Unavailable("no live origin".into());
-    for owner in cluster.owners_of_digest(Role::Origin, digest, 0) {
+    ingest_file_to_owners(cluster, request(repo, digest, len), path)
+        .await
+        .map(drop)
+        .map_err(push_error)
+}
+
+/// Ingests the file at `path` on the digest's origins in ring order (the owners, then
+/// the others as fail-over), each that fails in a way the next may not followed by the
+/// next; the first verdict that is not such a failure, else the last failure
+/// ([`CallError::NoOwners`] when there is no origin at all).
+pub async fn ingest_file_to_owners(
+    cluster: &Cluster,
+    ingest: IngestRequest<'_>,
+    path: &Path,
+) -> Result<u64, CallError> {
+    let mut last = CallError::NoOwners(Role::Origin.as_str());
+    for owner in cluster.owners_of_digest(Role::Origin, ingest.digest, 0) {
         match ingest_file(cluster, owner.quic_addr, ingest, path).await {
-            Ok(_) => return Ok(()),
+            Ok(pushed) => return Ok(pushed.length),
             Err(e) if e.try_next() => {
                 tracing::debug!(owner = %owner.id, error = %e, "owner failed; trying the next");
-                last = RegistryError::Unavailable(e.to_string());
+                last = e;
             }
-            Err(e) => return Err(push_error(e)),
+            Err(e) => return Err(e),
         }
     }
     Err(last)

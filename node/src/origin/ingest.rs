@@ -33,10 +33,11 @@ use crate::proto::{ErrorKind, RemoteError, Response};
 /// Chunks taken from the stream per read.
 const CHUNKS_PER_READ: usize = 32;
 
-/// How the body's transfer ended.
+/// How the body's transfer ended ([`pump`]).
 #[derive(Debug)]
-enum Pumped {
-    /// Exactly the declared bytes, then the end of the stream.
+pub(super) enum Pumped {
+    /// Exactly the declared bytes (any number, when none were declared), then the end of
+    /// the stream.
     Whole,
     /// More bytes than declared (the stream was stopped).
     TooLong,
@@ -44,6 +45,8 @@ enum Pumped {
     Short(u64),
     /// The stream broke (reset by the sender, or the connection was lost).
     Broken(quinn::ReadError),
+    /// No byte came for this long.
+    Quiet(std::time::Duration),
     /// The ingest stopped reading (its own error says why).
     IngestStopped,
 }
@@ -99,7 +102,7 @@ impl Origin {
         let (tx, reader) = channel_reader();
         let (committed, pumped) = tokio::join!(
             self.ingest_into_cas(req, move || Ok(reader)),
-            pump(&mut stream.recv, tx, req.length),
+            pump(&mut stream.recv, tx, Some(req.length), None),
         );
         let fail = |kind, message: String| {
             (
@@ -124,6 +127,11 @@ impl Origin {
             Pumped::Broken(e) => {
                 tracing::debug!(error = %e, "ingest body broke off; nothing stored");
                 return fail(ErrorKind::Unavailable, format!("body broke off: {e}"));
+            }
+            // Not asked for: an ingest's body is bounded by QUIC's idle timeout.
+            Pumped::Quiet(after) => {
+                let message = format!("no byte for {} s", after.as_secs());
+                return fail(ErrorKind::Unavailable, message);
             }
         }
         match committed {
@@ -151,15 +159,32 @@ fn refuse(stream: &mut BiStream, e: RemoteError) -> (Response, StreamOutcome) {
     (Response::Error(e), StreamOutcome::Done)
 }
 
-/// Moves the body from the stream to the ingest: exactly `length` bytes, then the end.
-/// Anything else fails the ingest's read, so that it stores nothing.
-async fn pump(recv: &mut RecvStream, mut tx: BatchSender, length: u64) -> Pumped {
+/// Moves the body from the stream to the blocking reader: exactly `length` bytes when
+/// given (else any number), then the end; with `idle`, no more than that between two
+/// reads. Anything else fails the reader's read, so that it stores nothing.
+pub(super) async fn pump(
+    recv: &mut RecvStream,
+    mut tx: BatchSender,
+    length: Option<u64>,
+    idle: Option<std::time::Duration>,
+) -> Pumped {
     let mut chunks: [Bytes; CHUNKS_PER_READ] = Default::default();
     let mut have = 0u64;
     loop {
-        let n = match recv.read_chunks(&mut chunks).await {
+        let read = match idle {
+            None => recv.read_chunks(&mut chunks).await,
+            Some(idle) => match tokio::time::timeout(idle, recv.read_chunks(&mut chunks)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let why = format!("no byte for {} s", idle.as_secs());
+                    tx.fail(io::Error::new(io::ErrorKind::TimedOut, why)).await;
+                    return Pumped::Quiet(idle);
+                }
+            },
+        };
+        let n = match read {
             Ok(Some(n)) => n,
-            Ok(None) if have == length => {
+            Ok(None) if length.is_none_or(|l| have == l) => {
                 return match tx.finish().await {
                     Ok(()) => Pumped::Whole,
                     Err(_) => Pumped::IngestStopped,
@@ -181,7 +206,7 @@ async fn pump(recv: &mut RecvStream, mut tx: BatchSender, length: u64) -> Pumped
         for chunk in &mut chunks[..n] {
             let chunk = std::mem::take(chunk);
             have += chunk.len() as u64;
-            if have > length {
+            if length.is_some_and(|l| have > l) {
                 tx.fail(io::Error::new(io::ErrorKind::InvalidData, "body too long"))
                     .await;
                 return Pumped::TooLong;

@@ -583,10 +583,12 @@ impl Origin {
     /// Waits, at most `wait`, for an upload of `digest` under way here to end; false if
     /// there was none (or it did not end in time).
     async fn wait_for_upload(&self, digest: &Digest, wait: Duration) -> bool {
-        let lock = self.upload_lock(digest);
-        if lock.try_lock().is_ok() {
+        // Asked first without taking a lock: most misses have no upload under way, and
+        // taking one would add an entry to the lock table for each of them.
+        if !self.is_uploading(digest) {
             return false;
         }
+        let lock = self.upload_lock(digest);
         tokio::time::timeout(wait, lock.lock()).await.is_ok()
     }
 

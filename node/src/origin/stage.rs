@@ -12,7 +12,8 @@
 //!   emptied at start).
 //! - **Commit**: the token's bytes are taken (`NotFound` if it is unknown); a digest that
 //!   is not theirs is `DigestMismatch` (they are deleted). A digest this origin does not
-//!   own is sent on to its first live owner with an ingest from the staged file (one copy
+//!   own is sent on to its owners in ring order, as the proxy sends a file
+//!   (`crate::push::ingest_file_to_owners`), with an ingest from the staged file (one copy
 //!   between origins, not a second one from the proxy), whose answer is the commit's.
 //!   Otherwise it runs as an ingest does ([`super::ingest`]): the admission checks, the digest's
 //!   upload lock, a blob already here answered at once, the write-back queued durably
@@ -25,16 +26,15 @@ use std::sync::PoisonError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use kraken_client::ingest::{IngestRequest, ingest_file};
+use kraken_client::ingest::IngestRequest;
 use kraken_storage::Digest;
 use kraken_storage::cas::StagedBlob;
 use kraken_transport::quic::{BiStream, StreamOutcome, codes};
-use quinn::RecvStream;
 
+use super::ingest::{Pumped, pump};
 use super::upload::UploadRequest;
 use super::{Origin, internal};
-use crate::bridge::{BatchSender, channel_reader};
+use crate::bridge::channel_reader;
 use crate::proto::{ErrorKind, RemoteError, Response};
 
 /// Stages open or waiting for their commit on one origin, at most.
@@ -43,8 +43,6 @@ pub const MAX_STAGED: usize = 64;
 pub const HOLD_FOR: Duration = Duration::from_secs(600);
 /// Longest a stage's body may go without a byte (a registry client between two chunks).
 pub const STAGE_IDLE: Duration = Duration::from_secs(600);
-/// Chunks taken from the stream per read.
-const CHUNKS_PER_READ: usize = 32;
 
 /// Staged bytes waiting for their commit.
 struct Held {
@@ -112,8 +110,16 @@ impl Origin {
         let cas = self.inner.cas.clone();
         let max = self.inner.config.max_blob_size;
         let staging = tokio::task::spawn_blocking(move || cas.stage(reader, max));
-        let (staged, pumped) = tokio::join!(staging, pump(&mut stream.recv, tx));
-        if let Err(why) = pumped {
+        let pumping = pump(&mut stream.recv, tx, None, Some(STAGE_IDLE));
+        let (staged, pumped) = tokio::join!(staging, pumping);
+        let why = match pumped {
+            Pumped::Whole | Pumped::IngestStopped => None,
+            Pumped::Broken(e) => Some(e.to_string()),
+            Pumped::Quiet(after) => Some(format!("no byte for {} s", after.as_secs())),
+            // Neither without a declared length.
+            Pumped::TooLong | Pumped::Short(_) => Some("the body's length was wrong".into()),
+        };
+        if let Some(why) = why {
             let _ = stream.recv.stop(codes::REFUSED);
             tracing::debug!(why, "a staged body broke off; nothing kept");
             return error(ErrorKind::Unavailable, format!("body broke off: {why}"));
@@ -222,12 +228,10 @@ impl Origin {
             Err(e) => Response::Error(e),
         }
     }
-}
 
-impl Origin {
-    /// Sends staged bytes of a digest this origin does not own to its first live owner
-    /// (then the next), as the proxy's own copy would have gone: one copy between origins
-    /// rather than a second one from the proxy. The owner's answer is the commit's.
+    /// Sends staged bytes of a digest this origin does not own to its owners, as the
+    /// proxy's own copy would have gone: one copy between origins rather than a second
+    /// one from the proxy. The owner's answer is the commit's.
     async fn forward(&self, namespace: &str, held: Held, digest: &Digest) -> Response {
         let ingest = IngestRequest {
             namespace,
@@ -236,21 +240,14 @@ impl Origin {
             replica: false,
             persisted: false,
         };
-        let mut last = RemoteError::new(ErrorKind::Unavailable, "no live owner");
-        for owner in self.owners(digest) {
-            let cluster = &self.inner.cluster;
-            match ingest_file(cluster, owner.quic_addr, ingest, held.blob.path()).await {
-                Ok(pushed) => {
-                    tracing::debug!(%digest, owner = %owner.id, "staged upload forwarded to its owner");
-                    return Response::Uploaded {
-                        length: pushed.length,
-                    };
-                }
-                Err(e) if e.try_next() => last = crate::fetch::call_error(e),
-                Err(e) => return Response::Error(crate::fetch::call_error(e)),
+        let cluster = &self.inner.cluster;
+        match crate::push::ingest_file_to_owners(cluster, ingest, held.blob.path()).await {
+            Ok(length) => {
+                tracing::debug!(%digest, "staged upload forwarded to its owner");
+                Response::Uploaded { length }
             }
+            Err(e) => Response::Error(crate::fetch::call_error(e)),
         }
-        Response::Error(last)
     }
 }
 
@@ -259,41 +256,4 @@ fn error(kind: ErrorKind, message: String) -> (Response, StreamOutcome) {
         Response::Error(RemoteError::new(kind, message)),
         StreamOutcome::Done,
     )
-}
-
-/// Moves the body from the stream to the staging until the stream ends; `Err` (and the
-/// staging's read fails, so that it keeps nothing) if it breaks or goes quiet for
-/// [`STAGE_IDLE`].
-async fn pump(recv: &mut RecvStream, mut tx: BatchSender) -> Result<(), String> {
-    let mut chunks: [Bytes; CHUNKS_PER_READ] = Default::default();
-    loop {
-        let read = tokio::time::timeout(STAGE_IDLE, recv.read_chunks(&mut chunks)).await;
-        let n = match read {
-            Ok(Ok(Some(n))) => n,
-            Ok(Ok(None)) => {
-                // A staging that stopped reading says why itself.
-                let _ = tx.finish().await;
-                return Ok(());
-            }
-            Ok(Err(e)) => {
-                tx.fail(std::io::Error::other(e.clone())).await;
-                return Err(e.to_string());
-            }
-            Err(_) => {
-                let why = format!("no byte for {} s", STAGE_IDLE.as_secs());
-                tx.fail(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    why.clone(),
-                ))
-                .await;
-                return Err(why);
-            }
-        };
-        for chunk in &mut chunks[..n] {
-            if tx.push(std::mem::take(chunk)).await.is_err() {
-                // The staging failed (too long, disk): it says why.
-                return Ok(());
-            }
-        }
-    }
 }

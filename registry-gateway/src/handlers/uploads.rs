@@ -316,26 +316,21 @@ async fn complete<R: Registry>(
     leg: Option<Leg>,
 ) -> Reply {
     // The cluster hashes what a leg passes on with sha256 only.
-    if let Some(leg) = leg
-        && matches!(digest, Digest::Sha256(_))
-    {
-        match commit_leg(gw, name, &session, digest, leg).await {
-            LegOutcome::Stored => {
-                gw.config.metrics.passed_on();
-                return finished(session, name, digest).await;
-            }
-            LegOutcome::DigestInvalid(e) => {
-                discard(session).await;
-                return Err(e.into());
-            }
-            LegOutcome::Unused => {}
+    let from_leg = match leg {
+        Some(leg) if matches!(digest, Digest::Sha256(_)) => {
+            commit_leg(gw, name, &session, digest, leg).await
         }
-    }
-    match gw
-        .registry
-        .put_blob(name, digest, &session.data_path(), session.received())
-        .await
-    {
+        _ => None,
+    };
+    let stored = match from_leg {
+        Some(stored) => stored,
+        None => {
+            gw.registry
+                .put_blob(name, digest, &session.data_path(), session.received())
+                .await
+        }
+    };
+    match stored {
         Ok(()) => finished(session, name, digest).await,
         // Keep the session: the client may retry the PUT.
         Err(e) if keep_for_retry && !matches!(e, RegistryError::DigestInvalid(_)) => Err(e.into()),
@@ -346,35 +341,25 @@ async fn complete<R: Registry>(
     }
 }
 
-/// What became of the bytes a leg passed on.
-enum LegOutcome {
-    /// Stored as the blob.
-    Stored,
-    /// They do not hash to the digest the client named (they are the session's bytes:
-    /// the upload is wrong); nothing is stored.
-    DigestInvalid(RegistryError),
-    /// Anything else: the staged file is sent instead.
-    Unused,
-}
-
-/// Tries to store the session as blob `digest` from what `leg` passed on. Anything but a
-/// stored blob or wrong content (the leg failed, the commit failed or went to a node that
-/// does not own the digest) costs only the time it took: the staged file is sent
-/// instead, and the cluster checks it against the digest as always.
+/// Tries to store the session as blob `digest` from what `leg` passed on: `Some(Ok)` when
+/// stored, `Some(Err(DigestInvalid))` when those bytes (the session's very bytes) do not
+/// hash to `digest`. Anything else (the leg failed, or the commit did) is `None` and costs
+/// only the time it took: the caller sends the staged file, which the cluster checks
+/// against the digest as always.
 async fn commit_leg<R: Registry>(
     gw: &Gateway<R>,
     name: &str,
     session: &Session,
     digest: &Digest,
     leg: Leg,
-) -> LegOutcome {
+) -> Option<Result<(), RegistryError>> {
     let id = session.id().as_str();
     let finishing = Instant::now();
     let staged = match leg.finish().await {
         Ok(staged) => staged,
         Err(e) => {
             tracing::debug!(id, error = %e, "the bytes passed on did not all arrive; sending the staged file");
-            return LegOutcome::Unused;
+            return None;
         }
     };
     if staged.length != session.received() {
@@ -383,7 +368,7 @@ async fn commit_leg<R: Registry>(
             length = staged.length,
             "the bytes passed on are not the upload's; sending the staged file"
         );
-        return LegOutcome::Unused;
+        return None;
     }
     // Asked even when the digests differ: the cluster then drops the bytes at once, and
     // its verdict on the session's very bytes is the one the staged file would get.
@@ -391,11 +376,14 @@ async fn commit_leg<R: Registry>(
     let committed = gw.registry.commit_staged(name, &staged, digest).await;
     tracing::debug!(id, finish = ?(committing - finishing), commit = ?committing.elapsed(), "passed-on upload committed");
     match committed {
-        Ok(()) => LegOutcome::Stored,
-        Err(e @ RegistryError::DigestInvalid(_)) => LegOutcome::DigestInvalid(e),
+        Ok(()) => {
+            gw.config.metrics.passed_on();
+            Some(Ok(()))
+        }
+        Err(e @ RegistryError::DigestInvalid(_)) => Some(Err(e)),
         Err(e) => {
             tracing::debug!(id, error = %e, "the bytes passed on were not stored; sending the staged file");
-            LegOutcome::Unused
+            None
         }
     }
 }

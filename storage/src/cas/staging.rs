@@ -262,6 +262,11 @@ mod tests {
         Cas::open(config).unwrap()
     }
 
+    /// Files in the store's temp directory.
+    fn temp_files(root: &std::path::Path) -> usize {
+        std::fs::read_dir(root.join("tmp")).unwrap().count()
+    }
+
     fn bytes(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
     }
@@ -295,7 +300,7 @@ mod tests {
             assert_eq!(committed.metainfo, ingested.metainfo, "{n} bytes");
             assert!(committed.info.pinned && !committed.already_present);
             assert_eq!(staging.reader(&digest).unwrap().read_all().unwrap(), data);
-            assert_eq!(std::fs::read_dir(a.path().join("tmp")).unwrap().count(), 0);
+            assert_eq!(temp_files(a.path()), 0);
         }
     }
 
@@ -310,10 +315,7 @@ mod tests {
         assert!(matches!(err, CasError::DigestMismatch { .. }), "{err}");
         assert!(cas.info(&wrong).unwrap().is_none());
         assert!(cas.info(&Digest::sha256_of(&data)).unwrap().is_none());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(temp_files(dir.path()), 0);
     }
 
     #[test]
@@ -338,10 +340,7 @@ mod tests {
             matches!(err, CasError::Source { read: 30_000, .. }),
             "{err}"
         );
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(temp_files(dir.path()), 0);
     }
 
     #[test]
@@ -351,17 +350,11 @@ mod tests {
         let data = bytes(3_000);
         let digest = Digest::sha256_of(&data);
         drop(cas.stage(&data[..], u64::MAX).unwrap());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(temp_files(dir.path()), 0);
         cas.ingest(&digest, Some(3_000), &data[..]).unwrap();
         let staged = cas.stage(&data[..], u64::MAX).unwrap();
         let again = cas.commit_staged(staged, &digest, true).unwrap();
         assert!(again.already_present && again.info.pinned);
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(temp_files(dir.path()), 0);
     }
 }
