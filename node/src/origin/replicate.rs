@@ -85,7 +85,7 @@ impl Origin {
     ) -> Result<u64, PushError> {
         let cas = &self.inner.cas;
         // Held for the whole push: the blob cannot be evicted under it.
-        let reader = cas.reader(digest)?;
+        let reader = cas.housekeeping_reader(digest)?;
         let ingest = IngestRequest {
             namespace,
             digest,

@@ -57,7 +57,7 @@ pub async fn upload_blob(
     cas: &Cas,
     digest: &Digest,
 ) -> Result<UploadOutcome, WriteBackError> {
-    let reader = cas.reader(digest)?;
+    let reader = cas.housekeeping_reader(digest)?;
     if backend.stat(digest).await? == Some(reader.len()) {
         return Ok(UploadOutcome::AlreadyPresent);
     }

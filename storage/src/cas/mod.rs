@@ -287,9 +287,18 @@ impl Cas {
         Ok(())
     }
 
-    /// Opens a complete blob for reading. The blob cannot be evicted while the reader lives.
+    /// Opens a complete blob for reading, as a use of it (which eviction and a purge
+    /// guarded by the last use weigh). The blob cannot be evicted while the reader lives.
     pub fn reader(&self, digest: &Digest) -> Result<BlobReader, CasError> {
-        BlobReader::open(self.clone(), *digest)
+        BlobReader::open(self.clone(), *digest, true)
+    }
+
+    /// Like [`Cas::reader`], but not a use: for the node's own work on the blob (a copy to
+    /// another owner or to a backend, a scrub). Such work must not make a blob look wanted,
+    /// or a scrub walk or an anti-entropy copy would keep it from eviction and from a
+    /// guarded purge.
+    pub fn housekeeping_reader(&self, digest: &Digest) -> Result<BlobReader, CasError> {
+        BlobReader::open(self.clone(), *digest, false)
     }
 
     /// Runs the eviction policy now.

@@ -169,6 +169,34 @@ mod tests {
     }
 
     #[test]
+    fn housekeeping_reads_are_not_uses_but_client_reads_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cas, digest, _) = store(&dir.path().join("housekeeping"));
+        let (read, read_digest, _) = store(&dir.path().join("client"));
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let guard = crate::time::now_ms();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        // A copy to an owner or a backend, and a scrub, read the blob after the guard...
+        drop(cas.housekeeping_reader(&digest).unwrap());
+        let mut verifier = cas.verifier(&digest, false).unwrap();
+        while !verifier.done() {
+            verifier.step(1 << 20).unwrap();
+        }
+        drop(verifier);
+        // ...and the guard still removes it: nobody wanted it since.
+        assert!(matches!(
+            cas.purge(&digest, Some(guard)).unwrap(),
+            PurgeOutcome::Removed { .. }
+        ));
+        // A client's read is a use: the same guard keeps the blob.
+        drop(read.reader(&read_digest).unwrap());
+        assert!(matches!(
+            read.purge(&read_digest, Some(guard)).unwrap(),
+            PurgeOutcome::Kept { .. }
+        ));
+    }
+
+    #[test]
     fn a_purged_blob_being_read_goes_when_its_last_reader_closes() {
         let dir = tempfile::tempdir().unwrap();
         let (cas, digest, blob) = store(dir.path());

@@ -30,7 +30,8 @@ pub struct BlobReader {
 }
 
 impl BlobReader {
-    pub(crate) fn open(cas: Cas, digest: Digest) -> Result<Self, CasError> {
+    /// Opens `digest`; `is_use` records the opening as a use of the blob.
+    pub(crate) fn open(cas: Cas, digest: Digest, is_use: bool) -> Result<Self, CasError> {
         let inner = cas.inner();
         let path = inner.blob_path(&digest);
         // Registering under the lock closes the race with eviction.
@@ -45,7 +46,9 @@ impl BlobReader {
         let file = File::open(&path).map_err(CasError::io("open blob", &path))?;
         *state.readers.entry(digest).or_insert(0) += 1;
         drop(state);
-        inner.touch(&digest);
+        if is_use {
+            inner.touch(&digest);
+        }
         Ok(BlobReader {
             cas: cas.clone(),
             digest,

@@ -96,7 +96,7 @@ impl Cas {
     /// A verifier of the complete blob `digest` ([`CasError::NotFound`] if there is none;
     /// [`CasError::CorruptRecord`] if its metainfo is missing).
     pub fn verifier(&self, digest: &Digest, drop_cache: bool) -> Result<Verifier, CasError> {
-        let reader = self.reader(digest)?;
+        let reader = self.housekeeping_reader(digest)?;
         let piece_length = reader.metainfo().piece_length();
         Ok(Verifier {
             digest_hasher: digest.hasher(),
