@@ -144,6 +144,7 @@ fn gauges(roles: &Roles, cluster: &Cluster) -> Gauges {
     };
     if let Some(o) = &roles.origin {
         gauges.writeback_depth = o.queue().len().ok();
+        gauges.writeback_due = o.queue().due_len(std::time::SystemTime::now()).ok();
         gauges.store_bytes = Some(o.cas().used_bytes());
         gauges.active_swarms = o.exchange().active_blobs();
         gauges.pieces = pieces(o.exchange().counters());

@@ -50,7 +50,8 @@ pub struct Metrics {
     upload_bytes: Counter,
     backend_read_bytes: Counter,
     replicated_bytes: Counter,
-    writebacks: Counter,
+    writebacks_uploaded: Counter,
+    writebacks_present: Counter,
     writeback_failures: Counter,
     announces: Counter,
     rpcs: Counter,
@@ -110,12 +111,12 @@ impl Metrics {
             "kind",
             ["agent", "origin"],
         );
-        let [writebacks, writeback_failures] = labelled(
+        let [writebacks_uploaded, writebacks_present, writeback_failures] = labelled(
             &mut r,
             "kraken_writebacks",
-            "Write-backs by outcome",
+            "Write-backs by outcome: uploaded, found in the backend already (nothing sent), failed",
             "outcome",
-            ["ok", "failed"],
+            ["uploaded", "present", "failed"],
         );
         let pulls = counter(&mut r, "kraken_pulls", "Finished pulls");
         let pulls_failed = counter(&mut r, "kraken_pulls_failed", "Failed pulls");
@@ -179,7 +180,8 @@ impl Metrics {
             upload_bytes,
             backend_read_bytes,
             replicated_bytes,
-            writebacks,
+            writebacks_uploaded,
+            writebacks_present,
             writeback_failures,
             announces,
             rpcs,
@@ -235,9 +237,13 @@ impl Metrics {
         self.replicated_bytes.inc_by(n);
     }
 
-    /// A write-back succeeded.
-    pub fn writeback_done(&self) {
-        self.writebacks.inc();
+    /// A write-back succeeded: `uploaded` the bytes, or found the blob in the backend.
+    pub fn writeback_done(&self, uploaded: bool) {
+        if uploaded {
+            self.writebacks_uploaded.inc();
+        } else {
+            self.writebacks_present.inc();
+        }
     }
 
     /// A write-back failed (and was rescheduled).
@@ -415,6 +421,8 @@ impl DhtCounters {
 pub struct Gauges {
     /// Write-back queue depth (origins).
     pub writeback_depth: Option<u64>,
+    /// Items of it due now (origins).
+    pub writeback_due: Option<u64>,
     /// Live members per ring: (role, count).
     pub ring_sizes: Vec<(&'static str, usize)>,
     /// Blobs with a running swarm.
@@ -508,6 +516,12 @@ impl Gauges {
             "kraken_writeback_queue_depth",
             "Items in the write-back queue.",
             depth,
+        )?;
+        gauge(
+            e,
+            "kraken_writeback_queue_due",
+            "Items in the write-back queue due now (being written back or waiting for a worker); the others wait out a retry's backoff or a replica's delay.",
+            self.writeback_due,
         )?;
         gauge(
             e,
@@ -733,6 +747,7 @@ mod tests {
         m.pull_done(&report(5, 7), Duration::from_millis(30));
         let source: GaugeSource = Arc::new(|| Gauges {
             writeback_depth: Some(3),
+            writeback_due: Some(2),
             ring_sizes: vec![("origin", 3), ("tracker", 1)],
             pieces: Some((1, 2, 3, 4, 5)),
             streamed: Some((6, 7)),
@@ -763,6 +778,8 @@ mod tests {
             "# TYPE kraken_bytes_received_total counter",
             "# HELP kraken_pulls_total Finished pulls.",
             "kraken_writeback_queue_depth 3",
+            "kraken_writeback_queue_due 2",
+            "kraken_writebacks_total{outcome=\"present\"} 0",
             "# TYPE kraken_writeback_queue_depth gauge",
             "kraken_active_swarms 0",
             "kraken_ring_size{role=\"origin\"} 3",

@@ -1,5 +1,7 @@
-//! Durability of acknowledged uploads: a backend outage only delays write-back, and an
-//! origin killed with SIGKILL while write-backs are queued finishes them after a restart.
+//! Durability of acknowledged uploads: a backend outage only delays write-back, an
+//! origin killed with SIGKILL while write-backs are queued finishes them after a restart,
+//! and replicas defer their write-back to the first owner's but still make it when that
+//! owner is gone.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -10,9 +12,118 @@ use std::time::{Duration, Instant};
 
 use kraken_node::config::NodeRole;
 use kraken_node::proto::{Request, Response};
-use support::outage::{backend_root, bring_back, take_down, wait_in_backend};
+use support::outage::{backend_at, backend_root, bring_back, take_down, wait_in_backend};
 use support::process::KrakenProcess;
 use support::{TestCluster, blob_file, fs_backend};
+
+/// Three origins sharing one backend at `root`, each replica's write-back deferred by
+/// `delay_secs`.
+async fn three_origins(c: &mut TestCluster, root: &Path, delay_secs: u64) {
+    for name in ["origin-1", "origin-2", "origin-3"] {
+        let mut origin = c.config(name, NodeRole::Origin);
+        origin.backends[0].backend = fs_backend(root);
+        origin.origin.replica_writeback_delay_secs = delay_secs;
+        c.start(origin).await;
+    }
+    c.add("tracker-1", NodeRole::Tracker).await;
+    c.converge(3).await;
+}
+
+/// Write-backs by outcome (`uploaded`, `present`, `failed`) over every live origin.
+fn writebacks(c: &TestCluster, outcome: &str) -> u64 {
+    let name = format!("kraken_writebacks_total{{outcome=\"{outcome}\"}} ");
+    c.origins()
+        .iter()
+        .map(|&i| {
+            let text = c.node(i).metrics().render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name.as_str())?.parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        })
+        .sum()
+}
+
+/// Waits until every live origin's write-back queue is empty.
+async fn queues_drain(c: &TestCluster, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !c.origins().iter().all(|&i| {
+        let origin = c.node(i).roles().origin.clone().unwrap();
+        origin.queue().is_empty().unwrap()
+    }) {
+        assert!(Instant::now() < deadline, "write-back queues not drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_is_uploaded_to_the_backend_once_and_its_replicas_only_check_it() {
+    const LEN: u64 = 4 << 20;
+    let mut c = TestCluster::new();
+    let root = backend_root(c.dir.path());
+    three_origins(&mut c, &root, 2).await;
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 11);
+    c.upload(&path, &digest, LEN).await;
+    c.wait_replicated(&digest, 3).await;
+    wait_in_backend(&root, &digest, Duration::from_secs(20)).await;
+    // The first owner's write-back is done; each replica's was queued durably to wait
+    // out its delay, with its copy pinned meanwhile.
+    for &i in &c.origins() {
+        let origin = c.node(i).roles().origin.clone().unwrap();
+        let pinned = origin.cas().info(&digest).unwrap().unwrap().pinned;
+        for item in origin.queue().list().unwrap() {
+            let deferred = item.next_attempt.duration_since(item.enqueued).unwrap();
+            assert!(
+                item.attempts > 0 || deferred == Duration::from_secs(2),
+                "{item:?}"
+            );
+            assert!(pinned, "a replica awaiting its write-back is pinned");
+        }
+    }
+    queues_drain(&c, Duration::from_secs(20)).await;
+    assert_eq!(writebacks(&c, "uploaded"), 1);
+    assert_eq!(writebacks(&c, "present"), 2);
+    for &i in &c.origins() {
+        let info = c
+            .node(i)
+            .roles()
+            .origin
+            .clone()
+            .unwrap()
+            .cas()
+            .info(&digest);
+        let info = info.unwrap().unwrap();
+        assert!(info.persisted && !info.pinned, "{info:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_write_a_blob_back_when_its_first_owner_dies_before_it_could() {
+    const LEN: u64 = 4 << 20;
+    let mut c = TestCluster::new();
+    let root = backend_root(c.dir.path());
+    three_origins(&mut c, &root, 1).await;
+    // The backend is down: the first owner's write-back fails, and the owner dies.
+    take_down(&root);
+    let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 12);
+    c.upload(&path, &digest, LEN).await;
+    c.wait_replicated(&digest, 3).await;
+    let first_owner = c
+        .client()
+        .owners_of_digest(kraken_membership::Role::Origin, &digest, 1)[0]
+        .quic_addr;
+    let first = c
+        .origins()
+        .into_iter()
+        .find(|&i| c.node(i).quic_addr() == first_owner)
+        .unwrap();
+    c.kill(first);
+    bring_back(&root);
+    // The replicas' deferred write-backs find the backend without the blob and upload it.
+    wait_in_backend(&root, &digest, Duration::from_secs(20)).await;
+    queues_drain(&c, Duration::from_secs(20)).await;
+    assert!(writebacks(&c, "uploaded") >= 1);
+    assert_eq!(backend_at(&root).stat(&digest).await.unwrap(), Some(LEN));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_succeed_while_the_backend_is_down_and_are_flushed_when_it_returns() {

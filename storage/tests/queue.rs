@@ -203,3 +203,37 @@ fn an_expired_lease_cannot_release_its_successor() {
         "the second lease still holds"
     );
 }
+
+#[test]
+fn a_deferred_item_waits_out_its_delay_even_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let t0 = SystemTime::now();
+    let delay = Duration::from_secs(60);
+    {
+        let q = WriteBackQueue::open(&path, config()).unwrap();
+        assert!(q.enqueue_after("ns", &d(1), t0, delay).unwrap());
+        assert!(q.enqueue("ns", &d(2), t0).unwrap());
+        assert_eq!(q.len().unwrap(), 2);
+        assert_eq!(q.due_len(t0).unwrap(), 1);
+        let now = q.take_due(t0, 10).unwrap();
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].digest, d(2));
+        q.complete(&now[0]).unwrap();
+        // Queuing it again leaves its schedule alone.
+        assert!(!q.enqueue("ns", &d(1), t0).unwrap());
+        assert!(q.take_due(t0, 10).unwrap().is_empty());
+    }
+    let q = WriteBackQueue::open(&path, config()).unwrap();
+    let almost = t0 + delay - Duration::from_millis(1);
+    assert!(q.take_due(almost, 10).unwrap().is_empty());
+    assert_eq!(q.due_len(almost).unwrap(), 0);
+    let later = q.take_due(t0 + delay, 10).unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].digest, d(1));
+    assert_eq!(
+        later[0].enqueued,
+        kraken_storage::time::from_ms(kraken_storage::time::to_ms(t0))
+    );
+    assert_eq!(q.due_len(t0 + delay).unwrap(), 1);
+}

@@ -78,6 +78,12 @@ pub struct OriginConfig {
     pub writeback_concurrency: usize,
     /// How often the write-back executor looks for due items when not woken, in ms.
     pub writeback_poll_ms: u64,
+    /// Seconds a replica's write-back waits before its first attempt. The owner that took
+    /// the client's upload writes the blob back at once; a replica's attempt then finds it
+    /// in the backend and only checks (one `stat`), so the backend gets one upload per
+    /// blob rather than one per owner. A replica still uploads it if the backend lacks it
+    /// then (its first owner died first). 0: every owner uploads at once.
+    pub replica_writeback_delay_secs: u64,
     /// Co-owners compared, and blobs copied, at once by an anti-entropy pass.
     pub repair_concurrency: usize,
     /// Delay after a change of the origin ring before an anti-entropy pass starts (changes
@@ -113,6 +119,7 @@ impl Default for OriginConfig {
             replicas: ORIGIN_REPLICAS,
             writeback_concurrency: 4,
             writeback_poll_ms: 1000,
+            replica_writeback_delay_secs: 60,
             repair_concurrency: 4,
             repair_delay_ms: 1000,
             anti_entropy_interval_secs: 60,
@@ -150,7 +157,16 @@ pub enum OriginConfigError {
     /// `scrub_interval_ms` is 0: a scrubber of an empty store would spin.
     #[error("origin.scrub_interval_ms must be above 0")]
     ZeroScrubInterval,
+    /// `replica_writeback_delay_secs` is above a day: a blob whose first owner died would
+    /// wait that long for its backend copy.
+    #[error(
+        "origin.replica_writeback_delay_secs must be at most {MAX_REPLICA_WRITEBACK_DELAY_SECS}"
+    )]
+    ReplicaWriteBackDelay,
 }
+
+/// Largest `replica_writeback_delay_secs`: a day.
+pub const MAX_REPLICA_WRITEBACK_DELAY_SECS: u64 = 86_400;
 
 /// Largest `anti_entropy_interval_secs`: a day.
 pub const MAX_ANTI_ENTROPY_INTERVAL_SECS: u64 = 86_400;
@@ -178,6 +194,9 @@ impl OriginConfig {
         }
         if self.scrub_interval_ms == 0 {
             return Err(OriginConfigError::ZeroScrubInterval);
+        }
+        if self.replica_writeback_delay_secs > MAX_REPLICA_WRITEBACK_DELAY_SECS {
+            return Err(OriginConfigError::ReplicaWriteBackDelay);
         }
         Ok(())
     }
@@ -638,5 +657,23 @@ mod tests {
             ..OriginConfig::default()
         };
         assert_eq!(late.validate(), Err(OriginConfigError::RepairDelay));
+    }
+
+    #[test]
+    fn a_replica_write_back_delay_beyond_a_day_is_refused() {
+        assert_eq!(OriginConfig::default().replica_writeback_delay_secs, 60);
+        let at_once = OriginConfig {
+            replica_writeback_delay_secs: 0,
+            ..OriginConfig::default()
+        };
+        assert_eq!(at_once.validate(), Ok(()));
+        let too_late = OriginConfig {
+            replica_writeback_delay_secs: MAX_REPLICA_WRITEBACK_DELAY_SECS + 1,
+            ..OriginConfig::default()
+        };
+        assert_eq!(
+            too_late.validate(),
+            Err(OriginConfigError::ReplicaWriteBackDelay)
+        );
     }
 }

@@ -14,7 +14,7 @@
 //! then sends the rest of a file.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use kraken_storage::Digest;
 use kraken_storage::cas::{Cas, CasError};
@@ -214,11 +214,24 @@ impl Origin {
     /// the queue (an orphan item of an ingest that then fails is dropped by the executor).
     pub(super) fn queue_write_back(&self, req: &UploadRequest) -> Result<(), RemoteError> {
         if !req.persisted {
-            self.inner
-                .queue
-                .enqueue(&req.namespace, &req.digest, SystemTime::now())
-                .map_err(internal)?;
+            self.enqueue_write_back(req)?;
         }
+        Ok(())
+    }
+
+    /// Queues the write-back: due at once for the client's upload, after
+    /// `replica_writeback_delay_secs` for a replica (the first owner's write-back is then
+    /// done, and the replica's attempt only finds the blob in the backend).
+    fn enqueue_write_back(&self, req: &UploadRequest) -> Result<(), RemoteError> {
+        let delay = if req.replica {
+            Duration::from_secs(self.inner.config.replica_writeback_delay_secs)
+        } else {
+            Duration::ZERO
+        };
+        self.inner
+            .queue
+            .enqueue_after(&req.namespace, &req.digest, SystemTime::now(), delay)
+            .map_err(internal)?;
         Ok(())
     }
 
@@ -308,10 +321,7 @@ impl Origin {
             return Ok(());
         }
         cas.set_pinned(&req.digest, true).map_err(internal)?;
-        self.inner
-            .queue
-            .enqueue(&req.namespace, &req.digest, SystemTime::now())
-            .map_err(internal)?;
+        self.enqueue_write_back(req)?;
         self.inner.writeback_wake.notify_one();
         Ok(())
     }

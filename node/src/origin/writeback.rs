@@ -48,8 +48,9 @@ impl WriteBackHooks for &Origin {
         self.has_staged(digest) || self.is_uploading(digest) || self.is_quarantined(digest)
     }
 
-    fn written_back(&self, _: &WriteBackItem, _: UploadOutcome) {
-        self.inner.metrics.writeback_done();
+    fn written_back(&self, _: &WriteBackItem, outcome: UploadOutcome) {
+        let uploaded = matches!(outcome, UploadOutcome::Uploaded { .. });
+        self.inner.metrics.writeback_done(uploaded);
     }
 
     fn failed(&self, item: &WriteBackItem, error: &WriteBackError) {

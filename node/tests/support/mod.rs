@@ -104,6 +104,9 @@ impl TestCluster {
         c.tracker.handout.peer_ttl = Duration::from_secs(10);
         c.origin.repair_delay_ms = 300;
         c.origin.writeback_poll_ms = 100;
+        // Every owner writes back at once: tests wait for every queue to drain.
+        // `durability.rs` runs the default's deferral.
+        c.origin.replica_writeback_delay_secs = 0;
         c.writeback_queue.base_backoff_ms = 100;
         c.writeback_queue.max_backoff_ms = 500;
         c.view.refresh_secs = 1;

@@ -204,6 +204,17 @@ impl WriteBackQueue {
         digest: &Digest,
         now: SystemTime,
     ) -> Result<bool, QueueError> {
+        self.enqueue_after(namespace, digest, now, Duration::ZERO)
+    }
+
+    /// Like [`WriteBackQueue::enqueue`], with the first attempt due `delay` after `now`.
+    pub fn enqueue_after(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        now: SystemTime,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
         let key = digest.to_string();
         let txn = self.db.begin_write()?;
         let fresh = {
@@ -212,15 +223,17 @@ impl WriteBackQueue {
                 false
             } else {
                 let ms = to_ms(now);
+                let due_ms =
+                    ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                 let record = ItemRecord {
                     attempts: 0,
                     enqueued_ms: ms,
-                    next_attempt_ms: ms,
+                    next_attempt_ms: due_ms,
                     last_error: None,
                 };
                 items.insert((namespace, key.as_str()), encode(&record).as_slice())?;
                 txn.open_table(DUE)?
-                    .insert((ms, namespace, key.as_str()), ())?;
+                    .insert((due_ms, namespace, key.as_str()), ())?;
                 true
             }
         };
@@ -335,6 +348,19 @@ impl WriteBackQueue {
     pub fn len(&self) -> Result<u64, QueueError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(ITEMS)?.len()?)
+    }
+
+    /// Number of items due at `now`: being written back or waiting for a worker. The
+    /// others wait for a retry's backoff or a deferred first attempt.
+    pub fn due_len(&self, now: SystemTime) -> Result<u64, QueueError> {
+        let txn = self.db.begin_read()?;
+        let due = txn.open_table(DUE)?;
+        let mut n = 0;
+        for entry in due.range((0u64, "", "")..=(to_ms(now), "\u{10ffff}", "\u{10ffff}"))? {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// True when nothing is queued.

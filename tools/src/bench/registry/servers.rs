@@ -335,17 +335,19 @@ impl KrakenDev {
     }
 
     /// Items waiting in every node's write-back queue (nodes without the gauge count 0).
-    fn writeback_depth(&self) -> u64 {
+    /// Write-back items due now over every node. Replicas' deferred items are not: when
+    /// they come due they find the blob in the backend, a `stat` each.
+    fn writeback_due(&self) -> u64 {
         self.metrics
             .iter()
             .filter_map(|&a| http_get(a, "/metrics").ok())
-            .map(|(_, body)| gauge(&body, "kraken_writeback_queue_depth").unwrap_or(0.0) as u64)
+            .map(|(_, body)| gauge(&body, "kraken_writeback_queue_due").unwrap_or(0.0) as u64)
             .sum()
     }
 
-    /// Waits, at most `limit`, until no node has write-back queued and the process has
-    /// used under a tenth of a core for a second: replication, write-back and whatever
-    /// else follows a push or a pull are done.
+    /// Waits, at most `limit`, until no node has write-back due and the process has used
+    /// under a tenth of a core for a second: replication, write-back and whatever else
+    /// follows a push or a pull are done.
     pub fn settle(&self, limit: Duration) -> Settled {
         let start = Instant::now();
         let mut quiet = 0;
@@ -359,7 +361,7 @@ impl KrakenDev {
                 };
             }
             std::thread::sleep(POLL);
-            let depth = self.writeback_depth();
+            let depth = self.writeback_due();
             let (now_cpu, now) = (self.cpu_secs(), Instant::now());
             let share = (now_cpu - cpu) / now.duration_since(at).as_secs_f64();
             (cpu, at) = (now_cpu, now);
