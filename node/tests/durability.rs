@@ -43,13 +43,31 @@ fn writebacks(c: &TestCluster, outcome: &str) -> u64 {
         .sum()
 }
 
+/// Origin `i`'s role.
+fn origin(c: &TestCluster, i: usize) -> kraken_node::origin::Origin {
+    c.node(i).roles().origin.clone().unwrap()
+}
+
+/// The origin a client's upload of `digest` goes to ([`TestCluster::upload`]).
+fn first_owner(c: &TestCluster, digest: &kraken_storage::Digest) -> usize {
+    let addr = c
+        .client()
+        .owners_of_digest(kraken_membership::Role::Origin, digest, 1)[0]
+        .quic_addr;
+    c.origins()
+        .into_iter()
+        .find(|&i| c.node(i).quic_addr() == addr)
+        .unwrap()
+}
+
 /// Waits until every live origin's write-back queue is empty.
 async fn queues_drain(c: &TestCluster, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while !c.origins().iter().all(|&i| {
-        let origin = c.node(i).roles().origin.clone().unwrap();
-        origin.queue().is_empty().unwrap()
-    }) {
+    while !c
+        .origins()
+        .into_iter()
+        .all(|i| origin(c, i).queue().is_empty().unwrap())
+    {
         assert!(Instant::now() < deadline, "write-back queues not drained");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -60,38 +78,35 @@ async fn a_blob_is_uploaded_to_the_backend_once_and_its_replicas_only_check_it()
     const LEN: u64 = 4 << 20;
     let mut c = TestCluster::new();
     let root = backend_root(c.dir.path());
-    three_origins(&mut c, &root, 2).await;
+    three_origins(&mut c, &root, 5).await;
     let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 11);
     c.upload(&path, &digest, LEN).await;
     c.wait_replicated(&digest, 3).await;
-    wait_in_backend(&root, &digest, Duration::from_secs(20)).await;
+    let first = first_owner(&c, &digest);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !origin(&c, first).queue().is_empty().unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the first owner never wrote it back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(backend_at(&root).stat(&digest).await.unwrap() == Some(LEN));
     // The first owner's write-back is done; each replica's was queued durably to wait
     // out its delay, with its copy pinned meanwhile.
-    for &i in &c.origins() {
-        let origin = c.node(i).roles().origin.clone().unwrap();
-        let pinned = origin.cas().info(&digest).unwrap().unwrap().pinned;
-        for item in origin.queue().list().unwrap() {
+    for i in c.origins().into_iter().filter(|&i| i != first) {
+        let pinned = origin(&c, i).cas().info(&digest).unwrap().unwrap().pinned;
+        for item in origin(&c, i).queue().list().unwrap() {
             let deferred = item.next_attempt.duration_since(item.enqueued).unwrap();
-            assert!(
-                item.attempts > 0 || deferred == Duration::from_secs(2),
-                "{item:?}"
-            );
+            assert_eq!(deferred, Duration::from_secs(5), "{item:?}");
             assert!(pinned, "a replica awaiting its write-back is pinned");
         }
     }
-    queues_drain(&c, Duration::from_secs(20)).await;
+    queues_drain(&c, Duration::from_secs(30)).await;
     assert_eq!(writebacks(&c, "uploaded"), 1);
     assert_eq!(writebacks(&c, "present"), 2);
-    for &i in &c.origins() {
-        let info = c
-            .node(i)
-            .roles()
-            .origin
-            .clone()
-            .unwrap()
-            .cas()
-            .info(&digest);
-        let info = info.unwrap().unwrap();
+    for i in c.origins() {
+        let info = origin(&c, i).cas().info(&digest).unwrap().unwrap();
         assert!(info.persisted && !info.pinned, "{info:?}");
     }
 }
@@ -107,15 +122,7 @@ async fn replicas_write_a_blob_back_when_its_first_owner_dies_before_it_could() 
     let (path, digest) = blob_file(c.dir.path(), "blob", LEN, 12);
     c.upload(&path, &digest, LEN).await;
     c.wait_replicated(&digest, 3).await;
-    let first_owner = c
-        .client()
-        .owners_of_digest(kraken_membership::Role::Origin, &digest, 1)[0]
-        .quic_addr;
-    let first = c
-        .origins()
-        .into_iter()
-        .find(|&i| c.node(i).quic_addr() == first_owner)
-        .unwrap();
+    let first = first_owner(&c, &digest);
     c.kill(first);
     bring_back(&root);
     // The replicas' deferred write-backs find the backend without the blob and upload it.
