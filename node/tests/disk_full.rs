@@ -24,11 +24,7 @@ fn http() -> reqwest::Client {
 
 /// The value of a gauge in a Prometheus text page.
 fn gauge(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-        .parse()
-        .unwrap()
+    support::metric(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}")) as u64
 }
 
 /// Files left in a store directory (`partial/`, `tmp/`).

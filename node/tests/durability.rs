@@ -31,15 +31,10 @@ async fn three_origins(c: &mut TestCluster, root: &Path, delay_secs: u64) {
 
 /// Write-backs by outcome (`uploaded`, `present`, `failed`) over every live origin.
 fn writebacks(c: &TestCluster, outcome: &str) -> u64 {
-    let name = format!("kraken_writebacks_total{{outcome=\"{outcome}\"}} ");
+    let name = format!("kraken_writebacks_total{{outcome=\"{outcome}\"}}");
     c.origins()
         .iter()
-        .map(|&i| {
-            let text = c.node(i).metrics().render();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name.as_str())?.parse::<f64>().ok())
-                .map_or(0, |v| v as u64)
-        })
+        .map(|&i| support::metric(&c.node(i).metrics().render(), &name).map_or(0, |v| v as u64))
         .sum()
 }
 

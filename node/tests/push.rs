@@ -318,11 +318,8 @@ async fn passed_on(c: &TestCluster, proxy: usize) -> u64 {
         .text()
         .await
         .unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("kraken_gateway_passed_on_uploads_total "))
-        .unwrap_or_else(|| panic!("no passed-on count in\n{text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    support::metric(&text, "kraken_gateway_passed_on_uploads_total")
+        .unwrap_or_else(|| panic!("no passed-on count in\n{text}")) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,9 +209,7 @@ async fn when_every_copy_is_corrupt_the_backend_copy_restores_them() {
 
 /// The value of an unlabelled metric in a Prometheus text exposition.
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    support::metric(text, name).map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,8 +153,9 @@ impl Origin {
     }
 }
 
-/// Refuses the ingest before its body: the sender keeps it for the next owner.
-fn refuse(stream: &mut BiStream, e: RemoteError) -> (Response, StreamOutcome) {
+/// Refuses the ingest (or a stage): stops the stream and answers `e`. Before the body,
+/// the sender keeps it for the next owner.
+pub(super) fn refuse(stream: &mut BiStream, e: RemoteError) -> (Response, StreamOutcome) {
     let _ = stream.recv.stop(codes::REFUSED);
     (Response::Error(e), StreamOutcome::Done)
 }

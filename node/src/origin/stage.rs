@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use kraken_client::ingest::IngestRequest;
 use kraken_storage::Digest;
 use kraken_storage::cas::StagedBlob;
-use kraken_transport::quic::{BiStream, StreamOutcome, codes};
+use kraken_transport::quic::{BiStream, StreamOutcome};
 
-use super::ingest::{Pumped, pump};
+use super::ingest::{Pumped, pump, refuse};
 use super::upload::UploadRequest;
 use super::{Origin, internal};
 use crate::bridge::channel_reader;
@@ -93,18 +93,20 @@ impl Origin {
         let started = Instant::now();
         let stages = &self.inner.stages;
         if stages.sweep() >= MAX_STAGED {
-            let _ = stream.recv.stop(codes::REFUSED);
             let message = format!("{MAX_STAGED} staged uploads are open here already");
-            return error(ErrorKind::TooManyRequests, message);
+            return refuse(
+                stream,
+                RemoteError::new(ErrorKind::TooManyRequests, message),
+            );
         }
         if let Err(e) = crate::mirror::refuse_writes(&self.inner.router, namespace) {
-            let _ = stream.recv.stop(codes::REFUSED);
-            return (Response::Error(e), StreamOutcome::Done);
+            return refuse(stream, e);
         }
         stages.open.fetch_add(1, Ordering::Relaxed);
         let _open = OpenStage(&stages.open);
         if stream.respond(&Response::Proceed).await.is_err() {
-            return error(ErrorKind::Unavailable, "sender gone".into());
+            let gone = RemoteError::new(ErrorKind::Unavailable, "sender gone");
+            return (Response::Error(gone), StreamOutcome::Done);
         }
         let (tx, reader) = channel_reader();
         let cas = self.inner.cas.clone();
@@ -120,17 +122,13 @@ impl Origin {
             Pumped::TooLong | Pumped::Short(_) => Some("the body's length was wrong".into()),
         };
         if let Some(why) = why {
-            let _ = stream.recv.stop(codes::REFUSED);
             tracing::debug!(why, "a staged body broke off; nothing kept");
-            return error(ErrorKind::Unavailable, format!("body broke off: {why}"));
+            let message = format!("body broke off: {why}");
+            return refuse(stream, RemoteError::new(ErrorKind::Unavailable, message));
         }
         let blob = match staged.map_err(internal) {
             Ok(Ok(blob)) => blob,
-            Ok(Err(e)) => {
-                let _ = stream.recv.stop(codes::REFUSED);
-                let e = super::upload::disk_error_cas(e);
-                return (Response::Error(e), StreamOutcome::Done);
-            }
+            Ok(Err(e)) => return refuse(stream, super::upload::disk_error_cas(e)),
             Err(e) => return (Response::Error(e), StreamOutcome::Done),
         };
         let (length, digest) = (blob.length(), *blob.digest());
@@ -249,11 +247,4 @@ impl Origin {
             Err(e) => Response::Error(crate::fetch::call_error(e)),
         }
     }
-}
-
-fn error(kind: ErrorKind, message: String) -> (Response, StreamOutcome) {
-    (
-        Response::Error(RemoteError::new(kind, message)),
-        StreamOutcome::Done,
-    )
 }

@@ -267,6 +267,13 @@ impl TestCluster {
     }
 }
 
+/// The value of sample `name` (its labels included, as the page writes them) in a
+/// Prometheus text page, if the page has it.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn fs_backend(root: &Path) -> BackendConfig {
     BackendConfig::new(ServiceConfig::Fs(FsServiceConfig {
         root: root.to_string_lossy().into_owned(),
