@@ -68,6 +68,7 @@ fn a_tiny_registry_run_measures_every_step_and_leaves_nothing() {
         "push-chunked",
         "second-agent",
         "GET ÷ exchange",
+        "warm-pull ÷ sendfile-floor",
         "image-pull",
         "kraken ÷ registry",
     ] {
@@ -90,6 +91,7 @@ fn a_tiny_registry_run_measures_every_step_and_leaves_nothing() {
             "exchange",
             "second-agent",
             "warm-pull",
+            "sendfile-floor",
             "range",
             "image-push",
             "image-pull"
@@ -105,6 +107,7 @@ fn a_tiny_registry_run_measures_every_step_and_leaves_nothing() {
             assert!(m["registry"]["secs"].as_f64().unwrap() > 0.0, "{m}");
         }
     }
+    assert!(report["warm_over_floor"]["median"].as_f64().unwrap() > 0.0);
     assert_eq!(report["setup"]["blob_bytes"], 8 << 20);
     assert_eq!(report["setup"]["range_bytes"], 4 << 20);
     assert_eq!(report["setup"]["caches_dropped"], false);

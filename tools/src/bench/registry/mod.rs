@@ -13,6 +13,7 @@
 //! | `exchange` | — | agent 1's own download during `cold-pull` (its pull histogram); ratio: the `GET` ÷ it | — |
 //! | `second-agent` | — | `GET` on agent 2 right after agent 1 | nothing |
 //! | `warm-pull` | `GET` | `GET` on agent 1 | one untimed `GET` on each |
+//! | `sendfile-floor` | (its `warm-pull`) | `GET` on the bench's bare `sendfile` server ([`floor`]) | one untimed `GET` |
 //! | `range` | ranged `GET` from the middle | the same on agent 1 | nothing (still warm) |
 //! | `image` | `skopeo copy` push, then pull into a new layout | proxy, then agent 1 | caches dropped |
 //!
@@ -24,10 +25,12 @@
 //! - [`janitor`]: processes and directories removed on exit, error or signal.
 //! - [`servers`]: starting docker-registry and `kraken dev`; CPU time; settling.
 //! - [`curl`]: the push and pull sequences over `curl`; plain HTTP for polling.
+//! - [`floor`]: the bare `sendfile` server the warm pull is set against.
 //! - [`image`]: the OCI layout and `skopeo copy`.
 //! - [`report`]: medians, ranges, ratios; table and JSON.
 
 pub mod curl;
+pub mod floor;
 pub mod image;
 pub mod janitor;
 pub mod report;
@@ -41,6 +44,7 @@ use anyhow::{Context, bail};
 use kraken_storage::Digest;
 
 use self::curl::{ClientCost, get_checked, get_timed, push_chunked, push_monolithic};
+use self::floor::SendfileFloor;
 use self::image::{Layout, Skopeo, verify_layers, write_layout};
 use self::janitor::ScratchDir;
 use self::report::{BenchSetup, Measurement, RegistryReport, Row, Sample};
@@ -149,6 +153,7 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<RegistryReport> {
         caches: Caches {
             allowed: !args.no_drop_caches,
         },
+        floor: SendfileFloor::start()?,
         notes: Vec::new(),
         measurements: Vec::new(),
     };
@@ -315,6 +320,8 @@ enum Prep {
 enum Sys {
     Registry,
     Kraken,
+    /// The bench's bare `sendfile` server.
+    Floor,
 }
 
 /// Which round, and whether kraken is measured first in it (every other round).
@@ -347,6 +354,7 @@ struct Bench<'a> {
     kraken: PathBuf,
     work: PathBuf,
     caches: Caches,
+    floor: SendfileFloor,
     notes: Vec<String>,
     measurements: Vec<Measurement>,
 }
@@ -435,14 +443,23 @@ impl Bench<'_> {
         if prep == Prep::Cold {
             self.caches.drop_all();
         }
-        let cpu = || (sys.registry.cpu_secs(), sys.kraken.cpu_secs());
-        let (r0, k0) = cpu();
+        let floor = &self.floor;
+        let cpu = || {
+            (
+                sys.registry.cpu_secs(),
+                sys.kraken.cpu_secs(),
+                floor.cpu_secs(),
+            )
+        };
+        let (r0, k0, f0) = cpu();
         let cost = work().with_context(|| what.to_string())?;
-        let (r1, k1) = cpu();
+        let (r1, k1, f1) = cpu();
         eprintln!("kraken-bench: {what}: {:.2} s", cost.secs);
+        let (r, k, f) = (r1 - r0, k1 - k0, f1 - f0);
         let (server, other) = match which {
-            Sys::Registry => (r1 - r0, k1 - k0),
-            Sys::Kraken => (k1 - k0, r1 - r0),
+            Sys::Registry => (r, k),
+            Sys::Kraken => (k, r),
+            Sys::Floor => (f, r + k),
         };
         Ok(Sample {
             secs: cost.secs,
@@ -463,10 +480,10 @@ impl Bench<'_> {
         work: &dyn Fn(&str) -> anyhow::Result<ClientCost>,
     ) -> anyhow::Result<()> {
         let mut one = |which: Sys, target: &str| {
-            let name = if which == Sys::Kraken {
-                "kraken"
-            } else {
-                "registry"
+            let name = match which {
+                Sys::Kraken => "kraken",
+                Sys::Registry => "registry",
+                Sys::Floor => "floor",
             };
             let what = format!("round {}, {} ({name})", turn.round, row.name());
             self.measure(sys, which, prep, &what, Box::new(|| work(target)))
@@ -553,12 +570,28 @@ impl Bench<'_> {
                 check(&a2)?;
             }
         }
-        // Checks what the cold pulls delivered and warms both for `warm-pull`; agent 1
-        // gets the blob here if `cold-pull` did not run.
+        // Checks what the cold pulls delivered and warms both for `warm-pull`. Without
+        // `cold-pull`, agent 1's first `GET` is its download (its bytes reach the client
+        // from memory as they land, the file itself unread): a second one warms it.
         check(&reg)?;
         check(&a1)?;
+        if !self.has(Step::ColdPull) {
+            check(&a1)?;
+        }
         if self.has(Step::WarmPull) {
+            // The floor goes first in odd rounds, last in even ones, as the pair alternates.
+            let floor_url = self.warm_floor(blob)?;
+            let floor_first = turn.round % 2 == 1;
+            let mut floor = None;
+            if floor_first {
+                floor = Some(self.floor_pull(sys, turn, &floor_url, blob.len)?);
+            }
             self.pair(sys, (Row::WarmPull, turn, Prep::Warm), [&reg, &a1], &get)?;
+            let floor = match floor {
+                Some(f) => f,
+                None => self.floor_pull(sys, turn, &floor_url, blob.len)?,
+            };
+            self.record_floor(turn, floor)?;
         }
         if self.has(Step::Range) {
             let (first, last) = blob.range;
@@ -632,6 +665,48 @@ impl Bench<'_> {
         if let Some(k2) = k2 {
             self.record(Row::SecondAgent, turn, None, k2, r.secs);
         }
+        Ok(())
+    }
+
+    /// Points the bare `sendfile` server at the bench's copy of the blob and warms it with
+    /// one untimed `GET`, which also checks what it sends. Returns its URL.
+    fn warm_floor(&self, blob: &Blob) -> anyhow::Result<String> {
+        self.floor.serve_file(&blob.path)?;
+        let url = format!("{}/v2/{BLOB_REPO}/blobs/{}", self.floor.base, blob.digest);
+        get_checked(&url, None, &blob.digest, blob.len).context("the sendfile floor")?;
+        Ok(url)
+    }
+
+    /// One timed warm `GET` from the bare `sendfile` server.
+    fn floor_pull(
+        &mut self,
+        sys: &Systems,
+        turn: Turn,
+        url: &str,
+        len: u64,
+    ) -> anyhow::Result<Sample> {
+        let what = format!("round {}, sendfile-floor", turn.round);
+        let get = || get_timed(url, None, len);
+        self.measure(sys, Sys::Floor, Prep::Warm, &what, Box::new(get))
+    }
+
+    /// `sendfile-floor`: the bare server's warm `GET`, set against the registry's
+    /// `warm-pull` of this round.
+    fn record_floor(&mut self, turn: Turn, floor: Sample) -> anyhow::Result<()> {
+        let registry = self
+            .measurements
+            .iter()
+            .rev()
+            .find(|m| m.row == Row::WarmPull && m.round == turn.round)
+            .and_then(|m| m.registry)
+            .context("sendfile-floor is recorded after warm-pull")?;
+        self.record(
+            Row::SendfileFloor,
+            turn,
+            Some(registry),
+            floor,
+            registry.secs,
+        );
         Ok(())
     }
 

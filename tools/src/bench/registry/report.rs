@@ -25,6 +25,9 @@ pub enum Row {
     SecondAgent,
     /// `GET` again, both warmed by one untimed `GET` (kraken: agent 1).
     WarmPull,
+    /// The same warm `GET` from the bench's bare `sendfile` server (in the `kraken` sample),
+    /// against the registry's `warm-pull`: how far zero-copy alone gets on this machine.
+    SendfileFloor,
     /// Ranged `GET` from the middle (kraken: agent 1, which holds the blob).
     Range,
     /// `skopeo copy` of the image to the registry (kraken: the proxy).
@@ -35,13 +38,14 @@ pub enum Row {
 
 impl Row {
     /// Every row, in the order they are measured and printed.
-    pub const ALL: [Row; 9] = [
+    pub const ALL: [Row; 10] = [
         Row::Push,
         Row::PushChunked,
         Row::ColdPull,
         Row::Exchange,
         Row::SecondAgent,
         Row::WarmPull,
+        Row::SendfileFloor,
         Row::Range,
         Row::ImagePush,
         Row::ImagePull,
@@ -56,6 +60,7 @@ impl Row {
             Row::Exchange => "exchange",
             Row::SecondAgent => "second-agent",
             Row::WarmPull => "warm-pull",
+            Row::SendfileFloor => "sendfile-floor",
             Row::Range => "range",
             Row::ImagePush => "image-push",
             Row::ImagePull => "image-pull",
@@ -92,7 +97,8 @@ pub struct Measurement {
     /// kraken.
     pub kraken: Sample,
     /// kraken's time ÷ the registry's (for `second-agent`, ÷ the registry's cold `GET`;
-    /// for `exchange`, agent 1's cold `GET` ÷ its download).
+    /// for `exchange`, agent 1's cold `GET` ÷ its download; for `sendfile-floor`, the bare
+    /// server's ÷ the registry's warm `GET`).
     pub ratio: Option<f64>,
 }
 
@@ -220,6 +226,10 @@ pub struct RegistryReport {
     pub summary: Vec<RowSummary>,
     /// Every measurement.
     pub measurements: Vec<Measurement>,
+    /// kraken's `warm-pull` ÷ `sendfile-floor`, round by round: what the agent adds to the
+    /// least a server can do.
+    #[serde(default)]
+    pub warm_over_floor: Option<Spread>,
     /// Warnings: caches not dropped, a cluster that did not settle in time.
     pub notes: Vec<String>,
 }
@@ -238,10 +248,18 @@ impl RegistryReport {
                 (!ms.is_empty()).then(|| RowSummary::of(row, &ms))
             })
             .collect();
+        let warm_over_floor = Spread::of(measurements.iter().filter_map(|floor| {
+            let warm = measurements
+                .iter()
+                .find(|m| m.row == Row::WarmPull && m.round == floor.round)?;
+            (floor.row == Row::SendfileFloor && floor.kraken.secs > 0.0)
+                .then(|| warm.kraken.secs / floor.kraken.secs)
+        }));
         RegistryReport {
             setup,
             summary,
             measurements,
+            warm_over_floor,
             notes,
         }
     }
@@ -281,7 +299,7 @@ impl RegistryReport {
         );
         let _ = writeln!(
             out,
-            "\n{:<13} {:<22} {:<22} {:<22} {:>9} {:>9} {:>13}",
+            "\n{:<14} {:<22} {:<22} {:<22} {:>9} {:>9} {:>13}",
             "step",
             "docker-registry s",
             "kraken s",
@@ -306,7 +324,7 @@ impl RegistryReport {
             );
             let _ = writeln!(
                 out,
-                "{:<13} {:<22} {:<22} {:<22} {:>9} {:>9} {:>13}",
+                "{:<14} {:<22} {:<22} {:<22} {:>9} {:>9} {:>13}",
                 r.row.name(),
                 registry,
                 show(&r.kraken_s, 2),
@@ -329,6 +347,14 @@ impl RegistryReport {
                 )
             })
             .collect();
+        if let Some(w) = &self.warm_over_floor {
+            let _ = writeln!(
+                out,
+                "\nwarm-pull ÷ sendfile-floor (kraken's warm GET over the bare sendfile \
+                 server's): {}",
+                w.show(2)
+            );
+        }
         if !ttfb.is_empty() {
             let _ = writeln!(
                 out,
@@ -357,6 +383,20 @@ mod tests {
         assert_eq!(Spread::of([1.0, 2.0]).unwrap().show(1), "1.5 [1.0–2.0]");
     }
 
+    fn setup() -> BenchSetup {
+        BenchSetup {
+            blob_bytes: 1 << 30,
+            rounds: 2,
+            chunks: 5,
+            range_bytes: 100 << 20,
+            layers: 10,
+            layer_bytes: 100 << 20,
+            registry_version: "2.8.2".into(),
+            kraken: "kraken".into(),
+            caches_dropped: true,
+        }
+    }
+
     fn sample(secs: f64) -> Sample {
         Sample {
             secs,
@@ -378,17 +418,7 @@ mod tests {
             ratio: Some(kr / reg.unwrap_or(2.0)),
         };
         let report = RegistryReport::new(
-            BenchSetup {
-                blob_bytes: 1 << 30,
-                rounds: 2,
-                chunks: 5,
-                range_bytes: 100 << 20,
-                layers: 10,
-                layer_bytes: 100 << 20,
-                registry_version: "2.8.2".into(),
-                kraken: "kraken".into(),
-                caches_dropped: true,
-            },
+            setup(),
             vec![
                 m(Row::Push, 1, Some(4.0), 8.0),
                 m(Row::Push, 2, Some(2.0), 3.0),
@@ -404,9 +434,43 @@ mod tests {
         let table = report.table();
         assert!(table.contains("push "), "{table}");
         assert!(table.contains("1.75 [1.50–2.00]"), "{table}");
-        assert!(table.contains("second-agent  (cold-pull's)"), "{table}");
+        assert!(table.contains("second-agent   (cold-pull's)"), "{table}");
         assert!(table.contains("note: a note"), "{table}");
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["summary"][1]["row"], "second-agent");
+        assert!(report.warm_over_floor.is_none());
+    }
+
+    #[test]
+    fn the_warm_pull_is_set_against_the_floor_of_its_own_round() {
+        let m = |row, round, kr: f64| Measurement {
+            row,
+            round,
+            kraken_first: false,
+            registry: Some(sample(0.6)),
+            kraken: sample(kr),
+            ratio: Some(kr / 0.6),
+        };
+        let measurements = vec![
+            m(Row::WarmPull, 1, 0.4),
+            m(Row::SendfileFloor, 1, 0.5),
+            m(Row::WarmPull, 2, 0.6),
+            m(Row::SendfileFloor, 2, 0.4),
+        ];
+        let report = RegistryReport::new(setup(), measurements, vec![]);
+        let w = report.warm_over_floor.unwrap();
+        assert_eq!(w.n, 2);
+        assert!(
+            (w.min - 0.8).abs() < 1e-9 && (w.max - 1.5).abs() < 1e-9,
+            "{w:?}"
+        );
+        let table = report.table();
+        assert!(table.contains("sendfile-floor"), "{table}");
+        assert!(table.contains("warm-pull ÷ sendfile-floor"), "{table}");
+        // Reports written before the floor existed still read.
+        let mut json = serde_json::to_value(&report).unwrap();
+        json.as_object_mut().unwrap().remove("warm_over_floor");
+        let back: RegistryReport = serde_json::from_value(json).unwrap();
+        assert!(back.warm_over_floor.is_none());
     }
 }
