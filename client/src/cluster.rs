@@ -134,6 +134,13 @@ impl CallError {
         }
     }
 
+    /// True if the node refused the request as a kind it does not know: it predates the
+    /// request, and an older one may do.
+    pub fn predates_request(&self) -> bool {
+        matches!(self, CallError::Rpc { source, .. }
+            if source.rejected_with() == Some(kraken_transport::quic::codes::UNKNOWN_KIND))
+    }
+
     /// An unexpected answer, unless it is an error answer.
     pub fn unexpected(addr: SocketAddr, answer: Response) -> Self {
         match answer {

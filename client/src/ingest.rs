@@ -255,7 +255,7 @@ pub async fn ingest_file(
 /// Whether [`IngestCall::open`] failed because the origin predates [`Request::Ingest`]
 /// (it refused the request as a kind it does not know): send it the resumable upload.
 pub fn predates_ingest(e: &CallError) -> bool {
-    matches!(e, CallError::Rpc { source, .. } if source.rejected_with() == Some(codes::UNKNOWN_KIND))
+    e.predates_request()
 }
 
 /// Why [`IngestCall::send_all`] failed.

@@ -102,7 +102,8 @@ pub enum Request {
         /// Bytes wanted (0: all from `offset`).
         len: u64,
     },
-    /// Origin: the write-back queue's depth and oldest item.
+    /// Origin: the write-back queue's depth and oldest item. Kept for older `krakenctl`s;
+    /// [`Request::WriteBackQueue`] also says what is due.
     WriteBackStatus,
     /// Agent: download the blob through the swarm (if needed) and report the pull.
     Pull {
@@ -429,6 +430,10 @@ pub enum Request {
         /// The blob the bytes must hash to.
         digest: Digest,
     },
+    /// Origin: the write-back queue's depth, how much of it is due now and when the
+    /// rest is, and its oldest item. Answered by [`Response::WriteBackQueue`]; an origin
+    /// from before it refuses the request as unknown (ask [`Request::WriteBackStatus`]).
+    WriteBackQueue,
 }
 
 impl Request {
@@ -483,6 +488,7 @@ impl Request {
             Request::DhtProviders { .. } => "DhtProviders",
             Request::Stage { .. } => "Stage",
             Request::CommitStaged { .. } => "CommitStaged",
+            Request::WriteBackQueue => "WriteBackQueue",
         }
     }
 
@@ -698,6 +704,8 @@ pub enum Response {
         /// Their sha256 digest.
         digest: Digest,
     },
+    /// Answer to [`Request::WriteBackQueue`].
+    WriteBackQueue(WriteBackQueueStatus),
 }
 
 /// One provider a DHT lookup found.
@@ -915,6 +923,21 @@ pub struct WriteBackStatus {
     pub oldest: Option<QueuedItem>,
 }
 
+/// An origin's write-back queue, with what is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteBackQueueStatus {
+    /// Items queued.
+    pub depth: u64,
+    /// Items due now: being written back or waiting for a worker. The others wait for a
+    /// retry's backoff, or (a replica's copy) for the deferred first attempt that finds
+    /// the first owner's upload already in the backend.
+    pub due: u64,
+    /// Seconds until the first item not yet due becomes due.
+    pub next_due_in_secs: Option<u64>,
+    /// The oldest item.
+    pub oldest: Option<QueuedItem>,
+}
+
 /// One write-back item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedItem {
@@ -1085,6 +1108,16 @@ mod tests {
             digest,
         };
         assert_eq!(tag(&staged), 44);
+        // The write-back queue with its due count came after `Staged` (44; `CommitStaged` 47).
+        let queue = Response::WriteBackQueue(WriteBackQueueStatus {
+            depth: 0,
+            due: 0,
+            next_due_in_secs: None,
+            oldest: None,
+        });
+        assert_eq!(tag(&queue), 45);
+        let tag = |r: &Request| postcard::to_allocvec(r).unwrap()[0];
+        assert_eq!(tag(&Request::WriteBackQueue), 48);
         // Error kinds likewise: the upstream ones came after `Internal` (6).
         let tag = |k: ErrorKind| postcard::to_allocvec(&k).unwrap()[0];
         assert_eq!(tag(ErrorKind::Internal), 6);

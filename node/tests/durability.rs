@@ -96,6 +96,19 @@ async fn a_blob_is_uploaded_to_the_backend_once_and_its_replicas_only_check_it()
             assert_eq!(deferred, Duration::from_secs(5), "{item:?}");
             assert!(pinned, "a replica awaiting its write-back is pinned");
         }
+        // What `krakenctl writeback` shows of it: queued, and due only after the delay.
+        let answer = c
+            .client()
+            .call(c.node(i).quic_addr(), &Request::WriteBackQueue);
+        let Response::WriteBackQueue(q) = answer.await.unwrap() else {
+            panic!("not a queue status");
+        };
+        match (q.depth, q.next_due_in_secs) {
+            (1, Some(secs)) => assert!(q.due == 0 && (1..=5).contains(&secs), "{q:?}"),
+            // A slow machine: the 5 s may be over already.
+            (depth, None) => assert_eq!(q.due, depth, "{q:?}"),
+            _ => panic!("{q:?}"),
+        }
     }
     queues_drain(&c, Duration::from_secs(30)).await;
     assert_eq!(writebacks(&c, "uploaded"), 1);

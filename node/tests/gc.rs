@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use kraken_membership::Role;
 use kraken_node::buildindex::BuildIndex;
@@ -115,7 +115,7 @@ impl Gc {
     fn writebacks_queued(&self) -> bool {
         self.c.origins().iter().any(|&i| {
             let origin = self.c.node(i).roles().origin.as_ref().unwrap();
-            origin.queue().stats().unwrap().depth > 0
+            origin.queue().stats(SystemTime::now()).unwrap().depth > 0
         })
     }
 

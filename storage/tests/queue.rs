@@ -98,7 +98,7 @@ fn failures_back_off_exponentially_with_jitter_and_cap() {
         );
         now = next;
     }
-    let stats = q.stats().unwrap();
+    let stats = q.stats(now).unwrap();
     assert_eq!(stats.depth, 1);
     let oldest = stats.oldest.unwrap();
     assert_eq!(oldest.attempts, 10);
@@ -216,6 +216,11 @@ fn a_deferred_item_waits_out_its_delay_even_across_a_reopen() {
         assert!(q.enqueue("ns", &d(2), t0).unwrap());
         assert_eq!(q.len().unwrap(), 2);
         assert_eq!(q.due_len(t0).unwrap(), 1);
+        // What an operator sees: two queued, one due, the other due after the delay.
+        let stats = q.stats(t0).unwrap();
+        assert_eq!((stats.depth, stats.due), (2, 1));
+        let ms = |t| kraken_storage::time::from_ms(kraken_storage::time::to_ms(t));
+        assert_eq!(stats.next_due, Some(ms(t0 + delay)));
         let now = q.take_due(t0, 10).unwrap();
         assert_eq!(now.len(), 1);
         assert_eq!(now[0].digest, d(2));
@@ -236,4 +241,6 @@ fn a_deferred_item_waits_out_its_delay_even_across_a_reopen() {
         kraken_storage::time::from_ms(kraken_storage::time::to_ms(t0))
     );
     assert_eq!(q.due_len(t0 + delay).unwrap(), 1);
+    let stats = q.stats(t0 + delay).unwrap();
+    assert_eq!((stats.depth, stats.due, stats.next_due), (1, 1, None));
 }

@@ -453,14 +453,20 @@ async fn push_stat_pull_and_report_a_blob() {
     // writeback: a depth for every origin (drained by now).
     let table = f.ctl(&["writeback"]).await.ok().stdout;
     for origin in ["origin-1", "origin-2", "origin-3"] {
-        let depth = row(&table, origin).split_whitespace().nth(1).unwrap();
+        let mut cells = row(&table, origin).split_whitespace().skip(1);
+        let (depth, due) = (cells.next().unwrap(), cells.next().unwrap());
         assert!(depth.parse::<u64>().is_ok(), "{table}");
+        assert!(due.parse::<u64>().is_ok(), "{table}");
     }
     assert!(table.contains("total queued: "), "{table}");
     let json = f.ctl(&["writeback", "--json"]).await.ok().json();
     let rows = json.as_array().unwrap();
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r["depth"].as_u64().is_some()));
+    assert!(
+        rows.iter()
+            .all(|r| r["due"].as_u64().unwrap() <= r["depth"].as_u64().unwrap())
+    );
 
     // Tags, when the dev cluster has a build-index.
     if f.cluster

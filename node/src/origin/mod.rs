@@ -65,7 +65,7 @@ use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::proto::{
     BlobStat, ErrorKind, MAX_METAINFO_WAIT, QueuedItem, RemoteError, Request, Response,
-    WriteBackStatus,
+    WriteBackQueueStatus, WriteBackStatus,
 };
 
 /// Settings of the origin role (`[origin]` in a node's config).
@@ -405,6 +405,7 @@ impl Origin {
                 digest,
             } => done(self.commit_stage(namespace, *token, digest).await),
             Request::WriteBackStatus => done(self.writeback_status()),
+            Request::WriteBackQueue => done(self.writeback_queue()),
             Request::Warm {
                 namespace,
                 digest,
@@ -530,15 +531,32 @@ impl Origin {
     }
 
     fn writeback_status(&self) -> Response {
-        match self.inner.queue.stats() {
-            Ok(stats) => Response::WriteBack(WriteBackStatus {
+        match self.writeback_queue() {
+            Response::WriteBackQueue(q) => Response::WriteBack(WriteBackStatus {
+                depth: q.depth,
+                oldest: q.oldest,
+            }),
+            other => other,
+        }
+    }
+
+    fn writeback_queue(&self) -> Response {
+        let now = SystemTime::now();
+        let secs_between =
+            |from: SystemTime, to: SystemTime| to.duration_since(from).map_or(0, |d| d.as_secs());
+        match self.inner.queue.stats(now) {
+            Ok(stats) => Response::WriteBackQueue(WriteBackQueueStatus {
                 depth: stats.depth,
+                due: stats.due,
+                // Rounded up: "due in 0 s" would read as due now.
+                next_due_in_secs: stats.next_due.map(|t| {
+                    t.duration_since(now)
+                        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+                }),
                 oldest: stats.oldest.map(|item| QueuedItem {
                     namespace: item.namespace,
                     digest: item.digest,
-                    age_secs: SystemTime::now()
-                        .duration_since(item.enqueued)
-                        .map_or(0, |d| d.as_secs()),
+                    age_secs: secs_between(item.enqueued, now),
                     attempts: item.attempts,
                     last_error: item.last_error,
                 }),

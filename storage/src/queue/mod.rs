@@ -161,6 +161,11 @@ pub struct WriteBackItem {
 pub struct QueueStats {
     /// Items queued.
     pub depth: u64,
+    /// Items due at the time asked about (being written back or waiting for a worker);
+    /// the others wait for a retry's backoff or a deferred first attempt.
+    pub due: u64,
+    /// When the first item not yet due becomes due.
+    pub next_due: Option<SystemTime>,
     /// The item queued longest ago.
     pub oldest: Option<WriteBackItem>,
 }
@@ -390,11 +395,15 @@ impl WriteBackQueue {
         Ok(out)
     }
 
-    /// Depth and the oldest item, for operators.
-    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+    /// Depth, what is due at `now` and the oldest item, for operators.
+    pub fn stats(&self, now: SystemTime) -> Result<QueueStats, QueueError> {
         let all = self.list()?;
+        let now_ms = to_ms(now);
+        let due = |i: &&WriteBackItem| to_ms(i.next_attempt) <= now_ms;
         Ok(QueueStats {
             depth: all.len() as u64,
+            due: all.iter().filter(due).count() as u64,
+            next_due: all.iter().filter(|i| !due(i)).map(|i| i.next_attempt).min(),
             oldest: all.into_iter().min_by_key(|i| i.enqueued),
         })
     }
