@@ -288,6 +288,14 @@ mod tests {
 
     use super::*;
 
+    /// Everything in `file`, read from its current offset (a fresh handle's: the start).
+    fn contents(file: &File) -> Vec<u8> {
+        let mut back = Vec::new();
+        let mut reader = file;
+        reader.read_to_end(&mut back).unwrap();
+        back
+    }
+
     #[test]
     fn only_a_refusal_of_direct_io_falls_back_a_failing_disk_fails() {
         use rustix::io::Errno;
@@ -324,8 +332,7 @@ mod tests {
                 buf.clear();
                 at = end;
             }
-            let mut back = Vec::new();
-            (&file).read_to_end(&mut back).unwrap();
+            let back = contents(&file);
             assert!(back == data[..at]);
         }
     }
@@ -345,8 +352,7 @@ mod tests {
                 out.append(part).unwrap();
             }
             out.finish().unwrap();
-            let mut back = Vec::new();
-            (&file).read_to_end(&mut back).unwrap();
+            let back = contents(&file);
             assert_eq!(back.len(), head.len() + data.len(), "start {start}");
             assert!(back[..head.len()] == head[..] && back[head.len()..] == data[..]);
         }
@@ -363,8 +369,7 @@ mod tests {
         assert_eq!(file.metadata().unwrap().len(), 100);
         out.append(&data[100..]).unwrap();
         out.finish().unwrap();
-        let mut back = Vec::new();
-        (&file).read_to_end(&mut back).unwrap();
+        let back = contents(&file);
         assert!(back == data);
     }
 

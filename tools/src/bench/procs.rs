@@ -199,8 +199,22 @@ impl Drop for NodeProc {
 
 /// User + system CPU seconds of `pid` from `/proc/<pid>/stat`.
 pub fn cpu_secs_of(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_cpu(&stat, false)
+    stat_file_cpu(&format!("/proc/{pid}/stat"), false)
+}
+
+/// User + system CPU seconds of the calling thread.
+pub fn this_thread_cpu_secs() -> Option<f64> {
+    stat_file_cpu("/proc/thread-self/stat", false)
+}
+
+/// User + system CPU seconds of the children this process has reaped (0 if unreadable).
+pub fn reaped_children_cpu() -> f64 {
+    stat_file_cpu("/proc/self/stat", true).unwrap_or(0.0)
+}
+
+/// [`parse_stat_cpu`] of the `stat` file at `path`.
+fn stat_file_cpu(path: &str, children: bool) -> Option<f64> {
+    parse_stat_cpu(&std::fs::read_to_string(path).ok()?, children)
 }
 
 /// utime + stime (or, with `children`, cutime + cstime) of a `/proc/<pid>/stat` line, in

@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use kraken_storage::{Digest, DigestAlgorithm};
 
 use super::janitor::Tracked;
-use crate::bench::procs::parse_stat_cpu;
+use crate::bench::procs::reaped_children_cpu;
 
 /// What one or more requests cost the client.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -54,14 +54,6 @@ struct Answer {
 /// Marks curl's `--write-out` line on stderr, after any error message.
 const WRITE_OUT: &str =
     "%{stderr}\n@@ %{http_code} %{time_total} %{time_starttransfer} %{size_download}\n";
-
-/// CPU seconds of the children this process has reaped.
-pub fn reaped_children_cpu() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_stat_cpu(&s, true))
-        .unwrap_or(0.0)
-}
 
 /// How long one request may take: generous, only so that a stuck server fails the run.
 fn max_time(bytes: u64) -> String {

@@ -18,7 +18,7 @@ use std::sync::{Arc, mpsc};
 
 use anyhow::Context as _;
 
-use crate::bench::procs::parse_stat_cpu;
+use crate::bench::procs::this_thread_cpu_secs;
 
 /// Largest request head read before answering.
 const MAX_HEAD: usize = 8 << 10;
@@ -73,6 +73,7 @@ fn serve(listener: &TcpListener, files: &mpsc::Receiver<PathBuf>, cpu_us: &Atomi
         let (Ok(stream), Some(path)) = (stream, &file) else {
             continue;
         };
+        let thread_cpu = || this_thread_cpu_secs().unwrap_or(0.0);
         let before = thread_cpu();
         // A failed request shows up as curl's error; nothing to report here.
         let _ = answer(stream, path);
@@ -112,14 +113,6 @@ fn answer(mut stream: TcpStream, path: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// This thread's CPU seconds (user + system).
-fn thread_cpu() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/stat")
-        .ok()
-        .and_then(|s| parse_stat_cpu(&s, false))
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

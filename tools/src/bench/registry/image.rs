@@ -10,9 +10,10 @@ use anyhow::{Context, bail};
 use kraken_storage::Digest;
 use serde_json::json;
 
-use super::curl::{ClientCost, reaped_children_cpu};
+use super::curl::ClientCost;
 use super::janitor::Tracked;
 use crate::bench::data::{GzipLayer, read_once, write_stored_gzip};
+use crate::bench::procs::reaped_children_cpu;
 use crate::bench::run::hash_path;
 
 /// The tag every layout names its image by.

@@ -471,19 +471,19 @@ impl Bench<'_> {
     }
 
     /// Measures the same client `work` on both systems (`targets`: the registry's, then
-    /// kraken's) in the round's order and records the step.
+    /// kraken's) in the round's order and records the step; returns the registry's sample.
     fn pair(
         &mut self,
         sys: &Systems,
         (row, turn, prep): (Row, Turn, Prep),
         [registry, kraken]: [&str; 2],
         work: &dyn Fn(&str) -> anyhow::Result<ClientCost>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Sample> {
         let mut one = |which: Sys, target: &str| {
-            let name = match which {
-                Sys::Kraken => "kraken",
-                Sys::Registry => "registry",
-                Sys::Floor => "floor",
+            let name = if which == Sys::Kraken {
+                "kraken"
+            } else {
+                "registry"
             };
             let what = format!("round {}, {} ({name})", turn.round, row.name());
             self.measure(sys, which, prep, &what, Box::new(|| work(target)))
@@ -496,7 +496,7 @@ impl Bench<'_> {
             (r, one(Sys::Kraken, kraken)?)
         };
         self.record(row, turn, Some(r), k, r.secs);
-        Ok(())
+        Ok(r)
     }
 
     fn record(
@@ -528,6 +528,7 @@ impl Bench<'_> {
             return Ok(());
         }
         self.pair(sys, (Row::Push, turn, Prep::Cold), [reg, proxy], &push)
+            .map(drop)
     }
 
     /// `push-chunked` with a second blob written as its chunks.
@@ -586,12 +587,20 @@ impl Bench<'_> {
             if floor_first {
                 floor = Some(self.floor_pull(sys, turn, &floor_url, blob.len)?);
             }
-            self.pair(sys, (Row::WarmPull, turn, Prep::Warm), [&reg, &a1], &get)?;
+            let step = (Row::WarmPull, turn, Prep::Warm);
+            let registry = self.pair(sys, step, [&reg, &a1], &get)?;
             let floor = match floor {
                 Some(f) => f,
                 None => self.floor_pull(sys, turn, &floor_url, blob.len)?,
             };
-            self.record_floor(turn, floor)?;
+            // The floor's ratio is against the registry's warm `GET` of this round.
+            self.record(
+                Row::SendfileFloor,
+                turn,
+                Some(registry),
+                floor,
+                registry.secs,
+            );
         }
         if self.has(Step::Range) {
             let (first, last) = blob.range;
@@ -688,26 +697,6 @@ impl Bench<'_> {
         let what = format!("round {}, sendfile-floor", turn.round);
         let get = || get_timed(url, None, len);
         self.measure(sys, Sys::Floor, Prep::Warm, &what, Box::new(get))
-    }
-
-    /// `sendfile-floor`: the bare server's warm `GET`, set against the registry's
-    /// `warm-pull` of this round.
-    fn record_floor(&mut self, turn: Turn, floor: Sample) -> anyhow::Result<()> {
-        let registry = self
-            .measurements
-            .iter()
-            .rev()
-            .find(|m| m.row == Row::WarmPull && m.round == turn.round)
-            .and_then(|m| m.registry)
-            .context("sendfile-floor is recorded after warm-pull")?;
-        self.record(
-            Row::SendfileFloor,
-            turn,
-            Some(registry),
-            floor,
-            registry.secs,
-        );
-        Ok(())
     }
 
     /// Agent 1's own download time of the blob its cold `GET` took `get_secs`.
