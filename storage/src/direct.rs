@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
+use crate::buffers::BufferPool;
+
 /// The alignment direct I/O wants of buffers, lengths and offsets: 4 KiB covers devices of
 /// 512 and of 4096 bytes.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -201,6 +203,8 @@ pub struct AlignedBuf {
     /// Bytes gathered after `start`.
     len: usize,
     capacity: usize,
+    /// Where `raw` goes back to when the buffer (or its bytes) is dropped.
+    pool: Option<BufferPool>,
 }
 
 impl AlignedBuf {
@@ -209,19 +213,35 @@ impl AlignedBuf {
         Self::with_offset(capacity, 0)
     }
 
+    /// An empty buffer with room for `capacity` bytes, its memory taken from `pool` and
+    /// given back to it when the buffer, or the last of its bytes, is dropped.
+    pub fn pooled(capacity: usize, pool: &BufferPool) -> Self {
+        let raw = pool.take(capacity + DIRECT_ALIGN);
+        Self::on(raw, capacity, 0, Some(pool.clone()))
+    }
+
     /// A buffer that starts `offset` bytes past an aligned address (tests: a buffer
     /// direct I/O refuses).
     pub(crate) fn with_offset(capacity: usize, offset: usize) -> Self {
-        let mut raw: Vec<u8> = Vec::with_capacity(capacity + DIRECT_ALIGN + offset);
+        let raw = Vec::with_capacity(capacity + DIRECT_ALIGN + offset);
+        Self::on(raw, capacity, offset, None)
+    }
+
+    /// The buffer in `raw`, whose capacity has room for `capacity` bytes past the aligned
+    /// start plus `offset`; what `raw` already holds counts as initialised room.
+    fn on(mut raw: Vec<u8>, capacity: usize, offset: usize, pool: Option<BufferPool>) -> Self {
         // An unaligned start (never on real allocators) only costs the direct path: the
         // kernel refuses the write and the writer falls back to the page cache.
         let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN) + offset;
-        raw.resize(start, 0);
+        if raw.len() < start {
+            raw.resize(start, 0);
+        }
         AlignedBuf {
             raw,
             start,
             len: 0,
             capacity,
+            pool,
         }
     }
 
@@ -277,8 +297,21 @@ impl AlignedBuf {
     }
 
     /// The gathered bytes, without a copy (the buffer goes with them).
-    pub fn into_bytes(self) -> Bytes {
-        Bytes::from(self.raw).slice(self.start..self.start + self.len)
+    pub fn into_bytes(mut self) -> Bytes {
+        let raw = std::mem::take(&mut self.raw);
+        let all = match self.pool.take() {
+            Some(pool) => pool.freeze(raw),
+            None => Bytes::from(raw),
+        };
+        all.slice(self.start..self.start + self.len)
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.give(std::mem::take(&mut self.raw));
+        }
     }
 }
 
@@ -294,6 +327,40 @@ mod tests {
         let mut reader = file;
         reader.read_to_end(&mut back).unwrap();
         back
+    }
+
+    #[test]
+    fn a_pooled_buffer_comes_back_and_gathers_only_what_it_is_given_next() {
+        let pool = BufferPool::unswept(1 << 20);
+        let mut buf = AlignedBuf::pooled(128 * 1024, &pool);
+        assert_eq!(buf.fill(&[7u8; 128 * 1024]), 128 * 1024);
+        let memory = buf.bytes().as_ptr();
+        let bytes = buf.into_bytes();
+        assert_eq!(pool.kept_bytes(), 0, "lent out with its bytes");
+        drop(bytes);
+        assert!(
+            pool.kept_bytes() > 128 * 1024,
+            "back once the bytes are dropped"
+        );
+
+        let mut again = AlignedBuf::pooled(128 * 1024, &pool);
+        assert!(again.is_empty(), "the old bytes are not gathered");
+        assert_eq!(again.fill(b"new"), 3);
+        assert_eq!(again.bytes(), b"new");
+        assert_eq!(
+            again.bytes().as_ptr(),
+            memory,
+            "in the same memory, still aligned"
+        );
+        let mut source: &[u8] = &[9u8; 200 * 1024];
+        assert_eq!(again.read_from(&mut source).unwrap(), 128 * 1024 - 3);
+        assert!(again.is_full());
+        assert!(again.bytes()[3..].iter().all(|&b| b == 9));
+        drop(again);
+        assert!(
+            pool.kept_bytes() > 128 * 1024,
+            "a dropped buffer comes back too"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - `cas` (feature `local`): blobs as files under `<root>/blobs/<2 hex>/<hex>` with metadata
 //!   in redb; verified ingest, resumable partial downloads, ranged and per-piece readers,
 //!   quota eviction and a crash-safe startup sweep.
+//! - `buffers` (feature `local`): `BufferPool`, the memory piece reads and piece writers
+//!   reuse instead of faulting in new pages for every piece.
 //! - `direct` (feature `local`): writes past the page cache (direct I/O) where the
 //!   filesystem takes them, for bytes written once and not read soon.
 //! - `dirlock` (feature `local`): `DirLock`, one process at a time on a data directory,
@@ -49,6 +51,8 @@ pub mod metainfo;
 // Plain std: wall-clock ms and calendar dates, for every crate (not only local stores).
 pub mod time;
 
+#[cfg(feature = "local")]
+pub mod buffers;
 #[cfg(feature = "local")]
 pub mod cas;
 #[cfg(feature = "local")]

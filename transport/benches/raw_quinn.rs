@@ -652,9 +652,10 @@ mod exchange_bench {
         tracker: FixedTracker,
         dir: &std::path::Path,
         store: LeecherStore,
-    ) -> Result<PieceExchange<FixedTracker>> {
+    ) -> Result<(PieceExchange<FixedTracker>, Endpoint)> {
         let config = QuicConfig::bind_to(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let endpoint = Endpoint::bind(&config, identity, ca)?;
+        let handle = endpoint.clone();
         let addr = endpoint.local_addr()?;
         let service = Arc::new(NodeService::default());
         let serving = service.clone();
@@ -683,7 +684,14 @@ mod exchange_bench {
         if kind == PeerKind::Origin {
             let _ = tracker.0.set(me);
         }
-        Ok(ex)
+        // The endpoint too: its accept loop holds the node, which holds its store.
+        Ok((ex, handle))
+    }
+
+    /// Stops a node, so that a round's peak memory is not every earlier round's nodes too.
+    fn stop((ex, endpoint): &(PieceExchange<FixedTracker>, Endpoint)) {
+        ex.close();
+        endpoint.close();
     }
 
     /// Deterministic bytes without holding the blob in memory.
@@ -750,7 +758,7 @@ mod exchange_bench {
             let identity = DevCa::load_node_cert(ca_dir, "bench-seeder")?;
             let store = tempfile::tempdir_in(bench_dir())?;
             let tracker = FixedTracker(Arc::new(OnceLock::new()));
-            let seeder = node(
+            let (seeder, _endpoint) = node(
                 &identity,
                 &ca.cluster_ca(),
                 PeerKind::Origin,
@@ -822,7 +830,7 @@ mod exchange_bench {
             kind: PeerKind::Origin,
             complete: true,
         });
-        let leecher = node(
+        let (leecher, _endpoint) = node(
             receiver,
             &ca.cluster_ca(),
             PeerKind::Agent,
@@ -904,7 +912,7 @@ mod exchange_bench {
         let base = bench_dir();
         let dirs = (tempfile::tempdir_in(&base)?, tempfile::tempdir_in(&base)?);
         let tracker = FixedTracker(Arc::new(OnceLock::new()));
-        let seeder = node(
+        let seeder_node = node(
             sender,
             ca,
             PeerKind::Origin,
@@ -912,8 +920,9 @@ mod exchange_bench {
             dirs.0.path(),
             LeecherStore::DEFAULT,
         )?;
-        let leecher = node(receiver, ca, PeerKind::Agent, tracker, dirs.1.path(), store)?;
-        let metainfo = seed_pattern(&seeder, bytes as u64).await?;
+        let leecher_node = node(receiver, ca, PeerKind::Agent, tracker, dirs.1.path(), store)?;
+        let (seeder, leecher) = (&seeder_node.0, &leecher_node.0);
+        let metainfo = seed_pattern(seeder, bytes as u64).await?;
         let before = peak_rss_mib();
         let cpu_before = super::cpu_secs();
         let t = Instant::now();
@@ -933,6 +942,8 @@ mod exchange_bench {
             before.unwrap_or(0),
             report.stats.bytes_from_origins,
         );
+        stop(&seeder_node);
+        stop(&leecher_node);
         Ok((secs, bytes))
     }
 }

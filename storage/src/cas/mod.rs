@@ -61,10 +61,16 @@ pub use scrub::{Corruption, Quarantined, Verdict, Verifier};
 pub use space::SpaceStatus;
 pub use staging::StagedBlob;
 
+use crate::buffers::BufferPool;
 use crate::digest::Digest;
 use crate::metainfo::Metainfo;
 use crate::redb_handle::ReopeningDb;
 use meta::{BITFIELDS, BLOBS, BlobRecord, METAINFO, to_ms};
+
+/// Unused buffers a store keeps for its next piece reads and piece writers: eight 4 MiB
+/// pieces, about what one connection's send window holds, so a seeder's steady stream of
+/// reads and a leecher's of writes reuse memory instead of faulting in new pages.
+const BUFFER_BUDGET: usize = 32 << 20;
 
 /// The local store. Cheap to clone; all clones share one database and quota.
 #[derive(Clone)]
@@ -80,6 +86,8 @@ pub(crate) struct Inner {
     tmp_dir: PathBuf,
     state: Mutex<State>,
     sweep: SweepReport,
+    /// Memory reused by piece reads and piece writers (see [`crate::buffers`]).
+    buffers: BufferPool,
 }
 
 /// Bookkeeping that lives only in memory.
@@ -152,6 +160,7 @@ impl Cas {
             tmp_dir,
             state: Mutex::new(State::default()),
             sweep: SweepReport::default(),
+            buffers: BufferPool::new(BUFFER_BUDGET),
         };
         let (sweep, used) = inner.sweep()?;
         inner.sweep = sweep;
@@ -322,6 +331,11 @@ impl Cas {
 
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
+    }
+
+    /// The buffers piece reads and piece writers of this store reuse.
+    pub(crate) fn buffers(&self) -> &BufferPool {
+        &self.inner.buffers
     }
 }
 

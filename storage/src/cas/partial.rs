@@ -22,12 +22,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use redb::ReadableTable;
 
 use super::meta::{BITFIELDS, BLOBS, BlobRecord, BlobState, METAINFO};
 use super::piece_writer::{PieceWriter, VerifiedPiece, WriterTarget};
 use super::{BlobInfo, Cas, CasError, sync_dir};
 use crate::bitfield::{Bitfield, PieceIndex};
+use crate::buffers::BufferPool;
 use crate::chain::ChainHasher;
 use crate::direct::DirectFile;
 use crate::metainfo::{Metainfo, PieceError};
@@ -264,6 +266,7 @@ impl PartialBlob {
             direct: self.direct.clone(),
             open: self.writers_open.clone(),
             path: self.path.clone(),
+            buffers: self.cas.buffers().clone(),
         };
         let chain = self.chain_from(index);
         Ok(PieceWriter::new(
@@ -341,7 +344,12 @@ impl PartialBlob {
     /// so serving peers never waits on the downloader. It reads only what it is asked for;
     /// the caller asks only for pieces the bitfield has.
     pub fn piece_source(&self) -> Result<PieceSource, CasError> {
-        PieceSource::new(&self.file, &self.path, self.metainfo.clone())
+        PieceSource::new(
+            &self.file,
+            &self.path,
+            self.metainfo.clone(),
+            self.cas.buffers().clone(),
+        )
     }
 
     /// Makes the pieces recorded so far durable: fsync the file, then persist the bitfield.
@@ -592,12 +600,14 @@ fn lock(persisted: &Mutex<u64>) -> std::sync::MutexGuard<'_, u64> {
     persisted.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads pieces of a blob (partial or complete) through its own file handle.
+/// Reads pieces of a blob (partial or complete) through its own file handle, into
+/// buffers its store reuses.
 #[derive(Debug)]
 pub struct PieceSource {
     file: File,
     path: PathBuf,
     metainfo: Arc<Metainfo>,
+    buffers: BufferPool,
 }
 
 impl PieceSource {
@@ -605,18 +615,21 @@ impl PieceSource {
         file: &File,
         path: &std::path::Path,
         metainfo: Arc<Metainfo>,
+        buffers: BufferPool,
     ) -> Result<Self, CasError> {
         let file = file.try_clone().map_err(CasError::io("reopen", path))?;
         Ok(PieceSource {
             file,
             path: path.to_path_buf(),
             metainfo,
+            buffers,
         })
     }
 
     /// Reads one piece (positioned reads: safe to share across threads), straight into
-    /// fresh memory: zeroing a buffer first cost a seeder a memset of every byte it serves.
-    pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, CasError> {
+    /// memory that is not zeroed first (a memset of every byte served, otherwise) and, once
+    /// the bytes are dropped, read into again (see [`crate::buffers`]).
+    pub fn read_piece(&self, index: PieceIndex) -> Result<Bytes, CasError> {
         self.read_piece_part(index, 0..u64::MAX)
     }
 
@@ -627,13 +640,19 @@ impl PieceSource {
         &self,
         index: PieceIndex,
         part: std::ops::Range<u64>,
-    ) -> Result<Vec<u8>, CasError> {
+    ) -> Result<Bytes, CasError> {
         let piece = self.metainfo.checked_piece_range(index)?;
         let piece_len = piece.end - piece.start;
         let from = part.start.min(piece_len);
         let range = piece.start + from..piece.start + part.end.clamp(from, piece_len);
         let len = (range.end - range.start) as usize;
-        let mut buf = Vec::with_capacity(len);
+        let mut buf = self.buffers.take(len);
+        if buf.len() == len {
+            // A kept buffer: overwrite what it held.
+            self.file
+                .read_exact_at(&mut buf, range.start)
+                .map_err(CasError::io("read piece from", &self.path))?;
+        }
         while buf.len() < len {
             let at = range.start + buf.len() as u64;
             let read =
@@ -648,7 +667,7 @@ impl PieceSource {
                 ));
             }
         }
-        Ok(buf)
+        Ok(self.buffers.freeze(buf))
     }
 }
 
@@ -683,6 +702,36 @@ mod tests {
                 "commit: {commit}"
             );
         }
+    }
+
+    #[test]
+    fn a_piece_read_into_a_reused_buffer_holds_that_piece_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cas, meta, blob) = partial(dir.path(), 3);
+        let mut p = cas.start_partial(&meta).unwrap();
+        for i in 0..3 {
+            p.write_piece(PieceIndex(i), piece(&blob, i)).unwrap();
+        }
+        let source = p.piece_source().unwrap();
+        let first = source.read_piece(PieceIndex(0)).unwrap();
+        let memory = first.as_ptr();
+        assert_eq!(first, piece(&blob, 0));
+        drop(first);
+        let second = source.read_piece(PieceIndex(1)).unwrap();
+        assert_eq!(
+            second.as_ptr(),
+            memory,
+            "the first piece's buffer, read into again"
+        );
+        assert_eq!(second, piece(&blob, 1));
+        // Held: the next read gets other memory, and neither sees the other's bytes.
+        let third = source.read_piece(PieceIndex(2)).unwrap();
+        assert_ne!(third.as_ptr(), memory);
+        assert_eq!(third, piece(&blob, 2));
+        assert_eq!(second, piece(&blob, 1));
+        drop(second);
+        let part = source.read_piece_part(PieceIndex(0), 1000..40_000).unwrap();
+        assert_eq!(part, &piece(&blob, 0)[1000..40_000]);
     }
 
     #[test]

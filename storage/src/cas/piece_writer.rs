@@ -41,6 +41,7 @@ use bytes::Bytes;
 
 use super::CasError;
 use crate::bitfield::PieceIndex;
+use crate::buffers::BufferPool;
 use crate::chain::ChainHasher;
 use crate::direct::{self, AlignedBuf, DirectFile};
 use crate::metainfo::{Metainfo, PieceError};
@@ -102,6 +103,8 @@ pub(super) struct WriterTarget {
     pub(super) open: Arc<RwLock<bool>>,
     /// The partial file's path, for errors.
     pub(super) path: PathBuf,
+    /// The store's pool the write batches come from.
+    pub(super) buffers: BufferPool,
 }
 
 /// Proof that a piece's bytes are on disk and matched their hash.
@@ -146,6 +149,7 @@ impl PieceWriter {
         chain: Option<ChainHasher>,
     ) -> Self {
         let len = range.end - range.start;
+        let batch = AlignedBuf::pooled(Self::batch_len(len), &target.buffers);
         PieceWriter {
             target,
             metainfo,
@@ -153,7 +157,7 @@ impl PieceWriter {
             start: range.start,
             len,
             written: 0,
-            batch: AlignedBuf::new(Self::batch_len(len)),
+            batch,
             hashed: 0,
             proof: match chain {
                 Some(chain) => Proof::Chain(chain),
@@ -267,7 +271,10 @@ impl PieceWriter {
         self.written += bytes.len() as u64;
         match self.kept.as_mut() {
             Some(kept) => {
-                let next = AlignedBuf::new(Self::batch_len(self.len - self.written));
+                let next = AlignedBuf::pooled(
+                    Self::batch_len(self.len - self.written),
+                    &self.target.buffers,
+                );
                 kept.push(std::mem::replace(&mut self.batch, next).into_bytes());
             }
             None => self.batch.clear(),

@@ -108,7 +108,12 @@ impl BlobReader {
     /// A handle that reads pieces from another thread (see [`super::PieceSource`]); the
     /// reader must stay alive meanwhile to keep the blob from eviction.
     pub fn piece_source(&self) -> Result<super::PieceSource, CasError> {
-        super::PieceSource::new(&self.file, &self.path, self.metainfo.clone())
+        super::PieceSource::new(
+            &self.file,
+            &self.path,
+            self.metainfo.clone(),
+            self.cas.buffers().clone(),
+        )
     }
 
     /// Reads one piece.

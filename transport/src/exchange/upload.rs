@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use kraken_storage::cas::{CasError, PieceSource};
 use kraken_storage::{Digest, PieceIndex};
 use tokio::sync::mpsc;
@@ -96,7 +95,7 @@ impl Upload {
             len: bytes.len() as u32,
         };
         let egress = self.egress.as_ref();
-        let send = send_piece_limited(self.conn.connection(), header, Bytes::from(bytes), egress);
+        let send = send_piece_limited(self.conn.connection(), header, bytes, egress);
         tokio::time::timeout_at(self.deadline.into(), send).await??;
         Ok(())
     }

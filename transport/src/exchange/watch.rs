@@ -183,9 +183,7 @@ impl BlobWatch {
             .into());
         }
         let source = self.source.clone();
-        let bytes =
-            tokio::task::spawn_blocking(move || source.read_piece_part(index, part)).await??;
-        Ok(Bytes::from(bytes))
+        Ok(tokio::task::spawn_blocking(move || source.read_piece_part(index, part)).await??)
     }
 
     /// True once the piece is stored: marked by the blob task, or the blob is complete.
