@@ -607,7 +607,7 @@ async fn readers_of_a_running_download_get_their_range_in_order_from_memory() {
     let meta = seed(&origin, &data);
     let total = meta.piece_count();
     let mut watch = agent.ex.start_download(meta.clone()).unwrap();
-    // Registered before any piece arrives: its window (the whole blob here, 32 MiB) is
+    // Registered before any piece arrives: its window (the whole blob here, 64 MiB) is
     // asked for in order and every piece reaches it from memory.
     let whole = watch.clone().read_range(0..meta.length());
     let whole = tokio::spawn(async move {

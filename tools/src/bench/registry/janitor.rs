@@ -1,7 +1,8 @@
 //! Nothing outlives the benchmark: every process it starts and every directory it makes
 //! is on one list while it exists. Owners clean up on drop (an error or a panic unwinds
 //! through them); on SIGINT or SIGTERM a watcher thread stops the listed processes, removes
-//! the listed directories and exits, since unwinding does not happen on a signal.
+//! the listed directories, writes back the listed settings and exits, since unwinding does
+//! not happen on a signal.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -15,11 +16,14 @@ use anyhow::Context;
 struct Listed {
     pids: Vec<u32>,
     dirs: Vec<PathBuf>,
+    /// Settings changed for the run: the file and the value to write back.
+    settings: Vec<(PathBuf, String)>,
 }
 
 static LISTED: Mutex<Listed> = Mutex::new(Listed {
     pids: Vec::new(),
     dirs: Vec::new(),
+    settings: Vec::new(),
 });
 
 fn listed() -> std::sync::MutexGuard<'static, Listed> {
@@ -62,9 +66,17 @@ pub fn watch_signals() {
     });
 }
 
-/// Stops every listed process and removes every listed directory.
+/// Stops every listed process, removes every listed directory and writes back every
+/// listed setting.
 fn clean_all() {
-    let Listed { pids, dirs } = std::mem::take(&mut *listed());
+    let Listed {
+        pids,
+        dirs,
+        settings,
+    } = std::mem::take(&mut *listed());
+    for (file, value) in settings.iter().rev() {
+        let _ = std::fs::write(file, value);
+    }
     for pid in pids.iter().rev() {
         signal(*pid, "TERM");
     }
@@ -217,6 +229,44 @@ impl Drop for ScratchDir {
     }
 }
 
+/// A kernel setting changed for the run, written back to what it was when dropped.
+#[derive(Debug)]
+pub struct ChangedSetting {
+    file: PathBuf,
+    was: String,
+}
+
+impl ChangedSetting {
+    /// Writes `value` into `file` (a `/sys` or `/proc` setting) and lists the old value.
+    pub fn set(file: &Path, value: &str) -> anyhow::Result<ChangedSetting> {
+        let was = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .trim()
+            .to_string();
+        let mut guard = listed();
+        std::fs::write(file, value).with_context(|| format!("cannot write {}", file.display()))?;
+        guard.settings.push((file.to_path_buf(), was.clone()));
+        Ok(ChangedSetting {
+            file: file.to_path_buf(),
+            was,
+        })
+    }
+}
+
+impl Drop for ChangedSetting {
+    fn drop(&mut self) {
+        let mut guard = listed();
+        if let Err(e) = std::fs::write(&self.file, &self.was) {
+            eprintln!(
+                "kraken-bench: cannot write {} back to {} ({e})",
+                self.file.display(),
+                self.was
+            );
+        }
+        guard.settings.retain(|(f, _)| f != &self.file);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +290,27 @@ mod tests {
         assert!(!listed().dirs.contains(&path));
         let done = Tracked::spawn(&mut Command::new("true")).unwrap();
         assert!(done.wait().unwrap().success());
+    }
+
+    #[test]
+    fn a_changed_setting_is_listed_until_written_back() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("page_reporting_order");
+        std::fs::write(&file, "9\n").unwrap();
+        let held = ChangedSetting::set(&file, "11").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "11");
+        assert!(
+            listed()
+                .settings
+                .iter()
+                .any(|(f, was)| f == &file && was == "9")
+        );
+        drop(held);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "9");
+        assert!(!listed().settings.iter().any(|(f, _)| f == &file));
+        // A setting that cannot be read is not changed, nor listed.
+        let missing = root.path().join("missing");
+        assert!(ChangedSetting::set(&missing, "11").is_err());
+        assert!(!missing.exists());
     }
 }

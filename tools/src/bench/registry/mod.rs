@@ -31,6 +31,7 @@
 
 pub mod curl;
 pub mod floor;
+pub mod freed_memory;
 pub mod image;
 pub mod janitor;
 pub mod report;
@@ -108,6 +109,12 @@ pub struct RegistryArgs {
     /// warm-cache, and the report says so).
     #[arg(long)]
     pub no_drop_caches: bool,
+    /// Stop this VM handing freed memory back to its host for the run (virtio-balloon
+    /// free page reporting; root only; restored afterwards): otherwise a cold read may
+    /// land in pages the host took back, at up to ~3 s per GiB more, and which system gets
+    /// them depends on the order of the round.
+    #[arg(long)]
+    pub hold_freed_memory: bool,
     /// The `kraken` binary [default: next to this one].
     #[arg(long, env = "KRAKEN_BIN")]
     pub kraken: Option<PathBuf>,
@@ -142,6 +149,14 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<RegistryReport> {
         std::env::temp_dir().join(format!("kraken-bench-registry-{}", std::process::id()))
     });
     let work = ScratchDir::create(path, args.keep)?;
+    let held = if args.hold_freed_memory {
+        Some(
+            freed_memory::hold()
+                .context("--hold-freed-memory needs root and a kernel with free page reporting")?,
+        )
+    } else {
+        None
+    };
     if !args.no_space_check {
         check_space(work.path(), round_footprint(args, &steps))?;
     }
@@ -177,6 +192,14 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<RegistryReport> {
         };
         bench.notes.push(why.into());
     }
+    if held.is_some() {
+        bench
+            .notes
+            .push("freed memory stayed with this VM for the run (--hold-freed-memory)".into());
+    } else if bench.caches.allowed && freed_memory::reporting() {
+        bench.notes.push(freed_memory::NOTE.into());
+    }
+    drop(held);
     let setup = BenchSetup {
         blob_bytes: args.size_mib << 20,
         rounds: args.rounds,
